@@ -1,0 +1,1 @@
+"""The stage catalogue and the interface every stage implements."""

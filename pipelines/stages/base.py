@@ -1,0 +1,103 @@
+"""The interface between the chain executor and a stage.
+
+A stage receives images, its resolved parameters and a context holding two callbacks
+(progress, cancellation) and returns images. It knows nothing about jobs, rows or buckets.
+
+The resolved chain document (what the api stores in the job row and the worker runs)::
+
+    {
+      "version": 1,
+      "kind": "txt2img",                  # txt2img | img2img | inpaint | upscale | blend | chain
+      "stages": [
+        {
+          "name": "source",               # unique within the chain
+          "type": "source-txt2img",       # a key of pipelines.stages.catalogue.STAGES
+          "params": {...},                # fully resolved: defaults applied, seed chosen
+          "tiles": 8192,                  # effective maximum tile size in pixels
+          "outscale": 1,                  # output scale used when re-assembling tiles
+        },
+        ...
+      ],
+      "output": {"format": "png", "thumbnail": true, "thumbnail_size": 1024},
+      "metadata": {"input_size": {"width": 512, "height": 512}, ...},  # recorded on outputs
+    }
+
+Uploaded images reach stages through ``StageContext.inputs``, keyed ``source:<stage>`` and
+``mask:<stage>`` (legacy routes store theirs under the name of the stage that reads them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+
+class StageCancelled(Exception):
+    """The job was cancelled; raised from a progress callback and left to unwind the chain."""
+
+
+@dataclass
+class StageImage:
+    """One image travelling through the chain, with the metadata that describes how it was made."""
+
+    image: Image.Image
+    #: The metadata JSON of contract §7.3 (``params``, ``size``, ``models``, ...), built up by stages.
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Counter:
+    """A ``{current, total}`` progress counter."""
+
+    current: int = 0
+    total: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"current": self.current, "total": self.total}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The three counters the api reports for a running job."""
+
+    steps: Counter = Counter()
+    stages: Counter = Counter()
+    tiles: Counter = Counter()
+
+
+class SessionProvider(Protocol):
+    """Loads (and caches) ONNX Runtime sessions; see ``pipelines.sessions``."""
+
+    def get(self, path: Path) -> Any: ...
+
+
+@dataclass
+class StageContext:
+    """What a running stage may use besides its images and parameters."""
+
+    #: Root of the models folder (contract §11.1).
+    models_path: Path
+    #: ONNX Runtime sessions, cached across jobs by the worker.
+    sessions: SessionProvider
+    #: Uploaded images by key (``source:<stage>``, ``mask:<stage>``).
+    inputs: Mapping[str, Image.Image] = field(default_factory=dict)
+    #: Called after each diffusion step (or other unit of work): advances ``steps`` by ``n``.
+    on_step: Callable[[int], None] = lambda n=1: None
+    #: Called after each tile: ``(tiles done, tiles in this stage)``.
+    on_tile: Callable[[int, int], None] = lambda done, total: None
+    #: Raises ``StageCancelled`` when the job has been cancelled.
+    check_cancelled: Callable[[], None] = lambda: None
+    #: Records images as outputs of the job (the persist stages call it).
+    persist: Callable[[list[StageImage]], None] = lambda images: None
+
+
+class StageRunner(Protocol):
+    """The callable every stage module exports as ``run``."""
+
+    def __call__(
+        self, ctx: StageContext, params: dict[str, Any], images: list[StageImage]
+    ) -> list[StageImage]: ...

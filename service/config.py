@@ -1,0 +1,204 @@
+"""One frozen ``Config``, read once from the environment and validated at start-up.
+
+Tests build ``Config`` directly (``Config(database_url=..., ...)``); processes call
+``Config.from_env()``. Every default is a named constant below. onnx-web's own variable names
+(``ONNX_WEB_*``) are kept where onnx-web has one, so existing deployments keep their settings.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.errors import ConfigError
+
+DEFAULT_PORT = 5000
+DEFAULT_BUCKET = "onnx-web"
+DEFAULT_MODELS_PATH = "models"
+DEFAULT_BUNDLE_PATH = "gui/dist"
+DEFAULT_SERVER_VERSION = "v0.13.0"
+DEFAULT_IMAGE_FORMAT = "png"
+DEFAULT_THUMBNAIL_SIZE = 1024
+DEFAULT_CACHE_MODELS = 5
+DEFAULT_MAX_ATTEMPTS = 3
+LEASE_S = 30.0
+HEARTBEAT_S = 5.0
+RESCUE_INTERVAL_S = 10.0
+POLL_INTERVAL_S = 2.0
+PROGRESS_INTERVAL_S = 0.25  # at most 4 progress writes a second per job
+AFFINITY_WINDOW_S = 30.0  # how long a job may be passed over for one whose model a worker holds
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_JOBS_PER_CALL = 10
+PRESIGN_EXPIRY_S = 300
+API_WORKERS = 2
+TRUTHY = frozenset({"1", "t", "true", "y", "yes", "on"})
+FALSY = frozenset({"0", "f", "false", "n", "no", "off", ""})
+
+T = TypeVar("T")
+
+
+def parse_bool(value: str) -> bool:
+    """Read onnx-web's truthy set (``1``, ``t``, ``true``, ``y``, ``yes``), refusing anything unclear."""
+    lowered = value.strip().lower()
+    if lowered in TRUTHY:
+        return True
+    if lowered in FALSY:
+        return False
+    raise ValueError(f"expected a boolean ({', '.join(sorted(TRUTHY))} or {', '.join(sorted(FALSY - {''}))})")
+
+
+def parse_list(value: str) -> tuple[str, ...]:
+    """Split a comma-separated list, dropping blanks."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the api, the worker and the local stack."""
+
+    #: SQLAlchemy/psycopg URL of the Postgres that holds the jobs table.
+    database_url: str = ""
+    #: S3 endpoint as ``host:port`` or a URL; empty means the embedded server of ``onnx-web run``.
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = DEFAULT_BUCKET
+    s3_region: str = "us-east-1"
+    #: Redirect ``GET /output/`` to presigned URLs instead of streaming through the api.
+    s3_presign: bool = False
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    api_workers: int = API_WORKERS
+    models_path: Path = Path(DEFAULT_MODELS_PATH)
+    bundle_path: Path = Path(DEFAULT_BUNDLE_PATH)
+    #: A ``params.json`` to serve instead of the built-in one (onnx-web's ``ONNX_WEB_PARAMS_PATH``).
+    params_path: Path | None = None
+    extra_models: tuple[Path, ...] = ()
+    cors_origins: tuple[str, ...] = ("*",)
+    any_platform: bool = True
+    block_platforms: tuple[str, ...] = ()
+    default_platform: str | None = None
+    image_format: str = DEFAULT_IMAGE_FORMAT
+    thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE
+    server_version: str = DEFAULT_SERVER_VERSION
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    feature_flags: tuple[str, ...] = ()
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    #: The platform this worker serves: ``cpu`` or ``cuda`` (jobs asking for another are left alone).
+    worker_platform: str = "cpu"
+    cache_models: int = DEFAULT_CACHE_MODELS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    lease_s: float = LEASE_S
+    heartbeat_s: float = HEARTBEAT_S
+    rescue_interval_s: float = RESCUE_INTERVAL_S
+    poll_interval_s: float = POLL_INTERVAL_S
+    progress_interval_s: float = PROGRESS_INTERVAL_S
+    affinity_window_s: float = AFFINITY_WINDOW_S
+
+    log_level: str = "INFO"
+    #: ``json`` for one JSON object a line (production), ``text`` for people at a terminal.
+    log_format: str = "json"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.port < 65536:
+            problems.append(f"port must be 1-65535, got {self.port}")
+        if self.heartbeat_s >= self.lease_s:
+            problems.append(f"heartbeat ({self.heartbeat_s}s) must be shorter than the lease ({self.lease_s}s)")
+        if self.max_attempts < 1:
+            problems.append("max_attempts must be at least 1")
+        if len(self.s3_bucket) < 3:
+            problems.append("the S3 bucket name needs at least 3 characters")
+        if self.image_format not in ("png", "jpeg", "jpg", "webp"):
+            problems.append(f"image format must be png, jpeg or webp, got {self.image_format!r}")
+        if self.log_format not in ("json", "text"):
+            problems.append("log format must be json or text")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Read every setting from the environment (``ENV_NAMES``), then apply ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, (variable, coerce) in ENV_NAMES.items():
+            raw = env.get(variable)
+            if raw is None or (raw == "" and types[name] != "str"):
+                continue
+            try:
+                values[name] = coerce(raw)
+            except ValueError as err:
+                raise ConfigError(f"{variable}: {err}") from err
+        values.update(overrides)
+        return cls(**values)
+
+
+def _opt_str(value: str) -> str | None:
+    return value or None
+
+
+def _paths(value: str) -> tuple[Path, ...]:
+    return tuple(Path(part) for part in parse_list(value))
+
+
+def _positive(coerce: Callable[[str], T]) -> Callable[[str], T]:
+    def read(value: str) -> T:
+        number = coerce(value)
+        if number <= 0:  # type: ignore[operator]
+            raise ValueError(f"must be positive, got {value}")
+        return number
+
+    return read
+
+
+#: field name -> (environment variable, coercer)
+ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "database_url": ("DATABASE_URL", str),
+    "s3_endpoint": ("S3_ENDPOINT", str),
+    "s3_access_key": ("S3_ACCESS_KEY", str),
+    "s3_secret_key": ("S3_SECRET_KEY", str),
+    "s3_bucket": ("S3_BUCKET", str),
+    "s3_region": ("S3_REGION", str),
+    "s3_presign": ("S3_PRESIGN", parse_bool),
+    "host": ("ONNX_WEB_HOST", str),
+    "port": ("ONNX_WEB_PORT", int),
+    "api_workers": ("ONNX_WEB_API_WORKERS", _positive(int)),
+    "models_path": ("ONNX_WEB_MODEL_PATH", Path),
+    "bundle_path": ("ONNX_WEB_BUNDLE_PATH", Path),
+    "params_path": ("ONNX_WEB_PARAMS_PATH", Path),
+    "extra_models": ("ONNX_WEB_EXTRA_MODELS", _paths),
+    "cors_origins": ("ONNX_WEB_CORS_ORIGIN", parse_list),
+    "any_platform": ("ONNX_WEB_ANY_PLATFORM", parse_bool),
+    "block_platforms": ("ONNX_WEB_BLOCK_PLATFORMS", parse_list),
+    "default_platform": ("ONNX_WEB_DEFAULT_PLATFORM", _opt_str),
+    "image_format": ("ONNX_WEB_IMAGE_FORMAT", str),
+    "thumbnail_size": ("ONNX_WEB_THUMBNAIL_SIZE", _positive(int)),
+    "server_version": ("ONNX_WEB_SERVER_VERSION", str),
+    "admin_token": ("ONNX_WEB_ADMIN_TOKEN", str),
+    "feature_flags": ("ONNX_WEB_FEATURE_FLAGS", parse_list),
+    "max_body_bytes": ("ONNX_WEB_MAX_BODY_BYTES", _positive(int)),
+    "max_image_pixels": ("ONNX_WEB_MAX_IMAGE_PIXELS", _positive(int)),
+    "worker_id": ("ONNX_WEB_WORKER_ID", str),
+    "worker_platform": ("ONNX_WEB_WORKER_PLATFORM", str),
+    "cache_models": ("ONNX_WEB_CACHE_MODELS", int),
+    "max_attempts": ("ONNX_WEB_WORKER_RETRIES", _positive(int)),
+    "lease_s": ("ONNX_WEB_LEASE_S", _positive(float)),
+    "heartbeat_s": ("ONNX_WEB_HEARTBEAT_S", _positive(float)),
+    "rescue_interval_s": ("ONNX_WEB_RESCUE_INTERVAL_S", _positive(float)),
+    "poll_interval_s": ("ONNX_WEB_POLL_INTERVAL_S", _positive(float)),
+    "progress_interval_s": ("ONNX_WEB_PROGRESS_INTERVAL_S", _positive(float)),
+    "affinity_window_s": ("ONNX_WEB_AFFINITY_WINDOW_S", float),
+    "log_level": ("ONNX_WEB_LOG_LEVEL", str.upper),
+    "log_format": ("ONNX_WEB_LOG_FORMAT", str),
+}
