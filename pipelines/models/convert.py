@@ -1,0 +1,362 @@
+"""Convert a diffusers Stable Diffusion folder to the ONNX layout onnx-web runs.
+
+The layout is diffusers' ``OnnxStableDiffusionPipeline`` folder, with its input and output names::
+
+    <dest>/model_index.json
+    <dest>/hash.txt                      first line: short upper-case SHA-256 of the UNet
+    <dest>/text_encoder/model.onnx       input_ids -> last_hidden_state, pooler_output
+    <dest>/tokenizer/                    vocab.json, merges.txt, tokenizer_config.json, ...
+    <dest>/unet/model.onnx               sample, timestep, encoder_hidden_states -> out_sample
+    <dest>/vae_encoder/model.onnx        sample -> latent_sample
+    <dest>/vae_decoder/model.onnx        latent_sample -> sample
+    <dest>/scheduler/scheduler_config.json
+
+Every export goes through ``torch.onnx.export(..., dynamo=False)`` in fp32; the demo models take
+this same path, so what the tests exercise is what a real checkpoint gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+ONNX_FILE = "model.onnx"
+#: Name of the single external-data file of a component over protobuf's 2 GB limit.
+EXTERNAL_DATA_FILE = "weights.pb"
+HASH_FILE = "hash.txt"
+HASH_LENGTH = 10
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+#: The trace sizes: any latent side divisible by the UNet's down-sampling factor works; small is fast.
+TRACE_LATENT_SIDE = 8
+TRACE_BATCH = 2
+
+
+def convert_diffusers_folder(
+    src: Path,
+    dest: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Export the diffusers folder ``src`` (unet, vae, text_encoder, tokenizer, scheduler) to ``dest``.
+
+    The model is written to a sibling ``.partial`` folder and renamed at the end, so a worker or
+    the model list never sees a half-converted model. An existing ``dest`` is replaced.
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    report = progress or (lambda line: None)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+
+    report(f"{dest.name}: exporting text_encoder (1/4)")
+    text_encoder = CLIPTextModel.from_pretrained(src / "text_encoder").eval()
+    export_text_encoder(text_encoder, partial / "text_encoder" / ONNX_FILE, opset)
+    del text_encoder
+
+    report(f"{dest.name}: exporting unet (2/4)")
+    unet = UNet2DConditionModel.from_pretrained(src / "unet").eval()
+    export_unet(unet, partial / "unet" / ONNX_FILE, opset)
+    del unet
+
+    vae = AutoencoderKL.from_pretrained(src / "vae").eval()
+    report(f"{dest.name}: exporting vae_encoder (3/4)")
+    export_vae_encoder(vae, partial / "vae_encoder" / ONNX_FILE, opset)
+    report(f"{dest.name}: exporting vae_decoder (4/4)")
+    export_vae_decoder(vae, partial / "vae_decoder" / ONNX_FILE, opset)
+    # The runtime reads the latent scaling factor from here; the ONNX graphs do not carry it.
+    for component in ("vae_encoder", "vae_decoder"):
+        shutil.copyfile(src / "vae" / "config.json", partial / component / "config.json")
+    del vae
+
+    copy_tokenizer(src / "tokenizer", partial / "tokenizer")
+    (partial / "scheduler").mkdir()
+    shutil.copyfile(src / "scheduler" / "scheduler_config.json", partial / "scheduler" / "scheduler_config.json")
+    write_model_index(partial)
+    (partial / HASH_FILE).write_text(hash_component(partial / "unet") + "\n")
+
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    report(f"{dest.name}: done")
+    return dest
+
+
+def export_text_encoder(text_encoder: Any, path: Path, opset: int) -> None:
+    """Export a transformers ``CLIPTextModel``: int32 ``input_ids`` (batch, 77) -> hidden states."""
+    import torch
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = text_encoder
+
+        def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            output = self.model(input_ids=input_ids, return_dict=True)
+            return output.last_hidden_state, output.pooler_output
+
+    context = text_encoder.config.max_position_embeddings
+    input_ids = torch.zeros((1, context), dtype=torch.int32)
+    export_module(
+        TextEncoder(),
+        (input_ids,),
+        path,
+        opset,
+        input_names=["input_ids"],
+        output_names=["last_hidden_state", "pooler_output"],
+        dynamic_axes={"input_ids": {0: "batch"}, "last_hidden_state": {0: "batch"}, "pooler_output": {0: "batch"}},
+    )
+
+
+def export_unet(unet: Any, path: Path, opset: int) -> None:
+    """Export a ``UNet2DConditionModel`` with a float timestep per batch item.
+
+    The timestep is float because Karras-style schedulers (euler, heun, lms, ...) step on
+    fractional timesteps; the prompt sequence axis is dynamic so long prompts (several 77-token
+    windows) can be given.
+    """
+    import torch
+
+    class UNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = unet
+
+        def forward(
+            self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        ) -> torch.Tensor:
+            return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+    config = unet.config
+    side = max(TRACE_LATENT_SIDE, 2 ** (len(config.block_out_channels) - 1))
+    sample = torch.randn((TRACE_BATCH, config.in_channels, side, side))
+    timestep = torch.full((TRACE_BATCH,), 999.0)
+    hidden = torch.randn((TRACE_BATCH, 77, config.cross_attention_dim))
+    export_module(
+        UNet(),
+        (sample, timestep, hidden),
+        path,
+        opset,
+        input_names=["sample", "timestep", "encoder_hidden_states"],
+        output_names=["out_sample"],
+        dynamic_axes={
+            "sample": {0: "batch", 2: "height", 3: "width"},
+            "timestep": {0: "batch"},
+            "encoder_hidden_states": {0: "batch", 1: "sequence"},
+            "out_sample": {0: "batch", 2: "height", 3: "width"},
+        },
+    )
+
+
+def export_vae_encoder(vae: Any, path: Path, opset: int) -> None:
+    """Export the VAE encoder, returning the mode of the latent distribution (unscaled).
+
+    diffusers' own converter samples the distribution inside the graph, which draws from ONNX
+    Runtime's unseeded generator; the mode keeps img2img reproducible for a given seed.
+    """
+    import torch
+
+    class VaeEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = vae
+
+        def forward(self, sample: torch.Tensor) -> torch.Tensor:
+            return self.model.encode(sample, return_dict=False)[0].mode()
+
+    side = TRACE_LATENT_SIDE * 2 ** (len(vae.config.block_out_channels) - 1)
+    export_module(
+        VaeEncoder(),
+        (torch.randn((1, vae.config.in_channels, side, side)),),
+        path,
+        opset,
+        input_names=["sample"],
+        output_names=["latent_sample"],
+        dynamic_axes={"sample": {0: "batch", 2: "height", 3: "width"}, "latent_sample": {0: "batch", 2: "height", 3: "width"}},
+    )
+
+
+def export_vae_decoder(vae: Any, path: Path, opset: int) -> None:
+    """Export the VAE decoder: unscaled latents -> image in [-1, 1]."""
+    import torch
+
+    class VaeDecoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = vae
+
+        def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
+            return self.model.decode(latent_sample, return_dict=False)[0]
+
+    latent = torch.randn((1, vae.config.latent_channels, TRACE_LATENT_SIDE, TRACE_LATENT_SIDE))
+    export_module(
+        VaeDecoder(),
+        (latent,),
+        path,
+        opset,
+        input_names=["latent_sample"],
+        output_names=["sample"],
+        dynamic_axes={"latent_sample": {0: "batch", 2: "height", 3: "width"}, "sample": {0: "batch", 2: "height", 3: "width"}},
+    )
+
+
+def export_module(
+    module: Any,
+    args: tuple[Any, ...],
+    path: Path,
+    opset: int,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> None:
+    """Trace ``module`` to ``path`` with the TorchScript exporter, keeping big weights in one file."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    gather_external_data(path)
+
+
+def gather_external_data(path: Path) -> None:
+    """Move the one-file-per-tensor external data of a >2 GB export into a single file.
+
+    The exporter writes every tensor of a model over protobuf's limit (a full-size fp32 UNet) as
+    its own file next to the graph; one ``weights.pb`` is what onnx-web's converter writes and
+    is far easier to copy around.
+    """
+    import onnx
+
+    strays = [item for item in path.parent.iterdir() if item.name != path.name]
+    if not strays:
+        return
+    model = onnx.load(str(path), load_external_data=True)
+    for item in strays:
+        item.unlink()
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=EXTERNAL_DATA_FILE
+    )
+
+
+def copy_tokenizer(src: Path, dest: Path) -> None:
+    """Copy the slow-tokenizer files of a CLIP tokenizer (vocab and merges are required)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
+        elif name in ("vocab.json", "merges.txt"):
+            raise FileNotFoundError(f"tokenizer file missing: {src / name}")
+
+
+def write_model_index(dest: Path) -> None:
+    """Write the ``model_index.json`` diffusers' ``OnnxStableDiffusionPipeline`` loads."""
+    import diffusers
+
+    config = json.loads((dest / "scheduler" / "scheduler_config.json").read_text())
+    onnx_model = ["diffusers", "OnnxRuntimeModel"]
+    index = {
+        "_class_name": "OnnxStableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", config.get("_class_name", "PNDMScheduler")],
+        "text_encoder": onnx_model,
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": onnx_model,
+        "vae_decoder": onnx_model,
+        "vae_encoder": onnx_model,
+    }
+    (dest / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def hash_component(folder: Path) -> str:
+    """Short upper-case SHA-256 over a component's graph and external weights, in name order."""
+    digest = hashlib.sha256()
+    for name in (ONNX_FILE, EXTERNAL_DATA_FILE):
+        if (folder / name).is_file():
+            with (folder / name).open("rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:HASH_LENGTH].upper()
+
+
+def read_model_hash(model_dir: Path) -> str:
+    """The first line of ``hash.txt`` in a model folder, or ``"unknown"`` (contract §7.3)."""
+    try:
+        lines = (model_dir / HASH_FILE).read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return lines[0].strip() if lines and lines[0].strip() else "unknown"
+
+
+def add_convert_arguments(subparsers: Any) -> None:
+    """Add ``convert demo`` and ``convert diffusers`` to the ``onnx-web`` command line."""
+    convert = subparsers.add_parser("convert", help="build the demo models or convert a checkpoint to ONNX")
+    kinds = convert.add_subparsers(dest="convert_kind", required=True)
+
+    demo = kinds.add_parser("demo", help="build the small random-weight demo diffusion models")
+    demo.add_argument("--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)")
+    demo.add_argument("--force", action="store_true", help="rebuild models that already exist")
+
+    diffusers_parser = kinds.add_parser(
+        "diffusers",
+        help="convert a local diffusers folder (hub ids cannot be fetched on these machines: download first)",
+    )
+    diffusers_parser.add_argument("src", type=Path, help="local diffusers folder (unet/, vae/, text_encoder/, ...)")
+    diffusers_parser.add_argument("name", help="model folder name to create, e.g. stable-diffusion-onnx-v1-5")
+    diffusers_parser.add_argument("--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)")
+    diffusers_parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Run a parsed ``convert`` command; returns the process exit status."""
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if args.convert_kind == "demo":
+        from pipelines.models.demo import build_demo_models
+
+        for folder in build_demo_models(args.models, force=args.force, progress=progress):
+            print(folder)
+        return 0
+    if not (args.src / "model_index.json").is_file():
+        print(f"not a diffusers folder (no model_index.json): {args.src}", file=sys.stderr)
+        return 2
+    print(convert_diffusers_folder(args.src, args.models / args.name, opset=args.opset, progress=progress))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``convert`` on its own: ``python -m pipelines.models.convert demo --models PATH``."""
+    parser = argparse.ArgumentParser(prog="onnx-web")
+    add_convert_arguments(parser.add_subparsers(dest="command", required=True))
+    return run_convert(parser.parse_args(["convert", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

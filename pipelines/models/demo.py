@@ -1,0 +1,329 @@
+"""Small random-weight Stable Diffusion 1.x models, built locally and exported like real ones.
+
+No weights can be downloaded on the build machines, so tests and the embedded default run on
+models that have the real SD 1.x architecture (UNet with cross-attention, KL VAE with a scale
+factor of 8, CLIP text encoder and byte-level BPE tokenizer) but are narrow enough that a 64x64
+image with a few steps takes well under a second on a CPU. The torch weights are written as a
+diffusers folder first and then exported by ``convert.convert_diffusers_folder``, the same code
+a real checkpoint takes; the diffusers folder is kept (``torch_source_path``) so reference tests
+can run diffusers' own PyTorch pipelines on the very same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.models.convert import convert_diffusers_folder, read_model_hash
+
+logger = logging.getLogger(__name__)
+
+#: Folder, under the models path, that holds the diffusers (torch) source of each demo model.
+TORCH_SOURCES = ".torch"
+EXTRAS_FILE = "extras.json"
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+#: Token context of SD 1.x's CLIP text encoder: 75 prompt tokens plus bos and eos.
+MODEL_MAX_LENGTH = 77
+
+#: SD 1.5's own scheduler config (the ``PNDMScheduler`` it ships with), so every scheduler we
+#: build from it sees the same betas and offsets as with a real model.
+SD15_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+}
+
+#: Words that become single tokens of the demo tokenizer (everything else still tokenizes, down to
+#: single bytes): common English and the vocabulary of image prompts.
+_TOKENIZER_WORDS = """
+a an the of and or but with without in on at by for from to into over under above below near
+behind between through across around before after during while is are was were be been being
+has have had do does did will would can could should may might must not no yes very more most
+less least much many few some any all each every other another such same than then there here
+this that these those it its they them their he she his her we our you your i my me who what
+which where when why how one two three four five six seven eight nine ten first second last
+new old young big small large tiny huge tall short long wide thin thick high low deep dark light
+bright dim soft hard warm cold hot cool wet dry clean dirty quiet loud fast slow beautiful pretty
+ugly cute lovely elegant simple complex detailed intricate sharp blurry smooth rough shiny matte
+red orange yellow green blue purple pink brown black white gray grey gold silver golden colorful
+cat cats dog dogs bird birds fish horse horses cow lion tiger bear wolf fox rabbit mouse deer
+owl eagle dragon unicorn robot robots monster creature animal animals man men woman women boy
+girl child children person people king queen knight wizard witch warrior princess prince soldier
+astronaut pirate portrait face faces eyes eye hair hand hands body smile head
+house houses castle tower city town village street road bridge building buildings room kitchen
+garden forest tree trees flower flowers grass field mountain mountains hill river lake sea ocean
+beach island desert snow rain cloud clouds sky sun moon star stars space planet earth fire water
+ice stone rock wood metal glass sand storm night day morning evening sunset sunrise winter summer
+spring autumn fall light shadow shadows fog mist
+photo photograph photography picture image painting drawing sketch illustration render art
+artwork style oil watercolor acrylic digital pencil ink charcoal anime cartoon comic cinematic
+realistic photorealistic hyperrealistic surreal abstract fantasy scifi futuristic ancient medieval
+modern vintage retro minimalist studio lighting volumetric dramatic epic masterpiece quality best
+highly resolution focus depth bokeh lens camera canon nikon wide angle closeup close up view scene
+landscape background foreground trending artstation unreal engine octane concept character
+design fine sharp hd uhd k by greg rutkowski
+sitting standing walking running flying swimming holding wearing looking eating playing reading
+dress shirt hat coat armor crown sword shield book table chair window door car train ship boat
+plane bicycle lamp candle cup tea coffee apple bread cake
+bad worst lowres blurry jpeg artifacts deformed disfigured extra missing fingers limbs watermark
+text signature cropped out frame duplicate mutated poorly drawn
+"""
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One demo diffusion model: its folder name, label and UNet input channels."""
+
+    name: str
+    label: str
+    #: 4 for txt2img/img2img; 9 (latents + mask + masked-image latents) for inpainting.
+    unet_in_channels: int
+    #: The extras-file ``pipeline`` of the model (§11.2), which tells the GUI what it is for.
+    pipeline: str
+
+
+DEMO_MODELS: tuple[DemoModel, ...] = (
+    DemoModel("stable-diffusion-onnx-v1-5", "Demo SD v1.5 (tiny, random weights)", 4, "txt2img"),
+    DemoModel(
+        "stable-diffusion-onnx-v1-inpainting", "Demo SD v1 inpainting (tiny, random weights)", 9, "inpaint"
+    ),
+)
+
+
+def build_demo_models(
+    models_path: Path, *, force: bool = False, progress: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Build every demo diffusion model under ``models_path`` and list them in the extras file.
+
+    Models that already exist are kept unless ``force``; returns the model folders.
+    """
+    report = progress or (lambda line: None)
+    models_path.mkdir(parents=True, exist_ok=True)
+    folders = []
+    entries = []
+    for model in DEMO_MODELS:
+        dest = models_path / model.name
+        if force or not (dest / "model_index.json").is_file():
+            source = torch_source_path(models_path, model.name)
+            report(f"{model.name}: building random-weight torch models")
+            write_demo_checkpoint(source, unet_in_channels=model.unet_in_channels)
+            convert_diffusers_folder(source, dest, progress=progress)
+        else:
+            report(f"{model.name}: already built")
+        folders.append(dest)
+        entries.append(
+            {
+                "name": model.name,
+                "label": model.label,
+                "source": "demo",
+                "pipeline": model.pipeline,
+                "hash": read_model_hash(dest),
+            }
+        )
+    merge_extras(models_path / EXTRAS_FILE, "diffusion", entries)
+    return folders
+
+
+def torch_source_path(models_path: Path, name: str) -> Path:
+    """Where the diffusers (torch) source folder of demo model ``name`` is kept."""
+    return models_path / TORCH_SOURCES / name
+
+
+def write_demo_checkpoint(dest: Path, *, unet_in_channels: int = 4) -> None:
+    """Write a diffusers Stable Diffusion folder of seeded random weights to ``dest``."""
+    tokenizer_dir = dest / "tokenizer"
+    vocab = write_demo_tokenizer(tokenizer_dir)
+    demo_text_encoder(vocab).save_pretrained(dest / "text_encoder")
+    demo_unet(unet_in_channels).save_pretrained(dest / "unet")
+    demo_vae().save_pretrained(dest / "vae")
+    write_json(dest / "scheduler" / "scheduler_config.json", SD15_SCHEDULER_CONFIG)
+    pipeline_class = "StableDiffusionInpaintPipeline" if unet_in_channels == 9 else "StableDiffusionPipeline"
+    write_json(
+        dest / "model_index.json",
+        {
+            "_class_name": pipeline_class,
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": ["diffusers", "PNDMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
+
+
+def demo_unet(in_channels: int = 4) -> Any:
+    """A narrow SD 1.x UNet (cross-attention, 4 latent channels out) with seeded random weights."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+
+
+def demo_vae() -> Any:
+    """A narrow KL autoencoder with SD's scale factor of 8 and 4 latent channels."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.18215,
+    ).eval()
+
+
+def demo_text_encoder(vocab: dict[str, int]) -> Any:
+    """A two-layer CLIP text encoder (hidden size 32) sized for ``vocab``."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(2)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        projection_dim=32,
+        hidden_act="quick_gelu",
+        bos_token_id=vocab[BOS_TOKEN],
+        eos_token_id=vocab[EOS_TOKEN],
+        pad_token_id=vocab[EOS_TOKEN],
+    )
+    return CLIPTextModel(config).eval()
+
+
+def write_demo_tokenizer(dest: Path) -> dict[str, int]:
+    """Write a CLIP byte-level BPE tokenizer (vocab.json, merges.txt, configs) and return its vocab."""
+    merges = train_bpe_merges(_TOKENIZER_WORDS.split())
+    vocab = clip_vocab(merges)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_json(dest / "vocab.json", vocab)
+    (dest / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    specials = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
+    write_json(dest / "special_tokens_map.json", specials)
+    write_json(
+        dest / "tokenizer_config.json",
+        {
+            **specials,
+            "tokenizer_class": "CLIPTokenizer",
+            "model_max_length": MODEL_MAX_LENGTH,
+            "do_lower_case": True,
+            "errors": "replace",
+            "add_prefix_space": False,
+        },
+    )
+    return vocab
+
+
+def byte_symbols() -> list[str]:
+    """The 256 characters byte-level BPE uses for bytes, in GPT-2/CLIP vocabulary order.
+
+    Printable bytes stand for themselves; the others are shifted past 255 so no symbol is
+    whitespace or a control character.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [byte for byte in range(256) if byte not in printable]
+    return [chr(byte) for byte in printable] + [chr(256 + i) for i in range(len(shifted))]
+
+
+def train_bpe_merges(words: Iterable[str]) -> list[tuple[str, str]]:
+    """Learn byte-pair merges until every word is one symbol, CLIP style (``</w>`` ends a word).
+
+    Each distinct word counts once, and ties go to the lexicographically largest pair, so the
+    merges depend only on the word list.
+    """
+    # Every corpus word is ASCII, so its characters already are its byte symbols.
+    corpus = [(*word[:-1], word[-1] + "</w>") for word in sorted(set(words))]
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs = Counter(pair for symbols in corpus for pair in zip(symbols, symbols[1:], strict=False))
+        if not pairs:
+            return merges
+        best = max(pairs.items(), key=lambda item: (item[1], item[0]))[0]
+        merges.append(best)
+        corpus = [_merge_pair(symbols, best) for symbols in corpus]
+
+
+def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    merged: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return tuple(merged)
+
+
+def clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
+    """CLIP's vocabulary layout: bytes, bytes ending a word, merged symbols, then bos and eos."""
+    tokens = byte_symbols()
+    tokens += [symbol + "</w>" for symbol in tokens]
+    tokens += ["".join(pair) for pair in merges]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    vocab: dict[str, int] = {}
+    for token in tokens:
+        vocab.setdefault(token, len(vocab))
+    return vocab
+
+
+def merge_extras(path: Path, section: str, entries: list[dict[str, Any]]) -> None:
+    """Add or replace ``entries`` (by name) in one section of an extras file, keeping the rest."""
+    extras: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    names = {entry["name"] for entry in entries}
+    kept = [entry for entry in extras.get(section, []) if not isinstance(entry, dict) or entry.get("name") not in names]
+    extras[section] = kept + entries
+    write_json(path, extras)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, replacing ``path`` atomically so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(partial, path)
