@@ -53,7 +53,6 @@ def convert_diffusers_folder(
     The model is written to a sibling ``.partial`` folder and renamed at the end, so a worker or
     the model list never sees a half-converted model. An existing ``dest`` is replaced.
     """
-    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -84,7 +83,9 @@ def convert_diffusers_folder(
 
     copy_tokenizer(src / "tokenizer", partial / "tokenizer")
     (partial / "scheduler").mkdir()
-    shutil.copyfile(src / "scheduler" / "scheduler_config.json", partial / "scheduler" / "scheduler_config.json")
+    shutil.copyfile(
+        src / "scheduler" / "scheduler_config.json", partial / "scheduler" / "scheduler_config.json"
+    )
     write_model_index(partial)
     (partial / HASH_FILE).write_text(hash_component(partial / "unet") + "\n")
 
@@ -116,7 +117,11 @@ def export_text_encoder(text_encoder: Any, path: Path, opset: int) -> None:
         opset,
         input_names=["input_ids"],
         output_names=["last_hidden_state", "pooler_output"],
-        dynamic_axes={"input_ids": {0: "batch"}, "last_hidden_state": {0: "batch"}, "pooler_output": {0: "batch"}},
+        dynamic_axes={
+            "input_ids": {0: "batch"},
+            "last_hidden_state": {0: "batch"},
+            "pooler_output": {0: "batch"},
+        },
     )
 
 
@@ -184,7 +189,10 @@ def export_vae_encoder(vae: Any, path: Path, opset: int) -> None:
         opset,
         input_names=["sample"],
         output_names=["latent_sample"],
-        dynamic_axes={"sample": {0: "batch", 2: "height", 3: "width"}, "latent_sample": {0: "batch", 2: "height", 3: "width"}},
+        dynamic_axes={
+            "sample": {0: "batch", 2: "height", 3: "width"},
+            "latent_sample": {0: "batch", 2: "height", 3: "width"},
+        },
     )
 
 
@@ -208,7 +216,10 @@ def export_vae_decoder(vae: Any, path: Path, opset: int) -> None:
         opset,
         input_names=["latent_sample"],
         output_names=["sample"],
-        dynamic_axes={"latent_sample": {0: "batch", 2: "height", 3: "width"}, "sample": {0: "batch", 2: "height", 3: "width"}},
+        dynamic_axes={
+            "latent_sample": {0: "batch", 2: "height", 3: "width"},
+            "sample": {0: "batch", 2: "height", 3: "width"},
+        },
     )
 
 
@@ -257,7 +268,11 @@ def gather_external_data(path: Path) -> None:
     for item in strays:
         item.unlink()
     onnx.save_model(
-        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=EXTERNAL_DATA_FILE
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=EXTERNAL_DATA_FILE,
     )
 
 
@@ -319,17 +334,25 @@ def add_convert_arguments(subparsers: Any) -> None:
     kinds = convert.add_subparsers(dest="convert_kind", required=True)
 
     demo = kinds.add_parser("demo", help="build the small random-weight demo diffusion models")
-    demo.add_argument("--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)")
+    demo.add_argument(
+        "--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)"
+    )
     demo.add_argument("--force", action="store_true", help="rebuild models that already exist")
 
     diffusers_parser = kinds.add_parser(
         "diffusers",
         help="convert a local diffusers folder (hub ids cannot be fetched on these machines: download first)",
     )
-    diffusers_parser.add_argument("src", type=Path, help="local diffusers folder (unet/, vae/, text_encoder/, ...)")
+    diffusers_parser.add_argument(
+        "src", type=Path, help="local diffusers folder (unet/, vae/, text_encoder/, ...)"
+    )
     diffusers_parser.add_argument("name", help="model folder name to create, e.g. stable-diffusion-onnx-v1-5")
-    diffusers_parser.add_argument("--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)")
-    diffusers_parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+    diffusers_parser.add_argument(
+        "--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)"
+    )
+    diffusers_parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)"
+    )
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ can run diffusers' own PyTorch pipelines on the very same weights.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -242,7 +243,12 @@ def write_demo_tokenizer(dest: Path) -> dict[str, int]:
     (dest / "merges.txt").write_text(
         "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
     )
-    specials = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
+    specials = {
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "pad_token": EOS_TOKEN,
+        "unk_token": EOS_TOKEN,
+    }
     write_json(dest / "special_tokens_map.json", specials)
     write_json(
         dest / "tokenizer_config.json",
@@ -264,7 +270,11 @@ def byte_symbols() -> list[str]:
     Printable bytes stand for themselves; the others are shifted past 255 so no symbol is
     whitespace or a control character.
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     shifted = [byte for byte in range(256) if byte not in printable]
     return [chr(byte) for byte in printable] + [chr(256 + i) for i in range(len(shifted))]
 
@@ -279,7 +289,7 @@ def train_bpe_merges(words: Iterable[str]) -> list[tuple[str, str]]:
     corpus = [(*word[:-1], word[-1] + "</w>") for word in sorted(set(words))]
     merges: list[tuple[str, str]] = []
     while True:
-        pairs = Counter(pair for symbols in corpus for pair in zip(symbols, symbols[1:], strict=False))
+        pairs = Counter(pair for symbols in corpus for pair in itertools.pairwise(symbols))
         if not pairs:
             return merges
         best = max(pairs.items(), key=lambda item: (item[1], item[0]))[0]
@@ -316,7 +326,11 @@ def merge_extras(path: Path, section: str, entries: list[dict[str, Any]]) -> Non
     """Add or replace ``entries`` (by name) in one section of an extras file, keeping the rest."""
     extras: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     names = {entry["name"] for entry in entries}
-    kept = [entry for entry in extras.get(section, []) if not isinstance(entry, dict) or entry.get("name") not in names]
+    kept = [
+        entry
+        for entry in extras.get(section, [])
+        if not isinstance(entry, dict) or entry.get("name") not in names
+    ]
     extras[section] = kept + entries
     write_json(path, extras)
 
