@@ -1,0 +1,120 @@
+"""Output encoding with onnx-web's embedded metadata (contract §7.2, §7.3).
+
+PNG outputs carry text chunks ``make``, ``maker note`` (the metadata JSON), ``model`` (the server
+version) and ``parameters`` (an AUTOMATIC1111-style string, so Civitai and other tools read
+them). JPEG and WebP carry the same in EXIF. Thumbnails carry nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+TOOL = "onnx-web"
+EXIF_MAKE = 0x010F
+EXIF_MODEL = 0x0110
+EXIF_MAKER_NOTE = 0x927C
+EXIF_USER_COMMENT = 0x9286
+PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+
+
+def a1111_parameters(metadata: Mapping[str, Any], server_version: str) -> str:
+    """The three-line parameter string AUTOMATIC1111 writes, from our metadata JSON."""
+    params = metadata.get("params", {})
+    size = metadata.get("input_size") or metadata.get("size") or {}
+    models = metadata.get("models") or [{}]
+    base = models[0]
+    hashes = {
+        entry["name"]: entry.get("hash", "unknown")
+        for entry in [*models, *metadata.get("loras", []), *metadata.get("inversions", [])]
+        if "name" in entry
+    }
+    fields = [
+        f"Steps: {params.get('steps', '')}",
+        f"Sampler: {params.get('scheduler', '')}",
+        f"CFG scale: {params.get('cfg', '')}",
+        f"Seed: {params.get('seed', '')}",
+        f"Size: {size.get('width', 0)}x{size.get('height', 0)}",
+        f"Model hash: {base.get('hash', 'unknown')}",
+        f"Model: {base.get('name', params.get('model', ''))}",
+        f"Tool: {TOOL}",
+        f"Version: {server_version}",
+        f'Inversion hashes: "{_network_hashes(metadata.get("inversions", []))}"',
+        f'Lora hashes: "{_network_hashes(metadata.get("loras", []))}"',
+        f"Hashes: {json.dumps(hashes)}",
+    ]
+    return "\n".join(
+        [
+            str(params.get("prompt") or ""),
+            f"Negative prompt: {params.get('negative_prompt') or ''}",
+            ", ".join(fields),
+        ]
+    )
+
+
+def _network_hashes(networks: list[Mapping[str, Any]]) -> str:
+    return ",".join(f"{entry.get('name')}: {entry.get('hash', 'unknown')}" for entry in networks)
+
+
+def encode_image(
+    image: Image.Image, metadata: Mapping[str, Any] | None, *, fmt: str, server_version: str
+) -> bytes:
+    """Encode ``image`` as ``fmt`` (png, jpeg, webp), embedding ``metadata`` when given."""
+    pil_format = PIL_FORMATS[fmt]
+    buffer = io.BytesIO()
+    options: dict[str, Any] = {}
+    if metadata is not None:
+        note = json.dumps(metadata, sort_keys=True)
+        parameters = a1111_parameters(metadata, server_version)
+        if pil_format == "PNG":
+            info = PngImagePlugin.PngInfo()
+            info.add_text("make", TOOL)
+            info.add_text("maker note", note)
+            info.add_text("model", server_version)
+            info.add_text("parameters", parameters)
+            options["pnginfo"] = info
+        else:
+            exif = Image.Exif()
+            exif[EXIF_MAKE] = TOOL
+            exif[EXIF_MODEL] = server_version
+            exif[EXIF_MAKER_NOTE] = _user_comment(note)
+            exif[EXIF_USER_COMMENT] = _user_comment(parameters)
+            options["exif"] = exif
+    if pil_format == "JPEG":
+        image = image.convert("RGB")
+        options["quality"] = 95
+    image.save(buffer, format=pil_format, **options)
+    return buffer.getvalue()
+
+
+def _user_comment(text: str) -> bytes:
+    """EXIF's Unicode user-comment payload: an 8-byte charset header, then UTF-16."""
+    return b"UNICODE\x00" + text.encode("utf-16-be")
+
+
+def thumbnail(image: Image.Image, size: int) -> Image.Image:
+    """A copy shrunk (never enlarged) to fit a ``size`` square, aspect kept."""
+    copy = image.copy()
+    copy.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return copy
+
+
+def read_metadata(image: Image.Image) -> dict[str, Any] | None:
+    """The metadata JSON an image made by onnx-web (or this service) carries, if any."""
+    note = image.info.get("maker note") if hasattr(image, "info") else None
+    if note is None:
+        raw = image.getexif().get(EXIF_MAKER_NOTE)
+        if isinstance(raw, bytes) and raw.startswith(b"UNICODE\x00"):
+            note = raw[8:].decode("utf-16-be", errors="replace")
+    if not note:
+        return None
+    try:
+        parsed = json.loads(note)
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
