@@ -1,0 +1,111 @@
+"""Database plumbing: engines from a URL, and applying the Alembic migrations in ``migrations/``.
+
+Every process (api, worker, ``onnx-web migrate``, ``onnx-web run``, the test fixtures) builds its
+engine through ``make_engine`` and migrates through ``upgrade_head``, so URL handling and timeouts
+live in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import sqlalchemy
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from psycopg import sql
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import NullPool
+
+import migrations
+
+DRIVER = "postgresql+psycopg"
+#: Schemes people write in ``DATABASE_URL`` (Heroku-style ``postgres://`` included), all served by psycopg 3.
+POSTGRES_SCHEMES = frozenset({"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"})
+POOL_SIZE = 5
+MAX_OVERFLOW = 10
+POOL_TIMEOUT_S = 10.0
+#: Shorter than gunicorn's 30 s worker timeout, so a stuck query becomes an error, not a killed worker.
+STATEMENT_TIMEOUT_S = 10.0
+ALEMBIC_INI = Path(migrations.__file__).parent / "alembic.ini"
+
+
+def sqlalchemy_url(url: str | URL) -> URL:
+    """Turn a ``postgres://``/``postgresql://`` URL into SQLAlchemy's psycopg 3 form.
+
+    Query parameters pass through untouched, so a unix-socket URL such as
+    ``postgresql://postgres:@/postgres?host=/tmp/pg`` keeps working.
+    """
+    parsed = make_url(url)
+    if parsed.drivername not in POSTGRES_SCHEMES:
+        raise ValueError(f"not a PostgreSQL URL: {parsed.drivername}://…")
+    return parsed.set(drivername=DRIVER)
+
+
+def libpq_url(url: str | URL) -> str:
+    """The same database as a plain ``postgresql://`` URI, for direct psycopg connections."""
+    return sqlalchemy_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def make_engine(
+    url: str | URL,
+    *,
+    pool_size: int = POOL_SIZE,
+    max_overflow: int = MAX_OVERFLOW,
+    statement_timeout_s: float | None = STATEMENT_TIMEOUT_S,
+    application_name: str = "onnx-web",
+) -> Engine:
+    """Build a pooled engine; connections are checked before use so a restarted Postgres heals the pool."""
+    connect_args: dict[str, str] = {"application_name": application_name}
+    if statement_timeout_s is not None:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+    return sqlalchemy.create_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=POOL_TIMEOUT_S,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def alembic_config(connection: sqlalchemy.Connection) -> AlembicConfig:
+    """The settings of ``migrations/alembic.ini``, bound to an open connection for ``env.py``."""
+    config = AlembicConfig(ALEMBIC_INI)
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_head(url: str | URL, revision: str = "head") -> None:
+    """Upgrade the database at ``url`` to ``revision`` (``onnx-web migrate`` and the test fixtures)."""
+    _run_alembic(url, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(url: str | URL, revision: str = "base") -> None:
+    """Downgrade the database at ``url`` to ``revision``; ``base`` removes every object the migrations made."""
+    _run_alembic(url, lambda config: command.downgrade(config, revision))
+
+
+def create_database(admin_url: str | URL, name: str) -> str:
+    """Create database ``name`` on the server of ``admin_url`` unless it exists; return its URL."""
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return database_url(admin_url, name)
+
+
+def database_url(url: str | URL, name: str) -> str:
+    """The URL of database ``name`` on the same server as ``url`` (same credentials and socket)."""
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def _run_alembic(url: str | URL, step: Callable[[AlembicConfig], None]) -> None:
+    # NullPool: a migration is a one-off connection, nothing should stay open afterwards.
+    engine = sqlalchemy.create_engine(sqlalchemy_url(url), poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            step(alembic_config(connection))
+    finally:
+        engine.dispose()
