@@ -1,0 +1,23 @@
+"""The job queue: the only code that reads or writes the ``jobs`` table.
+
+``JobStore`` (``store.py``) runs the named statements of ``queries.sql``; ``JobState``
+(``states.py``) mirrors the schema's enum; ``Notifier`` (``notify.py``) wakes idle workers.
+"""
+
+from service.jobs.notify import CHANNEL, Notifier
+from service.jobs.states import TERMINAL_STATES, JobState
+from service.jobs.store import ClaimedJob, Heartbeat, JobStore, JobView, NewJob, Progress, Rescued
+
+__all__ = [
+    "CHANNEL",
+    "TERMINAL_STATES",
+    "ClaimedJob",
+    "Heartbeat",
+    "JobState",
+    "JobStore",
+    "JobView",
+    "NewJob",
+    "Notifier",
+    "Progress",
+    "Rescued",
+]

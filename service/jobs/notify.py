@@ -1,0 +1,91 @@
+"""Wake idle workers when a job becomes pending (LISTEN/NOTIFY), with polling as the fallback.
+
+Migration 0001's triggers call ``pg_notify('onnx_web_jobs', <model or ''>)`` whenever a row
+becomes ``pending``. A notification is only a hint: connection poolers in transaction mode drop
+LISTEN, and a notification sent while the listener reconnects is lost. So a worker claims again
+after every ``wait``, whether it was woken or timed out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import TracebackType
+
+import psycopg
+from psycopg import sql
+
+from service.db import libpq_url
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "onnx_web_jobs"
+#: How often a wait looks at ``interrupt()``: the longest a stopping worker sits in a wait.
+INTERRUPT_CHECK_S = 0.25
+
+
+class Notifier:
+    """A dedicated autocommit connection listening on ``CHANNEL`` for one worker.
+
+    Create it before the first claim: notifications that arrive while the worker is busy wait
+    on the connection, so the next ``wait`` returns at once instead of missing them.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._conninfo = libpq_url(url)
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._interrupted = threading.Event()
+        self._connect()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until a job becomes pending or ``timeout_s`` passes; True when woken by a notification.
+
+        If the connection is broken, this degrades to sleeping (plain polling) and reconnects on
+        the next call, so a database restart never stops a worker.
+        """
+        deadline = time.monotonic() + timeout_s
+        try:
+            if self._conn is None:
+                self._connect()
+            assert self._conn is not None
+            while not self._interrupted.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                slice_s = min(remaining, INTERRUPT_CHECK_S)
+                if list(self._conn.notifies(timeout=slice_s, stop_after=1)):
+                    # A burst of submissions sends one notification per job; one wake-up covers
+                    # them all, since the worker claims until the queue is empty.
+                    for _ in self._conn.notifies(timeout=0):
+                        pass
+                    return True
+            return False
+        except psycopg.OperationalError as err:
+            log.warning("listen connection lost; polling", extra={"action": "listen_lost", "error": str(err)})
+            self.close()
+            self._interrupted.wait(max(0.0, deadline - time.monotonic()))
+            return False
+
+    def interrupt(self) -> None:
+        """Make the current and every later ``wait`` return at once (the worker is stopping)."""
+        self._interrupted.set()
+
+    def close(self) -> None:
+        """Close the listening connection; safe to call twice."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Notifier:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _connect(self) -> None:
+        conn = psycopg.connect(self._conninfo, autocommit=True)
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+        self._conn = conn

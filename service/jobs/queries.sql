@@ -1,0 +1,232 @@
+-- name: insert_job
+-- Add a pending job; inserts nothing when the name or the (owner, idempotency key) is taken.
+INSERT INTO jobs (
+    id, name, owner, idempotency_key, request_hash, kind, priority, model, platform,
+    chain, inputs, max_attempts, request_id, steps_total, stages_total, tiles_total
+) VALUES (
+    :id, :name, :owner, :idempotency_key, :request_hash, :kind, :priority, :model, :platform,
+    CAST(:chain AS jsonb), CAST(:inputs AS jsonb), :max_attempts, :request_id,
+    :steps_total, :stages_total, :tiles_total
+)
+-- No conflict target: a concurrent twin makes this wait for the twin's commit, then the
+-- caller reads the winner (select_conflicting_job) instead of failing.
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: select_conflicting_job
+-- The job that took an insert's idempotency key (preferred) or its name.
+SELECT name, owner, request_hash, (owner = :owner AND idempotency_key = :idempotency_key) IS TRUE AS same_key
+FROM jobs
+WHERE (owner = :owner AND idempotency_key = :idempotency_key) OR name = :name
+ORDER BY same_key DESC
+LIMIT 1;
+
+-- name: select_jobs
+-- Jobs by name with their queue position (0-based, claim order) and the queue length, in one round trip.
+WITH queue AS (
+    SELECT id, row_number() OVER (ORDER BY priority DESC, created_at, id) - 1 AS position
+    FROM jobs
+    WHERE state = 'pending'
+)
+SELECT
+    jobs.id, jobs.name, jobs.kind, jobs.state, queue.position AS queue_position,
+    (SELECT count(*) FROM queue) AS queue_total,
+    jobs.steps_current, jobs.steps_total, jobs.stages_current, jobs.stages_total,
+    jobs.tiles_current, jobs.tiles_total,
+    jobs.outputs, jobs.thumbnails, jobs.metadata, jobs.output_keys, jobs.reason,
+    jobs.cancel_requested, jobs.attempt, jobs.max_attempts, jobs.model,
+    jobs.created_at, jobs.started_at, jobs.finished_at
+FROM jobs
+LEFT JOIN queue ON queue.id = jobs.id
+WHERE jobs.name = ANY(CAST(:names AS text[]));
+
+-- name: count_pending
+-- Number of jobs waiting in the queue (what the autoscaler scales on).
+SELECT count(*) FROM jobs WHERE state = 'pending';
+
+-- name: cancel_job
+-- Cancel by name: a pending job ends now, a running one is flagged for its worker; returns the state.
+WITH changed AS (
+    UPDATE jobs SET
+        -- pending -> cancelled: no worker holds it, so it ends here and never runs.
+        state = CASE WHEN state = 'pending' THEN 'cancelled' ELSE state END,
+        finished_at = CASE WHEN state = 'pending' THEN now() ELSE finished_at END,
+        reason = CASE WHEN state = 'pending' THEN 'cancelled' ELSE reason END,
+        -- running stays running: only the lease holder may end it, at its next check.
+        cancel_requested = cancel_requested OR state = 'running',
+        updated_at = now()
+    WHERE name = :name AND state IN ('pending', 'running')
+    RETURNING state
+)
+SELECT state FROM changed
+UNION ALL
+-- Terminal (or already moved on): unchanged, report it as it is.
+SELECT state FROM jobs WHERE name = :name AND NOT EXISTS (SELECT 1 FROM changed);
+
+-- name: claim_job
+-- Claim one pending job for a worker: priority, then jobs past the affinity window, then held models, then age.
+WITH candidate AS (
+    SELECT id
+    FROM jobs
+    WHERE state = 'pending' AND (platform IS NULL OR platform = :platform)
+    ORDER BY
+        priority DESC,
+        -- A job waiting longer than the window is never passed over for a held-model one.
+        CASE
+            WHEN created_at < now() - make_interval(secs => :affinity_window_s) THEN 0
+            WHEN model = ANY(CAST(:held_models AS text[])) THEN 1
+            ELSE 2
+        END,
+        created_at,
+        id
+    LIMIT 1
+    -- Concurrent claimers skip each other's rows instead of queueing on the lock.
+    FOR UPDATE SKIP LOCKED
+)
+-- pending -> running: a new attempt, owned by this worker until its lease runs out.
+UPDATE jobs SET
+    state = 'running',
+    attempt = attempt + 1,
+    worker_id = :worker_id,
+    started_at = now(),
+    heartbeat_at = now(),
+    lease_expires_at = now() + make_interval(secs => :lease_s),
+    -- Progress restarts with the attempt; the totals were estimated at submission.
+    steps_current = 0,
+    stages_current = 0,
+    tiles_current = 0,
+    updated_at = now()
+FROM candidate
+WHERE jobs.id = candidate.id
+RETURNING jobs.id, jobs.name, jobs.kind, jobs.attempt, jobs.chain, jobs.inputs, jobs.model, jobs.max_attempts;
+
+-- name: heartbeat
+-- Renew the lease of a worker's attempt; no row back means the attempt lost the job.
+UPDATE jobs SET
+    heartbeat_at = now(),
+    lease_expires_at = now() + make_interval(secs => :lease_s),
+    updated_at = now()
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+RETURNING cancel_requested;
+
+-- name: record_progress
+-- Write a worker's progress counters (fenced by worker and attempt); also a sign of life.
+UPDATE jobs SET
+    steps_current = :steps_current, steps_total = :steps_total,
+    stages_current = :stages_current, stages_total = :stages_total,
+    tiles_current = :tiles_current, tiles_total = :tiles_total,
+    heartbeat_at = now(),
+    updated_at = now()
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt;
+
+-- name: finish_success
+-- Record the outputs of the attempt that still holds the job; a stale attempt changes nothing.
+-- running -> success (also when a cancel was requested: the work finished first).
+UPDATE jobs SET
+    state = 'success',
+    outputs = CAST(:outputs AS jsonb),
+    thumbnails = CAST(:thumbnails AS jsonb),
+    metadata = CAST(:metadata AS jsonb),
+    output_keys = CAST(:output_keys AS jsonb),
+    steps_current = :steps_current, steps_total = :steps_total,
+    stages_current = :stages_current, stages_total = :stages_total,
+    tiles_current = :tiles_current, tiles_total = :tiles_total,
+    lease_expires_at = NULL,
+    finished_at = now(),
+    updated_at = now()
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt;
+
+-- name: finish_failed
+-- End a failed attempt: back to the queue if retryable with attempts left, else failed; returns the state.
+WITH ended AS (
+    SELECT
+        id,
+        CASE
+            -- running -> cancelled: a retry would run a job the user asked to stop.
+            WHEN CAST(:retryable AS boolean) AND attempt < max_attempts AND cancel_requested THEN 'cancelled'
+            -- running -> pending: retry on another (or the same) worker.
+            WHEN CAST(:retryable AS boolean) AND attempt < max_attempts THEN 'pending'
+            -- running -> failed: the error is final or the attempts are used up.
+            ELSE 'failed'
+        END::job_state AS next_state
+    FROM jobs
+    WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+    FOR UPDATE
+)
+UPDATE jobs SET
+    state = ended.next_state,
+    worker_id = CASE WHEN ended.next_state = 'pending' THEN NULL ELSE jobs.worker_id END,
+    lease_expires_at = NULL,
+    reason = CASE ended.next_state
+        WHEN 'failed' THEN CAST(:reason AS text) WHEN 'cancelled' THEN 'cancelled' END,
+    finished_at = CASE WHEN ended.next_state = 'pending' THEN NULL ELSE now() END,
+    errors = jobs.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', jobs.attempt, 'worker', jobs.worker_id, 'at', now(),
+        'reason', CAST(:reason AS text), 'message', CAST(:message AS text)
+    )),
+    updated_at = now()
+FROM ended
+WHERE jobs.id = ended.id
+RETURNING jobs.state;
+
+-- name: finish_cancelled
+-- End a running job whose cancel was requested, once its worker has stopped.
+-- running -> cancelled.
+UPDATE jobs SET
+    state = 'cancelled',
+    reason = 'cancelled',
+    lease_expires_at = NULL,
+    finished_at = now(),
+    updated_at = now()
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+    AND cancel_requested;
+
+-- name: release_job
+-- Hand a job back on graceful shutdown without spending an attempt or recording an error.
+UPDATE jobs SET
+    -- running -> pending, or running -> cancelled when a cancel is already waiting for it.
+    state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END::job_state,
+    -- The attempt never ran to an outcome, so it does not count against max_attempts.
+    attempt = CASE WHEN cancel_requested THEN attempt ELSE attempt - 1 END,
+    worker_id = CASE WHEN cancel_requested THEN worker_id END,
+    reason = CASE WHEN cancel_requested THEN 'cancelled' END,
+    finished_at = CASE WHEN cancel_requested THEN now() END,
+    lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt;
+
+-- name: rescue_expired
+-- Take back every running job whose lease expired (its worker died or hung), in one statement.
+WITH expired AS (
+    SELECT
+        id,
+        worker_id,
+        CASE
+            -- running -> cancelled: the user asked to stop it and nobody is running it now.
+            WHEN cancel_requested THEN 'cancelled'
+            -- running -> pending: another worker gets a fresh attempt.
+            WHEN attempt < max_attempts THEN 'pending'
+            -- running -> failed: every attempt died; retrying forever would crash workers forever.
+            ELSE 'failed'
+        END::job_state AS next_state
+    FROM jobs
+    WHERE state = 'running' AND lease_expires_at < now()
+    -- A row being heartbeated right now is skipped: its lease is about to be renewed.
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs SET
+    state = expired.next_state,
+    worker_id = CASE WHEN expired.next_state = 'pending' THEN NULL ELSE jobs.worker_id END,
+    lease_expires_at = NULL,
+    reason = CASE expired.next_state
+        WHEN 'failed' THEN 'rescue_exhausted' WHEN 'cancelled' THEN 'cancelled' END,
+    finished_at = CASE WHEN expired.next_state = 'pending' THEN NULL ELSE now() END,
+    rescue_count = jobs.rescue_count + 1,
+    errors = jobs.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', jobs.attempt, 'worker', jobs.worker_id, 'at', now(),
+        'reason', 'rescued', 'message', 'lease expired: the worker stopped sending heartbeats'
+    )),
+    updated_at = now()
+FROM expired
+WHERE jobs.id = expired.id
+RETURNING jobs.id, jobs.name, jobs.state, jobs.attempt, expired.worker_id;

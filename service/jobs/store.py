@@ -1,0 +1,359 @@
+"""``JobStore``: the one owner of the jobs table; the api and the workers call its methods.
+
+Every method runs named statements from ``queries.sql`` in one short transaction, and every state
+change is a single statement that checks the current state, so two actors can never both win.
+A worker's writes are fenced by ``(worker_id, attempt)``: once its job was rescued and claimed
+again, the old attempt's heartbeats, progress and commits change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, Engine, Row, TextClause
+
+from service.errors import IdempotencyConflict
+from service.jobs.queries import QUERIES
+from service.jobs.states import JobState
+
+#: ``(current, total)`` of one progress counter: steps, stages or tiles.
+Progress = tuple[int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewJob:
+    """A job to submit, fully resolved by the api (seeds chosen, defaults applied)."""
+
+    id: UUID
+    #: onnx-web's job name, ``<kind>_<seed>_<sha256>_<unix seconds>``; unique.
+    name: str
+    kind: str
+    #: The chain document the worker runs, exactly as stored (a JSON object).
+    chain: Mapping[str, Any]
+    #: The model the job loads, for worker affinity; None when it needs none.
+    model: str | None
+    #: ``cpu``, ``cuda``…; None lets any worker take it.
+    platform: str | None
+    max_attempts: int
+    priority: int = 0
+    owner: str = "anonymous"
+    idempotency_key: str | None = None
+    #: sha256 of the submitted request: a reused idempotency key with another body is a conflict.
+    request_hash: str | None = None
+    #: Input field (``source``, ``mask``…) -> object key of the uploaded image.
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    request_id: str | None = None
+    steps_total: int = 0
+    stages_total: int = 0
+    tiles_total: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobView:
+    """What the api reports about a job."""
+
+    id: UUID
+    name: str
+    kind: str
+    state: JobState
+    #: 0-based index among pending jobs in claim order (priority, then age); None unless pending.
+    queue_position: int | None
+    #: Number of pending jobs.
+    queue_total: int
+    steps: Progress
+    stages: Progress
+    tiles: Progress
+    #: Output file names (``<name>_<i>.png``), set on success.
+    outputs: tuple[str, ...] | None
+    thumbnails: tuple[str, ...] | None
+    #: One object per output.
+    metadata: tuple[dict[str, Any], ...] | None
+    #: File name -> object key, for images, thumbnails and ``.json`` sidecars.
+    output_keys: dict[str, str] | None
+    reason: str | None
+    cancel_requested: bool
+    attempt: int
+    max_attempts: int
+    model: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedJob:
+    """A job a worker now holds; ``(id, attempt)`` plus its worker id fence every later write."""
+
+    id: UUID
+    name: str
+    kind: str
+    attempt: int
+    chain: dict[str, Any]
+    inputs: dict[str, str]
+    model: str | None
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The answer to a heartbeat."""
+
+    #: False: the lease was lost (the job was rescued); stop and discard the results.
+    owned: bool
+    #: The user asked to cancel: stop at the next check and call ``finish_cancelled``.
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rescued:
+    """A job taken back from a worker whose lease expired."""
+
+    id: UUID
+    name: str
+    #: ``pending`` (attempts left), ``failed`` (``rescue_exhausted``) or ``cancelled``.
+    state: JobState
+    attempt: int
+    #: The worker that lost it.
+    worker_id: str
+
+
+class JobStore:
+    """Submit, claim, track and finish jobs in Postgres."""
+
+    def __init__(self, engine: Engine, *, lease_s: float, affinity_window_s: float) -> None:
+        self._engine = engine
+        self._lease_s = lease_s
+        self._affinity_window_s = affinity_window_s
+
+    def enqueue(self, job: NewJob) -> JobView:
+        """Insert a pending job, or return the job an identical earlier submission created.
+
+        The same ``(owner, idempotency_key)`` with the same ``request_hash`` answers the existing
+        job, even a finished one; with another hash it raises ``IdempotencyConflict``. A taken name
+        is treated the same way: onnx-web names hash the parameters, so the same name from the
+        same owner and body is the same request. Safe under concurrent identical submissions.
+        """
+        params = {
+            "id": job.id,
+            "name": job.name,
+            "owner": job.owner,
+            "idempotency_key": job.idempotency_key,
+            "request_hash": job.request_hash,
+            "kind": job.kind,
+            "priority": job.priority,
+            "model": job.model,
+            "platform": job.platform,
+            "chain": json.dumps(job.chain),
+            "inputs": json.dumps(job.inputs),
+            "max_attempts": job.max_attempts,
+            "request_id": job.request_id,
+            "steps_total": job.steps_total,
+            "stages_total": job.stages_total,
+            "tiles_total": job.tiles_total,
+        }
+        with self._engine.begin() as conn:
+            if conn.execute(QUERIES["insert_job"], params).first() is not None:
+                return self._views(conn, [job.name])[job.name]
+            # ON CONFLICT waited for the other insert to commit, so this statement sees its row.
+            existing = conn.execute(QUERIES["select_conflicting_job"], params).one()
+            if existing.owner != job.owner or existing.request_hash != job.request_hash:
+                if existing.same_key:
+                    raise IdempotencyConflict()
+                raise IdempotencyConflict(f"job name {job.name} is taken by another request")
+            return self._views(conn, [existing.name])[existing.name]
+
+    def get_many(self, names: Sequence[str]) -> dict[str, JobView]:
+        """The jobs with these names (unknown names are absent), with queue positions, in one query."""
+        with self._engine.connect() as conn:
+            return self._views(conn, names)
+
+    def queue_depth(self) -> int:
+        """Number of pending jobs."""
+        with self._engine.connect() as conn:
+            return int(conn.execute(QUERIES["count_pending"]).scalar_one())
+
+    def cancel(self, name: str) -> JobState | None:
+        """Cancel a job by name and return its resulting state; None for an unknown name.
+
+        Pending ends ``cancelled`` at once; running stays ``running`` with ``cancel_requested``
+        set until its worker stops; terminal jobs are left as they are.
+        """
+        with self._engine.begin() as conn:
+            state = conn.execute(QUERIES["cancel_job"], {"name": name}).scalar_one_or_none()
+        return None if state is None else JobState(state)
+
+    def claim(self, worker_id: str, *, platform: str, held_models: Sequence[str]) -> ClaimedJob | None:
+        """Take the next job for this worker, or None when nothing suits it.
+
+        Highest priority first; within it, jobs older than the affinity window by age, then jobs
+        for a model the worker holds, then the rest by age.
+        """
+        params = {
+            "worker_id": worker_id,
+            "platform": platform,
+            "held_models": list(held_models),
+            "lease_s": self._lease_s,
+            "affinity_window_s": self._affinity_window_s,
+        }
+        with self._engine.begin() as conn:
+            row = conn.execute(QUERIES["claim_job"], params).first()
+        if row is None:
+            return None
+        return ClaimedJob(
+            id=row.id,
+            name=row.name,
+            kind=row.kind,
+            attempt=row.attempt,
+            chain=row.chain,
+            inputs=row.inputs,
+            model=row.model,
+            max_attempts=row.max_attempts,
+        )
+
+    def heartbeat(self, job_id: UUID, worker_id: str, attempt: int) -> Heartbeat:
+        """Renew the lease while this attempt still holds the job, and pass on a cancel request."""
+        params = {"job_id": job_id, "worker_id": worker_id, "attempt": attempt, "lease_s": self._lease_s}
+        with self._engine.begin() as conn:
+            cancel_requested = conn.execute(QUERIES["heartbeat"], params).scalar_one_or_none()
+        if cancel_requested is None:
+            return Heartbeat(owned=False, cancel_requested=False)
+        return Heartbeat(owned=True, cancel_requested=cancel_requested)
+
+    def progress(
+        self, job_id: UUID, worker_id: str, attempt: int, steps: Progress, stages: Progress, tiles: Progress
+    ) -> bool:
+        """Record progress (the worker throttles); False when the attempt no longer holds the job."""
+        params = {
+            "job_id": job_id,
+            "worker_id": worker_id,
+            "attempt": attempt,
+            **_counters(steps, stages, tiles),
+        }
+        with self._engine.begin() as conn:
+            return conn.execute(QUERIES["record_progress"], params).rowcount == 1
+
+    def finish_success(
+        self,
+        job_id: UUID,
+        worker_id: str,
+        attempt: int,
+        *,
+        outputs: Sequence[str],
+        thumbnails: Sequence[str] | None,
+        metadata: Sequence[Mapping[str, Any]],
+        output_keys: Mapping[str, str],
+        steps: Progress,
+        stages: Progress,
+        tiles: Progress,
+    ) -> bool:
+        """Make the outputs visible, if this attempt still holds the job.
+
+        False means a newer attempt owns (or finished) the job: the caller deletes the objects it
+        uploaded, since the row will never point at them.
+        """
+        params = {
+            "job_id": job_id,
+            "worker_id": worker_id,
+            "attempt": attempt,
+            "outputs": json.dumps(list(outputs)),
+            "thumbnails": None if thumbnails is None else json.dumps(list(thumbnails)),
+            "metadata": json.dumps(list(metadata)),
+            "output_keys": json.dumps(dict(output_keys)),
+            **_counters(steps, stages, tiles),
+        }
+        with self._engine.begin() as conn:
+            return conn.execute(QUERIES["finish_success"], params).rowcount == 1
+
+    def finish_failed(
+        self, job_id: UUID, worker_id: str, attempt: int, *, reason: str, message: str, retryable: bool
+    ) -> JobState | None:
+        """Record a failed attempt and return the job's new state; None when the attempt was fenced.
+
+        A retryable error with attempts left puts the job back in the queue (``pending``); otherwise
+        it ends ``failed`` with ``reason``. Either way the error joins the job's history.
+        """
+        params = {
+            "job_id": job_id,
+            "worker_id": worker_id,
+            "attempt": attempt,
+            "reason": reason,
+            "message": message,
+            "retryable": retryable,
+        }
+        with self._engine.begin() as conn:
+            state = conn.execute(QUERIES["finish_failed"], params).scalar_one_or_none()
+        return None if state is None else JobState(state)
+
+    def finish_cancelled(self, job_id: UUID, worker_id: str, attempt: int) -> bool:
+        """End a cancel-requested job after its worker stopped; False when fenced or not requested."""
+        return self._fenced(QUERIES["finish_cancelled"], job_id, worker_id, attempt)
+
+    def release(self, job_id: UUID, worker_id: str, attempt: int) -> bool:
+        """Hand the job back on graceful shutdown: pending again, the attempt not spent, no error."""
+        return self._fenced(QUERIES["release_job"], job_id, worker_id, attempt)
+
+    def rescue_expired(self) -> list[Rescued]:
+        """Take back every running job whose lease expired; any live process may call this."""
+        with self._engine.begin() as conn:
+            rows = conn.execute(QUERIES["rescue_expired"]).all()
+        return [
+            Rescued(
+                id=row.id,
+                name=row.name,
+                state=JobState(row.state),
+                attempt=row.attempt,
+                worker_id=row.worker_id,
+            )
+            for row in rows
+        ]
+
+    def _fenced(self, query: TextClause, job_id: UUID, worker_id: str, attempt: int) -> bool:
+        params = {"job_id": job_id, "worker_id": worker_id, "attempt": attempt}
+        with self._engine.begin() as conn:
+            return conn.execute(query, params).rowcount == 1
+
+    def _views(self, conn: Connection, names: Sequence[str]) -> dict[str, JobView]:
+        rows = conn.execute(QUERIES["select_jobs"], {"names": list(names)}).all()
+        return {row.name: _view(row) for row in rows}
+
+
+def _counters(steps: Progress, stages: Progress, tiles: Progress) -> dict[str, int]:
+    return {
+        "steps_current": steps[0],
+        "steps_total": steps[1],
+        "stages_current": stages[0],
+        "stages_total": stages[1],
+        "tiles_current": tiles[0],
+        "tiles_total": tiles[1],
+    }
+
+
+def _view(row: Row[Any]) -> JobView:
+    return JobView(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        state=JobState(row.state),
+        queue_position=row.queue_position,
+        queue_total=row.queue_total,
+        steps=(row.steps_current, row.steps_total),
+        stages=(row.stages_current, row.stages_total),
+        tiles=(row.tiles_current, row.tiles_total),
+        outputs=None if row.outputs is None else tuple(row.outputs),
+        thumbnails=None if row.thumbnails is None else tuple(row.thumbnails),
+        metadata=None if row.metadata is None else tuple(row.metadata),
+        output_keys=row.output_keys,
+        reason=row.reason,
+        cancel_requested=row.cancel_requested,
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        model=row.model,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
