@@ -43,11 +43,9 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_start": 0.00085,
     "clip_sample": False,
     "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
     "steps_offset": 1,
-    "timestep_spacing": "leading",
     "trained_betas": None,
 }
 

@@ -1,0 +1,73 @@
+"""The 16 schedulers of onnx-web, by their API names, built from a model's scheduler config.
+
+The api imports ``SCHEDULER_NAMES`` to validate requests, so this module names the diffusers
+classes as strings and imports diffusers only inside the functions that build schedulers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+#: API name -> diffusers scheduler class, in onnx-web's order (contract §5.7).
+SCHEDULER_CLASSES: Mapping[str, str] = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "deis-multi": "DEISMultistepScheduler",
+    "dpm-multi": "DPMSolverMultistepScheduler",
+    "dpm-sde": "DPMSolverSDEScheduler",
+    "dpm-single": "DPMSolverSinglestepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "ipndm": "IPNDMScheduler",
+    "k-dpm-2-a": "KDPM2AncestralDiscreteScheduler",
+    "k-dpm-2": "KDPM2DiscreteScheduler",
+    "lcm": "LCMScheduler",
+    "lms-discrete": "LMSDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "unipc-multi": "UniPCMultistepScheduler",
+}
+SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULER_CLASSES)
+DEFAULT_SCHEDULER = "ddim"
+
+
+def load_scheduler_config(model_dir: Path) -> dict[str, Any]:
+    """Read ``<model>/scheduler/scheduler_config.json``."""
+    config: dict[str, Any] = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    return config
+
+
+def make_scheduler(name: str, config: Mapping[str, Any], *, seed: int | None = None) -> Any:
+    """Build scheduler ``name`` from a model's scheduler config.
+
+    ``seed`` seeds the Brownian noise of ``dpm-sde``, whose ``step`` takes no generator and
+    would otherwise draw a random seed, so the same request could not give the same image.
+    """
+    import diffusers
+
+    if name not in SCHEDULER_CLASSES:
+        raise ValueError(f"unknown scheduler {name!r}: expected one of {', '.join(SCHEDULER_NAMES)}")
+    scheduler_class = getattr(diffusers, SCHEDULER_CLASSES[name])
+    overrides: dict[str, Any] = {}
+    if seed is not None and "noise_sampler_seed" in inspect.signature(scheduler_class.__init__).parameters:
+        overrides["noise_sampler_seed"] = seed
+    return scheduler_class.from_config(dict(config), **overrides)
+
+
+def step_arguments(scheduler: Any, *, eta: float, generator: Any) -> dict[str, Any]:
+    """The keyword arguments of ``scheduler.step`` that it accepts: ``eta`` (DDIM) and ``generator``.
+
+    Matches diffusers' ``prepare_extra_step_kwargs``: ancestral and stochastic schedulers draw
+    their noise from ``generator``, so a seeded generator makes them reproducible.
+    """
+    accepted = inspect.signature(scheduler.step).parameters
+    arguments: dict[str, Any] = {}
+    if "eta" in accepted:
+        arguments["eta"] = eta
+    if "generator" in accepted:
+        arguments["generator"] = generator
+    return arguments
