@@ -1,0 +1,28 @@
+"""``blend-mask``: composite the stage's source over each input image where its mask is white.
+
+Needs the uploads ``source:<stage>`` and ``mask:<stage>``. Black in the mask keeps the input
+image, white takes the source, grey mixes them; transparent mask pixels count as black.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipelines.blend import blend_mask, stage_input
+from pipelines.stages.base import StageContext, StageImage
+from pipelines.upscale import with_image
+
+
+def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
+    """Blend ``source:<stage>`` into every input image through ``mask:<stage>``."""
+    source = stage_input(ctx, params, "source")
+    mask = stage_input(ctx, params, "mask")
+    blended = [with_image(item, blend_mask(item.image, source, mask)) for item in images]
+    ctx.on_step(1)
+    return blended
+
+
+def estimate(params: Mapping[str, Any]) -> int:
+    """One step."""
+    return 1
