@@ -39,14 +39,17 @@ def mask_to_alpha(mask: Image.Image) -> Image.Image:
     return mask.convert("L")
 
 
-def _matched(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+def _matched(
+    image: Image.Image, size: tuple[int, int], resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> Image.Image:
+    return image if image.size == size else image.resize(size, resample)
 
 
 def blend_mask(base: Image.Image, source: Image.Image, mask: Image.Image) -> Image.Image:
     """``source`` where ``mask`` is white, ``base`` where it is black, a linear mix where grey."""
     base = base.convert("RGB")
-    alpha = _matched(mask_to_alpha(mask), base.size)
+    # Bilinear for the mask: Lanczos rings around its hard edges and would leak the source.
+    alpha = _matched(mask_to_alpha(mask), base.size, Image.Resampling.BILINEAR)
     return Image.composite(_matched(source.convert("RGB"), base.size), base, alpha)
 
 
