@@ -1,0 +1,410 @@
+"""What txt2img, img2img and inpaint share: the model folder, prompt encoding, the UNet loop, the VAE.
+
+The numerics follow diffusers' PyTorch ``StableDiffusionPipeline`` step for step (same scheduler
+calls, same guidance arithmetic, same image post-processing), with the models on ONNX Runtime,
+so our images match diffusers' reference on the same weights to a fraction of a pixel level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipelines.models.convert import ONNX_FILE, read_model_hash
+from pipelines.prompt import ParsedPrompt, pad_windows, parse_prompt, token_windows
+from pipelines.schedulers import load_scheduler_config, make_scheduler, step_arguments
+from pipelines.stages.base import SessionProvider
+
+logger = logging.getLogger(__name__)
+
+LATENT_CHANNELS = 4
+#: Pixels per latent cell of SD's VAE.
+LATENT_FACTOR = 8
+#: SD 1.x's latent scaling factor, used when a model folder does not say otherwise.
+DEFAULT_SCALING_FACTOR = 0.18215
+#: ONNX tensor types to numpy, for the inputs whose type differs between exports.
+ONNX_TYPES: Mapping[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+#: Keys a diffusion stage copies from its params into the metadata ``params`` (contract §7.3),
+#: with the value used when the api did not send one.
+METADATA_PARAMS: Mapping[str, Any] = {
+    "model": None,
+    "pipeline": "txt2img",
+    "scheduler": None,
+    "prompt": "",
+    "negative_prompt": None,
+    "cfg": None,
+    "seed": None,
+    "steps": None,
+    "eta": 0.0,
+    "batch": 1,
+    "control": "",
+    "input_prompt": None,
+    "input_negative_prompt": None,
+    "loopback": 0,
+    "tiled_vae": False,
+    "unet_overlap": 0.25,
+    "unet_tile": 512,
+    "vae_overlap": 0.25,
+    "vae_tile": 512,
+    "denoise": 3,
+    "thumbnail": True,
+}
+
+StepCallback = Callable[[int], None]
+CancelCheck = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The resolved image parameters every diffusion stage reads (contract §3.2)."""
+
+    model: str
+    scheduler: str
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    steps: int
+    cfg: float
+    eta: float
+    batch: int
+    width: int
+    height: int
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> Generation:
+        """Read the generation parameters from a stage's resolved params dict."""
+        values = {
+            "model": str(params["model"]),
+            "scheduler": str(params["scheduler"]),
+            "prompt": str(params.get("prompt") or ""),
+            "negative_prompt": params.get("negative_prompt") or None,
+            "seed": int(params["seed"]),
+            "steps": int(params["steps"]),
+            "cfg": float(params["cfg"]),
+            "eta": float(params.get("eta", 0.0)),
+            "batch": int(params.get("batch", 1)),
+            "width": int(params.get("width", 512)),
+            "height": int(params.get("height", 512)),
+            **overrides,
+        }
+        generation = cls(**values)
+        generation.validate()
+        return generation
+
+    def validate(self) -> None:
+        """Reject values the pipeline cannot run (the api checks ranges; this guards the maths)."""
+        if self.seed < 0:
+            raise ValueError(f"seed must be resolved to a value >= 0 before the stage runs, got {self.seed}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.width % LATENT_FACTOR or self.height % LATENT_FACTOR or self.width < 8 or self.height < 8:
+            raise ValueError(
+                f"width and height must be positive multiples of 8, got {self.width}x{self.height}"
+            )
+
+    @property
+    def guidance(self) -> bool:
+        """Classifier-free guidance is on above 1.0, as in diffusers."""
+        return self.cfg > 1.0
+
+
+@dataclass(frozen=True)
+class DiffusionModel:
+    """A Stable Diffusion folder in diffusers' ONNX layout, with sessions from the worker's cache."""
+
+    folder: Path
+    sessions: SessionProvider
+
+    def session(self, component: str) -> Any:
+        """The ONNX Runtime session of ``component`` (``unet``, ``vae_decoder``, ...)."""
+        return self.sessions.get(self.folder / component / ONNX_FILE)
+
+    @property
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.folder / "tokenizer")
+
+    @property
+    def scaling_factor(self) -> float:
+        return vae_scaling_factor(self.folder)
+
+    @property
+    def hash(self) -> str:
+        return read_model_hash(self.folder)
+
+    def scheduler(self, name: str, seed: int) -> Any:
+        """A fresh scheduler ``name`` (schedulers keep per-run state) from this model's config."""
+        return make_scheduler(name, load_scheduler_config(self.folder), seed=seed)
+
+
+def model_folder(models_path: Path, name: str) -> Path:
+    """Join a model name onto the models folder, dropping ``..`` and anchors (contract §3.2)."""
+    parts = [part for part in PurePosixPath(name.replace("\\", "/")).parts if part not in ("/", ".", "..")]
+    if not parts:
+        raise ValueError(f"invalid model name {name!r}")
+    return models_path.joinpath(*parts)
+
+
+def load_model(models_path: Path, name: str, sessions: SessionProvider) -> DiffusionModel:
+    """The diffusion model ``name`` under ``models_path``; fails if it is not a model folder."""
+    folder = model_folder(models_path, name)
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"no diffusion model named {name!r} in the models folder")
+    return DiffusionModel(folder, sessions)
+
+
+@lru_cache(maxsize=16)
+def load_tokenizer(folder: Path) -> Any:
+    """The CLIP tokenizer of a model folder, kept across jobs (it is read-only and slow to build)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder))
+
+
+@lru_cache(maxsize=16)
+def vae_scaling_factor(folder: Path) -> float:
+    """The VAE's latent scaling factor from ``vae_decoder/config.json``, else SD 1.x's."""
+    try:
+        config = json.loads((folder / "vae_decoder" / "config.json").read_text())
+    except (OSError, ValueError):
+        return DEFAULT_SCALING_FACTOR
+    return float(config.get("scaling_factor", DEFAULT_SCALING_FACTOR))
+
+
+def input_type(session: Any, name: str, default: Any) -> Any:
+    """The numpy dtype a session expects for input ``name``."""
+    for item in session.get_inputs():
+        if item.name == name:
+            return ONNX_TYPES.get(item.type, default)
+    return default
+
+
+def encode_text(model: DiffusionModel, windows: np.ndarray) -> np.ndarray:
+    """Run the text encoder on token windows; returns ``(1, windows * 77, hidden)``."""
+    session = model.session("text_encoder")
+    ids = windows.astype(input_type(session, "input_ids", np.int32))
+    hidden = session.run(None, {"input_ids": ids})[0]
+    return hidden.reshape(1, -1, hidden.shape[-1])
+
+
+def encode_prompt(
+    model: DiffusionModel, prompt: str, negative_prompt: str | None, generation: Generation
+) -> np.ndarray:
+    """Prompt embeddings for the UNet: ``[negative] * batch + [prompt] * batch`` with guidance.
+
+    ``prompt`` and ``negative_prompt`` are already free of network tokens. Without guidance
+    the negative prompt is not encoded at all, as in diffusers.
+    """
+    tokenizer = model.tokenizer
+    windows = token_windows(tokenizer, prompt)
+    if not generation.guidance:
+        return np.repeat(encode_text(model, windows), generation.batch, axis=0)
+    negative = token_windows(tokenizer, negative_prompt or "")
+    count = max(len(windows), len(negative))
+    if count > 1:
+        logger.debug("long prompt: %d windows of %d tokens", count, tokenizer.model_max_length)
+    positive_embeds = encode_text(model, pad_windows(tokenizer, windows, count))
+    negative_embeds = encode_text(model, pad_windows(tokenizer, negative, count))
+    return np.concatenate(
+        [
+            np.repeat(negative_embeds, generation.batch, axis=0),
+            np.repeat(positive_embeds, generation.batch, axis=0),
+        ]
+    )
+
+
+def initial_latents(seed: int, batch: int, width: int, height: int) -> np.ndarray:
+    """onnx-web's starting noise: ``default_rng(seed)`` normals of shape (batch, 4, h/8, w/8)."""
+    shape = (batch, LATENT_CHANNELS, height // LATENT_FACTOR, width // LATENT_FACTOR)
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def torch_generator(seed: int) -> Any:
+    """The seeded CPU generator stochastic schedulers draw their step noise from."""
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def counts_as_step(index: int, total: int, steps: int, order: int) -> bool:
+    """Whether UNet call ``index`` of ``total`` completes a scheduler step.
+
+    Second-order schedulers (heun, k-dpm-2, dpm-sde) call the UNet about twice per step; a
+    "step" in progress is a scheduler step, so a job reports exactly ``steps`` of them, counted
+    as diffusers counts its progress bar.
+    """
+    warmup = total - steps * order
+    return index == total - 1 or (index + 1 > warmup and (index + 1) % order == 0)
+
+
+def denoise(
+    model: DiffusionModel,
+    scheduler: Any,
+    latents: np.ndarray,
+    embeddings: np.ndarray,
+    generation: Generation,
+    *,
+    timesteps: Any,
+    steps: int,
+    on_step: StepCallback,
+    check_cancelled: CancelCheck,
+    conditioning: np.ndarray | None = None,
+) -> np.ndarray:
+    """Run the UNet loop over ``timesteps`` from ``latents`` (already scaled for the scheduler).
+
+    ``conditioning`` (an inpainting UNet's mask and masked-image latents, already doubled for
+    guidance) is appended to the UNet input channels after the scheduler scales the latents.
+    ``on_step(1)`` is called per scheduler step and ``check_cancelled()`` after every UNet call.
+    """
+    import torch
+
+    unet = model.session("unet")
+    timestep_dtype = input_type(unet, "timestep", np.float32)
+    timestep_shape = next(item.shape for item in unet.get_inputs() if item.name == "timestep")
+    arguments = step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed))
+    sample = torch.from_numpy(latents)
+    total = len(timesteps)
+    for index, t in enumerate(timesteps):
+        model_input = torch.cat([sample] * 2) if generation.guidance else sample
+        model_input = scheduler.scale_model_input(model_input, t).numpy()
+        if conditioning is not None:
+            model_input = np.concatenate([model_input, conditioning], axis=1)
+        # Exports differ: ours take one timestep per batch item, diffusers' script a fixed-size one.
+        count = (
+            timestep_shape[0] if timestep_shape and isinstance(timestep_shape[0], int) else len(model_input)
+        )
+        timestep = np.full((count,), float(t), dtype=timestep_dtype)
+        noise = unet.run(
+            None,
+            {
+                "sample": model_input.astype(np.float32),
+                "timestep": timestep,
+                "encoder_hidden_states": embeddings,
+            },
+        )[0]
+        if generation.guidance:
+            uncond, text = np.split(noise, 2)
+            noise = uncond + generation.cfg * (text - uncond)
+        sample = scheduler.step(torch.from_numpy(noise), t, sample, **arguments, return_dict=False)[0]
+        if counts_as_step(index, total, steps, scheduler.order):
+            on_step(1)
+        check_cancelled()
+    result: np.ndarray = sample.numpy()
+    return result
+
+
+def decode_latents(model: DiffusionModel, latents: np.ndarray) -> list[Image.Image]:
+    """Decode latents to RGB images, one at a time to bound memory on large images."""
+    session = model.session("vae_decoder")
+    scaled = (latents / model.scaling_factor).astype(np.float32)
+    images = []
+    for index in range(len(scaled)):
+        pixels = session.run(None, {"latent_sample": scaled[index : index + 1]})[0][0]
+        pixels = np.clip(pixels / 2 + 0.5, 0, 1).transpose(1, 2, 0)
+        images.append(Image.fromarray((pixels * 255).round().astype(np.uint8)))
+    return images
+
+
+def image_to_array(image: Image.Image) -> np.ndarray:
+    """An RGB image as a ``(1, 3, H, W)`` float32 array in [-1, 1], as diffusers preprocesses it."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return (pixels * 2.0 - 1.0).transpose(2, 0, 1)[None]
+
+
+def encode_image(model: DiffusionModel, pixels: np.ndarray) -> np.ndarray:
+    """Scaled VAE latents of ``(1, 3, H, W)`` pixels in [-1, 1]."""
+    session = model.session("vae_encoder")
+    latents = session.run(None, {"sample": pixels.astype(np.float32)})[0]
+    scaled: np.ndarray = latents * np.float32(model.scaling_factor)
+    return scaled
+
+
+def file_hash(path: Path) -> str:
+    """Upper-case SHA-256 of a network file (contract §7.3)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest().upper()
+
+
+def network_entries(models_path: Path, kind: str, networks: list[Any]) -> list[dict[str, Any]]:
+    """Metadata entries for LoRAs (``kind="lora"``) or inversions named by prompt tokens."""
+    entries = []
+    for network in networks:
+        files = (
+            sorted((models_path / kind).glob(f"{network.name}.*")) if (models_path / kind).is_dir() else []
+        )
+        entries.append(
+            {
+                "name": network.name,
+                "weight": network.weight,
+                "hash": file_hash(files[0]) if files else "unknown",
+            }
+        )
+    return entries
+
+
+def parse_prompts(generation: Generation) -> tuple[ParsedPrompt, ParsedPrompt | None]:
+    """The prompt and negative prompt with their tokens removed (the negative's networks count too)."""
+    negative = parse_prompt(generation.negative_prompt) if generation.negative_prompt is not None else None
+    return parse_prompt(generation.prompt), negative
+
+
+def generation_metadata(
+    params: Mapping[str, Any],
+    generation: Generation,
+    model: DiffusionModel,
+    models_path: Path,
+    *,
+    input_size: Mapping[str, int],
+    size: tuple[int, int],
+    extra_params: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The metadata JSON of one generated image (contract §7.3)."""
+    prompt, negative = parse_prompts(generation)
+    loras = prompt.loras + (negative.loras if negative else [])
+    inversions = prompt.inversions + (negative.inversions if negative else [])
+    recorded = {key: params.get(key, default) for key, default in METADATA_PARAMS.items()}
+    recorded.update(
+        model=generation.model,
+        scheduler=generation.scheduler,
+        prompt=generation.prompt,
+        negative_prompt=generation.negative_prompt,
+        cfg=generation.cfg,
+        seed=generation.seed,
+        steps=generation.steps,
+        eta=generation.eta,
+        batch=generation.batch,
+    )
+    # Without the api's record of the text before wildcard expansion, the stage's whole prompt
+    # (all of its ``||`` parts) is the best account of what was asked.
+    if recorded["input_prompt"] is None:
+        recorded["input_prompt"] = params.get("prompt", generation.prompt)
+    if recorded["input_negative_prompt"] is None:
+        recorded["input_negative_prompt"] = generation.negative_prompt
+    recorded.update(extra_params or {})
+    return {
+        "input_size": dict(input_size),
+        "params": recorded,
+        "models": [{"name": generation.model, "hash": model.hash, "weight": 1.0}],
+        "loras": network_entries(models_path, "lora", loras),
+        "inversions": network_entries(models_path, "inversion", inversions),
+        "size": {"width": size[0], "height": size[1]},
+    }
