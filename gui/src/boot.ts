@@ -1,0 +1,50 @@
+/** Start-up (contract §13.1): params first, with a timeout and a version check, then every list. */
+import type { ApiClient } from './client/api';
+import { isSupportedVersion } from './config';
+import { EMPTY_SERVER_LISTS, type ServerInfo } from './state/params';
+
+export type BootResult =
+  | { kind: 'ready'; server: ServerInfo; missing: string[] }
+  | { kind: 'unreachable'; message: string }
+  | { kind: 'too-old'; version: string };
+
+type Lists = Omit<ServerInfo, 'params'>;
+
+/**
+ * The params decide whether the GUI can run at all; the lists only shape controls, so one that
+ * fails leaves its controls empty and is named in `missing` instead of stopping the app.
+ */
+export async function connect(client: ApiClient): Promise<BootResult> {
+  let params: ServerInfo['params'];
+  try {
+    params = await client.params();
+  } catch (error) {
+    return { kind: 'unreachable', message: (error as Error).message };
+  }
+  if (!isSupportedVersion(params.version)) return { kind: 'too-old', version: String(params.version ?? '?') };
+
+  const loaders: { [K in keyof Lists]: () => Promise<Lists[K]> } = {
+    models: client.models,
+    pipelines: client.pipelines,
+    platforms: client.platforms,
+    schedulers: client.schedulers,
+    filters: client.filters,
+    noises: client.noises,
+    wildcards: client.wildcards,
+    strings: client.strings,
+  };
+  const keys = Object.keys(loaders) as Array<keyof Lists>;
+  const results = await Promise.allSettled(keys.map((k) => loaders[k]()));
+  const lists: Record<string, unknown> = { ...EMPTY_SERVER_LISTS };
+  const missing: string[] = [];
+  results.forEach((result, i) => {
+    if (result.status === 'fulfilled' && result.value !== null && typeof result.value === 'object') {
+      lists[keys[i]] = keys[i] === 'models' || keys[i] === 'filters'
+        ? { ...(EMPTY_SERVER_LISTS[keys[i]] as object), ...(result.value as object) }
+        : result.value;
+    } else {
+      missing.push(keys[i]);
+    }
+  });
+  return { kind: 'ready', server: { ...(lists as Lists), params }, missing };
+}

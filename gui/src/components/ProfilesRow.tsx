@@ -1,0 +1,133 @@
+/** Named parameter sets: save, load, delete, export; and parameters from a file (PNG, JPEG, JSON, text). */
+import { type FormEvent, useId, useRef, useState } from 'react';
+import { paramsFromFile } from '../client/metadata';
+import { useApp } from '../context';
+import { useI18n } from '../i18n';
+import { applyParams, type JobTab, type TabParams } from '../state/params';
+import { useAppStore } from '../state/store';
+import { useNotices } from './Notices';
+
+/** Save a JSON document as a file. */
+export function downloadJson(name: string, value: unknown): void {
+  const blob = new Blob([JSON.stringify(value, null, 2)], { type: 'application/json' });
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+export function ProfilesRow({ tab, p, set }: { tab: JobTab; p: TabParams; set(next: TabParams): void }) {
+  const { server } = useApp();
+  const { t } = useI18n();
+  const profiles = useAppStore((s) => s.profiles);
+  const saveProfile = useAppStore((s) => s.saveProfile);
+  const deleteProfile = useAppStore((s) => s.deleteProfile);
+  const notify = useNotices((s) => s.push);
+  const [selected, setSelected] = useState('');
+  const [naming, setNaming] = useState(false);
+  const [name, setName] = useState('');
+  const fileRef = useRef<HTMLInputElement>(null);
+  const selectId = useId();
+  const nameId = useId();
+
+  const load = (profileName: string) => {
+    const profile = profiles.find((x) => x.name === profileName);
+    if (!profile) return;
+    set(applyParams(tab, p, profile.params, server));
+    notify({ kind: 'info', text: t('profiles.loaded', { name: profileName }) });
+  };
+
+  const save = (e: FormEvent) => {
+    e.preventDefault();
+    const trimmed = name.trim();
+    if (!trimmed) return;
+    const { grid: _grid, ...params } = p;
+    saveProfile({ name: trimmed, savedAt: Date.now(), params });
+    setSelected(trimmed);
+    setNaming(false);
+    setName('');
+    notify({ kind: 'info', text: t('profiles.saved', { name: trimmed }) });
+  };
+
+  const importFile = async (file: File | undefined) => {
+    if (!file) return;
+    const patch = await paramsFromFile(file).catch(() => null);
+    if (patch === null) {
+      notify({ kind: 'error', text: t('profiles.noParams', { file: file.name }) });
+      return;
+    }
+    set(applyParams(tab, p, patch, server));
+    notify({ kind: 'info', text: t('profiles.loadedFrom', { file: file.name }) });
+  };
+
+  return (
+    <div className="profiles" data-testid="profiles">
+      <div className="field">
+        <label htmlFor={selectId}>{t('profiles.title')}</label>
+        <div className="inline">
+          <select id={selectId} value={selected} onChange={(e) => setSelected(e.target.value)}>
+            <option value="">{profiles.length ? t('profiles.choose') : t('profiles.none')}</option>
+            {profiles.map((x) => (
+              <option key={x.name} value={x.name}>
+                {x.name}
+              </option>
+            ))}
+          </select>
+          <button type="button" disabled={!selected} onClick={() => load(selected)}>
+            {t('profiles.load')}
+          </button>
+          <button
+            type="button"
+            disabled={!selected}
+            onClick={() => {
+              deleteProfile(selected);
+              setSelected('');
+            }}
+          >
+            {t('common.delete')}
+          </button>
+        </div>
+      </div>
+      <div className="button-row">
+        {naming ? (
+          <form className="inline" onSubmit={save}>
+            <label htmlFor={nameId} className="visually-hidden">
+              {t('profiles.name')}
+            </label>
+            <input id={nameId} value={name} onChange={(e) => setName(e.target.value)} placeholder={t('profiles.name')} autoFocus />
+            <button type="submit" className="primary" disabled={!name.trim()}>
+              {t('common.save')}
+            </button>
+            <button type="button" onClick={() => setNaming(false)}>
+              {t('common.cancel')}
+            </button>
+          </form>
+        ) : (
+          <button type="button" onClick={() => setNaming(true)}>
+            {t('profiles.save')}
+          </button>
+        )}
+        <button type="button" onClick={() => downloadJson(`${tab}-parameters.json`, { params: p })}>
+          {t('profiles.export')}
+        </button>
+        <button type="button" onClick={() => fileRef.current?.click()} title={t('profiles.importHint')}>
+          {t('profiles.import')}
+        </button>
+        <input
+          ref={fileRef}
+          type="file"
+          accept="image/png,image/jpeg,image/webp,application/json,.json,.txt"
+          className="visually-hidden"
+          tabIndex={-1}
+          aria-label={t('profiles.import')}
+          data-testid="profile-import"
+          onChange={(e) => {
+            void importFile(e.target.files?.[0]);
+            e.target.value = '';
+          }}
+        />
+      </div>
+    </div>
+  );
+}

@@ -1,0 +1,71 @@
+/** Uploaded sources and painted masks: kept in memory only (too big for localStorage). */
+import { create } from 'zustand';
+import type { ImageFiles } from '../client/api';
+import type { JobTab } from './params';
+
+export interface ImageRef {
+  blob: Blob;
+  url: string;
+  width: number;
+  height: number;
+  label: string;
+}
+
+export interface TabImageState {
+  source: ImageRef | null;
+  mask: Blob | null;
+  blendSources: [ImageRef | null, ImageRef | null];
+}
+
+const EMPTY: TabImageState = { source: null, mask: null, blendSources: [null, null] };
+
+export type ImageSlot = 'source' | 'blend0' | 'blend1';
+
+interface ImageStore {
+  tabs: Partial<Record<JobTab, TabImageState>>;
+  /** The files each submitted job was sent with, so Retry works without uploading again. */
+  sentFiles: Record<string, ImageFiles>;
+  setImage(tab: JobTab, slot: ImageSlot, image: ImageRef | null): void;
+  setMask(tab: JobTab, mask: Blob | null): void;
+  rememberFiles(name: string, files: ImageFiles): void;
+}
+
+export function tabImages(state: Pick<ImageStore, 'tabs'>, tab: JobTab): TabImageState {
+  return state.tabs[tab] ?? EMPTY;
+}
+
+export const useImageStore = create<ImageStore>()((set) => ({
+  tabs: {},
+  sentFiles: {},
+  setImage: (tab, slot, image) =>
+    set((s) => {
+      const current = tabImages(s, tab);
+      const old = slot === 'source' ? current.source : current.blendSources[slot === 'blend0' ? 0 : 1];
+      if (old && old !== image) URL.revokeObjectURL(old.url);
+      const next: TabImageState =
+        slot === 'source'
+          ? // A new source makes the old mask meaningless: it was drawn for another picture.
+            { ...current, source: image, mask: image?.url === current.source?.url ? current.mask : null }
+          : {
+              ...current,
+              blendSources: slot === 'blend0' ? [image, current.blendSources[1]] : [current.blendSources[0], image],
+            };
+      return { tabs: { ...s.tabs, [tab]: next } };
+    }),
+  setMask: (tab, mask) => set((s) => ({ tabs: { ...s.tabs, [tab]: { ...tabImages(s, tab), mask } } })),
+  rememberFiles: (name, files) => set((s) => ({ sentFiles: { ...s.sentFiles, [name]: files } })),
+}));
+
+/** Decode a blob far enough to know its size; rejects when it is not an image the browser reads. */
+export function loadImageRef(blob: Blob, label: string): Promise<ImageRef> {
+  const url = URL.createObjectURL(blob);
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve({ blob, url, width: img.naturalWidth, height: img.naturalHeight, label });
+    img.onerror = () => {
+      URL.revokeObjectURL(url);
+      reject(new Error(`${label} is not an image this browser can read`));
+    };
+    img.src = url;
+  });
+}

@@ -1,0 +1,161 @@
+/** One generation tab: its images, its parameters, what it will produce, and the Generate button. */
+import { type FormEvent, useState } from 'react';
+import { buildFiles, missingImages, type TabImages } from '../client/requests';
+import { ImageInput } from '../components/ImageInput';
+import { MaskCanvas } from '../components/MaskCanvas';
+import {
+  ExperimentalSection,
+  GridSection,
+  HighresSection,
+  Img2ImgControls,
+  ImageParamControls,
+  InpaintControls,
+  ModelControls,
+  OutpaintSection,
+  SizeControls,
+  UpscaleSection,
+} from '../components/ParamControls';
+import { ProfilesRow } from '../components/ProfilesRow';
+import { PromptControls } from '../components/PromptControls';
+import { useApp } from '../context';
+import { useI18n } from '../i18n';
+import { tabImages, useImageStore } from '../state/images';
+import { imageCount, type JobTab, outputSize, type TabParams } from '../state/params';
+import { useAppStore } from '../state/store';
+import { describeError, submitJob } from '../submit';
+
+export function JobTabView({ tab }: { tab: JobTab }) {
+  const { client } = useApp();
+  const { t } = useI18n();
+  const p = useAppStore((s) => s.tabParams[tab]) as TabParams;
+  const setTabParams = useAppStore((s) => s.setTabParams);
+  const pushHistory = useAppStore((s) => s.pushHistory);
+  const images = useImageStore((s) => tabImages(s, tab));
+  const setImage = useImageStore((s) => s.setImage);
+  const setMask = useImageStore((s) => s.setMask);
+  const rememberFiles = useImageStore((s) => s.rememberFiles);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState('');
+
+  const set = (patch: Partial<TabParams>) => setTabParams(tab, { ...p, ...patch });
+  const group = { tab, p, set };
+
+  const files: TabImages = {
+    source: images.source?.blob ?? null,
+    mask: images.mask,
+    blendSources: [images.blendSources[0]?.blob ?? null, images.blendSources[1]?.blob ?? null],
+  };
+  const missing = missingImages(tab, files);
+  const sourceSize = tab === 'blend' ? images.blendSources[0] : images.source;
+  const size = outputSize(tab, p, sourceSize ? { width: sourceSize.width, height: sourceSize.height } : null);
+  const count = imageCount(tab, p);
+
+  const submit = async (e: FormEvent) => {
+    e.preventDefault();
+    if (missing.length > 0 || busy) return;
+    setBusy(true);
+    setError('');
+    try {
+      const { item, files: sent } = await submitJob(client, tab, p, buildFiles(tab, files));
+      pushHistory(item);
+      rememberFiles(item.name, sent);
+    } catch (err) {
+      setError(describeError(t, err));
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const maskBackground = tab === 'blend' ? images.blendSources[0] : images.source;
+
+  return (
+    <form className="job-form" onSubmit={(e) => void submit(e)} data-testid={`form-${tab}`} noValidate>
+      <ProfilesRow tab={tab} p={p} set={(next) => setTabParams(tab, next)} />
+
+      {(tab === 'img2img' || tab === 'inpaint' || tab === 'upscale') && (
+        <ImageInput
+          label={t('image.source')}
+          image={images.source}
+          onChange={(img) => setImage(tab, 'source', img)}
+          testId="source-input"
+          preview={tab !== 'inpaint'}
+        />
+      )}
+      {tab === 'blend' && (
+        <div className="image-pair">
+          <ImageInput label={t('image.blend0')} image={images.blendSources[0]} onChange={(img) => setImage(tab, 'blend0', img)} testId="blend-input-0" preview={false} />
+          <ImageInput label={t('image.blend1')} image={images.blendSources[1]} onChange={(img) => setImage(tab, 'blend1', img)} testId="blend-input-1" />
+        </div>
+      )}
+      {(tab === 'inpaint' || tab === 'blend') && maskBackground && (
+        <fieldset className="group">
+          <legend>{t('mask.title')}</legend>
+          <p className="hint">{t(tab === 'blend' ? 'mask.blendHint' : 'mask.hint')}</p>
+          <MaskCanvas source={maskBackground} mask={images.mask} onMask={(blob) => setMask(tab, blob)} />
+        </fieldset>
+      )}
+
+      {tab !== 'blend' && <PromptControls p={p} set={set} negative={tab !== 'upscale'} />}
+
+      <fieldset className="group">
+        <legend>{t('section.model')}</legend>
+        <ModelControls {...group} />
+      </fieldset>
+
+      {tab !== 'upscale' && tab !== 'blend' && (
+        <fieldset className="group">
+          <legend>{t('section.image')}</legend>
+          <ImageParamControls {...group} />
+        </fieldset>
+      )}
+
+      {tab === 'txt2img' && (
+        <fieldset className="group">
+          <legend>{t('section.size')}</legend>
+          <SizeControls {...group} />
+        </fieldset>
+      )}
+      {tab === 'img2img' && (
+        <fieldset className="group">
+          <legend>{t('section.img2img')}</legend>
+          <Img2ImgControls {...group} />
+        </fieldset>
+      )}
+      {tab === 'inpaint' && (
+        <fieldset className="group">
+          <legend>{t('section.inpaint')}</legend>
+          <InpaintControls {...group} />
+        </fieldset>
+      )}
+
+      <div className="sections">
+        {tab === 'inpaint' && <OutpaintSection {...group} />}
+        {tab !== 'blend' && <HighresSection {...group} />}
+        <UpscaleSection {...group} />
+        {tab === 'txt2img' && <GridSection {...group} />}
+        {(tab === 'txt2img' || tab === 'img2img' || tab === 'inpaint') && <ExperimentalSection {...group} />}
+      </div>
+
+      <div className="submit-bar">
+        <p className="output-size" data-testid="output-size" aria-live="polite">
+          {size
+            ? t('output.size', { width: size.width, height: size.height, count })
+            : t('output.unknown')}
+        </p>
+        {missing.length > 0 && (
+          <p className="hint" data-testid="missing-images">
+            {t('output.missing', { images: missing.map((m) => t(`image.field.${m}`)).join(', ') })}
+          </p>
+        )}
+        {error && (
+          <p className="form-error" role="alert" data-testid="form-error">
+            {error}
+          </p>
+        )}
+        <button type="submit" className="primary generate" disabled={missing.length > 0 || busy} data-testid="generate">
+          {busy ? t('output.submitting') : t('output.generate')}
+        </button>
+      </div>
+    </form>
+  );
+}
