@@ -18,8 +18,6 @@ from psycopg import sql
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
-import migrations
-
 DRIVER = "postgresql+psycopg"
 #: Schemes people write in ``DATABASE_URL`` (Heroku-style ``postgres://`` included), all served by psycopg 3.
 POSTGRES_SCHEMES = frozenset({"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"})
@@ -28,7 +26,8 @@ MAX_OVERFLOW = 10
 POOL_TIMEOUT_S = 10.0
 #: Shorter than gunicorn's 30 s worker timeout, so a stuck query becomes an error, not a killed worker.
 STATEMENT_TIMEOUT_S = 10.0
-ALEMBIC_INI = Path(migrations.__file__).parent / "alembic.ini"
+#: ``migrations/`` is installed beside ``service/``, in a checkout and in a wheel alike.
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "migrations" / "alembic.ini"
 
 
 def sqlalchemy_url(url: str | URL) -> URL:
