@@ -1,0 +1,65 @@
+"""The session factory and the per-model LRU session cache."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines.models.demo import DEMO_MODELS
+from pipelines.sessions import SessionCache, SessionSettings, available_providers, create_session, model_root
+
+BASE, INPAINT = (model.name for model in DEMO_MODELS)
+
+
+def test_cuda_is_skipped_where_onnxruntime_lacks_it() -> None:
+    assert available_providers(SessionSettings()) == ["CPUExecutionProvider"]
+    assert available_providers(SessionSettings(providers=("CUDAExecutionProvider",))) == [
+        "CPUExecutionProvider"
+    ]
+
+
+def test_create_session_applies_settings(models_path: Path) -> None:
+    settings = SessionSettings(providers=("CPUExecutionProvider",), intra_op_threads=1, optimization="basic")
+    session = create_session(models_path / BASE / "vae_decoder" / "model.onnx", settings)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert session.get_session_options().intra_op_num_threads == 1
+    assert [item.name for item in session.get_inputs()] == ["latent_sample"]
+
+
+def test_settings_reject_unknown_optimisation_levels() -> None:
+    with pytest.raises(ValueError, match="optimization"):
+        SessionSettings(optimization="fast")
+
+
+def test_model_root_is_the_diffusers_folder_or_the_file(models_path: Path, tmp_path: Path) -> None:
+    assert (
+        model_root((models_path / BASE / "unet" / "model.onnx").resolve()) == (models_path / BASE).resolve()
+    )
+    single = tmp_path / "upscaling-x.onnx"
+    assert model_root(single) == single
+
+
+def test_cache_reuses_sessions_and_evicts_whole_models(models_path: Path, tmp_path: Path) -> None:
+    shutil.copyfile(models_path / BASE / "vae_decoder" / "model.onnx", tmp_path / "upscaling-demo.onnx")
+    cache = SessionCache(max_models=2)
+    unet = cache.get(models_path / BASE / "unet" / "model.onnx")
+    assert cache.get(models_path / BASE / "unet" / "model.onnx") is unet
+    cache.get(models_path / BASE / "vae_decoder" / "model.onnx")
+    cache.get(models_path / INPAINT / "unet" / "model.onnx")
+    assert cache.held_models(models_path) == [INPAINT, BASE]
+    # Touching the base model makes the inpainting model the least recently used.
+    cache.get(models_path / BASE / "unet" / "model.onnx")
+    cache.get(tmp_path / "upscaling-demo.onnx")
+    assert cache.held_models(models_path) == [BASE]
+    assert cache.held_models(tmp_path) == ["upscaling-demo"]
+    assert cache.get(models_path / BASE / "unet" / "model.onnx") is unet
+    cache.clear()
+    assert cache.held_models(models_path) == []
+    assert cache.get(models_path / BASE / "unet" / "model.onnx") is not unet
+
+
+def test_cache_needs_room_for_one_model() -> None:
+    with pytest.raises(ValueError, match="max_models"):
+        SessionCache(max_models=0)
