@@ -122,7 +122,7 @@ class _AsDict:
 
     def to_dict(self) -> dict[str, Any]:
         """The snake_case metadata form (contract §7.3)."""
-        return asdict(self)  # type: ignore[call-overload,no-any-return]
+        return asdict(self)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,8 @@ def load_params_doc(config: Config) -> dict[str, Any]:
     Raises:
         ConfigError: the file cannot be read, or an entry's default is outside its range.
     """
-    doc = json.loads(BUILTIN_PARAMS.read_text(encoding="utf-8"))
+    builtin = json.loads(BUILTIN_PARAMS.read_text(encoding="utf-8"))
+    doc = dict(builtin)
     if config.params_path is not None:
         path = config.params_path / PARAMS_FILE if config.params_path.is_dir() else config.params_path
         try:
@@ -327,22 +328,31 @@ def load_params_doc(config: Config) -> dict[str, Any]:
         if not isinstance(override, dict):
             raise ConfigError(f"{path} must hold a JSON object")
         doc.update(override)
+    _check_entries(builtin, doc)
     if config.default_platform:
         doc["platform"] = {**doc["platform"], "default": config.default_platform}
-    _check_ranges(doc)
     return doc
 
 
-def _check_ranges(doc: Mapping[str, Any], prefix: str = "") -> None:
-    """Refuse entries whose default lies outside ``[min, max]``: a missing value must be a valid one."""
-    for key, entry in doc.items():
-        if not isinstance(entry, dict):
+def _check_entries(builtin: Mapping[str, Any], doc: Mapping[str, Any], prefix: str = "") -> None:
+    """Refuse a document whose entries lack the shape the parser reads, or whose defaults are invalid.
+
+    Every object entry of the built-in document must stay an object, and every ranged entry must keep
+    numeric ``min``, ``max`` and ``default`` with the default inside the range: a missing value must
+    be a valid one.
+    """
+    for key, expected in builtin.items():
+        entry = doc.get(key)
+        if not isinstance(expected, dict):
             continue
-        if "min" in entry and "max" in entry and "default" in entry:
-            low, high, default = entry["min"], entry["max"], entry["default"]
+        if not isinstance(entry, dict):
+            raise ConfigError(f"params.json {prefix}{key}: must be an object")
+        if "min" in expected:
+            low, high, default = entry.get("min"), entry.get("max"), entry.get("default")
             if not all(_is_number(value) for value in (low, high, default)) or not low <= default <= high:
-                raise ConfigError(f"params.json {prefix}{key}: default must be a number within [min, max]")
-        _check_ranges(entry, f"{prefix}{key}.")
+                raise ConfigError(f"params.json {prefix}{key}: needs numbers min <= default <= max")
+        else:
+            _check_entries(expected, entry, f"{prefix}{key}.")
 
 
 def request_data(
@@ -377,7 +387,8 @@ def _json_or_yaml(text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise InvalidParams("json", f"is neither JSON nor YAML: {str(err).splitlines()[0]}") from err
+        first_line = next(iter(str(err).splitlines()), type(err).__name__)
+        raise InvalidParams("json", f"is neither JSON nor YAML: {first_line}") from err
 
 
 def parse_request(
@@ -822,7 +833,14 @@ def _listing(names: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    """A short rendering of a rejected value, so a huge value does not flood the error message."""
+    """A short rendering of a rejected value, so a huge value does not flood the error message.
+
+    Containers are named, not rendered: YAML aliases can make a small body expand enormously.
+    """
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
     try:
         shown = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):

@@ -877,6 +877,10 @@ def test_params_override_file_or_folder_and_default_platform(tmp_path: Path) -> 
         json.dumps({"highresSteps": {"default": 0, "min": 1, "max": 500}}),
         json.dumps({"latentSymmetry": {"gradientEnd": {"default": 0.9, "min": 0, "max": 0.5}}}),
         json.dumps({"steps": {"default": "25", "min": 1, "max": 300}}),
+        json.dumps({"steps": {"default": 25}}),
+        json.dumps({"steps": 25}),
+        json.dumps({"platform": "cpu"}),
+        json.dumps({"promptEditing": {"default": False, "minLength": {"default": 80}}}),
     ],
 )
 def test_bad_params_files_stop_the_start(tmp_path: Path, content: str) -> None:
@@ -884,6 +888,15 @@ def test_bad_params_files_stop_the_start(tmp_path: Path, content: str) -> None:
 
     with pytest.raises(ConfigError):
         load_params_doc(Config(params_path=tmp_path))
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(parse: Parse) -> None:
+    """Nine aliases of nine aliases …: small as text, 9^9 items if anything walked it."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    data = request_data("multipart/form-data", None, "\n".join([*lines, "steps: *a8"]), {})
+
+    rejects(parse, data, "steps", match="got a list")
 
 
 def test_a_missing_params_file_stops_the_start(tmp_path: Path) -> None:
