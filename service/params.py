@@ -30,7 +30,7 @@ import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
@@ -166,9 +166,14 @@ class ImageParams:
     input_negative_prompt: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``params`` object of the metadata (contract §7.3); the size is recorded apart."""
+        """The ``params`` object of the metadata (contract §7.3); the size is recorded apart.
+
+        NOTE(params): ``model`` is the path below the models folder. For models at the top of the
+        folder, onnx-web's layout, that is the basename §7.3 records; a model from ``diffusion/``
+        keeps its prefix, because stages load the model named in these params.
+        """
         return {
-            "model": PurePosixPath(self.model).name,
+            "model": self.model,
             "pipeline": self.pipeline,
             "scheduler": self.scheduler,
             "prompt": self.prompt,

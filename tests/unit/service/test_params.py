@@ -484,7 +484,7 @@ def test_sub_folder_models_resolve_either_way(parse: Parse, name: str) -> None:
     parsed = parse({"model": name})
 
     assert parsed.image.model == "diffusion/anime"
-    assert parsed.image.to_dict()["model"] == "anime"
+    assert parsed.image.to_dict()["model"] == "diffusion/anime"
 
 
 @pytest.mark.parametrize("name", ["../stable-diffusion-onnx-v1-5", "/etc", "stable-diffusion-onnx-v1-5/.."])
