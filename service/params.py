@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 import yaml
 from PIL import ImageColor
@@ -353,8 +353,8 @@ def _check_entries(builtin: Mapping[str, Any], doc: Mapping[str, Any], prefix: s
         if not isinstance(entry, dict):
             raise ConfigError(f"params.json {prefix}{key}: must be an object")
         if "min" in expected:
-            low, high, default = entry.get("min"), entry.get("max"), entry.get("default")
-            if not all(_is_number(value) for value in (low, high, default)) or not low <= default <= high:
+            low, high, default = (entry.get(name) for name in ("min", "max", "default"))
+            if not (_is_number(low) and _is_number(high) and _is_number(default) and low <= default <= high):
                 raise ConfigError(f"params.json {prefix}{key}: needs numbers min <= default <= max")
         else:
             _check_entries(expected, entry, f"{prefix}{key}.")
@@ -513,11 +513,9 @@ def parse_image(
         input_negative = input_negative if input_negative.strip() else None
     prompt, negative = input_prompt, input_negative
     if route in WILDCARD_ROUTES:
-        prompt = _expand(reader, "prompt", input_prompt, registry, seed)
+        prompt = _expand("prompt", input_prompt, registry, seed)
         negative = (
-            None
-            if input_negative is None
-            else _expand(reader, "negativePrompt", input_negative, registry, seed)
+            None if input_negative is None else _expand("negativePrompt", input_negative, registry, seed)
         )
     return ImageParams(
         model=model,
@@ -551,11 +549,11 @@ def _seed(values: Mapping[str, Any], rng: random.Random) -> int:
     if seed == RANDOM_SEED:
         return rng.randrange(RANDOM_SEED_LIMIT)
     if not 0 <= seed <= MAX_SEED:
-        raise InvalidParams("seed", f"{rule}, got {seed}")
+        raise InvalidParams("seed", f"{rule}, got {_show(seed)}")
     return seed
 
 
-def _expand(reader: _Reader, key: str, text: str, registry: ModelRegistry, seed: int) -> str:
+def _expand(key: str, text: str, registry: ModelRegistry, seed: int) -> str:
     try:
         expanded = expand_wildcards(text, registry.wildcards(), seed)
     except ValueError as err:
@@ -825,7 +823,7 @@ def _parse(convert: Callable[[Any], T], value: Any) -> T | None:
         return None
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
