@@ -1,0 +1,25 @@
+"""``upscale-resrgan``: upscale every image with a Real-ESRGAN ONNX model, in tiles of at most 512 pixels.
+
+Params: see :func:`pipelines.upscale.run_upscaling_stage`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipelines.stages.base import StageContext, StageImage
+from pipelines.upscale import run_upscaling_stage
+
+#: The largest tile this stage feeds its model (contract §10.5).
+MAX_TILE = 512
+
+
+def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
+    """Upscale each image with the model named by ``upscaling``."""
+    return run_upscaling_stage(ctx, params, images, MAX_TILE)
+
+
+def estimate(params: Mapping[str, Any]) -> int:
+    """One step."""
+    return 1

@@ -1,0 +1,179 @@
+"""Demo upscalers: ONNX export against PyTorch, the extras file, and the model upscaling stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from onnx import numpy_helper
+from PIL import Image
+
+from pipelines.models.upscalers import DEMO_UPSCALERS, build_demo_upscalers, demo_module
+from pipelines.stages import upscale_bsrgan, upscale_resrgan, upscale_swinir
+from pipelines.stages.base import StageContext, StageImage
+from pipelines.upscale import run_model_tile
+
+
+class Sessions:
+    """A dict-backed session provider, as the worker's cache would be."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[Path, onnxruntime.InferenceSession] = {}
+
+    def get(self, path: Path) -> onnxruntime.InferenceSession:
+        if path not in self.loaded:
+            self.loaded[path] = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return self.loaded[path]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models")
+    (path / "extras.json").write_text(
+        json.dumps(
+            {
+                "diffusion": [{"name": "diffusion-demo", "source": "demo"}],
+                "upscaling": [{"name": "upscaling-mine", "source": "x.pth", "scale": 2}],
+            }
+        )
+    )
+    build_demo_upscalers(path)
+    return path
+
+
+def _context(models: Path, tiles: list[tuple[int, int]] | None = None) -> StageContext:
+    record = (lambda done, total: tiles.append((done, total))) if tiles is not None else (lambda d, t: None)
+    return StageContext(models_path=models, sessions=Sessions(), on_tile=record)
+
+
+def _image(size: tuple[int, int], seed: int = 3) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("demo", DEMO_UPSCALERS, ids=lambda demo: demo.name)
+def test_onnx_matches_the_pytorch_module(models: Path, demo) -> None:  # type: ignore[no-untyped-def]
+    session = Sessions().get(models / f"{demo.name}.onnx")
+    loaded = demo_module(demo)
+    size = demo.fixed_size or 40
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        if demo.section == "correction":
+            expected = loaded.module(image * 2 - 1, return_rgb=False, randomize_noise=False)[0]
+            feeds = {"input": (image * 2 - 1).numpy(), "weight": np.array([0.5], dtype=np.float32)}
+        else:
+            expected = loaded.module(image)
+            feeds = {"input": image.numpy()}
+    [actual] = session.run(None, feeds)
+    assert actual.shape == tuple(expected.shape)
+    assert np.abs(actual - expected.numpy()).max() < 1e-4
+    assert float(expected.std()) > 0.01, "random weights still produce an image, not a constant"
+    assert session.get_modelmeta().custom_metadata_map["scale"] == str(demo.scale)
+
+
+def test_extras_file_lists_the_demos_and_keeps_other_entries(models: Path) -> None:
+    extras = json.loads((models / "extras.json").read_text())
+    assert extras["diffusion"] == [{"name": "diffusion-demo", "source": "demo"}]
+    upscaling = {entry["name"]: entry for entry in extras["upscaling"]}
+    assert upscaling["upscaling-mine"]["scale"] == 2
+    assert upscaling["upscaling-bsrgan-x4"] == {
+        "name": "upscaling-bsrgan-x4",
+        "label": "BSRGAN x4 (demo)",
+        "source": "demo",
+        "model": "bsrgan",
+        "scale": 4,
+    }
+    assert [entry["model"] for entry in extras["correction"]] == ["gfpgan"]
+
+
+def test_a_second_build_keeps_existing_files(models: Path) -> None:
+    before = {path: path.stat().st_mtime_ns for path in models.glob("*.onnx")}
+    built: list[str] = []
+    build_demo_upscalers(models, progress=built.append)
+    assert built == []
+    assert {path: path.stat().st_mtime_ns for path in models.glob("*.onnx")} == before
+
+
+def test_resrgan_stage_upscales_with_the_model(models: Path) -> None:
+    source = _image((20, 12))
+    tiles: list[tuple[int, int]] = []
+    params = {"upscaling": "upscaling-real-esrgan-x4-plus", "stage_name": "up"}
+    [out] = upscale_resrgan.run(_context(models, tiles), params, [StageImage(source, {"note": 1})])
+    assert out.image.size == (80, 48)
+    assert out.metadata == {"note": 1, "size": {"width": 80, "height": 48}}
+    assert tiles == [(1, 1)]
+    session = Sessions().get(models / "upscaling-real-esrgan-x4-plus.onnx")
+    direct = session.run(None, {"input": (np.asarray(source, np.float32) / 255).transpose(2, 0, 1)[None]})[0][
+        0
+    ]
+    expected = np.rint(np.clip(direct.transpose(1, 2, 0), 0, 1) * 255)
+    assert np.array_equal(np.asarray(out.image), expected)
+
+
+def test_outscale_is_finished_with_lanczos_and_tiles_are_blended(models: Path) -> None:
+    source = _image((40, 24))
+    tiles: list[tuple[int, int]] = []
+    whole = {"upscaling": "upscaling-bsrgan-x4"}
+    [native] = upscale_bsrgan.run(_context(models), whole, [StageImage(source)])
+    [two] = upscale_bsrgan.run(_context(models), {**whole, "outscale": 2}, [StageImage(source)])
+    assert two.image.size == (80, 48)
+    lanczos = native.image.resize((80, 48), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(two.image), np.asarray(lanczos))
+
+    [tiled] = upscale_bsrgan.run(_context(models, tiles), {**whole, "tiles": 16}, [StageImage(source)])
+    assert tiled.image.size == (160, 96)
+    assert len(tiles) > 1 and tiles[-1][0] == tiles[-1][1]
+    assert np.abs(np.asarray(tiled.image, float) - np.asarray(native.image, float)).mean() < 20
+
+
+def test_swinir_pads_small_tiles_to_its_fixed_input(models: Path) -> None:
+    source = _image((40, 30))
+    [out] = upscale_swinir.run(
+        _context(models), {"upscale_model": "upscaling-swinir-real-large-x4"}, [StageImage(source)]
+    )
+    assert out.image.size == (160, 120)
+    demo = next(demo for demo in DEMO_UPSCALERS if demo.model == "swinir")
+    padded = np.pad(np.asarray(source, np.float32) / 255, ((0, 34), (0, 24), (0, 0)), mode="edge")
+    with torch.no_grad():
+        expected = demo_module(demo).module(torch.from_numpy(padded.transpose(2, 0, 1)[None].copy()))
+    expected_pixels = np.rint(np.clip(expected[0].numpy().transpose(1, 2, 0)[:120, :160], 0, 1) * 255)
+    assert np.abs(np.asarray(out.image, float) - expected_pixels).max() <= 1
+    session = Sessions().get(models / "upscaling-swinir-real-large-x4.onnx")
+    with pytest.raises(ValueError, match="larger than the model's input"):
+        run_model_tile(session, _image((65, 10)), 4)
+
+
+def test_denoise_mixes_v3_with_its_wdn_sibling(models: Path) -> None:
+    params = {"upscaling": "upscaling-real-esrgan-x4-v3", "denoise": 0.3}
+    context = _context(models)
+    upscale_resrgan.run(context, params, [StageImage(_image((8, 8)))])
+    mixed_path = models / ".cache" / "upscaling-real-esrgan-x4-v3-dni-0.30.onnx"
+    assert list(context.sessions.loaded) == [mixed_path]  # type: ignore[attr-defined]
+
+    def weights(path: Path) -> dict[str, np.ndarray]:
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+    plain = weights(models / "upscaling-real-esrgan-x4-v3.onnx")
+    wdn = weights(models / "upscaling-real-esrgan-x4-v3-wdn.onnx")
+    mixed = weights(mixed_path)
+    floats = [name for name, value in plain.items() if value.dtype == np.float32 and value.size > 1]
+    assert floats
+    for name in floats:
+        assert np.allclose(mixed[name], 0.3 * plain[name] + 0.7 * wdn[name], atol=1e-6)
+
+    full = _context(models)
+    upscale_resrgan.run(full, {**params, "denoise": 1}, [StageImage(_image((8, 8)))])
+    assert list(full.sessions.loaded) == [models / "upscaling-real-esrgan-x4-v3.onnx"]  # type: ignore[attr-defined]
+
+
+def test_a_missing_model_is_named(models: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="'upscaling-nope'"):
+        upscale_resrgan.run(_context(models), {"upscaling": "upscaling-nope"}, [StageImage(_image((8, 8)))])
+    with pytest.raises(ValueError, match="'upscaling'"):
+        upscale_resrgan.run(_context(models), {}, [StageImage(_image((8, 8)))])
+    assert upscale_swinir.estimate({}) == upscale_bsrgan.estimate({}) == upscale_resrgan.estimate({}) == 1
