@@ -22,7 +22,7 @@ from PIL import Image
 from pipelines.models.convert import ONNX_FILE, read_model_hash
 from pipelines.prompt import ParsedPrompt, pad_windows, parse_prompt, token_windows
 from pipelines.schedulers import load_scheduler_config, make_scheduler, step_arguments
-from pipelines.stages.base import SessionProvider
+from pipelines.stages.base import SessionProvider, StageContext, StageImage
 
 logger = logging.getLogger(__name__)
 
@@ -321,6 +321,17 @@ def decode_latents(model: DiffusionModel, latents: np.ndarray) -> list[Image.Ima
     return images
 
 
+def fit_to_latent_grid(image: Image.Image) -> Image.Image:
+    """``image`` in RGB, shrunk with Lanczos to multiples of 8 pixels if needed, as diffusers does."""
+    image = image.convert("RGB")
+    width, height = (side - side % LATENT_FACTOR for side in image.size)
+    if width < LATENT_FACTOR or height < LATENT_FACTOR:
+        raise ValueError(f"image of {image.width}x{image.height} is smaller than one latent cell")
+    if (width, height) != image.size:
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
 def image_to_array(image: Image.Image) -> np.ndarray:
     """An RGB image as a ``(1, 3, H, W)`` float32 array in [-1, 1], as diffusers preprocesses it."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
@@ -408,3 +419,13 @@ def generation_metadata(
         "inversions": network_entries(models_path, "inversion", inversions),
         "size": {"width": size[0], "height": size[1]},
     }
+
+
+def stage_sources(ctx: StageContext, params: Mapping[str, Any], images: list[StageImage]) -> list[StageImage]:
+    """The images an image-to-image stage works on: its inputs, else the stage's uploaded source."""
+    if images:
+        return images
+    upload = ctx.inputs.get(f"source:{params.get('stage_name', '')}")
+    if upload is None:
+        raise ValueError("this stage needs an input image: none came from earlier stages or a source upload")
+    return [StageImage(upload, {})]

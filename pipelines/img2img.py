@@ -1,0 +1,82 @@
+"""Stable Diffusion 1.x image-to-image on ONNX Runtime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipelines.diffusion import (
+    CancelCheck,
+    DiffusionModel,
+    Generation,
+    StepCallback,
+    decode_latents,
+    denoise,
+    encode_image,
+    encode_prompt,
+    image_to_array,
+    initial_latents,
+    parse_prompts,
+)
+
+
+def strength_steps(steps: int, strength: float) -> int:
+    """Scheduler steps img2img runs: the last ``strength`` of ``steps``, at least one.
+
+    diffusers runs ``int(steps * strength)``, which is zero for small strengths and then fails;
+    one step still lets a small strength touch the image, as the progress estimate promises.
+    """
+    return max(1, min(int(steps * strength), steps))
+
+
+def strength_timesteps(scheduler: Any, steps: int, strength: float) -> tuple[Any, int]:
+    """The tail of the schedule img2img starts from, and its number of scheduler steps."""
+    run = strength_steps(steps, strength)
+    start = (steps - run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:], run
+
+
+def img2img(
+    model: DiffusionModel,
+    generation: Generation,
+    source: Image.Image,
+    strength: float,
+    *,
+    on_step: StepCallback = lambda n: None,
+    check_cancelled: CancelCheck = lambda: None,
+) -> list[Image.Image]:
+    """Re-generate ``source`` (a multiple of 8 pixels on each side) with ``strength`` of noise.
+
+    The starting noise is onnx-web's seeded latents, added to the VAE latents of the source at
+    the first timestep of the shortened schedule.
+    """
+    import torch
+
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, got {strength}")
+    prompt, negative = parse_prompts(generation)
+    embeddings = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
+    scheduler = model.scheduler(generation.scheduler, generation.seed)
+    scheduler.set_timesteps(generation.steps)
+    timesteps, steps = strength_timesteps(scheduler, generation.steps, strength)
+    image_latents = np.repeat(encode_image(model, image_to_array(source)), generation.batch, axis=0)
+    noise = initial_latents(generation.seed, generation.batch, source.width, source.height)
+    latents = scheduler.add_noise(
+        torch.from_numpy(image_latents), torch.from_numpy(noise), timesteps[:1].repeat(generation.batch)
+    ).numpy()
+    latents = denoise(
+        model,
+        scheduler,
+        latents,
+        embeddings,
+        generation,
+        timesteps=timesteps,
+        steps=steps,
+        on_step=on_step,
+        check_cancelled=check_cancelled,
+    )
+    return decode_latents(model, latents)

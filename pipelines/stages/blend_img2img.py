@@ -1,0 +1,50 @@
+"""``blend-img2img``: img2img on every input image (or the stage's uploaded source).
+
+Params: ``strength`` (required, 0-1) and the image params of ``source-txt2img``; ``width`` and
+``height`` come from each input image (shrunk to multiples of 8 if needed). Each input is
+replaced by ``batch`` results.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from pipelines.diffusion import Generation, fit_to_latent_grid, generation_metadata, load_model, stage_sources
+from pipelines.img2img import img2img, strength_steps
+from pipelines.prompt import prompt_stage
+from pipelines.stages.base import StageContext, StageImage
+
+
+def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
+    """Run img2img on each image and return the results in input order."""
+    prompt = prompt_stage(str(params.get("prompt") or ""), int(params.get("prompt_index", 0)))
+    strength = float(params["strength"])
+    recorded = {"pipeline": "img2img", **params}
+    results = []
+    for item in stage_sources(ctx, params, images):
+        source = fit_to_latent_grid(item.image)
+        generation = Generation.from_params(params, prompt=prompt, width=source.width, height=source.height)
+        model = load_model(ctx.models_path, generation.model, ctx.sessions)
+        generated = img2img(
+            model, generation, source, strength, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
+        )
+        metadata = generation_metadata(
+            recorded,
+            generation,
+            model,
+            ctx.models_path,
+            input_size=item.metadata.get(
+                "input_size", {"width": item.image.width, "height": item.image.height}
+            ),
+            size=source.size,
+            extra_params={"strength": strength},
+        )
+        results += [StageImage(image, {**item.metadata, **copy.deepcopy(metadata)}) for image in generated]
+    return results
+
+
+def estimate(params: Mapping[str, Any]) -> int:
+    """Scheduler steps per input image: the ``strength`` fraction of ``steps``, at least one."""
+    return strength_steps(int(params["steps"]), float(params["strength"]))
