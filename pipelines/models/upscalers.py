@@ -109,7 +109,7 @@ class _FaceWrapper:
                     restored = self.model(image, return_rgb=False, randomize_noise=False)[0]
                 # Keeps ``weight`` a graph input for models that ignore it (GFPGAN, CodeFormer
                 # without fusion), so every face model has the same signature.
-                return restored + weight * 0  # type: ignore[no-any-return]
+                return restored + weight * 0
 
         return FaceModel()
 
@@ -212,17 +212,17 @@ class DemoUpscaler:
 
 def _rrdb() -> torch.nn.Module:
     spandrel = load_spandrel()
-    return spandrel.architectures.ESRGAN.ESRGAN(num_filters=8, num_blocks=1, scale=4)  # type: ignore[no-any-return]
+    return spandrel.architectures.ESRGAN.ESRGAN(num_filters=8, num_blocks=1, scale=4)
 
 
 def _compact() -> torch.nn.Module:
     spandrel = load_spandrel()
-    return spandrel.architectures.Compact.Compact(num_feat=8, num_conv=2, upscale=4)  # type: ignore[no-any-return]
+    return spandrel.architectures.Compact.Compact(num_feat=8, num_conv=2, upscale=4)
 
 
 def _swinir() -> torch.nn.Module:
     spandrel = load_spandrel()
-    return spandrel.architectures.SwinIR.SwinIR(  # type: ignore[no-any-return]
+    return spandrel.architectures.SwinIR.SwinIR(
         img_size=SWINIR_TILE,
         embed_dim=12,
         depths=[1],
@@ -243,7 +243,7 @@ FACE_SIZE = 64
 
 def _gfpgan() -> torch.nn.Module:
     spandrel = load_spandrel()
-    return spandrel.architectures.GFPGAN.GFPGAN(  # type: ignore[no-any-return]
+    return spandrel.architectures.GFPGAN.GFPGAN(
         out_size=FACE_SIZE, num_style_feat=32, channel_multiplier=1, narrow=0.125, num_mlp=2
     )
 
