@@ -265,12 +265,15 @@ def denoise(
     on_step: StepCallback,
     check_cancelled: CancelCheck,
     conditioning: np.ndarray | None = None,
+    after_step: Callable[[int, Any], Any] | None = None,
 ) -> np.ndarray:
     """Run the UNet loop over ``timesteps`` from ``latents`` (already scaled for the scheduler).
 
     ``conditioning`` (an inpainting UNet's mask and masked-image latents, already doubled for
     guidance) is appended to the UNet input channels after the scheduler scales the latents.
-    ``on_step(1)`` is called per scheduler step and ``check_cancelled()`` after every UNet call.
+    ``after_step(index, latents)`` may replace the latents after each scheduler step (a
+    4-channel UNet's inpainting puts the kept region back). ``on_step(1)`` is called per
+    scheduler step and ``check_cancelled()`` after every UNet call.
     """
     import torch
 
@@ -281,8 +284,8 @@ def denoise(
     sample = torch.from_numpy(latents)
     total = len(timesteps)
     for index, t in enumerate(timesteps):
-        model_input = torch.cat([sample] * 2) if generation.guidance else sample
-        model_input = scheduler.scale_model_input(model_input, t).numpy()
+        doubled = torch.cat([sample] * 2) if generation.guidance else sample
+        model_input = scheduler.scale_model_input(doubled, t).numpy()
         if conditioning is not None:
             model_input = np.concatenate([model_input, conditioning], axis=1)
         # Exports differ: ours take one timestep per batch item, diffusers' script a fixed-size one.
@@ -302,6 +305,8 @@ def denoise(
             uncond, text = np.split(noise, 2)
             noise = uncond + generation.cfg * (text - uncond)
         sample = scheduler.step(torch.from_numpy(noise), t, sample, **arguments, return_dict=False)[0]
+        if after_step is not None:
+            sample = after_step(index, sample)
         if counts_as_step(index, total, steps, scheduler.order):
             on_step(1)
         check_cancelled()
@@ -336,6 +341,12 @@ def image_to_array(image: Image.Image) -> np.ndarray:
     """An RGB image as a ``(1, 3, H, W)`` float32 array in [-1, 1], as diffusers preprocesses it."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     return (pixels * 2.0 - 1.0).transpose(2, 0, 1)[None]
+
+
+def unet_channels(model: DiffusionModel) -> int:
+    """Input channels of the model's UNet: 4, or 9 for an inpainting UNet."""
+    shape = model.session("unet").get_inputs()[0].shape
+    return int(shape[1])
 
 
 def encode_image(model: DiffusionModel, pixels: np.ndarray) -> np.ndarray:

@@ -187,7 +187,7 @@ def demo_unet(in_channels: int = 4) -> Any:
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=32,
-    ).eval()
+    )
 
 
 def demo_vae() -> Any:
@@ -207,7 +207,7 @@ def demo_vae() -> Any:
         norm_num_groups=8,
         sample_size=64,
         scaling_factor=0.18215,
-    ).eval()
+    )
 
 
 def demo_text_encoder(vocab: dict[str, int]) -> Any:
@@ -229,7 +229,7 @@ def demo_text_encoder(vocab: dict[str, int]) -> Any:
         eos_token_id=vocab[EOS_TOKEN],
         pad_token_id=vocab[EOS_TOKEN],
     )
-    return CLIPTextModel(config).eval()
+    return CLIPTextModel(config)
 
 
 def write_demo_tokenizer(dest: Path) -> dict[str, int]:
