@@ -109,6 +109,8 @@ class EmbeddedS3:
             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
             "-master.volumeSizeLimitMB=512", "-volume.max=0",
             "-s3", f"-s3.port={s3_port}", f"-s3.config={identities}",
+            # Catalog servers on fixed ports would collide between two local stacks; we use neither.
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]  # fmt: skip
         log_file = open(self.datadir / "weed.log", "ab")  # noqa: SIM115 - lives as long as the process
         self._process = subprocess.Popen(
@@ -154,7 +156,8 @@ class EmbeddedS3:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self._process.returncode}; see {self.datadir}/weed.log")
+                tail = (self.datadir / "weed.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"weed exited with {self._process.returncode}:\n{tail}")
             try:
                 client.bucket_exists("readiness-probe")
                 return
@@ -188,3 +191,112 @@ def _weed_binary() -> str:
 
 def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
+
+
+@dataclass
+class StackOptions:
+    """What ``onnx-web run`` starts."""
+
+    data_dir: Path
+    port: int
+    host: str = "127.0.0.1"
+    workers: int = 1
+    api_workers: int = 2
+    models_path: Path | None = None
+    build_demo: bool = True
+
+
+class LocalStack:
+    """Postgres, S3, migrations, demo models, the api under gunicorn and worker processes."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.postgres = EmbeddedPostgres(options.data_dir / "postgres")
+        self.s3 = EmbeddedS3(options.data_dir / "s3")
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.options.host}:{self.options.port}"
+
+    def start(self) -> dict[str, str]:
+        """Start everything; returns the environment the api and workers were given."""
+        from service.db import create_database, upgrade_head
+
+        options = self.options
+        models = options.models_path or options.data_dir / "models"
+        admin_url = self.postgres.start()
+        database_url = create_database(admin_url, "onnx_web")
+        upgrade_head(database_url)
+        credentials = self.s3.start()
+        if options.build_demo:
+            ensure_demo_models(models)
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "S3_ENDPOINT": credentials.endpoint,
+            "S3_ACCESS_KEY": credentials.access_key,
+            "S3_SECRET_KEY": credentials.secret_key,
+            "ONNX_WEB_MODEL_PATH": str(models),
+            "ONNX_WEB_PORT": str(options.port),
+            "ONNX_WEB_HOST": options.host,
+            "ONNX_WEB_API_WORKERS": str(options.api_workers),
+            "PYTHONUNBUFFERED": "1",
+        }
+        cli = [sys.executable, "-m", "service.cli"]
+        self.children.append(subprocess.Popen([*cli, "api"], env=env))
+        for index in range(options.workers):
+            worker_env = {**env, "ONNX_WEB_WORKER_ID": f"{socket.gethostname()}-local-{index}"}
+            self.children.append(subprocess.Popen([*cli, "worker"], env=worker_env))
+        self._wait_for_api()
+        return env
+
+    def _wait_for_api(self, timeout_s: float = 60.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(child.poll() is not None for child in self.children):
+                raise RuntimeError("a child process exited during start-up; see its log above")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.options.port}/readyz", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"the api did not answer on port {self.options.port} within {timeout_s}s")
+
+    def wait(self) -> int:
+        """Block until a child exits (or Ctrl-C); returns the exit status to report."""
+        while True:
+            for child in self.children:
+                if child.poll() is not None:
+                    return child.returncode or 1
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Stop the workers (they hand back or finish their job), then the api, S3 and Postgres."""
+        for child in reversed(self.children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in self.children:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self.children.clear()
+        self.s3.stop()
+        self.postgres.stop()
+
+
+def ensure_demo_models(models: Path) -> None:
+    """Build the small random-weight demo models unless the folder already holds models."""
+    from pipelines.models.demo import build_demo_models
+    from pipelines.models.upscalers import build_demo_upscalers
+
+    models.mkdir(parents=True, exist_ok=True)
+    if not any(models.glob("stable-diffusion-*")) and not any(models.glob("diffusion-*")):
+        log.info("building demo models", extra={"action": "demo_models", "path": str(models)})
+        build_demo_models(models)
+    if not any(models.glob("upscaling-*")):
+        build_demo_upscalers(models)
