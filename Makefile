@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[worker,local,dev]'
+	$(BIN)/python -m pip install -q --no-deps -r requirements/convert-nodeps.txt
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the service, worker, local stack and dev tools

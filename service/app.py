@@ -1,0 +1,154 @@
+"""The app factory: the only place that wires the api together.
+
+``create_app(config, jobs=..., store=..., registry=...)`` builds the Falcon app from explicit
+parts (tests pass their own); ``get_app()`` builds those parts from the environment for
+gunicorn: ``gunicorn 'service.app:get_app()'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import falcon
+
+from pipelines.models.registry import ModelRegistry
+from service.config import PRESIGN_EXPIRY_S, Config
+from service.errors import HTTP_STATUS, PayloadTooLarge, ServiceError
+from service.jobs.store import JobStore
+from service.params import load_params_doc
+from service.resources.bundle import BundleResource
+from service.resources.health import HealthResource, MetricsResource, ReadyzResource
+from service.resources.introspect import IntrospectResource
+from service.resources.jobs import JobCancelResource, JobStatusResource, LegacyCancelResource, ReadyResource
+from service.resources.outputs import OutputResource
+from service.resources.settings import SettingsResources
+from service.resources.submit import SUBMIT_ROUTES, SubmitResource, Submitter
+from service.storage import ObjectStore
+
+log = logging.getLogger("service.access")
+
+
+class RequestContext:
+    """Gives every request an id (from ``X-Request-ID`` or new), logs one access line, caps bodies."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.monotonic()
+        req.context.request_id = (req.get_header("X-Request-ID") or uuid.uuid4().hex)[:64]
+        resp.set_header("X-Request-ID", req.context.request_id)
+        # Refuse before reading: a declared length over the cap never reaches a parser.
+        if req.content_length is not None and req.content_length > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body is {req.content_length} bytes, more than {self.max_body_bytes}")
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool) -> None:
+        # The path only: query strings can carry prompts, which never go to INFO logs.
+        log.info(
+            "request",
+            extra={"method": req.method, "path": req.path, "status": resp.status_code,
+                   "ms": int((time.monotonic() - req.context.get("started", time.monotonic())) * 1000),
+                   "request_id": req.context.get("request_id")},
+        )  # fmt: skip
+
+
+def _service_error(req: falcon.Request, resp: falcon.Response, ex: ServiceError, params: dict[str, Any]) -> None:
+    status = next((code for kind, code in HTTP_STATUS.items() if isinstance(ex, kind)), 500)
+    resp.status = falcon.code_to_http_status(status)
+    resp.media = {"error": ex.message}
+
+
+def _unexpected_error(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:
+    if isinstance(ex, falcon.HTTPError | falcon.HTTPStatus):
+        raise ex
+    logging.getLogger("service.app").error(
+        "unhandled error", exc_info=ex, extra={"path": req.path, "request_id": req.context.get("request_id")}
+    )
+    resp.status = falcon.HTTP_500
+    resp.media = {"error": "internal server error", "request_id": req.context.get("request_id")}
+
+
+def _http_error(req: falcon.Request, resp: falcon.Response, exception: falcon.HTTPError) -> None:
+    """Falcon's own errors (404, 405, bad JSON) in our ``{"error": ...}`` shape."""
+    message = exception.title or "error"
+    if exception.description:
+        message = f"{message}: {exception.description}"
+    resp.media = {"error": message}
+    resp.content_type = falcon.MEDIA_JSON
+
+
+def create_app(
+    config: Config,
+    *,
+    jobs: JobStore,
+    store: ObjectStore,
+    registry: ModelRegistry,
+    platforms: Callable[[], list[str]] | None = None,
+) -> falcon.App:
+    """Build the api from its parts."""
+    origins: str | Sequence[str] = "*" if "*" in config.cors_origins else list(config.cors_origins)
+    app = falcon.App(
+        middleware=[RequestContext(config.max_body_bytes), falcon.CORSMiddleware(allow_origins=origins)],
+    )
+    app.req_options.strip_url_path_trailing_slash = True
+    multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
+    multipart.max_body_part_buffer_size = config.max_body_bytes
+    multipart.max_body_part_count = 64
+    app.add_error_handler(Exception, _unexpected_error)
+    app.add_error_handler(ServiceError, _service_error)
+    app.set_error_serializer(_http_error)
+
+    params_doc = load_params_doc(config)
+    list_platforms = platforms or (lambda: ["any", config.worker_platform])
+    submitter = Submitter(config, jobs=jobs, store=store, registry=registry, params_doc=params_doc)
+    routes: list[tuple[str, Sequence[str], Any]] = [
+        ("/", ["GET", "HEAD"], BundleResource(config.bundle_path)),
+        ("/{filename:path}", ["GET", "HEAD"], BundleResource(config.bundle_path)),
+        ("/output/{filename}", ["GET", "HEAD"], OutputResource(
+            jobs, store, presign=config.s3_presign, presign_expiry_s=PRESIGN_EXPIRY_S)),
+        ("/api/job", ["POST"], SubmitResource(submitter, "chain")),
+        ("/api/job/cancel", ["PUT"], JobCancelResource(jobs)),
+        ("/api/job/status", ["GET", "HEAD"], JobStatusResource(jobs)),
+        *[(f"/api/{route}", ["POST"], SubmitResource(submitter, route)) for route in SUBMIT_ROUTES],
+        ("/api/cancel", ["PUT"], LegacyCancelResource(jobs)),
+        ("/api/ready", ["GET", "HEAD"], ReadyResource(jobs)),
+        ("/healthz", ["GET"], HealthResource()),
+        ("/readyz", ["GET"], ReadyzResource(jobs)),
+        ("/metrics", ["GET"], MetricsResource(jobs)),
+    ]  # fmt: skip
+    for path, _methods, resource in routes:
+        app.add_route(path, resource)
+    settings = SettingsResources(config, registry, params_doc, list_platforms)
+    settings.register(app)
+    listed = [("/api", ["GET", "HEAD"]), *[(path, methods) for path, methods, _ in routes], *settings.routes()]
+    app.add_route("/api", IntrospectResource(sorted(listed, key=lambda route: _route_order(route[0]))))
+    return app
+
+
+def _route_order(path: str) -> tuple[int, str]:
+    """The bundle routes first, then outputs, then the api, as onnx-web registers them."""
+    rank = 0 if not path.startswith(("/api", "/output", "/healthz", "/readyz", "/metrics")) else 1
+    rank = 1 if path.startswith("/output") else rank
+    rank = 2 if path.startswith("/api") else rank
+    rank = 3 if path.startswith(("/healthz", "/readyz", "/metrics")) else rank
+    return (rank, path)
+
+
+def get_app() -> falcon.App:
+    """Build the api from the environment (gunicorn's entry point)."""
+    from service import logs
+    from service.db import make_engine
+    from service.storage import from_config
+
+    config = Config.from_env()
+    logs.configure(config.log_level, config.log_format)
+    engine = make_engine(config.database_url)
+    jobs = JobStore(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s)
+    store = from_config(config)
+    store.ensure_bucket()
+    registry = ModelRegistry(config.models_path, config.extra_models)
+    return create_app(config, jobs=jobs, store=store, registry=registry)

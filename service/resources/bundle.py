@@ -1,0 +1,74 @@
+"""``GET /`` and ``GET /<path>``: the GUI bundle, served from a folder (contract §4.1)."""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import re
+from pathlib import Path
+
+import falcon
+
+from service.errors import NotFound
+
+#: Control characters and characters no bundle file name contains (after Falcon's StaticRoute).
+_DISALLOWED = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffd~?<>:*|'\"\\]")
+MAX_PATH_LENGTH = 256
+PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>onnx-web</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto; line-height: 1.5">
+<h1>onnx-web</h1>
+<p>The API is running, but the web GUI has not been built into <code>{bundle}</code>.
+Build it with <code>make gui</code>, or point <code>ONNX_WEB_BUNDLE_PATH</code> at a built bundle.</p>
+<p>The API answers at <a href="/api">/api</a>; settings at
+<a href="/api/settings/params">/api/settings/params</a>.</p>
+</body></html>
+"""
+
+
+def safe_join(root: Path, relative: str) -> Path:
+    """Join ``relative`` onto ``root``, refusing anything that could leave it."""
+    if (
+        not relative
+        or len(relative) > MAX_PATH_LENGTH
+        or _DISALLOWED.search(relative)
+        or relative.startswith("/")
+        or any(part in ("", ".", "..") or part.endswith((" ", ".")) for part in relative.split("/"))
+    ):
+        raise NotFound(f"no such file: {relative[:64]}")
+    resolved = (root / os.path.normpath(relative)).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise NotFound(f"no such file: {relative[:64]}")
+    return resolved
+
+
+class BundleResource:
+    """Serves ``index.html`` at ``/`` and any bundle file below it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, filename: str | None = None) -> None:
+        if filename is None:
+            index = self.root / "index.html"
+            if not index.is_file():
+                resp.content_type = falcon.MEDIA_HTML
+                resp.text = PLACEHOLDER.format(bundle=self.root)
+                return
+            self._send(resp, index)
+            return
+        path = safe_join(self.root, filename)
+        if not path.is_file():
+            raise NotFound(f"no such file: {filename[:64]}")
+        self._send(resp, path)
+
+    on_head = on_get
+
+    def _send(self, resp: falcon.Response, path: Path) -> None:
+        resp.content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        resp.content_length = path.stat().st_size
+        # index.html and config.json must be fresh after a deploy; hashed assets can be cached.
+        fresh = path.name in ("index.html", "config.json")
+        resp.cache_control = ["no-cache"] if fresh else ["public", "max-age=86400"]
+        resp.stream = path.open("rb")

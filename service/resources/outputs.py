@@ -1,0 +1,63 @@
+"""``GET /output/<name>``: an output image, thumbnail or metadata sidecar, read from the object store.
+
+The name must match the allowlist pattern of the files this service writes; the job row, not
+the bucket, says which object holds it (only a succeeded job's recorded keys are ever served).
+No request path ever becomes a storage key.
+"""
+
+from __future__ import annotations
+
+import re
+
+import falcon
+
+from service.errors import NotFound
+from service.jobs.store import JobState, JobStore
+from service.storage import ObjectStore
+
+#: ``<mode>_<seed>_<sha256>_<unix seconds>_[thumbnail_]<index>.<ext>[.json]``
+OUTPUT_NAME = re.compile(
+    r"^(?P<job>[a-z0-9]+_\d{1,10}_[0-9a-f]{64}_\d{1,12})_(?:thumbnail_)?\d{1,4}\.(?:png|jpeg|webp)(?:\.json)?$"
+)
+
+
+class OutputResource:
+    """Streams an output through the api, or redirects to a presigned URL."""
+
+    def __init__(self, jobs: JobStore, store: ObjectStore, *, presign: bool, presign_expiry_s: int) -> None:
+        self.jobs = jobs
+        self.store = store
+        self.presign = presign
+        self.presign_expiry_s = presign_expiry_s
+
+    def _key(self, filename: str) -> str:
+        match = OUTPUT_NAME.match(filename)
+        if match is None:
+            raise NotFound("no such output")
+        view = self.jobs.get_many([match["job"]]).get(match["job"])
+        if view is None or view.state != JobState.SUCCESS or not view.output_keys or filename not in view.output_keys:
+            raise NotFound("no such output")
+        return str(view.output_keys[filename])
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, filename: str) -> None:
+        key = self._key(filename)
+        if self.presign:
+            raise falcon.HTTPTemporaryRedirect(self.store.presign_get(key, self.presign_expiry_s))
+        obj = self.store.get_stream(key)
+        resp.etag = obj.etag
+        # Committed outputs never change: clients may cache them for good.
+        resp.cache_control = ["private", "max-age=31536000", "immutable"]
+        if req.if_none_match and any(tag == obj.etag or tag == "*" for tag in req.if_none_match):
+            obj.close()
+            resp.status = falcon.HTTP_304
+            return
+        resp.content_type = "application/json" if filename.endswith(".json") else obj.content_type
+        resp.content_length = obj.size
+        resp.stream = obj
+
+    def on_head(self, req: falcon.Request, resp: falcon.Response, filename: str) -> None:
+        key = self._key(filename)
+        stat = self.store.stat(key)
+        resp.etag = stat.etag
+        resp.content_type = "application/json" if filename.endswith(".json") else stat.content_type
+        resp.content_length = stat.size

@@ -1,0 +1,227 @@
+"""The api in-process (Falcon's test client) on a real Postgres and a real S3 server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import pytest
+
+from pipelines.models.registry import ModelRegistry
+from service.app import create_app
+from service.config import Config
+from service.jobs.store import JobStore
+from service.storage import ObjectStore
+
+pytestmark = pytest.mark.integration
+
+SCHEDULERS = ["ddim", "ddpm", "deis-multi", "dpm-multi", "dpm-sde", "dpm-single", "euler", "euler-a", "heun",
+              "ipndm", "k-dpm-2-a", "k-dpm-2", "lcm", "lms-discrete", "pndm", "unipc-multi"]  # fmt: skip
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    (root / "stable-diffusion-onnx-v1-5").mkdir(parents=True)
+    (root / "upscaling-real-esrgan-x4-plus.onnx").write_bytes(b"")
+    (root / "wildcard").mkdir()
+    (root / "wildcard" / "animals.txt").write_text("cat\ndog\n")
+    return root
+
+
+@pytest.fixture
+def client(job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path) -> falcon.testing.TestClient:
+    config = Config(models_path=models, bundle_path=tmp_path / "bundle", s3_bucket=object_store.bucket)
+    app = create_app(config, jobs=job_store, store=object_store, registry=ModelRegistry(models, ()))
+    return falcon.testing.TestClient(app)
+
+
+def error_of(result: falcon.testing.Result) -> str:
+    assert result.headers["content-type"].startswith("application/json"), result.text
+    return str(result.json["error"])
+
+
+def test_introspection_lists_every_documented_route(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_get("/api")
+    assert result.status_code == 200
+    routes = {route["path"]: route["methods"] for route in result.json["routes"]}
+    assert result.json["name"] == "onnx-web"
+    for path in ["/", "/:filename", "/output/:filename", "/api", "/api/job", "/api/job/cancel", "/api/job/status",
+                 "/api/settings/filters", "/api/settings/masks", "/api/settings/models", "/api/settings/noises",
+                 "/api/settings/params", "/api/settings/pipelines", "/api/settings/platforms",
+                 "/api/settings/schedulers", "/api/settings/strings", "/api/settings/wildcards", "/api/img2img",
+                 "/api/txt2img", "/api/txt2txt", "/api/inpaint", "/api/upscale", "/api/chain", "/api/blend",
+                 "/api/cancel", "/api/ready"]:  # fmt: skip
+        assert path in routes, path
+    assert "POST" in routes["/api/txt2img"] and "GET" in routes["/api/job/status"]
+
+
+def test_settings_shapes(client: falcon.testing.TestClient) -> None:
+    params = client.simulate_get("/api/settings/params").json
+    assert params["steps"] == {"default": 25, "min": 1, "max": 300, "step": 1}
+    assert params["version"].startswith("0.")
+    assert client.simulate_get("/api/settings/schedulers").json == SCHEDULERS
+    models = client.simulate_get("/api/settings/models").json
+    assert models["diffusion"] == ["stable-diffusion-onnx-v1-5"]
+    assert models["upscaling"] == ["upscaling-real-esrgan-x4-plus"]
+    assert client.simulate_get("/api/settings/wildcards").json == ["animals"]
+    platforms = client.simulate_get("/api/settings/platforms").json
+    assert platforms[0] == "any" and "cpu" in platforms
+    assert set(client.simulate_get("/api/settings/filters").json) == {"mask", "prompt", "source"}
+
+
+def submit(client: falcon.testing.TestClient, **params: Any) -> falcon.testing.Result:
+    return client.simulate_post("/api/txt2img", params={k: str(v) for k, v in params.items()})
+
+
+def test_submission_answers_the_job_record_and_status_finds_it(client: falcon.testing.TestClient) -> None:
+    result = submit(client, prompt="a cat", steps=3, seed=5)
+    assert result.status_code == 200, result.text
+    job = result.json
+    assert job["status"] == "pending"
+    assert job["queue"] == {"current": 0, "total": 1}
+    assert job["steps"]["total"] == 3 and job["stages"]["total"] == 1
+    second = submit(client, prompt="a dog", steps=3).json
+    status = client.simulate_get("/api/job/status", params={"jobs": f"{job['name']},{second['name']},nope"}).json
+    assert [record["name"] for record in status] == [job["name"], second["name"], "nope"]
+    assert status[1]["queue"] == {"current": 1, "total": 2}
+    assert status[2]["status"] == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"steps": 301}, "steps"),
+        ({"steps": 0}, "steps"),
+        ({"steps": "7.5"}, "steps"),
+        ({"cfg": "31"}, "cfg"),
+        ({"width": 513}, "width"),
+        ({"width": 64}, "width"),
+        ({"batch": 6}, "batch"),
+        ({"seed": -2}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"scheduler": "nope"}, "scheduler"),
+        ({"model": "missing-model"}, "model"),
+        ({"tiled_vae": "maybe"}, "tiled_vae"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_field(client: falcon.testing.TestClient, params: dict, field: str) -> None:
+    result = submit(client, prompt="x", **params)
+    assert result.status_code == 400, result.text
+    assert error_of(result).startswith(field), result.json
+
+
+def test_nothing_is_queued_for_rejected_input(client: falcon.testing.TestClient, job_store: JobStore) -> None:
+    assert submit(client, steps=1000).status_code == 400
+    assert job_store.queue_depth() == 0
+
+
+def test_malformed_json_body_is_a_json_400(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post("/api/txt2img", body="{nope", headers={"Content-Type": "application/json"})
+    assert result.status_code == 400
+    error_of(result)
+
+
+def test_routes_not_built_yet_answer_501(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post("/api/txt2txt", params={"prompt": "x"})
+    assert result.status_code == 501
+    assert "txt2txt" in error_of(result)
+
+
+def test_status_and_cancel_take_one_to_ten_names(client: falcon.testing.TestClient) -> None:
+    for path, method in (("/api/job/status", client.simulate_get), ("/api/job/cancel", client.simulate_put)):
+        assert method(path).status_code == 400
+        too_many = ",".join(f"job-{i}" for i in range(11))
+        result = method(path, params={"jobs": too_many})
+        assert result.status_code == 400 and "too many" in error_of(result)
+
+
+def test_cancel_answers_each_jobs_true_state(client: falcon.testing.TestClient) -> None:
+    name = submit(client, prompt="x", steps=2).json["name"]
+    result = client.simulate_put("/api/job/cancel", params={"jobs": f"{name},ghost"})
+    assert result.status_code == 200
+    assert result.json == [{"name": name, "status": "cancelled"}, {"name": "ghost", "status": "unknown"}]
+    assert client.simulate_get("/api/job/status", params={"jobs": name}).json[0]["status"] == "cancelled"
+
+
+def test_legacy_ready_and_cancel(client: falcon.testing.TestClient) -> None:
+    name = submit(client, prompt="x", steps=2).json["name"]
+    assert client.simulate_get("/api/ready", params={"output": name}).json == {
+        "cancelled": False, "failed": False, "pending": True, "progress": 0, "ready": False}  # fmt: skip
+    assert client.simulate_put("/api/cancel", params={"output": name}).json["cancelled"] is True
+    assert client.simulate_get("/api/ready").status_code == 400
+
+
+def test_chain_document_errors_name_the_path(client: falcon.testing.TestClient) -> None:
+    bad = {"stages": [{"name": "a", "type": "source-txt2img", "params": {"steps": [1]}}]}
+    result = client.simulate_post("/api/chain", json=bad)
+    assert result.status_code == 400 and error_of(result).startswith("stages[0].params.steps")
+    unknown = {"stages": [{"name": "a", "type": "no-such-stage", "params": {}}]}
+    result = client.simulate_post("/api/job", json=unknown)
+    assert result.status_code == 400 and error_of(result).startswith("stages[0].type")
+    out_of_range = {"stages": [{"name": "a", "type": "source-txt2img", "params": {"steps": 999}}]}
+    result = client.simulate_post("/api/job", json=out_of_range)
+    assert result.status_code == 400 and "steps" in error_of(result)
+
+
+def test_chain_with_defaults_is_queued_with_resolved_seed(client: falcon.testing.TestClient, job_store: JobStore) -> None:
+    doc = {
+        "defaults": {"prompt": "a magical wizard", "seed": -1, "width": 128, "height": 128, "steps": 3},
+        "stages": [
+            {"name": "start", "type": "source-txt2img", "params": {"tiles": "hd8k"}},
+            {"name": "grow", "type": "upscale-simple", "params": {"method": "lanczos", "scale": 2}},
+            {"name": "save", "type": "persist-disk", "params": {}},
+        ],
+    }
+    result = client.simulate_post("/api/job", json=doc)
+    assert result.status_code == 200, result.text
+    assert result.json["name"].startswith("chain_")
+    assert result.json["stages"]["total"] == 3
+    assert result.json["steps"]["total"] == 3 + 1 + 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["..", "../etc/passwd", "css/../../secret", "%2e%2e%2fetc%2fpasswd", "%252e%252e%252f", "..%5c..%5cwin.ini",
+     ".%00ssh", "~", "x.png.", "a\tb", "x" * 300, "\ufffd", "//etc/passwd", "txt2img_1_" + "0" * 64 + "_1_0.png",
+     "txt2img_1_" + "0" * 64 + "_1_0.png/../../x"],
+)
+def test_output_path_traversal_is_refused(client: falcon.testing.TestClient, path: str) -> None:
+    result = client.simulate_get(f"/output/{path}")
+    assert 400 <= result.status_code < 500, (path, result.status_code)
+
+
+@pytest.mark.parametrize("path", ["../pyproject.toml", "..%2fpyproject.toml", "a/../../x", "%00", "bundle/..", "x\\y"])
+def test_bundle_path_traversal_is_refused(client: falcon.testing.TestClient, path: str) -> None:
+    assert client.simulate_get(f"/{path}").status_code == 404
+
+
+def test_gui_placeholder_and_json_404(client: falcon.testing.TestClient) -> None:
+    index = client.simulate_get("/")
+    assert index.status_code == 200 and "onnx-web" in index.text
+    missing = client.simulate_get("/api/whatever")
+    assert missing.status_code == 404
+    error_of(missing)
+    wrong_method = client.simulate_get("/api/txt2img")
+    assert wrong_method.status_code == 405
+    error_of(wrong_method)
+
+
+def test_request_body_over_the_cap_is_refused_before_reading(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post("/api/txt2img", body=b"x", headers={"Content-Length": str(10**9),
+                                                                       "Content-Type": "application/json"})  # fmt: skip
+    assert result.status_code == 413
+
+
+def test_idempotency_key_returns_the_same_job(client: falcon.testing.TestClient) -> None:
+    headers = {"Idempotency-Key": "abc-123"}
+    body = json.dumps({"prompt": "once", "steps": 2})
+    first = client.simulate_post("/api/txt2img", body=body, headers={**headers, "Content-Type": "application/json"})
+    again = client.simulate_post("/api/txt2img", body=body, headers={**headers, "Content-Type": "application/json"})
+    assert first.status_code == again.status_code == 200
+    assert first.json["name"] == again.json["name"]
+    other = json.dumps({"prompt": "twice", "steps": 2})
+    conflict = client.simulate_post("/api/txt2img", body=other, headers={**headers, "Content-Type": "application/json"})
+    assert conflict.status_code == 409
