@@ -199,7 +199,7 @@ function ImageCard({ item }: { item: HistoryItem }) {
         </div>
       )}
       <dl className="card-params">
-        <dt>{t('param.model')}</dt>
+        <dt>{t('card.model')}</dt>
         <dd>{labelFor(t, 'model', model)}</dd>
         <dt>{t('param.scheduler')}</dt>
         <dd>{labelFor(t, 'scheduler', String(params.scheduler ?? item.params.scheduler))}</dd>

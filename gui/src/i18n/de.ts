@@ -208,6 +208,7 @@ export const de: typeof en = {
     unknown: 'Dem Server unbekannt',
   },
   card: {
+    model: 'Modell',
     label: '{{tab}}-Auftrag, {{status}}',
     grid: 'Raster',
     queued: 'Platz {{position}} von {{total}} in der Warteschlange',

@@ -210,6 +210,7 @@ export const en = {
     unknown: 'Unknown to the server',
   },
   card: {
+    model: 'Model',
     label: '{{tab}} job, {{status}}',
     grid: 'grid',
     queued: '{{position}} of {{total}} in the queue',

@@ -1,0 +1,77 @@
+import { writeFileSync } from 'node:fs';
+import { expect, test } from '@playwright/test';
+import { openApp, SHOTS, shot } from './helpers';
+
+const TABS = ['txt2img', 'img2img', 'inpaint', 'upscale', 'blend', 'models', 'settings'];
+
+test('loads the app from the api, shows the server version, and measures time to interactive', async ({ page, request }) => {
+  const params = (await (await request.get('/api/settings/params')).json()) as { version: string; motd?: Record<string, string> };
+  await page.goto('/');
+  await expect(page.getByTestId('tab-txt2img')).toHaveAttribute('aria-current', 'page');
+  await expect(page.getByTestId('server-version')).toHaveText(`v${params.version}`);
+  if (params.motd?.en) await expect(page.getByTestId('motd')).toContainText(params.motd.en);
+  await expect(page.getByTestId('generate')).toBeEnabled();
+
+  // The app marks `app-interactive` once the controls built from /api/settings/* are on screen.
+  const timing = await page.evaluate(() => {
+    const nav = performance.getEntriesByType('navigation')[0] as PerformanceNavigationTiming;
+    const mark = performance.getEntriesByName('app-interactive')[0];
+    return { domInteractiveMs: Math.round(nav.domInteractive), appInteractiveMs: Math.round(mark.startTime), loadEventMs: Math.round(nav.loadEventEnd) };
+  });
+  console.log(`time to interactive: ${timing.appInteractiveMs} ms (DOM interactive ${timing.domInteractiveMs} ms, load ${timing.loadEventMs} ms)`);
+  writeFileSync(`${SHOTS}/timing.json`, JSON.stringify(timing, null, 2));
+  expect(timing.appInteractiveMs).toBeGreaterThan(0);
+  await shot(page, 'load');
+});
+
+test('every tab at 1280 and 360 px wide, with the tab kept in the URL', async ({ page }) => {
+  for (const width of [1280, 360]) {
+    await page.setViewportSize({ width, height: 900 });
+    for (const tab of TABS) {
+      await openApp(page, tab);
+      expect(new URL(page.url()).hash).toBe(`#${tab}`);
+      // Nothing may stick out sideways at any width.
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+      expect(overflow, `${tab} at ${width}px overflows by ${overflow}px`).toBeLessThanOrEqual(0);
+      await shot(page, `tab-${tab}-${width}`);
+    }
+  }
+});
+
+test('switches to German and stays German after a reload', async ({ page }) => {
+  await openApp(page, 'settings');
+  await page.getByTestId('language').selectOption('de');
+  await expect(page.getByTestId('tab-settings')).toHaveText('Einstellungen');
+  await expect(page.locator('html')).toHaveAttribute('lang', 'de');
+  await page.reload();
+  await expect(page.getByTestId('tab-txt2img')).toHaveText('Text zu Bild');
+  await page.getByTestId('tab-txt2img').click();
+  await expect(page.getByTestId('generate')).toHaveText('Erzeugen');
+  await shot(page, 'german');
+});
+
+test('shows a clear screen when the server cannot be reached', async ({ page }) => {
+  await page.goto('/?api=http://127.0.0.1:9');
+  await expect(page.getByTestId('error-screen')).toContainText(/cannot be reached/i);
+  await expect(page.getByRole('button', { name: 'Try again' })).toBeFocused();
+  await shot(page, 'unreachable');
+});
+
+test('keyboard: skip link, tabs and the Generate button are reachable with visible focus', async ({ page }) => {
+  await openApp(page, 'txt2img');
+  await page.keyboard.press('Tab');
+  await expect(page.getByText('Skip to content')).toBeFocused();
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Tab');
+  const focused = page.locator(':focus');
+  await expect(focused).toHaveAttribute('data-testid', /tab-|motd/);
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement as Element).outlineStyle);
+  expect(outline).not.toBe('none');
+  // Every form control has a label a screen reader can read.
+  const unlabelled = await page.evaluate(() =>
+    [...document.querySelectorAll('input, select, textarea')]
+      .filter((el) => !(el as HTMLInputElement).labels?.length && !el.getAttribute('aria-label'))
+      .map((el) => el.outerHTML.slice(0, 80)),
+  );
+  expect(unlabelled).toEqual([]);
+});

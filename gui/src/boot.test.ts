@@ -1,0 +1,46 @@
+import { describe, expect, it } from 'vitest';
+import { ApiError, type ApiClient } from './client/api';
+import { connect } from './boot';
+import { SERVER } from './test/fixtures';
+
+function client(overrides: Partial<ApiClient>): ApiClient {
+  const ok = <T,>(v: T) => () => Promise.resolve(v);
+  return {
+    root: 'http://h',
+    params: ok(SERVER.params),
+    strings: ok(SERVER.strings),
+    models: ok(SERVER.models),
+    pipelines: ok(SERVER.pipelines),
+    platforms: ok(SERVER.platforms),
+    schedulers: ok(SERVER.schedulers),
+    filters: ok(SERVER.filters),
+    noises: ok(SERVER.noises),
+    wildcards: ok(SERVER.wildcards),
+    ...overrides,
+  } as ApiClient;
+}
+
+describe('connect', () => {
+  it('loads params and every list', async () => {
+    const result = await connect(client({}));
+    expect(result).toEqual({ kind: 'ready', server: SERVER, missing: [] });
+  });
+
+  it('calls an unanswered params request unreachable', async () => {
+    const result = await connect(client({ params: () => Promise.reject(new ApiError('timeout', 0, 'no answer within 5000 ms')) }));
+    expect(result).toEqual({ kind: 'unreachable', message: 'no answer within 5000 ms' });
+  });
+
+  it('refuses a server older than 0.10.0', async () => {
+    const result = await connect(client({ params: () => Promise.resolve({ version: '0.9.0' }) }));
+    expect(result).toEqual({ kind: 'too-old', version: '0.9.0' });
+  });
+
+  it('runs without a list that failed, and names it', async () => {
+    const result = await connect(client({ wildcards: () => Promise.reject(new ApiError('http', 501, 'later')) }));
+    expect(result.kind).toBe('ready');
+    if (result.kind !== 'ready') return;
+    expect(result.missing).toEqual(['wildcards']);
+    expect(result.server.wildcards).toEqual([]);
+  });
+});

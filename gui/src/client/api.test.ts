@@ -1,0 +1,120 @@
+import { describe, expect, it, vi } from 'vitest';
+import { ApiError, createClient, MAX_JOBS_PER_CALL, normaliseRoot } from './api';
+
+type Call = { url: string; init: RequestInit };
+
+function fakeFetch(respond: (call: Call) => Response | Promise<Response>) {
+  const calls: Call[] = [];
+  const fn = vi.fn(async (url: RequestInfo | URL, init: RequestInit = {}) => {
+    const call = { url: String(url), init };
+    calls.push(call);
+    return respond(call);
+  });
+  return { fetch: fn as unknown as typeof fetch, calls };
+}
+
+const json = (status: number, body: unknown) =>
+  new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json' } });
+
+const record = { name: 'txt2img_1_abc_1', status: 'pending', queue: { current: 0, total: 1 }, stages: { current: 0, total: 0 }, steps: { current: 0, total: 0 }, tiles: { current: 0, total: 0 } };
+
+describe('createClient', () => {
+  it('strips trailing slashes from the root', () => {
+    expect(normaliseRoot('http://x:5000//')).toBe('http://x:5000');
+    const { fetch, calls } = fakeFetch(() => json(200, { version: '0.13.0' }));
+    void createClient({ root: 'http://x:5000/', fetch }).params();
+    expect(calls[0].url).toBe('http://x:5000/api/settings/params');
+  });
+
+  it('sends an image job as multipart: the nested document in `json`, images as named file parts', async () => {
+    const { fetch, calls } = fakeFetch(() => json(200, record));
+    const client = createClient({ root: '', fetch });
+    const doc = { device: { platform: 'any' }, params: { prompt: 'a cat' } };
+    const answer = await client.submit('inpaint', doc, { source: new Blob(['s']), mask: new Blob(['m']) });
+    expect(answer.name).toBe(record.name);
+    expect(calls[0].url).toBe('/api/inpaint');
+    expect(calls[0].init.method).toBe('POST');
+    const form = calls[0].init.body as FormData;
+    expect(JSON.parse(form.get('json') as string)).toEqual(doc);
+    expect(form.get('source')).toBeInstanceOf(Blob);
+    expect(form.get('mask')).toBeInstanceOf(Blob);
+    expect([...form.keys()].sort()).toEqual(['json', 'mask', 'source']);
+  });
+
+  it('sends a chain as a JSON body to /api/job', async () => {
+    const { fetch, calls } = fakeFetch(() => json(200, record));
+    await createClient({ root: 'http://h', fetch }).submitChain({ stages: [] });
+    expect(calls[0].url).toBe('http://h/api/job');
+    expect((calls[0].init.headers as Record<string, string>)['Content-Type']).toBe('application/json');
+    expect(JSON.parse(calls[0].init.body as string)).toEqual({ stages: [] });
+  });
+
+  it('asks for status with comma-separated, encoded names and refuses more than ten', async () => {
+    const { fetch, calls } = fakeFetch(() => json(200, []));
+    const client = createClient({ root: '', fetch });
+    await client.status(['a', 'b c']);
+    expect(calls[0].url).toBe('/api/job/status?jobs=a,b%20c');
+    const eleven = Array.from({ length: MAX_JOBS_PER_CALL + 1 }, (_, i) => `j${i}`);
+    expect(() => client.status(eleven)).toThrow(/at most 10/);
+    expect(() => client.status([])).toThrow(/at least one/);
+    expect(calls).toHaveLength(1);
+  });
+
+  it('reads the cancel answer as our bare array or onnx-web wrapped in results', async () => {
+    const bare = fakeFetch(() => json(200, [{ name: 'a', status: 'cancelled' }]));
+    expect(await createClient({ root: '', fetch: bare.fetch }).cancel(['a'])).toEqual([{ name: 'a', status: 'cancelled' }]);
+    expect(bare.calls[0].init.method).toBe('PUT');
+    expect(bare.calls[0].url).toBe('/api/job/cancel?jobs=a');
+    const wrapped = fakeFetch(() => json(200, { results: [{ name: 'a', status: 'pending' }] }));
+    expect(await createClient({ root: '', fetch: wrapped.fetch }).cancel(['a'])).toEqual([{ name: 'a', status: 'pending' }]);
+  });
+
+  it("turns a 400 into an ApiError carrying the server's `field: rule` message", async () => {
+    const { fetch } = fakeFetch(() => json(400, { error: 'steps: must be between 1 and 300' }));
+    const err = await createClient({ root: '', fetch }).submit('txt2img', {}).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ApiError);
+    expect((err as ApiError).status).toBe(400);
+    expect((err as ApiError).message).toBe('steps: must be between 1 and 300');
+  });
+
+  it('marks a 501 as not implemented, with its message', async () => {
+    const { fetch } = fakeFetch(() => json(501, { error: 'img2img is not built yet' }));
+    const err = (await createClient({ root: '', fetch }).submit('img2img', {}).catch((e: unknown) => e)) as ApiError;
+    expect(err.notImplemented).toBe(true);
+    expect(err.message).toBe('img2img is not built yet');
+  });
+
+  it('falls back to the status line for an HTML error page', async () => {
+    const { fetch } = fakeFetch(() => new Response('<h1>Internal Server Error</h1>', { status: 500, statusText: 'Internal Server Error' }));
+    const err = (await createClient({ root: '', fetch }).models().catch((e: unknown) => e)) as ApiError;
+    expect(err.message).toBe('500 Internal Server Error');
+    expect(err.kind).toBe('http');
+  });
+
+  it('reports a network failure and a timeout as such', async () => {
+    const down = fakeFetch(() => Promise.reject(new TypeError('Failed to fetch')));
+    const err = (await createClient({ root: 'http://h', fetch: down.fetch }).params().catch((e: unknown) => e)) as ApiError;
+    expect(err.kind).toBe('network');
+    expect(err.message).toContain('http://h');
+
+    const hang = fakeFetch(
+      ({ init }) =>
+        new Promise<Response>((_, reject) => init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')))),
+    );
+    const slow = (await createClient({ root: '', fetch: hang.fetch }).params(20).catch((e: unknown) => e)) as ApiError;
+    expect(slow.kind).toBe('timeout');
+  });
+
+  it('builds output URLs under /output/ and admin URLs with the token', async () => {
+    const { fetch, calls } = fakeFetch(() => json(200, {}));
+    const client = createClient({ root: 'http://h', token: 'a b', fetch });
+    expect(client.outputUrl('txt2img_1_x_2_0.png')).toBe('http://h/output/txt2img_1_x_2_0.png');
+    expect(client.outputUrl('x 1.png.json')).toBe('http://h/output/x%201.png.json');
+    await client.workerStatus();
+    await client.restartWorkers();
+    expect(calls.map((c) => [c.init.method, c.url])).toEqual([
+      ['GET', 'http://h/api/worker/status?token=a%20b'],
+      ['POST', 'http://h/api/worker/restart?token=a%20b'],
+    ]);
+  });
+});

@@ -1,0 +1,47 @@
+import { describe, expect, it } from 'vitest';
+import { compareVersions, DEFAULT_POLL_INTERVAL_MS, isSupportedVersion, resolveRuntimeConfig } from './config';
+
+const at = (search: string) => ({ search, origin: 'http://gui.example:8080' });
+
+describe('resolveRuntimeConfig', () => {
+  it('uses the page origin when config.json leaves the root empty', () => {
+    const rt = resolveRuntimeConfig({ api: { root: '' } }, at(''));
+    expect(rt).toEqual({ root: 'http://gui.example:8080', interval: DEFAULT_POLL_INTERVAL_MS, token: '', lng: '' });
+  });
+
+  it('prefers config.json over the origin, and ?api= over both', () => {
+    expect(resolveRuntimeConfig({ api: { root: 'http://a:5000/' } }, at('')).root).toBe('http://a:5000');
+    expect(resolveRuntimeConfig({ api: { root: 'http://a:5000' } }, at('?api=http://b:1/')).root).toBe('http://b:1');
+  });
+
+  it('reads ?interval=, ?token= and ?lng=', () => {
+    const rt = resolveRuntimeConfig({ api: { root: '' } }, at('?interval=750&token=s3cret&lng=de'));
+    expect(rt.interval).toBe(750);
+    expect(rt.token).toBe('s3cret');
+    expect(rt.lng).toBe('de');
+  });
+
+  it('ignores a nonsense interval and floors a tiny one', () => {
+    expect(resolveRuntimeConfig({ api: { root: '' } }, at('?interval=abc')).interval).toBe(DEFAULT_POLL_INTERVAL_MS);
+    expect(resolveRuntimeConfig({ api: { root: '' } }, at('?interval=-5')).interval).toBe(DEFAULT_POLL_INTERVAL_MS);
+    expect(resolveRuntimeConfig({ api: { root: '' } }, at('?interval=1')).interval).toBe(100);
+  });
+});
+
+describe('versions', () => {
+  it('compares numerically, with or without a v and pre-release tags', () => {
+    expect(compareVersions('0.10.0', '0.9.9')).toBeGreaterThan(0);
+    expect(compareVersions('v0.12.0', '0.12.0')).toBe(0);
+    expect(compareVersions('0.13.0-dev', '0.13.0')).toBe(0);
+    expect(compareVersions('0.9', '0.10.0')).toBeLessThan(0);
+  });
+
+  it('accepts 0.10.0 and newer only', () => {
+    expect(isSupportedVersion('0.10.0')).toBe(true);
+    expect(isSupportedVersion('v0.13.0')).toBe(true);
+    expect(isSupportedVersion('1.0.0')).toBe(true);
+    expect(isSupportedVersion('0.9.1')).toBe(false);
+    expect(isSupportedVersion(undefined)).toBe(false);
+    expect(isSupportedVersion('unknown')).toBe(false);
+  });
+});
