@@ -241,6 +241,9 @@ class ObjectStream:
 class ObjectStore(Protocol):
     """Where image bytes live; ``S3ObjectStore`` in every process, ``MemoryObjectStore`` in unit tests."""
 
+    #: The one bucket every key lives in.
+    bucket: str
+
     def ensure_bucket(self) -> None:
         """Create the bucket if it is missing; safe to call from many processes at once."""
 
@@ -562,7 +565,8 @@ class MemoryObjectStore:
     be fetched. Never use it in a process: other processes cannot see its objects.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, bucket: str = "memory") -> None:
+        self.bucket = bucket
         self._objects: dict[str, _Stored] = {}
         self._lock = threading.Lock()
 
@@ -623,7 +627,7 @@ class MemoryObjectStore:
         """A ``memory://`` URL naming the key, for asserting on redirects; nothing can fetch it."""
         check_key(key)
         _check_expiry(expires_s)
-        return f"memory://objects/{quote(key)}?expires={expires_s}"
+        return f"memory://{self.bucket}/{quote(key)}?expires={expires_s}"
 
     def _get(self, key: str) -> _Stored:
         check_key(key)
