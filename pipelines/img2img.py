@@ -20,6 +20,7 @@ from pipelines.diffusion import (
     initial_latents,
     parse_prompts,
 )
+from pipelines.schedulers import require_add_noise
 
 
 def strength_steps(steps: int, strength: float) -> int:
@@ -61,6 +62,7 @@ def img2img(
     prompt, negative = parse_prompts(generation)
     embeddings = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
     scheduler = model.scheduler(generation.scheduler, generation.seed)
+    require_add_noise(scheduler, generation.scheduler)
     scheduler.set_timesteps(generation.steps)
     timesteps, steps = strength_timesteps(scheduler, generation.steps, strength)
     image_latents = np.repeat(encode_image(model, image_to_array(source)), generation.batch, axis=0)

@@ -29,6 +29,7 @@ from pipelines.diffusion import (
     parse_prompts,
     unet_channels,
 )
+from pipelines.schedulers import require_add_noise
 
 INPAINT_CHANNELS = 9
 
@@ -76,6 +77,7 @@ def inpaint(
         if generation.guidance:
             conditioning = np.concatenate([conditioning, conditioning])
     else:
+        require_add_noise(scheduler, generation.scheduler)
         image_latents = torch.from_numpy(np.repeat(encode_image(model, pixels), generation.batch, axis=0))
         keep = torch.from_numpy(latent_mask)
         start_noise = torch.from_numpy(noise)

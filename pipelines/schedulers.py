@@ -71,3 +71,9 @@ def step_arguments(scheduler: Any, *, eta: float, generator: Any) -> dict[str, A
     if "generator" in accepted:
         arguments["generator"] = generator
     return arguments
+
+
+def require_add_noise(scheduler: Any, name: str) -> None:
+    """Refuse schedulers that cannot noise a starting image (ipndm has no ``add_noise``)."""
+    if not hasattr(scheduler, "add_noise"):
+        raise ValueError(f"scheduler {name!r} cannot start from an image: choose another scheduler")

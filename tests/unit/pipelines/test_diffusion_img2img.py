@@ -184,3 +184,8 @@ def test_stage_reads_its_uploaded_source_when_it_has_no_inputs(
     assert len(blend_img2img.run(ctx, stage_params(), [])) == 2
     with pytest.raises(ValueError, match="needs an input image"):
         blend_img2img.run(StageContext(models_path=models_path, sessions=sessions), stage_params(), [])
+
+
+def test_schedulers_that_cannot_noise_an_image_are_refused(demo_model: DiffusionModel) -> None:
+    with pytest.raises(ValueError, match="scheduler 'ipndm' cannot start from an image"):
+        img2img(demo_model, generation("ipndm"), source_image(), 0.5)

@@ -174,3 +174,12 @@ def test_stage_needs_a_mask(models_path: Path, sessions: SessionCache) -> None:
     ctx = StageContext(models_path=models_path, sessions=sessions)
     with pytest.raises(ValueError, match="needs a mask"):
         upscale_outpaint.run(ctx, stage_params(), [StageImage(source_image(), {})])
+
+
+def test_ipndm_inpaints_only_with_an_inpainting_unet(
+    demo_model: DiffusionModel, inpaint_model: DiffusionModel
+) -> None:
+    # The 9-channel UNet never noises the source; a 4-channel one must, and ipndm cannot.
+    assert len(inpaint(inpaint_model, generation(INPAINT, "ipndm"), source_image(), mask_image())) == 1
+    with pytest.raises(ValueError, match="cannot start from an image"):
+        inpaint(demo_model, generation(BASE, "ipndm"), source_image(), mask_image())
