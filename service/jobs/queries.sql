@@ -142,8 +142,9 @@ WITH ended AS (
     SELECT
         id,
         CASE
-            -- running -> cancelled: a retry would run a job the user asked to stop.
-            WHEN CAST(:retryable AS boolean) AND attempt < max_attempts AND cancel_requested THEN 'cancelled'
+            -- running -> cancelled: the user asked to stop it, and the error was not final
+            -- (as rescue_expired does for a cancel-requested job).
+            WHEN CAST(:retryable AS boolean) AND cancel_requested THEN 'cancelled'
             -- running -> pending: retry on another (or the same) worker.
             WHEN CAST(:retryable AS boolean) AND attempt < max_attempts THEN 'pending'
             -- running -> failed: the error is final or the attempts are used up.

@@ -247,10 +247,11 @@ def test_a_rescued_attempt_cannot_commit(job_store: JobStore, engine: sqlalchemy
     zombie = claim(job_store, "w1")
     expire(engine, zombie.name)
     job_store.rescue_expired()
-    live = claim(job_store, "w2")
+    # The same worker id again: a restarted container keeps its hostname, so only the attempt fences.
+    live = claim(job_store, "w1")
 
     assert not succeed(job_store, zombie, "w1"), "the stale attempt committed over a running one"
-    assert succeed(job_store, live, "w2")
+    assert succeed(job_store, live, "w1")
     assert not succeed(job_store, zombie, "w1"), "the stale attempt committed over a finished one"
     assert not job_store.heartbeat(zombie.id, "w1", zombie.attempt).owned
 
