@@ -100,6 +100,11 @@ def output_settings(request: ParsedRequest, image_format: str, thumbnail_size: i
     return {"format": image_format, "thumbnail": request.image.thumbnail, "thumbnail_size": thumbnail_size}
 
 
+def image_params(request: ParsedRequest) -> dict[str, Any]:
+    """A stage's image parameters: the metadata ``params`` plus the size to generate."""
+    return {**request.image.to_dict(), "width": request.image.width, "height": request.image.height}
+
+
 # -- the legacy routes (contract §8) ---------------------------------------------------------
 
 UPSCALE_STAGES = {"bsrgan": "upscale-bsrgan", "esrgan": "upscale-resrgan",
@@ -116,7 +121,7 @@ def upscale_stages(request: ParsedRequest, *, when: str) -> list[dict[str, Any]]
     up = request.upscale
     upscaler = _by_substring(up.upscale_model, UPSCALE_STAGES) if up.upscale else None
     corrector = _by_substring(up.correction_model, CORRECTION_STAGES) if up.faces else None
-    params = {**request.image.to_dict(), **up.to_dict()}
+    params = {**image_params(request), **up.to_dict()}
     # onnx-web corrects again after upscaling for correction-first too (contract §8.5); here
     # correction-first corrects once, before, correction-last once, after, and -both twice.
     if when == "before":
@@ -136,7 +141,7 @@ def highres_stages(request: ParsedRequest) -> list[dict[str, Any]]:
     hr = request.highres
     if hr is None or not hr.enabled or hr.iterations < 1:
         return []
-    image = request.image.to_dict()
+    image = image_params(request)
     stages: list[dict[str, Any]] = []
     for index in range(hr.iterations):
         if hr.method == "upscale":
@@ -157,9 +162,8 @@ def highres_stages(request: ParsedRequest) -> list[dict[str, Any]]:
 
 def build_txt2img(request: ParsedRequest, *, image_format: str, thumbnail_size: int) -> BuiltChain:
     """txt2img: generate, then correction/highres/upscaling as asked (contract §8.1)."""
-    image = request.image
     stages = [
-        stage("txt2img", "source-txt2img", {**image.to_dict(), "prompt_index": 0}),
+        stage("txt2img", "source-txt2img", {**image_params(request), "prompt_index": 0}),
         *upscale_stages(request, when="before"),
         *highres_stages(request),
         *upscale_stages(request, when="after"),
@@ -284,7 +288,7 @@ def build_chain(
         specific = STAGE_PARAMS.get(stage_type)
         if specific is None:
             raise NotImplementedYet(f"this server cannot run these stages yet: {stage_type}")
-        params = {**parsed.image.to_dict(), **specific(path, raw)}
+        params = {**image_params(parsed), **specific(path, raw)}
         stages.append(stage(entry["name"], stage_type, params, tiles=tiles, outscale=outscale))
     chain = {
         "version": 1,

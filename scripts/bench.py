@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""``make bench``: the service's overheads, each measured against a baseline timed in the same run.
+
+1. Queue throughput: claim + complete of no-op jobs with 8 concurrent workers
+   (``scripts/bench_queue.py``), jobs/s.
+2. Submit → success latency of a 1-step demo txt2img job through the whole local stack
+   (gunicorn, Postgres, S3, one worker), p50/p99, against running the same resolved chain
+   in-process on the same warm sessions: the difference is what the service adds.
+
+Results are printed as a table and written as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def bench_queue(out_dir: Path) -> dict[str, Any]:
+    target = out_dir / "queue.json"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_queue.py"), "--workers", "8", "--out", str(target)],
+                   check=True)  # fmt: skip
+    return dict(json.loads(target.read_text()))
+
+
+def resolved_chain(query: dict[str, Any], models: Path) -> dict[str, Any]:
+    """The chain the api stores for ``query``, built by the same code (the seed is fixed)."""
+    import random
+
+    from pipelines.models.registry import ModelRegistry
+    from service.chains import build_txt2img
+    from service.config import Config
+    from service.params import load_params_doc, parse_request
+
+    config = Config(models_path=models)
+    request = parse_request("txt2img", {k: str(v) for k, v in query.items()}, params_doc=load_params_doc(config),
+                            registry=ModelRegistry(models), config=config, rng=random.Random())  # fmt: skip
+    return build_txt2img(request, image_format=config.image_format, thumbnail_size=config.thumbnail_size).chain
+
+
+def bench_latency(runs: int) -> dict[str, Any]:
+    from pipelines.chain import run_chain
+    from pipelines.sessions import SessionCache
+    from service.stack import LocalStack, StackOptions, free_port
+
+    query = {"prompt": "a benchmark", "steps": 1, "seed": 7, "width": 256, "height": 256}
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = LocalStack(StackOptions(data_dir=Path(tmp), port=free_port(), models_path=Path(tmp) / "models"))
+        stack.start()
+        try:
+            with httpx.Client(base_url=stack.url, timeout=60) as client:
+                latencies = []
+                for index in tqdm(range(runs + 2), desc="submit → success", unit="job"):
+                    started = time.perf_counter()
+                    name = client.post("/api/txt2img", params=query).json()["name"]
+                    while True:
+                        record = client.get("/api/job/status", params={"jobs": name}).json()[0]
+                        if record["status"] in ("success", "failed", "cancelled"):
+                            break
+                        time.sleep(0.005)
+                    if record["status"] != "success":
+                        raise RuntimeError(f"benchmark job failed: {record}")
+                    if index >= 2:  # the first jobs load the models
+                        latencies.append((time.perf_counter() - started) * 1000)
+        finally:
+            stack.stop()
+        models = Path(tmp) / "models"
+        chain = resolved_chain(query, models)
+        sessions = SessionCache(4)
+        baseline = []
+        for index in tqdm(range(runs + 2), desc="in-process baseline", unit="run"):
+            started = time.perf_counter()
+            run_chain(chain, models_path=models, sessions=sessions)
+            if index >= 2:
+                baseline.append((time.perf_counter() - started) * 1000)
+    return {
+        "runs": runs,
+        "service_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99)},
+        "in_process_ms": {"p50": percentile(baseline, 50), "p99": percentile(baseline, 99)},
+        "overhead_ms": {
+            "p50": percentile(latencies, 50) - percentile(baseline, 50),
+            "p99": percentile(latencies, 99) - percentile(baseline, 99),
+        },
+        "mean_overhead_ms": statistics.fmean(latencies) - statistics.fmean(baseline),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
+    parser.add_argument("--runs", type=int, default=30, help="jobs timed for the latency figures")
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = {"queue": bench_queue(args.out.parent), "latency": bench_latency(args.runs)}
+    args.out.write_text(json.dumps(results, indent=2))
+    lat = results["latency"]
+    print("\n| measure | value |\n|---|---|")
+    print(f"| queue claim+complete, 8 workers | {results['queue'].get('jobs_per_s', 0):.0f} jobs/s |")
+    print(f"| submit → success p50 / p99 | {lat['service_ms']['p50']:.1f} / {lat['service_ms']['p99']:.1f} ms |")
+    print(f"| same chain in-process p50 / p99 | {lat['in_process_ms']['p50']:.1f} / {lat['in_process_ms']['p99']:.1f} ms |")
+    print(f"| service overhead p50 / p99 | {lat['overhead_ms']['p50']:.1f} / {lat['overhead_ms']['p99']:.1f} ms |")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
