@@ -23,7 +23,7 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -372,14 +372,3 @@ def run_convert(args: argparse.Namespace) -> int:
         return 2
     print(convert_diffusers_folder(args.src, args.models / args.name, opset=args.opset, progress=progress))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``convert`` on its own: ``python -m pipelines.models.convert demo --models PATH``."""
-    parser = argparse.ArgumentParser(prog="onnx-web")
-    add_convert_arguments(parser.add_subparsers(dest="command", required=True))
-    return run_convert(parser.parse_args(["convert", *(sys.argv[1:] if argv is None else argv)]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
