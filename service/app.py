@@ -20,6 +20,7 @@ from service.config import PRESIGN_EXPIRY_S, Config
 from service.errors import HTTP_STATUS, PayloadTooLarge, ServiceError
 from service.jobs.store import JobStore
 from service.params import load_params_doc
+from service.resources.admin import ExtrasResource, WorkerRestartResource, WorkerStatusResource
 from service.resources.bundle import BundleResource
 from service.resources.health import HealthResource, MetricsResource, ReadyzResource
 from service.resources.introspect import IntrospectResource
@@ -103,7 +104,9 @@ def create_app(
     app.set_error_serializer(_http_error)
 
     params_doc = load_params_doc(config)
-    list_platforms = platforms or (lambda: ["any", config.worker_platform])
+    live_window_s = 3 * config.rescue_interval_s
+    list_platforms = platforms or (lambda: live_platforms(jobs, config, live_window_s))
+    worker_status = WorkerStatusResource(config.admin_token, jobs, live_window_s)
     submitter = Submitter(config, jobs=jobs, store=store, registry=registry, params_doc=params_doc)
     routes: list[tuple[str, Sequence[str], Any]] = [
         ("/", ["GET", "HEAD"], BundleResource(config.bundle_path)),
@@ -116,6 +119,9 @@ def create_app(
         *[(f"/api/{route}", ["POST"], SubmitResource(submitter, route)) for route in SUBMIT_ROUTES],
         ("/api/cancel", ["PUT"], LegacyCancelResource(jobs)),
         ("/api/ready", ["GET", "HEAD"], ReadyResource(jobs)),
+        ("/api/extras", ["GET", "PUT"], ExtrasResource(config.admin_token, registry)),
+        ("/api/worker/restart", ["POST"], WorkerRestartResource(config.admin_token, worker_status)),
+        ("/api/worker/status", ["GET"], worker_status),
         ("/healthz", ["GET"], HealthResource()),
         ("/readyz", ["GET"], ReadyzResource(jobs)),
         ("/metrics", ["GET"], MetricsResource(jobs)),
@@ -127,6 +133,18 @@ def create_app(
     listed = [("/api", ["GET", "HEAD"]), *[(path, methods) for path, methods, _ in routes], *settings.routes()]
     app.add_route("/api", IntrospectResource(sorted(listed, key=lambda route: _route_order(route[0]))))
     return app
+
+
+def live_platforms(jobs: JobStore, config: Config, live_window_s: float) -> list[str]:
+    """``any`` first, then the platforms live workers serve, ``cpu`` last (contract §5.6).
+
+    With no live worker yet (all scaled to zero) the list is ``any`` and ``cpu``: jobs queue
+    until a worker starts, and every worker image can serve ``cpu``.
+    """
+    served = {worker.platform for worker in jobs.live_workers(live_window_s)} or {"cpu"}
+    served -= set(config.block_platforms)
+    ordered = sorted(served - {"cpu"}) + (["cpu"] if "cpu" in served else [])
+    return (["any"] if config.any_platform else []) + ordered
 
 
 def _route_order(path: str) -> tuple[int, str]:

@@ -214,6 +214,8 @@ class LocalStack:
         self.postgres = EmbeddedPostgres(options.data_dir / "postgres")
         self.s3 = EmbeddedS3(options.data_dir / "s3")
         self.children: list[subprocess.Popen[bytes]] = []
+        #: How to start each worker again (an admin's restart makes workers exit cleanly).
+        self._worker_commands: dict[int, tuple[list[str], dict[str, str]]] = {}
 
     @property
     def url(self) -> str:
@@ -247,7 +249,9 @@ class LocalStack:
         self.children.append(subprocess.Popen([*cli, "api"], env=env))
         for index in range(options.workers):
             worker_env = {**env, "ONNX_WEB_WORKER_ID": f"{socket.gethostname()}-local-{index}"}
-            self.children.append(subprocess.Popen([*cli, "worker"], env=worker_env))
+            child = subprocess.Popen([*cli, "worker"], env=worker_env)
+            self._worker_commands[child.pid] = ([*cli, "worker"], worker_env)
+            self.children.append(child)
         self._wait_for_api()
         return env
 
@@ -266,11 +270,18 @@ class LocalStack:
         raise RuntimeError(f"the api did not answer on port {self.options.port} within {timeout_s}s")
 
     def wait(self) -> int:
-        """Block until a child exits (or Ctrl-C); returns the exit status to report."""
+        """Block until a child fails (or Ctrl-C); workers that exit cleanly are started again."""
         while True:
-            for child in self.children:
-                if child.poll() is not None:
+            for index, child in enumerate(self.children):
+                if child.poll() is None:
+                    continue
+                restart = self._worker_commands.pop(child.pid, None)
+                if child.returncode != 0 or restart is None:
                     return child.returncode or 1
+                log.info("restarting a worker", extra={"action": "worker_restart"})
+                fresh = subprocess.Popen(restart[0], env=restart[1])
+                self._worker_commands[fresh.pid] = restart
+                self.children[index] = fresh
             time.sleep(0.5)
 
     def stop(self) -> None:

@@ -26,9 +26,11 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from pipelines.chain import run_chain
 from pipelines.metadata import CONTENT_TYPES, encode_image, thumbnail
+from pipelines.sessions import SessionCache, available_providers
 from pipelines.stages.base import Progress, StageCancelled, StageImage
 from service.config import Config
 from service.errors import StorageError
+from service.jobs.notify import Notifier
 from service.jobs.store import ClaimedJob, JobState, JobStore
 from service.storage import ObjectStore, output_key, output_prefix
 
@@ -137,12 +139,13 @@ def _pair(counter: Any) -> tuple[int, int]:
 class Worker:
     """Claims and runs jobs until stopped (SIGTERM/SIGINT or ``stop()``)."""
 
-    def __init__(self, config: Config, jobs: JobStore, store: ObjectStore, sessions: Any, notifier: Any) -> None:
+    def __init__(self, config: Config, jobs: JobStore, store: ObjectStore, sessions: SessionCache, notifier: Notifier) -> None:
         self.config = config
         self.jobs = jobs
         self.store = store
         self.sessions = sessions
         self.notifier = notifier
+        self.providers = available_providers(sessions.settings)
         self.stopping = threading.Event()
         self.release_requested = threading.Event()
         self.jobs_done = 0
@@ -173,7 +176,8 @@ class Worker:
 
     def run(self, *, max_jobs: int | None = None) -> None:
         """Claim and run jobs until stopped (or until ``max_jobs`` have run)."""
-        maintenance = threading.Thread(target=self._rescue_loop, name="rescue", daemon=True)
+        self._announce()
+        maintenance = threading.Thread(target=self._maintenance_loop, name="maintenance", daemon=True)
         maintenance.start()
         log.info("worker started", extra={"action": "start", "worker": self.config.worker_id,
                                            "platform": self.config.worker_platform})  # fmt: skip
@@ -185,15 +189,35 @@ class Worker:
             self.run_job(job)
             if max_jobs is not None and self.jobs_done >= max_jobs:
                 break
+        self.stopping.set()
+        try:
+            self.jobs.retire_worker(self.config.worker_id)
+        except OperationalError as err:
+            log.warning("could not retire the worker row", extra={"action": "stop", "error": str(err)})
         log.info("worker stopped", extra={"action": "stop", "worker": self.config.worker_id, "jobs": self.jobs_done})
 
-    def _rescue_loop(self) -> None:
+    def _maintenance_loop(self) -> None:
+        """Rescue expired leases (any live process may) and announce this worker, every interval."""
         while not self.stopping.wait(self.config.rescue_interval_s):
             try:
                 for rescued in self.jobs.rescue_expired():
-                    log.warning("rescued a job whose lease expired", extra={"action": "rescue", "rescued": str(rescued)})
+                    log.warning("rescued a job whose lease expired", extra={
+                        "action": "rescue", "job": rescued.name, "attempt": rescued.attempt,
+                        "lost_by": rescued.worker_id, "state": rescued.state.value})  # fmt: skip
+                self._announce()
             except OperationalError as err:
-                log.warning("rescue failed", extra={"action": "rescue", "error": str(err)})
+                log.warning("maintenance failed", extra={"action": "maintenance", "error": str(err)})
+
+    def _announce(self) -> None:
+        """Refresh this worker's row; an admin's restart request stops claiming after this job."""
+        restart = self.jobs.announce_worker(
+            self.config.worker_id, platform=self.config.worker_platform,
+            providers=self.providers, models=self.sessions.held_models(self.config.models_path),
+            version=self.config.server_version, jobs_done=self.jobs_done,
+        )  # fmt: skip
+        if restart and not self.stopping.is_set():
+            log.info("restart requested by an admin", extra={"action": "restart", "worker": self.config.worker_id})
+            self.stop()
 
     @DB_RETRY
     def _claim(self) -> ClaimedJob | None:

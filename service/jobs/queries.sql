@@ -231,3 +231,44 @@ UPDATE jobs SET
 FROM expired
 WHERE jobs.id = expired.id
 RETURNING jobs.id, jobs.name, jobs.state, jobs.attempt, expired.worker_id;
+
+-- name: announce_worker
+-- Insert or refresh a worker's row (a sign of life); returns whether an admin asked it to restart.
+INSERT INTO workers (id, platform, providers, models, version, jobs_done, started_at, seen_at)
+VALUES (:id, :platform, CAST(:providers AS jsonb), CAST(:models AS jsonb), :version, :jobs_done, now(), now())
+ON CONFLICT (id) DO UPDATE SET
+    platform = EXCLUDED.platform,
+    providers = EXCLUDED.providers,
+    models = EXCLUDED.models,
+    version = EXCLUDED.version,
+    jobs_done = EXCLUDED.jobs_done,
+    seen_at = now()
+RETURNING restart_requested;
+
+-- name: retire_worker
+-- Remove a worker's row when it stops cleanly.
+DELETE FROM workers WHERE id = :id;
+
+-- name: select_live_workers
+-- Workers seen within the last :max_age_s seconds, oldest first.
+SELECT id, platform, providers, models, version, jobs_done, started_at, seen_at
+FROM workers
+WHERE seen_at > now() - make_interval(secs => :max_age_s)
+ORDER BY started_at;
+
+-- name: request_restart
+-- Ask every live worker to exit after its current job (its supervisor starts a fresh one).
+UPDATE workers SET restart_requested = true
+WHERE seen_at > now() - make_interval(secs => :max_age_s);
+
+-- name: forget_stale_workers
+-- Delete rows of workers not seen for :max_age_s seconds (they crashed or were killed).
+DELETE FROM workers WHERE seen_at < now() - make_interval(secs => :max_age_s);
+
+-- name: select_active_jobs
+-- The running then pending jobs (at most :limit), for the admin's worker status.
+SELECT name, state, steps_current, steps_total
+FROM jobs
+WHERE state IN ('running', 'pending')
+ORDER BY state DESC, priority DESC, created_at
+LIMIT :limit;

@@ -122,6 +122,20 @@ class Rescued:
     worker_id: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class WorkerInfo:
+    """A live worker as it last announced itself."""
+
+    id: str
+    platform: str
+    providers: tuple[str, ...]
+    models: tuple[str, ...]
+    version: str | None
+    jobs_done: int
+    started_at: datetime
+    seen_at: datetime
+
+
 class JobStore:
     """Submit, claim, track and finish jobs in Postgres."""
 
@@ -311,6 +325,45 @@ class JobStore:
             )
             for row in rows
         ]
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def announce_worker(
+        self, worker_id: str, *, platform: str, providers: Sequence[str], models: Sequence[str],
+        version: str, jobs_done: int,
+    ) -> bool:  # fmt: skip
+        """Record that a worker lives; True when an admin asked it to restart."""
+        params = {"id": worker_id, "platform": platform, "providers": json.dumps(list(providers)),
+                  "models": json.dumps(list(models)), "version": version, "jobs_done": jobs_done}  # fmt: skip
+        with self._engine.begin() as conn:
+            return bool(conn.execute(QUERIES["announce_worker"], params).scalar_one())
+
+    def retire_worker(self, worker_id: str) -> None:
+        """Remove a stopping worker's row."""
+        with self._engine.begin() as conn:
+            conn.execute(QUERIES["retire_worker"], {"id": worker_id})
+
+    def live_workers(self, max_age_s: float) -> list[WorkerInfo]:
+        """Workers that announced themselves within ``max_age_s`` seconds."""
+        with self._engine.begin() as conn:
+            conn.execute(QUERIES["forget_stale_workers"], {"max_age_s": max(max_age_s * 10, 3600)})
+            rows = conn.execute(QUERIES["select_live_workers"], {"max_age_s": max_age_s}).all()
+        return [
+            WorkerInfo(id=row.id, platform=row.platform, providers=tuple(row.providers), models=tuple(row.models),
+                       version=row.version, jobs_done=row.jobs_done, started_at=row.started_at, seen_at=row.seen_at)
+            for row in rows
+        ]  # fmt: skip
+
+    def active_jobs(self, limit: int) -> list[tuple[str, JobState, Progress]]:
+        """Running, then pending jobs as ``(name, state, steps)``, at most ``limit``."""
+        with self._engine.begin() as conn:
+            rows = conn.execute(QUERIES["select_active_jobs"], {"limit": limit}).all()
+        return [(row.name, JobState(row.state), (row.steps_current, row.steps_total)) for row in rows]
+
+    def request_restart(self, max_age_s: float) -> int:
+        """Ask every live worker to exit after its current job; returns how many were asked."""
+        with self._engine.begin() as conn:
+            return int(conn.execute(QUERIES["request_restart"], {"max_age_s": max_age_s}).rowcount)
 
     def _fenced(self, query: TextClause, job_id: UUID, worker_id: str, attempt: int) -> bool:
         params = {"job_id": job_id, "worker_id": worker_id, "attempt": attempt}

@@ -21,6 +21,9 @@ SCHEDULERS = ["ddim", "ddpm", "deis-multi", "dpm-multi", "dpm-sde", "dpm-single"
               "ipndm", "k-dpm-2-a", "k-dpm-2", "lcm", "lms-discrete", "pndm", "unipc-multi"]  # fmt: skip
 
 
+ADMIN_TOKEN = "admin-secret"
+
+
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
     root = tmp_path / "models"
@@ -33,7 +36,8 @@ def models(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path) -> falcon.testing.TestClient:
-    config = Config(models_path=models, bundle_path=tmp_path / "bundle", s3_bucket=object_store.bucket)
+    config = Config(models_path=models, bundle_path=tmp_path / "bundle", s3_bucket=object_store.bucket,
+                    admin_token=ADMIN_TOKEN)  # fmt: skip
     app = create_app(config, jobs=job_store, store=object_store, registry=ModelRegistry(models, ()))
     return falcon.testing.TestClient(app)
 
@@ -225,3 +229,19 @@ def test_idempotency_key_returns_the_same_job(client: falcon.testing.TestClient)
     other = json.dumps({"prompt": "twice", "steps": 2})
     conflict = client.simulate_post("/api/txt2img", body=other, headers={**headers, "Content-Type": "application/json"})
     assert conflict.status_code == 409
+
+
+def test_admin_routes_need_the_token(client: falcon.testing.TestClient, job_store: JobStore) -> None:
+    for path, method in (("/api/worker/status", client.simulate_get), ("/api/worker/restart", client.simulate_post),
+                         ("/api/extras", client.simulate_get)):  # fmt: skip
+        assert method(path).status_code == 401
+        assert method(path, params={"token": "wrong"}).status_code == 401
+    job_store.announce_worker("w-1", platform="cuda", providers=["CUDAExecutionProvider"], models=["m"],
+                              version="v", jobs_done=3)  # fmt: skip
+    status = client.simulate_get("/api/worker/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert status.status_code == 200
+    assert status.json["workers"] == [["cuda", 3, True]]
+    assert client.simulate_get("/api/settings/platforms").json == ["any", "cuda"]
+    restart = client.simulate_post("/api/worker/restart", params={"token": ADMIN_TOKEN})
+    assert restart.status_code == 200
+    assert job_store.announce_worker("w-1", platform="cuda", providers=[], models=[], version="v", jobs_done=3)

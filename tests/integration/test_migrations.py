@@ -59,6 +59,18 @@ EXPECTED_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "finished_at": ("timestamp with time zone", True, None),
     "updated_at": ("timestamp with time zone", False, "now()"),
 }
+#: The workers table of migration 0002 (live workers: platforms, loaded models, restart requests).
+EXPECTED_WORKER_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
+    "id": ("text", False, None),
+    "platform": ("text", False, None),
+    "providers": ("jsonb", False, "'[]'::jsonb"),
+    "models": ("jsonb", False, "'[]'::jsonb"),
+    "version": ("text", True, None),
+    "jobs_done": ("integer", False, "0"),
+    "restart_requested": ("boolean", False, "false"),
+    "started_at": ("timestamp with time zone", False, "now()"),
+    "seen_at": ("timestamp with time zone", False, "now()"),
+}
 EXPECTED_CONSTRAINTS = {
     ("jobs_pkey", "p"),
     ("jobs_name_key", "u"),
@@ -120,13 +132,17 @@ def catalog(url: str) -> dict[str, Any]:
     NOT NULL constraints (``contype = 'n'`` since PostgreSQL 18) are covered by the columns' nullability.
     """
     with psycopg.connect(libpq_url(url)) as conn:
-        columns = {
-            name: (data_type if data_type != "USER-DEFINED" else udt, nullable == "YES", default)
-            for name, data_type, udt, nullable, default in conn.execute(
-                "SELECT column_name, data_type, udt_name, is_nullable, column_default "
-                "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = 'jobs'"
-            )
-        }
+        columns, worker_columns = (
+            {
+                name: (data_type if data_type != "USER-DEFINED" else udt, nullable == "YES", default)
+                for name, data_type, udt, nullable, default in conn.execute(
+                    "SELECT column_name, data_type, udt_name, is_nullable, column_default "
+                    "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = %s",
+                    (table,),
+                )
+            }
+            for table in ("jobs", "workers")
+        )
         constraints = set(
             conn.execute(
                 "SELECT conname, contype FROM pg_constraint WHERE conrelid = 'jobs'::regclass AND contype <> 'n'"
@@ -144,6 +160,7 @@ def catalog(url: str) -> dict[str, Any]:
         version = conn.execute("SELECT version_num FROM alembic_version").fetchall()
     return {
         "columns": columns,
+        "worker_columns": worker_columns,
         "constraints": constraints,
         "indexes": indexes,
         "labels": labels,
@@ -174,7 +191,8 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["indexes"] == EXPECTED_INDEXES
     assert found["labels"] == ["pending", "running", "success", "failed", "cancelled"]
     assert found["triggers"] == EXPECTED_TRIGGERS
-    assert found["version"] == [("0001",)]
+    assert found["worker_columns"] == EXPECTED_WORKER_COLUMNS
+    assert found["version"] == [("0002",)]
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
