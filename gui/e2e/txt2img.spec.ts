@@ -8,8 +8,10 @@ test.beforeEach(async ({ page }) => {
 test('txt2img: the card goes pending → running → image, with download links that work', async ({ page, request }) => {
   await openApp(page, 'txt2img');
   await page.getByTestId('prompt').fill('a lighthouse at dusk');
-  // Enough steps that a poll lands while it runs, even on the tiny demo model.
-  await setNumber(page, 'steps', 40);
+  // Small and short, but enough steps that a poll (every 250 ms) lands while it runs.
+  await setNumber(page, 'width', 256);
+  await setNumber(page, 'height', 256);
+  await setNumber(page, 'steps', 20);
   const response = await generate(page, 'txt2img');
   expect(response.status(), await response.text()).toBe(200);
   const submitted = (await response.json()) as { name: string; status: string; queue: { current: number } };
@@ -24,7 +26,7 @@ test('txt2img: the card goes pending → running → image, with download links 
   const metadata = await card.getByTestId('download-metadata').getAttribute('href');
   expect((await request.get(image as string)).headers()['content-type']).toMatch(/^image\//);
   const meta = (await (await request.get(metadata as string)).json()) as { params: { steps: number } };
-  expect(meta.params.steps).toBe(40);
+  expect(meta.params.steps).toBe(20);
   await shot(page, 'txt2img');
 
   await card.getByRole('button', { name: 'Show full size' }).click();
@@ -35,7 +37,9 @@ test('txt2img: the card goes pending → running → image, with download links 
 
 test('history survives a reload', async ({ page }) => {
   await openApp(page, 'txt2img');
-  await setNumber(page, 'steps', 5);
+  await setNumber(page, 'width', 128);
+  await setNumber(page, 'height', 128);
+  await setNumber(page, 'steps', 3);
   const { name } = (await (await generate(page, 'txt2img')).json()) as { name: string };
   const card = page.locator(`[data-testid="job-card"][data-name="${name}"]`);
   await expectSuccess(card);
@@ -46,6 +50,8 @@ test('history survives a reload', async ({ page }) => {
 
 test('cancel a long job: the card ends cancelled and the server agrees', async ({ page, request }) => {
   await openApp(page, 'txt2img');
+  await setNumber(page, 'width', 256);
+  await setNumber(page, 'height', 256);
   await setNumber(page, 'steps', 150);
   const { name } = (await (await generate(page, 'txt2img')).json()) as { name: string };
   const card = page.locator(`[data-testid="job-card"][data-name="${name}"]`);
@@ -55,7 +61,11 @@ test('cancel a long job: the card ends cancelled and the server agrees', async (
     card.getByTestId('cancel').click(),
   ]);
   expect(cancel.status()).toBe(200);
-  expect(await cancel.json()).toEqual([{ name, status: 'cancelled' }]);
+  // Our server answers each job's true state: a running job stays `running` until its worker
+  // stops at the next step, then ends `cancelled`.
+  const [answer] = (await cancel.json()) as Array<{ name: string; status: string }>;
+  expect(answer.name).toBe(name);
+  expect(['cancelled', 'running']).toContain(answer.status);
   await expect(card).toHaveAttribute('data-status', 'cancelled');
   await expect(card.getByTestId('retry')).toBeEnabled();
   const [record] = (await (await request.get(`/api/job/status?jobs=${name}`)).json()) as Array<{ status: string }>;
@@ -65,7 +75,9 @@ test('cancel a long job: the card ends cancelled and the server agrees', async (
 
 test('grid mode: a 2×1 grid sent as a chain to /api/job', async ({ page }) => {
   await openApp(page, 'txt2img');
-  await setNumber(page, 'steps', 5);
+  await setNumber(page, 'width', 128);
+  await setNumber(page, 'height', 128);
+  await setNumber(page, 'steps', 3);
   await page.getByTestId('section-grid').locator('summary').click();
   await page.getByTestId('grid-enabled').check();
   await page.getByTestId('grid-columns-parameter').selectOption('seed');
@@ -91,4 +103,24 @@ test('grid mode: a 2×1 grid sent as a chain to /api/job', async ({ page }) => {
   const size = await card.getByTestId('card-image').evaluate((img: HTMLImageElement) => [img.naturalWidth, img.naturalHeight]);
   expect(size[0]).toBe(size[1] * 2);
   await shot(page, 'grid');
+});
+
+test("bad input: the server's 400 `field: rule` message is shown next to the form", async ({ page }) => {
+  await openApp(page, 'txt2img');
+  // Grid values are free text, so this is how a user can send what the server must refuse.
+  await page.getByTestId('section-grid').locator('summary').click();
+  await page.getByTestId('grid-enabled').check();
+  await page.getByTestId('grid-columns-parameter').selectOption('steps');
+  await page.getByTestId('grid-columns-values').fill('0, 1');
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => new URL(r.url()).pathname === '/api/job'),
+    page.getByTestId('generate').click(),
+  ]);
+  expect(response.status()).toBe(400);
+  const { error } = (await response.json()) as { error: string };
+  expect(error).toMatch(/^[\w.[\]]+: /);
+  await expect(page.getByTestId('form-error')).toContainText(error);
+  await expect(page.getByTestId('form-error')).toContainText('The server refused the request');
+  await expect(page.getByTestId('job-card')).toHaveCount(0);
+  await shot(page, 'bad-input');
 });

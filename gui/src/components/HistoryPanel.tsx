@@ -78,12 +78,14 @@ function ProgressCard({ item }: { item: HistoryItem }) {
   const cancel = async () => {
     setCancelling(true);
     try {
+      // The answer is the job's true state: `cancelled` at once when it was pending, still
+      // `running` until the worker stops at its next step (polling then sees `cancelled`), or
+      // `success` when it finished first.
       const [result] = await client.cancel([item.name]);
       if (result?.status === 'cancelled') setStatus(item.name, { ...s, status: 'cancelled' });
-      else applyStatus(await client.status([item.name]));
+      else if (result?.status !== 'running' && result?.status !== 'pending') applyStatus(await client.status([item.name]));
     } catch (err) {
       notify({ kind: 'error', text: describeError(t, err) });
-    } finally {
       setCancelling(false);
     }
   };
@@ -97,7 +99,7 @@ function ProgressCard({ item }: { item: HistoryItem }) {
 
   return (
     <div className="card-body progress-body">
-      <p className="card-state">{t(`status.${s.status}`)}</p>
+      <p className="card-state">{cancelling ? t('card.cancelling') : t(`status.${s.status}`)}</p>
       <progress
         max={1}
         value={fraction ?? undefined}

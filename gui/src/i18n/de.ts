@@ -208,6 +208,7 @@ export const de: typeof en = {
     unknown: 'Dem Server unbekannt',
   },
   card: {
+    cancelling: 'Wird abgebrochen…',
     model: 'Modell',
     label: '{{tab}}-Auftrag, {{status}}',
     grid: 'Raster',

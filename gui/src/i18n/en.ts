@@ -210,6 +210,7 @@ export const en = {
     unknown: 'Unknown to the server',
   },
   card: {
+    cancelling: 'Cancelling…',
     model: 'Model',
     label: '{{tab}} job, {{status}}',
     grid: 'grid',

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# End-to-end tests of the web GUI against the real stack, in headless Debian Chromium.
+#
+# Builds the GUI (the api serves gui/dist), starts `onnx-web run` on a free port with a throwaway
+# data directory, waits until GET /api/settings/params answers, runs the playwright suite, stops
+# the stack and exits with the suite's status. Screenshots land in gui/test-results/.
+#   E2E_DATA_DIR=dir   reuse a data directory (keeps the demo models between runs)
+#   E2E_KEEP_LOG=1     keep the stack's log after a passing run
+#   extra arguments    go to `playwright test` (e.g. e2e/txt2img.spec.ts, -g cancel)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+STARTUP_TIMEOUT_S="${STARTUP_TIMEOUT_S:-300}"
+
+if [[ ! -x $CHROMIUM ]]; then
+  echo "gui-e2e: no Chromium at $CHROMIUM (apt-get install -y chromium, or set CHROMIUM)" >&2
+  exit 2
+fi
+
+"$root/scripts/gui-build.sh"
+
+port="$("$root/.venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+data="${E2E_DATA_DIR:-$(mktemp -d -t onnx-web-e2e.XXXXXX)}"
+log="$data/stack.log"
+mkdir -p "$data"
+
+# Job control on: the stack gets its own process group, and does not inherit the SIGINT-ignore
+# that a script's background jobs otherwise get, so Ctrl-C (SIGINT) can stop it properly.
+set -m
+"$root/.venv/bin/onnx-web" run --port "$port" --data-dir "$data" >"$log" 2>&1 &
+stack=$!
+set +m
+
+# SIGINT is the launcher's Ctrl-C: it stops the worker and api, then S3 and Postgres (which run in
+# sessions of their own, out of reach of a group kill). The group kill is only the last resort.
+stop() {
+  if kill -0 "$stack" 2>/dev/null; then
+    kill -INT "$stack" 2>/dev/null || true
+    for _ in $(seq 1 180); do
+      kill -0 "$stack" 2>/dev/null || break
+      sleep 0.5
+    done
+    if kill -0 "$stack" 2>/dev/null; then
+      echo "gui-e2e: the stack ignored SIGINT for 90 s; killing its process group" >&2
+      kill -KILL -- "-$stack" 2>/dev/null || true
+    fi
+  fi
+  reap_leftovers
+}
+
+# Postgres and S3 run in sessions of their own; if the launcher failed to stop them, stop the ones
+# serving this run's data directory (found by their pid file and command line, never by name alone).
+reap_leftovers() {
+  local pids=() pid
+  if [[ -f $data/postgres/postmaster.pid ]]; then
+    pids+=("$(head -n 1 "$data/postgres/postmaster.pid")")
+  fi
+  for pid in $(pgrep -f -- "-dir=$data/s3" || true); do
+    pids+=("$pid")
+  done
+  for pid in "${pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "gui-e2e: stopping leftover process $pid of this run ($(tr '\0' ' ' </proc/"$pid"/cmdline | cut -c1-80))" >&2
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 40); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+}
+trap stop EXIT
+
+url="http://127.0.0.1:$port"
+echo "gui-e2e: waiting for the stack at $url (log: $log)"
+deadline=$((SECONDS + STARTUP_TIMEOUT_S))
+until curl -fsS -o /dev/null "$url/api/settings/params" 2>/dev/null; do
+  if ! kill -0 "$stack" 2>/dev/null; then
+    echo "gui-e2e: the stack exited before answering; its log:" >&2
+    tail -n 50 "$log" >&2
+    exit 1
+  fi
+  if ((SECONDS > deadline)); then
+    echo "gui-e2e: no answer from $url within ${STARTUP_TIMEOUT_S}s; its log:" >&2
+    tail -n 50 "$log" >&2
+    exit 1
+  fi
+  sleep 1
+done
+echo "gui-e2e: stack up after ${SECONDS}s"
+
+status=0
+(cd "$root/gui" && E2E_BASE_URL="$url/" npx playwright test "$@") || status=$?
+if ((status != 0)); then
+  echo "gui-e2e: suite failed; last lines of the stack log ($log):" >&2
+  tail -n 40 "$log" >&2
+elif [[ -z ${E2E_DATA_DIR:-} && -z ${E2E_KEEP_LOG:-} ]]; then
+  stop
+  rm -rf "$data"
+fi
+exit "$status"
