@@ -30,6 +30,7 @@ from pipelines.sessions import SessionCache, available_providers
 from pipelines.stages.base import Progress, StageCancelled, StageImage
 from service.config import Config
 from service.errors import StorageError
+from service.faults import fault_point
 from service.jobs.notify import Notifier
 from service.jobs.store import ClaimedJob, JobState, JobStore
 from service.storage import ObjectStore, output_key, output_prefix
@@ -92,6 +93,7 @@ class JobRun:
 
     def report(self, progress: Progress) -> None:
         """Keep the newest counters; write them at most every ``progress_interval_s``."""
+        fault_point("mid_inference", steps=progress.steps.current)
         with self._lock:
             self.latest = progress
             now = time.monotonic()
@@ -118,6 +120,7 @@ class JobRun:
         """Renew the lease every ``heartbeat_s`` until the job is done; note cancels and loss."""
         config = self.worker.config
         while not self.done.wait(config.heartbeat_s):
+            fault_point("during_heartbeat")
             try:
                 beat = self.worker.jobs.heartbeat(self.job.id, config.worker_id, self.job.attempt)
             except OperationalError as err:
@@ -231,6 +234,7 @@ class Worker:
 
     def run_job(self, job: ClaimedJob) -> None:
         """Run one claimed job to a final (or handed-back) state. Never raises."""
+        fault_point("after_claim")
         run = JobRun(self, job)
         lease = threading.Thread(target=run.keep_lease, name=f"lease-{job.name}", daemon=True)
         lease.start()
@@ -254,7 +258,9 @@ class Worker:
             stored = self._store_outputs(job, result.outputs)
             timings["upload"] = _ms(upload_started)
             run.check()
+            fault_point("after_put_before_commit")
             outcome = self._commit(run, stored)
+            fault_point("after_commit")
         except StageCancelled:
             outcome = "cancelled" if self._finish_cancelled(run) else "fenced"
         except LeaseLost:
