@@ -33,6 +33,12 @@ test('txt2img: the card goes pending → running → image, with download links 
   await expect(page.getByTestId('lightbox')).toBeVisible();
   await page.keyboard.press('Escape');
   await expect(page.getByTestId('lightbox')).toHaveCount(0);
+
+  // Copy to img2img: the output becomes that tab's source, at its real size.
+  await card.getByTestId('copy-to').selectOption({ label: 'img2img' });
+  await expect(page.getByTestId('tab-img2img')).toHaveAttribute('aria-current', 'page');
+  await expect(page.getByTestId('source-input')).toContainText('256 × 256');
+  await expect(page.getByTestId('generate')).toBeEnabled();
 });
 
 test('history survives a reload', async ({ page }) => {

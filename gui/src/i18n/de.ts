@@ -58,6 +58,7 @@ export const de: typeof en = {
     grid: 'Raster',
   },
   param: {
+    inpaintModelWarning: 'Das sieht nicht nach einem Inpainting-Modell aus; das Ergebnis kann die Maskenränder missachten.',
     platform: 'Plattform',
     model: 'Diffusionsmodell',
     pipeline: 'Pipeline',

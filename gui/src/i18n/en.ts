@@ -60,6 +60,7 @@ export const en = {
     grid: 'Grid',
   },
   param: {
+    inpaintModelWarning: 'This does not look like an inpainting model; results may ignore the mask edges.',
     platform: 'Platform',
     model: 'Diffusion model',
     pipeline: 'Pipeline',

@@ -100,6 +100,11 @@ export function JobTabView({ tab }: { tab: JobTab }) {
       <fieldset className="group">
         <legend>{t('section.model')}</legend>
         <ModelControls {...group} />
+        {tab === 'inpaint' && !/inpaint/i.test(p.model) && (
+          <p className="hint warn" data-testid="inpaint-model-warning">
+            {t('param.inpaintModelWarning')}
+          </p>
+        )}
       </fieldset>
 
       {tab !== 'upscale' && tab !== 'blend' && (
