@@ -1,0 +1,278 @@
+"""Face correction: detection on a drawn face, alignment, strength, outscale and the demo GFPGAN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from onnx import TensorProto, helper
+from PIL import Image
+
+from pipelines.correct import (
+    FEATHER,
+    CorrectionSettings,
+    detect_faces,
+    face_transform,
+    restore_face,
+)
+from pipelines.models.upscalers import DEMO_UPSCALERS, convert_upscaler, demo_module
+from pipelines.stages import correct_codeformer, correct_gfpgan
+from pipelines.stages.base import StageContext, StageImage
+
+FACE_SIZE = 64
+#: The constant face model's output, in [-1, 1], and the 8-bit level it becomes.
+CONSTANT = -0.2
+CONSTANT_LEVEL = (CONSTANT + 1) * 127.5
+
+
+class Sessions:
+    """A dict-backed session provider, as the worker's cache would be."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[Path, onnxruntime.InferenceSession] = {}
+
+    def get(self, path: Path) -> onnxruntime.InferenceSession:
+        if path not in self.loaded:
+            self.loaded[path] = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return self.loaded[path]
+
+
+def draw_face(size: int = 256, background: int = 60) -> Image.Image:
+    """A cartoon frontal face (skin oval, eyes, brows, nose, mouth) centred on a dark background."""
+    pixels = np.full((size, size, 3), background, np.uint8)
+    c, s = size // 2, size / 256
+
+    def at(dx: float, dy: float) -> tuple[int, int]:
+        return c + round(dx * s), c + round(dy * s)
+
+    def axes(a: float, b: float) -> tuple[int, int]:
+        return round(a * s), round(b * s)
+
+    cv2.ellipse(pixels, at(0, 0), axes(70, 92), 0, 0, 360, (200, 180, 160), -1)
+    for dx in (-28, 28):
+        cv2.ellipse(pixels, at(dx, -18), axes(14, 7), 0, 0, 360, (40, 30, 30), -1)
+        cv2.line(pixels, at(dx - 16, -34), at(dx + 16, -36), (60, 40, 30), max(1, round(5 * s)))
+    cv2.ellipse(pixels, at(0, 14), axes(8, 18), 0, 0, 360, (150, 110, 80), -1)
+    cv2.ellipse(pixels, at(0, 48), axes(26, 8), 0, 0, 360, (120, 40, 50), -1)
+    return Image.fromarray(cv2.GaussianBlur(pixels, (0, 0), 2 * s))
+
+
+def on_canvas(face: Image.Image, size: tuple[int, int], origin: tuple[int, int]) -> Image.Image:
+    """``face`` pasted at ``origin`` on a textured background, so unchanged pixels are checkable."""
+    rng = np.random.default_rng(7)
+    canvas = Image.fromarray(rng.integers(40, 80, (size[1], size[0], 3), dtype=np.uint8))
+    canvas.paste(face, origin)
+    return canvas
+
+
+def constant_face_model(path: Path, size: int = FACE_SIZE) -> Path:
+    """A face model with the real I/O whose output is the constant ``CONSTANT`` everywhere."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["input", "zero"], ["erased"]),
+            helper.make_node("Mul", ["weight", "zero"], ["unused"]),
+            helper.make_node("Add", ["erased", "unused"], ["blank"]),
+            helper.make_node("Add", ["blank", "level"], ["output"]),
+        ],
+        "constant-face",
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size]),
+            helper.make_tensor_value_info("weight", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, size, size])],
+        [
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("level", TensorProto.FLOAT, [], [CONSTANT]),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models")
+    constant_face_model(path / "correction-constant.onnx")
+    constant_face_model(path / "correction-codeformer.onnx")
+    gfpgan = next(demo for demo in DEMO_UPSCALERS if demo.model == "gfpgan")
+    convert_upscaler(demo_module(gfpgan), path / f"{gfpgan.name}.onnx", fixed_size=gfpgan.fixed_size)
+    return path
+
+
+def _context(models: Path, inputs: dict[str, Image.Image] | None = None) -> StageContext:
+    return StageContext(models_path=models, sessions=Sessions(), inputs=inputs or {})
+
+
+def _crop_square(box: tuple[int, int, int, int]) -> tuple[float, float, float]:
+    """Left, top and side, in image pixels, of the square a face box is cut as."""
+    inverse = cv2.invertAffineTransform(face_transform(box, FACE_SIZE))
+    left, top = inverse[:, 2]
+    return float(left), float(top), float(inverse[0, 0] * FACE_SIZE)
+
+
+def test_the_detector_finds_a_drawn_face_and_nothing_in_noise() -> None:
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    [(x, y, w, h)] = detect_faces(image)
+    assert abs(x + w / 2 - 214) <= 8 and abs(y + h / 2 - 104) <= 12
+    assert 80 <= w <= 110
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (200, 320, 3), dtype=np.uint8))
+    assert detect_faces(noise) == []
+
+
+def _run(stage, models: Path, image: Image.Image, **params):  # type: ignore[no-untyped-def]
+    [out] = stage.run(_context(models), {"stage_name": "faces", **params}, [StageImage(image, {"note": 1})])
+    return out
+
+
+def test_strength_zero_returns_the_input_exactly(models: Path) -> None:
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    out = _run(correct_gfpgan, models, image, correction="correction-constant", faceStrength=0)
+    assert np.array_equal(np.asarray(out.image), np.asarray(image))
+    assert out.metadata == {"note": 1, "size": {"width": 320, "height": 200}}
+
+
+def test_strength_one_takes_the_model_face_inside_the_feather_and_nothing_outside(models: Path) -> None:
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    [box] = detect_faces(image)
+    out = np.asarray(
+        _run(correct_gfpgan, models, image, correction="correction-constant", faceStrength=1).image
+    )
+    source = np.asarray(image)
+    left, top, side = _crop_square(box)
+    inset = side * FEATHER + 1
+    core = out[
+        int(top + inset) + 1 : int(top + side - inset), int(left + inset) + 1 : int(left + side - inset)
+    ]
+    assert core.size > 0 and np.abs(core.astype(float) - CONSTANT_LEVEL).max() <= 1
+    outside = np.ones(source.shape[:2], bool)
+    outside[max(0, int(top) - 1) : int(top + side) + 2, max(0, int(left) - 1) : int(left + side) + 2] = False
+    assert outside.sum() > 10_000
+    assert np.array_equal(out[outside], source[outside])
+
+
+def test_half_strength_mixes_the_face_with_the_original(models: Path) -> None:
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    [box] = detect_faces(image)
+    left, top, side = _crop_square(box)
+    out = np.asarray(
+        _run(correct_gfpgan, models, image, correction="correction-constant", face_strength=0.5).image
+    )
+    rows = slice(int(top + side * FEATHER) + 2, int(top + side * (1 - FEATHER)) - 1)
+    cols = slice(int(left + side * FEATHER) + 2, int(left + side * (1 - FEATHER)) - 1)
+    expected = (np.asarray(image, float)[rows, cols] + CONSTANT_LEVEL) / 2
+    assert np.abs(out[rows, cols] - expected).max() <= 1
+
+
+def test_outscale_enlarges_with_lanczos_and_pastes_faces_at_that_scale(models: Path) -> None:
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    [box] = detect_faces(image)
+    left, top, side = _crop_square(box)
+    untouched = _run(
+        correct_gfpgan, models, image, correction="correction-constant", faceStrength=0, faceOutscale=2
+    )
+    lanczos = image.resize((640, 400), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(untouched.image), np.asarray(lanczos))
+    assert untouched.metadata["size"] == {"width": 640, "height": 400}
+
+    out = np.asarray(
+        _run(
+            correct_gfpgan, models, image, correction="correction-constant", faceStrength=1, faceOutscale=2
+        ).image
+    )
+    centre = (round(2 * (top + side / 2)), round(2 * (left + side / 2)))
+    assert (
+        np.abs(out[centre[0] - 20 : centre[0] + 20, centre[1] - 20 : centre[1] + 20] - CONSTANT_LEVEL).max()
+        <= 1
+    )
+
+
+def test_an_image_without_faces_passes_through_scaled(models: Path) -> None:
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    same = _run(correct_gfpgan, models, image, correction="correction-constant", faceStrength=1)
+    assert np.array_equal(np.asarray(same.image), np.asarray(image))
+    bigger = _run(
+        correct_gfpgan, models, image, correction="correction-constant", faceStrength=1, faceOutscale=3
+    )
+    assert np.array_equal(
+        np.asarray(bigger.image), np.asarray(image.resize((270, 180), Image.Resampling.LANCZOS))
+    )
+
+
+def test_gfpgan_without_a_model_skips_faces_but_still_scales(models: Path) -> None:
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    out = _run(correct_gfpgan, models, image, faceStrength=1, faceOutscale=2)
+    assert np.array_equal(
+        np.asarray(out.image), np.asarray(image.resize((640, 400), Image.Resampling.LANCZOS))
+    )
+
+
+def test_codeformer_loads_its_default_model_and_reads_the_stage_upload(models: Path) -> None:
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    ctx = _context(models, {"source:cf": image})
+    [out] = correct_codeformer.run(ctx, {"stage_name": "cf", "faceStrength": 1}, [])
+    assert not np.array_equal(np.asarray(out.image), np.asarray(image))
+    assert out.image.size == (320, 200)
+    with pytest.raises(FileNotFoundError, match="correction-missing"):
+        correct_codeformer.run(ctx, {"stage_name": "cf", "correction": "correction-missing"}, [])
+
+
+def test_the_demo_gfpgan_restores_the_aligned_crop_as_its_pytorch_module_does(models: Path) -> None:
+    demo = next(demo for demo in DEMO_UPSCALERS if demo.model == "gfpgan")
+    session = Sessions().get(models / f"{demo.name}.onnx")
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    [box] = detect_faces(image)
+    crop = cv2.warpAffine(
+        np.asarray(image, np.float32), face_transform(box, FACE_SIZE), (FACE_SIZE, FACE_SIZE)
+    )
+    restored = restore_face(session, crop, 0.5)
+    with torch.no_grad():
+        batch = torch.from_numpy(crop.transpose(2, 0, 1)[None].copy()) / 127.5 - 1
+        expected = demo_module(demo).module(batch, return_rgb=False, randomize_noise=False)[0][0]
+    expected_levels = (expected.clamp(-1, 1).numpy().transpose(1, 2, 0) + 1) * 127.5
+    assert np.abs(restored - expected_levels).max() < 0.05
+
+    out = np.asarray(_run(correct_gfpgan, models, image, correction=demo.name, faceStrength=1).image, float)
+    left, top, side = _crop_square(box)
+    face = (
+        slice(int(top + side / 4), int(top + side * 3 / 4)),
+        slice(int(left + side / 4), int(left + side * 3 / 4)),
+    )
+    assert np.abs(out[face] - np.asarray(image, float)[face]).mean() > 5
+    assert np.array_equal(out[:, :100], np.asarray(image, float)[:, :100])
+
+
+def test_settings_prefer_snake_case_and_refuse_out_of_range_values() -> None:
+    settings = CorrectionSettings.from_params(
+        {
+            "correction": "a",
+            "correction_model": "b",
+            "faceStrength": 0.1,
+            "face_strength": 0.9,
+            "faceOutscale": 2.0,
+        },
+        None,
+    )
+    assert settings == CorrectionSettings("b", 0.9, 2)
+    assert CorrectionSettings.from_params({}, "correction-codeformer") == CorrectionSettings(
+        "correction-codeformer", 0.5, 1
+    )
+    for bad, field in (({"faceStrength": 1.5}, "faceStrength"), ({"faceOutscale": 5}, "faceOutscale"),
+                       ({"faceOutscale": 1.5}, "faceOutscale"), ({"correction": "../x"}, "models folder"),
+                       ({"correction": "/etc/x"}, "models folder")):  # fmt: skip
+        with pytest.raises(ValueError, match=field):
+            CorrectionSettings.from_params(bad, None)
+
+
+def test_the_crop_puts_eyes_and_mouth_where_the_ffhq_template_has_them() -> None:
+    # draw_face(128) at (150, 40): centre (214, 104); eyes 9 px above it, mouth 24 px below.
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    [box] = detect_faces(image)
+    to_face = face_transform(box, 512)
+    eyes, mouth = to_face @ (214, 95, 1), to_face @ (214, 128, 1)
+    assert np.abs(eyes - (256, 240)).max() < 30
+    assert np.abs(mouth - (256, 371)).max() < 40
