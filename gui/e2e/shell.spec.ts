@@ -75,3 +75,12 @@ test('keyboard: skip link, tabs and the Generate button are reachable with visib
   );
   expect(unlabelled).toEqual([]);
 });
+
+test("models tab lists the server's models; admin calls report the server's answer", async ({ page, request }) => {
+  const models = (await (await request.get('/api/settings/models')).json()) as { diffusion: string[] };
+  await openApp(page, 'models', '&token=not-the-token');
+  for (const name of models.diffusion) await expect(page.getByTestId('models')).toContainText(name);
+  // A wrong token must be refused, and the GUI must say so rather than show nothing.
+  await expect(page.getByTestId('worker-status-error')).toBeVisible();
+  await shot(page, 'models-admin');
+});

@@ -106,6 +106,8 @@ test('grid mode: a 2×1 grid sent as a chain to /api/job', async ({ page }) => {
   const { name } = (await response.json()) as { name: string };
   const card = page.locator(`[data-testid="job-card"][data-name="${name}"]`);
   await expectSuccess(card);
+  // The outputs are the two cells and then the grid; the card opens on the grid, 2 cells wide.
+  await expect(card.getByText('3 of 3')).toBeVisible();
   const size = await card.getByTestId('card-image').evaluate((img: HTMLImageElement) => [img.naturalWidth, img.naturalHeight]);
   expect(size[0]).toBe(size[1] * 2);
   await shot(page, 'grid');

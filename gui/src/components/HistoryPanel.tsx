@@ -141,9 +141,10 @@ function ImageCard({ item }: { item: HistoryItem }) {
   const setImage = useImageStore((s) => s.setImage);
   const removeHistory = useAppStore((s) => s.removeHistory);
   const setTabParams = useAppStore((s) => s.setTabParams);
-  const [index, setIndex] = useState(0);
-  const [open, setOpen] = useState(false);
   const outputs = item.status.outputs ?? [];
+  // A grid job's outputs are its cells followed by the grid (blend-grid appends it): show the grid.
+  const [index, setIndex] = useState(item.route === 'job' ? Math.max(0, outputs.length - 1) : 0);
+  const [open, setOpen] = useState(false);
   const output = outputs[index];
   const thumbnail = item.status.thumbnails?.[index] ?? output;
   const meta = item.status.metadata?.[index];

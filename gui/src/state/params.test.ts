@@ -95,6 +95,11 @@ describe('outputSize', () => {
     expect(outputSize('blend', hr, { width: 100, height: 100 })).toEqual({ width: 100, height: 100 });
   });
 
+  it('is the whole grid in grid mode', () => {
+    const grid = { ...p, grid: { enabled: true, columns: { parameter: 'seed' as const, values: '1, 2, 3' }, rows: { parameter: 'steps' as const, values: '5, 10' } } };
+    expect(outputSize('txt2img', grid, null)).toEqual({ width: 1536, height: 1024 });
+  });
+
   it('counts the batch, and one image for a grid', () => {
     expect(imageCount('txt2img', { ...p, batch: 3 })).toBe(3);
     expect(imageCount('txt2img', { ...p, batch: 3, grid: { ...p.grid, enabled: true } })).toBe(1);

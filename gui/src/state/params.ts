@@ -1,4 +1,5 @@
 /** The parameters a tab holds, their defaults and ranges, all taken from the server's settings. */
+import { gridValues } from '../client/requests';
 import type { FilterLists, ModelLists, ServerParams, ServerStrings } from '../client/types';
 
 export const JOB_TABS = ['txt2img', 'img2img', 'inpaint', 'upscale', 'blend'] as const;
@@ -324,7 +325,10 @@ export interface Size {
  */
 export function outputSize(tab: JobTab, p: TabParams, source: Size | null): Size | null {
   let size: Size;
-  if (tab === 'txt2img') size = { width: p.width, height: p.height };
+  if (tab === 'txt2img' && p.grid.enabled) {
+    // The grid joins one cell per column and row value.
+    size = { width: p.width * gridValues(p.grid.columns).length, height: p.height * gridValues(p.grid.rows).length };
+  } else if (tab === 'txt2img') size = { width: p.width, height: p.height };
   else if (source === null) return null;
   else size = { ...source };
   if (tab === 'inpaint' && p.border.enabled) {
