@@ -17,8 +17,18 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.stages.base import Counter, Progress, SessionProvider, StageContext, StageImage
+from pipelines.stages.base import (
+    Counter,
+    Progress,
+    SessionProvider,
+    StageContext,
+    StageImage,
+    StageRunner,
+)
 from pipelines.stages.catalogue import STAGES, estimate_steps
+
+#: Overlap of the executor's tiles when a stage does not set ``overlap`` (onnx-web's vae_overlap).
+DEFAULT_OVERLAP = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,11 @@ class _Tracker:
 
     def push(self) -> None:
         self.report(self.snapshot())
+
+    def extend(self, steps: int) -> None:
+        """Add work discovered while running (a stage split into tiles runs once per tile)."""
+        self.steps = Counter(self.steps.current, self.steps.total + steps)
+        self.push()
 
     def step(self, n: int = 1) -> None:
         current = self.steps.current + n
@@ -84,7 +99,11 @@ def run_chain(
     stages: list[Mapping[str, Any]] = list(chain["stages"])
     tracker = _Tracker(stages, report)
     persisted: list[StageImage] = []
-    images: list[StageImage] = []
+    extras: list[StageImage] = []
+    # One mutable copy for the whole chain: a preparing stage may hand later ones new inputs.
+    inputs = dict(inputs or {})
+    # Legacy routes start from their uploads (img2img's source, blend's first image).
+    images: list[StageImage] = [_upload(inputs[key]) for key in chain.get("sources", [])]
     timings: dict[str, int] = {}
     tracker.push()
     for index, stage in enumerate(stages):
@@ -94,16 +113,84 @@ def run_chain(
         ctx = StageContext(
             models_path=models_path,
             sessions=sessions,
-            inputs=inputs or {},
+            inputs=inputs,
             on_step=tracker.step,
             on_tile=tracker.tile,
             check_cancelled=check_cancelled,
             persist=persisted.extend,
+            persist_extra=extras.extend,
         )
         params = {**stage["params"], "stage_name": stage["name"]}
         started = time.monotonic()
-        images = stage_type.runner()(ctx, params, images)
+        runner = stage_type.runner()
+        if stage_type.tileable and _needs_tiles(stage, images):
+            images = _run_tiled(runner, ctx, stage, params, images, tracker)
+        else:
+            images = runner(ctx, params, images)
         timings[stage["name"]] = int((time.monotonic() - started) * 1000)
         log.debug("stage done", extra={"stage": stage["name"], "type": stage["type"], "images": len(images)})
     tracker.finish()
-    return ChainResult(outputs=persisted or images, timings_ms=timings, progress=tracker.snapshot())
+    return ChainResult(outputs=(persisted or images) + extras, timings_ms=timings, progress=tracker.snapshot())
+
+
+def _upload(image: Image.Image) -> StageImage:
+    """An uploaded image as a chain input, carrying the metadata it was made with (its ancestry)."""
+    from pipelines.metadata import read_metadata
+
+    metadata = read_metadata(image) or {}
+    return StageImage(image.convert("RGB"), {"ancestry": metadata} if metadata else {})
+
+
+def _needs_tiles(stage: Mapping[str, Any], images: list[StageImage]) -> bool:
+    """Tile when an input is larger than the stage's tile (contract §10.4).
+
+    A stage mask alone does not force tiling here: the stages handle whole masked images and
+    skip untouched ones themselves; tiling only pays when the image outgrows the tile.
+    """
+    tile = int(stage["tiles"])
+    return any(max(item.image.size) > tile for item in images)
+
+
+def _tile_runner(runner: StageRunner, ctx: StageContext, params: dict[str, Any], mask_key: str,
+                 metadata: dict[str, Any]) -> Callable[[Image.Image, Image.Image | None], Image.Image]:  # fmt: skip
+    """The function the tiler calls per tile: the stage on that tile alone, with the tile's mask."""
+
+    def one_tile(tile_image: Image.Image, tile_mask: Image.Image | None) -> Image.Image:
+        tile_inputs = {**ctx.inputs, mask_key: tile_mask} if tile_mask is not None else dict(ctx.inputs)
+        tile_ctx = StageContext(
+            models_path=ctx.models_path, sessions=ctx.sessions, inputs=tile_inputs, on_step=ctx.on_step,
+            on_tile=lambda done, total: None, check_cancelled=ctx.check_cancelled, persist=ctx.persist,
+            persist_extra=ctx.persist_extra,
+        )  # fmt: skip
+        return runner(tile_ctx, params, [StageImage(tile_image, metadata)])[0].image
+
+    return one_tile
+
+
+def _run_tiled(runner: StageRunner, ctx: StageContext, stage: Mapping[str, Any], params: dict[str, Any],
+               images: list[StageImage], tracker: _Tracker) -> list[StageImage]:  # fmt: skip
+    """Run a stage tile by tile over each input image, one result per image (batch is 1 here)."""
+    from pipelines.tiling import process_tiled, tile_positions
+
+    tile = int(stage["tiles"])
+    overlap = float(params.get("overlap", DEFAULT_OVERLAP))
+    order = str(params.get("tile_order", "spiral"))
+    mask_key = f"mask:{stage['name']}"
+    full_mask = ctx.inputs.get(mask_key)
+    per_tile = STAGES[stage["type"]].estimate(params)
+    tile_params = {**params, "batch": 1}
+    results = []
+    for item in images:
+        count = len(tile_positions(order, item.image.width, item.image.height, tile, overlap))
+        tracker.extend(per_tile * (count - 1))
+        mask = full_mask.convert("L").resize(item.image.size) if full_mask is not None else None
+
+        one_tile = _tile_runner(runner, ctx, tile_params, mask_key, dict(item.metadata))
+        image = process_tiled(
+            item.image, tile, overlap, int(stage.get("outscale", 1)), order, one_tile,
+            on_tile=ctx.on_tile, check_cancelled=ctx.check_cancelled, mask=mask,
+            fill=str(params.get("fill_color", "white")),
+        )  # fmt: skip
+        width, height = image.size
+        results.append(StageImage(image, {**item.metadata, "size": {"width": width, "height": height}}))
+    return results

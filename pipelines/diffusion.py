@@ -317,13 +317,36 @@ def denoise(
 def decode_latents(model: DiffusionModel, latents: np.ndarray) -> list[Image.Image]:
     """Decode latents to RGB images, one at a time to bound memory on large images."""
     session = model.session("vae_decoder")
-    scaled = (latents / model.scaling_factor).astype(np.float32)
+    scaled = (latents / model.scaling_factor).astype(input_type(session, "latent_sample", np.float32))
     images = []
     for index in range(len(scaled)):
         pixels = session.run(None, {"latent_sample": scaled[index : index + 1]})[0][0]
         pixels = np.clip(pixels / 2 + 0.5, 0, 1).transpose(1, 2, 0)
         images.append(Image.fromarray((pixels * 255).round().astype(np.uint8)))
     return images
+
+
+#: Every SD UNet halves its latents three times: exported graphs need sizes in whole 64-px cells.
+UNET_GRID = 64
+
+
+def grid_size(width: int, height: int) -> tuple[int, int]:
+    """``width`` x ``height`` rounded up to whole UNet cells."""
+    return (-(-width // UNET_GRID) * UNET_GRID, -(-height // UNET_GRID) * UNET_GRID)
+
+
+def pad_to_grid(image: Image.Image, fill: str | None = None) -> Image.Image:
+    """``image`` grown right and bottom to whole UNet cells: edge pixels repeated, or ``fill``."""
+    size = grid_size(*image.size)
+    if size == image.size:
+        return image
+    if fill is not None:
+        canvas = Image.new(image.mode, size, fill)
+        canvas.paste(image, (0, 0))
+        return canvas
+    pixels = np.asarray(image)
+    pad = ((0, size[1] - image.height), (0, size[0] - image.width)) + ((0, 0),) * (pixels.ndim - 2)
+    return Image.fromarray(np.pad(pixels, pad, mode="edge"))
 
 
 def fit_to_latent_grid(image: Image.Image) -> Image.Image:

@@ -8,11 +8,13 @@ expanded, defaults applied, so a retried job reproduces the same images.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+from PIL import ImageColor
 
 from pipelines.stages.catalogue import MAX_TILE, STAGES, effective_tile, estimate_steps, parse_tiles
 from service.errors import InvalidParams, NotImplementedYet
@@ -160,20 +162,85 @@ def highres_stages(request: ParsedRequest) -> list[dict[str, Any]]:
     return stages
 
 
+def _refine(request: ParsedRequest) -> list[dict[str, Any]]:
+    """What every legacy route runs after its first stage: correction, highres, upscaling."""
+    return [*upscale_stages(request, when="before"), *highres_stages(request), *upscale_stages(request, when="after")]
+
+
 def build_txt2img(request: ParsedRequest, *, image_format: str, thumbnail_size: int) -> BuiltChain:
     """txt2img: generate, then correction/highres/upscaling as asked (contract §8.1)."""
-    stages = [
-        stage("txt2img", "source-txt2img", {**image_params(request), "prompt_index": 0}),
-        *upscale_stages(request, when="before"),
-        *highres_stages(request),
-        *upscale_stages(request, when="after"),
-    ]
+    stages = [stage("txt2img", "source-txt2img", {**image_params(request), "prompt_index": 0}), *_refine(request)]
     return _legacy("txt2img", request, stages, image_format=image_format, thumbnail_size=thumbnail_size)
 
 
+def build_img2img(request: ParsedRequest, source_size: tuple[int, int], *, image_format: str,
+                  thumbnail_size: int) -> BuiltChain:  # fmt: skip
+    """img2img: filter the source, img2img at ``strength``, loopback passes, then refine (contract §8.2)."""
+    assert request.img2img is not None
+    image = {**image_params(request), "overlap": request.image.vae_overlap}
+    strength = request.img2img.strength
+    stages = []
+    if request.img2img.source_filter != "none":
+        stages.append(stage("filter", "edit-filter", {"filter": request.img2img.source_filter, "seed": image["seed"]}))
+    stages.append(stage("img2img", "blend-img2img", {**image, "strength": strength, "prompt_index": 0},
+                        tiles=request.image.unet_tile))  # fmt: skip
+    stages.extend(upscale_stages(request, when="before"))
+    stages.extend(
+        stage(f"loopback-{index}", "blend-img2img", {**image, "strength": strength, "prompt_index": 0},
+              tiles=request.image.unet_tile)
+        for index in range(request.image.loopback)
+    )  # fmt: skip
+    stages.extend([*highres_stages(request), *upscale_stages(request, when="after")])
+    return _legacy("img2img", request, stages, image_format=image_format, thumbnail_size=thumbnail_size,
+                   sources=["source"], inputs={"source": "source"}, input_size=source_size)  # fmt: skip
+
+
+def build_inpaint(request: ParsedRequest, source_size: tuple[int, int], *, image_format: str,
+                  thumbnail_size: int) -> BuiltChain:  # fmt: skip
+    """inpaint/outpaint: grow and fill the canvas, inpaint in tiles, then refine (contract §8.3)."""
+    assert request.inpaint is not None
+    paint = request.inpaint
+    image = image_params(request)
+    expand = {**request.border.to_dict(), "fill_color": paint.fill_color, "noise_source": paint.noise_source,
+              "mask_filter": paint.mask_filter, "target": "inpaint", "seed": image["seed"]}  # fmt: skip
+    stages = [
+        stage("expand", "edit-expand", expand),
+        stage("inpaint", "upscale-outpaint",
+              {**image, "prompt_index": 0, "fill_color": paint.fill_color, "tile_order": paint.tile_order,
+               "overlap": request.image.vae_overlap}, tiles=request.image.unet_tile),
+        *_refine(request),
+    ]  # fmt: skip
+    border = request.border
+    metadata = {"border": border.to_dict()}
+    return _legacy("inpaint", request, stages, image_format=image_format, thumbnail_size=thumbnail_size,
+                   sources=["source"], inputs={"source": "source", "mask:inpaint": "mask"},
+                   input_size=source_size, metadata=metadata)  # fmt: skip
+
+
+def build_upscale(request: ParsedRequest, source_size: tuple[int, int], *, image_format: str,
+                  thumbnail_size: int) -> BuiltChain:  # fmt: skip
+    """upscale: correction, highres and upscaling of the uploaded source (contract §8.5)."""
+    return _legacy("upscale", request, _refine(request), image_format=image_format, thumbnail_size=thumbnail_size,
+                   sources=["source"], inputs={"source": "source"}, input_size=source_size)  # fmt: skip
+
+
+def build_blend(request: ParsedRequest, source_size: tuple[int, int], *, image_format: str,
+                thumbnail_size: int) -> BuiltChain:  # fmt: skip
+    """blend: ``source:1`` over ``source:0`` where the mask is white, then correction/upscaling."""
+    stages = [stage("blend", "blend-mask", {}), *upscale_stages(request, when="before"),
+              *upscale_stages(request, when="after")]  # fmt: skip
+    inputs = {"source:0": "source:0", "source:blend": "source:1", "mask:blend": "mask"}
+    return _legacy("blend", request, stages, image_format=image_format, thumbnail_size=thumbnail_size,
+                   sources=["source:0"], inputs=inputs, input_size=source_size)  # fmt: skip
+
+
 def _legacy(kind: str, request: ParsedRequest, stages: list[dict[str, Any]], *, image_format: str,
-            thumbnail_size: int, inputs: dict[str, str] | None = None) -> BuiltChain:  # fmt: skip
-    metadata: dict[str, Any] = {"input_size": {"width": request.image.width, "height": request.image.height}}
+            thumbnail_size: int, sources: list[str] | None = None, inputs: dict[str, str] | None = None,
+            input_size: tuple[int, int] | None = None, metadata: dict[str, Any] | None = None) -> BuiltChain:  # fmt: skip
+    """A legacy route's chain: its stages, then ``persist-disk`` saving every final image."""
+    stages = [*stages, stage("save", "persist-disk", {})]
+    width, height = input_size or (request.image.width, request.image.height)
+    metadata = {"input_size": {"width": width, "height": height}, **(metadata or {})}
     if request.highres is not None and request.highres.enabled:
         metadata["highres"] = request.highres.to_dict()
     if request.upscale.upscale or request.upscale.faces:
@@ -182,6 +249,7 @@ def _legacy(kind: str, request: ParsedRequest, stages: list[dict[str, Any]], *, 
         "version": 1,
         "kind": kind,
         "stages": stages,
+        "sources": sources or [],
         "output": output_settings(request, image_format, thumbnail_size),
         "metadata": metadata,
     }
@@ -208,46 +276,129 @@ def validate_chain_document(doc: object) -> dict[str, Any]:
     return doc
 
 
-#: Validators for the stage-specific keys each stage reads besides the image parameters.
-StageParams = Callable[[str, Mapping[str, Any]], dict[str, Any]]
+@dataclass(frozen=True)
+class Rule:
+    """How one stage-specific key is checked: its kind, its range or choices, its default."""
+
+    kind: str  # int | number | choice | string | color
+    low: float = 0
+    high: float = 0
+    choices: tuple[str, ...] = ()
+    default: Any = None
+    required: bool = False
 
 
-def _choice(field_path: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise InvalidParams(field_path, f"must be one of {', '.join(allowed)}, got {value!r}")
-    return str(value)
+def _int(low: int, high: int, default: int | None = None, *, required: bool = False) -> Rule:
+    return Rule("int", low, high, default=default, required=required)
 
 
-def _number(field_path: str, value: Any, low: float, high: float, *, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        kind = "an integer" if integer else "a number"
-        raise InvalidParams(field_path, f"must be {kind} from {low:g} to {high:g}, got {value!r}")
-    if integer and int(value) != value:
-        raise InvalidParams(field_path, f"must be an integer from {low:g} to {high:g}, got {value!r}")
-    return int(value) if integer else float(value)
+def _num(low: float, high: float, default: float | None = None, *, required: bool = False) -> Rule:
+    return Rule("number", low, high, default=default, required=required)
 
 
-def _upscale_simple(path: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "method": _choice(f"{path}.method", raw.get("method", "lanczos"), ("bilinear", "lanczos")),
-        "scale": _number(f"{path}.scale", raw.get("scale", 2), 1, 8),
-    }
+def _choice(choices: tuple[str, ...], default: str) -> Rule:
+    return Rule("choice", choices=choices, default=default)
 
 
-def _txt2img(path: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {"prompt_index": int(_number(f"{path}.prompt_index", raw.get("prompt_index", 0), 0, 16, integer=True))}
+def _text(limit: int, default: str | None = None, *, required: bool = False) -> Rule:
+    return Rule("string", 0, limit, default=default, required=required)
 
 
-def _nothing(path: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {}
+def _color(default: str) -> Rule:
+    return Rule("color", default=default)
 
 
-STAGE_PARAMS: dict[str, StageParams] = {
-    "source-txt2img": _txt2img,
-    "upscale-simple": _upscale_simple,
-    "persist-disk": _nothing,
-    "persist-s3": _nothing,
-}
+def _check(path: str, rule: Rule, value: Any) -> Any:
+    """One value against its rule; InvalidParams naming the path and the rule otherwise."""
+    if rule.kind in ("int", "number"):
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not rule.low <= value <= rule.high:
+            kind = "an integer" if rule.kind == "int" else "a number"
+            raise InvalidParams(path, f"must be {kind} from {rule.low:g} to {rule.high:g}, got {value!r}")
+        if rule.kind == "int" and int(value) != value:
+            raise InvalidParams(path, f"must be an integer from {rule.low:g} to {rule.high:g}, got {value!r}")
+        return int(value) if rule.kind == "int" else float(value)
+    if rule.kind == "choice":
+        if value not in rule.choices:
+            raise InvalidParams(path, f"must be one of {', '.join(rule.choices)}, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise InvalidParams(path, f"must be a string, got {value!r}")
+    if rule.kind == "string" and len(value) > rule.high:
+        raise InvalidParams(path, f"must be at most {rule.high:g} characters")
+    if rule.kind == "color":
+        try:
+            ImageColor.getrgb(value)
+        except ValueError as err:
+            raise InvalidParams(path, f"must be a colour name or #rrggbb, got {value!r}") from err
+    return value
+
+
+FILTERS = ("canny", "gaussian", "noise", "none")
+NOISES = ("fill-edge", "fill-mask", "gaussian", "histogram", "normal", "uniform")
+MASK_FILTERS = ("none", "gaussian-multiply", "gaussian-screen")
+TILE_ORDERS = ("grid", "spiral")
+_TILING = {"overlap": _num(0, 0.9, 0.25), "tile_order": _choice(TILE_ORDERS, "spiral"),
+           "prompt_index": _int(0, 16, 0)}  # fmt: skip
+_BORDER = {side: _int(0, 1024, 0) for side in ("left", "right", "top", "bottom")}
+
+#: The keys each stage reads besides the image (and upscale) parameters, with their rules.
+STAGE_PARAMS: dict[str, dict[str, Rule]] = {
+    "source-txt2img": {"prompt_index": _int(0, 16, 0)},
+    "source-noise": {"noise_source": _choice(NOISES, "histogram")},
+    "source-url": {"source_urls": _text(8000, required=True)},
+    "source-s3": {"source_keys": _text(8000, required=True), "bucket": _text(63, required=True)},
+    "blend-img2img": {"strength": _num(0, 1, 0.5), **_TILING},
+    "blend-inpaint": {"fill_color": _color("white"), **_TILING},
+    "upscale-outpaint": {"fill_color": _color("white"), **_TILING},
+    "blend-denoise": {"strength": _num(0, 100, 3)},
+    "blend-denoise-fastnlmeans": {"strength": _num(0, 100, 3)},
+    "blend-denoise-localstd": {"strength": _num(0, 100, 5), "range": _int(1, 64, 4)},
+    "blend-grid": {"width": _int(1, 16, required=True), "height": _int(1, 16, required=True)},
+    "blend-linear": {"alpha": _num(0, 1, required=True)},
+    "blend-mask": {},
+    "correct-codeformer": {},
+    "correct-gfpgan": {},
+    "edit-expand": {**_BORDER, "fill_color": _color("white"), "noise_source": _choice(NOISES, "histogram"),
+                    "mask_filter": _choice(MASK_FILTERS, "none"), "target": _text(64, required=True)},
+    "edit-filter": {"filter": _choice(FILTERS, "none")},
+    "edit-metadata": {"note": _text(1000)},
+    "edit-text": {"text": _text(1000, required=True), "x": _int(0, 8192, 0), "y": _int(0, 8192, 0),
+                  "fill": _color("white"), "stroke": _color("black"), "stroke_width": _int(0, 64, 0)},
+    "persist-disk": {},
+    "persist-s3": {},
+    "reduce-crop": {"left": _int(0, 8192, 0), "top": _int(0, 8192, 0), "width": _int(1, 8192, required=True),
+                    "height": _int(1, 8192, required=True)},
+    "reduce-thumbnail": {"width": _int(1, 8192, required=True), "height": _int(1, 8192, required=True)},
+    "upscale-bsrgan": {},
+    "upscale-resrgan": {},
+    "upscale-swinir": {},
+    "upscale-simple": {"method": _choice(("bilinear", "lanczos"), "lanczos"), "scale": _num(1, 8, 2)},
+}  # fmt: skip
+#: Stages whose ``width``/``height`` are not an image size (grid cells, crop box, thumbnail box).
+RAW_SIZE_STAGES = frozenset({"blend-grid", "reduce-crop", "reduce-thumbnail"})
+#: Stages that run an upscaling model, which must be named.
+MODEL_UPSCALERS = frozenset({"upscale-bsrgan", "upscale-resrgan", "upscale-swinir"})
+CORRECTORS = frozenset({"correct-codeformer", "correct-gfpgan"})
+
+
+def stage_specific(stage_type: str, path: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the stage-specific keys of one stage; 501 for stage types this build cannot run."""
+    rules = STAGE_PARAMS.get(stage_type)
+    if rules is None:
+        raise NotImplementedYet(f"this server cannot run these stages yet: {stage_type}")
+    values = {}
+    for key, rule in rules.items():
+        if raw.get(key) is None:
+            if rule.required:
+                raise InvalidParams(f"{path}.{key}", f"is required by {stage_type}")
+            if rule.default is not None:
+                values[key] = rule.default
+            continue
+        values[key] = _check(f"{path}.{key}", rule, raw[key])
+    return values
 
 
 def _parse_at(parse: Callable[[str, Mapping[str, Any]], ParsedRequest], path: str, raw: Mapping[str, Any]) -> ParsedRequest:
@@ -279,16 +430,19 @@ def build_chain(
         for needed in STAGES[stage_type].needs:
             if f"{needed}:{entry['name']}" not in uploads:
                 raise InvalidParams(f"stages[{index}]", f"stage type {stage_type} needs an uploaded '{needed}:{entry['name']}' image")
-        parsed = _parse_at(parse, path, raw)
+        specific = stage_specific(stage_type, path, raw)
+        image_raw = {k: v for k, v in raw.items() if k not in ("width", "height")} if stage_type in RAW_SIZE_STAGES else raw
+        parsed = _parse_at(parse, path, image_raw)
         try:
             tiles = parse_tiles(raw.get("tiles"))
         except ValueError as err:
             raise InvalidParams(f"{path}.tiles", str(err)) from err
-        outscale = int(_number(f"{path}.outscale", raw.get("outscale", 1), 1, 4, integer=True))
-        specific = STAGE_PARAMS.get(stage_type)
-        if specific is None:
-            raise NotImplementedYet(f"this server cannot run these stages yet: {stage_type}")
-        params = {**image_params(parsed), **specific(path, raw)}
+        outscale = int(_check(f"{path}.outscale", _int(1, 4), raw.get("outscale", 1)))
+        if stage_type in MODEL_UPSCALERS and not parsed.upscale.upscale_model:
+            raise InvalidParams(f"{path}.upscaling", f"{stage_type} needs an upscaling model")
+        if stage_type in CORRECTORS and not parsed.upscale.correction_model:
+            raise InvalidParams(f"{path}.correction", f"{stage_type} needs a correction model")
+        params = {**image_params(parsed), **parsed.upscale.to_dict(), **specific}
         stages.append(stage(entry["name"], stage_type, params, tiles=tiles, outscale=outscale))
     chain = {
         "version": 1,

@@ -28,7 +28,7 @@ Uploaded images reach stages through ``StageContext.inputs``, keyed ``source:<st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,8 +83,9 @@ class StageContext:
     models_path: Path
     #: ONNX Runtime sessions, cached across jobs by the worker.
     sessions: SessionProvider
-    #: Uploaded images by key (``source:<stage>``, ``mask:<stage>``).
-    inputs: Mapping[str, Image.Image] = field(default_factory=dict)
+    #: Uploaded images by key (``source:<stage>``, ``mask:<stage>``); shared by the chain's stages,
+    #: so a preparing stage (``edit-expand``) can hand a later stage its grown mask.
+    inputs: dict[str, Image.Image] = field(default_factory=dict)
     #: Called after each diffusion step (or other unit of work): advances ``steps`` by ``n``.
     on_step: Callable[[int], None] = lambda n=1: None
     #: Called after each tile: ``(tiles done, tiles in this stage)``.
@@ -93,6 +94,8 @@ class StageContext:
     check_cancelled: Callable[[], None] = lambda: None
     #: Records images as outputs of the job (the persist stages call it).
     persist: Callable[[list[StageImage]], None] = lambda images: None
+    #: Records images as extra outputs, listed after all others (img2img's filtered source).
+    persist_extra: Callable[[list[StageImage]], None] = lambda images: None
 
 
 class StageRunner(Protocol):

@@ -11,7 +11,14 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.diffusion import Generation, fit_to_latent_grid, generation_metadata, load_model, stage_sources
+from pipelines.diffusion import (
+    Generation,
+    fit_to_latent_grid,
+    generation_metadata,
+    load_model,
+    pad_to_grid,
+    stage_sources,
+)
 from pipelines.img2img import img2img, strength_steps
 from pipelines.prompt import prompt_stage
 from pipelines.stages.base import StageContext, StageImage
@@ -25,11 +32,16 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     results = []
     for item in stage_sources(ctx, params, images):
         source = fit_to_latent_grid(item.image)
-        generation = Generation.from_params(params, prompt=prompt, width=source.width, height=source.height)
+        # Sizes off the UNet's grid (outpaint borders, odd uploads) run padded, then are cropped back.
+        padded = pad_to_grid(source)
+        generation = Generation.from_params(params, prompt=prompt, width=padded.width, height=padded.height)
         model = load_model(ctx.models_path, generation.model, ctx.sessions)
-        generated = img2img(
-            model, generation, source, strength, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
-        )
+        generated = [
+            image.crop((0, 0, *source.size))
+            for image in img2img(
+                model, generation, padded, strength, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
+            )
+        ]
         metadata = generation_metadata(
             recorded,
             generation,

@@ -63,7 +63,8 @@ class StageType:
     estimate: Callable[[Mapping[str, Any]], int] = _one
     #: Image inputs the stage reads from the request (``source``, ``mask``).
     needs: tuple[str, ...] = ()
-    #: Whether the executor may split its input images into tiles.
+    #: Whether the executor splits large inputs into tiles for it (stages that tile internally,
+    #: like the model upscalers, or that need the whole image, like face correction, do not).
     tileable: bool = False
 
     @property
@@ -93,14 +94,16 @@ STAGES: Mapping[str, StageType] = _types(
     StageType("source-s3", 512, "source_s3"),
     StageType("blend-img2img", MAX_TILE, "blend_img2img", _strength_steps, tileable=True),
     StageType("blend-inpaint", MAX_TILE, "upscale_outpaint", _steps, ("mask",), tileable=True),
-    StageType("blend-denoise", MAX_TILE, "blend_denoise", tileable=True),
-    StageType("blend-denoise-fastnlmeans", MAX_TILE, "blend_denoise", tileable=True),
-    StageType("blend-denoise-localstd", MAX_TILE, "blend_denoise_localstd", tileable=True),
+    StageType("blend-denoise", MAX_TILE, "blend_denoise"),
+    StageType("blend-denoise-fastnlmeans", MAX_TILE, "blend_denoise"),
+    StageType("blend-denoise-localstd", MAX_TILE, "blend_denoise_localstd"),
     StageType("blend-grid", MAX_TILE, "blend_grid"),
     StageType("blend-linear", 512, "blend_linear", needs=("source",)),
     StageType("blend-mask", 512, "blend_mask", needs=("source", "mask")),
-    StageType("correct-codeformer", 512, "correct_codeformer", tileable=True),
-    StageType("correct-gfpgan", 512, "correct_gfpgan", tileable=True),
+    StageType("correct-codeformer", 512, "correct_codeformer"),
+    StageType("correct-gfpgan", 512, "correct_gfpgan"),
+    StageType("edit-expand", MAX_TILE, "edit_expand"),
+    StageType("edit-filter", MAX_TILE, "edit_filter"),
     StageType("edit-metadata", MAX_TILE, "edit_metadata"),
     StageType("edit-safety", MAX_TILE, "edit_safety"),
     StageType("edit-text", MAX_TILE, "edit_text"),
@@ -109,13 +112,13 @@ STAGES: Mapping[str, StageType] = _types(
     StageType("reduce-crop", 512, "reduce_crop"),
     StageType("reduce-thumbnail", 512, "reduce_thumbnail"),
     StageType("text-prompt", MAX_TILE, "text_prompt"),
-    StageType("upscale-bsrgan", 64, "upscale_bsrgan", tileable=True),
+    StageType("upscale-bsrgan", 64, "upscale_bsrgan"),
     StageType("upscale-highres", 512, "upscale_highres", _steps),
     StageType("upscale-outpaint", MAX_TILE, "upscale_outpaint", _steps, ("mask",), tileable=True),
-    StageType("upscale-resrgan", 512, "upscale_resrgan", tileable=True),
+    StageType("upscale-resrgan", 512, "upscale_resrgan"),
     StageType("upscale-simple", MAX_TILE, "upscale_simple"),
     StageType("upscale-stable-diffusion", 512, "upscale_stable_diffusion", _steps, tileable=True),
-    StageType("upscale-swinir", 64, "upscale_swinir", tileable=True),
+    StageType("upscale-swinir", 64, "upscale_swinir"),
 )
 
 

@@ -12,7 +12,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.diffusion import Generation, generation_metadata, load_model
+from pipelines.diffusion import Generation, generation_metadata, grid_size, load_model
 from pipelines.prompt import prompt_stage
 from pipelines.stages.base import StageContext, StageImage
 from pipelines.txt2img import txt2img
@@ -21,9 +21,18 @@ from pipelines.txt2img import txt2img
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Generate the images at the requested size and return ``images`` followed by them."""
     prompt = prompt_stage(str(params.get("prompt") or ""), int(params.get("prompt_index", 0)))
-    generation = Generation.from_params(params, prompt=prompt)
+    requested = Generation.from_params(params, prompt=prompt)
+    # Sizes in whole 64-px cells (every size onnx-web's GUI offers by default) run exactly as
+    # onnx-web; others generate on the next whole cell and are cropped, since exported UNets
+    # only take whole cells.
+    width, height = grid_size(requested.width, requested.height)
+    generation = Generation.from_params(params, prompt=prompt, width=width, height=height)
     model = load_model(ctx.models_path, generation.model, ctx.sessions)
-    results = txt2img(model, generation, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled)
+    results = [
+        image.crop((0, 0, requested.width, requested.height))
+        for image in txt2img(model, generation, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled)
+    ]
+    generation = requested
     size = {"width": generation.width, "height": generation.height}
     metadata = generation_metadata(
         params,

@@ -12,7 +12,16 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.diffusion import Generation, fit_to_latent_grid, generation_metadata, load_model, stage_sources
+from PIL import Image
+
+from pipelines.diffusion import (
+    Generation,
+    fit_to_latent_grid,
+    generation_metadata,
+    load_model,
+    pad_to_grid,
+    stage_sources,
+)
 from pipelines.inpaint import inpaint, mask_to_array
 from pipelines.prompt import prompt_stage
 from pipelines.stages.base import StageContext, StageImage
@@ -31,11 +40,24 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         if not mask_to_array(mask, source.size).any():
             results.append(item)
             continue
-        generation = Generation.from_params(params, prompt=prompt, width=source.width, height=source.height)
-        model = load_model(ctx.models_path, generation.model, ctx.sessions)
-        generated = inpaint(
-            model, generation, source, mask, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
+        # Sizes off the UNet's grid run padded (the padding masked black: kept), then cropped back.
+        padded = pad_to_grid(source)
+        padded_mask = pad_to_grid(
+            mask.convert("L").resize(source.size, Image.Resampling.BILINEAR), fill="black"
         )
+        generation = Generation.from_params(params, prompt=prompt, width=padded.width, height=padded.height)
+        model = load_model(ctx.models_path, generation.model, ctx.sessions)
+        generated = [
+            image.crop((0, 0, *source.size))
+            for image in inpaint(
+                model,
+                generation,
+                padded,
+                padded_mask,
+                on_step=ctx.on_step,
+                check_cancelled=ctx.check_cancelled,
+            )
+        ]
         metadata = generation_metadata(
             recorded,
             generation,
@@ -46,7 +68,14 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
             ),
             size=source.size,
         )
-        results += [StageImage(image, {**item.metadata, **copy.deepcopy(metadata)}) for image in generated]
+        # The VAE round trip shifts every pixel a little; users expect what the mask keeps (black)
+        # to stay exactly as it was, so the original is composited back through the mask.
+        keep = mask.convert("L").resize(source.size, Image.Resampling.BILINEAR)
+        results += [
+            StageImage(Image.composite(image.convert("RGB"), source.convert("RGB"), keep),
+                       {**item.metadata, **copy.deepcopy(metadata)})
+            for image in generated
+        ]  # fmt: skip
     return results
 
 

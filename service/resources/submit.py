@@ -33,7 +33,11 @@ from service.storage import ObjectStore, input_key
 #: The image routes; ``/api/chain`` and ``/api/job`` share the chain language.
 SUBMIT_ROUTES = ("txt2img", "img2img", "inpaint", "upscale", "blend", "txt2txt", "chain")
 #: Files each legacy route requires, checked before any parameter (contract §3.5).
-REQUIRED_FILES = {"img2img": ("source",), "inpaint": ("source", "mask"), "upscale": ("source",), "blend": ("mask",)}
+REQUIRED_FILES = {"img2img": ("source",), "inpaint": ("source", "mask"), "upscale": ("source",),
+                  "blend": ("mask", "source:0", "source:1")}  # fmt: skip
+#: The legacy routes that start from an upload, and the upload whose size is the input size.
+FROM_UPLOAD = {"img2img": (chains.build_img2img, "source"), "inpaint": (chains.build_inpaint, "source"),
+               "upscale": (chains.build_upscale, "source"), "blend": (chains.build_blend, "source:0")}  # fmt: skip
 #: Per-stage uploads of chain requests are named ``source:<stage>`` / ``mask:<stage>``.
 FILE_PREFIXES = ("source", "mask")
 
@@ -130,7 +134,9 @@ class Submitter:
             built = chains.build_txt2img(self.parse(route, body.data), image_format=self.config.image_format,
                                          thumbnail_size=self.config.thumbnail_size)  # fmt: skip
         else:
-            raise NotImplementedYet(f"/api/{route} arrives with the image modes; this server runs txt2img and chains")
+            builder, sized_by = FROM_UPLOAD[route]
+            built = builder(self.parse(route, body.data), images[sized_by].size,
+                            image_format=self.config.image_format, thumbnail_size=self.config.thumbnail_size)  # fmt: skip
         chains.require_available(built.chain)
         return built, {name: images[name] for name in built.inputs.values() if name in images}
 

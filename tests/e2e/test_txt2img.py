@@ -41,8 +41,8 @@ def test_query_string_txt2img_succeeds_with_progress_size_and_metadata(client: h
     assert record["status"] == "success", record
     running = [r for r in seen if r["status"] == "running"]
     assert any(0 < r["steps"]["current"] < r["steps"]["total"] for r in running), "no partial progress was reported"
-    assert record["steps"] == {"current": 40, "total": 40}
-    assert record["stages"] == {"current": 1, "total": 1}
+    assert record["steps"] == {"current": 41, "total": 41}  # 40 steps, then the save
+    assert record["stages"] == {"current": 2, "total": 2}  # txt2img, save
 
     output = record["outputs"][0]
     image = fetch_image(client, output)

@@ -86,7 +86,7 @@ def test_submission_answers_the_job_record_and_status_finds_it(client: falcon.te
     job = result.json
     assert job["status"] == "pending"
     assert job["queue"] == {"current": 0, "total": 1}
-    assert job["steps"]["total"] == 3 and job["stages"]["total"] == 1
+    assert job["steps"]["total"] == 3 + 1 and job["stages"]["total"] == 2  # txt2img, then save
     second = submit(client, prompt="a dog", steps=3).json
     status = client.simulate_get("/api/job/status", params={"jobs": f"{job['name']},{second['name']},nope"}).json
     assert [record["name"] for record in status] == [job["name"], second["name"], "nope"]

@@ -1,0 +1,45 @@
+"""``edit-expand``: prepare an inpaint/outpaint: fit the mask, grow the canvas, fill and filter.
+
+Contract §8.3 step 1. Params: ``left``, ``right``, ``top``, ``bottom`` (border in pixels),
+``fill_color``, ``noise_source`` (``pipelines.noise.NOISE_SOURCES``), ``mask_filter``
+(``pipelines.masks.MASK_FILTERS``), ``target`` (the inpainting stage whose ``mask:<target>``
+input this stage reads and replaces with the grown, filtered mask), ``seed`` (for the noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pipelines.masks import MASK_FILTERS, expand_canvas, fit_mask
+from pipelines.noise import NOISE_SOURCES
+from pipelines.stages.base import StageContext, StageImage
+from pipelines.upscale import with_image
+
+
+def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
+    """Grow every image by the border and hand the target stage the matching mask."""
+    key = f"mask:{params['target']}"
+    mask = ctx.inputs.get(key)
+    if mask is None:
+        raise ValueError(f"edit-expand needs the target stage's mask upload ({key})")
+    border = {side: int(params.get(side, 0)) for side in ("left", "right", "top", "bottom")}
+    noise = NOISE_SOURCES[str(params.get("noise_source", "histogram"))]
+    mask_filter = MASK_FILTERS[str(params.get("mask_filter", "none"))]
+    rng = np.random.default_rng(int(params.get("seed", 0)))
+    expanded = []
+    for item in images:
+        fitted = fit_mask(mask, item.image.size)
+        image, grown = expand_canvas(item.image, fitted, border, noise, str(params.get("fill_color", "white")),
+                                     mask_filter=mask_filter, rng=rng)  # fmt: skip
+        expanded.append(with_image(item, image))
+        ctx.inputs[key] = grown
+    ctx.on_step(1)
+    return expanded
+
+
+def estimate(params: Mapping[str, Any]) -> int:
+    """One step."""
+    return 1

@@ -1,0 +1,156 @@
+"""Every image mode through the running stack: the legacy routes and chains of each stage family."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.e2e.conftest import finished, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gradient(width: int = 128, height: int = 96) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
+    pixels = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)),
+                             np.full((height, width, 1), 96.0)], axis=2)  # fmt: skip
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def half_mask(width: int = 128, height: int = 96) -> Image.Image:
+    mask = Image.new("RGB", (width, height), "black")
+    ImageDraw.Draw(mask).rectangle((width // 2, 0, width, height), fill="white")
+    return mask
+
+
+def run_job(client: httpx.Client, path: str, *, params: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
+    """Submit the GUI's way (multipart: a ``json`` field plus image parts) and wait for the end."""
+    parts: dict[str, Any] = {"json": (None, json.dumps(params))}
+    parts.update({name: (name, data, "image/png") for name, data in files.items()})
+    response = client.post(path, files=parts)
+    assert response.status_code == 200, response.text
+    record = wait_for(client, response.json()["name"], until=finished)[-1]
+    assert record["status"] == "success", record
+    return record
+
+
+def output(client: httpx.Client, name: str) -> Image.Image:
+    response = client.get(f"/output/{name}")
+    assert response.status_code == 200
+    return Image.open(io.BytesIO(response.content)).convert("RGB")
+
+
+BASE = {"params": {"prompt": "a test", "steps": 3, "seed": 11, "cfg": 5.0, "scheduler": "ddim"}}
+
+
+def test_img2img_with_a_source_filter_returns_the_result_and_the_filtered_source(client: httpx.Client) -> None:
+    params = {**BASE, "params": {**BASE["params"], "strength": 0.5, "sourceFilter": "canny"}}
+    record = run_job(client, "/api/img2img", params=params, files={"source": png(gradient())})
+    assert len(record["outputs"]) == 2, "the canny-filtered source comes back as an extra output"
+    result, edges = (output(client, name) for name in record["outputs"])
+    assert result.size == (128, 96)
+    assert set(np.unique(np.asarray(edges))) <= {0, 255}, "the extra output is the edge map"
+    assert record["metadata"][0]["input_size"] == {"width": 128, "height": 96}
+    assert record["steps"]["total"] == 1 + 1 + 1  # filter, int(3 * 0.5) img2img steps, save
+
+
+def test_inpaint_keeps_the_black_half_of_the_mask(client: httpx.Client) -> None:
+    source = gradient()
+    params = {**BASE, "params": {**BASE["params"], "noise": "fill-mask", "fillColor": "white"}}
+    record = run_job(client, "/api/inpaint", params=params, files={"source": png(source), "mask": png(half_mask())})
+    result = np.asarray(output(client, record["outputs"][0])).astype(int)
+    kept = np.abs(result[:, :48] - np.asarray(source)[:, :48]).max()
+    assert kept <= 8, f"the kept (black) side changed by {kept} levels"
+
+
+def test_outpaint_grows_the_canvas_by_the_border(client: httpx.Client) -> None:
+    params = {**BASE, "border": {"left": 32, "right": 0, "top": 16, "bottom": 8}}
+    mask = Image.new("RGB", (128, 96), "black")
+    record = run_job(client, "/api/inpaint", params=params, files={"source": png(gradient()), "mask": png(mask)})
+    assert output(client, record["outputs"][0]).size == (128 + 32, 96 + 16 + 8)
+    assert record["metadata"][0]["border"] == {"left": 32, "right": 0, "top": 16, "bottom": 8}
+
+
+def test_upscale_with_a_model_and_outscale(client: httpx.Client) -> None:
+    params = {"params": {"upscaling": "upscaling-real-esrgan-x4-plus"},
+              "upscale": {"enabled": True, "scale": 4, "outscale": 2}}  # fmt: skip
+    record = run_job(client, "/api/upscale", params=params, files={"source": png(gradient(64, 48))})
+    assert output(client, record["outputs"][0]).size == (128, 96)
+
+
+def test_blend_takes_the_second_source_where_the_mask_is_white(client: httpx.Client) -> None:
+    red, blue = Image.new("RGB", (128, 96), "red"), Image.new("RGB", (128, 96), "blue")
+    record = run_job(client, "/api/blend", params={}, files={"source:0": png(red), "source:1": png(blue),
+                                                               "mask": png(half_mask())})  # fmt: skip
+    result = np.asarray(output(client, record["outputs"][0]))
+    assert tuple(result[48, 10]) == (255, 0, 0) and tuple(result[48, 120]) == (0, 0, 255)
+
+
+def test_blend_without_both_sources_is_a_400(client: httpx.Client) -> None:
+    response = client.post("/api/blend", files={"mask": ("mask", png(half_mask()), "image/png")})
+    assert response.status_code == 400 and response.json()["error"].startswith("source:0")
+
+
+def test_grid_chain_as_the_gui_sends_it(client: httpx.Client) -> None:
+    cell = {"prompt": "a cell", "steps": 2, "width": 128, "height": 128, "tiles": 8192}
+    doc = {
+        "defaults": {"seed": 42, "scheduler": "euler-a"},
+        "stages": [
+            {"name": "cell-0", "type": "source-txt2img", "params": {**cell, "prompt": "a red cell"}},
+            {"name": "cell-1", "type": "source-txt2img", "params": {**cell, "prompt": "a blue cell"}},
+            {"name": "grid", "type": "blend-grid", "params": {"width": 2, "height": 1, "tiles": 8192}},
+            {"name": "save", "type": "persist-disk", "params": {"tiles": 8192}},
+        ],
+        "platform": "any",
+    }
+    response = client.post("/api/job", json=doc)
+    assert response.status_code == 200, response.text
+    record = wait_for(client, response.json()["name"], until=finished)[-1]
+    assert record["status"] == "success", record
+    assert len(record["outputs"]) == 3
+    assert output(client, record["outputs"][2]).size == (256, 128)
+
+
+def test_chain_with_an_upload_an_upscaler_and_no_persist_stage(client: httpx.Client) -> None:
+    doc = {"stages": [
+        {"name": "refine", "type": "blend-img2img", "params": {"prompt": "x", "steps": 2, "strength": 0.5}},
+        {"name": "mix", "type": "blend-linear", "params": {"alpha": 0.5}},
+        {"name": "big", "type": "upscale-resrgan", "params": {"upscaling": "upscaling-real-esrgan-x4-v3", "outscale": 4}},
+    ]}  # fmt: skip
+    files = {
+        "chain": (None, json.dumps(doc)),
+        "source:refine": ("a", png(gradient(64, 64)), "image/png"),
+        "source:mix": ("b", png(Image.new("RGB", (64, 64), "white")), "image/png"),
+    }
+    response = client.post("/api/chain", files=files)
+    assert response.status_code == 200, response.text
+    record = wait_for(client, response.json()["name"], until=finished)[-1]
+    assert record["status"] == "success", record
+    assert output(client, record["outputs"][0]).size == (256, 256), "no persist stage: the final images are kept"
+
+
+def test_bad_chain_documents_name_the_field(client: httpx.Client) -> None:
+    cases = [
+        ({"stages": [{"name": "a", "type": "upscale-simple", "params": {"method": "cubic"}}]}, "stages[0].params.method"),
+        ({"stages": [{"name": "a", "type": "blend-linear", "params": {}}]}, "stages[0]"),
+        ({"stages": [{"name": "a", "type": "blend-grid", "params": {"width": 2}}]}, "stages[0].params.height"),
+        ({"stages": [], "defaults": {}}, "stages"),
+        ({"stages": [{"name": "a", "type": "source-txt2img", "params": {}}], "extra": 1}, "chain"),
+    ]  # fmt: skip
+    for doc, field in cases:
+        response = client.post("/api/job", json=doc)
+        assert response.status_code == 400, (doc, response.text)
+        assert response.json()["error"].startswith(field), (field, response.json())
