@@ -246,6 +246,8 @@ export const de: typeof en = {
     paramsLoaded: 'Parameter in {{tab}} übernommen',
   },
   reason: {
+    error: 'der Auftrag hat einen Fehler ausgelöst',
+    storage: 'die Ausgabe konnte nicht gespeichert werden',
     cancelled: 'abgebrochen',
     oom: 'zu wenig Speicher',
     csam: 'vom Sicherheitsfilter blockiert',

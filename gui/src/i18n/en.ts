@@ -248,6 +248,8 @@ export const en = {
     paramsLoaded: 'Parameters loaded into {{tab}}',
   },
   reason: {
+    error: 'the job raised an error',
+    storage: 'the output could not be stored',
     cancelled: 'cancelled',
     oom: 'out of memory',
     csam: 'blocked by the safety filter',

@@ -1,0 +1,61 @@
+import { describe, expect, it } from 'vitest';
+import { ApiError } from '../client/api';
+import { createTranslator } from '../i18n';
+import { describeError, normaliseRecord } from '../submit';
+import { clampToSpec, roundToStep } from './fields';
+import { invertPixels, MAX_MASK_SIDE, maskSize } from './MaskCanvas';
+import { addNetworkToken, addWildcard, referencedNetworks } from './PromptControls';
+
+describe('number fields', () => {
+  it('clamp into the range and round to the step', () => {
+    expect(clampToSpec(31, { min: 0, max: 30, step: 0.1 })).toBe(30);
+    expect(clampToSpec(0.1 + 0.2, { min: 0, max: 1, step: 0.01 })).toBe(0.3);
+    expect(roundToStep(7.123456, 1)).toBe(7);
+  });
+});
+
+describe('mask', () => {
+  it("keeps the source's aspect ratio and caps the longest side", () => {
+    expect(maskSize({ width: 640, height: 480 })).toEqual({ width: 640, height: 480 });
+    expect(maskSize({ width: 8192, height: 2048 })).toEqual({ width: MAX_MASK_SIDE, height: 512 });
+  });
+
+  it('inverts colour, not alpha', () => {
+    const px = new Uint8ClampedArray([0, 10, 255, 128]);
+    invertPixels(px);
+    expect([...px]).toEqual([255, 245, 0, 128]);
+  });
+});
+
+describe('prompt pickers', () => {
+  it('put networks first at weight 1.0, once, and wildcards last', () => {
+    expect(addNetworkToken('a cat', 'lora', 'details')).toBe('<lora:details:1.0> a cat');
+    expect(addNetworkToken('<lora:details:0.5> a cat', 'lora', 'details')).toBe('<lora:details:0.5> a cat');
+    expect(addWildcard('a cat ', 'animals')).toBe('a cat __animals__');
+    expect([...referencedNetworks('<lora:a:1> <inversion:b:0.5> <embeddings:c:1> x')]).toEqual(['a', 'b', 'c']);
+  });
+});
+
+describe('errors and records', () => {
+  const t = createTranslator('en');
+
+  it('tells a refused request, a missing feature and an unreachable server apart', () => {
+    expect(describeError(t, new ApiError('http', 400, 'steps: must be at most 300'))).toBe(
+      'The server refused the request: steps: must be at most 300',
+    );
+    expect(describeError(t, new ApiError('http', 501, 'img2img comes later'))).toBe('Not available on this server yet: img2img comes later');
+    expect(describeError(t, new ApiError('network', 0, 'cannot reach x'))).toMatch(/could not be reached/);
+    expect(describeError(t, new ApiError('http', 500, '500 Internal Server Error'))).toBe('The server answered 500: 500 Internal Server Error');
+  });
+
+  it('fills counters an older server leaves out of a submission answer', () => {
+    expect(normaliseRecord({ name: 'n' })).toEqual({
+      name: 'n',
+      status: 'pending',
+      queue: { current: 0, total: 0 },
+      stages: { current: 0, total: 0 },
+      steps: { current: 0, total: 0 },
+      tiles: { current: 0, total: 0 },
+    });
+  });
+});
