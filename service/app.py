@@ -49,11 +49,11 @@ class RequestContext:
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool) -> None:
         # The path only: query strings can carry prompts, which never go to INFO logs.
+        started: float = req.context.get("started") or time.monotonic()
         log.info(
             "request",
             extra={"method": req.method, "path": req.path, "status": resp.status_code,
-                   "ms": int((time.monotonic() - req.context.get("started", time.monotonic())) * 1000),
-                   "request_id": req.context.get("request_id")},
+                   "ms": int((time.monotonic() - started) * 1000), "request_id": req.context.get("request_id")},
         )  # fmt: skip
 
 
@@ -92,11 +92,11 @@ def create_app(
 ) -> falcon.App:
     """Build the api from its parts."""
     origins: str | Sequence[str] = "*" if "*" in config.cors_origins else list(config.cors_origins)
-    app = falcon.App(
-        middleware=[RequestContext(config.max_body_bytes), falcon.CORSMiddleware(allow_origins=origins)],
-    )
+    middleware: list[Any] = [RequestContext(config.max_body_bytes), falcon.CORSMiddleware(allow_origins=origins)]
+    app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
-    multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
+    multipart_handler: Any = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
+    multipart = multipart_handler.parse_options
     multipart.max_body_part_buffer_size = config.max_body_bytes
     multipart.max_body_part_count = 64
     app.add_error_handler(Exception, _unexpected_error)

@@ -282,7 +282,7 @@ class Worker:
         )  # fmt: skip
 
     def _load_inputs(self, job: ClaimedJob) -> dict[str, Image.Image]:
-        images = {}
+        images: dict[str, Image.Image] = {}
         for field, key in (job.inputs or {}).items():
             stream = self.store.get_bytes(key)
             image = Image.open(io.BytesIO(stream))

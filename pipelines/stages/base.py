@@ -87,7 +87,7 @@ class StageContext:
     #: so a preparing stage (``edit-expand``) can hand a later stage its grown mask.
     inputs: dict[str, Image.Image] = field(default_factory=dict)
     #: Called after each diffusion step (or other unit of work): advances ``steps`` by ``n``.
-    on_step: Callable[[int], None] = lambda n=1: None
+    on_step: Callable[[int], None] = lambda n: None
     #: Called after each tile: ``(tiles done, tiles in this stage)``.
     on_tile: Callable[[int, int], None] = lambda done, total: None
     #: Raises ``StageCancelled`` when the job has been cancelled.

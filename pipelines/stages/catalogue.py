@@ -75,7 +75,8 @@ class StageType:
     def runner(self) -> StageRunner:
         """Import the implementing module and return its ``run`` (worker only)."""
         module = importlib.import_module(f"pipelines.stages.{self.module}")
-        return module.run  # type: ignore[no-any-return]
+        runner: StageRunner = module.run
+        return runner
 
 
 @cache

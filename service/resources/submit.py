@@ -14,7 +14,7 @@ import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import falcon
 import yaml
@@ -26,7 +26,7 @@ from service.errors import InvalidParams, NotImplementedYet
 from service.images import decode_upload, encode_png
 from service.jobs.store import JobStore, JobView, NewJob
 from service.names import job_name
-from service.params import ParsedRequest, parse_request, request_data
+from service.params import ParsedRequest, Route, parse_request, request_data
 from service.resources.jobs import render_job
 from service.storage import ObjectStore, input_key
 
@@ -109,7 +109,8 @@ class Submitter:
         self.rng = secrets.SystemRandom()
 
     def parse(self, route: str, data: Mapping[str, Any]) -> ParsedRequest:
-        return parse_request(route, data, params_doc=self.params_doc, registry=self.registry,
+        """Parse one request's parameters for ``route`` (chain stages parse as txt2img)."""
+        return parse_request(cast(Route, route), data, params_doc=self.params_doc, registry=self.registry,
                              config=self.config, rng=self.rng)  # fmt: skip
 
     def build(self, route: str, body: RequestBody) -> tuple[chains.BuiltChain, dict[str, Any]]:
