@@ -1,0 +1,40 @@
+"""``reduce-crop``: cut the same rectangle out of every image.
+
+Params: ``left``, ``top`` (default 0), ``width``, ``height`` (required), in pixels. onnx-web took
+an ``origin`` object the chain schema cannot carry, so the corner is two flat scalars. The
+rectangle must lie inside each image: a crop that would run off the edge is refused, not
+shrunk to fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipelines.diffusion import stage_sources
+from pipelines.stages.base import StageContext, StageImage
+from pipelines.stages.options import whole_number
+from pipelines.upscale import with_image
+
+
+def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
+    """Crop each input image (or the stage's ``source:`` upload) to the rectangle."""
+    left = whole_number(params, "left", 0, low=0)
+    top = whole_number(params, "top", 0, low=0)
+    width = whole_number(params, "width", low=1)
+    height = whole_number(params, "height", low=1)
+    cropped = []
+    for item in stage_sources(ctx, params, images):
+        if left + width > item.image.width or top + height > item.image.height:
+            raise ValueError(
+                f"crop {width}x{height} at ({left}, {top}) does not fit inside the "
+                f"{item.image.width}x{item.image.height} image: left + width and top + height must not exceed its size"
+            )
+        cropped.append(with_image(item, item.image.crop((left, top, left + width, top + height))))
+    ctx.on_step(1)
+    return cropped
+
+
+def estimate(params: Mapping[str, Any]) -> int:
+    """One step."""
+    return 1

@@ -1,0 +1,41 @@
+"""``reduce-thumbnail``: shrink every image to fit inside ``width`` x ``height``, keeping its shape.
+
+Params: ``width`` and ``height`` (required), the box to fit in. Images already inside it are
+left as they are: a thumbnail never enlarges. (onnx-web's stage always failed: it used the
+``None`` that PIL's in-place ``thumbnail`` returns.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from PIL import Image
+
+from pipelines.diffusion import stage_sources
+from pipelines.stages.base import StageContext, StageImage
+from pipelines.stages.options import whole_number
+from pipelines.upscale import with_image
+
+
+def fit_inside(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """``size`` scaled down by one factor until both sides fit ``box``; never larger than ``size``."""
+    scale = min(box[0] / size[0], box[1] / size[1], 1.0)
+    return max(1, min(box[0], round(size[0] * scale))), max(1, min(box[1], round(size[1] * scale)))
+
+
+def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
+    """Shrink each input image (or the stage's ``source:`` upload) with Lanczos to fit the box."""
+    box = (whole_number(params, "width", low=1), whole_number(params, "height", low=1))
+    reduced = []
+    for item in stage_sources(ctx, params, images):
+        size = fit_inside(item.image.size, box)
+        image = item.image if size == item.image.size else item.image.resize(size, Image.Resampling.LANCZOS)
+        reduced.append(with_image(item, image))
+    ctx.on_step(1)
+    return reduced
+
+
+def estimate(params: Mapping[str, Any]) -> int:
+    """One step."""
+    return 1

@@ -1,0 +1,137 @@
+"""``reduce-crop``, ``reduce-thumbnail``, ``edit-text`` and ``edit-metadata``, checked pixel by pixel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.stages import edit_metadata, edit_text, reduce_crop, reduce_thumbnail
+from pipelines.stages.base import StageContext, StageImage
+from pipelines.stages.options import number, text, whole_number
+
+
+def _context(inputs: dict[str, Image.Image] | None = None, steps: list[int] | None = None) -> StageContext:
+    record = steps.append if steps is not None else lambda n=1: None
+    return StageContext(models_path=Path("."), sessions=None, inputs=inputs or {}, on_step=record)  # type: ignore[arg-type]
+
+
+def _image(size: tuple[int, int] = (40, 30), seed: int = 4) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_crop_cuts_the_rectangle_from_every_image() -> None:
+    first, second = _image(seed=1), _image(seed=2)
+    steps: list[int] = []
+    params = {"left": 5, "top": 7, "width": 20.0, "height": 10}
+    out = reduce_crop.run(_context(steps=steps), params, [StageImage(first, {"note": 1}), StageImage(second)])
+    assert [item.image.size for item in out] == [(20, 10), (20, 10)]
+    assert np.array_equal(np.asarray(out[0].image), np.asarray(first)[7:17, 5:25])
+    assert np.array_equal(np.asarray(out[1].image), np.asarray(second)[7:17, 5:25])
+    assert out[0].metadata == {"note": 1, "size": {"width": 20, "height": 10}}
+    assert steps == [1]
+
+
+def test_crop_reads_the_stage_upload_and_refuses_rectangles_outside_the_image() -> None:
+    source = _image()
+    [out] = reduce_crop.run(
+        _context({"source:c": source}), {"stage_name": "c", "width": 40, "height": 30}, []
+    )
+    assert np.array_equal(np.asarray(out.image), np.asarray(source))
+    for params, message in (
+        ({"left": 21, "width": 20, "height": 10}, "does not fit inside the 40x30 image"),
+        ({"top": 25, "width": 20, "height": 10}, "does not fit"),
+        ({"left": -1, "width": 20, "height": 10}, "left must be at least 0"),
+        ({"width": 0, "height": 10}, "width must be at least 1"),
+        ({"width": 2.5, "height": 10}, "width must be a whole number"),
+        ({"height": 10}, "width is required"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            reduce_crop.run(_context(), params, [StageImage(source)])
+
+
+def test_thumbnail_fits_inside_the_box_keeping_the_shape_and_never_enlarges() -> None:
+    wide, small = _image((400, 100), seed=3), _image((30, 20), seed=5)
+    out = reduce_thumbnail.run(
+        _context(), {"width": 100, "height": 100}, [StageImage(wide), StageImage(small)]
+    )
+    assert out[0].image.size == (100, 25)
+    expected = wide.resize((100, 25), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(out[0].image), np.asarray(expected))
+    assert out[0].metadata["size"] == {"width": 100, "height": 25}
+    assert out[1].image is small
+    [tall] = reduce_thumbnail.run(_context(), {"width": 64, "height": 50}, [StageImage(_image((100, 400)))])
+    assert tall.image.size == (12, 50)
+    with pytest.raises(ValueError, match="height is required"):
+        reduce_thumbnail.run(_context(), {"width": 64}, [StageImage(small)])
+
+
+def test_text_is_drawn_in_its_fill_and_stroke_and_nowhere_else() -> None:
+    base = Image.new("RGB", (200, 80), (0, 0, 255))
+    params = {"text": "Hello", "x": 30, "y": 12, "fill": "#ff0000", "stroke": "lime", "stroke_width": 2,
+              "font_size": 40}  # fmt: skip
+    [out] = edit_text.run(_context(), params, [StageImage(base, {"note": 1})])
+    pixels = np.asarray(out.image)
+    changed = np.argwhere((pixels != (0, 0, 255)).any(axis=2))
+    top, left = changed.min(axis=0)
+    assert 30 - 2 <= left <= 30 + 8 and 12 - 2 <= top <= 12 + 16
+    assert ((pixels == (255, 0, 0)).all(axis=2)).sum() > 100
+    assert ((pixels == (0, 255, 0)).all(axis=2)).sum() > 100
+    assert np.array_equal(np.asarray(base), np.full((80, 200, 3), (0, 0, 255)))  # the input is untouched
+    assert out.metadata == {"note": 1, "size": {"width": 200, "height": 80}}
+
+    [plain] = edit_text.run(_context(), {"text": "Hello", "stroke_width": 0}, [StageImage(base)])
+    plain_pixels = np.asarray(plain.image)
+    assert not (plain_pixels == (0, 0, 0)).all(axis=2).any()
+    assert plain_pixels[..., 0].max() >= 200  # white fill: only it lifts red off the blue background
+    assert np.argwhere((plain_pixels != (0, 0, 255)).any(axis=2)).max(axis=0)[0] < 16  # size 10 near the top
+
+
+def test_text_refuses_bad_params() -> None:
+    for params, message in (
+        ({}, "text is required"),
+        ({"text": "a", "fill": "no-such-colour"}, "fill must be a colour"),
+        ({"text": "a", "x": 1.5}, "x must be a whole number"),
+        ({"text": "a", "stroke_width": -1}, "stroke_width must be at least 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            edit_text.run(_context(), params, [StageImage(_image())])
+
+
+def test_metadata_gets_the_note_and_merged_groups_on_copies() -> None:
+    image = _image()
+    original = {"size": {"width": 40, "height": 30}, "upscale": {"outscale": 2, "faces": False}}
+    item = StageImage(image, original)
+    params = {"note": "checked", "upscale": {"faces": True, "face_strength": 0.7}, "highres": {"scale": 2}}
+    [out] = edit_metadata.run(_context(), params, [item])
+    assert out.image is image
+    assert out.metadata == {
+        "size": {"width": 40, "height": 30},
+        "upscale": {"outscale": 2, "faces": True, "face_strength": 0.7},
+        "highres": {"scale": 2},
+        "note": "checked",
+    }
+    assert item.metadata == {"size": {"width": 40, "height": 30}, "upscale": {"outscale": 2, "faces": False}}
+    [switches] = edit_metadata.run(_context(), {"upscale": False, "highres": True}, [item])
+    assert switches.metadata == item.metadata
+    with pytest.raises(ValueError, match="note must be a non-empty string"):
+        edit_metadata.run(_context(), {"note": 3}, [item])
+
+
+def test_option_readers_refuse_instead_of_clamping() -> None:
+    assert whole_number({"n": 3.0}, "n") == 3 and whole_number({}, "n", 7) == 7
+    assert number({"f": 2}, "f", low=0, high=2) == 2.0 and text({"t": "x"}, "t") == "x"
+    for call, message in (
+        (lambda: whole_number({"n": True}, "n"), "n must be a whole number"),
+        (lambda: whole_number({"n": 9}, "n", high=8), "n must be at most 8"),
+        (lambda: number({"f": float("nan")}, "f"), "f must be a number"),
+        (lambda: number({"f": "1"}, "f"), "f must be a number"),
+        (lambda: number({"f": -0.5}, "f", low=0), "f must be at least 0"),
+        (lambda: text({"t": ""}, "t"), "t must be a non-empty string"),
+        (lambda: text({}, "t"), "t is required"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
