@@ -31,6 +31,7 @@ from PIL import Image
 
 from pipelines.diffusion import stage_sources
 from pipelines.stages.base import StageContext, StageImage
+from pipelines.stages.options import number, whole_number
 from pipelines.upscale import model_path, scaled_size, with_image
 
 log = logging.getLogger(__name__)
@@ -78,23 +79,18 @@ class CorrectionSettings:
         stage's own ``outscale`` is the upscaler's and is not read here.
         """
         model = params.get("correction_model") or params.get("correction") or default_model
-        strength = _first(params, "face_strength", "faceStrength", DEFAULT_STRENGTH)
-        outscale = _first(params, "face_outscale", "faceOutscale", 1)
-        if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 <= strength <= 1:
-            raise ValueError(f"faceStrength must be a number from 0 to 1, got {strength!r}")
-        if isinstance(outscale, float) and outscale.is_integer():
-            outscale = int(outscale)
-        if isinstance(outscale, bool) or not isinstance(outscale, int) or not 1 <= outscale <= MAX_OUTSCALE:
-            raise ValueError(
-                f"faceOutscale must be a whole number from 1 to {MAX_OUTSCALE}, got {outscale!r}"
-            )
-        return cls(_model_name(model) if model else None, float(strength), outscale)
+        strength = number(
+            params, _spelling(params, "face_strength", "faceStrength"), DEFAULT_STRENGTH, low=0, high=1
+        )
+        outscale = whole_number(
+            params, _spelling(params, "face_outscale", "faceOutscale"), 1, low=1, high=MAX_OUTSCALE
+        )
+        return cls(_model_name(model) if model else None, strength, outscale)
 
 
-def _first(params: Mapping[str, Any], snake: str, camel: str, default: Any) -> Any:
-    if params.get(snake) is not None:
-        return params[snake]
-    return params[camel] if params.get(camel) is not None else default
+def _spelling(params: Mapping[str, Any], snake: str, camel: str) -> str:
+    """The name a param is given under: snake case if present, else camel case."""
+    return snake if params.get(snake) is not None else camel
 
 
 def _model_name(name: object) -> str:

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipelines.stages.base import StageContext, StageImage
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: ``socket.getaddrinfo``'s signature: ``(host, port, family=0, type=0, proto=0, flags=0)``.
 Resolver = Callable[..., list[tuple[Any, ...]]]
@@ -512,3 +514,22 @@ def s3_inputs(chain: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         keys = split_sources(stage["params"].get("source_keys"), "source_keys")
         found += [(input_key("s3", stage["name"], index), bucket, key) for index, key in enumerate(keys)]
     return found
+
+
+def prefetched_images(
+    ctx: StageContext, params: Mapping[str, Any], kind: str, field: str
+) -> list[StageImage]:
+    """The images the worker fetched for a ``source-url``/``source-s3`` stage, in ``field``'s order.
+
+    A missing one means the worker did not prefetch this stage: a bug, not bad input, so the
+    message names the key rather than blaming the request.
+    """
+    stage_name = str(params.get("stage_name", ""))
+    images = []
+    for index, _ in enumerate(split_sources(params.get(field), field)):
+        key = input_key(kind, stage_name, index)
+        if key not in ctx.inputs:
+            raise KeyError(f"the worker did not prefetch {key!r} before the chain ran")
+        image = ctx.inputs[key].convert("RGB")
+        images.append(StageImage(image, {"size": {"width": image.width, "height": image.height}}))
+    return images

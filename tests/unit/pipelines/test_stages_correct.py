@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -124,7 +126,7 @@ def test_the_detector_finds_a_drawn_face_and_nothing_in_noise() -> None:
     assert detect_faces(noise) == []
 
 
-def _run(stage, models: Path, image: Image.Image, **params):  # type: ignore[no-untyped-def]
+def _run(stage: ModuleType, models: Path, image: Image.Image, **params: Any) -> StageImage:
     [out] = stage.run(_context(models), {"stage_name": "faces", **params}, [StageImage(image, {"note": 1})])
     return out
 

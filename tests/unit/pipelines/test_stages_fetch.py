@@ -358,7 +358,7 @@ def test_https_sends_the_host_as_sni_and_checks_the_certificate(
     names: list[str | None] = []
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(cert, key)
-    server_context.sni_callback = lambda sock, name, context: names.append(name)  # type: ignore[assignment,func-returns-value]
+    server_context.sni_callback = lambda sock, name, context: names.append(name)
     record = Server(0)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(record, lambda: "/"))
     httpd.daemon_threads = True
@@ -445,7 +445,7 @@ def test_source_lists_and_prefetch_keys() -> None:
     for bad in ("", "  ", "a,,b", None, 3):
         with pytest.raises(ValueError, match="source_urls"):
             split_sources(bad, "source_urls")
-    chain = {
+    chain: dict[str, Any] = {
         "stages": [
             {"name": "get", "type": "source-url", "params": {"source_urls": "http://a/1.png,http://a/2.png"}},
             {"name": "up", "type": "upscale-simple", "params": {}},

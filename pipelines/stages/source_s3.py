@@ -1,0 +1,27 @@
+"""``source-s3``: append the images stored at ``source_keys`` in ``bucket`` to the input images.
+
+Params: ``bucket`` and ``source_keys`` (both required; the keys one comma-separated string,
+since chain params are scalars). The stage never reads storage: the worker fetches each object
+before the chain runs (:func:`pipelines.fetch.s3_inputs` lists them) and passes the images in
+as ``s3:<stage>:<i>``; which buckets and keys a job may read is the worker's decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipelines.fetch import prefetched_images
+from pipelines.stages.base import StageContext, StageImage
+
+
+def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
+    """Return ``images`` followed by one image per key, in the order the keys are listed."""
+    fetched = prefetched_images(ctx, params, "s3", "source_keys")
+    ctx.on_step(1)
+    return [*images, *fetched]
+
+
+def estimate(params: Mapping[str, Any]) -> int:
+    """One step."""
+    return 1

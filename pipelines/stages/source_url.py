@@ -1,0 +1,27 @@
+"""``source-url``: append the images at ``source_urls`` to the input images.
+
+Params: ``source_urls`` (required), one comma-separated string of http(s) URLs, since chain
+params are scalars (onnx-web took an array the schema could never carry). The stage itself
+never touches the network: the worker fetches each URL behind the SSRF controls of
+:mod:`pipelines.fetch` before the chain runs and passes the images in as ``url:<stage>:<i>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipelines.fetch import prefetched_images
+from pipelines.stages.base import StageContext, StageImage
+
+
+def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
+    """Return ``images`` followed by one image per URL, in the order the URLs are listed."""
+    fetched = prefetched_images(ctx, params, "url", "source_urls")
+    ctx.on_step(1)
+    return [*images, *fetched]
+
+
+def estimate(params: Mapping[str, Any]) -> int:
+    """One step."""
+    return 1

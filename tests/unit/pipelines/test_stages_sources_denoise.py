@@ -1,0 +1,149 @@
+"""``source-noise``, ``source-url``, ``source-s3`` and ``blend-denoise-localstd``, checked numerically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.noise import noise_normal, noise_uniform
+from pipelines.stages import blend_denoise_localstd, source_noise, source_s3, source_url
+from pipelines.stages.base import StageContext, StageImage
+from pipelines.stages.blend_denoise_localstd import WINDOW, denoise_local_std
+
+
+def _context(inputs: dict[str, Image.Image] | None = None, steps: list[int] | None = None) -> StageContext:
+    record = steps.append if steps is not None else lambda n=1: None
+    return StageContext(models_path=Path("."), sessions=None, inputs=inputs or {}, on_step=record)  # type: ignore[arg-type]
+
+
+def _image(size: tuple[int, int] = (24, 16), seed: int = 4) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+# -- source-noise --------------------------------------------------------------------------------
+
+
+def test_noise_without_inputs_is_one_seeded_image_of_the_stage_size() -> None:
+    steps: list[int] = []
+    params = {"noise_source": "uniform", "width": 48, "height": 32, "seed": 11}
+    [out] = source_noise.run(_context(steps=steps), params, [])
+    expected = noise_uniform(Image.new("RGB", (48, 32)), (48, 32), (0, 0), "white", np.random.default_rng(11))
+    assert np.array_equal(np.asarray(out.image), np.asarray(expected))
+    assert out.metadata == {"size": {"width": 48, "height": 32}}
+    assert steps == [1]
+    [again] = source_noise.run(_context(), params, [])
+    [other] = source_noise.run(_context(), {**params, "seed": 12}, [])
+    assert np.array_equal(np.asarray(again.image), np.asarray(out.image))
+    assert not np.array_equal(np.asarray(other.image), np.asarray(out.image))
+
+
+def test_noise_replaces_each_input_with_noise_made_from_it() -> None:
+    two_colours = Image.new("RGB", (20, 10), (10, 20, 30))
+    two_colours.paste((200, 150, 100), (0, 0, 10, 10))
+    params = {"noise_source": "histogram", "width": 64, "height": 64, "seed": 3}
+    out = source_noise.run(_context(), params, [StageImage(two_colours, {"note": 1}), StageImage(_image())])
+    assert len(out) == 2 and out[0].metadata == {"note": 1, "size": {"width": 64, "height": 64}}
+    pixels = np.asarray(out[0].image)
+    for channel, levels in enumerate(((10, 200), (20, 150), (30, 100))):
+        assert set(np.unique(pixels[..., channel])) == set(levels)
+    assert 0.3 < (pixels[..., 0] == 200).mean() < 0.7  # half the source is each colour
+
+
+def test_noise_defaults_and_bad_params() -> None:
+    [normal] = source_noise.run(_context(), {"noise_source": "normal", "seed": 5}, [])
+    pixels = np.asarray(normal.image, float)
+    assert normal.image.size == (512, 512)
+    assert abs(pixels.mean() - 128) < 1 and abs(pixels.std() - 32) < 1
+    expected = noise_normal(
+        Image.new("RGB", (512, 512)), (512, 512), (0, 0), "white", np.random.default_rng(5)
+    )
+    assert np.array_equal(pixels, np.asarray(expected, float))
+    [fill] = source_noise.run(
+        _context(), {"noise_source": "fill-mask", "fill_color": "#336699", "width": 8}, []
+    )
+    assert np.all(np.asarray(fill.image) == (0x33, 0x66, 0x99)) and fill.image.size == (8, 512)
+    for params, message in (
+        ({"noise_source": "perlin"}, "noise_source must be one of fill-edge"),
+        ({"width": 0}, "width must be at least 1"),
+        ({"fill_color": "nope"}, "fill_color must be a colour"),
+        ({"seed": -1}, "seed must be at least 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            source_noise.run(_context(), params, [])
+
+
+# -- source-url and source-s3 --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stage", "kind", "field"), [(source_url, "url", "source_urls"), (source_s3, "s3", "source_keys")]
+)
+def test_prefetched_images_are_appended_in_listed_order(stage, kind: str, field: str) -> None:  # type: ignore[no-untyped-def]
+    first, second = _image(seed=1), Image.new("RGBA", (5, 7), (1, 2, 3, 4))
+    inputs = {f"{kind}:get:0": first, f"{kind}:get:1": second, f"{kind}:other:0": _image(seed=9)}
+    earlier = StageImage(_image(seed=2), {"note": 1})
+    steps: list[int] = []
+    params = {"stage_name": "get", field: "a.png, b.png", "bucket": "inbox"}
+    out = stage.run(_context(inputs, steps), params, [earlier])
+    assert out[0] is earlier and len(out) == 3
+    assert np.array_equal(np.asarray(out[1].image), np.asarray(first))
+    assert out[2].image.mode == "RGB" and np.all(np.asarray(out[2].image) == (1, 2, 3))
+    assert out[2].metadata == {"size": {"width": 5, "height": 7}}
+    assert steps == [1]
+    with pytest.raises(KeyError, match=f"did not prefetch '{kind}:get:2'"):
+        stage.run(_context(inputs), {**params, field: "a,b,c"}, [])
+    with pytest.raises(ValueError, match=field):
+        stage.run(_context(inputs), {"stage_name": "get"}, [])
+
+
+# -- blend-denoise-localstd ----------------------------------------------------------------------
+
+
+def _reference(image: Image.Image, strength: float, spread: float) -> np.ndarray:
+    """The rule of the module docstring, pixel by pixel, as the original loop computed it."""
+    pixels = np.asarray(image, dtype=np.float64)
+    half = WINDOW // 2
+    padded = np.pad(pixels, ((half, half), (half, half), (0, 0)), mode="edge")
+    out = pixels.copy()
+    for y in range(pixels.shape[0]):
+        for x in range(pixels.shape[1]):
+            window = padded[y : y + WINDOW, x : x + WINDOW].reshape(-1, 3)
+            median, deviation = np.median(window, axis=0), window.std(axis=0)
+            distance = np.abs(pixels[y, x] - median)
+            if np.any((distance > deviation + strength) & (distance < deviation + strength * spread)):
+                out[y, x] = median
+    return out
+
+
+def test_localstd_matches_the_per_pixel_rule() -> None:
+    rng = np.random.default_rng(8)
+    noisy = np.clip(100 + rng.normal(0, 6, (20, 28, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(noisy)
+    for strength, spread in ((5, 4), (2, 10), (8, 2)):
+        expected = _reference(image, strength, spread)
+        actual = np.asarray(denoise_local_std(image, strength, spread), dtype=np.float64)
+        assert np.array_equal(actual, expected), (strength, spread)
+        assert not np.array_equal(actual, noisy)
+
+
+def test_localstd_removes_faint_speckles_and_keeps_strong_ones_and_edges() -> None:
+    pixels = np.full((20, 30, 3), 100, np.uint8)
+    pixels[:, 20:] = 200  # an edge
+    pixels[5, 5] = (120, 100, 100)  # faint: within strength * range of the neighbourhood
+    pixels[12, 8] = (160, 160, 160)  # strong: beyond it, detail rather than noise
+    steps: list[int] = []
+    [out] = blend_denoise_localstd.run(
+        _context(steps=steps), {}, [StageImage(Image.fromarray(pixels), {"n": 1})]
+    )
+    result = np.asarray(out.image)
+    assert tuple(result[5, 5]) == (100, 100, 100)
+    assert tuple(result[12, 8]) == (160, 160, 160)
+    assert np.array_equal(result[:, 15:], pixels[:, 15:])
+    assert out.metadata == {"n": 1, "size": {"width": 30, "height": 20}}
+    assert steps == [1]
+    with pytest.raises(ValueError, match="range must be at least 1"):
+        blend_denoise_localstd.run(_context(), {"range": 0.5}, [StageImage(Image.fromarray(pixels))])
