@@ -54,6 +54,25 @@ test('history survives a reload', async ({ page }) => {
   await shot(page, 'history-after-reload');
 });
 
+test("parameters load back from an output's own file", async ({ page, request }) => {
+  await openApp(page, 'txt2img');
+  await setNumber(page, 'width', 128);
+  await setNumber(page, 'height', 128);
+  await setNumber(page, 'steps', 3);
+  await page.getByTestId('prompt').fill('a red kite over the sea');
+  const { name } = (await (await generate(page, 'txt2img')).json()) as { name: string };
+  const card = page.locator(`[data-testid="job-card"][data-name="${name}"]`);
+  await expectSuccess(card);
+  const png = await (await request.get((await card.getByTestId('download-image').getAttribute('href')) as string)).body();
+
+  await page.getByTestId('prompt').fill('something else');
+  await setNumber(page, 'steps', 9);
+  await page.getByTestId('profile-import').setInputFiles({ name: 'output.png', mimeType: 'image/png', buffer: png });
+  await expect(page.getByTestId('notices')).toContainText('Parameters loaded from output.png');
+  await expect(page.getByTestId('prompt')).toHaveValue('a red kite over the sea');
+  await expect(page.getByTestId('steps').locator('input[type=number]')).toHaveValue('3');
+});
+
 test('cancel a long job: the card ends cancelled and the server agrees', async ({ page, request }) => {
   await openApp(page, 'txt2img');
   await setNumber(page, 'width', 256);

@@ -1,5 +1,6 @@
 /** The loaded app: header, tab bar, the current tab, history, and the status poller behind the cards. */
 import { type DragEvent, useEffect, useState } from 'react';
+import { ApiError } from './client/api';
 import { paramsFromFile } from './client/metadata';
 import { StatusPoller } from './client/poller';
 import { HistoryPanel } from './components/HistoryPanel';
@@ -21,7 +22,8 @@ function usePolling(): boolean {
     const poller = new StatusPoller({
       fetchStatus: client.status,
       onRecords: (records) => useAppStore.getState().applyStatus(records),
-      onError: () => setOffline(true),
+      // Only a failure to reach the server is "connection lost"; an HTTP error answer is not.
+      onError: (error) => setOffline(!(error instanceof ApiError && error.kind === 'http')),
       onHealthy: () => setOffline(false),
       interval: runtime.interval,
     });
