@@ -19,6 +19,7 @@ resolution) are exported with a fixed H and W, which :mod:`pipelines.upscale` pa
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import tempfile
 import types
@@ -95,6 +96,9 @@ class _FaceWrapper:
     def build(model: torch.nn.Module, architecture: str) -> torch.nn.Module:
         import torch
 
+        if architecture == "CodeFormer":
+            model.fuse_convs_dict = _size_keyed(model.fuse_convs_dict)
+
         class FaceModel(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
@@ -112,6 +116,21 @@ class _FaceWrapper:
                 return restored + weight * 0
 
         return FaceModel()
+
+
+def _size_keyed(modules: Any) -> torch.nn.ModuleDict:
+    """CodeFormer's fusion blocks (same keys, same weights), found however the tracer spells a size.
+
+    CodeFormer looks them up by ``str(x.shape[-1])``, which the TorchScript tracer turns into
+    ``"tensor(32)"``; without this, no CodeFormer, demo or real checkpoint, exports at all.
+    """
+    import torch
+
+    class SizeKeyed(torch.nn.ModuleDict):
+        def __getitem__(self, key: str) -> torch.nn.Module:
+            return super().__getitem__(re.sub(r"^tensor\((\d+)\)$", r"\1", key))
+
+    return SizeKeyed(dict(modules.items()))
 
 
 @dataclass(frozen=True)
@@ -236,8 +255,6 @@ def _swinir() -> torch.nn.Module:
 
 
 #: Face models are built, not loaded: spandrel's loaders assume the full-size hyperparameters.
-#: There is no CodeFormer demo: its VQGAN is fixed at 512 px and 64 channels (74M weights, 30 s
-#: per face on a CPU), far from a test-sized model; real CodeFormer checkpoints convert as usual.
 FACE_SIZE = 64
 
 
@@ -248,6 +265,52 @@ def _gfpgan() -> torch.nn.Module:
     )
 
 
+#: The demo CodeFormer: VQGAN levels (channel multipliers of ``CODEFORMER_WIDTH``), codebook
+#: entries and transformer width. Two downsamplings take a 64 px face to the 16x16 latent of
+#: 256 channels that CodeFormer's ``forward`` is written for.
+CODEFORMER_LEVELS = [1, 1, 2]
+CODEFORMER_WIDTH = 32
+CODEFORMER_CODES = 64
+CODEFORMER_EMBED = 32
+
+
+def _codeformer() -> torch.nn.Module:
+    """CodeFormer with its real ``forward`` on a 1M-weight network (the real one has 74M).
+
+    spandrel's constructor always builds the 512 px, six-level VQGAN, far too slow for tests on
+    a CPU, so the parts are built here instead: the VQGAN at 64 px, a one-layer transformer, and
+    feature fusion at 32 and 64 px after the blocks where those resolutions end (encoder) and
+    start (generator), as the real model fuses at its resolutions.
+    """
+    import torch
+    from torch import nn
+
+    load_spandrel()
+    from spandrel_extra_arches.architectures.CodeFormer.__arch import codeformer as arch
+
+    width, embed = CODEFORMER_WIDTH, CODEFORMER_EMBED
+    model = arch.CodeFormer.__new__(arch.CodeFormer)
+    arch.VQAutoEncoder.__init__(
+        model, FACE_SIZE, width, CODEFORMER_LEVELS, "nearest", 1, [16], CODEFORMER_CODES
+    )
+    model.connect_list = ["32", "64"]
+    model.n_layers, model.dim_embd, model.dim_mlp = 1, embed, embed * 2
+    model.position_emb = nn.Parameter(torch.zeros(16 * 16, embed))
+    model.feat_emb = nn.Linear(256, embed)
+    model.ft_layers = nn.Sequential(arch.TransformerSALayer(embed_dim=embed, nhead=2, dim_mlp=embed * 2))
+    model.idx_pred_layer = nn.Sequential(nn.LayerNorm(embed), nn.Linear(embed, CODEFORMER_CODES, bias=False))
+    model.channels = {"32": width, "64": width}
+    model.fuse_encoder_block = {"64": 1, "32": 3}
+    model.fuse_generator_block = {"32": 7, "64": 9}
+    model.fuse_convs_dict = nn.ModuleDict(
+        {size: arch.Fuse_sft_block(width, width) for size in model.connect_list}
+    )
+    return model
+
+
+#: spandrel's architecture ids of the demo face models, which the export wrapper dispatches on.
+FACE_ARCHITECTURES = {"gfpgan": "GFPGAN", "codeformer": "CodeFormer"}
+
 DEMO_UPSCALERS: tuple[DemoUpscaler, ...] = (
     DemoUpscaler("upscaling-real-esrgan-x4-plus", "Real ESRGAN x4 Plus (demo)", "resrgan", 4, _rrdb),
     DemoUpscaler("upscaling-real-esrgan-x4-v3", "Real ESRGAN x4 v3 (demo)", "resrgan", 4, _compact),
@@ -255,6 +318,7 @@ DEMO_UPSCALERS: tuple[DemoUpscaler, ...] = (
     DemoUpscaler("upscaling-bsrgan-x4", "BSRGAN x4 (demo)", "bsrgan", 4, _rrdb),
     DemoUpscaler("upscaling-swinir-real-large-x4", "SwinIR x4 (demo)", "swinir", 4, _swinir, SWINIR_TILE),
     DemoUpscaler("correction-gfpgan-v1-3", "GFPGAN v1.3 (demo)", "gfpgan", 1, _gfpgan, FACE_SIZE),
+    DemoUpscaler("correction-codeformer", "CodeFormer (demo)", "codeformer", 1, _codeformer, FACE_SIZE),
 )
 
 
@@ -282,7 +346,7 @@ def demo_module(demo: DemoUpscaler, seed: int = DEMO_SEED) -> LoadedModel:
     module = demo.build()
     module.load_state_dict(state_dict)
     module.eval()
-    return LoadedModel(module, "GFPGAN", 1, "FaceSR")
+    return LoadedModel(module, FACE_ARCHITECTURES[demo.model], 1, "FaceSR")
 
 
 def build_demo_upscalers(

@@ -88,7 +88,7 @@ def test_extras_file_lists_the_demos_and_keeps_other_entries(models: Path) -> No
         "model": "bsrgan",
         "scale": 4,
     }
-    assert [entry["model"] for entry in extras["correction"]] == ["gfpgan"]
+    assert [entry["model"] for entry in extras["correction"]] == ["gfpgan", "codeformer"]
 
 
 def test_a_second_build_keeps_existing_files(models: Path) -> None:

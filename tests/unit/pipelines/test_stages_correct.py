@@ -100,9 +100,9 @@ def constant_face_model(path: Path, size: int = FACE_SIZE) -> Path:
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models")
     constant_face_model(path / "correction-constant.onnx")
-    constant_face_model(path / "correction-codeformer.onnx")
-    gfpgan = next(demo for demo in DEMO_UPSCALERS if demo.model == "gfpgan")
-    convert_upscaler(demo_module(gfpgan), path / f"{gfpgan.name}.onnx", fixed_size=gfpgan.fixed_size)
+    for demo in DEMO_UPSCALERS:
+        if demo.section == "correction":
+            convert_upscaler(demo_module(demo), path / f"{demo.name}.onnx", fixed_size=demo.fixed_size)
     return path
 
 
@@ -217,10 +217,27 @@ def test_codeformer_loads_its_default_model_and_reads_the_stage_upload(models: P
     image = on_canvas(draw_face(128), (320, 200), (150, 40))
     ctx = _context(models, {"source:cf": image})
     [out] = correct_codeformer.run(ctx, {"stage_name": "cf", "faceStrength": 1}, [])
-    assert not np.array_equal(np.asarray(out.image), np.asarray(image))
+    [box] = detect_faces(image)
+    left, top, side = _crop_square(box)
+    face = (
+        slice(int(top + side / 4), int(top + side * 3 / 4)),
+        slice(int(left + side / 4), int(left + side * 3 / 4)),
+    )
+    assert np.abs(np.asarray(out.image, float)[face] - np.asarray(image, float)[face]).mean() > 5
     assert out.image.size == (320, 200)
     with pytest.raises(FileNotFoundError, match="correction-missing"):
         correct_codeformer.run(ctx, {"stage_name": "cf", "correction": "correction-missing"}, [])
+
+
+def test_the_demo_codeformer_takes_the_strength_as_its_fidelity_weight(models: Path) -> None:
+    session = Sessions().get(models / "correction-codeformer.onnx")
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    [box] = detect_faces(image)
+    crop = cv2.warpAffine(
+        np.asarray(image, np.float32), face_transform(box, FACE_SIZE), (FACE_SIZE, FACE_SIZE)
+    )
+    free, faithful = restore_face(session, crop, 0.0), restore_face(session, crop, 1.0)
+    assert np.abs(free - faithful).mean() > 1
 
 
 def test_the_demo_gfpgan_restores_the_aligned_crop_as_its_pytorch_module_does(models: Path) -> None:
