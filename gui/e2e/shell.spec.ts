@@ -84,3 +84,17 @@ test("models tab lists the server's models; admin calls report the server's answ
   await expect(page.getByTestId('worker-status-error')).toBeVisible();
   await shot(page, 'models-admin');
 });
+
+test('follows the OS colour scheme, and a theme picked in Settings overrides it', async ({ page }) => {
+  const background = () => page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  const isDark = (rgb: string) => (rgb.match(/\d+/g) ?? []).slice(0, 3).reduce((a, b) => a + Number(b), 0) < 3 * 80;
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await openApp(page, 'settings');
+  expect(isDark(await background())).toBe(true);
+  await shot(page, 'dark');
+  await page.getByTestId('theme').selectOption('light');
+  expect(isDark(await background())).toBe(false);
+  await page.emulateMedia({ colorScheme: 'light' });
+  await page.getByTestId('theme').selectOption('dark');
+  expect(isDark(await background())).toBe(true);
+});

@@ -125,7 +125,7 @@ export const de: typeof en = {
     addInversion: 'Inversion hinzufügen',
     addWildcard: 'Platzhalter hinzufügen',
     choose: 'Auswählen…',
-    noneAvailable: 'Keine auf diesem Server',
+    noneAvailable: 'Keine vorhanden',
     tokens: 'Auslöser-Tokens',
   },
   grid: {
