@@ -121,6 +121,7 @@ export async function generate(page: Page, route: string): Promise<Response> {
 export async function expectImageOrNotImplemented(page: Page, response: Response, shotName: string): Promise<Locator | null> {
   if (response.status() === 501) {
     const body = (await response.json()) as { error: string };
+    console.log(`${shotName}: the server answered 501 (${body.error}); the GUI shows it`);
     await expect(page.getByTestId('form-error')).toContainText(body.error);
     await expect(page.getByTestId('form-error')).toContainText(/not available on this server yet/i);
     await shot(page, shotName);
@@ -130,6 +131,7 @@ export async function expectImageOrNotImplemented(page: Page, response: Response
   const { name } = (await response.json()) as { name: string };
   const card = page.locator(`[data-testid="job-card"][data-name="${name}"]`);
   await expectSuccess(card);
+  console.log(`${shotName}: the job finished with an image`);
   await shot(page, shotName);
   return card;
 }

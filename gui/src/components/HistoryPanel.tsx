@@ -202,16 +202,27 @@ function ImageCard({ item }: { item: HistoryItem }) {
         </div>
       )}
       <dl className="card-params">
-        <dt>{t('card.model')}</dt>
-        <dd>{labelFor(t, 'model', model)}</dd>
-        <dt>{t('param.scheduler')}</dt>
-        <dd>{labelFor(t, 'scheduler', String(params.scheduler ?? item.params.scheduler))}</dd>
-        <dt>{t('param.seed')}</dt>
-        <dd>{String(params.seed ?? item.params.seed)}</dd>
-        <dt>{t('param.cfg')}</dt>
-        <dd>{String(params.cfg ?? item.params.cfg)}</dd>
-        <dt>{t('param.steps')}</dt>
-        <dd>{String(params.steps ?? item.params.steps)}</dd>
+        {/* Upscale and blend run no diffusion, so its parameters would say nothing true. */}
+        {item.tab !== 'upscale' && item.tab !== 'blend' && (
+          <>
+            <dt>{t('card.model')}</dt>
+            <dd>{labelFor(t, 'model', model)}</dd>
+            <dt>{t('param.scheduler')}</dt>
+            <dd>{labelFor(t, 'scheduler', String(params.scheduler ?? item.params.scheduler))}</dd>
+            <dt>{t('param.seed')}</dt>
+            <dd>{String(params.seed ?? item.params.seed)}</dd>
+            <dt>{t('param.cfg')}</dt>
+            <dd>{String(params.cfg ?? item.params.cfg)}</dd>
+            <dt>{t('param.steps')}</dt>
+            <dd>{String(params.steps ?? item.params.steps)}</dd>
+          </>
+        )}
+        {item.tab === 'upscale' && item.params.upscale.enabled && (
+          <>
+            <dt>{t('param.upscaling')}</dt>
+            <dd>{labelFor(t, 'model', item.params.upscaling)}</dd>
+          </>
+        )}
         {size && (
           <>
             <dt>{t('card.size')}</dt>

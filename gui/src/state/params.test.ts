@@ -31,6 +31,13 @@ describe('defaultTabParams', () => {
     expect(p.upscaling).toBe('upscaling-demo');
   });
 
+  it('prefers an inpainting model on the inpaint tab', () => {
+    const server = { ...SERVER, models: { ...SERVER.models, diffusion: [...SERVER.models.diffusion, 'stable-diffusion-onnx-v1-inpainting'] } };
+    expect(defaultTabParams('inpaint', server, user).model).toBe('stable-diffusion-onnx-v1-inpainting');
+    expect(defaultTabParams('txt2img', server, user).model).toBe('stable-diffusion-onnx-v1-5');
+    expect(defaultTabParams('inpaint', SERVER, user).model).toBe('stable-diffusion-onnx-v1-5');
+  });
+
   it('lets the user defaults from Settings win', () => {
     const p = defaultTabParams('img2img', SERVER, { prompt: 'mine', scheduler: 'ddim' });
     expect(p.prompt).toBe('mine');

@@ -216,7 +216,11 @@ export function defaultTabParams(tab: JobTab, server: ServerInfo, user: UserDefa
   const models = server.models;
   return {
     platform: pick(server.platforms, stringDefault(params, 'platform', 'any')),
-    model: pick(models.diffusion, stringDefault(params, 'model', '')),
+    model: pick(
+      models.diffusion,
+      // Inpainting wants a model trained for it; prefer one when the server has it.
+      (tab === 'inpaint' && models.diffusion.find((m) => /inpaint/i.test(m))) || stringDefault(params, 'model', ''),
+    ),
     pipeline: pick(pipelinesForTab(tab, server.pipelines), tab),
     upscaling: pick(models.upscaling, stringDefault(params, 'upscaling', '')),
     correction: pick(models.correction, stringDefault(params, 'correction', '')),

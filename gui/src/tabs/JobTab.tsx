@@ -83,7 +83,7 @@ export function JobTabView({ tab }: { tab: JobTab }) {
       )}
       {tab === 'blend' && (
         <div className="image-pair">
-          <ImageInput label={t('image.blend0')} image={images.blendSources[0]} onChange={(img) => setImage(tab, 'blend0', img)} testId="blend-input-0" preview={false} />
+          <ImageInput label={t('image.blend0')} image={images.blendSources[0]} onChange={(img) => setImage(tab, 'blend0', img)} testId="blend-input-0" />
           <ImageInput label={t('image.blend1')} image={images.blendSources[1]} onChange={(img) => setImage(tab, 'blend1', img)} testId="blend-input-1" />
         </div>
       )}
