@@ -74,6 +74,7 @@ test('keyboard: skip link, tabs and the Generate button are reachable with visib
       .map((el) => el.outerHTML.slice(0, 80)),
   );
   expect(unlabelled).toEqual([]);
+  await shot(page, 'keyboard-focus');
 });
 
 test("models tab lists the server's models; admin calls report the server's answer", async ({ page, request }) => {

@@ -41,7 +41,8 @@ test('txt2img: the card goes pending → running → image, with download links 
   await expect(page.getByTestId('generate')).toBeEnabled();
 });
 
-test('history survives a reload', async ({ page }) => {
+test('history survives a reload (on a 360 px phone screen)', async ({ page }) => {
+  await page.setViewportSize({ width: 360, height: 760 });
   await openApp(page, 'txt2img');
   await setNumber(page, 'width', 128);
   await setNumber(page, 'height', 128);
@@ -71,6 +72,7 @@ test("parameters load back from an output's own file", async ({ page, request })
   await expect(page.getByTestId('notices')).toContainText('Parameters loaded from output.png');
   await expect(page.getByTestId('prompt')).toHaveValue('a red kite over the sea');
   await expect(page.getByTestId('steps').locator('input[type=number]')).toHaveValue('3');
+  await shot(page, 'params-from-file');
 });
 
 test('cancel a long job: the card ends cancelled and the server agrees', async ({ page, request }) => {

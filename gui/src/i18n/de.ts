@@ -180,6 +180,7 @@ export const de: typeof en = {
     download: 'Maske herunterladen',
   },
   output: {
+    queued: 'In der Warteschlange: der Auftrag steht im Verlauf unten.',
     size: 'Ergibt {{count}} × {{width}} × {{height}} px',
     unknown: 'Quellbild hinzufügen, um die Ausgabegröße zu sehen',
     missing: 'Es fehlt noch: {{images}}',

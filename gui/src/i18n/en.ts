@@ -182,6 +182,7 @@ export const en = {
     download: 'Download mask',
   },
   output: {
+    queued: 'Queued: the job is in the history below.',
     size: 'Will produce {{count}} × {{width}} × {{height}} px',
     unknown: 'Add the source image to see the output size',
     missing: 'Still needed: {{images}}',

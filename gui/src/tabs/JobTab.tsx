@@ -2,6 +2,7 @@
 import { type FormEvent, useState } from 'react';
 import { buildFiles, missingImages, type TabImages } from '../client/requests';
 import { ImageInput } from '../components/ImageInput';
+import { useNotices } from '../components/Notices';
 import { MaskCanvas } from '../components/MaskCanvas';
 import {
   ExperimentalSection,
@@ -34,6 +35,7 @@ export function JobTabView({ tab }: { tab: JobTab }) {
   const setImage = useImageStore((s) => s.setImage);
   const setMask = useImageStore((s) => s.setMask);
   const rememberFiles = useImageStore((s) => s.rememberFiles);
+  const notify = useNotices((s) => s.push);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState('');
 
@@ -59,6 +61,8 @@ export function JobTabView({ tab }: { tab: JobTab }) {
       const { item, files: sent } = await submitJob(client, tab, p, buildFiles(tab, files));
       pushHistory(item);
       rememberFiles(item.name, sent);
+      // Below the two-column breakpoint the history sits under this long form, out of sight.
+      if (window.matchMedia('(max-width: 1099px)').matches) notify({ kind: 'info', text: t('output.queued') });
     } catch (err) {
       setError(describeError(t, err));
     } finally {
