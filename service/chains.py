@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 from PIL import ImageColor
 
+from pipelines.fetch import SourceURLError, parse_source_url
 from pipelines.stages.catalogue import MAX_TILE, STAGES, effective_tile, estimate_steps, parse_tiles
 from service.errors import InvalidParams, NotImplementedYet
 from service.params import ParsedRequest
@@ -347,7 +348,7 @@ _BORDER = {side: _int(0, 1024, 0) for side in ("left", "right", "top", "bottom")
 #: The keys each stage reads besides the image (and upscale) parameters, with their rules.
 STAGE_PARAMS: dict[str, dict[str, Rule]] = {
     "source-txt2img": {"prompt_index": _int(0, 16, 0)},
-    "source-noise": {"noise_source": _choice(NOISES, "histogram")},
+    "source-noise": {"noise_source": _choice(NOISES, "histogram"), "fill_color": _color("white")},
     "source-url": {"source_urls": _text(8000, required=True)},
     "source-s3": {"source_keys": _text(8000, required=True), "bucket": _text(63, required=True)},
     "blend-img2img": {"strength": _num(0, 1, 0.5), **_TILING},
@@ -366,7 +367,8 @@ STAGE_PARAMS: dict[str, dict[str, Rule]] = {
     "edit-filter": {"filter": _choice(FILTERS, "none")},
     "edit-metadata": {"note": _text(1000)},
     "edit-text": {"text": _text(1000, required=True), "x": _int(0, 8192, 0), "y": _int(0, 8192, 0),
-                  "fill": _color("white"), "stroke": _color("black"), "stroke_width": _int(0, 64, 0)},
+                  "fill": _color("white"), "stroke": _color("black"), "stroke_width": _int(0, 64, 1),
+                  "font_size": _int(1, 512, 10)},
     "persist-disk": {},
     "persist-s3": {},
     "reduce-crop": {"left": _int(0, 8192, 0), "top": _int(0, 8192, 0), "width": _int(1, 8192, required=True),
@@ -389,7 +391,7 @@ def stage_specific(stage_type: str, path: str, raw: Mapping[str, Any]) -> dict[s
     rules = STAGE_PARAMS.get(stage_type)
     if rules is None:
         raise NotImplementedYet(f"this server cannot run these stages yet: {stage_type}")
-    values = {}
+    values: dict[str, Any] = {}
     for key, rule in rules.items():
         if raw.get(key) is None:
             if rule.required:
@@ -398,6 +400,13 @@ def stage_specific(stage_type: str, path: str, raw: Mapping[str, Any]) -> dict[s
                 values[key] = rule.default
             continue
         values[key] = _check(f"{path}.{key}", rule, raw[key])
+    if stage_type == "source-url":
+        # Refuse what can be refused without the network now, rather than fail the job later.
+        for url in str(values["source_urls"]).split(","):
+            try:
+                parse_source_url(url.strip())
+            except SourceURLError as err:
+                raise InvalidParams(f"{path}.source_urls", str(err)) from err
     return values
 
 

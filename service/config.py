@@ -36,6 +36,8 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_JOBS_PER_CALL = 10
 PRESIGN_EXPIRY_S = 300
+SOURCE_URL_MAX_BYTES = 20 * 1024 * 1024
+SOURCE_URL_TIMEOUT_S = 15.0
 API_WORKERS = 2
 TRUTHY = frozenset({"1", "t", "true", "y", "yes", "on"})
 FALSY = frozenset({"0", "f", "false", "n", "no", "off", ""})
@@ -104,6 +106,9 @@ class Config:
     poll_interval_s: float = POLL_INTERVAL_S
     progress_interval_s: float = PROGRESS_INTERVAL_S
     affinity_window_s: float = AFFINITY_WINDOW_S
+    #: ``source-url`` fetches: size cap and total time limit per image.
+    source_url_max_bytes: int = SOURCE_URL_MAX_BYTES
+    source_url_timeout_s: float = SOURCE_URL_TIMEOUT_S
 
     log_level: str = "INFO"
     #: ``json`` for one JSON object a line (production), ``text`` for people at a terminal.
@@ -199,6 +204,8 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "poll_interval_s": ("ONNX_WEB_POLL_INTERVAL_S", _positive(float)),
     "progress_interval_s": ("ONNX_WEB_PROGRESS_INTERVAL_S", _positive(float)),
     "affinity_window_s": ("ONNX_WEB_AFFINITY_WINDOW_S", float),
+    "source_url_max_bytes": ("ONNX_WEB_SOURCE_URL_MAX_BYTES", _positive(int)),
+    "source_url_timeout_s": ("ONNX_WEB_SOURCE_URL_TIMEOUT_S", _positive(float)),
     "log_level": ("ONNX_WEB_LOG_LEVEL", str.upper),
     "log_format": ("ONNX_WEB_LOG_FORMAT", str),
 }

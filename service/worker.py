@@ -9,7 +9,6 @@ worker that lost its lease (a zombie) has its commit refused and deletes what it
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import signal
@@ -25,14 +24,17 @@ from sqlalchemy.exc import OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from pipelines.chain import run_chain
+from pipelines.fetch import SourceURLError, fetch_image_url, s3_inputs, url_inputs
 from pipelines.metadata import CONTENT_TYPES, encode_image, thumbnail
 from pipelines.sessions import SessionCache, available_providers
 from pipelines.stages.base import Progress, StageCancelled, StageImage
 from service.config import Config
-from service.errors import StorageError
+from service.errors import InvalidParams, PayloadTooLarge, StorageError
 from service.faults import fault_point
+from service.images import decode_upload
 from service.jobs.notify import Notifier
 from service.jobs.store import ClaimedJob, JobState, JobStore
+from service.outputs import recorded_key
 from service.storage import ObjectStore, output_key, output_prefix
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,10 @@ log = logging.getLogger(__name__)
 #: Error texts that mean the device ran out of memory (onnx-web's markers, contract §6.3).
 OOM_MARKERS = ("out of memory", "failed to allocate memory", "hiperroroutofmemory", "miopen failure",
                "rocblas_status_memory_error", "bfcarena")  # fmt: skip
-#: Errors that a retry cannot fix: bad parameters or missing files.
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, FileNotFoundError)
+#: Errors that a retry cannot fix: bad parameters, refused sources, undecodable images, missing files.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, TypeError, KeyError, FileNotFoundError, InvalidParams, PayloadTooLarge,
+)  # fmt: skip
 SHUTDOWN_GRACE_S = 25.0
 DB_RETRY = retry(
     retry=retry_if_exception_type(OperationalError),
@@ -49,6 +53,12 @@ DB_RETRY = retry(
     wait=wait_exponential_jitter(initial=0.2, max=5.0),
     reraise=True,
 )
+
+
+class SourceS3Refused(ValueError):
+    """A source-s3 stage named something that is not a recorded output of a succeeded job."""
+
+    code = "source_s3_refused"
 
 
 class LeaseLost(Exception):
@@ -282,13 +292,25 @@ class Worker:
         )  # fmt: skip
 
     def _load_inputs(self, job: ClaimedJob) -> dict[str, Image.Image]:
+        """The job's uploads, plus the images its source-url and source-s3 stages read."""
         images: dict[str, Image.Image] = {}
         for field, key in (job.inputs or {}).items():
-            stream = self.store.get_bytes(key)
-            image = Image.open(io.BytesIO(stream))
-            image.load()
-            images[field] = image
+            images[field] = self._decode(self.store.get_bytes(key), field)
+        for field, url in url_inputs(job.chain):
+            data = fetch_image_url(url, max_bytes=self.config.source_url_max_bytes,
+                                   timeout_s=self.config.source_url_timeout_s)  # fmt: skip
+            images[field] = self._decode(data, field)
+        for field, bucket, name in s3_inputs(job.chain):
+            # Only outputs this service recorded for a succeeded job, in its own bucket: never
+            # an arbitrary key, which could be another user's upload.
+            recorded = recorded_key(self.jobs, name) if bucket == self.config.s3_bucket else None
+            if recorded is None:
+                raise SourceS3Refused(f"{field}: {name!r} is not an output of a succeeded job in {self.config.s3_bucket}")
+            images[field] = self._decode(self.store.get_bytes(recorded), field)
         return images
+
+    def _decode(self, data: bytes, field: str) -> Image.Image:
+        return decode_upload(data, field, max_pixels=self.config.max_image_pixels)
 
     def _store_outputs(self, job: ClaimedJob, outputs: list[StageImage]) -> StoredOutputs:
         """Encode and upload every output, its thumbnail and its sidecar under this attempt's prefix."""
@@ -347,7 +369,7 @@ class Worker:
         oom = any(marker in text.lower() for marker in OOM_MARKERS)
         transient = isinstance(err, StorageError | OperationalError)
         retryable = oom or transient or not isinstance(err, PERMANENT_ERRORS)
-        reason = "oom" if oom else ("storage" if isinstance(err, StorageError) else "error")
+        reason = "oom" if oom else ("storage" if isinstance(err, StorageError) else err.code if isinstance(err, SourceURLError | SourceS3Refused) else "error")
         log.error("job failed", exc_info=err, extra={**run.keys(), "action": "fail", "reason": reason, "retryable": retryable})
         self._discard(run.job)
         try:

@@ -7,18 +7,12 @@ No request path ever becomes a storage key.
 
 from __future__ import annotations
 
-import re
-
 import falcon
 
 from service.errors import NotFound
-from service.jobs.store import JobState, JobStore
+from service.jobs.store import JobStore
+from service.outputs import recorded_key
 from service.storage import ObjectStore
-
-#: ``<mode>_<seed>_<sha256>_<unix seconds>_[thumbnail_]<index>.<ext>[.json]``
-OUTPUT_NAME = re.compile(
-    r"^(?P<job>[a-z0-9]+_\d{1,10}_[0-9a-f]{64}_\d{1,12})_(?:thumbnail_)?\d{1,4}\.(?:png|jpeg|webp)(?:\.json)?$"
-)
 
 
 class OutputResource:
@@ -31,13 +25,10 @@ class OutputResource:
         self.presign_expiry_s = presign_expiry_s
 
     def _key(self, filename: str) -> str:
-        match = OUTPUT_NAME.match(filename)
-        if match is None:
+        key = recorded_key(self.jobs, filename)
+        if key is None:
             raise NotFound("no such output")
-        view = self.jobs.get_many([match["job"]]).get(match["job"])
-        if view is None or view.state != JobState.SUCCESS or not view.output_keys or filename not in view.output_keys:
-            raise NotFound("no such output")
-        return str(view.output_keys[filename])
+        return key
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, filename: str) -> None:
         key = self._key(filename)

@@ -154,3 +154,31 @@ def test_bad_chain_documents_name_the_field(client: httpx.Client) -> None:
         response = client.post("/api/job", json=doc)
         assert response.status_code == 400, (doc, response.text)
         assert response.json()["error"].startswith(field), (field, response.json())
+
+
+def test_source_s3_continues_from_a_previous_output_and_refuses_other_keys(client: httpx.Client) -> None:
+    first = client.post("/api/txt2img", params={"prompt": "a seed image", "steps": 2, "width": 128, "height": 128})
+    done = wait_for(client, first.json()["name"], until=finished)[-1]
+    assert done["status"] == "success", done
+    chain = {"stages": [
+        {"name": "load", "type": "source-s3", "params": {"bucket": "onnx-web", "source_keys": done["outputs"][0]}},
+        {"name": "grow", "type": "upscale-simple", "params": {"method": "bilinear", "scale": 2}},
+    ]}  # fmt: skip
+    response = client.post("/api/job", json=chain)
+    assert response.status_code == 200, response.text
+    record = wait_for(client, response.json()["name"], until=finished)[-1]
+    assert record["status"] == "success", record
+    assert output(client, record["outputs"][0]).size == (256, 256)
+
+    chain["stages"][0]["params"]["source_keys"] = "inputs/someone-else/source.png"
+    refused = wait_for(client, client.post("/api/job", json=chain).json()["name"], until=finished)[-1]
+    assert refused["status"] == "failed" and refused["reason"] == "source_s3_refused", refused
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:5000/x.png", "http://169.254.169.254/latest/meta-data/",
+                                 "file:///etc/passwd", "http://[::1]/x.png"])  # fmt: skip
+def test_source_url_to_private_addresses_is_refused_at_submission(client: httpx.Client, url: str) -> None:
+    chain = {"stages": [{"name": "fetch", "type": "source-url", "params": {"source_urls": url}}]}
+    response = client.post("/api/job", json=chain)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("stages[0].params.source_urls")
