@@ -77,7 +77,10 @@ trap stop EXIT
 url="http://127.0.0.1:$port"
 echo "gui-e2e: waiting for the stack at $url (log: $log)"
 deadline=$((SECONDS + STARTUP_TIMEOUT_S))
-until curl -fsS -o /dev/null "$url/api/settings/params" 2>/dev/null; do
+answers() {
+  "$root/.venv/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null
+}
+until answers "$url/api/settings/params"; do
   if ! kill -0 "$stack" 2>/dev/null; then
     echo "gui-e2e: the stack exited before answering; its log:" >&2
     tail -n 50 "$log" >&2
