@@ -1,0 +1,495 @@
+"""Real workers die, hang, stop and lose S3; no job is lost and only one attempt's outputs are seen.
+
+Every test runs ``python -m service.cli worker`` processes against a real Postgres, a real S3 server
+(SeaweedFS) and the tiny demo models, with the clock shortened: lease 3 s, heartbeat 0.5 s, rescue
+every 0.5 s, poll every 0.2 s (``workers.FAST``). Crashes come from ``ONNX_WEB_FAULT_POINT``
+(``os._exit(137)``), zombies from SIGSTOP/SIGCONT, storage faults from a loopback proxy.
+spec/reliability.md Q3, Q5, Q9 and S2; what the tests measure is printed after the module.
+
+A worker's first job pays for importing diffusers and building ONNX sessions (seconds); the steps
+themselves take milliseconds at 64x64. Where a second worker must finish a job, it warms up on a
+job of its own meanwhile (``WARM_UP``), so the figures measure recovery, not imports.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import pytest
+import sqlalchemy
+
+from pipelines.models.demo import build_demo_models
+from pipelines.models.registry import ModelRegistry
+from service.app import create_app
+from service.config import Config
+from service.jobs.states import JobState
+from service.jobs.store import JobStore, NewJob
+from service.stack import S3Credentials
+from service.storage import S3ObjectStore, output_prefix, parse_endpoint
+from tests.fixtures.postgres import shift_time
+from tests.integration.workers import (
+    FAST,
+    Bucket,
+    SeveringProxy,
+    Timings,
+    WorkerProcess,
+    Workers,
+    decoded_outputs,
+    job_row,
+    make_job,
+    wait_until,
+    worker_row_exists,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+#: Long enough for anything a test waits on: a worker start, a lease, a rescue and a rerun.
+DEADLINE_S = 90.0
+#: What spec/reliability.md §6 allows a rescue: lease + rescue interval + 2 s.
+RESCUE_BUDGET_S = FAST.lease_s + FAST.rescue_interval_s + 2.0
+#: Steps of a job that must still be running when the test acts on it (over 1 s at 64x64).
+LONG_STEPS = 300
+#: A platform only rescuers serve: their warm-up job can never be claimed by the worker under test.
+WARM_UP = "warm-up"
+
+FIGURES: dict[str, list[dict[str, Any]]] = {}
+
+
+def record(section: str, **figures: Any) -> None:
+    """Keep one row of measured figures for the summary printed after the module."""
+    FIGURES.setdefault(section, []).append(figures)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_figures(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print what the tests measured (spec/reliability.md §6) once the module is done."""
+    FIGURES.clear()
+    yield
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if capture is None or not FIGURES:
+        return
+    # Outside pytest's capture: these lines are the report, on success as on failure.
+    with capture.global_and_fixture_disabled():
+        print()
+        for section, rows in FIGURES.items():
+            print(f"[{section}]")
+            for row in rows:
+                print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@pytest.fixture(scope="session")
+def models() -> Iterator[Path]:
+    """The demo models, built once per session (outside basetemp, which other sessions prune)."""
+    folder = Path(tempfile.mkdtemp(prefix="onnx-web-test-models-"))
+    try:
+        build_demo_models(folder)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def workers(database_url: str, s3_credentials: S3Credentials, object_store: S3ObjectStore, models: Path,
+            tmp_path: Path) -> Iterator[Workers]:  # fmt: skip
+    """Starts worker processes on this test's database and bucket; kills any left at the end."""
+    started = Workers(database_url=database_url, s3=s3_credentials, bucket=object_store.bucket,
+                      models=models, log_dir=tmp_path)  # fmt: skip
+    try:
+        yield started
+    finally:
+        started.kill_all()
+
+
+@pytest.fixture
+def bucket(s3_credentials: S3Credentials, object_store: S3ObjectStore) -> Bucket:
+    """Direct access to this test's bucket."""
+    return Bucket(s3_credentials, object_store.bucket)
+
+
+@pytest.fixture
+def severing_proxy(s3_credentials: S3Credentials) -> Iterator[SeveringProxy]:
+    """A fault proxy in front of the session's S3 server whose open connections can be cut."""
+    upstream, secure = parse_endpoint(s3_credentials.endpoint)
+    if secure:
+        pytest.skip("a TCP proxy breaks TLS hostname checks; run storage fault tests against plain HTTP")
+    proxy = SeveringProxy(upstream)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def wait_for_row(
+    engine: sqlalchemy.Engine, name: str, what: str, check: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The job's row once ``check(row)`` holds."""
+
+    def ready() -> dict[str, Any] | None:
+        row = job_row(engine, name)
+        return row if check(row) else None
+
+    return wait_until(ready, timeout_s=DEADLINE_S, what=f"job {name[:16]}… {what}")
+
+
+def wait_for_state(engine: sqlalchemy.Engine, name: str, *states: JobState) -> dict[str, Any]:
+    """The job's row once it is in one of ``states``."""
+    return wait_for_row(engine, name, f"to be {'/'.join(states)}", lambda row: row["state"] in states)
+
+
+def wait_until_running(engine: sqlalchemy.Engine, name: str, worker: WorkerProcess) -> dict[str, Any]:
+    """The row once ``worker`` runs the job and has reported a step (so it is mid-inference)."""
+    return wait_for_row(engine, name, f"to run on {worker.worker_id}", lambda row: row["state"] == JobState.RUNNING
+                        and row["worker_id"] == worker.worker_id and row["steps_current"] >= 1)  # fmt: skip
+
+
+def start_rescuer(workers: Workers, job_store: JobStore, models: Path) -> WorkerProcess:
+    """A second worker that loads its models on a warm-up job only it can claim."""
+    rescuer = workers.start("rescuer", ONNX_WEB_WORKER_PLATFORM=WARM_UP)
+    job_store.enqueue(make_job(models, steps=1, platform=WARM_UP))
+    return rescuer
+
+
+def enqueue_past(rescuer: WorkerProcess, job_store: JobStore, engine: sqlalchemy.Engine, job: NewJob) -> None:
+    """Enqueue ``job`` while ``rescuer`` is frozen, so that the worker under test is the one to claim it."""
+    rescuer.send(signal.SIGSTOP)
+    try:
+        job_store.enqueue(job)
+        wait_for_row(engine, job.name, "to be claimed", lambda row: row["attempt"] >= 1)
+    finally:
+        rescuer.send(signal.SIGCONT)
+
+
+def assert_outputs_recorded_for(row: dict[str, Any], bucket: Bucket, attempt: int) -> None:
+    """Every recorded key belongs to ``attempt``, exists in the bucket and decodes."""
+    keys = row["output_keys"]
+    assert keys, row
+    prefix = output_prefix(row["name"], attempt)
+    assert all(key.startswith(prefix) for key in keys.values()), keys
+    expected = [*row["outputs"], *row["thumbnails"], *(f"{name}.json" for name in row["outputs"])]
+    assert sorted(keys) == sorted(expected)
+    for name, decoded in decoded_outputs(bucket, keys):
+        if name.endswith(".json"):
+            assert decoded["outputs"] == [name.removesuffix(".json")]
+        else:
+            assert decoded.size == (64, 64) or "thumbnail" in name
+
+
+def unrecorded_objects(row: dict[str, Any], bucket: Bucket) -> list[str]:
+    """Objects under the job's output prefix that the row does not record (orphans)."""
+    recorded = set((row["output_keys"] or {}).values())
+    return [key for key in bucket.keys(f"outputs/{row['name']}/") if key not in recorded]
+
+
+def error_reasons(row: dict[str, Any]) -> list[str]:
+    return [entry["reason"] for entry in row["errors"]]
+
+
+# -- Q3: a crash at every point ------------------------------------------------------------------
+
+#: fault point -> (steps of its job, attempt whose outputs end up recorded, orphans of attempt 1)
+CRASH_POINTS = {
+    "after_claim": (2, 2, 0),
+    "mid_inference:1": (2, 2, 0),
+    # The image, its sidecar and its thumbnail were written; nobody will ever record them.
+    "after_put_before_commit": (2, 2, 3),
+    "after_commit": (2, 1, 0),
+    # The job must still be running when the first heartbeat fires (0.5 s after the claim).
+    "during_heartbeat": (LONG_STEPS, 2, 0),
+}
+
+
+def test_a_worker_dying_at_any_point_loses_no_job_and_exposes_one_attempt(
+    workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, bucket: Bucket, models: Path
+) -> None:
+    """One victim per fault point, all at once; one rescuer finishes whatever they left."""
+    victims = {point: workers.start(f"victim-{point.split(':')[0]}", ONNX_WEB_FAULT_POINT=point)
+               for point in CRASH_POINTS}  # fmt: skip
+    rescuer = start_rescuer(workers, job_store, models)
+    for worker in [*victims.values(), rescuer]:
+        worker.wait_started()
+    # Hand each victim its own job: every other worker is frozen while one claims. A later job has
+    # a higher priority, so a job already rescued (should claims be slow) is never taken instead.
+    for worker in [*victims.values(), rescuer]:
+        worker.send(signal.SIGSTOP)
+    jobs = {}
+    for priority, (point, victim) in enumerate(victims.items()):
+        jobs[point] = replace(
+            make_job(models, steps=CRASH_POINTS[point][0], seed=priority), priority=priority
+        )
+        job_store.enqueue(jobs[point])
+        victim.send(signal.SIGCONT)
+        wait_for_row(
+            engine, jobs[point].name, f"to be claimed by {victim.worker_id}", lambda row: row["attempt"] == 1
+        )
+    rescuer.send(signal.SIGCONT)
+
+    wait_until(lambda: all(victim.poll() is not None for victim in victims.values()), timeout_s=DEADLINE_S,
+               what="every victim to die", interval_s=0.01)  # fmt: skip
+    for point, victim in victims.items():
+        assert victim.poll() == 137, f"{point}: {victim.tail()}"
+        assert victim.log_entries(action="fault", point=point.split(":")[0]), point
+    for point, job in jobs.items():
+        _, recorded_attempt, orphans = CRASH_POINTS[point]
+        row = wait_for_state(engine, job.name, JobState.SUCCESS, JobState.FAILED, JobState.CANCELLED)
+        victim = victims[point]
+        assert victim.exited_at is not None
+        assert row["state"] == JobState.SUCCESS, (point, row)
+        assert row["attempt"] == recorded_attempt, point
+        assert row["worker_id"] == (victim.worker_id if recorded_attempt == 1 else rescuer.worker_id), point
+        assert_outputs_recorded_for(row, bucket, recorded_attempt)
+        stray = unrecorded_objects(row, bucket)
+        assert len(stray) == orphans, (point, stray)
+        assert all(key.startswith(output_prefix(job.name, 1)) for key in stray)
+        rescue_s = None
+        if recorded_attempt == 1:
+            assert row["rescue_count"] == 0 and row["errors"] == [], point
+        else:
+            assert row["rescue_count"] == 1 and error_reasons(row) == ["rescued"], (point, row["errors"])
+            assert row["errors"][0]["worker"] == victim.worker_id
+            rescue_s = datetime.fromisoformat(row["errors"][0]["at"]).timestamp() - victim.exited_at
+            assert rescue_s <= RESCUE_BUDGET_S, point
+        record("crash points (Q3)", point=point, state=row["state"], attempts=row["attempt"],
+               recorded_attempt=recorded_attempt, orphans=len(stray),
+               time_to_rescue_s=None if rescue_s is None else round(rescue_s, 2),
+               death_to_success_s=round(row["finished_at"].timestamp() - victim.exited_at, 2))  # fmt: skip
+
+
+# -- Q5: a zombie's commit is fenced -------------------------------------------------------------
+
+#: The zombie never learns it lost the job before it commits: no heartbeat or progress write is
+#: due within the test (its lease is shortened in SQL instead of by waiting).
+QUIET_S = 500.0
+UNAWARE = Timings(lease_s=600.0, heartbeat_s=QUIET_S, progress_interval_s=QUIET_S)
+
+
+@pytest.mark.parametrize("fence", ["heartbeat", "commit"])
+def test_a_paused_worker_cannot_commit_over_its_rescuer(
+    fence: str, workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, bucket: Bucket,
+    object_store: S3ObjectStore, models: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    """``heartbeat``: the zombie notices at its next heartbeat; ``commit``: only its commit is refused."""
+    if fence == "commit" and time.monotonic() < QUIET_S:
+        # The zombie must make its one progress write (which the test waits for) before it is paused.
+        pytest.skip("a worker's first progress write waits until the monotonic clock passes the interval")
+    zombie = workers.start("zombie", timings=FAST if fence == "heartbeat" else UNAWARE)
+    rescuer = start_rescuer(workers, job_store, models)
+    zombie.wait_started()
+    rescuer.wait_started()
+    job = make_job(models, steps=LONG_STEPS)
+    enqueue_past(rescuer, job_store, engine, job)
+    if fence == "heartbeat":
+        wait_until_running(engine, job.name, zombie)
+    else:
+        # Its one progress write (which moves heartbeat_at past the claim) must come before the
+        # pause: a write after it would tell the zombie it lost the job before it commits.
+        wait_for_row(
+            engine, job.name, "to report progress once", lambda row: row["heartbeat_at"] > row["started_at"]
+        )
+    zombie.send(signal.SIGSTOP)
+    stopped_at = time.time()
+    if fence == "commit":
+        shift_time(engine, job.name, column="lease_expires_at", seconds=2 * UNAWARE.lease_s)
+    committed = wait_for_state(engine, job.name, JobState.SUCCESS)
+    assert committed["attempt"] == 2 and committed["worker_id"] == "rescuer"
+
+    zombie.send(signal.SIGCONT)
+    summary = zombie.wait_for_log(action="job_summary", attempt=1, timeout_s=DEADLINE_S)
+    assert summary["outcome"] == "fenced", summary
+    refused = zombie.log_entries(action="fenced", attempt=1)
+    assert len(refused) == (1 if fence == "commit" else 0), refused
+    assert job_row(engine, job.name) == committed, "the zombie changed the row"
+    assert_outputs_recorded_for(committed, bucket, 2)
+    assert unrecorded_objects(committed, bucket) == [], "the zombie left attempt 1's objects behind"
+
+    client = falcon.testing.TestClient(create_app(
+        Config(models_path=models, bundle_path=tmp_path / "bundle", s3_bucket=object_store.bucket),
+        jobs=job_store, store=object_store, registry=ModelRegistry(models, ()),
+    ))  # fmt: skip
+    for name, key in committed["output_keys"].items():
+        served = client.simulate_get(f"/output/{name}")
+        assert served.status_code == 200, served.text
+        assert served.content == bucket.read(key)
+    zombie.send(signal.SIGTERM)
+    assert zombie.wait_exit(DEADLINE_S) == 0
+    record("zombies (Q5)", fence=fence, final_attempt=committed["attempt"], fenced_commits=len(refused),
+           zombie_outcome=summary["outcome"], paused_to_rescuer_commit_s=round(
+               committed["finished_at"].timestamp() - stopped_at, 2))  # fmt: skip
+
+
+# -- Q9: graceful shutdown -----------------------------------------------------------------------
+
+
+def test_sigterm_finishes_the_running_job_claims_nothing_more_and_exits_0(
+    workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, bucket: Bucket, models: Path
+) -> None:
+    worker = workers.start("draining")
+    worker.wait_started()
+    current, queued = make_job(models, steps=LONG_STEPS), make_job(models, steps=2, seed=8)
+    job_store.enqueue(current)
+    job_store.enqueue(queued)
+    wait_until_running(engine, current.name, worker)
+    signalled = time.monotonic()
+    worker.send(signal.SIGTERM)
+
+    assert worker.wait_exit(DEADLINE_S) == 0, worker.tail()
+    drain_s = time.monotonic() - signalled
+    drain = worker.log_entries(action="drain")
+    summary = worker.log_entries(action="job_summary")
+    assert len(drain) == 1 and [entry["job"] for entry in summary] == [current.name]
+    assert drain[0]["ts"] <= summary[0]["ts"], "the job had finished before the signal: nothing was drained"
+    row = job_row(engine, current.name)
+    assert row["state"] == JobState.SUCCESS and row["attempt"] == 1
+    assert_outputs_recorded_for(row, bucket, 1)
+    untouched = job_row(engine, queued.name)
+    assert (
+        untouched["state"] == JobState.PENDING
+        and untouched["attempt"] == 0
+        and untouched["worker_id"] is None
+    )
+    assert not running_rows_of(engine, "draining")
+    assert not worker_row_exists(engine, "draining")
+    record(
+        "graceful shutdown (Q9)", case="first SIGTERM", drain_s=round(drain_s, 2), finished=1, handed_back=0
+    )
+
+
+def test_a_second_sigterm_hands_the_job_back_without_spending_its_attempt(
+    workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, bucket: Bucket, models: Path
+) -> None:
+    # SHUTDOWN_GRACE_S (25 s) is a constant of service.worker, not a setting: the grace running
+    # out cannot be shortened from outside, so the second signal is the way to force a release.
+    worker = workers.start("releasing")
+    worker.wait_started()
+    job = make_job(models, steps=LONG_STEPS)
+    job_store.enqueue(job)
+    wait_until_running(engine, job.name, worker)
+    signalled = time.monotonic()
+    worker.send(signal.SIGTERM)
+    worker.wait_for_log(action="drain")
+    worker.send(signal.SIGTERM)
+
+    assert worker.wait_exit(DEADLINE_S) == 0, worker.tail()
+    exit_s = time.monotonic() - signalled
+    assert worker.log_entries(action="release")
+    assert [entry["outcome"] for entry in worker.log_entries(action="job_summary")] == ["released"]
+    row = job_row(engine, job.name)
+    assert row["state"] == JobState.PENDING and row["attempt"] == 0, row
+    assert row["worker_id"] is None and row["errors"] == [] and row["rescue_count"] == 0
+    assert bucket.keys(f"outputs/{job.name}/") == []
+    assert not running_rows_of(engine, "releasing")
+    assert not worker_row_exists(engine, "releasing")
+    record(
+        "graceful shutdown (Q9)", case="second SIGTERM", drain_s=round(exit_s, 2), finished=0, handed_back=1
+    )
+
+
+def running_rows_of(engine: sqlalchemy.Engine, worker_id: str) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text("SELECT name FROM jobs WHERE state = 'running' AND worker_id = :w"),
+                            {"w": worker_id}).all()  # fmt: skip
+    return [row.name for row in rows]
+
+
+# -- cancellation --------------------------------------------------------------------------------
+
+
+def test_cancelling_a_running_job_ends_it_cancelled_with_nothing_recorded_or_stored(
+    workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, bucket: Bucket, models: Path
+) -> None:
+    worker = workers.start("cancelled")
+    worker.wait_started()
+    job = make_job(models, steps=LONG_STEPS)
+    job_store.enqueue(job)
+    wait_until_running(engine, job.name, worker)
+    # Stands for an upload this attempt had made: whatever is under its prefix must go.
+    leftover = output_prefix(job.name, 1) + "partial.png"
+    bucket.put(leftover, b"not an image")
+    assert job_store.cancel(job.name) == JobState.RUNNING
+
+    row = wait_for_state(engine, job.name, JobState.CANCELLED, JobState.SUCCESS, JobState.FAILED)
+    assert row["state"] == JobState.CANCELLED and row["reason"] == "cancelled", row
+    assert row["outputs"] is None and row["output_keys"] is None and row["attempt"] == 1
+    summary = worker.wait_for_log(action="job_summary")
+    assert summary["outcome"] == "cancelled"
+    assert bucket.keys(f"outputs/{job.name}/") == []
+
+
+# -- S2: storage faults --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("faults", "attempts"), [(["reset", "slowdown", "reset"], 1), (["reset"] * 5, 2)],
+                         ids=["within-the-store-retries", "beyond-the-store-retries"])  # fmt: skip
+def test_s3_faults_during_upload_are_retried_and_the_job_succeeds(
+    faults: list[Any], attempts: int, workers: Workers, severing_proxy: SeveringProxy, job_store: JobStore,
+    engine: sqlalchemy.Engine, bucket: Bucket, models: Path,
+) -> None:  # fmt: skip
+    """The store retries 5 times; a sixth failure fails the attempt and the job runs again."""
+    worker = workers.start("uploader", S3_ENDPOINT=severing_proxy.endpoint)
+    worker.wait_started()
+    for fault in faults:
+        severing_proxy.inject(fault)
+    # The worker's idle connection would carry the upload past the faults: cut it.
+    assert severing_proxy.sever() >= 1
+    job = make_job(models, steps=2)
+    job_store.enqueue(job)
+
+    row = wait_for_state(engine, job.name, JobState.SUCCESS, JobState.FAILED)
+    assert row["state"] == JobState.SUCCESS and row["attempt"] == attempts, row
+    assert error_reasons(row) == ["storage"] * (attempts - 1)
+    assert_outputs_recorded_for(row, bucket, attempts)
+    assert unrecorded_objects(row, bucket) == []
+    retries = worker.log_entries(action="s3_retry")
+    assert len(retries) >= len(faults) - (attempts - 1)
+    record("storage faults (S2)", case="+".join(faults), final_state=row["state"], attempts=row["attempt"],
+           s3_retries=len(retries), orphans=0)  # fmt: skip
+
+
+def test_s3_down_longer_than_every_retry_fails_the_job_as_storage_after_max_attempts(
+    workers: Workers, severing_proxy: SeveringProxy, job_store: JobStore, engine: sqlalchemy.Engine,
+    bucket: Bucket, models: Path,
+) -> None:  # fmt: skip
+    worker = workers.start("stranded", S3_ENDPOINT=severing_proxy.endpoint)
+    worker.wait_started()
+    severing_proxy.close()  # nothing listens there any more: every connection is refused
+    job = make_job(models, steps=2, max_attempts=2)
+    job_store.enqueue(job)
+
+    row = wait_for_state(engine, job.name, JobState.SUCCESS, JobState.FAILED)
+    assert row["state"] == JobState.FAILED and row["reason"] == "storage", row
+    assert row["attempt"] == row["max_attempts"] == 2
+    assert error_reasons(row) == ["storage", "storage"]
+    assert [entry["attempt"] for entry in row["errors"]] == [1, 2]
+    assert all("StorageError" in entry["message"] for entry in row["errors"])
+    assert row["output_keys"] is None
+    assert bucket.keys(f"outputs/{job.name}/") == []
+    retries = worker.log_entries(action="s3_retry")
+    record("storage faults (S2)", case="s3 down", final_state=row["state"], attempts=row["attempt"],
+           s3_retries=len(retries), orphans=0)  # fmt: skip
+
+
+# -- retry bookkeeping ---------------------------------------------------------------------------
+
+
+def test_a_permanent_error_fails_the_job_at_once_without_retrying(
+    workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, models: Path
+) -> None:
+    job = make_job(models, steps=2)
+    job.chain["stages"][0]["params"]["model"] = "no-such-model"
+    worker = workers.start("unlucky")
+    worker.wait_started()
+    job_store.enqueue(job)
+
+    row = wait_for_state(engine, job.name, JobState.SUCCESS, JobState.FAILED)
+    assert row["state"] == JobState.FAILED and row["reason"] == "error", row
+    assert row["attempt"] == 1 and row["max_attempts"] == 3
+    assert error_reasons(row) == ["error"] and "FileNotFoundError" in row["errors"][0]["message"]
+    assert worker.log_entries(action="fail", retryable=False)
