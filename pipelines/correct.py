@@ -32,7 +32,7 @@ from PIL import Image
 from pipelines.diffusion import stage_sources
 from pipelines.stages.base import StageContext, StageImage
 from pipelines.stages.options import number, whole_number
-from pipelines.upscale import model_path, scaled_size, with_image
+from pipelines.upscale import model_path, scaled_size, with_image, with_model
 
 log = logging.getLogger(__name__)
 
@@ -256,5 +256,8 @@ def run_correction_stage(
                 check_cancelled=ctx.check_cancelled,
             )
         corrected.append(with_image(item, image))
+    if settings.model:
+        path = model_path(ctx.models_path, settings.model)
+        corrected = [with_model(item, settings.model, path) for item in corrected]
     ctx.on_step(1)
     return corrected

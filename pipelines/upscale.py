@@ -7,6 +7,8 @@ BSRGAN) run :func:`upscale_with_model`, which feeds the model tile by tile throu
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,28 @@ def with_image(item: StageImage, image: Image.Image, **metadata: Any) -> StageIm
     """A copy of ``item`` holding ``image``, its metadata ``size`` updated and ``metadata`` merged in."""
     size = {"width": image.width, "height": image.height}
     return StageImage(image, {**item.metadata, **metadata, "size": size})
+
+
+def file_hash(path: Path) -> str:
+    """Short upper-case SHA-256 of a model file, as metadata lists it; cached per file version."""
+    stat = path.stat()
+    return _file_hash(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_hash(path: Path, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10].upper()
+
+
+def with_model(item: StageImage, name: str, path: Path) -> StageImage:
+    """``item`` with ``name`` (and its hash) added to its metadata's ``models`` list (contract §7.3)."""
+    models = [entry for entry in item.metadata.get("models", []) if entry.get("name") != name]
+    entry = {"name": name, "hash": file_hash(path), "weight": 1.0}
+    return StageImage(item.image, {**item.metadata, "models": [*models, entry]})
 
 
 def model_scale(session: Any, default: int) -> int:
@@ -202,6 +226,6 @@ def run_upscaling_stage(
             on_tile=ctx.on_tile,
             check_cancelled=ctx.check_cancelled,
         )
-        upscaled.append(with_image(item, image))
+        upscaled.append(with_model(with_image(item, image), name, path))
     ctx.on_step(1)
     return upscaled

@@ -139,7 +139,7 @@ def upscale_stages(request: ParsedRequest, *, when: str) -> list[dict[str, Any]]
     return stages
 
 
-def highres_stages(request: ParsedRequest) -> list[dict[str, Any]]:
+def highres_stages(request: ParsedRequest, prefix: str = "highres") -> list[dict[str, Any]]:
     """``iterations`` times (upscale by ``scale``, then tiled img2img at ``strength``) (contract §8.4)."""
     hr = request.highres
     if hr is None or not hr.enabled or hr.iterations < 1:
@@ -151,12 +151,12 @@ def highres_stages(request: ParsedRequest) -> list[dict[str, Any]]:
             upscaler = _by_substring(request.upscale.upscale_model, UPSCALE_STAGES)
             if upscaler is None:
                 raise InvalidParams("highresMethod", "'upscale' needs an upscaling model in 'upscaling'")
-            stages.append(stage(f"highres-upscale-{index}", upscaler,
+            stages.append(stage(f"{prefix}-upscale-{index}", upscaler,
                                 {**image, **request.upscale.to_dict(), "faces": False}, outscale=hr.scale))  # fmt: skip
         else:
-            stages.append(stage(f"highres-resize-{index}", "upscale-simple", {"method": hr.method, "scale": hr.scale}))
+            stages.append(stage(f"{prefix}-resize-{index}", "upscale-simple", {"method": hr.method, "scale": hr.scale}))
         stages.append(
-            stage(f"highres-img2img-{index}", "blend-img2img",
+            stage(f"{prefix}-img2img-{index}", "blend-img2img",
                   {**image, "strength": hr.strength, "steps": hr.steps, "prompt_index": index + 1},
                   tiles=request.image.unet_tile)
         )  # fmt: skip
@@ -439,6 +439,11 @@ def build_chain(
         for needed in STAGES[stage_type].needs:
             if f"{needed}:{entry['name']}" not in uploads:
                 raise InvalidParams(f"stages[{index}]", f"stage type {stage_type} needs an uploaded '{needed}:{entry['name']}' image")
+        if stage_type == "upscale-highres":
+            # A compound stage: compiled here into its resize and img2img passes (contract §8.4),
+            # so the worker runs only plain stages and progress counts each pass.
+            stages.extend(highres_stages(_parse_at(parse, path, {**raw, "highres": True}), prefix=entry["name"]))
+            continue
         specific = stage_specific(stage_type, path, raw)
         image_raw = {k: v for k, v in raw.items() if k not in ("width", "height")} if stage_type in RAW_SIZE_STAGES else raw
         parsed = _parse_at(parse, path, image_raw)

@@ -182,3 +182,35 @@ def test_source_url_to_private_addresses_is_refused_at_submission(client: httpx.
     response = client.post("/api/job", json=chain)
     assert response.status_code == 400, response.text
     assert response.json()["error"].startswith("stages[0].params.source_urls")
+
+
+def test_txt2img_with_highres_and_the_upscale_highres_stage(client: httpx.Client) -> None:
+    params = {"prompt": "a castle || a detailed castle", "steps": 4, "width": 128, "height": 128,
+              "highres": True, "highresIterations": 2, "highresScale": 2, "highresStrength": 0.5,
+              "highresMethod": "bilinear"}  # fmt: skip
+    response = client.post("/api/txt2img", json=params)
+    assert response.status_code == 200, response.text
+    record = wait_for(client, response.json()["name"], until=finished)[-1]
+    assert record["status"] == "success", record
+    assert output(client, record["outputs"][0]).size == (512, 512)
+    # txt2img, then per iteration a resize and an img2img pass, then the save.
+    assert record["stages"]["total"] == 1 + 2 * 2 + 1
+    assert record["metadata"][0]["highres"]["iterations"] == 2
+
+    chain = {"stages": [
+        {"name": "start", "type": "source-txt2img", "params": {"prompt": "x", "steps": 2, "width": 128, "height": 128}},
+        {"name": "hires", "type": "upscale-highres", "params": {"highresScale": 2, "highresStrength": 0.5,
+                                                                  "highresMethod": "lanczos", "steps": 2}},
+    ]}  # fmt: skip
+    response = client.post("/api/job", json=chain)
+    assert response.status_code == 200, response.text
+    record = wait_for(client, response.json()["name"], until=finished)[-1]
+    assert record["status"] == "success", record
+    assert output(client, record["outputs"][0]).size == (256, 256)
+
+
+def test_upscaled_outputs_list_the_upscaling_model_with_its_hash(client: httpx.Client) -> None:
+    params = {"params": {"upscaling": "upscaling-real-esrgan-x4-v3"}, "upscale": {"enabled": True, "outscale": 4}}
+    record = run_job(client, "/api/upscale", params=params, files={"source": png(gradient(32, 32))})
+    models = {entry["name"]: entry["hash"] for entry in record["metadata"][0]["models"]}
+    assert "upscaling-real-esrgan-x4-v3" in models and models["upscaling-real-esrgan-x4-v3"] != "unknown"
