@@ -57,7 +57,7 @@ test('shows a clear screen when the server cannot be reached', async ({ page }) 
   await shot(page, 'unreachable');
 });
 
-test('keyboard: skip link, tabs and the Generate button are reachable with visible focus', async ({ page }) => {
+test('keyboard: the skip link and tabs are reachable with visible focus, and every control has a label', async ({ page }) => {
   await openApp(page, 'txt2img');
   await page.keyboard.press('Tab');
   await expect(page.getByText('Skip to content')).toBeFocused();
