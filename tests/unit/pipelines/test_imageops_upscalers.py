@@ -105,6 +105,8 @@ def test_resrgan_stage_upscales_with_the_model(models: Path) -> None:
     params = {"upscaling": "upscaling-real-esrgan-x4-plus", "stage_name": "up"}
     [out] = upscale_resrgan.run(_context(models, tiles), params, [StageImage(source, {"note": 1})])
     assert out.image.size == (80, 48)
+    [model] = out.metadata.pop("models")
+    assert model["name"] == "upscaling-real-esrgan-x4-plus" and len(model["hash"]) == 10
     assert out.metadata == {"note": 1, "size": {"width": 80, "height": 48}}
     assert tiles == [(1, 1)]
     session = Sessions().get(models / "upscaling-real-esrgan-x4-plus.onnx")

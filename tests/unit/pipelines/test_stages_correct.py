@@ -135,6 +135,8 @@ def test_strength_zero_returns_the_input_exactly(models: Path) -> None:
     image = on_canvas(draw_face(128), (320, 200), (150, 40))
     out = _run(correct_gfpgan, models, image, correction="correction-constant", faceStrength=0)
     assert np.array_equal(np.asarray(out.image), np.asarray(image))
+    [model] = out.metadata.pop("models")
+    assert model["name"] == "correction-constant" and len(model["hash"]) == 10
     assert out.metadata == {"note": 1, "size": {"width": 320, "height": 200}}
 
 
