@@ -17,6 +17,7 @@ from pipelines.diffusion import (
     initial_latents,
     parse_prompts,
 )
+from pipelines.gpu.runtime import gpu_settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,10 @@ def txt2img(
     check_cancelled: CancelCheck = lambda: None,
 ) -> list[Image.Image]:
     """Generate ``generation.batch`` images of ``width`` x ``height`` from onnx-web's seeded noise."""
+    if gpu_settings(model.sessions) is not None:
+        from pipelines.gpu.batch import run_txt2img
+
+        return run_txt2img(model, generation, on_step, check_cancelled)
     prompt, negative = parse_prompts(generation)
     if prompt.clip_skip:
         logger.warning(

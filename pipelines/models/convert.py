@@ -39,6 +39,8 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special
 #: The trace sizes: any latent side divisible by the UNet's down-sampling factor works; small is fast.
 TRACE_LATENT_SIDE = 8
 TRACE_BATCH = 2
+#: ``none``: the plain fp32 export every provider runs; ``gpu``: fused fp16 for CUDA (``pipelines.gpu``).
+OPTIMIZE_CHOICES = ("none", "gpu")
 
 
 def convert_diffusers_folder(
@@ -47,12 +49,21 @@ def convert_diffusers_folder(
     *,
     opset: int = DEFAULT_OPSET,
     progress: Callable[[str], None] | None = None,
+    optimize: str = "none",
+    workers: int = 1,
 ) -> Path:
     """Export the diffusers folder ``src`` (unet, vae, text_encoder, tokenizer, scheduler) to ``dest``.
 
     The model is written to a sibling ``.partial`` folder and renamed at the end, so a worker or
     the model list never sees a half-converted model. An existing ``dest`` is replaced.
+    ``optimize="gpu"`` exports for ``pipelines.gpu.optimize`` and then fuses and converts each
+    component to fp16 (``workers`` components at a time): a folder for CUDA workers only.
     """
+    if optimize not in OPTIMIZE_CHOICES:
+        raise ValueError(f"optimize must be one of {OPTIMIZE_CHOICES}, not {optimize!r}")
+    from pipelines.gpu.optimize import classic_attention, optimize_folder
+
+    prepare = classic_attention if optimize == "gpu" else (lambda module: module)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -62,16 +73,16 @@ def convert_diffusers_folder(
     partial.mkdir(parents=True)
 
     report(f"{dest.name}: exporting text_encoder (1/4)")
-    text_encoder = CLIPTextModel.from_pretrained(src / "text_encoder").eval()
+    text_encoder = prepare(CLIPTextModel.from_pretrained(src / "text_encoder").eval())
     export_text_encoder(text_encoder, partial / "text_encoder" / ONNX_FILE, opset)
     del text_encoder
 
     report(f"{dest.name}: exporting unet (2/4)")
-    unet = UNet2DConditionModel.from_pretrained(src / "unet").eval()
+    unet = prepare(UNet2DConditionModel.from_pretrained(src / "unet").eval())
     export_unet(unet, partial / "unet" / ONNX_FILE, opset)
     del unet
 
-    vae = AutoencoderKL.from_pretrained(src / "vae").eval()
+    vae = prepare(AutoencoderKL.from_pretrained(src / "vae").eval())
     report(f"{dest.name}: exporting vae_encoder (3/4)")
     export_vae_encoder(vae, partial / "vae_encoder" / ONNX_FILE, opset)
     report(f"{dest.name}: exporting vae_decoder (4/4)")
@@ -87,6 +98,8 @@ def convert_diffusers_folder(
         src / "scheduler" / "scheduler_config.json", partial / "scheduler" / "scheduler_config.json"
     )
     write_model_index(partial)
+    if optimize == "gpu":
+        optimize_folder(partial, workers=workers, progress=progress)
     (partial / HASH_FILE).write_text(hash_component(partial / "unet") + "\n")
 
     shutil.rmtree(dest, ignore_errors=True)
@@ -353,6 +366,15 @@ def add_convert_arguments(subparsers: Any) -> None:
     diffusers_parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)"
     )
+    diffusers_parser.add_argument(
+        "--optimize",
+        choices=OPTIMIZE_CHOICES,
+        default="none",
+        help="gpu: fused fp16 graphs for CUDA workers (they do not run on CPU) (default: %(default)s)",
+    )
+    diffusers_parser.add_argument(
+        "--workers", type=int, default=1, help="components optimized in parallel (default: %(default)s)"
+    )
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -370,5 +392,10 @@ def run_convert(args: argparse.Namespace) -> int:
     if not (args.src / "model_index.json").is_file():
         print(f"not a diffusers folder (no model_index.json): {args.src}", file=sys.stderr)
         return 2
-    print(convert_diffusers_folder(args.src, args.models / args.name, opset=args.opset, progress=progress))
+    dest = args.models / args.name
+    print(
+        convert_diffusers_folder(
+            args.src, dest, opset=args.opset, progress=progress, optimize=args.optimize, workers=args.workers
+        )
+    )
     return 0

@@ -1,0 +1,263 @@
+"""txt2img for several compatible jobs as one UNet batch, on the GPU path or on the CPU.
+
+Jobs are compatible when they share model, size, scheduler and step count. Each keeps its own
+prompt and negative prompt, seed (its starting noise is ``default_rng(seed)``'s, exactly as a job
+run alone), guidance scale, eta, scheduler instance (stochastic schedulers draw their step noise
+from the job's own seeded generator), progress callback, cancellation and images: only the UNet
+call is shared, so a job's pixels do not depend on its batch mates beyond the rounding of a
+larger matrix product. Jobs whose prompts need a different number of 77-token windows cannot
+share a UNet call (attention would see padding); they run as separate groups.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from pipelines.diffusion import (
+    CancelCheck,
+    DiffusionModel,
+    Generation,
+    StepCallback,
+    counts_as_step,
+    decode_latents,
+    encode_prompt,
+    initial_latents,
+    input_type,
+    parse_prompts,
+    torch_generator,
+)
+from pipelines.gpu.runtime import GpuDiffusionModel, gpu_model, gpu_settings
+from pipelines.schedulers import step_arguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Txt2ImgJob:
+    """One txt2img request in a batch: its parameters and its own callbacks."""
+
+    generation: Generation
+    on_step: StepCallback = lambda n: None
+    check_cancelled: CancelCheck = lambda: None
+
+
+@dataclass
+class JobOutcome:
+    """What one job of a batch ended with: its images, or the error that stopped it alone."""
+
+    images: list[Image.Image] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+class Denoiser(Protocol):
+    """Where the UNet and VAE run: ``CpuDenoiser`` (ONNX sessions, numpy) or ``GpuDenoiser``."""
+
+    device: Any
+
+    def stream(self) -> AbstractContextManager[Any]:
+        """Where the loop's torch work is queued (the GPU model's stream)."""
+        ...
+
+    def predict_noise(self, sample: Any, timestep: Any, hidden: Any) -> Any: ...
+
+    def decode(self, latents: Any) -> list[Image.Image]: ...
+
+
+class CpuDenoiser:
+    """The model's cached ONNX Runtime sessions fed from the CPU, as the single-job path runs."""
+
+    def __init__(self, model: DiffusionModel) -> None:
+        import torch
+
+        self.model = model
+        self.device = torch.device("cpu")
+
+    def stream(self) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def predict_noise(self, sample: Any, timestep: Any, hidden: Any) -> Any:
+        import torch
+
+        unet = self.model.session("unet")
+        noise = unet.run(
+            None,
+            {
+                "sample": sample.numpy().astype(input_type(unet, "sample", np.float32)),
+                "timestep": timestep.numpy().astype(input_type(unet, "timestep", np.float32)),
+                "encoder_hidden_states": hidden.numpy().astype(
+                    input_type(unet, "encoder_hidden_states", np.float32)
+                ),
+            },
+        )[0]
+        return torch.from_numpy(noise)
+
+    def decode(self, latents: Any) -> list[Image.Image]:
+        return decode_latents(self.model, latents.numpy())
+
+
+class GpuDenoiser:
+    """UNet and VAE decoder on CUDA (``pipelines.gpu.runtime``); latents never leave the GPU."""
+
+    def __init__(self, model: DiffusionModel, on_gpu: GpuDiffusionModel) -> None:
+        self.model = model
+        self.on_gpu = on_gpu
+        self.device = on_gpu.device
+
+    def stream(self) -> AbstractContextManager[Any]:
+        import torch
+
+        return torch.cuda.stream(self.on_gpu.stream)
+
+    def predict_noise(self, sample: Any, timestep: Any, hidden: Any) -> Any:
+        return self.on_gpu.predict_noise(sample, timestep, hidden)
+
+    def decode(self, latents: Any) -> list[Image.Image]:
+        """Decode on the GPU and bring back 8-bit pixels, rounded as ``decode_latents`` does."""
+        import torch
+
+        images = []
+        for index in range(len(latents)):
+            scaled = latents[index : index + 1] / self.model.scaling_factor
+            pixels = self.on_gpu.decode(scaled).float()
+            pixels = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+            images.append(Image.fromarray(pixels[0].permute(1, 2, 0).cpu().numpy()))
+        return images
+
+
+def denoiser_for(model: DiffusionModel) -> Denoiser:
+    """The GPU denoiser when the model's sessions run on CUDA here, else the CPU one."""
+    settings = gpu_settings(model.sessions)
+    if settings is None:
+        return CpuDenoiser(model)
+    return GpuDenoiser(model, gpu_model(model.folder, settings))
+
+
+def compatibility_key(generation: Generation) -> tuple[str, int, int, str, int]:
+    """What jobs must share to run as one batch: model, width, height, scheduler, steps."""
+    return (generation.model, generation.width, generation.height, generation.scheduler, generation.steps)
+
+
+@dataclass
+class _Running:
+    """One job's state inside the batched loop."""
+
+    index: int
+    job: Txt2ImgJob
+    scheduler: Any
+    arguments: dict[str, Any]
+    hidden: Any
+    sample: Any
+
+    @property
+    def rows(self) -> int:
+        """UNet batch rows of this job: its images, twice with guidance."""
+        return len(self.hidden)
+
+
+def txt2img_batch(
+    model: DiffusionModel, jobs: Sequence[Txt2ImgJob], *, denoiser: Denoiser | None = None
+) -> list[JobOutcome]:
+    """Run compatible txt2img ``jobs`` with shared UNet calls; one outcome per job, in order.
+
+    A job that is cancelled (or whose callback raises) ends with that error and leaves the
+    batch; the others run on. Raises ``ValueError`` if the jobs are not compatible.
+    """
+    if not jobs:
+        return []
+    keys = {compatibility_key(job.generation) for job in jobs}
+    if len(keys) > 1:
+        raise ValueError(f"jobs differ in model, size, scheduler or steps: {sorted(keys)}")
+    denoiser = denoiser or denoiser_for(model)
+    outcomes = [JobOutcome() for _ in jobs]
+    with denoiser.stream():
+        running = [_start(model, index, job, denoiser) for index, job in enumerate(jobs)]
+        groups: dict[int, list[_Running]] = {}
+        for item in running:
+            groups.setdefault(item.hidden.shape[1], []).append(item)
+        for group in groups.values():
+            for item in _denoise(denoiser, group, outcomes):
+                outcomes[item.index].images = denoiser.decode(item.sample)
+    return outcomes
+
+
+def _start(model: DiffusionModel, index: int, job: Txt2ImgJob, denoiser: Denoiser) -> _Running:
+    """Encode one job's prompts and draw its starting noise, as ``txt2img`` does for a lone job."""
+    import torch
+
+    generation = job.generation
+    prompt, negative = parse_prompts(generation)
+    embeddings = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
+    scheduler = model.scheduler(generation.scheduler, generation.seed)
+    scheduler.set_timesteps(generation.steps)
+    noise = initial_latents(generation.seed, generation.batch, generation.width, generation.height)
+    latents = noise * float(scheduler.init_noise_sigma)
+    return _Running(
+        index=index,
+        job=job,
+        scheduler=scheduler,
+        arguments=step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed)),
+        hidden=torch.from_numpy(embeddings).to(denoiser.device),
+        sample=torch.from_numpy(latents).to(denoiser.device),
+    )
+
+
+def _denoise(denoiser: Denoiser, group: list[_Running], outcomes: list[JobOutcome]) -> list[_Running]:
+    """The UNet loop over jobs that share a prompt length; returns the jobs still running."""
+    import torch
+
+    timesteps = group[0].scheduler.timesteps
+    total = len(timesteps)
+    steps = group[0].job.generation.steps
+    for index, t in enumerate(timesteps):
+        inputs = []
+        for item in group:
+            doubled = torch.cat([item.sample] * 2) if item.job.generation.guidance else item.sample
+            inputs.append(item.scheduler.scale_model_input(doubled, t))
+        sample = torch.cat(inputs)
+        hidden = torch.cat([item.hidden for item in group])
+        timestep = torch.full((len(sample),), float(t), device=denoiser.device)
+        noise = denoiser.predict_noise(sample, timestep, hidden).float()
+        offset = 0
+        for item in group:
+            prediction = noise[offset : offset + item.rows]
+            offset += item.rows
+            generation = item.job.generation
+            if generation.guidance:
+                uncond, text = prediction.chunk(2)
+                prediction = uncond + generation.cfg * (text - uncond)
+            item.sample = item.scheduler.step(
+                prediction, t, item.sample, **item.arguments, return_dict=False
+            )[0]
+        group = [item for item in group if _report(item, index, total, steps, outcomes)]
+        if not group:
+            break
+    return group
+
+
+def _report(item: _Running, index: int, total: int, steps: int, outcomes: list[JobOutcome]) -> bool:
+    """Call a job's progress and cancellation callbacks; False (and its error kept) if one raised."""
+    try:
+        if counts_as_step(index, total, steps, item.scheduler.order):
+            item.job.on_step(1)
+        item.job.check_cancelled()
+    except Exception as err:
+        outcomes[item.index].error = err
+        return False
+    return True
+
+
+def run_txt2img(
+    model: DiffusionModel, generation: Generation, on_step: StepCallback, check_cancelled: CancelCheck
+) -> list[Image.Image]:
+    """One job through the batched path (the GPU route of ``txt2img``); raises what stopped it."""
+    outcome = txt2img_batch(model, [Txt2ImgJob(generation, on_step, check_cancelled)])[0]
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.images

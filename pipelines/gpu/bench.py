@@ -1,0 +1,494 @@
+"""``onnx-web bench gpu``: our CUDA path against diffusers' PyTorch fp16 pipelines, same weights.
+
+In one run on one GPU: build full-size SD 1.5 with random weights, convert it through our
+converter (``--optimize gpu``) in a background process while PyTorch is timed, then time the
+production path (``pipelines.gpu``): the UNet call under several CUDA provider settings, a full
+50-step 512x512 image from text to PNG bytes, and images/s for 1, 2, 4 and 8 batched jobs. It
+prints a table and writes ``gpu-bench.json`` (every figure) and a kernel profile.
+
+    python -m pipelines.gpu.bench --out DIR [--architecture sd15|tiny] [--device cuda|cpu]
+
+``--architecture tiny --device cpu`` runs the same steps on the demo model without a GPU (the
+CUDA sections are skipped), to check the script before spending GPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pipelines.gpu.architectures import ARCHITECTURES, write_checkpoint
+
+logger = logging.getLogger(__name__)
+
+#: Dense fp16 tensor-core peak of an H200 (SXM), the ``% of peak`` reference.
+PEAK_TFLOPS = 989.0
+PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed"
+NEGATIVE = "blurry, lowres"
+BATCH_JOBS = (1, 2, 4, 8)
+#: CUDA provider settings tried for the UNet call; the fastest serves the image timings.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "static": {"cuda_graphs": False},
+    "graph, own stream": {"shared_stream": False},
+    "graph": {},
+    "graph+cudnn-attention": {"provider_options": {"sdpa_kernel": "8"}},
+}
+
+
+def add_bench_arguments(subparsers: Any) -> None:
+    """Add ``bench gpu`` to the ``onnx-web`` command line (its handler is ``run_bench``)."""
+    bench = subparsers.add_parser("bench", help="benchmarks")
+    kinds = bench.add_subparsers(dest="bench_kind", required=True)
+    gpu = kinds.add_parser("gpu", help="our CUDA path against diffusers' PyTorch pipelines, same weights")
+    add_options(gpu)
+    gpu.set_defaults(func=run_bench)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's own options."""
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu-bench.json and logs")
+    parser.add_argument(
+        "--work", type=Path, default=Path("/tmp/onnx-web-bench"), help="scratch folder for models"
+    )
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="sd15")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--steps", type=int, default=50, help="steps of the full image (default 50)")
+    parser.add_argument("--workers", type=int, default=4, help="components fused in parallel")
+
+
+class Timer:
+    """Wall-clock (after a device sync) or CUDA-event timing of a callable, in milliseconds."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def sync(self) -> None:
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def wall(self, work: Callable[[], Any], runs: int, warmup: int = 1) -> list[float]:
+        for _ in range(warmup):
+            work()
+        self.sync()
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            work()
+            self.sync()
+            times.append((time.perf_counter() - started) * 1000)
+        return times
+
+    def events(self, work: Callable[[], Any], runs: int, stream: Any = None, warmup: int = 5) -> list[float]:
+        """Per-call times from CUDA events recorded on ``stream`` (the current one if None)."""
+        import torch
+
+        if self.device != "cuda":
+            return self.wall(work, runs, warmup)
+        stream = stream or torch.cuda.current_stream()
+        for _ in range(warmup):
+            work()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            work()
+            end.record(stream)
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    """Median, mean and spread of timings in ms."""
+    return {
+        "median_ms": statistics.median(times),
+        "mean_ms": statistics.fmean(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "runs": len(times),
+    }
+
+
+def unet_inputs(device: str, dtype: Any, batch: int, side: int, hidden: int) -> tuple[Any, Any, Any]:
+    """Random UNet inputs (never zeros: they can run faster than real data)."""
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(7)
+    sample = torch.randn((batch, 4, side, side), generator=generator).to(device, dtype)
+    timestep = torch.full((batch,), 981.0).to(device)
+    states = torch.randn((batch, 77, hidden), generator=generator).to(device, dtype)
+    return sample, timestep, states
+
+
+def count_flops(unet: Any, inputs: tuple[Any, Any, Any]) -> float:
+    """FLOPs of one UNet call, counted by torch's flop counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        unet(*inputs, return_dict=False)
+    return float(counter.get_total_flops())
+
+
+def bench_pytorch(src: Path, device: str, steps: int, side: int, timer: Timer) -> dict[str, Any]:
+    """diffusers' StableDiffusionPipeline in fp16 (fp32 on CPU): UNet call, image, batching."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from pipelines.metadata import encode_image
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    pipe = StableDiffusionPipeline.from_pretrained(src, torch_dtype=dtype, safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    hidden = pipe.unet.config.cross_attention_dim
+    inputs = unet_inputs(device, dtype, 2, side // 8, hidden)
+    result: dict[str, Any] = {"flops_unet_batch2": count_flops(pipe.unet, inputs)}
+    result["unet_batch2"] = time_unet(pipe.unet, device, side, timer)
+    result["unet_output"] = unet_call_output(pipe.unet, inputs)
+
+    def image(jobs: int) -> Callable[[], list[bytes]]:
+        def run() -> list[bytes]:
+            generator = [torch.Generator("cpu").manual_seed(seed) for seed in range(jobs)]
+            images = pipe(
+                [PROMPT] * jobs,
+                negative_prompt=[NEGATIVE] * jobs,
+                height=side,
+                width=side,
+                num_inference_steps=steps,
+                guidance_scale=7.5,
+                generator=generator,
+            ).images
+            return [encode_image(item, {"params": {}}, fmt="png", server_version="bench") for item in images]
+
+        return run
+
+    result["image"] = summary(timer.wall(image(1), 3))
+    result["batching"] = {
+        str(jobs): images_per_second(timer.wall(image(jobs), 2), jobs) for jobs in BATCH_JOBS
+    }
+    result["pipe"] = pipe
+    return result
+
+
+def time_unet(unet: Any, device: str, side: int, timer: Timer) -> dict[str, float]:
+    """PyTorch eager UNet calls at batch 2 (one guided image)."""
+    import torch
+
+    inputs = unet_inputs(device, unet.dtype, 2, side // 8, unet.config.cross_attention_dim)
+
+    def call() -> None:
+        with torch.no_grad():
+            unet(*inputs, return_dict=False)
+
+    return summary(timer.events(call, 30))
+
+
+def unet_call_output(unet: Any, inputs: tuple[Any, Any, Any]) -> Any:
+    """The UNet's output on ``inputs``, kept to compare with ONNX Runtime's."""
+    import torch
+
+    with torch.no_grad():
+        return unet(*inputs, return_dict=False)[0].float()
+
+
+def images_per_second(times: list[float], jobs: int) -> dict[str, float]:
+    best = statistics.median(times)
+    return {"jobs": jobs, "median_ms": best, "images_per_s": jobs / best * 1000}
+
+
+def start_conversion(
+    src: Path, dest: Path, workers: int, optimize: str, log: Path
+) -> subprocess.Popen[bytes]:
+    """Convert ``src`` through ``convert_diffusers_folder`` in another process (pure-Python fusion)."""
+    code = (
+        "import sys; from pathlib import Path; "
+        "from pipelines.models.convert import convert_diffusers_folder as convert; "
+        "convert(Path(sys.argv[1]), Path(sys.argv[2]), optimize=sys.argv[3], workers=int(sys.argv[4]), "
+        "progress=lambda line: print(line, flush=True))"
+    )
+    handle = log.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(src), str(dest), optimize, str(workers)],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def bench_unet_variants(folder: Path, reference: Any, side: int, timer: Timer) -> dict[str, Any]:
+    """The UNet call (batch 2) under each of ``VARIANTS``; errors are recorded, not raised."""
+    import torch
+
+    from pipelines.gpu.runtime import CudaSession, GpuSettings
+    from pipelines.models.convert import ONNX_FILE
+
+    results: dict[str, Any] = {}
+    for name, options in VARIANTS.items():
+        started = time.monotonic()
+        try:
+            settings = GpuSettings(**options)
+            stream = torch.cuda.Stream()
+            session = CudaSession(folder / "unet" / ONNX_FILE, settings, stream)
+            sample, timestep, states = unet_inputs("cuda", torch.float16, 2, side // 8, states_size(session))
+            feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": states}
+            shapes = {"out_sample": tuple(sample.shape)}
+            session.capture(feeds, shapes)
+            ready = time.monotonic() - started
+            output = session(feeds, shapes)["out_sample"].float()
+            torch.cuda.synchronize()
+            times = timer.events(partial(session, feeds, shapes), 50, stream)
+            difference = (output - reference).abs()
+            results[name] = {
+                **summary(times),
+                "load_and_capture_s": ready,
+                "max_abs_diff_vs_pytorch": float(difference.max()),
+                "rel_l2_vs_pytorch": float(difference.norm() / reference.norm()),
+                "session": session,
+            }
+        except Exception as err:
+            logger.exception("variant %s failed", name)
+            results[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+    return results
+
+
+def states_size(session: Any) -> int:
+    size = session.inputs["encoder_hidden_states"].shape[-1]
+    return int(size) if isinstance(size, int) else 768
+
+
+def profile_unet(session: Any, side: int, out: Path) -> dict[str, Any]:
+    """Kernel time of one UNet call by kernel family (CUPTI sees ONNX Runtime's kernels too)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    sample, timestep, states = unet_inputs("cuda", torch.float16, 2, side // 8, states_size(session))
+    feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": states}
+    shapes = {"out_sample": tuple(sample.shape)}
+    calls = 5
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            session(feeds, shapes)
+        torch.cuda.synchronize()
+    kernels: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.key] = kernels.get(event.key, 0.0) + event.device_time_total / 1000 / calls
+    (out / "unet-kernels.txt").write_text(
+        "".join(
+            f"{ms:9.3f} ms  {name[:160]}\n" for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])
+        )
+    )
+    families: dict[str, float] = {}
+    for name, ms in kernels.items():
+        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
+    return {
+        "ms_per_call_by_family": dict(sorted(families.items(), key=lambda kv: -kv[1])),
+        "kernels": len(kernels),
+    }
+
+
+def kernel_family(name: str) -> str:
+    """A coarse family for a CUDA kernel name."""
+    lowered = name.lower()
+    for family, marks in (
+        ("attention", ("fmha", "flash", "attention", "mha", "softmax")),
+        ("convolution", ("conv", "implicit", "wgrad", "dgrad", "cudnn", "xmma_fprop", "sm90_xmma")),
+        ("matmul", ("gemm", "cutlass", "cublas", "sm90_")),
+        ("group norm", ("groupnorm", "group_norm")),
+        ("layer norm", ("layernorm", "layer_norm")),
+        ("transpose/copy", ("transpose", "copy", "memcpy", "permute")),
+    ):
+        if any(mark in lowered for mark in marks):
+            return family
+    return "elementwise/other"
+
+
+def bench_ours(
+    folder: Path, settings: Any, steps: int, side: int, timer: Timer, device: str
+) -> dict[str, Any]:
+    """The production path: ``txt2img_batch`` on the warmed GPU model, text to PNG bytes."""
+    from pipelines.diffusion import Generation, load_model
+    from pipelines.gpu.batch import CpuDenoiser, GpuDenoiser, Txt2ImgJob, txt2img_batch
+    from pipelines.gpu.runtime import Bucket, gpu_model
+    from pipelines.metadata import encode_image
+    from pipelines.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
+
+    providers = (CUDA_PROVIDER, CPU_PROVIDER) if device == "cuda" else (CPU_PROVIDER,)
+    sessions = SessionCache(2, SessionSettings(providers=providers))
+    model = load_model(folder.parent, folder.name, sessions)
+    result: dict[str, Any] = {}
+    started = time.monotonic()
+    denoiser: Any
+    if device == "cuda":
+        on_gpu = gpu_model(folder, settings)
+        on_gpu.warm_up([Bucket(side, side, jobs) for jobs in BATCH_JOBS])
+        denoiser = GpuDenoiser(model, on_gpu)
+    else:
+        denoiser = CpuDenoiser(model)
+    result["warm_up_s"] = time.monotonic() - started
+
+    def generation(seed: int) -> Generation:
+        return Generation(
+            model=folder.name, scheduler="ddim", prompt=PROMPT, negative_prompt=NEGATIVE, seed=seed,
+            steps=steps, cfg=7.5, eta=0.0, batch=1, width=side, height=side,
+        )  # fmt: skip
+
+    def run(jobs: int) -> Callable[[], list[bytes]]:
+        def work() -> list[bytes]:
+            outcomes = txt2img_batch(
+                model, [Txt2ImgJob(generation(seed)) for seed in range(jobs)], denoiser=denoiser
+            )
+            return [
+                encode_image(image, {"params": {}}, fmt="png", server_version="bench")
+                for outcome in outcomes
+                for image in outcome.images
+            ]
+
+        return work
+
+    result["text_encoder_warm_s"] = timed(run(1))
+    result["image"] = summary(timer.wall(run(1), 3))
+    png_started = time.perf_counter()
+    image = txt2img_batch(model, [Txt2ImgJob(generation(0))], denoiser=denoiser)[0].images[0]
+    encode_started = time.perf_counter()
+    encode_image(image, {"params": {}}, fmt="png", server_version="bench")
+    result["png_encode_ms"] = (time.perf_counter() - encode_started) * 1000
+    result["image_without_png_ms"] = (encode_started - png_started) * 1000
+    result["batching"] = {str(jobs): images_per_second(timer.wall(run(jobs), 2), jobs) for jobs in BATCH_JOBS}
+    alone = txt2img_batch(model, [Txt2ImgJob(generation(2))], denoiser=denoiser)[0].images[0]
+    together = txt2img_batch(model, [Txt2ImgJob(generation(seed)) for seed in range(4)], denoiser=denoiser)[
+        2
+    ].images[0]
+    result["same_seed_max_pixel_diff_alone_vs_batch_of_4"] = pixel_difference(alone, together)
+    return result
+
+
+def timed(work: Callable[[], Any]) -> float:
+    started = time.monotonic()
+    work()
+    return time.monotonic() - started
+
+
+def pixel_difference(first: Any, second: Any) -> int:
+    import numpy as np
+
+    return int(np.abs(np.asarray(first, dtype=np.int16) - np.asarray(second, dtype=np.int16)).max())
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the whole benchmark; returns the process exit status."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    side = 512 if args.architecture == "sd15" else 64
+    timer = Timer(args.device)
+    report: dict[str, Any] = {"architecture": args.architecture, "device": args.device, "steps": args.steps}
+    if args.device == "cuda":
+        report["gpu"] = torch.cuda.get_device_name()
+        report["torch"] = torch.__version__
+    src, folder = args.work / "src", args.work / "models" / f"{args.architecture}-gpu"
+    started = time.monotonic()
+    write_checkpoint(src, args.architecture)
+    report["build_checkpoint_s"] = time.monotonic() - started
+    optimize = "gpu" if args.device == "cuda" else "none"
+    started = time.monotonic()
+    conversion = start_conversion(src, folder, args.workers, optimize, args.out / "convert.log")
+    pytorch = bench_pytorch(src, args.device, args.steps, side, timer)
+    pipe, reference = pytorch.pop("pipe"), pytorch.pop("unet_output")
+    if conversion.wait() != 0:
+        raise RuntimeError(f"conversion failed: see {args.out / 'convert.log'}")
+    report["convert_s"] = time.monotonic() - started
+    report["convert_overlapped_pytorch"] = True
+    pytorch["unet_batch2_after_conversion"] = time_unet(pipe.unet, args.device, side, timer)
+    report["pytorch"] = pytorch
+    save_report(report, args.out)
+    del pipe
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+        report["gpu_markers"] = json.loads((folder / "gpu.json").read_text())
+        variants = bench_unet_variants(folder, reference, side, timer)
+        usable = {name: value for name, value in variants.items() if "session" in value}
+        best = min(usable, key=lambda name: usable[name]["median_ms"])
+        try:
+            report["profile"] = profile_unet(usable["static"]["session"], side, args.out)
+        except Exception as err:
+            logger.exception("profiling failed")
+            report["profile"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        for value in usable.values():
+            del value["session"]
+        report["unet_variants"] = variants
+        report["best_variant"] = best
+        save_report(report, args.out)
+        from pipelines.gpu.runtime import GpuSettings
+
+        settings = GpuSettings(**VARIANTS[best])
+    else:
+        settings = None
+    report["ours"] = bench_ours(folder, settings, args.steps, side, timer, args.device)
+    save_report(report, args.out)
+    print(format_table(report))
+    return 0
+
+
+def save_report(report: dict[str, Any], out: Path) -> None:
+    """Write what is measured so far: a run cut short still leaves its figures."""
+    (out / "gpu-bench.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The side-by-side table: ms, ratio to PyTorch, TFLOP/s and % of peak."""
+    pytorch, ours = report["pytorch"], report["ours"]
+    flops = pytorch["flops_unet_batch2"]
+    lines = [f"{'measure':44} {'PyTorch':>10} {'ours':>10} {'ratio':>7} {'TFLOP/s':>8} {'%peak':>6}"]
+    torch_unet = min(
+        pytorch["unet_batch2"]["median_ms"], pytorch["unet_batch2_after_conversion"]["median_ms"]
+    )
+    for name, value in report.get("unet_variants", {}).items():
+        if "median_ms" not in value:
+            lines.append(f"UNet b2 {name:36} {torch_unet:10.2f} {'failed':>10}")
+            continue
+        ms = value["median_ms"]
+        tflops = flops / ms / 1e9
+        lines.append(
+            f"UNet b2 {name:36} {torch_unet:10.2f} {ms:10.2f} {torch_unet / ms:7.2f} {tflops:8.1f} {tflops / PEAK_TFLOPS * 100:6.1f}"
+        )
+    image_torch, image_ours = pytorch["image"]["median_ms"], ours["image"]["median_ms"]
+    lines.append(
+        f"{'image, text to PNG (ms)':44} {image_torch:10.1f} {image_ours:10.1f} {image_torch / image_ours:7.2f}"
+    )
+    for jobs in BATCH_JOBS:
+        torch_rate = pytorch["batching"][str(jobs)]["images_per_s"]
+        our_rate = ours["batching"][str(jobs)]["images_per_s"]
+        lines.append(
+            f"{f'images/s, {jobs} jobs batched':44} {torch_rate:10.2f} {our_rate:10.2f} {our_rate / torch_rate:7.2f}"
+        )
+    one = ours["batching"]["1"]["images_per_s"]
+    lines.append(f"batching gain at 4 jobs (ours): {ours['batching']['4']['images_per_s'] / one:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.gpu.bench``."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.gpu.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_options(parser)
+    return run_bench(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

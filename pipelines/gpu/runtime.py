@@ -1,0 +1,373 @@
+"""ONNX models on CUDA: IO binding to torch tensors, CUDA graphs for warmed shapes, warm-up.
+
+A ``CudaSession`` runs one ONNX model on torch CUDA tensors without copies to the host. Each
+shape warmed with ``capture`` gets its own static-shape session (its free dimensions fixed, so
+every shape computation folds away and all nodes land on CUDA) whose run is recorded once as a
+CUDA graph and then replayed on fixed input and output buffers; any other shape runs on one
+dynamic session. ONNX Runtime launches on the model's own torch stream, so torch work (the
+scheduler step) and ONNX Runtime work are ordered by the stream alone, without host round-trips.
+
+Costs that would otherwise land on the first user job (loading, cuDNN's exhaustive convolution
+algorithm search, memory arena growth, graph capture) are paid by ``warm_up``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.models.convert import ONNX_FILE
+
+if TYPE_CHECKING:
+    from pipelines.diffusion import DiffusionModel
+
+logger = logging.getLogger(__name__)
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+#: Runs before a graph session is captured: ONNX Runtime runs once normally (allocating), captures on
+#: the second run and replays from the third.
+CAPTURE_RUNS = 3
+#: Diffusion models kept on the GPU at once by ``gpu_model``.
+MAX_GPU_MODELS = 2
+#: Latent channels the UNet predicts (SD 1.x, 2.x and XL).
+LATENT_CHANNELS = 4
+#: Pixels per latent cell.
+LATENT_FACTOR = 8
+#: Tokens in one CLIP window.
+TOKENS = 77
+#: ONNX tensor types to torch dtype names.
+ONNX_TO_TORCH = {
+    "tensor(float16)": "float16",
+    "tensor(float)": "float32",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+}
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    """How CUDA sessions are made: device, CUDA graphs, stream sharing and extra EP options."""
+
+    device_id: int = 0
+    #: Record warmed shapes as CUDA graphs (else they run on static-shape sessions without graphs).
+    cuda_graphs: bool = True
+    #: Static-shape sessions per model component; each holds its own copy of the weights.
+    max_graphs: int = 8
+    #: Run ONNX Runtime on the torch stream (no host synchronisation per call).
+    shared_stream: bool = True
+    #: Extra CUDA execution provider options (``sdpa_kernel``, ...), as strings.
+    provider_options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """An image size and batch that gets CUDA graphs at warm-up.
+
+    ``images`` counts every image of one UNet batch (several compatible jobs add up); with
+    classifier-free guidance the UNet batch is twice that.
+    """
+
+    width: int
+    height: int
+    images: int = 1
+    guidance: bool = True
+    #: Prompt tokens (77 per window).
+    sequence: int = TOKENS
+
+    @property
+    def unet_batch(self) -> int:
+        return self.images * (2 if self.guidance else 1)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(height, width) of the latents."""
+        return self.height // LATENT_FACTOR, self.width // LATENT_FACTOR
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device and the installed ONNX Runtime has the CUDA provider."""
+    import onnxruntime
+    import torch
+
+    return torch.cuda.is_available() and CUDA_PROVIDER in onnxruntime.get_available_providers()
+
+
+class CudaSession:
+    """One ONNX model on the CUDA provider, run on torch CUDA tensors through IO binding."""
+
+    def __init__(self, path: Path, settings: GpuSettings, stream: Any) -> None:
+        import onnxruntime
+        import torch
+
+        self.path = path
+        self.settings = settings
+        self.stream = stream
+        self.device = torch.device("cuda", settings.device_id)
+        self.run_options = onnxruntime.RunOptions()
+        if settings.shared_stream:
+            # Ordered by the shared stream: the host need not wait for each run.
+            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self._graphs: dict[tuple[tuple[str, tuple[int, ...]], ...], _StaticRun] = {}
+        self._lock = threading.Lock()
+        self._dynamic = self._create_session({}, graph=False)
+        self.inputs = {item.name: item for item in self._dynamic.get_inputs()}
+        self.outputs = {item.name: item for item in self._dynamic.get_outputs()}
+
+    def dtype(self, name: str) -> Any:
+        """The torch dtype of input or output ``name``."""
+        import torch
+
+        item = self.inputs.get(name) or self.outputs[name]
+        return getattr(torch, ONNX_TO_TORCH[item.type])
+
+    def __call__(
+        self, inputs: Mapping[str, Any], output_shapes: Mapping[str, tuple[int, ...]]
+    ) -> dict[str, Any]:
+        """Run on ``inputs`` (CUDA tensors, cast as the model needs) into outputs of the given shapes.
+
+        A warmed shape replays its CUDA graph and returns its fixed output buffers, which the
+        next call of that shape overwrites: consume or copy them first.
+        """
+        key = _shape_key(inputs)
+        static = self._graphs.get(key)
+        if static is not None:
+            return static.run(inputs)
+        return self._run_dynamic(inputs, output_shapes)
+
+    def capture(self, inputs: Mapping[str, Any], output_shapes: Mapping[str, tuple[int, ...]]) -> bool:
+        """Make a static-shape session (and CUDA graph) for the shapes of ``inputs``; False if full."""
+        key = _shape_key(inputs)
+        with self._lock:
+            if key in self._graphs:
+                return True
+            if len(self._graphs) >= self.settings.max_graphs:
+                logger.warning("%s: no room for another CUDA graph; %s stays dynamic", self.path, dict(key))
+                return False
+            try:
+                overrides = self._free_dimensions(inputs)
+                session = self._create_session(overrides, graph=self.settings.cuda_graphs)
+                static = _StaticRun(self, session, inputs, output_shapes)
+                for _ in range(CAPTURE_RUNS):
+                    static.run(inputs)
+                self.stream.synchronize()
+            except Exception:
+                # Any shape still runs on the dynamic session; a failed capture only costs speed.
+                logger.exception("%s: could not capture %s; it stays dynamic", self.path, dict(key))
+                return False
+            self._graphs[key] = static
+            return True
+
+    def _free_dimensions(self, inputs: Mapping[str, Any]) -> dict[str, int]:
+        """Values of the model's named input dimensions, read off the shapes of ``inputs``."""
+        values: dict[str, int] = {}
+        for name, tensor in inputs.items():
+            for dim, size in zip(self.inputs[name].shape, tensor.shape, strict=True):
+                if isinstance(dim, str) and values.setdefault(dim, int(size)) != int(size):
+                    raise ValueError(f"{self.path}: dimension {dim} is both {values[dim]} and {size}")
+        return values
+
+    def _create_session(self, overrides: Mapping[str, int], *, graph: bool) -> Any:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        for name, value in overrides.items():
+            options.add_free_dimension_override_by_name(name, value)
+        provider: dict[str, str] = {
+            "device_id": str(self.settings.device_id),
+            "cudnn_conv_algo_search": "EXHAUSTIVE",
+            "cudnn_conv_use_max_workspace": "1",
+            "arena_extend_strategy": "kSameAsRequested",
+            **self.settings.provider_options,
+        }
+        if graph:
+            provider["enable_cuda_graph"] = "1"
+        if self.settings.shared_stream:
+            provider["user_compute_stream"] = str(self.stream.cuda_stream)
+        return onnxruntime.InferenceSession(
+            str(self.path), sess_options=options, providers=[(CUDA_PROVIDER, provider)]
+        )
+
+    def _run_dynamic(
+        self, inputs: Mapping[str, Any], output_shapes: Mapping[str, tuple[int, ...]]
+    ) -> dict[str, Any]:
+        import torch
+
+        binding = self._dynamic.io_binding()
+        with torch.cuda.stream(self.stream):
+            held = {
+                name: tensor.to(self.device, self.dtype(name)).contiguous() for name, tensor in inputs.items()
+            }
+            outputs = {
+                name: torch.empty(shape, dtype=self.dtype(name), device=self.device)
+                for name, shape in output_shapes.items()
+            }
+        for name, tensor in held.items():
+            _bind(binding.bind_input, name, tensor)
+        for name, tensor in outputs.items():
+            _bind(binding.bind_output, name, tensor)
+        if not self.settings.shared_stream:
+            self.stream.synchronize()
+        self._dynamic.run_with_iobinding(binding, self.run_options)
+        return outputs
+
+
+class _StaticRun:
+    """A static-shape session bound once to fixed input and output buffers (a CUDA graph's needs)."""
+
+    def __init__(
+        self,
+        owner: CudaSession,
+        session: Any,
+        inputs: Mapping[str, Any],
+        output_shapes: Mapping[str, tuple[int, ...]],
+    ) -> None:
+        import torch
+
+        self.owner = owner
+        self.session = session
+        with torch.cuda.stream(owner.stream):
+            self.inputs = {
+                name: torch.empty(tuple(tensor.shape), dtype=owner.dtype(name), device=owner.device)
+                for name, tensor in inputs.items()
+            }
+            self.outputs = {
+                name: torch.empty(shape, dtype=owner.dtype(name), device=owner.device)
+                for name, shape in output_shapes.items()
+            }
+        self.binding = session.io_binding()
+        for name, tensor in self.inputs.items():
+            _bind(self.binding.bind_input, name, tensor)
+        for name, tensor in self.outputs.items():
+            _bind(self.binding.bind_output, name, tensor)
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        import torch
+
+        with torch.cuda.stream(self.owner.stream):
+            for name, tensor in inputs.items():
+                self.inputs[name].copy_(tensor, non_blocking=True)
+        if not self.owner.settings.shared_stream:
+            self.owner.stream.synchronize()
+        self.session.run_with_iobinding(self.binding, self.owner.run_options)
+        return self.outputs
+
+
+def _bind(method: Any, name: str, tensor: Any) -> None:
+    """Bind a torch CUDA tensor to an ONNX input or output by address."""
+    import numpy as np
+
+    numpy_type = {"float16": np.float16, "float32": np.float32, "int32": np.int32, "int64": np.int64}
+    dtype = numpy_type[str(tensor.dtype).removeprefix("torch.")]
+    method(name, "cuda", tensor.device.index or 0, dtype, tuple(tensor.shape), tensor.data_ptr())
+
+
+def _shape_key(inputs: Mapping[str, Any]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple(sorted((name, tuple(int(size) for size in tensor.shape)) for name, tensor in inputs.items()))
+
+
+class GpuDiffusionModel:
+    """The UNet and VAE decoder of one diffusion model folder on the GPU, on one torch stream."""
+
+    def __init__(self, folder: Path, settings: GpuSettings) -> None:
+        import torch
+
+        self.folder = folder
+        self.settings = settings
+        self.device = torch.device("cuda", settings.device_id)
+        self.stream = torch.cuda.Stream(self.device)
+        self.unet = CudaSession(folder / "unet" / ONNX_FILE, settings, self.stream)
+        self.vae_decoder = CudaSession(folder / "vae_decoder" / ONNX_FILE, settings, self.stream)
+        hidden = self.unet.inputs["encoder_hidden_states"].shape[-1]
+        self.hidden_size = int(hidden) if isinstance(hidden, int) else None
+
+    def predict_noise(self, sample: Any, timestep: Any, hidden: Any) -> Any:
+        """One UNet call on CUDA tensors: noise prediction in the UNet's output dtype."""
+        batch, _, height, width = sample.shape
+        outputs = self.unet(
+            {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden},
+            {"out_sample": (batch, LATENT_CHANNELS, height, width)},
+        )
+        return outputs["out_sample"]
+
+    def decode(self, latents: Any) -> Any:
+        """Decode one ``(1, 4, h, w)`` latent (already divided by the scaling factor) to [-1, 1] pixels."""
+        _, _, height, width = latents.shape
+        outputs = self.vae_decoder(
+            {"latent_sample": latents}, {"sample": (1, 3, height * LATENT_FACTOR, width * LATENT_FACTOR)}
+        )
+        return outputs["sample"]
+
+    def warm_up(self, buckets: Sequence[Bucket]) -> None:
+        """Capture the UNet and VAE decoder at each bucket's shapes, paying first-run costs now."""
+        import torch
+
+        with torch.cuda.stream(self.stream):
+            for bucket in buckets:
+                latent_h, latent_w = bucket.latent_size
+                batch = bucket.unet_batch
+                sample = torch.randn((batch, LATENT_CHANNELS, latent_h, latent_w), device=self.device)
+                timestep = torch.full((batch,), 500.0, device=self.device)
+                hidden = torch.randn((batch, bucket.sequence, self.hidden_size or 768), device=self.device)
+                self.unet.capture(
+                    {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden},
+                    {"out_sample": (batch, LATENT_CHANNELS, latent_h, latent_w)},
+                )
+                latent = torch.randn((1, LATENT_CHANNELS, latent_h, latent_w), device=self.device)
+                self.vae_decoder.capture(
+                    {"latent_sample": latent}, {"sample": (1, 3, bucket.height, bucket.width)}
+                )
+        self.stream.synchronize()
+        logger.info("warmed %s for %s", self.folder.name, [bucket.__dict__ for bucket in buckets])
+
+
+_models: OrderedDict[tuple[Path, str], GpuDiffusionModel] = OrderedDict()
+_models_lock = threading.Lock()
+
+
+def gpu_model(folder: Path, settings: GpuSettings) -> GpuDiffusionModel:
+    """The model ``folder`` on the GPU, loaded once per worker and kept (least recently used out)."""
+    key = (Path(folder).resolve(), repr(settings))
+    with _models_lock:
+        model = _models.get(key)
+        if model is None:
+            model = _models[key] = GpuDiffusionModel(key[0], settings)
+            while len(_models) > MAX_GPU_MODELS:
+                evicted, _ = _models.popitem(last=False)
+                logger.info("unloaded %s from the GPU", evicted[0].name)
+        _models.move_to_end(key)
+        return model
+
+
+def gpu_settings(sessions: Any) -> GpuSettings | None:
+    """GPU settings for a worker's session provider, or None when it does not run on CUDA here."""
+    settings = getattr(sessions, "settings", None)
+    providers = getattr(settings, "providers", ())
+    if CUDA_PROVIDER not in providers or not cuda_available():
+        return None
+    return GpuSettings(device_id=int(getattr(settings, "device_id", 0)))
+
+
+def warm_up(model: DiffusionModel, buckets: Sequence[Bucket]) -> GpuDiffusionModel:
+    """Load ``model`` on the GPU and capture ``buckets``: the worker calls this at start.
+
+    Also runs the text encoder once, so its session is created and its memory arena grown
+    before the first job.
+    """
+    from pipelines.diffusion import encode_text
+
+    settings = gpu_settings(model.sessions)
+    if settings is None:
+        raise RuntimeError("warm_up needs a CUDA session provider and a GPU")
+    on_gpu = gpu_model(model.folder, settings)
+    on_gpu.warm_up(buckets)
+    for sequence in sorted({bucket.sequence for bucket in buckets}):
+        encode_text(model, np.zeros((sequence // TOKENS, TOKENS), dtype=np.int64))
+    return on_gpu

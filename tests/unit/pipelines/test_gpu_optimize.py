@@ -1,0 +1,104 @@
+"""The GPU conversion recipe on the tiny demo UNet: which operators it fuses, and that fusing keeps
+the numbers (checked on the CPU with the fusions that have CPU kernels)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from pipelines.gpu.optimize import CUDA_ONLY_FUSIONS, classic_attention, fusion_options, optimize_component
+from pipelines.models.convert import ONNX_FILE, export_unet
+from pipelines.models.demo import demo_unet
+
+
+@pytest.fixture(scope="module")
+def exported_unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo UNet exported in fp32 with classic attention, as ``convert --optimize gpu`` does."""
+    path = tmp_path_factory.mktemp("fusion") / "unet" / ONNX_FILE
+    export_unet(classic_attention(demo_unet().eval()), path, 17)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpu_fused(exported_unet: Path) -> tuple[Path, dict[str, int]]:
+    """The GPU recipe applied to the demo UNet: its path and the fused-operator counts."""
+    path = exported_unet.parent.parent / "fp16" / ONNX_FILE
+    return path, optimize_component(exported_unet, path, "unet", fp16=True)
+
+
+def op_counts(path: Path) -> Counter[str]:
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def unet_feeds(dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "sample": rng.standard_normal((2, 4, 8, 8)).astype(dtype),
+        "timestep": np.array([981.0, 500.5], dtype=np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(dtype),
+    }
+
+
+def run_cpu(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, feeds)[0], dtype=np.float32)
+
+
+def test_the_gpu_recipe_fuses_attention_norms_and_convolutions(
+    gpu_fused: tuple[Path, dict[str, int]],
+) -> None:
+    """Every attention becomes one MultiHeadAttention (self and cross: 2 per transformer block, 4 blocks)."""
+    fused, counts = gpu_fused
+    assert counts["MultiHeadAttention"] == 8
+    assert counts["SkipLayerNormalization"] == 8
+    assert counts["BiasSplitGelu"] == 4
+    assert counts["GroupNorm"] + counts["SkipGroupNorm"] == 21
+    assert counts["NhwcConv"] == 33
+    ops = op_counts(fused)
+    assert ops["Softmax"] == 0 and ops["InstanceNormalization"] == 0
+    assert ops == Counter({**ops, **counts}), "the reported counts are the graph's"
+
+
+def test_the_fp16_graph_keeps_timesteps_and_their_embedding_in_fp32(
+    gpu_fused: tuple[Path, dict[str, int]],
+) -> None:
+    model = onnx.load(str(gpu_fused[0]))
+    types = {item.name: item.type.tensor_type.elem_type for item in model.graph.input}
+    assert types == {
+        "sample": onnx.TensorProto.FLOAT16,
+        "timestep": onnx.TensorProto.FLOAT,
+        "encoder_hidden_states": onnx.TensorProto.FLOAT16,
+    }
+    sines = [node for node in model.graph.node if node.op_type in ("Sin", "Cos")]
+    assert len(sines) == 2 and all(node.name.startswith("/model/time_proj/") for node in sines)
+
+
+def test_fusion_keeps_the_unets_numbers(exported_unet: Path, tmp_path: Path) -> None:
+    """fp32 fused (CPU kernels only: attention and layer norms) against the plain export: 1e-4 relative.
+
+    Without packed QKV/KV (fp16 only) the fusion takes the 4 self-attentions; cross-attention stays
+    as MatMul/Softmax, which the plain export checks anyway.
+    """
+    fused = tmp_path / ONNX_FILE
+    counts = optimize_component(exported_unet, fused, "unet", fp16=False, cuda=False)
+    assert counts["MultiHeadAttention"] == 4 and counts["SkipLayerNormalization"] == 8
+    reference = run_cpu(exported_unet, unet_feeds())
+    result = run_cpu(fused, unet_feeds())
+    assert np.linalg.norm(result - reference) / np.linalg.norm(reference) < 1e-4
+
+
+def test_cpu_options_leave_out_exactly_the_cuda_only_fusions() -> None:
+    gpu, cpu = fusion_options("unet", fp16=True, cuda=True), fusion_options("unet", fp16=True, cuda=False)
+    assert all(getattr(gpu, name) for name in CUDA_ONLY_FUSIONS)
+    assert not any(getattr(cpu, name) for name in CUDA_ONLY_FUSIONS)
+    assert (
+        cpu.enable_attention
+        and gpu.enable_packed_qkv
+        and not fusion_options("unet", fp16=False, cuda=True).enable_packed_qkv
+    )
