@@ -26,15 +26,19 @@ from typing import Any
 import falcon.testing
 import pytest
 import sqlalchemy
+from sqlalchemy.exc import OperationalError
 
 from pipelines.models.demo import build_demo_models
 from pipelines.models.registry import ModelRegistry
+from pipelines.sessions import CPU_PROVIDER, SessionCache, SessionSettings
 from service.app import create_app
 from service.config import Config
+from service.jobs.notify import Notifier
 from service.jobs.states import JobState
 from service.jobs.store import JobStore, NewJob
 from service.stack import S3Credentials
 from service.storage import S3ObjectStore, output_prefix, parse_endpoint
+from service.worker import Worker
 from tests.fixtures.postgres import shift_time
 from tests.integration.workers import (
     FAST,
@@ -493,3 +497,51 @@ def test_a_permanent_error_fails_the_job_at_once_without_retrying(
     assert row["attempt"] == 1 and row["max_attempts"] == 3
     assert error_reasons(row) == ["error"] and "FileNotFoundError" in row["errors"][0]["message"]
     assert worker.log_entries(action="fail", retryable=False)
+
+
+# -- a commit whose reply is lost ----------------------------------------------------------------
+
+
+class CommitReplyLost(JobStore):
+    """A ``JobStore`` whose first ``finish_success`` commits, then fails as a dropped connection does.
+
+    psycopg raises ``OperationalError`` when the connection breaks after COMMIT was sent: the
+    transaction may well have been applied. The worker's ``DB_RETRY`` then runs the commit again.
+    """
+
+    reply_lost = False
+
+    def finish_success(self, *args: Any, **kwargs: Any) -> bool:
+        committed = super().finish_success(*args, **kwargs)
+        if not self.reply_lost:
+            self.reply_lost = True
+            raise OperationalError(
+                "COMMIT", {}, ConnectionResetError("server closed the connection unexpectedly")
+            )
+        return committed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="service/worker.py Worker._commit: a retried finish_success finds the row already success, "
+    "takes it for a lost lease and _discard deletes the outputs the row now records",
+)
+def test_a_commit_retried_after_its_reply_was_lost_keeps_the_recorded_outputs(
+    database_url: str, engine: sqlalchemy.Engine, object_store: S3ObjectStore, bucket: Bucket, models: Path
+) -> None:
+    # In process: the only way to lose exactly the reply of one commit without a Postgres proxy.
+    config = Config(database_url=database_url, models_path=models, s3_bucket=object_store.bucket,
+                    worker_id="in-process", lease_s=FAST.lease_s, heartbeat_s=FAST.heartbeat_s,
+                    rescue_interval_s=FAST.rescue_interval_s, poll_interval_s=FAST.poll_interval_s)  # fmt: skip
+    jobs = CommitReplyLost(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s)
+    job = make_job(models, steps=2)
+    jobs.enqueue(job)
+    with Notifier(database_url) as notifier:
+        worker = Worker(config, jobs=jobs, store=object_store, notifier=notifier,
+                        sessions=SessionCache(1, SessionSettings(providers=(CPU_PROVIDER,))))  # fmt: skip
+        worker.run(max_jobs=1)
+
+    row = job_row(engine, job.name)
+    assert jobs.reply_lost and row["state"] == JobState.SUCCESS and row["attempt"] == 1
+    missing = [key for key in row["output_keys"].values() if key not in bucket.keys(f"outputs/{job.name}/")]
+    assert missing == [], "the row records outputs that the worker deleted"

@@ -73,7 +73,9 @@ class Timings:
 FAST = Timings()
 
 
-def wait_until(condition: Callable[[], T], *, timeout_s: float, what: str, interval_s: float = 0.05) -> T:
+def wait_until(
+    condition: Callable[[], T | None], *, timeout_s: float, what: str, interval_s: float = 0.05
+) -> T:
     """Poll ``condition`` until it returns something truthy and return that; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -316,9 +318,7 @@ class SeveringProxy(FaultyProxy):
                 self._open.discard(client)
 
 
-def decoded_outputs(
-    bucket: Bucket, output_keys: Mapping[str, str]
-) -> Iterator[tuple[str, Image.Image | Any]]:
+def decoded_outputs(bucket: Bucket, output_keys: Mapping[str, str]) -> Iterator[tuple[str, Any]]:
     """Each recorded file read back from the bucket and decoded: images as PIL images, sidecars as JSON."""
     for name, key in sorted(output_keys.items()):
         data = bucket.read(key)
