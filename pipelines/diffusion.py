@@ -23,6 +23,7 @@ from pipelines.models.convert import ONNX_FILE, read_model_hash
 from pipelines.prompt import ParsedPrompt, pad_windows, parse_prompt, token_windows
 from pipelines.schedulers import load_scheduler_config, make_scheduler, step_arguments
 from pipelines.stages.base import SessionProvider, StageContext, StageImage
+from pipelines.vae_tiling import VaeTiling, decode_tiled, encode_tiled
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class Generation:
     batch: int
     width: int
     height: int
+    #: Run the VAE in overlapping tiles (``tiled_vae``); ``None`` runs it on the whole image.
+    vae_tiling: VaeTiling | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> Generation:
@@ -100,6 +103,7 @@ class Generation:
             "batch": int(params.get("batch", 1)),
             "width": int(params.get("width", 512)),
             "height": int(params.get("height", 512)),
+            "vae_tiling": VaeTiling.from_params(params),
             **overrides,
         }
         generation = cls(**values)
@@ -145,6 +149,11 @@ class DiffusionModel:
         return vae_scaling_factor(self.folder)
 
     @property
+    def vae_factor(self) -> int:
+        """Pixels per latent cell of this model's VAE: 8 for SD, 4 for the x4 upscaler."""
+        return vae_factor(self.folder)
+
+    @property
     def hash(self) -> str:
         return read_model_hash(self.folder)
 
@@ -178,13 +187,24 @@ def load_tokenizer(folder: Path) -> Any:
 
 
 @lru_cache(maxsize=16)
-def vae_scaling_factor(folder: Path) -> float:
-    """The VAE's latent scaling factor from ``vae_decoder/config.json``, else SD 1.x's."""
+def vae_config(folder: Path) -> dict[str, Any]:
+    """The VAE's diffusers config (``vae_decoder/config.json``), or ``{}`` for folders without one."""
     try:
-        config = json.loads((folder / "vae_decoder" / "config.json").read_text())
+        config: dict[str, Any] = json.loads((folder / "vae_decoder" / "config.json").read_text())
     except (OSError, ValueError):
-        return DEFAULT_SCALING_FACTOR
-    return float(config.get("scaling_factor", DEFAULT_SCALING_FACTOR))
+        return {}
+    return config
+
+
+def vae_scaling_factor(folder: Path) -> float:
+    """The VAE's latent scaling factor from its config, else SD 1.x's."""
+    return float(vae_config(folder).get("scaling_factor", DEFAULT_SCALING_FACTOR))
+
+
+def vae_factor(folder: Path) -> int:
+    """Pixels per latent cell: the VAE up-samples once between each pair of its blocks."""
+    blocks = vae_config(folder).get("block_out_channels")
+    return 2 ** (len(blocks) - 1) if blocks else LATENT_FACTOR
 
 
 def input_type(session: Any, name: str, default: Any) -> Any:
@@ -266,11 +286,14 @@ def denoise(
     check_cancelled: CancelCheck,
     conditioning: np.ndarray | None = None,
     after_step: Callable[[int, Any], Any] | None = None,
+    extra_inputs: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Run the UNet loop over ``timesteps`` from ``latents`` (already scaled for the scheduler).
 
     ``conditioning`` (an inpainting UNet's mask and masked-image latents, already doubled for
     guidance) is appended to the UNet input channels after the scheduler scales the latents.
+    ``extra_inputs`` are further UNet inputs given unchanged at every step (the x4 upscaler's
+    ``class_labels``).
     ``after_step(index, latents)`` may replace the latents after each scheduler step (a
     4-channel UNet's inpainting puts the kept region back). ``on_step(1)`` is called per
     scheduler step and ``check_cancelled()`` after every UNet call.
@@ -299,6 +322,7 @@ def denoise(
                 "sample": model_input.astype(np.float32),
                 "timestep": timestep,
                 "encoder_hidden_states": embeddings,
+                **(extra_inputs or {}),
             },
         )[0]
         if generation.guidance:
@@ -314,13 +338,21 @@ def denoise(
     return result
 
 
-def decode_latents(model: DiffusionModel, latents: np.ndarray) -> list[Image.Image]:
-    """Decode latents to RGB images, one at a time to bound memory on large images."""
+def decode_latents(
+    model: DiffusionModel, latents: np.ndarray, tiling: VaeTiling | None = None
+) -> list[Image.Image]:
+    """Decode latents to RGB images, one at a time (and tile by tile with ``tiling``) to bound memory."""
     session = model.session("vae_decoder")
     scaled = (latents / model.scaling_factor).astype(input_type(session, "latent_sample", np.float32))
+
+    def run(sample: np.ndarray) -> np.ndarray:
+        decoded: np.ndarray = session.run(None, {"latent_sample": sample})[0]
+        return decoded
+
     images = []
     for index in range(len(scaled)):
-        pixels = session.run(None, {"latent_sample": scaled[index : index + 1]})[0][0]
+        one = scaled[index : index + 1]
+        pixels = (run(one) if tiling is None else decode_tiled(run, one, tiling, model.vae_factor))[0]
         pixels = np.clip(pixels / 2 + 0.5, 0, 1).transpose(1, 2, 0)
         images.append(Image.fromarray((pixels * 255).round().astype(np.uint8)))
     return images
@@ -330,14 +362,14 @@ def decode_latents(model: DiffusionModel, latents: np.ndarray) -> list[Image.Ima
 UNET_GRID = 64
 
 
-def grid_size(width: int, height: int) -> tuple[int, int]:
-    """``width`` x ``height`` rounded up to whole UNet cells."""
-    return (-(-width // UNET_GRID) * UNET_GRID, -(-height // UNET_GRID) * UNET_GRID)
+def grid_size(width: int, height: int, grid: int = UNET_GRID) -> tuple[int, int]:
+    """``width`` x ``height`` rounded up to whole cells of ``grid`` pixels (by default the UNet's)."""
+    return (-(-width // grid) * grid, -(-height // grid) * grid)
 
 
-def pad_to_grid(image: Image.Image, fill: str | None = None) -> Image.Image:
-    """``image`` grown right and bottom to whole UNet cells: edge pixels repeated, or ``fill``."""
-    size = grid_size(*image.size)
+def pad_to_grid(image: Image.Image, fill: str | None = None, grid: int = UNET_GRID) -> Image.Image:
+    """``image`` grown right and bottom to whole cells of ``grid``: edge pixels repeated, or ``fill``."""
+    size = grid_size(*image.size, grid)
     if size == image.size:
         return image
     if fill is not None:
@@ -372,10 +404,16 @@ def unet_channels(model: DiffusionModel) -> int:
     return int(shape[1])
 
 
-def encode_image(model: DiffusionModel, pixels: np.ndarray) -> np.ndarray:
-    """Scaled VAE latents of ``(1, 3, H, W)`` pixels in [-1, 1]."""
+def encode_image(model: DiffusionModel, pixels: np.ndarray, tiling: VaeTiling | None = None) -> np.ndarray:
+    """Scaled VAE latents of ``(1, 3, H, W)`` pixels in [-1, 1], tile by tile with ``tiling``."""
     session = model.session("vae_encoder")
-    latents = session.run(None, {"sample": pixels.astype(np.float32)})[0]
+
+    def run(sample: np.ndarray) -> np.ndarray:
+        encoded: np.ndarray = session.run(None, {"sample": sample})[0]
+        return encoded
+
+    sample = pixels.astype(np.float32)
+    latents = run(sample) if tiling is None else encode_tiled(run, sample, tiling, model.vae_factor)
     scaled: np.ndarray = latents * np.float32(model.scaling_factor)
     return scaled
 

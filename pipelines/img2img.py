@@ -65,7 +65,9 @@ def img2img(
     require_add_noise(scheduler, generation.scheduler)
     scheduler.set_timesteps(generation.steps)
     timesteps, steps = strength_timesteps(scheduler, generation.steps, strength)
-    image_latents = np.repeat(encode_image(model, image_to_array(source)), generation.batch, axis=0)
+    image_latents = np.repeat(
+        encode_image(model, image_to_array(source), generation.vae_tiling), generation.batch, axis=0
+    )
     noise = initial_latents(generation.seed, generation.batch, source.width, source.height)
     latents = scheduler.add_noise(
         torch.from_numpy(image_latents), torch.from_numpy(noise), timesteps[:1].repeat(generation.batch)
@@ -81,4 +83,4 @@ def img2img(
         on_step=on_step,
         check_cancelled=check_cancelled,
     )
-    return decode_latents(model, latents)
+    return decode_latents(model, latents, generation.vae_tiling)

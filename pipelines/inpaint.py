@@ -72,13 +72,17 @@ def inpaint(
     conditioning = None
     after_step: Callable[[int, Any], Any] | None = None
     if unet_channels(model) == INPAINT_CHANNELS:
-        masked_latents = np.repeat(encode_image(model, pixels * (binary < 0.5)), generation.batch, axis=0)
+        masked_latents = np.repeat(
+            encode_image(model, pixels * (binary < 0.5), generation.vae_tiling), generation.batch, axis=0
+        )
         conditioning = np.concatenate([latent_mask, masked_latents], axis=1)
         if generation.guidance:
             conditioning = np.concatenate([conditioning, conditioning])
     else:
         require_add_noise(scheduler, generation.scheduler)
-        image_latents = torch.from_numpy(np.repeat(encode_image(model, pixels), generation.batch, axis=0))
+        image_latents = torch.from_numpy(
+            np.repeat(encode_image(model, pixels, generation.vae_tiling), generation.batch, axis=0)
+        )
         keep = torch.from_numpy(latent_mask)
         start_noise = torch.from_numpy(noise)
 
@@ -103,4 +107,4 @@ def inpaint(
         conditioning=conditioning,
         after_step=after_step,
     )
-    return decode_latents(model, latents)
+    return decode_latents(model, latents, generation.vae_tiling)

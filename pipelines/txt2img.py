@@ -56,4 +56,4 @@ def txt2img(
         on_step=on_step,
         check_cancelled=check_cancelled,
     )
-    return decode_latents(model, latents)
+    return decode_latents(model, latents, generation.vae_tiling)
