@@ -4,7 +4,8 @@
     onnx-web api       the api under gunicorn (production; needs DATABASE_URL and S3_*)
     onnx-web worker    a worker process for one device
     onnx-web migrate   apply database migrations
-    onnx-web convert   build demo models or convert checkpoints to ONNX
+    onnx-web convert   build demo models or convert checkpoints to ONNX (--optimize gpu: fused fp16)
+    onnx-web bench gpu our CUDA path against diffusers' PyTorch pipelines (needs a GPU)
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def _worker(args: argparse.Namespace) -> int:
         notifier=Notifier(config.database_url),
     )
     worker.install_signal_handlers()
+    worker.warm_up()
     worker.run(max_jobs=args.max_jobs)
     return 0
 
@@ -101,6 +103,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``onnx-web`` argument parser with every subcommand."""
+    from pipelines.gpu.bench import add_bench_arguments
     from pipelines.models.convert import add_convert_arguments, run_convert
 
     parser = argparse.ArgumentParser(prog="onnx-web", description=__doc__,
@@ -131,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_convert_arguments(commands)
     commands.choices["convert"].set_defaults(func=run_convert)
+    add_bench_arguments(commands)
     return parser
 
 

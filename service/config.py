@@ -8,6 +8,7 @@ Tests build ``Config`` directly (``Config(database_url=..., ...)``); processes c
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from collections.abc import Callable, Mapping
@@ -99,6 +100,10 @@ class Config:
     #: The platform this worker serves: ``cpu`` or ``cuda`` (jobs asking for another are left alone).
     worker_platform: str = "cpu"
     cache_models: int = DEFAULT_CACHE_MODELS
+    #: Models a CUDA worker loads and captures CUDA graphs for before it claims its first job.
+    warm_models: tuple[str, ...] = ()
+    #: Image sizes (``WIDTHxHEIGHT``) captured for each warm model.
+    warm_sizes: tuple[str, ...] = ("512x512",)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
@@ -126,6 +131,8 @@ class Config:
             problems.append("the S3 bucket name needs at least 3 characters")
         if self.image_format not in ("png", "jpeg", "jpg", "webp"):
             problems.append(f"image format must be png, jpeg or webp, got {self.image_format!r}")
+        if any(not re.fullmatch(r"\d{2,5}x\d{2,5}", size) for size in self.warm_sizes):
+            problems.append(f"warm sizes must look like 512x512, got {', '.join(self.warm_sizes)}")
         if self.log_format not in ("json", "text"):
             problems.append("log format must be json or text")
         if problems:
@@ -197,6 +204,8 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "worker_id": ("ONNX_WEB_WORKER_ID", str),
     "worker_platform": ("ONNX_WEB_WORKER_PLATFORM", str),
     "cache_models": ("ONNX_WEB_CACHE_MODELS", int),
+    "warm_models": ("ONNX_WEB_WARM_MODELS", parse_list),
+    "warm_sizes": ("ONNX_WEB_WARM_SIZES", parse_list),
     "max_attempts": ("ONNX_WEB_WORKER_RETRIES", _positive(int)),
     "lease_s": ("ONNX_WEB_LEASE_S", _positive(float)),
     "heartbeat_s": ("ONNX_WEB_HEARTBEAT_S", _positive(float)),

@@ -182,6 +182,24 @@ class Worker:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
+    def warm_up(self) -> None:
+        """On a CUDA worker, load the configured models and capture their CUDA graphs now.
+
+        cuDNN's algorithm search, arena growth and graph capture cost seconds; paying them here,
+        before the first claim, keeps them off every user's first job.
+        """
+        if self.config.worker_platform != "cuda" or not self.config.warm_models:
+            return
+        from pipelines.diffusion import load_model
+        from pipelines.gpu.runtime import Bucket, warm_up
+
+        buckets = [Bucket(*map(int, size.split("x"))) for size in self.config.warm_sizes]
+        for name in self.config.warm_models:
+            started = time.monotonic()
+            warm_up(load_model(self.config.models_path, name, self.sessions), buckets)
+            log.info("model warmed up", extra={"action": "warm_up", "model": name, "ms": _ms(started),
+                                                "sizes": list(self.config.warm_sizes)})  # fmt: skip
+
     def stop(self) -> None:
         """Stop claiming new jobs; the current one runs on."""
         self.stopping.set()
