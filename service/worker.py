@@ -193,7 +193,8 @@ class Worker:
         from pipelines.diffusion import load_model
         from pipelines.gpu.runtime import Bucket, warm_up
 
-        buckets = [Bucket(*map(int, size.split("x"))) for size in self.config.warm_sizes]
+        sizes = [tuple(int(side) for side in size.split("x")) for size in self.config.warm_sizes]
+        buckets = [Bucket(width=width, height=height) for width, height in sizes]
         for name in self.config.warm_models:
             started = time.monotonic()
             warm_up(load_model(self.config.models_path, name, self.sessions), buckets)
