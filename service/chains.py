@@ -208,7 +208,10 @@ def build_inpaint(request: ParsedRequest, source_size: tuple[int, int], *, image
         stage("expand", "edit-expand", expand),
         stage("inpaint", "upscale-outpaint",
               {**image, "prompt_index": 0, "fill_color": paint.fill_color, "tile_order": paint.tile_order,
-               "overlap": request.image.vae_overlap}, tiles=request.image.unet_tile),
+               "overlap": request.image.vae_overlap,
+               # Full-res inpainting only without a border: outpainting repaints the edges.
+               "fullres": paint.fullres_inpaint and not any(request.border.to_dict().values()),
+               "fullres_padding": paint.fullres_inpaint_padding}, tiles=request.image.unet_tile),
         *_refine(request),
     ]  # fmt: skip
     border = request.border

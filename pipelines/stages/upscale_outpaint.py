@@ -1,7 +1,8 @@
 """``upscale-outpaint`` (also ``blend-inpaint``): inpaint every input image with the stage's mask.
 
-Params: the image params of ``source-txt2img`` (``width``/``height`` come from each image) and
-``fill_color``, which only the tiling executor uses to pad edge tiles. The mask is the stage's
+Params: the image params of ``source-txt2img`` (``width``/``height`` come from each image),
+``fill_color`` (which only the tiling executor uses to pad edge tiles), and ``fullres`` with
+``fullres_padding``: inpaint a small masked area alone, at one full UNet tile (``unet_tile``). The mask is the stage's
 ``mask:<name>`` upload: white is repainted, black kept. An image whose mask is all black is
 passed on untouched, as onnx-web skips such tiles.
 """
@@ -9,6 +10,7 @@ passed on untouched, as onnx-web skips such tiles.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,27 +39,19 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     results = []
     for item in stage_sources(ctx, params, images):
         source = fit_to_latent_grid(item.image)
-        if not mask_to_array(mask, source.size).any():
+        fitted = mask.convert("L").resize(source.size, Image.Resampling.BILINEAR)
+        if not mask_to_array(fitted, source.size).any():
             results.append(item)
             continue
-        # Sizes off the UNet's grid run padded (the padding masked black: kept), then cropped back.
-        padded = pad_to_grid(source)
-        padded_mask = pad_to_grid(
-            mask.convert("L").resize(source.size, Image.Resampling.BILINEAR), fill="black"
-        )
-        generation = Generation.from_params(params, prompt=prompt, width=padded.width, height=padded.height)
+        generation = Generation.from_params(params, prompt=prompt, width=source.width, height=source.height)
         model = load_model(ctx.models_path, generation.model, ctx.sessions)
-        generated = [
-            image.crop((0, 0, *source.size))
-            for image in inpaint(
-                model,
-                generation,
-                padded,
-                padded_mask,
-                on_step=ctx.on_step,
-                check_cancelled=ctx.check_cancelled,
+        region = fullres_region(fitted, params) if params.get("fullres") else None
+        if region is None:
+            generated = _inpaint(ctx, model, generation, source, fitted)
+        else:
+            generated = _inpaint_region(
+                ctx, model, generation, source, fitted, region, int(params["unet_tile"])
             )
-        ]
         metadata = generation_metadata(
             recorded,
             generation,
@@ -68,14 +62,61 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
             ),
             size=source.size,
         )
-        # The VAE round trip shifts every pixel a little; users expect what the mask keeps (black)
-        # to stay exactly as it was, so the original is composited back through the mask.
-        keep = mask.convert("L").resize(source.size, Image.Resampling.BILINEAR)
-        results += [
-            StageImage(Image.composite(image.convert("RGB"), source.convert("RGB"), keep),
-                       {**item.metadata, **copy.deepcopy(metadata)})
-            for image in generated
-        ]  # fmt: skip
+        results += [StageImage(image, {**item.metadata, **copy.deepcopy(metadata)}) for image in generated]
+    return results
+
+
+def _inpaint(
+    ctx: StageContext, model: Any, generation: Generation, source: Image.Image, mask: Image.Image
+) -> list[Image.Image]:
+    """Inpaint ``source`` whole; what the mask keeps (black) comes back exactly as it was."""
+    # Sizes off the UNet's grid run padded (the padding masked black: kept), then cropped back.
+    padded = pad_to_grid(source)
+    padded_mask = pad_to_grid(mask, fill="black")
+    run_at = dataclasses.replace(generation, width=padded.width, height=padded.height)
+    generated = inpaint(
+        model, run_at, padded, padded_mask, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
+    )
+    # The VAE round trip shifts every pixel a little; users expect what the mask keeps to stay
+    # exactly as it was, so the original is composited back through the mask.
+    return [Image.composite(image.crop((0, 0, *source.size)).convert("RGB"), source.convert("RGB"), mask)
+            for image in generated]  # fmt: skip
+
+
+def fullres_region(mask: Image.Image, params: Mapping[str, Any]) -> tuple[int, int, int, int] | None:
+    """The square around the mask, grown by ``fullres_padding``, if it fits one UNet tile.
+
+    Contract §8.3 step 2: a small masked area is inpainted at the model's full resolution
+    instead of at its share of a large image; a mask too large for one tile is inpainted whole.
+    """
+    box = mask.getbbox()
+    if box is None:
+        return None
+    padding = float(params.get("fullres_padding", 1.2))
+    side = int(max(box[2] - box[0], box[3] - box[1]) * padding)
+    side = min(side, mask.width, mask.height)
+    if side > int(params.get("unet_tile", 512)) or side >= max(mask.size):
+        return None
+    centre_x, centre_y = (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
+    left = min(max(centre_x - side // 2, 0), mask.width - side)
+    top = min(max(centre_y - side // 2, 0), mask.height - side)
+    return (left, top, left + side, top + side)
+
+
+def _inpaint_region(
+    ctx: StageContext, model: Any, generation: Generation, source: Image.Image, mask: Image.Image,
+    region: tuple[int, int, int, int], tile: int,
+) -> list[Image.Image]:  # fmt: skip
+    """Inpaint only ``region``, enlarged to one full tile, and paste it back into ``source``."""
+    size = (region[2] - region[0], region[3] - region[1])
+    crop = source.crop(region).resize((tile, tile), Image.Resampling.LANCZOS)
+    crop_mask = mask.crop(region).resize((tile, tile), Image.Resampling.BILINEAR)
+    results = []
+    for painted in _inpaint(ctx, model, generation, crop, crop_mask):
+        canvas = source.convert("RGB").copy()
+        small = painted.resize(size, Image.Resampling.LANCZOS)
+        canvas.paste(Image.composite(small, canvas.crop(region), mask.crop(region)), region[:2])
+        results.append(canvas)
     return results
 
 
