@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from pipelines.diffusion import Generation, generation_metadata, grid_size, load_model
+from PIL import Image
+
+from pipelines.diffusion import DiffusionModel, Generation, generation_metadata, grid_size, load_model
 from pipelines.prompt import prompt_stage
 from pipelines.stages.base import StageContext, StageImage
 from pipelines.txt2img import txt2img
@@ -20,29 +23,41 @@ from pipelines.txt2img import txt2img
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Generate the images at the requested size and return ``images`` followed by them."""
+    requested, generation = generations(params)
+    model = load_model(ctx.models_path, generation.model, ctx.sessions)
+    generated = txt2img(model, generation, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled)
+    return [*images, *stage_images(params, requested, model, ctx.models_path, generated)]
+
+
+def generations(params: Mapping[str, Any]) -> tuple[Generation, Generation]:
+    """What the params ask for, and what the stage generates: the size in whole UNet cells.
+
+    Sizes in whole 64-px cells (every size onnx-web's GUI offers by default) run exactly as
+    onnx-web; others generate on the next whole cell and are cropped, since exported UNets
+    only take whole cells.
+    """
     prompt = prompt_stage(str(params.get("prompt") or ""), int(params.get("prompt_index", 0)))
     requested = Generation.from_params(params, prompt=prompt)
-    # Sizes in whole 64-px cells (every size onnx-web's GUI offers by default) run exactly as
-    # onnx-web; others generate on the next whole cell and are cropped, since exported UNets
-    # only take whole cells.
     width, height = grid_size(requested.width, requested.height)
-    generation = Generation.from_params(params, prompt=prompt, width=width, height=height)
-    model = load_model(ctx.models_path, generation.model, ctx.sessions)
-    results = [
-        image.crop((0, 0, requested.width, requested.height))
-        for image in txt2img(model, generation, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled)
-    ]
-    generation = requested
-    size = {"width": generation.width, "height": generation.height}
+    return requested, Generation.from_params(params, prompt=prompt, width=width, height=height)
+
+
+def stage_images(
+    params: Mapping[str, Any],
+    requested: Generation,
+    model: DiffusionModel,
+    models_path: Path,
+    generated: list[Image.Image],
+) -> list[StageImage]:
+    """The generated images cropped to the requested size, each with its own copy of the metadata."""
+    size = {"width": requested.width, "height": requested.height}
     metadata = generation_metadata(
-        params,
-        generation,
-        model,
-        ctx.models_path,
-        input_size=size,
-        size=(generation.width, generation.height),
+        params, requested, model, models_path, input_size=size, size=(requested.width, requested.height)
     )
-    return [*images, *(StageImage(image, copy.deepcopy(metadata)) for image in results)]
+    return [
+        StageImage(image.crop((0, 0, requested.width, requested.height)), copy.deepcopy(metadata))
+        for image in generated
+    ]
 
 
 def estimate(params: Mapping[str, Any]) -> int:
