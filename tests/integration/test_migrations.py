@@ -58,6 +58,8 @@ EXPECTED_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "started_at": ("timestamp with time zone", True, None),
     "finished_at": ("timestamp with time zone", True, None),
     "updated_at": ("timestamp with time zone", False, "now()"),
+    # Generated (migration 0003): information_schema reports no default for it.
+    "batch_key": ("text", True, None),
 }
 #: The workers table of migration 0002 (live workers: platforms, loaded models, restart requests).
 EXPECTED_WORKER_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
@@ -98,6 +100,10 @@ EXPECTED_INDEXES = {
         "WHERE (state = 'running'::job_state)"
     ),
     "jobs_created_at_idx": "CREATE INDEX jobs_created_at_idx ON public.jobs USING btree (created_at)",
+    "jobs_batch_idx": (
+        "CREATE INDEX jobs_batch_idx ON public.jobs USING btree (batch_key, priority DESC, created_at) "
+        "WHERE ((state = 'pending'::job_state) AND (batch_key IS NOT NULL))"
+    ),
     "jobs_owner_idempotency_key_idx": (
         "CREATE UNIQUE INDEX jobs_owner_idempotency_key_idx ON public.jobs USING btree (owner, idempotency_key) "
         "WHERE (idempotency_key IS NOT NULL)"
@@ -192,7 +198,7 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["labels"] == ["pending", "running", "success", "failed", "cancelled"]
     assert found["triggers"] == EXPECTED_TRIGGERS
     assert found["worker_columns"] == EXPECTED_WORKER_COLUMNS
-    assert found["version"] == [("0002",)]
+    assert found["version"] == [("0003",)]
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
