@@ -7,9 +7,11 @@ The layout is diffusers' ``OnnxStableDiffusionPipeline`` folder, with its input 
     <dest>/text_encoder/model.onnx       input_ids -> last_hidden_state, pooler_output
     <dest>/tokenizer/                    vocab.json, merges.txt, tokenizer_config.json, ...
     <dest>/unet/model.onnx               sample, timestep, encoder_hidden_states -> out_sample
+                                         (+ class_labels for UNets with class embeddings)
     <dest>/vae_encoder/model.onnx        sample -> latent_sample
     <dest>/vae_decoder/model.onnx        latent_sample -> sample
     <dest>/scheduler/scheduler_config.json
+    <dest>/low_res_scheduler/scheduler_config.json   (the SD x4 upscaler only)
 
 Every export goes through ``torch.onnx.export(..., dynamo=False)`` in fp32; the demo models take
 this same path, so what the tests exercise is what a real checkpoint gets.
@@ -39,6 +41,10 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special
 #: The trace sizes: any latent side divisible by the UNet's down-sampling factor works; small is fast.
 TRACE_LATENT_SIDE = 8
 TRACE_BATCH = 2
+#: Scheduler configs a folder may carry: the denoising one, and the x4 upscaler's image-noising one.
+SCHEDULER_FOLDERS = ("scheduler", "low_res_scheduler")
+#: diffusers' PyTorch pipeline classes whose ONNX counterpart is not ``OnnxStableDiffusionPipeline``.
+ONNX_PIPELINES = {"StableDiffusionUpscalePipeline": "OnnxStableDiffusionUpscalePipeline"}
 #: ``none``: the plain fp32 export every provider runs; ``gpu``: fused fp16 for CUDA (``pipelines.gpu``).
 OPTIMIZE_CHOICES = ("none", "gpu")
 
@@ -93,11 +99,13 @@ def convert_diffusers_folder(
     del vae
 
     copy_tokenizer(src / "tokenizer", partial / "tokenizer")
-    (partial / "scheduler").mkdir()
-    shutil.copyfile(
-        src / "scheduler" / "scheduler_config.json", partial / "scheduler" / "scheduler_config.json"
-    )
-    write_model_index(partial)
+    for scheduler in SCHEDULER_FOLDERS:
+        if (src / scheduler).is_dir():
+            (partial / scheduler).mkdir()
+            shutil.copyfile(
+                src / scheduler / "scheduler_config.json", partial / scheduler / "scheduler_config.json"
+            )
+    write_model_index(partial, json.loads((src / "model_index.json").read_text()))
     if optimize == "gpu":
         optimize_folder(partial, workers=workers, progress=progress)
     (partial / HASH_FILE).write_text(hash_component(partial / "unet") + "\n")
@@ -143,7 +151,8 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
 
     The timestep is float because Karras-style schedulers (euler, heun, lms, ...) step on
     fractional timesteps; the prompt sequence axis is dynamic so long prompts (several 77-token
-    windows) can be given.
+    windows) can be given. A UNet with class embeddings (the x4 upscaler's noise level) also
+    takes int64 ``class_labels``, one per batch item.
     """
     import torch
 
@@ -153,28 +162,41 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
             self.model = unet
 
         def forward(
-            self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+            self,
+            sample: torch.Tensor,
+            timestep: torch.Tensor,
+            encoder_hidden_states: torch.Tensor,
+            class_labels: torch.Tensor | None = None,
         ) -> torch.Tensor:
-            return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+            return self.model(
+                sample, timestep, encoder_hidden_states, class_labels=class_labels, return_dict=False
+            )[0]
 
     config = unet.config
     side = max(TRACE_LATENT_SIDE, 2 ** (len(config.block_out_channels) - 1))
     sample = torch.randn((TRACE_BATCH, config.in_channels, side, side))
     timestep = torch.full((TRACE_BATCH,), 999.0)
     hidden = torch.randn((TRACE_BATCH, 77, config.cross_attention_dim))
+    args: tuple[Any, ...] = (sample, timestep, hidden)
+    input_names = ["sample", "timestep", "encoder_hidden_states"]
+    dynamic_axes = {
+        "sample": {0: "batch", 2: "height", 3: "width"},
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch", 1: "sequence"},
+        "out_sample": {0: "batch", 2: "height", 3: "width"},
+    }
+    if config.num_class_embeds is not None or config.class_embed_type is not None:
+        args += (torch.full((TRACE_BATCH,), 20, dtype=torch.int64),)
+        input_names.append("class_labels")
+        dynamic_axes["class_labels"] = {0: "batch"}
     export_module(
         UNet(),
-        (sample, timestep, hidden),
+        args,
         path,
         opset,
-        input_names=["sample", "timestep", "encoder_hidden_states"],
+        input_names=input_names,
         output_names=["out_sample"],
-        dynamic_axes={
-            "sample": {0: "batch", 2: "height", 3: "width"},
-            "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch", 1: "sequence"},
-            "out_sample": {0: "batch", 2: "height", 3: "width"},
-        },
+        dynamic_axes=dynamic_axes,
     )
 
 
@@ -299,14 +321,19 @@ def copy_tokenizer(src: Path, dest: Path) -> None:
             raise FileNotFoundError(f"tokenizer file missing: {src / name}")
 
 
-def write_model_index(dest: Path) -> None:
-    """Write the ``model_index.json`` diffusers' ``OnnxStableDiffusionPipeline`` loads."""
+def write_model_index(dest: Path, source_index: dict[str, Any]) -> None:
+    """Write the ``model_index.json`` of diffusers' ONNX pipeline for the source folder's pipeline.
+
+    The x4 upscaler's index also names its ``low_res_scheduler`` and keeps ``max_noise_level``,
+    which the runtime reads.
+    """
     import diffusers
 
     config = json.loads((dest / "scheduler" / "scheduler_config.json").read_text())
     onnx_model = ["diffusers", "OnnxRuntimeModel"]
-    index = {
-        "_class_name": "OnnxStableDiffusionPipeline",
+    pipeline = ONNX_PIPELINES.get(source_index.get("_class_name", ""), "OnnxStableDiffusionPipeline")
+    index: dict[str, Any] = {
+        "_class_name": pipeline,
         "_diffusers_version": diffusers.__version__,
         "feature_extractor": [None, None],
         "requires_safety_checker": False,
@@ -318,6 +345,11 @@ def write_model_index(dest: Path) -> None:
         "vae_decoder": onnx_model,
         "vae_encoder": onnx_model,
     }
+    if (dest / "low_res_scheduler").is_dir():
+        low_res = json.loads((dest / "low_res_scheduler" / "scheduler_config.json").read_text())
+        index["low_res_scheduler"] = ["diffusers", low_res.get("_class_name", "DDPMScheduler")]
+    if "max_noise_level" in source_index:
+        index["max_noise_level"] = source_index["max_noise_level"]
     (dest / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 

@@ -1,4 +1,4 @@
-"""Small random-weight Stable Diffusion 1.x models, built locally and exported like real ones.
+"""Small random-weight Stable Diffusion models, built locally and exported like real ones.
 
 No weights can be downloaded on the build machines, so tests and the embedded default run on
 models that have the real SD 1.x architecture (UNet with cross-attention, KL VAE with a scale
@@ -7,6 +7,11 @@ image with a few steps takes well under a second on a CPU. The torch weights are
 diffusers folder first and then exported by ``convert.convert_diffusers_folder``, the same code
 a real checkpoint takes; the diffusers folder is kept (``torch_source_path``) so reference tests
 can run diffusers' own PyTorch pipelines on the very same weights.
+
+The SD x4 upscaler (``upscaling-stable-diffusion-x4``) is built the same way, with the
+architecture of ``stabilityai/stable-diffusion-x4-upscaler``: a UNet taking the 4 latent channels
+plus the 3 channels of the low-resolution image, the noise level as its class label, and a VAE
+with three blocks (4 pixels per latent cell).
 """
 
 from __future__ import annotations
@@ -85,6 +90,40 @@ bad worst lowres blurry jpeg artifacts deformed disfigured extra missing fingers
 text signature cropped out frame duplicate mutated poorly drawn
 """
 
+#: The x4 upscaler's schedulers as its release ships them: DDIM predicting v for the denoising loop,
+#: DDPM (``low_res_scheduler``) to noise the low-resolution image to the requested noise level.
+X4_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDIMScheduler",
+    "beta_end": 0.02,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.0001,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+X4_LOW_RES_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDPMScheduler",
+    "beta_end": 0.02,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.0001,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "trained_betas": None,
+    "variance_type": "fixed_small",
+}
+#: The highest noise level the x4 upscaler was trained with (its pipeline's ``max_noise_level``).
+X4_MAX_NOISE_LEVEL = 350
+#: Noise levels the x4 upscaler's UNet embeds (as class labels); only up to the maximum are used.
+X4_NOISE_CLASSES = 1000
+#: The x4 upscaler's latent scaling factor (diffusers insists on exactly this value).
+X4_SCALING_FACTOR = 0.08333
+DEMO_UPSCALER = "upscaling-stable-diffusion-x4"
+DEMO_UPSCALER_LABEL = "Demo SD x4 upscaler (tiny, random weights)"
+
 
 @dataclass(frozen=True)
 class DemoModel:
@@ -137,7 +176,32 @@ def build_demo_models(
             }
         )
     merge_extras(models_path / EXTRAS_FILE, "diffusion", entries)
+    folders.append(build_demo_upscaler(models_path, force=force, progress=progress))
     return folders
+
+
+def build_demo_upscaler(
+    models_path: Path, *, force: bool = False, progress: Callable[[str], None] | None = None
+) -> Path:
+    """Build the demo SD x4 upscaler folder and list it as a scale-4 upscaling model in the extras file."""
+    report = progress or (lambda line: None)
+    dest = models_path / DEMO_UPSCALER
+    if force or not (dest / "model_index.json").is_file():
+        source = torch_source_path(models_path, DEMO_UPSCALER)
+        report(f"{DEMO_UPSCALER}: building random-weight torch models")
+        write_demo_upscaler_checkpoint(source)
+        convert_diffusers_folder(source, dest, progress=progress)
+    else:
+        report(f"{DEMO_UPSCALER}: already built")
+    entry = {
+        "name": DEMO_UPSCALER,
+        "label": DEMO_UPSCALER_LABEL,
+        "source": "demo",
+        "scale": 4,
+        "hash": read_model_hash(dest),
+    }
+    merge_extras(models_path / EXTRAS_FILE, "upscaling", [entry])
+    return dest
 
 
 def torch_source_path(models_path: Path, name: str) -> Path:
@@ -147,9 +211,7 @@ def torch_source_path(models_path: Path, name: str) -> Path:
 
 def write_demo_checkpoint(dest: Path, *, unet_in_channels: int = 4) -> None:
     """Write a diffusers Stable Diffusion folder of seeded random weights to ``dest``."""
-    tokenizer_dir = dest / "tokenizer"
-    vocab = write_demo_tokenizer(tokenizer_dir)
-    demo_text_encoder(vocab).save_pretrained(dest / "text_encoder")
+    write_demo_text_parts(dest)
     demo_unet(unet_in_channels).save_pretrained(dest / "unet")
     demo_vae().save_pretrained(dest / "vae")
     write_json(dest / "scheduler" / "scheduler_config.json", SD15_SCHEDULER_CONFIG)
@@ -168,6 +230,34 @@ def write_demo_checkpoint(dest: Path, *, unet_in_channels: int = 4) -> None:
             "vae": ["diffusers", "AutoencoderKL"],
         },
     )
+
+
+def write_demo_upscaler_checkpoint(dest: Path) -> None:
+    """Write a diffusers ``StableDiffusionUpscalePipeline`` folder of seeded random weights to ``dest``."""
+    write_demo_text_parts(dest)
+    demo_upscaler_unet().save_pretrained(dest / "unet")
+    demo_vae((16, 32, 32), X4_SCALING_FACTOR).save_pretrained(dest / "vae")
+    write_json(dest / "scheduler" / "scheduler_config.json", X4_SCHEDULER_CONFIG)
+    write_json(dest / "low_res_scheduler" / "scheduler_config.json", X4_LOW_RES_SCHEDULER_CONFIG)
+    write_json(
+        dest / "model_index.json",
+        {
+            "_class_name": "StableDiffusionUpscalePipeline",
+            "max_noise_level": X4_MAX_NOISE_LEVEL,
+            "low_res_scheduler": ["diffusers", "DDPMScheduler"],
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
+
+
+def write_demo_text_parts(dest: Path) -> None:
+    """Write the demo tokenizer and the CLIP text encoder sized for it under ``dest``."""
+    vocab = write_demo_tokenizer(dest / "tokenizer")
+    demo_text_encoder(vocab).save_pretrained(dest / "text_encoder")
 
 
 def demo_unet(in_channels: int = 4) -> Any:
@@ -190,8 +280,33 @@ def demo_unet(in_channels: int = 4) -> Any:
     )
 
 
-def demo_vae() -> Any:
-    """A narrow KL autoencoder with SD's scale factor of 8 and 4 latent channels."""
+def demo_upscaler_unet() -> Any:
+    """A narrow x4 upscaler UNet: 7 input channels, the noise level embedded as one of 1000 classes."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(3)
+    return UNet2DConditionModel(
+        sample_size=32,
+        in_channels=7,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        num_class_embeds=X4_NOISE_CLASSES,
+        use_linear_projection=True,
+    )
+
+
+def demo_vae(block_out_channels: tuple[int, ...] = (16, 16, 32, 32), scaling_factor: float = 0.18215) -> Any:
+    """A narrow KL autoencoder with 4 latent channels: SD's (8 pixels per latent cell) by default.
+
+    Each block after the first halves the resolution, so three blocks give the x4 upscaler's VAE.
+    """
     import torch
     from diffusers import AutoencoderKL
 
@@ -199,14 +314,14 @@ def demo_vae() -> Any:
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
+        block_out_channels=block_out_channels,
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
         sample_size=64,
-        scaling_factor=0.18215,
+        scaling_factor=scaling_factor,
     )
 
 
