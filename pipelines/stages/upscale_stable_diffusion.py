@@ -1,0 +1,44 @@
+"""``upscale-stable-diffusion``: enlarge every image 4 times with the SD x4 upscaler.
+
+Params (contract §10.5): ``upscaling`` (or ``upscale_model``), the upscaler's folder name;
+``prompt`` (its ``prompt_index`` part, default 0), ``negative_prompt``, ``steps``, ``cfg``,
+``eta``, ``seed`` and ``scheduler`` as for txt2img; ``denoise``, the noise level (see
+:func:`pipelines.upscale_sd.noise_level`: up to 1 a fraction of the model's maximum of 350,
+above 1 the level itself, missing 20); ``tiled_vae``, ``vae_tile``, ``vae_overlap``.
+
+Each input becomes one image 4 times its size (``batch`` does not multiply upscales, as in
+onnx-web). The chain executor cuts inputs larger than the stage's tile into tiles: onnx-web
+feeds this model 128-pixel tiles (``tiles: "mini"``, with ``outscale: 4``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.diffusion import Generation, grid_size, load_model, stage_sources
+from pipelines.prompt import prompt_stage
+from pipelines.stages.base import StageContext, StageImage
+from pipelines.upscale import upscaling_model_name, with_image
+from pipelines.upscale_sd import UPSCALER_GRID, max_noise_level, noise_level, upscale_sd
+
+
+def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
+    """Upscale each image (or the stage's uploaded source) and return the results in order."""
+    prompt = prompt_stage(str(params.get("prompt") or ""), int(params.get("prompt_index", 0)))
+    name = upscaling_model_name(params)
+    model = load_model(ctx.models_path, name, ctx.sessions)
+    denoise = params.get("denoise")
+    level = noise_level(None if denoise is None else float(denoise), max_noise_level(model.folder))
+    results = []
+    for item in stage_sources(ctx, params, images):
+        width, height = grid_size(*item.image.size, UPSCALER_GRID)
+        generation = Generation.from_params(
+            params, model=name, prompt=prompt, batch=1, width=width, height=height
+        )
+        (image,) = upscale_sd(
+            model, generation, item.image, level, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
+        )
+        others = [entry for entry in item.metadata.get("models", []) if entry.get("name") != name]
+        models = [*others, {"name": name, "hash": model.hash, "weight": 1.0}]
+        results.append(with_image(item, image, models=models))
+    return results

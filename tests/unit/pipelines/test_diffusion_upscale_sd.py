@@ -1,0 +1,235 @@
+"""The SD x4 upscaler on its demo model, against diffusers' StableDiffusionUpscalePipeline on the same weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.diffusion import DiffusionModel, Generation, load_model
+from pipelines.models.demo import DEMO_UPSCALER, torch_source_path
+from pipelines.models.registry import ModelRegistry
+from pipelines.schedulers import load_scheduler_config, make_scheduler
+from pipelines.sessions import SessionCache
+from pipelines.stages import upscale_stable_diffusion
+from pipelines.stages.base import StageContext, StageImage
+from pipelines.upscale_sd import LOW_RES_SCHEDULER, noise_level, upscale_noise, upscale_sd
+
+#: Two of 255 levels: ONNX Runtime and PyTorch differ by ~1e-6, which rounding can turn into one.
+MAX_LEVEL_DIFF = 2
+
+
+@pytest.fixture(scope="module")
+def upscaler(models_path: Path, sessions: SessionCache) -> DiffusionModel:
+    return load_model(models_path, DEMO_UPSCALER, sessions)
+
+
+@pytest.fixture(scope="module")
+def upscaler_torch_parts(models_path: Path) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    source = torch_source_path(models_path, DEMO_UPSCALER)
+    return {
+        "vae": AutoencoderKL.from_pretrained(source / "vae").eval(),
+        "text_encoder": CLIPTextModel.from_pretrained(source / "text_encoder").eval(),
+        "tokenizer": CLIPTokenizer.from_pretrained(str(source / "tokenizer")),
+        "unet": UNet2DConditionModel.from_pretrained(source / "unet").eval(),
+    }
+
+
+def source_image(width: int = 24, height: int = 16) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def generation(scheduler: str, **changes: Any) -> Generation:
+    values: dict[str, Any] = {
+        "model": DEMO_UPSCALER,
+        "scheduler": scheduler,
+        "prompt": "a red door",
+        "negative_prompt": "blurry",
+        "seed": 5,
+        "steps": 3,
+        "cfg": 7.0,
+        "eta": 0.0,
+        "batch": 1,
+        "width": 24,
+        "height": 16,
+    }
+    return Generation(**{**values, **changes})
+
+
+def pixels(images: list[Image.Image]) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+
+
+def torch_reference(
+    parts: dict[str, Any], model: DiffusionModel, gen: Generation, level: int, monkeypatch: pytest.MonkeyPatch
+) -> np.ndarray:
+    """diffusers' PyTorch upscale pipeline, given our starting latents and our image noise."""
+    from diffusers import StableDiffusionUpscalePipeline
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_upscale as module
+
+    latents, image_noise = upscale_noise(gen.seed, gen.batch, gen.width, gen.height)
+    # Given latents, the pipeline draws only the noise it adds to the low-resolution image.
+    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kwargs: torch.from_numpy(image_noise))
+    low_res_config = json.loads((model.folder / LOW_RES_SCHEDULER / "scheduler_config.json").read_text())
+    # diffusers' pipeline classes are untyped for mypy (their __call__ is added by decorators).
+    pipe: Any = StableDiffusionUpscalePipeline(
+        **parts,
+        low_res_scheduler=make_scheduler("ddpm", low_res_config),
+        scheduler=make_scheduler(gen.scheduler, load_scheduler_config(model.folder), seed=gen.seed),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        gen.prompt,
+        image=source_image(gen.width, gen.height),
+        num_inference_steps=gen.steps,
+        guidance_scale=gen.cfg,
+        noise_level=level,
+        negative_prompt=gen.negative_prompt,
+        num_images_per_prompt=gen.batch,
+        eta=gen.eta,
+        generator=torch.Generator().manual_seed(gen.seed),
+        latents=torch.from_numpy(latents),
+        output_type="np",
+    ).images
+    return (images * 255).round().astype(np.int16)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "changes", "level"),
+    [
+        pytest.param("ddim", {}, 20, id="ddim-v-prediction"),
+        pytest.param("euler-a", {"negative_prompt": None}, 350, id="euler-a-max-noise"),
+        pytest.param("dpm-multi", {"batch": 2, "cfg": 1.0}, 0, id="dpm-multi-batch2-no-guidance"),
+    ],
+)
+def test_upscale_matches_diffusers_torch_pipeline(
+    upscaler: DiffusionModel,
+    upscaler_torch_parts: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    scheduler: str,
+    changes: dict[str, Any],
+    level: int,
+) -> None:
+    gen = generation(scheduler, **changes)
+    ours = pixels(upscale_sd(upscaler, gen, source_image(), level))
+    reference = torch_reference(upscaler_torch_parts, upscaler, gen, level, monkeypatch)
+    assert ours.shape == reference.shape == (gen.batch, 64, 96, 3)
+    assert np.abs(ours - reference).max() <= MAX_LEVEL_DIFF
+
+
+def test_noise_level_changes_the_result(upscaler: DiffusionModel) -> None:
+    quiet, loud = (
+        pixels(upscale_sd(upscaler, generation("ddim", steps=2), source_image(), level)) for level in (0, 300)
+    )
+    assert np.abs(quiet - loud).mean() > 1
+
+
+@pytest.mark.parametrize(
+    ("denoise", "level"), [(None, 20), (0.0, 0), (0.5, 175), (1.0, 350), (2.0, 2), (20, 20), (350, 350)]
+)
+def test_denoise_maps_to_a_noise_level(denoise: float | None, level: int) -> None:
+    assert noise_level(denoise) == level
+
+
+@pytest.mark.parametrize("denoise", [-0.1, 20.5, 351])
+def test_denoise_outside_the_range_is_refused(denoise: float) -> None:
+    with pytest.raises(ValueError, match="denoise"):
+        noise_level(denoise)
+
+
+def stage_params(**changes: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "model": "stable-diffusion-onnx-v1-5",
+        "upscaling": DEMO_UPSCALER,
+        "scheduler": "ddim",
+        "prompt": "a cat || a red door",
+        "prompt_index": 1,
+        "negative_prompt": None,
+        "seed": 9,
+        "steps": 3,
+        "cfg": 6.0,
+        "batch": 2,
+        "denoise": 0.5,
+        "stage_name": "upscale",
+    }
+    return {**params, **changes}
+
+
+class Steps:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, n: int = 1) -> None:
+        self.count += n
+
+
+def test_stage_upscales_each_image_four_times(
+    models_path: Path, sessions: SessionCache, upscaler: DiffusionModel
+) -> None:
+    steps = Steps()
+    ctx = StageContext(models_path=models_path, sessions=sessions, on_step=steps)
+    # 20 x 12 is off the UNet's 8-pixel grid: padded for the UNet, cropped back to 4 times the input.
+    inputs = [
+        StageImage(source_image(20, 12), {"params": {"prompt": "kept"}}),
+        StageImage(source_image(16, 16), {}),
+    ]
+    results = upscale_stable_diffusion.run(ctx, stage_params(), inputs)
+    assert [item.image.size for item in results] == [(80, 48), (64, 64)]
+    assert results[0].metadata["size"] == {"width": 80, "height": 48}
+    assert results[0].metadata["params"] == {"prompt": "kept"}
+    assert results[0].metadata["models"] == [{"name": DEMO_UPSCALER, "hash": upscaler.hash, "weight": 1.0}]
+    assert steps.count == 2 * 3
+    # The stage runs the prompt's second part at noise level 175 (denoise 0.5).
+    gen = generation(
+        "ddim", prompt="a red door", negative_prompt=None, seed=9, steps=3, cfg=6.0, width=16, height=16
+    )
+    assert np.array_equal(
+        pixels([results[1].image]), pixels(upscale_sd(upscaler, gen, source_image(16, 16), 175))
+    )
+
+
+def test_stage_upscales_its_uploaded_source(models_path: Path, sessions: SessionCache) -> None:
+    ctx = StageContext(
+        models_path=models_path, sessions=sessions, inputs={"source:upscale": source_image(8, 8)}
+    )
+    (result,) = upscale_stable_diffusion.run(ctx, stage_params(steps=1), [])
+    assert result.image.size == (32, 32)
+
+
+def test_stage_needs_an_upscaling_model(models_path: Path, sessions: SessionCache) -> None:
+    ctx = StageContext(models_path=models_path, sessions=sessions)
+    with pytest.raises(ValueError, match="upscaling"):
+        upscale_stable_diffusion.run(ctx, stage_params(upscaling=None), [StageImage(source_image(), {})])
+
+
+def test_demo_upscaler_is_listed_as_a_scale_4_upscaling_model(models_path: Path) -> None:
+    registry = ModelRegistry(models_path)
+    assert DEMO_UPSCALER in registry.names("upscaling")
+    assert DEMO_UPSCALER not in registry.names("diffusion")
+    extras = json.loads((models_path / "extras.json").read_text())
+    (entry,) = (entry for entry in extras["upscaling"] if entry["name"] == DEMO_UPSCALER)
+    assert entry["scale"] == 4
+
+
+def test_converter_exports_the_class_label_input(upscaler: DiffusionModel) -> None:
+    inputs = {item.name: item.type for item in upscaler.session("unet").get_inputs()}
+    assert inputs == {
+        "sample": "tensor(float)",
+        "timestep": "tensor(float)",
+        "encoder_hidden_states": "tensor(float)",
+        "class_labels": "tensor(int64)",
+    }
+    assert upscaler.vae_factor == 4
+    index = json.loads((upscaler.folder / "model_index.json").read_text())
+    assert index["_class_name"] == "OnnxStableDiffusionUpscalePipeline"
+    assert index["max_noise_level"] == 350
