@@ -233,3 +233,26 @@ def test_converter_exports_the_class_label_input(upscaler: DiffusionModel) -> No
     index = json.loads((upscaler.folder / "model_index.json").read_text())
     assert index["_class_name"] == "OnnxStableDiffusionUpscalePipeline"
     assert index["max_noise_level"] == 350
+
+
+def test_chain_executor_upscales_large_inputs_tile_by_tile(models_path: Path, sessions: SessionCache) -> None:
+    from pipelines.chain import run_chain
+
+    stage = {
+        "name": "upscale",
+        "type": "upscale-stable-diffusion",
+        "params": stage_params(steps=1),
+        "tiles": 64,
+    }
+    chain = {"stages": [{**stage, "outscale": 4}], "sources": ["source"]}
+    tiles: list[tuple[int, int]] = []
+    result = run_chain(
+        chain, models_path=models_path, sessions=sessions, inputs={"source": source_image(96, 64)},
+        report=lambda progress: tiles.append((progress.tiles.current, progress.tiles.total)),
+    )  # fmt: skip
+    (output,) = result.outputs
+    assert output.image.size == (384, 256)
+    # 64-pixel tiles 48 pixels apart (the default overlap of 0.25): two across, one down, each
+    # one stage run of one step.
+    assert tiles[-1] == (2, 2)
+    assert result.progress.steps.current == 2
