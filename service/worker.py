@@ -5,6 +5,10 @@ held afterwards) and runs it; a lease thread renews the claim and watches for ca
 maintenance thread rescues jobs whose worker vanished. Success is committed only after every
 output object is written, and only if this worker still holds the job's current attempt: a
 worker that lost its lease (a zombie) has its commit refused and deletes what it wrote.
+
+With ``batch_max`` above 1 the worker claims up to that many compatible plain txt2img jobs at
+once and runs them as one UNet batch (``service.batching``); each is still leased, fenced and
+finished on its own, through the same ``holding`` and ``conclude`` as a lone job.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -28,6 +33,7 @@ from pipelines.fetch import SourceURLError, fetch_image_url, s3_inputs, url_inpu
 from pipelines.metadata import CONTENT_TYPES, encode_image, thumbnail
 from pipelines.sessions import SessionCache, available_providers
 from pipelines.stages.base import Progress, StageCancelled, StageImage
+from service.batching import run_batch
 from service.config import Config
 from service.errors import InvalidParams, PayloadTooLarge, StorageError
 from service.faults import fault_point
@@ -214,11 +220,14 @@ class Worker:
         log.info("worker started", extra={"action": "start", "worker": self.config.worker_id,
                                            "platform": self.config.worker_platform})  # fmt: skip
         while not self.stopping.is_set():
-            job = self._claim()
-            if job is None:
+            claimed = self._claim()
+            if not claimed:
                 self.notifier.wait(self.config.poll_interval_s)
                 continue
-            self.run_job(job)
+            if len(claimed) == 1:
+                self.run_job(claimed[0])
+            else:
+                run_batch(self, claimed)
             if max_jobs is not None and self.jobs_done >= max_jobs:
                 break
         self.stopping.set()
@@ -252,39 +261,66 @@ class Worker:
             self.stop()
 
     @DB_RETRY
-    def _claim(self) -> ClaimedJob | None:
-        return self.jobs.claim(
-            self.config.worker_id,
-            platform=self.config.worker_platform,
-            held_models=self.sessions.held_models(self.config.models_path),
-        )
+    def _claim(self) -> list[ClaimedJob]:
+        """The next job, with up to ``batch_max - 1`` that can share its batch when batching is on."""
+        held = self.sessions.held_models(self.config.models_path)
+        if self.config.batch_max > 1:
+            return self.jobs.claim_batch(self.config.worker_id, platform=self.config.worker_platform,
+                                         held_models=held, batch_max=self.config.batch_max)  # fmt: skip
+        job = self.jobs.claim(self.config.worker_id, platform=self.config.worker_platform, held_models=held)
+        return [] if job is None else [job]
 
     # -- one job -----------------------------------------------------------------------------
 
     def run_job(self, job: ClaimedJob) -> None:
         """Run one claimed job to a final (or handed-back) state. Never raises."""
         fault_point("after_claim")
+        timings: dict[str, int] = {}
+        started = time.monotonic()
+        with self.holding(job) as run:
+
+            def produce() -> list[StageImage]:
+                inputs = self._load_inputs(job)
+                timings["load_inputs"] = _ms(started)
+                result = run_chain(
+                    job.chain,
+                    models_path=self.config.models_path,
+                    sessions=self.sessions,
+                    inputs=inputs,
+                    report=run.report,
+                    check_cancelled=run.check,
+                )
+                timings.update(result.timings_ms)
+                run.latest = result.progress
+                return result.outputs
+
+            outcome = self.conclude(run, produce, timings)
+        self.log_summary(run, outcome, started, timings)
+
+    @contextmanager
+    def holding(self, job: ClaimedJob) -> Iterator[JobRun]:
+        """A ``JobRun`` for ``job`` whose lease a thread renews until the block ends."""
         run = JobRun(self, job)
         lease = threading.Thread(target=run.keep_lease, name=f"lease-{job.name}", daemon=True)
         lease.start()
-        timings: dict[str, int] = {}
-        started = time.monotonic()
-        outcome = "error"
         try:
-            inputs = self._load_inputs(job)
-            timings["load_inputs"] = _ms(started)
-            result = run_chain(
-                job.chain,
-                models_path=self.config.models_path,
-                sessions=self.sessions,
-                inputs=inputs,
-                report=run.report,
-                check_cancelled=run.check,
-            )
-            timings.update(result.timings_ms)
-            run.latest = result.progress
+            yield run
+        finally:
+            run.done.set()
+            lease.join()
+            self.jobs_done += 1
+
+    def conclude(self, run: JobRun, produce: Callable[[], list[StageImage]], timings: dict[str, int]) -> str:
+        """Store and commit the outputs ``produce`` makes, or end the attempt as its error says.
+
+        Returns the outcome for the summary line (``success``, ``cancelled``, ``fenced``,
+        ``released``, ``retry``, ``failed`` or ``error``); raises only if the database stays
+        unreachable while recording a cancel or a release.
+        """
+        try:
+            outputs = produce()
             upload_started = time.monotonic()
-            stored = self._store_outputs(job, result.outputs)
+            stored = self._store_outputs(run.job, outputs)
             timings["upload"] = _ms(upload_started)
             run.check()
             fault_point("after_put_before_commit")
@@ -294,20 +330,22 @@ class Worker:
             outcome = "cancelled" if self._finish_cancelled(run) else "fenced"
         except LeaseLost:
             outcome = "fenced"
-            self._discard(job)
+            self._discard(run.job)
         except Released:
             outcome = "released"
             self._release(run)
         except Exception as err:  # every other failure ends the attempt, never the worker
             outcome = self._fail(run, err)
-        finally:
-            run.done.set()
-            lease.join()
-            self.jobs_done += 1
+        return outcome
+
+    def log_summary(
+        self, run: JobRun, outcome: str, started: float, timings: dict[str, int], **extra: Any
+    ) -> None:
+        """The one summary line per job, with its phase timings."""
         log.info(
             "job finished",
-            extra={**run.keys(), "action": "job_summary", "outcome": outcome, "kind": job.kind,
-                   "total_ms": _ms(started), "phases_ms": timings},
+            extra={**run.keys(), "action": "job_summary", "outcome": outcome, "kind": run.job.kind,
+                   "total_ms": _ms(started), "phases_ms": timings, **extra},
         )  # fmt: skip
 
     def _load_inputs(self, job: ClaimedJob) -> dict[str, Image.Image]:

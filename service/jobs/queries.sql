@@ -100,6 +100,61 @@ FROM candidate
 WHERE jobs.id = candidate.id
 RETURNING jobs.id, jobs.name, jobs.kind, jobs.attempt, jobs.chain, jobs.inputs, jobs.model, jobs.max_attempts;
 
+-- name: claim_batch
+-- Claim the job claim_job would, plus up to :batch_max - 1 pending jobs with its batch_key, as one batch.
+WITH first AS (
+    SELECT id, batch_key
+    FROM jobs
+    WHERE state = 'pending' AND (platform IS NULL OR platform = :platform)
+    -- The same order as claim_job: batching never changes which job a worker takes first.
+    ORDER BY
+        priority DESC,
+        CASE
+            WHEN created_at < now() - make_interval(secs => :affinity_window_s) THEN 0
+            WHEN model = ANY(CAST(:held_models AS text[])) THEN 1
+            ELSE 2
+        END,
+        created_at,
+        id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+),
+mates AS (
+    SELECT id
+    FROM jobs
+    -- A NULL key (not a plain txt2img job) equals nothing: such a job runs alone.
+    WHERE state = 'pending' AND (platform IS NULL OR platform = :platform)
+        AND batch_key = (SELECT batch_key FROM first)
+        AND id <> (SELECT id FROM first)
+    -- Queue order; no mate outranks the first job, which heads this worker's queue.
+    ORDER BY priority DESC, created_at, id
+    LIMIT CAST(:batch_max AS integer) - 1
+    -- A mate another worker is claiming right now is left to it.
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    -- pending -> running, for every job of the batch: each gets its own attempt and lease,
+    -- exactly as claim_job gives one, so each is heartbeated, fenced and finished on its own.
+    UPDATE jobs SET
+        state = 'running',
+        attempt = attempt + 1,
+        worker_id = :worker_id,
+        started_at = now(),
+        heartbeat_at = now(),
+        lease_expires_at = now() + make_interval(secs => :lease_s),
+        steps_current = 0,
+        stages_current = 0,
+        tiles_current = 0,
+        updated_at = now()
+    WHERE id IN (SELECT id FROM first UNION ALL SELECT id FROM mates)
+    RETURNING jobs.id, jobs.name, jobs.kind, jobs.attempt, jobs.chain, jobs.inputs, jobs.model,
+        jobs.max_attempts, jobs.priority, jobs.created_at
+)
+SELECT id, name, kind, attempt, chain, inputs, model, max_attempts
+FROM claimed
+-- The first job first, then its mates in queue order.
+ORDER BY id <> (SELECT id FROM first), priority DESC, created_at, id;
+
 -- name: heartbeat
 -- Renew the lease of a worker's attempt; no row back means the attempt lost the job.
 UPDATE jobs SET

@@ -216,18 +216,30 @@ class JobStore:
         }
         with self._engine.begin() as conn:
             row = conn.execute(QUERIES["claim_job"], params).first()
-        if row is None:
-            return None
-        return ClaimedJob(
-            id=row.id,
-            name=row.name,
-            kind=row.kind,
-            attempt=row.attempt,
-            chain=row.chain,
-            inputs=row.inputs,
-            model=row.model,
-            max_attempts=row.max_attempts,
-        )
+        return None if row is None else _claimed(row)
+
+    def claim_batch(
+        self, worker_id: str, *, platform: str, held_models: Sequence[str], batch_max: int
+    ) -> list[ClaimedJob]:
+        """Take the job ``claim`` would, plus up to ``batch_max - 1`` pending jobs that can share its batch.
+
+        Mates have the first job's ``batch_key`` (plain txt2img, same model, size, scheduler and
+        steps) and suit the platform; they come in queue order after the first job. Each is claimed
+        as ``claim`` claims one: its own attempt, lease and worker. Empty when nothing suits.
+        """
+        if batch_max < 1:
+            raise ValueError(f"batch_max must be at least 1, got {batch_max}")
+        params = {
+            "worker_id": worker_id,
+            "platform": platform,
+            "held_models": list(held_models),
+            "lease_s": self._lease_s,
+            "affinity_window_s": self._affinity_window_s,
+            "batch_max": batch_max,
+        }
+        with self._engine.begin() as conn:
+            rows = conn.execute(QUERIES["claim_batch"], params).all()
+        return [_claimed(row) for row in rows]
 
     def heartbeat(self, job_id: UUID, worker_id: str, attempt: int) -> Heartbeat:
         """Renew the lease while this attempt still holds the job, and pass on a cancel request."""
@@ -384,6 +396,19 @@ def _counters(steps: Progress, stages: Progress, tiles: Progress) -> dict[str, i
         "tiles_current": tiles[0],
         "tiles_total": tiles[1],
     }
+
+
+def _claimed(row: Row[Any]) -> ClaimedJob:
+    return ClaimedJob(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        attempt=row.attempt,
+        chain=row.chain,
+        inputs=row.inputs,
+        model=row.model,
+        max_attempts=row.max_attempts,
+    )
 
 
 def _view(row: Row[Any]) -> JobView:
