@@ -13,6 +13,14 @@ The layout is diffusers' ``OnnxStableDiffusionPipeline`` folder, with its input 
     <dest>/scheduler/scheduler_config.json
     <dest>/low_res_scheduler/scheduler_config.json   (the SD x4 upscaler only)
 
+An SDXL folder (one with ``text_encoder_2``) gets optimum's ``ORTStableDiffusionXLPipeline`` layout
+instead: both text encoders return every hidden state (``hidden_states.0`` ... ``hidden_states.N``,
+SDXL conditions on the penultimate one), ``text_encoder`` as ``last_hidden_state, pooler_output,
+hidden_states.*`` and ``text_encoder_2`` (with projection) as ``text_embeds, last_hidden_state,
+hidden_states.*``; ``tokenizer_2/`` is copied; the UNet also takes ``text_embeds`` (the pooled,
+projected prompt) and ``time_ids`` (original size, crop origin and target size), one row per batch
+item.
+
 Every export goes through ``torch.onnx.export(..., dynamo=False)`` in fp32; the demo models take
 this same path, so what the tests exercise is what a real checkpoint gets.
 """
@@ -79,9 +87,19 @@ def convert_diffusers_folder(
     partial.mkdir(parents=True)
 
     report(f"{dest.name}: exporting text_encoder (1/4)")
+    # SDXL conditions on a hidden state before the last: its encoders return all of them.
+    sdxl = (src / "text_encoder_2").is_dir()
     text_encoder = prepare(CLIPTextModel.from_pretrained(src / "text_encoder").eval())
-    export_text_encoder(text_encoder, partial / "text_encoder" / ONNX_FILE, opset)
+    export_text_encoder(text_encoder, partial / "text_encoder" / ONNX_FILE, opset, hidden_states=sdxl)
     del text_encoder
+    if sdxl:
+        from transformers import CLIPTextModelWithProjection
+
+        report(f"{dest.name}: exporting text_encoder_2")
+        text_encoder_2 = prepare(CLIPTextModelWithProjection.from_pretrained(src / "text_encoder_2").eval())
+        export_text_encoder(text_encoder_2, partial / "text_encoder_2" / ONNX_FILE, opset, hidden_states=True)
+        del text_encoder_2
+        copy_tokenizer(src / "tokenizer_2", partial / "tokenizer_2")
 
     report(f"{dest.name}: exporting unet (2/4)")
     unet = prepare(UNet2DConditionModel.from_pretrained(src / "unet").eval())
@@ -116,33 +134,49 @@ def convert_diffusers_folder(
     return dest
 
 
-def export_text_encoder(text_encoder: Any, path: Path, opset: int) -> None:
-    """Export a transformers ``CLIPTextModel``: int32 ``input_ids`` (batch, 77) -> hidden states."""
+def export_text_encoder(text_encoder: Any, path: Path, opset: int, *, hidden_states: bool = False) -> None:
+    """Export a transformers CLIP text encoder: int32 ``input_ids`` (batch, 77) -> hidden states.
+
+    A ``CLIPTextModel`` returns ``last_hidden_state, pooler_output``; a
+    ``CLIPTextModelWithProjection`` (SDXL's second encoder) ``text_embeds, last_hidden_state``.
+    ``hidden_states`` appends the embeddings and every layer's output (``hidden_states.0`` to
+    ``hidden_states.N``), as optimum exports SDXL's encoders.
+    """
     import torch
+
+    projected = hasattr(text_encoder, "text_projection")
 
     class TextEncoder(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = text_encoder
 
-        def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            output = self.model(input_ids=input_ids, return_dict=True)
-            return output.last_hidden_state, output.pooler_output
+        def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            output = self.model(input_ids=input_ids, output_hidden_states=hidden_states, return_dict=True)
+            first = (
+                (output.text_embeds, output.last_hidden_state)
+                if projected
+                else (output.last_hidden_state, output.pooler_output)
+            )
+            return first + (tuple(output.hidden_states) if hidden_states else ())
 
     context = text_encoder.config.max_position_embeddings
     input_ids = torch.zeros((1, context), dtype=torch.int32)
+    output_names = (
+        ["text_embeds", "last_hidden_state"] if projected else ["last_hidden_state", "pooler_output"]
+    )
+    if hidden_states:
+        output_names += [
+            f"hidden_states.{index}" for index in range(text_encoder.config.num_hidden_layers + 1)
+        ]
     export_module(
         TextEncoder(),
         (input_ids,),
         path,
         opset,
         input_names=["input_ids"],
-        output_names=["last_hidden_state", "pooler_output"],
-        dynamic_axes={
-            "input_ids": {0: "batch"},
-            "last_hidden_state": {0: "batch"},
-            "pooler_output": {0: "batch"},
-        },
+        output_names=output_names,
+        dynamic_axes={name: {0: "batch"} for name in ["input_ids", *output_names]},
     )
 
 
@@ -152,7 +186,8 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
     The timestep is float because Karras-style schedulers (euler, heun, lms, ...) step on
     fractional timesteps; the prompt sequence axis is dynamic so long prompts (several 77-token
     windows) can be given. A UNet with class embeddings (the x4 upscaler's noise level) also
-    takes int64 ``class_labels``, one per batch item.
+    takes int64 ``class_labels``, one per batch item; an SDXL UNet (``addition_embed_type``
+    ``text_time``) takes ``text_embeds`` and ``time_ids`` (batch, 6).
     """
     import torch
 
@@ -166,13 +201,21 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
             sample: torch.Tensor,
             timestep: torch.Tensor,
             encoder_hidden_states: torch.Tensor,
-            class_labels: torch.Tensor | None = None,
+            *extra: torch.Tensor,
         ) -> torch.Tensor:
+            if sdxl:
+                text_embeds, time_ids = extra
+                added = {"text_embeds": text_embeds, "time_ids": time_ids}
+                return self.model(
+                    sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+                )[0]
+            class_labels = extra[0] if extra else None
             return self.model(
                 sample, timestep, encoder_hidden_states, class_labels=class_labels, return_dict=False
             )[0]
 
     config = unet.config
+    sdxl = config.addition_embed_type == "text_time"
     side = max(TRACE_LATENT_SIDE, 2 ** (len(config.block_out_channels) - 1))
     sample = torch.randn((TRACE_BATCH, config.in_channels, side, side))
     timestep = torch.full((TRACE_BATCH,), 999.0)
@@ -189,6 +232,12 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
         args += (torch.full((TRACE_BATCH,), 20, dtype=torch.int64),)
         input_names.append("class_labels")
         dynamic_axes["class_labels"] = {0: "batch"}
+    if sdxl:
+        # The pooled text embedding fills what the size embeddings leave of the projection's input.
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        args += (torch.randn((TRACE_BATCH, pooled)), torch.full((TRACE_BATCH, 6), 64.0))
+        input_names += ["text_embeds", "time_ids"]
+        dynamic_axes.update(text_embeds={0: "batch"}, time_ids={0: "batch"})
     export_module(
         UNet(),
         args,
@@ -325,7 +374,9 @@ def write_model_index(dest: Path, source_index: dict[str, Any]) -> None:
     """Write the ``model_index.json`` of diffusers' ONNX pipeline for the source folder's pipeline.
 
     The x4 upscaler's index also names its ``low_res_scheduler`` and keeps ``max_noise_level``,
-    which the runtime reads.
+    which the runtime reads. An SDXL index keeps the source's class name (diffusers has no ONNX
+    SDXL pipeline; optimum does the same), names the second encoder and tokenizer, and keeps
+    ``force_zeros_for_empty_prompt``.
     """
     import diffusers
 
@@ -350,6 +401,13 @@ def write_model_index(dest: Path, source_index: dict[str, Any]) -> None:
         index["low_res_scheduler"] = ["diffusers", low_res.get("_class_name", "DDPMScheduler")]
     if "max_noise_level" in source_index:
         index["max_noise_level"] = source_index["max_noise_level"]
+    if (dest / "text_encoder_2").is_dir():
+        index.update(
+            _class_name=source_index.get("_class_name", "StableDiffusionXLPipeline"),
+            force_zeros_for_empty_prompt=source_index.get("force_zeros_for_empty_prompt", True),
+            text_encoder_2=onnx_model,
+            tokenizer_2=["transformers", "CLIPTokenizer"],
+        )
     (dest / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 

@@ -12,6 +12,11 @@ The SD x4 upscaler (``upscaling-stable-diffusion-x4``) is built the same way, wi
 architecture of ``stabilityai/stable-diffusion-x4-upscaler``: a UNet taking the 4 latent channels
 plus the 3 channels of the low-resolution image, the noise level as its class label, and a VAE
 with three blocks (4 pixels per latent cell).
+
+The SDXL demo (``diffusion-sdxl-demo``) has SDXL base's architecture, narrowed: two CLIP text
+encoders (the second with projection, its tokenizer padding with "!"), a UNet with size and
+pooled-text conditioning (``addition_embed_type="text_time"``) attending to both encoders' hidden
+states, and a VAE with SDXL's scaling factor.
 """
 
 from __future__ import annotations
@@ -123,6 +128,47 @@ X4_NOISE_CLASSES = 1000
 X4_SCALING_FACTOR = 0.08333
 DEMO_UPSCALER = "upscaling-stable-diffusion-x4"
 DEMO_UPSCALER_LABEL = "Demo SD x4 upscaler (tiny, random weights)"
+#: The SDXL demo: the ``diffusion-`` prefix makes the registry list it as a diffusion model.
+DEMO_SDXL = "diffusion-sdxl-demo"
+DEMO_SDXL_LABEL = "Demo SDXL (tiny, random weights)"
+#: SDXL's latent scaling factor (``stabilityai/stable-diffusion-xl-base-1.0``'s VAE config).
+SDXL_SCALING_FACTOR = 0.13025
+#: Width of the demo SDXL text encoders' hidden states; the UNet attends to both, concatenated.
+SDXL_DEMO_TEXT_WIDTH = 32
+#: Channels of each of SDXL's six size-conditioning embeddings in the demo UNet.
+SDXL_DEMO_TIME_EMBED_DIM = 8
+#: SDXL base 1.0's own scheduler config (``EulerDiscreteScheduler``, "leading" spacing).
+SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+#: ``model_index.json`` of a diffusers SDXL base folder.
+SDXL_MODEL_INDEX: dict[str, Any] = {
+    "_class_name": "StableDiffusionXLPipeline",
+    "force_zeros_for_empty_prompt": True,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+#: SDXL's second tokenizer (OpenCLIP's) pads with "!" rather than the end token.
+SDXL_PAD_TOKEN_2 = "!"
 
 
 @dataclass(frozen=True)
@@ -177,7 +223,32 @@ def build_demo_models(
         )
     merge_extras(models_path / EXTRAS_FILE, "diffusion", entries)
     folders.append(build_demo_upscaler(models_path, force=force, progress=progress))
+    folders.append(build_demo_sdxl(models_path, force=force, progress=progress))
     return folders
+
+
+def build_demo_sdxl(
+    models_path: Path, *, force: bool = False, progress: Callable[[str], None] | None = None
+) -> Path:
+    """Build the demo SDXL folder and list it as a ``txt2img-sdxl`` diffusion model in the extras file."""
+    report = progress or (lambda line: None)
+    dest = models_path / DEMO_SDXL
+    if force or not (dest / "model_index.json").is_file():
+        source = torch_source_path(models_path, DEMO_SDXL)
+        report(f"{DEMO_SDXL}: building random-weight torch models")
+        write_demo_sdxl_checkpoint(source)
+        convert_diffusers_folder(source, dest, progress=progress)
+    else:
+        report(f"{DEMO_SDXL}: already built")
+    entry = {
+        "name": DEMO_SDXL,
+        "label": DEMO_SDXL_LABEL,
+        "source": "demo",
+        "pipeline": "txt2img-sdxl",
+        "hash": read_model_hash(dest),
+    }
+    merge_extras(models_path / EXTRAS_FILE, "diffusion", [entry])
+    return dest
 
 
 def build_demo_upscaler(
@@ -254,6 +325,47 @@ def write_demo_upscaler_checkpoint(dest: Path) -> None:
     )
 
 
+def write_demo_sdxl_checkpoint(dest: Path) -> None:
+    """Write a diffusers ``StableDiffusionXLPipeline`` folder of seeded random weights to ``dest``."""
+    write_demo_text_parts(dest)
+    vocab = write_demo_tokenizer(dest / "tokenizer_2", pad_token=SDXL_PAD_TOKEN_2)
+    demo_text_encoder(vocab, projection=True).save_pretrained(dest / "text_encoder_2")
+    demo_sdxl_unet().save_pretrained(dest / "unet")
+    demo_vae(scaling_factor=SDXL_SCALING_FACTOR).save_pretrained(dest / "vae")
+    write_json(dest / "scheduler" / "scheduler_config.json", SDXL_SCHEDULER_CONFIG)
+    write_json(dest / "model_index.json", SDXL_MODEL_INDEX)
+
+
+def demo_sdxl_unet() -> Any:
+    """A narrow SDXL UNet: size and pooled-text conditioning (``text_time``), linear projections.
+
+    Like SDXL base it has no attention in its first block and more transformer layers deeper down;
+    it attends to both text encoders' hidden states side by side.
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(4)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=2 * SDXL_DEMO_TEXT_WIDTH,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_DEMO_TIME_EMBED_DIM,
+        # Six size values (original, crop, target) embedded, then the pooled text embedding.
+        projection_class_embeddings_input_dim=6 * SDXL_DEMO_TIME_EMBED_DIM + SDXL_DEMO_TEXT_WIDTH,
+        norm_num_groups=32,
+    )
+
+
 def write_demo_text_parts(dest: Path) -> None:
     """Write the demo tokenizer and the CLIP text encoder sized for it under ``dest``."""
     vocab = write_demo_tokenizer(dest / "tokenizer")
@@ -325,12 +437,16 @@ def demo_vae(block_out_channels: tuple[int, ...] = (16, 16, 32, 32), scaling_fac
     )
 
 
-def demo_text_encoder(vocab: dict[str, int]) -> Any:
-    """A two-layer CLIP text encoder (hidden size 32) sized for ``vocab``."""
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+def demo_text_encoder(vocab: dict[str, int], *, projection: bool = False) -> Any:
+    """A two-layer CLIP text encoder (hidden size 32) sized for ``vocab``.
 
-    torch.manual_seed(2)
+    ``projection`` gives SDXL's second encoder: a ``CLIPTextModelWithProjection`` (other weights),
+    whose projected pooled output conditions the UNet.
+    """
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(5 if projection else 2)
     config = CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=32,
@@ -344,10 +460,10 @@ def demo_text_encoder(vocab: dict[str, int]) -> Any:
         eos_token_id=vocab[EOS_TOKEN],
         pad_token_id=vocab[EOS_TOKEN],
     )
-    return CLIPTextModel(config)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
-def write_demo_tokenizer(dest: Path) -> dict[str, int]:
+def write_demo_tokenizer(dest: Path, *, pad_token: str = EOS_TOKEN) -> dict[str, int]:
     """Write a CLIP byte-level BPE tokenizer (vocab.json, merges.txt, configs) and return its vocab."""
     merges = train_bpe_merges(_TOKENIZER_WORDS.split())
     vocab = clip_vocab(merges)
@@ -359,7 +475,7 @@ def write_demo_tokenizer(dest: Path) -> dict[str, int]:
     specials = {
         "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
+        "pad_token": pad_token,
         "unk_token": EOS_TOKEN,
     }
     write_json(dest / "special_tokens_map.json", specials)

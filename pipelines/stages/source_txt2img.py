@@ -17,6 +17,7 @@ from PIL import Image
 
 from pipelines.diffusion import DiffusionModel, Generation, generation_metadata, grid_size, load_model
 from pipelines.prompt import prompt_stage
+from pipelines.sdxl import txt2img_sdxl, wants_sdxl
 from pipelines.stages.base import StageContext, StageImage
 from pipelines.txt2img import txt2img
 
@@ -25,7 +26,9 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     """Generate the images at the requested size and return ``images`` followed by them."""
     requested, generation = generations(params)
     model = load_model(ctx.models_path, generation.model, ctx.sessions)
-    generated = txt2img(model, generation, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled)
+    # SDXL: asked for by the pipeline name (contract §8.6) or implied by the model folder.
+    generate = txt2img_sdxl if wants_sdxl(params, model.folder) else txt2img
+    generated = generate(model, generation, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled)
     return [*images, *stage_images(params, requested, model, ctx.models_path, generated)]
 
 

@@ -1,0 +1,285 @@
+"""Stable Diffusion XL text-to-image on ONNX Runtime (``txt2img-sdxl``), on the CPU or the GPU path.
+
+The numerics follow diffusers' PyTorch ``StableDiffusionXLPipeline`` step for step: both text
+encoders' penultimate hidden states side by side, the second encoder's projected pooled output
+and the size conditioning (``time_ids``: original size, crop origin, target size) as the UNet's
+``added_cond_kwargs``, zeros for an absent negative prompt (``force_zeros_for_empty_prompt``),
+the same scheduler calls and guidance. The model folder is optimum's SDXL ONNX layout written by
+``pipelines.models.convert`` (``text_encoder_2/``, ``tokenizer_2/``, a UNet taking
+``text_embeds`` and ``time_ids``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipelines.diffusion import (
+    LATENT_CHANNELS,
+    CancelCheck,
+    DiffusionModel,
+    Generation,
+    StepCallback,
+    counts_as_step,
+    decode_latents,
+    initial_latents,
+    input_type,
+    load_tokenizer,
+    parse_prompts,
+    torch_generator,
+)
+from pipelines.schedulers import step_arguments
+
+logger = logging.getLogger(__name__)
+
+#: Pipeline names (contract §8.6) that ask for SDXL: every name ending in ``-sdxl``.
+SDXL_SUFFIX = "-sdxl"
+#: ``(batch, sample, timestep, hidden, text_embeds, time_ids) -> noise``: one UNet call on torch tensors.
+Predict = Callable[[Any, Any, Any, Any, Any], Any]
+
+
+def is_sdxl_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an SDXL model: its ``model_index.json`` class is an XL pipeline."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return "XL" in str(index.get("_class_name", ""))
+
+
+def wants_sdxl(params: Mapping[str, Any], folder: Path) -> bool:
+    """Whether a stage runs SDXL: the requested pipeline ends in ``-sdxl`` or the model is SDXL."""
+    return str(params.get("pipeline") or "").endswith(SDXL_SUFFIX) or is_sdxl_folder(folder)
+
+
+@dataclass(frozen=True)
+class SdxlConditioning:
+    """The UNet's text inputs, rows ``[negative] * batch + [prompt] * batch`` with guidance."""
+
+    #: ``(rows, 77, hidden_1 + hidden_2)``: both encoders' penultimate hidden states.
+    hidden: np.ndarray
+    #: ``(rows, projection)``: the second encoder's projected pooled output (``text_embeds``).
+    pooled: np.ndarray
+    #: ``(rows, 6)``: original height and width, crop top and left, target height and width.
+    time_ids: np.ndarray
+
+
+def force_zeros_for_empty_prompt(folder: Path) -> bool:
+    """SDXL's ``force_zeros_for_empty_prompt`` from the model index (diffusers' default: True)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    return bool(index.get("force_zeros_for_empty_prompt", True))
+
+
+def token_ids(tokenizer: Any, text: str) -> np.ndarray:
+    """One ``(1, 77)`` window of token ids, truncated as diffusers' SDXL pipeline does."""
+    ids = tokenizer(
+        text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True
+    ).input_ids
+    return np.asarray([ids], dtype=np.int64)
+
+
+def encode_text(model: DiffusionModel, component: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run text encoder ``component``: its penultimate hidden states and its first output.
+
+    In optimum's layout the hidden states come last, the final layer's last of all, so the
+    penultimate is output ``-2``; the first output of ``text_encoder_2`` is the pooled projection.
+    """
+    session = model.session(component)
+    outputs = session.run(None, {"input_ids": ids.astype(input_type(session, "input_ids", np.int32))})
+    return outputs[-2], outputs[0]
+
+
+def encode_prompts(model: DiffusionModel, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """One prompt through both encoders: ``(1, 77, hidden_1 + hidden_2)`` and ``(1, projection)``."""
+    first, _ = encode_text(model, "text_encoder", token_ids(load_tokenizer(model.folder / "tokenizer"), text))
+    second, pooled = encode_text(
+        model, "text_encoder_2", token_ids(load_tokenizer(model.folder / "tokenizer_2"), text)
+    )
+    return np.concatenate([first, second], axis=-1), pooled
+
+
+def size_time_ids(width: int, height: int) -> np.ndarray:
+    """SDXL's size conditioning for an uncropped image generated at its own size: ``(1, 6)``."""
+    return np.asarray([[height, width, 0, 0, height, width]], dtype=np.float32)
+
+
+def encode_prompt(
+    model: DiffusionModel, prompt: str, negative_prompt: str | None, generation: Generation
+) -> SdxlConditioning:
+    """The UNet's text and size conditioning for ``generation`` (prompts free of network tokens)."""
+    hidden, pooled = encode_prompts(model, prompt)
+    time_ids = size_time_ids(generation.width, generation.height)
+    rows = generation.batch
+    if generation.guidance:
+        if negative_prompt is None and force_zeros_for_empty_prompt(model.folder):
+            negative_hidden, negative_pooled = np.zeros_like(hidden), np.zeros_like(pooled)
+        else:
+            negative_hidden, negative_pooled = encode_prompts(model, negative_prompt or "")
+        hidden = np.concatenate([np.repeat(negative_hidden, rows, 0), np.repeat(hidden, rows, 0)])
+        pooled = np.concatenate([np.repeat(negative_pooled, rows, 0), np.repeat(pooled, rows, 0)])
+        rows *= 2
+    else:
+        hidden, pooled = np.repeat(hidden, rows, 0), np.repeat(pooled, rows, 0)
+    return SdxlConditioning(
+        hidden=hidden.astype(np.float32),
+        pooled=pooled.astype(np.float32),
+        time_ids=np.repeat(time_ids, rows, 0),
+    )
+
+
+def cpu_predict(model: DiffusionModel) -> Predict:
+    """UNet calls on the model's ONNX Runtime session, torch tensors in and out through numpy."""
+    import torch
+
+    unet = model.session("unet")
+    timestep_type = input_type(unet, "timestep", np.float32)
+
+    def predict(sample: Any, timestep: Any, hidden: Any, pooled: Any, time_ids: Any) -> Any:
+        feeds = {
+            "sample": sample.numpy(),
+            "timestep": timestep.numpy().astype(timestep_type),
+            "encoder_hidden_states": hidden.numpy(),
+            "text_embeds": pooled.numpy(),
+            "time_ids": time_ids.numpy(),
+        }
+        feeds = {name: value.astype(input_type(unet, name, value.dtype)) for name, value in feeds.items()}
+        return torch.from_numpy(unet.run(None, feeds)[0])
+
+    return predict
+
+
+def denoise(
+    predict: Predict,
+    scheduler: Any,
+    sample: Any,
+    conditioning: tuple[Any, Any, Any],
+    generation: Generation,
+    *,
+    on_step: StepCallback,
+    check_cancelled: CancelCheck,
+) -> Any:
+    """The UNet loop on torch tensors (CPU or CUDA) from ``sample`` (already scaled for the scheduler)."""
+    import torch
+
+    hidden, pooled, time_ids = conditioning
+    arguments = step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed))
+    timesteps = scheduler.timesteps
+    for index, t in enumerate(timesteps):
+        doubled = torch.cat([sample] * 2) if generation.guidance else sample
+        model_input = scheduler.scale_model_input(doubled, t)
+        timestep = torch.full((len(model_input),), float(t), device=model_input.device)
+        noise = predict(model_input, timestep, hidden, pooled, time_ids).float()
+        if generation.guidance:
+            uncond, text = noise.chunk(2)
+            noise = uncond + generation.cfg * (text - uncond)
+        sample = scheduler.step(noise, t, sample, **arguments, return_dict=False)[0]
+        if counts_as_step(index, len(timesteps), generation.steps, scheduler.order):
+            on_step(1)
+        check_cancelled()
+    return sample
+
+
+def txt2img_sdxl(
+    model: DiffusionModel,
+    generation: Generation,
+    *,
+    on_step: StepCallback = lambda n: None,
+    check_cancelled: CancelCheck = lambda: None,
+) -> list[Image.Image]:
+    """Generate ``generation.batch`` SDXL images from onnx-web's seeded noise.
+
+    On a CUDA worker (``gpu_settings``) the UNet and VAE decoder run on ``pipelines.gpu.runtime``
+    sessions with the latents kept on the GPU; otherwise on the worker's ONNX Runtime sessions.
+    """
+    import torch
+
+    from pipelines.gpu.runtime import gpu_model, gpu_settings
+
+    prompt, negative = parse_prompts(generation)
+    if prompt.clip_skip:
+        logger.warning("<clip:skip:%d> is not applied to SDXL (contract §9); ignored", prompt.clip_skip)
+    conditioning = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
+    scheduler = model.scheduler(generation.scheduler, generation.seed)
+    scheduler.set_timesteps(generation.steps)
+    noise = initial_latents(generation.seed, generation.batch, generation.width, generation.height)
+    # init_noise_sigma is a tensor for the Karras-style schedulers; float() keeps numpy maths.
+    latents = torch.from_numpy(noise * float(scheduler.init_noise_sigma))
+    tensors = (conditioning.hidden, conditioning.pooled, conditioning.time_ids)
+    settings = gpu_settings(model.sessions)
+    if settings is None:
+        inputs = tuple(torch.from_numpy(item) for item in tensors)
+        latents = denoise(
+            cpu_predict(model),
+            scheduler,
+            latents,
+            (inputs[0], inputs[1], inputs[2]),
+            generation,
+            on_step=on_step,
+            check_cancelled=check_cancelled,
+        )
+        return decode_latents(model, latents.numpy(), generation.vae_tiling)
+    from pipelines.gpu.batch import GpuDenoiser
+
+    on_gpu = gpu_model(model.folder, settings)
+    with torch.cuda.stream(on_gpu.stream):
+        inputs = tuple(torch.from_numpy(item).to(on_gpu.device) for item in tensors)
+        latents = denoise(
+            gpu_predict(on_gpu),
+            scheduler,
+            latents.to(on_gpu.device),
+            (inputs[0], inputs[1], inputs[2]),
+            generation,
+            on_step=on_step,
+            check_cancelled=check_cancelled,
+        )
+        return GpuDenoiser(model, on_gpu).decode(latents)
+
+
+def gpu_predict(on_gpu: Any) -> Predict:
+    """UNet calls on a ``GpuDiffusionModel``'s CUDA session (CUDA graphs for warmed shapes)."""
+
+    def predict(sample: Any, timestep: Any, hidden: Any, pooled: Any, time_ids: Any) -> Any:
+        feeds = {
+            "sample": sample,
+            "timestep": timestep,
+            "encoder_hidden_states": hidden,
+            "text_embeds": pooled,
+            "time_ids": time_ids,
+        }
+        return on_gpu.unet(feeds, {"out_sample": tuple(sample.shape)})["out_sample"]
+
+    return predict
+
+
+def warm_up_sdxl(on_gpu: Any, width: int, height: int, images: int = 1) -> None:
+    """Capture an SDXL model's UNet (with guidance) and VAE decoder at one size on its GPU session."""
+    import torch
+
+    latent_h, latent_w = height // 8, width // 8
+    rows = images * 2
+    hidden = on_gpu.unet.inputs["encoder_hidden_states"].shape[-1]
+    pooled = on_gpu.unet.inputs["text_embeds"].shape[-1]
+    with torch.cuda.stream(on_gpu.stream):
+        device = on_gpu.device
+        on_gpu.unet.capture(
+            {
+                "sample": torch.randn((rows, LATENT_CHANNELS, latent_h, latent_w), device=device),
+                "timestep": torch.full((rows,), 500.0, device=device),
+                "encoder_hidden_states": torch.randn((rows, 77, hidden), device=device),
+                "text_embeds": torch.randn((rows, pooled), device=device),
+                "time_ids": torch.full((rows, 6), float(height), device=device),
+            },
+            {"out_sample": (rows, LATENT_CHANNELS, latent_h, latent_w)},
+        )
+        on_gpu.vae_decoder.capture(
+            {"latent_sample": torch.randn((1, LATENT_CHANNELS, latent_h, latent_w), device=device)},
+            {"sample": (1, 3, height, width)},
+        )
+    on_gpu.stream.synchronize()

@@ -1,0 +1,186 @@
+"""SDXL txt2img on ONNX Runtime against diffusers' PyTorch ``StableDiffusionXLPipeline``, same weights.
+
+The demo SDXL model is random and tiny, so its images mean nothing; what matters is that both text
+encoders, the pooled and size conditioning, every scheduler call, the guidance and the decoding
+match diffusers to within rounding, and that ``source-txt2img`` takes this path for SDXL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.diffusion import DiffusionModel, Generation, initial_latents, load_model
+from pipelines.models.demo import DEMO_SDXL, EXTRAS_FILE, SDXL_SCALING_FACTOR, torch_source_path
+from pipelines.schedulers import load_scheduler_config, make_scheduler
+from pipelines.sdxl import is_sdxl_folder, txt2img_sdxl, wants_sdxl
+from pipelines.sessions import SessionCache
+from pipelines.stages import source_txt2img
+from pipelines.stages.base import StageContext
+
+#: Two of 255 levels: ONNX Runtime and PyTorch differ by ~1e-6, which rounding can turn into one.
+MAX_LEVEL_DIFF = 2
+
+
+@pytest.fixture(scope="module")
+def sdxl_model(models_path: Path, sessions: SessionCache) -> DiffusionModel:
+    """The demo SDXL model on ONNX Runtime (built with the other demo models)."""
+    return load_model(models_path, DEMO_SDXL, sessions)
+
+
+@pytest.fixture(scope="module")
+def sdxl_torch(models_path: Path) -> dict[str, Any]:
+    """The PyTorch modules the demo SDXL model was exported from."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    source = torch_source_path(models_path, DEMO_SDXL)
+    return {
+        "vae": AutoencoderKL.from_pretrained(source / "vae").eval(),
+        "text_encoder": CLIPTextModel.from_pretrained(source / "text_encoder").eval(),
+        "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(source / "text_encoder_2").eval(),
+        "tokenizer": CLIPTokenizer.from_pretrained(str(source / "tokenizer")),
+        "tokenizer_2": CLIPTokenizer.from_pretrained(str(source / "tokenizer_2")),
+        "unet": UNet2DConditionModel.from_pretrained(source / "unet").eval(),
+    }
+
+
+def generation(scheduler: str, **changes: Any) -> Generation:
+    values: dict[str, Any] = {
+        "model": DEMO_SDXL,
+        "scheduler": scheduler,
+        "prompt": "a photo of a cat sitting on a red chair",
+        "negative_prompt": "blurry, lowres",
+        "seed": 1234,
+        "steps": 5,
+        "cfg": 6.0,
+        "eta": 0.0,
+        "batch": 1,
+        "width": 64,
+        "height": 48,
+    }
+    return Generation(**{**values, **changes})
+
+
+def pixels(images: list[Any]) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+
+
+def torch_reference(parts: dict[str, Any], model: DiffusionModel, gen: Generation) -> np.ndarray:
+    """diffusers' PyTorch StableDiffusionXLPipeline, given our starting noise and step generator."""
+    from diffusers import StableDiffusionXLPipeline
+
+    scheduler = make_scheduler(gen.scheduler, load_scheduler_config(model.folder), seed=gen.seed)
+    # diffusers' lazy imports leave the class untyped for mypy.
+    pipe: Any = StableDiffusionXLPipeline(**parts, scheduler=scheduler, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        gen.prompt,
+        negative_prompt=gen.negative_prompt,
+        width=gen.width,
+        height=gen.height,
+        num_inference_steps=gen.steps,
+        guidance_scale=gen.cfg,
+        eta=gen.eta,
+        num_images_per_prompt=gen.batch,
+        latents=torch.from_numpy(initial_latents(gen.seed, gen.batch, gen.width, gen.height)),
+        generator=torch.Generator().manual_seed(gen.seed),
+        output_type="np",
+    ).images
+    return (images * 255).round().astype(np.int16)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm-multi"])
+def test_sdxl_matches_diffusers_torch_pipeline(
+    sdxl_model: DiffusionModel, sdxl_torch: dict[str, Any], scheduler: str
+) -> None:
+    gen = generation(scheduler)
+    ours = pixels(txt2img_sdxl(sdxl_model, gen))
+    reference = torch_reference(sdxl_torch, sdxl_model, gen)
+    assert ours.shape == reference.shape == (1, 48, 64, 3)
+    assert np.abs(ours - reference).max() <= MAX_LEVEL_DIFF
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # No negative prompt: SDXL conditions on zeros (force_zeros_for_empty_prompt), not on "".
+        pytest.param({"batch": 2, "negative_prompt": None}, id="batch2-zero-negative"),
+        pytest.param({"cfg": 1.0}, id="no-guidance"),
+    ],
+)
+def test_sdxl_variants_match_diffusers_torch_pipeline(
+    sdxl_model: DiffusionModel, sdxl_torch: dict[str, Any], changes: dict[str, Any]
+) -> None:
+    gen = generation("euler-a", **changes)
+    ours = pixels(txt2img_sdxl(sdxl_model, gen))
+    reference = torch_reference(sdxl_torch, sdxl_model, gen)
+    assert ours.shape == reference.shape == (gen.batch, 48, 64, 3)
+    assert np.abs(ours - reference).max() <= MAX_LEVEL_DIFF
+
+
+def test_sdxl_export_has_optimums_layout(sdxl_model: DiffusionModel, models_path: Path) -> None:
+    unet = sdxl_model.session("unet")
+    assert [item.name for item in unet.get_inputs()] == [
+        "sample",
+        "timestep",
+        "encoder_hidden_states",
+        "text_embeds",
+        "time_ids",
+    ]
+    # Two layers each: the embeddings and both layers' outputs follow the first two outputs.
+    first = [item.name for item in sdxl_model.session("text_encoder").get_outputs()]
+    second = [item.name for item in sdxl_model.session("text_encoder_2").get_outputs()]
+    hidden = ["hidden_states.0", "hidden_states.1", "hidden_states.2"]
+    assert first == ["last_hidden_state", "pooler_output", *hidden]
+    assert second == ["text_embeds", "last_hidden_state", *hidden]
+    assert (sdxl_model.folder / "tokenizer_2" / "vocab.json").is_file()
+    assert sdxl_model.scaling_factor == SDXL_SCALING_FACTOR
+    extras = json.loads((models_path / EXTRAS_FILE).read_text())
+    entry = next(item for item in extras["diffusion"] if item["name"] == DEMO_SDXL)
+    assert entry["pipeline"] == "txt2img-sdxl"
+
+
+def test_sdxl_is_chosen_by_pipeline_name_or_model_folder(
+    sdxl_model: DiffusionModel, demo_model: DiffusionModel
+) -> None:
+    assert is_sdxl_folder(sdxl_model.folder)
+    assert not is_sdxl_folder(demo_model.folder)
+    assert wants_sdxl({"pipeline": "txt2img"}, sdxl_model.folder)
+    assert wants_sdxl({"pipeline": "txt2img-sdxl"}, demo_model.folder)
+    assert not wants_sdxl({"pipeline": "txt2img"}, demo_model.folder)
+
+
+def test_source_txt2img_stage_runs_sdxl(
+    sdxl_model: DiffusionModel, models_path: Path, sessions: SessionCache
+) -> None:
+    steps: list[int] = []
+    ctx = StageContext(models_path=models_path, sessions=sessions, inputs={}, on_step=steps.append)
+    params = {
+        "model": DEMO_SDXL,
+        "pipeline": "txt2img-sdxl",
+        "scheduler": "euler",
+        "prompt": "a red chair",
+        "negative_prompt": "",
+        "seed": 7,
+        "steps": 3,
+        "cfg": 5.0,
+        "batch": 1,
+        "width": 64,
+        "height": 40,
+    }
+    images = source_txt2img.run(ctx, params, [])
+    assert len(images) == 1 and images[0].image.size == (64, 40)
+    assert sum(steps) == 3
+    # The stage generates a whole 64-px cell and crops; the crop is the SDXL pipeline's own image.
+    direct = txt2img_sdxl(
+        sdxl_model,
+        generation("euler", prompt="a red chair", negative_prompt=None, seed=7, steps=3, cfg=5.0, height=64),
+    )[0]
+    assert np.array_equal(np.asarray(direct.crop((0, 0, 64, 40))), np.asarray(images[0].image))
+    assert images[0].metadata["params"]["pipeline"] == "txt2img-sdxl"
