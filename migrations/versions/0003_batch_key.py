@@ -1,10 +1,11 @@
 """Add ``jobs.batch_key``: what a plain txt2img job must share with others to run in one UNet batch.
 
 A job is batchable when its chain is exactly ``[source-txt2img, persist-disk]`` with no uploads,
-one image (``batch`` 1) and the whole-image VAE (``tiled_vae`` off, since the batched decoder
-does not tile). Its key is ``<width>x<height> <steps> <scheduler> <model>``; the scheduler names
-have no spaces, so two different parameter sets never share a key. Every other job has no key
-and is only ever claimed alone. ``claim_batch`` finds a claimed job's mates through
+one image (``batch`` 1), the whole-image VAE (``tiled_vae`` off, since the batched decoder does
+not tile) and the plain SD pipeline (``pipeline`` txt2img: SDXL has its own text conditioning).
+Its key is ``<width>x<height> <steps> <scheduler> <model>``; scheduler names have no spaces, so
+two different parameter sets never share a key. Every other job has no key and is only ever
+claimed alone. ``claim_batch`` finds a claimed job's mates through
 ``jobs_batch_idx``.
 
 The column is generated and STORED (PostgreSQL 18's default, VIRTUAL, cannot be indexed):
@@ -35,6 +36,7 @@ UPGRADE = (
                 AND inputs = '{}'
                 AND coalesce(chain #> '{stages,0,params,batch}', '1') = '1'
                 AND coalesce(chain #> '{stages,0,params,tiled_vae}', 'false') = 'false'
+                AND coalesce(chain #>> '{stages,0,params,pipeline}', 'txt2img') = 'txt2img'
             THEN (chain #>> '{stages,0,params,width}') || 'x' || (chain #>> '{stages,0,params,height}')
                 || ' ' || (chain #>> '{stages,0,params,steps}')
                 || ' ' || (chain #>> '{stages,0,params,scheduler}')
