@@ -11,7 +11,14 @@ import onnx
 import pytest
 
 from pipelines.models.convert import add_convert_arguments, hash_component, read_model_hash, run_convert
-from pipelines.models.demo import DEMO_MODELS, build_demo_models, merge_extras, torch_source_path
+from pipelines.models.demo import (
+    DEMO_MODELS,
+    DEMO_SDXL,
+    DEMO_UPSCALER,
+    build_demo_models,
+    merge_extras,
+    torch_source_path,
+)
 
 BASE, INPAINT = (model.name for model in DEMO_MODELS)
 IO_NAMES = {
@@ -84,7 +91,7 @@ def test_demo_models_are_listed_in_extras_beside_other_entries(models_path: Path
         ],
     }
     listed = json.loads((models_path / "extras.json").read_text())["diffusion"]
-    assert [entry["name"] for entry in listed] == [BASE, INPAINT]
+    assert [entry["name"] for entry in listed] == [BASE, INPAINT, DEMO_SDXL]
     assert listed[0]["hash"] == read_model_hash(models_path / BASE)
     assert listed[1]["pipeline"] == "inpaint"
 
@@ -93,12 +100,10 @@ def test_build_keeps_existing_models_unless_forced(models_path: Path) -> None:
     unet = models_path / BASE / "unet" / "model.onnx"
     before = unet.stat().st_mtime_ns
     lines: list[str] = []
-    assert build_demo_models(models_path, progress=lines.append) == [
-        models_path / BASE,
-        models_path / INPAINT,
-    ]
+    names = [BASE, INPAINT, DEMO_UPSCALER, DEMO_SDXL]
+    assert build_demo_models(models_path, progress=lines.append) == [models_path / name for name in names]
     assert unet.stat().st_mtime_ns == before
-    assert lines == [f"{BASE}: already built", f"{INPAINT}: already built"]
+    assert lines == [f"{name}: already built" for name in names]
 
 
 def test_convert_command_converts_a_diffusers_folder(
@@ -129,4 +134,5 @@ def test_convert_demo_command_reports_the_models(
     models_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run_convert(parse(["convert", "demo", "--models", str(models_path)])) == 0
-    assert capsys.readouterr().out.split() == [str(models_path / BASE), str(models_path / INPAINT)]
+    names = [BASE, INPAINT, DEMO_UPSCALER, DEMO_SDXL]
+    assert capsys.readouterr().out.split() == [str(models_path / name) for name in names]
