@@ -4,6 +4,8 @@
 of exactly ``[source-txt2img, persist-disk]`` making one image, with no uploads and no tiled VAE,
 and all of one model, size, scheduler and step count (see ``migrations/versions/0003_batch_key``).
 A job that asks for several images already fills a UNet batch itself, so it is claimed alone.
+SDXL has its own text conditioning, which the batched loop does not feed: a batch whose model
+folder turns out to be SDXL runs its first job alone and hands the others back to the queue.
 
 ``txt2img_batch`` shares only the UNet calls. Everything else stays per job, exactly as
 ``Worker.run_job`` does it for a lone job: its own lease thread (a lost lease stops that job
@@ -28,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from pipelines.diffusion import DiffusionModel, Generation, load_model
+from pipelines.diffusion import DiffusionModel, Generation, load_model, model_folder
 from pipelines.gpu.batch import Txt2ImgJob, txt2img_batch
+from pipelines.sdxl import wants_sdxl
 from pipelines.stages.base import Counter, Progress, StageImage
 from pipelines.stages.catalogue import estimate_steps
 from pipelines.stages.source_txt2img import generations, stage_images
@@ -69,6 +72,13 @@ class Member:
 
 def run_batch(worker: Worker, jobs: Sequence[ClaimedJob]) -> None:
     """Run compatible claimed jobs as one batch; each ends as ``Worker.run_job`` would end it alone."""
+    if not _runs_batched(worker, jobs[0]):
+        # Hand the mates back unspent (they are claimed again, each in its turn) and run the
+        # first job alone: the lone path is the only one that runs its model.
+        for job in jobs[1:]:
+            worker.jobs.release(job.id, worker.config.worker_id, job.attempt)
+        worker.run_job(jobs[0])
+        return
     fault_point("after_claim")
     started = time.monotonic()
     with ExitStack() as leases:
@@ -82,6 +92,16 @@ def run_batch(worker: Worker, jobs: Sequence[ClaimedJob]) -> None:
             outcomes.append((member.run, outcome, timings))
     for run, outcome, timings in outcomes:
         worker.log_summary(run, outcome, started, timings, batch=len(jobs))
+
+
+def _runs_batched(worker: Worker, job: ClaimedJob) -> bool:
+    """Whether the batched SD loop can run the job's model: not SDXL, which the folder may imply."""
+    params = job.chain["stages"][0]["params"]
+    try:
+        folder = model_folder(worker.config.models_path, str(params["model"]))
+    except ValueError:
+        return False  # an unusable name: the lone path fails the job as it fails any other
+    return not wants_sdxl(params, folder)
 
 
 def _plan(run: JobRun) -> Member:

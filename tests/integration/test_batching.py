@@ -9,6 +9,7 @@ take its lease away) without sleeping.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import shutil
 import tempfile
@@ -340,3 +341,23 @@ def test_an_error_that_stops_the_whole_batch_ends_each_job_as_alone(
         # A missing model is final: failed at once, as a lone job with it fails.
         assert (row["state"], row["reason"], row["attempt"]) == (JobState.FAILED, "error", 1), job.name
         assert "missing-model" in row["errors"][0]["message"]
+
+
+def test_a_batch_whose_model_folder_is_sdxl_runs_its_first_job_alone_and_hands_back_the_rest(
+    database_url: str, engine: sqlalchemy.Engine, models: Path, sessions: SessionCache, tmp_path: Path
+) -> None:
+    # A model folder that says it is SDXL: the queue cannot tell, only the worker can.
+    folder = tmp_path / "models"
+    shutil.copytree(models / DEMO_MODELS[0].name, folder / "demo-xl")
+    index = folder / "demo-xl" / "model_index.json"
+    index.write_text(
+        json.dumps({**json.loads(index.read_text()), "_class_name": "StableDiffusionXLPipeline"})
+    )
+    queue = HookedStore(engine)
+    first, *rest = [queue.enqueue(plain_job(models, seed, model="demo-xl")) for seed in (1, 2, 3)]
+    run_worker(database_url, queue, MemoryObjectStore(), folder, sessions, batch_max=BATCH, max_jobs=1)
+
+    assert job_row(engine, first.name)["attempt"] == 1
+    for job in rest:
+        row = job_row(engine, job.name)
+        assert (row["state"], row["attempt"], row["errors"]) == (JobState.PENDING, 0, []), job.name
