@@ -110,7 +110,7 @@ def _plan(run: JobRun) -> Member:
     member = Member(run=run, params=dict(stages[0]["params"]), steps_total=estimate_steps(stages))
     try:
         member.requested, member.generation = generations(member.params)
-    except ValueError as err:
+    except Exception as err:  # bad params end this job's attempt, as the stage would end it alone
         member.error = err
     return member
 
