@@ -10,6 +10,11 @@ prints a table and writes ``gpu-bench.json`` (every figure) and a kernel profile
 
 ``--architecture tiny --device cpu`` runs the same steps on the demo model without a GPU (the
 CUDA sections are skipped), to check the script before spending GPU time.
+
+``--architecture sdxl`` (or ``tiny-sdxl``) runs the SDXL rows instead: full-size SDXL base with
+random weights, PyTorch = diffusers' ``StableDiffusionXLPipeline`` in fp16; the UNet call at
+1024x1024 with guidance (batch 2) and a 30-step 1024x1024 image from text to PNG bytes
+(``pipelines.sdxl.txt2img_sdxl`` on CUDA graphs).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ PEAK_TFLOPS = 989.0
 PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, lowres"
 BATCH_JOBS = (1, 2, 4, 8)
+#: Architectures benchmarked by ``run_sdxl_bench``.
+SDXL_ARCHITECTURES = ("sdxl", "tiny-sdxl")
 #: CUDA provider settings tried for the UNet call; the fastest serves the image timings.
 VARIANTS: dict[str, dict[str, Any]] = {
     "static": {"cuda_graphs": False},
@@ -61,7 +68,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--architecture", choices=ARCHITECTURES, default="sd15")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--steps", type=int, default=50, help="steps of the full image (default 50)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps of the full image (default 50, SDXL 30)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="components fused in parallel")
 
 
@@ -395,6 +404,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.architecture in SDXL_ARCHITECTURES:
+        return run_sdxl_bench(args)
+    args.steps = args.steps or 50
     side = 512 if args.architecture == "sd15" else 64
     timer = Timer(args.device)
     report: dict[str, Any] = {"architecture": args.architecture, "device": args.device, "steps": args.steps}
@@ -479,6 +491,178 @@ def format_table(report: dict[str, Any]) -> str:
         )
     one = ours["batching"]["1"]["images_per_s"]
     lines.append(f"batching gain at 4 jobs (ours): {ours['batching']['4']['images_per_s'] / one:.2f}x")
+    return "\n".join(lines)
+
+
+def sdxl_unet_inputs(device: str, dtype: Any, side: int, hidden: int, pooled: int) -> dict[str, Any]:
+    """Random inputs of one guided SDXL UNet call (batch 2) at ``side`` pixels, by ONNX input name."""
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(7)
+    return {
+        "sample": torch.randn((2, 4, side // 8, side // 8), generator=generator).to(device, dtype),
+        "timestep": torch.full((2,), 981.0).to(device),
+        "encoder_hidden_states": torch.randn((2, 77, hidden), generator=generator).to(device, dtype),
+        "text_embeds": torch.randn((2, pooled), generator=generator).to(device, dtype),
+        "time_ids": torch.tensor([[side, side, 0, 0, side, side]] * 2, dtype=torch.float32).to(device, dtype),
+    }
+
+
+def bench_pytorch_sdxl(src: Path, device: str, steps: int, side: int, timer: Timer) -> dict[str, Any]:
+    """diffusers' StableDiffusionXLPipeline in fp16 (fp32 on CPU): the UNet call and one image."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from pipelines.metadata import encode_image
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    pipe: Any = StableDiffusionXLPipeline.from_pretrained(src, torch_dtype=dtype, add_watermarker=False)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    unet = pipe.unet
+    feeds = sdxl_unet_inputs(
+        device, dtype, side, unet.config.cross_attention_dim, pipe.text_encoder_2.config.projection_dim
+    )
+
+    def call() -> Any:
+        with torch.no_grad():
+            added = {"text_embeds": feeds["text_embeds"], "time_ids": feeds["time_ids"]}
+            return unet(
+                feeds["sample"],
+                feeds["timestep"],
+                feeds["encoder_hidden_states"],
+                added_cond_kwargs=added,
+                return_dict=False,
+            )[0]
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        call()
+    result: dict[str, Any] = {"flops_unet_batch2": float(counter.get_total_flops())}
+    result["unet_batch2"] = summary(timer.events(call, 20))
+    result["unet_output"] = call().float()
+
+    def image() -> bytes:
+        picture = pipe(
+            PROMPT,
+            negative_prompt=NEGATIVE,
+            height=side,
+            width=side,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            generator=torch.Generator("cpu").manual_seed(0),
+        ).images[0]
+        return encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
+
+    result["image"] = summary(timer.wall(image, 3))
+    return result
+
+
+def bench_ours_sdxl(folder: Path, steps: int, side: int, timer: Timer, device: str) -> dict[str, Any]:
+    """Our SDXL path (``txt2img_sdxl``), text to PNG bytes; on CUDA after capturing the 1-image shapes."""
+    from pipelines.diffusion import Generation, load_model
+    from pipelines.gpu.runtime import GpuSettings, gpu_model
+    from pipelines.metadata import encode_image
+    from pipelines.sdxl import txt2img_sdxl, warm_up_sdxl
+    from pipelines.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
+
+    providers = (CUDA_PROVIDER, CPU_PROVIDER) if device == "cuda" else (CPU_PROVIDER,)
+    model = load_model(folder.parent, folder.name, SessionCache(2, SessionSettings(providers=providers)))
+    result: dict[str, Any] = {}
+    if device == "cuda":
+        result["warm_up_s"] = timed(lambda: warm_up_sdxl(gpu_model(folder, GpuSettings()), side, side))
+    generation = Generation(
+        model=folder.name, scheduler="euler", prompt=PROMPT, negative_prompt=NEGATIVE, seed=0,
+        steps=steps, cfg=7.5, eta=0.0, batch=1, width=side, height=side,
+    )  # fmt: skip
+
+    def work() -> bytes:
+        picture = txt2img_sdxl(model, generation)[0]
+        return encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
+
+    result["first_image_s"] = timed(work)
+    result["image"] = summary(timer.wall(work, 3, warmup=0))
+    return result
+
+
+def bench_unet_sdxl(folder: Path, reference: Any, side: int, timer: Timer) -> dict[str, Any]:
+    """Our fused SDXL UNet call (batch 2) on a CUDA graph, and how far it is from PyTorch's output."""
+    import torch
+
+    from pipelines.gpu.runtime import CudaSession, GpuSettings
+    from pipelines.models.convert import ONNX_FILE
+
+    stream = torch.cuda.Stream()
+    session = CudaSession(folder / "unet" / ONNX_FILE, GpuSettings(), stream)
+    hidden, pooled = (session.inputs[name].shape[-1] for name in ("encoder_hidden_states", "text_embeds"))
+    feeds = sdxl_unet_inputs("cuda", torch.float16, side, int(hidden), int(pooled))
+    shapes = {"out_sample": tuple(feeds["sample"].shape)}
+    started = time.monotonic()
+    captured = session.capture(feeds, shapes)
+    ready = time.monotonic() - started
+    output = session(feeds, shapes)["out_sample"].float()
+    torch.cuda.synchronize()
+    difference = (output - reference).abs()
+    return {
+        **summary(timer.events(partial(session, feeds, shapes), 30, stream)),
+        "cuda_graph": captured,
+        "load_and_capture_s": ready,
+        "max_abs_diff_vs_pytorch": float(difference.max()),
+        "rel_l2_vs_pytorch": float(difference.norm() / reference.norm()),
+    }
+
+
+def run_sdxl_bench(args: argparse.Namespace) -> int:
+    """The SDXL rows: build, convert (in the background while PyTorch is timed), time ours."""
+    import torch
+
+    side = 1024 if args.architecture == "sdxl" else 64
+    steps = args.steps or 30
+    timer = Timer(args.device)
+    report: dict[str, Any] = {"architecture": args.architecture, "device": args.device, "steps": steps}
+    if args.device == "cuda":
+        report.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__)
+    src, folder = args.work / "src", args.work / "models" / f"{args.architecture}-gpu"
+    report["build_checkpoint_s"] = timed(lambda: write_checkpoint(src, args.architecture))
+    optimize = "gpu" if args.device == "cuda" else "none"
+    started = time.monotonic()
+    conversion = start_conversion(src, folder, args.workers, optimize, args.out / "convert.log")
+    pytorch = bench_pytorch_sdxl(src, args.device, steps, side, timer)
+    reference = pytorch.pop("unet_output")
+    report["pytorch"] = pytorch
+    save_report(report, args.out)
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    if conversion.wait() != 0:
+        raise RuntimeError(f"conversion failed: see {args.out / 'convert.log'}")
+    report["convert_s"] = time.monotonic() - started
+    if args.device == "cuda":
+        report["gpu_markers"] = json.loads((folder / "gpu.json").read_text())
+        report["unet"] = bench_unet_sdxl(folder, reference, side, timer)
+        save_report(report, args.out)
+    report["ours"] = bench_ours_sdxl(folder, steps, side, timer, args.device)
+    save_report(report, args.out)
+    print(format_sdxl_table(report))
+    return 0
+
+
+def format_sdxl_table(report: dict[str, Any]) -> str:
+    """The SDXL rows side by side: UNet ms (with TFLOP/s) and the image from text to PNG."""
+    pytorch, ours = report["pytorch"], report["ours"]
+    lines = [f"{'measure':44} {'PyTorch':>10} {'ours':>10} {'ratio':>7} {'TFLOP/s':>8}"]
+    torch_unet = pytorch["unet_batch2"]["median_ms"]
+    if "unet" in report:
+        ms = report["unet"]["median_ms"]
+        tflops = pytorch["flops_unet_batch2"] / ms / 1e9
+        lines.append(
+            f"{'SDXL UNet b2, CUDA graph (ms)':44} {torch_unet:10.2f} {ms:10.2f} {torch_unet / ms:7.2f} {tflops:8.1f}"
+        )
+    image_torch, image_ours = pytorch["image"]["median_ms"], ours["image"]["median_ms"]
+    label = f"SDXL image, {report['steps']} steps, text to PNG (ms)"
+    lines.append(f"{label:44} {image_torch:10.1f} {image_ours:10.1f} {image_torch / image_ours:7.2f}")
     return "\n".join(lines)
 
 

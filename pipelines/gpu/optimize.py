@@ -40,7 +40,7 @@ CUDA_ONLY_FUSIONS = (
 )
 #: Inputs that stay fp32 in an fp16 graph: Karras-style schedulers step on fractional timesteps,
 #: which fp16 would round (0.5 apart near 1000).
-FP32_INPUTS = ("timestep",)
+FP32_INPUTS = ("timestep", "time_ids")
 #: Nodes that stay fp32 in an fp16 graph: the sinusoidal embeddings of the timestep (and SDXL's
 #: size conditioning) take sin/cos of arguments up to ~1000, whose phase fp16 loses; diffusers
 #: computes them in fp32 as well.

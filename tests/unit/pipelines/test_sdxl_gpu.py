@@ -1,0 +1,61 @@
+"""The SDXL GPU recipe on the tiny demo SDXL UNet, and the full-size SDXL configs the benchmark builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from pipelines.gpu.architectures import SDXL_TEXT_2, SDXL_UNET
+from pipelines.gpu.optimize import classic_attention, optimize_component
+from pipelines.models.convert import ONNX_FILE, export_unet
+from pipelines.models.demo import demo_sdxl_unet
+
+
+@pytest.fixture(scope="module")
+def fused_sdxl_unet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """The demo SDXL UNet exported with classic attention, fused and converted to fp16."""
+    folder = tmp_path_factory.mktemp("sdxl-fusion")
+    exported = folder / "unet" / ONNX_FILE
+    export_unet(classic_attention(demo_sdxl_unet().eval()), exported, 17)
+    fused = folder / "fp16" / ONNX_FILE
+    return fused, optimize_component(exported, fused, "unet", fp16=True)
+
+
+def test_every_sdxl_attention_is_fused(fused_sdxl_unet: tuple[Path, dict[str, int]]) -> None:
+    """Self and cross attention of each of the 8 transformer layers (2 down, 2 x 3 up) fuse."""
+    fused, counts = fused_sdxl_unet
+    assert counts["MultiHeadAttention"] == 16
+    ops = [node.op_type for node in onnx.load(str(fused)).graph.node]
+    assert "Softmax" not in ops and "InstanceNormalization" not in ops
+
+
+def test_sdxl_size_conditioning_stays_fp32(fused_sdxl_unet: tuple[Path, dict[str, int]]) -> None:
+    """``time_ids`` (sizes up to 1024+) and their sinusoidal embedding keep fp32 in the fp16 graph."""
+    model = onnx.load(str(fused_sdxl_unet[0]))
+    types = {item.name: item.type.tensor_type.elem_type for item in model.graph.input}
+    assert types == {
+        "sample": onnx.TensorProto.FLOAT16,
+        "timestep": onnx.TensorProto.FLOAT,
+        "encoder_hidden_states": onnx.TensorProto.FLOAT16,
+        "text_embeds": onnx.TensorProto.FLOAT16,
+        "time_ids": onnx.TensorProto.FLOAT,
+    }
+    sines = [node.name for node in model.graph.node if node.op_type in ("Sin", "Cos")]
+    assert len(sines) == 4 and all(
+        name.startswith(("/model/time_proj/", "/model/add_time_proj/")) for name in sines
+    )
+
+
+def test_full_size_sdxl_configs_have_sdxl_base_parameter_counts() -> None:
+    """Built on torch's meta device (no memory): SDXL base's UNet and OpenCLIP bigG, to the parameter."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2))
+    assert sum(item.numel() for item in unet.parameters()) == 2_567_463_684
+    assert sum(item.numel() for item in text_encoder_2.parameters()) == 694_659_840
