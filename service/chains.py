@@ -380,12 +380,13 @@ STAGE_PARAMS: dict[str, dict[str, Rule]] = {
     "upscale-bsrgan": {},
     "upscale-resrgan": {},
     "upscale-swinir": {},
+    "upscale-stable-diffusion": {**_TILING},
     "upscale-simple": {"method": _choice(("bilinear", "lanczos"), "lanczos"), "scale": _num(1, 8, 2)},
 }  # fmt: skip
 #: Stages whose ``width``/``height`` are not an image size (grid cells, crop box, thumbnail box).
 RAW_SIZE_STAGES = frozenset({"blend-grid", "reduce-crop", "reduce-thumbnail"})
 #: Stages that run an upscaling model, which must be named.
-MODEL_UPSCALERS = frozenset({"upscale-bsrgan", "upscale-resrgan", "upscale-swinir"})
+MODEL_UPSCALERS = frozenset({"upscale-bsrgan", "upscale-resrgan", "upscale-swinir", "upscale-stable-diffusion"})
 CORRECTORS = frozenset({"correct-codeformer", "correct-gfpgan"})
 
 

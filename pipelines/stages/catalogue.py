@@ -118,7 +118,8 @@ STAGES: Mapping[str, StageType] = _types(
     StageType("upscale-outpaint", MAX_TILE, "upscale_outpaint", _steps, ("mask",), tileable=True),
     StageType("upscale-resrgan", 512, "upscale_resrgan"),
     StageType("upscale-simple", MAX_TILE, "upscale_simple"),
-    StageType("upscale-stable-diffusion", 512, "upscale_stable_diffusion", _steps, tileable=True),
+    # 128-px inputs (512-px outputs), as onnx-web runs the x4 upscaler.
+    StageType("upscale-stable-diffusion", 128, "upscale_stable_diffusion", _steps, tileable=True),
     StageType("upscale-swinir", 64, "upscale_swinir"),
 )
 

@@ -214,3 +214,10 @@ def test_upscaled_outputs_list_the_upscaling_model_with_its_hash(client: httpx.C
     record = run_job(client, "/api/upscale", params=params, files={"source": png(gradient(32, 32))})
     models = {entry["name"]: entry["hash"] for entry in record["metadata"][0]["models"]}
     assert "upscaling-real-esrgan-x4-v3" in models and models["upscaling-real-esrgan-x4-v3"] != "unknown"
+
+
+def test_sd_x4_upscaler_through_the_upscale_route(client: httpx.Client) -> None:
+    params = {"params": {"upscaling": "upscaling-stable-diffusion-x4", "prompt": "sharp", "steps": 2},
+              "upscale": {"enabled": True, "scale": 4, "outscale": 4, "denoise": 0.2}}  # fmt: skip
+    record = run_job(client, "/api/upscale", params=params, files={"source": png(gradient(64, 48))})
+    assert output(client, record["outputs"][0]).size == (256, 192)
