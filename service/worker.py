@@ -405,11 +405,26 @@ class Worker:
             output_keys=stored.output_keys,
             steps=_pair(progress.steps), stages=_pair(progress.stages), tiles=_pair(progress.tiles),
         )  # fmt: skip
-        if committed:
+        if committed or self._already_committed(job, stored):
             return "success"
         log.warning("commit refused: this attempt lost its lease", extra={**run.keys(), "action": "fenced"})
         self._discard(job)
         return "fenced"
+
+    def _already_committed(self, job: ClaimedJob, stored: StoredOutputs) -> bool:
+        """Whether this very attempt's commit is the one the row records.
+
+        A commit whose reply was lost is retried; the retry changes no row because the first one
+        went through, and must not be taken for a lost lease (whose clean-up would delete the
+        outputs the row now serves).
+        """
+        view = self.jobs.get_many([job.name]).get(job.name)
+        return (
+            view is not None
+            and view.state == JobState.SUCCESS
+            and view.attempt == job.attempt
+            and view.output_keys == stored.output_keys
+        )
 
     @DB_RETRY
     def _finish_cancelled(self, run: JobRun) -> bool:
