@@ -6,6 +6,9 @@
 2. Submit → success latency of a 1-step demo txt2img job through the whole local stack
    (gunicorn, Postgres, S3, one worker), p50/p99, against running the same resolved chain
    in-process on the same warm sessions: the difference is what the service adds.
+3. Each image mode (txt2img, img2img, inpaint, upscale, highres) against the matching diffusers
+   pipeline on the same weights, and the peak memory of a 2048x2048 tiled upscale
+   (``scripts/bench_modes.py``, which prints its own table).
 
 Results are printed as a table and written as JSON (``--out``).
 """
@@ -26,6 +29,8 @@ import httpx
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The benchmark's sections, in the order they run (the modes first: they want a quiet machine).
+SECTIONS = ("modes", "queue", "latency")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,6 +43,12 @@ def bench_queue(out_dir: Path) -> dict[str, Any]:
     target = out_dir / "queue.json"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_queue.py"), "--workers", "8", "--out", str(target)],
                    check=True)  # fmt: skip
+    return dict(json.loads(target.read_text()))
+
+
+def bench_modes(out_dir: Path) -> dict[str, Any]:
+    target = out_dir / "modes.json"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_modes.py"), "--out", str(target)], check=True)
     return dict(json.loads(target.read_text()))
 
 
@@ -107,16 +118,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
     parser.add_argument("--runs", type=int, default=30, help="jobs timed for the latency figures")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to run")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"queue": bench_queue(args.out.parent), "latency": bench_latency(args.runs)}
+    results: dict[str, Any] = {}
+    if "modes" in args.sections:
+        results["modes"] = bench_modes(args.out.parent)
+    if "queue" in args.sections:
+        results["queue"] = bench_queue(args.out.parent)
+    if "latency" in args.sections:
+        results["latency"] = bench_latency(args.runs)
     args.out.write_text(json.dumps(results, indent=2))
-    lat = results["latency"]
     print("\n| measure | value |\n|---|---|")
-    print(f"| queue claim+complete, 8 workers | {results['queue'].get('jobs_per_s', 0):.0f} jobs/s |")
-    print(f"| submit → success p50 / p99 | {lat['service_ms']['p50']:.1f} / {lat['service_ms']['p99']:.1f} ms |")
-    print(f"| same chain in-process p50 / p99 | {lat['in_process_ms']['p50']:.1f} / {lat['in_process_ms']['p99']:.1f} ms |")
-    print(f"| service overhead p50 / p99 | {lat['overhead_ms']['p50']:.1f} / {lat['overhead_ms']['p99']:.1f} ms |")
+    if "queue" in results:
+        print(f"| queue claim+complete, 8 workers | {results['queue'].get('jobs_per_s', 0):.0f} jobs/s |")
+    if "latency" in results:
+        lat = results["latency"]
+        print(f"| submit → success p50 / p99 | {lat['service_ms']['p50']:.1f} / {lat['service_ms']['p99']:.1f} ms |")
+        print(f"| same chain in-process p50 / p99 | {lat['in_process_ms']['p50']:.1f} / {lat['in_process_ms']['p99']:.1f} ms |")
+        print(f"| service overhead p50 / p99 | {lat['overhead_ms']['p50']:.1f} / {lat['overhead_ms']['p99']:.1f} ms |")
+    for name, row in results.get("modes", {}).get("modes", {}).items():
+        print(f"| {name}: ours ÷ diffusers (median) | {row['ratio']:.2f} |")
+    memory = results.get("modes", {}).get("memory", {})
+    if "peak_rss_mib" in memory.get("tiled", {}):
+        print(f"| 2048² tiled upscale peak RSS | {memory['tiled']['peak_rss_mib']:.0f} MiB |")
     print(f"\nwritten to {args.out}")
     return 0
 
