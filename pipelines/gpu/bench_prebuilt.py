@@ -1,0 +1,380 @@
+"""SDXL on a GPU from a model folder converted elsewhere: the graphs travel, the weights do not.
+
+Full-size SDXL's conversion (fp32 export of 10 GB, then the UNet's fusion) takes longer than a GPU
+lease allows, and the converted folder (6.5 GB of fp16 weights) is too large to send to the GPU
+machine. Speed does not depend on weight values, so:
+
+1. Here (CPU): ``convert_diffusers_folder(src, dest, optimize="gpu")`` on the random-weight SDXL of
+   ``architectures.write_checkpoint``, then ``strip DEST GRAPHS``: every component's graph with
+   its weights moved to external data, and a copy of the folder without the weight files (a few MB).
+2. On the GPU machine: ``run --folder GRAPHS``: fills each external weight file with new random
+   values (uniform, +-1/sqrt(fan-in); 1-D tensors 1.0), builds diffusers' SDXL pipeline in fp16 on
+   the GPU from the same configurations with seeded random weights, and times both: the UNet call
+   at batch 2 and a 30-step image, text to PNG bytes.
+
+The fused graph's weights are not PyTorch's weights (they are regenerated, not copied), so this
+measures speed only: outputs are not compared. ``--src`` takes PyTorch's weights from a diffusers
+folder instead of building them (the CPU dry run uses it with ``tiny-sdxl``).
+
+    python -m pipelines.gpu.bench_prebuilt strip MODEL_FOLDER GRAPHS
+    python -m pipelines.gpu.bench_prebuilt run --folder GRAPHS --out OUT [--device cpu --src SRC]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.gpu.bench import (
+    NEGATIVE,
+    PEAK_TFLOPS,
+    PROMPT,
+    Timer,
+    kernel_family,
+    sdxl_unet_inputs,
+    summary,
+    timed,
+)
+from pipelines.models.convert import EXTERNAL_DATA_FILE, ONNX_FILE
+
+logger = logging.getLogger(__name__)
+
+#: Written into the stripped folder: the size of each weight file left behind.
+MANIFEST = "stripped.json"
+#: Tensors under this many bytes stay inside the graph (shape constants and the like).
+EXTERNAL_THRESHOLD = 1024
+
+
+def strip(folder: Path, dest: Path) -> dict[str, int]:
+    """Copy the converted model ``folder`` to ``dest`` without weights; returns the sizes left out."""
+    import onnx
+
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(ONNX_FILE, EXTERNAL_DATA_FILE))
+    sizes: dict[str, int] = {}
+    for model_path in sorted(folder.glob(f"*/{ONNX_FILE}")):
+        component = model_path.parent.name
+        model = onnx.load(str(model_path), load_external_data=True)
+        target = dest / component / ONNX_FILE
+        onnx.save_model(
+            model,
+            str(target),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=EXTERNAL_DATA_FILE,
+            size_threshold=EXTERNAL_THRESHOLD,
+        )
+        del model
+        weights = target.parent / EXTERNAL_DATA_FILE
+        sizes[component] = weights.stat().st_size if weights.exists() else 0
+        weights.unlink(missing_ok=True)
+        logger.info("%s: graph %d bytes, weights %d bytes left out", component, target.stat().st_size,
+                    sizes[component])  # fmt: skip
+    (dest / MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
+    return sizes
+
+
+def restore(folder: Path, seed: int = 0) -> dict[str, float]:
+    """Write random weights for every external tensor of every component of ``folder``."""
+    import numpy as np
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(-1.0, 1.0, 1 << 24).astype(np.float32)
+    seconds: dict[str, float] = {}
+    for model_path in sorted(folder.glob(f"*/{ONNX_FILE}")):
+        started = time.monotonic()
+        model = onnx.load(str(model_path), load_external_data=False)
+        weights = model_path.parent / EXTERNAL_DATA_FILE
+        tensors = [item for item in model.graph.initializer if uses_external_data(item)]
+        if not tensors:
+            continue
+        with weights.open("wb") as handle:
+            for tensor in tensors:
+                info = ExternalDataInfo(tensor)
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+                if np.issubdtype(dtype, np.floating):
+                    if len(tensor.dims) <= 1:
+                        values = np.ones(count, dtype=dtype)
+                    else:
+                        fan = max(1, count // max(tensor.dims))
+                        start = int(rng.integers(0, base.size))
+                        chunk = (
+                            base[start : start + count]
+                            if start + count <= base.size
+                            else np.resize(base, count)
+                        )
+                        values = (chunk / np.sqrt(fan)).astype(dtype)
+                else:
+                    logger.warning("%s: %s is %s, written as zeros", model_path, tensor.name, dtype)
+                    values = np.zeros(count, dtype=dtype)
+                data = values.tobytes()
+                if info.length and info.length != len(data):
+                    raise ValueError(f"{tensor.name}: {len(data)} bytes, the graph says {info.length}")
+                handle.seek(int(info.offset or 0))
+                handle.write(data)
+        seconds[model_path.parent.name] = time.monotonic() - started
+        logger.info("%s: %d tensors, %.1f GB in %.0f s", model_path.parent.name, len(tensors),
+                    weights.stat().st_size / 1e9, seconds[model_path.parent.name])  # fmt: skip
+    return seconds
+
+
+def build_pytorch_sdxl(folder: Path, architecture: str, device: str, dtype: Any, src: Path | None) -> Any:
+    """diffusers' StableDiffusionXLPipeline: from ``src``, or built from the architecture's configs."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    if src is not None:
+        pipe = StableDiffusionXLPipeline.from_pretrained(src, torch_dtype=dtype, add_watermarker=False)
+    else:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        from pipelines.gpu.architectures import SDXL_TEXT, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
+        from pipelines.models.demo import BOS_TOKEN, EOS_TOKEN
+
+        if architecture != "sdxl":
+            raise ValueError("building in memory is for --architecture sdxl; give --src otherwise")
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
+        bos, eos = tokenizer.convert_tokens_to_ids([BOS_TOKEN, EOS_TOKEN])
+        ids = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos}
+        torch.manual_seed(0)
+        with torch.device(device):
+            modules: dict[str, Any] = {
+                "text_encoder": CLIPTextModel(CLIPTextConfig(**SDXL_TEXT, **ids)),
+                "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2, **ids)),
+                "unet": UNet2DConditionModel(**SDXL_UNET),
+                "vae": AutoencoderKL(**SDXL_VAE),
+            }
+        modules = {name: module.to(dtype).eval() for name, module in modules.items()}
+        scheduler = EulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+        pipe = StableDiffusionXLPipeline(
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler, add_watermarker=False,
+            force_zeros_for_empty_prompt=True, **modules,
+        )  # fmt: skip
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def bench_pytorch(pipe: Any, device: str, steps: int, side: int, timer: Timer) -> dict[str, Any]:
+    """The PyTorch UNet call (batch 2) with its FLOPs, and one image to pixels and to PNG bytes."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipelines.metadata import encode_image
+
+    unet = pipe.unet
+    feeds = sdxl_unet_inputs(
+        device, unet.dtype, side, unet.config.cross_attention_dim, pipe.text_encoder_2.config.projection_dim
+    )
+
+    def call() -> Any:
+        with torch.no_grad():
+            added = {"text_embeds": feeds["text_embeds"], "time_ids": feeds["time_ids"]}
+            return unet(
+                feeds["sample"], feeds["timestep"], feeds["encoder_hidden_states"],
+                added_cond_kwargs=added, return_dict=False,
+            )[0]  # fmt: skip
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        call()
+    result: dict[str, Any] = {"flops_unet_batch2": float(counter.get_total_flops())}
+    result["unet_batch2"] = summary(timer.events(call, 20))
+
+    def pixels() -> Any:
+        return pipe(
+            PROMPT, negative_prompt=NEGATIVE, height=side, width=side, num_inference_steps=steps,
+            guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(0),
+        ).images[0]  # fmt: skip
+
+    def image() -> bytes:
+        return encode_image(pixels(), {"params": {}}, fmt="png", server_version="bench")
+
+    result["image"] = summary(timer.wall(image, 3))
+    picture = pixels()
+    started = time.perf_counter()
+    encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
+    result["png_encode_ms"] = (time.perf_counter() - started) * 1000
+    return result
+
+
+def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, out: Path) -> dict[str, Any]:
+    """Our SDXL path: the warmed UNet graph at batch 2, then ``txt2img_sdxl`` text to PNG bytes."""
+    from functools import partial
+
+    from pipelines.diffusion import Generation, load_model
+    from pipelines.gpu.runtime import GpuSettings, gpu_model
+    from pipelines.metadata import encode_image
+    from pipelines.sdxl import txt2img_sdxl, warm_up_sdxl
+    from pipelines.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
+
+    providers = (CUDA_PROVIDER, CPU_PROVIDER) if device == "cuda" else (CPU_PROVIDER,)
+    model = load_model(folder.parent, folder.name, SessionCache(2, SessionSettings(providers=providers)))
+    result: dict[str, Any] = {}
+    if device == "cuda":
+        import torch
+
+        on_gpu = gpu_model(folder, GpuSettings())
+        result["warm_up_s"] = timed(lambda: warm_up_sdxl(on_gpu, side, side))
+        unet = on_gpu.unet
+        hidden, pooled = (unet.inputs[name].shape[-1] for name in ("encoder_hidden_states", "text_embeds"))
+        feeds = sdxl_unet_inputs("cuda", torch.float16, side, int(hidden), int(pooled))
+        shapes = {"out_sample": tuple(feeds["sample"].shape)}
+        # The same shapes as warm_up_sdxl's capture: this replays its CUDA graph.
+        result["unet_batch2"] = summary(timer.events(partial(unet, feeds, shapes), 30, on_gpu.stream))
+        output = unet(feeds, shapes)["out_sample"].float()
+        torch.cuda.synchronize()
+        result["unet_output_finite"] = bool(torch.isfinite(output).all())
+        try:
+            result["profile"] = profile(partial(unet, feeds, shapes), out)
+        except Exception as err:
+            logger.exception("profiling failed")
+            result["profile"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+    generation = Generation(
+        model=folder.name, scheduler="euler", prompt=PROMPT, negative_prompt=NEGATIVE, seed=0,
+        steps=steps, cfg=7.5, eta=0.0, batch=1, width=side, height=side,
+    )  # fmt: skip
+
+    def work() -> bytes:
+        picture = txt2img_sdxl(model, generation)[0]
+        return encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
+
+    result["first_image_s"] = timed(work)
+    result["image"] = summary(timer.wall(work, 3, warmup=0))
+    started = time.perf_counter()
+    picture = txt2img_sdxl(model, generation)[0]
+    encode_started = time.perf_counter()
+    encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
+    result["image_without_png_ms"] = (encode_started - started) * 1000
+    result["png_encode_ms"] = (time.perf_counter() - encode_started) * 1000
+    return result
+
+
+def profile(call: Any, out: Path, calls: int = 3) -> dict[str, Any]:
+    """Kernel time per call by family, from CUPTI (which sees kernels replayed by CUDA graphs)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    kernels: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.key] = kernels.get(event.key, 0.0) + event.device_time_total / 1000 / calls
+    (out / "sdxl-unet-kernels.txt").write_text(
+        "".join(
+            f"{ms:9.3f} ms  {name[:160]}\n" for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])
+        )
+    )
+    families: dict[str, float] = {}
+    for name, ms in kernels.items():
+        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
+    return {
+        "ms_per_call_by_family": dict(sorted(families.items(), key=lambda kv: -kv[1])),
+        "kernel_ms_per_call": sum(kernels.values()),
+        "kernels": len(kernels),
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    pytorch, ours = report["pytorch"], report["ours"]
+    flops = pytorch["flops_unet_batch2"]
+    lines = [f"{'measure':44} {'PyTorch':>10} {'ours':>10} {'ratio':>7} {'TFLOP/s':>8} {'%peak':>6}"]
+    torch_ms = pytorch["unet_batch2"]["median_ms"]
+    if "unet_batch2" in ours:
+        ms = ours["unet_batch2"]["median_ms"]
+        tflops = flops / ms / 1e9
+        lines.append(
+            f"{'SDXL UNet b2 1024, CUDA graph (ms)':44} {torch_ms:10.2f} {ms:10.2f} {torch_ms / ms:7.2f}"
+            f" {tflops:8.1f} {tflops / PEAK_TFLOPS * 100:6.1f}"
+        )
+    tflops = flops / torch_ms / 1e9
+    lines.append(f"{'  PyTorch eager fp16 UNet':44} {torch_ms:10.2f} {'':>10} {'':>7} {tflops:8.1f}")
+    image_torch, image_ours = pytorch["image"]["median_ms"], ours["image"]["median_ms"]
+    label = f"SDXL image, {report['steps']} steps, text to PNG (ms)"
+    lines.append(f"{label:44} {image_torch:10.1f} {image_ours:10.1f} {image_torch / image_ours:7.2f}")
+    lines.append(
+        f"{'  PNG encode of one image (ms)':44} {pytorch['png_encode_ms']:10.1f} {ours['png_encode_ms']:10.1f}"
+    )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    side = args.side or (1024 if args.architecture == "sdxl" else 64)
+    timer = Timer(args.device)
+    report: dict[str, Any] = {
+        "architecture": args.architecture, "device": args.device, "steps": args.steps, "side": side,
+        "weights": "ours regenerated at random on the GPU machine (speed only; outputs not compared)",
+    }  # fmt: skip
+    if args.device == "cuda":
+        report.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__)
+    import onnxruntime
+
+    report["onnxruntime"] = onnxruntime.__version__
+    report["restore_s"] = restore(args.folder)
+    save(report, args.out)
+    dtype = torch.float16 if args.device == "cuda" else torch.float32
+    started = time.monotonic()
+    pipe = build_pytorch_sdxl(args.folder, args.architecture, args.device, dtype, args.src)
+    report["pytorch_build_s"] = time.monotonic() - started
+    report["pytorch"] = bench_pytorch(pipe, args.device, args.steps, side, timer)
+    save(report, args.out)
+    del pipe
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    report["gpu_markers"] = (
+        json.loads((args.folder / "gpu.json").read_text()) if (args.folder / "gpu.json").exists() else None
+    )
+    report["ours"] = bench_ours(args.folder, args.steps, side, timer, args.device, args.out)
+    save(report, args.out)
+    print(format_table(report), flush=True)
+    return 0
+
+
+def save(report: dict[str, Any], out: Path) -> None:
+    (out / "sdxl-bench.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m pipelines.gpu.bench_prebuilt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    stripping = verbs.add_parser("strip", help="copy a converted folder without its weights")
+    stripping.add_argument("folder", type=Path)
+    stripping.add_argument("dest", type=Path)
+    running = verbs.add_parser("run", help="restore random weights and time PyTorch and ours")
+    running.add_argument("--folder", type=Path, required=True, help="stripped (or converted) model folder")
+    running.add_argument("--out", type=Path, required=True)
+    running.add_argument("--architecture", choices=("sdxl", "tiny-sdxl"), default="sdxl")
+    running.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    running.add_argument("--src", type=Path, default=None, help="diffusers folder for PyTorch's weights")
+    running.add_argument("--steps", type=int, default=30)
+    running.add_argument("--side", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.verb == "strip":
+        print(json.dumps(strip(args.folder, args.dest)))
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
