@@ -37,7 +37,8 @@ HEARTBEAT_S = 5.0
 RESCUE_INTERVAL_S = 10.0
 POLL_INTERVAL_S = 2.0
 PROGRESS_INTERVAL_S = 0.25  # at most 4 progress writes a second per job
-AFFINITY_WINDOW_S = 30.0  # how long a job may be passed over for one whose model a worker holds
+AFFINITY_WINDOW_S = 30.0
+SHUTDOWN_GRACE_S = 25.0  # inside Kubernetes' default 30 s between SIGTERM and SIGKILL  # how long a job may be passed over for one whose model a worker holds
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_JOBS_PER_CALL = 10
@@ -118,6 +119,8 @@ class Config:
     poll_interval_s: float = POLL_INTERVAL_S
     progress_interval_s: float = PROGRESS_INTERVAL_S
     affinity_window_s: float = AFFINITY_WINDOW_S
+    #: After SIGTERM, how long a worker may finish its job before it hands the job back.
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S
     #: ``source-url`` fetches: size cap and total time limit per image.
     source_url_max_bytes: int = SOURCE_URL_MAX_BYTES
     source_url_timeout_s: float = SOURCE_URL_TIMEOUT_S
@@ -223,6 +226,7 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "poll_interval_s": ("ONNX_WEB_POLL_INTERVAL_S", _positive(float)),
     "progress_interval_s": ("ONNX_WEB_PROGRESS_INTERVAL_S", _positive(float)),
     "affinity_window_s": ("ONNX_WEB_AFFINITY_WINDOW_S", float),
+    "shutdown_grace_s": ("ONNX_WEB_SHUTDOWN_GRACE_S", _positive(float)),
     "source_url_max_bytes": ("ONNX_WEB_SOURCE_URL_MAX_BYTES", _positive(int)),
     "source_url_timeout_s": ("ONNX_WEB_SOURCE_URL_TIMEOUT_S", _positive(float)),
     "log_level": ("ONNX_WEB_LOG_LEVEL", str.upper),

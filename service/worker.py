@@ -52,7 +52,6 @@ OOM_MARKERS = ("out of memory", "failed to allocate memory", "hiperroroutofmemor
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, TypeError, KeyError, FileNotFoundError, InvalidParams, PayloadTooLarge,
 )  # fmt: skip
-SHUTDOWN_GRACE_S = 25.0
 DB_RETRY = retry(
     retry=retry_if_exception_type(OperationalError),
     stop=stop_after_attempt(5),
@@ -179,9 +178,9 @@ class Worker:
                 log.warning("second stop signal: releasing the current job", extra={"action": "release"})
                 self.release_requested.set()
                 return
-            log.info("stop signal: finishing the current job", extra={"action": "drain", "grace_s": SHUTDOWN_GRACE_S})
+            log.info("stop signal: finishing the current job", extra={"action": "drain", "grace_s": self.config.shutdown_grace_s})
             self.stop()
-            timer = threading.Timer(SHUTDOWN_GRACE_S, self.release_requested.set)
+            timer = threading.Timer(self.config.shutdown_grace_s, self.release_requested.set)
             timer.daemon = True
             timer.start()
 

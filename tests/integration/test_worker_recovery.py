@@ -384,8 +384,8 @@ def test_sigterm_finishes_the_running_job_claims_nothing_more_and_exits_0(
 def test_a_second_sigterm_hands_the_job_back_without_spending_its_attempt(
     workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, bucket: Bucket, models: Path
 ) -> None:
-    # SHUTDOWN_GRACE_S (25 s) is a constant of service.worker, not a setting: the grace running
-    # out cannot be shortened from outside, so the second signal is the way to force a release.
+    # The grace running out (ONNX_WEB_SHUTDOWN_GRACE_S) and a second signal take the same
+    # release path; the second signal forces it without waiting.
     worker = workers.start("releasing")
     worker.wait_started()
     job = make_job(models, steps=LONG_STEPS)
