@@ -4,9 +4,13 @@ Full-size SDXL's conversion (fp32 export of 10 GB, then the UNet's fusion) takes
 lease allows, and the converted folder (6.5 GB of fp16 weights) is too large to send to the GPU
 machine. Speed does not depend on weight values, so:
 
-1. Here (CPU): ``convert_diffusers_folder(src, dest, optimize="gpu")`` on the random-weight SDXL of
-   ``architectures.write_checkpoint``, then ``strip DEST GRAPHS``: every component's graph with
-   its weights moved to external data, and a copy of the folder without the weight files (a few MB).
+1. Here (CPU): export the random-weight SDXL of ``architectures.write_checkpoint`` for the GPU
+   recipe (``convert_diffusers_folder(src, dest, optimize="gpu")`` up to its fusion step), then
+   ``fuse EXPORTED GRAPHS``: ``pipelines.gpu.optimize``'s fusions and fp16 conversion with the
+   weights left on disk (read only where a fusion needs them), written as graphs whose weights are
+   external and absent (a few MB). The whole-weight fusion of the 10 GB fp32 UNet needs more memory
+   than 23 GB (it was killed), and its symbolic shape inference copies the model. ``strip`` does
+   the same for a folder already converted with its weights.
 2. On the GPU machine: ``run --folder GRAPHS``: fills each external weight file with new random
    values (uniform, +-1/sqrt(fan-in); 1-D tensors 1.0), builds diffusers' SDXL pipeline in fp16 on
    the GPU from the same configurations with seeded random weights, and times both: the UNet call
@@ -16,6 +20,7 @@ The fused graph's weights are not PyTorch's weights (they are regenerated, not c
 measures speed only: outputs are not compared. ``--src`` takes PyTorch's weights from a diffusers
 folder instead of building them (the CPU dry run uses it with ``tiny-sdxl``).
 
+    python -m pipelines.gpu.bench_prebuilt fuse EXPORTED_FOLDER GRAPHS
     python -m pipelines.gpu.bench_prebuilt strip MODEL_FOLDER GRAPHS
     python -m pipelines.gpu.bench_prebuilt run --folder GRAPHS --out OUT [--device cpu --src SRC]
 """
@@ -78,6 +83,103 @@ def strip(folder: Path, dest: Path) -> dict[str, int]:
                     sizes[component])  # fmt: skip
     (dest / MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
     return sizes
+
+
+#: Bytes per element of the tensor types a weightless graph may hold externally.
+ITEM_BYTES = {1: 4, 10: 2, 7: 8, 6: 4}  # FLOAT, FLOAT16, INT64, INT32
+
+
+def relayout(model: Any) -> int:
+    """Point every large or external initializer at ``EXTERNAL_DATA_FILE``, without data; returns its size."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    offset = 0
+    for tensor in model.graph.initializer:
+        count = 1
+        for dim in tensor.dims:
+            count *= dim
+        if not (uses_external_data(tensor) or len(tensor.raw_data) >= EXTERNAL_THRESHOLD):
+            continue
+        if tensor.data_type not in ITEM_BYTES:
+            raise ValueError(f"{tensor.name}: tensor type {tensor.data_type} cannot be regenerated")
+        size = count * ITEM_BYTES[tensor.data_type]
+        for name in ("raw_data", "float_data", "int32_data", "int64_data"):
+            tensor.ClearField(name)
+        offset = (offset + 4095) // 4096 * 4096
+        del tensor.external_data[:]
+        for key, value in (("location", EXTERNAL_DATA_FILE), ("offset", str(offset)), ("length", str(size))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        offset += size
+    return offset
+
+
+def fuse_weightless(src: Path, dest: Path, component: str) -> tuple[dict[str, int], int]:
+    """``optimize_component`` on ``src/component`` without loading its external weights."""
+    import os
+
+    import onnx
+    import onnxruntime.transformers.float16 as float16
+    from onnx import helper
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from pipelines.gpu.optimize import COMPONENT_TYPES, FP32_INPUTS, FP32_NODE_PREFIXES, fusion_options
+
+    def value_info(tensor: Any) -> Any:
+        # The stock one reads the tensor's data, which is not loaded (and not yet converted).
+        return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+
+    # ONNX Runtime's transformers folder also imports the module under its bare name.
+    for module in (float16, sys.modules.get("float16")):
+        if module is not None:
+            setattr(module, "make_value_info_from_tensor", value_info)  # noqa: B010
+    model_type = COMPONENT_TYPES[component]
+    cwd = os.getcwd()
+    # Fusions that need weight values (packing QKV, transposing convolutions) read them relative to here.
+    os.chdir(src / component)
+    try:
+        model = onnx.load(ONNX_FILE, load_external_data=False)
+        fused = optimize_model(
+            model,
+            model_type=model_type,
+            opt_level=0,
+            optimization_options=fusion_options(model_type, fp16=True, cuda=True),
+            use_gpu=True,
+        )
+        inputs = {item.name for item in fused.model.graph.input}
+        kept = [name for name in FP32_INPUTS if name in inputs]
+        blocked = [node.name for node in fused.model.graph.node if node.name.startswith(FP32_NODE_PREFIXES)]
+        fused.convert_float_to_float16(keep_io_types=kept, node_block_list=blocked)
+        counts = {name: count for name, count in fused.get_fused_operator_statistics().items() if count}
+        fused.topological_sort()
+    finally:
+        os.chdir(cwd)
+    size = relayout(fused.model)
+    (dest / component).mkdir(parents=True, exist_ok=True)
+    onnx.save_model(fused.model, str(dest / component / ONNX_FILE))
+    return counts, size
+
+
+def fuse(src: Path, dest: Path, components: list[str] | None = None) -> dict[str, Any]:
+    """Fuse an exported folder ``src`` into the weightless folder ``dest`` (graphs and small files)."""
+    from pipelines.gpu.optimize import COMPONENT_TYPES, GPU_MARKER
+
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(ONNX_FILE, EXTERNAL_DATA_FILE))
+    fused: dict[str, dict[str, int]] = {}
+    sizes: dict[str, int] = {}
+    for component in COMPONENT_TYPES:
+        if (src / component / ONNX_FILE).is_file() and (not components or component in components):
+            started = time.monotonic()
+            fused[component], sizes[component] = fuse_weightless(src, dest, component)
+            logger.info("%s: fused in %.0f s, %.2f GB of weights left out: %s", component,
+                        time.monotonic() - started, sizes[component] / 1e9, fused[component])  # fmt: skip
+    marker = {"precision": "fp16", "fused": fused}
+    (dest / GPU_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    (dest / MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
+    return marker
 
 
 def restore(folder: Path, seed: int = 0) -> dict[str, float]:
@@ -358,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.gpu.bench_prebuilt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     verbs = parser.add_subparsers(dest="verb", required=True)
+    fusing = verbs.add_parser("fuse", help="fuse an exported folder into weightless fp16 graphs")
+    fusing.add_argument("folder", type=Path)
+    fusing.add_argument("dest", type=Path)
+    fusing.add_argument("components", nargs="*", help="only these components (default: all)")
     stripping = verbs.add_parser("strip", help="copy a converted folder without its weights")
     stripping.add_argument("folder", type=Path)
     stripping.add_argument("dest", type=Path)
@@ -370,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     running.add_argument("--steps", type=int, default=30)
     running.add_argument("--side", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.verb == "fuse":
+        print(json.dumps(fuse(args.folder, args.dest, args.components)))
+        return 0
     if args.verb == "strip":
         print(json.dumps(strip(args.folder, args.dest)))
         return 0
