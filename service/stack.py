@@ -315,13 +315,28 @@ class LocalStack:
 
 
 def ensure_demo_models(models: Path) -> None:
-    """Build the small random-weight demo models unless the folder already holds models."""
+    """Build the small random-weight demo models into an empty (or demo) models folder.
+
+    A folder with models of its own is left alone. Both builders skip what already exists, so
+    a demo folder made by an older version gains the demo models added since.
+    """
     from pipelines.models.demo import build_demo_models
     from pipelines.models.upscalers import build_demo_upscalers
 
     models.mkdir(parents=True, exist_ok=True)
-    if not any(models.glob("stable-diffusion-*")) and not any(models.glob("diffusion-*")):
-        log.info("building demo models", extra={"action": "demo_models", "path": str(models)})
-        build_demo_models(models)
-    if not any(models.glob("upscaling-*")):
-        build_demo_upscalers(models)
+    has_models = any(models.glob("stable-diffusion-*")) or any(models.glob("diffusion-*"))
+    if has_models and not _is_demo_folder(models):
+        return
+    log.info("building demo models", extra={"action": "demo_models", "path": str(models)})
+    build_demo_models(models)
+    build_demo_upscalers(models)
+
+
+def _is_demo_folder(models: Path) -> bool:
+    """Whether the folder's extras file lists only demo models (what the builders write)."""
+    try:
+        extras = json.loads((models / "extras.json").read_text())
+    except (OSError, ValueError):
+        return False
+    entries = [entry for key in ("diffusion", "upscaling", "correction") for entry in extras.get(key, [])]
+    return bool(entries) and all(isinstance(entry, dict) and entry.get("source") == "demo" for entry in entries)
