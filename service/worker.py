@@ -94,7 +94,8 @@ class JobRun:
         self.lost = threading.Event()
         self.done = threading.Event()
         self.latest = Progress()
-        self._last_write = 0.0
+        # -inf: the first report is always written, whatever the monotonic clock reads.
+        self._last_write = float("-inf")
         self._lock = threading.Lock()
 
     def check(self) -> None:
