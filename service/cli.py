@@ -4,6 +4,7 @@
     onnx-web api       the api under gunicorn (production; needs DATABASE_URL and S3_*)
     onnx-web worker    a worker process for one device
     onnx-web migrate   apply database migrations
+    onnx-web gc        delete output objects no job records (crashed or fenced attempts)
     onnx-web convert   build demo models or convert checkpoints to ONNX (--optimize gpu: fused fp16)
     onnx-web bench gpu our CUDA path against diffusers' PyTorch pipelines (needs a GPU)
 """
@@ -92,6 +93,22 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    from service import logs
+    from service.db import make_engine
+    from service.gc import collect_orphans
+    from service.jobs.store import JobStore
+    from service.storage import from_config
+
+    config = Config.from_env()
+    logs.configure(config.log_level, config.log_format)
+    jobs = JobStore(make_engine(config.database_url), lease_s=config.lease_s, affinity_window_s=config.affinity_window_s)
+    found = collect_orphans(jobs, from_config(config), dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{found.objects} output objects of {found.jobs} jobs; {found.orphans} orphaned, {verb} {found.orphans}")
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from service.db import upgrade_head
 
@@ -131,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply database migrations to DATABASE_URL")
     migrate.set_defaults(func=_migrate)
+
+    gc = commands.add_parser("gc", help="delete output objects of crashed or fenced attempts (run on a schedule)")
+    gc.add_argument("--dry-run", action="store_true", help="count the orphans without deleting them")
+    gc.set_defaults(func=_gc)
 
     add_convert_arguments(commands)
     commands.choices["convert"].set_defaults(func=run_convert)

@@ -270,6 +270,9 @@ class ObjectStore(Protocol):
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix`` (which ends in ``/``) and return how many there were."""
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (which ends in ``/``), in key order."""
+
     def presign_get(self, key: str, expires_s: int) -> str:
         """A URL that lets anyone holding it GET this one object for ``expires_s`` seconds."""
 
@@ -476,6 +479,16 @@ class S3ObjectStore:
 
         return self._run("delete_prefix", prefix, delete_all)
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, in key order (a retry lists again from the start)."""
+        check_prefix(prefix)
+
+        def list_all() -> list[str]:
+            found = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            return sorted(str(item.object_name) for item in found)
+
+        return self._run("list_keys", prefix, list_all)
+
     def presign_get(self, key: str, expires_s: int) -> str:
         """A presigned GET URL for ``key``, computed locally (no request: the region is fixed)."""
         check_key(key)
@@ -613,6 +626,12 @@ class MemoryObjectStore:
         check_key(key)
         with self._lock:
             self._objects.pop(key, None)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, in key order."""
+        check_prefix(prefix)
+        with self._lock:
+            return sorted(key for key in self._objects if key.startswith(prefix))
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``."""
