@@ -63,10 +63,11 @@ UNION ALL
 -- Terminal (or already moved on): unchanged, report it as it is.
 SELECT state FROM jobs WHERE name = :name AND NOT EXISTS (SELECT 1 FROM changed);
 
--- name: claim_job
--- Claim one pending job for a worker: priority, then jobs past the affinity window, then held models, then age.
-WITH candidate AS (
-    SELECT id
+-- name: claim_batch
+-- Claim the next job for a worker (priority, then jobs past the affinity window, then held models, then
+-- age), plus up to :batch_max - 1 pending jobs with its batch_key; :batch_max 1 claims one job.
+WITH first AS (
+    SELECT id, batch_key
     FROM jobs
     WHERE state = 'pending' AND (platform IS NULL OR platform = :platform)
     ORDER BY
@@ -81,42 +82,6 @@ WITH candidate AS (
         id
     LIMIT 1
     -- Concurrent claimers skip each other's rows instead of queueing on the lock.
-    FOR UPDATE SKIP LOCKED
-)
--- pending -> running: a new attempt, owned by this worker until its lease runs out.
-UPDATE jobs SET
-    state = 'running',
-    attempt = attempt + 1,
-    worker_id = :worker_id,
-    started_at = now(),
-    heartbeat_at = now(),
-    lease_expires_at = now() + make_interval(secs => :lease_s),
-    -- Progress restarts with the attempt; the totals were estimated at submission.
-    steps_current = 0,
-    stages_current = 0,
-    tiles_current = 0,
-    updated_at = now()
-FROM candidate
-WHERE jobs.id = candidate.id
-RETURNING jobs.id, jobs.name, jobs.kind, jobs.attempt, jobs.chain, jobs.inputs, jobs.model, jobs.max_attempts;
-
--- name: claim_batch
--- Claim the job claim_job would, plus up to :batch_max - 1 pending jobs with its batch_key, as one batch.
-WITH first AS (
-    SELECT id, batch_key
-    FROM jobs
-    WHERE state = 'pending' AND (platform IS NULL OR platform = :platform)
-    -- The same order as claim_job: batching never changes which job a worker takes first.
-    ORDER BY
-        priority DESC,
-        CASE
-            WHEN created_at < now() - make_interval(secs => :affinity_window_s) THEN 0
-            WHEN model = ANY(CAST(:held_models AS text[])) THEN 1
-            ELSE 2
-        END,
-        created_at,
-        id
-    LIMIT 1
     FOR UPDATE SKIP LOCKED
 ),
 mates AS (
@@ -134,7 +99,8 @@ mates AS (
 ),
 claimed AS (
     -- pending -> running, for every job of the batch: each gets its own attempt and lease,
-    -- exactly as claim_job gives one, so each is heartbeated, fenced and finished on its own.
+    -- owned by this worker until the lease runs out, so each is heartbeated, fenced and finished
+    -- on its own. Progress restarts with the attempt; the totals were estimated at submission.
     UPDATE jobs SET
         state = 'running',
         attempt = attempt + 1,

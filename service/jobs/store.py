@@ -207,16 +207,8 @@ class JobStore:
         Highest priority first; within it, jobs older than the affinity window by age, then jobs
         for a model the worker holds, then the rest by age.
         """
-        params = {
-            "worker_id": worker_id,
-            "platform": platform,
-            "held_models": list(held_models),
-            "lease_s": self._lease_s,
-            "affinity_window_s": self._affinity_window_s,
-        }
-        with self._engine.begin() as conn:
-            row = conn.execute(QUERIES["claim_job"], params).first()
-        return None if row is None else _claimed(row)
+        claimed = self.claim_batch(worker_id, platform=platform, held_models=held_models, batch_max=1)
+        return claimed[0] if claimed else None
 
     def claim_batch(
         self, worker_id: str, *, platform: str, held_models: Sequence[str], batch_max: int

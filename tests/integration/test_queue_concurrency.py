@@ -77,13 +77,14 @@ def test_claim_plan_uses_the_partial_index(engine: sqlalchemy.Engine) -> None:
     # A realistic table: mostly history, a queue at the front.
     seed_jobs(engine, 2500, state="success")
     seed_jobs(engine, 500)
-    explain = sqlalchemy.text("EXPLAIN (FORMAT JSON) " + QUERIES["claim_job"].text)
+    explain = sqlalchemy.text("EXPLAIN (FORMAT JSON) " + QUERIES["claim_batch"].text)
     params = {
         "worker_id": "w",
         "platform": "cpu",
         "held_models": ["m"],
         "lease_s": 30.0,
         "affinity_window_s": 30.0,
+        "batch_max": 1,
     }
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("ANALYZE jobs"))
