@@ -264,11 +264,8 @@ class Worker:
     def _claim(self) -> list[ClaimedJob]:
         """The next job, with up to ``batch_max - 1`` that can share its batch when batching is on."""
         held = self.sessions.held_models(self.config.models_path)
-        if self.config.batch_max > 1:
-            return self.jobs.claim_batch(self.config.worker_id, platform=self.config.worker_platform,
-                                         held_models=held, batch_max=self.config.batch_max)  # fmt: skip
-        job = self.jobs.claim(self.config.worker_id, platform=self.config.worker_platform, held_models=held)
-        return [] if job is None else [job]
+        return self.jobs.claim_batch(self.config.worker_id, platform=self.config.worker_platform,
+                                     held_models=held, batch_max=self.config.batch_max)  # fmt: skip
 
     # -- one job -----------------------------------------------------------------------------
 
