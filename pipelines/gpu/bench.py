@@ -282,21 +282,30 @@ def states_size(session: Any) -> int:
 def profile_unet(session: Any, side: int, out: Path) -> dict[str, Any]:
     """Kernel time of one UNet call by kernel family (CUPTI sees ONNX Runtime's kernels too)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     sample, timestep, states = unet_inputs("cuda", torch.float16, 2, side // 8, states_size(session))
     feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": states}
     shapes = {"out_sample": tuple(sample.shape)}
-    calls = 5
+    return profile_kernels(lambda: session(feeds, shapes), out / "unet-kernels.txt", calls=5)
+
+
+def profile_kernels(call: Any, listing: Path, calls: int) -> dict[str, Any]:
+    """GPU time per call of ``call()`` by kernel family, from CUPTI (which sees CUDA graph replays).
+
+    Writes every kernel, slowest first, to ``listing``.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
-            session(feeds, shapes)
+            call()
         torch.cuda.synchronize()
     kernels: dict[str, float] = {}
     for event in prof.key_averages():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             kernels[event.key] = kernels.get(event.key, 0.0) + event.device_time_total / 1000 / calls
-    (out / "unet-kernels.txt").write_text(
+    listing.write_text(
         "".join(
             f"{ms:9.3f} ms  {name[:160]}\n" for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])
         )
@@ -306,6 +315,7 @@ def profile_unet(session: Any, side: int, out: Path) -> dict[str, Any]:
         families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
     return {
         "ms_per_call_by_family": dict(sorted(families.items(), key=lambda kv: -kv[1])),
+        "kernel_ms_per_call": sum(kernels.values()),
         "kernels": len(kernels),
     }
 

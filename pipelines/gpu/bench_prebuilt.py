@@ -41,7 +41,7 @@ from pipelines.gpu.bench import (
     PEAK_TFLOPS,
     PROMPT,
     Timer,
-    kernel_family,
+    profile_kernels,
     sdxl_unet_inputs,
     summary,
     timed,
@@ -340,7 +340,7 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
         torch.cuda.synchronize()
         result["unet_output_finite"] = bool(torch.isfinite(output).all())
         try:
-            result["profile"] = profile(partial(unet, feeds, shapes), out)
+            result["profile"] = profile_kernels(partial(unet, feeds, shapes), out / "sdxl-unet-kernels.txt", calls=3)
         except Exception as err:
             logger.exception("profiling failed")
             result["profile"] = {"error": f"{type(err).__name__}: {err}"[:500]}
@@ -362,35 +362,6 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
     result["image_without_png_ms"] = (encode_started - started) * 1000
     result["png_encode_ms"] = (time.perf_counter() - encode_started) * 1000
     return result
-
-
-def profile(call: Any, out: Path, calls: int = 3) -> dict[str, Any]:
-    """Kernel time per call by family, from CUPTI (which sees kernels replayed by CUDA graphs)."""
-    import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            call()
-        torch.cuda.synchronize()
-    kernels: dict[str, float] = {}
-    for event in prof.key_averages():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[event.key] = kernels.get(event.key, 0.0) + event.device_time_total / 1000 / calls
-    (out / "sdxl-unet-kernels.txt").write_text(
-        "".join(
-            f"{ms:9.3f} ms  {name[:160]}\n" for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])
-        )
-    )
-    families: dict[str, float] = {}
-    for name, ms in kernels.items():
-        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
-    return {
-        "ms_per_call_by_family": dict(sorted(families.items(), key=lambda kv: -kv[1])),
-        "kernel_ms_per_call": sum(kernels.values()),
-        "kernels": len(kernels),
-    }
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -227,19 +227,28 @@ def build_demo_models(
     return folders
 
 
+def _build_demo_folder(
+    models_path: Path, name: str, write_checkpoint: Callable[[Path], object], *, force: bool,
+    progress: Callable[[str], None] | None,
+) -> Path:  # fmt: skip
+    """Write demo model ``name``'s torch source and convert it, unless it is built already."""
+    report = progress or (lambda line: None)
+    dest = models_path / name
+    if force or not (dest / "model_index.json").is_file():
+        source = torch_source_path(models_path, name)
+        report(f"{name}: building random-weight torch models")
+        write_checkpoint(source)
+        convert_diffusers_folder(source, dest, progress=progress)
+    else:
+        report(f"{name}: already built")
+    return dest
+
+
 def build_demo_sdxl(
     models_path: Path, *, force: bool = False, progress: Callable[[str], None] | None = None
 ) -> Path:
     """Build the demo SDXL folder and list it as a ``txt2img-sdxl`` diffusion model in the extras file."""
-    report = progress or (lambda line: None)
-    dest = models_path / DEMO_SDXL
-    if force or not (dest / "model_index.json").is_file():
-        source = torch_source_path(models_path, DEMO_SDXL)
-        report(f"{DEMO_SDXL}: building random-weight torch models")
-        write_demo_sdxl_checkpoint(source)
-        convert_diffusers_folder(source, dest, progress=progress)
-    else:
-        report(f"{DEMO_SDXL}: already built")
+    dest = _build_demo_folder(models_path, DEMO_SDXL, write_demo_sdxl_checkpoint, force=force, progress=progress)
     entry = {
         "name": DEMO_SDXL,
         "label": DEMO_SDXL_LABEL,
@@ -255,15 +264,9 @@ def build_demo_upscaler(
     models_path: Path, *, force: bool = False, progress: Callable[[str], None] | None = None
 ) -> Path:
     """Build the demo SD x4 upscaler folder and list it as a scale-4 upscaling model in the extras file."""
-    report = progress or (lambda line: None)
-    dest = models_path / DEMO_UPSCALER
-    if force or not (dest / "model_index.json").is_file():
-        source = torch_source_path(models_path, DEMO_UPSCALER)
-        report(f"{DEMO_UPSCALER}: building random-weight torch models")
-        write_demo_upscaler_checkpoint(source)
-        convert_diffusers_folder(source, dest, progress=progress)
-    else:
-        report(f"{DEMO_UPSCALER}: already built")
+    dest = _build_demo_folder(
+        models_path, DEMO_UPSCALER, write_demo_upscaler_checkpoint, force=force, progress=progress
+    )
     entry = {
         "name": DEMO_UPSCALER,
         "label": DEMO_UPSCALER_LABEL,
