@@ -49,11 +49,11 @@ test/e2e: install ## End-to-end tests through the running stack
 	$(BIN)/pytest -q tests/e2e $(TESTARGS)
 
 lint: install ## ruff and mypy
-	$(BIN)/ruff check service pipelines tests scripts migrations
+	$(BIN)/ruff check service pipelines bench tests scripts migrations
 	$(BIN)/mypy
 
 bench: install ## Benchmarks: queue throughput, submit-to-success overhead, modes vs diffusers
-	$(BIN)/python scripts/bench.py --out bench-results/bench.json
+	$(BIN)/python -m bench.suite --out bench-results/bench.json
 
 clean: ## Remove local data, builds and caches (keeps .venv)
 	rm -rf var bench-results gui/dist .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.stages.base import (
+from pipelines.context import (
     Counter,
     Progress,
     SessionProvider,
@@ -135,7 +135,7 @@ def run_chain(
 
 def _upload(image: Image.Image) -> StageImage:
     """An uploaded image as a chain input, carrying the metadata it was made with (its ancestry)."""
-    from pipelines.metadata import read_metadata
+    from pipelines.imageops.metadata import read_metadata
 
     metadata = read_metadata(image) or {}
     return StageImage(image.convert("RGB"), {"ancestry": metadata} if metadata else {})
@@ -170,7 +170,7 @@ def _tile_runner(runner: StageRunner, ctx: StageContext, params: dict[str, Any],
 def _run_tiled(runner: StageRunner, ctx: StageContext, stage: Mapping[str, Any], params: dict[str, Any],
                images: list[StageImage], tracker: _Tracker) -> list[StageImage]:  # fmt: skip
     """Run a stage tile by tile over each input image, one result per image (batch is 1 here)."""
-    from pipelines.tiling import process_tiled, tile_positions
+    from pipelines.imageops.tiling import process_tiled, tile_positions
 
     tile = int(stage["tiles"])
     overlap = float(params.get("overlap", DEFAULT_OVERLAP))

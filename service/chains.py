@@ -1,4 +1,4 @@
-"""Every submission becomes one resolved chain document (see ``pipelines.stages.base``).
+"""Every submission becomes one resolved chain document (see ``pipelines.context``).
 
 The legacy routes build their chain as contract §8 describes; ``/api/chain`` and ``/api/job``
 take the chain language of contract §10.1, validated against a JSON schema, with ``defaults``
@@ -16,9 +16,9 @@ from typing import Any
 import jsonschema
 from PIL import ImageColor
 
-from pipelines.fetch import SourceURLError, parse_source_url
 from pipelines.stages.catalogue import MAX_TILE, STAGES, effective_tile, estimate_steps, parse_tiles
 from service.errors import InvalidParams, NotImplementedYet
+from service.fetch import SourceURLError, parse_source_url
 from service.params import ParsedRequest
 
 MAX_STAGES = 50

@@ -66,7 +66,7 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from pipelines.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
+    from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
     from service import logs
     from service.db import make_engine
     from service.jobs.notify import Notifier
@@ -120,8 +120,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``onnx-web`` argument parser with every subcommand."""
-    from pipelines.gpu.bench import add_bench_arguments
-    from pipelines.models.convert import add_convert_arguments, run_convert
+    from bench.gpu import add_bench_arguments
+    from pipelines.models.cli import add_convert_arguments, run_convert
 
     parser = argparse.ArgumentParser(prog="onnx-web", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

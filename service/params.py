@@ -36,9 +36,9 @@ from typing import Any, Literal, TypeGuard, TypeVar
 import yaml
 from PIL import ImageColor
 
+from pipelines.diffusion.schedulers import SCHEDULER_NAMES
+from pipelines.diffusion.wildcards import expand_wildcards
 from pipelines.models.registry import ModelKind, ModelRegistry
-from pipelines.schedulers import SCHEDULER_NAMES
-from pipelines.wildcards import expand_wildcards
 from service.config import Config
 from service.errors import ConfigError, InvalidParams
 

@@ -29,14 +29,15 @@ from sqlalchemy.exc import OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from pipelines.chain import run_chain
-from pipelines.fetch import SourceURLError, fetch_image_url, s3_inputs, url_inputs
-from pipelines.metadata import CONTENT_TYPES, encode_image, thumbnail
-from pipelines.sessions import SessionCache, available_providers
-from pipelines.stages.base import Progress, StageCancelled, StageImage
+from pipelines.context import Progress, StageCancelled, StageImage
+from pipelines.imageops.metadata import CONTENT_TYPES, encode_image, thumbnail
+from pipelines.models.sessions import SessionCache, available_providers
+from pipelines.prefetch import s3_inputs, url_inputs
 from service.batching import run_batch
 from service.config import Config
 from service.errors import InvalidParams, PayloadTooLarge, StorageError
 from service.faults import fault_point
+from service.fetch import SourceURLError, fetch_image_url
 from service.images import decode_upload
 from service.jobs.notify import Notifier
 from service.jobs.store import ClaimedJob, JobState, JobStore
@@ -196,7 +197,7 @@ class Worker:
         """
         if self.config.worker_platform != "cuda" or not self.config.warm_models:
             return
-        from pipelines.diffusion import load_model
+        from pipelines.diffusion.model import load_model
         from pipelines.gpu.runtime import Bucket, warm_up
 
         sizes = [tuple(int(side) for side in size.split("x")) for size in self.config.warm_sizes]

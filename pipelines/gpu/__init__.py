@@ -6,5 +6,4 @@
   warmed static shape (bucket), warm-up, and the per-worker cache of models on the GPU.
 - ``batch``: txt2img for several compatible jobs as one UNet batch, each job with its own
   prompt, seed, guidance, progress and images; on the GPU or, for tests, on the CPU.
-- ``bench``: ``onnx-web bench gpu``, the side-by-side benchmark against diffusers' PyTorch pipelines.
 """

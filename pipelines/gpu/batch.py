@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion import (
+from pipelines.diffusion.model import (
     CancelCheck,
     DiffusionModel,
     Generation,
@@ -33,8 +33,8 @@ from pipelines.diffusion import (
     parse_prompts,
     torch_generator,
 )
+from pipelines.diffusion.schedulers import step_arguments
 from pipelines.gpu.runtime import GpuDiffusionModel, gpu_model, gpu_settings
-from pipelines.schedulers import step_arguments
 
 logger = logging.getLogger(__name__)
 

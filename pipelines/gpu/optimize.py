@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pipelines.models.convert import EXTERNAL_DATA_FILE, ONNX_FILE
+from pipelines.models.layout import EXTERNAL_DATA_FILE, ONNX_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.models.convert import ONNX_FILE
+from pipelines.models.layout import ONNX_FILE
 
 if TYPE_CHECKING:
-    from pipelines.diffusion import DiffusionModel
+    from pipelines.diffusion.model import DiffusionModel
 
 logger = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def warm_up(model: DiffusionModel, buckets: Sequence[Bucket]) -> GpuDiffusionMod
     Also runs the text encoder once, so its session is created and its memory arena grown
     before the first job.
     """
-    from pipelines.diffusion import encode_text
+    from pipelines.diffusion.model import encode_text
 
     settings = gpu_settings(model.sessions)
     if settings is None:

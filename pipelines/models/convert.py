@@ -27,24 +27,18 @@ this same path, so what the tests exercise is what a real checkpoint gets.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipelines.models.layout import EXTERNAL_DATA_FILE, HASH_FILE, ONNX_FILE, hash_component
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
-ONNX_FILE = "model.onnx"
-#: Name of the single external-data file of a component over protobuf's 2 GB limit.
-EXTERNAL_DATA_FILE = "weights.pb"
-HASH_FILE = "hash.txt"
-HASH_LENGTH = 10
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 #: The trace sizes: any latent side divisible by the UNet's down-sampling factor works; small is fast.
 TRACE_LATENT_SIDE = 8
@@ -409,83 +403,3 @@ def write_model_index(dest: Path, source_index: dict[str, Any]) -> None:
             tokenizer_2=["transformers", "CLIPTokenizer"],
         )
     (dest / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def hash_component(folder: Path) -> str:
-    """Short upper-case SHA-256 over a component's graph and external weights, in name order."""
-    digest = hashlib.sha256()
-    for name in (ONNX_FILE, EXTERNAL_DATA_FILE):
-        if (folder / name).is_file():
-            with (folder / name).open("rb") as file:
-                for block in iter(lambda: file.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:HASH_LENGTH].upper()
-
-
-def read_model_hash(model_dir: Path) -> str:
-    """The first line of ``hash.txt`` in a model folder, or ``"unknown"`` (contract §7.3)."""
-    try:
-        lines = (model_dir / HASH_FILE).read_text().splitlines()
-    except OSError:
-        return "unknown"
-    return lines[0].strip() if lines and lines[0].strip() else "unknown"
-
-
-def add_convert_arguments(subparsers: Any) -> None:
-    """Add ``convert demo`` and ``convert diffusers`` to the ``onnx-web`` command line."""
-    convert = subparsers.add_parser("convert", help="build the demo models or convert a checkpoint to ONNX")
-    kinds = convert.add_subparsers(dest="convert_kind", required=True)
-
-    demo = kinds.add_parser("demo", help="build the small random-weight demo diffusion models")
-    demo.add_argument(
-        "--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)"
-    )
-    demo.add_argument("--force", action="store_true", help="rebuild models that already exist")
-
-    diffusers_parser = kinds.add_parser(
-        "diffusers",
-        help="convert a local diffusers folder (hub ids cannot be fetched on these machines: download first)",
-    )
-    diffusers_parser.add_argument(
-        "src", type=Path, help="local diffusers folder (unet/, vae/, text_encoder/, ...)"
-    )
-    diffusers_parser.add_argument("name", help="model folder name to create, e.g. stable-diffusion-onnx-v1-5")
-    diffusers_parser.add_argument(
-        "--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)"
-    )
-    diffusers_parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)"
-    )
-    diffusers_parser.add_argument(
-        "--optimize",
-        choices=OPTIMIZE_CHOICES,
-        default="none",
-        help="gpu: fused fp16 graphs for CUDA workers (they do not run on CPU) (default: %(default)s)",
-    )
-    diffusers_parser.add_argument(
-        "--workers", type=int, default=1, help="components optimized in parallel (default: %(default)s)"
-    )
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Run a parsed ``convert`` command; returns the process exit status."""
-
-    def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    if args.convert_kind == "demo":
-        from pipelines.models.demo import build_demo_models
-
-        for folder in build_demo_models(args.models, force=args.force, progress=progress):
-            print(folder)
-        return 0
-    if not (args.src / "model_index.json").is_file():
-        print(f"not a diffusers folder (no model_index.json): {args.src}", file=sys.stderr)
-        return 2
-    dest = args.models / args.name
-    print(
-        convert_diffusers_folder(
-            args.src, dest, opset=args.opset, progress=progress, optimize=args.optimize, workers=args.workers
-        )
-    )
-    return 0

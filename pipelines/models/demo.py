@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.models.convert import convert_diffusers_folder, read_model_hash
+from pipelines.models.convert import convert_diffusers_folder
+from pipelines.models.layout import EXTRAS_FILE, read_model_hash
 
 logger = logging.getLogger(__name__)
 
 #: Folder, under the models path, that holds the diffusers (torch) source of each demo model.
 TORCH_SOURCES = ".torch"
-EXTRAS_FILE = "extras.json"
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pipelines.wildcards import load_wildcards
+from pipelines.diffusion.wildcards import load_wildcards
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ Every exported model takes ``input`` (N, 3, H, W) float RGB in [0, 1] (face mode
 and returns ``output``; face models also take ``weight`` (1,) float, CodeFormer's fidelity.
 Its native scale is stored in the ONNX metadata under ``scale``. Models whose graph only works
 at the size they were traced at (SwinIR bakes its attention masks, face models their style
-resolution) are exported with a fixed H and W, which :mod:`pipelines.upscale` pads tiles to.
+resolution) are exported with a fixed H and W, which :mod:`pipelines.imageops.upscale` pads tiles to.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.models.convert import export_module
-from pipelines.models.demo import EXTRAS_FILE, merge_extras
+from pipelines.models.demo import merge_extras
+from pipelines.models.layout import EXTRAS_FILE
 
 if TYPE_CHECKING:
     import torch

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.upscale import with_image
 from pipelines.stages.options import number
-from pipelines.upscale import with_image
 
 DEFAULT_STRENGTH = 5.0
 DEFAULT_RANGE = 4.0

@@ -11,7 +11,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.diffusion import (
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.img2img import img2img, strength_steps
+from pipelines.diffusion.model import (
     Generation,
     fit_to_latent_grid,
     generation_metadata,
@@ -19,9 +21,7 @@ from pipelines.diffusion import (
     pad_to_grid,
     stage_sources,
 )
-from pipelines.img2img import img2img, strength_steps
-from pipelines.prompt import prompt_stage
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.diffusion.prompt import prompt_stage
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

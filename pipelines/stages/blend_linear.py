@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.blend import blend_linear, stage_input
-from pipelines.stages.base import StageContext, StageImage
-from pipelines.upscale import with_image
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.blend import blend_linear, stage_input
+from pipelines.imageops.upscale import with_image
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

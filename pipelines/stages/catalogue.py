@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from pipelines.stages.base import StageRunner
+from pipelines.context import StageRunner
 
 #: onnx-web's named tile sizes (contract §10.4).
 TILE_NAMES: Mapping[str, int] = {

@@ -4,7 +4,7 @@ Params: ``correction`` (or ``correction_model``) names the model, default
 ``correction-codeformer`` (onnx-web always loaded its one CodeFormer checkpoint);
 ``faceStrength`` (``face_strength``, 0-1, default 0.5) is CodeFormer's fidelity weight and the
 paste-back strength; ``faceOutscale`` (``face_outscale``, 1-4, default 1): see
-:mod:`pipelines.correct`.
+:mod:`pipelines.imageops.correct`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.correct import run_correction_stage
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.correct import run_correction_stage
 
 #: The model this stage loads when the params name none.
 DEFAULT_MODEL = "correction-codeformer"

@@ -1,8 +1,8 @@
 """``edit-expand``: prepare an inpaint/outpaint: fit the mask, grow the canvas, fill and filter.
 
 Contract §8.3 step 1. Params: ``left``, ``right``, ``top``, ``bottom`` (border in pixels),
-``fill_color``, ``noise_source`` (``pipelines.noise.NOISE_SOURCES``), ``mask_filter``
-(``pipelines.masks.MASK_FILTERS``), ``target`` (the inpainting stage whose ``mask:<target>``
+``fill_color``, ``noise_source`` (``pipelines.imageops.noise.NOISE_SOURCES``), ``mask_filter``
+(``pipelines.imageops.masks.MASK_FILTERS``), ``target`` (the inpainting stage whose ``mask:<target>``
 input this stage reads and replaces with the grown, filtered mask), ``seed`` (for the noise).
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.masks import MASK_FILTERS, expand_canvas, fit_mask
-from pipelines.noise import NOISE_SOURCES
-from pipelines.stages.base import StageContext, StageImage
-from pipelines.upscale import with_image
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.masks import MASK_FILTERS, expand_canvas, fit_mask
+from pipelines.imageops.noise import NOISE_SOURCES
+from pipelines.imageops.upscale import with_image
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

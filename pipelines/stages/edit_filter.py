@@ -1,6 +1,6 @@
 """``edit-filter``: run a source filter (contract §5.2) on every image; img2img's first stage.
 
-Params: ``filter`` (a name of ``pipelines.filters.FILTERS_AVAILABLE``; others need models this
+Params: ``filter`` (a name of ``pipelines.imageops.filters.FILTERS_AVAILABLE``; others need models this
 build does not ship and fail with a message naming them), ``seed`` (for the noise filter). Any
 filter but ``none`` also records the filtered image as an extra output, as onnx-web does.
 """
@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.filters import apply_source_filter
-from pipelines.stages.base import StageContext, StageImage
-from pipelines.upscale import with_image
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.filters import apply_source_filter
+from pipelines.imageops.upscale import with_image
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

@@ -13,7 +13,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.context import StageContext, StageImage
 from pipelines.stages.options import text
 
 #: Params that, as objects, are merged into the metadata group of the same name.

@@ -13,9 +13,9 @@ from typing import Any
 
 from PIL import ImageColor, ImageDraw, ImageFont
 
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.upscale import with_image
 from pipelines.stages.options import text, whole_number
-from pipelines.upscale import with_image
 
 DEFAULT_FONT_SIZE = 10
 MAX_FONT_SIZE = 1024

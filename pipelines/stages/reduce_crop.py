@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.diffusion import stage_sources
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.model import stage_sources
+from pipelines.imageops.upscale import with_image
 from pipelines.stages.options import whole_number
-from pipelines.upscale import with_image
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

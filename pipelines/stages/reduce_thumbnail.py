@@ -12,10 +12,10 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.diffusion import stage_sources
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.model import stage_sources
+from pipelines.imageops.upscale import with_image
 from pipelines.stages.options import whole_number
-from pipelines.upscale import with_image
 
 
 def fit_inside(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:

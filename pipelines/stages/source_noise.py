@@ -1,4 +1,4 @@
-"""``source-noise``: make a noise image with one of the noise sources of ``pipelines.noise``.
+"""``source-noise``: make a noise image with one of the noise sources of ``pipelines.imageops.noise``.
 
 Params: ``noise_source`` (default ``histogram``, the ``noise`` default of the image routes; any
 name of ``GET /api/settings/noises``), ``width`` and ``height`` (default 512), ``fill_color``
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.noise import NOISE_SOURCES, parse_color
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.noise import NOISE_SOURCES, parse_color
+from pipelines.imageops.upscale import with_image
 from pipelines.stages.options import text, whole_number
-from pipelines.upscale import with_image
 
 DEFAULT_NOISE = "histogram"
 DEFAULT_SIZE = 512

@@ -2,7 +2,7 @@
 
 Params: ``bucket`` and ``source_keys`` (both required; the keys one comma-separated string,
 since chain params are scalars). The stage never reads storage: the worker fetches each object
-before the chain runs (:func:`pipelines.fetch.s3_inputs` lists them) and passes the images in
+before the chain runs (:func:`pipelines.prefetch.s3_inputs` lists them) and passes the images in
 as ``s3:<stage>:<i>``; which buckets and keys a job may read is the worker's decision.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.fetch import prefetched_images
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.context import StageContext, StageImage
+from pipelines.prefetch import prefetched_images
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

@@ -15,11 +15,11 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.diffusion import DiffusionModel, Generation, generation_metadata, grid_size, load_model
-from pipelines.prompt import prompt_stage
-from pipelines.sdxl import txt2img_sdxl, wants_sdxl
-from pipelines.stages.base import StageContext, StageImage
-from pipelines.txt2img import txt2img
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.model import DiffusionModel, Generation, generation_metadata, grid_size, load_model
+from pipelines.diffusion.prompt import prompt_stage
+from pipelines.diffusion.sdxl import txt2img_sdxl, wants_sdxl
+from pipelines.diffusion.txt2img import txt2img
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

@@ -3,7 +3,7 @@
 Params: ``source_urls`` (required), one comma-separated string of http(s) URLs, since chain
 params are scalars (onnx-web took an array the schema could never carry). The stage itself
 never touches the network: the worker fetches each URL behind the SSRF controls of
-:mod:`pipelines.fetch` before the chain runs and passes the images in as ``url:<stage>:<i>``.
+:mod:`service.fetch` before the chain runs and passes the images in as ``url:<stage>:<i>``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.fetch import prefetched_images
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.context import StageContext, StageImage
+from pipelines.prefetch import prefetched_images
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

@@ -1,6 +1,6 @@
 """``upscale-bsrgan``: upscale every image with a BSRGAN ONNX model, in tiles of at most 64 pixels.
 
-Params: see :func:`pipelines.upscale.run_upscaling_stage`.
+Params: see :func:`pipelines.imageops.upscale.run_upscaling_stage`.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.stages.base import StageContext, StageImage
-from pipelines.upscale import run_upscaling_stage
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.upscale import run_upscaling_stage
 
 #: The largest tile this stage feeds its model (contract §10.5).
 MAX_TILE = 64

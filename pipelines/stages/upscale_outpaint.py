@@ -16,7 +16,9 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.diffusion import (
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.inpaint import inpaint, mask_to_array
+from pipelines.diffusion.model import (
     Generation,
     fit_to_latent_grid,
     generation_metadata,
@@ -24,9 +26,7 @@ from pipelines.diffusion import (
     pad_to_grid,
     stage_sources,
 )
-from pipelines.inpaint import inpaint, mask_to_array
-from pipelines.prompt import prompt_stage
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.diffusion.prompt import prompt_stage
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.stages.base import StageContext, StageImage
-from pipelines.upscale import resize_simple, with_image
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.upscale import resize_simple, with_image
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

@@ -3,7 +3,7 @@
 Params (contract §10.5): ``upscaling`` (or ``upscale_model``), the upscaler's folder name;
 ``prompt`` (its ``prompt_index`` part, default 0), ``negative_prompt``, ``steps``, ``cfg``,
 ``eta``, ``seed`` and ``scheduler`` as for txt2img; ``denoise``, the noise level (see
-:func:`pipelines.upscale_sd.noise_level`: up to 1 a fraction of the model's maximum of 350,
+:func:`pipelines.diffusion.upscale_sd.noise_level`: up to 1 a fraction of the model's maximum of 350,
 above 1 the level itself, missing 20); ``tiled_vae``, ``vae_tile``, ``vae_overlap``.
 
 Each input becomes one image 4 times its size (``batch`` does not multiply upscales, as in
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.diffusion import Generation, grid_size, load_model, stage_sources
-from pipelines.prompt import prompt_stage
-from pipelines.stages.base import StageContext, StageImage
-from pipelines.upscale import upscaling_model_name, with_image
-from pipelines.upscale_sd import UPSCALER_GRID, max_noise_level, noise_level, upscale_sd
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.model import Generation, grid_size, load_model, stage_sources
+from pipelines.diffusion.prompt import prompt_stage
+from pipelines.diffusion.upscale_sd import UPSCALER_GRID, max_noise_level, noise_level, upscale_sd
+from pipelines.imageops.upscale import upscaling_model_name, with_image
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import falcon
 
+from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.models.registry import ModelRegistry
-from pipelines.schedulers import SCHEDULER_NAMES
 from service.config import Config
 from service.params import MASK_FILTERS, NOISE_SOURCES, PIPELINES, PROMPT_FILTERS, SOURCE_FILTERS
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from pipelines.models.convert import convert_diffusers_folder
 from pipelines.models.demo import DEMO_MODELS, torch_source_path, write_demo_checkpoint
-from pipelines.sessions import CPU_PROVIDER, SessionCache, SessionSettings
+from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
 from service.config import Config
 from service.jobs.notify import Notifier
 from service.jobs.states import JobState

@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from pipelines.models.demo import build_demo_models
 from pipelines.models.registry import ModelRegistry
-from pipelines.sessions import CPU_PROVIDER, SessionCache, SessionSettings
+from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
 from service.app import create_app
 from service.config import Config
 from service.jobs.notify import Notifier

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.diffusion import DiffusionModel, load_model
+from pipelines.diffusion.model import DiffusionModel, load_model
 from pipelines.models.demo import DEMO_MODELS, build_demo_models, torch_source_path
-from pipelines.sessions import SessionCache, SessionSettings
+from pipelines.models.sessions import SessionCache, SessionSettings
 
 DEMO_MODEL = DEMO_MODELS[0].name
 INPAINT_MODEL = DEMO_MODELS[1].name

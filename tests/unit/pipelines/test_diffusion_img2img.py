@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.diffusion import DiffusionModel, Generation, initial_latents
-from pipelines.img2img import img2img
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.img2img import img2img
+from pipelines.diffusion.model import DiffusionModel, Generation, initial_latents
+from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
 from pipelines.models.demo import DEMO_MODELS
-from pipelines.schedulers import load_scheduler_config, make_scheduler
-from pipelines.sessions import SessionCache
+from pipelines.models.sessions import SessionCache
 from pipelines.stages import blend_img2img
-from pipelines.stages.base import StageContext, StageImage
 
 MAX_LEVEL_DIFF = 2
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from pipelines.diffusion import DiffusionModel, Generation, initial_latents
-from pipelines.inpaint import inpaint, mask_to_array
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.inpaint import inpaint, mask_to_array
+from pipelines.diffusion.model import DiffusionModel, Generation, initial_latents
+from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
 from pipelines.models.demo import DEMO_MODELS
-from pipelines.schedulers import load_scheduler_config, make_scheduler
-from pipelines.sessions import SessionCache
+from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_outpaint
-from pipelines.stages.base import StageContext, StageImage
 
 MAX_LEVEL_DIFF = 2
 BASE, INPAINT = (model.name for model in DEMO_MODELS)

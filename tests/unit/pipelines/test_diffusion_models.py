@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from pipelines.models.convert import add_convert_arguments, hash_component, read_model_hash, run_convert
+from pipelines.models.cli import add_convert_arguments, run_convert
 from pipelines.models.demo import (
     DEMO_MODELS,
     DEMO_SDXL,
@@ -19,6 +19,7 @@ from pipelines.models.demo import (
     merge_extras,
     torch_source_path,
 )
+from pipelines.models.layout import hash_component, read_model_hash
 
 BASE, INPAINT = (model.name for model in DEMO_MODELS)
 IO_NAMES = {

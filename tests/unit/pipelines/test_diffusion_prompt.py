@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.diffusion import DiffusionModel, encode_text
-from pipelines.prompt import Network, pad_windows, parse_prompt, prompt_stage, token_windows
+from pipelines.diffusion.model import DiffusionModel, encode_text
+from pipelines.diffusion.prompt import Network, pad_windows, parse_prompt, prompt_stage, token_windows
 
 
 def test_parse_prompt_strips_and_records_network_tokens() -> None:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.diffusion import DiffusionModel, Generation, initial_latents
-from pipelines.schedulers import load_scheduler_config, make_scheduler
-from pipelines.txt2img import txt2img
+from pipelines.diffusion.model import DiffusionModel, Generation, initial_latents
+from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
+from pipelines.diffusion.txt2img import txt2img
 
 #: Two of 255 levels: ONNX Runtime and PyTorch differ by ~1e-6, which rounding can turn into one.
 MAX_LEVEL_DIFF = 2

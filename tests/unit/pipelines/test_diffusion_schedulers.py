@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.diffusion import DiffusionModel
-from pipelines.schedulers import SCHEDULER_NAMES, load_scheduler_config, make_scheduler, step_arguments
+from pipelines.diffusion.model import DiffusionModel
+from pipelines.diffusion.schedulers import (
+    SCHEDULER_NAMES,
+    load_scheduler_config,
+    make_scheduler,
+    step_arguments,
+)
 
 ONNX_WEB_SCHEDULERS = [
     "ddim", "ddpm", "deis-multi", "dpm-multi", "dpm-sde", "dpm-single", "euler", "euler-a",
@@ -23,7 +28,7 @@ def test_names_are_onnx_webs_in_its_order() -> None:
 
 
 def test_names_import_without_torch_or_diffusers() -> None:
-    code = "import sys, pipelines.schedulers; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    code = "import sys, pipelines.diffusion.schedulers; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

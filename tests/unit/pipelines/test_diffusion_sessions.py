@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from pipelines.models.demo import DEMO_MODELS
-from pipelines.sessions import SessionCache, SessionSettings, available_providers, create_session, model_root
+from pipelines.models.sessions import (
+    SessionCache,
+    SessionSettings,
+    available_providers,
+    create_session,
+    model_root,
+)
 
 BASE, INPAINT = (model.name for model in DEMO_MODELS)
 

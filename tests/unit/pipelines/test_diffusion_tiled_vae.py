@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.diffusion import DiffusionModel, Generation, decode_latents, encode_image
-from pipelines.inpaint import inpaint
-from pipelines.sessions import SessionCache
+from pipelines.context import StageContext
+from pipelines.diffusion.inpaint import inpaint
+from pipelines.diffusion.model import DiffusionModel, Generation, decode_latents, encode_image
+from pipelines.diffusion.vae_tiling import VaeTiling, axis_weights, decode_tiled, encode_tiled, tile_starts
+from pipelines.models.sessions import SessionCache
 from pipelines.stages import blend_img2img, source_txt2img
-from pipelines.stages.base import StageContext
-from pipelines.vae_tiling import VaeTiling, axis_weights, decode_tiled, encode_tiled, tile_starts
 
 FACTOR = 8
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.diffusion import DiffusionModel, Generation
+from pipelines.context import StageCancelled, StageContext, StageImage
+from pipelines.diffusion.model import DiffusionModel, Generation
+from pipelines.diffusion.schedulers import SCHEDULER_NAMES
+from pipelines.diffusion.txt2img import txt2img
 from pipelines.models.demo import DEMO_MODELS
-from pipelines.schedulers import SCHEDULER_NAMES
-from pipelines.sessions import SessionCache
+from pipelines.models.sessions import SessionCache
 from pipelines.stages import source_txt2img
-from pipelines.stages.base import StageCancelled, StageContext, StageImage
-from pipelines.txt2img import txt2img
 
 DEMO_MODEL = DEMO_MODELS[0].name
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.diffusion import DiffusionModel, Generation, load_model
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.model import DiffusionModel, Generation, load_model
+from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
+from pipelines.diffusion.upscale_sd import LOW_RES_SCHEDULER, noise_level, upscale_noise, upscale_sd
 from pipelines.models.demo import DEMO_UPSCALER, torch_source_path
 from pipelines.models.registry import ModelRegistry
-from pipelines.schedulers import load_scheduler_config, make_scheduler
-from pipelines.sessions import SessionCache
+from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_stable_diffusion
-from pipelines.stages.base import StageContext, StageImage
-from pipelines.upscale_sd import LOW_RES_SCHEDULER, noise_level, upscale_noise, upscale_sd
 
 #: Two of 255 levels: ONNX Runtime and PyTorch differ by ~1e-6, which rounding can turn into one.
 MAX_LEVEL_DIFF = 2

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.diffusion import DiffusionModel, Generation
+from pipelines.context import StageCancelled
+from pipelines.diffusion.model import DiffusionModel, Generation
+from pipelines.diffusion.txt2img import txt2img
 from pipelines.gpu.batch import CpuDenoiser, Txt2ImgJob, txt2img_batch
 from pipelines.models.demo import DEMO_MODELS
-from pipelines.stages.base import StageCancelled
-from pipelines.txt2img import txt2img
 
 #: Pixel levels two runs may differ by: a larger UNet batch may round its matrix products differently.
 TOLERANCE = 1

@@ -13,8 +13,9 @@ import onnxruntime
 import pytest
 
 from pipelines.gpu.optimize import CUDA_ONLY_FUSIONS, classic_attention, fusion_options, optimize_component
-from pipelines.models.convert import ONNX_FILE, export_unet
+from pipelines.models.convert import export_unet
 from pipelines.models.demo import demo_unet
+from pipelines.models.layout import ONNX_FILE
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.context import StageContext, StageImage
 from pipelines.stages import blend_denoise, blend_grid, blend_linear, blend_mask
-from pipelines.stages.base import StageContext, StageImage
 
 
 def _context(inputs: dict[str, Image.Image], steps: list[int] | None = None) -> StageContext:

@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from pipelines.filters import FILTERS_AVAILABLE, SOURCE_FILTERS, FilterUnavailable, apply_source_filter
-from pipelines.masks import MASK_FILTERS, expand_canvas, fit_mask, mask_filter_none
-from pipelines.noise import NOISE_SOURCES, noise_fill_mask, noise_uniform
+from pipelines.imageops.filters import (
+    FILTERS_AVAILABLE,
+    SOURCE_FILTERS,
+    FilterUnavailable,
+    apply_source_filter,
+)
+from pipelines.imageops.masks import MASK_FILTERS, expand_canvas, fit_mask, mask_filter_none
+from pipelines.imageops.noise import NOISE_SOURCES, noise_fill_mask, noise_uniform
 
 DIMS = (256, 192)
 

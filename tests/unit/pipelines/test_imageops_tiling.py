@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.noise import noise_fill_mask
-from pipelines.stages.base import StageCancelled
-from pipelines.tiling import needs_tiling, process_tiled, tile_grid, tile_positions, tile_spiral
+from pipelines.context import StageCancelled
+from pipelines.imageops.noise import noise_fill_mask
+from pipelines.imageops.tiling import needs_tiling, process_tiled, tile_grid, tile_positions, tile_spiral
 
 WIDTH, HEIGHT, TILE = 200, 150, 64
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.context import StageContext, StageImage
 from pipelines.stages import upscale_simple
-from pipelines.stages.base import StageContext, StageImage
 
 
 def _context(steps: list[int]) -> StageContext:

@@ -13,10 +13,10 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.upscale import run_model_tile
 from pipelines.models.upscalers import DEMO_UPSCALERS, build_demo_upscalers, demo_module
 from pipelines.stages import upscale_bsrgan, upscale_resrgan, upscale_swinir
-from pipelines.stages.base import StageContext, StageImage
-from pipelines.upscale import run_model_tile
 
 
 class Sessions:

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.diffusion import DiffusionModel, Generation, initial_latents, load_model
-from pipelines.models.demo import DEMO_SDXL, EXTRAS_FILE, SDXL_SCALING_FACTOR, torch_source_path
-from pipelines.schedulers import load_scheduler_config, make_scheduler
-from pipelines.sdxl import is_sdxl_folder, txt2img_sdxl, wants_sdxl
-from pipelines.sessions import SessionCache
+from pipelines.context import StageContext
+from pipelines.diffusion.model import DiffusionModel, Generation, initial_latents, load_model
+from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
+from pipelines.diffusion.sdxl import is_sdxl_folder, txt2img_sdxl, wants_sdxl
+from pipelines.models.demo import DEMO_SDXL, SDXL_SCALING_FACTOR, torch_source_path
+from pipelines.models.layout import EXTRAS_FILE
+from pipelines.models.sessions import SessionCache
 from pipelines.stages import source_txt2img
-from pipelines.stages.base import StageContext
 
 #: Two of 255 levels: ONNX Runtime and PyTorch differ by ~1e-6, which rounding can turn into one.
 MAX_LEVEL_DIFF = 2

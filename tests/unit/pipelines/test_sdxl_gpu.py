@@ -8,10 +8,11 @@ from typing import Any
 import onnx
 import pytest
 
-from pipelines.gpu.architectures import SDXL_TEXT_2, SDXL_UNET
+from bench.architectures import SDXL_TEXT_2, SDXL_UNET
 from pipelines.gpu.optimize import classic_attention, optimize_component
-from pipelines.models.convert import ONNX_FILE, export_unet
+from pipelines.models.convert import export_unet
 from pipelines.models.demo import demo_sdxl_unet
+from pipelines.models.layout import ONNX_FILE
 
 
 @pytest.fixture(scope="module")

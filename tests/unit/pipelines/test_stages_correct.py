@@ -15,7 +15,8 @@ import torch
 from onnx import TensorProto, helper
 from PIL import Image
 
-from pipelines.correct import (
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.correct import (
     FEATHER,
     CorrectionSettings,
     detect_faces,
@@ -24,7 +25,6 @@ from pipelines.correct import (
 )
 from pipelines.models.upscalers import DEMO_UPSCALERS, convert_upscaler, demo_module
 from pipelines.stages import correct_codeformer, correct_gfpgan
-from pipelines.stages.base import StageContext, StageImage
 
 FACE_SIZE = 64
 #: The constant face model's output, in [-1, 1], and the 8-bit level it becomes.

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines.sessions import SessionCache
+from pipelines.context import StageContext, StageImage
+from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_outpaint
-from pipelines.stages.base import StageContext, StageImage
 from pipelines.stages.upscale_outpaint import fullres_region
 
 PARAMS = {"model": "stable-diffusion-onnx-v1-inpainting", "scheduler": "ddim", "prompt": "a patch", "seed": 3,

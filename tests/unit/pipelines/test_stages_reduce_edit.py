@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.context import StageContext, StageImage
 from pipelines.stages import edit_metadata, edit_text, reduce_crop, reduce_thumbnail
-from pipelines.stages.base import StageContext, StageImage
 from pipelines.stages.options import number, text, whole_number
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.noise import noise_normal, noise_uniform
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.noise import noise_normal, noise_uniform
 from pipelines.stages import blend_denoise_localstd, source_noise, source_s3, source_url
-from pipelines.stages.base import StageContext, StageImage
 from pipelines.stages.blend_denoise_localstd import WINDOW, denoise_local_std
 
 

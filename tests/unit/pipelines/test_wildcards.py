@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.wildcards import expand_wildcards, load_wildcards
+from pipelines.diffusion.wildcards import expand_wildcards, load_wildcards
 
 
 def write(path: Path, text: str) -> None:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.models.registry import ModelRegistry
-from pipelines.schedulers import SCHEDULER_NAMES
 from service.config import Config
 from service.errors import ConfigError, InvalidParams
 from service.params import (

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion import (
+from pipelines.diffusion.model import (
     LATENT_CHANNELS,
     CancelCheck,
     DiffusionModel,
@@ -31,7 +31,7 @@ from pipelines.diffusion import (
     pad_to_grid,
     parse_prompts,
 )
-from pipelines.schedulers import make_scheduler
+from pipelines.diffusion.schedulers import make_scheduler
 
 #: The noise level of diffusers' pipeline when none is asked for.
 DEFAULT_NOISE_LEVEL = 20

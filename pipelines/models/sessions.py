@@ -89,7 +89,7 @@ def model_root(path: Path) -> Path:
 class SessionCache:
     """A least-recently-used cache of sessions that holds at most ``max_models`` models.
 
-    Implements ``pipelines.stages.base.SessionProvider``. Safe to share between threads: loading
+    Implements ``pipelines.context.SessionProvider``. Safe to share between threads: loading
     happens under the lock, so two stages never load the same file twice.
     """
 

@@ -2,13 +2,13 @@
 """``make bench``: the service's overheads, each measured against a baseline timed in the same run.
 
 1. Queue throughput: claim + complete of no-op jobs with 8 concurrent workers
-   (``scripts/bench_queue.py``), jobs/s.
+   (``bench/queue.py``), jobs/s.
 2. Submit → success latency of a 1-step demo txt2img job through the whole local stack
    (gunicorn, Postgres, S3, one worker), p50/p99, against running the same resolved chain
    in-process on the same warm sessions: the difference is what the service adds.
 3. Each image mode (txt2img, img2img, inpaint, upscale, highres) against the matching diffusers
    pipeline on the same weights, and the peak memory of a 2048x2048 tiled upscale
-   (``scripts/bench_modes.py``, which prints its own table).
+   (``bench/modes.py``, which prints its own table).
 
 Results are printed as a table and written as JSON (``--out``).
 """
@@ -28,7 +28,6 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The benchmark's sections, in the order they run (the modes first: they want a quiet machine).
 SECTIONS = ("modes", "queue", "latency")
 
@@ -41,14 +40,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def bench_queue(out_dir: Path) -> dict[str, Any]:
     target = out_dir / "queue.json"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_queue.py"), "--workers", "8", "--out", str(target)],
+    subprocess.run([sys.executable, "-m", "bench.queue", "--workers", "8", "--out", str(target)],
                    check=True)  # fmt: skip
     return dict(json.loads(target.read_text()))
 
 
 def bench_modes(out_dir: Path) -> dict[str, Any]:
     target = out_dir / "modes.json"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_modes.py"), "--out", str(target)], check=True)
+    subprocess.run([sys.executable, "-m", "bench.modes", "--out", str(target)], check=True)
     return dict(json.loads(target.read_text()))
 
 
@@ -69,10 +68,10 @@ def resolved_chain(query: dict[str, Any], models: Path) -> dict[str, Any]:
 
 def bench_latency(runs: int) -> dict[str, Any]:
     from pipelines.chain import run_chain
-    from pipelines.sessions import SessionCache
+    from pipelines.models.sessions import SessionCache
     from service.stack import LocalStack, StackOptions, free_port
 
-    query = {"prompt": "a benchmark", "steps": 1, "seed": 7, "width": 256, "height": 256}
+    query: dict[str, str | int] = {"prompt": "a benchmark", "steps": 1, "seed": 7, "width": 256, "height": 256}
     with tempfile.TemporaryDirectory() as tmp:
         stack = LocalStack(StackOptions(data_dir=Path(tmp), port=free_port(), models_path=Path(tmp) / "models"))
         stack.start()

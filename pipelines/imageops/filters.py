@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pipelines.noise import noise_histogram
+from pipelines.imageops.noise import noise_histogram
 
 #: Every source filter onnx-web names, in the order ``GET /api/settings/filters`` lists them.
 SOURCE_FILTERS = (

@@ -70,7 +70,7 @@ class Progress:
 
 
 class SessionProvider(Protocol):
-    """Loads (and caches) ONNX Runtime sessions; see ``pipelines.sessions``."""
+    """Loads (and caches) ONNX Runtime sessions; see ``pipelines.models.sessions``."""
 
     def get(self, path: Path) -> Any: ...
 

@@ -6,7 +6,7 @@ import logging
 
 from PIL import Image
 
-from pipelines.diffusion import (
+from pipelines.diffusion.model import (
     CancelCheck,
     DiffusionModel,
     Generation,

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion import (
+from pipelines.diffusion.model import (
     CancelCheck,
     DiffusionModel,
     Generation,
@@ -20,7 +20,7 @@ from pipelines.diffusion import (
     initial_latents,
     parse_prompts,
 )
-from pipelines.schedulers import require_add_noise
+from pipelines.diffusion.schedulers import require_add_noise
 
 
 def strength_steps(steps: int, strength: float) -> int:

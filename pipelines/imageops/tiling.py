@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from pipelines.noise import Color, NoiseSource, noise_histogram
+from pipelines.imageops.noise import Color, NoiseSource, noise_histogram
 
 Position = tuple[int, int]
 #: ``fn(tile image, tile mask or None) -> tile image * scale``.

@@ -70,7 +70,7 @@ Images = Callable[[], Image.Image]
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile of ``values`` by nearest rank (as ``scripts/bench.py`` computes it)."""
+    """The ``q``-th percentile of ``values`` by nearest rank (as ``bench/suite.py`` computes it)."""
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
@@ -95,7 +95,7 @@ def centre_mask(width: int, height: int) -> Image.Image:
 
 
 def seeded_noise(shape: tuple[int, ...], **kwargs: Any) -> Any:
-    """diffusers' ``randn_tensor`` drawing onnx-web's noise instead (``pipelines.diffusion.initial_latents``)."""
+    """diffusers' ``randn_tensor`` drawing onnx-web's noise instead (``pipelines.diffusion.model.initial_latents``)."""
     import torch
 
     return torch.from_numpy(np.random.default_rng(SEED).standard_normal(tuple(shape)).astype(np.float32))
@@ -135,7 +135,7 @@ class Ours:
 
     def __post_init__(self) -> None:
         from pipelines.models.registry import ModelRegistry
-        from pipelines.sessions import SessionCache
+        from pipelines.models.sessions import SessionCache
         from service.config import Config
         from service.params import load_params_doc
 
@@ -228,8 +228,8 @@ class Reference:
 
     def fresh_scheduler(self) -> Any:
         """A new scheduler from the model's config, as our pipeline makes one per run."""
+        from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
         from pipelines.models.demo import DEMO_MODELS
-        from pipelines.schedulers import load_scheduler_config, make_scheduler
 
         return make_scheduler(self.scheduler, load_scheduler_config(self.models / DEMO_MODELS[0].name), seed=SEED)
 
@@ -248,7 +248,7 @@ class Reference:
         """``StableDiffusionPipeline`` from our starting latents."""
         import torch
 
-        from pipelines.diffusion import initial_latents
+        from pipelines.diffusion.model import initial_latents
 
         latents = torch.from_numpy(initial_latents(SEED, 1, size, size))
         return self.call("txt2img", width=size, height=size, num_inference_steps=steps, latents=latents)
@@ -261,7 +261,7 @@ class Reference:
         """``StableDiffusionInpaintPipeline`` from our starting latents."""
         import torch
 
-        from pipelines.diffusion import initial_latents
+        from pipelines.diffusion.model import initial_latents
 
         latents = torch.from_numpy(initial_latents(SEED, 1, source.width, source.height))
         return self.call("inpaint", image=source, mask_image=mask, width=source.width, height=source.height,
@@ -434,7 +434,7 @@ def memory_child(models: Path, case: str, size: int) -> dict[str, Any]:
     (our ``upscale-resrgan`` stage, tiles of the default ``unet_tile``); ``untiled`` feeds the whole
     image to the same ONNX session at once.
     """
-    from pipelines.upscale import model_path, run_model_tile
+    from pipelines.imageops.upscale import model_path, run_model_tile
 
     ours = Ours(models)
     source = gradient(size, size)

@@ -20,9 +20,9 @@ The fused graph's weights are not PyTorch's weights (they are regenerated, not c
 measures speed only: outputs are not compared. ``--src`` takes PyTorch's weights from a diffusers
 folder instead of building them (the CPU dry run uses it with ``tiny-sdxl``).
 
-    python -m pipelines.gpu.bench_prebuilt fuse EXPORTED_FOLDER GRAPHS
-    python -m pipelines.gpu.bench_prebuilt strip MODEL_FOLDER GRAPHS
-    python -m pipelines.gpu.bench_prebuilt run --folder GRAPHS --out OUT [--device cpu --src SRC]
+    python -m bench.gpu_prebuilt fuse EXPORTED_FOLDER GRAPHS
+    python -m bench.gpu_prebuilt strip MODEL_FOLDER GRAPHS
+    python -m bench.gpu_prebuilt run --folder GRAPHS --out OUT [--device cpu --src SRC]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.gpu.bench import (
+from bench.gpu import (
     NEGATIVE,
     PEAK_TFLOPS,
     PROMPT,
@@ -46,7 +46,7 @@ from pipelines.gpu.bench import (
     summary,
     timed,
 )
-from pipelines.models.convert import EXTERNAL_DATA_FILE, ONNX_FILE
+from pipelines.models.layout import EXTERNAL_DATA_FILE, ONNX_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def build_pytorch_sdxl(folder: Path, architecture: str, device: str, dtype: Any,
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        from pipelines.gpu.architectures import SDXL_TEXT, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
+        from bench.architectures import SDXL_TEXT, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
         from pipelines.models.demo import BOS_TOKEN, EOS_TOKEN
 
         if architecture != "sdxl":
@@ -274,7 +274,7 @@ def bench_pytorch(pipe: Any, device: str, steps: int, side: int, timer: Timer) -
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipelines.metadata import encode_image
+    from pipelines.imageops.metadata import encode_image
 
     unet = pipe.unet
     feeds = sdxl_unet_inputs(
@@ -316,11 +316,11 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
     """Our SDXL path: the warmed UNet graph at batch 2, then ``txt2img_sdxl`` text to PNG bytes."""
     from functools import partial
 
-    from pipelines.diffusion import Generation, load_model
+    from pipelines.diffusion.model import Generation, load_model
+    from pipelines.diffusion.sdxl import txt2img_sdxl, warm_up_sdxl
     from pipelines.gpu.runtime import GpuSettings, gpu_model
-    from pipelines.metadata import encode_image
-    from pipelines.sdxl import txt2img_sdxl, warm_up_sdxl
-    from pipelines.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
+    from pipelines.imageops.metadata import encode_image
+    from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
 
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if device == "cuda" else (CPU_PROVIDER,)
     model = load_model(folder.parent, folder.name, SessionCache(2, SessionSettings(providers=providers)))
@@ -428,7 +428,7 @@ def save(report: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m pipelines.gpu.bench_prebuilt", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_prebuilt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     verbs = parser.add_subparsers(dest="verb", required=True)
     fusing = verbs.add_parser("fuse", help="fuse an exported folder into weightless fp16 graphs")

@@ -2,7 +2,7 @@
 
 ``upscale-simple`` and highres use :func:`resize_simple`; the model stages (Real-ESRGAN, SwinIR,
 BSRGAN) run :func:`upscale_with_model`, which feeds the model tile by tile through
-:mod:`pipelines.tiling` and finishes any ``outscale`` beyond the model's native factor with Lanczos.
+:mod:`pipelines.imageops.tiling` and finishes any ``outscale`` beyond the model's native factor with Lanczos.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.stages.base import StageContext, StageImage
-from pipelines.tiling import process_tiled
+from pipelines.context import StageContext, StageImage
+from pipelines.imageops.tiling import process_tiled
 
 #: Resampling filters ``upscale-simple`` and highres accept, by their API names.
 SIMPLE_METHODS: dict[str, Image.Resampling] = {

@@ -1,6 +1,6 @@
 """Measure queue throughput: claim + complete of no-op jobs by concurrent workers on a real Postgres.
 
-Usage: ``python scripts/bench_queue.py --jobs 2000 --workers 8 --out bench-results/queue.json``
+Usage: ``python bench/queue.py --jobs 2000 --workers 8 --out bench-results/queue.json``
 (``make bench``). Without ``--database-url`` it starts an embedded PostgreSQL in a temporary
 folder. Each worker thread has its own connection and loops claim -> finish_success until the
 queue is empty; the figure is completed jobs per second of wall time, with claim latencies.

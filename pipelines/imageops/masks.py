@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from pipelines.noise import Color, NoiseSource, Size, parse_color
+from pipelines.imageops.noise import Color, NoiseSource, Size, parse_color
 
 MaskFilter = Callable[[Image.Image, Size, Size], Image.Image]
 

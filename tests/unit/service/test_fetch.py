@@ -1,4 +1,4 @@
-"""``pipelines.fetch``: the SSRF corpus of reliability.md A4, against servers on 127.0.0.1 only.
+"""``service.fetch``: the SSRF corpus of reliability.md A4, against servers on 127.0.0.1 only.
 
 Every "public" address here is a stub: a resolver answers it and a patched ``_connect`` either
 refuses to connect (the fetch must never get that far) or connects to a local server instead.
@@ -26,8 +26,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipelines import fetch
-from pipelines.fetch import (
+from pipelines.prefetch import s3_inputs, split_sources, url_inputs
+from service import fetch
+from service.fetch import (
     CHUNK,
     SourceURLBadType,
     SourceURLBlocked,
@@ -37,9 +38,6 @@ from pipelines.fetch import (
     SourceURLTooLarge,
     fetch_image_url,
     parse_source_url,
-    s3_inputs,
-    split_sources,
-    url_inputs,
 )
 
 PUBLIC = "93.184.215.14"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion import (
+from pipelines.diffusion.model import (
     LATENT_FACTOR,
     CancelCheck,
     DiffusionModel,
@@ -29,7 +29,7 @@ from pipelines.diffusion import (
     parse_prompts,
     unet_channels,
 )
-from pipelines.schedulers import require_add_noise
+from pipelines.diffusion.schedulers import require_add_noise
 
 INPAINT_CHANNELS = 9
 

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.models.convert import ONNX_FILE, read_model_hash
-from pipelines.prompt import ParsedPrompt, pad_windows, parse_prompt, token_windows
-from pipelines.schedulers import load_scheduler_config, make_scheduler, step_arguments
-from pipelines.stages.base import SessionProvider, StageContext, StageImage
-from pipelines.vae_tiling import VaeTiling, decode_tiled, encode_tiled
+from pipelines.context import SessionProvider, StageContext, StageImage
+from pipelines.diffusion.prompt import ParsedPrompt, pad_windows, parse_prompt, token_windows
+from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler, step_arguments
+from pipelines.diffusion.vae_tiling import VaeTiling, decode_tiled, encode_tiled
+from pipelines.models.layout import ONNX_FILE, read_model_hash
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion import (
+from pipelines.diffusion.model import (
     LATENT_CHANNELS,
     CancelCheck,
     DiffusionModel,
@@ -35,7 +35,7 @@ from pipelines.diffusion import (
     parse_prompts,
     torch_generator,
 )
-from pipelines.schedulers import step_arguments
+from pipelines.diffusion.schedulers import step_arguments
 
 logger = logging.getLogger(__name__)
 

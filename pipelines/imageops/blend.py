@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.stages.base import StageContext
+from pipelines.context import StageContext
 
 #: ``blend-denoise``'s default filter strength (OpenCV's ``h``), as onnx-web uses it.
 DEFAULT_DENOISE_STRENGTH = 3.0

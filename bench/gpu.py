@@ -6,7 +6,7 @@ production path (``pipelines.gpu``): the UNet call under several CUDA provider s
 50-step 512x512 image from text to PNG bytes, and images/s for 1, 2, 4 and 8 batched jobs. It
 prints a table and writes ``gpu-bench.json`` (every figure) and a kernel profile.
 
-    python -m pipelines.gpu.bench --out DIR [--architecture sd15|tiny] [--device cuda|cpu]
+    python -m bench.gpu --out DIR [--architecture sd15|tiny] [--device cuda|cpu]
 
 ``--architecture tiny --device cpu`` runs the same steps on the demo model without a GPU (the
 CUDA sections are skipped), to check the script before spending GPU time.
@@ -14,7 +14,7 @@ CUDA sections are skipped), to check the script before spending GPU time.
 ``--architecture sdxl`` (or ``tiny-sdxl``) runs the SDXL rows instead: full-size SDXL base with
 random weights, PyTorch = diffusers' ``StableDiffusionXLPipeline`` in fp16; the UNet call at
 1024x1024 with guidance (batch 2) and a 30-step 1024x1024 image from text to PNG bytes
-(``pipelines.sdxl.txt2img_sdxl`` on CUDA graphs).
+(``pipelines.diffusion.sdxl.txt2img_sdxl`` on CUDA graphs).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipelines.gpu.architectures import ARCHITECTURES, write_checkpoint
+from bench.architectures import ARCHITECTURES, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def bench_pytorch(src: Path, device: str, steps: int, side: int, timer: Timer) -
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from pipelines.metadata import encode_image
+    from pipelines.imageops.metadata import encode_image
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     pipe = StableDiffusionPipeline.from_pretrained(src, torch_dtype=dtype, safety_checker=None)
@@ -243,7 +243,7 @@ def bench_unet_variants(folder: Path, reference: Any, side: int, timer: Timer) -
     import torch
 
     from pipelines.gpu.runtime import CudaSession, GpuSettings
-    from pipelines.models.convert import ONNX_FILE
+    from pipelines.models.layout import ONNX_FILE
 
     results: dict[str, Any] = {}
     for name, options in VARIANTS.items():
@@ -340,11 +340,11 @@ def bench_ours(
     folder: Path, settings: Any, steps: int, side: int, timer: Timer, device: str
 ) -> dict[str, Any]:
     """The production path: ``txt2img_batch`` on the warmed GPU model, text to PNG bytes."""
-    from pipelines.diffusion import Generation, load_model
+    from pipelines.diffusion.model import Generation, load_model
     from pipelines.gpu.batch import CpuDenoiser, GpuDenoiser, Txt2ImgJob, txt2img_batch
     from pipelines.gpu.runtime import Bucket, gpu_model
-    from pipelines.metadata import encode_image
-    from pipelines.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
+    from pipelines.imageops.metadata import encode_image
+    from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
 
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if device == "cuda" else (CPU_PROVIDER,)
     sessions = SessionCache(2, SessionSettings(providers=providers))
@@ -523,7 +523,7 @@ def bench_pytorch_sdxl(src: Path, device: str, steps: int, side: int, timer: Tim
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    from pipelines.metadata import encode_image
+    from pipelines.imageops.metadata import encode_image
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     pipe: Any = StableDiffusionXLPipeline.from_pretrained(src, torch_dtype=dtype, add_watermarker=False)
@@ -573,11 +573,11 @@ def bench_pytorch_sdxl(src: Path, device: str, steps: int, side: int, timer: Tim
 
 def bench_ours_sdxl(folder: Path, steps: int, side: int, timer: Timer, device: str) -> dict[str, Any]:
     """Our SDXL path (``txt2img_sdxl``), text to PNG bytes; on CUDA after capturing the 1-image shapes."""
-    from pipelines.diffusion import Generation, load_model
+    from pipelines.diffusion.model import Generation, load_model
+    from pipelines.diffusion.sdxl import txt2img_sdxl, warm_up_sdxl
     from pipelines.gpu.runtime import GpuSettings, gpu_model
-    from pipelines.metadata import encode_image
-    from pipelines.sdxl import txt2img_sdxl, warm_up_sdxl
-    from pipelines.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
+    from pipelines.imageops.metadata import encode_image
+    from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
 
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if device == "cuda" else (CPU_PROVIDER,)
     model = load_model(folder.parent, folder.name, SessionCache(2, SessionSettings(providers=providers)))
@@ -603,7 +603,7 @@ def bench_unet_sdxl(folder: Path, reference: Any, side: int, timer: Timer) -> di
     import torch
 
     from pipelines.gpu.runtime import CudaSession, GpuSettings
-    from pipelines.models.convert import ONNX_FILE
+    from pipelines.models.layout import ONNX_FILE
 
     stream = torch.cuda.Stream()
     session = CudaSession(folder / "unet" / ONNX_FILE, GpuSettings(), stream)
@@ -677,8 +677,8 @@ def format_sdxl_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.gpu.bench``."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.gpu.bench", description=__doc__,
+    """``python -m bench.gpu``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_options(parser)
     return run_bench(parser.parse_args(argv))

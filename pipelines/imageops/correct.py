@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion import stage_sources
-from pipelines.stages.base import StageContext, StageImage
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.model import stage_sources
+from pipelines.imageops.upscale import model_path, scaled_size, with_image, with_model
 from pipelines.stages.options import number, whole_number
-from pipelines.upscale import model_path, scaled_size, with_image, with_model
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Image operations: tiling, masks, noise, filters, blending, upscalers, face correction, output encoding."""
