@@ -15,11 +15,13 @@ from pipelines.models.demo import (
     BOS_TOKEN,
     EOS_TOKEN,
     MODEL_MAX_LENGTH,
+    SD15_INDEX_EXTRAS,
     SD15_SCHEDULER_CONFIG,
     SDXL_MODEL_INDEX,
     SDXL_PAD_TOKEN_2,
     SDXL_SCALING_FACTOR,
     SDXL_SCHEDULER_CONFIG,
+    sd_model_index,
     write_demo_checkpoint,
     write_demo_sdxl_checkpoint,
     write_demo_tokenizer,
@@ -134,20 +136,8 @@ def write_checkpoint(dest: Path, architecture: str) -> None:
     for name, module in modules.items():
         module.save_pretrained(dest / name)
     write_json(dest / "scheduler" / "scheduler_config.json", SD15_SCHEDULER_CONFIG)
-    write_json(
-        dest / "model_index.json",
-        {
-            "_class_name": "StableDiffusionPipeline",
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "scheduler": ["diffusers", "PNDMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        },
-    )
+    index = sd_model_index("StableDiffusionPipeline", "PNDMScheduler", **SD15_INDEX_EXTRAS)
+    write_json(dest / "model_index.json", index)
 
 
 def write_sdxl_checkpoint(dest: Path) -> None:

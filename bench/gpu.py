@@ -573,10 +573,9 @@ def bench_pytorch_sdxl(src: Path, device: str, steps: int, side: int, timer: Tim
 
 def bench_ours_sdxl(folder: Path, steps: int, side: int, timer: Timer, device: str) -> dict[str, Any]:
     """Our SDXL path (``txt2img_sdxl``), text to PNG bytes; on CUDA after capturing the 1-image shapes."""
-    from pipelines.diffusion.model import Generation, load_model
-    from pipelines.diffusion.sdxl import txt2img_sdxl, warm_up_sdxl
+    from pipelines.diffusion.model import load_model
+    from pipelines.diffusion.sdxl import warm_up_sdxl
     from pipelines.gpu.runtime import GpuSettings, gpu_model
-    from pipelines.imageops.metadata import encode_image
     from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
 
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if device == "cuda" else (CPU_PROVIDER,)
@@ -584,8 +583,21 @@ def bench_ours_sdxl(folder: Path, steps: int, side: int, timer: Timer, device: s
     result: dict[str, Any] = {}
     if device == "cuda":
         result["warm_up_s"] = timed(lambda: warm_up_sdxl(gpu_model(folder, GpuSettings()), side, side))
+    time_sdxl_images(model, folder.name, side, steps, timer, result)
+    return result
+
+
+def time_sdxl_images(model: Any, name: str, side: int, steps: int, timer: Timer, result: dict[str, Any]) -> Any:
+    """Time our SDXL image, text to PNG bytes: the first (``first_image_s``) and three more (``image``).
+
+    Returns the ``Generation`` it timed, for callers that measure more of it.
+    """
+    from pipelines.diffusion.model import Generation
+    from pipelines.diffusion.sdxl import txt2img_sdxl
+    from pipelines.imageops.metadata import encode_image
+
     generation = Generation(
-        model=folder.name, scheduler="euler", prompt=PROMPT, negative_prompt=NEGATIVE, seed=0,
+        model=name, scheduler="euler", prompt=PROMPT, negative_prompt=NEGATIVE, seed=0,
         steps=steps, cfg=7.5, eta=0.0, batch=1, width=side, height=side,
     )  # fmt: skip
 
@@ -595,7 +607,7 @@ def bench_ours_sdxl(folder: Path, steps: int, side: int, timer: Timer, device: s
 
     result["first_image_s"] = timed(work)
     result["image"] = summary(timer.wall(work, 3, warmup=0))
-    return result
+    return generation
 
 
 def bench_unet_sdxl(folder: Path, reference: Any, side: int, timer: Timer) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from bench.gpu import (
     profile_kernels,
     sdxl_unet_inputs,
     summary,
+    time_sdxl_images,
     timed,
 )
 from pipelines.models.layout import EXTERNAL_DATA_FILE, ONNX_FILE
@@ -316,7 +317,7 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
     """Our SDXL path: the warmed UNet graph at batch 2, then ``txt2img_sdxl`` text to PNG bytes."""
     from functools import partial
 
-    from pipelines.diffusion.model import Generation, load_model
+    from pipelines.diffusion.model import load_model
     from pipelines.diffusion.sdxl import txt2img_sdxl, warm_up_sdxl
     from pipelines.gpu.runtime import GpuSettings, gpu_model
     from pipelines.imageops.metadata import encode_image
@@ -344,17 +345,7 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
         except Exception as err:
             logger.exception("profiling failed")
             result["profile"] = {"error": f"{type(err).__name__}: {err}"[:500]}
-    generation = Generation(
-        model=folder.name, scheduler="euler", prompt=PROMPT, negative_prompt=NEGATIVE, seed=0,
-        steps=steps, cfg=7.5, eta=0.0, batch=1, width=side, height=side,
-    )  # fmt: skip
-
-    def work() -> bytes:
-        picture = txt2img_sdxl(model, generation)[0]
-        return encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
-
-    result["first_image_s"] = timed(work)
-    result["image"] = summary(timer.wall(work, 3, warmup=0))
+    generation = time_sdxl_images(model, folder.name, side, steps, timer, result)
     started = time.perf_counter()
     picture = txt2img_sdxl(model, generation)[0]
     encode_started = time.perf_counter()

@@ -17,18 +17,9 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.context import (
-    Counter,
-    Progress,
-    SessionProvider,
-    StageContext,
-    StageImage,
-    StageRunner,
-)
-from pipelines.stages.catalogue import STAGES, estimate_steps
-
-#: Overlap of the executor's tiles when a stage does not set ``overlap`` (onnx-web's vae_overlap).
-DEFAULT_OVERLAP = 0.25
+from pipelines.context import Counter, Progress, SessionProvider, StageContext, StageImage
+from pipelines.stages import STAGES, estimate_steps
+from pipelines.stages.spec import StageRunner
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +111,9 @@ def run_chain(
             persist=persisted.extend,
             persist_extra=extras.extend,
         )
-        params = {**stage["params"], "stage_name": stage["name"]}
+        params = {**stage_type.load(stage["params"]), "stage_name": stage["name"]}
         started = time.monotonic()
-        runner = stage_type.runner()
+        runner = stage_type.run
         if stage_type.tileable and _needs_tiles(stage, images):
             images = _run_tiled(runner, ctx, stage, params, images, tracker)
         else:
@@ -173,8 +164,8 @@ def _run_tiled(runner: StageRunner, ctx: StageContext, stage: Mapping[str, Any],
     from pipelines.imageops.tiling import process_tiled, tile_positions
 
     tile = int(stage["tiles"])
-    overlap = float(params.get("overlap", DEFAULT_OVERLAP))
-    order = str(params.get("tile_order", "spiral"))
+    overlap = float(params["overlap"])
+    order = str(params["tile_order"])
     mask_key = f"mask:{stage['name']}"
     full_mask = ctx.inputs.get(mask_key)
     per_tile = STAGES[stage["type"]].estimate(params)

@@ -11,7 +11,7 @@ The resolved chain document (what the api stores in the job row and the worker r
       "stages": [
         {
           "name": "source",               # unique within the chain
-          "type": "source-txt2img",       # a key of pipelines.stages.catalogue.STAGES
+          "type": "source-txt2img",       # a key of pipelines.stages.STAGES
           "params": {...},                # fully resolved: defaults applied, seed chosen
           "tiles": 8192,                  # effective maximum tile size in pixels
           "outscale": 1,                  # output scale used when re-assembling tiles
@@ -96,11 +96,3 @@ class StageContext:
     persist: Callable[[list[StageImage]], None] = lambda images: None
     #: Records images as extra outputs, listed after all others (img2img's filtered source).
     persist_extra: Callable[[list[StageImage]], None] = lambda images: None
-
-
-class StageRunner(Protocol):
-    """The callable every stage module exports as ``run``."""
-
-    def __call__(
-        self, ctx: StageContext, params: dict[str, Any], images: list[StageImage]
-    ) -> list[StageImage]: ...

@@ -34,7 +34,7 @@ from pipelines.context import Counter, Progress, StageImage
 from pipelines.diffusion.model import DiffusionModel, Generation, load_model, model_folder
 from pipelines.diffusion.sdxl import wants_sdxl
 from pipelines.gpu.batch import Txt2ImgJob, txt2img_batch
-from pipelines.stages.catalogue import estimate_steps
+from pipelines.stages import estimate_steps
 from pipelines.stages.source_txt2img import generations, stage_images
 from service.faults import fault_point
 

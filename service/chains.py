@@ -8,15 +8,14 @@ expanded, defaults applied, so a retried job reproduces the same images.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
-from PIL import ImageColor
 
-from pipelines.stages.catalogue import MAX_TILE, STAGES, effective_tile, estimate_steps, parse_tiles
+from pipelines.stages import NAMES, PLANNED, STAGES, effective_tile, estimate_steps
+from pipelines.stages.spec import MAX_TILE, ParamError, StageType, integer, parse_tiles
 from service.errors import InvalidParams, NotImplementedYet
 from service.fetch import SourceURLError, parse_source_url
 from service.params import ParsedRequest
@@ -40,7 +39,7 @@ CHAIN_SCHEMA: dict[str, Any] = {
                 "required": ["name", "type", "params"],
                 "properties": {
                     "name": {"type": "string", "minLength": 1, "maxLength": 64},
-                    "type": {"type": "string", "enum": sorted(STAGES)},
+                    "type": {"type": "string", "enum": sorted(NAMES)},
                     "params": {
                         "type": "object",
                         "propertyNames": {"pattern": "^[-_A-Za-z]+$"},
@@ -81,11 +80,15 @@ class BuiltChain:
 
 
 def stage(name: str, stage_type: str, params: Mapping[str, Any], *, tiles: int = MAX_TILE, outscale: int = 1) -> dict[str, Any]:
-    """One resolved stage entry."""
+    """One resolved stage entry: its declared defaults applied and every value checked."""
+    try:
+        resolved = {**params, **STAGES[stage_type].resolve(params)}
+    except ParamError as err:
+        raise InvalidParams(err.field.removeprefix("params."), err.rule) from err
     return {
         "name": name,
         "type": stage_type,
-        "params": dict(params),
+        "params": resolved,
         "tiles": effective_tile(stage_type, tiles),
         "outscale": outscale,
     }
@@ -93,7 +96,7 @@ def stage(name: str, stage_type: str, params: Mapping[str, Any], *, tiles: int =
 
 def require_available(chain: Mapping[str, Any]) -> None:
     """Answer 501 naming the stage types this build cannot run yet, before any job exists."""
-    missing = sorted({entry["type"] for entry in chain["stages"] if not STAGES[entry["type"]].available})
+    missing = sorted({entry["type"] for entry in chain["stages"] if entry["type"] in PLANNED})
     if missing:
         raise NotImplementedYet(f"this server cannot run these stages yet: {', '.join(missing)}")
 
@@ -280,130 +283,23 @@ def validate_chain_document(doc: object) -> dict[str, Any]:
     return doc
 
 
-@dataclass(frozen=True)
-class Rule:
-    """How one stage-specific key is checked: its kind, its range or choices, its default."""
-
-    kind: str  # int | number | choice | string | color
-    low: float = 0
-    high: float = 0
-    choices: tuple[str, ...] = ()
-    default: Any = None
-    required: bool = False
+#: Whether a stage's ``width``/``height`` are its own (grid cells, crop box, thumbnail box, noise
+#: size) rather than the image size the image parameters describe.
+def _own_size(stage_type: StageType) -> bool:
+    return "image" not in stage_type.groups and any(param.name == "width" for param in stage_type.params)
 
 
-def _int(low: int, high: int, default: int | None = None, *, required: bool = False) -> Rule:
-    return Rule("int", low, high, default=default, required=required)
-
-
-def _num(low: float, high: float, default: float | None = None, *, required: bool = False) -> Rule:
-    return Rule("number", low, high, default=default, required=required)
-
-
-def _choice(choices: tuple[str, ...], default: str) -> Rule:
-    return Rule("choice", choices=choices, default=default)
-
-
-def _text(limit: int, default: str | None = None, *, required: bool = False) -> Rule:
-    return Rule("string", 0, limit, default=default, required=required)
-
-
-def _color(default: str) -> Rule:
-    return Rule("color", default=default)
-
-
-def _check(path: str, rule: Rule, value: Any) -> Any:
-    """One value against its rule; InvalidParams naming the path and the rule otherwise."""
-    if rule.kind in ("int", "number"):
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not rule.low <= value <= rule.high:
-            kind = "an integer" if rule.kind == "int" else "a number"
-            raise InvalidParams(path, f"must be {kind} from {rule.low:g} to {rule.high:g}, got {value!r}")
-        if rule.kind == "int" and int(value) != value:
-            raise InvalidParams(path, f"must be an integer from {rule.low:g} to {rule.high:g}, got {value!r}")
-        return int(value) if rule.kind == "int" else float(value)
-    if rule.kind == "choice":
-        if value not in rule.choices:
-            raise InvalidParams(path, f"must be one of {', '.join(rule.choices)}, got {value!r}")
-        return value
-    if not isinstance(value, str):
-        raise InvalidParams(path, f"must be a string, got {value!r}")
-    if rule.kind == "string" and len(value) > rule.high:
-        raise InvalidParams(path, f"must be at most {rule.high:g} characters")
-    if rule.kind == "color":
-        try:
-            ImageColor.getrgb(value)
-        except ValueError as err:
-            raise InvalidParams(path, f"must be a colour name or #rrggbb, got {value!r}") from err
-    return value
-
-
-FILTERS = ("canny", "gaussian", "noise", "none")
-NOISES = ("fill-edge", "fill-mask", "gaussian", "histogram", "normal", "uniform")
-MASK_FILTERS = ("none", "gaussian-multiply", "gaussian-screen")
-TILE_ORDERS = ("grid", "spiral")
-_TILING = {"overlap": _num(0, 0.9, 0.25), "tile_order": _choice(TILE_ORDERS, "spiral"),
-           "prompt_index": _int(0, 16, 0)}  # fmt: skip
-_BORDER = {side: _int(0, 1024, 0) for side in ("left", "right", "top", "bottom")}
-
-#: The keys each stage reads besides the image (and upscale) parameters, with their rules.
-STAGE_PARAMS: dict[str, dict[str, Rule]] = {
-    "source-txt2img": {"prompt_index": _int(0, 16, 0)},
-    "source-noise": {"noise_source": _choice(NOISES, "histogram"), "fill_color": _color("white")},
-    "source-url": {"source_urls": _text(8000, required=True)},
-    "source-s3": {"source_keys": _text(8000, required=True), "bucket": _text(63, required=True)},
-    "blend-img2img": {"strength": _num(0, 1, 0.5), **_TILING},
-    "blend-inpaint": {"fill_color": _color("white"), **_TILING},
-    "upscale-outpaint": {"fill_color": _color("white"), **_TILING},
-    "blend-denoise": {"strength": _num(0, 100, 3)},
-    "blend-denoise-fastnlmeans": {"strength": _num(0, 100, 3)},
-    "blend-denoise-localstd": {"strength": _num(0, 100, 5), "range": _int(1, 64, 4)},
-    "blend-grid": {"width": _int(1, 16, required=True), "height": _int(1, 16, required=True)},
-    "blend-linear": {"alpha": _num(0, 1, required=True)},
-    "blend-mask": {},
-    "correct-codeformer": {},
-    "correct-gfpgan": {},
-    "edit-expand": {**_BORDER, "fill_color": _color("white"), "noise_source": _choice(NOISES, "histogram"),
-                    "mask_filter": _choice(MASK_FILTERS, "none"), "target": _text(64, required=True)},
-    "edit-filter": {"filter": _choice(FILTERS, "none")},
-    "edit-metadata": {"note": _text(1000)},
-    "edit-text": {"text": _text(1000, required=True), "x": _int(0, 8192, 0), "y": _int(0, 8192, 0),
-                  "fill": _color("white"), "stroke": _color("black"), "stroke_width": _int(0, 64, 1),
-                  "font_size": _int(1, 512, 10)},
-    "persist-disk": {},
-    "persist-s3": {},
-    "reduce-crop": {"left": _int(0, 8192, 0), "top": _int(0, 8192, 0), "width": _int(1, 8192, required=True),
-                    "height": _int(1, 8192, required=True)},
-    "reduce-thumbnail": {"width": _int(1, 8192, required=True), "height": _int(1, 8192, required=True)},
-    "upscale-bsrgan": {},
-    "upscale-resrgan": {},
-    "upscale-swinir": {},
-    "upscale-stable-diffusion": {**_TILING},
-    "upscale-simple": {"method": _choice(("bilinear", "lanczos"), "lanczos"), "scale": _num(1, 8, 2)},
-}  # fmt: skip
-#: Stages whose ``width``/``height`` are not an image size (grid cells, crop box, thumbnail box).
-RAW_SIZE_STAGES = frozenset({"blend-grid", "reduce-crop", "reduce-thumbnail"})
-#: Stages that run an upscaling model, which must be named.
-MODEL_UPSCALERS = frozenset({"upscale-bsrgan", "upscale-resrgan", "upscale-swinir", "upscale-stable-diffusion"})
-CORRECTORS = frozenset({"correct-codeformer", "correct-gfpgan"})
+_OUTSCALE = integer("outscale", 1, 4, 1)
 
 
 def stage_specific(stage_type: str, path: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Check the stage-specific keys of one stage; 501 for stage types this build cannot run."""
-    rules = STAGE_PARAMS.get(stage_type)
-    if rules is None:
+    if stage_type in PLANNED:
         raise NotImplementedYet(f"this server cannot run these stages yet: {stage_type}")
-    values: dict[str, Any] = {}
-    for key, rule in rules.items():
-        if raw.get(key) is None:
-            if rule.required:
-                raise InvalidParams(f"{path}.{key}", f"is required by {stage_type}")
-            if rule.default is not None:
-                values[key] = rule.default
-            continue
-        values[key] = _check(f"{path}.{key}", rule, raw[key])
+    try:
+        values = STAGES[stage_type].resolve(raw, path)
+    except ParamError as err:
+        raise InvalidParams(err.field, err.rule) from err
     if stage_type == "source-url":
         # Refuse what can be refused without the network now, rather than fail the job later.
         for url in str(values["source_urls"]).split(","):
@@ -440,25 +336,29 @@ def build_chain(
         path = f"stages[{index}].params"
         raw = {**defaults, **entry["params"]}
         stage_type = entry["type"]
-        for needed in STAGES[stage_type].needs:
-            if f"{needed}:{entry['name']}" not in uploads:
-                raise InvalidParams(f"stages[{index}]", f"stage type {stage_type} needs an uploaded '{needed}:{entry['name']}' image")
         if stage_type == "upscale-highres":
             # A compound stage: compiled here into its resize and img2img passes (contract §8.4),
             # so the worker runs only plain stages and progress counts each pass.
             stages.extend(highres_stages(_parse_at(parse, path, {**raw, "highres": True}), prefix=entry["name"]))
             continue
         specific = stage_specific(stage_type, path, raw)
-        image_raw = {k: v for k, v in raw.items() if k not in ("width", "height")} if stage_type in RAW_SIZE_STAGES else raw
+        for needed in STAGES[stage_type].needs:
+            if f"{needed}:{entry['name']}" not in uploads:
+                raise InvalidParams(f"stages[{index}]", f"stage type {stage_type} needs an uploaded '{needed}:{entry['name']}' image")
+        declared = STAGES[stage_type]
+        image_raw = {k: v for k, v in raw.items() if k not in ("width", "height")} if _own_size(declared) else raw
         parsed = _parse_at(parse, path, image_raw)
         try:
             tiles = parse_tiles(raw.get("tiles"))
         except ValueError as err:
             raise InvalidParams(f"{path}.tiles", str(err)) from err
-        outscale = int(_check(f"{path}.outscale", _int(1, 4), raw.get("outscale", 1)))
-        if stage_type in MODEL_UPSCALERS and not parsed.upscale.upscale_model:
+        try:
+            outscale = int(_OUTSCALE.check(f"{path}.outscale", raw.get("outscale", 1)))
+        except ParamError as err:
+            raise InvalidParams(err.field, err.rule) from err
+        if declared.model == "upscaling" and not parsed.upscale.upscale_model:
             raise InvalidParams(f"{path}.upscaling", f"{stage_type} needs an upscaling model")
-        if stage_type in CORRECTORS and not parsed.upscale.correction_model:
+        if declared.model == "correction" and not parsed.upscale.correction_model:
             raise InvalidParams(f"{path}.correction", f"{stage_type} needs a correction model")
         params = {**image_params(parsed), **parsed.upscale.to_dict(), **specific}
         stages.append(stage(entry["name"], stage_type, params, tiles=tiles, outscale=outscale))

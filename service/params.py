@@ -38,7 +38,12 @@ from PIL import ImageColor
 
 from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.diffusion.wildcards import expand_wildcards
+from pipelines.imageops.filters import FILTERS_AVAILABLE
+from pipelines.imageops.masks import MASK_FILTERS as MASK_FILTER_FUNCTIONS
+from pipelines.imageops.noise import NOISE_SOURCES as NOISE_SOURCE_FUNCTIONS
+from pipelines.imageops.tiling import TILE_ORDERS_AVAILABLE
 from pipelines.models.registry import ModelKind, ModelRegistry
+from pipelines.stages.shared import MAX_SEED
 from service.config import Config
 from service.errors import ConfigError, InvalidParams
 
@@ -73,11 +78,11 @@ PIPELINES = (
     "txt2img",
     "upscale",
 )
-NOISE_SOURCES = ("fill-edge", "fill-mask", "gaussian", "histogram", "normal", "uniform")
-MASK_FILTERS = ("none", "gaussian-multiply", "gaussian-screen")
+NOISE_SOURCES = tuple(NOISE_SOURCE_FUNCTIONS)
+MASK_FILTERS = tuple(MASK_FILTER_FUNCTIONS)
 #: The source filters our workers run; onnx-web's others (depth, hed, openpose, …) need models
 #: and libraries the workers do not ship, so they are refused at request time.
-SOURCE_FILTERS = ("canny", "gaussian", "noise", "none")
+SOURCE_FILTERS = FILTERS_AVAILABLE
 PROMPT_FILTERS = (
     "AUTOMATIC/promptgen-lexart",
     "AUTOMATIC/promptgen-majinai-safe",
@@ -86,7 +91,7 @@ PROMPT_FILTERS = (
 )
 HIGHRES_METHODS = ("bilinear", "lanczos", "upscale")
 #: onnx-web also accepts ``kernel`` but never implemented it.
-TILE_ORDERS = ("grid", "spiral")
+TILE_ORDERS = TILE_ORDERS_AVAILABLE
 UPSCALE_ORDERS = ("correction-both", "correction-first", "correction-last")
 #: Device names onnx-web knows (contract §5.6); ``any`` means no preference.
 PLATFORMS = ("any", "cpu", "cuda", "directml", "rocm", "tensorrt")
@@ -95,7 +100,6 @@ MAX_PROMPT_LENGTH = 20_000
 SIZE_MULTIPLE = 8  # the VAE works on 8x8 pixel blocks
 RANDOM_SEED = -1
 RANDOM_SEED_LIMIT = 2**31 - 1  # onnx-web draws random seeds from [0, 2^31 - 1)
-MAX_SEED = 2**32 - 1  # seeds are hashed into the job name as unsigned 32-bit integers
 #: The upscale object carries these two fixed values into metadata (contract §3.3).
 PRE_PAD = 0
 TILE_PAD = 10
@@ -376,7 +380,7 @@ def request_data(
     if mimetype == "application/json":
         data = json_body
     elif mimetype == "multipart/form-data" and form_json_text is not None:
-        data = _json_or_yaml(form_json_text)
+        data = json_or_yaml("json", form_json_text)
     if not data:
         return {key: value[0] if isinstance(value, list) else value for key, value in query.items()}
     if not isinstance(data, dict):
@@ -384,7 +388,8 @@ def request_data(
     return data
 
 
-def _json_or_yaml(text: str) -> Any:
+def json_or_yaml(field: str, text: str) -> Any:
+    """A form field holding JSON, or YAML as onnx-web also accepts; 400 naming ``field`` otherwise."""
     try:
         return json.loads(text)
     except ValueError:
@@ -393,7 +398,7 @@ def _json_or_yaml(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         first_line = next(iter(str(err).splitlines()), type(err).__name__)
-        raise InvalidParams("json", f"is neither JSON nor YAML: {first_line}") from err
+        raise InvalidParams(field, f"is neither JSON nor YAML: {first_line}") from err
 
 
 def parse_request(

@@ -40,31 +40,12 @@ ONNX_TYPES: Mapping[str, Any] = {
     "tensor(int32)": np.int32,
     "tensor(int64)": np.int64,
 }
-#: Keys a diffusion stage copies from its params into the metadata ``params`` (contract §7.3),
-#: with the value used when the api did not send one.
-METADATA_PARAMS: Mapping[str, Any] = {
-    "model": None,
-    "pipeline": "txt2img",
-    "scheduler": None,
-    "prompt": "",
-    "negative_prompt": None,
-    "cfg": None,
-    "seed": None,
-    "steps": None,
-    "eta": 0.0,
-    "batch": 1,
-    "control": "",
-    "input_prompt": None,
-    "input_negative_prompt": None,
-    "loopback": 0,
-    "tiled_vae": False,
-    "unet_overlap": 0.25,
-    "unet_tile": 512,
-    "vae_overlap": 0.25,
-    "vae_tile": 512,
-    "denoise": 3,
-    "thumbnail": True,
-}
+#: Keys a diffusion stage copies from its params into the metadata ``params`` (contract §7.3).
+METADATA_PARAMS = (
+    "model", "pipeline", "scheduler", "prompt", "negative_prompt", "cfg", "seed", "steps", "eta", "batch",
+    "control", "input_prompt", "input_negative_prompt", "loopback", "tiled_vae", "unet_overlap", "unet_tile",
+    "vae_overlap", "vae_tile", "denoise", "thumbnail",
+)
 
 StepCallback = Callable[[int], None]
 CancelCheck = Callable[[], None]
@@ -94,15 +75,15 @@ class Generation:
         values = {
             "model": str(params["model"]),
             "scheduler": str(params["scheduler"]),
-            "prompt": str(params.get("prompt") or ""),
-            "negative_prompt": params.get("negative_prompt") or None,
+            "prompt": str(params["prompt"]),
+            "negative_prompt": params["negative_prompt"] or None,
             "seed": int(params["seed"]),
             "steps": int(params["steps"]),
             "cfg": float(params["cfg"]),
-            "eta": float(params.get("eta", 0.0)),
-            "batch": int(params.get("batch", 1)),
-            "width": int(params.get("width", 512)),
-            "height": int(params.get("height", 512)),
+            "eta": float(params["eta"]),
+            "batch": int(params["batch"]),
+            "width": int(params["width"]),
+            "height": int(params["height"]),
             "vae_tiling": VaeTiling.from_params(params),
             **overrides,
         }
@@ -464,7 +445,7 @@ def generation_metadata(
     prompt, negative = parse_prompts(generation)
     loras = prompt.loras + (negative.loras if negative else [])
     inversions = prompt.inversions + (negative.inversions if negative else [])
-    recorded = {key: params.get(key, default) for key, default in METADATA_PARAMS.items()}
+    recorded = {key: params[key] for key in METADATA_PARAMS}
     recorded.update(
         model=generation.model,
         scheduler=generation.scheduler,
@@ -476,12 +457,6 @@ def generation_metadata(
         eta=generation.eta,
         batch=generation.batch,
     )
-    # Without the api's record of the text before wildcard expansion, the stage's whole prompt
-    # (all of its ``||`` parts) is the best account of what was asked.
-    if recorded["input_prompt"] is None:
-        recorded["input_prompt"] = params.get("prompt", generation.prompt)
-    if recorded["input_negative_prompt"] is None:
-        recorded["input_negative_prompt"] = generation.negative_prompt
     recorded.update(extra_params or {})
     return {
         "input_size": dict(input_size),

@@ -56,7 +56,7 @@ def is_sdxl_folder(folder: Path) -> bool:
 
 def wants_sdxl(params: Mapping[str, Any], folder: Path) -> bool:
     """Whether a stage runs SDXL: the requested pipeline ends in ``-sdxl`` or the model is SDXL."""
-    return str(params.get("pipeline") or "").endswith(SDXL_SUFFIX) or is_sdxl_folder(folder)
+    return str(params["pipeline"]).endswith(SDXL_SUFFIX) or is_sdxl_folder(folder)
 
 
 @dataclass(frozen=True)

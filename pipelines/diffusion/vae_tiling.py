@@ -47,11 +47,11 @@ class VaeTiling:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> VaeTiling | None:
         """The tiling a stage's params ask for, or ``None`` when ``tiled_vae`` is off."""
-        if not params.get("tiled_vae"):
+        if not params["tiled_vae"]:
             return None
         return cls(
-            tile=int(params.get("vae_tile", DEFAULT_TILE)),
-            overlap=float(params.get("vae_overlap", DEFAULT_OVERLAP)),
+            tile=int(params["vae_tile"]),
+            overlap=float(params["vae_overlap"]),
         )
 
     def cells(self, factor: int) -> tuple[int, int]:

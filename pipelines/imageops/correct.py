@@ -32,7 +32,6 @@ from PIL import Image
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion.model import stage_sources
 from pipelines.imageops.upscale import model_path, scaled_size, with_image, with_model
-from pipelines.stages.options import number, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +53,6 @@ TEMPLATE_EYE_SPAN = 0.2459
 FEATHER = 0.125
 #: Input side of face models whose export leaves it dynamic: what GFPGAN and CodeFormer train at.
 DEFAULT_FACE_SIZE = 512
-#: ``faceStrength`` when neither spelling is given (contract §3.3), and ``faceOutscale``'s range.
-DEFAULT_STRENGTH = 0.5
-MAX_OUTSCALE = 4
 
 Box = tuple[int, int, int, int]
 
@@ -72,25 +68,13 @@ class CorrectionSettings:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], default_model: str | None) -> CorrectionSettings:
-        """Read ``correction``/``correction_model``, ``faceStrength``, ``faceOutscale``.
+        """Read ``correction_model``, ``face_strength`` and ``face_outscale`` (the upscale group).
 
-        The snake-case spellings, which the legacy routes pass, win over the camel-case ones of
-        chain documents, as onnx-web's upscale "with args" helper applies them last. The
-        stage's own ``outscale`` is the upscaler's and is not read here.
+        The stage's own ``outscale`` is the upscaler's and is not read here.
         """
-        model = params.get("correction_model") or params.get("correction") or default_model
-        strength = number(
-            params, _spelling(params, "face_strength", "faceStrength"), DEFAULT_STRENGTH, low=0, high=1
-        )
-        outscale = whole_number(
-            params, _spelling(params, "face_outscale", "faceOutscale"), 1, low=1, high=MAX_OUTSCALE
-        )
+        model = params["correction_model"] or default_model
+        strength, outscale = float(params["face_strength"]), int(params["face_outscale"])
         return cls(_model_name(model) if model else None, strength, outscale)
-
-
-def _spelling(params: Mapping[str, Any], snake: str, camel: str) -> str:
-    """The name a param is given under: snake case if present, else camel case."""
-    return snake if params.get(snake) is not None else camel
 
 
 def _model_name(name: object) -> str:

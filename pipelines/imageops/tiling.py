@@ -27,6 +27,8 @@ TileFn = Callable[[Image.Image, Image.Image | None], Image.Image]
 
 #: Tile orders a request may name (contract §3.4); ``kernel`` is accepted there but never ran.
 TILE_ORDERS = ("grid", "kernel", "spiral")
+#: The tile orders a request may ask for here.
+TILE_ORDERS_AVAILABLE = ("grid", "spiral")
 DEFAULT_OVERLAP = 0.5
 
 

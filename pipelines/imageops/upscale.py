@@ -168,8 +168,8 @@ def interpolate_models(first: Path, second: Path, weight: float, dest: Path) -> 
 
 
 def upscaling_model_name(params: dict[str, Any]) -> str:
-    """The stage's model: ``upscaling``, or its snake-case alias ``upscale_model``."""
-    name = params.get("upscaling") or params.get("upscale_model")
+    """The stage's model, ``upscale_model`` (the api refuses a model stage without one)."""
+    name = params["upscale_model"]
     if not name:
         raise ValueError("this stage needs an 'upscaling' model name")
     return str(name)
@@ -204,16 +204,15 @@ def run_upscaling_stage(
 ) -> list[StageImage]:
     """What ``upscale-resrgan``, ``upscale-bsrgan`` and ``upscale-swinir`` share.
 
-    Params: ``upscaling`` (or ``upscale_model``) names the model; ``scale`` is its native factor
-    when the file does not record one; ``outscale`` (default: the native factor) is the final
-    factor; ``denoise`` (0 to 1, default 0.5) mixes Real-ESRGAN v3 with its ``-wdn`` sibling;
+    Params: ``upscale_model`` names the model; ``scale`` is its native factor when the file does
+    not record one; ``outscale`` is the final factor; ``denoise`` (0 to 1) mixes Real-ESRGAN v3 with its ``-wdn`` sibling;
     ``tiles`` (at most ``max_tile``) is the tile size the model sees.
     """
     name = upscaling_model_name(params)
-    path = denoised_model(ctx.models_path, name, float(params.get("denoise", 0.5)))
+    path = denoised_model(ctx.models_path, name, float(params["denoise"]))
     session = ctx.sessions.get(path)
-    scale = model_scale(session, int(params.get("scale", 4)))
-    outscale = float(params.get("outscale", scale))
+    scale = model_scale(session, int(params["scale"]))
+    outscale = float(params["outscale"])
     tile = min(max_tile, int(params.get("tiles", max_tile)))
     upscaled = []
     for item in images:

@@ -283,6 +283,27 @@ def torch_source_path(models_path: Path, name: str) -> Path:
     return models_path / TORCH_SOURCES / name
 
 
+#: What an SD 1.x pipeline folder's index says besides its components (no safety checker).
+SD15_INDEX_EXTRAS: dict[str, Any] = {
+    "feature_extractor": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+}
+
+
+def sd_model_index(class_name: str, scheduler: str, **extra: Any) -> dict[str, Any]:
+    """The ``model_index.json`` of a Stable Diffusion folder with one CLIP text encoder."""
+    return {
+        "_class_name": class_name,
+        **extra,
+        "scheduler": ["diffusers", scheduler],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
 def write_demo_checkpoint(dest: Path, *, unet_in_channels: int = 4) -> None:
     """Write a diffusers Stable Diffusion folder of seeded random weights to ``dest``."""
     write_demo_text_parts(dest)
@@ -290,20 +311,7 @@ def write_demo_checkpoint(dest: Path, *, unet_in_channels: int = 4) -> None:
     demo_vae().save_pretrained(dest / "vae")
     write_json(dest / "scheduler" / "scheduler_config.json", SD15_SCHEDULER_CONFIG)
     pipeline_class = "StableDiffusionInpaintPipeline" if unet_in_channels == 9 else "StableDiffusionPipeline"
-    write_json(
-        dest / "model_index.json",
-        {
-            "_class_name": pipeline_class,
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "scheduler": ["diffusers", "PNDMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        },
-    )
+    write_json(dest / "model_index.json", sd_model_index(pipeline_class, "PNDMScheduler", **SD15_INDEX_EXTRAS))
 
 
 def write_demo_upscaler_checkpoint(dest: Path) -> None:
@@ -313,19 +321,13 @@ def write_demo_upscaler_checkpoint(dest: Path) -> None:
     demo_vae((16, 32, 32), X4_SCALING_FACTOR).save_pretrained(dest / "vae")
     write_json(dest / "scheduler" / "scheduler_config.json", X4_SCHEDULER_CONFIG)
     write_json(dest / "low_res_scheduler" / "scheduler_config.json", X4_LOW_RES_SCHEDULER_CONFIG)
-    write_json(
-        dest / "model_index.json",
-        {
-            "_class_name": "StableDiffusionUpscalePipeline",
-            "max_noise_level": X4_MAX_NOISE_LEVEL,
-            "low_res_scheduler": ["diffusers", "DDPMScheduler"],
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        },
+    index = sd_model_index(
+        "StableDiffusionUpscalePipeline",
+        "DDIMScheduler",
+        max_noise_level=X4_MAX_NOISE_LEVEL,
+        low_res_scheduler=["diffusers", "DDPMScheduler"],
     )
+    write_json(dest / "model_index.json", index)
 
 
 def write_demo_sdxl_checkpoint(dest: Path) -> None:

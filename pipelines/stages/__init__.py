@@ -1,1 +1,114 @@
-"""The stage catalogue and the interface every stage implements."""
+"""Every stage type of onnx-web's chain language (contract §10.5): one module each, listed here.
+
+A new stage type is one module declaring ``STAGE = StageType(...)`` (``pipelines.stages.spec``)
+next to its ``run``, plus one line below. The api imports this registry to check chains, so stage
+modules import nothing heavy at module level (ONNX Runtime, torch and OpenCV load when they run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipelines.stages import (
+    blend_denoise,
+    blend_denoise_localstd,
+    blend_grid,
+    blend_img2img,
+    blend_linear,
+    blend_mask,
+    correct_codeformer,
+    correct_gfpgan,
+    edit_expand,
+    edit_filter,
+    edit_metadata,
+    edit_text,
+    persist,
+    reduce_crop,
+    reduce_thumbnail,
+    source_noise,
+    source_s3,
+    source_txt2img,
+    source_url,
+    upscale_bsrgan,
+    upscale_outpaint,
+    upscale_resrgan,
+    upscale_simple,
+    upscale_stable_diffusion,
+    upscale_swinir,
+)
+from pipelines.stages.spec import StageType
+
+STAGES: Mapping[str, StageType] = {
+    stage.name: stage
+    for stage in (
+        source_txt2img.STAGE,
+        source_noise.STAGE,
+        source_url.STAGE,
+        source_s3.STAGE,
+        blend_img2img.STAGE,
+        upscale_outpaint.BLEND_INPAINT,
+        blend_denoise.STAGE,
+        blend_denoise.FASTNLMEANS,
+        blend_denoise_localstd.STAGE,
+        blend_grid.STAGE,
+        blend_linear.STAGE,
+        blend_mask.STAGE,
+        correct_codeformer.STAGE,
+        correct_gfpgan.STAGE,
+        edit_expand.STAGE,
+        edit_filter.STAGE,
+        edit_metadata.STAGE,
+        edit_text.STAGE,
+        persist.DISK,
+        persist.S3,
+        reduce_crop.STAGE,
+        reduce_thumbnail.STAGE,
+        upscale_bsrgan.STAGE,
+        upscale_outpaint.STAGE,
+        upscale_resrgan.STAGE,
+        upscale_simple.STAGE,
+        upscale_stable_diffusion.STAGE,
+        upscale_swinir.STAGE,
+    )
+}
+#: The chain language's compound stage: the api compiles it into its resize and img2img passes.
+COMPOUND = frozenset({"upscale-highres"})
+#: Stage types of onnx-web this build does not run yet: a chain naming one is answered 501.
+PLANNED = frozenset({"edit-safety", "text-prompt"})
+#: Every stage type name a chain document may use.
+NAMES = frozenset(STAGES) | COMPOUND | PLANNED
+
+
+def effective_tile(stage_type: str, requested: int) -> int:
+    """The tile a stage really uses: its own cap and the request's, whichever is smaller."""
+    return min(STAGES[stage_type].max_tile, requested)
+
+
+def estimate_steps(stages: list[Mapping[str, object]]) -> int:
+    """The ``steps.total`` of a resolved chain: the sum of each stage's estimate."""
+    total = 0
+    for stage in stages:
+        params = stage["params"]
+        assert isinstance(params, Mapping)
+        total += STAGES[str(stage["type"])].estimate(params)
+    return total
+
+
+def stage_catalogue() -> dict[str, Any]:
+    """Every stage type as data, for ``GET /api/settings/stages``: parameters (JSON schema), groups, limits."""
+    catalogue: dict[str, Any] = {
+        name: {
+            "params": stage.schema(),
+            "groups": list(stage.groups),
+            "needs": list(stage.needs),
+            "model": stage.model,
+            "max_tile": stage.max_tile,
+            "tileable": stage.tileable,
+            "available": True,
+        }
+        for name, stage in sorted(STAGES.items())
+    }
+    for name in sorted(COMPOUND | PLANNED):
+        catalogue[name] = {"available": name in COMPOUND}
+    return catalogue

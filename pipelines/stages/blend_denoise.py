@@ -5,17 +5,17 @@ Params: ``strength`` (OpenCV's filter strength ``h``, default 3).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
-from pipelines.imageops.blend import DEFAULT_DENOISE_STRENGTH, denoise_nl_means
+from pipelines.imageops.blend import denoise_nl_means
 from pipelines.imageops.upscale import with_image
+from pipelines.stages.spec import StageType, number
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Denoise every input image."""
-    strength = float(params.get("strength", DEFAULT_DENOISE_STRENGTH))
+    strength = float(params["strength"])
     denoised = []
     for item in images:
         ctx.check_cancelled()
@@ -24,6 +24,6 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return denoised
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("blend-denoise", run, (number("strength", 0, 100, 3),))
+#: onnx-web's other name for the same stage.
+FASTNLMEANS = StageType("blend-denoise-fastnlmeans", run, (number("strength", 0, 100, 3),))

@@ -11,25 +11,23 @@ and numpy instead of a Python loop per pixel, which made the original "very slow
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.upscale import with_image
-from pipelines.stages.options import number
+from pipelines.stages.spec import StageType, integer, number
 
-DEFAULT_STRENGTH = 5.0
-DEFAULT_RANGE = 4.0
 #: Side of the neighbourhood each pixel is compared with.
 WINDOW = 5
 
 
 def denoise_local_std(image: Image.Image, strength: float, spread: float) -> Image.Image:
     """``image`` with its stray pixels (see the module docstring) set to their local median."""
+    import cv2  # a worker dependency: the api imports this module for its declaration only
+
     pixels = np.asarray(image.convert("RGB"))
     median = cv2.medianBlur(pixels, WINDOW).astype(np.float64)
     values = pixels.astype(np.float64)
@@ -45,8 +43,8 @@ def denoise_local_std(image: Image.Image, strength: float, spread: float) -> Ima
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Denoise every input image."""
-    strength = number(params, "strength", DEFAULT_STRENGTH, low=0)
-    spread = number(params, "range", DEFAULT_RANGE, low=1)
+    strength = float(params["strength"])
+    spread = float(params["range"])
     denoised = []
     for item in images:
         ctx.check_cancelled()
@@ -55,6 +53,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return denoised
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("blend-denoise-localstd", run, (number("strength", 0, 100, 5), integer("range", 1, 64, 4)))

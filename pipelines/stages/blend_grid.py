@@ -6,23 +6,19 @@ image's size; the grid's metadata is the first image's, with the grid's pixel si
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.blend import blend_grid
 from pipelines.imageops.upscale import with_image
+from pipelines.stages.spec import StageType, integer
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Return the input images followed by their grid."""
-    if "width" not in params or "height" not in params:
-        raise ValueError("blend-grid needs 'width' (columns) and 'height' (rows)")
     grid = blend_grid([item.image for item in images], int(params["width"]), int(params["height"]))
     ctx.on_step(1)
     return [*images, with_image(images[0], grid)]
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("blend-grid", run, (integer("width", 1, 16, required=True), integer("height", 1, 16, required=True)))

@@ -22,11 +22,13 @@ from pipelines.diffusion.model import (
     stage_sources,
 )
 from pipelines.diffusion.prompt import prompt_stage
+from pipelines.stages.shared import TILING
+from pipelines.stages.spec import StageType, number
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Run img2img on each image and return the results in input order."""
-    prompt = prompt_stage(str(params.get("prompt") or ""), int(params.get("prompt_index", 0)))
+    prompt = prompt_stage(str(params["prompt"]), int(params["prompt_index"]))
     strength = float(params["strength"])
     recorded = {"pipeline": "img2img", **params}
     results = []
@@ -57,6 +59,9 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return results
 
 
-def estimate(params: Mapping[str, Any]) -> int:
+def _steps(params: Mapping[str, Any]) -> int:
     """Scheduler steps per input image: the ``strength`` fraction of ``steps``, at least one."""
     return strength_steps(int(params["steps"]), float(params["strength"]))
+
+
+STAGE = StageType("blend-img2img", run, (number("strength", 0, 1, 0.5), *TILING), groups=("image",), tileable=True, steps=_steps)

@@ -6,12 +6,12 @@ image, white takes the source, grey mixes them; transparent mask pixels count as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.blend import blend_mask, stage_input
 from pipelines.imageops.upscale import with_image
+from pipelines.stages.spec import StageType
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -23,6 +23,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return blended
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("blend-mask", run, max_tile=512, needs=("source", "mask"))

@@ -1,19 +1,18 @@
 """``correct-codeformer``: restore the faces of every image with a CodeFormer ONNX model.
 
-Params: ``correction`` (or ``correction_model``) names the model, default
+Params (the upscale group, resolved by the api): ``correction_model`` names the model, else
 ``correction-codeformer`` (onnx-web always loaded its one CodeFormer checkpoint);
-``faceStrength`` (``face_strength``, 0-1, default 0.5) is CodeFormer's fidelity weight and the
-paste-back strength; ``faceOutscale`` (``face_outscale``, 1-4, default 1): see
-:mod:`pipelines.imageops.correct`.
+``face_strength`` is CodeFormer's fidelity weight and the paste-back strength; ``face_outscale``:
+see :mod:`pipelines.imageops.correct`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.correct import run_correction_stage
+from pipelines.stages.spec import StageType
 
 #: The model this stage loads when the params name none.
 DEFAULT_MODEL = "correction-codeformer"
@@ -24,6 +23,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return run_correction_stage(ctx, params, images, default_model=DEFAULT_MODEL)
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("correct-codeformer", run, groups=("upscale",), max_tile=512, model="correction")

@@ -1,18 +1,18 @@
 """``correct-gfpgan``: restore the faces of every image with a GFPGAN ONNX model.
 
-Params: ``correction`` (or ``correction_model``) names the model, ``<models>/<name>.onnx``;
-without one, faces are left alone (onnx-web skips the stage) but ``faceOutscale`` still applies.
-``faceStrength`` (``face_strength``, 0-1, default 0.5) and ``faceOutscale`` (``face_outscale``,
-1-4, default 1): see :mod:`pipelines.imageops.correct`.
+Params (the upscale group, resolved by the api): ``correction_model`` names the model,
+``<models>/<name>.onnx``; without one, faces are left alone (onnx-web skips the stage) but
+``face_outscale`` still applies. ``face_strength`` and ``face_outscale``: see
+:mod:`pipelines.imageops.correct`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.correct import run_correction_stage
+from pipelines.stages.spec import StageType
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -20,6 +20,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return run_correction_stage(ctx, params, images, default_model=None)
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("correct-gfpgan", run, groups=("upscale",), max_tile=512, model="correction")

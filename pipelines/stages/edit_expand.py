@@ -8,7 +8,6 @@ input this stage reads and replaces with the grown, filtered mask), ``seed`` (fo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,8 @@ from pipelines.context import StageContext, StageImage
 from pipelines.imageops.masks import MASK_FILTERS, expand_canvas, fit_mask
 from pipelines.imageops.noise import NOISE_SOURCES
 from pipelines.imageops.upscale import with_image
+from pipelines.stages.shared import BORDER, MAX_SEED
+from pipelines.stages.spec import StageType, choice, color, integer, text
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -25,14 +26,14 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     mask = ctx.inputs.get(key)
     if mask is None:
         raise ValueError(f"edit-expand needs the target stage's mask upload ({key})")
-    border = {side: int(params.get(side, 0)) for side in ("left", "right", "top", "bottom")}
-    noise = NOISE_SOURCES[str(params.get("noise_source", "histogram"))]
-    mask_filter = MASK_FILTERS[str(params.get("mask_filter", "none"))]
-    rng = np.random.default_rng(int(params.get("seed", 0)))
+    border = {side: int(params[side]) for side in ("left", "right", "top", "bottom")}
+    noise = NOISE_SOURCES[str(params["noise_source"])]
+    mask_filter = MASK_FILTERS[str(params["mask_filter"])]
+    rng = np.random.default_rng(int(params["seed"]))
     expanded = []
     for item in images:
         fitted = fit_mask(mask, item.image.size)
-        image, grown = expand_canvas(item.image, fitted, border, noise, str(params.get("fill_color", "white")),
+        image, grown = expand_canvas(item.image, fitted, border, noise, str(params["fill_color"]),
                                      mask_filter=mask_filter, rng=rng)  # fmt: skip
         expanded.append(with_image(item, image))
         ctx.inputs[key] = grown
@@ -40,6 +41,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return expanded
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("edit-expand", run, (*BORDER, color("fill_color", "white"), choice("noise_source", tuple(NOISE_SOURCES), "histogram"), choice("mask_filter", tuple(MASK_FILTERS), "none"), text("target", 64, required=True), integer("seed", 0, MAX_SEED, required=True)))

@@ -7,20 +7,21 @@ filter but ``none`` also records the filtered image as an extra output, as onnx-
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from pipelines.context import StageContext, StageImage
-from pipelines.imageops.filters import apply_source_filter
+from pipelines.imageops.filters import FILTERS_AVAILABLE, apply_source_filter
 from pipelines.imageops.upscale import with_image
+from pipelines.stages.shared import MAX_SEED
+from pipelines.stages.spec import StageType, choice, integer
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Replace each image by its filtered version."""
-    name = str(params.get("filter", "none"))
-    rng = np.random.default_rng(int(params.get("seed", 0)))
+    name = str(params["filter"])
+    rng = np.random.default_rng(int(params["seed"]))
     filtered = [with_image(item, apply_source_filter(name, item.image, rng)) for item in images]
     if name != "none":
         ctx.persist_extra([StageImage(item.image, {**item.metadata, "filter": name}) for item in filtered])
@@ -28,6 +29,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return filtered
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("edit-filter", run, (choice("filter", FILTERS_AVAILABLE, "none"), integer("seed", 0, MAX_SEED, required=True)))

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
-from pipelines.stages.options import text
+from pipelines.stages.spec import StageType, text
 
 #: Params that, as objects, are merged into the metadata group of the same name.
 GROUPS = ("highres", "upscale")
@@ -24,7 +24,7 @@ def edited_metadata(metadata: Mapping[str, Any], params: Mapping[str, Any]) -> d
     """A copy of ``metadata`` with the stage's note and groups applied."""
     edited = copy.deepcopy(dict(metadata))
     if params.get("note") is not None:
-        edited["note"] = text(params, "note")
+        edited["note"] = str(params["note"])
     for group in GROUPS:
         given = params.get(group)
         if isinstance(given, Mapping):
@@ -39,6 +39,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return edited
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("edit-metadata", run, (text("note", 1000),))

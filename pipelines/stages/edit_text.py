@@ -8,38 +8,22 @@ and ``stroke`` (default black), PIL colour names or ``#rrggbb``; ``stroke_width`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from PIL import ImageColor, ImageDraw, ImageFont
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.upscale import with_image
-from pipelines.stages.options import text, whole_number
-
-DEFAULT_FONT_SIZE = 10
-MAX_FONT_SIZE = 1024
-MAX_STROKE_WIDTH = 64
-
-
-def _colour(params: Mapping[str, Any], field: str, default: str) -> tuple[int, ...]:
-    value = text(params, field, default)
-    try:
-        return ImageColor.getrgb(value)
-    except ValueError as err:
-        raise ValueError(f"{field} must be a colour name or #rrggbb, got {value!r}") from err
+from pipelines.stages.spec import StageType, color, integer, text
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Draw ``text`` at (``x``, ``y``) on a copy of each image."""
-    words = text(params, "text")
-    position = (whole_number(params, "x", 0), whole_number(params, "y", 0))
-    fill = _colour(params, "fill", "white")
-    stroke = _colour(params, "stroke", "black")
-    stroke_width = whole_number(params, "stroke_width", 1, low=0, high=MAX_STROKE_WIDTH)
-    font = ImageFont.load_default(
-        size=whole_number(params, "font_size", DEFAULT_FONT_SIZE, low=1, high=MAX_FONT_SIZE)
-    )
+    words = str(params["text"])
+    position = (int(params["x"]), int(params["y"]))
+    fill, stroke = ImageColor.getrgb(params["fill"]), ImageColor.getrgb(params["stroke"])
+    stroke_width = int(params["stroke_width"])
+    font = ImageFont.load_default(size=int(params["font_size"]))
     edited = []
     for item in images:
         image = item.image.convert("RGB")  # a copy, so earlier stages' images stay as they were
@@ -51,6 +35,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return edited
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("edit-text", run, (text("text", 1000, required=True), integer("x", 0, 8192, 0), integer("y", 0, 8192, 0), color("fill", "white"), color("stroke", "black"), integer("stroke_width", 0, 64, 1), integer("font_size", 1, 512, 10)))

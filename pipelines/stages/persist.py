@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
+from pipelines.stages.spec import StageType
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -17,6 +18,6 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return images
 
 
-def estimate(params: dict[str, Any]) -> int:
-    """Persisting counts as one step."""
-    return 1
+DISK = StageType("persist-disk", run)
+#: Both persist stages store the images as the job's outputs in the object store.
+S3 = StageType("persist-s3", run)

@@ -8,21 +8,18 @@ shrunk to fit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion.model import stage_sources
 from pipelines.imageops.upscale import with_image
-from pipelines.stages.options import whole_number
+from pipelines.stages.spec import StageType, integer
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Crop each input image (or the stage's ``source:`` upload) to the rectangle."""
-    left = whole_number(params, "left", 0, low=0)
-    top = whole_number(params, "top", 0, low=0)
-    width = whole_number(params, "width", low=1)
-    height = whole_number(params, "height", low=1)
+    left, top = int(params["left"]), int(params["top"])
+    width, height = int(params["width"]), int(params["height"])
     cropped = []
     for item in stage_sources(ctx, params, images):
         if left + width > item.image.width or top + height > item.image.height:
@@ -35,6 +32,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return cropped
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("reduce-crop", run, (integer("left", 0, 8192, 0), integer("top", 0, 8192, 0), integer("width", 1, 8192, required=True), integer("height", 1, 8192, required=True)), max_tile=512)

@@ -7,7 +7,6 @@ left as they are: a thumbnail never enlarges. (onnx-web's stage always failed: i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from PIL import Image
@@ -15,7 +14,7 @@ from PIL import Image
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion.model import stage_sources
 from pipelines.imageops.upscale import with_image
-from pipelines.stages.options import whole_number
+from pipelines.stages.spec import StageType, integer
 
 
 def fit_inside(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
@@ -26,7 +25,7 @@ def fit_inside(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Shrink each input image (or the stage's ``source:`` upload) with Lanczos to fit the box."""
-    box = (whole_number(params, "width", low=1), whole_number(params, "height", low=1))
+    box = (int(params["width"]), int(params["height"]))
     reduced = []
     for item in stage_sources(ctx, params, images):
         size = fit_inside(item.image.size, box)
@@ -36,6 +35,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return reduced
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("reduce-thumbnail", run, (integer("width", 1, 8192, required=True), integer("height", 1, 8192, required=True)), max_tile=512)

@@ -2,7 +2,7 @@
 
 Params: ``noise_source`` (default ``histogram``, the ``noise`` default of the image routes; any
 name of ``GET /api/settings/noises``), ``width`` and ``height`` (default 512), ``fill_color``
-(default white) and ``seed`` (default 0). With input images, each is replaced by noise made
+(default white) and ``seed`` (the chain's resolved seed). With input images, each is replaced by noise made
 from it (the histogram source follows its colours; onnx-web discarded the input the same way);
 without any, one noise image is made from a blank canvas of ``fill_color``. Noise for several
 images comes from one generator seeded by ``seed``, so a job reproduces exactly.
@@ -10,7 +10,6 @@ images comes from one generator seeded by ``seed``, so a job reproduces exactly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,29 +18,16 @@ from PIL import Image
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.noise import NOISE_SOURCES, parse_color
 from pipelines.imageops.upscale import with_image
-from pipelines.stages.options import text, whole_number
-
-DEFAULT_NOISE = "histogram"
-DEFAULT_SIZE = 512
-#: The size limits of image params (contract §3.2).
-MIN_SIZE, MAX_SIZE = 1, 8192
+from pipelines.stages.shared import MAX_SEED
+from pipelines.stages.spec import StageType, choice, color, integer
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """One noise image per input image, or one noise image if there is none."""
-    name = text(params, "noise_source", DEFAULT_NOISE)
-    if name not in NOISE_SOURCES:
-        raise ValueError(f"noise_source must be one of {', '.join(NOISE_SOURCES)}, got {name!r}")
-    size = (
-        whole_number(params, "width", DEFAULT_SIZE, low=MIN_SIZE, high=MAX_SIZE),
-        whole_number(params, "height", DEFAULT_SIZE, low=MIN_SIZE, high=MAX_SIZE),
-    )
-    fill = text(params, "fill_color", "white")
-    try:
-        colour = parse_color(fill)
-    except ValueError as err:
-        raise ValueError(f"fill_color must be a colour name or #rrggbb, got {fill!r}") from err
-    rng = np.random.default_rng(whole_number(params, "seed", 0, low=0))
+    name = str(params["noise_source"])
+    size = (int(params["width"]), int(params["height"]))
+    colour = parse_color(str(params["fill_color"]))
+    rng = np.random.default_rng(int(params["seed"]))
     sources = images or [StageImage(Image.new("RGB", size, colour))]
     noise = [
         with_image(item, NOISE_SOURCES[name](item.image.convert("RGB"), size, (0, 0), colour, rng))
@@ -51,6 +37,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return noise
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("source-noise", run, (choice("noise_source", tuple(NOISE_SOURCES), "histogram"), color("fill_color", "white"), integer("seed", 0, MAX_SEED, required=True), integer("width", 1, 8192, 512), integer("height", 1, 8192, 512)), max_tile=512)

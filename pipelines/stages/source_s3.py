@@ -8,11 +8,11 @@ as ``s3:<stage>:<i>``; which buckets and keys a job may read is the worker's dec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.prefetch import prefetched_images
+from pipelines.stages.spec import StageType, text
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -22,6 +22,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return [*images, *fetched]
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("source-s3", run, (text("source_keys", 8000, required=True), text("bucket", 63, required=True)), max_tile=512)

@@ -20,6 +20,7 @@ from pipelines.diffusion.model import DiffusionModel, Generation, generation_met
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import txt2img_sdxl, wants_sdxl
 from pipelines.diffusion.txt2img import txt2img
+from pipelines.stages.spec import StageType, diffusion_steps, integer
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -39,7 +40,7 @@ def generations(params: Mapping[str, Any]) -> tuple[Generation, Generation]:
     onnx-web; others generate on the next whole cell and are cropped, since exported UNets
     only take whole cells.
     """
-    prompt = prompt_stage(str(params.get("prompt") or ""), int(params.get("prompt_index", 0)))
+    prompt = prompt_stage(str(params["prompt"]), int(params["prompt_index"]))
     requested = Generation.from_params(params, prompt=prompt)
     width, height = grid_size(requested.width, requested.height)
     return requested, Generation.from_params(params, prompt=prompt, width=width, height=height)
@@ -63,6 +64,4 @@ def stage_images(
     ]
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """The steps this stage reports: one per scheduler step."""
-    return int(params["steps"])
+STAGE = StageType("source-txt2img", run, (integer("prompt_index", 0, 16, 0),), groups=("image",), steps=diffusion_steps)

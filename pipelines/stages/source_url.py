@@ -8,11 +8,11 @@ never touches the network: the worker fetches each URL behind the SSRF controls 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.prefetch import prefetched_images
+from pipelines.stages.spec import StageType, text
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -22,6 +22,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return [*images, *fetched]
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("source-url", run, (text("source_urls", 8000, required=True),), max_tile=512)

@@ -27,6 +27,8 @@ from pipelines.diffusion.model import (
     stage_sources,
 )
 from pipelines.diffusion.prompt import prompt_stage
+from pipelines.stages.shared import TILING
+from pipelines.stages.spec import Param, StageType, color, diffusion_steps, number
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -34,7 +36,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     mask = ctx.inputs.get(f"mask:{params.get('stage_name', '')}")
     if mask is None:
         raise ValueError("inpainting needs a mask: upload one as mask:<stage name>")
-    prompt = prompt_stage(str(params.get("prompt") or ""), int(params.get("prompt_index", 0)))
+    prompt = prompt_stage(str(params["prompt"]), int(params["prompt_index"]))
     recorded = {"pipeline": "inpaint", **params}
     results = []
     for item in stage_sources(ctx, params, images):
@@ -45,7 +47,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
             continue
         generation = Generation.from_params(params, prompt=prompt, width=source.width, height=source.height)
         model = load_model(ctx.models_path, generation.model, ctx.sessions)
-        region = fullres_region(fitted, params) if params.get("fullres") else None
+        region = fullres_region(fitted, params) if params["fullres"] else None
         if region is None:
             generated = _inpaint(ctx, model, generation, source, fitted)
         else:
@@ -92,10 +94,10 @@ def fullres_region(mask: Image.Image, params: Mapping[str, Any]) -> tuple[int, i
     box = mask.getbbox()
     if box is None:
         return None
-    padding = float(params.get("fullres_padding", 1.2))
+    padding = float(params["fullres_padding"])
     side = int(max(box[2] - box[0], box[3] - box[1]) * padding)
     side = min(side, mask.width, mask.height)
-    if side > int(params.get("unet_tile", 512)) or side >= max(mask.size):
+    if side > int(params["unet_tile"]) or side >= max(mask.size):
         return None
     centre_x, centre_y = (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
     left = min(max(centre_x - side // 2, 0), mask.width - side)
@@ -120,6 +122,15 @@ def _inpaint_region(
     return results
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """Scheduler steps per input image: inpainting always runs the whole schedule."""
-    return int(params["steps"])
+_PARAMS = (
+    color("fill_color", "white"),
+    *TILING,
+    # Full-res inpainting (contract §8.3); the legacy inpaint route sets them from the request.
+    Param("fullres", "bool", default=False),
+    number("fullres_padding", 1, 2, 1.2),
+)
+STAGE = StageType("upscale-outpaint", run, _PARAMS, ("image",), tileable=True, needs=("mask",),
+                  steps=diffusion_steps)
+#: onnx-web's inpainting stage: the same runner.
+BLEND_INPAINT = StageType("blend-inpaint", run, _PARAMS, ("image",), tileable=True, needs=("mask",),
+                          steps=diffusion_steps)

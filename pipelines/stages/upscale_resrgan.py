@@ -5,11 +5,11 @@ Params: see :func:`pipelines.imageops.upscale.run_upscaling_stage`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.upscale import run_upscaling_stage
+from pipelines.stages.spec import StageType
 
 #: The largest tile this stage feeds its model (contract §10.5).
 MAX_TILE = 512
@@ -20,6 +20,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return run_upscaling_stage(ctx, params, images, MAX_TILE)
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step."""
-    return 1
+STAGE = StageType("upscale-resrgan", run, groups=("upscale",), max_tile=MAX_TILE, model="upscaling")

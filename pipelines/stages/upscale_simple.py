@@ -1,21 +1,22 @@
 """``upscale-simple``: resize every image by ``scale`` with bilinear or Lanczos resampling.
 
-Params: ``method`` (required: ``bilinear`` | ``lanczos``), ``scale`` (int or float, default 1). A scale of 1 or less leaves the images as they are (contract §10.5).
+Params (declared in ``STAGE``): ``method`` (``bilinear`` | ``lanczos``, default ``lanczos``) and ``scale``
+(1 to 8, default 2); a scale of 1 leaves the images as they are (contract §10.5).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.upscale import resize_simple, with_image
+from pipelines.stages.spec import StageType, choice, number
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Resize each image by ``params["scale"]`` and record its new size in the metadata."""
-    method = str(params.get("method"))
-    scale = float(params.get("scale", 1))
+    method = str(params["method"])
+    scale = float(params["scale"])
     resized = []
     for item in images:
         ctx.check_cancelled()
@@ -24,6 +25,4 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return resized
 
 
-def estimate(params: Mapping[str, Any]) -> int:
-    """One step, whatever the number of images."""
-    return 1
+STAGE = StageType("upscale-simple", run, (choice("method", ("bilinear", "lanczos"), "lanczos"), number("scale", 1, 8, 2)))

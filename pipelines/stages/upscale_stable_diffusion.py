@@ -1,10 +1,10 @@
 """``upscale-stable-diffusion``: enlarge every image 4 times with the SD x4 upscaler.
 
-Params (contract §10.5): ``upscaling`` (or ``upscale_model``), the upscaler's folder name;
+Params (contract §10.5; the image and upscale groups): ``upscale_model``, the upscaler's folder name;
 ``prompt`` (its ``prompt_index`` part, default 0), ``negative_prompt``, ``steps``, ``cfg``,
 ``eta``, ``seed`` and ``scheduler`` as for txt2img; ``denoise``, the noise level (see
 :func:`pipelines.diffusion.upscale_sd.noise_level`: up to 1 a fraction of the model's maximum of 350,
-above 1 the level itself, missing 20); ``tiled_vae``, ``vae_tile``, ``vae_overlap``.
+above 1 the level itself); ``tiled_vae``, ``vae_tile``, ``vae_overlap``.
 
 Each input becomes one image 4 times its size (``batch`` does not multiply upscales, as in
 onnx-web). The chain executor cuts inputs larger than the stage's tile into tiles: onnx-web
@@ -20,15 +20,16 @@ from pipelines.diffusion.model import Generation, grid_size, load_model, stage_s
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.upscale_sd import UPSCALER_GRID, max_noise_level, noise_level, upscale_sd
 from pipelines.imageops.upscale import upscaling_model_name, with_image
+from pipelines.stages.shared import TILING
+from pipelines.stages.spec import StageType, diffusion_steps
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Upscale each image (or the stage's uploaded source) and return the results in order."""
-    prompt = prompt_stage(str(params.get("prompt") or ""), int(params.get("prompt_index", 0)))
+    prompt = prompt_stage(str(params["prompt"]), int(params["prompt_index"]))
     name = upscaling_model_name(params)
     model = load_model(ctx.models_path, name, ctx.sessions)
-    denoise = params.get("denoise")
-    level = noise_level(None if denoise is None else float(denoise), max_noise_level(model.folder))
+    level = noise_level(float(params["denoise"]), max_noise_level(model.folder))
     results = []
     for item in stage_sources(ctx, params, images):
         width, height = grid_size(*item.image.size, UPSCALER_GRID)
@@ -42,3 +43,6 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         models = [*others, {"name": name, "hash": model.hash, "weight": 1.0}]
         results.append(with_image(item, image, models=models))
     return results
+
+
+STAGE = StageType("upscale-stable-diffusion", run, TILING, groups=("image", "upscale"), max_tile=128, tileable=True, model="upscaling", steps=diffusion_steps)

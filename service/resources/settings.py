@@ -16,6 +16,7 @@ import falcon
 
 from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.models.registry import ModelRegistry
+from pipelines.stages import stage_catalogue
 from service.config import Config
 from service.params import MASK_FILTERS, NOISE_SOURCES, PIPELINES, PROMPT_FILTERS, SOURCE_FILTERS
 
@@ -32,6 +33,8 @@ SUFFIXES = (
     "schedulers",
     "strings",
     "wildcards",
+    # Ours: the chain language's stage types, generated from their declarations.
+    "stages",
 )
 METHODS = ("GET", "HEAD")
 
@@ -105,6 +108,10 @@ class SettingsResources:
         """Scheduler names."""
         resp.media = list(SCHEDULER_NAMES)
 
+    def on_get_stages(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Every stage type of the chain language, from its declaration (``pipelines.stages``)."""
+        resp.media = stage_catalogue()
+
     def on_get_strings(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Localised strings and model labels."""
         resp.media = self.registry.strings()
@@ -122,5 +129,6 @@ class SettingsResources:
     on_head_pipelines = on_get_pipelines
     on_head_platforms = on_get_platforms
     on_head_schedulers = on_get_schedulers
+    on_head_stages = on_get_stages
     on_head_strings = on_get_strings
     on_head_wildcards = on_get_wildcards

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import falcon
-import yaml
 
 from pipelines.models.registry import ModelRegistry
 from service import chains
@@ -26,7 +25,7 @@ from service.errors import InvalidParams, NotImplementedYet
 from service.images import decode_upload, encode_png
 from service.jobs.store import JobStore, JobView, NewJob
 from service.names import job_name
-from service.params import ParsedRequest, Route, parse_request, request_data
+from service.params import ParsedRequest, Route, json_or_yaml, parse_request, request_data
 from service.resources.jobs import render_job
 from service.storage import ObjectStore, input_key
 
@@ -77,23 +76,12 @@ def read_body(req: falcon.Request, *, chain_route: bool) -> RequestBody:
         if chain_route:
             if "chain" not in texts:
                 raise InvalidParams("chain", "chain pipeline must have a body (a 'chain' form field)")
-            return RequestBody({}, files, _parse_text("chain", texts["chain"]), digest.digest())
+            return RequestBody({}, files, json_or_yaml("chain", texts["chain"]), digest.digest())
         data = request_data(falcon.MEDIA_MULTIPART, None, texts.get("json"), query)
         return RequestBody(data, files, raw=digest.digest())
     if chain_route:
         raise InvalidParams("chain", "chain pipeline must have a body (JSON, or a multipart 'chain' field)")
     return RequestBody(request_data(None, None, None, query), raw=json.dumps(query, sort_keys=True).encode())
-
-
-def _parse_text(field_name: str, text: str) -> Any:
-    """A form field holding JSON, or YAML as onnx-web also accepts."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise InvalidParams(field_name, f"must be JSON or YAML ({err})") from err
 
 
 class Submitter:

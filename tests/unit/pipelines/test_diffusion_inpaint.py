@@ -17,6 +17,7 @@ from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
 from pipelines.models.demo import DEMO_MODELS
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_outpaint
+from tests.unit.pipelines.resolved import RESOLVED
 
 MAX_LEVEL_DIFF = 2
 BASE, INPAINT = (model.name for model in DEMO_MODELS)
@@ -122,7 +123,9 @@ def test_mask_is_binarized_at_half() -> None:
 
 def stage_params(**changes: Any) -> dict[str, Any]:
     params: dict[str, Any] = {
+        **RESOLVED,
         "model": INPAINT,
+        "pipeline": "inpaint",  # what the api resolves for the inpaint route
         "scheduler": "ddim",
         "prompt": "a red door",
         "negative_prompt": None,
@@ -150,12 +153,12 @@ def test_stage_inpaints_each_input_with_the_stage_mask(models_path: Path, sessio
         models_path=models_path, sessions=sessions, inputs={"mask:inpaint": mask_image()}, on_step=steps
     )
     source = StageImage(source_image(), {"input_size": {"width": 64, "height": 48}})
-    results = upscale_outpaint.run(ctx, stage_params(batch=2), [source])
+    results = upscale_outpaint.STAGE(ctx, stage_params(batch=2), [source])
     assert len(results) == 2
     assert results[0].image.size == (64, 48)
     assert results[0].metadata["params"]["pipeline"] == "inpaint"
     assert results[0].metadata["models"][0]["name"] == INPAINT
-    assert steps.count == 3 == upscale_outpaint.estimate(stage_params())
+    assert steps.count == 3 == upscale_outpaint.STAGE.estimate(stage_params())
 
 
 def test_stage_passes_images_with_an_all_black_mask_through(
@@ -167,13 +170,13 @@ def test_stage_passes_images_with_an_all_black_mask_through(
         inputs={"mask:inpaint": Image.new("RGB", (64, 48), "black")},
     )
     source = StageImage(source_image(), {"params": {"prompt": "kept"}})
-    assert upscale_outpaint.run(ctx, stage_params(), [source]) == [source]
+    assert upscale_outpaint.STAGE(ctx, stage_params(), [source]) == [source]
 
 
 def test_stage_needs_a_mask(models_path: Path, sessions: SessionCache) -> None:
     ctx = StageContext(models_path=models_path, sessions=sessions)
     with pytest.raises(ValueError, match="needs a mask"):
-        upscale_outpaint.run(ctx, stage_params(), [StageImage(source_image(), {})])
+        upscale_outpaint.STAGE(ctx, stage_params(), [StageImage(source_image(), {})])
 
 
 def test_ipndm_inpaints_only_with_an_inpainting_unet(

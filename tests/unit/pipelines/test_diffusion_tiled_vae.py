@@ -17,6 +17,7 @@ from pipelines.diffusion.model import DiffusionModel, Generation, decode_latents
 from pipelines.diffusion.vae_tiling import VaeTiling, axis_weights, decode_tiled, encode_tiled, tile_starts
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import blend_img2img, source_txt2img
+from tests.unit.pipelines.resolved import RESOLVED
 
 FACTOR = 8
 
@@ -207,6 +208,7 @@ def test_tiled_encode_of_the_demo_vae_stays_close_to_the_whole_encode(demo_model
 
 def stage_params(**changes: Any) -> dict[str, Any]:
     params: dict[str, Any] = {
+        **RESOLVED,
         "model": "stable-diffusion-onnx-v1-5",
         "scheduler": "ddim",
         "prompt": "a red door",
@@ -225,12 +227,12 @@ def stage_params(**changes: Any) -> dict[str, Any]:
 def test_stages_tile_the_vae_when_their_params_ask(models_path: Path, sessions: SessionCache) -> None:
     spy = SpySessions(sessions)
     ctx = StageContext(models_path=models_path, sessions=spy)
-    (generated,) = source_txt2img.run(ctx, stage_params(), [])
+    (generated,) = source_txt2img.STAGE(ctx, stage_params(), [])
     assert generated.image.size == (256, 192)
     # 16-cell tiles every 8 cells over 32 x 24 latent cells: 2 rows of 3.
     assert spy.shapes["vae_decoder"] == [(1, 4, 16, 16)] * 6
     spy.shapes["vae_decoder"].clear()
-    blend_img2img.run(ctx, stage_params(strength=0.5), [generated])
+    blend_img2img.STAGE(ctx, stage_params(strength=0.5), [generated])
     assert spy.shapes["vae_encoder"] == [(1, 3, 128, 128)] * 6
     assert spy.shapes["vae_decoder"] == [(1, 4, 16, 16)] * 6
 
@@ -238,15 +240,22 @@ def test_stages_tile_the_vae_when_their_params_ask(models_path: Path, sessions: 
 def test_stages_run_the_vae_whole_by_default(models_path: Path, sessions: SessionCache) -> None:
     spy = SpySessions(sessions)
     ctx = StageContext(models_path=models_path, sessions=spy)
-    source_txt2img.run(ctx, stage_params(tiled_vae=False), [])
+    source_txt2img.STAGE(ctx, stage_params(tiled_vae=False), [])
     assert spy.shapes["vae_decoder"] == [(1, 4, 24, 32)]
 
 
 def test_tiling_params_are_checked() -> None:
-    assert VaeTiling.from_params({"tiled_vae": False, "vae_tile": 64}) is None
-    assert VaeTiling.from_params({"tiled_vae": True}) == VaeTiling(512, 0.25)
+    tiling = {"tiled_vae": True, "vae_tile": 512, "vae_overlap": 0.25}
+    assert VaeTiling.from_params({**tiling, "tiled_vae": False, "vae_tile": 64}) is None
+    assert VaeTiling.from_params(tiling) == VaeTiling(512, 0.25)
+    assert VaeTiling.from_params({**tiling, "vae_tile": 256, "vae_overlap": 0.5}) == VaeTiling(256, 0.5)
     with pytest.raises(ValueError, match="vae_tile"):
-        VaeTiling.from_params({"tiled_vae": True, "vae_tile": 64})
+        VaeTiling.from_params({**tiling, "vae_tile": 64})
+    with pytest.raises(ValueError, match="vae_overlap"):
+        VaeTiling.from_params({**tiling, "vae_overlap": 0.95})
+    # The stored params carry every value: nothing is defaulted here.
+    with pytest.raises(KeyError, match="vae_overlap"):
+        VaeTiling.from_params({"tiled_vae": True, "vae_tile": 512})
     with pytest.raises(ValueError, match="vae_overlap"):
         VaeTiling(256, 0.95)
 

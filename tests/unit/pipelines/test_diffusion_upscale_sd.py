@@ -19,6 +19,7 @@ from pipelines.models.demo import DEMO_UPSCALER, torch_source_path
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_stable_diffusion
+from tests.unit.pipelines.resolved import RESOLVED
 
 #: Two of 255 levels: ONNX Runtime and PyTorch differ by ~1e-6, which rounding can turn into one.
 MAX_LEVEL_DIFF = 2
@@ -149,8 +150,9 @@ def test_denoise_outside_the_range_is_refused(denoise: float) -> None:
 
 def stage_params(**changes: Any) -> dict[str, Any]:
     params: dict[str, Any] = {
+        **RESOLVED,
         "model": "stable-diffusion-onnx-v1-5",
-        "upscaling": DEMO_UPSCALER,
+        "upscale_model": DEMO_UPSCALER,
         "scheduler": "ddim",
         "prompt": "a cat || a red door",
         "prompt_index": 1,
@@ -183,7 +185,7 @@ def test_stage_upscales_each_image_four_times(
         StageImage(source_image(20, 12), {"params": {"prompt": "kept"}}),
         StageImage(source_image(16, 16), {}),
     ]
-    results = upscale_stable_diffusion.run(ctx, stage_params(), inputs)
+    results = upscale_stable_diffusion.STAGE(ctx, stage_params(), inputs)
     assert [item.image.size for item in results] == [(80, 48), (64, 64)]
     assert results[0].metadata["size"] == {"width": 80, "height": 48}
     assert results[0].metadata["params"] == {"prompt": "kept"}
@@ -202,14 +204,16 @@ def test_stage_upscales_its_uploaded_source(models_path: Path, sessions: Session
     ctx = StageContext(
         models_path=models_path, sessions=sessions, inputs={"source:upscale": source_image(8, 8)}
     )
-    (result,) = upscale_stable_diffusion.run(ctx, stage_params(steps=1), [])
+    (result,) = upscale_stable_diffusion.STAGE(ctx, stage_params(steps=1), [])
     assert result.image.size == (32, 32)
 
 
 def test_stage_needs_an_upscaling_model(models_path: Path, sessions: SessionCache) -> None:
     ctx = StageContext(models_path=models_path, sessions=sessions)
     with pytest.raises(ValueError, match="upscaling"):
-        upscale_stable_diffusion.run(ctx, stage_params(upscaling=None), [StageImage(source_image(), {})])
+        upscale_stable_diffusion.STAGE(
+            ctx, stage_params(upscale_model=None), [StageImage(source_image(), {})]
+        )
 
 
 def test_demo_upscaler_is_listed_as_a_scale_4_upscaling_model(models_path: Path) -> None:
@@ -238,12 +242,11 @@ def test_converter_exports_the_class_label_input(upscaler: DiffusionModel) -> No
 def test_chain_executor_upscales_large_inputs_tile_by_tile(models_path: Path, sessions: SessionCache) -> None:
     from pipelines.chain import run_chain
 
-    stage = {
-        "name": "upscale",
-        "type": "upscale-stable-diffusion",
-        "params": stage_params(steps=1),
-        "tiles": 64,
-    }
+    # What the api stores: the stage's own declared defaults applied (the executor defaults nothing).
+    params = stage_params(steps=1)
+    resolved = {**params, **upscale_stable_diffusion.STAGE.resolve(params)}
+    assert (resolved["overlap"], resolved["tile_order"]) == (0.25, "spiral")
+    stage = {"name": "upscale", "type": "upscale-stable-diffusion", "params": resolved, "tiles": 64}
     chain = {"stages": [{**stage, "outscale": 4}], "sources": ["source"]}
     tiles: list[tuple[int, int]] = []
     result = run_chain(

@@ -25,6 +25,8 @@ from pipelines.imageops.correct import (
 )
 from pipelines.models.upscalers import DEMO_UPSCALERS, convert_upscaler, demo_module
 from pipelines.stages import correct_codeformer, correct_gfpgan
+from pipelines.stages.spec import ParamError
+from tests.unit.pipelines.resolved import UPSCALE
 
 FACE_SIZE = 64
 #: The constant face model's output, in [-1, 1], and the 8-bit level it becomes.
@@ -127,13 +129,14 @@ def test_the_detector_finds_a_drawn_face_and_nothing_in_noise() -> None:
 
 
 def _run(stage: ModuleType, models: Path, image: Image.Image, **params: Any) -> StageImage:
-    [out] = stage.run(_context(models), {"stage_name": "faces", **params}, [StageImage(image, {"note": 1})])
+    stored = {**UPSCALE, "stage_name": "faces", **params}
+    [out] = stage.STAGE(_context(models), stored, [StageImage(image, {"note": 1})])
     return out
 
 
 def test_strength_zero_returns_the_input_exactly(models: Path) -> None:
     image = on_canvas(draw_face(128), (320, 200), (150, 40))
-    out = _run(correct_gfpgan, models, image, correction="correction-constant", faceStrength=0)
+    out = _run(correct_gfpgan, models, image, correction_model="correction-constant", face_strength=0)
     assert np.array_equal(np.asarray(out.image), np.asarray(image))
     [model] = out.metadata.pop("models")
     assert model["name"] == "correction-constant" and len(model["hash"]) == 10
@@ -144,7 +147,7 @@ def test_strength_one_takes_the_model_face_inside_the_feather_and_nothing_outsid
     image = on_canvas(draw_face(128), (320, 200), (150, 40))
     [box] = detect_faces(image)
     out = np.asarray(
-        _run(correct_gfpgan, models, image, correction="correction-constant", faceStrength=1).image
+        _run(correct_gfpgan, models, image, correction_model="correction-constant", face_strength=1).image
     )
     source = np.asarray(image)
     left, top, side = _crop_square(box)
@@ -164,7 +167,7 @@ def test_half_strength_mixes_the_face_with_the_original(models: Path) -> None:
     [box] = detect_faces(image)
     left, top, side = _crop_square(box)
     out = np.asarray(
-        _run(correct_gfpgan, models, image, correction="correction-constant", face_strength=0.5).image
+        _run(correct_gfpgan, models, image, correction_model="correction-constant", face_strength=0.5).image
     )
     rows = slice(int(top + side * FEATHER) + 2, int(top + side * (1 - FEATHER)) - 1)
     cols = slice(int(left + side * FEATHER) + 2, int(left + side * (1 - FEATHER)) - 1)
@@ -177,7 +180,12 @@ def test_outscale_enlarges_with_lanczos_and_pastes_faces_at_that_scale(models: P
     [box] = detect_faces(image)
     left, top, side = _crop_square(box)
     untouched = _run(
-        correct_gfpgan, models, image, correction="correction-constant", faceStrength=0, faceOutscale=2
+        correct_gfpgan,
+        models,
+        image,
+        correction_model="correction-constant",
+        face_strength=0,
+        face_outscale=2,
     )
     lanczos = image.resize((640, 400), Image.Resampling.LANCZOS)
     assert np.array_equal(np.asarray(untouched.image), np.asarray(lanczos))
@@ -185,7 +193,12 @@ def test_outscale_enlarges_with_lanczos_and_pastes_faces_at_that_scale(models: P
 
     out = np.asarray(
         _run(
-            correct_gfpgan, models, image, correction="correction-constant", faceStrength=1, faceOutscale=2
+            correct_gfpgan,
+            models,
+            image,
+            correction_model="correction-constant",
+            face_strength=1,
+            face_outscale=2,
         ).image
     )
     centre = (round(2 * (top + side / 2)), round(2 * (left + side / 2)))
@@ -197,10 +210,15 @@ def test_outscale_enlarges_with_lanczos_and_pastes_faces_at_that_scale(models: P
 
 def test_an_image_without_faces_passes_through_scaled(models: Path) -> None:
     image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (60, 90, 3), dtype=np.uint8))
-    same = _run(correct_gfpgan, models, image, correction="correction-constant", faceStrength=1)
+    same = _run(correct_gfpgan, models, image, correction_model="correction-constant", face_strength=1)
     assert np.array_equal(np.asarray(same.image), np.asarray(image))
     bigger = _run(
-        correct_gfpgan, models, image, correction="correction-constant", faceStrength=1, faceOutscale=3
+        correct_gfpgan,
+        models,
+        image,
+        correction_model="correction-constant",
+        face_strength=1,
+        face_outscale=3,
     )
     assert np.array_equal(
         np.asarray(bigger.image), np.asarray(image.resize((270, 180), Image.Resampling.LANCZOS))
@@ -209,7 +227,7 @@ def test_an_image_without_faces_passes_through_scaled(models: Path) -> None:
 
 def test_gfpgan_without_a_model_skips_faces_but_still_scales(models: Path) -> None:
     image = on_canvas(draw_face(128), (320, 200), (150, 40))
-    out = _run(correct_gfpgan, models, image, faceStrength=1, faceOutscale=2)
+    out = _run(correct_gfpgan, models, image, face_strength=1, face_outscale=2)
     assert np.array_equal(
         np.asarray(out.image), np.asarray(image.resize((640, 400), Image.Resampling.LANCZOS))
     )
@@ -218,7 +236,7 @@ def test_gfpgan_without_a_model_skips_faces_but_still_scales(models: Path) -> No
 def test_codeformer_loads_its_default_model_and_reads_the_stage_upload(models: Path) -> None:
     image = on_canvas(draw_face(128), (320, 200), (150, 40))
     ctx = _context(models, {"source:cf": image})
-    [out] = correct_codeformer.run(ctx, {"stage_name": "cf", "faceStrength": 1}, [])
+    [out] = correct_codeformer.STAGE(ctx, {**UPSCALE, "stage_name": "cf", "face_strength": 1}, [])
     [box] = detect_faces(image)
     left, top, side = _crop_square(box)
     face = (
@@ -228,7 +246,9 @@ def test_codeformer_loads_its_default_model_and_reads_the_stage_upload(models: P
     assert np.abs(np.asarray(out.image, float)[face] - np.asarray(image, float)[face]).mean() > 5
     assert out.image.size == (320, 200)
     with pytest.raises(FileNotFoundError, match="correction-missing"):
-        correct_codeformer.run(ctx, {"stage_name": "cf", "correction": "correction-missing"}, [])
+        correct_codeformer.STAGE(
+            ctx, {**UPSCALE, "stage_name": "cf", "correction_model": "correction-missing"}, []
+        )
 
 
 def test_the_demo_codeformer_takes_the_strength_as_its_fidelity_weight(models: Path) -> None:
@@ -257,7 +277,9 @@ def test_the_demo_gfpgan_restores_the_aligned_crop_as_its_pytorch_module_does(mo
     expected_levels = (expected.clamp(-1, 1).numpy().transpose(1, 2, 0) + 1) * 127.5
     assert np.abs(restored - expected_levels).max() < 0.05
 
-    out = np.asarray(_run(correct_gfpgan, models, image, correction=demo.name, faceStrength=1).image, float)
+    out = np.asarray(
+        _run(correct_gfpgan, models, image, correction_model=demo.name, face_strength=1).image, float
+    )
     left, top, side = _crop_square(box)
     face = (
         slice(int(top + side / 4), int(top + side * 3 / 4)),
@@ -267,26 +289,41 @@ def test_the_demo_gfpgan_restores_the_aligned_crop_as_its_pytorch_module_does(mo
     assert np.array_equal(out[:, :100], np.asarray(image, float)[:, :100])
 
 
-def test_settings_prefer_snake_case_and_refuse_out_of_range_values() -> None:
+def test_settings_read_the_upscale_group_only_and_refuse_paths_outside_the_models_folder() -> None:
+    # The api maps the camel-case spellings (``correction``, ``faceStrength``, ``faceOutscale``)
+    # into the upscale group; the stage reads the group alone.
     settings = CorrectionSettings.from_params(
-        {
-            "correction": "a",
-            "correction_model": "b",
-            "faceStrength": 0.1,
-            "face_strength": 0.9,
-            "faceOutscale": 2.0,
-        },
+        {**UPSCALE, "correction": "a", "correction_model": "b", "faceStrength": 0.1, "face_strength": 0.9,
+         "faceOutscale": 3, "face_outscale": 2},
         None,
-    )
+    )  # fmt: skip
     assert settings == CorrectionSettings("b", 0.9, 2)
-    assert CorrectionSettings.from_params({}, "correction-codeformer") == CorrectionSettings(
+    assert CorrectionSettings.from_params(UPSCALE, "correction-codeformer") == CorrectionSettings(
         "correction-codeformer", 0.5, 1
     )
-    for bad, field in (({"faceStrength": 1.5}, "faceStrength"), ({"faceOutscale": 5}, "faceOutscale"),
-                       ({"faceOutscale": 1.5}, "faceOutscale"), ({"correction": "../x"}, "models folder"),
-                       ({"correction": "/etc/x"}, "models folder")):  # fmt: skip
-        with pytest.raises(ValueError, match=field):
-            CorrectionSettings.from_params(bad, None)
+    assert CorrectionSettings.from_params({**UPSCALE, "correction": "a"}, None).model is None
+    for name in ("../x", "/etc/x", "a\\b"):
+        with pytest.raises(ValueError, match="models folder"):
+            CorrectionSettings.from_params({**UPSCALE, "correction_model": name}, None)
+
+
+@pytest.mark.parametrize(
+    ("stored", "message"),
+    [
+        ({"face_outscale": 1.5}, "correct-gfpgan.face_outscale: must be an integer, got 1.5"),
+        ({"face_strength": "strong"}, "correct-gfpgan.face_strength: must be a number, got 'strong'"),
+        ({"face_strength": None}, "correct-gfpgan.face_strength: must be a number, got None"),
+    ],
+)
+def test_the_worker_refuses_face_settings_of_the_wrong_type_instead_of_rounding(
+    models: Path, stored: dict[str, Any], message: str
+) -> None:
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    with pytest.raises(ParamError, match=message):
+        _run(correct_gfpgan, models, image, correction_model="correction-constant", **stored)
+    missing = {key: value for key, value in UPSCALE.items() if key != "face_strength"}
+    with pytest.raises(ParamError, match=r"correct-gfpgan\.face_strength: is missing from the stored chain"):
+        correct_gfpgan.STAGE(_context(models), missing, [StageImage(image)])
 
 
 def test_the_crop_puts_eyes_and_mouth_where_the_ffhq_template_has_them() -> None:

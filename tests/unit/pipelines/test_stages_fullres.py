@@ -11,8 +11,9 @@ from pipelines.context import StageContext, StageImage
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_outpaint
 from pipelines.stages.upscale_outpaint import fullres_region
+from tests.unit.pipelines.resolved import RESOLVED
 
-PARAMS = {"model": "stable-diffusion-onnx-v1-inpainting", "scheduler": "ddim", "prompt": "a patch", "seed": 3,
+PARAMS = {**RESOLVED, "model": "stable-diffusion-onnx-v1-inpainting", "scheduler": "ddim", "prompt": "a patch", "seed": 3,
           "steps": 3, "cfg": 5.0, "eta": 0.0, "batch": 1, "width": 256, "height": 256, "unet_tile": 128,
           "stage_name": "inpaint"}  # fmt: skip
 
@@ -45,8 +46,8 @@ def test_fullres_inpaints_only_the_region_and_keeps_the_rest_exactly(models_path
     mask = small_mask()
     steps: list[int] = []
     ctx = StageContext(models_path=models_path, sessions=sessions, inputs={"mask:inpaint": mask}, on_step=steps.append)
-    [whole] = upscale_outpaint.run(ctx, dict(PARAMS), [StageImage(source)])
-    [fullres] = upscale_outpaint.run(ctx, {**PARAMS, "fullres": True, "fullres_padding": 1.2}, [StageImage(source)])
+    [whole] = upscale_outpaint.STAGE(ctx, dict(PARAMS), [StageImage(source)])
+    [fullres] = upscale_outpaint.STAGE(ctx, {**PARAMS, "fullres": True, "fullres_padding": 1.2}, [StageImage(source)])
     for result in (whole, fullres):
         assert result.image.size == source.size
         kept = np.asarray(mask) == 0

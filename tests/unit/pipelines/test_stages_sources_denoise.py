@@ -30,13 +30,13 @@ def _image(size: tuple[int, int] = (24, 16), seed: int = 4) -> Image.Image:
 def test_noise_without_inputs_is_one_seeded_image_of_the_stage_size() -> None:
     steps: list[int] = []
     params = {"noise_source": "uniform", "width": 48, "height": 32, "seed": 11}
-    [out] = source_noise.run(_context(steps=steps), params, [])
+    [out] = source_noise.STAGE(_context(steps=steps), params, [])
     expected = noise_uniform(Image.new("RGB", (48, 32)), (48, 32), (0, 0), "white", np.random.default_rng(11))
     assert np.array_equal(np.asarray(out.image), np.asarray(expected))
     assert out.metadata == {"size": {"width": 48, "height": 32}}
     assert steps == [1]
-    [again] = source_noise.run(_context(), params, [])
-    [other] = source_noise.run(_context(), {**params, "seed": 12}, [])
+    [again] = source_noise.STAGE(_context(), params, [])
+    [other] = source_noise.STAGE(_context(), {**params, "seed": 12}, [])
     assert np.array_equal(np.asarray(again.image), np.asarray(out.image))
     assert not np.array_equal(np.asarray(other.image), np.asarray(out.image))
 
@@ -45,7 +45,7 @@ def test_noise_replaces_each_input_with_noise_made_from_it() -> None:
     two_colours = Image.new("RGB", (20, 10), (10, 20, 30))
     two_colours.paste((200, 150, 100), (0, 0, 10, 10))
     params = {"noise_source": "histogram", "width": 64, "height": 64, "seed": 3}
-    out = source_noise.run(_context(), params, [StageImage(two_colours, {"note": 1}), StageImage(_image())])
+    out = source_noise.STAGE(_context(), params, [StageImage(two_colours, {"note": 1}), StageImage(_image())])
     assert len(out) == 2 and out[0].metadata == {"note": 1, "size": {"width": 64, "height": 64}}
     pixels = np.asarray(out[0].image)
     for channel, levels in enumerate(((10, 200), (20, 150), (30, 100))):
@@ -54,7 +54,7 @@ def test_noise_replaces_each_input_with_noise_made_from_it() -> None:
 
 
 def test_noise_defaults_and_bad_params() -> None:
-    [normal] = source_noise.run(_context(), {"noise_source": "normal", "seed": 5}, [])
+    [normal] = source_noise.STAGE(_context(), {"noise_source": "normal", "seed": 5}, [])
     pixels = np.asarray(normal.image, float)
     assert normal.image.size == (512, 512)
     assert abs(pixels.mean() - 128) < 1 and abs(pixels.std() - 32) < 1
@@ -62,18 +62,20 @@ def test_noise_defaults_and_bad_params() -> None:
         Image.new("RGB", (512, 512)), (512, 512), (0, 0), "white", np.random.default_rng(5)
     )
     assert np.array_equal(pixels, np.asarray(expected, float))
-    [fill] = source_noise.run(
-        _context(), {"noise_source": "fill-mask", "fill_color": "#336699", "width": 8}, []
+    [fill] = source_noise.STAGE(
+        _context(), {"noise_source": "fill-mask", "fill_color": "#336699", "width": 8, "seed": 0}, []
     )
     assert np.all(np.asarray(fill.image) == (0x33, 0x66, 0x99)) and fill.image.size == (8, 512)
     for params, message in (
-        ({"noise_source": "perlin"}, "noise_source must be one of fill-edge"),
-        ({"width": 0}, "width must be at least 1"),
-        ({"fill_color": "nope"}, "fill_color must be a colour"),
-        ({"seed": -1}, "seed must be at least 0"),
+        ({"noise_source": "perlin", "seed": 1}, "params.noise_source: must be one of fill-edge"),
+        ({"width": 0, "seed": 1}, "params.width: must be an integer from 1 to 8192, got 0"),
+        ({"fill_color": "nope", "seed": 1}, "params.fill_color: must be a colour"),
+        # (The upper bound, 2**32 - 1, is printed with ``:g``; only the rule and the value are checked.)
+        ({"seed": -1}, "params.seed: must be an integer from 0 to .*, got -1$"),
+        ({"width": 8}, "params.seed: is required by source-noise"),
     ):
         with pytest.raises(ValueError, match=message):
-            source_noise.run(_context(), params, [])
+            source_noise.STAGE(_context(), params, [])
 
 
 # -- source-url and source-s3 --------------------------------------------------------------------
@@ -136,7 +138,7 @@ def test_localstd_removes_faint_speckles_and_keeps_strong_ones_and_edges() -> No
     pixels[5, 5] = (120, 100, 100)  # faint: within strength * range of the neighbourhood
     pixels[12, 8] = (160, 160, 160)  # strong: beyond it, detail rather than noise
     steps: list[int] = []
-    [out] = blend_denoise_localstd.run(
+    [out] = blend_denoise_localstd.STAGE(
         _context(steps=steps), {}, [StageImage(Image.fromarray(pixels), {"n": 1})]
     )
     result = np.asarray(out.image)
@@ -145,5 +147,6 @@ def test_localstd_removes_faint_speckles_and_keeps_strong_ones_and_edges() -> No
     assert np.array_equal(result[:, 15:], pixels[:, 15:])
     assert out.metadata == {"n": 1, "size": {"width": 30, "height": 20}}
     assert steps == [1]
-    with pytest.raises(ValueError, match="range must be at least 1"):
-        blend_denoise_localstd.run(_context(), {"range": 0.5}, [StageImage(Image.fromarray(pixels))])
+    for spread in (0.5, 0):
+        with pytest.raises(ValueError, match=f"params.range: must be an integer from 1 to 64, got {spread}$"):
+            blend_denoise_localstd.STAGE(_context(), {"range": spread}, [StageImage(Image.fromarray(pixels))])
