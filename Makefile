@@ -50,6 +50,7 @@ test/e2e: install ## End-to-end tests through the running stack
 
 lint: install ## ruff and mypy
 	$(BIN)/ruff check service pipelines bench tests scripts migrations
+	$(BIN)/ruff format --check service pipelines bench tests scripts migrations
 	$(BIN)/mypy
 
 bench: install ## Benchmarks: queue throughput, submit-to-success overhead, modes vs diffusers

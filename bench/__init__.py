@@ -1,1 +1,1 @@
-"""Benchmarks: the GPU path against diffusers' PyTorch pipelines (``onnx-web bench gpu``)."""
+"""Benchmarks: the GPU path against diffusers' PyTorch pipelines (``python -m bench.gpu``)."""

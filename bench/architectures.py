@@ -107,7 +107,8 @@ ARCHITECTURES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 
 
 def write_checkpoint(dest: Path, architecture: str) -> None:
-    """Write a diffusers folder of ``architecture`` (``sd15``, ``sdxl``, or the demo ``tiny``/``tiny-sdxl``)."""
+    """Write a diffusers folder of ``architecture`` (``sd15``, ``sdxl``, or the demo
+    ``tiny``/``tiny-sdxl``)."""
     if architecture == "tiny":
         write_demo_checkpoint(dest)
         return

@@ -1,4 +1,4 @@
-"""``onnx-web bench gpu``: our CUDA path against diffusers' PyTorch fp16 pipelines, same weights.
+"""``python -m bench.gpu``: our CUDA path against diffusers' PyTorch fp16 pipelines, same weights.
 
 In one run on one GPU: build full-size SD 1.5 with random weights, convert it through our
 converter (``--optimize gpu``) in a background process while PyTorch is timed, then time the
@@ -49,15 +49,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "graph": {},
     "graph+cudnn-attention": {"provider_options": {"sdpa_kernel": "8"}},
 }
-
-
-def add_bench_arguments(subparsers: Any) -> None:
-    """Add ``bench gpu`` to the ``onnx-web`` command line (its handler is ``run_bench``)."""
-    bench = subparsers.add_parser("bench", help="benchmarks")
-    kinds = bench.add_subparsers(dest="bench_kind", required=True)
-    gpu = kinds.add_parser("gpu", help="our CUDA path against diffusers' PyTorch pipelines, same weights")
-    add_options(gpu)
-    gpu.set_defaults(func=run_bench)
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -362,9 +353,18 @@ def bench_ours(
 
     def generation(seed: int) -> Generation:
         return Generation(
-            model=folder.name, scheduler="ddim", prompt=PROMPT, negative_prompt=NEGATIVE, seed=seed,
-            steps=steps, cfg=7.5, eta=0.0, batch=1, width=side, height=side,
-        )  # fmt: skip
+            model=folder.name,
+            scheduler="ddim",
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            seed=seed,
+            steps=steps,
+            cfg=7.5,
+            eta=0.0,
+            batch=1,
+            width=side,
+            height=side,
+        )
 
     def run(jobs: int) -> Callable[[], list[bytes]]:
         def work() -> list[bytes]:
@@ -487,17 +487,20 @@ def format_table(report: dict[str, Any]) -> str:
         ms = value["median_ms"]
         tflops = flops / ms / 1e9
         lines.append(
-            f"UNet b2 {name:36} {torch_unet:10.2f} {ms:10.2f} {torch_unet / ms:7.2f} {tflops:8.1f} {tflops / PEAK_TFLOPS * 100:6.1f}"
+            f"UNet b2 {name:36} {torch_unet:10.2f} {ms:10.2f} {torch_unet / ms:7.2f} "
+            f"{tflops:8.1f} {tflops / PEAK_TFLOPS * 100:6.1f}"
         )
     image_torch, image_ours = pytorch["image"]["median_ms"], ours["image"]["median_ms"]
     lines.append(
-        f"{'image, text to PNG (ms)':44} {image_torch:10.1f} {image_ours:10.1f} {image_torch / image_ours:7.2f}"
+        f"{'image, text to PNG (ms)':44} {image_torch:10.1f} {image_ours:10.1f} "
+        f"{image_torch / image_ours:7.2f}"
     )
     for jobs in BATCH_JOBS:
         torch_rate = pytorch["batching"][str(jobs)]["images_per_s"]
         our_rate = ours["batching"][str(jobs)]["images_per_s"]
         lines.append(
-            f"{f'images/s, {jobs} jobs batched':44} {torch_rate:10.2f} {our_rate:10.2f} {our_rate / torch_rate:7.2f}"
+            f"{f'images/s, {jobs} jobs batched':44} {torch_rate:10.2f} {our_rate:10.2f} "
+            f"{our_rate / torch_rate:7.2f}"
         )
     one = ours["batching"]["1"]["images_per_s"]
     lines.append(f"batching gain at 4 jobs (ours): {ours['batching']['4']['images_per_s'] / one:.2f}x")
@@ -587,7 +590,9 @@ def bench_ours_sdxl(folder: Path, steps: int, side: int, timer: Timer, device: s
     return result
 
 
-def time_sdxl_images(model: Any, name: str, side: int, steps: int, timer: Timer, result: dict[str, Any]) -> Any:
+def time_sdxl_images(
+    model: Any, name: str, side: int, steps: int, timer: Timer, result: dict[str, Any]
+) -> Any:
     """Time our SDXL image, text to PNG bytes: the first (``first_image_s``) and three more (``image``).
 
     Returns the ``Generation`` it timed, for callers that measure more of it.
@@ -597,9 +602,18 @@ def time_sdxl_images(model: Any, name: str, side: int, steps: int, timer: Timer,
     from pipelines.imageops.metadata import encode_image
 
     generation = Generation(
-        model=name, scheduler="euler", prompt=PROMPT, negative_prompt=NEGATIVE, seed=0,
-        steps=steps, cfg=7.5, eta=0.0, batch=1, width=side, height=side,
-    )  # fmt: skip
+        model=name,
+        scheduler="euler",
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        seed=0,
+        steps=steps,
+        cfg=7.5,
+        eta=0.0,
+        batch=1,
+        width=side,
+        height=side,
+    )
 
     def work() -> bytes:
         picture = txt2img_sdxl(model, generation)[0]
@@ -680,7 +694,8 @@ def format_sdxl_table(report: dict[str, Any]) -> str:
         ms = report["unet"]["median_ms"]
         tflops = pytorch["flops_unet_batch2"] / ms / 1e9
         lines.append(
-            f"{'SDXL UNet b2, CUDA graph (ms)':44} {torch_unet:10.2f} {ms:10.2f} {torch_unet / ms:7.2f} {tflops:8.1f}"
+            f"{'SDXL UNet b2, CUDA graph (ms)':44} {torch_unet:10.2f} {ms:10.2f} "
+            f"{torch_unet / ms:7.2f} {tflops:8.1f}"
         )
     image_torch, image_ours = pytorch["image"]["median_ms"], ours["image"]["median_ms"]
     label = f"SDXL image, {report['steps']} steps, text to PNG (ms)"
@@ -690,8 +705,9 @@ def format_sdxl_table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.gpu``."""
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_options(parser)
     return run_bench(parser.parse_args(argv))
 

@@ -80,8 +80,12 @@ def strip(folder: Path, dest: Path) -> dict[str, int]:
         weights = target.parent / EXTERNAL_DATA_FILE
         sizes[component] = weights.stat().st_size if weights.exists() else 0
         weights.unlink(missing_ok=True)
-        logger.info("%s: graph %d bytes, weights %d bytes left out", component, target.stat().st_size,
-                    sizes[component])  # fmt: skip
+        logger.info(
+            "%s: graph %d bytes, weights %d bytes left out",
+            component,
+            target.stat().st_size,
+            sizes[component],
+        )
     (dest / MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
     return sizes
 
@@ -175,8 +179,13 @@ def fuse(src: Path, dest: Path, components: list[str] | None = None) -> dict[str
         if (src / component / ONNX_FILE).is_file() and (not components or component in components):
             started = time.monotonic()
             fused[component], sizes[component] = fuse_weightless(src, dest, component)
-            logger.info("%s: fused in %.0f s, %.2f GB of weights left out: %s", component,
-                        time.monotonic() - started, sizes[component] / 1e9, fused[component])  # fmt: skip
+            logger.info(
+                "%s: fused in %.0f s, %.2f GB of weights left out: %s",
+                component,
+                time.monotonic() - started,
+                sizes[component] / 1e9,
+                fused[component],
+            )
     marker = {"precision": "fp16", "fused": fused}
     (dest / GPU_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     (dest / MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
@@ -225,8 +234,13 @@ def restore(folder: Path, seed: int = 0) -> dict[str, float]:
                 handle.seek(int(info.offset or 0))
                 handle.write(data)
         seconds[model_path.parent.name] = time.monotonic() - started
-        logger.info("%s: %d tensors, %.1f GB in %.0f s", model_path.parent.name, len(tensors),
-                    weights.stat().st_size / 1e9, seconds[model_path.parent.name])  # fmt: skip
+        logger.info(
+            "%s: %d tensors, %.1f GB in %.0f s",
+            model_path.parent.name,
+            len(tensors),
+            weights.stat().st_size / 1e9,
+            seconds[model_path.parent.name],
+        )
     return seconds
 
 
@@ -261,9 +275,13 @@ def build_pytorch_sdxl(folder: Path, architecture: str, device: str, dtype: Any,
         modules = {name: module.to(dtype).eval() for name, module in modules.items()}
         scheduler = EulerDiscreteScheduler.from_pretrained(folder / "scheduler")
         pipe = StableDiffusionXLPipeline(
-            tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler, add_watermarker=False,
-            force_zeros_for_empty_prompt=True, **modules,
-        )  # fmt: skip
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            scheduler=scheduler,
+            add_watermarker=False,
+            force_zeros_for_empty_prompt=True,
+            **modules,
+        )
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -286,9 +304,12 @@ def bench_pytorch(pipe: Any, device: str, steps: int, side: int, timer: Timer) -
         with torch.no_grad():
             added = {"text_embeds": feeds["text_embeds"], "time_ids": feeds["time_ids"]}
             return unet(
-                feeds["sample"], feeds["timestep"], feeds["encoder_hidden_states"],
-                added_cond_kwargs=added, return_dict=False,
-            )[0]  # fmt: skip
+                feeds["sample"],
+                feeds["timestep"],
+                feeds["encoder_hidden_states"],
+                added_cond_kwargs=added,
+                return_dict=False,
+            )[0]
 
     counter = FlopCounterMode(display=False)
     with counter:
@@ -298,9 +319,14 @@ def bench_pytorch(pipe: Any, device: str, steps: int, side: int, timer: Timer) -
 
     def pixels() -> Any:
         return pipe(
-            PROMPT, negative_prompt=NEGATIVE, height=side, width=side, num_inference_steps=steps,
-            guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(0),
-        ).images[0]  # fmt: skip
+            PROMPT,
+            negative_prompt=NEGATIVE,
+            height=side,
+            width=side,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            generator=torch.Generator("cpu").manual_seed(0),
+        ).images[0]
 
     def image() -> bytes:
         return encode_image(pixels(), {"params": {}}, fmt="png", server_version="bench")
@@ -341,7 +367,9 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
         torch.cuda.synchronize()
         result["unet_output_finite"] = bool(torch.isfinite(output).all())
         try:
-            result["profile"] = profile_kernels(partial(unet, feeds, shapes), out / "sdxl-unet-kernels.txt", calls=3)
+            result["profile"] = profile_kernels(
+                partial(unet, feeds, shapes), out / "sdxl-unet-kernels.txt", calls=3
+            )
         except Exception as err:
             logger.exception("profiling failed")
             result["profile"] = {"error": f"{type(err).__name__}: {err}"[:500]}
@@ -373,7 +401,8 @@ def format_table(report: dict[str, Any]) -> str:
     label = f"SDXL image, {report['steps']} steps, text to PNG (ms)"
     lines.append(f"{label:44} {image_torch:10.1f} {image_ours:10.1f} {image_torch / image_ours:7.2f}")
     lines.append(
-        f"{'  PNG encode of one image (ms)':44} {pytorch['png_encode_ms']:10.1f} {ours['png_encode_ms']:10.1f}"
+        f"{'  PNG encode of one image (ms)':44} {pytorch['png_encode_ms']:10.1f} "
+        f"{ours['png_encode_ms']:10.1f}"
     )
     return "\n".join(lines)
 
@@ -385,9 +414,12 @@ def run(args: argparse.Namespace) -> int:
     side = args.side or (1024 if args.architecture == "sdxl" else 64)
     timer = Timer(args.device)
     report: dict[str, Any] = {
-        "architecture": args.architecture, "device": args.device, "steps": args.steps, "side": side,
+        "architecture": args.architecture,
+        "device": args.device,
+        "steps": args.steps,
+        "side": side,
         "weights": "ours regenerated at random on the GPU machine (speed only; outputs not compared)",
-    }  # fmt: skip
+    }
     if args.device == "cuda":
         report.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__)
     import onnxruntime
@@ -419,8 +451,11 @@ def save(report: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_prebuilt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu_prebuilt",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
     fusing = verbs.add_parser("fuse", help="fuse an exported folder into weightless fp16 graphs")
     fusing.add_argument("folder", type=Path)

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -90,12 +90,15 @@ def gradient(width: int, height: int) -> Image.Image:
 def centre_mask(width: int, height: int) -> Image.Image:
     """White (repaint) in the middle half of the image, black (keep) around it."""
     mask = Image.new("RGB", (width, height), "black")
-    ImageDraw.Draw(mask).rectangle((width // 4, height // 4, 3 * width // 4 - 1, 3 * height // 4 - 1), fill="white")
+    ImageDraw.Draw(mask).rectangle(
+        (width // 4, height // 4, 3 * width // 4 - 1, 3 * height // 4 - 1), fill="white"
+    )
     return mask
 
 
 def seeded_noise(shape: tuple[int, ...], **kwargs: Any) -> Any:
-    """diffusers' ``randn_tensor`` drawing onnx-web's noise instead (``pipelines.diffusion.model.initial_latents``)."""
+    """diffusers' ``randn_tensor`` drawing onnx-web's noise instead
+    (``pipelines.diffusion.model.initial_latents``)."""
     import torch
 
     return torch.from_numpy(np.random.default_rng(SEED).standard_normal(tuple(shape)).astype(np.float32))
@@ -147,19 +150,29 @@ class Ours:
     def chain(self, route: str, query: Mapping[str, Any], source_size: tuple[int, int] | None = None) -> Any:
         """The ``BuiltChain`` the api stores for ``route`` with this query (the seed is fixed)."""
         from service import chains
-        from service.params import parse_request
+        from service.params import Route, parse_request
 
-        request = parse_request(route, {key: str(value) for key, value in query.items()},  # type: ignore[arg-type]
-                                params_doc=self.params_doc, registry=self.registry, config=self.config,
-                                rng=random.Random(SEED))  # fmt: skip
+        request = parse_request(
+            cast(Route, route),
+            {key: str(value) for key, value in query.items()},
+            params_doc=self.params_doc,
+            registry=self.registry,
+            config=self.config,
+            rng=random.Random(SEED),
+        )
         output = {"image_format": self.config.image_format, "thumbnail_size": self.config.thumbnail_size}
         if source_size is None:
             return chains.build_txt2img(request, **output)
-        builder = {"img2img": chains.build_img2img, "inpaint": chains.build_inpaint,
-                   "upscale": chains.build_upscale}[route]  # fmt: skip
+        builder = {
+            "img2img": chains.build_img2img,
+            "inpaint": chains.build_inpaint,
+            "upscale": chains.build_upscale,
+        }[route]
         return builder(request, source_size, **output)
 
-    def runner(self, route: str, query: Mapping[str, Any], uploads: Mapping[str, Image.Image] | None = None) -> Images:
+    def runner(
+        self, route: str, query: Mapping[str, Any], uploads: Mapping[str, Image.Image] | None = None
+    ) -> Images:
         """A function that runs the route's chain once and returns its first output image."""
         from pipelines.chain import run_chain
 
@@ -221,8 +234,13 @@ class Reference:
             "inpaint": (StableDiffusionInpaintPipeline, torch_parts(self.models, INPAINT_MODEL)),
         }
         for mode, (pipeline_class, modules) in classes.items():
-            pipe = pipeline_class(**modules, scheduler=self.fresh_scheduler(), safety_checker=None,
-                                  feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+            pipe = pipeline_class(
+                **modules,
+                scheduler=self.fresh_scheduler(),
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
             pipe.set_progress_bar_config(disable=True)
             self.pipes[mode] = pipe
 
@@ -231,7 +249,9 @@ class Reference:
         from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
         from pipelines.models.demo import DEMO_MODELS
 
-        return make_scheduler(self.scheduler, load_scheduler_config(self.models / DEMO_MODELS[0].name), seed=SEED)
+        return make_scheduler(
+            self.scheduler, load_scheduler_config(self.models / DEMO_MODELS[0].name), seed=SEED
+        )
 
     def call(self, mode: str, **kwargs: Any) -> Image.Image:
         """Run pipeline ``mode`` once with the shared prompt, guidance and generator."""
@@ -240,8 +260,13 @@ class Reference:
         pipe = self.pipes[mode]
         pipe.scheduler = self.fresh_scheduler()
         with torch.inference_mode(), like_our_noise():
-            image: Image.Image = pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, guidance_scale=self.cfg,
-                                      generator=torch.Generator().manual_seed(SEED), **kwargs).images[0]  # fmt: skip
+            image: Image.Image = pipe(
+                PROMPT,
+                negative_prompt=NEGATIVE_PROMPT,
+                guidance_scale=self.cfg,
+                generator=torch.Generator().manual_seed(SEED),
+                **kwargs,
+            ).images[0]
         return image
 
     def txt2img(self, size: int, steps: int) -> Image.Image:
@@ -264,11 +289,19 @@ class Reference:
         from pipelines.diffusion.model import initial_latents
 
         latents = torch.from_numpy(initial_latents(SEED, 1, source.width, source.height))
-        return self.call("inpaint", image=source, mask_image=mask, width=source.width, height=source.height,
-                         num_inference_steps=steps, latents=latents)  # fmt: skip
+        return self.call(
+            "inpaint",
+            image=source,
+            mask_image=mask,
+            width=source.width,
+            height=source.height,
+            num_inference_steps=steps,
+            latents=latents,
+        )
 
     def highres(self, size: int, steps: int) -> Image.Image:
-        """txt2img, a Lanczos resize by ``HIGHRES_SCALE``, then img2img: highres as diffusers users write it."""
+        """txt2img, a Lanczos resize by ``HIGHRES_SCALE``, then img2img: highres as diffusers
+        users write it."""
         first = self.txt2img(size, steps)
         larger = first.resize((size * HIGHRES_SCALE, size * HIGHRES_SCALE), Image.Resampling.LANCZOS)
         return self.img2img(larger, steps, HIGHRES_STRENGTH)
@@ -310,38 +343,83 @@ class Mode:
 def build_modes(models: Path, size: int, steps: int) -> list[Mode]:
     """Every mode with a diffusers (or spandrel) counterpart, on one warm session cache."""
     ours = Ours(models)
-    base = {"prompt": PROMPT, "negativePrompt": NEGATIVE_PROMPT, "seed": SEED, "steps": steps,
-            "width": size, "height": size}  # fmt: skip
+    base = {
+        "prompt": PROMPT,
+        "negativePrompt": NEGATIVE_PROMPT,
+        "seed": SEED,
+        "steps": steps,
+        "width": size,
+        "height": size,
+    }
     txt2img_chain = ours.chain("txt2img", base).chain["stages"][0]["params"]
     reference = Reference(models, str(txt2img_chain["scheduler"]), float(txt2img_chain["cfg"]))
     source, mask = gradient(size, size), centre_mask(size, size)
     small = gradient(size // 2, size // 2)
     upscale = spandrel_upscaler()
-    highres = {"highres": True, "highresScale": HIGHRES_SCALE, "highresStrength": HIGHRES_STRENGTH,
-               "highresSteps": steps, "highresMethod": "lanczos", "highresIterations": 1}  # fmt: skip
+    highres = {
+        "highres": True,
+        "highresScale": HIGHRES_SCALE,
+        "highresStrength": HIGHRES_STRENGTH,
+        "highresSteps": steps,
+        "highresMethod": "lanczos",
+        "highresIterations": 1,
+    }
     keep = mask.convert("L")
     steps_text = f"{size}², {steps} steps"
     modes = [
-        Mode("txt2img", steps_text, ours.runner("txt2img", base),
-             lambda: reference.txt2img(size, steps), "StableDiffusionPipeline"),
-        Mode("img2img", f"{steps_text}, strength {STRENGTH}",
-             ours.runner("img2img", {**base, "strength": STRENGTH}, {"source": source}),
-             lambda: reference.img2img(source, steps, STRENGTH), "StableDiffusionImg2ImgPipeline"),
-        Mode("inpaint", steps_text,
-             # Full-res inpaint (the api's default) repaints the masked box alone, enlarged to a
-             # 512 px tile; the whole image at its own size is the work diffusers' pipeline does.
-             ours.runner("inpaint", {**base, "model": INPAINT_MODEL, "fullresInpaint": False},
-                         {"source": source, "mask": mask}),
-             lambda: reference.inpaint(source, mask, steps), "StableDiffusionInpaintPipeline",
-             finish=lambda image: Image.composite(image.convert("RGB"), source, keep)),
-        Mode("upscale", f"{size // 2}² → {size * 2}², Real-ESRGAN x4",
-             ours.runner("upscale", {**base, "upscale": True, "upscaling": UPSCALER, "scale": UPSCALE_FACTOR,
-                                     "outscale": UPSCALE_FACTOR}, {"source": small}),
-             lambda: upscale(small), "spandrel RRDBNet (PyTorch)"),
-        Mode("highres", f"{steps_text} → {size * HIGHRES_SCALE}², strength {HIGHRES_STRENGTH}",
-             ours.runner("txt2img", {**base, **highres}),
-             lambda: reference.highres(size, steps), "StableDiffusionPipeline + Img2ImgPipeline"),
-    ]  # fmt: skip
+        Mode(
+            "txt2img",
+            steps_text,
+            ours.runner("txt2img", base),
+            lambda: reference.txt2img(size, steps),
+            "StableDiffusionPipeline",
+        ),
+        Mode(
+            "img2img",
+            f"{steps_text}, strength {STRENGTH}",
+            ours.runner("img2img", {**base, "strength": STRENGTH}, {"source": source}),
+            lambda: reference.img2img(source, steps, STRENGTH),
+            "StableDiffusionImg2ImgPipeline",
+        ),
+        Mode(
+            "inpaint",
+            steps_text,
+            # Full-res inpaint (the api's default) repaints the masked box alone, enlarged to a
+            # 512 px tile; the whole image at its own size is the work diffusers' pipeline does.
+            ours.runner(
+                "inpaint",
+                {**base, "model": INPAINT_MODEL, "fullresInpaint": False},
+                {"source": source, "mask": mask},
+            ),
+            lambda: reference.inpaint(source, mask, steps),
+            "StableDiffusionInpaintPipeline",
+            finish=lambda image: Image.composite(image.convert("RGB"), source, keep),
+        ),
+        Mode(
+            "upscale",
+            f"{size // 2}² → {size * 2}², Real-ESRGAN x4",
+            ours.runner(
+                "upscale",
+                {
+                    **base,
+                    "upscale": True,
+                    "upscaling": UPSCALER,
+                    "scale": UPSCALE_FACTOR,
+                    "outscale": UPSCALE_FACTOR,
+                },
+                {"source": small},
+            ),
+            lambda: upscale(small),
+            "spandrel RRDBNet (PyTorch)",
+        ),
+        Mode(
+            "highres",
+            f"{steps_text} → {size * HIGHRES_SCALE}², strength {HIGHRES_STRENGTH}",
+            ours.runner("txt2img", {**base, **highres}),
+            lambda: reference.highres(size, steps),
+            "StableDiffusionPipeline + Img2ImgPipeline",
+        ),
+    ]
     return modes
 
 
@@ -373,8 +451,14 @@ def profile(run: Images, top: int = 12) -> list[dict[str, Any]]:
     stats = pstats.Stats(profiler, stream=io.StringIO())
     rows = []
     for (filename, line, name), (_, calls, own, total, _) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append({"function": f"{Path(filename).name}:{line}({name})", "calls": calls,
-                     "own_ms": own * 1000, "cumulative_ms": total * 1000})  # fmt: skip
+        rows.append(
+            {
+                "function": f"{Path(filename).name}:{line}({name})",
+                "calls": calls,
+                "own_ms": own * 1000,
+                "cumulative_ms": total * 1000,
+            }
+        )
     return sorted(rows, key=lambda row: -row["own_ms"])[:top]
 
 
@@ -442,24 +526,49 @@ def memory_child(models: Path, case: str, size: int) -> dict[str, Any]:
     started = time.perf_counter()
     output_size = None
     if case == "tiled":
-        query = {"upscale": True, "upscaling": MEMORY_UPSCALER, "denoise": 1, "scale": UPSCALE_FACTOR,
-                 "outscale": UPSCALE_FACTOR}  # fmt: skip
+        query = {
+            "upscale": True,
+            "upscaling": MEMORY_UPSCALER,
+            "denoise": 1,
+            "scale": UPSCALE_FACTOR,
+            "outscale": UPSCALE_FACTOR,
+        }
         output_size = ours.runner("upscale", query, {"source": source})().size
     elif case == "untiled":
         output_size = run_model_tile(session, source, UPSCALE_FACTOR).size
     peak_mib = peak_rss_mib()
-    return {"case": case, "input": [size, size], "output": list(output_size) if output_size else None,
-            "peak_rss_mib": peak_mib, "seconds": time.perf_counter() - started}  # fmt: skip
+    return {
+        "case": case,
+        "input": [size, size],
+        "output": list(output_size) if output_size else None,
+        "peak_rss_mib": peak_mib,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def bench_memory(models: Path, size: int, cases: tuple[str, ...] = MEMORY_CASES) -> dict[str, Any]:
     """Each memory case in its own process, so that one case's peak cannot hide another's."""
     results: dict[str, Any] = {}
     for case in tqdm(cases, desc=f"{size}² upscale memory", unit="process"):
-        done = subprocess.run([sys.executable, __file__, "--memory-case", case, "--models", str(models),
-                               "--memory-size", str(size)], capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-case",
+                case,
+                "--models",
+                str(models),
+                "--memory-size",
+                str(size),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
-            results[case] = {"case": case, "error": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]}
+            results[case] = {
+                "case": case,
+                "error": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"],
+            }
             continue
         results[case] = json.loads(done.stdout.strip().splitlines()[-1])
     base = results.get("baseline", {}).get("peak_rss_mib")
@@ -489,8 +598,14 @@ def build_models(models: Path) -> None:
     build_demo_upscalers(models)
 
 
-def run(*, size: int = 128, steps: int = 10, rounds: int = 3, memory_size: int = MEMORY_SIZE,
-        models: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def run(
+    *,
+    size: int = 128,
+    steps: int = 10,
+    rounds: int = 3,
+    memory_size: int = MEMORY_SIZE,
+    models: Path | None = None,
+) -> dict[str, Any]:
     """Build the models (unless ``models`` holds them), time every mode and measure the memory."""
     import torch
 
@@ -518,52 +633,88 @@ def run(*, size: int = 128, steps: int = 10, rounds: int = 3, memory_size: int =
 
 def table(results: Mapping[str, Any]) -> str:
     """The results as Markdown: one row per mode, then the memory figures."""
-    lines = ["| mode | setting | ours median / p90 ms | diffusers median / p90 ms | ours ÷ diffusers | max Δ px | reference |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        (
+            "| mode | setting | ours median / p90 ms | diffusers median / p90 ms | "
+            "ours ÷ diffusers | max Δ px | reference |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, row in results["modes"].items():
         ours, reference = row["ours_ms"], row["reference_ms"]
-        lines.append(f"| {name} | {row['setting']} | {ours['median']:.0f} / {ours['p90']:.0f} | "
-                     f"{reference['median']:.0f} / {reference['p90']:.0f} | **{row['ratio']:.2f}** | "
-                     f"{row['max_pixel_difference']} | {row['reference']} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {row['setting']} | {ours['median']:.0f} / {ours['p90']:.0f} | "
+            f"{reference['median']:.0f} / {reference['p90']:.0f} | **{row['ratio']:.2f}** | "
+            f"{row['max_pixel_difference']} | {row['reference']} |"
+        )
     memory = results.get("memory") or {}
     if memory:
-        lines += ["", "| upscale memory (peak RSS of its own process) | MiB | above baseline | seconds |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| upscale memory (peak RSS of its own process) | MiB | above baseline | seconds |",
+            "|---|---|---|---|",
+        ]
         for case in MEMORY_CASES:
             entry = memory.get(case, {})
             if "peak_rss_mib" not in entry:
                 lines.append(f"| {case} | failed: {entry.get('error')} | | |")
                 continue
-            shape = f"{entry['input'][0]}² → {entry['output'][0]}²" if entry["output"] else f"{entry['input'][0]}² input"
-            lines.append(f"| {case} ({shape}) | {entry['peak_rss_mib']:.0f} | "
-                         f"{entry.get('above_baseline_mib', 0):.0f} | {entry['seconds']:.1f} |")  # fmt: skip
+            shape = (
+                f"{entry['input'][0]}² → {entry['output'][0]}²"
+                if entry["output"]
+                else f"{entry['input'][0]}² input"
+            )
+            lines.append(
+                f"| {case} ({shape}) | {entry['peak_rss_mib']:.0f} | "
+                f"{entry.get('above_baseline_mib', 0):.0f} | {entry['seconds']:.1f} |"
+            )
         if "tiled_over_untiled" in memory:
-            lines.append(f"\ntiled ÷ untiled (above baseline): **{memory['tiled_over_untiled']:.2f}**; "
-                         f"tiled ÷ 8-bit output size: {memory['tiled_over_output_bytes']:.1f}")  # fmt: skip
+            lines.append(
+                f"\ntiled ÷ untiled (above baseline): **{memory['tiled_over_untiled']:.2f}**; "
+                f"tiled ÷ 8-bit output size: {memory['tiled_over_output_bytes']:.1f}"
+            )
     for name, row in results["modes"].items():
         if "profile" in row:
-            lines += ["", f"ours is slower in {name}; cProfile of one run (own time):", "",
-                      "| function | calls | own ms | cumulative ms |", "|---|---|---|---|"]  # fmt: skip
-            lines += [f"| `{entry['function']}` | {entry['calls']} | {entry['own_ms']:.0f} | {entry['cumulative_ms']:.0f} |"
-                      for entry in row["profile"]]  # fmt: skip
+            lines += [
+                "",
+                f"ours is slower in {name}; cProfile of one run (own time):",
+                "",
+                "| function | calls | own ms | cumulative ms |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                (
+                    f"| `{entry['function']}` | {entry['calls']} | {entry['own_ms']:.0f} | "
+                    f"{entry['cumulative_ms']:.0f} |"
+                )
+                for entry in row["profile"]
+            ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the benchmark (or one memory case) and report."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results/modes.json"))
-    parser.add_argument("--size", type=int, default=128, help="image side of the diffusion modes (multiple of 64)")
+    parser.add_argument(
+        "--size", type=int, default=128, help="image side of the diffusion modes (multiple of 64)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="scheduler steps of the diffusion modes")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each side after the warm-up")
     parser.add_argument("--memory-size", type=int, default=MEMORY_SIZE, help="upscale input side; 0 skips")
-    parser.add_argument("--models", type=Path, help="a models folder to build into and reuse (default: a temp dir)")
+    parser.add_argument(
+        "--models", type=Path, help="a models folder to build into and reuse (default: a temp dir)"
+    )
     parser.add_argument("--memory-case", choices=MEMORY_CASES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_case:
         print(json.dumps(memory_child(args.models, args.memory_case, args.memory_size)))
         return 0
-    results = run(size=args.size, steps=args.steps, rounds=args.rounds, memory_size=args.memory_size,
-                  models=args.models)  # fmt: skip
+    results = run(
+        size=args.size, steps=args.steps, rounds=args.rounds, memory_size=args.memory_size, models=args.models
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print("\n" + table(results))

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
 
     print(
-        f"queue: {result['jobs_per_s']:.0f} jobs/s (claim + complete, {args.workers} workers, {args.jobs} jobs); "
+        f"queue: {result['jobs_per_s']:.0f} jobs/s "
+        f"(claim + complete, {args.workers} workers, {args.jobs} jobs); "
         f"claim p50 {result['claim_p50_ms']:.2f} ms, p99 {result['claim_p99_ms']:.2f} ms"
     )
     if args.out is not None:
@@ -72,9 +73,16 @@ def run(admin_url: str, *, jobs: int, workers: int) -> dict[str, Any]:
     for index in range(jobs):
         job_id = uuid.uuid4()
         store.enqueue(
-            NewJob(id=job_id, name=f"bench_{index}_{job_id.hex}", kind="txt2img", chain={"stages": []},
-                   model=f"model-{index % 4}", platform=None, max_attempts=3)
-        )  # fmt: skip
+            NewJob(
+                id=job_id,
+                name=f"bench_{index}_{job_id.hex}",
+                kind="txt2img",
+                chain={"stages": []},
+                model=f"model-{index % 4}",
+                platform=None,
+                max_attempts=3,
+            )
+        )
 
     latencies: list[list[float]] = [[] for _ in range(workers)]
     completed = [0] * workers
@@ -91,10 +99,17 @@ def run(admin_url: str, *, jobs: int, workers: int) -> dict[str, Any]:
                 return
             name = f"{job.name}_0.png"
             store.finish_success(
-                job.id, worker_id, job.attempt,
-                outputs=[name], thumbnails=None, metadata=[{}], output_keys={name: f"outputs/{name}"},
-                steps=(0, 0), stages=(0, 0), tiles=(0, 0),
-            )  # fmt: skip
+                job.id,
+                worker_id,
+                job.attempt,
+                outputs=[name],
+                thumbnails=None,
+                metadata=[{}],
+                output_keys={name: f"outputs/{name}"},
+                steps=(0, 0),
+                stages=(0, 0),
+                tiles=(0, 0),
+            )
             completed[slot] += 1
 
     threads = [threading.Thread(target=work, args=(slot,)) for slot in range(workers)]

@@ -40,8 +40,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def bench_queue(out_dir: Path) -> dict[str, Any]:
     target = out_dir / "queue.json"
-    subprocess.run([sys.executable, "-m", "bench.queue", "--workers", "8", "--out", str(target)],
-                   check=True)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "bench.queue", "--workers", "8", "--out", str(target)], check=True)
     return dict(json.loads(target.read_text()))
 
 
@@ -61,9 +60,17 @@ def resolved_chain(query: dict[str, Any], models: Path) -> dict[str, Any]:
     from service.params import load_params_doc, parse_request
 
     config = Config(models_path=models)
-    request = parse_request("txt2img", {k: str(v) for k, v in query.items()}, params_doc=load_params_doc(config),
-                            registry=ModelRegistry(models), config=config, rng=random.Random())  # fmt: skip
-    return build_txt2img(request, image_format=config.image_format, thumbnail_size=config.thumbnail_size).chain
+    request = parse_request(
+        "txt2img",
+        {k: str(v) for k, v in query.items()},
+        params_doc=load_params_doc(config),
+        registry=ModelRegistry(models),
+        config=config,
+        rng=random.Random(),
+    )
+    return build_txt2img(
+        request, image_format=config.image_format, thumbnail_size=config.thumbnail_size
+    ).chain
 
 
 def bench_latency(runs: int) -> dict[str, Any]:
@@ -71,9 +78,17 @@ def bench_latency(runs: int) -> dict[str, Any]:
     from pipelines.models.sessions import SessionCache
     from service.stack import LocalStack, StackOptions, free_port
 
-    query: dict[str, str | int] = {"prompt": "a benchmark", "steps": 1, "seed": 7, "width": 256, "height": 256}
+    query: dict[str, str | int] = {
+        "prompt": "a benchmark",
+        "steps": 1,
+        "seed": 7,
+        "width": 256,
+        "height": 256,
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        stack = LocalStack(StackOptions(data_dir=Path(tmp), port=free_port(), models_path=Path(tmp) / "models"))
+        stack = LocalStack(
+            StackOptions(data_dir=Path(tmp), port=free_port(), models_path=Path(tmp) / "models")
+        )
         stack.start()
         try:
             with httpx.Client(base_url=stack.url, timeout=60) as client:
@@ -114,7 +129,9 @@ def bench_latency(runs: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
     parser.add_argument("--runs", type=int, default=30, help="jobs timed for the latency figures")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to run")
@@ -133,9 +150,18 @@ def main() -> int:
         print(f"| queue claim+complete, 8 workers | {results['queue'].get('jobs_per_s', 0):.0f} jobs/s |")
     if "latency" in results:
         lat = results["latency"]
-        print(f"| submit → success p50 / p99 | {lat['service_ms']['p50']:.1f} / {lat['service_ms']['p99']:.1f} ms |")
-        print(f"| same chain in-process p50 / p99 | {lat['in_process_ms']['p50']:.1f} / {lat['in_process_ms']['p99']:.1f} ms |")
-        print(f"| service overhead p50 / p99 | {lat['overhead_ms']['p50']:.1f} / {lat['overhead_ms']['p99']:.1f} ms |")
+        print(
+            f"| submit → success p50 / p99 | {lat['service_ms']['p50']:.1f} / "
+            f"{lat['service_ms']['p99']:.1f} ms |"
+        )
+        print(
+            f"| same chain in-process p50 / p99 | {lat['in_process_ms']['p50']:.1f} / "
+            f"{lat['in_process_ms']['p99']:.1f} ms |"
+        )
+        print(
+            f"| service overhead p50 / p99 | {lat['overhead_ms']['p50']:.1f} / "
+            f"{lat['overhead_ms']['p99']:.1f} ms |"
+        )
     for name, row in results.get("modes", {}).get("modes", {}).items():
         print(f"| {name}: ours ÷ diffusers (median) | {row['ratio']:.2f} |")
     memory = results.get("modes", {}).get("memory", {})

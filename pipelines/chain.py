@@ -121,7 +121,9 @@ def run_chain(
         timings[stage["name"]] = int((time.monotonic() - started) * 1000)
         log.debug("stage done", extra={"stage": stage["name"], "type": stage["type"], "images": len(images)})
     tracker.finish()
-    return ChainResult(outputs=(persisted or images) + extras, timings_ms=timings, progress=tracker.snapshot())
+    return ChainResult(
+        outputs=(persisted or images) + extras, timings_ms=timings, progress=tracker.snapshot()
+    )
 
 
 def _upload(image: Image.Image) -> StageImage:
@@ -142,24 +144,36 @@ def _needs_tiles(stage: Mapping[str, Any], images: list[StageImage]) -> bool:
     return any(max(item.image.size) > tile for item in images)
 
 
-def _tile_runner(runner: StageRunner, ctx: StageContext, params: dict[str, Any], mask_key: str,
-                 metadata: dict[str, Any]) -> Callable[[Image.Image, Image.Image | None], Image.Image]:  # fmt: skip
+def _tile_runner(
+    runner: StageRunner, ctx: StageContext, params: dict[str, Any], mask_key: str, metadata: dict[str, Any]
+) -> Callable[[Image.Image, Image.Image | None], Image.Image]:
     """The function the tiler calls per tile: the stage on that tile alone, with the tile's mask."""
 
     def one_tile(tile_image: Image.Image, tile_mask: Image.Image | None) -> Image.Image:
         tile_inputs = {**ctx.inputs, mask_key: tile_mask} if tile_mask is not None else dict(ctx.inputs)
         tile_ctx = StageContext(
-            models_path=ctx.models_path, sessions=ctx.sessions, inputs=tile_inputs, on_step=ctx.on_step,
-            on_tile=lambda done, total: None, check_cancelled=ctx.check_cancelled, persist=ctx.persist,
+            models_path=ctx.models_path,
+            sessions=ctx.sessions,
+            inputs=tile_inputs,
+            on_step=ctx.on_step,
+            on_tile=lambda done, total: None,
+            check_cancelled=ctx.check_cancelled,
+            persist=ctx.persist,
             persist_extra=ctx.persist_extra,
-        )  # fmt: skip
+        )
         return runner(tile_ctx, params, [StageImage(tile_image, metadata)])[0].image
 
     return one_tile
 
 
-def _run_tiled(runner: StageRunner, ctx: StageContext, stage: Mapping[str, Any], params: dict[str, Any],
-               images: list[StageImage], tracker: _Tracker) -> list[StageImage]:  # fmt: skip
+def _run_tiled(
+    runner: StageRunner,
+    ctx: StageContext,
+    stage: Mapping[str, Any],
+    params: dict[str, Any],
+    images: list[StageImage],
+    tracker: _Tracker,
+) -> list[StageImage]:
     """Run a stage tile by tile over each input image, one result per image (batch is 1 here)."""
     from pipelines.imageops.tiling import process_tiled, tile_positions
 
@@ -178,10 +192,17 @@ def _run_tiled(runner: StageRunner, ctx: StageContext, stage: Mapping[str, Any],
 
         one_tile = _tile_runner(runner, ctx, tile_params, mask_key, dict(item.metadata))
         image = process_tiled(
-            item.image, tile, overlap, int(stage.get("outscale", 1)), order, one_tile,
-            on_tile=ctx.on_tile, check_cancelled=ctx.check_cancelled, mask=mask,
+            item.image,
+            tile,
+            overlap,
+            int(stage.get("outscale", 1)),
+            order,
+            one_tile,
+            on_tile=ctx.on_tile,
+            check_cancelled=ctx.check_cancelled,
+            mask=mask,
             fill=str(params.get("fill_color", "white")),
-        )  # fmt: skip
+        )
         width, height = image.size
         results.append(StageImage(image, {**item.metadata, "size": {"width": width, "height": height}}))
     return results

@@ -111,8 +111,12 @@ def run(
     for worker in baseline_workers:
         worker.wait_started()
     baseline = submit(jobs, workers.models, args.jobs, rng, tag=0)
-    wait_until(lambda: terminal_count(engine, baseline) == len(baseline), timeout_s=args.deadline,
-               what="the baseline jobs", interval_s=0.2)  # fmt: skip
+    wait_until(
+        lambda: terminal_count(engine, baseline) == len(baseline),
+        timeout_s=args.deadline,
+        what="the baseline jobs",
+        interval_s=0.2,
+    )
     stop_all(baseline_workers)
 
     live = [workers.start(f"chaos-{i}") for i in range(args.workers)]
@@ -185,16 +189,23 @@ def rows(engine: sqlalchemy.Engine, names: list[str]) -> list[dict[str, Any]]:
 
 def terminal_count(engine: sqlalchemy.Engine, names: list[str]) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(sqlalchemy.text(
-            "SELECT count(*) FROM jobs WHERE name = ANY(:names) AND state IN ('success', 'failed', 'cancelled')"
-        ), {"names": names}).scalar_one())  # fmt: skip
+        return int(
+            conn.execute(
+                sqlalchemy.text(
+                    "SELECT count(*) FROM jobs WHERE name = ANY(:names) "
+                    "AND state IN ('success', 'failed', 'cancelled')"
+                ),
+                {"names": names},
+            ).scalar_one()
+        )
 
 
 def running_job(engine: sqlalchemy.Engine, worker_id: str) -> str | None:
     with engine.connect() as conn:
-        return conn.execute(sqlalchemy.text(
-            "SELECT name FROM jobs WHERE state = 'running' AND worker_id = :w"), {"w": worker_id}
-        ).scalar_one_or_none()  # fmt: skip
+        return conn.execute(
+            sqlalchemy.text("SELECT name FROM jobs WHERE state = 'running' AND worker_id = :w"),
+            {"w": worker_id},
+        ).scalar_one_or_none()
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -205,8 +216,16 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))], 2)
 
 
-def figures(args: argparse.Namespace, engine: sqlalchemy.Engine, workers: Workers, bucket: Bucket,
-            baseline: list[str], names: list[str], chaos: Chaos, elapsed: float) -> dict[str, Any]:  # fmt: skip
+def figures(
+    args: argparse.Namespace,
+    engine: sqlalchemy.Engine,
+    workers: Workers,
+    bucket: Bucket,
+    baseline: list[str],
+    names: list[str],
+    chaos: Chaos,
+    elapsed: float,
+) -> dict[str, Any]:
     """The chaos row of spec/reliability.md §6, from the rows, the bucket and the worker logs."""
     chaos_rows = rows(engine, names)
     by_state = {state: sum(row["state"] == state for row in chaos_rows) for state in TERMINAL}
@@ -235,10 +254,13 @@ def figures(args: argparse.Namespace, engine: sqlalchemy.Engine, workers: Worker
         entry.get("action") == "job_summary" and entry.get("outcome") == "fenced" for entry in logs
     )
     e2e = {
-        phase: [(row["finished_at"] - row["created_at"]).total_seconds() for row in rows(engine, phase_names)
-                if row["finished_at"] is not None]
+        phase: [
+            (row["finished_at"] - row["created_at"]).total_seconds()
+            for row in rows(engine, phase_names)
+            if row["finished_at"] is not None
+        ]
         for phase, phase_names in (("baseline", baseline), ("chaos", names))
-    }  # fmt: skip
+    }
     duplicate_executions = sum(max(row["attempt"] - 1, 0) for row in chaos_rows)
     rescue_p99 = percentile(rescue_times, 0.99)
     report: dict[str, Any] = {
@@ -272,18 +294,27 @@ def figures(args: argparse.Namespace, engine: sqlalchemy.Engine, workers: Worker
         {"rule": "lost = 0", "pass": lost == 0},
         {"rule": "duplicate visible outputs = 0", "pass": duplicate_visible == 0},
         {"rule": "recorded outputs missing = 0", "pass": missing == 0},
-        {"rule": "duplicate executions <= kills x 1 + zombies",
-         "pass": duplicate_executions <= chaos.kills + chaos.zombies},
-        {"rule": f"time-to-rescue p99 <= {RESCUE_BUDGET_S:.1f} s",
-         "pass": rescue_p99 is None or rescue_p99 <= RESCUE_BUDGET_S},
-    ]  # fmt: skip
+        {
+            "rule": "duplicate executions <= kills x 1 + zombies",
+            "pass": duplicate_executions <= chaos.kills + chaos.zombies,
+        },
+        {
+            "rule": f"time-to-rescue p99 <= {RESCUE_BUDGET_S:.1f} s",
+            "pass": rescue_p99 is None or rescue_p99 <= RESCUE_BUDGET_S,
+        },
+    ]
     return report
 
 
 def git_sha() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -45,25 +45,38 @@ class RequestContext:
         resp.set_header("X-Request-ID", req.context.request_id)
         # Refuse before reading: a declared length over the cap never reaches a parser.
         if req.content_length is not None and req.content_length > self.max_body_bytes:
-            raise PayloadTooLarge(f"request body is {req.content_length} bytes, more than {self.max_body_bytes}")
+            raise PayloadTooLarge(
+                f"request body is {req.content_length} bytes, more than {self.max_body_bytes}"
+            )
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool
+    ) -> None:
         # The path only: query strings can carry prompts, which never go to INFO logs.
         started: float = req.context.get("started") or time.monotonic()
         log.info(
             "request",
-            extra={"method": req.method, "path": req.path, "status": resp.status_code,
-                   "ms": int((time.monotonic() - started) * 1000), "request_id": req.context.get("request_id")},
-        )  # fmt: skip
+            extra={
+                "method": req.method,
+                "path": req.path,
+                "status": resp.status_code,
+                "ms": int((time.monotonic() - started) * 1000),
+                "request_id": req.context.get("request_id"),
+            },
+        )
 
 
-def _service_error(req: falcon.Request, resp: falcon.Response, ex: ServiceError, params: dict[str, Any]) -> None:
+def _service_error(
+    req: falcon.Request, resp: falcon.Response, ex: ServiceError, params: dict[str, Any]
+) -> None:
     status = next((code for kind, code in HTTP_STATUS.items() if isinstance(ex, kind)), 500)
     resp.status = falcon.code_to_http_status(status)
     resp.media = {"error": ex.message}
 
 
-def _unexpected_error(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:
+def _unexpected_error(
+    req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]
+) -> None:
     if isinstance(ex, falcon.HTTPError | falcon.HTTPStatus):
         raise ex
     logging.getLogger("service.app").error(
@@ -92,7 +105,10 @@ def create_app(
 ) -> falcon.App:
     """Build the api from its parts."""
     origins: str | Sequence[str] = "*" if "*" in config.cors_origins else list(config.cors_origins)
-    middleware: list[Any] = [RequestContext(config.max_body_bytes), falcon.CORSMiddleware(allow_origins=origins)]
+    middleware: list[Any] = [
+        RequestContext(config.max_body_bytes),
+        falcon.CORSMiddleware(allow_origins=origins),
+    ]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     multipart_handler: Any = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
@@ -111,8 +127,11 @@ def create_app(
     routes: list[tuple[str, Sequence[str], Any]] = [
         ("/", ["GET", "HEAD"], BundleResource(config.bundle_path)),
         ("/{filename:path}", ["GET", "HEAD"], BundleResource(config.bundle_path)),
-        ("/output/{filename}", ["GET", "HEAD"], OutputResource(
-            jobs, store, presign=config.s3_presign, presign_expiry_s=PRESIGN_EXPIRY_S)),
+        (
+            "/output/{filename}",
+            ["GET", "HEAD"],
+            OutputResource(jobs, store, presign=config.s3_presign, presign_expiry_s=PRESIGN_EXPIRY_S),
+        ),
         ("/api/job", ["POST"], SubmitResource(submitter, "chain")),
         ("/api/job/cancel", ["PUT"], JobCancelResource(jobs)),
         ("/api/job/status", ["GET", "HEAD"], JobStatusResource(jobs)),
@@ -125,12 +144,16 @@ def create_app(
         ("/healthz", ["GET"], HealthResource()),
         ("/readyz", ["GET"], ReadyzResource(jobs)),
         ("/metrics", ["GET"], MetricsResource(jobs)),
-    ]  # fmt: skip
+    ]
     for path, _methods, resource in routes:
         app.add_route(path, resource)
     settings = SettingsResources(config, registry, params_doc, list_platforms)
     settings.register(app)
-    listed = [("/api", ["GET", "HEAD"]), *[(path, methods) for path, methods, _ in routes], *settings.routes()]
+    listed = [
+        ("/api", ["GET", "HEAD"]),
+        *[(path, methods) for path, methods, _ in routes],
+        *settings.routes(),
+    ]
     app.add_route("/api", IntrospectResource(sorted(listed, key=lambda route: _route_order(route[0]))))
     return app
 

@@ -11,7 +11,8 @@ folder turns out to be SDXL runs its first job alone and hands the others back t
 ``Worker.run_job`` does it for a lone job: its own lease thread (a lost lease stops that job
 alone), throttled progress writes, cancellation (a cancelled job leaves the batch and ends
 ``cancelled`` while the others run on), outputs under its own attempt's prefix, and a commit
-fenced by its own attempt, all through ``Worker.conclude``. An error that stops the whole batch
+fenced by its own attempt, all through ``JobRunner.hold`` and ``JobRun.conclude``
+(``service.jobrun``). An error that stops the whole batch
 (the model does not load, the device runs out of memory) ends each job's attempt as the same
 error would end it alone: retried or failed by the same rules.
 
@@ -22,11 +23,12 @@ progress counts as ``run_chain`` counts this chain, so neither depends on its ba
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -34,13 +36,12 @@ from pipelines.context import Counter, Progress, StageImage
 from pipelines.diffusion.model import DiffusionModel, Generation, load_model, model_folder
 from pipelines.diffusion.sdxl import wants_sdxl
 from pipelines.gpu.batch import Txt2ImgJob, txt2img_batch
+from pipelines.models.sessions import SessionCache
 from pipelines.stages import estimate_steps
 from pipelines.stages.source_txt2img import generations, stage_images
 from service.faults import fault_point
-
-if TYPE_CHECKING:
-    from service.jobs.store import ClaimedJob
-    from service.worker import JobRun, Worker
+from service.jobrun import JobRun, JobRunner, elapsed_ms
+from service.jobs.store import ClaimedJob
 
 #: The plain txt2img chain's stages: ``source-txt2img``, then ``persist-disk``.
 PLAIN_STAGES = 2
@@ -70,35 +71,42 @@ class Member:
         self.run.report(Progress(steps, Counter(0, PLAIN_STAGES), Counter(0, 0)))
 
 
-def run_batch(worker: Worker, jobs: Sequence[ClaimedJob]) -> None:
-    """Run compatible claimed jobs as one batch; each ends as ``Worker.run_job`` would end it alone."""
-    if not _runs_batched(worker, jobs[0]):
+def run_batch(
+    runner: JobRunner,
+    sessions: SessionCache,
+    jobs: Sequence[ClaimedJob],
+    *,
+    run_alone: Callable[[ClaimedJob], None],
+) -> None:
+    """Run compatible claimed jobs as one batch; each ends as ``run_alone`` would end it alone."""
+    models_path = runner.config.models_path
+    if not _runs_batched(models_path, jobs[0]):
         # Hand the mates back unspent (they are claimed again, each in its turn) and run the
         # first job alone: the lone path is the only one that runs its model.
         for job in jobs[1:]:
-            worker.jobs.release(job.id, worker.config.worker_id, job.attempt)
-        worker.run_job(jobs[0])
+            runner.release(job)
+        run_alone(jobs[0])
         return
     fault_point("after_claim")
     started = time.monotonic()
     with ExitStack() as leases:
-        members = [_plan(leases.enter_context(worker.holding(job))) for job in jobs]
-        model = _generate(worker, members)
-        shared = {"txt2img_batch": _ms(started)}
+        members = [_plan(leases.enter_context(runner.hold(job))) for job in jobs]
+        model = _generate(models_path, sessions, members)
+        shared = {"txt2img_batch": elapsed_ms(started)}
         outcomes = []
         for member in members:
             timings = dict(shared)
-            outcome = worker.conclude(member.run, partial(_outputs, worker, member, model), timings)
+            outcome = member.run.conclude(partial(_outputs, models_path, member, model), timings)
             outcomes.append((member.run, outcome, timings))
     for run, outcome, timings in outcomes:
-        worker.log_summary(run, outcome, started, timings, batch=len(jobs))
+        run.log_summary(outcome, started, timings, batch=len(jobs))
 
 
-def _runs_batched(worker: Worker, job: ClaimedJob) -> bool:
+def _runs_batched(models_path: Path, job: ClaimedJob) -> bool:
     """Whether the batched SD loop can run the job's model: not SDXL, which the folder may imply."""
     params = job.chain["stages"][0]["params"]
     try:
-        folder = model_folder(worker.config.models_path, str(params["model"]))
+        folder = model_folder(models_path, str(params["model"]))
     except ValueError:
         return False  # an unusable name: the lone path fails the job as it fails any other
     return not wants_sdxl(params, folder)
@@ -115,7 +123,7 @@ def _plan(run: JobRun) -> Member:
     return member
 
 
-def _generate(worker: Worker, members: list[Member]) -> DiffusionModel | None:
+def _generate(models_path: Path, sessions: SessionCache, members: list[Member]) -> DiffusionModel | None:
     """Generate every planned member's images in one ``txt2img_batch``; returns the model it used.
 
     A member stopped alone (cancelled, lease lost, released) keeps its own error; an error that
@@ -126,7 +134,7 @@ def _generate(worker: Worker, members: list[Member]) -> DiffusionModel | None:
         return None
     batch = [Txt2ImgJob(generation, member.on_step, member.run.check) for member, generation in planned]
     try:
-        model = load_model(worker.config.models_path, batch[0].generation.model, worker.sessions)
+        model = load_model(models_path, batch[0].generation.model, sessions)
         outcomes = txt2img_batch(model, batch)
     except Exception as err:  # shared by the whole batch: each job's attempt ends with it
         for member, _ in planned:
@@ -137,15 +145,11 @@ def _generate(worker: Worker, members: list[Member]) -> DiffusionModel | None:
     return model
 
 
-def _outputs(worker: Worker, member: Member, model: DiffusionModel | None) -> list[StageImage]:
+def _outputs(models_path: Path, member: Member, model: DiffusionModel | None) -> list[StageImage]:
     """The member's outputs as its chain would persist them; raises what stopped the member."""
     if member.error is not None:
         raise member.error
     assert model is not None and member.requested is not None, "a member without an error was generated"
     total = max(member.steps_total, member.steps_done)
     member.run.latest = Progress(Counter(total, total), Counter(PLAIN_STAGES, PLAIN_STAGES), Counter(0, 0))
-    return stage_images(member.params, member.requested, model, worker.config.models_path, member.images)
-
-
-def _ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
+    return stage_images(member.params, member.requested, model, models_path, member.images)

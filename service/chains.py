@@ -45,7 +45,10 @@ CHAIN_SCHEMA: dict[str, Any] = {
                         "propertyNames": {"pattern": "^[-_A-Za-z]+$"},
                         "additionalProperties": SCALAR,
                         "properties": {
-                            **{key: {"type": "number"} for key in ("left", "right", "top", "bottom", "outscale", "scale")},
+                            **{
+                                key: {"type": "number"}
+                                for key in ("left", "right", "top", "bottom", "outscale", "scale")
+                            },
                             "prompt": {"type": "string"},
                         },
                     },
@@ -79,7 +82,9 @@ class BuiltChain:
         return len(self.chain["stages"])
 
 
-def stage(name: str, stage_type: str, params: Mapping[str, Any], *, tiles: int = MAX_TILE, outscale: int = 1) -> dict[str, Any]:
+def stage(
+    name: str, stage_type: str, params: Mapping[str, Any], *, tiles: int = MAX_TILE, outscale: int = 1
+) -> dict[str, Any]:
     """One resolved stage entry: its declared defaults applied and every value checked."""
     try:
         resolved = {**params, **STAGES[stage_type].resolve(params)}
@@ -113,8 +118,12 @@ def image_params(request: ParsedRequest) -> dict[str, Any]:
 
 # -- the legacy routes (contract §8) ---------------------------------------------------------
 
-UPSCALE_STAGES = {"bsrgan": "upscale-bsrgan", "esrgan": "upscale-resrgan",
-                  "stable-diffusion": "upscale-stable-diffusion", "swinir": "upscale-swinir"}  # fmt: skip
+UPSCALE_STAGES = {
+    "bsrgan": "upscale-bsrgan",
+    "esrgan": "upscale-resrgan",
+    "stable-diffusion": "upscale-stable-diffusion",
+    "swinir": "upscale-swinir",
+}
 CORRECTION_STAGES = {"codeformer": "correct-codeformer", "gfpgan": "correct-gfpgan"}
 
 
@@ -154,96 +163,189 @@ def highres_stages(request: ParsedRequest, prefix: str = "highres") -> list[dict
             upscaler = _by_substring(request.upscale.upscale_model, UPSCALE_STAGES)
             if upscaler is None:
                 raise InvalidParams("highresMethod", "'upscale' needs an upscaling model in 'upscaling'")
-            stages.append(stage(f"{prefix}-upscale-{index}", upscaler,
-                                {**image, **request.upscale.to_dict(), "faces": False}, outscale=hr.scale))  # fmt: skip
+            stages.append(
+                stage(
+                    f"{prefix}-upscale-{index}",
+                    upscaler,
+                    {**image, **request.upscale.to_dict(), "faces": False},
+                    outscale=hr.scale,
+                )
+            )
         else:
-            stages.append(stage(f"{prefix}-resize-{index}", "upscale-simple", {"method": hr.method, "scale": hr.scale}))
+            stages.append(
+                stage(f"{prefix}-resize-{index}", "upscale-simple", {"method": hr.method, "scale": hr.scale})
+            )
         stages.append(
-            stage(f"{prefix}-img2img-{index}", "blend-img2img",
-                  {**image, "strength": hr.strength, "steps": hr.steps, "prompt_index": index + 1},
-                  tiles=request.image.unet_tile)
-        )  # fmt: skip
+            stage(
+                f"{prefix}-img2img-{index}",
+                "blend-img2img",
+                {**image, "strength": hr.strength, "steps": hr.steps, "prompt_index": index + 1},
+                tiles=request.image.unet_tile,
+            )
+        )
     return stages
 
 
 def _refine(request: ParsedRequest) -> list[dict[str, Any]]:
     """What every legacy route runs after its first stage: correction, highres, upscaling."""
-    return [*upscale_stages(request, when="before"), *highres_stages(request), *upscale_stages(request, when="after")]
+    return [
+        *upscale_stages(request, when="before"),
+        *highres_stages(request),
+        *upscale_stages(request, when="after"),
+    ]
 
 
 def build_txt2img(request: ParsedRequest, *, image_format: str, thumbnail_size: int) -> BuiltChain:
     """txt2img: generate, then correction/highres/upscaling as asked (contract §8.1)."""
-    stages = [stage("txt2img", "source-txt2img", {**image_params(request), "prompt_index": 0}), *_refine(request)]
+    stages = [
+        stage("txt2img", "source-txt2img", {**image_params(request), "prompt_index": 0}),
+        *_refine(request),
+    ]
     return _legacy("txt2img", request, stages, image_format=image_format, thumbnail_size=thumbnail_size)
 
 
-def build_img2img(request: ParsedRequest, source_size: tuple[int, int], *, image_format: str,
-                  thumbnail_size: int) -> BuiltChain:  # fmt: skip
+def build_img2img(
+    request: ParsedRequest, source_size: tuple[int, int], *, image_format: str, thumbnail_size: int
+) -> BuiltChain:
     """img2img: filter the source, img2img at ``strength``, loopback passes, then refine (contract §8.2)."""
     assert request.img2img is not None
     image = {**image_params(request), "overlap": request.image.vae_overlap}
     strength = request.img2img.strength
     stages = []
     if request.img2img.source_filter != "none":
-        stages.append(stage("filter", "edit-filter", {"filter": request.img2img.source_filter, "seed": image["seed"]}))
-    stages.append(stage("img2img", "blend-img2img", {**image, "strength": strength, "prompt_index": 0},
-                        tiles=request.image.unet_tile))  # fmt: skip
+        stages.append(
+            stage("filter", "edit-filter", {"filter": request.img2img.source_filter, "seed": image["seed"]})
+        )
+    stages.append(
+        stage(
+            "img2img",
+            "blend-img2img",
+            {**image, "strength": strength, "prompt_index": 0},
+            tiles=request.image.unet_tile,
+        )
+    )
     stages.extend(upscale_stages(request, when="before"))
     stages.extend(
-        stage(f"loopback-{index}", "blend-img2img", {**image, "strength": strength, "prompt_index": 0},
-              tiles=request.image.unet_tile)
+        stage(
+            f"loopback-{index}",
+            "blend-img2img",
+            {**image, "strength": strength, "prompt_index": 0},
+            tiles=request.image.unet_tile,
+        )
         for index in range(request.image.loopback)
-    )  # fmt: skip
+    )
     stages.extend([*highres_stages(request), *upscale_stages(request, when="after")])
-    return _legacy("img2img", request, stages, image_format=image_format, thumbnail_size=thumbnail_size,
-                   sources=["source"], inputs={"source": "source"}, input_size=source_size)  # fmt: skip
+    return _legacy(
+        "img2img",
+        request,
+        stages,
+        image_format=image_format,
+        thumbnail_size=thumbnail_size,
+        sources=["source"],
+        inputs={"source": "source"},
+        input_size=source_size,
+    )
 
 
-def build_inpaint(request: ParsedRequest, source_size: tuple[int, int], *, image_format: str,
-                  thumbnail_size: int) -> BuiltChain:  # fmt: skip
+def build_inpaint(
+    request: ParsedRequest, source_size: tuple[int, int], *, image_format: str, thumbnail_size: int
+) -> BuiltChain:
     """inpaint/outpaint: grow and fill the canvas, inpaint in tiles, then refine (contract §8.3)."""
     assert request.inpaint is not None
     paint = request.inpaint
     image = image_params(request)
-    expand = {**request.border.to_dict(), "fill_color": paint.fill_color, "noise_source": paint.noise_source,
-              "mask_filter": paint.mask_filter, "target": "inpaint", "seed": image["seed"]}  # fmt: skip
+    expand = {
+        **request.border.to_dict(),
+        "fill_color": paint.fill_color,
+        "noise_source": paint.noise_source,
+        "mask_filter": paint.mask_filter,
+        "target": "inpaint",
+        "seed": image["seed"],
+    }
     stages = [
         stage("expand", "edit-expand", expand),
-        stage("inpaint", "upscale-outpaint",
-              {**image, "prompt_index": 0, "fill_color": paint.fill_color, "tile_order": paint.tile_order,
-               "overlap": request.image.vae_overlap,
-               # Full-res inpainting only without a border: outpainting repaints the edges.
-               "fullres": paint.fullres_inpaint and not any(request.border.to_dict().values()),
-               "fullres_padding": paint.fullres_inpaint_padding}, tiles=request.image.unet_tile),
+        stage(
+            "inpaint",
+            "upscale-outpaint",
+            {
+                **image,
+                "prompt_index": 0,
+                "fill_color": paint.fill_color,
+                "tile_order": paint.tile_order,
+                "overlap": request.image.vae_overlap,
+                # Full-res inpainting only without a border: outpainting repaints the edges.
+                "fullres": paint.fullres_inpaint and not any(request.border.to_dict().values()),
+                "fullres_padding": paint.fullres_inpaint_padding,
+            },
+            tiles=request.image.unet_tile,
+        ),
         *_refine(request),
-    ]  # fmt: skip
+    ]
     border = request.border
     metadata = {"border": border.to_dict()}
-    return _legacy("inpaint", request, stages, image_format=image_format, thumbnail_size=thumbnail_size,
-                   sources=["source"], inputs={"source": "source", "mask:inpaint": "mask"},
-                   input_size=source_size, metadata=metadata)  # fmt: skip
+    return _legacy(
+        "inpaint",
+        request,
+        stages,
+        image_format=image_format,
+        thumbnail_size=thumbnail_size,
+        sources=["source"],
+        inputs={"source": "source", "mask:inpaint": "mask"},
+        input_size=source_size,
+        metadata=metadata,
+    )
 
 
-def build_upscale(request: ParsedRequest, source_size: tuple[int, int], *, image_format: str,
-                  thumbnail_size: int) -> BuiltChain:  # fmt: skip
+def build_upscale(
+    request: ParsedRequest, source_size: tuple[int, int], *, image_format: str, thumbnail_size: int
+) -> BuiltChain:
     """upscale: correction, highres and upscaling of the uploaded source (contract §8.5)."""
-    return _legacy("upscale", request, _refine(request), image_format=image_format, thumbnail_size=thumbnail_size,
-                   sources=["source"], inputs={"source": "source"}, input_size=source_size)  # fmt: skip
+    return _legacy(
+        "upscale",
+        request,
+        _refine(request),
+        image_format=image_format,
+        thumbnail_size=thumbnail_size,
+        sources=["source"],
+        inputs={"source": "source"},
+        input_size=source_size,
+    )
 
 
-def build_blend(request: ParsedRequest, source_size: tuple[int, int], *, image_format: str,
-                thumbnail_size: int) -> BuiltChain:  # fmt: skip
+def build_blend(
+    request: ParsedRequest, source_size: tuple[int, int], *, image_format: str, thumbnail_size: int
+) -> BuiltChain:
     """blend: ``source:1`` over ``source:0`` where the mask is white, then correction/upscaling."""
-    stages = [stage("blend", "blend-mask", {}), *upscale_stages(request, when="before"),
-              *upscale_stages(request, when="after")]  # fmt: skip
+    stages = [
+        stage("blend", "blend-mask", {}),
+        *upscale_stages(request, when="before"),
+        *upscale_stages(request, when="after"),
+    ]
     inputs = {"source:0": "source:0", "source:blend": "source:1", "mask:blend": "mask"}
-    return _legacy("blend", request, stages, image_format=image_format, thumbnail_size=thumbnail_size,
-                   sources=["source:0"], inputs=inputs, input_size=source_size)  # fmt: skip
+    return _legacy(
+        "blend",
+        request,
+        stages,
+        image_format=image_format,
+        thumbnail_size=thumbnail_size,
+        sources=["source:0"],
+        inputs=inputs,
+        input_size=source_size,
+    )
 
 
-def _legacy(kind: str, request: ParsedRequest, stages: list[dict[str, Any]], *, image_format: str,
-            thumbnail_size: int, sources: list[str] | None = None, inputs: dict[str, str] | None = None,
-            input_size: tuple[int, int] | None = None, metadata: dict[str, Any] | None = None) -> BuiltChain:  # fmt: skip
+def _legacy(
+    kind: str,
+    request: ParsedRequest,
+    stages: list[dict[str, Any]],
+    *,
+    image_format: str,
+    thumbnail_size: int,
+    sources: list[str] | None = None,
+    inputs: dict[str, str] | None = None,
+    input_size: tuple[int, int] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> BuiltChain:
     """A legacy route's chain: its stages, then ``persist-disk`` saving every final image."""
     stages = [*stages, stage("save", "persist-disk", {})]
     width, height = input_size or (request.image.width, request.image.height)
@@ -265,8 +367,11 @@ def _legacy(kind: str, request: ParsedRequest, stages: list[dict[str, Any]], *, 
 
 # -- the chain language (contract §10) -------------------------------------------------------
 
+
 def _json_path(error: jsonschema.ValidationError) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path).lstrip(".")
+    return "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path
+    ).lstrip(".")
 
 
 def validate_chain_document(doc: object) -> dict[str, Any]:
@@ -310,7 +415,9 @@ def stage_specific(stage_type: str, path: str, raw: Mapping[str, Any]) -> dict[s
     return values
 
 
-def _parse_at(parse: Callable[[str, Mapping[str, Any]], ParsedRequest], path: str, raw: Mapping[str, Any]) -> ParsedRequest:
+def _parse_at(
+    parse: Callable[[str, Mapping[str, Any]], ParsedRequest], path: str, raw: Mapping[str, Any]
+) -> ParsedRequest:
     """Parse one stage's flat parameters, naming bad fields by their path in the document."""
     try:
         return parse("txt2img", raw)
@@ -339,14 +446,21 @@ def build_chain(
         if stage_type == "upscale-highres":
             # A compound stage: compiled here into its resize and img2img passes (contract §8.4),
             # so the worker runs only plain stages and progress counts each pass.
-            stages.extend(highres_stages(_parse_at(parse, path, {**raw, "highres": True}), prefix=entry["name"]))
+            stages.extend(
+                highres_stages(_parse_at(parse, path, {**raw, "highres": True}), prefix=entry["name"])
+            )
             continue
         specific = stage_specific(stage_type, path, raw)
         for needed in STAGES[stage_type].needs:
             if f"{needed}:{entry['name']}" not in uploads:
-                raise InvalidParams(f"stages[{index}]", f"stage type {stage_type} needs an uploaded '{needed}:{entry['name']}' image")
+                raise InvalidParams(
+                    f"stages[{index}]",
+                    f"stage type {stage_type} needs an uploaded '{needed}:{entry['name']}' image",
+                )
         declared = STAGES[stage_type]
-        image_raw = {k: v for k, v in raw.items() if k not in ("width", "height")} if _own_size(declared) else raw
+        image_raw = (
+            {k: v for k, v in raw.items() if k not in ("width", "height")} if _own_size(declared) else raw
+        )
         parsed = _parse_at(parse, path, image_raw)
         try:
             tiles = parse_tiles(raw.get("tiles"))
@@ -369,6 +483,9 @@ def build_chain(
         "output": output_settings(base, image_format, thumbnail_size),
         "metadata": {"input_size": {"width": base.image.width, "height": base.image.height}},
     }
-    model = next((entry["params"].get("model") for entry in stages if entry["type"] == "source-txt2img"), base.image.model)
+    model = next(
+        (entry["params"].get("model") for entry in stages if entry["type"] == "source-txt2img"),
+        base.image.model,
+    )
     platform = doc.get("platform") or base.device.platform
     return BuiltChain("chain", chain, base, model, platform, {name: name for name in uploads})

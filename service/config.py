@@ -26,6 +26,8 @@ DEFAULT_SERVER_VERSION = "v0.13.0"
 DEFAULT_IMAGE_FORMAT = "png"
 DEFAULT_THUMBNAIL_SIZE = 1024
 DEFAULT_CACHE_MODELS = 5
+#: The CUDA device a worker runs on; one worker per device (``onnx-web worker --device N``).
+DEFAULT_DEVICE = 0
 DEFAULT_MAX_ATTEMPTS = 3
 #: Jobs a worker runs as one UNet batch; 1 (off) suits CPUs, where a batch costs its sum.
 #: GPU workers should set 4: four SD 1.5 images cost about 1.15x one (issue 5).
@@ -37,8 +39,8 @@ HEARTBEAT_S = 5.0
 RESCUE_INTERVAL_S = 10.0
 POLL_INTERVAL_S = 2.0
 PROGRESS_INTERVAL_S = 0.25  # at most 4 progress writes a second per job
-AFFINITY_WINDOW_S = 30.0
-SHUTDOWN_GRACE_S = 25.0  # inside Kubernetes' default 30 s between SIGTERM and SIGKILL  # how long a job may be passed over for one whose model a worker holds
+AFFINITY_WINDOW_S = 30.0  # how long a job may be passed over for one whose model a worker holds
+SHUTDOWN_GRACE_S = 25.0  # inside Kubernetes' default 30 s between SIGTERM and SIGKILL
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_JOBS_PER_CALL = 10
@@ -105,6 +107,8 @@ class Config:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     #: The platform this worker serves: ``cpu`` or ``cuda`` (jobs asking for another are left alone).
     worker_platform: str = "cpu"
+    #: The CUDA device index every session and the GPU runtime of this worker use.
+    device: int = DEFAULT_DEVICE
     cache_models: int = DEFAULT_CACHE_MODELS
     #: Models a CUDA worker loads and captures CUDA graphs for before it claims its first job.
     warm_models: tuple[str, ...] = ()
@@ -134,9 +138,13 @@ class Config:
         if not 0 < self.port < 65536:
             problems.append(f"port must be 1-65535, got {self.port}")
         if self.heartbeat_s >= self.lease_s:
-            problems.append(f"heartbeat ({self.heartbeat_s}s) must be shorter than the lease ({self.lease_s}s)")
+            problems.append(
+                f"heartbeat ({self.heartbeat_s}s) must be shorter than the lease ({self.lease_s}s)"
+            )
         if not 1 <= self.batch_max <= MAX_BATCH_MAX:
             problems.append(f"batch_max must be 1-{MAX_BATCH_MAX}, got {self.batch_max}")
+        if self.device < 0:
+            problems.append(f"device must be a CUDA device index (0 or more), got {self.device}")
         if self.max_attempts < 1:
             problems.append("max_attempts must be at least 1")
         if len(self.s3_bucket) < 3:
@@ -215,6 +223,7 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_image_pixels": ("ONNX_WEB_MAX_IMAGE_PIXELS", _positive(int)),
     "worker_id": ("ONNX_WEB_WORKER_ID", str),
     "worker_platform": ("ONNX_WEB_WORKER_PLATFORM", str),
+    "device": ("ONNX_WEB_DEVICE", int),
     "cache_models": ("ONNX_WEB_CACHE_MODELS", int),
     "warm_models": ("ONNX_WEB_WARM_MODELS", parse_list),
     "warm_sizes": ("ONNX_WEB_WARM_SIZES", parse_list),

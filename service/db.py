@@ -82,7 +82,8 @@ def upgrade_head(url: str | URL, revision: str = "head") -> None:
 
 
 def downgrade(url: str | URL, revision: str = "base") -> None:
-    """Downgrade the database at ``url`` to ``revision``; ``base`` removes every object the migrations made."""
+    """Downgrade the database at ``url`` to ``revision``; ``base`` removes every object the
+    migrations made."""
     _run_alembic(url, lambda config: command.downgrade(config, revision))
 
 

@@ -1,14 +1,14 @@
 """One error hierarchy, mapped to HTTP in one table (``HTTP_STATUS``).
 
-    ServiceError
-    ├── ConfigError            bad settings at start-up (never reaches HTTP)
-    ├── InvalidParams     400  a request field breaks a rule; the message names field and rule
-    ├── PayloadTooLarge   413  the body or an image is over a limit
-    ├── NotImplementedYet 501  a route or stage this build does not run yet
-    ├── NotFound          404  no such job or output
-    ├── IdempotencyConflict 409  the same key was used with another request body
-    ├── Unauthorized      401  admin token missing or wrong
-    └── StorageError      503  the object store failed after retries
+ServiceError
+├── ConfigError            bad settings at start-up (never reaches HTTP)
+├── InvalidParams     400  a request field breaks a rule; the message names field and rule
+├── PayloadTooLarge   413  the body or an image is over a limit
+├── NotImplementedYet 501  a route or stage this build does not run yet
+├── NotFound          404  no such job or output
+├── IdempotencyConflict 409  the same key was used with another request body
+├── Unauthorized      401  admin token missing or wrong
+└── StorageError      503  the object store failed after retries
 """
 
 from __future__ import annotations

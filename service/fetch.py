@@ -372,16 +372,21 @@ def _handshake(
     """
     raw.setblocking(False)
     tls = context.wrap_socket(raw, server_hostname=source.host, do_handshake_on_connect=False)
-    while True:
-        try:
-            tls.do_handshake()
-            return tls
-        except ssl.SSLWantReadError:
-            ready = select.select([tls], [], [], _remaining(deadline))[0]
-        except ssl.SSLWantWriteError:
-            ready = select.select([], [tls], [], _remaining(deadline))[1]
-        if not ready:
-            raise TimeoutError("TLS handshake did not finish in time")
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                return tls
+            except ssl.SSLWantReadError:
+                ready = select.select([tls], [], [], _remaining(deadline))[0]
+            except ssl.SSLWantWriteError:
+                ready = select.select([], [tls], [], _remaining(deadline))[1]
+            if not ready:
+                raise TimeoutError("TLS handshake did not finish in time")
+    except BaseException:
+        # wrap_socket detached ``raw``: only the TLS socket can close the connection now.
+        tls.close()
+        raise
 
 
 def _open(

@@ -1,7 +1,7 @@
 """The orphan collector: deletes output objects that no job row records and none ever will.
 
 Workers write under ``outputs/<job>/<attempt>/`` and the job row records the keys of the one
-attempt that succeeded (see ``service/worker.py``). A worker that died between its uploads and its
+attempt that succeeded (see ``service/jobrun.py``). A worker that died between its uploads and its
 commit, or one fenced off by a rescue, leaves objects no row names. Those are never served, but
 they cost storage; this pass, run from a schedule (``onnx-web gc``, ``infra/k8s/gc.yaml``), deletes
 them. It reads the row, never guesses: an object is deleted only when
@@ -76,6 +76,15 @@ def collect_orphans(jobs: JobStore, store: ObjectStore, *, dry_run: bool = False
         for key in orphans:
             store.delete(key)
             deleted += 1
-    log.info("orphan collection", extra={"action": "gc", "jobs": len(names), "objects": len(keys),
-                                         "orphans": len(orphans), "deleted": deleted, "dry_run": dry_run})  # fmt: skip
+    log.info(
+        "orphan collection",
+        extra={
+            "action": "gc",
+            "jobs": len(names),
+            "objects": len(keys),
+            "orphans": len(orphans),
+            "deleted": deleted,
+            "dry_run": dry_run,
+        },
+    )
     return Collected(jobs=len(names), objects=len(keys), orphans=len(orphans), deleted=deleted)

@@ -507,7 +507,10 @@ def parse_image(
     if width * height > config.max_image_pixels:
         raise InvalidParams(
             "width/height",
-            f"must be at most {config.max_image_pixels} pixels together, got {width}x{height} = {width * height}",
+            (
+                f"must be at most {config.max_image_pixels} pixels together, "
+                f"got {width}x{height} = {width * height}"
+            ),
         )
     seed = _seed(reader.values, rng)
     # The prompt's params.json default is only the GUI's placeholder text: an absent prompt is empty.

@@ -119,17 +119,28 @@ class EmbeddedS3:
         volume = free_port(also_free=(10000,))
         filer = free_port(also_free=(10000,))
         command = [
-            weed, "server", f"-dir={self.datadir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-            "-master.volumeSizeLimitMB=512", "-volume.max=0",
-            "-s3", f"-s3.port={s3_port}", f"-s3.config={identities}",
+            weed,
+            "server",
+            f"-dir={self.datadir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            "-master.volumeSizeLimitMB=512",
+            "-volume.max=0",
+            "-s3",
+            f"-s3.port={s3_port}",
+            f"-s3.config={identities}",
             # Catalog servers on fixed ports would collide between two local stacks; we use neither.
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-        ]  # fmt: skip
-        log_file = open(self.datadir / "weed.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self._process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]
+        # The child keeps its own copy of the descriptor; ours is closed as soon as it has started.
+        with open(self.datadir / "weed.log", "ab") as log_file:
+            self._process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.credentials = S3Credentials(f"127.0.0.1:{s3_port}", *credentials)
         started = time.monotonic()
         self._wait_ready()
@@ -203,6 +214,15 @@ def _weed_binary() -> str:
     return found
 
 
+def cuda_device_count() -> int:
+    """The CUDA devices torch sees here; 0 when torch is not installed or has no CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
 def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
@@ -218,6 +238,15 @@ class StackOptions:
     api_workers: int = 2
     models_path: Path | None = None
     build_demo: bool = True
+    #: When set, ``workers`` is ignored: this many CUDA workers start on each of ``gpus`` devices.
+    workers_per_gpu: int | None = None
+    gpus: int = 0
+
+    def worker_devices(self) -> list[int | None]:
+        """The device of each worker to start; None leaves it to the worker's own configuration."""
+        if self.workers_per_gpu is None:
+            return [None] * self.workers
+        return [device for device in range(self.gpus) for _ in range(self.workers_per_gpu)]
 
 
 class LocalStack:
@@ -261,10 +290,14 @@ class LocalStack:
         }
         cli = [sys.executable, "-m", "service.cli"]
         self.children.append(subprocess.Popen([*cli, "api"], env=env))
-        for index in range(options.workers):
+        for index, device in enumerate(options.worker_devices()):
+            command = [*cli, "worker"]
             worker_env = {**env, "ONNX_WEB_WORKER_ID": f"{socket.gethostname()}-local-{index}"}
-            child = subprocess.Popen([*cli, "worker"], env=worker_env)
-            self._worker_commands[child.pid] = ([*cli, "worker"], worker_env)
+            if device is not None:
+                command += ["--device", str(device)]
+                worker_env["ONNX_WEB_WORKER_PLATFORM"] = "cuda"
+            child = subprocess.Popen(command, env=worker_env)
+            self._worker_commands[child.pid] = (command, worker_env)
             self.children.append(child)
         self._wait_for_api()
         return env
@@ -339,4 +372,6 @@ def _is_demo_folder(models: Path) -> bool:
     except (OSError, ValueError):
         return False
     entries = [entry for key in ("diffusion", "upscaling", "correction") for entry in extras.get(key, [])]
-    return bool(entries) and all(isinstance(entry, dict) and entry.get("source") == "demo" for entry in entries)
+    return bool(entries) and all(
+        isinstance(entry, dict) and entry.get("source") == "demo" for entry in entries
+    )

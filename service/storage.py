@@ -394,10 +394,14 @@ class S3ObjectStore:
 
         def put() -> str:
             result = self._client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data),
-                content_type=content_type, metadata=headers,  # type: ignore[arg-type]
+                self.bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
+                metadata=headers,  # type: ignore[arg-type]
                 part_size=max(len(data), MIN_PART_BYTES),
-            )  # fmt: skip
+            )
             return str(result.etag).strip('"')
 
         return self._run("put", key, put)
@@ -473,7 +477,8 @@ class S3ObjectStore:
             if failures:
                 first = failures[0]
                 raise StorageError(
-                    f"s3 delete_prefix {prefix!r}: {len(failures)} not deleted, e.g. {first.name}: {first.code}"
+                    f"s3 delete_prefix {prefix!r}: {len(failures)} not deleted, "
+                    f"e.g. {first.name}: {first.code}"
                 )
             return len(names)
 
@@ -526,9 +531,14 @@ def _log_retry(operation: str, key: str, max_attempts: int, state: RetryCallStat
     wait_s = state.next_action.sleep if state.next_action else 0.0
     log.warning(
         "s3 %s %r failed (attempt %d of %d), retrying in %.2fs: %s",
-        operation, key, state.attempt_number, max_attempts, wait_s, _describe(err) if err else "?",
+        operation,
+        key,
+        state.attempt_number,
+        max_attempts,
+        wait_s,
+        _describe(err) if err else "?",
         extra={"action": "s3_retry", "operation": operation, "key": key, "attempt": state.attempt_number},
-    )  # fmt: skip
+    )
 
 
 def _release(response: urllib3.BaseHTTPResponse, *, complete: bool) -> None:
@@ -555,9 +565,14 @@ def from_config(config: Config, *, retry: RetryPolicy = RetryPolicy()) -> S3Obje
     """The store a process uses, from ``s3_endpoint`` (``host:port`` or a URL), keys, bucket and region."""
     endpoint, secure = parse_endpoint(config.s3_endpoint)
     return S3ObjectStore(
-        endpoint, config.s3_access_key, config.s3_secret_key, config.s3_bucket,
-        secure=secure, region=config.s3_region, retry=retry,
-    )  # fmt: skip
+        endpoint,
+        config.s3_access_key,
+        config.s3_secret_key,
+        config.s3_bucket,
+        secure=secure,
+        region=config.s3_region,
+        retry=retry,
+    )
 
 
 # --- in memory, for unit tests ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Shared fixtures: real Postgres (``tests.fixtures.postgres``) and a real S3 server (``tests.fixtures.s3``)."""
+"""Shared fixtures: real Postgres (``tests.fixtures.postgres``) and a real S3 server
+(``tests.fixtures.s3``)."""
 
 import os
 

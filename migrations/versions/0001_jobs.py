@@ -20,7 +20,7 @@ UPGRADE = (
     "CREATE TYPE job_state AS ENUM ('pending', 'running', 'success', 'failed', 'cancelled')",
     """
     COMMENT ON TYPE job_state IS 'Job lifecycle; every transition is one statement in service/jobs/queries.sql.
-    pending -> running (claim_job);
+    pending -> running (claim_batch);
     pending -> cancelled (cancel_job);
     running -> success (finish_success, only for the attempt that holds the row);
     running -> pending (finish_failed retryable with attempts left; release_job; rescue_expired with attempts left);

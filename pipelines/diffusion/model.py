@@ -42,9 +42,27 @@ ONNX_TYPES: Mapping[str, Any] = {
 }
 #: Keys a diffusion stage copies from its params into the metadata ``params`` (contract §7.3).
 METADATA_PARAMS = (
-    "model", "pipeline", "scheduler", "prompt", "negative_prompt", "cfg", "seed", "steps", "eta", "batch",
-    "control", "input_prompt", "input_negative_prompt", "loopback", "tiled_vae", "unet_overlap", "unet_tile",
-    "vae_overlap", "vae_tile", "denoise", "thumbnail",
+    "model",
+    "pipeline",
+    "scheduler",
+    "prompt",
+    "negative_prompt",
+    "cfg",
+    "seed",
+    "steps",
+    "eta",
+    "batch",
+    "control",
+    "input_prompt",
+    "input_negative_prompt",
+    "loopback",
+    "tiled_vae",
+    "unet_overlap",
+    "unet_tile",
+    "vae_overlap",
+    "vae_tile",
+    "denoise",
+    "thumbnail",
 )
 
 StepCallback = Callable[[int], None]

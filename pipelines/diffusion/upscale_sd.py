@@ -70,7 +70,8 @@ def max_noise_level(folder: Path) -> int:
 
 
 def upscale_noise(seed: int, batch: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """``default_rng(seed)``'s starting latents ``(batch, 4, h, w)``, then the image noise ``(1, 3, h, w)``."""
+    """``default_rng(seed)``'s starting latents ``(batch, 4, h, w)``, then the image noise
+    ``(1, 3, h, w)``."""
     rng = np.random.default_rng(seed)
     latents = rng.standard_normal((batch, LATENT_CHANNELS, height, width)).astype(np.float32)
     image_noise = rng.standard_normal((1, 3, height, width)).astype(np.float32)

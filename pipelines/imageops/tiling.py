@@ -177,7 +177,8 @@ def process_tiled(
         expected = (tile_image.width * scale, tile_image.height * scale)
         if result.size != expected:
             raise ValueError(
-                f"tile function returned {result.size[0]}x{result.size[1]}, expected {expected[0]}x{expected[1]}"
+                f"tile function returned {result.size[0]}x{result.size[1]}, "
+                f"expected {expected[0]}x{expected[1]}"
             )
         _accumulate(total, weight, result, box, (width, height), scale, ramp)
         on_tile(done, len(positions))

@@ -141,7 +141,8 @@ def upscale_with_model(
 
 
 def interpolate_models(first: Path, second: Path, weight: float, dest: Path) -> Path:
-    """Write ``weight * first + (1 - weight) * second``, weight by weight, to ``dest`` (network interpolation).
+    """Write ``weight * first + (1 - weight) * second``, weight by weight, to ``dest``
+    (network interpolation).
 
     Real-ESRGAN's general v3 model and its ``-wdn`` sibling share one graph; mixing their weights
     is how Real-ESRGAN turns its ``denoise`` strength into a model in between (DNI).
@@ -205,8 +206,8 @@ def run_upscaling_stage(
     """What ``upscale-resrgan``, ``upscale-bsrgan`` and ``upscale-swinir`` share.
 
     Params: ``upscale_model`` names the model; ``scale`` is its native factor when the file does
-    not record one; ``outscale`` is the final factor; ``denoise`` (0 to 1) mixes Real-ESRGAN v3 with its ``-wdn`` sibling;
-    ``tiles`` (at most ``max_tile``) is the tile size the model sees.
+    not record one; ``outscale`` is the final factor; ``denoise`` (0 to 1) mixes Real-ESRGAN v3
+    with its ``-wdn`` sibling; ``tiles`` (at most ``max_tile``) is the tile size the model sees.
     """
     name = upscaling_model_name(params)
     path = denoised_model(ctx.models_path, name, float(params["denoise"]))

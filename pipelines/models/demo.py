@@ -228,9 +228,13 @@ def build_demo_models(
 
 
 def _build_demo_folder(
-    models_path: Path, name: str, write_checkpoint: Callable[[Path], object], *, force: bool,
+    models_path: Path,
+    name: str,
+    write_checkpoint: Callable[[Path], object],
+    *,
+    force: bool,
     progress: Callable[[str], None] | None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write demo model ``name``'s torch source and convert it, unless it is built already."""
     report = progress or (lambda line: None)
     dest = models_path / name
@@ -248,7 +252,9 @@ def build_demo_sdxl(
     models_path: Path, *, force: bool = False, progress: Callable[[str], None] | None = None
 ) -> Path:
     """Build the demo SDXL folder and list it as a ``txt2img-sdxl`` diffusion model in the extras file."""
-    dest = _build_demo_folder(models_path, DEMO_SDXL, write_demo_sdxl_checkpoint, force=force, progress=progress)
+    dest = _build_demo_folder(
+        models_path, DEMO_SDXL, write_demo_sdxl_checkpoint, force=force, progress=progress
+    )
     entry = {
         "name": DEMO_SDXL,
         "label": DEMO_SDXL_LABEL,
@@ -311,7 +317,9 @@ def write_demo_checkpoint(dest: Path, *, unet_in_channels: int = 4) -> None:
     demo_vae().save_pretrained(dest / "vae")
     write_json(dest / "scheduler" / "scheduler_config.json", SD15_SCHEDULER_CONFIG)
     pipeline_class = "StableDiffusionInpaintPipeline" if unet_in_channels == 9 else "StableDiffusionPipeline"
-    write_json(dest / "model_index.json", sd_model_index(pipeline_class, "PNDMScheduler", **SD15_INDEX_EXTRAS))
+    write_json(
+        dest / "model_index.json", sd_model_index(pipeline_class, "PNDMScheduler", **SD15_INDEX_EXTRAS)
+    )
 
 
 def write_demo_upscaler_checkpoint(dest: Path) -> None:

@@ -96,7 +96,8 @@ def estimate_steps(stages: list[Mapping[str, object]]) -> int:
 
 
 def stage_catalogue() -> dict[str, Any]:
-    """Every stage type as data, for ``GET /api/settings/stages``: parameters (JSON schema), groups, limits."""
+    """Every stage type as data, for ``GET /api/settings/stages``: parameters (JSON schema),
+    groups, limits."""
     catalogue: dict[str, Any] = {
         name: {
             "params": stage.schema(),

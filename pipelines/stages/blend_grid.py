@@ -21,4 +21,6 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return [*images, with_image(images[0], grid)]
 
 
-STAGE = StageType("blend-grid", run, (integer("width", 1, 16, required=True), integer("height", 1, 16, required=True)))
+STAGE = StageType(
+    "blend-grid", run, (integer("width", 1, 16, required=True), integer("height", 1, 16, required=True))
+)

@@ -64,4 +64,11 @@ def _steps(params: Mapping[str, Any]) -> int:
     return strength_steps(int(params["steps"]), float(params["strength"]))
 
 
-STAGE = StageType("blend-img2img", run, (number("strength", 0, 1, 0.5), *TILING), groups=("image",), tileable=True, steps=_steps)
+STAGE = StageType(
+    "blend-img2img",
+    run,
+    (number("strength", 0, 1, 0.5), *TILING),
+    groups=("image",),
+    tileable=True,
+    steps=_steps,
+)

@@ -22,4 +22,6 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return blended
 
 
-STAGE = StageType("blend-linear", run, (number("alpha", 0, 1, required=True),), max_tile=512, needs=("source",))
+STAGE = StageType(
+    "blend-linear", run, (number("alpha", 0, 1, required=True),), max_tile=512, needs=("source",)
+)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
-from pipelines.imageops.correct import run_correction_stage
 from pipelines.stages.spec import StageType
 
 #: The model this stage loads when the params name none.
@@ -20,6 +19,9 @@ DEFAULT_MODEL = "correction-codeformer"
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Correct the faces of each image with CodeFormer."""
+    # OpenCV is a worker dependency; the api imports this module only for its declaration.
+    from pipelines.imageops.correct import run_correction_stage
+
     return run_correction_stage(ctx, params, images, default_model=DEFAULT_MODEL)
 
 

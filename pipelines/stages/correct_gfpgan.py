@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
-from pipelines.imageops.correct import run_correction_stage
 from pipelines.stages.spec import StageType
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Correct the faces of each image with the model named by ``correction``."""
+    # OpenCV is a worker dependency; the api imports this module only for its declaration.
+    from pipelines.imageops.correct import run_correction_stage
+
     return run_correction_stage(ctx, params, images, default_model=None)
 
 

@@ -33,12 +33,24 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     expanded = []
     for item in images:
         fitted = fit_mask(mask, item.image.size)
-        image, grown = expand_canvas(item.image, fitted, border, noise, str(params["fill_color"]),
-                                     mask_filter=mask_filter, rng=rng)  # fmt: skip
+        image, grown = expand_canvas(
+            item.image, fitted, border, noise, str(params["fill_color"]), mask_filter=mask_filter, rng=rng
+        )
         expanded.append(with_image(item, image))
         ctx.inputs[key] = grown
     ctx.on_step(1)
     return expanded
 
 
-STAGE = StageType("edit-expand", run, (*BORDER, color("fill_color", "white"), choice("noise_source", tuple(NOISE_SOURCES), "histogram"), choice("mask_filter", tuple(MASK_FILTERS), "none"), text("target", 64, required=True), integer("seed", 0, MAX_SEED, required=True)))
+STAGE = StageType(
+    "edit-expand",
+    run,
+    (
+        *BORDER,
+        color("fill_color", "white"),
+        choice("noise_source", tuple(NOISE_SOURCES), "histogram"),
+        choice("mask_filter", tuple(MASK_FILTERS), "none"),
+        text("target", 64, required=True),
+        integer("seed", 0, MAX_SEED, required=True),
+    ),
+)

@@ -29,4 +29,8 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return filtered
 
 
-STAGE = StageType("edit-filter", run, (choice("filter", FILTERS_AVAILABLE, "none"), integer("seed", 0, MAX_SEED, required=True)))
+STAGE = StageType(
+    "edit-filter",
+    run,
+    (choice("filter", FILTERS_AVAILABLE, "none"), integer("seed", 0, MAX_SEED, required=True)),
+)

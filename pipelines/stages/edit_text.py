@@ -35,4 +35,16 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return edited
 
 
-STAGE = StageType("edit-text", run, (text("text", 1000, required=True), integer("x", 0, 8192, 0), integer("y", 0, 8192, 0), color("fill", "white"), color("stroke", "black"), integer("stroke_width", 0, 64, 1), integer("font_size", 1, 512, 10)))
+STAGE = StageType(
+    "edit-text",
+    run,
+    (
+        text("text", 1000, required=True),
+        integer("x", 0, 8192, 0),
+        integer("y", 0, 8192, 0),
+        color("fill", "white"),
+        color("stroke", "black"),
+        integer("stroke_width", 0, 64, 1),
+        integer("font_size", 1, 512, 10),
+    ),
+)

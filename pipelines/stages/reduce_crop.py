@@ -25,11 +25,22 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         if left + width > item.image.width or top + height > item.image.height:
             raise ValueError(
                 f"crop {width}x{height} at ({left}, {top}) does not fit inside the "
-                f"{item.image.width}x{item.image.height} image: left + width and top + height must not exceed its size"
+                f"{item.image.width}x{item.image.height} image: "
+                "left + width and top + height must not exceed its size"
             )
         cropped.append(with_image(item, item.image.crop((left, top, left + width, top + height))))
     ctx.on_step(1)
     return cropped
 
 
-STAGE = StageType("reduce-crop", run, (integer("left", 0, 8192, 0), integer("top", 0, 8192, 0), integer("width", 1, 8192, required=True), integer("height", 1, 8192, required=True)), max_tile=512)
+STAGE = StageType(
+    "reduce-crop",
+    run,
+    (
+        integer("left", 0, 8192, 0),
+        integer("top", 0, 8192, 0),
+        integer("width", 1, 8192, required=True),
+        integer("height", 1, 8192, required=True),
+    ),
+    max_tile=512,
+)

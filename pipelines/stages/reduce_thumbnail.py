@@ -35,4 +35,9 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return reduced
 
 
-STAGE = StageType("reduce-thumbnail", run, (integer("width", 1, 8192, required=True), integer("height", 1, 8192, required=True)), max_tile=512)
+STAGE = StageType(
+    "reduce-thumbnail",
+    run,
+    (integer("width", 1, 8192, required=True), integer("height", 1, 8192, required=True)),
+    max_tile=512,
+)

@@ -37,4 +37,15 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return noise
 
 
-STAGE = StageType("source-noise", run, (choice("noise_source", tuple(NOISE_SOURCES), "histogram"), color("fill_color", "white"), integer("seed", 0, MAX_SEED, required=True), integer("width", 1, 8192, 512), integer("height", 1, 8192, 512)), max_tile=512)
+STAGE = StageType(
+    "source-noise",
+    run,
+    (
+        choice("noise_source", tuple(NOISE_SOURCES), "histogram"),
+        color("fill_color", "white"),
+        integer("seed", 0, MAX_SEED, required=True),
+        integer("width", 1, 8192, 512),
+        integer("height", 1, 8192, 512),
+    ),
+    max_tile=512,
+)

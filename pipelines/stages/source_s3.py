@@ -22,4 +22,9 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return [*images, *fetched]
 
 
-STAGE = StageType("source-s3", run, (text("source_keys", 8000, required=True), text("bucket", 63, required=True)), max_tile=512)
+STAGE = StageType(
+    "source-s3",
+    run,
+    (text("source_keys", 8000, required=True), text("bucket", 63, required=True)),
+    max_tile=512,
+)

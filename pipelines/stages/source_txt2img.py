@@ -64,4 +64,6 @@ def stage_images(
     ]
 
 
-STAGE = StageType("source-txt2img", run, (integer("prompt_index", 0, 16, 0),), groups=("image",), steps=diffusion_steps)
+STAGE = StageType(
+    "source-txt2img", run, (integer("prompt_index", 0, 16, 0),), groups=("image",), steps=diffusion_steps
+)

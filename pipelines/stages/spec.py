@@ -76,7 +76,8 @@ class Param:
     nullable: bool = False
 
     def check(self, path: str, value: Any) -> Any:
-        """``value`` as this parameter's Python type; ``ParamError`` naming ``path`` and the rule otherwise."""
+        """``value`` as this parameter's Python type; ``ParamError`` naming ``path`` and the rule
+        otherwise."""
         if value is None and self.nullable:
             return None
         if self.kind in ("int", "number"):
@@ -144,7 +145,9 @@ def integer(name: str, low: int, high: int, default: int | None = None, *, requi
     return Param(name, "int", low, high, default=default, required=required)
 
 
-def number(name: str, low: float, high: float, default: float | None = None, *, required: bool = False) -> Param:
+def number(
+    name: str, low: float, high: float, default: float | None = None, *, required: bool = False
+) -> Param:
     """A finite number from ``low`` to ``high``."""
     return Param(name, "number", low, high, default=default, required=required)
 
@@ -212,7 +215,9 @@ GROUPS: Mapping[str, tuple[Param, ...]] = {"image": IMAGE_PARAMS, "upscale": UPS
 class StageRunner(Protocol):
     """A stage's ``run``: images in, images out, with the parameters ``StageType.load`` checked."""
 
-    def __call__(self, ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]: ...
+    def __call__(
+        self, ctx: StageContext, params: dict[str, Any], images: list[StageImage]
+    ) -> list[StageImage]: ...
 
 
 def one_step(params: Mapping[str, Any]) -> int:
@@ -291,7 +296,9 @@ class StageType:
         """Its own parameters as JSON-schema properties."""
         return {param.name: param.schema() for param in self.params}
 
-    def __call__(self, ctx: StageContext, raw: Mapping[str, Any], images: list[StageImage]) -> list[StageImage]:
+    def __call__(
+        self, ctx: StageContext, raw: Mapping[str, Any], images: list[StageImage]
+    ) -> list[StageImage]:
         """Resolve ``raw`` as the api would, check it as the worker does, and run (for direct callers)."""
         return self.run(ctx, self.load({**raw, **self.resolve(raw)}), images)
 

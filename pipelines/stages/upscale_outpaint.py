@@ -2,9 +2,9 @@
 
 Params: the image params of ``source-txt2img`` (``width``/``height`` come from each image),
 ``fill_color`` (which only the tiling executor uses to pad edge tiles), and ``fullres`` with
-``fullres_padding``: inpaint a small masked area alone, at one full UNet tile (``unet_tile``). The mask is the stage's
-``mask:<name>`` upload: white is repainted, black kept. An image whose mask is all black is
-passed on untouched, as onnx-web skips such tiles.
+``fullres_padding``: inpaint a small masked area alone, at one full UNet tile (``unet_tile``).
+The mask is the stage's ``mask:<name>`` upload: white is repainted, black kept. An image whose
+mask is all black is passed on untouched, as onnx-web skips such tiles.
 """
 
 from __future__ import annotations
@@ -81,8 +81,10 @@ def _inpaint(
     )
     # The VAE round trip shifts every pixel a little; users expect what the mask keeps to stay
     # exactly as it was, so the original is composited back through the mask.
-    return [Image.composite(image.crop((0, 0, *source.size)).convert("RGB"), source.convert("RGB"), mask)
-            for image in generated]  # fmt: skip
+    return [
+        Image.composite(image.crop((0, 0, *source.size)).convert("RGB"), source.convert("RGB"), mask)
+        for image in generated
+    ]
 
 
 def fullres_region(mask: Image.Image, params: Mapping[str, Any]) -> tuple[int, int, int, int] | None:
@@ -106,9 +108,14 @@ def fullres_region(mask: Image.Image, params: Mapping[str, Any]) -> tuple[int, i
 
 
 def _inpaint_region(
-    ctx: StageContext, model: Any, generation: Generation, source: Image.Image, mask: Image.Image,
-    region: tuple[int, int, int, int], tile: int,
-) -> list[Image.Image]:  # fmt: skip
+    ctx: StageContext,
+    model: Any,
+    generation: Generation,
+    source: Image.Image,
+    mask: Image.Image,
+    region: tuple[int, int, int, int],
+    tile: int,
+) -> list[Image.Image]:
     """Inpaint only ``region``, enlarged to one full tile, and paste it back into ``source``."""
     size = (region[2] - region[0], region[3] - region[1])
     crop = source.crop(region).resize((tile, tile), Image.Resampling.LANCZOS)
@@ -129,8 +136,10 @@ _PARAMS = (
     Param("fullres", "bool", default=False),
     number("fullres_padding", 1, 2, 1.2),
 )
-STAGE = StageType("upscale-outpaint", run, _PARAMS, ("image",), tileable=True, needs=("mask",),
-                  steps=diffusion_steps)
+STAGE = StageType(
+    "upscale-outpaint", run, _PARAMS, ("image",), tileable=True, needs=("mask",), steps=diffusion_steps
+)
 #: onnx-web's inpainting stage: the same runner.
-BLEND_INPAINT = StageType("blend-inpaint", run, _PARAMS, ("image",), tileable=True, needs=("mask",),
-                          steps=diffusion_steps)
+BLEND_INPAINT = StageType(
+    "blend-inpaint", run, _PARAMS, ("image",), tileable=True, needs=("mask",), steps=diffusion_steps
+)

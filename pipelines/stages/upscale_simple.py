@@ -25,4 +25,6 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return resized
 
 
-STAGE = StageType("upscale-simple", run, (choice("method", ("bilinear", "lanczos"), "lanczos"), number("scale", 1, 8, 2)))
+STAGE = StageType(
+    "upscale-simple", run, (choice("method", ("bilinear", "lanczos"), "lanczos"), number("scale", 1, 8, 2))
+)

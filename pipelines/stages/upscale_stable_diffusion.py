@@ -45,4 +45,13 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return results
 
 
-STAGE = StageType("upscale-stable-diffusion", run, TILING, groups=("image", "upscale"), max_tile=128, tileable=True, model="upscaling", steps=diffusion_steps)
+STAGE = StageType(
+    "upscale-stable-diffusion",
+    run,
+    TILING,
+    groups=("image", "upscale"),
+    max_tile=128,
+    tileable=True,
+    model="upscaling",
+    steps=diffusion_steps,
+)

@@ -6,18 +6,18 @@
 
 from service.jobs.notify import CHANNEL, Notifier
 from service.jobs.states import TERMINAL_STATES, JobState
-from service.jobs.store import ClaimedJob, Heartbeat, JobStore, JobView, NewJob, Progress, Rescued
+from service.jobs.store import ClaimedJob, CounterPair, Heartbeat, JobStore, JobView, NewJob, Rescued
 
 __all__ = [
     "CHANNEL",
     "TERMINAL_STATES",
     "ClaimedJob",
+    "CounterPair",
     "Heartbeat",
     "JobState",
     "JobStore",
     "JobView",
     "NewJob",
     "Notifier",
-    "Progress",
     "Rescued",
 ]

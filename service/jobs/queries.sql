@@ -40,6 +40,12 @@ FROM jobs
 LEFT JOIN queue ON queue.id = jobs.id
 WHERE jobs.name = ANY(CAST(:names AS text[]));
 
+-- name: select_output_key
+-- The object key a succeeded job recorded for one of its output file names; no row for any other job.
+SELECT output_keys ->> CAST(:filename AS text) AS key
+FROM jobs
+WHERE name = :name AND state = 'success';
+
 -- name: count_pending
 -- Number of jobs waiting in the queue (what the autoscaler scales on).
 SELECT count(*) FROM jobs WHERE state = 'pending';
@@ -255,10 +261,11 @@ RETURNING jobs.id, jobs.name, jobs.state, jobs.attempt, expired.worker_id;
 
 -- name: announce_worker
 -- Insert or refresh a worker's row (a sign of life); returns whether an admin asked it to restart.
-INSERT INTO workers (id, platform, providers, models, version, jobs_done, started_at, seen_at)
-VALUES (:id, :platform, CAST(:providers AS jsonb), CAST(:models AS jsonb), :version, :jobs_done, now(), now())
+INSERT INTO workers (id, platform, device, providers, models, version, jobs_done, started_at, seen_at)
+VALUES (:id, :platform, :device, CAST(:providers AS jsonb), CAST(:models AS jsonb), :version, :jobs_done, now(), now())
 ON CONFLICT (id) DO UPDATE SET
     platform = EXCLUDED.platform,
+    device = EXCLUDED.device,
     providers = EXCLUDED.providers,
     models = EXCLUDED.models,
     version = EXCLUDED.version,
@@ -272,7 +279,7 @@ DELETE FROM workers WHERE id = :id;
 
 -- name: select_live_workers
 -- Workers seen within the last :max_age_s seconds, oldest first.
-SELECT id, platform, providers, models, version, jobs_done, started_at, seen_at
+SELECT id, platform, device, providers, models, version, jobs_done, started_at, seen_at
 FROM workers
 WHERE seen_at > now() - make_interval(secs => :max_age_s)
 ORDER BY started_at;

@@ -21,8 +21,8 @@ from service.errors import IdempotencyConflict
 from service.jobs.queries import QUERIES
 from service.jobs.states import JobState
 
-#: ``(current, total)`` of one progress counter: steps, stages or tiles.
-Progress = tuple[int, int]
+#: ``(current, total)`` of one progress counter (steps, stages or tiles) as the row stores it.
+CounterPair = tuple[int, int]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,9 +65,9 @@ class JobView:
     queue_position: int | None
     #: Number of pending jobs.
     queue_total: int
-    steps: Progress
-    stages: Progress
-    tiles: Progress
+    steps: CounterPair
+    stages: CounterPair
+    tiles: CounterPair
     #: Output file names (``<name>_<i>.png``), set on success.
     outputs: tuple[str, ...] | None
     thumbnails: tuple[str, ...] | None
@@ -128,6 +128,8 @@ class WorkerInfo:
 
     id: str
     platform: str
+    #: The CUDA device index it runs on; None for a worker without CUDA.
+    device: int | None
     providers: tuple[str, ...]
     models: tuple[str, ...]
     version: str | None
@@ -186,6 +188,17 @@ class JobStore:
         with self._engine.connect() as conn:
             return self._views(conn, names)
 
+    def recorded_output_key(self, job_name: str, filename: str) -> str | None:
+        """The object key succeeded job ``job_name`` recorded for ``filename``; None for any other
+        job or name.
+
+        One row by its unique name: unlike ``get_many``, it never ranks the queue.
+        """
+        params = {"name": job_name, "filename": filename}
+        with self._engine.connect() as conn:
+            key: str | None = conn.execute(QUERIES["select_output_key"], params).scalar_one_or_none()
+        return key
+
     def queue_depth(self) -> int:
         """Number of pending jobs."""
         with self._engine.connect() as conn:
@@ -243,7 +256,13 @@ class JobStore:
         return Heartbeat(owned=True, cancel_requested=cancel_requested)
 
     def progress(
-        self, job_id: UUID, worker_id: str, attempt: int, steps: Progress, stages: Progress, tiles: Progress
+        self,
+        job_id: UUID,
+        worker_id: str,
+        attempt: int,
+        steps: CounterPair,
+        stages: CounterPair,
+        tiles: CounterPair,
     ) -> bool:
         """Record progress (the worker throttles); False when the attempt no longer holds the job."""
         params = {
@@ -265,9 +284,9 @@ class JobStore:
         thumbnails: Sequence[str] | None,
         metadata: Sequence[Mapping[str, Any]],
         output_keys: Mapping[str, str],
-        steps: Progress,
-        stages: Progress,
-        tiles: Progress,
+        steps: CounterPair,
+        stages: CounterPair,
+        tiles: CounterPair,
     ) -> bool:
         """Make the outputs visible, if this attempt still holds the job.
 
@@ -333,12 +352,26 @@ class JobStore:
     # -- workers -----------------------------------------------------------------------------
 
     def announce_worker(
-        self, worker_id: str, *, platform: str, providers: Sequence[str], models: Sequence[str],
-        version: str, jobs_done: int,
-    ) -> bool:  # fmt: skip
-        """Record that a worker lives; True when an admin asked it to restart."""
-        params = {"id": worker_id, "platform": platform, "providers": json.dumps(list(providers)),
-                  "models": json.dumps(list(models)), "version": version, "jobs_done": jobs_done}  # fmt: skip
+        self,
+        worker_id: str,
+        *,
+        platform: str,
+        providers: Sequence[str],
+        models: Sequence[str],
+        version: str,
+        jobs_done: int,
+        device: int | None = None,
+    ) -> bool:
+        """Record that a worker lives (on CUDA ``device``, if any); True when an admin asked it to restart."""
+        params = {
+            "id": worker_id,
+            "platform": platform,
+            "device": device,
+            "providers": json.dumps(list(providers)),
+            "models": json.dumps(list(models)),
+            "version": version,
+            "jobs_done": jobs_done,
+        }
         with self._engine.begin() as conn:
             return bool(conn.execute(QUERIES["announce_worker"], params).scalar_one())
 
@@ -353,12 +386,21 @@ class JobStore:
             conn.execute(QUERIES["forget_stale_workers"], {"max_age_s": max(max_age_s * 10, 3600)})
             rows = conn.execute(QUERIES["select_live_workers"], {"max_age_s": max_age_s}).all()
         return [
-            WorkerInfo(id=row.id, platform=row.platform, providers=tuple(row.providers), models=tuple(row.models),
-                       version=row.version, jobs_done=row.jobs_done, started_at=row.started_at, seen_at=row.seen_at)
+            WorkerInfo(
+                id=row.id,
+                platform=row.platform,
+                device=row.device,
+                providers=tuple(row.providers),
+                models=tuple(row.models),
+                version=row.version,
+                jobs_done=row.jobs_done,
+                started_at=row.started_at,
+                seen_at=row.seen_at,
+            )
             for row in rows
-        ]  # fmt: skip
+        ]
 
-    def active_jobs(self, limit: int) -> list[tuple[str, JobState, Progress]]:
+    def active_jobs(self, limit: int) -> list[tuple[str, JobState, CounterPair]]:
         """Running, then pending jobs as ``(name, state, steps)``, at most ``limit``."""
         with self._engine.begin() as conn:
             rows = conn.execute(QUERIES["select_active_jobs"], {"limit": limit}).all()
@@ -379,7 +421,7 @@ class JobStore:
         return {row.name: _view(row) for row in rows}
 
 
-def _counters(steps: Progress, stages: Progress, tiles: Progress) -> dict[str, int]:
+def _counters(steps: CounterPair, stages: CounterPair, tiles: CounterPair) -> dict[str, int]:
     return {
         "steps_current": steps[0],
         "steps_total": steps[1],

@@ -54,6 +54,7 @@ class WorkerStatusResource(AdminResource):
                 {
                     "id": worker.id,
                     "platform": worker.platform,
+                    "device": worker.device,
                     "providers": list(worker.providers),
                     "models": list(worker.models),
                     "version": worker.version,

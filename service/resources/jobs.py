@@ -18,7 +18,14 @@ ZERO = {"current": 0, "total": 0}
 def render_job(name: str, view: JobView | None) -> dict[str, Any]:
     """One status record in onnx-web's shape; ``unknown`` for names this service never saw."""
     if view is None:
-        return {"name": name, "status": "unknown", "queue": ZERO, "stages": ZERO, "steps": ZERO, "tiles": ZERO}
+        return {
+            "name": name,
+            "status": "unknown",
+            "queue": ZERO,
+            "stages": ZERO,
+            "steps": ZERO,
+            "tiles": ZERO,
+        }
     pending = view.state == JobState.PENDING
     record: dict[str, Any] = {
         "name": name,
@@ -55,7 +62,9 @@ def job_names(req: falcon.Request) -> list[str]:
     if not names:
         raise InvalidParams("jobs", "at least one job name is required")
     if len(names) > MAX_JOBS_PER_CALL:
-        raise InvalidParams("jobs", f"too many jobs: at most {MAX_JOBS_PER_CALL} names per call, got {len(names)}")
+        raise InvalidParams(
+            "jobs", f"too many jobs: at most {MAX_JOBS_PER_CALL} names per call, got {len(names)}"
+        )
     return names
 
 
@@ -132,4 +141,3 @@ class LegacyCancelResource:
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
         state = self.jobs.cancel(_output_name(req))
         resp.media = _ready_record(cancelled=state in (JobState.CANCELLED, JobState.RUNNING))
-

@@ -11,7 +11,7 @@ import falcon
 
 from service.errors import NotFound
 from service.jobs.store import JobStore
-from service.outputs import recorded_key
+from service.output_names import recorded_key
 from service.storage import ObjectStore
 
 

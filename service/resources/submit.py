@@ -32,11 +32,19 @@ from service.storage import ObjectStore, input_key
 #: The image routes; ``/api/chain`` and ``/api/job`` share the chain language.
 SUBMIT_ROUTES = ("txt2img", "img2img", "inpaint", "upscale", "blend", "txt2txt", "chain")
 #: Files each legacy route requires, checked before any parameter (contract §3.5).
-REQUIRED_FILES = {"img2img": ("source",), "inpaint": ("source", "mask"), "upscale": ("source",),
-                  "blend": ("mask", "source:0", "source:1")}  # fmt: skip
+REQUIRED_FILES = {
+    "img2img": ("source",),
+    "inpaint": ("source", "mask"),
+    "upscale": ("source",),
+    "blend": ("mask", "source:0", "source:1"),
+}
 #: The legacy routes that start from an upload, and the upload whose size is the input size.
-FROM_UPLOAD = {"img2img": (chains.build_img2img, "source"), "inpaint": (chains.build_inpaint, "source"),
-               "upscale": (chains.build_upscale, "source"), "blend": (chains.build_blend, "source:0")}  # fmt: skip
+FROM_UPLOAD = {
+    "img2img": (chains.build_img2img, "source"),
+    "inpaint": (chains.build_inpaint, "source"),
+    "upscale": (chains.build_upscale, "source"),
+    "blend": (chains.build_blend, "source:0"),
+}
 #: Per-stage uploads of chain requests are named ``source:<stage>`` / ``mask:<stage>``.
 FILE_PREFIXES = ("source", "mask")
 
@@ -87,8 +95,15 @@ def read_body(req: falcon.Request, *, chain_route: bool) -> RequestBody:
 class Submitter:
     """Turns a request body into a committed job."""
 
-    def __init__(self, config: Config, *, jobs: JobStore, store: ObjectStore, registry: ModelRegistry,
-                 params_doc: Mapping[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Config,
+        *,
+        jobs: JobStore,
+        store: ObjectStore,
+        registry: ModelRegistry,
+        params_doc: Mapping[str, Any],
+    ) -> None:
         self.config = config
         self.jobs = jobs
         self.store = store
@@ -98,8 +113,14 @@ class Submitter:
 
     def parse(self, route: str, data: Mapping[str, Any]) -> ParsedRequest:
         """Parse one request's parameters for ``route`` (chain stages parse as txt2img)."""
-        return parse_request(cast(Route, route), data, params_doc=self.params_doc, registry=self.registry,
-                             config=self.config, rng=self.rng)  # fmt: skip
+        return parse_request(
+            cast(Route, route),
+            data,
+            params_doc=self.params_doc,
+            registry=self.registry,
+            config=self.config,
+            rng=self.rng,
+        )
 
     def build(self, route: str, body: RequestBody) -> tuple[chains.BuiltChain, dict[str, Any]]:
         """Compile the request into a chain; return it with the decoded uploads it uses."""
@@ -116,20 +137,32 @@ class Submitter:
         if route == "chain":
             doc = chains.validate_chain_document(body.chain)
             built = chains.build_chain(
-                doc, self.parse, image_format=self.config.image_format,
-                thumbnail_size=self.config.thumbnail_size, uploads=frozenset(images),
-            )  # fmt: skip
+                doc,
+                self.parse,
+                image_format=self.config.image_format,
+                thumbnail_size=self.config.thumbnail_size,
+                uploads=frozenset(images),
+            )
         elif route == "txt2img":
-            built = chains.build_txt2img(self.parse(route, body.data), image_format=self.config.image_format,
-                                         thumbnail_size=self.config.thumbnail_size)  # fmt: skip
+            built = chains.build_txt2img(
+                self.parse(route, body.data),
+                image_format=self.config.image_format,
+                thumbnail_size=self.config.thumbnail_size,
+            )
         else:
             builder, sized_by = FROM_UPLOAD[route]
-            built = builder(self.parse(route, body.data), images[sized_by].size,
-                            image_format=self.config.image_format, thumbnail_size=self.config.thumbnail_size)  # fmt: skip
+            built = builder(
+                self.parse(route, body.data),
+                images[sized_by].size,
+                image_format=self.config.image_format,
+                thumbnail_size=self.config.thumbnail_size,
+            )
         chains.require_available(built.chain)
         return built, {name: images[name] for name in built.inputs.values() if name in images}
 
-    def submit(self, route: str, body: RequestBody, *, request_id: str | None, idempotency_key: str | None) -> JobView:
+    def submit(
+        self, route: str, body: RequestBody, *, request_id: str | None, idempotency_key: str | None
+    ) -> JobView:
         """Store the uploads and commit the job row; the answer is sent only after the commit."""
         built, images = self.build(route, body)
         job_id = uuid.uuid4()
@@ -144,14 +177,24 @@ class Submitter:
         platform = built.platform if built.platform not in (None, "", "any") else None
         return self.jobs.enqueue(
             NewJob(
-                id=job_id, name=name, kind=built.kind, chain=built.chain, model=built.model or image.model,
-                platform=platform, max_attempts=self.config.max_attempts,
+                id=job_id,
+                name=name,
+                kind=built.kind,
+                chain=built.chain,
+                model=built.model or image.model,
+                platform=platform,
+                max_attempts=self.config.max_attempts,
                 idempotency_key=idempotency_key,
-                request_hash=hashlib.sha256(route.encode() + body.raw).hexdigest() if idempotency_key else None,
-                inputs=inputs, request_id=request_id,
-                steps_total=built.steps_total, stages_total=built.stages_total, tiles_total=0,
+                request_hash=hashlib.sha256(route.encode() + body.raw).hexdigest()
+                if idempotency_key
+                else None,
+                inputs=inputs,
+                request_id=request_id,
+                steps_total=built.steps_total,
+                stages_total=built.stages_total,
+                tiles_total=0,
             )
-        )  # fmt: skip
+        )
 
 
 class SubmitResource:
@@ -166,5 +209,7 @@ class SubmitResource:
         key = req.get_header("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
             raise InvalidParams("Idempotency-Key", "must be 1 to 255 characters")
-        view = self.submitter.submit(self.route, body, request_id=req.context.get("request_id"), idempotency_key=key)
+        view = self.submitter.submit(
+            self.route, body, request_id=req.context.get("request_id"), idempotency_key=key
+        )
         resp.media = render_job(view.name, view)

@@ -46,7 +46,9 @@ def wait_for(
         if until(record):
             return seen
         time.sleep(0.05)
-    raise AssertionError(f"job {name} did not get there in {timeout_s}s; last record: {seen[-1] if seen else None}")
+    raise AssertionError(
+        f"job {name} did not get there in {timeout_s}s; last record: {seen[-1] if seen else None}"
+    )
 
 
 def finished(record: dict[str, Any]) -> bool:

@@ -25,8 +25,14 @@ def png(image: Image.Image) -> bytes:
 def gradient(width: int = 128, height: int = 96) -> Image.Image:
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
-    pixels = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)),
-                             np.full((height, width, 1), 96.0)], axis=2)  # fmt: skip
+    pixels = np.concatenate(
+        [
+            np.broadcast_to(x, (height, width, 1)),
+            np.broadcast_to(y, (height, width, 1)),
+            np.full((height, width, 1), 96.0),
+        ],
+        axis=2,
+    )
     return Image.fromarray(pixels.astype(np.uint8))
 
 
@@ -36,7 +42,9 @@ def half_mask(width: int = 128, height: int = 96) -> Image.Image:
     return mask
 
 
-def run_job(client: httpx.Client, path: str, *, params: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
+def run_job(
+    client: httpx.Client, path: str, *, params: dict[str, Any], files: dict[str, bytes]
+) -> dict[str, Any]:
     """Submit the GUI's way (multipart: a ``json`` field plus image parts) and wait for the end."""
     parts: dict[str, Any] = {"json": (None, json.dumps(params))}
     parts.update({name: (name, data, "image/png") for name, data in files.items()})
@@ -56,7 +64,9 @@ def output(client: httpx.Client, name: str) -> Image.Image:
 BASE = {"params": {"prompt": "a test", "steps": 3, "seed": 11, "cfg": 5.0, "scheduler": "ddim"}}
 
 
-def test_img2img_with_a_source_filter_returns_the_result_and_the_filtered_source(client: httpx.Client) -> None:
+def test_img2img_with_a_source_filter_returns_the_result_and_the_filtered_source(
+    client: httpx.Client,
+) -> None:
     params = {**BASE, "params": {**BASE["params"], "strength": 0.5, "sourceFilter": "canny"}}
     record = run_job(client, "/api/img2img", params=params, files={"source": png(gradient())})
     assert len(record["outputs"]) == 2, "the canny-filtered source comes back as an extra output"
@@ -70,7 +80,9 @@ def test_img2img_with_a_source_filter_returns_the_result_and_the_filtered_source
 def test_inpaint_keeps_the_black_half_of_the_mask(client: httpx.Client) -> None:
     source = gradient()
     params = {**BASE, "params": {**BASE["params"], "noise": "fill-mask", "fillColor": "white"}}
-    record = run_job(client, "/api/inpaint", params=params, files={"source": png(source), "mask": png(half_mask())})
+    record = run_job(
+        client, "/api/inpaint", params=params, files={"source": png(source), "mask": png(half_mask())}
+    )
     result = np.asarray(output(client, record["outputs"][0])).astype(int)
     kept = np.abs(result[:, :48] - np.asarray(source)[:, :48]).max()
     assert kept <= 8, f"the kept (black) side changed by {kept} levels"
@@ -79,22 +91,30 @@ def test_inpaint_keeps_the_black_half_of_the_mask(client: httpx.Client) -> None:
 def test_outpaint_grows_the_canvas_by_the_border(client: httpx.Client) -> None:
     params = {**BASE, "border": {"left": 32, "right": 0, "top": 16, "bottom": 8}}
     mask = Image.new("RGB", (128, 96), "black")
-    record = run_job(client, "/api/inpaint", params=params, files={"source": png(gradient()), "mask": png(mask)})
+    record = run_job(
+        client, "/api/inpaint", params=params, files={"source": png(gradient()), "mask": png(mask)}
+    )
     assert output(client, record["outputs"][0]).size == (128 + 32, 96 + 16 + 8)
     assert record["metadata"][0]["border"] == {"left": 32, "right": 0, "top": 16, "bottom": 8}
 
 
 def test_upscale_with_a_model_and_outscale(client: httpx.Client) -> None:
-    params = {"params": {"upscaling": "upscaling-real-esrgan-x4-plus"},
-              "upscale": {"enabled": True, "scale": 4, "outscale": 2}}  # fmt: skip
+    params = {
+        "params": {"upscaling": "upscaling-real-esrgan-x4-plus"},
+        "upscale": {"enabled": True, "scale": 4, "outscale": 2},
+    }
     record = run_job(client, "/api/upscale", params=params, files={"source": png(gradient(64, 48))})
     assert output(client, record["outputs"][0]).size == (128, 96)
 
 
 def test_blend_takes_the_second_source_where_the_mask_is_white(client: httpx.Client) -> None:
     red, blue = Image.new("RGB", (128, 96), "red"), Image.new("RGB", (128, 96), "blue")
-    record = run_job(client, "/api/blend", params={}, files={"source:0": png(red), "source:1": png(blue),
-                                                               "mask": png(half_mask())})  # fmt: skip
+    record = run_job(
+        client,
+        "/api/blend",
+        params={},
+        files={"source:0": png(red), "source:1": png(blue), "mask": png(half_mask())},
+    )
     result = np.asarray(output(client, record["outputs"][0]))
     assert tuple(result[48, 10]) == (255, 0, 0) and tuple(result[48, 120]) == (0, 0, 255)
 
@@ -125,11 +145,21 @@ def test_grid_chain_as_the_gui_sends_it(client: httpx.Client) -> None:
 
 
 def test_chain_with_an_upload_an_upscaler_and_no_persist_stage(client: httpx.Client) -> None:
-    doc = {"stages": [
-        {"name": "refine", "type": "blend-img2img", "params": {"prompt": "x", "steps": 2, "strength": 0.5}},
-        {"name": "mix", "type": "blend-linear", "params": {"alpha": 0.5}},
-        {"name": "big", "type": "upscale-resrgan", "params": {"upscaling": "upscaling-real-esrgan-x4-v3", "outscale": 4}},
-    ]}  # fmt: skip
+    doc = {
+        "stages": [
+            {
+                "name": "refine",
+                "type": "blend-img2img",
+                "params": {"prompt": "x", "steps": 2, "strength": 0.5},
+            },
+            {"name": "mix", "type": "blend-linear", "params": {"alpha": 0.5}},
+            {
+                "name": "big",
+                "type": "upscale-resrgan",
+                "params": {"upscaling": "upscaling-real-esrgan-x4-v3", "outscale": 4},
+            },
+        ]
+    }
     files = {
         "chain": (None, json.dumps(doc)),
         "source:refine": ("a", png(gradient(64, 64)), "image/png"),
@@ -139,17 +169,25 @@ def test_chain_with_an_upload_an_upscaler_and_no_persist_stage(client: httpx.Cli
     assert response.status_code == 200, response.text
     record = wait_for(client, response.json()["name"], until=finished)[-1]
     assert record["status"] == "success", record
-    assert output(client, record["outputs"][0]).size == (256, 256), "no persist stage: the final images are kept"
+    assert output(client, record["outputs"][0]).size == (256, 256), (
+        "no persist stage: the final images are kept"
+    )
 
 
 def test_bad_chain_documents_name_the_field(client: httpx.Client) -> None:
     cases = [
-        ({"stages": [{"name": "a", "type": "upscale-simple", "params": {"method": "cubic"}}]}, "stages[0].params.method"),
+        (
+            {"stages": [{"name": "a", "type": "upscale-simple", "params": {"method": "cubic"}}]},
+            "stages[0].params.method",
+        ),
         ({"stages": [{"name": "a", "type": "blend-linear", "params": {}}]}, "stages[0]"),
-        ({"stages": [{"name": "a", "type": "blend-grid", "params": {"width": 2}}]}, "stages[0].params.height"),
+        (
+            {"stages": [{"name": "a", "type": "blend-grid", "params": {"width": 2}}]},
+            "stages[0].params.height",
+        ),
         ({"stages": [], "defaults": {}}, "stages"),
         ({"stages": [{"name": "a", "type": "source-txt2img", "params": {}}], "extra": 1}, "chain"),
-    ]  # fmt: skip
+    ]
     for doc, field in cases:
         response = client.post("/api/job", json=doc)
         assert response.status_code == 400, (doc, response.text)
@@ -157,13 +195,21 @@ def test_bad_chain_documents_name_the_field(client: httpx.Client) -> None:
 
 
 def test_source_s3_continues_from_a_previous_output_and_refuses_other_keys(client: httpx.Client) -> None:
-    first = client.post("/api/txt2img", params={"prompt": "a seed image", "steps": 2, "width": 128, "height": 128})
+    first = client.post(
+        "/api/txt2img", params={"prompt": "a seed image", "steps": 2, "width": 128, "height": 128}
+    )
     done = wait_for(client, first.json()["name"], until=finished)[-1]
     assert done["status"] == "success", done
-    chain = {"stages": [
-        {"name": "load", "type": "source-s3", "params": {"bucket": "onnx-web", "source_keys": done["outputs"][0]}},
-        {"name": "grow", "type": "upscale-simple", "params": {"method": "bilinear", "scale": 2}},
-    ]}  # fmt: skip
+    chain = {
+        "stages": [
+            {
+                "name": "load",
+                "type": "source-s3",
+                "params": {"bucket": "onnx-web", "source_keys": done["outputs"][0]},
+            },
+            {"name": "grow", "type": "upscale-simple", "params": {"method": "bilinear", "scale": 2}},
+        ]
+    }
     response = client.post("/api/job", json=chain)
     assert response.status_code == 200, response.text
     record = wait_for(client, response.json()["name"], until=finished)[-1]
@@ -175,8 +221,15 @@ def test_source_s3_continues_from_a_previous_output_and_refuses_other_keys(clien
     assert refused["status"] == "failed" and refused["reason"] == "source_s3_refused", refused
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:5000/x.png", "http://169.254.169.254/latest/meta-data/",
-                                 "file:///etc/passwd", "http://[::1]/x.png"])  # fmt: skip
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:5000/x.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "file:///etc/passwd",
+        "http://[::1]/x.png",
+    ],
+)
 def test_source_url_to_private_addresses_is_refused_at_submission(client: httpx.Client, url: str) -> None:
     chain = {"stages": [{"name": "fetch", "type": "source-url", "params": {"source_urls": url}}]}
     response = client.post("/api/job", json=chain)
@@ -185,9 +238,17 @@ def test_source_url_to_private_addresses_is_refused_at_submission(client: httpx.
 
 
 def test_txt2img_with_highres_and_the_upscale_highres_stage(client: httpx.Client) -> None:
-    params = {"prompt": "a castle || a detailed castle", "steps": 4, "width": 128, "height": 128,
-              "highres": True, "highresIterations": 2, "highresScale": 2, "highresStrength": 0.5,
-              "highresMethod": "bilinear"}  # fmt: skip
+    params = {
+        "prompt": "a castle || a detailed castle",
+        "steps": 4,
+        "width": 128,
+        "height": 128,
+        "highres": True,
+        "highresIterations": 2,
+        "highresScale": 2,
+        "highresStrength": 0.5,
+        "highresMethod": "bilinear",
+    }
     response = client.post("/api/txt2img", json=params)
     assert response.status_code == 200, response.text
     record = wait_for(client, response.json()["name"], until=finished)[-1]
@@ -197,11 +258,20 @@ def test_txt2img_with_highres_and_the_upscale_highres_stage(client: httpx.Client
     assert record["stages"]["total"] == 1 + 2 * 2 + 1
     assert record["metadata"][0]["highres"]["iterations"] == 2
 
-    chain = {"stages": [
-        {"name": "start", "type": "source-txt2img", "params": {"prompt": "x", "steps": 2, "width": 128, "height": 128}},
-        {"name": "hires", "type": "upscale-highres", "params": {"highresScale": 2, "highresStrength": 0.5,
-                                                                  "highresMethod": "lanczos", "steps": 2}},
-    ]}  # fmt: skip
+    chain = {
+        "stages": [
+            {
+                "name": "start",
+                "type": "source-txt2img",
+                "params": {"prompt": "x", "steps": 2, "width": 128, "height": 128},
+            },
+            {
+                "name": "hires",
+                "type": "upscale-highres",
+                "params": {"highresScale": 2, "highresStrength": 0.5, "highresMethod": "lanczos", "steps": 2},
+            },
+        ]
+    }
     response = client.post("/api/job", json=chain)
     assert response.status_code == 200, response.text
     record = wait_for(client, response.json()["name"], until=finished)[-1]
@@ -210,14 +280,19 @@ def test_txt2img_with_highres_and_the_upscale_highres_stage(client: httpx.Client
 
 
 def test_upscaled_outputs_list_the_upscaling_model_with_its_hash(client: httpx.Client) -> None:
-    params = {"params": {"upscaling": "upscaling-real-esrgan-x4-v3"}, "upscale": {"enabled": True, "outscale": 4}}
+    params = {
+        "params": {"upscaling": "upscaling-real-esrgan-x4-v3"},
+        "upscale": {"enabled": True, "outscale": 4},
+    }
     record = run_job(client, "/api/upscale", params=params, files={"source": png(gradient(32, 32))})
     models = {entry["name"]: entry["hash"] for entry in record["metadata"][0]["models"]}
     assert "upscaling-real-esrgan-x4-v3" in models and models["upscaling-real-esrgan-x4-v3"] != "unknown"
 
 
 def test_sd_x4_upscaler_through_the_upscale_route(client: httpx.Client) -> None:
-    params = {"params": {"upscaling": "upscaling-stable-diffusion-x4", "prompt": "sharp", "steps": 2},
-              "upscale": {"enabled": True, "scale": 4, "outscale": 4, "denoise": 0.2}}  # fmt: skip
+    params = {
+        "params": {"upscaling": "upscaling-stable-diffusion-x4", "prompt": "sharp", "steps": 2},
+        "upscale": {"enabled": True, "scale": 4, "outscale": 4, "denoise": 0.2},
+    }
     record = run_job(client, "/api/upscale", params=params, files={"source": png(gradient(64, 48))})
     assert output(client, record["outputs"][0]).size == (256, 192)

@@ -30,8 +30,17 @@ def fetch_image(client: httpx.Client, name: str) -> Image.Image:
 
 
 def test_query_string_txt2img_succeeds_with_progress_size_and_metadata(client: httpx.Client) -> None:
-    job = submit_query(client, prompt="an astronaut eating a hamburger", steps=40, seed=42,
-                       width=192, height=128, cfg=6.0, scheduler="ddim", negativePrompt="blurry")  # fmt: skip
+    job = submit_query(
+        client,
+        prompt="an astronaut eating a hamburger",
+        steps=40,
+        seed=42,
+        width=192,
+        height=128,
+        cfg=6.0,
+        scheduler="ddim",
+        negativePrompt="blurry",
+    )
     assert job["status"] == "pending"
     assert set(job) >= {"name", "queue", "stages", "steps", "tiles"}
     assert job["name"].startswith("txt2img_42_")
@@ -40,7 +49,9 @@ def test_query_string_txt2img_succeeds_with_progress_size_and_metadata(client: h
     record = seen[-1]
     assert record["status"] == "success", record
     running = [r for r in seen if r["status"] == "running"]
-    assert any(0 < r["steps"]["current"] < r["steps"]["total"] for r in running), "no partial progress was reported"
+    assert any(0 < r["steps"]["current"] < r["steps"]["total"] for r in running), (
+        "no partial progress was reported"
+    )
     assert record["steps"] == {"current": 41, "total": 41}  # 40 steps, then the save
     assert record["stages"] == {"current": 2, "total": 2}  # txt2img, save
 
@@ -61,7 +72,10 @@ def test_query_string_txt2img_succeeds_with_progress_size_and_metadata(client: h
 
 
 def test_same_seed_gives_identical_pixels(client: httpx.Client) -> None:
-    names = [submit_query(client, prompt="a red fox", steps=4, seed=1234, width=128, height=128)["name"] for _ in range(2)]
+    names = [
+        submit_query(client, prompt="a red fox", steps=4, seed=1234, width=128, height=128)["name"]
+        for _ in range(2)
+    ]
     other = submit_query(client, prompt="a red fox", steps=4, seed=4321, width=128, height=128)["name"]
     images = []
     for name in [*names, other]:

@@ -17,8 +17,24 @@ from service.storage import ObjectStore
 
 pytestmark = pytest.mark.integration
 
-SCHEDULERS = ["ddim", "ddpm", "deis-multi", "dpm-multi", "dpm-sde", "dpm-single", "euler", "euler-a", "heun",
-              "ipndm", "k-dpm-2-a", "k-dpm-2", "lcm", "lms-discrete", "pndm", "unipc-multi"]  # fmt: skip
+SCHEDULERS = [
+    "ddim",
+    "ddpm",
+    "deis-multi",
+    "dpm-multi",
+    "dpm-sde",
+    "dpm-single",
+    "euler",
+    "euler-a",
+    "heun",
+    "ipndm",
+    "k-dpm-2-a",
+    "k-dpm-2",
+    "lcm",
+    "lms-discrete",
+    "pndm",
+    "unipc-multi",
+]
 
 
 ADMIN_TOKEN = "admin-secret"
@@ -35,9 +51,15 @@ def models(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path) -> falcon.testing.TestClient:
-    config = Config(models_path=models, bundle_path=tmp_path / "bundle", s3_bucket=object_store.bucket,
-                    admin_token=ADMIN_TOKEN)  # fmt: skip
+def client(
+    job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path
+) -> falcon.testing.TestClient:
+    config = Config(
+        models_path=models,
+        bundle_path=tmp_path / "bundle",
+        s3_bucket=object_store.bucket,
+        admin_token=ADMIN_TOKEN,
+    )
     app = create_app(config, jobs=job_store, store=object_store, registry=ModelRegistry(models, ()))
     return falcon.testing.TestClient(app)
 
@@ -52,12 +74,34 @@ def test_introspection_lists_every_documented_route(client: falcon.testing.TestC
     assert result.status_code == 200
     routes = {route["path"]: route["methods"] for route in result.json["routes"]}
     assert result.json["name"] == "onnx-web"
-    for path in ["/", "/:filename", "/output/:filename", "/api", "/api/job", "/api/job/cancel", "/api/job/status",
-                 "/api/settings/filters", "/api/settings/masks", "/api/settings/models", "/api/settings/noises",
-                 "/api/settings/params", "/api/settings/pipelines", "/api/settings/platforms",
-                 "/api/settings/schedulers", "/api/settings/strings", "/api/settings/wildcards", "/api/img2img",
-                 "/api/txt2img", "/api/txt2txt", "/api/inpaint", "/api/upscale", "/api/chain", "/api/blend",
-                 "/api/cancel", "/api/ready"]:  # fmt: skip
+    for path in [
+        "/",
+        "/:filename",
+        "/output/:filename",
+        "/api",
+        "/api/job",
+        "/api/job/cancel",
+        "/api/job/status",
+        "/api/settings/filters",
+        "/api/settings/masks",
+        "/api/settings/models",
+        "/api/settings/noises",
+        "/api/settings/params",
+        "/api/settings/pipelines",
+        "/api/settings/platforms",
+        "/api/settings/schedulers",
+        "/api/settings/strings",
+        "/api/settings/wildcards",
+        "/api/img2img",
+        "/api/txt2img",
+        "/api/txt2txt",
+        "/api/inpaint",
+        "/api/upscale",
+        "/api/chain",
+        "/api/blend",
+        "/api/cancel",
+        "/api/ready",
+    ]:
         assert path in routes, path
     assert "POST" in routes["/api/txt2img"] and "GET" in routes["/api/job/status"]
 
@@ -88,7 +132,9 @@ def test_submission_answers_the_job_record_and_status_finds_it(client: falcon.te
     assert job["queue"] == {"current": 0, "total": 1}
     assert job["steps"]["total"] == 3 + 1 and job["stages"]["total"] == 2  # txt2img, then save
     second = submit(client, prompt="a dog", steps=3).json
-    status = client.simulate_get("/api/job/status", params={"jobs": f"{job['name']},{second['name']},nope"}).json
+    status = client.simulate_get(
+        "/api/job/status", params={"jobs": f"{job['name']},{second['name']},nope"}
+    ).json
     assert [record["name"] for record in status] == [job["name"], second["name"], "nope"]
     assert status[1]["queue"] == {"current": 1, "total": 2}
     assert status[2]["status"] == "unknown"
@@ -111,7 +157,9 @@ def test_submission_answers_the_job_record_and_status_finds_it(client: falcon.te
         ({"tiled_vae": "maybe"}, "tiled_vae"),
     ],
 )
-def test_bad_input_is_a_400_naming_the_field(client: falcon.testing.TestClient, params: dict, field: str) -> None:
+def test_bad_input_is_a_400_naming_the_field(
+    client: falcon.testing.TestClient, params: dict, field: str
+) -> None:
     result = submit(client, prompt="x", **params)
     assert result.status_code == 400, result.text
     assert error_of(result).startswith(field), result.json
@@ -153,7 +201,12 @@ def test_cancel_answers_each_jobs_true_state(client: falcon.testing.TestClient) 
 def test_legacy_ready_and_cancel(client: falcon.testing.TestClient) -> None:
     name = submit(client, prompt="x", steps=2).json["name"]
     assert client.simulate_get("/api/ready", params={"output": name}).json == {
-        "cancelled": False, "failed": False, "pending": True, "progress": 0, "ready": False}  # fmt: skip
+        "cancelled": False,
+        "failed": False,
+        "pending": True,
+        "progress": 0,
+        "ready": False,
+    }
     assert client.simulate_put("/api/cancel", params={"output": name}).json["cancelled"] is True
     assert client.simulate_get("/api/ready").status_code == 400
 
@@ -170,7 +223,9 @@ def test_chain_document_errors_name_the_path(client: falcon.testing.TestClient) 
     assert result.status_code == 400 and "steps" in error_of(result)
 
 
-def test_chain_with_defaults_is_queued_with_resolved_seed(client: falcon.testing.TestClient, job_store: JobStore) -> None:
+def test_chain_with_defaults_is_queued_with_resolved_seed(
+    client: falcon.testing.TestClient, job_store: JobStore
+) -> None:
     doc = {
         "defaults": {"prompt": "a magical wizard", "seed": -1, "width": 128, "height": 128, "steps": 3},
         "stages": [
@@ -188,16 +243,32 @@ def test_chain_with_defaults_is_queued_with_resolved_seed(client: falcon.testing
 
 @pytest.mark.parametrize(
     "path",
-    ["..", "../etc/passwd", "css/../../secret", "%2e%2e%2fetc%2fpasswd", "%252e%252e%252f", "..%5c..%5cwin.ini",
-     ".%00ssh", "~", "x.png.", "a\tb", "x" * 300, "\ufffd", "//etc/passwd", "txt2img_1_" + "0" * 64 + "_1_0.png",
-     "txt2img_1_" + "0" * 64 + "_1_0.png/../../x"],
+    [
+        "..",
+        "../etc/passwd",
+        "css/../../secret",
+        "%2e%2e%2fetc%2fpasswd",
+        "%252e%252e%252f",
+        "..%5c..%5cwin.ini",
+        ".%00ssh",
+        "~",
+        "x.png.",
+        "a\tb",
+        "x" * 300,
+        "\ufffd",
+        "//etc/passwd",
+        "txt2img_1_" + "0" * 64 + "_1_0.png",
+        "txt2img_1_" + "0" * 64 + "_1_0.png/../../x",
+    ],
 )
 def test_output_path_traversal_is_refused(client: falcon.testing.TestClient, path: str) -> None:
     result = client.simulate_get(f"/output/{path}")
     assert 400 <= result.status_code < 500, (path, result.status_code)
 
 
-@pytest.mark.parametrize("path", ["../pyproject.toml", "..%2fpyproject.toml", "a/../../x", "%00", "bundle/..", "x\\y"])
+@pytest.mark.parametrize(
+    "path", ["../pyproject.toml", "..%2fpyproject.toml", "a/../../x", "%00", "bundle/..", "x\\y"]
+)
 def test_bundle_path_traversal_is_refused(client: falcon.testing.TestClient, path: str) -> None:
     assert client.simulate_get(f"/{path}").status_code == 404
 
@@ -214,34 +285,75 @@ def test_gui_placeholder_and_json_404(client: falcon.testing.TestClient) -> None
 
 
 def test_request_body_over_the_cap_is_refused_before_reading(client: falcon.testing.TestClient) -> None:
-    result = client.simulate_post("/api/txt2img", body=b"x", headers={"Content-Length": str(10**9),
-                                                                       "Content-Type": "application/json"})  # fmt: skip
+    result = client.simulate_post(
+        "/api/txt2img", body=b"x", headers={"Content-Length": str(10**9), "Content-Type": "application/json"}
+    )
     assert result.status_code == 413
 
 
 def test_idempotency_key_returns_the_same_job(client: falcon.testing.TestClient) -> None:
     headers = {"Idempotency-Key": "abc-123"}
     body = json.dumps({"prompt": "once", "steps": 2})
-    first = client.simulate_post("/api/txt2img", body=body, headers={**headers, "Content-Type": "application/json"})
-    again = client.simulate_post("/api/txt2img", body=body, headers={**headers, "Content-Type": "application/json"})
+    first = client.simulate_post(
+        "/api/txt2img", body=body, headers={**headers, "Content-Type": "application/json"}
+    )
+    again = client.simulate_post(
+        "/api/txt2img", body=body, headers={**headers, "Content-Type": "application/json"}
+    )
     assert first.status_code == again.status_code == 200
     assert first.json["name"] == again.json["name"]
     other = json.dumps({"prompt": "twice", "steps": 2})
-    conflict = client.simulate_post("/api/txt2img", body=other, headers={**headers, "Content-Type": "application/json"})
+    conflict = client.simulate_post(
+        "/api/txt2img", body=other, headers={**headers, "Content-Type": "application/json"}
+    )
     assert conflict.status_code == 409
 
 
 def test_admin_routes_need_the_token(client: falcon.testing.TestClient, job_store: JobStore) -> None:
-    for path, method in (("/api/worker/status", client.simulate_get), ("/api/worker/restart", client.simulate_post),
-                         ("/api/extras", client.simulate_get)):  # fmt: skip
+    for path, method in (
+        ("/api/worker/status", client.simulate_get),
+        ("/api/worker/restart", client.simulate_post),
+        ("/api/extras", client.simulate_get),
+    ):
         assert method(path).status_code == 401
         assert method(path, params={"token": "wrong"}).status_code == 401
-    job_store.announce_worker("w-1", platform="cuda", providers=["CUDAExecutionProvider"], models=["m"],
-                              version="v", jobs_done=3)  # fmt: skip
+    job_store.announce_worker(
+        "w-1", platform="cuda", providers=["CUDAExecutionProvider"], models=["m"], version="v", jobs_done=3
+    )
     status = client.simulate_get("/api/worker/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert status.status_code == 200
     assert status.json["workers"] == [["cuda", 3, True]]
     assert client.simulate_get("/api/settings/platforms").json == ["any", "cuda"]
     restart = client.simulate_post("/api/worker/restart", params={"token": ADMIN_TOKEN})
     assert restart.status_code == 200
-    assert job_store.announce_worker("w-1", platform="cuda", providers=[], models=[], version="v", jobs_done=3)
+    assert job_store.announce_worker(
+        "w-1", platform="cuda", providers=[], models=[], version="v", jobs_done=3
+    )
+
+
+def test_worker_status_shows_each_workers_cuda_device(
+    client: falcon.testing.TestClient, job_store: JobStore
+) -> None:
+    for worker_id, device in (("gpu-0", 0), ("gpu-2", 2), ("cpu", None)):
+        job_store.announce_worker(
+            worker_id,
+            platform="cuda" if device is not None else "cpu",
+            device=device,
+            providers=[],
+            models=[],
+            version="v",
+            jobs_done=0,
+        )
+    # A worker moved to another device (restarted with a new --device) is shown on its new one.
+    job_store.announce_worker(
+        "gpu-0", platform="cuda", device=1, providers=[], models=[], version="v", jobs_done=0
+    )
+
+    status = client.simulate_get("/api/worker/status", params={"token": ADMIN_TOKEN})
+
+    assert status.status_code == 200
+    assert {detail["id"]: detail["device"] for detail in status.json["details"]} == {
+        "gpu-0": 1,
+        "gpu-2": 2,
+        "cpu": None,
+    }

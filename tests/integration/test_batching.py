@@ -31,7 +31,7 @@ from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSetting
 from service.config import Config
 from service.jobs.notify import Notifier
 from service.jobs.states import JobState
-from service.jobs.store import ClaimedJob, JobStore, NewJob, Progress
+from service.jobs.store import ClaimedJob, CounterPair, JobStore, NewJob
 from service.storage import MemoryObjectStore
 from service.worker import Worker
 from tests.fixtures.postgres import TEST_AFFINITY_WINDOW_S, TEST_LEASE_S, job_row, shift_time
@@ -62,8 +62,15 @@ class HookedStore(JobStore):
         #: One release per heartbeat that carried a cancel request, by job.
         self.cancel_seen: dict[UUID, threading.Semaphore] = {}
 
-    def progress(self, job_id: UUID, worker_id: str, attempt: int, steps: Progress, stages: Progress,
-                 tiles: Progress) -> bool:  # fmt: skip
+    def progress(
+        self,
+        job_id: UUID,
+        worker_id: str,
+        attempt: int,
+        steps: CounterPair,
+        stages: CounterPair,
+        tiles: CounterPair,
+    ) -> bool:
         if self.hook is not None:
             self.hook(self, job_id, steps[0])
         self.writes.setdefault(job_id, []).append((attempt, steps[0]))
@@ -103,19 +110,42 @@ def sessions() -> SessionCache:
     return SessionCache(1, SessionSettings(providers=(CPU_PROVIDER,)))
 
 
-def plain_job(models: Path, seed: int, *, prompt: str = "a red fox in the snow", size: int = 64,
-              steps: int = STEPS, platform: str | None = None, **params: Any) -> NewJob:  # fmt: skip
+def plain_job(
+    models: Path,
+    seed: int,
+    *,
+    prompt: str = "a red fox in the snow",
+    size: int = 64,
+    steps: int = STEPS,
+    platform: str | None = None,
+    **params: Any,
+) -> NewJob:
     """A txt2img job as the api builds it, with ``params`` changed in its source-txt2img stage."""
     job = make_job(models, steps=steps, size=size, seed=seed, platform=platform, prompt=prompt)
     job.chain["stages"][0]["params"].update(params)
     return replace(job, model=params.get("model", job.model))
 
 
-def run_worker(database_url: str, jobs: JobStore, store: MemoryObjectStore, models: Path, sessions: SessionCache,
-               *, batch_max: int, max_jobs: int) -> None:  # fmt: skip
+def run_worker(
+    database_url: str,
+    jobs: JobStore,
+    store: MemoryObjectStore,
+    models: Path,
+    sessions: SessionCache,
+    *,
+    batch_max: int,
+    max_jobs: int,
+) -> None:
     """Run one in-process worker until it has finished ``max_jobs`` jobs."""
-    config = Config(database_url=database_url, models_path=models, worker_id=f"batch-{batch_max}",
-                    batch_max=batch_max, heartbeat_s=0.05, progress_interval_s=0.0, poll_interval_s=0.05)  # fmt: skip
+    config = Config(
+        database_url=database_url,
+        models_path=models,
+        worker_id=f"batch-{batch_max}",
+        batch_max=batch_max,
+        heartbeat_s=0.05,
+        progress_interval_s=0.0,
+        poll_interval_s=0.05,
+    )
     with Notifier(database_url) as notifier:
         Worker(config, jobs=jobs, store=store, sessions=sessions, notifier=notifier).run(max_jobs=max_jobs)
 
@@ -144,17 +174,30 @@ def test_the_claim_takes_the_head_job_and_only_compatible_mates(
 ) -> None:
     head = job_store.enqueue(plain_job(models, 1))
     nonplain = plain_job(models, 2)
-    nonplain.chain["stages"].insert(1, {"name": "resize", "type": "upscale-simple", "tiles": 512, "outscale": 1,
-                                        "params": {"method": "lanczos", "scale": 2}})  # fmt: skip
+    nonplain.chain["stages"].insert(
+        1,
+        {
+            "name": "resize",
+            "type": "upscale-simple",
+            "tiles": 512,
+            "outscale": 1,
+            "params": {"method": "lanczos", "scale": 2},
+        },
+    )
     left_pending = [
         job_store.enqueue(job).name
         for job in (
-            plain_job(models, 3, size=128), plain_job(models, 4, scheduler="ddim"),
-            plain_job(models, 5, steps=STEPS + 1), plain_job(models, 6, model="another-model"),
-            plain_job(models, 7, platform="cuda"), nonplain, plain_job(models, 8, batch=2),
-            plain_job(models, 9, tiled_vae=True), plain_job(models, 10, pipeline="txt2img-sdxl"),
+            plain_job(models, 3, size=128),
+            plain_job(models, 4, scheduler="ddim"),
+            plain_job(models, 5, steps=STEPS + 1),
+            plain_job(models, 6, model="another-model"),
+            plain_job(models, 7, platform="cuda"),
+            nonplain,
+            plain_job(models, 8, batch=2),
+            plain_job(models, 9, tiled_vae=True),
+            plain_job(models, 10, pipeline="txt2img-sdxl"),
         )
-    ]  # fmt: skip
+    ]
     compatible = [
         job_store.enqueue(plain_job(models, seed, platform="cpu")).name for seed in (11, 12, 13, 14)
     ]
@@ -182,8 +225,16 @@ def test_a_job_that_cannot_share_a_batch_is_claimed_alone(
 ) -> None:
     head = plain_job(models, 1, **{k: v for k, v in change.items() if k != "upscale"})
     if change.get("upscale"):
-        head.chain["stages"].insert(1, {"name": "resize", "type": "upscale-simple", "tiles": 512, "outscale": 1,
-                                        "params": {"method": "lanczos", "scale": 2}})  # fmt: skip
+        head.chain["stages"].insert(
+            1,
+            {
+                "name": "resize",
+                "type": "upscale-simple",
+                "tiles": 512,
+                "outscale": 1,
+                "params": {"method": "lanczos", "scale": 2},
+            },
+        )
     job_store.enqueue(head)
     waiting = [job_store.enqueue(plain_job(models, seed)).name for seed in (2, 3)]
 
@@ -215,13 +266,16 @@ def test_concurrent_batch_claims_take_every_job_exactly_once(job_store: JobStore
 
 
 def test_batched_jobs_get_the_pixels_progress_and_outputs_they_get_alone(
-    database_url: str, engine: sqlalchemy.Engine, models: Path, sessions: SessionCache,
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    models: Path,
+    sessions: SessionCache,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     store = MemoryObjectStore()
     batched_store, alone_store = HookedStore(engine), HookedStore(engine)
     batched = [batched_store.enqueue(job) for job in four_jobs(models)]
-    with caplog.at_level(logging.INFO, logger="service.worker"):
+    with caplog.at_level(logging.INFO, logger="service.jobrun"):
         run_worker(database_url, batched_store, store, models, sessions, batch_max=BATCH, max_jobs=BATCH)
     alone = [alone_store.enqueue(job) for job in four_jobs(models)]
     run_worker(database_url, alone_store, store, models, sessions, batch_max=1, max_jobs=BATCH)
@@ -306,8 +360,14 @@ def test_a_stale_attempt_of_one_batched_job_is_fenced_alone(
     def rescue_and_reclaim(store: HookedStore, job_id: UUID, steps: int) -> None:
         # As if this worker hung past its lease: rescued, then claimed by another worker.
         if job_id == victim.id and steps == 2:
-            shift_time(engine, victim.name, column="lease_expires_at", seconds=TEST_LEASE_S + 1)
-            assert [rescued.name for rescued in store.rescue_expired()] == [victim.name]
+            # The worker's 50 ms heartbeat may renew the lease between the shift and the rescue:
+            # shift again until a rescue finds it expired (a renewal cannot win every time).
+            for _ in range(50):
+                shift_time(engine, victim.name, column="lease_expires_at", seconds=TEST_LEASE_S + 1)
+                rescued = [job.name for job in store.rescue_expired()]
+                if rescued:
+                    break
+            assert rescued == [victim.name]
             reclaimed = store.claim("other", **CPU)
             assert reclaimed is not None and (reclaimed.name, reclaimed.attempt) == (victim.name, 2)
 

@@ -23,7 +23,10 @@ def put(store: S3ObjectStore, name: str, attempt: int, file: str) -> str:
 def expire_lease(engine: sqlalchemy.Engine, name: str) -> None:
     """Move the lease into the past in SQL, as a dead worker's would be."""
     with engine.begin() as conn:
-        conn.execute(text("UPDATE jobs SET lease_expires_at = now() - interval '1 minute' WHERE name = :n"), {"n": name})
+        conn.execute(
+            text("UPDATE jobs SET lease_expires_at = now() - interval '1 minute' WHERE name = :n"),
+            {"n": name},
+        )
 
 
 def test_only_objects_no_row_can_serve_are_deleted(
@@ -40,9 +43,18 @@ def test_only_objects_no_row_can_serve_are_deleted(
     second = job_store.claim("w2", platform="cpu", held_models=[])
     assert second is not None and second.attempt == 2
     live = put(object_store, rescued.name, 2, f"{rescued.name}_0.png")
-    assert job_store.finish_success(second.id, "w2", 2, outputs=[f"{rescued.name}_0.png"], thumbnails=[],
-                                    metadata=[{}], output_keys={f"{rescued.name}_0.png": live},
-                                    steps=(1, 1), stages=(1, 1), tiles=(0, 0))  # fmt: skip
+    assert job_store.finish_success(
+        second.id,
+        "w2",
+        2,
+        outputs=[f"{rescued.name}_0.png"],
+        thumbnails=[],
+        metadata=[{}],
+        output_keys={f"{rescued.name}_0.png": live},
+        steps=(1, 1),
+        stages=(1, 1),
+        tiles=(0, 0),
+    )
 
     # A job running its first attempt right now: its objects are still being written.
     running = new_job()
@@ -57,7 +69,10 @@ def test_only_objects_no_row_can_serve_are_deleted(
     failing = job_store.claim("w4", platform="cpu", held_models=[])
     assert failing is not None
     failed_key = put(object_store, failed.name, 1, f"{failed.name}_0.png")
-    assert job_store.finish_failed(failing.id, "w4", 1, reason="error", message="x", retryable=False) == JobState.FAILED
+    assert (
+        job_store.finish_failed(failing.id, "w4", 1, reason="error", message="x", retryable=False)
+        == JobState.FAILED
+    )
     stray = put(object_store, "txt2img_1_" + "f" * 64 + "_1", 1, "x_0.png")
 
     dry = collect_orphans(job_store, object_store, dry_run=True)

@@ -61,10 +61,12 @@ EXPECTED_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     # Generated (migration 0003): information_schema reports no default for it.
     "batch_key": ("text", True, None),
 }
-#: The workers table of migration 0002 (live workers: platforms, loaded models, restart requests).
+#: The workers table of migration 0002 (live workers: platforms, loaded models, restart requests),
+#: with the CUDA device of migration 0004.
 EXPECTED_WORKER_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "id": ("text", False, None),
     "platform": ("text", False, None),
+    "device": ("integer", True, None),
     "providers": ("jsonb", False, "'[]'::jsonb"),
     "models": ("jsonb", False, "'[]'::jsonb"),
     "version": ("text", True, None),
@@ -105,7 +107,8 @@ EXPECTED_INDEXES = {
         "WHERE ((state = 'pending'::job_state) AND (batch_key IS NOT NULL))"
     ),
     "jobs_owner_idempotency_key_idx": (
-        "CREATE UNIQUE INDEX jobs_owner_idempotency_key_idx ON public.jobs USING btree (owner, idempotency_key) "
+        "CREATE UNIQUE INDEX jobs_owner_idempotency_key_idx ON public.jobs "
+        "USING btree (owner, idempotency_key) "
         "WHERE (idempotency_key IS NOT NULL)"
     ),
 }
@@ -151,7 +154,8 @@ def catalog(url: str) -> dict[str, Any]:
         )
         constraints = set(
             conn.execute(
-                "SELECT conname, contype FROM pg_constraint WHERE conrelid = 'jobs'::regclass AND contype <> 'n'"
+                "SELECT conname, contype FROM pg_constraint "
+                "WHERE conrelid = 'jobs'::regclass AND contype <> 'n'"
             )
         )
         indexes = dict(
@@ -160,7 +164,8 @@ def catalog(url: str) -> dict[str, Any]:
         labels = [label for (label,) in conn.execute("SELECT unnest(enum_range(NULL::job_state))::text")]
         triggers = dict(
             conn.execute(
-                "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 'jobs'::regclass AND NOT tgisinternal"
+                "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger "
+                "WHERE tgrelid = 'jobs'::regclass AND NOT tgisinternal"
             ).fetchall()
         )
         version = conn.execute("SELECT version_num FROM alembic_version").fetchall()
@@ -198,7 +203,7 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["labels"] == ["pending", "running", "success", "failed", "cancelled"]
     assert found["triggers"] == EXPECTED_TRIGGERS
     assert found["worker_columns"] == EXPECTED_WORKER_COLUMNS
-    assert found["version"] == [("0003",)]
+    assert found["version"] == [("0004",)]
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
@@ -255,8 +260,18 @@ def test_the_schema_refuses_rows_that_break_the_state_machine(
 ) -> None:
     with psycopg.connect(libpq_url(database_url)) as conn:
         conn.execute(
-            "INSERT INTO jobs (id, name, kind, chain, max_attempts) VALUES (gen_random_uuid(), 'j', 'txt2img', '{}', 3)"
+            "INSERT INTO jobs (id, name, kind, chain, max_attempts) "
+            "VALUES (gen_random_uuid(), 'j', 'txt2img', '{}', 3)"
         )
         with pytest.raises(psycopg.errors.CheckViolation) as raised:
             conn.execute("UPDATE jobs SET " + change)
     assert raised.value.diag.constraint_name == constraint
+
+
+def test_the_schema_refuses_a_negative_worker_device(database_url: str) -> None:
+    with (
+        psycopg.connect(libpq_url(database_url)) as conn,
+        pytest.raises(psycopg.errors.CheckViolation) as raised,
+    ):
+        conn.execute("INSERT INTO workers (id, platform, device) VALUES ('w', 'cuda', -1)")
+    assert raised.value.diag.constraint_name == "workers_device_not_negative"

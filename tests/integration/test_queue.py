@@ -37,11 +37,17 @@ def succeed(store: JobStore, job: ClaimedJob, worker: str = "w1", tag: str = "")
     """Commit one output named after the attempt (and ``tag``), as a worker would."""
     name = f"{job.name}_0.png"
     return store.finish_success(
-        job.id, worker, job.attempt,
-        outputs=[name], thumbnails=None, metadata=[{"attempt": job.attempt}],
+        job.id,
+        worker,
+        job.attempt,
+        outputs=[name],
+        thumbnails=None,
+        metadata=[{"attempt": job.attempt}],
         output_keys={name: f"outputs/{job.name}/{job.attempt}{tag}/{name}"},
-        steps=(25, 25), stages=(1, 1), tiles=(0, 0),
-    )  # fmt: skip
+        steps=(25, 25),
+        stages=(1, 1),
+        tiles=(0, 0),
+    )
 
 
 def expire(engine: sqlalchemy.Engine, name: str) -> None:
@@ -106,8 +112,11 @@ def test_queue_positions_are_zero_based_in_claim_order(
     views = job_store.get_many([old.name, new.name, urgent.name, running.name, "unknown"])
 
     assert {name: view.queue_position for name, view in views.items()} == {
-        urgent.name: 0, old.name: 1, new.name: 2, running.name: None,
-    }  # fmt: skip
+        urgent.name: 0,
+        old.name: 1,
+        new.name: 2,
+        running.name: None,
+    }
     assert {view.queue_total for view in views.values()} == {3}
     assert claim(job_store).name == urgent.name and claim(job_store).name == old.name
 
@@ -292,8 +301,10 @@ def test_retryable_failures_requeue_until_the_last_attempt(
     row = job_row(engine, job.name)
     assert (row["reason"], row["attempt"], row["finished_at"] is not None) == ("oom", 3, True)
     assert [(entry["attempt"], entry["reason"], entry["worker"]) for entry in row["errors"]] == [
-        (1, "oom", "w1"), (2, "oom", "w1"), (3, "oom", "w1"),
-    ]  # fmt: skip
+        (1, "oom", "w1"),
+        (2, "oom", "w1"),
+        (3, "oom", "w1"),
+    ]
 
 
 def test_a_permanent_failure_ends_the_job_at_once(job_store: JobStore) -> None:

@@ -166,10 +166,17 @@ class Lifecycle(RuleBasedStateMachine):
         expected = self.holds(handle)
         name = f"{handle.job.name}_0.png"
         committed = self.store.finish_success(
-            handle.job.id, handle.worker, handle.job.attempt,
-            outputs=[name], thumbnails=[], metadata=[{}], output_keys={name: f"{handle.job.attempt}/{name}"},
-            steps=(1, 1), stages=(1, 1), tiles=(0, 0),
-        )  # fmt: skip
+            handle.job.id,
+            handle.worker,
+            handle.job.attempt,
+            outputs=[name],
+            thumbnails=[],
+            metadata=[{}],
+            output_keys={name: f"{handle.job.attempt}/{name}"},
+            steps=(1, 1),
+            stages=(1, 1),
+            tiles=(0, 0),
+        )
         assert committed == expected
         if committed:
             self.move(self.jobs[handle.job.name], JobState.SUCCESS)
@@ -225,7 +232,8 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.live)
     @rule(index=st.integers(0, 100), new_id=st.booleans())
     def crash(self, index: int, new_id: bool) -> None:
-        """The worker vanishes; its replacement may reuse the id (a restarted container keeps its hostname)."""
+        """The worker vanishes; its replacement may reuse the id (a restarted container keeps its
+        hostname)."""
         slot = sorted(self.live)[index % len(self.live)]
         self.zombies.append(self.live.pop(slot))
         self.generation[slot] += new_id
@@ -266,7 +274,8 @@ class Lifecycle(RuleBasedStateMachine):
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sqlalchemy.text(
-                    "SELECT name, state, attempt, max_attempts, worker_id, cancel_requested, outputs FROM jobs"
+                    "SELECT name, state, attempt, max_attempts, worker_id, cancel_requested, outputs "
+                    "FROM jobs"
                 )
             ).all()
         assert {row.name for row in rows} == set(self.jobs)

@@ -331,6 +331,7 @@ def test_a_presigned_get_works_with_plain_urllib_for_its_key_only(object_store: 
         assert response.read() == b"image A"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url.replace(quote(key_a), quote(key_b)), timeout=10)
+    refused.value.close()  # the error holds the response and its socket
     assert refused.value.code == 403
 
 
@@ -484,4 +485,5 @@ def test_a_presigned_url_past_its_expiry_is_refused(object_store: S3ObjectStore)
 
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url, timeout=10)
+    refused.value.close()  # the error holds the response and its socket
     assert refused.value.code == 403

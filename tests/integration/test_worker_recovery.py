@@ -102,11 +102,21 @@ def models() -> Iterator[Path]:
 
 
 @pytest.fixture
-def workers(database_url: str, s3_credentials: S3Credentials, object_store: S3ObjectStore, models: Path,
-            tmp_path: Path) -> Iterator[Workers]:  # fmt: skip
+def workers(
+    database_url: str,
+    s3_credentials: S3Credentials,
+    object_store: S3ObjectStore,
+    models: Path,
+    tmp_path: Path,
+) -> Iterator[Workers]:
     """Starts worker processes on this test's database and bucket; kills any left at the end."""
-    started = Workers(database_url=database_url, s3=s3_credentials, bucket=object_store.bucket,
-                      models=models, log_dir=tmp_path)  # fmt: skip
+    started = Workers(
+        database_url=database_url,
+        s3=s3_credentials,
+        bucket=object_store.bucket,
+        models=models,
+        log_dir=tmp_path,
+    )
     try:
         yield started
     finally:
@@ -151,8 +161,16 @@ def wait_for_state(engine: sqlalchemy.Engine, name: str, *states: JobState) -> d
 
 def wait_until_running(engine: sqlalchemy.Engine, name: str, worker: WorkerProcess) -> dict[str, Any]:
     """The row once ``worker`` runs the job and has reported a step (so it is mid-inference)."""
-    return wait_for_row(engine, name, f"to run on {worker.worker_id}", lambda row: row["state"] == JobState.RUNNING
-                        and row["worker_id"] == worker.worker_id and row["steps_current"] >= 1)  # fmt: skip
+    return wait_for_row(
+        engine,
+        name,
+        f"to run on {worker.worker_id}",
+        lambda row: (
+            row["state"] == JobState.RUNNING
+            and row["worker_id"] == worker.worker_id
+            and row["steps_current"] >= 1
+        ),
+    )
 
 
 def start_warm(
@@ -223,8 +241,10 @@ def test_a_worker_dying_at_any_point_loses_no_job_and_exposes_one_attempt(
     workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, bucket: Bucket, models: Path
 ) -> None:
     """One victim per fault point, all at once; one rescuer finishes whatever they left."""
-    victims = {point: workers.start(f"victim-{point.split(':')[0]}", ONNX_WEB_FAULT_POINT=point)
-               for point in CRASH_POINTS}  # fmt: skip
+    victims = {
+        point: workers.start(f"victim-{point.split(':')[0]}", ONNX_WEB_FAULT_POINT=point)
+        for point in CRASH_POINTS
+    }
     rescuer, _ = start_warm(workers, job_store, models, "rescuer")
     for worker in [*victims.values(), rescuer]:
         worker.wait_started()
@@ -245,8 +265,12 @@ def test_a_worker_dying_at_any_point_loses_no_job_and_exposes_one_attempt(
     rescuer.send(signal.SIGCONT)
 
     # Every victim is polled in every round (no short-circuit), so each death time is exact.
-    wait_until(lambda: all([victim.poll() is not None for victim in victims.values()]), timeout_s=DEADLINE_S,
-               what="every victim to die", interval_s=0.01)  # fmt: skip
+    wait_until(
+        lambda: all([victim.poll() is not None for victim in victims.values()]),
+        timeout_s=DEADLINE_S,
+        what="every victim to die",
+        interval_s=0.01,
+    )
     for point, victim in victims.items():
         assert victim.poll() == 137, f"{point}: {victim.tail()}"
         assert victim.log_entries(action="fault", point=point.split(":")[0]), point
@@ -270,10 +294,16 @@ def test_a_worker_dying_at_any_point_loses_no_job_and_exposes_one_attempt(
             assert row["errors"][0]["worker"] == victim.worker_id
             rescue_s = datetime.fromisoformat(row["errors"][0]["at"]).timestamp() - victim.exited_at
             assert rescue_s <= RESCUE_BUDGET_S, point
-        record("crash points (Q3)", point=point, state=row["state"], attempts=row["attempt"],
-               recorded_attempt=recorded_attempt, orphans=len(stray),
-               time_to_rescue_s=None if rescue_s is None else round(rescue_s, 2),
-               death_to_success_s=round(row["finished_at"].timestamp() - victim.exited_at, 2))  # fmt: skip
+        record(
+            "crash points (Q3)",
+            point=point,
+            state=row["state"],
+            attempts=row["attempt"],
+            recorded_attempt=recorded_attempt,
+            orphans=len(stray),
+            time_to_rescue_s=None if rescue_s is None else round(rescue_s, 2),
+            death_to_success_s=round(row["finished_at"].timestamp() - victim.exited_at, 2),
+        )
 
 
 # -- Q5: a zombie's commit is fenced -------------------------------------------------------------
@@ -286,9 +316,15 @@ UNAWARE = Timings(lease_s=600.0, heartbeat_s=QUIET_S, progress_interval_s=QUIET_
 
 @pytest.mark.parametrize("fence", ["heartbeat", "commit"])
 def test_a_paused_worker_cannot_commit_over_its_rescuer(
-    fence: str, workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, bucket: Bucket,
-    object_store: S3ObjectStore, models: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    fence: str,
+    workers: Workers,
+    job_store: JobStore,
+    engine: sqlalchemy.Engine,
+    bucket: Bucket,
+    object_store: S3ObjectStore,
+    models: Path,
+    tmp_path: Path,
+) -> None:
     """``heartbeat``: the zombie notices at its next heartbeat; ``commit``: only its commit is refused."""
     rescuer, _ = start_warm(workers, job_store, models, "rescuer")
     if fence == "heartbeat":
@@ -326,19 +362,28 @@ def test_a_paused_worker_cannot_commit_over_its_rescuer(
     assert_outputs_recorded_for(committed, bucket, 2)
     assert unrecorded_objects(committed, bucket) == [], "the zombie left attempt 1's objects behind"
 
-    client = falcon.testing.TestClient(create_app(
-        Config(models_path=models, bundle_path=tmp_path / "bundle", s3_bucket=object_store.bucket),
-        jobs=job_store, store=object_store, registry=ModelRegistry(models, ()),
-    ))  # fmt: skip
+    client = falcon.testing.TestClient(
+        create_app(
+            Config(models_path=models, bundle_path=tmp_path / "bundle", s3_bucket=object_store.bucket),
+            jobs=job_store,
+            store=object_store,
+            registry=ModelRegistry(models, ()),
+        )
+    )
     for name, key in committed["output_keys"].items():
         served = client.simulate_get(f"/output/{name}")
         assert served.status_code == 200, served.text
         assert served.content == bucket.read(key)
     zombie.send(signal.SIGTERM)
     assert zombie.wait_exit(DEADLINE_S) == 0
-    record("zombies (Q5)", fence=fence, final_attempt=committed["attempt"], fenced_commits=len(refused),
-           zombie_outcome=summary["outcome"], paused_to_rescuer_commit_s=round(
-               committed["finished_at"].timestamp() - stopped_at, 2))  # fmt: skip
+    record(
+        "zombies (Q5)",
+        fence=fence,
+        final_attempt=committed["attempt"],
+        fenced_commits=len(refused),
+        zombie_outcome=summary["outcome"],
+        paused_to_rescuer_commit_s=round(committed["finished_at"].timestamp() - stopped_at, 2),
+    )
 
 
 # -- Q9: graceful shutdown -----------------------------------------------------------------------
@@ -410,8 +455,10 @@ def test_a_second_sigterm_hands_the_job_back_without_spending_its_attempt(
 
 def running_rows_of(engine: sqlalchemy.Engine, worker_id: str) -> list[str]:
     with engine.connect() as conn:
-        rows = conn.execute(sqlalchemy.text("SELECT name FROM jobs WHERE state = 'running' AND worker_id = :w"),
-                            {"w": worker_id}).all()  # fmt: skip
+        rows = conn.execute(
+            sqlalchemy.text("SELECT name FROM jobs WHERE state = 'running' AND worker_id = :w"),
+            {"w": worker_id},
+        ).all()
     return [row.name for row in rows]
 
 
@@ -442,12 +489,21 @@ def test_cancelling_a_running_job_ends_it_cancelled_with_nothing_recorded_or_sto
 # -- S2: storage faults --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("faults", "attempts"), [(["reset", "slowdown", "reset"], 1), (["reset"] * 5, 2)],
-                         ids=["within-the-store-retries", "beyond-the-store-retries"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("faults", "attempts"),
+    [(["reset", "slowdown", "reset"], 1), (["reset"] * 5, 2)],
+    ids=["within-the-store-retries", "beyond-the-store-retries"],
+)
 def test_s3_faults_during_upload_are_retried_and_the_job_succeeds(
-    faults: list[Any], attempts: int, workers: Workers, severing_proxy: SeveringProxy, job_store: JobStore,
-    engine: sqlalchemy.Engine, bucket: Bucket, models: Path,
-) -> None:  # fmt: skip
+    faults: list[Any],
+    attempts: int,
+    workers: Workers,
+    severing_proxy: SeveringProxy,
+    job_store: JobStore,
+    engine: sqlalchemy.Engine,
+    bucket: Bucket,
+    models: Path,
+) -> None:
     """The store retries 5 times; a sixth failure fails the attempt and the job runs again."""
     worker = workers.start("uploader", S3_ENDPOINT=severing_proxy.endpoint)
     worker.wait_started()
@@ -465,14 +521,24 @@ def test_s3_faults_during_upload_are_retried_and_the_job_succeeds(
     assert unrecorded_objects(row, bucket) == []
     retries = worker.log_entries(action="s3_retry")
     assert len(retries) >= len(faults) - (attempts - 1)
-    record("storage faults (S2)", case="+".join(faults), final_state=row["state"], attempts=row["attempt"],
-           s3_retries=len(retries), orphans=0)  # fmt: skip
+    record(
+        "storage faults (S2)",
+        case="+".join(faults),
+        final_state=row["state"],
+        attempts=row["attempt"],
+        s3_retries=len(retries),
+        orphans=0,
+    )
 
 
 def test_s3_down_longer_than_every_retry_fails_the_job_as_storage_after_max_attempts(
-    workers: Workers, severing_proxy: SeveringProxy, job_store: JobStore, engine: sqlalchemy.Engine,
-    bucket: Bucket, models: Path,
-) -> None:  # fmt: skip
+    workers: Workers,
+    severing_proxy: SeveringProxy,
+    job_store: JobStore,
+    engine: sqlalchemy.Engine,
+    bucket: Bucket,
+    models: Path,
+) -> None:
     worker = workers.start("stranded", S3_ENDPOINT=severing_proxy.endpoint)
     worker.wait_started()
     severing_proxy.close()  # nothing listens there any more: every connection is refused
@@ -488,8 +554,14 @@ def test_s3_down_longer_than_every_retry_fails_the_job_as_storage_after_max_atte
     assert row["output_keys"] is None
     assert bucket.keys(f"outputs/{job.name}/") == []
     retries = worker.log_entries(action="s3_retry")
-    record("storage faults (S2)", case="s3 down", final_state=row["state"], attempts=row["attempt"],
-           s3_retries=len(retries), orphans=0)  # fmt: skip
+    record(
+        "storage faults (S2)",
+        case="s3 down",
+        final_state=row["state"],
+        attempts=row["attempt"],
+        s3_retries=len(retries),
+        orphans=0,
+    )
 
 
 # -- retry bookkeeping ---------------------------------------------------------------------------
@@ -537,15 +609,27 @@ def test_a_commit_retried_after_its_reply_was_lost_keeps_the_recorded_outputs(
     database_url: str, engine: sqlalchemy.Engine, object_store: S3ObjectStore, bucket: Bucket, models: Path
 ) -> None:
     # In process: the only way to lose exactly the reply of one commit without a Postgres proxy.
-    config = Config(database_url=database_url, models_path=models, s3_bucket=object_store.bucket,
-                    worker_id="in-process", lease_s=FAST.lease_s, heartbeat_s=FAST.heartbeat_s,
-                    rescue_interval_s=FAST.rescue_interval_s, poll_interval_s=FAST.poll_interval_s)  # fmt: skip
+    config = Config(
+        database_url=database_url,
+        models_path=models,
+        s3_bucket=object_store.bucket,
+        worker_id="in-process",
+        lease_s=FAST.lease_s,
+        heartbeat_s=FAST.heartbeat_s,
+        rescue_interval_s=FAST.rescue_interval_s,
+        poll_interval_s=FAST.poll_interval_s,
+    )
     jobs = CommitReplyLost(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s)
     job = make_job(models, steps=2)
     jobs.enqueue(job)
     with Notifier(database_url) as notifier:
-        worker = Worker(config, jobs=jobs, store=object_store, notifier=notifier,
-                        sessions=SessionCache(1, SessionSettings(providers=(CPU_PROVIDER,))))  # fmt: skip
+        worker = Worker(
+            config,
+            jobs=jobs,
+            store=object_store,
+            notifier=notifier,
+            sessions=SessionCache(1, SessionSettings(providers=(CPU_PROVIDER,))),
+        )
         worker.run(max_jobs=1)
 
     row = job_row(engine, job.name)

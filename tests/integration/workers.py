@@ -96,8 +96,11 @@ class WorkerProcess:
         self._log_file = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "worker"],
-            env=dict(env), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=self._log_file,
-        )  # fmt: skip
+            env=dict(env),
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log_file,
+        )
         #: ``time.time()`` when ``wait_exit`` first saw the process gone.
         self.exited_at: float | None = None
 
@@ -132,8 +135,10 @@ class WorkerProcess:
                 entries = self.log_entries(**match)
                 if entries:
                     return entries[0]
-                raise AssertionError(f"worker {self.worker_id} exited ({self.process.returncode}) "
-                                     f"without logging {match}:\n{self.tail()}")  # fmt: skip
+                raise AssertionError(
+                    f"worker {self.worker_id} exited ({self.process.returncode}) "
+                    f"without logging {match}:\n{self.tail()}"
+                )
             return None
 
         return wait_until(found, timeout_s=timeout_s, what=f"{self.worker_id} to log {match}")
@@ -191,8 +196,11 @@ class Workers:
 
     def env(self, worker_id: str, timings: Timings, **overrides: str) -> dict[str, str]:
         """The environment of one worker process (everything ``Config.from_env`` reads)."""
-        base = {k: v for k, v in os.environ.items()
-                if not k.startswith(("ONNX_WEB_", "S3_")) and k != "DATABASE_URL"}  # fmt: skip
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ONNX_WEB_", "S3_")) and k != "DATABASE_URL"
+        }
         return {
             **base,
             "DATABASE_URL": self.database_url,
@@ -224,24 +232,42 @@ class Workers:
 # -- jobs ----------------------------------------------------------------------------------------
 
 
-def make_job(models: Path, *, steps: int, size: int = 64, seed: int = 7, max_attempts: int = 3,
-             platform: str | None = None, prompt: str = "a red fox in the snow") -> NewJob:  # fmt: skip
+def make_job(
+    models: Path,
+    *,
+    steps: int,
+    size: int = 64,
+    seed: int = 7,
+    max_attempts: int = 3,
+    platform: str | None = None,
+    prompt: str = "a red fox in the snow",
+) -> NewJob:
     """A txt2img job resolved as the api resolves it, but allowed below the api's 128 px minimum."""
     config = Config(models_path=models)
     doc = load_params_doc(config)
     for side in ("width", "height"):
         doc[side] = {**doc[side], "min": min(size, doc[side]["min"])}
     request = parse_request(
-        "txt2img", {"prompt": prompt, "steps": steps, "width": size, "height": size, "seed": seed},
-        params_doc=doc, registry=ModelRegistry(models, ()), config=config, rng=random.Random(seed),
-    )  # fmt: skip
+        "txt2img",
+        {"prompt": prompt, "steps": steps, "width": size, "height": size, "seed": seed},
+        params_doc=doc,
+        registry=ModelRegistry(models, ()),
+        config=config,
+        rng=random.Random(seed),
+    )
     built = build_txt2img(request, image_format="png", thumbnail_size=32)
     job_id = uuid.uuid4()
     return NewJob(
-        id=job_id, name=job_name(built.kind, request, job_id), kind=built.kind, chain=built.chain,
-        model=built.model or request.image.model, platform=platform, max_attempts=max_attempts,
-        steps_total=built.steps_total, stages_total=built.stages_total,
-    )  # fmt: skip
+        id=job_id,
+        name=job_name(built.kind, request, job_id),
+        kind=built.kind,
+        chain=built.chain,
+        model=built.model or request.image.model,
+        platform=platform,
+        max_attempts=max_attempts,
+        steps_total=built.steps_total,
+        stages_total=built.stages_total,
+    )
 
 
 def job_row(engine: sqlalchemy.Engine, name: str) -> dict[str, Any]:
@@ -271,8 +297,10 @@ class Bucket:
         self.bucket = bucket
 
     def keys(self, prefix: str) -> list[str]:
-        return sorted(str(found.object_name) for found in
-                      self._client.list_objects(self.bucket, prefix=prefix, recursive=True))  # fmt: skip
+        return sorted(
+            str(found.object_name)
+            for found in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        )
 
     def read(self, key: str) -> bytes:
         response = self._client.get_object(self.bucket, key)

@@ -18,9 +18,23 @@ from pipelines.diffusion.schedulers import (
 )
 
 ONNX_WEB_SCHEDULERS = [
-    "ddim", "ddpm", "deis-multi", "dpm-multi", "dpm-sde", "dpm-single", "euler", "euler-a",
-    "heun", "ipndm", "k-dpm-2-a", "k-dpm-2", "lcm", "lms-discrete", "pndm", "unipc-multi",
-]  # fmt: skip
+    "ddim",
+    "ddpm",
+    "deis-multi",
+    "dpm-multi",
+    "dpm-sde",
+    "dpm-single",
+    "euler",
+    "euler-a",
+    "heun",
+    "ipndm",
+    "k-dpm-2-a",
+    "k-dpm-2",
+    "lcm",
+    "lms-discrete",
+    "pndm",
+    "unipc-multi",
+]
 
 
 def test_names_are_onnx_webs_in_its_order() -> None:
@@ -28,7 +42,9 @@ def test_names_are_onnx_webs_in_its_order() -> None:
 
 
 def test_names_import_without_torch_or_diffusers() -> None:
-    code = "import sys, pipelines.diffusion.schedulers; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    code = (
+        "import sys, pipelines.diffusion.schedulers; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

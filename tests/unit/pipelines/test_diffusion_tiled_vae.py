@@ -266,9 +266,19 @@ def test_inpainting_encodes_and_decodes_in_tiles(
     spy = SpySessions(sessions)
     model = DiffusionModel(inpaint_model.folder, spy)
     generation = Generation(
-        model="stable-diffusion-onnx-v1-inpainting", scheduler="ddim", prompt="a door", negative_prompt=None,
-        seed=1, steps=1, cfg=1.0, eta=0.0, batch=1, width=256, height=128, vae_tiling=VaeTiling(128, 0.0),
-    )  # fmt: skip
+        model="stable-diffusion-onnx-v1-inpainting",
+        scheduler="ddim",
+        prompt="a door",
+        negative_prompt=None,
+        seed=1,
+        steps=1,
+        cfg=1.0,
+        eta=0.0,
+        batch=1,
+        width=256,
+        height=128,
+        vae_tiling=VaeTiling(128, 0.0),
+    )
     mask = Image.new("L", (256, 128), "black")
     mask.paste(255, (64, 32, 192, 96))
     (image,) = inpaint(model, generation, Image.new("RGB", (256, 128), "gray"), mask)

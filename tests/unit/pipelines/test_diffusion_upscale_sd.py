@@ -1,4 +1,5 @@
-"""The SD x4 upscaler on its demo model, against diffusers' StableDiffusionUpscalePipeline on the same weights."""
+"""The SD x4 upscaler on its demo model, against diffusers' StableDiffusionUpscalePipeline on the
+same weights."""
 
 from __future__ import annotations
 
@@ -250,9 +251,12 @@ def test_chain_executor_upscales_large_inputs_tile_by_tile(models_path: Path, se
     chain = {"stages": [{**stage, "outscale": 4}], "sources": ["source"]}
     tiles: list[tuple[int, int]] = []
     result = run_chain(
-        chain, models_path=models_path, sessions=sessions, inputs={"source": source_image(96, 64)},
+        chain,
+        models_path=models_path,
+        sessions=sessions,
+        inputs={"source": source_image(96, 64)},
         report=lambda progress: tiles.append((progress.tiles.current, progress.tiles.total)),
-    )  # fmt: skip
+    )
     (output,) = result.outputs
     assert output.image.size == (384, 256)
     # 64-pixel tiles 48 pixels apart (the default overlap of 0.25): two across, one down, each

@@ -21,10 +21,18 @@ TOLERANCE = 1
 
 def generation(**changes: Any) -> Generation:
     values: dict[str, Any] = {
-        "model": DEMO_MODELS[0].name, "scheduler": "euler-a", "prompt": "a photo of a cat",
-        "negative_prompt": None, "seed": 42, "steps": 4, "cfg": 6.0, "eta": 0.0, "batch": 1,
-        "width": 64, "height": 48,
-    }  # fmt: skip
+        "model": DEMO_MODELS[0].name,
+        "scheduler": "euler-a",
+        "prompt": "a photo of a cat",
+        "negative_prompt": None,
+        "seed": 42,
+        "steps": 4,
+        "cfg": 6.0,
+        "eta": 0.0,
+        "batch": 1,
+        "width": 64,
+        "height": 48,
+    }
     return Generation(**{**values, **changes})
 
 

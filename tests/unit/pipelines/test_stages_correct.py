@@ -293,10 +293,17 @@ def test_settings_read_the_upscale_group_only_and_refuse_paths_outside_the_model
     # The api maps the camel-case spellings (``correction``, ``faceStrength``, ``faceOutscale``)
     # into the upscale group; the stage reads the group alone.
     settings = CorrectionSettings.from_params(
-        {**UPSCALE, "correction": "a", "correction_model": "b", "faceStrength": 0.1, "face_strength": 0.9,
-         "faceOutscale": 3, "face_outscale": 2},
+        {
+            **UPSCALE,
+            "correction": "a",
+            "correction_model": "b",
+            "faceStrength": 0.1,
+            "face_strength": 0.9,
+            "faceOutscale": 3,
+            "face_outscale": 2,
+        },
         None,
-    )  # fmt: skip
+    )
     assert settings == CorrectionSettings("b", 0.9, 2)
     assert CorrectionSettings.from_params(UPSCALE, "correction-codeformer") == CorrectionSettings(
         "correction-codeformer", 0.5, 1

@@ -72,8 +72,15 @@ def test_thumbnail_fits_inside_the_box_keeping_the_shape_and_never_enlarges() ->
 
 def test_text_is_drawn_in_its_fill_and_stroke_and_nowhere_else() -> None:
     base = Image.new("RGB", (200, 80), (0, 0, 255))
-    params = {"text": "Hello", "x": 30, "y": 12, "fill": "#ff0000", "stroke": "lime", "stroke_width": 2,
-              "font_size": 40}  # fmt: skip
+    params = {
+        "text": "Hello",
+        "x": 30,
+        "y": 12,
+        "fill": "#ff0000",
+        "stroke": "lime",
+        "stroke_width": 2,
+        "font_size": 40,
+    }
     [out] = edit_text.STAGE(_context(), params, [StageImage(base, {"note": 1})])
     pixels = np.asarray(out.image)
     changed = np.argwhere((pixels != (0, 0, 255)).any(axis=2))

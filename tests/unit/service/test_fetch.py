@@ -342,10 +342,27 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=images.test",
-         "-addext", "subjectAltName=DNS:images.test", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=images.test",
+            "-addext",
+            "subjectAltName=DNS:images.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -383,8 +400,20 @@ def test_https_sends_the_host_as_sni_and_checks_the_certificate(
 
 # -- the property: any spelling of a refused address is refused, without a lookup -------------
 
-REFUSED_V4 = [ipaddress.IPv4Network(n) for n in ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8",
-              "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4")]  # fmt: skip
+REFUSED_V4 = [
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    )
+]
 REFUSED_V6 = [ipaddress.IPv6Network(n) for n in ("::1/128", "::/128", "fc00::/7", "fe80::/10", "ff00::/8")]
 
 
@@ -407,7 +436,10 @@ def _v4_spelling(draw: st.DrawFn) -> str:
     elif form == "one":
         host = _label(value, draw(radix))
     elif form == "three":
-        host = f"{_label(octets[0], draw(radix))}.{_label(octets[1], draw(radix))}.{_label(value & 0xFFFF, draw(radix))}"
+        host = (
+            f"{_label(octets[0], draw(radix))}.{_label(octets[1], draw(radix))}."
+            f"{_label(value & 0xFFFF, draw(radix))}"
+        )
     elif form == "two":
         host = f"{_label(octets[0], draw(radix))}.{_label(value & 0xFFFFFF, draw(radix))}"
     elif form == "mapped":

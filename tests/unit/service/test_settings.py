@@ -180,10 +180,16 @@ def test_routes_lists_every_registered_path(models: Path) -> None:
 def test_stages_are_generated_from_their_declarations(client: falcon.testing.TestClient) -> None:
     stages = client.simulate_get("/api/settings/stages").json
     assert stages["blend-img2img"]["params"]["strength"] == {
-        "type": "number", "minimum": 0, "maximum": 1, "default": 0.5
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "default": 0.5,
     }
     assert stages["blend-img2img"]["tileable"] and stages["blend-img2img"]["groups"] == ["image"]
-    assert stages["upscale-simple"]["params"]["method"] == {"enum": ["bilinear", "lanczos"], "default": "lanczos"}
+    assert stages["upscale-simple"]["params"]["method"] == {
+        "enum": ["bilinear", "lanczos"],
+        "default": "lanczos",
+    }
     assert stages["blend-mask"]["needs"] == ["source", "mask"]
     assert stages["upscale-resrgan"]["model"] == "upscaling"
     assert stages["edit-safety"] == {"available": False} and stages["upscale-highres"] == {"available": True}

@@ -1,0 +1,367 @@
+"""One claimed job while a worker holds it: its lease, progress, cancel checks and conclusion.
+
+``JobRunner.hold`` starts a ``JobRun`` with a lease thread that renews the claim and watches for
+cancellation. ``JobRun.conclude`` stores the outputs the job produced and commits them, fenced by
+the job's attempt: a worker that lost its lease (a zombie) has its commit refused and deletes what
+it wrote. Any other ending (cancelled, released, failed) is recorded the same way whether the job
+ran alone (``service.worker``) or in a batch (``service.batching``); so is the one summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from pipelines.context import Counter, Progress, StageCancelled, StageImage
+from pipelines.imageops.metadata import CONTENT_TYPES, encode_image, thumbnail
+from service.config import Config
+from service.errors import InvalidParams, PayloadTooLarge, StorageError
+from service.faults import fault_point
+from service.fetch import SourceURLError
+from service.jobs.store import ClaimedJob, CounterPair, JobState, JobStore
+from service.output_names import SourceS3Refused, image_name, sidecar_name, thumbnail_name
+from service.storage import ObjectStore, output_key, output_prefix
+
+log = logging.getLogger(__name__)
+
+#: Error texts that mean the device ran out of memory (onnx-web's markers, contract §6.3).
+OOM_MARKERS = (
+    "out of memory",
+    "failed to allocate memory",
+    "hiperroroutofmemory",
+    "miopen failure",
+    "rocblas_status_memory_error",
+    "bfcarena",
+)
+#: Errors that a retry cannot fix: bad parameters, refused sources, undecodable images, missing files.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    FileNotFoundError,
+    InvalidParams,
+    PayloadTooLarge,
+)
+DB_RETRY = retry(
+    retry=retry_if_exception_type(OperationalError),
+    stop=stop_after_attempt(5),
+    wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+    reraise=True,
+)
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the job: it was rescued and may run elsewhere."""
+
+
+class Released(Exception):
+    """Shutdown ran out of grace time: hand the job back to the queue."""
+
+
+@dataclass(frozen=True)
+class StoredOutputs:
+    """What ``finish_success`` records: names, metadata and the object key of every file."""
+
+    outputs: list[str]
+    thumbnails: list[str]
+    metadata: list[dict[str, Any]]
+    output_keys: dict[str, str]
+
+
+class JobRunner:
+    """What one worker lends every job it holds: its settings, the queue, the store, the release flag."""
+
+    def __init__(
+        self, config: Config, jobs: JobStore, store: ObjectStore, release_requested: threading.Event
+    ) -> None:
+        self.config = config
+        self.jobs = jobs
+        self.store = store
+        #: Set when shutdown ran out of grace: every held job hands itself back at its next check.
+        self.release_requested = release_requested
+        #: Jobs held to their end (a job handed back unspent is not counted).
+        self.jobs_done = 0
+
+    @contextmanager
+    def hold(self, job: ClaimedJob) -> Iterator[JobRun]:
+        """A ``JobRun`` for ``job`` whose lease a thread renews until the block ends."""
+        run = JobRun(self, job)
+        lease = threading.Thread(target=run.keep_lease, name=f"lease-{job.name}", daemon=True)
+        lease.start()
+        try:
+            yield run
+        finally:
+            run.done.set()
+            lease.join()
+            self.jobs_done += 1
+
+    @DB_RETRY
+    def release(self, job: ClaimedJob) -> None:
+        """Hand ``job`` back to the queue without spending its attempt; drop what the attempt uploaded."""
+        self.discard(job)
+        self.jobs.release(job.id, self.config.worker_id, job.attempt)
+
+    def discard(self, job: ClaimedJob) -> None:
+        """Delete whatever this attempt uploaded; its objects are never recorded, so never served."""
+        try:
+            self.store.delete_prefix(output_prefix(job.name, job.attempt))
+        except StorageError as err:
+            log.warning("could not delete an attempt's objects", extra={"job": job.name, "error": str(err)})
+
+
+class JobRun:
+    """The state of one claimed job while it runs: flags set by the lease thread, progress writes."""
+
+    def __init__(self, runner: JobRunner, job: ClaimedJob) -> None:
+        self.runner = runner
+        self.config = runner.config
+        self.job = job
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()
+        self.done = threading.Event()
+        self.latest = Progress()
+        # -inf: the first report is always written, whatever the monotonic clock reads.
+        self._last_write = float("-inf")
+        self._lock = threading.Lock()
+
+    # -- while it runs -----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise if the job must stop now: lease lost, cancelled, or shutdown out of grace."""
+        if self.lost.is_set():
+            raise LeaseLost(self.job.name)
+        if self.cancelled.is_set():
+            raise StageCancelled(self.job.name)
+        if self.runner.release_requested.is_set():
+            raise Released(self.job.name)
+
+    def report(self, progress: Progress) -> None:
+        """Keep the newest counters; write them at most every ``progress_interval_s``."""
+        fault_point("mid_inference", steps=progress.steps.current)
+        with self._lock:
+            self.latest = progress
+            now = time.monotonic()
+            if now - self._last_write < self.config.progress_interval_s:
+                return
+            self._last_write = now
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the newest counters now (a lost lease shows up as a refused write)."""
+        progress = self.latest
+        try:
+            owned = self.runner.jobs.progress(
+                self.job.id,
+                self.config.worker_id,
+                self.job.attempt,
+                steps=_pair(progress.steps),
+                stages=_pair(progress.stages),
+                tiles=_pair(progress.tiles),
+            )
+        except OperationalError as err:
+            log.warning("progress write failed", extra={**self.keys(), "error": str(err)})
+            return
+        if not owned:
+            self.lost.set()
+
+    def keep_lease(self) -> None:
+        """Renew the lease every ``heartbeat_s`` until the job is done; note cancels and loss."""
+        while not self.done.wait(self.config.heartbeat_s):
+            fault_point("during_heartbeat")
+            try:
+                beat = self.runner.jobs.heartbeat(self.job.id, self.config.worker_id, self.job.attempt)
+            except OperationalError as err:
+                log.warning("heartbeat failed", extra={**self.keys(), "error": str(err)})
+                continue
+            if not beat.owned:
+                self.lost.set()
+            if beat.cancel_requested:
+                self.cancelled.set()
+
+    def keys(self) -> dict[str, Any]:
+        return {"job": self.job.name, "attempt": self.job.attempt, "worker": self.config.worker_id}
+
+    # -- its end -----------------------------------------------------------------------------
+
+    def conclude(self, produce: Callable[[], list[StageImage]], timings: dict[str, int]) -> str:
+        """Store and commit the outputs ``produce`` makes, or end the attempt as its error says.
+
+        Returns the outcome for the summary line (``success``, ``cancelled``, ``fenced``,
+        ``released``, ``retry``, ``failed`` or ``error``); raises only if the database stays
+        unreachable while recording a cancel or a release.
+        """
+        try:
+            outputs = produce()
+            upload_started = time.monotonic()
+            stored = self._store_outputs(outputs)
+            timings["upload"] = elapsed_ms(upload_started)
+            self.check()
+            fault_point("after_put_before_commit")
+            outcome = self._commit(stored)
+            fault_point("after_commit")
+        except StageCancelled:
+            outcome = "cancelled" if self._finish_cancelled() else "fenced"
+        except LeaseLost:
+            outcome = "fenced"
+            self.runner.discard(self.job)
+        except Released:
+            outcome = "released"
+            self.runner.release(self.job)
+        except Exception as err:  # every other failure ends the attempt, never the worker
+            outcome = self._fail(err)
+        return outcome
+
+    def log_summary(self, outcome: str, started: float, timings: dict[str, int], **extra: Any) -> None:
+        """The one summary line per job, with its phase timings."""
+        log.info(
+            "job finished",
+            extra={
+                **self.keys(),
+                "action": "job_summary",
+                "outcome": outcome,
+                "kind": self.job.kind,
+                "total_ms": elapsed_ms(started),
+                "phases_ms": timings,
+                **extra,
+            },
+        )
+
+    def _store_outputs(self, outputs: list[StageImage]) -> StoredOutputs:
+        """Encode and upload every output, its thumbnail and its sidecar under this attempt's prefix."""
+        job, config = self.job, self.config
+        settings: Mapping[str, Any] = job.chain.get("output", {})
+        fmt = config.image_format
+        ext = "jpeg" if fmt == "jpg" else fmt
+        record = StoredOutputs([], [], [], {})
+        for index, item in enumerate(outputs):
+            name = image_name(job.name, index, ext)
+            metadata = _complete_metadata(item, name, job.chain.get("metadata", {}))
+            data = encode_image(item.image, metadata, fmt=fmt, server_version=config.server_version)
+            self._put(name, data, CONTENT_TYPES[fmt], record)
+            self._put(sidecar_name(name), json.dumps(metadata).encode(), "application/json", record)
+            record.outputs.append(name)
+            record.metadata.append(metadata)
+            if settings.get("thumbnail", True):
+                thumb_name = thumbnail_name(job.name, index, ext)
+                small = thumbnail(item.image, int(settings.get("thumbnail_size", config.thumbnail_size)))
+                thumb = encode_image(small, None, fmt=fmt, server_version=config.server_version)
+                self._put(thumb_name, thumb, CONTENT_TYPES[fmt], record)
+                record.thumbnails.append(thumb_name)
+        return record
+
+    def _put(self, name: str, data: bytes, content_type: str, record: StoredOutputs) -> None:
+        key = output_key(self.job.name, self.job.attempt, name)
+        self.runner.store.put_bytes(key, data, content_type)
+        record.output_keys[name] = key
+
+    @DB_RETRY
+    def _commit(self, stored: StoredOutputs) -> str:
+        job, progress = self.job, self.latest
+        committed = self.runner.jobs.finish_success(
+            job.id,
+            self.config.worker_id,
+            job.attempt,
+            outputs=stored.outputs,
+            thumbnails=stored.thumbnails,
+            metadata=stored.metadata,
+            output_keys=stored.output_keys,
+            steps=_pair(progress.steps),
+            stages=_pair(progress.stages),
+            tiles=_pair(progress.tiles),
+        )
+        if committed or self._already_committed(stored):
+            return "success"
+        log.warning("commit refused: this attempt lost its lease", extra={**self.keys(), "action": "fenced"})
+        self.runner.discard(job)
+        return "fenced"
+
+    def _already_committed(self, stored: StoredOutputs) -> bool:
+        """Whether this very attempt's commit is the one the row records.
+
+        A commit whose reply was lost is retried; the retry changes no row because the first one
+        went through, and must not be taken for a lost lease (whose clean-up would delete the
+        outputs the row now serves).
+        """
+        view = self.runner.jobs.get_many([self.job.name]).get(self.job.name)
+        return (
+            view is not None
+            and view.state == JobState.SUCCESS
+            and view.attempt == self.job.attempt
+            and view.output_keys == stored.output_keys
+        )
+
+    @DB_RETRY
+    def _finish_cancelled(self) -> bool:
+        self.runner.discard(self.job)
+        return self.runner.jobs.finish_cancelled(self.job.id, self.config.worker_id, self.job.attempt)
+
+    def _fail(self, err: Exception) -> str:
+        text = str(err)
+        oom = any(marker in text.lower() for marker in OOM_MARKERS)
+        transient = isinstance(err, StorageError | OperationalError)
+        retryable = oom or transient or not isinstance(err, PERMANENT_ERRORS)
+        reason = (
+            "oom"
+            if oom
+            else (
+                "storage"
+                if isinstance(err, StorageError)
+                else err.code
+                if isinstance(err, SourceURLError | SourceS3Refused)
+                else "error"
+            )
+        )
+        log.error(
+            "job failed",
+            exc_info=err,
+            extra={**self.keys(), "action": "fail", "reason": reason, "retryable": retryable},
+        )
+        self.runner.discard(self.job)
+        try:
+            state = DB_RETRY(self.runner.jobs.finish_failed)(
+                self.job.id,
+                self.config.worker_id,
+                self.job.attempt,
+                reason=reason,
+                message=f"{type(err).__name__}: {text}"[:2000],
+                retryable=retryable,
+            )
+        except OperationalError:
+            # The database stayed unreachable: the lease will expire and rescue will retry the job.
+            log.error("could not record the failure", extra={**self.keys(), "action": "fail"})
+            return "error"
+        if state is None:
+            return "fenced"
+        return "retry" if state == JobState.PENDING else "failed"
+
+
+def _complete_metadata(item: StageImage, name: str, chain_metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The §7.3 metadata for one output: what the stages recorded, with the required keys filled."""
+    width, height = item.image.size
+    metadata: dict[str, Any] = {**chain_metadata, **item.metadata}
+    metadata.setdefault("params", {})
+    metadata.setdefault("models", [])
+    metadata.setdefault("loras", [])
+    metadata.setdefault("inversions", [])
+    metadata.setdefault("input_size", {"width": width, "height": height})
+    metadata["size"] = {"width": width, "height": height}
+    metadata["outputs"] = [name]
+    return metadata
+
+
+def _pair(counter: Counter) -> CounterPair:
+    return (counter.current, counter.total)
+
+
+def elapsed_ms(started: float) -> int:
+    """Whole milliseconds since ``started`` (a ``time.monotonic()`` reading)."""
+    return int((time.monotonic() - started) * 1000)

@@ -1,0 +1,122 @@
+"""One worker per GPU: ``onnx-web worker --device N`` pins every session and the GPU runtime to N."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnxruntime
+import pytest
+
+import pipelines.gpu.runtime as runtime
+import service.stack
+from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER
+from service.cli import build_parser, main, worker_config
+from service.config import Config
+from service.errors import ConfigError
+from service.stack import StackOptions
+from service.worker import Worker, worker_sessions
+
+
+class RecordedSession:
+    """Stands in for ``onnxruntime.InferenceSession``: records the providers each session got."""
+
+    created: list[tuple[str, list[Any]]] = []
+
+    def __init__(self, path: str, sess_options: Any = None, providers: list[Any] | None = None) -> None:
+        self.created.append((path, list(providers or [])))
+
+
+@pytest.fixture
+def cuda_here(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[Any]]]:
+    """ONNX Runtime and torch look as if they had CUDA; sessions are recorded, never loaded."""
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", RecordedSession)
+    monkeypatch.setattr(runtime, "cuda_available", lambda: True)
+    monkeypatch.setattr(RecordedSession, "created", [])
+    return RecordedSession.created
+
+
+def cli_worker_sessions(argv: list[str], environ: dict[str, str]) -> Any:
+    """The session cache ``onnx-web worker`` builds for ``argv``, without starting its loop."""
+    args = build_parser().parse_args(["worker", *argv])
+    return worker_sessions(worker_config(args, environ))
+
+
+def test_device_flag_reaches_every_session_and_the_gpu_runtime(
+    cuda_here: list[tuple[str, list[Any]]], tmp_path: Path
+) -> None:
+    sessions = cli_worker_sessions(["--device", "3"], {"ONNX_WEB_WORKER_PLATFORM": "cuda"})
+    for name in ("upscaler.onnx", "face.onnx"):
+        (tmp_path / name).write_bytes(b"")
+        sessions.get(tmp_path / name)
+
+    assert [Path(path).name for path, _ in cuda_here] == ["upscaler.onnx", "face.onnx"]
+    for _, providers in cuda_here:
+        assert providers == [(CUDA_PROVIDER, {"device_id": 3}), CPU_PROVIDER]
+    settings = runtime.gpu_settings(sessions)
+    assert settings is not None and settings.device_id == 3
+
+
+def test_the_flag_wins_over_the_environment_and_the_default_is_device_0(
+    cuda_here: list[tuple[str, list[Any]]],
+) -> None:
+    cuda = {"ONNX_WEB_WORKER_PLATFORM": "cuda"}
+    assert cli_worker_sessions(["--device", "1"], {**cuda, "ONNX_WEB_DEVICE": "2"}).settings.device_id == 1
+    assert cli_worker_sessions([], {**cuda, "ONNX_WEB_DEVICE": "2"}).settings.device_id == 2
+    assert cli_worker_sessions([], cuda).settings.device_id == 0
+
+
+class RecordingJobs:
+    """The part of ``JobStore`` a worker's announcement uses."""
+
+    def __init__(self) -> None:
+        self.announced: list[dict[str, Any]] = []
+
+    def announce_worker(self, worker_id: str, **row: Any) -> bool:
+        self.announced.append(row)
+        return False
+
+
+def test_a_cuda_worker_announces_its_device(cuda_here: list[tuple[str, list[Any]]]) -> None:
+    config = Config(worker_platform="cuda", device=3)
+    jobs = RecordingJobs()
+    worker = Worker(config, jobs=jobs, store=None, sessions=worker_sessions(config), notifier=None)  # type: ignore[arg-type]
+    worker._announce()
+
+    assert jobs.announced[0]["device"] == 3
+
+
+def test_a_cpu_worker_announces_no_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER])
+    config = Config(worker_platform="cpu", device=1)
+    jobs = RecordingJobs()
+    Worker(config, jobs=jobs, store=None, sessions=worker_sessions(config), notifier=None)._announce()  # type: ignore[arg-type]
+
+    assert jobs.announced[0]["device"] is None
+
+
+def test_a_negative_device_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["worker", "--device", "-1"])
+    assert exited.value.code == 2
+    assert "--device: must be a CUDA device index" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="device must be a CUDA device index"):
+        Config.from_env({"ONNX_WEB_DEVICE": "-1"})
+
+
+def test_workers_per_gpu_without_a_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_stack(options: StackOptions) -> None:
+        raise AssertionError("the stack must not start without a GPU")
+
+    monkeypatch.setattr(service.stack, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(service.stack, "LocalStack", no_stack)
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--workers-per-gpu", "2"])
+    assert "--workers-per-gpu needs CUDA devices, and torch found none" in str(exited.value.code)
+
+
+def test_workers_per_gpu_starts_k_workers_on_each_device() -> None:
+    options = StackOptions(data_dir=Path("var"), port=5000, workers=5, workers_per_gpu=2, gpus=2)
+    assert options.worker_devices() == [0, 0, 1, 1]
+    assert StackOptions(data_dir=Path("var"), port=5000, workers=3).worker_devices() == [None, None, None]
