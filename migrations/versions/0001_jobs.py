@@ -9,7 +9,7 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-from alembic import op
+from migrations import execute_all
 
 revision = "0001"
 down_revision = None
@@ -138,11 +138,9 @@ DOWNGRADE = (
 
 def upgrade() -> None:
     """Create the enum, the table, its indexes and the wake-up triggers."""
-    for statement in UPGRADE:
-        op.execute(statement)
+    execute_all(UPGRADE)
 
 
 def downgrade() -> None:
     """Drop everything ``upgrade`` made (the table takes its indexes and triggers with it)."""
-    for statement in DOWNGRADE:
-        op.execute(statement)
+    execute_all(DOWNGRADE)

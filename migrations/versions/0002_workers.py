@@ -10,7 +10,7 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-from alembic import op
+from migrations import execute_all
 
 revision = "0002"
 down_revision = "0001"
@@ -41,11 +41,9 @@ DOWNGRADE = ("DROP TABLE workers",)
 
 def upgrade() -> None:
     """Create the workers table."""
-    for statement in UPGRADE:
-        op.execute(statement)
+    execute_all(UPGRADE)
 
 
 def downgrade() -> None:
     """Drop the workers table."""
-    for statement in DOWNGRADE:
-        op.execute(statement)
+    execute_all(DOWNGRADE)

@@ -18,7 +18,7 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-from alembic import op
+from migrations import execute_all
 
 revision = "0003"
 down_revision = "0002"
@@ -56,11 +56,9 @@ DOWNGRADE = ("ALTER TABLE jobs DROP COLUMN batch_key",)
 
 def upgrade() -> None:
     """Add the generated key and the index the batch claim walks."""
-    for statement in UPGRADE:
-        op.execute(statement)
+    execute_all(UPGRADE)
 
 
 def downgrade() -> None:
     """Drop the key (its index goes with it)."""
-    for statement in DOWNGRADE:
-        op.execute(statement)
+    execute_all(DOWNGRADE)

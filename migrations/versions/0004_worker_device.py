@@ -11,7 +11,7 @@ Create Date: 2026-12-05
 
 from __future__ import annotations
 
-from alembic import op
+from migrations import execute_all
 
 revision = "0004"
 down_revision = "0003"
@@ -28,11 +28,9 @@ DOWNGRADE = ("ALTER TABLE workers DROP COLUMN device",)
 
 def upgrade() -> None:
     """Add the device column."""
-    for statement in UPGRADE:
-        op.execute(statement)
+    execute_all(UPGRADE)
 
 
 def downgrade() -> None:
     """Drop the device column (its check goes with it)."""
-    for statement in DOWNGRADE:
-        op.execute(statement)
+    execute_all(DOWNGRADE)
