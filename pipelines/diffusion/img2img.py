@@ -7,19 +7,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion.model import (
-    CancelCheck,
-    DiffusionModel,
-    Generation,
-    StepCallback,
-    decode_latents,
-    denoise,
-    encode_image,
-    encode_prompt,
-    image_to_array,
-    initial_latents,
-    parse_prompts,
-)
+from pipelines.diffusion import model as sd
 from pipelines.diffusion.schedulers import require_add_noise
 
 
@@ -42,13 +30,13 @@ def strength_timesteps(scheduler: Any, steps: int, strength: float) -> tuple[Any
 
 
 def img2img(
-    model: DiffusionModel,
-    generation: Generation,
+    model: sd.DiffusionModel,
+    generation: sd.Generation,
     source: Image.Image,
     strength: float,
     *,
-    on_step: StepCallback = lambda n: None,
-    check_cancelled: CancelCheck = lambda: None,
+    on_step: sd.StepCallback = lambda n: None,
+    check_cancelled: sd.CancelCheck = lambda: None,
 ) -> list[Image.Image]:
     """Re-generate ``source`` (a multiple of 8 pixels on each side) with ``strength`` of noise.
 
@@ -59,20 +47,20 @@ def img2img(
 
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
-    prompt, negative = parse_prompts(generation)
-    embeddings = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
+    prompt, negative = sd.parse_prompts(generation)
+    embeddings = sd.encode_prompt(model, prompt.text, negative.text if negative else None, generation)
     scheduler = model.scheduler(generation.scheduler, generation.seed)
     require_add_noise(scheduler, generation.scheduler)
     scheduler.set_timesteps(generation.steps)
     timesteps, steps = strength_timesteps(scheduler, generation.steps, strength)
     image_latents = np.repeat(
-        encode_image(model, image_to_array(source), generation.vae_tiling), generation.batch, axis=0
+        sd.encode_image(model, sd.image_to_array(source), generation.vae_tiling), generation.batch, axis=0
     )
-    noise = initial_latents(generation.seed, generation.batch, source.width, source.height)
+    noise = sd.initial_latents(generation.seed, generation.batch, source.width, source.height)
     latents = scheduler.add_noise(
         torch.from_numpy(image_latents), torch.from_numpy(noise), timesteps[:1].repeat(generation.batch)
     ).numpy()
-    latents = denoise(
+    latents = sd.denoise(
         model,
         scheduler,
         latents,
@@ -83,4 +71,4 @@ def img2img(
         on_step=on_step,
         check_cancelled=check_cancelled,
     )
-    return decode_latents(model, latents, generation.vae_tiling)
+    return sd.decode_latents(model, latents, generation.vae_tiling)

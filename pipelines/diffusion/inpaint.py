@@ -14,21 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion.model import (
-    LATENT_FACTOR,
-    CancelCheck,
-    DiffusionModel,
-    Generation,
-    StepCallback,
-    decode_latents,
-    denoise,
-    encode_image,
-    encode_prompt,
-    image_to_array,
-    initial_latents,
-    parse_prompts,
-    unet_channels,
-)
+from pipelines.diffusion import model as sd
 from pipelines.diffusion.schedulers import require_add_noise
 
 INPAINT_CHANNELS = 9
@@ -45,35 +31,35 @@ def mask_to_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def inpaint(
-    model: DiffusionModel,
-    generation: Generation,
+    model: sd.DiffusionModel,
+    generation: sd.Generation,
     source: Image.Image,
     mask: Image.Image,
     *,
-    on_step: StepCallback = lambda n: None,
-    check_cancelled: CancelCheck = lambda: None,
+    on_step: sd.StepCallback = lambda n: None,
+    check_cancelled: sd.CancelCheck = lambda: None,
 ) -> list[Image.Image]:
     """Repaint the white part of ``mask`` in ``source`` (a multiple of 8 pixels on each side)."""
     import torch
 
-    prompt, negative = parse_prompts(generation)
-    embeddings = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
+    prompt, negative = sd.parse_prompts(generation)
+    embeddings = sd.encode_prompt(model, prompt.text, negative.text if negative else None, generation)
     scheduler = model.scheduler(generation.scheduler, generation.seed)
     scheduler.set_timesteps(generation.steps)
     timesteps = scheduler.timesteps
-    noise = initial_latents(generation.seed, generation.batch, source.width, source.height)
+    noise = sd.initial_latents(generation.seed, generation.batch, source.width, source.height)
     latents = noise * float(scheduler.init_noise_sigma)
 
-    pixels = image_to_array(source)
+    pixels = sd.image_to_array(source)
     binary = mask_to_array(mask, source.size)
     # Nearest-neighbour down-sampling by the latent factor, as torch's default interpolate does.
-    latent_mask = np.repeat(binary[:, :, ::LATENT_FACTOR, ::LATENT_FACTOR], generation.batch, axis=0)
+    latent_mask = np.repeat(binary[:, :, :: sd.LATENT_FACTOR, :: sd.LATENT_FACTOR], generation.batch, axis=0)
 
     conditioning = None
     after_step: Callable[[int, Any], Any] | None = None
-    if unet_channels(model) == INPAINT_CHANNELS:
+    if sd.unet_channels(model) == INPAINT_CHANNELS:
         masked_latents = np.repeat(
-            encode_image(model, pixels * (binary < 0.5), generation.vae_tiling), generation.batch, axis=0
+            sd.encode_image(model, pixels * (binary < 0.5), generation.vae_tiling), generation.batch, axis=0
         )
         conditioning = np.concatenate([latent_mask, masked_latents], axis=1)
         if generation.guidance:
@@ -81,7 +67,7 @@ def inpaint(
     else:
         require_add_noise(scheduler, generation.scheduler)
         image_latents = torch.from_numpy(
-            np.repeat(encode_image(model, pixels, generation.vae_tiling), generation.batch, axis=0)
+            np.repeat(sd.encode_image(model, pixels, generation.vae_tiling), generation.batch, axis=0)
         )
         keep = torch.from_numpy(latent_mask)
         start_noise = torch.from_numpy(noise)
@@ -94,7 +80,7 @@ def inpaint(
 
         after_step = keep_unmasked
 
-    latents = denoise(
+    latents = sd.denoise(
         model,
         scheduler,
         latents,
@@ -107,4 +93,4 @@ def inpaint(
         conditioning=conditioning,
         after_step=after_step,
     )
-    return decode_latents(model, latents, generation.vae_tiling)
+    return sd.decode_latents(model, latents, generation.vae_tiling)

@@ -21,20 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion.model import (
-    LATENT_CHANNELS,
-    CancelCheck,
-    DiffusionModel,
-    Generation,
-    StepCallback,
-    counts_as_step,
-    decode_latents,
-    initial_latents,
-    input_type,
-    load_tokenizer,
-    parse_prompts,
-    torch_generator,
-)
+from pipelines.diffusion import model as sd
 from pipelines.diffusion.schedulers import step_arguments
 
 logger = logging.getLogger(__name__)
@@ -85,22 +72,24 @@ def token_ids(tokenizer: Any, text: str) -> np.ndarray:
     return np.asarray([ids], dtype=np.int64)
 
 
-def encode_text(model: DiffusionModel, component: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def encode_text(model: sd.DiffusionModel, component: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Run text encoder ``component``: its penultimate hidden states and its first output.
 
     In optimum's layout the hidden states come last, the final layer's last of all, so the
     penultimate is output ``-2``; the first output of ``text_encoder_2`` is the pooled projection.
     """
     session = model.session(component)
-    outputs = session.run(None, {"input_ids": ids.astype(input_type(session, "input_ids", np.int32))})
+    outputs = session.run(None, {"input_ids": ids.astype(sd.input_type(session, "input_ids", np.int32))})
     return outputs[-2], outputs[0]
 
 
-def encode_prompts(model: DiffusionModel, text: str) -> tuple[np.ndarray, np.ndarray]:
+def encode_prompts(model: sd.DiffusionModel, text: str) -> tuple[np.ndarray, np.ndarray]:
     """One prompt through both encoders: ``(1, 77, hidden_1 + hidden_2)`` and ``(1, projection)``."""
-    first, _ = encode_text(model, "text_encoder", token_ids(load_tokenizer(model.folder / "tokenizer"), text))
+    first, _ = encode_text(
+        model, "text_encoder", token_ids(sd.load_tokenizer(model.folder / "tokenizer"), text)
+    )
     second, pooled = encode_text(
-        model, "text_encoder_2", token_ids(load_tokenizer(model.folder / "tokenizer_2"), text)
+        model, "text_encoder_2", token_ids(sd.load_tokenizer(model.folder / "tokenizer_2"), text)
     )
     return np.concatenate([first, second], axis=-1), pooled
 
@@ -111,7 +100,7 @@ def size_time_ids(width: int, height: int) -> np.ndarray:
 
 
 def encode_prompt(
-    model: DiffusionModel, prompt: str, negative_prompt: str | None, generation: Generation
+    model: sd.DiffusionModel, prompt: str, negative_prompt: str | None, generation: sd.Generation
 ) -> SdxlConditioning:
     """The UNet's text and size conditioning for ``generation`` (prompts free of network tokens)."""
     hidden, pooled = encode_prompts(model, prompt)
@@ -134,12 +123,12 @@ def encode_prompt(
     )
 
 
-def cpu_predict(model: DiffusionModel) -> Predict:
+def cpu_predict(model: sd.DiffusionModel) -> Predict:
     """UNet calls on the model's ONNX Runtime session, torch tensors in and out through numpy."""
     import torch
 
     unet = model.session("unet")
-    timestep_type = input_type(unet, "timestep", np.float32)
+    timestep_type = sd.input_type(unet, "timestep", np.float32)
 
     def predict(sample: Any, timestep: Any, hidden: Any, pooled: Any, time_ids: Any) -> Any:
         feeds = {
@@ -149,7 +138,7 @@ def cpu_predict(model: DiffusionModel) -> Predict:
             "text_embeds": pooled.numpy(),
             "time_ids": time_ids.numpy(),
         }
-        feeds = {name: value.astype(input_type(unet, name, value.dtype)) for name, value in feeds.items()}
+        feeds = {name: value.astype(sd.input_type(unet, name, value.dtype)) for name, value in feeds.items()}
         return torch.from_numpy(unet.run(None, feeds)[0])
 
     return predict
@@ -160,16 +149,16 @@ def denoise(
     scheduler: Any,
     sample: Any,
     conditioning: tuple[Any, Any, Any],
-    generation: Generation,
+    generation: sd.Generation,
     *,
-    on_step: StepCallback,
-    check_cancelled: CancelCheck,
+    on_step: sd.StepCallback,
+    check_cancelled: sd.CancelCheck,
 ) -> Any:
     """The UNet loop on torch tensors (CPU or CUDA) from ``sample`` (already scaled for the scheduler)."""
     import torch
 
     hidden, pooled, time_ids = conditioning
-    arguments = step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed))
+    arguments = step_arguments(scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed))
     timesteps = scheduler.timesteps
     for index, t in enumerate(timesteps):
         doubled = torch.cat([sample] * 2) if generation.guidance else sample
@@ -180,18 +169,18 @@ def denoise(
             uncond, text = noise.chunk(2)
             noise = uncond + generation.cfg * (text - uncond)
         sample = scheduler.step(noise, t, sample, **arguments, return_dict=False)[0]
-        if counts_as_step(index, len(timesteps), generation.steps, scheduler.order):
+        if sd.counts_as_step(index, len(timesteps), generation.steps, scheduler.order):
             on_step(1)
         check_cancelled()
     return sample
 
 
 def txt2img_sdxl(
-    model: DiffusionModel,
-    generation: Generation,
+    model: sd.DiffusionModel,
+    generation: sd.Generation,
     *,
-    on_step: StepCallback = lambda n: None,
-    check_cancelled: CancelCheck = lambda: None,
+    on_step: sd.StepCallback = lambda n: None,
+    check_cancelled: sd.CancelCheck = lambda: None,
 ) -> list[Image.Image]:
     """Generate ``generation.batch`` SDXL images from onnx-web's seeded noise.
 
@@ -202,13 +191,13 @@ def txt2img_sdxl(
 
     from pipelines.gpu.runtime import gpu_model, gpu_settings
 
-    prompt, negative = parse_prompts(generation)
+    prompt, negative = sd.parse_prompts(generation)
     if prompt.clip_skip:
         logger.warning("<clip:skip:%d> is not applied to SDXL (contract §9); ignored", prompt.clip_skip)
     conditioning = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
     scheduler = model.scheduler(generation.scheduler, generation.seed)
     scheduler.set_timesteps(generation.steps)
-    noise = initial_latents(generation.seed, generation.batch, generation.width, generation.height)
+    noise = sd.initial_latents(generation.seed, generation.batch, generation.width, generation.height)
     # init_noise_sigma is a tensor for the Karras-style schedulers; float() keeps numpy maths.
     latents = torch.from_numpy(noise * float(scheduler.init_noise_sigma))
     tensors = (conditioning.hidden, conditioning.pooled, conditioning.time_ids)
@@ -224,7 +213,7 @@ def txt2img_sdxl(
             on_step=on_step,
             check_cancelled=check_cancelled,
         )
-        return decode_latents(model, latents.numpy(), generation.vae_tiling)
+        return sd.decode_latents(model, latents.numpy(), generation.vae_tiling)
     from pipelines.gpu.batch import GpuDenoiser
 
     on_gpu = gpu_model(model.folder, settings)
@@ -270,16 +259,16 @@ def warm_up_sdxl(on_gpu: Any, width: int, height: int, images: int = 1) -> None:
         device = on_gpu.device
         on_gpu.unet.capture(
             {
-                "sample": torch.randn((rows, LATENT_CHANNELS, latent_h, latent_w), device=device),
+                "sample": torch.randn((rows, sd.LATENT_CHANNELS, latent_h, latent_w), device=device),
                 "timestep": torch.full((rows,), 500.0, device=device),
                 "encoder_hidden_states": torch.randn((rows, 77, hidden), device=device),
                 "text_embeds": torch.randn((rows, pooled), device=device),
                 "time_ids": torch.full((rows, 6), float(height), device=device),
             },
-            {"out_sample": (rows, LATENT_CHANNELS, latent_h, latent_w)},
+            {"out_sample": (rows, sd.LATENT_CHANNELS, latent_h, latent_w)},
         )
         on_gpu.vae_decoder.capture(
-            {"latent_sample": torch.randn((1, LATENT_CHANNELS, latent_h, latent_w), device=device)},
+            {"latent_sample": torch.randn((1, sd.LATENT_CHANNELS, latent_h, latent_w), device=device)},
             {"sample": (1, 3, height, width)},
         )
     on_gpu.stream.synchronize()

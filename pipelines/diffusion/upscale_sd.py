@@ -18,19 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion.model import (
-    LATENT_CHANNELS,
-    CancelCheck,
-    DiffusionModel,
-    Generation,
-    StepCallback,
-    decode_latents,
-    denoise,
-    encode_prompt,
-    image_to_array,
-    pad_to_grid,
-    parse_prompts,
-)
+from pipelines.diffusion import model as sd
 from pipelines.diffusion.schedulers import make_scheduler
 
 #: The noise level of diffusers' pipeline when none is asked for.
@@ -73,19 +61,19 @@ def upscale_noise(seed: int, batch: int, width: int, height: int) -> tuple[np.nd
     """``default_rng(seed)``'s starting latents ``(batch, 4, h, w)``, then the image noise
     ``(1, 3, h, w)``."""
     rng = np.random.default_rng(seed)
-    latents = rng.standard_normal((batch, LATENT_CHANNELS, height, width)).astype(np.float32)
+    latents = rng.standard_normal((batch, sd.LATENT_CHANNELS, height, width)).astype(np.float32)
     image_noise = rng.standard_normal((1, 3, height, width)).astype(np.float32)
     return latents, image_noise
 
 
 def upscale_sd(
-    model: DiffusionModel,
-    generation: Generation,
+    model: sd.DiffusionModel,
+    generation: sd.Generation,
     source: Image.Image,
     level: int,
     *,
-    on_step: StepCallback = lambda n: None,
-    check_cancelled: CancelCheck = lambda: None,
+    on_step: sd.StepCallback = lambda n: None,
+    check_cancelled: sd.CancelCheck = lambda: None,
 ) -> list[Image.Image]:
     """``generation.batch`` enlargements of ``source`` by the VAE's factor, at noise level ``level``.
 
@@ -96,21 +84,21 @@ def upscale_sd(
     maximum = max_noise_level(model.folder)
     if not 0 <= level <= maximum:
         raise ValueError(f"noise level must be from 0 to {maximum}, got {level}")
-    prompt, negative = parse_prompts(generation)
-    embeddings = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
+    prompt, negative = sd.parse_prompts(generation)
+    embeddings = sd.encode_prompt(model, prompt.text, negative.text if negative else None, generation)
     scheduler = model.scheduler(generation.scheduler, generation.seed)
     scheduler.set_timesteps(generation.steps)
     low_res_config = json.loads((model.folder / LOW_RES_SCHEDULER / "scheduler_config.json").read_text())
     low_res_scheduler = make_scheduler("ddpm", low_res_config)
 
-    padded = pad_to_grid(source.convert("RGB"), grid=UPSCALER_GRID)
+    padded = sd.pad_to_grid(source.convert("RGB"), grid=UPSCALER_GRID)
     noise, image_noise = upscale_noise(generation.seed, generation.batch, padded.width, padded.height)
     noisy_image = low_res_scheduler.add_noise(
-        torch.from_numpy(image_to_array(padded)), torch.from_numpy(image_noise), torch.tensor([level])
+        torch.from_numpy(sd.image_to_array(padded)), torch.from_numpy(image_noise), torch.tensor([level])
     ).numpy()
     # One copy of the image and its noise level per UNet batch item (doubled for guidance).
     copies = generation.batch * (2 if generation.guidance else 1)
-    latents = denoise(
+    latents = sd.denoise(
         model,
         scheduler,
         noise * float(scheduler.init_noise_sigma),
@@ -126,5 +114,5 @@ def upscale_sd(
     factor = model.vae_factor
     return [
         image.crop((0, 0, source.width * factor, source.height * factor))
-        for image in decode_latents(model, latents, generation.vae_tiling)
+        for image in sd.decode_latents(model, latents, generation.vae_tiling)
     ]

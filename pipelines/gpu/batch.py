@@ -20,19 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from pipelines.diffusion.model import (
-    CancelCheck,
-    DiffusionModel,
-    Generation,
-    StepCallback,
-    counts_as_step,
-    decode_latents,
-    encode_prompt,
-    initial_latents,
-    input_type,
-    parse_prompts,
-    torch_generator,
-)
+from pipelines.diffusion import model as sd
 from pipelines.diffusion.schedulers import step_arguments
 from pipelines.gpu.runtime import GpuDiffusionModel, gpu_model, gpu_settings
 
@@ -43,9 +31,9 @@ logger = logging.getLogger(__name__)
 class Txt2ImgJob:
     """One txt2img request in a batch: its parameters and its own callbacks."""
 
-    generation: Generation
-    on_step: StepCallback = lambda n: None
-    check_cancelled: CancelCheck = lambda: None
+    generation: sd.Generation
+    on_step: sd.StepCallback = lambda n: None
+    check_cancelled: sd.CancelCheck = lambda: None
 
 
 @dataclass
@@ -73,7 +61,7 @@ class Denoiser(Protocol):
 class CpuDenoiser:
     """The model's cached ONNX Runtime sessions fed from the CPU, as the single-job path runs."""
 
-    def __init__(self, model: DiffusionModel) -> None:
+    def __init__(self, model: sd.DiffusionModel) -> None:
         import torch
 
         self.model = model
@@ -89,23 +77,23 @@ class CpuDenoiser:
         noise = unet.run(
             None,
             {
-                "sample": sample.numpy().astype(input_type(unet, "sample", np.float32)),
-                "timestep": timestep.numpy().astype(input_type(unet, "timestep", np.float32)),
+                "sample": sample.numpy().astype(sd.input_type(unet, "sample", np.float32)),
+                "timestep": timestep.numpy().astype(sd.input_type(unet, "timestep", np.float32)),
                 "encoder_hidden_states": hidden.numpy().astype(
-                    input_type(unet, "encoder_hidden_states", np.float32)
+                    sd.input_type(unet, "encoder_hidden_states", np.float32)
                 ),
             },
         )[0]
         return torch.from_numpy(noise)
 
     def decode(self, latents: Any) -> list[Image.Image]:
-        return decode_latents(self.model, latents.numpy())
+        return sd.decode_latents(self.model, latents.numpy())
 
 
 class GpuDenoiser:
     """UNet and VAE decoder on CUDA (``pipelines.gpu.runtime``); latents never leave the GPU."""
 
-    def __init__(self, model: DiffusionModel, on_gpu: GpuDiffusionModel) -> None:
+    def __init__(self, model: sd.DiffusionModel, on_gpu: GpuDiffusionModel) -> None:
         self.model = model
         self.on_gpu = on_gpu
         self.device = on_gpu.device
@@ -131,7 +119,7 @@ class GpuDenoiser:
         return images
 
 
-def denoiser_for(model: DiffusionModel) -> Denoiser:
+def denoiser_for(model: sd.DiffusionModel) -> Denoiser:
     """The GPU denoiser when the model's sessions run on CUDA here, else the CPU one."""
     settings = gpu_settings(model.sessions)
     if settings is None:
@@ -139,7 +127,7 @@ def denoiser_for(model: DiffusionModel) -> Denoiser:
     return GpuDenoiser(model, gpu_model(model.folder, settings))
 
 
-def compatibility_key(generation: Generation) -> tuple[str, int, int, str, int]:
+def compatibility_key(generation: sd.Generation) -> tuple[str, int, int, str, int]:
     """What jobs must share to run as one batch: model, width, height, scheduler, steps."""
     return (generation.model, generation.width, generation.height, generation.scheduler, generation.steps)
 
@@ -162,7 +150,7 @@ class _Running:
 
 
 def txt2img_batch(
-    model: DiffusionModel, jobs: Sequence[Txt2ImgJob], *, denoiser: Denoiser | None = None
+    model: sd.DiffusionModel, jobs: Sequence[Txt2ImgJob], *, denoiser: Denoiser | None = None
 ) -> list[JobOutcome]:
     """Run compatible txt2img ``jobs`` with shared UNet calls; one outcome per job, in order.
 
@@ -187,22 +175,24 @@ def txt2img_batch(
     return outcomes
 
 
-def _start(model: DiffusionModel, index: int, job: Txt2ImgJob, denoiser: Denoiser) -> _Running:
+def _start(model: sd.DiffusionModel, index: int, job: Txt2ImgJob, denoiser: Denoiser) -> _Running:
     """Encode one job's prompts and draw its starting noise, as ``txt2img`` does for a lone job."""
     import torch
 
     generation = job.generation
-    prompt, negative = parse_prompts(generation)
-    embeddings = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
+    prompt, negative = sd.parse_prompts(generation)
+    embeddings = sd.encode_prompt(model, prompt.text, negative.text if negative else None, generation)
     scheduler = model.scheduler(generation.scheduler, generation.seed)
     scheduler.set_timesteps(generation.steps)
-    noise = initial_latents(generation.seed, generation.batch, generation.width, generation.height)
+    noise = sd.initial_latents(generation.seed, generation.batch, generation.width, generation.height)
     latents = noise * float(scheduler.init_noise_sigma)
     return _Running(
         index=index,
         job=job,
         scheduler=scheduler,
-        arguments=step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed)),
+        arguments=step_arguments(
+            scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed)
+        ),
         hidden=torch.from_numpy(embeddings).to(denoiser.device),
         sample=torch.from_numpy(latents).to(denoiser.device),
     )
@@ -244,7 +234,7 @@ def _denoise(denoiser: Denoiser, group: list[_Running], outcomes: list[JobOutcom
 def _report(item: _Running, index: int, total: int, steps: int, outcomes: list[JobOutcome]) -> bool:
     """Call a job's progress and cancellation callbacks; False (and its error kept) if one raised."""
     try:
-        if counts_as_step(index, total, steps, item.scheduler.order):
+        if sd.counts_as_step(index, total, steps, item.scheduler.order):
             item.job.on_step(1)
         item.job.check_cancelled()
     except Exception as err:
@@ -254,7 +244,10 @@ def _report(item: _Running, index: int, total: int, steps: int, outcomes: list[J
 
 
 def run_txt2img(
-    model: DiffusionModel, generation: Generation, on_step: StepCallback, check_cancelled: CancelCheck
+    model: sd.DiffusionModel,
+    generation: sd.Generation,
+    on_step: sd.StepCallback,
+    check_cancelled: sd.CancelCheck,
 ) -> list[Image.Image]:
     """One job through the batched path (the GPU route of ``txt2img``); raises what stopped it."""
     outcome = txt2img_batch(model, [Txt2ImgJob(generation, on_step, check_cancelled)])[0]

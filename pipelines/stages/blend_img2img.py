@@ -12,15 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
+from pipelines.diffusion import model as sd
 from pipelines.diffusion.img2img import img2img, strength_steps
-from pipelines.diffusion.model import (
-    Generation,
-    fit_to_latent_grid,
-    generation_metadata,
-    load_model,
-    pad_to_grid,
-    stage_sources,
-)
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.stages.shared import TILING
 from pipelines.stages.spec import StageType, number
@@ -32,19 +25,21 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     strength = float(params["strength"])
     recorded = {"pipeline": "img2img", **params}
     results = []
-    for item in stage_sources(ctx, params, images):
-        source = fit_to_latent_grid(item.image)
+    for item in sd.stage_sources(ctx, params, images):
+        source = sd.fit_to_latent_grid(item.image)
         # Sizes off the UNet's grid (outpaint borders, odd uploads) run padded, then are cropped back.
-        padded = pad_to_grid(source)
-        generation = Generation.from_params(params, prompt=prompt, width=padded.width, height=padded.height)
-        model = load_model(ctx.models_path, generation.model, ctx.sessions)
+        padded = sd.pad_to_grid(source)
+        generation = sd.Generation.from_params(
+            params, prompt=prompt, width=padded.width, height=padded.height
+        )
+        model = sd.load_model(ctx.models_path, generation.model, ctx.sessions)
         generated = [
             image.crop((0, 0, *source.size))
             for image in img2img(
                 model, generation, padded, strength, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
             )
         ]
-        metadata = generation_metadata(
+        metadata = sd.generation_metadata(
             recorded,
             generation,
             model,

@@ -17,15 +17,8 @@ from typing import Any
 from PIL import Image
 
 from pipelines.context import StageContext, StageImage
+from pipelines.diffusion import model as sd
 from pipelines.diffusion.inpaint import inpaint, mask_to_array
-from pipelines.diffusion.model import (
-    Generation,
-    fit_to_latent_grid,
-    generation_metadata,
-    load_model,
-    pad_to_grid,
-    stage_sources,
-)
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.stages.shared import TILING
 from pipelines.stages.spec import Param, StageType, color, diffusion_steps, number
@@ -39,14 +32,16 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     prompt = prompt_stage(str(params["prompt"]), int(params["prompt_index"]))
     recorded = {"pipeline": "inpaint", **params}
     results = []
-    for item in stage_sources(ctx, params, images):
-        source = fit_to_latent_grid(item.image)
+    for item in sd.stage_sources(ctx, params, images):
+        source = sd.fit_to_latent_grid(item.image)
         fitted = mask.convert("L").resize(source.size, Image.Resampling.BILINEAR)
         if not mask_to_array(fitted, source.size).any():
             results.append(item)
             continue
-        generation = Generation.from_params(params, prompt=prompt, width=source.width, height=source.height)
-        model = load_model(ctx.models_path, generation.model, ctx.sessions)
+        generation = sd.Generation.from_params(
+            params, prompt=prompt, width=source.width, height=source.height
+        )
+        model = sd.load_model(ctx.models_path, generation.model, ctx.sessions)
         region = fullres_region(fitted, params) if params["fullres"] else None
         if region is None:
             generated = _inpaint(ctx, model, generation, source, fitted)
@@ -54,7 +49,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
             generated = _inpaint_region(
                 ctx, model, generation, source, fitted, region, int(params["unet_tile"])
             )
-        metadata = generation_metadata(
+        metadata = sd.generation_metadata(
             recorded,
             generation,
             model,
@@ -69,12 +64,12 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
 
 
 def _inpaint(
-    ctx: StageContext, model: Any, generation: Generation, source: Image.Image, mask: Image.Image
+    ctx: StageContext, model: Any, generation: sd.Generation, source: Image.Image, mask: Image.Image
 ) -> list[Image.Image]:
     """Inpaint ``source`` whole; what the mask keeps (black) comes back exactly as it was."""
     # Sizes off the UNet's grid run padded (the padding masked black: kept), then cropped back.
-    padded = pad_to_grid(source)
-    padded_mask = pad_to_grid(mask, fill="black")
+    padded = sd.pad_to_grid(source)
+    padded_mask = sd.pad_to_grid(mask, fill="black")
     run_at = dataclasses.replace(generation, width=padded.width, height=padded.height)
     generated = inpaint(
         model, run_at, padded, padded_mask, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
@@ -110,7 +105,7 @@ def fullres_region(mask: Image.Image, params: Mapping[str, Any]) -> tuple[int, i
 def _inpaint_region(
     ctx: StageContext,
     model: Any,
-    generation: Generation,
+    generation: sd.Generation,
     source: Image.Image,
     mask: Image.Image,
     region: tuple[int, int, int, int],
