@@ -521,18 +521,13 @@ def sdxl_unet_inputs(device: str, dtype: Any, side: int, hidden: int, pooled: in
     }
 
 
-def bench_pytorch_sdxl(src: Path, device: str, steps: int, side: int, timer: Timer) -> dict[str, Any]:
-    """diffusers' StableDiffusionXLPipeline in fp16 (fp32 on CPU): the UNet call and one image."""
+def time_pytorch_sdxl_unet(
+    pipe: Any, device: str, dtype: Any, side: int, timer: Timer
+) -> tuple[dict[str, Any], Callable[[], Any]]:
+    """diffusers' SDXL UNet call at batch 2: its FLOPs and timing, and the call itself."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from torch.utils.flop_counter import FlopCounterMode
 
-    from pipelines.imageops.metadata import encode_image
-
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    pipe: Any = StableDiffusionXLPipeline.from_pretrained(src, torch_dtype=dtype, add_watermarker=False)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
     unet = pipe.unet
     feeds = sdxl_unet_inputs(
         device, dtype, side, unet.config.cross_attention_dim, pipe.text_encoder_2.config.projection_dim
@@ -549,25 +544,46 @@ def bench_pytorch_sdxl(src: Path, device: str, steps: int, side: int, timer: Tim
                 return_dict=False,
             )[0]
 
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with counter:
         call()
     result: dict[str, Any] = {"flops_unet_batch2": float(counter.get_total_flops())}
     result["unet_batch2"] = summary(timer.events(call, 20))
+    return result, call
+
+
+def pytorch_sdxl_image(pipe: Any, side: int, steps: int) -> Any:
+    """One image from diffusers' SDXL pipeline with the benchmark's prompt and seed."""
+    import torch
+
+    return pipe(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        height=side,
+        width=side,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        generator=torch.Generator("cpu").manual_seed(0),
+    ).images[0]
+
+
+def bench_pytorch_sdxl(src: Path, device: str, steps: int, side: int, timer: Timer) -> dict[str, Any]:
+    """diffusers' StableDiffusionXLPipeline in fp16 (fp32 on CPU): the UNet call and one image."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from pipelines.imageops.metadata import encode_image
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    pipe: Any = StableDiffusionXLPipeline.from_pretrained(src, torch_dtype=dtype, add_watermarker=False)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    result, call = time_pytorch_sdxl_unet(pipe, device, dtype, side, timer)
     result["unet_output"] = call().float()
 
     def image() -> bytes:
-        picture = pipe(
-            PROMPT,
-            negative_prompt=NEGATIVE,
-            height=side,
-            width=side,
-            num_inference_steps=steps,
-            guidance_scale=7.5,
-            generator=torch.Generator("cpu").manual_seed(0),
-        ).images[0]
+        picture = pytorch_sdxl_image(pipe, side, steps)
         return encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
 
     result["image"] = summary(timer.wall(image, 3))

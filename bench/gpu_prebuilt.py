@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.gpu import (
-    NEGATIVE,
     PEAK_TFLOPS,
-    PROMPT,
     Timer,
     profile_kernels,
+    pytorch_sdxl_image,
     sdxl_unet_inputs,
     summary,
+    time_pytorch_sdxl_unet,
     time_sdxl_images,
     timed,
 )
@@ -290,43 +290,12 @@ def build_pytorch_sdxl(folder: Path, architecture: str, device: str, dtype: Any,
 
 def bench_pytorch(pipe: Any, device: str, steps: int, side: int, timer: Timer) -> dict[str, Any]:
     """The PyTorch UNet call (batch 2) with its FLOPs, and one image to pixels and to PNG bytes."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from pipelines.imageops.metadata import encode_image
 
-    unet = pipe.unet
-    feeds = sdxl_unet_inputs(
-        device, unet.dtype, side, unet.config.cross_attention_dim, pipe.text_encoder_2.config.projection_dim
-    )
-
-    def call() -> Any:
-        with torch.no_grad():
-            added = {"text_embeds": feeds["text_embeds"], "time_ids": feeds["time_ids"]}
-            return unet(
-                feeds["sample"],
-                feeds["timestep"],
-                feeds["encoder_hidden_states"],
-                added_cond_kwargs=added,
-                return_dict=False,
-            )[0]
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        call()
-    result: dict[str, Any] = {"flops_unet_batch2": float(counter.get_total_flops())}
-    result["unet_batch2"] = summary(timer.events(call, 20))
+    result, _ = time_pytorch_sdxl_unet(pipe, device, pipe.unet.dtype, side, timer)
 
     def pixels() -> Any:
-        return pipe(
-            PROMPT,
-            negative_prompt=NEGATIVE,
-            height=side,
-            width=side,
-            num_inference_steps=steps,
-            guidance_scale=7.5,
-            generator=torch.Generator("cpu").manual_seed(0),
-        ).images[0]
+        return pytorch_sdxl_image(pipe, side, steps)
 
     def image() -> bytes:
         return encode_image(pixels(), {"params": {}}, fmt="png", server_version="bench")

@@ -388,9 +388,9 @@ def validate_chain_document(doc: object) -> dict[str, Any]:
     return doc
 
 
-#: Whether a stage's ``width``/``height`` are its own (grid cells, crop box, thumbnail box, noise
-#: size) rather than the image size the image parameters describe.
 def _own_size(stage_type: StageType) -> bool:
+    """Whether a stage's ``width``/``height`` are its own (grid cells, crop box, thumbnail box, noise
+    size) rather than the image size the image parameters describe."""
     return "image" not in stage_type.groups and any(param.name == "width" for param in stage_type.params)
 
 

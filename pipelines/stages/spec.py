@@ -296,12 +296,6 @@ class StageType:
         """Its own parameters as JSON-schema properties."""
         return {param.name: param.schema() for param in self.params}
 
-    def __call__(
-        self, ctx: StageContext, raw: Mapping[str, Any], images: list[StageImage]
-    ) -> list[StageImage]:
-        """Resolve ``raw`` as the api would, check it as the worker does, and run (for direct callers)."""
-        return self.run(ctx, self.load({**raw, **self.resolve(raw)}), images)
-
 
 GROUPS_MEMBERS = frozenset(param for group in GROUPS.values() for param in group)
 

@@ -14,27 +14,9 @@ from service.app import create_app
 from service.config import Config
 from service.jobs.store import JobStore
 from service.storage import ObjectStore
+from tests.contract import SCHEDULERS
 
 pytestmark = pytest.mark.integration
-
-SCHEDULERS = [
-    "ddim",
-    "ddpm",
-    "deis-multi",
-    "dpm-multi",
-    "dpm-sde",
-    "dpm-single",
-    "euler",
-    "euler-a",
-    "heun",
-    "ipndm",
-    "k-dpm-2-a",
-    "k-dpm-2",
-    "lcm",
-    "lms-discrete",
-    "pndm",
-    "unipc-multi",
-]
 
 
 ADMIN_TOKEN = "admin-secret"

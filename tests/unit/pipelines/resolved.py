@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.context import StageContext, StageImage
+from pipelines.stages.spec import StageType
+
 IMAGE: dict[str, Any] = {
     "model": "stable-diffusion-onnx-v1-5",
     "pipeline": "txt2img",
@@ -49,3 +52,10 @@ UPSCALE: dict[str, Any] = {
 }
 #: Both groups, as the chain language stores them in every stage.
 RESOLVED: dict[str, Any] = {**IMAGE, **UPSCALE}
+
+
+def run_stage(
+    stage: StageType, ctx: StageContext, raw: dict[str, Any], images: list[StageImage]
+) -> list[StageImage]:
+    """Run ``stage`` as a job would: its declared defaults applied (the api), then checked (the worker)."""
+    return stage.run(ctx, stage.load({**raw, **stage.resolve(raw)}), images)

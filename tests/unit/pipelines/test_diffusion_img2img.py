@@ -17,7 +17,7 @@ from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
 from pipelines.models.demo import DEMO_MODELS
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import blend_img2img
-from tests.unit.pipelines.resolved import RESOLVED
+from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
 MAX_LEVEL_DIFF = 2
 
@@ -138,7 +138,7 @@ def test_stage_reports_the_steps_it_runs(
     counter = Counter()
     ctx = StageContext(models_path=models_path, sessions=sessions, on_step=counter)
     params = {**stage_params(), "steps": steps, "strength": strength}
-    blend_img2img.STAGE(ctx, params, [StageImage(source_image(), {})])
+    run_stage(blend_img2img.STAGE, ctx, params, [StageImage(source_image(), {})])
     assert counter.steps == expected == blend_img2img.STAGE.estimate(params)
 
 
@@ -168,7 +168,7 @@ def test_stage_replaces_each_input_with_its_batch(models_path: Path, sessions: S
         ),
         StageImage(source_image(70, 52), {}),
     ]
-    results = blend_img2img.STAGE(ctx, stage_params(), inputs)
+    results = run_stage(blend_img2img.STAGE, ctx, stage_params(), inputs)
     assert [item.image.size for item in results] == [(64, 48), (64, 48), (64, 48), (64, 48)]
     first = results[0].metadata
     assert first["input_size"] == {"width": 32, "height": 24}
@@ -184,9 +184,11 @@ def test_stage_reads_its_uploaded_source_when_it_has_no_inputs(
     models_path: Path, sessions: SessionCache
 ) -> None:
     ctx = StageContext(models_path=models_path, sessions=sessions, inputs={"source:refine": source_image()})
-    assert len(blend_img2img.STAGE(ctx, stage_params(), [])) == 2
+    assert len(run_stage(blend_img2img.STAGE, ctx, stage_params(), [])) == 2
     with pytest.raises(ValueError, match="needs an input image"):
-        blend_img2img.STAGE(StageContext(models_path=models_path, sessions=sessions), stage_params(), [])
+        run_stage(
+            blend_img2img.STAGE, StageContext(models_path=models_path, sessions=sessions), stage_params(), []
+        )
 
 
 def test_schedulers_that_cannot_noise_an_image_are_refused(demo_model: DiffusionModel) -> None:

@@ -17,7 +17,7 @@ from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
 from pipelines.models.demo import DEMO_MODELS
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_outpaint
-from tests.unit.pipelines.resolved import RESOLVED
+from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
 MAX_LEVEL_DIFF = 2
 BASE, INPAINT = (model.name for model in DEMO_MODELS)
@@ -153,7 +153,7 @@ def test_stage_inpaints_each_input_with_the_stage_mask(models_path: Path, sessio
         models_path=models_path, sessions=sessions, inputs={"mask:inpaint": mask_image()}, on_step=steps
     )
     source = StageImage(source_image(), {"input_size": {"width": 64, "height": 48}})
-    results = upscale_outpaint.STAGE(ctx, stage_params(batch=2), [source])
+    results = run_stage(upscale_outpaint.STAGE, ctx, stage_params(batch=2), [source])
     assert len(results) == 2
     assert results[0].image.size == (64, 48)
     assert results[0].metadata["params"]["pipeline"] == "inpaint"
@@ -170,13 +170,13 @@ def test_stage_passes_images_with_an_all_black_mask_through(
         inputs={"mask:inpaint": Image.new("RGB", (64, 48), "black")},
     )
     source = StageImage(source_image(), {"params": {"prompt": "kept"}})
-    assert upscale_outpaint.STAGE(ctx, stage_params(), [source]) == [source]
+    assert run_stage(upscale_outpaint.STAGE, ctx, stage_params(), [source]) == [source]
 
 
 def test_stage_needs_a_mask(models_path: Path, sessions: SessionCache) -> None:
     ctx = StageContext(models_path=models_path, sessions=sessions)
     with pytest.raises(ValueError, match="needs a mask"):
-        upscale_outpaint.STAGE(ctx, stage_params(), [StageImage(source_image(), {})])
+        run_stage(upscale_outpaint.STAGE, ctx, stage_params(), [StageImage(source_image(), {})])
 
 
 def test_ipndm_inpaints_only_with_an_inpainting_unet(

@@ -16,29 +16,11 @@ from pipelines.diffusion.schedulers import (
     make_scheduler,
     step_arguments,
 )
-
-ONNX_WEB_SCHEDULERS = [
-    "ddim",
-    "ddpm",
-    "deis-multi",
-    "dpm-multi",
-    "dpm-sde",
-    "dpm-single",
-    "euler",
-    "euler-a",
-    "heun",
-    "ipndm",
-    "k-dpm-2-a",
-    "k-dpm-2",
-    "lcm",
-    "lms-discrete",
-    "pndm",
-    "unipc-multi",
-]
+from tests.contract import SCHEDULERS
 
 
 def test_names_are_onnx_webs_in_its_order() -> None:
-    assert list(SCHEDULER_NAMES) == ONNX_WEB_SCHEDULERS
+    assert list(SCHEDULER_NAMES) == SCHEDULERS
 
 
 def test_names_import_without_torch_or_diffusers() -> None:

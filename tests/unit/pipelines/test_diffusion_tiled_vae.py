@@ -17,7 +17,7 @@ from pipelines.diffusion.model import DiffusionModel, Generation, decode_latents
 from pipelines.diffusion.vae_tiling import VaeTiling, axis_weights, decode_tiled, encode_tiled, tile_starts
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import blend_img2img, source_txt2img
-from tests.unit.pipelines.resolved import RESOLVED
+from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
 FACTOR = 8
 
@@ -227,12 +227,12 @@ def stage_params(**changes: Any) -> dict[str, Any]:
 def test_stages_tile_the_vae_when_their_params_ask(models_path: Path, sessions: SessionCache) -> None:
     spy = SpySessions(sessions)
     ctx = StageContext(models_path=models_path, sessions=spy)
-    (generated,) = source_txt2img.STAGE(ctx, stage_params(), [])
+    (generated,) = run_stage(source_txt2img.STAGE, ctx, stage_params(), [])
     assert generated.image.size == (256, 192)
     # 16-cell tiles every 8 cells over 32 x 24 latent cells: 2 rows of 3.
     assert spy.shapes["vae_decoder"] == [(1, 4, 16, 16)] * 6
     spy.shapes["vae_decoder"].clear()
-    blend_img2img.STAGE(ctx, stage_params(strength=0.5), [generated])
+    run_stage(blend_img2img.STAGE, ctx, stage_params(strength=0.5), [generated])
     assert spy.shapes["vae_encoder"] == [(1, 3, 128, 128)] * 6
     assert spy.shapes["vae_decoder"] == [(1, 4, 16, 16)] * 6
 
@@ -240,7 +240,7 @@ def test_stages_tile_the_vae_when_their_params_ask(models_path: Path, sessions: 
 def test_stages_run_the_vae_whole_by_default(models_path: Path, sessions: SessionCache) -> None:
     spy = SpySessions(sessions)
     ctx = StageContext(models_path=models_path, sessions=spy)
-    source_txt2img.STAGE(ctx, stage_params(tiled_vae=False), [])
+    run_stage(source_txt2img.STAGE, ctx, stage_params(tiled_vae=False), [])
     assert spy.shapes["vae_decoder"] == [(1, 4, 24, 32)]
 
 

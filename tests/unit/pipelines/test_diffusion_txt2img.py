@@ -17,7 +17,7 @@ from pipelines.diffusion.txt2img import txt2img
 from pipelines.models.demo import DEMO_MODELS
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import source_txt2img
-from tests.unit.pipelines.resolved import IMAGE
+from tests.unit.pipelines.resolved import IMAGE, run_stage
 
 DEMO_MODEL = DEMO_MODELS[0].name
 
@@ -78,7 +78,7 @@ def test_every_scheduler_gives_an_image_and_reports_one_step_per_scheduler_step(
     # than the steps: progress counts scheduler steps, as onnx-web does, so the total is `steps`.
     recorder = Recorder(models_path, sessions)
     params = stage_params(scheduler=scheduler, steps=3)
-    [result] = source_txt2img.STAGE(recorder.ctx, params, [])
+    [result] = run_stage(source_txt2img.STAGE, recorder.ctx, params, [])
     pixels = array(result.image)
     assert result.image.size == (64, 48)
     assert result.image.mode == "RGB"
@@ -125,7 +125,7 @@ def test_long_negative_prompt_is_padded_to_the_prompt_windows(demo_model: Diffus
 def test_cancellation_stops_the_loop(models_path: Path, sessions: SessionCache) -> None:
     recorder = Recorder(models_path, sessions, cancel_after=2)
     with pytest.raises(StageCancelled):
-        source_txt2img.STAGE(recorder.ctx, stage_params(steps=10), [])
+        run_stage(source_txt2img.STAGE, recorder.ctx, stage_params(steps=10), [])
     assert recorder.steps == 2
     assert recorder.checks == 2
 
@@ -142,7 +142,7 @@ def test_stage_appends_to_its_inputs_and_records_metadata(models_path: Path, ses
         unet_tile=256,
         thumbnail=False,
     )
-    results = source_txt2img.STAGE(recorder.ctx, params, [existing])
+    results = run_stage(source_txt2img.STAGE, recorder.ctx, params, [existing])
     assert len(results) == 3
     assert results[0] is existing
     hash_line = (models_path / DEMO_MODEL / "hash.txt").read_text().splitlines()[0]
@@ -186,16 +186,18 @@ def test_prompt_tokens_are_removed_before_encoding(demo_model: DiffusionModel) -
 
 def test_prompt_index_selects_the_prompt_stage(models_path: Path, sessions: SessionCache) -> None:
     recorder = Recorder(models_path, sessions)
-    [second] = source_txt2img.STAGE(recorder.ctx, stage_params(prompt="a cat || a dog", prompt_index=1), [])
-    [dog] = source_txt2img.STAGE(recorder.ctx, stage_params(prompt="a dog"), [])
+    [second] = run_stage(
+        source_txt2img.STAGE, recorder.ctx, stage_params(prompt="a cat || a dog", prompt_index=1), []
+    )
+    [dog] = run_stage(source_txt2img.STAGE, recorder.ctx, stage_params(prompt="a dog"), [])
     assert second.metadata["params"]["prompt"] == "a dog"
     assert np.array_equal(array(second.image), array(dog.image))
 
 
 def test_generates_the_requested_size_beyond_unet_tile(models_path: Path, sessions: SessionCache) -> None:
     recorder = Recorder(models_path, sessions)
-    [result] = source_txt2img.STAGE(
-        recorder.ctx, stage_params(width=160, height=32, unet_tile=128, steps=1), []
+    [result] = run_stage(
+        source_txt2img.STAGE, recorder.ctx, stage_params(width=160, height=32, unet_tile=128, steps=1), []
     )
     assert result.image.size == (160, 32)
 
@@ -214,4 +216,4 @@ def test_bad_params_fail_with_a_clear_error(
 ) -> None:
     recorder = Recorder(models_path, sessions)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        source_txt2img.STAGE(recorder.ctx, stage_params(**changes), [])
+        run_stage(source_txt2img.STAGE, recorder.ctx, stage_params(**changes), [])

@@ -20,7 +20,7 @@ from pipelines.models.demo import DEMO_UPSCALER, torch_source_path
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_stable_diffusion
-from tests.unit.pipelines.resolved import RESOLVED
+from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
 #: Two of 255 levels: ONNX Runtime and PyTorch differ by ~1e-6, which rounding can turn into one.
 MAX_LEVEL_DIFF = 2
@@ -186,7 +186,7 @@ def test_stage_upscales_each_image_four_times(
         StageImage(source_image(20, 12), {"params": {"prompt": "kept"}}),
         StageImage(source_image(16, 16), {}),
     ]
-    results = upscale_stable_diffusion.STAGE(ctx, stage_params(), inputs)
+    results = run_stage(upscale_stable_diffusion.STAGE, ctx, stage_params(), inputs)
     assert [item.image.size for item in results] == [(80, 48), (64, 64)]
     assert results[0].metadata["size"] == {"width": 80, "height": 48}
     assert results[0].metadata["params"] == {"prompt": "kept"}
@@ -205,15 +205,18 @@ def test_stage_upscales_its_uploaded_source(models_path: Path, sessions: Session
     ctx = StageContext(
         models_path=models_path, sessions=sessions, inputs={"source:upscale": source_image(8, 8)}
     )
-    (result,) = upscale_stable_diffusion.STAGE(ctx, stage_params(steps=1), [])
+    (result,) = run_stage(upscale_stable_diffusion.STAGE, ctx, stage_params(steps=1), [])
     assert result.image.size == (32, 32)
 
 
 def test_stage_needs_an_upscaling_model(models_path: Path, sessions: SessionCache) -> None:
     ctx = StageContext(models_path=models_path, sessions=sessions)
     with pytest.raises(ValueError, match="upscaling"):
-        upscale_stable_diffusion.STAGE(
-            ctx, stage_params(upscale_model=None), [StageImage(source_image(), {})]
+        run_stage(
+            upscale_stable_diffusion.STAGE,
+            ctx,
+            stage_params(upscale_model=None),
+            [StageImage(source_image(), {})],
         )
 
 

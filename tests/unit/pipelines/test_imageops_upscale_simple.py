@@ -12,6 +12,7 @@ from pipelines.context import StageContext, StageImage
 from pipelines.imageops.upscale import resize_simple
 from pipelines.stages import upscale_simple
 from pipelines.stages.spec import ParamError
+from tests.unit.pipelines.resolved import run_stage
 
 
 def _context(steps: list[int]) -> StageContext:
@@ -31,7 +32,7 @@ def test_resizes_by_scale_like_pil(method: str, resample: Image.Resampling) -> N
     source = _image()
     item = StageImage(source, {"params": {"seed": 7}, "size": {"width": 12, "height": 8}})
 
-    [out] = upscale_simple.STAGE(_context(steps), {"method": method, "scale": 2}, [item])
+    [out] = run_stage(upscale_simple.STAGE, _context(steps), {"method": method, "scale": 2}, [item])
 
     assert out.image.size == (24, 16)
     expected = np.asarray(source.resize((24, 16), resample))
@@ -42,8 +43,11 @@ def test_resizes_by_scale_like_pil(method: str, resample: Image.Resampling) -> N
 
 
 def test_fractional_scale_rounds_to_whole_pixels() -> None:
-    [out] = upscale_simple.STAGE(
-        _context([]), {"method": "lanczos", "scale": 1.5}, [StageImage(_image(size=(11, 7)))]
+    [out] = run_stage(
+        upscale_simple.STAGE,
+        _context([]),
+        {"method": "lanczos", "scale": 1.5},
+        [StageImage(_image(size=(11, 7)))],
     )
     assert out.image.size == (16, 10)
     assert out.metadata["size"] == {"width": 16, "height": 10}
@@ -51,7 +55,9 @@ def test_fractional_scale_rounds_to_whole_pixels() -> None:
 
 def test_scale_of_one_keeps_the_image() -> None:
     source = _image(seed=3)
-    [out] = upscale_simple.STAGE(_context([]), {"method": "bilinear", "scale": 1}, [StageImage(source)])
+    [out] = run_stage(
+        upscale_simple.STAGE, _context([]), {"method": "bilinear", "scale": 1}, [StageImage(source)]
+    )
     assert out.image is source
     assert out.metadata["size"] == {"width": 12, "height": 8}
 
@@ -60,7 +66,12 @@ def test_scale_of_one_keeps_the_image() -> None:
 def test_a_scale_outside_the_declared_range_is_refused_not_clamped(scale: float) -> None:
     steps: list[int] = []
     with pytest.raises(ParamError, match=rf"params\.scale: must be a number from 1 to 8, got {scale}$"):
-        upscale_simple.STAGE(_context(steps), {"method": "bilinear", "scale": scale}, [StageImage(_image())])
+        run_stage(
+            upscale_simple.STAGE,
+            _context(steps),
+            {"method": "bilinear", "scale": scale},
+            [StageImage(_image())],
+        )
     assert steps == [], "nothing ran"
 
 
@@ -72,13 +83,15 @@ def test_the_resize_itself_never_shrinks(scale: float) -> None:
 
 def test_scale_defaults_to_the_declared_two() -> None:
     assert upscale_simple.STAGE.resolve({}) == {"method": "lanczos", "scale": 2}
-    [out] = upscale_simple.STAGE(_context([]), {}, [StageImage(_image())])
+    [out] = run_stage(upscale_simple.STAGE, _context([]), {}, [StageImage(_image())])
     assert out.image.size == (24, 16)
 
 
 def test_unknown_method_is_an_error_that_names_it() -> None:
     with pytest.raises(ValueError, match="'nearest'"):
-        upscale_simple.STAGE(_context([]), {"method": "nearest", "scale": 2}, [StageImage(_image())])
+        run_stage(
+            upscale_simple.STAGE, _context([]), {"method": "nearest", "scale": 2}, [StageImage(_image())]
+        )
 
 
 def test_estimate_is_one_step() -> None:

@@ -18,7 +18,7 @@ from pipelines.imageops.upscale import run_model_tile
 from pipelines.models.upscalers import DEMO_UPSCALERS, build_demo_upscalers, demo_module
 from pipelines.stages import upscale_bsrgan, upscale_resrgan, upscale_swinir
 from pipelines.stages.spec import ParamError
-from tests.unit.pipelines.resolved import UPSCALE
+from tests.unit.pipelines.resolved import UPSCALE, run_stage
 
 
 class Sessions:
@@ -105,7 +105,9 @@ def test_resrgan_stage_upscales_with_the_model(models: Path) -> None:
     source = _image((20, 12))
     tiles: list[tuple[int, int]] = []
     params = {**UPSCALE, "upscale_model": "upscaling-real-esrgan-x4-plus", "outscale": 4, "stage_name": "up"}
-    [out] = upscale_resrgan.STAGE(_context(models, tiles), params, [StageImage(source, {"note": 1})])
+    [out] = run_stage(
+        upscale_resrgan.STAGE, _context(models, tiles), params, [StageImage(source, {"note": 1})]
+    )
     assert out.image.size == (80, 48)
     [model] = out.metadata.pop("models")
     assert model["name"] == "upscaling-real-esrgan-x4-plus" and len(model["hash"]) == 10
@@ -123,18 +125,20 @@ def test_outscale_is_finished_with_lanczos_and_tiles_are_blended(models: Path) -
     source = _image((40, 24))
     tiles: list[tuple[int, int]] = []
     whole = {**UPSCALE, "upscale_model": "upscaling-bsrgan-x4", "outscale": 4}
-    [native] = upscale_bsrgan.STAGE(_context(models), whole, [StageImage(source)])
-    [two] = upscale_bsrgan.STAGE(_context(models), {**whole, "outscale": 2}, [StageImage(source)])
+    [native] = run_stage(upscale_bsrgan.STAGE, _context(models), whole, [StageImage(source)])
+    [two] = run_stage(upscale_bsrgan.STAGE, _context(models), {**whole, "outscale": 2}, [StageImage(source)])
     assert two.image.size == (80, 48)
     lanczos = native.image.resize((80, 48), Image.Resampling.LANCZOS)
     assert np.array_equal(np.asarray(two.image), np.asarray(lanczos))
     # The group's outscale is the final size whatever the model's factor: 1 keeps the input's size.
-    [one] = upscale_bsrgan.STAGE(_context(models), {**whole, "outscale": 1}, [StageImage(source)])
+    [one] = run_stage(upscale_bsrgan.STAGE, _context(models), {**whole, "outscale": 1}, [StageImage(source)])
     assert one.image.size == (40, 24)
     back = native.image.resize((40, 24), Image.Resampling.LANCZOS)
     assert np.array_equal(np.asarray(one.image), np.asarray(back))
 
-    [tiled] = upscale_bsrgan.STAGE(_context(models, tiles), {**whole, "tiles": 16}, [StageImage(source)])
+    [tiled] = run_stage(
+        upscale_bsrgan.STAGE, _context(models, tiles), {**whole, "tiles": 16}, [StageImage(source)]
+    )
     assert tiled.image.size == (160, 96)
     assert len(tiles) > 1 and tiles[-1][0] == tiles[-1][1]
     assert np.abs(np.asarray(tiled.image, float) - np.asarray(native.image, float)).mean() < 20
@@ -142,7 +146,8 @@ def test_outscale_is_finished_with_lanczos_and_tiles_are_blended(models: Path) -
 
 def test_swinir_pads_small_tiles_to_its_fixed_input(models: Path) -> None:
     source = _image((40, 30))
-    [out] = upscale_swinir.STAGE(
+    [out] = run_stage(
+        upscale_swinir.STAGE,
         _context(models),
         {**UPSCALE, "upscale_model": "upscaling-swinir-real-large-x4", "outscale": 4},
         [StageImage(source)],
@@ -162,7 +167,7 @@ def test_swinir_pads_small_tiles_to_its_fixed_input(models: Path) -> None:
 def test_denoise_mixes_v3_with_its_wdn_sibling(models: Path) -> None:
     params = {**UPSCALE, "upscale_model": "upscaling-real-esrgan-x4-v3", "denoise": 0.3}
     context = _context(models)
-    upscale_resrgan.STAGE(context, params, [StageImage(_image((8, 8)))])
+    run_stage(upscale_resrgan.STAGE, context, params, [StageImage(_image((8, 8)))])
     mixed_path = models / ".cache" / "upscaling-real-esrgan-x4-v3-dni-0.30.onnx"
     assert list(context.sessions.loaded) == [mixed_path]  # type: ignore[attr-defined]
 
@@ -178,19 +183,22 @@ def test_denoise_mixes_v3_with_its_wdn_sibling(models: Path) -> None:
         assert np.allclose(mixed[name], 0.3 * plain[name] + 0.7 * wdn[name], atol=1e-6)
 
     full = _context(models)
-    upscale_resrgan.STAGE(full, {**params, "denoise": 1}, [StageImage(_image((8, 8)))])
+    run_stage(upscale_resrgan.STAGE, full, {**params, "denoise": 1}, [StageImage(_image((8, 8)))])
     assert list(full.sessions.loaded) == [models / "upscaling-real-esrgan-x4-v3.onnx"]  # type: ignore[attr-defined]
 
 
 def test_a_missing_model_is_named(models: Path) -> None:
     with pytest.raises(FileNotFoundError, match="'upscaling-nope'"):
-        upscale_resrgan.STAGE(
-            _context(models), {**UPSCALE, "upscale_model": "upscaling-nope"}, [StageImage(_image((8, 8)))]
+        run_stage(
+            upscale_resrgan.STAGE,
+            _context(models),
+            {**UPSCALE, "upscale_model": "upscaling-nope"},
+            [StageImage(_image((8, 8)))],
         )
     with pytest.raises(ValueError, match="'upscaling'"):
-        upscale_resrgan.STAGE(_context(models), UPSCALE, [StageImage(_image((8, 8)))])
+        run_stage(upscale_resrgan.STAGE, _context(models), UPSCALE, [StageImage(_image((8, 8)))])
     # The old spelling is the api's to map: a stored stage without the group is refused, not guessed.
     with pytest.raises(ParamError, match=r"upscale-resrgan\.upscale_model: is missing from the stored chain"):
-        upscale_resrgan.STAGE(_context(models), {"upscaling": "upscaling-real-esrgan-x4-plus"}, [])
+        run_stage(upscale_resrgan.STAGE, _context(models), {"upscaling": "upscaling-real-esrgan-x4-plus"}, [])
     estimates = {stage.STAGE.estimate(UPSCALE) for stage in (upscale_swinir, upscale_bsrgan, upscale_resrgan)}
     assert estimates == {1}

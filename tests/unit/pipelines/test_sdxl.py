@@ -23,7 +23,7 @@ from pipelines.models.demo import DEMO_SDXL, SDXL_SCALING_FACTOR, torch_source_p
 from pipelines.models.layout import EXTRAS_FILE
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import source_txt2img
-from tests.unit.pipelines.resolved import IMAGE
+from tests.unit.pipelines.resolved import IMAGE, run_stage
 
 #: Two of 255 levels: ONNX Runtime and PyTorch differ by ~1e-6, which rounding can turn into one.
 MAX_LEVEL_DIFF = 2
@@ -177,7 +177,7 @@ def test_source_txt2img_stage_runs_sdxl(
         "width": 64,
         "height": 40,
     }
-    images = source_txt2img.STAGE(ctx, params, [])
+    images = run_stage(source_txt2img.STAGE, ctx, params, [])
     assert len(images) == 1 and images[0].image.size == (64, 40)
     assert sum(steps) == 3
     # The stage generates a whole 64-px cell and crops; the crop is the SDXL pipeline's own image.

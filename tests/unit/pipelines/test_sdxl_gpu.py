@@ -62,3 +62,19 @@ def test_full_size_sdxl_configs_have_sdxl_base_parameter_counts() -> None:
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2))
     assert sum(item.numel() for item in unet.parameters()) == 2_567_463_684
     assert sum(item.numel() for item in text_encoder_2.parameters()) == 694_659_840
+
+
+def test_the_benchmarks_pytorch_sdxl_helpers_run_diffusers_on_the_demo_sdxl(models_path: Path) -> None:
+    """``bench.gpu``'s PyTorch side (shared with ``bench.gpu_prebuilt``), run on the CPU with tiny weights."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from bench.gpu import Timer, pytorch_sdxl_image, time_pytorch_sdxl_unet
+    from pipelines.models.demo import DEMO_SDXL, torch_source_path
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(torch_source_path(models_path, DEMO_SDXL))
+    pipe.set_progress_bar_config(disable=True)
+    result, call = time_pytorch_sdxl_unet(pipe, "cpu", torch.float32, 64, Timer("cpu"))
+    assert result["flops_unet_batch2"] > 0 and len(result["unet_batch2"]) > 0
+    assert tuple(call().shape) == (2, 4, 8, 8)
+    assert pytorch_sdxl_image(pipe, 64, 2).size == (64, 64)

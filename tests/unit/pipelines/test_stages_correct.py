@@ -26,7 +26,7 @@ from pipelines.imageops.correct import (
 from pipelines.models.upscalers import DEMO_UPSCALERS, convert_upscaler, demo_module
 from pipelines.stages import correct_codeformer, correct_gfpgan
 from pipelines.stages.spec import ParamError
-from tests.unit.pipelines.resolved import UPSCALE
+from tests.unit.pipelines.resolved import UPSCALE, run_stage
 
 FACE_SIZE = 64
 #: The constant face model's output, in [-1, 1], and the 8-bit level it becomes.
@@ -130,7 +130,7 @@ def test_the_detector_finds_a_drawn_face_and_nothing_in_noise() -> None:
 
 def _run(stage: ModuleType, models: Path, image: Image.Image, **params: Any) -> StageImage:
     stored = {**UPSCALE, "stage_name": "faces", **params}
-    [out] = stage.STAGE(_context(models), stored, [StageImage(image, {"note": 1})])
+    [out] = run_stage(stage.STAGE, _context(models), stored, [StageImage(image, {"note": 1})])
     return out
 
 
@@ -236,7 +236,7 @@ def test_gfpgan_without_a_model_skips_faces_but_still_scales(models: Path) -> No
 def test_codeformer_loads_its_default_model_and_reads_the_stage_upload(models: Path) -> None:
     image = on_canvas(draw_face(128), (320, 200), (150, 40))
     ctx = _context(models, {"source:cf": image})
-    [out] = correct_codeformer.STAGE(ctx, {**UPSCALE, "stage_name": "cf", "face_strength": 1}, [])
+    [out] = run_stage(correct_codeformer.STAGE, ctx, {**UPSCALE, "stage_name": "cf", "face_strength": 1}, [])
     [box] = detect_faces(image)
     left, top, side = _crop_square(box)
     face = (
@@ -246,8 +246,11 @@ def test_codeformer_loads_its_default_model_and_reads_the_stage_upload(models: P
     assert np.abs(np.asarray(out.image, float)[face] - np.asarray(image, float)[face]).mean() > 5
     assert out.image.size == (320, 200)
     with pytest.raises(FileNotFoundError, match="correction-missing"):
-        correct_codeformer.STAGE(
-            ctx, {**UPSCALE, "stage_name": "cf", "correction_model": "correction-missing"}, []
+        run_stage(
+            correct_codeformer.STAGE,
+            ctx,
+            {**UPSCALE, "stage_name": "cf", "correction_model": "correction-missing"},
+            [],
         )
 
 
@@ -330,7 +333,7 @@ def test_the_worker_refuses_face_settings_of_the_wrong_type_instead_of_rounding(
         _run(correct_gfpgan, models, image, correction_model="correction-constant", **stored)
     missing = {key: value for key, value in UPSCALE.items() if key != "face_strength"}
     with pytest.raises(ParamError, match=r"correct-gfpgan\.face_strength: is missing from the stored chain"):
-        correct_gfpgan.STAGE(_context(models), missing, [StageImage(image)])
+        run_stage(correct_gfpgan.STAGE, _context(models), missing, [StageImage(image)])
 
 
 def test_the_crop_puts_eyes_and_mouth_where_the_ffhq_template_has_them() -> None:

@@ -11,7 +11,7 @@ from pipelines.context import StageContext, StageImage
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_outpaint
 from pipelines.stages.upscale_outpaint import fullres_region
-from tests.unit.pipelines.resolved import RESOLVED
+from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
 PARAMS = {
     **RESOLVED,
@@ -69,9 +69,9 @@ def test_fullres_inpaints_only_the_region_and_keeps_the_rest_exactly(
     ctx = StageContext(
         models_path=models_path, sessions=sessions, inputs={"mask:inpaint": mask}, on_step=steps.append
     )
-    [whole] = upscale_outpaint.STAGE(ctx, dict(PARAMS), [StageImage(source)])
-    [fullres] = upscale_outpaint.STAGE(
-        ctx, {**PARAMS, "fullres": True, "fullres_padding": 1.2}, [StageImage(source)]
+    [whole] = run_stage(upscale_outpaint.STAGE, ctx, dict(PARAMS), [StageImage(source)])
+    [fullres] = run_stage(
+        upscale_outpaint.STAGE, ctx, {**PARAMS, "fullres": True, "fullres_padding": 1.2}, [StageImage(source)]
     )
     for result in (whole, fullres):
         assert result.image.size == source.size

@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipelines.context import StageContext, StageImage
 from pipelines.stages import edit_metadata, edit_text, reduce_crop, reduce_thumbnail
+from tests.unit.pipelines.resolved import run_stage
 
 
 def _context(inputs: dict[str, Image.Image] | None = None, steps: list[int] | None = None) -> StageContext:
@@ -26,8 +27,8 @@ def test_crop_cuts_the_rectangle_from_every_image() -> None:
     first, second = _image(seed=1), _image(seed=2)
     steps: list[int] = []
     params = {"left": 5, "top": 7, "width": 20.0, "height": 10}
-    out = reduce_crop.STAGE(
-        _context(steps=steps), params, [StageImage(first, {"note": 1}), StageImage(second)]
+    out = run_stage(
+        reduce_crop.STAGE, _context(steps=steps), params, [StageImage(first, {"note": 1}), StageImage(second)]
     )
     assert [item.image.size for item in out] == [(20, 10), (20, 10)]
     assert np.array_equal(np.asarray(out[0].image), np.asarray(first)[7:17, 5:25])
@@ -38,8 +39,8 @@ def test_crop_cuts_the_rectangle_from_every_image() -> None:
 
 def test_crop_reads_the_stage_upload_and_refuses_rectangles_outside_the_image() -> None:
     source = _image()
-    [out] = reduce_crop.STAGE(
-        _context({"source:c": source}), {"stage_name": "c", "width": 40, "height": 30}, []
+    [out] = run_stage(
+        reduce_crop.STAGE, _context({"source:c": source}), {"stage_name": "c", "width": 40, "height": 30}, []
     )
     assert np.array_equal(np.asarray(out.image), np.asarray(source))
     for params, message in (
@@ -51,23 +52,28 @@ def test_crop_reads_the_stage_upload_and_refuses_rectangles_outside_the_image() 
         ({"height": 10}, "params.width: is required by reduce-crop"),
     ):
         with pytest.raises(ValueError, match=message):
-            reduce_crop.STAGE(_context(), params, [StageImage(source)])
+            run_stage(reduce_crop.STAGE, _context(), params, [StageImage(source)])
 
 
 def test_thumbnail_fits_inside_the_box_keeping_the_shape_and_never_enlarges() -> None:
     wide, small = _image((400, 100), seed=3), _image((30, 20), seed=5)
-    out = reduce_thumbnail.STAGE(
-        _context(), {"width": 100, "height": 100}, [StageImage(wide), StageImage(small)]
+    out = run_stage(
+        reduce_thumbnail.STAGE,
+        _context(),
+        {"width": 100, "height": 100},
+        [StageImage(wide), StageImage(small)],
     )
     assert out[0].image.size == (100, 25)
     expected = wide.resize((100, 25), Image.Resampling.LANCZOS)
     assert np.array_equal(np.asarray(out[0].image), np.asarray(expected))
     assert out[0].metadata["size"] == {"width": 100, "height": 25}
     assert out[1].image is small
-    [tall] = reduce_thumbnail.STAGE(_context(), {"width": 64, "height": 50}, [StageImage(_image((100, 400)))])
+    [tall] = run_stage(
+        reduce_thumbnail.STAGE, _context(), {"width": 64, "height": 50}, [StageImage(_image((100, 400)))]
+    )
     assert tall.image.size == (12, 50)
     with pytest.raises(ValueError, match=r"params\.height: is required by reduce-thumbnail"):
-        reduce_thumbnail.STAGE(_context(), {"width": 64}, [StageImage(small)])
+        run_stage(reduce_thumbnail.STAGE, _context(), {"width": 64}, [StageImage(small)])
 
 
 def test_text_is_drawn_in_its_fill_and_stroke_and_nowhere_else() -> None:
@@ -81,7 +87,7 @@ def test_text_is_drawn_in_its_fill_and_stroke_and_nowhere_else() -> None:
         "stroke_width": 2,
         "font_size": 40,
     }
-    [out] = edit_text.STAGE(_context(), params, [StageImage(base, {"note": 1})])
+    [out] = run_stage(edit_text.STAGE, _context(), params, [StageImage(base, {"note": 1})])
     pixels = np.asarray(out.image)
     changed = np.argwhere((pixels != (0, 0, 255)).any(axis=2))
     top, left = changed.min(axis=0)
@@ -91,7 +97,7 @@ def test_text_is_drawn_in_its_fill_and_stroke_and_nowhere_else() -> None:
     assert np.array_equal(np.asarray(base), np.full((80, 200, 3), (0, 0, 255)))  # the input is untouched
     assert out.metadata == {"note": 1, "size": {"width": 200, "height": 80}}
 
-    [plain] = edit_text.STAGE(_context(), {"text": "Hello", "stroke_width": 0}, [StageImage(base)])
+    [plain] = run_stage(edit_text.STAGE, _context(), {"text": "Hello", "stroke_width": 0}, [StageImage(base)])
     plain_pixels = np.asarray(plain.image)
     assert not (plain_pixels == (0, 0, 0)).all(axis=2).any()
     assert plain_pixels[..., 0].max() >= 200  # white fill: only it lifts red off the blue background
@@ -106,7 +112,7 @@ def test_text_refuses_bad_params() -> None:
         ({"text": "a", "stroke_width": -1}, "stroke_width: must be an integer from 0 to 64"),
     ):
         with pytest.raises(ValueError, match=message):
-            edit_text.STAGE(_context(), params, [StageImage(_image())])
+            run_stage(edit_text.STAGE, _context(), params, [StageImage(_image())])
 
 
 def test_metadata_gets_the_note_and_merged_groups_on_copies() -> None:
@@ -114,7 +120,7 @@ def test_metadata_gets_the_note_and_merged_groups_on_copies() -> None:
     original = {"size": {"width": 40, "height": 30}, "upscale": {"outscale": 2, "faces": False}}
     item = StageImage(image, original)
     params = {"note": "checked", "upscale": {"faces": True, "face_strength": 0.7}, "highres": {"scale": 2}}
-    [out] = edit_metadata.STAGE(_context(), params, [item])
+    [out] = run_stage(edit_metadata.STAGE, _context(), params, [item])
     assert out.image is image
     assert out.metadata == {
         "size": {"width": 40, "height": 30},
@@ -123,7 +129,7 @@ def test_metadata_gets_the_note_and_merged_groups_on_copies() -> None:
         "note": "checked",
     }
     assert item.metadata == {"size": {"width": 40, "height": 30}, "upscale": {"outscale": 2, "faces": False}}
-    [switches] = edit_metadata.STAGE(_context(), {"upscale": False, "highres": True}, [item])
+    [switches] = run_stage(edit_metadata.STAGE, _context(), {"upscale": False, "highres": True}, [item])
     assert switches.metadata == item.metadata
     with pytest.raises(ValueError, match="note: must be a string"):
-        edit_metadata.STAGE(_context(), {"note": 3}, [item])
+        run_stage(edit_metadata.STAGE, _context(), {"note": 3}, [item])

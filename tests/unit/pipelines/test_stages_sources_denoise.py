@@ -12,6 +12,7 @@ from pipelines.context import StageContext, StageImage
 from pipelines.imageops.noise import noise_normal, noise_uniform
 from pipelines.stages import blend_denoise_localstd, source_noise, source_s3, source_url
 from pipelines.stages.blend_denoise_localstd import WINDOW, denoise_local_std
+from tests.unit.pipelines.resolved import run_stage
 
 
 def _context(inputs: dict[str, Image.Image] | None = None, steps: list[int] | None = None) -> StageContext:
@@ -30,13 +31,13 @@ def _image(size: tuple[int, int] = (24, 16), seed: int = 4) -> Image.Image:
 def test_noise_without_inputs_is_one_seeded_image_of_the_stage_size() -> None:
     steps: list[int] = []
     params = {"noise_source": "uniform", "width": 48, "height": 32, "seed": 11}
-    [out] = source_noise.STAGE(_context(steps=steps), params, [])
+    [out] = run_stage(source_noise.STAGE, _context(steps=steps), params, [])
     expected = noise_uniform(Image.new("RGB", (48, 32)), (48, 32), (0, 0), "white", np.random.default_rng(11))
     assert np.array_equal(np.asarray(out.image), np.asarray(expected))
     assert out.metadata == {"size": {"width": 48, "height": 32}}
     assert steps == [1]
-    [again] = source_noise.STAGE(_context(), params, [])
-    [other] = source_noise.STAGE(_context(), {**params, "seed": 12}, [])
+    [again] = run_stage(source_noise.STAGE, _context(), params, [])
+    [other] = run_stage(source_noise.STAGE, _context(), {**params, "seed": 12}, [])
     assert np.array_equal(np.asarray(again.image), np.asarray(out.image))
     assert not np.array_equal(np.asarray(other.image), np.asarray(out.image))
 
@@ -45,7 +46,9 @@ def test_noise_replaces_each_input_with_noise_made_from_it() -> None:
     two_colours = Image.new("RGB", (20, 10), (10, 20, 30))
     two_colours.paste((200, 150, 100), (0, 0, 10, 10))
     params = {"noise_source": "histogram", "width": 64, "height": 64, "seed": 3}
-    out = source_noise.STAGE(_context(), params, [StageImage(two_colours, {"note": 1}), StageImage(_image())])
+    out = run_stage(
+        source_noise.STAGE, _context(), params, [StageImage(two_colours, {"note": 1}), StageImage(_image())]
+    )
     assert len(out) == 2 and out[0].metadata == {"note": 1, "size": {"width": 64, "height": 64}}
     pixels = np.asarray(out[0].image)
     for channel, levels in enumerate(((10, 200), (20, 150), (30, 100))):
@@ -54,7 +57,7 @@ def test_noise_replaces_each_input_with_noise_made_from_it() -> None:
 
 
 def test_noise_defaults_and_bad_params() -> None:
-    [normal] = source_noise.STAGE(_context(), {"noise_source": "normal", "seed": 5}, [])
+    [normal] = run_stage(source_noise.STAGE, _context(), {"noise_source": "normal", "seed": 5}, [])
     pixels = np.asarray(normal.image, float)
     assert normal.image.size == (512, 512)
     assert abs(pixels.mean() - 128) < 1 and abs(pixels.std() - 32) < 1
@@ -62,8 +65,11 @@ def test_noise_defaults_and_bad_params() -> None:
         Image.new("RGB", (512, 512)), (512, 512), (0, 0), "white", np.random.default_rng(5)
     )
     assert np.array_equal(pixels, np.asarray(expected, float))
-    [fill] = source_noise.STAGE(
-        _context(), {"noise_source": "fill-mask", "fill_color": "#336699", "width": 8, "seed": 0}, []
+    [fill] = run_stage(
+        source_noise.STAGE,
+        _context(),
+        {"noise_source": "fill-mask", "fill_color": "#336699", "width": 8, "seed": 0},
+        [],
     )
     assert np.all(np.asarray(fill.image) == (0x33, 0x66, 0x99)) and fill.image.size == (8, 512)
     for params, message in (
@@ -75,7 +81,7 @@ def test_noise_defaults_and_bad_params() -> None:
         ({"width": 8}, "params.seed: is required by source-noise"),
     ):
         with pytest.raises(ValueError, match=message):
-            source_noise.STAGE(_context(), params, [])
+            run_stage(source_noise.STAGE, _context(), params, [])
 
 
 # -- source-url and source-s3 --------------------------------------------------------------------
@@ -138,8 +144,11 @@ def test_localstd_removes_faint_speckles_and_keeps_strong_ones_and_edges() -> No
     pixels[5, 5] = (120, 100, 100)  # faint: within strength * range of the neighbourhood
     pixels[12, 8] = (160, 160, 160)  # strong: beyond it, detail rather than noise
     steps: list[int] = []
-    [out] = blend_denoise_localstd.STAGE(
-        _context(steps=steps), {}, [StageImage(Image.fromarray(pixels), {"n": 1})]
+    [out] = run_stage(
+        blend_denoise_localstd.STAGE,
+        _context(steps=steps),
+        {},
+        [StageImage(Image.fromarray(pixels), {"n": 1})],
     )
     result = np.asarray(out.image)
     assert tuple(result[5, 5]) == (100, 100, 100)
@@ -149,4 +158,9 @@ def test_localstd_removes_faint_speckles_and_keeps_strong_ones_and_edges() -> No
     assert steps == [1]
     for spread in (0.5, 0):
         with pytest.raises(ValueError, match=f"params.range: must be an integer from 1 to 64, got {spread}$"):
-            blend_denoise_localstd.STAGE(_context(), {"range": spread}, [StageImage(Image.fromarray(pixels))])
+            run_stage(
+                blend_denoise_localstd.STAGE,
+                _context(),
+                {"range": spread},
+                [StageImage(Image.fromarray(pixels))],
+            )

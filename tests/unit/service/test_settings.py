@@ -13,6 +13,7 @@ from pipelines.models.registry import ModelRegistry
 from service.config import Config
 from service.params import load_params_doc
 from service.resources.settings import SettingsResources
+from tests.contract import SCHEDULERS
 
 
 @pytest.fixture
@@ -73,27 +74,7 @@ def client(models: Path) -> falcon.testing.TestClient:
             ],
         ),
         ("platforms", ["any", "cpu"]),
-        (
-            "schedulers",
-            [
-                "ddim",
-                "ddpm",
-                "deis-multi",
-                "dpm-multi",
-                "dpm-sde",
-                "dpm-single",
-                "euler",
-                "euler-a",
-                "heun",
-                "ipndm",
-                "k-dpm-2-a",
-                "k-dpm-2",
-                "lcm",
-                "lms-discrete",
-                "pndm",
-                "unipc-multi",
-            ],
-        ),
+        ("schedulers", SCHEDULERS),
         ("wildcards", ["animals", "colors/warm"]),
         (
             "filters",
