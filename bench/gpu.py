@@ -331,7 +331,7 @@ def bench_ours(
     folder: Path, settings: Any, steps: int, side: int, timer: Timer, device: str
 ) -> dict[str, Any]:
     """The production path: ``txt2img_batch`` on the warmed GPU model, text to PNG bytes."""
-    from pipelines.diffusion.model import Generation, load_model
+    from pipelines.diffusion.model import load_model
     from pipelines.gpu.batch import CpuDenoiser, GpuDenoiser, Txt2ImgJob, txt2img_batch
     from pipelines.gpu.runtime import Bucket, gpu_model
     from pipelines.imageops.metadata import encode_image
@@ -351,26 +351,12 @@ def bench_ours(
         denoiser = CpuDenoiser(model)
     result["warm_up_s"] = time.monotonic() - started
 
-    def generation(seed: int) -> Generation:
-        return Generation(
-            model=folder.name,
-            scheduler="ddim",
-            prompt=PROMPT,
-            negative_prompt=NEGATIVE,
-            seed=seed,
-            steps=steps,
-            cfg=7.5,
-            eta=0.0,
-            batch=1,
-            width=side,
-            height=side,
-        )
+    def job(seed: int) -> Txt2ImgJob:
+        return Txt2ImgJob(bench_generation(folder.name, "ddim", side, steps, seed))
 
     def run(jobs: int) -> Callable[[], list[bytes]]:
         def work() -> list[bytes]:
-            outcomes = txt2img_batch(
-                model, [Txt2ImgJob(generation(seed)) for seed in range(jobs)], denoiser=denoiser
-            )
+            outcomes = txt2img_batch(model, [job(seed) for seed in range(jobs)], denoiser=denoiser)
             return [
                 encode_image(image, {"params": {}}, fmt="png", server_version="bench")
                 for outcome in outcomes
@@ -382,18 +368,35 @@ def bench_ours(
     result["text_encoder_warm_s"] = timed(run(1))
     result["image"] = summary(timer.wall(run(1), 3))
     png_started = time.perf_counter()
-    image = txt2img_batch(model, [Txt2ImgJob(generation(0))], denoiser=denoiser)[0].images[0]
+    image = txt2img_batch(model, [job(0)], denoiser=denoiser)[0].images[0]
     encode_started = time.perf_counter()
     encode_image(image, {"params": {}}, fmt="png", server_version="bench")
     result["png_encode_ms"] = (time.perf_counter() - encode_started) * 1000
     result["image_without_png_ms"] = (encode_started - png_started) * 1000
     result["batching"] = {str(jobs): images_per_second(timer.wall(run(jobs), 2), jobs) for jobs in BATCH_JOBS}
-    alone = txt2img_batch(model, [Txt2ImgJob(generation(2))], denoiser=denoiser)[0].images[0]
-    together = txt2img_batch(model, [Txt2ImgJob(generation(seed)) for seed in range(4)], denoiser=denoiser)[
-        2
-    ].images[0]
+    alone = txt2img_batch(model, [job(2)], denoiser=denoiser)[0].images[0]
+    together = txt2img_batch(model, [job(seed) for seed in range(4)], denoiser=denoiser)[2].images[0]
     result["same_seed_max_pixel_diff_alone_vs_batch_of_4"] = pixel_difference(alone, together)
     return result
+
+
+def bench_generation(name: str, scheduler: str, side: int, steps: int, seed: int = 0) -> Any:
+    """What every timed image of ours generates: the benchmark's prompts, one square image, cfg 7.5."""
+    from pipelines.diffusion.model import Generation
+
+    return Generation(
+        model=name,
+        scheduler=scheduler,
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        seed=seed,
+        steps=steps,
+        cfg=7.5,
+        eta=0.0,
+        batch=1,
+        width=side,
+        height=side,
+    )
 
 
 def timed(work: Callable[[], Any]) -> float:
@@ -613,26 +616,14 @@ def time_sdxl_images(
 
     Returns the ``Generation`` it timed, for callers that measure more of it.
     """
-    from pipelines.diffusion.model import Generation
+    from pipelines.diffusion.model import Run
     from pipelines.diffusion.sdxl import txt2img_sdxl
     from pipelines.imageops.metadata import encode_image
 
-    generation = Generation(
-        model=name,
-        scheduler="euler",
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
-        seed=0,
-        steps=steps,
-        cfg=7.5,
-        eta=0.0,
-        batch=1,
-        width=side,
-        height=side,
-    )
+    generation = bench_generation(name, "euler", side, steps)
 
     def work() -> bytes:
-        picture = txt2img_sdxl(model, generation)[0]
+        picture = txt2img_sdxl(Run(model, generation))[0]
         return encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
 
     result["first_image_s"] = timed(work)

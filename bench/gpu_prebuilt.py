@@ -312,7 +312,7 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
     """Our SDXL path: the warmed UNet graph at batch 2, then ``txt2img_sdxl`` text to PNG bytes."""
     from functools import partial
 
-    from pipelines.diffusion.model import load_model
+    from pipelines.diffusion.model import Run, load_model
     from pipelines.diffusion.sdxl import txt2img_sdxl, warm_up_sdxl
     from pipelines.gpu.runtime import GpuSettings, gpu_model
     from pipelines.imageops.metadata import encode_image
@@ -344,7 +344,7 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
             result["profile"] = {"error": f"{type(err).__name__}: {err}"[:500]}
     generation = time_sdxl_images(model, folder.name, side, steps, timer, result)
     started = time.perf_counter()
-    picture = txt2img_sdxl(model, generation)[0]
+    picture = txt2img_sdxl(Run(model, generation))[0]
     encode_started = time.perf_counter()
     encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
     result["image_without_png_ms"] = (encode_started - started) * 1000

@@ -193,22 +193,6 @@ class Ours:
 # -- the reference side: diffusers (and spandrel) in PyTorch ----------------------------------
 
 
-def torch_parts(models: Path, name: str) -> dict[str, Any]:
-    """The PyTorch modules a demo model was exported from (as the reference tests load them)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from pipelines.models.demo import torch_source_path
-
-    source = torch_source_path(models, name)
-    return {
-        "vae": AutoencoderKL.from_pretrained(source / "vae").eval(),
-        "text_encoder": CLIPTextModel.from_pretrained(source / "text_encoder").eval(),
-        "tokenizer": CLIPTokenizer.from_pretrained(str(source / "tokenizer")),
-        "unet": UNet2DConditionModel.from_pretrained(source / "unet").eval(),
-    }
-
-
 @dataclass
 class Reference:
     """diffusers' pipelines on the demo models' torch weights, with our scheduler, seed and noise."""
@@ -225,7 +209,7 @@ class Reference:
             StableDiffusionPipeline,
         )
 
-        from pipelines.models.demo import DEMO_MODELS
+        from pipelines.models.demo import DEMO_MODELS, torch_parts
 
         parts = torch_parts(self.models, DEMO_MODELS[0].name)
         classes: dict[str, tuple[Any, dict[str, Any]]] = {

@@ -29,15 +29,7 @@ def strength_timesteps(scheduler: Any, steps: int, strength: float) -> tuple[Any
     return scheduler.timesteps[start:], run
 
 
-def img2img(
-    model: sd.DiffusionModel,
-    generation: sd.Generation,
-    source: Image.Image,
-    strength: float,
-    *,
-    on_step: sd.StepCallback = lambda n: None,
-    check_cancelled: sd.CancelCheck = lambda: None,
-) -> list[Image.Image]:
+def img2img(run: sd.Run, source: Image.Image, strength: float) -> list[Image.Image]:
     """Re-generate ``source`` (a multiple of 8 pixels on each side) with ``strength`` of noise.
 
     The starting noise is onnx-web's seeded latents, added to the VAE latents of the source at
@@ -47,28 +39,16 @@ def img2img(
 
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
-    prompt, negative = sd.parse_prompts(generation)
-    embeddings = sd.encode_prompt(model, prompt.text, negative.text if negative else None, generation)
-    scheduler = model.scheduler(generation.scheduler, generation.seed)
+    generation = run.generation
+    embeddings = run.prompt_embeddings()
+    scheduler = run.scheduler()
     require_add_noise(scheduler, generation.scheduler)
-    scheduler.set_timesteps(generation.steps)
     timesteps, steps = strength_timesteps(scheduler, generation.steps, strength)
     image_latents = np.repeat(
-        sd.encode_image(model, sd.image_to_array(source), generation.vae_tiling), generation.batch, axis=0
+        sd.encode_image(run.model, sd.image_to_array(source), generation.vae_tiling), generation.batch, axis=0
     )
     noise = sd.initial_latents(generation.seed, generation.batch, source.width, source.height)
     latents = scheduler.add_noise(
         torch.from_numpy(image_latents), torch.from_numpy(noise), timesteps[:1].repeat(generation.batch)
     ).numpy()
-    latents = sd.denoise(
-        model,
-        scheduler,
-        latents,
-        embeddings,
-        generation,
-        timesteps=timesteps,
-        steps=steps,
-        on_step=on_step,
-        check_cancelled=check_cancelled,
-    )
-    return sd.decode_latents(model, latents, generation.vae_tiling)
+    return run.decode(run.denoise(scheduler, latents, embeddings, timesteps=timesteps, steps=steps))

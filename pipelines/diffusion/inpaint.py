@@ -30,22 +30,13 @@ def mask_to_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return binary
 
 
-def inpaint(
-    model: sd.DiffusionModel,
-    generation: sd.Generation,
-    source: Image.Image,
-    mask: Image.Image,
-    *,
-    on_step: sd.StepCallback = lambda n: None,
-    check_cancelled: sd.CancelCheck = lambda: None,
-) -> list[Image.Image]:
+def inpaint(run: sd.Run, source: Image.Image, mask: Image.Image) -> list[Image.Image]:
     """Repaint the white part of ``mask`` in ``source`` (a multiple of 8 pixels on each side)."""
     import torch
 
-    prompt, negative = sd.parse_prompts(generation)
-    embeddings = sd.encode_prompt(model, prompt.text, negative.text if negative else None, generation)
-    scheduler = model.scheduler(generation.scheduler, generation.seed)
-    scheduler.set_timesteps(generation.steps)
+    model, generation = run.model, run.generation
+    embeddings = run.prompt_embeddings()
+    scheduler = run.scheduler()
     timesteps = scheduler.timesteps
     noise = sd.initial_latents(generation.seed, generation.batch, source.width, source.height)
     latents = noise * float(scheduler.init_noise_sigma)
@@ -80,17 +71,6 @@ def inpaint(
 
         after_step = keep_unmasked
 
-    latents = sd.denoise(
-        model,
-        scheduler,
-        latents,
-        embeddings,
-        generation,
-        timesteps=timesteps,
-        steps=generation.steps,
-        on_step=on_step,
-        check_cancelled=check_cancelled,
-        conditioning=conditioning,
-        after_step=after_step,
+    return run.decode(
+        run.denoise(scheduler, latents, embeddings, conditioning=conditioning, after_step=after_step)
     )
-    return sd.decode_latents(model, latents, generation.vae_tiling)

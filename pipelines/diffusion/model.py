@@ -7,6 +7,7 @@ so our images match diffusers' reference on the same weights to a fraction of a 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -67,6 +68,28 @@ METADATA_PARAMS = (
 
 StepCallback = Callable[[int], None]
 CancelCheck = Callable[[], None]
+
+
+class StepHooks(Protocol):
+    """Where a diffusion loop reports: a ``StageContext`` is one, a batched job (``Txt2ImgJob``) another."""
+
+    @property
+    def on_step(self) -> StepCallback:
+        """Called with 1 after each scheduler step."""
+        ...
+
+    @property
+    def check_cancelled(self) -> CancelCheck:
+        """Called after every UNet call; raises to stop the run."""
+        ...
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """``StepHooks`` from two plain functions; by default progress is ignored and nothing cancels."""
+
+    on_step: StepCallback = lambda n: None
+    check_cancelled: CancelCheck = lambda: None
 
 
 @dataclass(frozen=True)
@@ -272,69 +295,107 @@ def counts_as_step(index: int, total: int, steps: int, order: int) -> bool:
     return index == total - 1 or (index + 1 > warmup and (index + 1) % order == 0)
 
 
-def denoise(
-    model: DiffusionModel,
-    scheduler: Any,
-    latents: np.ndarray,
-    embeddings: np.ndarray,
-    generation: Generation,
-    *,
-    timesteps: Any,
-    steps: int,
-    on_step: StepCallback,
-    check_cancelled: CancelCheck,
-    conditioning: np.ndarray | None = None,
-    after_step: Callable[[int, Any], Any] | None = None,
-    extra_inputs: Mapping[str, np.ndarray] | None = None,
-) -> np.ndarray:
-    """Run the UNet loop over ``timesteps`` from ``latents`` (already scaled for the scheduler).
+@dataclass(frozen=True)
+class Run:
+    """One diffusion task's model, parameters and hooks: what every step of the task needs."""
 
-    ``conditioning`` (an inpainting UNet's mask and masked-image latents, already doubled for
-    guidance) is appended to the UNet input channels after the scheduler scales the latents.
-    ``extra_inputs`` are further UNet inputs given unchanged at every step (the x4 upscaler's
-    ``class_labels``).
-    ``after_step(index, latents)`` may replace the latents after each scheduler step (a
-    4-channel UNet's inpainting puts the kept region back). ``on_step(1)`` is called per
-    scheduler step and ``check_cancelled()`` after every UNet call.
-    """
-    import torch
+    model: DiffusionModel
+    generation: Generation
+    hooks: StepHooks = Callbacks()
 
-    unet = model.session("unet")
-    timestep_dtype = input_type(unet, "timestep", np.float32)
-    timestep_shape = next(item.shape for item in unet.get_inputs() if item.name == "timestep")
-    arguments = step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed))
-    sample = torch.from_numpy(latents)
-    total = len(timesteps)
-    for index, t in enumerate(timesteps):
-        doubled = torch.cat([sample] * 2) if generation.guidance else sample
-        model_input = scheduler.scale_model_input(doubled, t).numpy()
-        if conditioning is not None:
-            model_input = np.concatenate([model_input, conditioning], axis=1)
-        # Exports differ: ours take one timestep per batch item, diffusers' script a fixed-size one.
-        count = (
-            timestep_shape[0] if timestep_shape and isinstance(timestep_shape[0], int) else len(model_input)
-        )
-        timestep = np.full((count,), float(t), dtype=timestep_dtype)
-        noise = unet.run(
-            None,
-            {
-                "sample": model_input.astype(np.float32),
-                "timestep": timestep,
-                "encoder_hidden_states": embeddings,
-                **(extra_inputs or {}),
-            },
-        )[0]
-        if generation.guidance:
-            uncond, text = np.split(noise, 2)
-            noise = uncond + generation.cfg * (text - uncond)
-        sample = scheduler.step(torch.from_numpy(noise), t, sample, **arguments, return_dict=False)[0]
-        if after_step is not None:
-            sample = after_step(index, sample)
-        if counts_as_step(index, total, steps, scheduler.order):
-            on_step(1)
-        check_cancelled()
-    result: np.ndarray = sample.numpy()
-    return result
+    def prompt_embeddings(self) -> np.ndarray:
+        """``encode_prompt`` on the generation's prompts, their tokens removed (SD 1.x's one encoder)."""
+        prompt, negative = parse_prompts(self.generation)
+        if prompt.clip_skip:
+            logger.warning(
+                "<clip:skip:%d> needs a text encoder exported with hidden states; ignored", prompt.clip_skip
+            )
+        return encode_prompt(self.model, prompt.text, negative.text if negative else None, self.generation)
+
+    def scheduler(self) -> Any:
+        """A fresh scheduler (schedulers keep per-run state), seeded and set to the generation's steps."""
+        scheduler = self.model.scheduler(self.generation.scheduler, self.generation.seed)
+        scheduler.set_timesteps(self.generation.steps)
+        return scheduler
+
+    def starting_latents(self, scheduler: Any) -> np.ndarray:
+        """onnx-web's seeded noise at the generation's size, scaled for ``scheduler``'s first step."""
+        generation = self.generation
+        noise = initial_latents(generation.seed, generation.batch, generation.width, generation.height)
+        # init_noise_sigma is a tensor for the Karras-style schedulers; float() keeps numpy maths.
+        latents: np.ndarray = noise * float(scheduler.init_noise_sigma)
+        return latents
+
+    def denoise(
+        self,
+        scheduler: Any,
+        latents: np.ndarray,
+        embeddings: np.ndarray,
+        *,
+        timesteps: Any = None,
+        steps: int | None = None,
+        conditioning: np.ndarray | None = None,
+        after_step: Callable[[int, Any], Any] | None = None,
+        extra_inputs: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Run the UNet loop over ``timesteps`` from ``latents`` (already scaled for the scheduler).
+
+        ``timesteps`` and ``steps`` (scheduler steps, for progress) default to the whole schedule.
+        ``conditioning`` (an inpainting UNet's mask and masked-image latents, already doubled for
+        guidance) is appended to the UNet input channels after the scheduler scales the latents.
+        ``extra_inputs`` are further UNet inputs given unchanged at every step (the x4 upscaler's
+        ``class_labels``).
+        ``after_step(index, latents)`` may replace the latents after each scheduler step (a
+        4-channel UNet's inpainting puts the kept region back). ``hooks.on_step(1)`` is called per
+        scheduler step and ``hooks.check_cancelled()`` after every UNet call.
+        """
+        import torch
+
+        generation = self.generation
+        timesteps = scheduler.timesteps if timesteps is None else timesteps
+        steps = generation.steps if steps is None else steps
+        unet = self.model.session("unet")
+        timestep_dtype = input_type(unet, "timestep", np.float32)
+        timestep_shape = next(item.shape for item in unet.get_inputs() if item.name == "timestep")
+        arguments = step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed))
+        sample = torch.from_numpy(latents)
+        total = len(timesteps)
+        for index, t in enumerate(timesteps):
+            doubled = torch.cat([sample] * 2) if generation.guidance else sample
+            model_input = scheduler.scale_model_input(doubled, t).numpy()
+            if conditioning is not None:
+                model_input = np.concatenate([model_input, conditioning], axis=1)
+            # Exports differ: ours take one timestep per batch item, diffusers' script a fixed-size one.
+            count = (
+                timestep_shape[0]
+                if timestep_shape and isinstance(timestep_shape[0], int)
+                else len(model_input)
+            )
+            timestep = np.full((count,), float(t), dtype=timestep_dtype)
+            noise = unet.run(
+                None,
+                {
+                    "sample": model_input.astype(np.float32),
+                    "timestep": timestep,
+                    "encoder_hidden_states": embeddings,
+                    **(extra_inputs or {}),
+                },
+            )[0]
+            if generation.guidance:
+                uncond, text = np.split(noise, 2)
+                noise = uncond + generation.cfg * (text - uncond)
+            sample = scheduler.step(torch.from_numpy(noise), t, sample, **arguments, return_dict=False)[0]
+            if after_step is not None:
+                sample = after_step(index, sample)
+            if counts_as_step(index, total, steps, scheduler.order):
+                self.hooks.on_step(1)
+            self.hooks.check_cancelled()
+        result: np.ndarray = sample.numpy()
+        return result
+
+    def decode(self, latents: np.ndarray) -> list[Image.Image]:
+        """``decode_latents`` with the generation's VAE tiling."""
+        return decode_latents(self.model, latents, self.generation.vae_tiling)
 
 
 def decode_latents(
@@ -494,3 +555,21 @@ def stage_sources(ctx: StageContext, params: Mapping[str, Any], images: list[Sta
     if upload is None:
         raise ValueError("this stage needs an input image: none came from earlier stages or a source upload")
     return [StageImage(upload, {})]
+
+
+def input_size(item: StageImage) -> dict[str, int]:
+    """The size of the job's input: what ``item`` records of it, else ``item``'s own (it is the input)."""
+    recorded: dict[str, int] = item.metadata.get(
+        "input_size", {"width": item.image.width, "height": item.image.height}
+    )
+    return recorded
+
+
+def derived_images(
+    item: StageImage, generated: list[Image.Image], metadata: dict[str, Any]
+) -> list[StageImage]:
+    """``generated`` from ``item`` as stage images: ``item``'s metadata, then ``metadata`` over it.
+
+    Each image gets its own copy, so a later stage editing one image's metadata leaves the others'.
+    """
+    return [StageImage(image, {**item.metadata, **copy.deepcopy(metadata)}) for image in generated]

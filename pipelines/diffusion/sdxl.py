@@ -145,18 +145,12 @@ def cpu_predict(model: sd.DiffusionModel) -> Predict:
 
 
 def denoise(
-    predict: Predict,
-    scheduler: Any,
-    sample: Any,
-    conditioning: tuple[Any, Any, Any],
-    generation: sd.Generation,
-    *,
-    on_step: sd.StepCallback,
-    check_cancelled: sd.CancelCheck,
+    predict: Predict, scheduler: Any, sample: Any, conditioning: tuple[Any, Any, Any], run: sd.Run
 ) -> Any:
     """The UNet loop on torch tensors (CPU or CUDA) from ``sample`` (already scaled for the scheduler)."""
     import torch
 
+    generation = run.generation
     hidden, pooled, time_ids = conditioning
     arguments = step_arguments(scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed))
     timesteps = scheduler.timesteps
@@ -170,18 +164,12 @@ def denoise(
             noise = uncond + generation.cfg * (text - uncond)
         sample = scheduler.step(noise, t, sample, **arguments, return_dict=False)[0]
         if sd.counts_as_step(index, len(timesteps), generation.steps, scheduler.order):
-            on_step(1)
-        check_cancelled()
+            run.hooks.on_step(1)
+        run.hooks.check_cancelled()
     return sample
 
 
-def txt2img_sdxl(
-    model: sd.DiffusionModel,
-    generation: sd.Generation,
-    *,
-    on_step: sd.StepCallback = lambda n: None,
-    check_cancelled: sd.CancelCheck = lambda: None,
-) -> list[Image.Image]:
+def txt2img_sdxl(run: sd.Run) -> list[Image.Image]:
     """Generate ``generation.batch`` SDXL images from onnx-web's seeded noise.
 
     On a CUDA worker (``gpu_settings``) the UNet and VAE decoder run on ``pipelines.gpu.runtime``
@@ -191,42 +179,26 @@ def txt2img_sdxl(
 
     from pipelines.gpu.runtime import gpu_model, gpu_settings
 
+    model, generation = run.model, run.generation
     prompt, negative = sd.parse_prompts(generation)
     if prompt.clip_skip:
         logger.warning("<clip:skip:%d> is not applied to SDXL (contract §9); ignored", prompt.clip_skip)
     conditioning = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
-    scheduler = model.scheduler(generation.scheduler, generation.seed)
-    scheduler.set_timesteps(generation.steps)
-    noise = sd.initial_latents(generation.seed, generation.batch, generation.width, generation.height)
-    # init_noise_sigma is a tensor for the Karras-style schedulers; float() keeps numpy maths.
-    latents = torch.from_numpy(noise * float(scheduler.init_noise_sigma))
+    scheduler = run.scheduler()
+    latents = torch.from_numpy(run.starting_latents(scheduler))
     tensors = (conditioning.hidden, conditioning.pooled, conditioning.time_ids)
     settings = gpu_settings(model.sessions)
     if settings is None:
         inputs = tuple(torch.from_numpy(item) for item in tensors)
-        latents = denoise(
-            cpu_predict(model),
-            scheduler,
-            latents,
-            (inputs[0], inputs[1], inputs[2]),
-            generation,
-            on_step=on_step,
-            check_cancelled=check_cancelled,
-        )
-        return sd.decode_latents(model, latents.numpy(), generation.vae_tiling)
+        latents = denoise(cpu_predict(model), scheduler, latents, (inputs[0], inputs[1], inputs[2]), run)
+        return run.decode(latents.numpy())
     from pipelines.gpu.batch import GpuDenoiser
 
     on_gpu = gpu_model(model.folder, settings)
     with torch.cuda.stream(on_gpu.stream):
         inputs = tuple(torch.from_numpy(item).to(on_gpu.device) for item in tensors)
         latents = denoise(
-            gpu_predict(on_gpu),
-            scheduler,
-            latents.to(on_gpu.device),
-            (inputs[0], inputs[1], inputs[2]),
-            generation,
-            on_step=on_step,
-            check_cancelled=check_cancelled,
+            gpu_predict(on_gpu), scheduler, latents.to(on_gpu.device), (inputs[0], inputs[1], inputs[2]), run
         )
         return GpuDenoiser(model, on_gpu).decode(latents)
 

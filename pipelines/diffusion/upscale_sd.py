@@ -66,28 +66,19 @@ def upscale_noise(seed: int, batch: int, width: int, height: int) -> tuple[np.nd
     return latents, image_noise
 
 
-def upscale_sd(
-    model: sd.DiffusionModel,
-    generation: sd.Generation,
-    source: Image.Image,
-    level: int,
-    *,
-    on_step: sd.StepCallback = lambda n: None,
-    check_cancelled: sd.CancelCheck = lambda: None,
-) -> list[Image.Image]:
+def upscale_sd(run: sd.Run, source: Image.Image, level: int) -> list[Image.Image]:
     """``generation.batch`` enlargements of ``source`` by the VAE's factor, at noise level ``level``.
 
     Sides off the UNet's 8-pixel grid are padded with their edge pixels and cropped back after.
     """
     import torch
 
+    model, generation = run.model, run.generation
     maximum = max_noise_level(model.folder)
     if not 0 <= level <= maximum:
         raise ValueError(f"noise level must be from 0 to {maximum}, got {level}")
-    prompt, negative = sd.parse_prompts(generation)
-    embeddings = sd.encode_prompt(model, prompt.text, negative.text if negative else None, generation)
-    scheduler = model.scheduler(generation.scheduler, generation.seed)
-    scheduler.set_timesteps(generation.steps)
+    embeddings = run.prompt_embeddings()
+    scheduler = run.scheduler()
     low_res_config = json.loads((model.folder / LOW_RES_SCHEDULER / "scheduler_config.json").read_text())
     low_res_scheduler = make_scheduler("ddpm", low_res_config)
 
@@ -98,21 +89,14 @@ def upscale_sd(
     ).numpy()
     # One copy of the image and its noise level per UNet batch item (doubled for guidance).
     copies = generation.batch * (2 if generation.guidance else 1)
-    latents = sd.denoise(
-        model,
+    latents = run.denoise(
         scheduler,
         noise * float(scheduler.init_noise_sigma),
         embeddings,
-        generation,
-        timesteps=scheduler.timesteps,
-        steps=generation.steps,
-        on_step=on_step,
-        check_cancelled=check_cancelled,
         conditioning=np.repeat(noisy_image, copies, axis=0),
         extra_inputs={"class_labels": np.full((copies,), level, dtype=np.int64)},
     )
     factor = model.vae_factor
     return [
-        image.crop((0, 0, source.width * factor, source.height * factor))
-        for image in sd.decode_latents(model, latents, generation.vae_tiling)
+        image.crop((0, 0, source.width * factor, source.height * factor)) for image in run.decode(latents)
     ]

@@ -180,12 +180,10 @@ def _start(model: sd.DiffusionModel, index: int, job: Txt2ImgJob, denoiser: Deno
     import torch
 
     generation = job.generation
-    prompt, negative = sd.parse_prompts(generation)
-    embeddings = sd.encode_prompt(model, prompt.text, negative.text if negative else None, generation)
-    scheduler = model.scheduler(generation.scheduler, generation.seed)
-    scheduler.set_timesteps(generation.steps)
-    noise = sd.initial_latents(generation.seed, generation.batch, generation.width, generation.height)
-    latents = noise * float(scheduler.init_noise_sigma)
+    # The loop reports to the job itself (``_report``), so this run needs no hooks.
+    run = sd.Run(model, generation)
+    embeddings = run.prompt_embeddings()
+    scheduler = run.scheduler()
     return _Running(
         index=index,
         job=job,
@@ -194,7 +192,7 @@ def _start(model: sd.DiffusionModel, index: int, job: Txt2ImgJob, denoiser: Deno
             scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed)
         ),
         hidden=torch.from_numpy(embeddings).to(denoiser.device),
-        sample=torch.from_numpy(latents).to(denoiser.device),
+        sample=torch.from_numpy(run.starting_latents(scheduler)).to(denoiser.device),
     )
 
 
@@ -243,14 +241,10 @@ def _report(item: _Running, index: int, total: int, steps: int, outcomes: list[J
     return True
 
 
-def run_txt2img(
-    model: sd.DiffusionModel,
-    generation: sd.Generation,
-    on_step: sd.StepCallback,
-    check_cancelled: sd.CancelCheck,
-) -> list[Image.Image]:
+def run_txt2img(run: sd.Run) -> list[Image.Image]:
     """One job through the batched path (the GPU route of ``txt2img``); raises what stopped it."""
-    outcome = txt2img_batch(model, [Txt2ImgJob(generation, on_step, check_cancelled)])[0]
+    job = Txt2ImgJob(run.generation, run.hooks.on_step, run.hooks.check_cancelled)
+    outcome = txt2img_batch(run.model, [job])[0]
     if outcome.error is not None:
         raise outcome.error
     return outcome.images

@@ -19,14 +19,12 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from pipelines.diffusion.model import LATENT_CHANNELS, LATENT_FACTOR, ONNX_TYPES, DiffusionModel, encode_text
 from pipelines.models.layout import ONNX_FILE
-
-if TYPE_CHECKING:
-    from pipelines.diffusion.model import DiffusionModel
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +34,8 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 CAPTURE_RUNS = 3
 #: Diffusion models kept on the GPU at once by ``gpu_model``.
 MAX_GPU_MODELS = 2
-#: Latent channels the UNet predicts (SD 1.x, 2.x and XL).
-LATENT_CHANNELS = 4
-#: Pixels per latent cell.
-LATENT_FACTOR = 8
 #: Tokens in one CLIP window.
 TOKENS = 77
-#: ONNX tensor types to torch dtype names.
-ONNX_TO_TORCH = {
-    "tensor(float16)": "float16",
-    "tensor(float)": "float32",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-}
 
 
 @dataclass(frozen=True)
@@ -125,7 +112,8 @@ class CudaSession:
         import torch
 
         item = self.inputs.get(name) or self.outputs[name]
-        return getattr(torch, ONNX_TO_TORCH[item.type])
+        # torch names its dtypes as numpy does.
+        return getattr(torch, np.dtype(ONNX_TYPES[item.type]).name)
 
     def __call__(
         self, inputs: Mapping[str, Any], output_shapes: Mapping[str, tuple[int, ...]]
@@ -361,8 +349,6 @@ def warm_up(model: DiffusionModel, buckets: Sequence[Bucket]) -> GpuDiffusionMod
     Also runs the text encoder once, so its session is created and its memory arena grown
     before the first job.
     """
-    from pipelines.diffusion.model import encode_text
-
     settings = gpu_settings(model.sessions)
     if settings is None:
         raise RuntimeError("warm_up needs a CUDA session provider and a GPU")

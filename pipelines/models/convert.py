@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ SCHEDULER_FOLDERS = ("scheduler", "low_res_scheduler")
 ONNX_PIPELINES = {"StableDiffusionUpscalePipeline": "OnnxStableDiffusionUpscalePipeline"}
 #: ``none``: the plain fp32 export every provider runs; ``gpu``: fused fp16 for CUDA (``pipelines.gpu``).
 OPTIMIZE_CHOICES = ("none", "gpu")
+#: The dynamic axes of an image or latent tensor: batch, height and width.
+IMAGE_AXES = {0: "batch", 2: "height", 3: "width"}
 
 
 def convert_diffusers_folder(
@@ -168,9 +170,8 @@ def export_text_encoder(text_encoder: Any, path: Path, opset: int, *, hidden_sta
         (input_ids,),
         path,
         opset,
-        input_names=["input_ids"],
-        output_names=output_names,
-        dynamic_axes={name: {0: "batch"} for name in ["input_ids", *output_names]},
+        inputs={"input_ids": {0: "batch"}},
+        outputs={name: {0: "batch"} for name in output_names},
     )
 
 
@@ -215,32 +216,20 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
     timestep = torch.full((TRACE_BATCH,), 999.0)
     hidden = torch.randn((TRACE_BATCH, 77, config.cross_attention_dim))
     args: tuple[Any, ...] = (sample, timestep, hidden)
-    input_names = ["sample", "timestep", "encoder_hidden_states"]
-    dynamic_axes = {
-        "sample": {0: "batch", 2: "height", 3: "width"},
+    inputs: dict[str, dict[int, str]] = {
+        "sample": IMAGE_AXES,
         "timestep": {0: "batch"},
         "encoder_hidden_states": {0: "batch", 1: "sequence"},
-        "out_sample": {0: "batch", 2: "height", 3: "width"},
     }
     if config.num_class_embeds is not None or config.class_embed_type is not None:
         args += (torch.full((TRACE_BATCH,), 20, dtype=torch.int64),)
-        input_names.append("class_labels")
-        dynamic_axes["class_labels"] = {0: "batch"}
+        inputs["class_labels"] = {0: "batch"}
     if sdxl:
         # The pooled text embedding fills what the size embeddings leave of the projection's input.
         pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
         args += (torch.randn((TRACE_BATCH, pooled)), torch.full((TRACE_BATCH, 6), 64.0))
-        input_names += ["text_embeds", "time_ids"]
-        dynamic_axes.update(text_embeds={0: "batch"}, time_ids={0: "batch"})
-    export_module(
-        UNet(),
-        args,
-        path,
-        opset,
-        input_names=input_names,
-        output_names=["out_sample"],
-        dynamic_axes=dynamic_axes,
-    )
+        inputs.update(text_embeds={0: "batch"}, time_ids={0: "batch"})
+    export_module(UNet(), args, path, opset, inputs=inputs, outputs={"out_sample": IMAGE_AXES})
 
 
 def export_vae_encoder(vae: Any, path: Path, opset: int) -> None:
@@ -251,26 +240,14 @@ def export_vae_encoder(vae: Any, path: Path, opset: int) -> None:
     """
     import torch
 
-    class VaeEncoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = vae
-
-        def forward(self, sample: torch.Tensor) -> torch.Tensor:
-            return self.model.encode(sample, return_dict=False)[0].mode()
-
     side = TRACE_LATENT_SIDE * 2 ** (len(vae.config.block_out_channels) - 1)
-    export_module(
-        VaeEncoder(),
-        (torch.randn((1, vae.config.in_channels, side, side)),),
+    export_vae_part(
+        vae,
+        lambda model, sample: model.encode(sample, return_dict=False)[0].mode(),
+        torch.randn((1, vae.config.in_channels, side, side)),
         path,
         opset,
-        input_names=["sample"],
-        output_names=["latent_sample"],
-        dynamic_axes={
-            "sample": {0: "batch", 2: "height", 3: "width"},
-            "latent_sample": {0: "batch", 2: "height", 3: "width"},
-        },
+        names=("sample", "latent_sample"),
     )
 
 
@@ -278,26 +255,40 @@ def export_vae_decoder(vae: Any, path: Path, opset: int) -> None:
     """Export the VAE decoder: unscaled latents -> image in [-1, 1]."""
     import torch
 
-    class VaeDecoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = vae
-
-        def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
-            return self.model.decode(latent_sample, return_dict=False)[0]
-
-    latent = torch.randn((1, vae.config.latent_channels, TRACE_LATENT_SIDE, TRACE_LATENT_SIDE))
-    export_module(
-        VaeDecoder(),
-        (latent,),
+    export_vae_part(
+        vae,
+        lambda model, latent_sample: model.decode(latent_sample, return_dict=False)[0],
+        torch.randn((1, vae.config.latent_channels, TRACE_LATENT_SIDE, TRACE_LATENT_SIDE)),
         path,
         opset,
-        input_names=["latent_sample"],
-        output_names=["sample"],
-        dynamic_axes={
-            "latent_sample": {0: "batch", 2: "height", 3: "width"},
-            "sample": {0: "batch", 2: "height", 3: "width"},
-        },
+        names=("latent_sample", "sample"),
+    )
+
+
+def export_vae_part(
+    vae: Any,
+    forward: Callable[[Any, Any], Any],
+    example: Any,
+    path: Path,
+    opset: int,
+    *,
+    names: tuple[str, str],
+) -> None:
+    """Export ``forward(vae, tensor)``, image-shaped tensor to tensor, as graph ``names[0] -> names[1]``."""
+    import torch
+
+    class VaePart(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            # A submodule, so the VAE's weights export as the graph's initializers.
+            self.model = vae
+
+        def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+            return forward(self.model, tensor)
+
+    source, target = names
+    export_module(
+        VaePart(), (example,), path, opset, inputs={source: IMAGE_AXES}, outputs={target: IMAGE_AXES}
     )
 
 
@@ -307,11 +298,14 @@ def export_module(
     path: Path,
     opset: int,
     *,
-    input_names: list[str],
-    output_names: list[str],
-    dynamic_axes: dict[str, dict[int, str]],
+    inputs: Mapping[str, Mapping[int, str]],
+    outputs: Mapping[str, Mapping[int, str]],
 ) -> None:
-    """Trace ``module`` to ``path`` with the TorchScript exporter, keeping big weights in one file."""
+    """Trace ``module`` to ``path`` with the TorchScript exporter, keeping big weights in one file.
+
+    ``inputs`` and ``outputs`` name the graph's tensors in order, each with its dynamic axes
+    (``{}`` for none).
+    """
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -320,9 +314,9 @@ def export_module(
             module,
             args,
             str(path),
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes={name: dict(axes) for name, axes in {**inputs, **outputs}.items() if axes},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

@@ -26,8 +26,9 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,29 +96,28 @@ bad worst lowres blurry jpeg artifacts deformed disfigured extra missing fingers
 text signature cropped out frame duplicate mutated poorly drawn
 """
 
+#: The x4 upscaler's noise schedule, which both of its schedulers share.
+X4_NOISE_SCHEDULE: dict[str, Any] = {
+    "beta_end": 0.02,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.0001,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "trained_betas": None,
+}
 #: The x4 upscaler's schedulers as its release ships them: DDIM predicting v for the denoising loop,
 #: DDPM (``low_res_scheduler``) to noise the low-resolution image to the requested noise level.
 X4_SCHEDULER_CONFIG: dict[str, Any] = {
     "_class_name": "DDIMScheduler",
-    "beta_end": 0.02,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.0001,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
+    **X4_NOISE_SCHEDULE,
     "prediction_type": "v_prediction",
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
     "steps_offset": 1,
-    "trained_betas": None,
 }
 X4_LOW_RES_SCHEDULER_CONFIG: dict[str, Any] = {
     "_class_name": "DDPMScheduler",
-    "beta_end": 0.02,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.0001,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "trained_betas": None,
+    **X4_NOISE_SCHEDULE,
     "variance_type": "fixed_small",
 }
 #: The highest noise level the x4 upscaler was trained with (its pipeline's ``max_noise_level``).
@@ -137,22 +137,15 @@ SDXL_SCALING_FACTOR = 0.13025
 SDXL_DEMO_TEXT_WIDTH = 32
 #: Channels of each of SDXL's six size-conditioning embeddings in the demo UNet.
 SDXL_DEMO_TIME_EMBED_DIM = 8
-#: SDXL base 1.0's own scheduler config (``EulerDiscreteScheduler``, "leading" spacing).
+#: SDXL base 1.0's own scheduler config: SD 1.5's noise schedule and offsets, stepped by
+#: ``EulerDiscreteScheduler`` with "leading" spacing.
 SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
+    **SD15_SCHEDULER_CONFIG,
     "_class_name": "EulerDiscreteScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
     "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
     "prediction_type": "epsilon",
     "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
     "timestep_spacing": "leading",
-    "trained_betas": None,
     "use_karras_sigmas": False,
 }
 #: ``model_index.json`` of a diffusers SDXL base folder.
@@ -169,119 +162,6 @@ SDXL_MODEL_INDEX: dict[str, Any] = {
 }
 #: SDXL's second tokenizer (OpenCLIP's) pads with "!" rather than the end token.
 SDXL_PAD_TOKEN_2 = "!"
-
-
-@dataclass(frozen=True)
-class DemoModel:
-    """One demo diffusion model: its folder name, label and UNet input channels."""
-
-    name: str
-    label: str
-    #: 4 for txt2img/img2img; 9 (latents + mask + masked-image latents) for inpainting.
-    unet_in_channels: int
-    #: The extras-file ``pipeline`` of the model (§11.2), which tells the GUI what it is for.
-    pipeline: str
-
-
-DEMO_MODELS: tuple[DemoModel, ...] = (
-    DemoModel("stable-diffusion-onnx-v1-5", "Demo SD v1.5 (tiny, random weights)", 4, "txt2img"),
-    DemoModel(
-        "stable-diffusion-onnx-v1-inpainting", "Demo SD v1 inpainting (tiny, random weights)", 9, "inpaint"
-    ),
-)
-
-
-def build_demo_models(
-    models_path: Path, *, force: bool = False, progress: Callable[[str], None] | None = None
-) -> list[Path]:
-    """Build every demo diffusion model under ``models_path`` and list them in the extras file.
-
-    Models that already exist are kept unless ``force``; returns the model folders.
-    """
-    report = progress or (lambda line: None)
-    models_path.mkdir(parents=True, exist_ok=True)
-    folders = []
-    entries = []
-    for model in DEMO_MODELS:
-        dest = models_path / model.name
-        if force or not (dest / "model_index.json").is_file():
-            source = torch_source_path(models_path, model.name)
-            report(f"{model.name}: building random-weight torch models")
-            write_demo_checkpoint(source, unet_in_channels=model.unet_in_channels)
-            convert_diffusers_folder(source, dest, progress=progress)
-        else:
-            report(f"{model.name}: already built")
-        folders.append(dest)
-        entries.append(
-            {
-                "name": model.name,
-                "label": model.label,
-                "source": "demo",
-                "pipeline": model.pipeline,
-                "hash": read_model_hash(dest),
-            }
-        )
-    merge_extras(models_path / EXTRAS_FILE, "diffusion", entries)
-    folders.append(build_demo_upscaler(models_path, force=force, progress=progress))
-    folders.append(build_demo_sdxl(models_path, force=force, progress=progress))
-    return folders
-
-
-def _build_demo_folder(
-    models_path: Path,
-    name: str,
-    write_checkpoint: Callable[[Path], object],
-    *,
-    force: bool,
-    progress: Callable[[str], None] | None,
-) -> Path:
-    """Write demo model ``name``'s torch source and convert it, unless it is built already."""
-    report = progress or (lambda line: None)
-    dest = models_path / name
-    if force or not (dest / "model_index.json").is_file():
-        source = torch_source_path(models_path, name)
-        report(f"{name}: building random-weight torch models")
-        write_checkpoint(source)
-        convert_diffusers_folder(source, dest, progress=progress)
-    else:
-        report(f"{name}: already built")
-    return dest
-
-
-def build_demo_sdxl(
-    models_path: Path, *, force: bool = False, progress: Callable[[str], None] | None = None
-) -> Path:
-    """Build the demo SDXL folder and list it as a ``txt2img-sdxl`` diffusion model in the extras file."""
-    dest = _build_demo_folder(
-        models_path, DEMO_SDXL, write_demo_sdxl_checkpoint, force=force, progress=progress
-    )
-    entry = {
-        "name": DEMO_SDXL,
-        "label": DEMO_SDXL_LABEL,
-        "source": "demo",
-        "pipeline": "txt2img-sdxl",
-        "hash": read_model_hash(dest),
-    }
-    merge_extras(models_path / EXTRAS_FILE, "diffusion", [entry])
-    return dest
-
-
-def build_demo_upscaler(
-    models_path: Path, *, force: bool = False, progress: Callable[[str], None] | None = None
-) -> Path:
-    """Build the demo SD x4 upscaler folder and list it as a scale-4 upscaling model in the extras file."""
-    dest = _build_demo_folder(
-        models_path, DEMO_UPSCALER, write_demo_upscaler_checkpoint, force=force, progress=progress
-    )
-    entry = {
-        "name": DEMO_UPSCALER,
-        "label": DEMO_UPSCALER_LABEL,
-        "source": "demo",
-        "scale": 4,
-        "hash": read_model_hash(dest),
-    }
-    merge_extras(models_path / EXTRAS_FILE, "upscaling", [entry])
-    return dest
 
 
 def torch_source_path(models_path: Path, name: str) -> Path:
@@ -349,24 +229,117 @@ def write_demo_sdxl_checkpoint(dest: Path) -> None:
     write_json(dest / "model_index.json", SDXL_MODEL_INDEX)
 
 
+@dataclass(frozen=True)
+class DemoModel:
+    """One demo model folder: its name and label, how its torch source is written, how extras list it."""
+
+    name: str
+    label: str
+    #: Writes the diffusers (torch) folder that ``convert_diffusers_folder`` exports.
+    write_checkpoint: Callable[[Path], object]
+    #: The extras-file section that lists it (§11.2): ``diffusion`` or ``upscaling``.
+    section: str = "diffusion"
+    #: What its extras entry says besides name, label, source and hash: the ``pipeline`` that tells
+    #: the GUI what a diffusion model is for, or an upscaler's ``scale``.
+    listing: Mapping[str, Any] = field(default_factory=dict)
+
+    def entry(self, folder: Path) -> dict[str, Any]:
+        """Its extras-file entry, with the hash of the model converted into ``folder``."""
+        return {
+            "name": self.name,
+            "label": self.label,
+            "source": "demo",
+            **self.listing,
+            "hash": read_model_hash(folder),
+        }
+
+
+#: The SD 1.x demo models: txt2img (4 UNet input channels) and inpainting (9: latents, mask and
+#: masked-image latents).
+DEMO_MODELS: tuple[DemoModel, ...] = (
+    DemoModel(
+        "stable-diffusion-onnx-v1-5",
+        "Demo SD v1.5 (tiny, random weights)",
+        write_demo_checkpoint,
+        listing={"pipeline": "txt2img"},
+    ),
+    DemoModel(
+        "stable-diffusion-onnx-v1-inpainting",
+        "Demo SD v1 inpainting (tiny, random weights)",
+        partial(write_demo_checkpoint, unet_in_channels=9),
+        listing={"pipeline": "inpaint"},
+    ),
+)
+#: Every folder ``build_demo_models`` writes, in the order it writes them.
+DEMO_FOLDERS: tuple[DemoModel, ...] = (
+    *DEMO_MODELS,
+    DemoModel(DEMO_UPSCALER, DEMO_UPSCALER_LABEL, write_demo_upscaler_checkpoint, "upscaling", {"scale": 4}),
+    DemoModel(DEMO_SDXL, DEMO_SDXL_LABEL, write_demo_sdxl_checkpoint, listing={"pipeline": "txt2img-sdxl"}),
+)
+
+
+def build_demo_models(
+    models_path: Path, *, force: bool = False, progress: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Build every demo model folder (``DEMO_FOLDERS``) under ``models_path`` and list them in extras.
+
+    Models that already exist are kept unless ``force``; returns the model folders.
+    """
+    report = progress or (lambda line: None)
+    models_path.mkdir(parents=True, exist_ok=True)
+    folders = []
+    for model in DEMO_FOLDERS:
+        dest = models_path / model.name
+        if force or not (dest / "model_index.json").is_file():
+            source = torch_source_path(models_path, model.name)
+            report(f"{model.name}: building random-weight torch models")
+            model.write_checkpoint(source)
+            convert_diffusers_folder(source, dest, progress=progress)
+        else:
+            report(f"{model.name}: already built")
+        folders.append(dest)
+    for section in dict.fromkeys(model.section for model in DEMO_FOLDERS):
+        entries = [
+            model.entry(models_path / model.name) for model in DEMO_FOLDERS if model.section == section
+        ]
+        merge_extras(models_path / EXTRAS_FILE, section, entries)
+    return folders
+
+
+def torch_parts(models_path: Path, name: str) -> dict[str, Any]:
+    """The diffusers (PyTorch) modules demo model ``name`` was exported from, as its pipeline takes them.
+
+    For diffusers' own pipelines on the very same weights (the reference tests, ``bench.modes``);
+    an SDXL folder adds its second text encoder and tokenizer.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    source = torch_source_path(models_path, name)
+    parts = {
+        "vae": AutoencoderKL.from_pretrained(source / "vae").eval(),
+        "text_encoder": CLIPTextModel.from_pretrained(source / "text_encoder").eval(),
+        "tokenizer": CLIPTokenizer.from_pretrained(str(source / "tokenizer")),
+        "unet": UNet2DConditionModel.from_pretrained(source / "unet").eval(),
+    }
+    second_encoder = source / "text_encoder_2"
+    if second_encoder.is_dir():
+        parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(second_encoder).eval()
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(source / "tokenizer_2"))
+    return parts
+
+
 def demo_sdxl_unet() -> Any:
     """A narrow SDXL UNet: size and pooled-text conditioning (``text_time``), linear projections.
 
     Like SDXL base it has no attention in its first block and more transformer layers deeper down;
     it attends to both text encoders' hidden states side by side.
     """
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(4)
-    return UNet2DConditionModel(
+    return seeded_unet(
+        4,
         sample_size=8,
         in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **ATTENTION_BELOW_TOP,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         transformer_layers_per_block=(1, 2),
@@ -375,7 +348,6 @@ def demo_sdxl_unet() -> Any:
         addition_time_embed_dim=SDXL_DEMO_TIME_EMBED_DIM,
         # Six size values (original, crop, target) embedded, then the pooled text embedding.
         projection_class_embeddings_input_dim=6 * SDXL_DEMO_TIME_EMBED_DIM + SDXL_DEMO_TEXT_WIDTH,
-        norm_num_groups=32,
     )
 
 
@@ -385,43 +357,51 @@ def write_demo_text_parts(dest: Path) -> None:
     demo_text_encoder(vocab).save_pretrained(dest / "text_encoder")
 
 
-def demo_unet(in_channels: int = 4) -> Any:
-    """A narrow SD 1.x UNet (cross-attention, 4 latent channels out) with seeded random weights."""
+#: What every demo UNet shares: two blocks of 32 and 64 channels, one layer each, 4 latent channels out.
+DEMO_UNET_SHAPE: dict[str, Any] = {
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": (32, 64),
+    "norm_num_groups": 32,
+}
+#: Cross-attention in the lower-resolution block only, as the x4 upscaler and SDXL have it.
+ATTENTION_BELOW_TOP: dict[str, Any] = {
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+}
+
+
+def seeded_unet(seed: int, **config: Any) -> Any:
+    """A ``UNet2DConditionModel`` of ``DEMO_UNET_SHAPE`` and ``config``, random weights seeded by ``seed``."""
     import torch
     from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**DEMO_UNET_SHAPE, **config)
+
+
+def demo_unet(in_channels: int = 4) -> Any:
+    """A narrow SD 1.x UNet (cross-attention, 4 latent channels out) with seeded random weights."""
+    return seeded_unet(
+        0,
         sample_size=8,
         in_channels=in_channels,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=8,
-        norm_num_groups=32,
     )
 
 
 def demo_upscaler_unet() -> Any:
     """A narrow x4 upscaler UNet: 7 input channels, the noise level embedded as one of 1000 classes."""
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(3)
-    return UNet2DConditionModel(
+    return seeded_unet(
+        3,
         sample_size=32,
         in_channels=7,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **ATTENTION_BELOW_TOP,
         cross_attention_dim=32,
         attention_head_dim=8,
-        norm_num_groups=32,
         num_class_embeds=X4_NOISE_CLASSES,
         use_linear_projection=True,
     )

@@ -174,25 +174,20 @@ def convert_upscaler(
     loaded = source if isinstance(source, LoadedModel) else load_checkpoint(source)
     size = fixed_size or SWINIR_TILE
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    face = loaded.purpose == "FaceSR"
-    if face:
+    spatial: dict[int, str] = {} if fixed_size else {2: "height", 3: "width"}
+    inputs: dict[str, dict[int, str]] = {"input": spatial}
+    if loaded.purpose == "FaceSR":
         module = _FaceWrapper.build(loaded.module, loaded.architecture)
         args: tuple[Any, ...] = (image * 2 - 1, torch.tensor([0.5]))
-        names = ["input", "weight"]
+        inputs["weight"] = {}
     else:
-        module, args, names = loaded.module, (image,), ["input"]
-    dynamic = (
-        {}
-        if fixed_size
-        else {"input": {2: "height", 3: "width"}, "output": {2: "out_height", 3: "out_width"}}
-    )
+        module, args = loaded.module, (image,)
+    outputs = {"output": {} if fixed_size else {2: "out_height", 3: "out_width"}}
     # export_module tidies its folder (it gathers stray tensor files and removes them), so it
     # gets a folder of its own rather than the models folder these files share.
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".export-") as folder:
         traced = Path(folder) / "model.onnx"
-        export_module(
-            module, args, traced, opset, input_names=names, output_names=["output"], dynamic_axes=dynamic
-        )
+        export_module(module, args, traced, opset, inputs=inputs, outputs=outputs)
         model = onnx.load(str(traced))
     onnx.helper.set_model_props(model, {SCALE_KEY: str(loaded.scale), "architecture": loaded.architecture})
     onnx.save(model, str(dest))

@@ -9,19 +9,14 @@ from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.blend import denoise_nl_means
-from pipelines.imageops.upscale import with_image
+from pipelines.stages.shared import edit_each
 from pipelines.stages.spec import StageType, number
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Denoise every input image."""
     strength = float(params["strength"])
-    denoised = []
-    for item in images:
-        ctx.check_cancelled()
-        denoised.append(with_image(item, denoise_nl_means(item.image, strength)))
-    ctx.on_step(1)
-    return denoised
+    return edit_each(ctx, images, lambda image: denoise_nl_means(image, strength))
 
 
 STAGE = StageType("blend-denoise", run, (number("strength", 0, 100, 3),))

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.context import StageContext, StageImage
-from pipelines.imageops.upscale import with_image
+from pipelines.stages.shared import edit_each
 from pipelines.stages.spec import StageType, integer, number
 
 #: Side of the neighbourhood each pixel is compared with.
@@ -45,12 +45,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     """Denoise every input image."""
     strength = float(params["strength"])
     spread = float(params["range"])
-    denoised = []
-    for item in images:
-        ctx.check_cancelled()
-        denoised.append(with_image(item, denoise_local_std(item.image, strength, spread)))
-    ctx.on_step(1)
-    return denoised
+    return edit_each(ctx, images, lambda image: denoise_local_std(image, strength, spread))
 
 
 STAGE = StageType("blend-denoise-localstd", run, (number("strength", 0, 100, 5), integer("range", 1, 64, 4)))

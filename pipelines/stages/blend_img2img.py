@@ -7,7 +7,6 @@ replaced by ``batch`` results.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,22 +34,18 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         model = sd.load_model(ctx.models_path, generation.model, ctx.sessions)
         generated = [
             image.crop((0, 0, *source.size))
-            for image in img2img(
-                model, generation, padded, strength, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
-            )
+            for image in img2img(sd.Run(model, generation, ctx), padded, strength)
         ]
         metadata = sd.generation_metadata(
             recorded,
             generation,
             model,
             ctx.models_path,
-            input_size=item.metadata.get(
-                "input_size", {"width": item.image.width, "height": item.image.height}
-            ),
+            input_size=sd.input_size(item),
             size=source.size,
             extra_params={"strength": strength},
         )
-        results += [StageImage(image, {**item.metadata, **copy.deepcopy(metadata)}) for image in generated]
+        results += sd.derived_images(item, generated, metadata)
     return results
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.blend import blend_linear, stage_input
-from pipelines.imageops.upscale import with_image
+from pipelines.stages.shared import edit_each
 from pipelines.stages.spec import StageType, number
 
 
@@ -17,9 +17,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     """``image * (1 - alpha) + source * alpha`` for every input image."""
     source = stage_input(ctx, params, "source")
     alpha = float(params["alpha"])
-    blended = [with_image(item, blend_linear(item.image, source, alpha)) for item in images]
-    ctx.on_step(1)
-    return blended
+    return edit_each(ctx, images, lambda image: blend_linear(image, source, alpha))
 
 
 STAGE = StageType(

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipelines.context import StageContext, StageImage
 from pipelines.imageops.blend import blend_mask, stage_input
-from pipelines.imageops.upscale import with_image
+from pipelines.stages.shared import edit_each
 from pipelines.stages.spec import StageType
 
 
@@ -18,9 +18,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     """Blend ``source:<stage>`` into every input image through ``mask:<stage>``."""
     source = stage_input(ctx, params, "source")
     mask = stage_input(ctx, params, "mask")
-    blended = [with_image(item, blend_mask(item.image, source, mask)) for item in images]
-    ctx.on_step(1)
-    return blended
+    return edit_each(ctx, images, lambda image: blend_mask(image, source, mask))
 
 
 STAGE = StageType("blend-mask", run, max_tile=512, needs=("source", "mask"))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from PIL import ImageColor, ImageDraw, ImageFont
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from pipelines.context import StageContext, StageImage
-from pipelines.imageops.upscale import with_image
+from pipelines.stages.shared import edit_each
 from pipelines.stages.spec import StageType, color, integer, text
 
 
@@ -24,15 +24,15 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     fill, stroke = ImageColor.getrgb(params["fill"]), ImageColor.getrgb(params["stroke"])
     stroke_width = int(params["stroke_width"])
     font = ImageFont.load_default(size=int(params["font_size"]))
-    edited = []
-    for item in images:
-        image = item.image.convert("RGB")  # a copy, so earlier stages' images stay as they were
+
+    def draw(image: Image.Image) -> Image.Image:
+        image = image.convert("RGB")  # a copy, so earlier stages' images stay as they were
         ImageDraw.Draw(image).text(
             position, words, fill=fill, font=font, stroke_width=stroke_width, stroke_fill=stroke
         )
-        edited.append(with_image(item, image))
-    ctx.on_step(1)
-    return edited
+        return image
+
+    return edit_each(ctx, images, draw)
 
 
 STAGE = StageType(

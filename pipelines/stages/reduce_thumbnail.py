@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion.model import stage_sources
-from pipelines.imageops.upscale import with_image
+from pipelines.stages.shared import edit_each
 from pipelines.stages.spec import StageType, integer
 
 
@@ -26,13 +26,12 @@ def fit_inside(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
     """Shrink each input image (or the stage's ``source:`` upload) with Lanczos to fit the box."""
     box = (int(params["width"]), int(params["height"]))
-    reduced = []
-    for item in stage_sources(ctx, params, images):
-        size = fit_inside(item.image.size, box)
-        image = item.image if size == item.image.size else item.image.resize(size, Image.Resampling.LANCZOS)
-        reduced.append(with_image(item, image))
-    ctx.on_step(1)
-    return reduced
+
+    def reduce(image: Image.Image) -> Image.Image:
+        size = fit_inside(image.size, box)
+        return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+    return edit_each(ctx, stage_sources(ctx, params, images), reduce)
 
 
 STAGE = StageType(

@@ -16,7 +16,14 @@ from typing import Any
 from PIL import Image
 
 from pipelines.context import StageContext, StageImage
-from pipelines.diffusion.model import DiffusionModel, Generation, generation_metadata, grid_size, load_model
+from pipelines.diffusion.model import (
+    DiffusionModel,
+    Generation,
+    Run,
+    generation_metadata,
+    grid_size,
+    load_model,
+)
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import txt2img_sdxl, wants_sdxl
 from pipelines.diffusion.txt2img import txt2img
@@ -29,7 +36,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     model = load_model(ctx.models_path, generation.model, ctx.sessions)
     # SDXL: asked for by the pipeline name (contract §8.6) or implied by the model folder.
     generate = txt2img_sdxl if wants_sdxl(params, model.folder) else txt2img
-    generated = generate(model, generation, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled)
+    generated = generate(Run(model, generation, ctx))
     return [*images, *stage_images(params, requested, model, ctx.models_path, generated)]
 
 

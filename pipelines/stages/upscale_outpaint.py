@@ -9,7 +9,6 @@ mask is all black is passed on untouched, as onnx-web skips such tiles.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -50,16 +49,9 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
                 ctx, model, generation, source, fitted, region, int(params["unet_tile"])
             )
         metadata = sd.generation_metadata(
-            recorded,
-            generation,
-            model,
-            ctx.models_path,
-            input_size=item.metadata.get(
-                "input_size", {"width": item.image.width, "height": item.image.height}
-            ),
-            size=source.size,
+            recorded, generation, model, ctx.models_path, input_size=sd.input_size(item), size=source.size
         )
-        results += [StageImage(image, {**item.metadata, **copy.deepcopy(metadata)}) for image in generated]
+        results += sd.derived_images(item, generated, metadata)
     return results
 
 
@@ -71,9 +63,7 @@ def _inpaint(
     padded = sd.pad_to_grid(source)
     padded_mask = sd.pad_to_grid(mask, fill="black")
     run_at = dataclasses.replace(generation, width=padded.width, height=padded.height)
-    generated = inpaint(
-        model, run_at, padded, padded_mask, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
-    )
+    generated = inpaint(sd.Run(model, run_at, ctx), padded, padded_mask)
     # The VAE round trip shifts every pixel a little; users expect what the mask keeps to stay
     # exactly as it was, so the original is composited back through the mask.
     return [

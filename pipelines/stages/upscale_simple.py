@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
-from pipelines.imageops.upscale import resize_simple, with_image
+from pipelines.imageops.upscale import resize_simple
+from pipelines.stages.shared import edit_each
 from pipelines.stages.spec import StageType, choice, number
 
 
@@ -17,12 +18,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     """Resize each image by ``params["scale"]`` and record its new size in the metadata."""
     method = str(params["method"])
     scale = float(params["scale"])
-    resized = []
-    for item in images:
-        ctx.check_cancelled()
-        resized.append(with_image(item, resize_simple(item.image, method, scale)))
-    ctx.on_step(1)
-    return resized
+    return edit_each(ctx, images, lambda image: resize_simple(image, method, scale))
 
 
 STAGE = StageType(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
-from pipelines.diffusion.model import Generation, grid_size, load_model, stage_sources
+from pipelines.diffusion.model import Generation, Run, grid_size, load_model, stage_sources
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.upscale_sd import UPSCALER_GRID, max_noise_level, noise_level, upscale_sd
 from pipelines.imageops.upscale import upscaling_model_name, with_image
@@ -36,9 +36,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         generation = Generation.from_params(
             params, model=name, prompt=prompt, batch=1, width=width, height=height
         )
-        (image,) = upscale_sd(
-            model, generation, item.image, level, on_step=ctx.on_step, check_cancelled=ctx.check_cancelled
-        )
+        (image,) = upscale_sd(Run(model, generation, ctx), item.image, level)
         others = [entry for entry in item.metadata.get("models", []) if entry.get("name") != name]
         models = [*others, {"name": name, "hash": model.hash, "weight": 1.0}]
         results.append(with_image(item, image, models=models))

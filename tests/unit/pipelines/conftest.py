@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipelines.diffusion.model import DiffusionModel, load_model
-from pipelines.models.demo import DEMO_MODELS, build_demo_models, torch_source_path
+from pipelines.models.demo import DEMO_MODELS, build_demo_models
+from pipelines.models.demo import torch_parts as demo_torch_parts
 from pipelines.models.sessions import SessionCache, SessionSettings
 
 DEMO_MODEL = DEMO_MODELS[0].name
@@ -41,25 +44,7 @@ def inpaint_model(models_path: Path, sessions: SessionCache) -> DiffusionModel:
     return load_model(models_path, INPAINT_MODEL, sessions)
 
 
-def _torch_parts(source: Path) -> dict[str, Any]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    return {
-        "vae": AutoencoderKL.from_pretrained(source / "vae").eval(),
-        "text_encoder": CLIPTextModel.from_pretrained(source / "text_encoder").eval(),
-        "tokenizer": CLIPTokenizer.from_pretrained(str(source / "tokenizer")),
-        "unet": UNet2DConditionModel.from_pretrained(source / "unet").eval(),
-    }
-
-
 @pytest.fixture(scope="session")
-def torch_parts(models_path: Path) -> dict[str, Any]:
-    """The PyTorch modules the ONNX demo model was exported from (the very same weights)."""
-    return _torch_parts(torch_source_path(models_path, DEMO_MODEL))
-
-
-@pytest.fixture(scope="session")
-def inpaint_torch_parts(models_path: Path) -> dict[str, Any]:
-    """The PyTorch modules of the inpainting demo model."""
-    return _torch_parts(torch_source_path(models_path, INPAINT_MODEL))
+def torch_parts(models_path: Path) -> Callable[[str], dict[str, Any]]:
+    """The PyTorch modules demo model ``name`` was exported from (the very same weights), loaded once."""
+    return functools.cache(functools.partial(demo_torch_parts, models_path))

@@ -2,52 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion.img2img import img2img
-from pipelines.diffusion.model import DiffusionModel, Generation, initial_latents
-from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
+from pipelines.diffusion.model import DiffusionModel, Generation, Run
 from pipelines.models.demo import DEMO_MODELS
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import blend_img2img
+from tests.unit.pipelines.images import gradient, pixels
+from tests.unit.pipelines.reference import assert_matches, demo_generation, run_diffusers, starting_noise
 from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
-MAX_LEVEL_DIFF = 2
-
-
-def source_image(width: int = 64, height: int = 48) -> Image.Image:
-    """A smooth colour gradient: structure the VAE can keep, so strength visibly matters."""
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
-    return Image.fromarray(pixels.astype(np.uint8))
+#: What these tests generate unless they say otherwise.
+BASE = demo_generation(prompt="a painting of a house", negative_prompt="blurry", seed=5, steps=6, cfg=5.0)
 
 
 def generation(scheduler: str, **changes: Any) -> Generation:
-    values: dict[str, Any] = {
-        "model": DEMO_MODELS[0].name,
-        "scheduler": scheduler,
-        "prompt": "a painting of a house",
-        "negative_prompt": "blurry",
-        "seed": 5,
-        "steps": 6,
-        "cfg": 5.0,
-        "eta": 0.0,
-        "batch": 1,
-        "width": 64,
-        "height": 48,
-    }
-    return Generation(**{**values, **changes})
-
-
-def pixels(images: list[Image.Image]) -> np.ndarray:
-    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+    return dataclasses.replace(BASE, scheduler=scheduler, **changes)
 
 
 def torch_reference(
@@ -62,30 +40,11 @@ def torch_reference(
 
     # Like with like: our VAE encoder returns the latent mode (diffusers samples it) and our
     # noise is onnx-web's numpy draw (diffusers draws from the generator).
-    noise = torch.from_numpy(initial_latents(gen.seed, gen.batch, gen.width, gen.height))
+    noise = starting_noise(gen)
     monkeypatch.setattr(module, "retrieve_latents", lambda output, generator=None: output.latent_dist.mode())
     monkeypatch.setattr(module, "randn_tensor", lambda shape, **kwargs: noise.clone())
-    pipe = StableDiffusionImg2ImgPipeline(
-        **parts,
-        scheduler=make_scheduler(gen.scheduler, load_scheduler_config(model.folder), seed=gen.seed),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(
-        gen.prompt,
-        image=source_image(gen.width, gen.height),
-        strength=strength,
-        negative_prompt=gen.negative_prompt,
-        num_inference_steps=gen.steps,
-        guidance_scale=gen.cfg,
-        eta=gen.eta,
-        num_images_per_prompt=gen.batch,
-        generator=torch.Generator().manual_seed(gen.seed),
-        output_type="np",
-    ).images
-    return (images * 255).round().astype(np.int16)
+    source = gradient(gen.width, gen.height)
+    return run_diffusers(StableDiffusionImg2ImgPipeline, parts, model, gen, image=source, strength=strength)
 
 
 @pytest.mark.parametrize(
@@ -101,32 +60,22 @@ def torch_reference(
 )
 def test_img2img_matches_diffusers_torch_pipeline(
     demo_model: DiffusionModel,
-    torch_parts: dict[str, Any],
+    torch_parts: Callable[[str], dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
     scheduler: str,
     strength: float,
     batch: int,
 ) -> None:
     gen = generation(scheduler, batch=batch)
-    ours = pixels(img2img(demo_model, gen, source_image(), strength))
-    reference = torch_reference(torch_parts, demo_model, gen, strength, monkeypatch)
-    assert ours.shape == reference.shape == (batch, 48, 64, 3)
-    assert np.abs(ours - reference).max() <= MAX_LEVEL_DIFF
+    reference = torch_reference(torch_parts(gen.model), demo_model, gen, strength, monkeypatch)
+    assert_matches(pixels(img2img(Run(demo_model, gen), gradient(), strength)), reference, (batch, 48, 64, 3))
 
 
 def test_strength_decides_how_far_the_image_moves(demo_model: DiffusionModel) -> None:
-    source = pixels([source_image()])
-    light = pixels(img2img(demo_model, generation("ddim"), source_image(), 0.2))
-    heavy = pixels(img2img(demo_model, generation("ddim"), source_image(), 1.0))
+    source = pixels([gradient()])
+    light = pixels(img2img(Run(demo_model, generation("ddim")), gradient(), 0.2))
+    heavy = pixels(img2img(Run(demo_model, generation("ddim")), gradient(), 1.0))
     assert np.abs(light - source).mean() < np.abs(heavy - source).mean()
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.steps = 0
-
-    def __call__(self, n: int = 1) -> None:
-        self.steps += n
 
 
 @pytest.mark.parametrize(
@@ -135,11 +84,11 @@ class Counter:
 def test_stage_reports_the_steps_it_runs(
     models_path: Path, sessions: SessionCache, steps: int, strength: float, expected: int
 ) -> None:
-    counter = Counter()
-    ctx = StageContext(models_path=models_path, sessions=sessions, on_step=counter)
+    counted: list[int] = []
+    ctx = StageContext(models_path=models_path, sessions=sessions, on_step=counted.append)
     params = {**stage_params(), "steps": steps, "strength": strength}
-    run_stage(blend_img2img.STAGE, ctx, params, [StageImage(source_image(), {})])
-    assert counter.steps == expected == blend_img2img.STAGE.estimate(params)
+    run_stage(blend_img2img.STAGE, ctx, params, [StageImage(gradient(), {})])
+    assert sum(counted) == expected == blend_img2img.STAGE.estimate(params)
 
 
 def stage_params() -> dict[str, Any]:
@@ -163,10 +112,8 @@ def stage_params() -> dict[str, Any]:
 def test_stage_replaces_each_input_with_its_batch(models_path: Path, sessions: SessionCache) -> None:
     ctx = StageContext(models_path=models_path, sessions=sessions)
     inputs = [
-        StageImage(
-            source_image(), {"input_size": {"width": 32, "height": 24}, "highres": {"enabled": False}}
-        ),
-        StageImage(source_image(70, 52), {}),
+        StageImage(gradient(), {"input_size": {"width": 32, "height": 24}, "highres": {"enabled": False}}),
+        StageImage(gradient(70, 52), {}),
     ]
     results = run_stage(blend_img2img.STAGE, ctx, stage_params(), inputs)
     assert [item.image.size for item in results] == [(64, 48), (64, 48), (64, 48), (64, 48)]
@@ -183,7 +130,7 @@ def test_stage_replaces_each_input_with_its_batch(models_path: Path, sessions: S
 def test_stage_reads_its_uploaded_source_when_it_has_no_inputs(
     models_path: Path, sessions: SessionCache
 ) -> None:
-    ctx = StageContext(models_path=models_path, sessions=sessions, inputs={"source:refine": source_image()})
+    ctx = StageContext(models_path=models_path, sessions=sessions, inputs={"source:refine": gradient()})
     assert len(run_stage(blend_img2img.STAGE, ctx, stage_params(), [])) == 2
     with pytest.raises(ValueError, match="needs an input image"):
         run_stage(
@@ -193,4 +140,4 @@ def test_stage_reads_its_uploaded_source_when_it_has_no_inputs(
 
 def test_schedulers_that_cannot_noise_an_image_are_refused(demo_model: DiffusionModel) -> None:
     with pytest.raises(ValueError, match="scheduler 'ipndm' cannot start from an image"):
-        img2img(demo_model, generation("ipndm"), source_image(), 0.5)
+        img2img(Run(demo_model, generation("ipndm")), gradient(), 0.5)

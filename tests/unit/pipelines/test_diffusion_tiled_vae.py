@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipelines.context import StageContext
 from pipelines.diffusion.inpaint import inpaint
-from pipelines.diffusion.model import DiffusionModel, Generation, decode_latents, encode_image
+from pipelines.diffusion.model import DiffusionModel, Generation, Run, decode_latents, encode_image
 from pipelines.diffusion.vae_tiling import VaeTiling, axis_weights, decode_tiled, encode_tiled, tile_starts
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import blend_img2img, source_txt2img
@@ -281,7 +281,7 @@ def test_inpainting_encodes_and_decodes_in_tiles(
     )
     mask = Image.new("L", (256, 128), "black")
     mask.paste(255, (64, 32, 192, 96))
-    (image,) = inpaint(model, generation, Image.new("RGB", (256, 128), "gray"), mask)
+    (image,) = inpaint(Run(model, generation), Image.new("RGB", (256, 128), "gray"), mask)
     assert image.size == (256, 128)
     # The masked source is encoded, and the result decoded, as two 128-pixel tiles side by side.
     assert spy.shapes["vae_encoder"] == [(1, 3, 128, 128)] * 2

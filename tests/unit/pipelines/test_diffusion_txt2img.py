@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipelines.context import StageCancelled, StageContext, StageImage
-from pipelines.diffusion.model import DiffusionModel, Generation
+from pipelines.diffusion.model import DiffusionModel, Generation, Run
 from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.diffusion.txt2img import txt2img
 from pipelines.models.demo import DEMO_MODELS
@@ -67,7 +67,7 @@ def array(image: Image.Image) -> np.ndarray:
 
 def generate(demo_model: DiffusionModel, **changes: Any) -> list[Image.Image]:
     params = stage_params(**changes)
-    return txt2img(demo_model, Generation.from_params(params))
+    return txt2img(Run(demo_model, Generation.from_params(params)))
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)

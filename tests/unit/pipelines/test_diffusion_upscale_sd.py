@@ -3,27 +3,41 @@ same weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipelines.context import StageContext, StageImage
-from pipelines.diffusion.model import DiffusionModel, Generation, load_model
-from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
+from pipelines.diffusion.model import DiffusionModel, Generation, Run, load_model
+from pipelines.diffusion.schedulers import make_scheduler
 from pipelines.diffusion.upscale_sd import LOW_RES_SCHEDULER, noise_level, upscale_noise, upscale_sd
-from pipelines.models.demo import DEMO_UPSCALER, torch_source_path
+from pipelines.models.demo import DEMO_UPSCALER
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_stable_diffusion
+from tests.unit.pipelines.images import gradient, pixels
+from tests.unit.pipelines.reference import assert_matches, demo_generation, run_diffusers
 from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
-#: Two of 255 levels: ONNX Runtime and PyTorch differ by ~1e-6, which rounding can turn into one.
-MAX_LEVEL_DIFF = 2
+#: The size of the upscaler's input, unless a test says otherwise.
+SOURCE = (24, 16)
+#: What these tests generate unless they say otherwise.
+GENERATION = demo_generation(
+    model=DEMO_UPSCALER,
+    prompt="a red door",
+    negative_prompt="blurry",
+    seed=5,
+    steps=3,
+    cfg=7.0,
+    width=SOURCE[0],
+    height=SOURCE[1],
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,45 +45,8 @@ def upscaler(models_path: Path, sessions: SessionCache) -> DiffusionModel:
     return load_model(models_path, DEMO_UPSCALER, sessions)
 
 
-@pytest.fixture(scope="module")
-def upscaler_torch_parts(models_path: Path) -> dict[str, Any]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    source = torch_source_path(models_path, DEMO_UPSCALER)
-    return {
-        "vae": AutoencoderKL.from_pretrained(source / "vae").eval(),
-        "text_encoder": CLIPTextModel.from_pretrained(source / "text_encoder").eval(),
-        "tokenizer": CLIPTokenizer.from_pretrained(str(source / "tokenizer")),
-        "unet": UNet2DConditionModel.from_pretrained(source / "unet").eval(),
-    }
-
-
-def source_image(width: int = 24, height: int = 16) -> Image.Image:
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
-    return Image.fromarray(pixels.astype(np.uint8))
-
-
 def generation(scheduler: str, **changes: Any) -> Generation:
-    values: dict[str, Any] = {
-        "model": DEMO_UPSCALER,
-        "scheduler": scheduler,
-        "prompt": "a red door",
-        "negative_prompt": "blurry",
-        "seed": 5,
-        "steps": 3,
-        "cfg": 7.0,
-        "eta": 0.0,
-        "batch": 1,
-        "width": 24,
-        "height": 16,
-    }
-    return Generation(**{**values, **changes})
-
-
-def pixels(images: list[Image.Image]) -> np.ndarray:
-    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+    return dataclasses.replace(GENERATION, scheduler=scheduler, **changes)
 
 
 def torch_reference(
@@ -83,27 +60,16 @@ def torch_reference(
     # Given latents, the pipeline draws only the noise it adds to the low-resolution image.
     monkeypatch.setattr(module, "randn_tensor", lambda shape, **kwargs: torch.from_numpy(image_noise))
     low_res_config = json.loads((model.folder / LOW_RES_SCHEDULER / "scheduler_config.json").read_text())
-    # diffusers' pipeline classes are untyped for mypy (their __call__ is added by decorators).
-    pipe: Any = StableDiffusionUpscalePipeline(
-        **parts,
-        low_res_scheduler=make_scheduler("ddpm", low_res_config),
-        scheduler=make_scheduler(gen.scheduler, load_scheduler_config(model.folder), seed=gen.seed),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(
-        gen.prompt,
-        image=source_image(gen.width, gen.height),
-        num_inference_steps=gen.steps,
-        guidance_scale=gen.cfg,
+    return run_diffusers(
+        StableDiffusionUpscalePipeline,
+        parts,
+        model,
+        gen,
+        {"low_res_scheduler": make_scheduler("ddpm", low_res_config)},
+        image=gradient(gen.width, gen.height),
         noise_level=level,
-        negative_prompt=gen.negative_prompt,
-        num_images_per_prompt=gen.batch,
-        eta=gen.eta,
-        generator=torch.Generator().manual_seed(gen.seed),
         latents=torch.from_numpy(latents),
-        output_type="np",
-    ).images
-    return (images * 255).round().astype(np.int16)
+    )
 
 
 @pytest.mark.parametrize(
@@ -116,22 +82,23 @@ def torch_reference(
 )
 def test_upscale_matches_diffusers_torch_pipeline(
     upscaler: DiffusionModel,
-    upscaler_torch_parts: dict[str, Any],
+    torch_parts: Callable[[str], dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
     scheduler: str,
     changes: dict[str, Any],
     level: int,
 ) -> None:
     gen = generation(scheduler, **changes)
-    ours = pixels(upscale_sd(upscaler, gen, source_image(), level))
-    reference = torch_reference(upscaler_torch_parts, upscaler, gen, level, monkeypatch)
-    assert ours.shape == reference.shape == (gen.batch, 64, 96, 3)
-    assert np.abs(ours - reference).max() <= MAX_LEVEL_DIFF
+    reference = torch_reference(torch_parts(DEMO_UPSCALER), upscaler, gen, level, monkeypatch)
+    assert_matches(
+        pixels(upscale_sd(Run(upscaler, gen), gradient(*SOURCE), level)), reference, (gen.batch, 64, 96, 3)
+    )
 
 
 def test_noise_level_changes_the_result(upscaler: DiffusionModel) -> None:
     quiet, loud = (
-        pixels(upscale_sd(upscaler, generation("ddim", steps=2), source_image(), level)) for level in (0, 300)
+        pixels(upscale_sd(Run(upscaler, generation("ddim", steps=2)), gradient(*SOURCE), level))
+        for level in (0, 300)
     )
     assert np.abs(quiet - loud).mean() > 1
 
@@ -168,43 +135,33 @@ def stage_params(**changes: Any) -> dict[str, Any]:
     return {**params, **changes}
 
 
-class Steps:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, n: int = 1) -> None:
-        self.count += n
-
-
 def test_stage_upscales_each_image_four_times(
     models_path: Path, sessions: SessionCache, upscaler: DiffusionModel
 ) -> None:
-    steps = Steps()
-    ctx = StageContext(models_path=models_path, sessions=sessions, on_step=steps)
+    steps: list[int] = []
+    ctx = StageContext(models_path=models_path, sessions=sessions, on_step=steps.append)
     # 20 x 12 is off the UNet's 8-pixel grid: padded for the UNet, cropped back to 4 times the input.
     inputs = [
-        StageImage(source_image(20, 12), {"params": {"prompt": "kept"}}),
-        StageImage(source_image(16, 16), {}),
+        StageImage(gradient(20, 12), {"params": {"prompt": "kept"}}),
+        StageImage(gradient(16, 16), {}),
     ]
     results = run_stage(upscale_stable_diffusion.STAGE, ctx, stage_params(), inputs)
     assert [item.image.size for item in results] == [(80, 48), (64, 64)]
     assert results[0].metadata["size"] == {"width": 80, "height": 48}
     assert results[0].metadata["params"] == {"prompt": "kept"}
     assert results[0].metadata["models"] == [{"name": DEMO_UPSCALER, "hash": upscaler.hash, "weight": 1.0}]
-    assert steps.count == 2 * 3
+    assert sum(steps) == 2 * 3
     # The stage runs the prompt's second part at noise level 175 (denoise 0.5).
     gen = generation(
         "ddim", prompt="a red door", negative_prompt=None, seed=9, steps=3, cfg=6.0, width=16, height=16
     )
     assert np.array_equal(
-        pixels([results[1].image]), pixels(upscale_sd(upscaler, gen, source_image(16, 16), 175))
+        pixels([results[1].image]), pixels(upscale_sd(Run(upscaler, gen), gradient(16, 16), 175))
     )
 
 
 def test_stage_upscales_its_uploaded_source(models_path: Path, sessions: SessionCache) -> None:
-    ctx = StageContext(
-        models_path=models_path, sessions=sessions, inputs={"source:upscale": source_image(8, 8)}
-    )
+    ctx = StageContext(models_path=models_path, sessions=sessions, inputs={"source:upscale": gradient(8, 8)})
     (result,) = run_stage(upscale_stable_diffusion.STAGE, ctx, stage_params(steps=1), [])
     assert result.image.size == (32, 32)
 
@@ -216,7 +173,7 @@ def test_stage_needs_an_upscaling_model(models_path: Path, sessions: SessionCach
             upscale_stable_diffusion.STAGE,
             ctx,
             stage_params(upscale_model=None),
-            [StageImage(source_image(), {})],
+            [StageImage(gradient(*SOURCE), {})],
         )
 
 
@@ -257,7 +214,7 @@ def test_chain_executor_upscales_large_inputs_tile_by_tile(models_path: Path, se
         chain,
         models_path=models_path,
         sessions=sessions,
-        inputs={"source": source_image(96, 64)},
+        inputs={"source": gradient(96, 64)},
         report=lambda progress: tiles.append((progress.tiles.current, progress.tiles.total)),
     )
     (output,) = result.outputs

@@ -3,6 +3,7 @@ keeps its own seed, prompt, guidance, progress and cancellation."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -10,30 +11,21 @@ import pytest
 from PIL import Image
 
 from pipelines.context import StageCancelled
-from pipelines.diffusion.model import DiffusionModel, Generation
+from pipelines.diffusion.model import DiffusionModel, Generation, Run
 from pipelines.diffusion.txt2img import txt2img
 from pipelines.gpu.batch import CpuDenoiser, Txt2ImgJob, txt2img_batch
-from pipelines.models.demo import DEMO_MODELS
+from tests.unit.pipelines.reference import demo_generation
 
 #: Pixel levels two runs may differ by: a larger UNet batch may round its matrix products differently.
 TOLERANCE = 1
+#: What these tests generate unless they say otherwise.
+GENERATION = demo_generation(
+    scheduler="euler-a", prompt="a photo of a cat", negative_prompt=None, seed=42, steps=4, cfg=6.0
+)
 
 
 def generation(**changes: Any) -> Generation:
-    values: dict[str, Any] = {
-        "model": DEMO_MODELS[0].name,
-        "scheduler": "euler-a",
-        "prompt": "a photo of a cat",
-        "negative_prompt": None,
-        "seed": 42,
-        "steps": 4,
-        "cfg": 6.0,
-        "eta": 0.0,
-        "batch": 1,
-        "width": 64,
-        "height": 48,
-    }
-    return Generation(**{**values, **changes})
+    return dataclasses.replace(GENERATION, **changes)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -59,7 +51,7 @@ def test_a_job_gives_the_same_pixels_batched_or_alone(demo_model: DiffusionModel
 def test_the_batched_loop_matches_the_single_job_pipeline(demo_model: DiffusionModel) -> None:
     """The batched path makes the images ``txt2img`` (the reference-matched path) makes."""
     job = generation(seed=5, scheduler="dpm-multi", batch=2)
-    reference = txt2img(demo_model, job)
+    reference = txt2img(Run(demo_model, job))
     outcome = txt2img_batch(
         demo_model, [Txt2ImgJob(job), Txt2ImgJob(generation(seed=6, scheduler="dpm-multi"))]
     )[0]

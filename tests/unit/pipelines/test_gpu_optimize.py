@@ -12,18 +12,16 @@ import onnx
 import onnxruntime
 import pytest
 
-from pipelines.gpu.optimize import CUDA_ONLY_FUSIONS, classic_attention, fusion_options, optimize_component
-from pipelines.models.convert import export_unet
+from pipelines.gpu.optimize import CUDA_ONLY_FUSIONS, fusion_options, optimize_component
 from pipelines.models.demo import demo_unet
 from pipelines.models.layout import ONNX_FILE
+from tests.unit.pipelines import onnx_graphs
 
 
 @pytest.fixture(scope="module")
 def exported_unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo UNet exported in fp32 with classic attention, as ``convert --optimize gpu`` does."""
-    path = tmp_path_factory.mktemp("fusion") / "unet" / ONNX_FILE
-    export_unet(classic_attention(demo_unet().eval()), path, 17)
-    return path
+    return onnx_graphs.export_for_gpu(demo_unet(), tmp_path_factory.mktemp("fusion") / "unet" / ONNX_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +29,6 @@ def gpu_fused(exported_unet: Path) -> tuple[Path, dict[str, int]]:
     """The GPU recipe applied to the demo UNet: its path and the fused-operator counts."""
     path = exported_unet.parent.parent / "fp16" / ONNX_FILE
     return path, optimize_component(exported_unet, path, "unet", fp16=True)
-
-
-def op_counts(path: Path) -> Counter[str]:
-    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
 
 
 def unet_feeds(dtype: Any = np.float32) -> dict[str, np.ndarray]:
@@ -61,7 +55,7 @@ def test_the_gpu_recipe_fuses_attention_norms_and_convolutions(
     assert counts["BiasSplitGelu"] == 4
     assert counts["GroupNorm"] + counts["SkipGroupNorm"] == 21
     assert counts["NhwcConv"] == 33
-    ops = op_counts(fused)
+    ops = onnx_graphs.op_counts(fused)
     assert ops["Softmax"] == 0 and ops["InstanceNormalization"] == 0
     assert ops == Counter({**ops, **counts}), "the reported counts are the graph's"
 
@@ -70,14 +64,9 @@ def test_the_fp16_graph_keeps_timesteps_and_their_embedding_in_fp32(
     gpu_fused: tuple[Path, dict[str, int]],
 ) -> None:
     model = onnx.load(str(gpu_fused[0]))
-    types = {item.name: item.type.tensor_type.elem_type for item in model.graph.input}
-    assert types == {
-        "sample": onnx.TensorProto.FLOAT16,
-        "timestep": onnx.TensorProto.FLOAT,
-        "encoder_hidden_states": onnx.TensorProto.FLOAT16,
-    }
-    sines = [node for node in model.graph.node if node.op_type in ("Sin", "Cos")]
-    assert len(sines) == 2 and all(node.name.startswith("/model/time_proj/") for node in sines)
+    assert onnx_graphs.input_types(model) == onnx_graphs.FP16_UNET_INPUTS
+    sines = onnx_graphs.sinusoid_nodes(model)
+    assert len(sines) == 2 and all(name.startswith("/model/time_proj/") for name in sines)
 
 
 def test_fusion_keeps_the_unets_numbers(exported_unet: Path, tmp_path: Path) -> None:

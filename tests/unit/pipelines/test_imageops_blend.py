@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.context import StageContext, StageImage
+from pipelines.context import StageImage
 from pipelines.stages import blend_denoise, blend_grid, blend_linear, blend_mask
 from pipelines.stages.spec import ParamError
+from tests.unit.pipelines.contexts import stage_context
+from tests.unit.pipelines.images import random_image
 from tests.unit.pipelines.resolved import run_stage
 
 
-def _context(inputs: dict[str, Image.Image], steps: list[int] | None = None) -> StageContext:
-    record = steps.append if steps is not None else lambda n=1: None
-    return StageContext(models_path=Path("."), sessions=None, inputs=inputs, on_step=record)  # type: ignore[arg-type]
-
-
 def _image(seed: int, size: tuple[int, int] = (16, 12)) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
+    return random_image(size, seed)
 
 
 def test_blend_mask_takes_the_source_where_white_and_the_image_where_black() -> None:
@@ -33,7 +27,7 @@ def test_blend_mask_takes_the_source_where_white_and_the_image_where_black() -> 
     steps: list[int] = []
     inputs = {"source:mix": b, "mask:mix": mask}
     [out] = run_stage(
-        blend_mask.STAGE, _context(inputs, steps), {"stage_name": "mix"}, [StageImage(a, {"note": "a"})]
+        blend_mask.STAGE, stage_context(inputs, steps), {"stage_name": "mix"}, [StageImage(a, {"note": "a"})]
     )
 
     pixels, pa, pb = (np.asarray(image).astype(int) for image in (out.image, a, b))
@@ -49,7 +43,7 @@ def test_blend_mask_reads_transparent_as_black_and_resizes_uploads() -> None:
     mask = Image.new("RGBA", (32, 24), (255, 255, 255, 0))  # transparent: keep everything
     mask.paste((255, 255, 255, 255), (0, 0, 32, 12))  # opaque white top half, at twice the size
     inputs = {"source:m": Image.new("RGB", (8, 6), (0, 255, 0)), "mask:m": mask}
-    [out] = run_stage(blend_mask.STAGE, _context(inputs), {"stage_name": "m"}, [StageImage(a)])
+    [out] = run_stage(blend_mask.STAGE, stage_context(inputs), {"stage_name": "m"}, [StageImage(a)])
     pixels = np.asarray(out.image)
     # Rows next to the mask's edge mix a little: the mask was resized from twice the size.
     assert np.all(pixels[:4] == (0, 255, 0))
@@ -58,24 +52,30 @@ def test_blend_mask_reads_transparent_as_black_and_resizes_uploads() -> None:
 
 def test_blend_mask_without_its_uploads_names_the_missing_key() -> None:
     with pytest.raises(ValueError, match="'source:mix'"):
-        run_stage(blend_mask.STAGE, _context({}), {"stage_name": "mix"}, [StageImage(_image(1))])
+        run_stage(blend_mask.STAGE, stage_context({}), {"stage_name": "mix"}, [StageImage(_image(1))])
 
 
 def test_blend_linear_mixes_by_alpha() -> None:
     a, b = _image(4), _image(5)
     [out] = run_stage(
-        blend_linear.STAGE, _context({"source:lin": b}), {"stage_name": "lin", "alpha": 0.25}, [StageImage(a)]
+        blend_linear.STAGE,
+        stage_context({"source:lin": b}),
+        {"stage_name": "lin", "alpha": 0.25},
+        [StageImage(a)],
     )
     expected = np.asarray(a).astype(float) * 0.75 + np.asarray(b).astype(float) * 0.25
     assert np.abs(np.asarray(out.image).astype(float) - expected).max() <= 1
     [same] = run_stage(
-        blend_linear.STAGE, _context({"source:lin": b}), {"stage_name": "lin", "alpha": 0}, [StageImage(a)]
+        blend_linear.STAGE,
+        stage_context({"source:lin": b}),
+        {"stage_name": "lin", "alpha": 0},
+        [StageImage(a)],
     )
     assert np.array_equal(np.asarray(same.image), np.asarray(a))
     with pytest.raises(ValueError, match="alpha"):
         run_stage(
             blend_linear.STAGE,
-            _context({"source:lin": b}),
+            stage_context({"source:lin": b}),
             {"stage_name": "lin", "alpha": 2},
             [StageImage(a)],
         )
@@ -83,7 +83,9 @@ def test_blend_linear_mixes_by_alpha() -> None:
 
 def test_blend_grid_appends_a_columns_by_rows_grid() -> None:
     cells = [StageImage(Image.new("RGB", (10, 8), (i * 60, 0, 0)), {"i": i}) for i in range(3)]
-    out = run_stage(blend_grid.STAGE, _context({}), {"stage_name": "grid", "width": 2, "height": 2}, cells)
+    out = run_stage(
+        blend_grid.STAGE, stage_context({}), {"stage_name": "grid", "width": 2, "height": 2}, cells
+    )
     assert out[:3] == cells
     grid = out[3]
     assert grid.image.size == (20, 16)
@@ -96,21 +98,21 @@ def test_blend_grid_appends_a_columns_by_rows_grid() -> None:
 
 def test_blend_grid_resizes_odd_cells_and_needs_its_dimensions() -> None:
     cells = [StageImage(Image.new("RGB", (10, 8), "red")), StageImage(Image.new("RGB", (40, 40), "blue"))]
-    out = run_stage(blend_grid.STAGE, _context({}), {"width": 2, "height": 1}, cells)
+    out = run_stage(blend_grid.STAGE, stage_context({}), {"width": 2, "height": 1}, cells)
     assert out[2].image.size == (20, 8)
     assert np.all(np.asarray(out[2].image)[:, 10:] == (0, 0, 255))
     with pytest.raises(ParamError, match=r"params\.height: is required by blend-grid") as caught:
-        run_stage(blend_grid.STAGE, _context({}), {"width": 2}, cells)
+        run_stage(blend_grid.STAGE, stage_context({}), {"width": 2}, cells)
     assert caught.value.field == "params.height"
     with pytest.raises(ParamError, match=r"params\.width: must be an integer from 1 to 16, got 0"):
-        run_stage(blend_grid.STAGE, _context({}), {"width": 0, "height": 1}, cells)
+        run_stage(blend_grid.STAGE, stage_context({}), {"width": 0, "height": 1}, cells)
 
 
 def test_blend_denoise_matches_opencv_and_removes_noise() -> None:
     rng = np.random.default_rng(6)
     flat = np.full((32, 32, 3), (100, 150, 200), dtype=np.float64)
     noisy = Image.fromarray(np.clip(flat + rng.normal(0, 8, flat.shape), 0, 255).astype(np.uint8))
-    [out] = run_stage(blend_denoise.STAGE, _context({}), {"strength": 10}, [StageImage(noisy)])
+    [out] = run_stage(blend_denoise.STAGE, stage_context({}), {"strength": 10}, [StageImage(noisy)])
 
     pixels = np.asarray(out.image).astype(float)
     assert pixels.std(axis=(0, 1)).max() < 0.5 * np.asarray(noisy).astype(float).std(axis=(0, 1)).min()

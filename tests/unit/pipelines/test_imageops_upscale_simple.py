@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.context import StageContext, StageImage
+from pipelines.context import StageImage
 from pipelines.imageops.upscale import resize_simple
 from pipelines.stages import upscale_simple
 from pipelines.stages.spec import ParamError
+from tests.unit.pipelines.contexts import stage_context
+from tests.unit.pipelines.images import random_image
 from tests.unit.pipelines.resolved import run_stage
 
 
-def _context(steps: list[int]) -> StageContext:
-    return StageContext(models_path=Path("."), sessions=None, on_step=steps.append)  # type: ignore[arg-type]
-
-
 def _image(seed: int = 1, size: tuple[int, int] = (12, 8)) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
+    return random_image(size, seed)
 
 
 @pytest.mark.parametrize(
@@ -32,7 +27,9 @@ def test_resizes_by_scale_like_pil(method: str, resample: Image.Resampling) -> N
     source = _image()
     item = StageImage(source, {"params": {"seed": 7}, "size": {"width": 12, "height": 8}})
 
-    [out] = run_stage(upscale_simple.STAGE, _context(steps), {"method": method, "scale": 2}, [item])
+    [out] = run_stage(
+        upscale_simple.STAGE, stage_context(steps=steps), {"method": method, "scale": 2}, [item]
+    )
 
     assert out.image.size == (24, 16)
     expected = np.asarray(source.resize((24, 16), resample))
@@ -45,7 +42,7 @@ def test_resizes_by_scale_like_pil(method: str, resample: Image.Resampling) -> N
 def test_fractional_scale_rounds_to_whole_pixels() -> None:
     [out] = run_stage(
         upscale_simple.STAGE,
-        _context([]),
+        stage_context(),
         {"method": "lanczos", "scale": 1.5},
         [StageImage(_image(size=(11, 7)))],
     )
@@ -56,7 +53,7 @@ def test_fractional_scale_rounds_to_whole_pixels() -> None:
 def test_scale_of_one_keeps_the_image() -> None:
     source = _image(seed=3)
     [out] = run_stage(
-        upscale_simple.STAGE, _context([]), {"method": "bilinear", "scale": 1}, [StageImage(source)]
+        upscale_simple.STAGE, stage_context(), {"method": "bilinear", "scale": 1}, [StageImage(source)]
     )
     assert out.image is source
     assert out.metadata["size"] == {"width": 12, "height": 8}
@@ -68,7 +65,7 @@ def test_a_scale_outside_the_declared_range_is_refused_not_clamped(scale: float)
     with pytest.raises(ParamError, match=rf"params\.scale: must be a number from 1 to 8, got {scale}$"):
         run_stage(
             upscale_simple.STAGE,
-            _context(steps),
+            stage_context(steps=steps),
             {"method": "bilinear", "scale": scale},
             [StageImage(_image())],
         )
@@ -83,14 +80,14 @@ def test_the_resize_itself_never_shrinks(scale: float) -> None:
 
 def test_scale_defaults_to_the_declared_two() -> None:
     assert upscale_simple.STAGE.resolve({}) == {"method": "lanczos", "scale": 2}
-    [out] = run_stage(upscale_simple.STAGE, _context([]), {}, [StageImage(_image())])
+    [out] = run_stage(upscale_simple.STAGE, stage_context(), {}, [StageImage(_image())])
     assert out.image.size == (24, 16)
 
 
 def test_unknown_method_is_an_error_that_names_it() -> None:
     with pytest.raises(ValueError, match="'nearest'"):
         run_stage(
-            upscale_simple.STAGE, _context([]), {"method": "nearest", "scale": 2}, [StageImage(_image())]
+            upscale_simple.STAGE, stage_context(), {"method": "nearest", "scale": 2}, [StageImage(_image())]
         )
 
 

@@ -7,30 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 import torch
 from onnx import numpy_helper
 from PIL import Image
 
-from pipelines.context import StageContext, StageImage
+from pipelines.context import StageImage
 from pipelines.imageops.upscale import run_model_tile
 from pipelines.models.upscalers import DEMO_UPSCALERS, build_demo_upscalers, demo_module
 from pipelines.stages import upscale_bsrgan, upscale_resrgan, upscale_swinir
 from pipelines.stages.spec import ParamError
+from tests.unit.pipelines.contexts import Sessions, stage_context
+from tests.unit.pipelines.images import random_image
 from tests.unit.pipelines.resolved import UPSCALE, run_stage
-
-
-class Sessions:
-    """A dict-backed session provider, as the worker's cache would be."""
-
-    def __init__(self) -> None:
-        self.loaded: dict[Path, onnxruntime.InferenceSession] = {}
-
-    def get(self, path: Path) -> onnxruntime.InferenceSession:
-        if path not in self.loaded:
-            self.loaded[path] = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return self.loaded[path]
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +37,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _context(models: Path, tiles: list[tuple[int, int]] | None = None) -> StageContext:
-    record = (lambda done, total: tiles.append((done, total))) if tiles is not None else (lambda d, t: None)
-    return StageContext(models_path=models, sessions=Sessions(), on_tile=record)
-
-
 def _image(size: tuple[int, int], seed: int = 3) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
+    return random_image(size, seed)
 
 
 @pytest.mark.parametrize("demo", DEMO_UPSCALERS, ids=lambda demo: demo.name)
@@ -106,7 +89,10 @@ def test_resrgan_stage_upscales_with_the_model(models: Path) -> None:
     tiles: list[tuple[int, int]] = []
     params = {**UPSCALE, "upscale_model": "upscaling-real-esrgan-x4-plus", "outscale": 4, "stage_name": "up"}
     [out] = run_stage(
-        upscale_resrgan.STAGE, _context(models, tiles), params, [StageImage(source, {"note": 1})]
+        upscale_resrgan.STAGE,
+        stage_context(models_path=models, tiles=tiles),
+        params,
+        [StageImage(source, {"note": 1})],
     )
     assert out.image.size == (80, 48)
     [model] = out.metadata.pop("models")
@@ -125,19 +111,23 @@ def test_outscale_is_finished_with_lanczos_and_tiles_are_blended(models: Path) -
     source = _image((40, 24))
     tiles: list[tuple[int, int]] = []
     whole = {**UPSCALE, "upscale_model": "upscaling-bsrgan-x4", "outscale": 4}
-    [native] = run_stage(upscale_bsrgan.STAGE, _context(models), whole, [StageImage(source)])
-    [two] = run_stage(upscale_bsrgan.STAGE, _context(models), {**whole, "outscale": 2}, [StageImage(source)])
+    context = stage_context(models_path=models)
+    [native] = run_stage(upscale_bsrgan.STAGE, context, whole, [StageImage(source)])
+    [two] = run_stage(upscale_bsrgan.STAGE, context, {**whole, "outscale": 2}, [StageImage(source)])
     assert two.image.size == (80, 48)
     lanczos = native.image.resize((80, 48), Image.Resampling.LANCZOS)
     assert np.array_equal(np.asarray(two.image), np.asarray(lanczos))
     # The group's outscale is the final size whatever the model's factor: 1 keeps the input's size.
-    [one] = run_stage(upscale_bsrgan.STAGE, _context(models), {**whole, "outscale": 1}, [StageImage(source)])
+    [one] = run_stage(upscale_bsrgan.STAGE, context, {**whole, "outscale": 1}, [StageImage(source)])
     assert one.image.size == (40, 24)
     back = native.image.resize((40, 24), Image.Resampling.LANCZOS)
     assert np.array_equal(np.asarray(one.image), np.asarray(back))
 
     [tiled] = run_stage(
-        upscale_bsrgan.STAGE, _context(models, tiles), {**whole, "tiles": 16}, [StageImage(source)]
+        upscale_bsrgan.STAGE,
+        stage_context(models_path=models, tiles=tiles),
+        {**whole, "tiles": 16},
+        [StageImage(source)],
     )
     assert tiled.image.size == (160, 96)
     assert len(tiles) > 1 and tiles[-1][0] == tiles[-1][1]
@@ -148,7 +138,7 @@ def test_swinir_pads_small_tiles_to_its_fixed_input(models: Path) -> None:
     source = _image((40, 30))
     [out] = run_stage(
         upscale_swinir.STAGE,
-        _context(models),
+        stage_context(models_path=models),
         {**UPSCALE, "upscale_model": "upscaling-swinir-real-large-x4", "outscale": 4},
         [StageImage(source)],
     )
@@ -166,7 +156,7 @@ def test_swinir_pads_small_tiles_to_its_fixed_input(models: Path) -> None:
 
 def test_denoise_mixes_v3_with_its_wdn_sibling(models: Path) -> None:
     params = {**UPSCALE, "upscale_model": "upscaling-real-esrgan-x4-v3", "denoise": 0.3}
-    context = _context(models)
+    context = stage_context(models_path=models)
     run_stage(upscale_resrgan.STAGE, context, params, [StageImage(_image((8, 8)))])
     mixed_path = models / ".cache" / "upscaling-real-esrgan-x4-v3-dni-0.30.onnx"
     assert list(context.sessions.loaded) == [mixed_path]  # type: ignore[attr-defined]
@@ -182,7 +172,7 @@ def test_denoise_mixes_v3_with_its_wdn_sibling(models: Path) -> None:
     for name in floats:
         assert np.allclose(mixed[name], 0.3 * plain[name] + 0.7 * wdn[name], atol=1e-6)
 
-    full = _context(models)
+    full = stage_context(models_path=models)
     run_stage(upscale_resrgan.STAGE, full, {**params, "denoise": 1}, [StageImage(_image((8, 8)))])
     assert list(full.sessions.loaded) == [models / "upscaling-real-esrgan-x4-v3.onnx"]  # type: ignore[attr-defined]
 
@@ -191,14 +181,21 @@ def test_a_missing_model_is_named(models: Path) -> None:
     with pytest.raises(FileNotFoundError, match="'upscaling-nope'"):
         run_stage(
             upscale_resrgan.STAGE,
-            _context(models),
+            stage_context(models_path=models),
             {**UPSCALE, "upscale_model": "upscaling-nope"},
             [StageImage(_image((8, 8)))],
         )
     with pytest.raises(ValueError, match="'upscaling'"):
-        run_stage(upscale_resrgan.STAGE, _context(models), UPSCALE, [StageImage(_image((8, 8)))])
+        run_stage(
+            upscale_resrgan.STAGE, stage_context(models_path=models), UPSCALE, [StageImage(_image((8, 8)))]
+        )
     # The old spelling is the api's to map: a stored stage without the group is refused, not guessed.
     with pytest.raises(ParamError, match=r"upscale-resrgan\.upscale_model: is missing from the stored chain"):
-        run_stage(upscale_resrgan.STAGE, _context(models), {"upscaling": "upscaling-real-esrgan-x4-plus"}, [])
+        run_stage(
+            upscale_resrgan.STAGE,
+            stage_context(models_path=models),
+            {"upscaling": "upscaling-real-esrgan-x4-plus"},
+            [],
+        )
     estimates = {stage.STAGE.estimate(UPSCALE) for stage in (upscale_swinir, upscale_bsrgan, upscale_resrgan)}
     assert estimates == {1}

@@ -8,25 +8,23 @@ match diffusers to within rounding, and that ``source-txt2img`` takes this path 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from pipelines.context import StageContext
-from pipelines.diffusion.model import DiffusionModel, Generation, initial_latents, load_model
-from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
+from pipelines.diffusion.model import DiffusionModel, Generation, Run, load_model
 from pipelines.diffusion.sdxl import is_sdxl_folder, txt2img_sdxl, wants_sdxl
-from pipelines.models.demo import DEMO_SDXL, SDXL_SCALING_FACTOR, torch_source_path
+from pipelines.models.demo import DEMO_SDXL, SDXL_SCALING_FACTOR
 from pipelines.models.layout import EXTRAS_FILE
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import source_txt2img
+from tests.unit.pipelines.images import pixels
+from tests.unit.pipelines.reference import assert_matches, demo_generation, from_our_noise, run_diffusers
 from tests.unit.pipelines.resolved import IMAGE, run_stage
-
-#: Two of 255 levels: ONNX Runtime and PyTorch differ by ~1e-6, which rounding can turn into one.
-MAX_LEVEL_DIFF = 2
 
 
 @pytest.fixture(scope="module")
@@ -35,77 +33,26 @@ def sdxl_model(models_path: Path, sessions: SessionCache) -> DiffusionModel:
     return load_model(models_path, DEMO_SDXL, sessions)
 
 
-@pytest.fixture(scope="module")
-def sdxl_torch(models_path: Path) -> dict[str, Any]:
-    """The PyTorch modules the demo SDXL model was exported from."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    source = torch_source_path(models_path, DEMO_SDXL)
-    return {
-        "vae": AutoencoderKL.from_pretrained(source / "vae").eval(),
-        "text_encoder": CLIPTextModel.from_pretrained(source / "text_encoder").eval(),
-        "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(source / "text_encoder_2").eval(),
-        "tokenizer": CLIPTokenizer.from_pretrained(str(source / "tokenizer")),
-        "tokenizer_2": CLIPTokenizer.from_pretrained(str(source / "tokenizer_2")),
-        "unet": UNet2DConditionModel.from_pretrained(source / "unet").eval(),
-    }
-
-
 def generation(scheduler: str, **changes: Any) -> Generation:
-    values: dict[str, Any] = {
-        "model": DEMO_SDXL,
-        "scheduler": scheduler,
-        "prompt": "a photo of a cat sitting on a red chair",
-        "negative_prompt": "blurry, lowres",
-        "seed": 1234,
-        "steps": 5,
-        "cfg": 6.0,
-        "eta": 0.0,
-        "batch": 1,
-        "width": 64,
-        "height": 48,
-    }
-    return Generation(**{**values, **changes})
-
-
-def pixels(images: list[Any]) -> np.ndarray:
-    return np.stack([np.asarray(image) for image in images]).astype(np.int16)
+    return demo_generation(model=DEMO_SDXL, scheduler=scheduler, **changes)
 
 
 def torch_reference(parts: dict[str, Any], model: DiffusionModel, gen: Generation) -> np.ndarray:
     """diffusers' PyTorch StableDiffusionXLPipeline, given our starting noise and step generator."""
     from diffusers import StableDiffusionXLPipeline
 
-    scheduler = make_scheduler(gen.scheduler, load_scheduler_config(model.folder), seed=gen.seed)
-    # diffusers' lazy imports leave the class untyped for mypy.
-    pipe: Any = StableDiffusionXLPipeline(**parts, scheduler=scheduler, add_watermarker=False)
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(
-        gen.prompt,
-        negative_prompt=gen.negative_prompt,
-        width=gen.width,
-        height=gen.height,
-        num_inference_steps=gen.steps,
-        guidance_scale=gen.cfg,
-        eta=gen.eta,
-        num_images_per_prompt=gen.batch,
-        latents=torch.from_numpy(initial_latents(gen.seed, gen.batch, gen.width, gen.height)),
-        generator=torch.Generator().manual_seed(gen.seed),
-        output_type="np",
-    ).images
-    return (images * 255).round().astype(np.int16)
+    return run_diffusers(
+        StableDiffusionXLPipeline, parts, model, gen, {"add_watermarker": False}, **from_our_noise(gen)
+    )
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm-multi"])
 def test_sdxl_matches_diffusers_torch_pipeline(
-    sdxl_model: DiffusionModel, sdxl_torch: dict[str, Any], scheduler: str
+    sdxl_model: DiffusionModel, torch_parts: Callable[[str], dict[str, Any]], scheduler: str
 ) -> None:
     gen = generation(scheduler)
-    ours = pixels(txt2img_sdxl(sdxl_model, gen))
-    reference = torch_reference(sdxl_torch, sdxl_model, gen)
-    assert ours.shape == reference.shape == (1, 48, 64, 3)
-    assert np.abs(ours - reference).max() <= MAX_LEVEL_DIFF
+    reference = torch_reference(torch_parts(DEMO_SDXL), sdxl_model, gen)
+    assert_matches(pixels(txt2img_sdxl(Run(sdxl_model, gen))), reference, (1, 48, 64, 3))
 
 
 @pytest.mark.parametrize(
@@ -117,13 +64,11 @@ def test_sdxl_matches_diffusers_torch_pipeline(
     ],
 )
 def test_sdxl_variants_match_diffusers_torch_pipeline(
-    sdxl_model: DiffusionModel, sdxl_torch: dict[str, Any], changes: dict[str, Any]
+    sdxl_model: DiffusionModel, torch_parts: Callable[[str], dict[str, Any]], changes: dict[str, Any]
 ) -> None:
     gen = generation("euler-a", **changes)
-    ours = pixels(txt2img_sdxl(sdxl_model, gen))
-    reference = torch_reference(sdxl_torch, sdxl_model, gen)
-    assert ours.shape == reference.shape == (gen.batch, 48, 64, 3)
-    assert np.abs(ours - reference).max() <= MAX_LEVEL_DIFF
+    reference = torch_reference(torch_parts(DEMO_SDXL), sdxl_model, gen)
+    assert_matches(pixels(txt2img_sdxl(Run(sdxl_model, gen))), reference, (gen.batch, 48, 64, 3))
 
 
 def test_sdxl_export_has_optimums_layout(sdxl_model: DiffusionModel, models_path: Path) -> None:
@@ -181,9 +126,7 @@ def test_source_txt2img_stage_runs_sdxl(
     assert len(images) == 1 and images[0].image.size == (64, 40)
     assert sum(steps) == 3
     # The stage generates a whole 64-px cell and crops; the crop is the SDXL pipeline's own image.
-    direct = txt2img_sdxl(
-        sdxl_model,
-        generation("euler", prompt="a red chair", negative_prompt=None, seed=7, steps=3, cfg=5.0, height=64),
-    )[0]
+    gen = generation("euler", prompt="a red chair", negative_prompt=None, seed=7, steps=3, cfg=5.0, height=64)
+    direct = txt2img_sdxl(Run(sdxl_model, gen))[0]
     assert np.array_equal(np.asarray(direct.crop((0, 0, 64, 40))), np.asarray(images[0].image))
     assert images[0].metadata["params"]["pipeline"] == "txt2img-sdxl"

@@ -9,18 +9,17 @@ import onnx
 import pytest
 
 from bench.architectures import SDXL_TEXT_2, SDXL_UNET
-from pipelines.gpu.optimize import classic_attention, optimize_component
-from pipelines.models.convert import export_unet
+from pipelines.gpu.optimize import optimize_component
 from pipelines.models.demo import demo_sdxl_unet
 from pipelines.models.layout import ONNX_FILE
+from tests.unit.pipelines import onnx_graphs
 
 
 @pytest.fixture(scope="module")
 def fused_sdxl_unet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     """The demo SDXL UNet exported with classic attention, fused and converted to fp16."""
     folder = tmp_path_factory.mktemp("sdxl-fusion")
-    exported = folder / "unet" / ONNX_FILE
-    export_unet(classic_attention(demo_sdxl_unet().eval()), exported, 17)
+    exported = onnx_graphs.export_for_gpu(demo_sdxl_unet(), folder / "unet" / ONNX_FILE)
     fused = folder / "fp16" / ONNX_FILE
     return fused, optimize_component(exported, fused, "unet", fp16=True)
 
@@ -29,22 +28,19 @@ def test_every_sdxl_attention_is_fused(fused_sdxl_unet: tuple[Path, dict[str, in
     """Self and cross attention of each of the 8 transformer layers (2 down, 2 x 3 up) fuse."""
     fused, counts = fused_sdxl_unet
     assert counts["MultiHeadAttention"] == 16
-    ops = [node.op_type for node in onnx.load(str(fused)).graph.node]
-    assert "Softmax" not in ops and "InstanceNormalization" not in ops
+    ops = onnx_graphs.op_counts(fused)
+    assert ops["Softmax"] == 0 and ops["InstanceNormalization"] == 0
 
 
 def test_sdxl_size_conditioning_stays_fp32(fused_sdxl_unet: tuple[Path, dict[str, int]]) -> None:
     """``time_ids`` (sizes up to 1024+) and their sinusoidal embedding keep fp32 in the fp16 graph."""
     model = onnx.load(str(fused_sdxl_unet[0]))
-    types = {item.name: item.type.tensor_type.elem_type for item in model.graph.input}
-    assert types == {
-        "sample": onnx.TensorProto.FLOAT16,
-        "timestep": onnx.TensorProto.FLOAT,
-        "encoder_hidden_states": onnx.TensorProto.FLOAT16,
+    assert onnx_graphs.input_types(model) == {
+        **onnx_graphs.FP16_UNET_INPUTS,
         "text_embeds": onnx.TensorProto.FLOAT16,
         "time_ids": onnx.TensorProto.FLOAT,
     }
-    sines = [node.name for node in model.graph.node if node.op_type in ("Sin", "Cos")]
+    sines = onnx_graphs.sinusoid_nodes(model)
     assert len(sines) == 4 and all(
         name.startswith(("/model/time_proj/", "/model/add_time_proj/")) for name in sines
     )

@@ -9,13 +9,12 @@ from typing import Any
 import cv2
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 import torch
 from onnx import TensorProto, helper
 from PIL import Image
 
-from pipelines.context import StageContext, StageImage
+from pipelines.context import StageImage
 from pipelines.imageops.correct import (
     FEATHER,
     CorrectionSettings,
@@ -26,24 +25,13 @@ from pipelines.imageops.correct import (
 from pipelines.models.upscalers import DEMO_UPSCALERS, convert_upscaler, demo_module
 from pipelines.stages import correct_codeformer, correct_gfpgan
 from pipelines.stages.spec import ParamError
+from tests.unit.pipelines.contexts import Sessions, stage_context
 from tests.unit.pipelines.resolved import UPSCALE, run_stage
 
 FACE_SIZE = 64
 #: The constant face model's output, in [-1, 1], and the 8-bit level it becomes.
 CONSTANT = -0.2
 CONSTANT_LEVEL = (CONSTANT + 1) * 127.5
-
-
-class Sessions:
-    """A dict-backed session provider, as the worker's cache would be."""
-
-    def __init__(self) -> None:
-        self.loaded: dict[Path, onnxruntime.InferenceSession] = {}
-
-    def get(self, path: Path) -> onnxruntime.InferenceSession:
-        if path not in self.loaded:
-            self.loaded[path] = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return self.loaded[path]
 
 
 def draw_face(size: int = 256, background: int = 60) -> Image.Image:
@@ -108,10 +96,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _context(models: Path, inputs: dict[str, Image.Image] | None = None) -> StageContext:
-    return StageContext(models_path=models, sessions=Sessions(), inputs=inputs or {})
-
-
 def _crop_square(box: tuple[int, int, int, int]) -> tuple[float, float, float]:
     """Left, top and side, in image pixels, of the square a face box is cut as."""
     inverse = cv2.invertAffineTransform(face_transform(box, FACE_SIZE))
@@ -130,7 +114,9 @@ def test_the_detector_finds_a_drawn_face_and_nothing_in_noise() -> None:
 
 def _run(stage: ModuleType, models: Path, image: Image.Image, **params: Any) -> StageImage:
     stored = {**UPSCALE, "stage_name": "faces", **params}
-    [out] = run_stage(stage.STAGE, _context(models), stored, [StageImage(image, {"note": 1})])
+    [out] = run_stage(
+        stage.STAGE, stage_context(models_path=models), stored, [StageImage(image, {"note": 1})]
+    )
     return out
 
 
@@ -235,7 +221,7 @@ def test_gfpgan_without_a_model_skips_faces_but_still_scales(models: Path) -> No
 
 def test_codeformer_loads_its_default_model_and_reads_the_stage_upload(models: Path) -> None:
     image = on_canvas(draw_face(128), (320, 200), (150, 40))
-    ctx = _context(models, {"source:cf": image})
+    ctx = stage_context({"source:cf": image}, models_path=models)
     [out] = run_stage(correct_codeformer.STAGE, ctx, {**UPSCALE, "stage_name": "cf", "face_strength": 1}, [])
     [box] = detect_faces(image)
     left, top, side = _crop_square(box)
@@ -333,7 +319,7 @@ def test_the_worker_refuses_face_settings_of_the_wrong_type_instead_of_rounding(
         _run(correct_gfpgan, models, image, correction_model="correction-constant", **stored)
     missing = {key: value for key, value in UPSCALE.items() if key != "face_strength"}
     with pytest.raises(ParamError, match=r"correct-gfpgan\.face_strength: is missing from the stored chain"):
-        run_stage(correct_gfpgan.STAGE, _context(models), missing, [StageImage(image)])
+        run_stage(correct_gfpgan.STAGE, stage_context(models_path=models), missing, [StageImage(image)])
 
 
 def test_the_crop_puts_eyes_and_mouth_where_the_ffhq_template_has_them() -> None:

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.context import StageContext, StageImage
+from pipelines.context import StageImage
 from pipelines.stages import edit_metadata, edit_text, reduce_crop, reduce_thumbnail
+from tests.unit.pipelines.contexts import stage_context
+from tests.unit.pipelines.images import random_image
 from tests.unit.pipelines.resolved import run_stage
 
 
-def _context(inputs: dict[str, Image.Image] | None = None, steps: list[int] | None = None) -> StageContext:
-    record = steps.append if steps is not None else lambda n=1: None
-    return StageContext(models_path=Path("."), sessions=None, inputs=inputs or {}, on_step=record)  # type: ignore[arg-type]
-
-
 def _image(size: tuple[int, int] = (40, 30), seed: int = 4) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
+    return random_image(size, seed)
 
 
 def test_crop_cuts_the_rectangle_from_every_image() -> None:
@@ -28,7 +22,10 @@ def test_crop_cuts_the_rectangle_from_every_image() -> None:
     steps: list[int] = []
     params = {"left": 5, "top": 7, "width": 20.0, "height": 10}
     out = run_stage(
-        reduce_crop.STAGE, _context(steps=steps), params, [StageImage(first, {"note": 1}), StageImage(second)]
+        reduce_crop.STAGE,
+        stage_context(steps=steps),
+        params,
+        [StageImage(first, {"note": 1}), StageImage(second)],
     )
     assert [item.image.size for item in out] == [(20, 10), (20, 10)]
     assert np.array_equal(np.asarray(out[0].image), np.asarray(first)[7:17, 5:25])
@@ -40,7 +37,10 @@ def test_crop_cuts_the_rectangle_from_every_image() -> None:
 def test_crop_reads_the_stage_upload_and_refuses_rectangles_outside_the_image() -> None:
     source = _image()
     [out] = run_stage(
-        reduce_crop.STAGE, _context({"source:c": source}), {"stage_name": "c", "width": 40, "height": 30}, []
+        reduce_crop.STAGE,
+        stage_context({"source:c": source}),
+        {"stage_name": "c", "width": 40, "height": 30},
+        [],
     )
     assert np.array_equal(np.asarray(out.image), np.asarray(source))
     for params, message in (
@@ -52,14 +52,14 @@ def test_crop_reads_the_stage_upload_and_refuses_rectangles_outside_the_image() 
         ({"height": 10}, "params.width: is required by reduce-crop"),
     ):
         with pytest.raises(ValueError, match=message):
-            run_stage(reduce_crop.STAGE, _context(), params, [StageImage(source)])
+            run_stage(reduce_crop.STAGE, stage_context(), params, [StageImage(source)])
 
 
 def test_thumbnail_fits_inside_the_box_keeping_the_shape_and_never_enlarges() -> None:
     wide, small = _image((400, 100), seed=3), _image((30, 20), seed=5)
     out = run_stage(
         reduce_thumbnail.STAGE,
-        _context(),
+        stage_context(),
         {"width": 100, "height": 100},
         [StageImage(wide), StageImage(small)],
     )
@@ -69,11 +69,11 @@ def test_thumbnail_fits_inside_the_box_keeping_the_shape_and_never_enlarges() ->
     assert out[0].metadata["size"] == {"width": 100, "height": 25}
     assert out[1].image is small
     [tall] = run_stage(
-        reduce_thumbnail.STAGE, _context(), {"width": 64, "height": 50}, [StageImage(_image((100, 400)))]
+        reduce_thumbnail.STAGE, stage_context(), {"width": 64, "height": 50}, [StageImage(_image((100, 400)))]
     )
     assert tall.image.size == (12, 50)
     with pytest.raises(ValueError, match=r"params\.height: is required by reduce-thumbnail"):
-        run_stage(reduce_thumbnail.STAGE, _context(), {"width": 64}, [StageImage(small)])
+        run_stage(reduce_thumbnail.STAGE, stage_context(), {"width": 64}, [StageImage(small)])
 
 
 def test_text_is_drawn_in_its_fill_and_stroke_and_nowhere_else() -> None:
@@ -87,7 +87,7 @@ def test_text_is_drawn_in_its_fill_and_stroke_and_nowhere_else() -> None:
         "stroke_width": 2,
         "font_size": 40,
     }
-    [out] = run_stage(edit_text.STAGE, _context(), params, [StageImage(base, {"note": 1})])
+    [out] = run_stage(edit_text.STAGE, stage_context(), params, [StageImage(base, {"note": 1})])
     pixels = np.asarray(out.image)
     changed = np.argwhere((pixels != (0, 0, 255)).any(axis=2))
     top, left = changed.min(axis=0)
@@ -97,7 +97,9 @@ def test_text_is_drawn_in_its_fill_and_stroke_and_nowhere_else() -> None:
     assert np.array_equal(np.asarray(base), np.full((80, 200, 3), (0, 0, 255)))  # the input is untouched
     assert out.metadata == {"note": 1, "size": {"width": 200, "height": 80}}
 
-    [plain] = run_stage(edit_text.STAGE, _context(), {"text": "Hello", "stroke_width": 0}, [StageImage(base)])
+    [plain] = run_stage(
+        edit_text.STAGE, stage_context(), {"text": "Hello", "stroke_width": 0}, [StageImage(base)]
+    )
     plain_pixels = np.asarray(plain.image)
     assert not (plain_pixels == (0, 0, 0)).all(axis=2).any()
     assert plain_pixels[..., 0].max() >= 200  # white fill: only it lifts red off the blue background
@@ -112,7 +114,7 @@ def test_text_refuses_bad_params() -> None:
         ({"text": "a", "stroke_width": -1}, "stroke_width: must be an integer from 0 to 64"),
     ):
         with pytest.raises(ValueError, match=message):
-            run_stage(edit_text.STAGE, _context(), params, [StageImage(_image())])
+            run_stage(edit_text.STAGE, stage_context(), params, [StageImage(_image())])
 
 
 def test_metadata_gets_the_note_and_merged_groups_on_copies() -> None:
@@ -120,7 +122,7 @@ def test_metadata_gets_the_note_and_merged_groups_on_copies() -> None:
     original = {"size": {"width": 40, "height": 30}, "upscale": {"outscale": 2, "faces": False}}
     item = StageImage(image, original)
     params = {"note": "checked", "upscale": {"faces": True, "face_strength": 0.7}, "highres": {"scale": 2}}
-    [out] = run_stage(edit_metadata.STAGE, _context(), params, [item])
+    [out] = run_stage(edit_metadata.STAGE, stage_context(), params, [item])
     assert out.image is image
     assert out.metadata == {
         "size": {"width": 40, "height": 30},
@@ -129,7 +131,7 @@ def test_metadata_gets_the_note_and_merged_groups_on_copies() -> None:
         "note": "checked",
     }
     assert item.metadata == {"size": {"width": 40, "height": 30}, "upscale": {"outscale": 2, "faces": False}}
-    [switches] = run_stage(edit_metadata.STAGE, _context(), {"upscale": False, "highres": True}, [item])
+    [switches] = run_stage(edit_metadata.STAGE, stage_context(), {"upscale": False, "highres": True}, [item])
     assert switches.metadata == item.metadata
     with pytest.raises(ValueError, match="note: must be a string"):
-        run_stage(edit_metadata.STAGE, _context(), {"note": 3}, [item])
+        run_stage(edit_metadata.STAGE, stage_context(), {"note": 3}, [item])

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.context import StageContext, StageImage
+from pipelines.context import StageImage
 from pipelines.imageops.noise import noise_normal, noise_uniform
 from pipelines.stages import blend_denoise_localstd, source_noise, source_s3, source_url
 from pipelines.stages.blend_denoise_localstd import WINDOW, denoise_local_std
+from tests.unit.pipelines.contexts import stage_context
+from tests.unit.pipelines.images import random_image
 from tests.unit.pipelines.resolved import run_stage
 
 
-def _context(inputs: dict[str, Image.Image] | None = None, steps: list[int] | None = None) -> StageContext:
-    record = steps.append if steps is not None else lambda n=1: None
-    return StageContext(models_path=Path("."), sessions=None, inputs=inputs or {}, on_step=record)  # type: ignore[arg-type]
-
-
 def _image(size: tuple[int, int] = (24, 16), seed: int = 4) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
+    return random_image(size, seed)
 
 
 # -- source-noise --------------------------------------------------------------------------------
@@ -31,13 +25,13 @@ def _image(size: tuple[int, int] = (24, 16), seed: int = 4) -> Image.Image:
 def test_noise_without_inputs_is_one_seeded_image_of_the_stage_size() -> None:
     steps: list[int] = []
     params = {"noise_source": "uniform", "width": 48, "height": 32, "seed": 11}
-    [out] = run_stage(source_noise.STAGE, _context(steps=steps), params, [])
+    [out] = run_stage(source_noise.STAGE, stage_context(steps=steps), params, [])
     expected = noise_uniform(Image.new("RGB", (48, 32)), (48, 32), (0, 0), "white", np.random.default_rng(11))
     assert np.array_equal(np.asarray(out.image), np.asarray(expected))
     assert out.metadata == {"size": {"width": 48, "height": 32}}
     assert steps == [1]
-    [again] = run_stage(source_noise.STAGE, _context(), params, [])
-    [other] = run_stage(source_noise.STAGE, _context(), {**params, "seed": 12}, [])
+    [again] = run_stage(source_noise.STAGE, stage_context(), params, [])
+    [other] = run_stage(source_noise.STAGE, stage_context(), {**params, "seed": 12}, [])
     assert np.array_equal(np.asarray(again.image), np.asarray(out.image))
     assert not np.array_equal(np.asarray(other.image), np.asarray(out.image))
 
@@ -47,7 +41,10 @@ def test_noise_replaces_each_input_with_noise_made_from_it() -> None:
     two_colours.paste((200, 150, 100), (0, 0, 10, 10))
     params = {"noise_source": "histogram", "width": 64, "height": 64, "seed": 3}
     out = run_stage(
-        source_noise.STAGE, _context(), params, [StageImage(two_colours, {"note": 1}), StageImage(_image())]
+        source_noise.STAGE,
+        stage_context(),
+        params,
+        [StageImage(two_colours, {"note": 1}), StageImage(_image())],
     )
     assert len(out) == 2 and out[0].metadata == {"note": 1, "size": {"width": 64, "height": 64}}
     pixels = np.asarray(out[0].image)
@@ -57,7 +54,7 @@ def test_noise_replaces_each_input_with_noise_made_from_it() -> None:
 
 
 def test_noise_defaults_and_bad_params() -> None:
-    [normal] = run_stage(source_noise.STAGE, _context(), {"noise_source": "normal", "seed": 5}, [])
+    [normal] = run_stage(source_noise.STAGE, stage_context(), {"noise_source": "normal", "seed": 5}, [])
     pixels = np.asarray(normal.image, float)
     assert normal.image.size == (512, 512)
     assert abs(pixels.mean() - 128) < 1 and abs(pixels.std() - 32) < 1
@@ -67,7 +64,7 @@ def test_noise_defaults_and_bad_params() -> None:
     assert np.array_equal(pixels, np.asarray(expected, float))
     [fill] = run_stage(
         source_noise.STAGE,
-        _context(),
+        stage_context(),
         {"noise_source": "fill-mask", "fill_color": "#336699", "width": 8, "seed": 0},
         [],
     )
@@ -81,7 +78,7 @@ def test_noise_defaults_and_bad_params() -> None:
         ({"width": 8}, "params.seed: is required by source-noise"),
     ):
         with pytest.raises(ValueError, match=message):
-            run_stage(source_noise.STAGE, _context(), params, [])
+            run_stage(source_noise.STAGE, stage_context(), params, [])
 
 
 # -- source-url and source-s3 --------------------------------------------------------------------
@@ -96,16 +93,16 @@ def test_prefetched_images_are_appended_in_listed_order(stage, kind: str, field:
     earlier = StageImage(_image(seed=2), {"note": 1})
     steps: list[int] = []
     params = {"stage_name": "get", field: "a.png, b.png", "bucket": "inbox"}
-    out = stage.run(_context(inputs, steps), params, [earlier])
+    out = stage.run(stage_context(inputs, steps), params, [earlier])
     assert out[0] is earlier and len(out) == 3
     assert np.array_equal(np.asarray(out[1].image), np.asarray(first))
     assert out[2].image.mode == "RGB" and np.all(np.asarray(out[2].image) == (1, 2, 3))
     assert out[2].metadata == {"size": {"width": 5, "height": 7}}
     assert steps == [1]
     with pytest.raises(KeyError, match=f"did not prefetch '{kind}:get:2'"):
-        stage.run(_context(inputs), {**params, field: "a,b,c"}, [])
+        stage.run(stage_context(inputs), {**params, field: "a,b,c"}, [])
     with pytest.raises(ValueError, match=field):
-        stage.run(_context(inputs), {"stage_name": "get"}, [])
+        stage.run(stage_context(inputs), {"stage_name": "get"}, [])
 
 
 # -- blend-denoise-localstd ----------------------------------------------------------------------
@@ -146,7 +143,7 @@ def test_localstd_removes_faint_speckles_and_keeps_strong_ones_and_edges() -> No
     steps: list[int] = []
     [out] = run_stage(
         blend_denoise_localstd.STAGE,
-        _context(steps=steps),
+        stage_context(steps=steps),
         {},
         [StageImage(Image.fromarray(pixels), {"n": 1})],
     )
@@ -160,7 +157,7 @@ def test_localstd_removes_faint_speckles_and_keeps_strong_ones_and_edges() -> No
         with pytest.raises(ValueError, match=f"params.range: must be an integer from 1 to 64, got {spread}$"):
             run_stage(
                 blend_denoise_localstd.STAGE,
-                _context(),
+                stage_context(),
                 {"range": spread},
                 [StageImage(Image.fromarray(pixels))],
             )
