@@ -1,23 +1,16 @@
 """${message}
 
-Revision ID: ${up_revision}
-Revises: ${down_revision | comma,n}
-Create Date: ${create_date}
+Say why the change is needed, what it locks and for how long on a live table.
 """
 
 from __future__ import annotations
 
-from alembic import op
+from migrations import sql_steps
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
-branch_labels = ${repr(branch_labels)}
-depends_on = ${repr(depends_on)}
 
+UPGRADE: tuple[str, ...] = ()
+DOWNGRADE: tuple[str, ...] = ()
 
-def upgrade() -> None:
-    ${upgrades if upgrades else "pass"}
-
-
-def downgrade() -> None:
-    ${downgrades if downgrades else "pass"}
+upgrade, downgrade = sql_steps(UPGRADE, DOWNGRADE)

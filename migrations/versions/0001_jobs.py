@@ -9,12 +9,10 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-from migrations import execute_all
+from migrations import sql_steps
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 UPGRADE = (
     "CREATE TYPE job_state AS ENUM ('pending', 'running', 'success', 'failed', 'cancelled')",
@@ -136,11 +134,4 @@ DOWNGRADE = (
 )
 
 
-def upgrade() -> None:
-    """Create the enum, the table, its indexes and the wake-up triggers."""
-    execute_all(UPGRADE)
-
-
-def downgrade() -> None:
-    """Drop everything ``upgrade`` made (the table takes its indexes and triggers with it)."""
-    execute_all(DOWNGRADE)
+upgrade, downgrade = sql_steps(UPGRADE, DOWNGRADE)

@@ -2,20 +2,14 @@
 
 The api lists platforms from it (``/api/settings/platforms``) and reports workers to admins;
 ``restart_requested`` lets an admin recycle every worker without touching the orchestrator.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-28
 """
 
 from __future__ import annotations
 
-from migrations import execute_all
+from migrations import sql_steps
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 UPGRADE = (
     """
@@ -39,11 +33,4 @@ UPGRADE = (
 DOWNGRADE = ("DROP TABLE workers",)
 
 
-def upgrade() -> None:
-    """Create the workers table."""
-    execute_all(UPGRADE)
-
-
-def downgrade() -> None:
-    """Drop the workers table."""
-    execute_all(DOWNGRADE)
+upgrade, downgrade = sql_steps(UPGRADE, DOWNGRADE)

@@ -10,20 +10,14 @@ claimed alone. ``claim_batch`` finds a claimed job's mates through
 
 The column is generated and STORED (PostgreSQL 18's default, VIRTUAL, cannot be indexed):
 adding it rewrites the table once, under an exclusive lock, so run this while the queue is quiet.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-28
 """
 
 from __future__ import annotations
 
-from migrations import execute_all
+from migrations import sql_steps
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 UPGRADE = (
     """
@@ -54,11 +48,4 @@ UPGRADE = (
 DOWNGRADE = ("ALTER TABLE jobs DROP COLUMN batch_key",)
 
 
-def upgrade() -> None:
-    """Add the generated key and the index the batch claim walks."""
-    execute_all(UPGRADE)
-
-
-def downgrade() -> None:
-    """Drop the key (its index goes with it)."""
-    execute_all(DOWNGRADE)
+upgrade, downgrade = sql_steps(UPGRADE, DOWNGRADE)

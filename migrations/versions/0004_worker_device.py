@@ -3,20 +3,14 @@
 ``onnx-web worker --device N`` (or ``ONNX_WEB_DEVICE``) pins a worker to device N; the column is
 NULL for workers without the CUDA provider. Adding a nullable column without a default only
 changes the catalog, so this runs instantly on a live table.
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-05
 """
 
 from __future__ import annotations
 
-from migrations import execute_all
+from migrations import sql_steps
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 UPGRADE = (
     "ALTER TABLE workers ADD COLUMN device integer",
@@ -26,11 +20,4 @@ UPGRADE = (
 DOWNGRADE = ("ALTER TABLE workers DROP COLUMN device",)
 
 
-def upgrade() -> None:
-    """Add the device column."""
-    execute_all(UPGRADE)
-
-
-def downgrade() -> None:
-    """Drop the device column (its check goes with it)."""
-    execute_all(DOWNGRADE)
+upgrade, downgrade = sql_steps(UPGRADE, DOWNGRADE)
