@@ -3,9 +3,21 @@
  * A stand-in for the api, for working on the GUI without the stack: it serves dist/ and answers
  * the routes the GUI calls with the shapes of spec/contract.md (and our server's differences:
  * 0-based queue, bare-array cancel, `cancelled` final). Jobs run on a timer, not a model.
- * Not used by the e2e suite, which runs against the real stack.
+ * The e2e suite runs against the real stack; src/test/mock-server.test.ts runs this one.
  *
- *   node dev/mock-server.mjs [port]      (MOCK_STEP_MS=200 per step, MOCK_NOT_IMPLEMENTED=img2img,blend)
+ *   node dev/mock-server.mjs [port]      (port 0 picks a free one; the first line printed names it)
+ *
+ *   MOCK_STEP_MS=200            time per step
+ *   MOCK_NOT_IMPLEMENTED=a,b    routes answering 501 (img2img, blend, …)
+ *   MOCK_API_KEYS=k1,k2         keys mode: every /api call needs `Authorization: Bearer <key>`
+ *                               (401 without one, 403 for another); MOCK_REVOKED_KEYS lists 403s
+ *   MOCK_NO_JOBS_LIST=1         `GET /api/jobs` answers 404, as an older server does
+ *   MOCK_EVENTS_STATUS=503      `GET /api/job/events` answers this instead of a stream (404 as an
+ *                               older server, 429/503 as a server out of stream places)
+ *
+ * A prompt containing MOCK_FAIL makes its job fail at the first step with reason `oom` and an
+ * `error` message; `steps.total` counts one unit more than the steps asked for (the saving of the
+ * outputs), as the real server's does.
  */
 import { createReadStream, existsSync, statSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -16,7 +28,13 @@ import { deflateSync } from 'node:zlib';
 const port = Number(process.argv[2] ?? 5000);
 const dist = fileURLToPath(new URL('../dist/', import.meta.url));
 const stepMs = Number(process.env.MOCK_STEP_MS ?? 150);
-const notImplemented = new Set((process.env.MOCK_NOT_IMPLEMENTED ?? '').split(',').filter(Boolean));
+const list = (value) => (value ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+const notImplemented = new Set(list(process.env.MOCK_NOT_IMPLEMENTED));
+const apiKeys = new Set(list(process.env.MOCK_API_KEYS));
+const revokedKeys = new Set(list(process.env.MOCK_REVOKED_KEYS));
+const jobsListing = !process.env.MOCK_NO_JOBS_LIST;
+const eventsStatus = Number(process.env.MOCK_EVENTS_STATUS ?? 0);
+const ENDED = new Set(['success', 'failed', 'cancelled', 'unknown']);
 
 const params = {
   version: '0.13.0',
@@ -120,6 +138,7 @@ function record(job) {
     tiles: job.tiles,
   };
   if (job.reason) base.reason = job.reason;
+  if (job.error) base.error = job.error;
   if (job.status === 'success') {
     base.outputs = job.outputs;
     base.thumbnails = job.outputs;
@@ -131,6 +150,12 @@ function record(job) {
 function advance() {
   const running = [...jobs.values()].find((j) => j.status === 'running');
   if (running) {
+    if (running.fails) {
+      running.status = 'failed';
+      running.reason = 'oom';
+      running.error = 'The worker ran out of memory at this size; try a smaller image.';
+      return;
+    }
     running.steps.current += 1;
     if (running.steps.current >= running.steps.total) {
       running.status = 'success';
@@ -166,7 +191,13 @@ function send(res, status, value) {
   res.end(JSON.stringify(value));
 }
 
-function submit(mode, doc) {
+/** Whose job a request makes or lists: its API key in keys mode, everyone's ('') otherwise. */
+function owner(req) {
+  const header = req.headers.authorization ?? '';
+  return apiKeys.size > 0 && header.startsWith('Bearer ') ? header.slice(7).trim() : '';
+}
+
+function submit(mode, doc, by) {
   const p = doc.params ?? doc.defaults ?? {};
   if (typeof p.steps === 'number' && (p.steps < 1 || p.steps > 300)) return [400, { error: 'steps: must be between 1 and 300' }];
   const seed = p.seed === -1 || p.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : p.seed;
@@ -178,7 +209,11 @@ function submit(mode, doc) {
     name,
     status: 'pending',
     stages: { current: 0, total: mode === 'chain' ? doc.stages.length : 1 },
-    steps: { current: 0, total: p.steps ?? 25 },
+    // One unit more than the steps asked for: the saving of the outputs, as on the real server.
+    steps: { current: 0, total: (p.steps ?? 25) + 1 },
+    fails: typeof p.prompt === 'string' && p.prompt.includes('MOCK_FAIL'),
+    created: counter,
+    owner: by,
     tiles: zero(),
     outputs: Array.from({ length: batch }, (_, i) => `${name}_${i}.png`),
     width,
@@ -198,27 +233,112 @@ function submit(mode, doc) {
   return [200, record(job)];
 }
 
+/** `GET /api/jobs`: the jobs newest first, filtered by status, `limit` a page, `cursor` the offset. */
+function listJobs(url, by) {
+  const status = url.searchParams.get('status') ?? '';
+  const statuses = ['pending', 'running', 'success', 'failed', 'cancelled'];
+  if (status !== '' && !statuses.includes(status)) return [400, { error: `status: must be one of ${statuses.join(', ')}` }];
+  const limit = Number(url.searchParams.get('limit') ?? 20);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 100) return [400, { error: 'limit: must be between 1 and 100' }];
+  const cursor = url.searchParams.get('cursor');
+  const start = cursor === null ? 0 : Number(cursor);
+  if (!Number.isInteger(start) || start < 0) return [400, { error: 'cursor: not a cursor this server gave' }];
+  const all = [...jobs.values()]
+    .filter((j) => j.owner === by && (status === '' || j.status === status))
+    .sort((a, b) => b.created - a.created);
+  const page = all.slice(start, start + limit);
+  return [200, { jobs: page.map(record), next: start + limit < all.length ? String(start + limit) : null }];
+}
+
+/** Keys mode: the answer refusing a request, or null when its key is good (or keys are off). */
+function refusal(req) {
+  if (apiKeys.size === 0) return null;
+  const header = req.headers.authorization ?? '';
+  const key = header.startsWith('Bearer ') ? header.slice(7).trim() : '';
+  if (key === '') return [401, { error: 'an API key is required (Authorization: Bearer <key>)' }];
+  if (revokedKeys.has(key)) return [403, { error: 'this API key was revoked' }];
+  if (!apiKeys.has(key)) return [403, { error: 'unknown API key' }];
+  return null;
+}
+
 function names(url) {
   return (url.searchParams.get('jobs') ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+/** A 400 for a job list out of bounds (1 to 10 names), or null. */
+function badNames(n) {
+  if (n.length === 0) return [400, { error: 'jobs: at least one job name is required' }];
+  if (n.length > 10) return [400, { error: 'jobs: at most 10 names' }];
+  return null;
+}
+
+function statusOf(name) {
+  return jobs.has(name) ? record(jobs.get(name)) : { name, status: 'unknown', queue: zero(), stages: zero(), steps: zero(), tiles: zero() };
+}
+
+/**
+ * `GET /api/job/events`, as the real server streams it: the reconnect hint, each job's record,
+ * the record again whenever it changes (each step here), a heartbeat comment, and `end` once every
+ * job has ended.
+ */
+function streamEvents(req, res, n) {
+  res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+  res.write('retry: 2000\n\n');
+  const sent = new Map();
+  let id = 0;
+  const changes = setInterval(tick, Math.max(10, stepMs / 3));
+  const heartbeat = setInterval(() => res.write(': heartbeat\n\n'), 15_000);
+  const stop = () => {
+    clearInterval(changes);
+    clearInterval(heartbeat);
+  };
+  req.on('close', stop);
+  tick();
+  function tick() {
+    for (const name of n) {
+      const record = statusOf(name);
+      const data = JSON.stringify(record);
+      if (sent.get(name)?.data === data) continue;
+      sent.set(name, { data, status: record.status });
+      res.write(`id: ${++id}\nevent: status\ndata: ${data}\n\n`);
+    }
+    if ([...sent.values()].every((s) => ENDED.has(s.status))) {
+      stop();
+      res.end(`id: ${++id}\nevent: end\ndata: ${JSON.stringify({ jobs: n })}\n\n`);
+    }
+  }
 }
 
 createServer(async (req, res) => {
   const url = new URL(req.url, `http://${req.headers.host}`);
   const path = url.pathname;
+  const refused = path.startsWith('/api/') ? refusal(req) : null;
+  if (refused) return send(res, ...refused);
   if (path === '/api/settings/params') return send(res, 200, params);
+  if (path === '/api/jobs' && req.method === 'GET') {
+    if (!jobsListing) return send(res, 404, { error: '404 Not Found' });
+    return send(res, ...listJobs(url, owner(req)));
+  }
   if (lists[path]) return send(res, 200, lists[path]);
   const route = /^\/api\/(txt2img|img2img|inpaint|upscale|blend|job)$/.exec(path);
   if (route && req.method === 'POST') {
     const body = await readBody(req);
     if (notImplemented.has(route[1])) return send(res, 501, { error: `${route[1]}: not implemented yet` });
-    const [status, value] = submit(route[1] === 'job' ? 'chain' : route[1], jsonField(body, req.headers['content-type'] ?? ''));
+    const [status, value] = submit(route[1] === 'job' ? 'chain' : route[1], jsonField(body, req.headers['content-type'] ?? ''), owner(req));
     return send(res, status, value);
   }
   if (path === '/api/job/status') {
     const n = names(url);
-    if (n.length === 0) return send(res, 400, { error: 'jobs: at least one job name is required' });
-    if (n.length > 10) return send(res, 400, { error: 'jobs: at most 10 names' });
-    return send(res, 200, n.map((name) => (jobs.has(name) ? record(jobs.get(name)) : { name, status: 'unknown', queue: zero(), stages: zero(), steps: zero(), tiles: zero() })));
+    const bad = badNames(n);
+    return bad ? send(res, ...bad) : send(res, 200, n.map(statusOf));
+  }
+  if (path === '/api/job/events' && req.method === 'GET') {
+    if (eventsStatus) {
+      return send(res, eventsStatus, { error: eventsStatus === 404 ? '404 Not Found' : 'too many event streams are open on this server; poll /api/job/status' });
+    }
+    const n = names(url);
+    const bad = badNames(n);
+    return bad ? send(res, ...bad) : streamEvents(req, res, n);
   }
   if (path === '/api/job/cancel' && req.method === 'PUT') {
     return send(res, 200, names(url).map((name) => {
@@ -245,4 +365,6 @@ createServer(async (req, res) => {
   }
   res.writeHead(404, { 'Content-Type': 'text/html' });
   res.end('<h1>Not Found</h1>');
-}).listen(port, '127.0.0.1', () => console.log(`mock api on http://127.0.0.1:${port}/`));
+}).listen(port, '127.0.0.1', function () {
+  console.log(`mock api on http://127.0.0.1:${this.address().port}/`);
+});

@@ -9,7 +9,7 @@ import { chromium } from 'playwright-core';
 
 const base = process.argv[2] ?? 'http://127.0.0.1:5000/';
 const out = process.argv[3] ?? 'test-results/screens';
-const tabs = ['txt2img', 'img2img', 'inpaint', 'upscale', 'blend', 'models', 'settings'];
+const tabs = ['txt2img', 'img2img', 'inpaint', 'upscale', 'blend', 'jobs', 'models', 'settings'];
 mkdirSync(out, { recursive: true });
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium' });
 for (const width of [1280, 360]) {

@@ -45,19 +45,65 @@ export async function cardStates(page: Page, name: string): Promise<string[]> {
 }
 
 /**
- * Record the part names of every multipart body the page sends (`window.__formParts`, by path):
- * the browser does not expose file parts of a request body to the test runner.
+ * Record the part names and the `json` document of every multipart body the page sends
+ * (`window.__formParts`, `window.__formJson`, by path): the browser does not expose a multipart
+ * body with file parts to the test runner.
  */
 export async function recordFormParts(page: Page): Promise<void> {
   await page.addInitScript(() => {
     const parts: Record<string, string[]> = {};
-    (window as unknown as { __formParts: typeof parts }).__formParts = parts;
+    const json: Record<string, string> = {};
+    Object.assign(window, { __formParts: parts, __formJson: json });
     const original = window.fetch.bind(window);
     window.fetch = (input, init) => {
-      if (init?.body instanceof FormData) parts[new URL(String(input), location.href).pathname] = [...init.body.keys()].sort();
+      if (init?.body instanceof FormData) {
+        const path = new URL(String(input), location.href).pathname;
+        parts[path] = [...init.body.keys()].sort();
+        json[path] = String(init.body.get('json') ?? '');
+      }
       return original(input, init);
     };
   });
+}
+
+/**
+ * Keep a copy of every event stream the page reads (`window.__eventStreams`, one text per stream):
+ * the browser does not hand a streamed body to the test runner once the page has let it go.
+ */
+export async function recordEventStreams(page: Page): Promise<void> {
+  await page.addInitScript(() => {
+    const streams: string[] = [];
+    Object.assign(window, { __eventStreams: streams });
+    const original = window.fetch.bind(window);
+    window.fetch = async (input, init) => {
+      const res = await original(input, init);
+      const path = new URL(input instanceof Request ? input.url : String(input), location.href).pathname;
+      if (path !== '/api/job/events' || !res.ok || !res.body) return res;
+      // Two branches of one body: the page reads one, this copy the other, to the stream's end.
+      const [forPage, copy] = res.body.tee();
+      const index = streams.push('') - 1;
+      void (async () => {
+        const reader = copy.getReader();
+        const decoder = new TextDecoder();
+        for (;;) {
+          const chunk = await reader.read().catch(() => ({ done: true as const, value: undefined }));
+          if (chunk.done) break;
+          streams[index] += decoder.decode(chunk.value, { stream: true });
+        }
+      })();
+      return new Response(forPage, { status: res.status, statusText: res.statusText, headers: res.headers });
+    };
+  });
+}
+
+/** What the page's event streams carried so far, in the order they were opened. */
+export async function eventStreams(page: Page): Promise<string[]> {
+  return page.evaluate(() => (window as unknown as { __eventStreams: string[] }).__eventStreams);
+}
+
+export async function formJson(page: Page, path: string): Promise<Record<string, unknown>> {
+  const text = await page.evaluate((p) => (window as unknown as { __formJson: Record<string, string> }).__formJson[p] ?? '{}', path);
+  return JSON.parse(text) as Record<string, unknown>;
 }
 
 export async function formParts(page: Page, path: string): Promise<string[]> {

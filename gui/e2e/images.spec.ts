@@ -4,7 +4,7 @@
  * the finished image otherwise, so the same test keeps passing when the route starts working.
  */
 import { expect, test } from '@playwright/test';
-import { expectImageOrNotImplemented, formParts, generate, makePng, openApp, recordFormParts, setNumber, upload } from './helpers';
+import { expectImageOrNotImplemented, formJson, formParts, generate, makePng, openApp, recordFormParts, setNumber, upload } from './helpers';
 
 test.beforeEach(async ({ page }) => {
   await recordFormParts(page);
@@ -47,14 +47,47 @@ test('inpaint with a mask painted on the canvas', async ({ page }) => {
   await expectImageOrNotImplemented(page, response, 'inpaint');
 });
 
-test('upscale an uploaded file', async ({ page }) => {
+test('inpaint with an uploaded mask: shown in the canvas and sent as the mask part', async ({ page }) => {
+  await openApp(page, 'inpaint');
+  await upload(page, 'source-input', 'source.png', await makePng(page, 256, 192, 30));
+  // A mask made elsewhere, at twice the source's size: a white disc on a dark gradient.
+  const mask = await makePng(page, 512, 384, 0);
+  await page.getByTestId('mask-upload').locator('input[type=file]').setInputFiles({ name: 'mask.png', mimeType: 'image/png', buffer: mask });
+  await expect(page.getByTestId('mask-upload-note')).toContainText('Mask loaded from mask.png');
+  const canvas = page.getByTestId('mask-canvas');
+  const [centre, corner] = await canvas.evaluate((c: HTMLCanvasElement) => {
+    const ctx = c.getContext('2d') as CanvasRenderingContext2D;
+    const at = (x: number, y: number) => [...ctx.getImageData(x, y, 1, 1).data];
+    return [at(c.width / 2, c.height / 2), at(2, 2)];
+  });
+  // Scaled to the source and made grey: the disc is white, the rest darker, everything opaque.
+  expect(centre).toEqual([255, 255, 255, 255]);
+  expect(corner[0]).toBeLessThan(255);
+  expect(corner[0]).toBe(corner[1]);
+  expect(corner[3]).toBe(255);
+  await setNumber(page, 'steps', 10);
+  const response = await generate(page, 'inpaint');
+  expect(await formParts(page, '/api/inpaint')).toEqual(['json', 'mask', 'source']);
+  await expectImageOrNotImplemented(page, response, 'inpaint-uploaded-mask');
+});
+
+test('upscale an uploaded file with the defaults, at one press of Upscale', async ({ page }) => {
   await openApp(page, 'upscale');
   await upload(page, 'source-input', 'small.png', await makePng(page, 96, 96, 90));
-  await page.getByTestId('section-upscale').locator('summary').click();
-  await page.getByTestId('upscale-enabled').check();
+  // Nothing to open or tick: the settings are on screen and upscaling is on.
+  await expect(page.getByTestId('upscale-enabled')).toBeVisible();
+  await expect(page.getByTestId('upscale-enabled')).toBeChecked();
+  await expect(page.getByTestId('generate')).toHaveText('Upscale');
   const response = await generate(page, 'upscale');
   expect(await formParts(page, '/api/upscale')).toEqual(['json', 'source']);
-  await expectImageOrNotImplemented(page, response, 'upscale');
+  expect(await formJson(page, '/api/upscale')).toMatchObject({ upscale: { enabled: true } });
+  const card = await expectImageOrNotImplemented(page, response, 'upscale');
+  if (card) {
+    // The full-size output, in the viewer, is bigger than the source.
+    await card.getByRole('button', { name: 'Show full size' }).click();
+    const full = page.getByTestId('lightbox-image');
+    await expect.poll(() => full.evaluate((img: HTMLImageElement) => img.naturalWidth), { timeout: 30_000 }).toBeGreaterThan(96);
+  }
 });
 
 test('blend two uploads through a painted mask', async ({ page }) => {

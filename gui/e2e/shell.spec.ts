@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { expect, test } from '@playwright/test';
-import { openApp, SHOTS, shot } from './helpers';
+import { generate, INTERVAL_MS, JOB_TIMEOUT_MS, openApp, setNumber, SHOTS, shot } from './helpers';
 
 const TABS = ['txt2img', 'img2img', 'inpaint', 'upscale', 'blend', 'models', 'settings'];
 
@@ -98,4 +98,60 @@ test('follows the OS colour scheme, and a theme picked in Settings overrides it'
   await page.emulateMedia({ colorScheme: 'light' });
   await page.getByTestId('theme').selectOption('dark');
   expect(isDark(await background())).toBe(true);
+});
+
+test('the Jobs view is there only where the server lists jobs, and lists a new job', async ({ page, request }) => {
+  const listing = await request.get('/api/jobs?limit=1');
+  if ([404, 405, 501].includes(listing.status())) {
+    // An older server, or one without the listing: no tab, and its address falls back to txt2img.
+    console.log(`jobs: the server answered ${listing.status()} for /api/jobs; the view is hidden`);
+    await page.goto(`/?interval=${INTERVAL_MS}#jobs`);
+    await expect(page.getByTestId('tab-txt2img')).toHaveAttribute('aria-current', 'page');
+    await expect(page.getByTestId('tab-jobs')).toHaveCount(0);
+    return;
+  }
+  expect(listing.status(), await listing.text()).toBe(200);
+  await openApp(page, 'txt2img');
+  await setNumber(page, 'width', 128);
+  await setNumber(page, 'height', 128);
+  await setNumber(page, 'steps', 2);
+  const { name } = (await (await generate(page, 'txt2img')).json()) as { name: string };
+  await page.getByTestId('tab-jobs').click();
+  const row = page.locator(`[data-testid="job-row"][data-name="${name}"]`);
+  await expect(row).toBeVisible();
+  await expect(row).toHaveAttribute('data-status', 'success', { timeout: JOB_TIMEOUT_MS });
+  await expect(row.getByTestId('job-output').first()).toHaveAttribute('href', /\/output\//);
+  await shot(page, 'jobs');
+});
+
+test('API key: asked for when the server refuses one, sent with every request, a revoked one explained', async ({ page }) => {
+  // The stack runs without keys; this stands in for keys mode in front of it.
+  let answer: { status: number; error: string } | null = null;
+  const headers: string[] = [];
+  await page.route('**/api/**', async (route) => {
+    const auth = route.request().headers().authorization ?? '';
+    headers.push(auth);
+    const refuse = auth !== 'Bearer e2e-key' ? { status: 401, error: 'an API key is required' } : answer;
+    if (refuse) return route.fulfill({ status: refuse.status, contentType: 'application/json', body: JSON.stringify({ error: refuse.error }) });
+    return route.continue();
+  });
+  await page.goto(`/?interval=${INTERVAL_MS}#txt2img`);
+  await expect(page.getByTestId('error-screen')).toContainText('The server needs an API key');
+  await expect(page.getByTestId('auth-error')).toContainText('an API key is required');
+  await shot(page, 'api-key-needed');
+  await page.getByTestId('boot-api-key').fill('e2e-key');
+  await page.getByRole('button', { name: 'Save and connect' }).click();
+  await expect(page.getByTestId('tab-txt2img')).toHaveAttribute('aria-current', 'page');
+  expect(headers.at(-1)).toBe('Bearer e2e-key');
+
+  answer = { status: 403, error: 'this API key was revoked' };
+  await setNumber(page, 'steps', 2);
+  await page.getByTestId('generate').click();
+  await expect(page.getByTestId('form-error')).toContainText('this API key was revoked');
+  await expect(page.getByTestId('form-error')).toContainText('Set a valid API key in Settings');
+  await page.getByTestId('api-key-link').click();
+  await expect(page.getByTestId('tab-settings')).toHaveAttribute('aria-current', 'page');
+  await expect(page.getByTestId('api-key')).toBeFocused();
+  await expect(page.getByTestId('api-key')).toHaveValue('e2e-key');
+  await shot(page, 'api-key-settings');
 });

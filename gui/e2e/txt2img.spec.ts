@@ -1,14 +1,36 @@
 import { expect, test } from '@playwright/test';
-import { cardStates, expectSuccess, generate, JOB_TIMEOUT_MS, openApp, recordCardStates, setNumber, shot } from './helpers';
+import { type SseEvent, SseParser } from '../src/client/sse';
+import {
+  cardStates,
+  eventStreams,
+  expectSuccess,
+  generate,
+  JOB_TIMEOUT_MS,
+  openApp,
+  recordCardStates,
+  recordEventStreams,
+  setNumber,
+  shot,
+} from './helpers';
 
 test.beforeEach(async ({ page }) => {
   await recordCardStates(page);
 });
 
-test('txt2img: the card goes pending → running → image, with download links that work', async ({ page, request }) => {
+test('txt2img: the card goes pending → running → image, pushed by the event stream, with download links that work', async ({ page, request }) => {
+  // Which jobs the page asked about, and how: the event stream or a status poll.
+  await recordEventStreams(page);
+  const streamed: string[] = [];
+  const polled: string[] = [];
+  page.on('request', (r) => {
+    const url = new URL(r.url());
+    const jobs = url.searchParams.get('jobs')?.split(',') ?? [];
+    if (url.pathname === '/api/job/events') streamed.push(...jobs);
+    if (url.pathname === '/api/job/status') polled.push(...jobs);
+  });
   await openApp(page, 'txt2img');
   await page.getByTestId('prompt').fill('a lighthouse at dusk');
-  // Small and short, but enough steps that a poll (every 250 ms) lands while it runs.
+  // Small and short, but enough steps that the card is seen running.
   await setNumber(page, 'width', 256);
   await setNumber(page, 'height', 256);
   await setNumber(page, 'steps', 20);
@@ -22,6 +44,21 @@ test('txt2img: the card goes pending → running → image, with download links 
   expect(await cardStates(page, submitted.name)).toEqual(['pending', 'running', 'success']);
   await expect(card).toContainText('a lighthouse at dusk');
 
+  // The progress came by the event stream: it carried the job's running records, its success and
+  // `end`; a poll round may have started before the stream's first record, none after.
+  expect(streamed).toContain(submitted.name);
+  await expect.poll(async () => (await eventStreams(page)).join('')).toContain('event: end');
+  const events: SseEvent[] = [];
+  for (const text of await eventStreams(page)) new SseParser({ onEvent: (e) => events.push(e) }).push(text);
+  const records = events
+    .filter((e) => e.type === 'status')
+    .map((e) => JSON.parse(e.data) as { name: string; status: string })
+    .filter((r) => r.name === submitted.name);
+  expect(records.filter((r) => r.status === 'running').length).toBeGreaterThan(1);
+  expect(records.at(-1)?.status).toBe('success');
+  expect(events.at(-1)?.type).toBe('end');
+  expect(polled.filter((name) => name === submitted.name).length).toBeLessThanOrEqual(1);
+
   const image = await card.getByTestId('download-image').getAttribute('href');
   const metadata = await card.getByTestId('download-metadata').getAttribute('href');
   expect((await request.get(image as string)).headers()['content-type']).toMatch(/^image\//);
@@ -31,6 +68,8 @@ test('txt2img: the card goes pending → running → image, with download links 
 
   await card.getByRole('button', { name: 'Show full size' }).click();
   await expect(page.getByTestId('lightbox')).toBeVisible();
+  await expect(page.getByTestId('lightbox-download')).toHaveAttribute('href', image as string);
+  await expect(page.getByTestId('lightbox-count')).toHaveText('1 of 1');
   await page.keyboard.press('Escape');
   await expect(page.getByTestId('lightbox')).toHaveCount(0);
 
@@ -83,6 +122,9 @@ test('cancel a long job: the card ends cancelled and the server agrees', async (
   const { name } = (await (await generate(page, 'txt2img')).json()) as { name: string };
   const card = page.locator(`[data-testid="job-card"][data-name="${name}"]`);
   await expect(card).toHaveAttribute('data-status', 'running', { timeout: JOB_TIMEOUT_MS });
+  // steps.total also counts the saving of the output: progress is a share, never "of 151".
+  await expect(card.getByTestId('progress-text')).toContainText(/\d+% done/);
+  await expect(card.getByTestId('progress-text')).not.toContainText(/of 151|Step/);
   const [cancel] = await Promise.all([
     page.waitForResponse((r) => new URL(r.url()).pathname === '/api/job/cancel'),
     card.getByTestId('cancel').click(),
@@ -168,6 +210,9 @@ test('a job that fails shows its reason, and Retry sends it again', async ({ pag
   const card = page.locator(`[data-testid="job-card"][data-name="${name}"]`);
   await expect(card).toHaveAttribute('data-status', 'failed', { timeout: JOB_TIMEOUT_MS });
   await expect(card.getByTestId('failure-reason')).toContainText(/Reason: |no reason/);
+  const [record] = (await (await page.request.get(`/api/job/status?jobs=${name}`)).json()) as Array<{ reason?: string; error?: string }>;
+  if (record.reason === 'oom') await expect(card.getByTestId('failure-reason')).toHaveText('Reason: out of memory');
+  if (record.error) await expect(card.getByTestId('failure-message')).toHaveText(record.error);
   await shot(page, 'failed');
   const [retry] = await Promise.all([
     page.waitForResponse((r) => new URL(r.url()).pathname === '/api/txt2img' && r.request().method() === 'POST'),
@@ -177,4 +222,52 @@ test('a job that fails shows its reason, and Retry sends it again', async ({ pag
   expect(retried).not.toBe(name);
   await expect(page.locator(`[data-testid="job-card"][data-name="${retried}"]`)).toBeVisible();
   await expect(card).toHaveCount(0);
+});
+
+test('the viewer steps through the images, Use parameters brings back the seed, Clear history asks first', async ({ page }) => {
+  await openApp(page, 'txt2img');
+  await setNumber(page, 'width', 128);
+  await setNumber(page, 'height', 128);
+  await setNumber(page, 'steps', 3);
+  await setNumber(page, 'seed', -1);
+  await page.getByTestId('prompt').fill('two paper boats');
+  await setNumber(page, 'batch', 2);
+  const { name } = (await (await generate(page, 'txt2img')).json()) as { name: string };
+  const card = page.locator(`[data-testid="job-card"][data-name="${name}"]`);
+  await expectSuccess(card);
+  const status = (await (await page.request.get(`/api/job/status?jobs=${name}`)).json()) as Array<{
+    outputs: string[];
+    metadata: Array<{ params: { seed: number } }>;
+  }>;
+  const { outputs, metadata } = status[0];
+  expect(outputs).toHaveLength(2);
+
+  await card.getByRole('button', { name: 'Show full size' }).click();
+  const viewer = page.getByTestId('lightbox');
+  await expect(viewer).toBeVisible();
+  await expect(page.getByTestId('lightbox-count')).toHaveText('1 of 2');
+  await expect(page.getByTestId('lightbox-image')).toHaveAttribute('src', new RegExp(`${outputs[0]}$`));
+  await page.getByTestId('lightbox-next').click();
+  await expect(page.getByTestId('lightbox-count')).toHaveText('2 of 2');
+  await expect(page.getByTestId('lightbox-download')).toHaveAttribute('href', new RegExp(`${outputs[1]}$`));
+  await expect(page.getByTestId('lightbox-download')).toHaveAttribute('download', outputs[1]);
+  await page.keyboard.press('ArrowLeft');
+  await expect(page.getByTestId('lightbox-count')).toHaveText('1 of 2');
+  await shot(page, 'viewer');
+  await page.getByTestId('lightbox-close').click();
+  await expect(viewer).toHaveCount(0);
+
+  // Sent with -1 (random); Use parameters sets the seed the image was really made with.
+  await card.getByTestId('load-params').click();
+  await expect(page.getByTestId('seed').locator('input[type=number]')).toHaveValue(String(metadata[0].params.seed));
+
+  await page.getByTestId('clear-history').click();
+  await expect(page.getByTestId('clear-confirm')).toBeVisible();
+  await expect(card).toBeVisible();
+  await shot(page, 'clear-history-confirm');
+  await page.getByRole('button', { name: 'Cancel', exact: true }).click();
+  await expect(card).toBeVisible();
+  await page.getByTestId('clear-history').click();
+  await page.getByTestId('clear-history-confirm').click();
+  await expect(page.getByTestId('job-card')).toHaveCount(0);
 });

@@ -24,8 +24,9 @@ export function App() {
     () => (config ? resolveRuntimeConfig(config, window.location) : null),
     [config],
   );
+  // The key is read at each call, so changing it in Settings needs no new client (and no reload).
   const client = useMemo(
-    () => (runtime ? createClient({ root: runtime.root, token: runtime.token }) : null),
+    () => (runtime ? createClient({ root: runtime.root, token: runtime.token, apiKey: () => useAppStore.getState().settings.apiKey }) : null),
     [runtime],
   );
 
@@ -74,6 +75,14 @@ export function App() {
         <pre className="error-detail">{phase.message}</pre>
       </ErrorScreen>
     );
+  } else if (phase.kind === 'unauthorised') {
+    body = (
+      <ErrorScreen title={t('auth.title')} onRetry={retry} root={runtime.root}>
+        <p>{t('auth.body', { root: runtime.root })}</p>
+        <pre className="error-detail" data-testid="auth-error">{phase.message}</pre>
+        <ApiKeyForm onSaved={retry} />
+      </ErrorScreen>
+    );
   } else if (phase.kind === 'too-old') {
     body = (
       <ErrorScreen title={t('boot.tooOld.title')} onRetry={retry} root={runtime.root}>
@@ -82,12 +91,37 @@ export function App() {
     );
   } else {
     body = (
-      <AppContext.Provider value={{ client, server: phase.server, runtime, missing: phase.missing }}>
+      <AppContext.Provider value={{ client, server: phase.server, runtime, missing: phase.missing, jobsListing: phase.jobsListing }}>
         <Shell />
       </AppContext.Provider>
     );
   }
   return <I18nContext.Provider value={i18n}>{body}</I18nContext.Provider>;
+}
+
+/** The API key, asked for where the server refused to start without one. */
+function ApiKeyForm({ onSaved }: { onSaved(): void }) {
+  const { t } = useI18n();
+  const stored = useAppStore((s) => s.settings.apiKey);
+  const updateSettings = useAppStore((s) => s.updateSettings);
+  const [key, setKey] = useState(stored);
+  const save = (e: FormEvent) => {
+    e.preventDefault();
+    updateSettings({ apiKey: key.trim() });
+    onSaved();
+  };
+  return (
+    <form className="connect-form" onSubmit={save}>
+      <label htmlFor="boot-api-key">{t('settings.apiKey')}</label>
+      <div className="inline">
+        <input id="boot-api-key" type="password" autoComplete="off" value={key} onChange={(e) => setKey(e.target.value)} data-testid="boot-api-key" />
+        <button type="submit" className="primary">
+          {t('auth.save')}
+        </button>
+      </div>
+      <small className="hint">{t('settings.apiKeyHint')}</small>
+    </form>
+  );
 }
 
 /** Each tab's parameters: the stored ones checked against this server, else the server's defaults. */

@@ -1,52 +1,93 @@
-/** The loaded app: header, tab bar, the current tab, history, and the status poller behind the cards. */
+/** The loaded app: header, tab bar, the current tab, history, and the status feed behind the cards. */
 import { type DragEvent, useEffect, useState } from 'react';
 import { ApiError } from './client/api';
 import { paramsFromFile } from './client/metadata';
-import { StatusPoller } from './client/poller';
+import { StatusFeed } from './client/events';
 import { HistoryPanel } from './components/HistoryPanel';
 import { Notices, useNotices } from './components/Notices';
 import { useApp } from './context';
 import { useI18n } from './i18n';
-import { useHashTab } from './navigation';
-import { applyParams, JOB_TABS, type JobTab, TABS } from './state/params';
+import { shownTab, useHashTab, visibleTabs } from './navigation';
+import { applyParams, JOB_TABS, type JobTab } from './state/params';
 import { unfinishedNames } from './state/history';
 import { useAppStore } from './state/store';
 import { JobTabView } from './tabs/JobTab';
 import { ModelsTab } from './tabs/ModelsTab';
+import { JobsTab } from './tabs/JobsTab';
 import { SettingsTab } from './tabs/SettingsTab';
+import { SettingsLink } from './components/SettingsLink';
 
-function usePolling(): boolean {
-  const { client, runtime } = useApp();
-  const [offline, setOffline] = useState(false);
+interface Health {
+  /** The server could not be reached in the last round. */
+  offline: boolean;
+  /** The server refused the API key (401/403) in the last round: its message. */
+  refused: string | null;
+}
+
+/** How long Settings' API key must stay unchanged before it is tried (not on every keystroke). */
+const KEY_CHECK_DELAY_MS = 400;
+
+/**
+ * The status feed behind the cards (pushed by the server's event stream, polled where there is
+ * none), and whether the server refuses this page's API key: seen by a poll round, and tried at
+ * start and after each change of the key where the server lists jobs (the cheapest call that
+ * needs a key; its settings answer without one even in keys mode).
+ */
+function useJobStatus(): Health {
+  const { client, runtime, jobsListing } = useApp();
+  const apiKey = useAppStore((s) => s.settings.apiKey);
+  const [health, setHealth] = useState<Health>({ offline: false, refused: null });
   useEffect(() => {
-    const poller = new StatusPoller({
+    const feed = new StatusFeed({
+      openStream: client.jobEvents,
       fetchStatus: client.status,
       onRecords: (records) => useAppStore.getState().applyStatus(records),
       // Only a failure to reach the server is "connection lost"; an HTTP error answer is not.
-      onError: (error) => setOffline(!(error instanceof ApiError && error.kind === 'http')),
-      onHealthy: () => setOffline(false),
+      onError: (error) =>
+        setHealth({
+          offline: !(error instanceof ApiError && error.kind === 'http'),
+          refused: error instanceof ApiError && error.unauthorised ? error.message : null,
+        }),
+      onHealthy: () => setHealth({ offline: false, refused: null }),
       interval: runtime.interval,
     });
     const sync = () => {
       const wanted = unfinishedNames(useAppStore.getState().history);
-      for (const name of poller.names) if (!wanted.includes(name)) poller.unwatch(name);
-      poller.watch(wanted);
+      for (const name of feed.names) if (!wanted.includes(name)) feed.unwatch(name);
+      feed.watch(wanted);
     };
     sync();
     const unsubscribe = useAppStore.subscribe(sync);
     return () => {
       unsubscribe();
-      poller.stop();
+      feed.stop();
     };
   }, [client, runtime.interval]);
-  return offline;
+  useEffect(() => {
+    if (!jobsListing) return;
+    let live = true;
+    const timer = setTimeout(() => {
+      client.jobs({ limit: 1 }).then(
+        () => live && setHealth((h) => ({ ...h, refused: null })),
+        (error: unknown) =>
+          live && setHealth((h) => ({ ...h, refused: error instanceof ApiError && error.unauthorised ? error.message : null })),
+      );
+    }, KEY_CHECK_DELAY_MS);
+    return () => {
+      live = false;
+      clearTimeout(timer);
+    };
+  }, [client, jobsListing, apiKey]);
+  return health;
 }
 
 export function Shell() {
-  const { server, missing } = useApp();
+  const { server, missing, jobsListing } = useApp();
   const { t, language } = useI18n();
-  const tab = useHashTab();
-  const offline = usePolling();
+  // Without a jobs listing on the server the Jobs tab does not exist, even by its address.
+  const tab = shownTab(useHashTab(), jobsListing);
+  const tabs = visibleTabs(jobsListing);
+  const { offline, refused } = useJobStatus();
   const notify = useNotices((s) => s.push);
   const [motdHidden, setMotdHidden] = useState(false);
   const motd = server.params.motd?.[language] ?? server.params.motd?.en ?? '';
@@ -107,7 +148,7 @@ export function Shell() {
         )}
       </header>
       <nav className="tabs" aria-label={t('a11y.tabs')}>
-        {TABS.map((name) => (
+        {tabs.map((name) => (
           <a
             key={name}
             href={`#${name}`}
@@ -119,6 +160,11 @@ export function Shell() {
           </a>
         ))}
       </nav>
+      {refused !== null && (
+        <p className="banner warn" role="alert" data-testid="auth-banner">
+          {t('auth.refused', { message: refused })} <SettingsLink />
+        </p>
+      )}
       {missing.length > 0 && (
         <p className="banner warn" role="status">
           {t('boot.missing', { lists: missing.join(', ') })}
@@ -139,6 +185,8 @@ export function Shell() {
             </section>
             <HistoryPanel />
           </div>
+        ) : tab === 'jobs' ? (
+          <JobsTab />
         ) : tab === 'models' ? (
           <ModelsTab />
         ) : (

@@ -16,6 +16,7 @@ function client(overrides: Partial<ApiClient>): ApiClient {
     filters: ok(SERVER.filters),
     noises: ok(SERVER.noises),
     wildcards: ok(SERVER.wildcards),
+    jobs: ok({ jobs: [], next: null }),
     ...overrides,
   } as ApiClient;
 }
@@ -23,7 +24,19 @@ function client(overrides: Partial<ApiClient>): ApiClient {
 describe('connect', () => {
   it('loads params and every list', async () => {
     const result = await connect(client({}));
-    expect(result).toEqual({ kind: 'ready', server: SERVER, missing: [] });
+    expect(result).toEqual({ kind: 'ready', server: SERVER, missing: [], jobsListing: true });
+  });
+
+  it('hides the jobs listing only where the server has none', async () => {
+    const absent = await connect(client({ jobs: () => Promise.resolve(null) }));
+    expect(absent.kind === 'ready' && absent.jobsListing).toBe(false);
+    const failing = await connect(client({ jobs: () => Promise.reject(new ApiError('http', 500, 'db down')) }));
+    expect(failing.kind === 'ready' && failing.jobsListing).toBe(true);
+  });
+
+  it('asks for an API key, rather than calling the server unreachable, when it refuses one', async () => {
+    const result = await connect(client({ params: () => Promise.reject(new ApiError('http', 401, 'an API key is required')) }));
+    expect(result).toEqual({ kind: 'unauthorised', message: 'an API key is required' });
   });
 
   it('calls an unanswered params request unreachable', async () => {

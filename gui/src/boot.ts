@@ -1,14 +1,28 @@
 /** Start-up (contract §13.1): params first, with a timeout and a version check, then every list. */
-import type { ApiClient } from './client/api';
+import { ApiError, type ApiClient } from './client/api';
 import { isSupportedVersion } from './config';
 import { EMPTY_SERVER_LISTS, type ServerInfo } from './state/params';
 
 export type BootResult =
-  | { kind: 'ready'; server: ServerInfo; missing: string[] }
+  | { kind: 'ready'; server: ServerInfo; missing: string[]; jobsListing: boolean }
   | { kind: 'unreachable'; message: string }
+  | { kind: 'unauthorised'; message: string }
   | { kind: 'too-old'; version: string };
 
 type Lists = Omit<ServerInfo, 'params'>;
+
+/**
+ * Whether the server lists the caller's jobs (`GET /api/jobs`). `jobs` answers `null` for a
+ * server without the route; any other failure still means the route exists, and the Jobs view
+ * shows that error when opened.
+ */
+async function hasJobsListing(client: ApiClient): Promise<boolean> {
+  try {
+    return (await client.jobs({ limit: 1 })) !== null;
+  } catch {
+    return true;
+  }
+}
 
 /**
  * The params decide whether the GUI can run at all; the lists only shape controls, so one that
@@ -19,6 +33,8 @@ export async function connect(client: ApiClient): Promise<BootResult> {
   try {
     params = await client.params();
   } catch (error) {
+    // A server in keys mode refuses even the settings without a valid key: say so, not "unreachable".
+    if (error instanceof ApiError && error.unauthorised) return { kind: 'unauthorised', message: error.message };
     return { kind: 'unreachable', message: (error as Error).message };
   }
   if (!isSupportedVersion(params.version)) return { kind: 'too-old', version: String(params.version ?? '?') };
@@ -34,7 +50,10 @@ export async function connect(client: ApiClient): Promise<BootResult> {
     strings: client.strings,
   };
   const keys = Object.keys(loaders) as Array<keyof Lists>;
-  const results = await Promise.allSettled(keys.map((k) => loaders[k]()));
+  const [results, jobsListing] = await Promise.all([
+    Promise.allSettled(keys.map((k) => loaders[k]())),
+    hasJobsListing(client),
+  ]);
   const lists: Record<string, unknown> = { ...EMPTY_SERVER_LISTS };
   const missing: string[] = [];
   results.forEach((result, i) => {
@@ -46,5 +65,5 @@ export async function connect(client: ApiClient): Promise<BootResult> {
       missing.push(keys[i]);
     }
   });
-  return { kind: 'ready', server: { ...(lists as Lists), params }, missing };
+  return { kind: 'ready', server: { ...(lists as Lists), params }, missing, jobsListing };
 }

@@ -10,6 +10,8 @@ export interface AppContextValue {
   runtime: RuntimeConfig;
   /** Settings lists the server failed to send; the controls built from them are empty. */
   missing: string[];
+  /** Whether the server lists the caller's jobs (`GET /api/jobs`); the Jobs tab is hidden otherwise. */
+  jobsListing: boolean;
 }
 
 export const AppContext = createContext<AppContextValue | null>(null);

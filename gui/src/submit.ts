@@ -40,14 +40,17 @@ export async function submitJob(client: ApiClient, tab: JobTab, params: TabParam
   return { item: { name: record.name, tab, route: tab, submittedAt, status: normaliseRecord(record), params }, files };
 }
 
-/** What to tell the user about a failed call, with the server's own message where it sent one. */
-export function describeError(t: Translate, error: unknown): string {
+/**
+ * What to tell the user about a failed call, with the server's own message where it sent one.
+ * A 401/403 points at the API key in Settings, or, for the admin routes, at the admin token.
+ */
+export function describeError(t: Translate, error: unknown, options: { admin?: boolean } = {}): string {
   if (error instanceof ApiError) {
     if (error.kind === 'network') return t('errors.network', { message: error.message });
     if (error.kind === 'timeout') return t('errors.timeout', { message: error.message });
     if (error.status === 400) return t('errors.badInput', { message: error.message });
     if (error.status === 501) return t('errors.notImplemented', { message: error.message });
-    if (error.status === 401 || error.status === 403) return t('errors.unauthorised', { message: error.message });
+    if (error.unauthorised) return t(options.admin ? 'errors.adminUnauthorised' : 'errors.unauthorised', { message: error.message });
     return t('errors.http', { status: error.status, message: error.message });
   }
   return t('errors.unexpected', { message: (error as Error)?.message ?? String(error) });

@@ -117,4 +117,95 @@ describe('createClient', () => {
       ['POST', 'http://h/api/worker/restart?token=a%20b'],
     ]);
   });
+
+  it('sends the API key as a Bearer header on every call, read at call time', async () => {
+    const { fetch, calls } = fakeFetch(() => json(200, record));
+    let key = '';
+    const client = createClient({ root: '', fetch, apiKey: () => key });
+    await client.params();
+    expect(new Headers(calls[0].init.headers).has('Authorization')).toBe(false);
+    key = 'k-123';
+    await client.params();
+    await client.submit('txt2img', {});
+    await client.submitChain({});
+    await client.status(['a']);
+    await client.cancel(['a']);
+    await client.jobs();
+    await client.outputBlob('a_0.png');
+    const sent = calls.slice(1).map((c) => new Headers(c.init.headers).get('Authorization'));
+    expect(sent).toEqual(Array(7).fill('Bearer k-123'));
+    expect(new Headers(calls[3].init.headers).get('Content-Type')).toBe('application/json');
+  });
+
+  it('lets the admin token, not the API key, speak on admin calls that carry one', async () => {
+    const { fetch, calls } = fakeFetch(() => json(200, {}));
+    await createClient({ root: '', token: 'admin', apiKey: () => 'k', fetch }).workerStatus();
+    await createClient({ root: '', apiKey: () => 'k', fetch }).workerStatus();
+    expect(calls.map((c) => new Headers(c.init.headers).get('Authorization'))).toEqual([null, 'Bearer k']);
+  });
+
+  it('marks 401 and 403 as a refused key, with the server message', async () => {
+    const { fetch } = fakeFetch(() => json(403, { error: 'this API key was revoked' }));
+    const err = (await createClient({ root: '', fetch }).status(['a']).catch((e: unknown) => e)) as ApiError;
+    expect(err.unauthorised).toBe(true);
+    expect(err.message).toBe('this API key was revoked');
+    expect(new ApiError('http', 500, 'x').unauthorised).toBe(false);
+  });
+
+  it('lists jobs with status, limit and cursor, and answers null where the server has no listing', async () => {
+    const page = { jobs: [record], next: 'abc' };
+    const { fetch, calls } = fakeFetch(() => json(200, page));
+    const client = createClient({ root: 'http://h', fetch });
+    expect(await client.jobs({ status: 'failed', limit: 20, cursor: 'x y' })).toEqual(page);
+    await client.jobs();
+    expect(calls.map((c) => c.url)).toEqual(['http://h/api/jobs?status=failed&limit=20&cursor=x+y', 'http://h/api/jobs']);
+    const last = fakeFetch(() => json(200, { jobs: [], next: null }));
+    expect(await createClient({ root: '', fetch: last.fetch }).jobs()).toEqual({ jobs: [], next: null });
+    for (const status of [404, 405, 501]) {
+      const absent = fakeFetch(() => json(status, { error: 'no' }));
+      expect(await createClient({ root: '', fetch: absent.fetch }).jobs()).toBeNull();
+    }
+    const broken = fakeFetch(() => json(500, { error: 'db down' }));
+    await expect(createClient({ root: '', fetch: broken.fetch }).jobs()).rejects.toThrow('db down');
+  });
+
+  it('opens the event stream with the API key and answers its body, or null where the server has none', async () => {
+    const sse = () => new Response('retry: 2000\n\n', { status: 200, headers: { 'Content-Type': 'text/event-stream; charset=utf-8' } });
+    const { fetch, calls } = fakeFetch(sse);
+    const client = createClient({ root: 'http://h', fetch, apiKey: () => 'k-1' });
+    const body = await client.jobEvents(['a', 'b c'], new AbortController().signal);
+    expect(await new Response(body).text()).toBe('retry: 2000\n\n');
+    expect(calls[0].url).toBe('http://h/api/job/events?jobs=a,b%20c');
+    const headers = new Headers(calls[0].init.headers);
+    expect(headers.get('Authorization')).toBe('Bearer k-1');
+    expect(headers.get('Accept')).toBe('text/event-stream');
+    await expect(client.jobEvents([], new AbortController().signal)).rejects.toThrow(/at least one/);
+
+    const signal = new AbortController().signal;
+    for (const status of [404, 405, 501]) {
+      const absent = fakeFetch(() => json(status, { error: 'no' }));
+      expect(await createClient({ root: '', fetch: absent.fetch }).jobEvents(['a'], signal)).toBeNull();
+    }
+    // An answer that is no event stream (a proxy's page, onnx-web's index) is no stream either.
+    const page = fakeFetch(() => new Response('<html></html>', { status: 200, headers: { 'Content-Type': 'text/html' } }));
+    expect(await createClient({ root: '', fetch: page.fetch }).jobEvents(['a'], signal)).toBeNull();
+    for (const status of [429, 503]) {
+      const full = fakeFetch(() => json(status, { error: 'too many event streams' }));
+      const err = (await createClient({ root: '', fetch: full.fetch }).jobEvents(['a'], signal).catch((e: unknown) => e)) as ApiError;
+      expect([err.kind, err.status, err.message]).toEqual(['http', status, 'too many event streams']);
+    }
+  });
+
+  it('aborts the event stream when its signal is', async () => {
+    const hang = fakeFetch(
+      ({ init }) =>
+        new Promise<Response>((_, reject) => init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')))),
+    );
+    const closing = new AbortController();
+    const opening = createClient({ root: '', fetch: hang.fetch }).jobEvents(['a'], closing.signal);
+    closing.abort();
+    const err = (await opening.catch((e: unknown) => e)) as ApiError;
+    expect(err).toBeInstanceOf(ApiError);
+    expect(err.kind).toBe('network');
+  });
 });

@@ -2,6 +2,8 @@
 import type {
   CancelResult,
   FilterLists,
+  JobFilter,
+  JobPage,
   JobRoute,
   JobStatus,
   ModelLists,
@@ -33,12 +35,26 @@ export class ApiError extends Error {
   get notImplemented(): boolean {
     return this.status === 501;
   }
+
+  /** The server wants an API key, or refused the one sent. */
+  get unauthorised(): boolean {
+    return this.kind === 'http' && (this.status === 401 || this.status === 403);
+  }
 }
 
 export interface ClientOptions {
   root: string;
+  /** The admin token (`?token=`), for the admin routes only. */
   token?: string;
+  /** The API key from Settings, read at each call so a change applies without a new client. */
+  apiKey?: () => string;
   fetch?: typeof fetch;
+}
+
+export interface JobsQuery {
+  status?: JobFilter;
+  limit?: number;
+  cursor?: string | null;
 }
 
 export interface ImageFiles {
@@ -59,8 +75,17 @@ export interface ApiClient {
   submit(route: Exclude<JobRoute, 'job'>, doc: object, files?: ImageFiles): Promise<JobStatus>;
   submitChain(doc: object): Promise<JobStatus>;
   status(names: string[]): Promise<JobStatus[]>;
+  /**
+   * `GET /api/job/events` for at most ten names: the open stream's body, closed by aborting
+   * `signal`; `null` when the server has no such stream (404, 405, 501, or not an event stream).
+   */
+  jobEvents(names: string[], signal: AbortSignal): Promise<ReadableStream<Uint8Array> | null>;
   cancel(names: string[]): Promise<CancelResult[]>;
+  /** One page of the caller's jobs; `null` when the server has no listing (404, 405 or 501). */
+  jobs(query?: JobsQuery): Promise<JobPage | null>;
   outputUrl(file: string): string;
+  /** An output's bytes, fetched with the API key (an `<img>` cannot send it). */
+  outputBlob(file: string): Promise<Blob>;
   extras(): Promise<unknown>;
   workerStatus(): Promise<unknown>;
   restartWorkers(): Promise<unknown>;
@@ -94,19 +119,36 @@ function jobsQuery(names: string[]): string {
   return `jobs=${names.map(encodeURIComponent).join(',')}`;
 }
 
+/** The answers that mean "this server has no such route" rather than "the call went wrong". */
+const ABSENT_ROUTE = new Set([404, 405, 501]);
+
 export function createClient(options: ClientOptions): ApiClient {
   const root = normaliseRoot(options.root);
   const doFetch = options.fetch ?? globalThis.fetch.bind(globalThis);
   const tokenQuery = () => `token=${encodeURIComponent(options.token ?? '')}`;
 
-  async function call<T>(path: string, init: RequestInit = {}, timeoutMs?: number): Promise<T> {
+  /**
+   * `Authorization: Bearer <API key>` on every call. Not on an admin call that carries the admin
+   * token: the server reads a Bearer header before `?token=`, so the key would hide the token.
+   */
+  function withAuth(init: RequestInit, admin: boolean): RequestInit {
+    const key = options.apiKey?.().trim() ?? '';
+    if (key === '' || (admin && options.token)) return init;
+    return { ...init, headers: { ...(init.headers as Record<string, string> | undefined), Authorization: `Bearer ${key}` } };
+  }
+
+  async function send(path: string, init: RequestInit, timeoutMs?: number, admin = false): Promise<Response> {
     const controller = new AbortController();
+    // The caller's signal (an event stream being closed) aborts the call as the timeout does.
+    const caller = init.signal;
+    if (caller?.aborted) controller.abort();
+    caller?.addEventListener('abort', () => controller.abort(), { once: true });
     const timer = timeoutMs === undefined ? undefined : setTimeout(() => controller.abort(), timeoutMs);
     let res: Response;
     try {
-      res = await doFetch(`${root}${path}`, { ...init, signal: controller.signal });
+      res = await doFetch(`${root}${path}`, { ...withAuth(init, admin), signal: controller.signal });
     } catch (err) {
-      if (controller.signal.aborted) {
+      if (controller.signal.aborted && !caller?.aborted) {
         throw new ApiError('timeout', 0, `no answer from ${root || 'the server'} within ${timeoutMs} ms`);
       }
       throw new ApiError('network', 0, `cannot reach ${root || 'the server'}: ${(err as Error).message}`);
@@ -114,10 +156,15 @@ export function createClient(options: ClientOptions): ApiClient {
       if (timer !== undefined) clearTimeout(timer);
     }
     if (!res.ok) throw new ApiError('http', res.status, await errorMessage(res));
-    return (await res.json()) as T;
+    return res;
+  }
+
+  async function call<T>(path: string, init: RequestInit = {}, timeoutMs?: number, admin = false): Promise<T> {
+    return (await (await send(path, init, timeoutMs, admin)).json()) as T;
   }
 
   const get = <T>(path: string, timeoutMs?: number) => call<T>(path, { method: 'GET' }, timeoutMs);
+  const outputPath = (file: string) => `/output/${file.split('/').map(encodeURIComponent).join('/')}`;
 
   return {
     root,
@@ -150,6 +197,23 @@ export function createClient(options: ClientOptions): ApiClient {
 
     status: (names) => get<JobStatus[]>(`/api/job/status?${jobsQuery(names)}`),
 
+    async jobEvents(names, signal) {
+      const path = `/api/job/events?${jobsQuery(names)}`;
+      let res: Response;
+      try {
+        res = await send(path, { method: 'GET', headers: { Accept: 'text/event-stream' }, signal });
+      } catch (err) {
+        if (err instanceof ApiError && err.kind === 'http' && ABSENT_ROUTE.has(err.status)) return null;
+        throw err;
+      }
+      // A proxy or an older server may answer 200 with something else (an HTML page): no stream.
+      if (!res.body || !(res.headers.get('Content-Type') ?? '').startsWith('text/event-stream')) {
+        await res.body?.cancel().catch(() => {});
+        return null;
+      }
+      return res.body;
+    },
+
     async cancel(names) {
       // Our server answers a bare array; onnx-web wraps it in `results`. Accept both.
       const body = await call<CancelResult[] | { results: CancelResult[] }>(
@@ -159,10 +223,26 @@ export function createClient(options: ClientOptions): ApiClient {
       return Array.isArray(body) ? body : body.results;
     },
 
-    outputUrl: (file) => `${root}/output/${file.split('/').map(encodeURIComponent).join('/')}`,
+    async jobs(query = {}) {
+      const search = new URLSearchParams();
+      if (query.status) search.set('status', query.status);
+      if (query.limit !== undefined) search.set('limit', String(query.limit));
+      if (query.cursor) search.set('cursor', query.cursor);
+      const qs = search.toString();
+      try {
+        const page = await get<Partial<JobPage>>(`/api/jobs${qs ? `?${qs}` : ''}`);
+        return { jobs: Array.isArray(page.jobs) ? page.jobs : [], next: typeof page.next === 'string' && page.next !== '' ? page.next : null };
+      } catch (err) {
+        if (err instanceof ApiError && err.kind === 'http' && ABSENT_ROUTE.has(err.status)) return null;
+        throw err;
+      }
+    },
 
-    extras: () => get<unknown>(`/api/extras?${tokenQuery()}`),
-    workerStatus: () => get<unknown>(`/api/worker/status?${tokenQuery()}`),
-    restartWorkers: () => call<unknown>(`/api/worker/restart?${tokenQuery()}`, { method: 'POST' }),
+    outputUrl: (file) => `${root}${outputPath(file)}`,
+    outputBlob: async (file) => (await send(outputPath(file), { method: 'GET' })).blob(),
+
+    extras: () => call<unknown>(`/api/extras?${tokenQuery()}`, { method: 'GET' }, undefined, true),
+    workerStatus: () => call<unknown>(`/api/worker/status?${tokenQuery()}`, { method: 'GET' }, undefined, true),
+    restartWorkers: () => call<unknown>(`/api/worker/restart?${tokenQuery()}`, { method: 'POST' }, undefined, true),
   };
 }

@@ -125,6 +125,22 @@ describe('StatusPoller', () => {
     expect(timers.pending).toHaveLength(0);
   });
 
+  it('calls off the next round once nothing is watched', async () => {
+    const timers = manualTimers();
+    const poller = new StatusPoller({
+      fetchStatus: async (names) => names.map((n) => rec(n, 'running')),
+      onRecords: () => {},
+      onError: () => {},
+      interval: 5000,
+      ...timers,
+    });
+    poller.watch(['a', 'b']);
+    poller.unwatch('a');
+    expect(timers.pending).toHaveLength(1);
+    poller.unwatch('b');
+    expect(timers.pending).toHaveLength(0);
+  });
+
   it('runs one round at a time; a round asked for meanwhile follows at once', async () => {
     let release: () => void = () => {};
     const timers = manualTimers();

@@ -67,8 +67,13 @@ export class StatusPoller {
     if (added) this.schedule(Math.min(this.options.interval, 250));
   }
 
+  /** Stop watching a name; with none left, the next round is called off. */
   unwatch(name: string): void {
     this.watched.delete(name);
+    if (this.watched.size === 0 && this.timer !== null) {
+      this.options.clearTimer(this.timer);
+      this.timer = null;
+    }
   }
 
   stop(): void {

@@ -44,6 +44,8 @@ describe('buildImageDocument (layout A)', () => {
 
   it('upscale has no experimental group; blend has neither highres nor experimental', () => {
     expect(buildImageDocument('upscale', params('upscale')).experimental).toBeUndefined();
+    // The Upscale tab's defaults ask for upscaling: its button must not send a job that does nothing.
+    expect(buildImageDocument('upscale', params('upscale')).upscale).toMatchObject({ enabled: true, outscale: 2 });
     const blend = buildImageDocument('blend', params('blend'));
     expect(blend.highres).toBeUndefined();
     expect(blend.experimental).toBeUndefined();

@@ -73,11 +73,24 @@ export interface JobStatus {
   stages: Progress;
   steps: Progress;
   tiles: Progress;
+  /** Why a job failed: `oom`, `storage`, `error`, `cancelled`, … (a code, translated by the GUI). */
   reason?: string;
+  /** A user-facing message about the failure; never a traceback. */
+  error?: string;
   outputs?: string[];
   thumbnails?: string[];
   metadata?: ImageMetadata[];
 }
+
+/** `GET /api/jobs`: one page of the caller's jobs, newest first, and the cursor of the next. */
+export interface JobPage {
+  jobs: JobStatus[];
+  next: string | null;
+}
+
+/** The filters `GET /api/jobs?status=` takes; '' lists every state. */
+export const JOB_FILTERS = ['', 'pending', 'running', 'success', 'failed', 'cancelled'] as const;
+export type JobFilter = (typeof JOB_FILTERS)[number];
 
 export interface CancelResult {
   name: string;

@@ -1,47 +1,111 @@
 /** The history: one card per job, newest first, in as many columns as Settings say. */
-import { useEffect, useRef, useState } from 'react';
+import { type CSSProperties, useMemo, useState } from 'react';
 import type { JobStatus } from '../client/types';
 import { useApp } from '../context';
-import { labelFor, useI18n } from '../i18n';
+import { labelFor, type Translate, useI18n } from '../i18n';
 import { goToTab } from '../navigation';
-import { type HistoryItem, progressFraction } from '../state/history';
+import { type HistoryItem, progressFraction, reuseParams } from '../state/history';
 import { type ImageSlot, loadImageRef, useImageStore } from '../state/images';
 import { applyParams, type JobTab } from '../state/params';
 import { useAppStore } from '../state/store';
 import { describeError, submitJob } from '../submit';
+import { FailureLines, failureText, progressLines } from './JobText';
+import { Lightbox, type ViewerImage } from './Lightbox';
 import { useNotices } from './Notices';
+import { outputFileName, useOutputDownload, useOutputSrc } from './outputs';
+
+/** Which output the viewer shows: by job name and output index, so new cards do not move it. */
+interface ViewerKey {
+  name: string;
+  index: number;
+}
+
+/** Every finished image in the history, newest job first: what the viewer steps through. */
+export function historyGallery(history: HistoryItem[], t: Translate): Array<ViewerKey & { image: ViewerImage }> {
+  return history
+    .filter((item) => item.status.status === 'success')
+    .flatMap((item) =>
+      (item.status.outputs ?? []).map((output, index) => ({
+        name: item.name,
+        index,
+        image: {
+          output,
+          alt: imageAlt(t, item),
+          caption: item.params.prompt && item.tab !== 'blend' ? item.params.prompt : t(`tab.${item.tab}`),
+        },
+      })),
+    );
+}
+
+function imageAlt(t: Translate, item: HistoryItem): string {
+  return item.params.prompt ? t('card.imageOf', { prompt: item.params.prompt }) : t('card.image');
+}
 
 export function HistoryPanel() {
   const { t } = useI18n();
   const history = useAppStore((s) => s.history);
   const columns = useAppStore((s) => s.settings.historyColumns);
   const clear = useAppStore((s) => s.clearHistory);
+  const [confirming, setConfirming] = useState(false);
+  const [viewing, setViewing] = useState<ViewerKey | null>(null);
+  const gallery = useMemo(() => historyGallery(history, t), [history, t]);
+  const position = viewing ? gallery.findIndex((g) => g.name === viewing.name && g.index === viewing.index) : -1;
+
   return (
     <section className="history" aria-labelledby="history-title" data-testid="history">
       <div className="history-head">
         <h2 id="history-title">{t('history.title')}</h2>
-        {history.length > 0 && (
-          <button type="button" className="quiet" onClick={clear}>
+        {history.length > 0 && !confirming && (
+          <button type="button" className="quiet" onClick={() => setConfirming(true)} data-testid="clear-history">
             {t('history.clear')}
           </button>
         )}
       </div>
+      {confirming && history.length > 0 && (
+        <div className="confirm" role="alertdialog" aria-labelledby="clear-confirm-text" data-testid="clear-confirm">
+          <span id="clear-confirm-text">{t('history.clearConfirm', { count: history.length })}</span>
+          <div className="button-row">
+            <button
+              type="button"
+              className="danger"
+              onClick={() => {
+                clear();
+                setConfirming(false);
+              }}
+              data-testid="clear-history-confirm"
+            >
+              {t('history.clearYes')}
+            </button>
+            <button type="button" onClick={() => setConfirming(false)} autoFocus>
+              {t('common.cancel')}
+            </button>
+          </div>
+        </div>
+      )}
       {history.length === 0 ? (
         <p className="empty">{t('history.empty')}</p>
       ) : (
-        <ol className="cards" style={{ '--cols': columns } as React.CSSProperties}>
+        <ol className="cards" style={{ '--cols': columns } as CSSProperties}>
           {history.map((item) => (
             <li key={item.name}>
-              <HistoryCard item={item} />
+              <HistoryCard item={item} onView={(index) => setViewing({ name: item.name, index })} />
             </li>
           ))}
         </ol>
+      )}
+      {position >= 0 && (
+        <Lightbox
+          images={gallery.map((g) => g.image)}
+          index={position}
+          onIndex={(i) => setViewing({ name: gallery[i].name, index: gallery[i].index })}
+          onClose={() => setViewing(null)}
+        />
       )}
     </section>
   );
 }
 
-function HistoryCard({ item }: { item: HistoryItem }) {
+function HistoryCard({ item, onView }: { item: HistoryItem; onView(index: number): void }) {
   const { t } = useI18n();
   const status = item.status.status;
   return (
@@ -51,7 +115,7 @@ function HistoryCard({ item }: { item: HistoryItem }) {
         <time dateTime={new Date(item.submittedAt).toISOString()}>{new Date(item.submittedAt).toLocaleTimeString()}</time>
       </header>
       {status === 'success' ? (
-        <ImageCard item={item} />
+        <ImageCard item={item} onView={onView} />
       ) : status === 'pending' || status === 'running' ? (
         <ProgressCard item={item} />
       ) : (
@@ -59,10 +123,6 @@ function HistoryCard({ item }: { item: HistoryItem }) {
       )}
     </article>
   );
-}
-
-function counter(t: ReturnType<typeof useI18n>['t'], key: string, p: { current: number; total: number }) {
-  return p.total > 0 ? t(key, { current: Math.min(p.current + (key === 'card.steps' ? 0 : 1), p.total), total: p.total }) : null;
 }
 
 function ProgressCard({ item }: { item: HistoryItem }) {
@@ -90,12 +150,7 @@ function ProgressCard({ item }: { item: HistoryItem }) {
     }
   };
 
-  const lines =
-    s.status === 'pending'
-      ? [s.queue.total > 0 ? t('card.queued', { position: s.queue.current + 1, total: s.queue.total }) : t('card.waiting')]
-      : [counter(t, 'card.steps', s.steps), counter(t, 'card.stages', s.stages), counter(t, 'card.tiles', s.tiles)].filter(
-          (x): x is string => x !== null,
-        );
+  const lines = progressLines(t, s);
 
   return (
     <div className="card-body progress-body">
@@ -104,7 +159,7 @@ function ProgressCard({ item }: { item: HistoryItem }) {
         max={1}
         value={fraction ?? undefined}
         aria-label={t('card.progress')}
-        aria-valuetext={fraction === null ? t(`status.${s.status}`) : `${Math.round(fraction * 100)}%`}
+        aria-valuetext={fraction === null ? t(`status.${s.status}`) : `${Math.floor(fraction * 100)}%`}
       />
       <ul className="progress-lines" data-testid="progress-text">
         {lines.map((line) => (
@@ -134,7 +189,7 @@ const COPY_TARGETS: Array<{ tab: JobTab; slot: ImageSlot; key: string }> = [
   { tab: 'blend', slot: 'blend1', key: 'card.blend1' },
 ];
 
-function ImageCard({ item }: { item: HistoryItem }) {
+function ImageCard({ item, onView }: { item: HistoryItem; onView(index: number): void }) {
   const { client, server } = useApp();
   const { t } = useI18n();
   const notify = useNotices((s) => s.push);
@@ -144,9 +199,9 @@ function ImageCard({ item }: { item: HistoryItem }) {
   const outputs = item.status.outputs ?? [];
   // A grid job's outputs are its cells followed by the grid (blend-grid appends it): show the grid.
   const [index, setIndex] = useState(item.route === 'job' ? Math.max(0, outputs.length - 1) : 0);
-  const [open, setOpen] = useState(false);
   const output = outputs[index];
-  const thumbnail = item.status.thumbnails?.[index] ?? output;
+  const thumbnail = useOutputSrc(item.status.thumbnails?.[index] ?? output);
+  const download = useOutputDownload();
   const meta = item.status.metadata?.[index];
   const params = (meta?.params ?? {}) as Record<string, unknown>;
   const model = String(meta?.models?.[0]?.name ?? params.model ?? item.params.model);
@@ -154,9 +209,7 @@ function ImageCard({ item }: { item: HistoryItem }) {
 
   const copyTo = async (target: (typeof COPY_TARGETS)[number]) => {
     try {
-      const res = await fetch(client.outputUrl(output));
-      if (!res.ok) throw new Error(`${res.status} ${res.statusText}`);
-      setImage(target.tab, target.slot, await loadImageRef(await res.blob(), output));
+      setImage(target.tab, target.slot, await loadImageRef(await client.outputBlob(output), output));
       goToTab(target.tab);
       notify({ kind: 'info', text: t('card.copied', { tab: t(target.key) }) });
     } catch (err) {
@@ -166,7 +219,8 @@ function ImageCard({ item }: { item: HistoryItem }) {
 
   const loadParams = () => {
     const current = useAppStore.getState().tabParams[item.tab];
-    if (current) setTabParams(item.tab, applyParams(item.tab, current, item.params, server));
+    // The output's own seed, not the -1 it may have been sent with, so the image comes out again.
+    if (current) setTabParams(item.tab, applyParams(item.tab, current, reuseParams(item, index), server));
     goToTab(item.tab);
     notify({ kind: 'info', text: t('card.paramsLoaded', { tab: t(`tab.${item.tab}`) }) });
   };
@@ -184,11 +238,11 @@ function ImageCard({ item }: { item: HistoryItem }) {
     );
   }
 
-  const alt = item.params.prompt ? t('card.imageOf', { prompt: item.params.prompt }) : t('card.image');
+  const alt = imageAlt(t, item);
   return (
     <div className="card-body">
-      <button type="button" className="thumb" onClick={() => setOpen(true)} aria-label={t('card.fullSize')}>
-        <img src={client.outputUrl(thumbnail)} alt={alt} loading="lazy" data-testid="card-image" />
+      <button type="button" className="thumb" onClick={() => onView(index)} aria-label={t('card.fullSize')}>
+        <img src={thumbnail} alt={alt} loading="lazy" data-testid="card-image" />
       </button>
       {outputs.length > 1 && (
         <div className="pager" role="group" aria-label={t('card.pager')}>
@@ -234,21 +288,26 @@ function ImageCard({ item }: { item: HistoryItem }) {
       </dl>
       <PromptLine item={item} />
       <div className="card-actions">
-        <a className="button" href={client.outputUrl(output)} download={output} data-testid="download-image">
+        <a className="button" href={client.outputUrl(output)} download={outputFileName(output)} onClick={download(output)} data-testid="download-image">
           {t('card.downloadImage')}
         </a>
-        <a className="button" href={client.outputUrl(`${output}.json`)} download={`${output}.json`} data-testid="download-metadata">
+        <a
+          className="button"
+          href={client.outputUrl(`${output}.json`)}
+          download={`${outputFileName(output)}.json`}
+          onClick={download(`${output}.json`)}
+          data-testid="download-metadata"
+        >
           {t('card.downloadMetadata')}
         </a>
         <CopyMenu onPick={(target) => void copyTo(target)} />
-        <button type="button" onClick={loadParams}>
+        <button type="button" onClick={loadParams} data-testid="load-params">
           {t('card.loadParams')}
         </button>
         <button type="button" onClick={() => removeHistory(item.name)} data-testid="delete">
           {t('common.delete')}
         </button>
       </div>
-      {open && <Lightbox src={client.outputUrl(output)} alt={alt} onClose={() => setOpen(false)} />}
     </div>
   );
 }
@@ -273,30 +332,6 @@ function CopyMenu({ onPick }: { onPick(target: (typeof COPY_TARGETS)[number]): v
         </option>
       ))}
     </select>
-  );
-}
-
-/** Full-size view in a modal dialog: Esc and the close button dismiss it, focus returns after. */
-function Lightbox({ src, alt, onClose }: { src: string; alt: string; onClose(): void }) {
-  const { t } = useI18n();
-  const ref = useRef<HTMLDialogElement>(null);
-  useEffect(() => {
-    const dialog = ref.current;
-    if (dialog && !dialog.open) dialog.showModal();
-    return () => dialog?.close();
-  }, []);
-  return (
-    <dialog ref={ref} className="lightbox" onClose={onClose} onClick={(e) => e.target === ref.current && onClose()} data-testid="lightbox">
-      <img src={src} alt={alt} />
-      <div className="lightbox-actions">
-        <a className="button" href={src} target="_blank" rel="noreferrer">
-          {t('card.openTab')}
-        </a>
-        <button type="button" className="primary" onClick={onClose} autoFocus>
-          {t('common.close')}
-        </button>
-      </div>
-    </dialog>
   );
 }
 
@@ -327,13 +362,14 @@ function ErrorCard({ item }: { item: HistoryItem }) {
     }
   };
 
-  const reason = s.reason ? labelFor(t, 'reason', s.reason) : null;
+  const failure = failureText(t, s);
   return (
     <div className="card-body error-body">
       <p className="card-state" role={s.status === 'failed' ? 'alert' : undefined}>
         {t(`status.${s.status}`)}
       </p>
-      {s.status === 'failed' && <p data-testid="failure-reason">{reason ? t('card.reason', { reason }) : t('card.noReason')}</p>}
+      {s.status === 'failed' && <FailureLines failure={failure} />}
+      {s.status !== 'failed' && failure.message && <p className="failure-message" data-testid="failure-message">{failure.message}</p>}
       {s.status === 'unknown' && <p>{t('card.unknown')}</p>}
       <PromptLine item={item} />
       <div className="card-actions">

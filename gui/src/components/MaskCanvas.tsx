@@ -1,11 +1,13 @@
 /**
- * The mask editor: paint over the source at its true aspect ratio. White is repainted, black kept.
- * The mask lives at the source's own resolution (capped), so the server never has to stretch it.
+ * The mask editor: paint over the source at its true aspect ratio, or upload a mask made
+ * elsewhere. White is repainted, black kept. The mask lives at the source's own resolution
+ * (capped), so the server never has to stretch it.
  */
-import { type PointerEvent, useCallback, useEffect, useRef, useState } from 'react';
+import { type DragEvent, type PointerEvent, useCallback, useEffect, useId, useRef, useState } from 'react';
 import { useI18n } from '../i18n';
 import type { ImageRef } from '../state/images';
 import { NumberField } from './fields';
+import { saveBlob } from './outputs';
 
 /** Masks larger than this on their longest side are drawn smaller; the server scales them to fit. */
 export const MAX_MASK_SIDE = 2048;
@@ -27,6 +29,26 @@ export function invertPixels(data: Uint8ClampedArray): void {
   }
 }
 
+/**
+ * Turn an uploaded picture into mask pixels in place: grey by luminance (Rec. 601), laid over
+ * black so transparent parts keep the source, fully opaque — what a painted mask looks like.
+ */
+export function greyscaleMask(data: Uint8ClampedArray): void {
+  for (let i = 0; i < data.length; i += 4) {
+    const alpha = data[i + 3] / 255;
+    const grey = Math.round((0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2]) * alpha);
+    data[i] = grey;
+    data[i + 1] = grey;
+    data[i + 2] = grey;
+    data[i + 3] = 255;
+  }
+}
+
+/** Whether an uploaded mask has another shape than the source (more than 1 % apart), so it is stretched. */
+export function stretchesMask(mask: { width: number; height: number }, source: { width: number; height: number }): boolean {
+  return Math.abs(mask.width / mask.height - source.width / source.height) > 0.01 * (source.width / source.height);
+}
+
 interface MaskCanvasProps {
   source: ImageRef;
   mask: Blob | null;
@@ -42,6 +64,8 @@ export function MaskCanvas({ source, mask, onMask }: MaskCanvasProps) {
   const [grey, setGrey] = useState(GREY.default);
   const [cursor, setCursor] = useState<{ x: number; y: number; size: number } | null>(null);
   const [undoCount, setUndoCount] = useState(0);
+  const [uploadNote, setUploadNote] = useState<{ kind: 'hint' | 'error'; text: string } | null>(null);
+  const fileId = useId();
   const size = maskSize(source);
 
   const context = () => canvasRef.current?.getContext('2d', { willReadFrequently: true }) ?? null;
@@ -165,20 +189,61 @@ export function MaskCanvas({ source, mask, onMask }: MaskCanvasProps) {
     save();
   };
 
+  /** Draw an uploaded mask over the whole canvas (stretched to the source's shape) and use it. */
+  const upload = async (file: File | undefined) => {
+    const ctx = context();
+    if (!file || !ctx) return;
+    const url = URL.createObjectURL(file);
+    const img = new Image();
+    img.src = url;
+    try {
+      await img.decode();
+      snapshot();
+      ctx.fillStyle = '#000';
+      ctx.fillRect(0, 0, size.width, size.height);
+      ctx.drawImage(img, 0, 0, size.width, size.height);
+      const data = ctx.getImageData(0, 0, size.width, size.height);
+      greyscaleMask(data.data);
+      ctx.putImageData(data, 0, 0);
+      save();
+      const uploaded = { width: img.naturalWidth, height: img.naturalHeight };
+      setUploadNote({
+        kind: 'hint',
+        text: stretchesMask(uploaded, source)
+          ? t('mask.stretched', { file: file.name, ...uploaded })
+          : t('mask.uploaded', { file: file.name }),
+      });
+    } catch {
+      setUploadNote({ kind: 'error', text: t('image.unreadable', { file: file.name }) });
+    } finally {
+      URL.revokeObjectURL(url);
+    }
+  };
+
+  const onDrop = (e: DragEvent) => {
+    // A file dropped on the mask is the mask, not parameters for the page-wide drop.
+    e.preventDefault();
+    e.stopPropagation();
+    void upload(e.dataTransfer.files[0]);
+  };
+
   const download = () => {
     canvasRef.current?.toBlob((blob) => {
-      if (!blob) return;
-      const a = document.createElement('a');
-      a.href = URL.createObjectURL(blob);
-      a.download = 'mask.png';
-      a.click();
-      setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+      if (blob) saveBlob('mask.png', blob);
     }, 'image/png');
   };
 
   return (
     <div className="mask-editor" data-testid="mask-editor">
-      <div className="mask-stage" style={{ aspectRatio: `${size.width} / ${size.height}` }}>
+      <div
+        className="mask-stage"
+        style={{ aspectRatio: `${size.width} / ${size.height}` }}
+        onDragOver={(e) => {
+          e.preventDefault();
+          e.stopPropagation();
+        }}
+        onDrop={onDrop}
+      >
         <img src={source.url} alt="" className="mask-source" draggable={false} />
         <canvas
           ref={canvasRef}
@@ -206,7 +271,22 @@ export function MaskCanvas({ source, mask, onMask }: MaskCanvasProps) {
         <NumberField label={t('mask.brushSize')} value={brush} spec={BRUSH} onChange={setBrush} />
         <NumberField label={t('mask.brushGrey')} value={grey} spec={GREY} onChange={setGrey} hint={t('mask.greyHint')} />
       </div>
-      <div className="button-row" role="toolbar" aria-label={t('mask.tools')}>
+      <div className="button-row" role="toolbar" aria-label={t('mask.tools')} data-testid="mask-upload">
+        <input
+          id={fileId}
+          type="file"
+          accept="image/*"
+          className="visually-hidden"
+          tabIndex={-1}
+          aria-label={t('mask.upload')}
+          onChange={(e) => {
+            void upload(e.target.files?.[0]);
+            e.target.value = '';
+          }}
+        />
+        <button type="button" onClick={() => (document.getElementById(fileId) as HTMLInputElement).click()}>
+          {t('mask.upload')}
+        </button>
         <button type="button" onClick={() => fill(0)}>
           {t('mask.fillBlack')}
         </button>
@@ -223,6 +303,11 @@ export function MaskCanvas({ source, mask, onMask }: MaskCanvasProps) {
           {t('mask.download')}
         </button>
       </div>
+      {uploadNote && (
+        <p className={uploadNote.kind === 'error' ? 'form-error' : 'hint'} role={uploadNote.kind === 'error' ? 'alert' : 'status'} data-testid="mask-upload-note">
+          {uploadNote.text}
+        </p>
+      )}
     </div>
   );
 }

@@ -8,11 +8,12 @@ import {
   type GridAxis,
   type GridParameter,
   type JobTab,
+  nativeScale,
   numberSpec,
   pipelinesForTab,
   type TabParams,
 } from '../state/params';
-import { CheckField, NumberField, type Option, Section, SelectField, TextField } from './fields';
+import { CheckField, clampToSpec, NumberField, type Option, Section, SelectField, TextField } from './fields';
 
 export type Update = (patch: Partial<TabParams>) => void;
 
@@ -73,7 +74,7 @@ export function ImageParamControls({ p, set }: GroupProps) {
           <span aria-hidden="true">⚄</span>
         </button>
       </NumberField>
-      <NumberField label={t('param.batch')} value={p.batch} spec={spec('batch')} onChange={(batch) => set({ batch })} />
+      <NumberField label={t('param.batch')} value={p.batch} spec={spec('batch')} onChange={(batch) => set({ batch })} testId="batch" />
       <NumberField label={t('param.eta')} value={p.eta} spec={spec('eta')} onChange={(eta) => set({ eta })} />
       <details className="section nested">
         <summary>{t('section.tiling')}</summary>
@@ -172,7 +173,11 @@ export function HighresSection({ p, set }: GroupProps) {
   );
 }
 
-export function UpscaleSection({ p, set }: GroupProps) {
+/**
+ * Upscaling and face correction. A collapsed extra on the generation tabs; on the Upscale tab it
+ * is the whole point, so it is shown open, switched on, as a plain group.
+ */
+export function UpscaleSection({ tab, p, set }: GroupProps) {
   const { server } = useApp();
   const { t } = useI18n();
   const options = useOptions();
@@ -180,13 +185,21 @@ export function UpscaleSection({ p, set }: GroupProps) {
   const u = p.upscale;
   const upscale = (patch: Partial<TabParams['upscale']>) => set({ upscale: { ...u, ...patch } });
   const on = u.enabled || u.faces;
-  return (
-    <Section title={t('section.upscale')} badge={on ? t('common.on') : undefined} testId="section-upscale">
+  const chooseModel = (upscaling: string) => {
+    // A model named for its factor (…-x4) sets the model scale; on the Upscale tab the output too.
+    const native = nativeScale(upscaling);
+    if (native === null) return set({ upscaling });
+    const scale = clampToSpec(native, spec('scale'));
+    const outscale = tab === 'upscale' ? clampToSpec(native, spec('outscale')) : u.outscale;
+    set({ upscaling, upscale: { ...u, scale, outscale } });
+  };
+  const body = (
+    <>
       <div className="field-grid">
         <CheckField label={t('param.upscale')} checked={u.enabled} onChange={(enabled) => upscale({ enabled })} testId="upscale-enabled" />
-        <SelectField label={t('param.upscaling')} value={p.upscaling} options={options('model', server.models.upscaling)} onChange={(upscaling) => set({ upscaling })} disabled={!u.enabled} />
+        <SelectField label={t('param.upscaling')} value={p.upscaling} options={options('model', server.models.upscaling)} onChange={chooseModel} disabled={!u.enabled} testId="upscaling-model" />
         <NumberField label={t('param.scale')} value={u.scale} spec={spec('scale')} onChange={(scale) => upscale({ scale })} disabled={!u.enabled} />
-        <NumberField label={t('param.outscale')} value={u.outscale} spec={spec('outscale')} onChange={(outscale) => upscale({ outscale })} disabled={!u.enabled} />
+        <NumberField label={t('param.outscale')} value={u.outscale} spec={spec('outscale')} onChange={(outscale) => upscale({ outscale })} disabled={!u.enabled} testId="outscale" />
         <NumberField label={t('param.denoise')} value={u.denoise} spec={spec('denoise')} onChange={(denoise) => upscale({ denoise })} disabled={!u.enabled} />
       </div>
       <div className="field-grid">
@@ -196,6 +209,19 @@ export function UpscaleSection({ p, set }: GroupProps) {
         <NumberField label={t('param.faceOutscale')} value={u.faceOutscale} spec={spec('faceOutscale')} onChange={(faceOutscale) => upscale({ faceOutscale })} disabled={!u.faces} />
         <SelectField label={t('param.upscaleOrder')} value={u.upscaleOrder} options={options('upscaleOrder', choiceKeys(server.params, 'upscaleOrder'))} onChange={(upscaleOrder) => upscale({ upscaleOrder })} disabled={!on} />
       </div>
+    </>
+  );
+  if (tab === 'upscale') {
+    return (
+      <fieldset className="group" data-testid="section-upscale">
+        <legend>{t('section.upscale')}</legend>
+        {body}
+      </fieldset>
+    );
+  }
+  return (
+    <Section title={t('section.upscale')} badge={on ? t('common.on') : undefined} testId="section-upscale">
+      {body}
     </Section>
   );
 }

@@ -6,15 +6,11 @@ import { useI18n } from '../i18n';
 import { applyParams, type JobTab, type TabParams } from '../state/params';
 import { useAppStore } from '../state/store';
 import { useNotices } from './Notices';
+import { saveBlob } from './outputs';
 
 /** Save a JSON document as a file. */
 export function downloadJson(name: string, value: unknown): void {
-  const blob = new Blob([JSON.stringify(value, null, 2)], { type: 'application/json' });
-  const a = document.createElement('a');
-  a.href = URL.createObjectURL(blob);
-  a.download = name;
-  a.click();
-  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  saveBlob(name, new Blob([JSON.stringify(value, null, 2)], { type: 'application/json' }));
 }
 
 export function ProfilesRow({ tab, p, set }: { tab: JobTab; p: TabParams; set(next: TabParams): void }) {

@@ -3,7 +3,9 @@ import { ApiError } from '../client/api';
 import { createTranslator } from '../i18n';
 import { describeError, normaliseRecord } from '../submit';
 import { clampToSpec, roundToStep } from './fields';
-import { invertPixels, MAX_MASK_SIDE, maskSize } from './MaskCanvas';
+import { jobRecord } from '../test/render';
+import { failureText, progressLines } from './JobText';
+import { greyscaleMask, invertPixels, MAX_MASK_SIDE, maskSize, stretchesMask } from './MaskCanvas';
 import { addNetworkToken, addWildcard, referencedNetworks } from './PromptControls';
 
 describe('number fields', () => {
@@ -18,6 +20,17 @@ describe('mask', () => {
   it("keeps the source's aspect ratio and caps the longest side", () => {
     expect(maskSize({ width: 640, height: 480 })).toEqual({ width: 640, height: 480 });
     expect(maskSize({ width: 8192, height: 2048 })).toEqual({ width: MAX_MASK_SIDE, height: 512 });
+  });
+
+  it('turns an uploaded picture into an opaque grey mask, transparent parts kept (black)', () => {
+    const px = new Uint8ClampedArray([255, 255, 255, 255, 255, 0, 0, 255, 255, 255, 255, 0, 10, 10, 10, 128]);
+    greyscaleMask(px);
+    expect([...px]).toEqual([255, 255, 255, 255, 76, 76, 76, 255, 0, 0, 0, 255, 5, 5, 5, 255]);
+  });
+
+  it('knows when an uploaded mask must be stretched to the source', () => {
+    expect(stretchesMask({ width: 512, height: 384 }, { width: 256, height: 192 })).toBe(false);
+    expect(stretchesMask({ width: 512, height: 512 }, { width: 256, height: 192 })).toBe(true);
   });
 
   it('inverts colour, not alpha', () => {
@@ -48,6 +61,13 @@ describe('errors and records', () => {
     expect(describeError(t, new ApiError('http', 500, '500 Internal Server Error'))).toBe('The server answered 500: 500 Internal Server Error');
   });
 
+  it('sends a refused API key to Settings, and a refused admin call to the admin token', () => {
+    expect(describeError(t, new ApiError('http', 401, 'an API key is required'))).toBe(
+      'The server refused the request: an API key is required. Set a valid API key in Settings.',
+    );
+    expect(describeError(t, new ApiError('http', 403, 'nope'), { admin: true })).toBe('Not allowed: nope (check the admin token)');
+  });
+
   it('fills counters an older server leaves out of a submission answer', () => {
     expect(normaliseRecord({ name: 'n' })).toEqual({
       name: 'n',
@@ -57,5 +77,28 @@ describe('errors and records', () => {
       steps: { current: 0, total: 0 },
       tiles: { current: 0, total: 0 },
     });
+  });
+});
+
+describe('job texts', () => {
+  const t = createTranslator('en');
+
+  it('show progress as a percentage, the queue place while pending', () => {
+    expect(progressLines(t, jobRecord('a', 'pending', { queue: { current: 1, total: 4 } }))).toEqual(['2 of 4 in the queue']);
+    const lines = progressLines(t, jobRecord('a', 'running', { steps: { current: 5, total: 6 }, stages: { current: 0, total: 2 } }));
+    expect(lines).toEqual(['83% done', 'Stage 1 of 2']);
+  });
+
+  it('translate known failure reasons, keep unknown ones verbatim, and carry the message', () => {
+    expect(failureText(t, jobRecord('a', 'failed', { reason: 'oom', error: ' out of GPU memory ' }))).toEqual({
+      reason: 'Reason: out of memory',
+      hint: 'Try a smaller size or batch, or turn on tiled VAE.',
+      message: 'out of GPU memory',
+    });
+    expect(failureText(t, jobRecord('a', 'failed', { reason: 'disk-full' }))).toEqual({ reason: 'Reason: disk-full', hint: null, message: null });
+    expect(failureText(t, jobRecord('a', 'failed')).reason).toBe('The server gave no reason.');
+    expect(failureText(createTranslator('de'), jobRecord('a', 'failed', { reason: 'storage' })).reason).toBe(
+      'Grund: die Ausgabe konnte nicht gespeichert werden',
+    );
   });
 });

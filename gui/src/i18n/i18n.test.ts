@@ -36,7 +36,11 @@ describe('bundles', () => {
   it('has every key built from a template in the code', () => {
     const known = new Set(keys(en));
     const families = {
-      tab: ['txt2img', 'img2img', 'inpaint', 'upscale', 'blend', 'models', 'settings'],
+      tab: ['txt2img', 'img2img', 'inpaint', 'upscale', 'blend', 'jobs', 'models', 'settings'],
+      // The reasons a failed job reports (a status record's `reason`).
+      reason: ['error', 'storage', 'cancelled', 'oom'],
+      output: ['generate', 'upscale'],
+      jobs: ['empty', 'noneWithStatus'],
       status: ['pending', 'running', 'success', 'failed', 'cancelled', 'unknown'],
       'grid.parameter': ['none', 'prompt', 'seed', 'steps', 'cfg', 'scheduler', 'eta', 'model'],
       'image.field': ['source', 'mask', 'source:0', 'source:1'],

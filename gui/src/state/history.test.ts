@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { JobStatus, JobStatusName } from '../client/types';
 import { SERVER } from '../test/fixtures';
-import { addHistory, applyStatus, type HistoryItem, progressFraction, removeHistory, unfinishedNames } from './history';
+import { addHistory, applyStatus, type HistoryItem, outputSeed, progressFraction, removeHistory, reuseParams, unfinishedNames } from './history';
 import { defaultTabParams } from './params';
 
 const params = defaultTabParams('txt2img', SERVER, { prompt: '', scheduler: '' });
@@ -55,5 +55,15 @@ describe('history', () => {
     expect(progressFraction(status('a', 'running', { current: 5, total: 20 }))).toBe(0.25);
     expect(progressFraction(status('a', 'running', { current: 120, total: 78 }))).toBe(0.99);
     expect(progressFraction(status('a', 'success'))).toBe(1);
+  });
+
+  it("reuses an output's own seed from its metadata, keeping the rest as sent", () => {
+    const sent = { ...item('a', 'success'), params: { ...params, seed: -1, steps: 7 } };
+    const made = { ...sent, status: { ...sent.status, outputs: ['a_0.png', 'a_1.png'], metadata: [{ params: { seed: 42 } }, { params: { seed: '43' } }] } };
+    expect(reuseParams(made, 0)).toMatchObject({ seed: 42, steps: 7 });
+    expect(reuseParams(made, 1).seed).toBe(43);
+    // No recorded seed (an older server): the parameters as sent.
+    expect(reuseParams(sent, 0)).toBe(sent.params);
+    expect(outputSeed({ ...made, status: { ...made.status, metadata: [{ params: { seed: -1 } }] } }, 0)).toBeNull();
   });
 });

@@ -55,6 +55,22 @@ function sameRecord(a: JobStatus, b: JobStatus): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
+/** The seed an output was really made with (its metadata), when the server recorded one. */
+export function outputSeed(item: HistoryItem, index: number): number | null {
+  const seed = item.status.metadata?.[index]?.params?.seed;
+  const value = typeof seed === 'string' && seed.trim() !== '' ? Number(seed) : seed;
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 ? value : null;
+}
+
+/**
+ * The parameters that make an output again: what the job was sent with, but with the seed it
+ * actually used, so a job sent with seed -1 (random) reproduces rather than rolls a new one.
+ */
+export function reuseParams(item: HistoryItem, index: number): TabParams {
+  const seed = outputSeed(item, index);
+  return seed === null ? item.params : { ...item.params, seed };
+}
+
 /** Progress as a fraction in [0, 1], or null when the total is not known yet (contract §6.4). */
 export function progressFraction(status: JobStatus): number | null {
   const { current, total } = status.steps;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { SERVER } from '../test/fixtures';
-import { applyParams, defaultTabParams, imageCount, mergeParams, numberSpec, outputSize, pipelinesForTab } from './params';
+import { applyParams, defaultTabParams, imageCount, mergeParams, nativeScale, numberSpec, outputSize, pipelinesForTab } from './params';
 
 const user = { prompt: '', scheduler: '' };
 
@@ -43,6 +43,26 @@ describe('defaultTabParams', () => {
     expect(p.prompt).toBe('mine');
     expect(p.scheduler).toBe('ddim');
     expect(p.pipeline).toBe('img2img');
+  });
+});
+
+describe('the Upscale tab', () => {
+  it("starts switched on, at the model's own factor, so Upscale upscales without opening anything", () => {
+    const x4 = { ...SERVER, models: { ...SERVER.models, upscaling: ['upscaling-stable-diffusion-x4'] } };
+    expect(defaultTabParams('upscale', x4, user).upscale).toMatchObject({ enabled: true, scale: 4, outscale: 4 });
+    // A model whose name gives no factor: twice the size, the model scale as the server says.
+    expect(defaultTabParams('upscale', SERVER, user).upscale).toMatchObject({ enabled: true, scale: 1, outscale: 2 });
+    expect(outputSize('upscale', defaultTabParams('upscale', x4, user), { width: 96, height: 64 })).toEqual({ width: 384, height: 256 });
+    // The generation tabs keep upscaling off until asked for.
+    expect(defaultTabParams('txt2img', x4, user).upscale).toMatchObject({ enabled: false, scale: 1, outscale: 1 });
+  });
+
+  it('reads the factor from the usual model names', () => {
+    expect(nativeScale('upscaling-real-esrgan-x4-plus')).toBe(4);
+    expect(nativeScale('RealESRGAN_x2plus')).toBe(2);
+    expect(nativeScale('4x-UltraSharp')).toBe(4);
+    expect(nativeScale('upscaling-demo')).toBeNull();
+    expect(nativeScale('swinir-x16')).toBeNull();
   });
 });
 

@@ -3,7 +3,8 @@ import { gridValues } from '../client/requests';
 import type { FilterLists, ModelLists, ServerParams, ServerStrings } from '../client/types';
 
 export const JOB_TABS = ['txt2img', 'img2img', 'inpaint', 'upscale', 'blend'] as const;
-export const TABS = [...JOB_TABS, 'models', 'settings'] as const;
+/** `jobs` is shown only where the server lists jobs (`GET /api/jobs`). */
+export const TABS = [...JOB_TABS, 'jobs', 'models', 'settings'] as const;
 export type JobTab = (typeof JOB_TABS)[number];
 export type Tab = (typeof TABS)[number];
 
@@ -204,6 +205,33 @@ export function pipelinesForTab(tab: JobTab, serverPipelines: string[]): string[
   return known.length > 0 ? known : valid.slice(0, 1);
 }
 
+/** An upscaling model's own factor, read from its name (`…-x4`, `…_x2plus`, `4x-…`); null when it says none. */
+export function nativeScale(model: string): number | null {
+  const match = /(?:^|[^a-z0-9])x([1-8])(?![0-9])/i.exec(model) ?? /(?:^|[^a-z0-9])([1-8])x(?![a-z0-9])/i.exec(model);
+  return match ? Number(match[1]) : null;
+}
+
+/** Clamp a value into a parameter's range. */
+function within(params: ServerParams, key: string, value: number): number {
+  const spec = numberSpec(params, key);
+  return Math.min(spec.max, Math.max(spec.min, value));
+}
+
+/**
+ * Upscaling as the tab starts: off on the generation tabs; on for the Upscale tab, at the model's
+ * own factor (from its name, else 2), since upscaling is the one thing that tab is for.
+ */
+function upscaleDefaults(tab: JobTab, params: ServerParams, upscaling: string): Pick<TabParams['upscale'], 'enabled' | 'scale' | 'outscale'> {
+  const n = (key: string) => numberSpec(params, key).default;
+  if (tab !== 'upscale') return { enabled: false, scale: n('scale'), outscale: n('outscale') };
+  const native = nativeScale(upscaling);
+  return {
+    enabled: true,
+    scale: native === null ? n('scale') : within(params, 'scale', native),
+    outscale: within(params, 'outscale', native ?? 2),
+  };
+}
+
 export interface UserDefaults {
   prompt: string;
   scheduler: string;
@@ -214,6 +242,7 @@ export function defaultTabParams(tab: JobTab, server: ServerInfo, user: UserDefa
   const { params } = server;
   const n = (key: string) => numberSpec(params, key).default;
   const models = server.models;
+  const upscaling = pick(models.upscaling, stringDefault(params, 'upscaling', ''));
   return {
     platform: pick(server.platforms, stringDefault(params, 'platform', 'any')),
     model: pick(
@@ -222,7 +251,7 @@ export function defaultTabParams(tab: JobTab, server: ServerInfo, user: UserDefa
       (tab === 'inpaint' && models.diffusion.find((m) => /inpaint/i.test(m))) || stringDefault(params, 'model', ''),
     ),
     pipeline: pick(pipelinesForTab(tab, server.pipelines), tab),
-    upscaling: pick(models.upscaling, stringDefault(params, 'upscaling', '')),
+    upscaling,
     correction: pick(models.correction, stringDefault(params, 'correction', '')),
     control: '',
     scheduler: pick(server.schedulers, user.scheduler || stringDefault(params, 'scheduler', 'euler-a')),
@@ -262,11 +291,9 @@ export function defaultTabParams(tab: JobTab, server: ServerInfo, user: UserDefa
       highresStrength: n('highresStrength'),
     },
     upscale: {
-      enabled: false,
+      ...upscaleDefaults(tab, params, upscaling),
       upscaleOrder: pick(choiceKeys(params, 'upscaleOrder'), stringDefault(params, 'upscaleOrder', 'correction-first')),
       denoise: n('denoise'),
-      scale: n('scale'),
-      outscale: n('outscale'),
       faces: false,
       faceOutscale: n('faceOutscale'),
       faceStrength: n('faceStrength'),

@@ -2,7 +2,7 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import type { JobStatus } from '../client/types';
 import { SERVER } from '../test/fixtures';
 import { defaultTabParams } from './params';
-import { DEFAULT_SETTINGS, STORAGE_KEY, useAppStore } from './store';
+import { DEFAULT_SETTINGS, exportableSettings, STORAGE_KEY, useAppStore } from './store';
 
 const params = defaultTabParams('txt2img', SERVER, { prompt: '', scheduler: '' });
 const record = (name: string): JobStatus => ({
@@ -64,5 +64,14 @@ describe('app store', () => {
     expect(useAppStore.getState().profiles.map((p) => [p.name, p.savedAt])).toEqual([['a', 1], ['b', 2]]);
     s.deleteProfile('a');
     expect(useAppStore.getState().profiles.map((p) => p.name)).toEqual(['b']);
+  });
+
+  it('keeps the API key with the settings in this browser, but never in an exported state file', () => {
+    useAppStore.getState().updateSettings({ apiKey: 'k-123' });
+    const stored = JSON.parse(localStorage.getItem(STORAGE_KEY) ?? '{}');
+    expect(stored.state.settings.apiKey).toBe('k-123');
+    const exported = exportableSettings(useAppStore.getState().settings);
+    expect('apiKey' in exported).toBe(false);
+    expect(exported.historySize).toBe(DEFAULT_SETTINGS.historySize);
   });
 });

@@ -22,6 +22,8 @@ export interface Settings {
   theme: ThemeChoice;
   /** '' follows the browser. */
   language: string;
+  /** Sent as `Authorization: Bearer <key>` with every request; '' sends none. */
+  apiKey: string;
 }
 
 export interface Profile {
@@ -37,7 +39,14 @@ export const DEFAULT_SETTINGS: Settings = {
   defaultScheduler: '',
   theme: 'system',
   language: '',
+  apiKey: '',
 };
+
+/** The settings as a state.json download carries them: never the API key, a secret. */
+export function exportableSettings(settings: Settings): Omit<Settings, 'apiKey'> {
+  const { apiKey: _apiKey, ...rest } = settings;
+  return rest;
+}
 
 export interface AppState {
   settings: Settings;

@@ -1,5 +1,6 @@
 /** One generation tab: its images, its parameters, what it will produce, and the Generate button. */
 import { type FormEvent, useState } from 'react';
+import { ApiError } from '../client/api';
 import { buildFiles, missingImages, type TabImages } from '../client/requests';
 import { ImageInput } from '../components/ImageInput';
 import { useNotices } from '../components/Notices';
@@ -17,6 +18,7 @@ import {
   UpscaleSection,
 } from '../components/ParamControls';
 import { ProfilesRow } from '../components/ProfilesRow';
+import { SettingsLink } from '../components/SettingsLink';
 import { PromptControls } from '../components/PromptControls';
 import { useApp } from '../context';
 import { useI18n } from '../i18n';
@@ -38,6 +40,7 @@ export function JobTabView({ tab }: { tab: JobTab }) {
   const notify = useNotices((s) => s.push);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState('');
+  const [unauthorised, setUnauthorised] = useState(false);
 
   const set = (patch: Partial<TabParams>) => setTabParams(tab, { ...p, ...patch });
   const group = { tab, p, set };
@@ -48,15 +51,19 @@ export function JobTabView({ tab }: { tab: JobTab }) {
     blendSources: [images.blendSources[0]?.blob ?? null, images.blendSources[1]?.blob ?? null],
   };
   const missing = missingImages(tab, files);
+  // The Upscale tab with both upscaling and correction off would send a job that changes nothing.
+  const nothingToDo = tab === 'upscale' && !p.upscale.enabled && !p.upscale.faces;
+  const blocked = missing.length > 0 || nothingToDo;
   const sourceSize = tab === 'blend' ? images.blendSources[0] : images.source;
   const size = outputSize(tab, p, sourceSize ? { width: sourceSize.width, height: sourceSize.height } : null);
   const count = imageCount(tab, p);
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
-    if (missing.length > 0 || busy) return;
+    if (blocked || busy) return;
     setBusy(true);
     setError('');
+    setUnauthorised(false);
     try {
       const { item, files: sent } = await submitJob(client, tab, p, buildFiles(tab, files));
       pushHistory(item);
@@ -65,6 +72,7 @@ export function JobTabView({ tab }: { tab: JobTab }) {
       if (window.matchMedia('(max-width: 1099px)').matches) notify({ kind: 'info', text: t('output.queued') });
     } catch (err) {
       setError(describeError(t, err));
+      setUnauthorised(err instanceof ApiError && err.unauthorised);
     } finally {
       setBusy(false);
     }
@@ -111,6 +119,8 @@ export function JobTabView({ tab }: { tab: JobTab }) {
         )}
       </fieldset>
 
+      {tab === 'upscale' && <UpscaleSection {...group} />}
+
       {tab !== 'upscale' && tab !== 'blend' && (
         <fieldset className="group">
           <legend>{t('section.image')}</legend>
@@ -140,7 +150,7 @@ export function JobTabView({ tab }: { tab: JobTab }) {
       <div className="sections">
         {tab === 'inpaint' && <OutpaintSection {...group} />}
         {tab !== 'blend' && <HighresSection {...group} />}
-        <UpscaleSection {...group} />
+        {tab !== 'upscale' && <UpscaleSection {...group} />}
         {tab === 'txt2img' && <GridSection {...group} />}
         {(tab === 'txt2img' || tab === 'img2img' || tab === 'inpaint') && <ExperimentalSection {...group} />}
       </div>
@@ -156,13 +166,24 @@ export function JobTabView({ tab }: { tab: JobTab }) {
             {t('output.missing', { images: missing.map((m) => t(`image.field.${m}`)).join(', ') })}
           </p>
         )}
+        {nothingToDo && (
+          <p className="hint" data-testid="nothing-to-do">
+            {t('output.nothingToDo')}
+          </p>
+        )}
         {error && (
           <p className="form-error" role="alert" data-testid="form-error">
             {error}
+            {unauthorised && (
+              <>
+                {' '}
+                <SettingsLink />
+              </>
+            )}
           </p>
         )}
-        <button type="submit" className="primary generate" disabled={missing.length > 0 || busy} data-testid="generate">
-          {busy ? t('output.submitting') : t('output.generate')}
+        <button type="submit" className="primary generate" disabled={blocked || busy} data-testid="generate">
+          {busy ? t('output.submitting') : t(tab === 'upscale' ? 'output.upscale' : 'output.generate')}
         </button>
       </div>
     </form>

@@ -14,7 +14,7 @@ function useAdminCall(load: () => Promise<unknown>, enabled: boolean): [Loaded, 
     setResult({ state: 'loading' });
     load().then(
       (value) => setResult({ state: 'ok', value }),
-      (err) => setResult({ state: 'error', message: describeError(t, err) }),
+      (err) => setResult({ state: 'error', message: describeError(t, err, { admin: true }) }),
     );
   };
   useEffect(() => {
@@ -77,7 +77,7 @@ export function ModelsTab() {
       notify({ kind: 'info', text: t('models.restarted') });
       reloadWorkers();
     } catch (err) {
-      notify({ kind: 'error', text: describeError(t, err) });
+      notify({ kind: 'error', text: describeError(t, err, { admin: true }) });
     } finally {
       setRestarting(false);
     }

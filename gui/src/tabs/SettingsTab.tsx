@@ -7,7 +7,8 @@ import { useApp } from '../context';
 import { labelFor, LANGUAGES, useI18n } from '../i18n';
 import { HISTORY_COLUMNS, HISTORY_SIZE } from '../state/history';
 import { defaultTabParams, JOB_TABS, type JobTab } from '../state/params';
-import { type ThemeChoice, useAppStore } from '../state/store';
+import { API_KEY_FIELD_ID } from '../components/SettingsLink';
+import { exportableSettings, type ThemeChoice, useAppStore } from '../state/store';
 
 const LANGUAGE_NAMES: Record<string, string> = { en: 'English', de: 'Deutsch' };
 
@@ -21,6 +22,7 @@ export function SettingsTab() {
   const notify = useNotices((s) => s.push);
   const [serverUrl, setServerUrl] = useState(runtime.root);
   const [confirmAll, setConfirmAll] = useState(false);
+  const [showKey, setShowKey] = useState(false);
   const importRef = useRef<HTMLInputElement>(null);
   const serverId = useId();
 
@@ -39,7 +41,7 @@ export function SettingsTab() {
 
   const exportState = () => {
     const { settings: s, tabParams, history, profiles } = useAppStore.getState();
-    downloadJson('state.json', { settings: s, tabParams, history, profiles });
+    downloadJson('state.json', { settings: exportableSettings(s), tabParams, history, profiles });
   };
 
   const importState = async (file: File | undefined) => {
@@ -48,7 +50,8 @@ export function SettingsTab() {
       const parsed = JSON.parse(await file.text()) as Record<string, unknown>;
       if (typeof parsed !== 'object' || parsed === null) throw new Error('not an object');
       replaceState({
-        ...(typeof parsed.settings === 'object' ? { settings: { ...settings, ...(parsed.settings as object) } } : {}),
+        // The key in use stays: a state file is not where a secret should come from.
+        ...(typeof parsed.settings === 'object' ? { settings: { ...settings, ...(parsed.settings as object), apiKey: settings.apiKey } } : {}),
         ...(Array.isArray(parsed.history) ? { history: parsed.history } : {}),
         ...(Array.isArray(parsed.profiles) ? { profiles: parsed.profiles } : {}),
       });
@@ -131,6 +134,27 @@ export function SettingsTab() {
               <button type="submit">{t('settings.connect')}</button>
             </div>
           </form>
+          <div className="field">
+            <label htmlFor={API_KEY_FIELD_ID}>{t('settings.apiKey')}</label>
+            <div className="inline">
+              <input
+                id={API_KEY_FIELD_ID}
+                type={showKey ? 'text' : 'password'}
+                value={settings.apiKey}
+                autoComplete="off"
+                spellCheck={false}
+                aria-describedby={`${API_KEY_FIELD_ID}-hint`}
+                onChange={(e) => update({ apiKey: e.target.value.trim() })}
+                data-testid="api-key"
+              />
+              <button type="button" onClick={() => setShowKey(!showKey)} aria-pressed={showKey}>
+                {showKey ? t('settings.hideKey') : t('settings.showKey')}
+              </button>
+            </div>
+            <small id={`${API_KEY_FIELD_ID}-hint`} className="hint">
+              {t('settings.apiKeyHint')}
+            </small>
+          </div>
           <dl className="facts">
             <dt>{t('settings.serverVersion')}</dt>
             <dd data-testid="settings-version">{server.params.version}</dd>

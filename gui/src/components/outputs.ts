@@ -1,0 +1,76 @@
+/**
+ * Output images where the server wants an API key for them too (keys mode): an `<img src>` or a
+ * plain link cannot send `Authorization`, so with a key set the bytes are fetched with it and
+ * shown from an object URL. Without a key the server's own URL is used, cacheable as before.
+ */
+import { type MouseEvent, useEffect, useState } from 'react';
+import { useApp } from '../context';
+import { useI18n } from '../i18n';
+import { useAppStore } from '../state/store';
+import { describeError } from '../submit';
+import { useNotices } from './Notices';
+
+/** The file name an output is saved under: the last part of its path. */
+export function outputFileName(output: string): string {
+  return output.split('/').pop() || output;
+}
+
+/** Save bytes as a file, the way a download link would. */
+export function saveBlob(name: string, blob: Blob): void {
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+function useKeyed(): boolean {
+  return useAppStore((s) => s.settings.apiKey !== '');
+}
+
+/** Where an `<img>` finds an output: its URL, or with an API key set an object URL of its bytes. */
+export function useOutputSrc(output: string | undefined): string | undefined {
+  const { client } = useApp();
+  const keyed = useKeyed();
+  const [fetched, setFetched] = useState<{ output: string; url: string } | null>(null);
+  useEffect(() => {
+    if (!keyed || !output) return;
+    let live = true;
+    let url: string | undefined;
+    client.outputBlob(output).then(
+      (blob) => {
+        if (!live) return;
+        url = URL.createObjectURL(blob);
+        setFetched({ output, url });
+      },
+      // The card stays without its picture; the image's own failure is not worth a notice each.
+      () => {},
+    );
+    return () => {
+      live = false;
+      if (url) URL.revokeObjectURL(url);
+    };
+  }, [client, output, keyed]);
+  if (!output) return undefined;
+  if (!keyed) return client.outputUrl(output);
+  return fetched?.output === output ? fetched.url : undefined;
+}
+
+/**
+ * A click handler for an output's download link: the link's own URL without a key; with one,
+ * the bytes are fetched with the key and saved under the output's name.
+ */
+export function useOutputDownload(): (output: string) => (e: MouseEvent<HTMLAnchorElement>) => void {
+  const { client } = useApp();
+  const { t } = useI18n();
+  const keyed = useKeyed();
+  const notify = useNotices((s) => s.push);
+  return (output) => (e) => {
+    if (!keyed) return;
+    e.preventDefault();
+    client.outputBlob(output).then(
+      (blob) => saveBlob(outputFileName(output), blob),
+      (err: unknown) => notify({ kind: 'error', text: describeError(t, err) }),
+    );
+  };
+}
