@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 PORT ?= 5000
 T ?= tests
 TESTARGS ?=
+FUZZ_CASES ?= 10000
+FUZZ_TIMEOUT_S ?= 3600
+LOAD_SECONDS ?= 60
 
 ##@ Set-up
 
@@ -48,6 +51,17 @@ test/integration: install ## Integration tests against embedded Postgres and Sea
 test/e2e: install ## End-to-end tests through the running stack
 	$(BIN)/pytest -q tests/e2e $(TESTARGS)
 
+test-fuzz: install ## Fuzz the running stack from /api/openapi.json (FUZZ_CASES=10000); summary in bench-results/fuzz.json
+	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SUMMARY=bench-results/fuzz.json $(BIN)/pytest -q tests/fuzz --timeout $(FUZZ_TIMEOUT_S) $(TESTARGS)
+
+test-load: install ## Locust against a local stack for LOAD_SECONDS=60; p50/p95/p99, rate, 5xx in bench-results/load.json
+	$(BIN)/python -m bench.load --seconds $(LOAD_SECONDS) --out bench-results/load.json
+
+CHAOS_JOBS ?= 1000
+test-chaos: install ## Chaos run: CHAOS_JOBS=1000 jobs, 4 workers, workers/api/S3 killed, Postgres restarted; bench-results/chaos.json
+	@mkdir -p bench-results
+	$(BIN)/python scripts/chaos.py --jobs $(CHAOS_JOBS) --workers 4 --out bench-results/chaos.json
+
 lint: install ## ruff and mypy
 	$(BIN)/ruff check service pipelines bench tests scripts migrations
 	$(BIN)/ruff format --check service pipelines bench tests scripts migrations
@@ -62,4 +76,4 @@ clean: ## Remove local data, builds and caches (keeps .venv)
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_\/-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-.PHONY: install demo-models run gui test test/unit test/integration test/e2e lint bench clean help
+.PHONY: install demo-models run gui test test/unit test/integration test/e2e test-fuzz test-load test-chaos lint bench clean help

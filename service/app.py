@@ -7,24 +7,51 @@ gunicorn: ``gunicorn 'service.app:get_app()'``.
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import falcon
+import sqlalchemy.exc
+from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
 from pipelines.models.registry import ModelRegistry
+from service.admission import Admission
+from service.auth import KeyAuth
 from service.config import PRESIGN_EXPIRY_S, Config
-from service.errors import HTTP_STATUS, PayloadTooLarge, ServiceError
+from service.errors import (
+    HTTP_STATUS,
+    ConfigError,
+    DatabaseUnavailable,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    StorageError,
+    TooManyRequests,
+    Unavailable,
+)
+from service.events import EventHub
+from service.inputs import check_query
+from service.jobs.keys import KeyStore
 from service.jobs.store import JobStore
 from service.params import load_params_doc
 from service.resources.admin import ExtrasResource, WorkerRestartResource, WorkerStatusResource
 from service.resources.bundle import BundleResource
+from service.resources.events import JobEventsResource
 from service.resources.health import HealthResource, MetricsResource, ReadyzResource
 from service.resources.introspect import IntrospectResource
-from service.resources.jobs import JobCancelResource, JobStatusResource, LegacyCancelResource, ReadyResource
+from service.resources.jobs import (
+    JobCancelResource,
+    JobListResource,
+    JobStatusResource,
+    LegacyCancelResource,
+    ReadyResource,
+)
+from service.resources.openapi import OpenAPIResource
 from service.resources.outputs import OutputResource
 from service.resources.settings import SettingsResources
 from service.resources.submit import SUBMIT_ROUTES, SubmitResource, Submitter
@@ -32,9 +59,40 @@ from service.storage import ObjectStore
 
 log = logging.getLogger("service.access")
 
+#: What reading a client's socket raises once it has been silent for the worker's time limit:
+#: the kernel's receive timeout surfaces as EAGAIN on a blocking socket (see ``http_worker``).
+CLIENT_TIMEOUTS: tuple[type[OSError], ...] = (BlockingIOError, TimeoutError)
+
+
+def bounded_request_type(max_body_bytes: int) -> type[falcon.Request]:
+    """Falcon's request class, with a chunked body read (to the same cap) before Falcon sees it.
+
+    Without a ``Content-Length`` Falcon reads a body as empty, and its multipart parser fails; so a
+    chunked body is read here, at most ``max_body_bytes + 1`` bytes of it, and given a length. One
+    over the cap then gets the same 413 as a sized one.
+    """
+
+    class BoundedRequest(falcon.Request):
+        def __init__(self, env: dict[str, Any], options: Any = None) -> None:
+            chunked = "chunked" in env.get("HTTP_TRANSFER_ENCODING", "").lower()
+            timed_out = False
+            if chunked and not env.get("CONTENT_LENGTH"):
+                try:
+                    body = env["wsgi.input"].read(max_body_bytes + 1)
+                except CLIENT_TIMEOUTS:
+                    body, timed_out = b"", True
+                env["wsgi.input"] = io.BytesIO(body)
+                env["CONTENT_LENGTH"] = str(len(body))
+            super().__init__(env, options)
+            #: The client stalled while sending its chunked body (answered 408 by ``RequestContext``).
+            self.body_timed_out = timed_out
+
+    return BoundedRequest
+
 
 class RequestContext:
-    """Gives every request an id (from ``X-Request-ID`` or new), logs one access line, caps bodies."""
+    """Gives every request an id (from ``X-Request-ID`` or new), logs one access line, caps bodies
+    and refuses query strings holding text Postgres cannot store."""
 
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
@@ -43,11 +101,16 @@ class RequestContext:
         req.context.started = time.monotonic()
         req.context.request_id = (req.get_header("X-Request-ID") or uuid.uuid4().hex)[:64]
         resp.set_header("X-Request-ID", req.context.request_id)
+        # Browsers must never guess a type: an output or error is what its Content-Type says.
+        resp.set_header("X-Content-Type-Options", "nosniff")
         # Refuse before reading: a declared length over the cap never reaches a parser.
         if req.content_length is not None and req.content_length > self.max_body_bytes:
             raise PayloadTooLarge(
                 f"request body is {req.content_length} bytes, more than {self.max_body_bytes}"
             )
+        if getattr(req, "body_timed_out", False):
+            raise RequestTimeout()
+        check_query(req.params)
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, succeeded: bool
@@ -72,6 +135,25 @@ def _service_error(
     status = next((code for kind, code in HTTP_STATUS.items() if isinstance(ex, kind)), 500)
     resp.status = falcon.code_to_http_status(status)
     resp.media = {"error": ex.message}
+    if isinstance(ex, Unavailable | TooManyRequests):
+        resp.set_header("Retry-After", str(ex.retry_after_s))
+
+
+def _client_too_slow(req: falcon.Request, resp: falcon.Response, ex: OSError, params: dict[str, Any]) -> None:
+    """The client's socket hit the time limit while the app read its body (``http_worker``)."""
+    resp.set_header("Connection", "close")
+    _service_error(req, resp, RequestTimeout(), params)
+
+
+def _database_error(
+    req: falcon.Request, resp: falcon.Response, ex: sqlalchemy.exc.SQLAlchemyError, params: dict[str, Any]
+) -> None:
+    """Postgres refused, timed out or dropped the connection: a 503 the client may retry."""
+    logging.getLogger("service.app").warning(
+        "database unavailable",
+        extra={"path": req.path, "request_id": req.context.get("request_id"), "error": type(ex).__name__},
+    )
+    _service_error(req, resp, DatabaseUnavailable("the database is unavailable; try again shortly"), params)
 
 
 def _unexpected_error(
@@ -102,14 +184,19 @@ def create_app(
     store: ObjectStore,
     registry: ModelRegistry,
     platforms: Callable[[], list[str]] | None = None,
+    keys: KeyStore | None = None,
+    events: EventHub | None = None,
 ) -> falcon.App:
-    """Build the api from its parts."""
-    origins: str | Sequence[str] = "*" if "*" in config.cors_origins else list(config.cors_origins)
+    """Build the api from its parts; ``keys`` is required when ``config.auth`` is ``keys``."""
     middleware: list[Any] = [
         RequestContext(config.max_body_bytes),
-        falcon.CORSMiddleware(allow_origins=origins),
+        falcon.CORSMiddleware(allow_origins=cors_origins(config)),
     ]
-    app = falcon.App(middleware=middleware)
+    if config.auth == "keys":
+        if keys is None:
+            raise ConfigError("ONNX_WEB_AUTH=keys needs the key store")
+        middleware.append(KeyAuth(keys, config.admin_token))
+    app = falcon.App(middleware=middleware, request_type=bounded_request_type(config.max_body_bytes))
     app.req_options.strip_url_path_trailing_slash = True
     multipart_handler: Any = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
     multipart = multipart_handler.parse_options
@@ -117,13 +204,20 @@ def create_app(
     multipart.max_body_part_count = 64
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(ServiceError, _service_error)
+    for timeout in CLIENT_TIMEOUTS:
+        app.add_error_handler(timeout, _client_too_slow)
+    # Connection-level failures only; any other database error is a bug and stays a logged 500.
+    app.add_error_handler(sqlalchemy.exc.OperationalError, _database_error)
+    app.add_error_handler(sqlalchemy.exc.InterfaceError, _database_error)
+    app.add_error_handler(sqlalchemy.exc.TimeoutError, _database_error)
     app.set_error_serializer(_http_error)
 
     params_doc = load_params_doc(config)
     live_window_s = 3 * config.rescue_interval_s
     list_platforms = platforms or (lambda: live_platforms(jobs, config, live_window_s))
     worker_status = WorkerStatusResource(config.admin_token, jobs, live_window_s)
-    submitter = Submitter(config, jobs=jobs, store=store, registry=registry, params_doc=params_doc)
+    admission = Admission(config, jobs, registry, live_window_s)
+    submitter = Submitter(config, jobs, store, registry, params_doc, admission, keys)
     routes: list[tuple[str, Sequence[str], Any]] = [
         ("/", ["GET", "HEAD"], BundleResource(config.bundle_path)),
         ("/{filename:path}", ["GET", "HEAD"], BundleResource(config.bundle_path)),
@@ -135,14 +229,21 @@ def create_app(
         ("/api/job", ["POST"], SubmitResource(submitter, "chain")),
         ("/api/job/cancel", ["PUT"], JobCancelResource(jobs)),
         ("/api/job/status", ["GET", "HEAD"], JobStatusResource(jobs)),
+        ("/api/jobs", ["GET"], JobListResource(jobs)),
+        *(
+            [("/api/job/events", ["GET"], JobEventsResource(jobs, events, max(1, config.api_threads // 2)))]
+            if events is not None
+            else []
+        ),
         *[(f"/api/{route}", ["POST"], SubmitResource(submitter, route)) for route in SUBMIT_ROUTES],
         ("/api/cancel", ["PUT"], LegacyCancelResource(jobs)),
         ("/api/ready", ["GET", "HEAD"], ReadyResource(jobs)),
+        ("/api/openapi.json", ["GET", "HEAD"], OpenAPIResource(app, config, params_doc, registry)),
         ("/api/extras", ["GET", "PUT"], ExtrasResource(config.admin_token, registry)),
         ("/api/worker/restart", ["POST"], WorkerRestartResource(config.admin_token, worker_status)),
         ("/api/worker/status", ["GET"], worker_status),
         ("/healthz", ["GET"], HealthResource()),
-        ("/readyz", ["GET"], ReadyzResource(jobs)),
+        ("/readyz", ["GET"], ReadyzResource(jobs, store)),
         ("/metrics", ["GET"], MetricsResource(jobs)),
     ]
     for path, _methods, resource in routes:
@@ -156,6 +257,13 @@ def create_app(
     ]
     app.add_route("/api", IntrospectResource(sorted(listed, key=lambda route: _route_order(route[0]))))
     return app
+
+
+def cors_origins(config: Config) -> str | list[str]:
+    """The origins browsers may call from: ``*`` in anonymous mode (onnx-web's GUI with ``?api=``
+    works from anywhere), only the listed ones in keys mode."""
+    listed = [origin for origin in config.cors_origins if origin != "*"]
+    return "*" if "*" in config.cors_origins and config.auth == "off" else listed
 
 
 def live_platforms(jobs: JobStore, config: Config, live_window_s: float) -> list[str]:
@@ -182,14 +290,29 @@ def _route_order(path: str) -> tuple[int, str]:
 def get_app() -> falcon.App:
     """Build the api from the environment (gunicorn's entry point)."""
     from service import logs
+    from service.callbacks import CallbackDispatcher
     from service.db import make_engine
-    from service.storage import from_config
+    from service.jobs.callbacks import CallbackStore
+    from service.storage import API_PATIENCE, from_config
 
     config = Config.from_env()
     logs.configure(config.log_level, config.log_format)
     engine = make_engine(config.database_url)
     jobs = JobStore(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s)
-    store = from_config(config)
-    store.ensure_bucket()
+    keys = KeyStore(engine) if config.auth == "keys" else None
+    store = from_config(config, patience=API_PATIENCE)
+    # Start serving now: with S3 away the api answers 503 on what needs it (and /readyz says so).
+    threading.Thread(target=_ensure_bucket, args=(store,), name="ensure-bucket", daemon=True).start()
     registry = ModelRegistry(config.models_path, config.extra_models)
-    return create_app(config, jobs=jobs, store=store, registry=registry)
+    events = EventHub(config.database_url)
+    if config.callback_secret:
+        CallbackDispatcher(
+            CallbackStore(engine), jobs, config.callback_secret, allow_private=config.callback_allow_private
+        ).start()
+    return create_app(config, jobs=jobs, store=store, registry=registry, keys=keys, events=events)
+
+
+def _ensure_bucket(store: ObjectStore) -> None:
+    """Create the bucket once S3 answers, retrying with backoff for as long as the process lives."""
+    retrying = Retrying(retry=retry_if_exception_type(StorageError), wait=wait_random_exponential(1, max=30))
+    retrying(store.ensure_bucket)

@@ -8,12 +8,13 @@ expanded, defaults applied, so a retried job reproduces the same images.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
 
+from pipelines.models.registry import ModelRegistry
 from pipelines.stages import NAMES, PLANNED, STAGES, effective_tile, estimate_steps
 from pipelines.stages.spec import MAX_TILE, ParamError, StageType, integer, parse_tiles
 from service.errors import InvalidParams, NotImplementedYet
@@ -29,6 +30,7 @@ CHAIN_SCHEMA: dict[str, Any] = {
     "properties": {
         "defaults": {"type": "object"},
         "platform": {"type": "string"},
+        "callback": {"type": "string", "maxLength": 2048},
         "stages": {
             "type": "array",
             "minItems": 1,
@@ -104,6 +106,55 @@ def require_available(chain: Mapping[str, Any]) -> None:
     missing = sorted({entry["type"] for entry in chain["stages"] if entry["type"] in PLANNED})
     if missing:
         raise NotImplementedYet(f"this server cannot run these stages yet: {', '.join(missing)}")
+
+
+#: The stage types that run an SDXL model; img2img, inpaint and highres need SD 1.x/2.x here.
+SDXL_STAGES = frozenset({"source-txt2img"})
+
+
+def require_runnable(
+    chain: Mapping[str, Any], registry: ModelRegistry, paths: Mapping[str, str] | None = None
+) -> None:
+    """400 for a model the workers cannot run in its stage, before any job exists.
+
+    Args:
+        chain: the built chain.
+        registry: tells each diffusion model's family.
+        paths: the request's path of each stage by name (``stages[2]``); legacy routes name the
+            request's own fields instead.
+    """
+    for entry in chain["stages"]:
+        params = entry["params"]
+        if "model" not in params or "pipeline" not in params:
+            continue
+        where = f"{paths[entry['name']]}.params." if paths and entry["name"] in paths else ""
+        family = registry.family(params["model"])
+        pipeline = str(params["pipeline"])
+        if family == "sd" and pipeline.endswith("-sdxl"):
+            raise InvalidParams(
+                f"{where}pipeline",
+                f"{pipeline} needs an SDXL model; {params['model']} is Stable Diffusion 1.x/2.x "
+                f"(SDXL models here: {_listing(_family_models(registry, 'sdxl'))})",
+            )
+        if family == "sdxl" and entry["type"] not in SDXL_STAGES:
+            raise InvalidParams(
+                f"{where}model",
+                f"{params['model']} is an SDXL model, which this server runs only in txt2img "
+                f"(source-txt2img); {entry['type']} needs a Stable Diffusion 1.x/2.x model "
+                f"({_listing(_family_models(registry, 'sd'))})",
+            )
+
+
+def _family_models(registry: ModelRegistry, family: str) -> list[str]:
+    return [
+        name
+        for name in registry.names("diffusion")
+        if (path := registry.find_model("diffusion", name)) and registry.family(path) == family
+    ]
+
+
+def _listing(names: Sequence[str]) -> str:
+    return ", ".join(names) or "none"
 
 
 def output_settings(request: ParsedRequest, image_format: str, thumbnail_size: int) -> dict[str, Any]:
@@ -374,13 +425,28 @@ def _json_path(error: jsonschema.ValidationError) -> str:
     ).lstrip(".")
 
 
+def _schema_rule(error: jsonschema.ValidationError) -> str:
+    """The rule a schema error broke, in words; jsonschema's own message quotes the whole value."""
+    limit = error.validator_value
+    rules = {
+        "maxItems": f"must have at most {limit} items",
+        "minItems": f"must have at least {limit} item(s)",
+        "maxLength": f"must be at most {limit} characters",
+        "minLength": f"must be at least {limit} character(s)",
+        "type": f"must be of type {' or '.join(limit) if isinstance(limit, list) else limit}",
+        "enum": f"must be one of {', '.join(map(str, limit)) if isinstance(limit, list) else limit}",
+        "pattern": f"must match {limit}",
+    }
+    return rules.get(str(error.validator), error.message)
+
+
 def validate_chain_document(doc: object) -> dict[str, Any]:
     """Check a chain document against the schema; 400 naming the path of the first bad field."""
     if not isinstance(doc, dict):
         raise InvalidParams("chain", "must be a JSON object with a 'stages' array")
     error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(doc))
     if error is not None:
-        raise InvalidParams(_json_path(error) or "chain", error.message)
+        raise InvalidParams(_json_path(error) or "chain", _schema_rule(error))
     names = [entry["name"] for entry in doc["stages"]]
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate:
@@ -388,7 +454,7 @@ def validate_chain_document(doc: object) -> dict[str, Any]:
     return doc
 
 
-def _own_size(stage_type: StageType) -> bool:
+def own_size(stage_type: StageType) -> bool:
     """Whether a stage's ``width``/``height`` are its own (grid cells, crop box, thumbnail box, noise
     size) rather than the image size the image parameters describe."""
     return "image" not in stage_type.groups and any(param.name == "width" for param in stage_type.params)
@@ -459,7 +525,7 @@ def build_chain(
                 )
         declared = STAGES[stage_type]
         image_raw = (
-            {k: v for k, v in raw.items() if k not in ("width", "height")} if _own_size(declared) else raw
+            {k: v for k, v in raw.items() if k not in ("width", "height")} if own_size(declared) else raw
         )
         parsed = _parse_at(parse, path, image_raw)
         try:

@@ -5,6 +5,7 @@ onnx-web api       the api under gunicorn (production; needs DATABASE_URL and S3
 onnx-web worker    a worker process for one device (--device N: the CUDA device)
 onnx-web migrate   apply database migrations
 onnx-web gc        delete output objects no job records (crashed or fenced attempts)
+onnx-web keys      create, list and revoke API keys (ONNX_WEB_AUTH=keys)
 onnx-web convert   build demo models or convert checkpoints to ONNX (--optimize gpu: fused fp16)
 """
 
@@ -16,17 +17,23 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.config import Config
+
+if TYPE_CHECKING:
+    from service.jobs.keys import KeyListing
 
 log = logging.getLogger("service.cli")
 
 
 def _run(args: argparse.Namespace) -> int:
     from service import logs
-    from service.stack import LocalStack, StackOptions, cuda_device_count
+    from service.stack import STOP_SIGNALS, LocalStack, StackOptions, StopRequested, cuda_device_count
 
     gpus = cuda_device_count() if args.workers_per_gpu is not None else 0
     if args.workers_per_gpu is not None and gpus == 0:
@@ -34,13 +41,7 @@ def _run(args: argparse.Namespace) -> int:
             "onnx-web run: --workers-per-gpu needs CUDA devices, and torch found none "
             "(use --workers for CPU workers)"
         )
-    logs.configure("INFO", "text")
-
-    def on_terminate(signum: int, frame: object) -> None:
-        # SIGTERM (a supervisor, `kill`) stops everything as Ctrl-C does, children included.
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_terminate)
+    logs.configure("INFO", os.environ.get("ONNX_WEB_LOG_FORMAT", "text"))
     data_dir = Path(args.data_dir).resolve()
     stack = LocalStack(
         StackOptions(
@@ -54,21 +55,37 @@ def _run(args: argparse.Namespace) -> int:
             gpus=gpus,
         )
     )
+    # Ctrl-C, `kill`, systemd and container runtimes, a closed terminal: each asks for the same
+    # orderly stop, and a second one hurries it. The children live in sessions of their own, so a
+    # signal sent to our process group reaches them only through the stack's stop.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stack.request_stop)
     try:
         stack.start()
-        print(
-            f"\nonnx-web is running: {stack.url}/  (data in {data_dir}; Ctrl-C stops everything)\n",
-            flush=True,
-        )
-        return stack.wait()
-    except KeyboardInterrupt:
+    except RuntimeError as err:  # StackInUse, or a service that would not start: the message says why
+        sys.exit(f"onnx-web run: {err}")
+    except StopRequested:
         return 0
-    finally:
-        # A second Ctrl-C or SIGTERM (a supervisor forwarding it) must not cut the shutdown short
-        # and leave Postgres or S3 running.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stack.stop()
+    print(
+        f"\nonnx-web is running: {stack.url}/  (data in {data_dir}; Ctrl-C stops everything)\n"
+        + _access_hint(Config.from_env().auth, data_dir),
+        flush=True,
+    )
+    return stack.supervise()
+
+
+def _access_hint(auth: str, data_dir: Path) -> str:
+    """How access works now, and how to change it: anonymous by default, API keys on request."""
+    folder = "" if data_dir == Path("var").resolve() else f" --data-dir {data_dir}"
+    if auth == "keys":
+        return (
+            f"API keys are required. Make one: onnx-web keys create NAME{folder}; "
+            "send it as 'Authorization: Bearer <key>'.\n"
+        )
+    return (
+        "Anyone who can reach it sees every job. To host it for others, start it with "
+        f"ONNX_WEB_AUTH=keys and make keys with: onnx-web keys create NAME{folder}\n"
+    )
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -83,6 +100,10 @@ def _api(args: argparse.Namespace) -> int:
         bind,
         "--workers",
         workers,
+        "--worker-class",
+        "service.http_worker.ApiWorker",
+        "--threads",
+        str(config.api_threads),
         "--timeout",
         "60",
         "--graceful-timeout",
@@ -105,6 +126,7 @@ def _worker(args: argparse.Namespace) -> int:
     from service.db import make_engine
     from service.jobs.notify import Notifier
     from service.jobs.store import JobStore
+    from service.retries import DB_OUTAGE, STORAGE_OUTAGE, outlast
     from service.storage import from_config
     from service.worker import Worker, worker_sessions
 
@@ -112,13 +134,15 @@ def _worker(args: argparse.Namespace) -> int:
     logs.configure(config.log_level, config.log_format)
     engine = make_engine(config.database_url)
     store = from_config(config)
-    store.ensure_bucket()
+    # Postgres or S3 may be starting, or restarting: wait for them rather than exit.
+    outlast("s3", store.ensure_bucket, STORAGE_OUTAGE)
+    notifier = outlast("postgres", partial(Notifier, config.database_url), DB_OUTAGE)
     worker = Worker(
         config,
         jobs=JobStore(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s),
         store=store,
         sessions=worker_sessions(config),
-        notifier=Notifier(config.database_url),
+        notifier=notifier,
     )
     worker.install_signal_handlers()
     worker.warm_up()
@@ -154,6 +178,79 @@ def _migrate(args: argparse.Namespace) -> int:
     upgrade_head(config.database_url)
     print("database is at the latest migration")
     return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from service.db import make_engine
+    from service.jobs.keys import KeyStore
+
+    with _keys_database(Path(args.data_dir)) as database_url:
+        keys = KeyStore(make_engine(database_url))
+        if args.action == "create":
+            key, text = keys.create(
+                args.owner,
+                admin=args.admin,
+                max_running=args.max_running,
+                rate_per_min=args.rate,
+                pixel_steps_per_day=args.pixel_steps,
+            )
+            print(f"created key {key.id} for {key.owner}; it is shown only now, keep it:")
+            print(text)
+        elif args.action == "list":
+            print(_key_table(keys.list()))
+        elif not keys.revoke(args.key_id):
+            print(f"no live key {args.key_id}", file=sys.stderr)
+            return 1
+        else:
+            print(f"revoked key {args.key_id}")
+    return 0
+
+
+@contextmanager
+def _keys_database(data_dir: Path) -> Iterator[str]:
+    """``DATABASE_URL``, or the database of ``onnx-web run`` in ``data_dir`` (started for the
+    command and stopped after, unless that stack is running)."""
+    from service.db import create_database, upgrade_head
+    from service.stack import EmbeddedPostgres
+
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    postgres = EmbeddedPostgres(data_dir / "postgres")
+    try:
+        url = create_database(postgres.start(), "onnx_web")
+        upgrade_head(url)
+        yield url
+    finally:
+        postgres.stop()
+
+
+def _key_table(listings: Sequence[KeyListing]) -> str:
+    """``onnx-web keys list``: one line per key, its limits and today's use."""
+    header = ("id", "owner", "admin", "max running", "requests/min", "pixel-steps/day", "today", "state")
+    rows = [
+        (
+            item.key.id,
+            item.key.owner,
+            "yes" if item.key.admin else "no",
+            _limit(item.key.max_running),
+            _limit(item.key.rate_per_min),
+            _limit(item.key.pixel_steps_per_day),
+            str(item.pixel_steps_today),
+            f"revoked {item.revoked_at:%Y-%m-%d}" if item.revoked_at else "live",
+        )
+        for item in listings
+    ]
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [header, *rows]
+    )
+
+
+def _limit(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _device_index(value: str) -> int:
@@ -224,6 +321,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc.add_argument("--dry-run", action="store_true", help="count the orphans without deleting them")
     gc.set_defaults(func=_gc)
+
+    keys = commands.add_parser(
+        "keys",
+        help="API keys for ONNX_WEB_AUTH=keys (in DATABASE_URL, else onnx-web run's database)",
+    )
+    keys.add_argument("--data-dir", default="var", help="the onnx-web run folder (default ./var)")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="make a key; it is printed once, as the last line")
+    create.add_argument("owner", help="who the key's jobs belong to")
+    create.add_argument("--admin", action="store_true", help="may use the admin routes")
+    create.add_argument(
+        "--max-running", type=_positive_count, metavar="N", help="jobs pending or running at once"
+    )
+    create.add_argument("--rate", type=_positive_count, metavar="PER_MIN", help="requests per minute")
+    create.add_argument(
+        "--pixel-steps", type=_positive_count, metavar="N", help="pixels x steps submitted per day (UTC)"
+    )
+    key_actions.add_parser("list", help="every key with its limits and today's use (never the key)")
+    revoke = key_actions.add_parser("revoke", help="revoke a key for good")
+    revoke.add_argument("key_id", help="the id 'keys list' shows")
+    keys.set_defaults(func=_keys)
 
     add_convert_arguments(commands)
     commands.choices["convert"].set_defaults(func=run_convert)

@@ -48,6 +48,9 @@ PRESIGN_EXPIRY_S = 300
 SOURCE_URL_MAX_BYTES = 20 * 1024 * 1024
 SOURCE_URL_TIMEOUT_S = 15.0
 API_WORKERS = 2
+AUTH_MODES = ("off", "keys")
+#: Threads per api process: one slow client holds one thread, the others keep serving.
+API_THREADS = 8
 TRUTHY = frozenset({"1", "t", "true", "y", "yes", "on"})
 FALSY = frozenset({"0", "f", "false", "n", "no", "off", ""})
 
@@ -87,12 +90,21 @@ class Config:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     api_workers: int = API_WORKERS
+    api_threads: int = API_THREADS
     models_path: Path = Path(DEFAULT_MODELS_PATH)
     bundle_path: Path = Path(DEFAULT_BUNDLE_PATH)
     #: A ``params.json`` to serve instead of the built-in one (onnx-web's ``ONNX_WEB_PARAMS_PATH``).
     params_path: Path | None = None
     extra_models: tuple[Path, ...] = ()
+    #: Origins browsers may call the api from; ``*`` is honoured only with ``auth`` off.
     cors_origins: tuple[str, ...] = ("*",)
+    #: ``off``: anonymous, as onnx-web; ``keys``: every route but settings, probes and the GUI's
+    #: files needs ``Authorization: Bearer <key>`` and each job belongs to its key's owner.
+    auth: str = "off"
+    #: Keys the HMAC signature of job-end callbacks; unset: submissions may not ask for one.
+    callback_secret: str | None = None
+    #: Let callbacks reach private and loopback addresses (a receiver inside your own network).
+    callback_allow_private: bool = False
     any_platform: bool = True
     block_platforms: tuple[str, ...] = ()
     default_platform: str | None = None
@@ -109,6 +121,11 @@ class Config:
     worker_platform: str = "cpu"
     #: The CUDA device index every session and the GPU runtime of this worker use.
     device: int = DEFAULT_DEVICE
+    #: Bytes one job may use on this worker (``ONNX_WEB_WORKER_MEMORY``: ``16G``, ``512M`` or a
+    #: number); None measures the container's limit or the GPU (``service.capacity``).
+    worker_memory: int | None = None
+    #: What the api admits when no live worker has announced its memory (None: anything).
+    max_job_memory: int | None = None
     cache_models: int = DEFAULT_CACHE_MODELS
     #: Models a CUDA worker loads and captures CUDA graphs for before it claims its first job.
     warm_models: tuple[str, ...] = ()
@@ -153,6 +170,8 @@ class Config:
             problems.append(f"image format must be png, jpeg or webp, got {self.image_format!r}")
         if any(not re.fullmatch(r"\d{2,5}x\d{2,5}", size) for size in self.warm_sizes):
             problems.append(f"warm sizes must look like 512x512, got {', '.join(self.warm_sizes)}")
+        if self.auth not in AUTH_MODES:
+            problems.append(f"auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
         if self.log_format not in ("json", "text"):
             problems.append("log format must be json or text")
         if problems:
@@ -174,6 +193,16 @@ class Config:
                 raise ConfigError(f"{variable}: {err}") from err
         values.update(overrides)
         return cls(**values)
+
+
+def parse_bytes(value: str) -> int:
+    """A size in bytes: a whole number, or one with ``K``, ``M``, ``G`` or ``T`` (powers of 1024)."""
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = 1024 ** ("KMGT".index(text[-1]) + 1) if text and text[-1] in "KMGT" else 1
+    number = float(text[:-1] if scale > 1 else text)
+    if number <= 0:
+        raise ValueError(f"must be a positive size, got {value}")
+    return int(number * scale)
 
 
 def _opt_str(value: str) -> str | None:
@@ -206,11 +235,15 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "host": ("ONNX_WEB_HOST", str),
     "port": ("ONNX_WEB_PORT", int),
     "api_workers": ("ONNX_WEB_API_WORKERS", _positive(int)),
+    "api_threads": ("ONNX_WEB_API_THREADS", _positive(int)),
     "models_path": ("ONNX_WEB_MODEL_PATH", Path),
     "bundle_path": ("ONNX_WEB_BUNDLE_PATH", Path),
     "params_path": ("ONNX_WEB_PARAMS_PATH", Path),
     "extra_models": ("ONNX_WEB_EXTRA_MODELS", _paths),
     "cors_origins": ("ONNX_WEB_CORS_ORIGIN", parse_list),
+    "auth": ("ONNX_WEB_AUTH", str),
+    "callback_secret": ("ONNX_WEB_CALLBACK_SECRET", _opt_str),
+    "callback_allow_private": ("ONNX_WEB_CALLBACK_ALLOW_PRIVATE", parse_bool),
     "any_platform": ("ONNX_WEB_ANY_PLATFORM", parse_bool),
     "block_platforms": ("ONNX_WEB_BLOCK_PLATFORMS", parse_list),
     "default_platform": ("ONNX_WEB_DEFAULT_PLATFORM", _opt_str),
@@ -224,6 +257,8 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "worker_id": ("ONNX_WEB_WORKER_ID", str),
     "worker_platform": ("ONNX_WEB_WORKER_PLATFORM", str),
     "device": ("ONNX_WEB_DEVICE", int),
+    "worker_memory": ("ONNX_WEB_WORKER_MEMORY", parse_bytes),
+    "max_job_memory": ("ONNX_WEB_MAX_JOB_MEMORY", parse_bytes),
     "cache_models": ("ONNX_WEB_CACHE_MODELS", int),
     "warm_models": ("ONNX_WEB_WARM_MODELS", parse_list),
     "warm_sizes": ("ONNX_WEB_WARM_SIZES", parse_list),

@@ -26,6 +26,8 @@ MAX_OVERFLOW = 10
 POOL_TIMEOUT_S = 10.0
 #: Shorter than gunicorn's 30 s worker timeout, so a stuck query becomes an error, not a killed worker.
 STATEMENT_TIMEOUT_S = 10.0
+#: libpq waits forever for a server that does not answer; an unreachable Postgres must be an error.
+CONNECT_TIMEOUT_S = 5
 #: ``migrations/`` is installed beside ``service/``, in a checkout and in a wheel alike.
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "migrations" / "alembic.ini"
 
@@ -56,7 +58,10 @@ def make_engine(
     application_name: str = "onnx-web",
 ) -> Engine:
     """Build a pooled engine; connections are checked before use so a restarted Postgres heals the pool."""
-    connect_args: dict[str, str] = {"application_name": application_name}
+    connect_args: dict[str, str | int] = {
+        "application_name": application_name,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+    }
     if statement_timeout_s is not None:
         connect_args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
     return sqlalchemy.create_engine(

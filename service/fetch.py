@@ -444,6 +444,47 @@ def fetch_image_url(
         raise SourceURLFailed(f"fetching the source URL failed: {type(err).__name__}: {err}") from err
 
 
+def post_json(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout_s: float,
+    resolver: Resolver = socket.getaddrinfo,
+    allow_private: bool = False,
+    tls_context: ssl.SSLContext | None = None,
+) -> int:
+    """POST a JSON ``body`` to ``url`` under the same controls as a fetch; the answer's status.
+
+    Callbacks (``service.callbacks``) go through here: a user names the URL, so it gets the
+    scheme, port and address checks, the pinned connection and one deadline, and no redirect.
+    """
+    deadline = time.monotonic() + timeout_s
+    target = parse_source_url(url, allow_private=allow_private)
+    addresses = resolve(target, resolver=resolver, deadline=deadline, allow_private=allow_private)
+    try:
+        sock = _open(target, addresses, deadline, tls_context)
+        try:
+            connection = _PinnedConnection(_DeadlineSocket(sock, deadline))
+            sent = {
+                **headers,
+                "Host": target.host_header,
+                "User-Agent": USER_AGENT,
+                "Content-Type": "application/json",
+                "Connection": "close",
+            }
+            connection.request("POST", target.target, body=body, headers=sent)
+            response = connection.getresponse()
+            response.read(CHUNK)
+            return int(response.status)
+        finally:
+            sock.close()
+    except TimeoutError as err:
+        raise SourceURLTimeout(f"the URL did not answer within {timeout_s:g} s") from err
+    except (OSError, http.client.HTTPException) as err:
+        raise SourceURLFailed(f"the URL could not be called: {type(err).__name__}: {err}") from err
+
+
 def _exchange(connection: _PinnedConnection, source: SourceURL, max_bytes: int) -> bytes:
     """Send the GET and read an image body of at most ``max_bytes`` from the answer."""
     headers = {

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    Retrying,
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from pipelines.context import Counter, Progress, StageCancelled, StageImage
 from pipelines.imageops.metadata import CONTENT_TYPES, encode_image, thumbnail
@@ -206,7 +213,15 @@ class JobRun:
             timings["upload"] = elapsed_ms(upload_started)
             self.check()
             fault_point("after_put_before_commit")
-            outcome = self._commit(stored)
+            # Stored outputs are worth waiting for: the commit is retried for as long as the lease
+            # could still hold (a later one would be fenced anyway), not given up after seconds.
+            commit = Retrying(
+                retry=retry_if_exception_type(OperationalError),
+                stop=stop_after_delay(self.config.lease_s),
+                wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+                reraise=True,
+            )
+            outcome = commit(self._commit, stored)
             fault_point("after_commit")
         except StageCancelled:
             outcome = "cancelled" if self._finish_cancelled() else "fenced"
@@ -263,7 +278,6 @@ class JobRun:
         self.runner.store.put_bytes(key, data, content_type)
         record.output_keys[name] = key
 
-    @DB_RETRY
     def _commit(self, stored: StoredOutputs) -> str:
         job, progress = self.job, self.latest
         committed = self.runner.jobs.finish_success(
@@ -306,9 +320,10 @@ class JobRun:
 
     def _fail(self, err: Exception) -> str:
         text = str(err)
-        oom = any(marker in text.lower() for marker in OOM_MARKERS)
+        oom = isinstance(err, MemoryError) or any(marker in text.lower() for marker in OOM_MARKERS)
         transient = isinstance(err, StorageError | OperationalError)
-        retryable = oom or transient or not isinstance(err, PERMANENT_ERRORS)
+        # Out of memory is no bad luck: the next worker would run out the same way, so it ends here.
+        retryable = not oom and (transient or not isinstance(err, PERMANENT_ERRORS))
         reason = (
             "oom"
             if oom

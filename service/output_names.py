@@ -38,9 +38,10 @@ def sidecar_name(image: str) -> str:
     return f"{image}.json"
 
 
-def recorded_key(jobs: JobStore, filename: str) -> str | None:
-    """The object key of ``filename`` if it names an output of a succeeded job, else None."""
+def recorded_key(jobs: JobStore, filename: str, *, owner: str | None = None) -> str | None:
+    """The object key of ``filename`` if it names an output of a succeeded job (of ``owner``, when
+    given), else None."""
     match = OUTPUT_NAME.match(filename)
     if match is None:
         return None
-    return jobs.recorded_output_key(match["job"], filename)
+    return jobs.recorded_output_key(match["job"], filename, owner=owner)

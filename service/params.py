@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeGuard, TypeVar
 
-import yaml
 from PIL import ImageColor
 
 from pipelines.diffusion.schedulers import SCHEDULER_NAMES
@@ -364,41 +363,19 @@ def _check_entries(builtin: Mapping[str, Any], doc: Mapping[str, Any], prefix: s
             _check_entries(expected, entry, f"{prefix}{key}.")
 
 
-def request_data(
-    content_type: str | None, json_body: Any, form_json_text: str | None, query: Mapping[str, Any]
-) -> dict[str, Any]:
+def request_data(document: Any, query: Mapping[str, Any], field: str = "body") -> dict[str, Any]:
     """The request data object ``D`` (contract §3.1).
 
     Args:
-        content_type: the request's ``Content-Type`` header, parameters allowed.
-        json_body: the parsed body when the type is ``application/json``.
-        form_json_text: the text of the multipart field ``json``, when there is one.
+        document: the parsed JSON body, or the parsed multipart ``json`` field; ``None`` for neither.
         query: the query-string parameters; of a repeated name the first value counts, as in Flask.
+        field: what ``document`` was, for the error when it is not an object (``body`` or ``json``).
     """
-    mimetype = (content_type or "").split(";", 1)[0].strip().lower()
-    data: Any = None
-    if mimetype == "application/json":
-        data = json_body
-    elif mimetype == "multipart/form-data" and form_json_text is not None:
-        data = json_or_yaml("json", form_json_text)
-    if not data:
+    if not document:
         return {key: value[0] if isinstance(value, list) else value for key, value in query.items()}
-    if not isinstance(data, dict):
-        raise InvalidParams("json" if mimetype == "multipart/form-data" else "body", "must be an object")
-    return data
-
-
-def json_or_yaml(field: str, text: str) -> Any:
-    """A form field holding JSON, or YAML as onnx-web also accepts; 400 naming ``field`` otherwise."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        first_line = next(iter(str(err).splitlines()), type(err).__name__)
-        raise InvalidParams(field, f"is neither JSON nor YAML: {first_line}") from err
+    if not isinstance(document, dict):
+        raise InvalidParams(field, "must be an object")
+    return document
 
 
 def parse_request(
@@ -434,9 +411,13 @@ def parse_request(
         nested=upscale_group is not data,
         registry=registry,
     )
-    highres = (
-        parse_highres(_Reader(_nested(data, "highres"), params_doc)) if route in HIGHRES_ROUTES else None
-    )
+    # Every known group is checked on every route, used there or not: onnx-web's GUI sends them
+    # all, and a value out of range is a mistake wherever it is sent (``strength=1e9`` to txt2img).
+    highres: HighresParams | None = parse_highres(_Reader(_nested(data, "highres"), params_doc))
+    img2img = parse_img2img(_Reader(params_group, params_doc))
+    inpaint = parse_inpaint(_Reader(params_group, params_doc))
+    if route not in HIGHRES_ROUTES:
+        highres = None
     if (
         highres is not None
         and highres.enabled
@@ -452,8 +433,8 @@ def parse_request(
         upscale=upscale,
         highres=highres,
         experimental=parse_experimental(_nested(data, "experimental"), params_doc),
-        img2img=parse_img2img(_Reader(params_group, params_doc)) if route == "img2img" else None,
-        inpaint=parse_inpaint(_Reader(params_group, params_doc)) if route == "inpaint" else None,
+        img2img=img2img if route == "img2img" else None,
+        inpaint=inpaint if route == "inpaint" else None,
     )
 
 

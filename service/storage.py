@@ -42,6 +42,7 @@ from minio.error import InvalidResponseError, MinioException, S3Error, ServerErr
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from service.errors import ConfigError, NotFound, StorageError
+from service.retries import retry_outcome
 
 if TYPE_CHECKING:
     from service.config import Config
@@ -527,8 +528,7 @@ class S3ObjectStore:
 
 def _log_retry(operation: str, key: str, max_attempts: int, state: RetryCallState) -> None:
     """Log one retry at WARNING: the operation, the key and the error, never the credentials."""
-    err = state.outcome.exception() if state.outcome else None
-    wait_s = state.next_action.sleep if state.next_action else 0.0
+    err, wait_s = retry_outcome(state)
     log.warning(
         "s3 %s %r failed (attempt %d of %d), retrying in %.2fs: %s",
         operation,
@@ -561,7 +561,23 @@ def _user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def from_config(config: Config, *, retry: RetryPolicy = RetryPolicy()) -> S3ObjectStore:
+@dataclass(frozen=True)
+class Patience:
+    """How long a process waits on S3: its retries and its socket timeouts."""
+
+    retry: RetryPolicy
+    connect_timeout_s: float
+    read_timeout_s: float
+
+
+#: Workers are patient: a job's outputs are worth a minute of retries.
+WORKER_PATIENCE = Patience(RetryPolicy(), CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+#: The api has a person waiting: it fails fast with a 503 they may retry, and never holds a
+#: request thread for minutes while S3 is away.
+API_PATIENCE = Patience(RetryPolicy(max_attempts=2, backoff_s=0.1, backoff_max_s=0.5), 2.0, 10.0)
+
+
+def from_config(config: Config, *, patience: Patience = WORKER_PATIENCE) -> S3ObjectStore:
     """The store a process uses, from ``s3_endpoint`` (``host:port`` or a URL), keys, bucket and region."""
     endpoint, secure = parse_endpoint(config.s3_endpoint)
     return S3ObjectStore(
@@ -571,7 +587,9 @@ def from_config(config: Config, *, retry: RetryPolicy = RetryPolicy()) -> S3Obje
         config.s3_bucket,
         secure=secure,
         region=config.s3_region,
-        retry=retry,
+        retry=patience.retry,
+        connect_timeout_s=patience.connect_timeout_s,
+        read_timeout_s=patience.read_timeout_s,
     )
 
 

@@ -9,10 +9,14 @@ written, and only if this worker still holds the job's current attempt.
 With ``batch_max`` above 1 the worker claims up to that many compatible plain txt2img jobs at
 once and runs them as one UNet batch (``service.batching``); each is still leased, fenced and
 finished on its own, through the same ``JobRunner.hold`` and ``JobRun.conclude`` as a lone job.
+
+An outage of Postgres or S3 is never a reason to exit: the worker waits it out (``outlast``), with
+capped exponential backoff and one WARNING line per wait, then claims again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -33,17 +37,22 @@ from pipelines.models.sessions import (
 )
 from pipelines.prefetch import s3_inputs, url_inputs
 from service.batching import run_batch
+from service.capacity import memory_kind, worker_memory
 from service.config import Config
 from service.faults import fault_point
 from service.fetch import fetch_image_url
 from service.images import decode_upload
-from service.jobrun import DB_RETRY, JobRunner, elapsed_ms
+from service.jobrun import JobRunner, elapsed_ms
 from service.jobs.notify import Notifier
 from service.jobs.store import ClaimedJob, JobStore
 from service.output_names import SourceS3Refused, recorded_key
+from service.retries import DB_OUTAGE, STORAGE_OUTAGE, first_line, outlast
 from service.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+
+#: Job endings that say nothing about the object store; after any other, S3 is checked before a claim.
+HEALTHY_OUTCOMES = frozenset({"success", "cancelled", "fenced", "released"})
 
 
 def worker_sessions(config: Config) -> SessionCache:
@@ -70,6 +79,11 @@ class Worker:
         self.providers = available_providers(sessions.settings)
         #: The CUDA device this worker runs on; None when it has no CUDA provider.
         self.device = sessions.settings.device_id if CUDA_PROVIDER in self.providers else None
+        #: What one job may use here; the worker claims only jobs estimated to fit (None: any).
+        self.memory_kind = memory_kind(config.worker_platform)
+        self.memory_bytes = worker_memory(
+            config.worker_platform, self.device, configured=config.worker_memory
+        )
         self.stopping = threading.Event()
         self.release_requested = threading.Event()
         self.runner = JobRunner(config, jobs, store, self.release_requested)
@@ -133,8 +147,12 @@ class Worker:
         self.notifier.interrupt()
 
     def run(self, *, max_jobs: int | None = None) -> None:
-        """Claim and run jobs until stopped (or until ``max_jobs`` have run)."""
-        self._announce()
+        """Claim and run jobs until stopped (or until ``max_jobs`` have run).
+
+        Outages of Postgres or S3 are waited out (``outlast``), never a reason to exit.
+        """
+        with contextlib.suppress(*DB_OUTAGE):  # raised only once stopping: the loop will not start
+            outlast("postgres", self._announce, DB_OUTAGE, self.stopping)
         maintenance = threading.Thread(target=self._maintenance_loop, name="maintenance", daemon=True)
         maintenance.start()
         log.info(
@@ -144,17 +162,22 @@ class Worker:
                 "worker": self.config.worker_id,
                 "platform": self.config.worker_platform,
                 "device": self.device,
+                "memory_bytes": self.memory_bytes,
             },
         )
         while not self.stopping.is_set():
-            claimed = self._claim()
+            try:
+                claimed = outlast("postgres", self._claim, DB_OUTAGE, self.stopping)
+            except DB_OUTAGE:
+                break  # stopped while the database was away
             if not claimed:
                 self.notifier.wait(self.config.poll_interval_s)
                 continue
-            if len(claimed) == 1:
-                self.run_job(claimed[0])
-            else:
-                run_batch(self.runner, self.sessions, claimed, run_alone=self.run_job)
+            if not self._run_claimed(claimed):
+                try:
+                    outlast("s3", self.store.ensure_bucket, STORAGE_OUTAGE, self.stopping)
+                except STORAGE_OUTAGE:
+                    break  # stopped while S3 was away
             if max_jobs is not None and self.jobs_done >= max_jobs:
                 break
         self.stopping.set()
@@ -184,7 +207,7 @@ class Worker:
                     )
                 self._announce()
             except OperationalError as err:
-                log.warning("maintenance failed", extra={"action": "maintenance", "error": str(err)})
+                log.warning("maintenance failed", extra={"action": "maintenance", "error": first_line(err)})
 
     def _announce(self) -> None:
         """Refresh this worker's row; an admin's restart request stops claiming after this job."""
@@ -192,6 +215,7 @@ class Worker:
             self.config.worker_id,
             platform=self.config.worker_platform,
             device=self.device,
+            memory_bytes=self.memory_bytes,
             providers=self.providers,
             models=self.sessions.held_models(self.config.models_path),
             version=self.config.server_version,
@@ -203,7 +227,27 @@ class Worker:
             )
             self.stop()
 
-    @DB_RETRY
+    def _run_claimed(self, claimed: list[ClaimedJob]) -> bool:
+        """Run what was claimed; False when S3 may be away and must be checked before the next claim.
+
+        A job that could not load its inputs or store its outputs ends as a retry; had the worker
+        claimed again at once, an S3 outage would spend one attempt of every job in the queue.
+        A batch's endings are its members' own, so S3 is checked after every batch.
+        """
+        try:
+            if len(claimed) == 1:
+                return self.run_job(claimed[0]) in HEALTHY_OUTCOMES
+            run_batch(self.runner, self.sessions, claimed, run_alone=self._run_alone)
+        except DB_OUTAGE as err:
+            # The database went away while a job ended (a cancel or a hand-back was not recorded):
+            # the job keeps its lease until it expires, then rescue hands it to a worker again.
+            log.warning(
+                "the database went away as a job ended; rescue will retry it",
+                extra={"action": "job_left", "dependency": "postgres", "error": first_line(err)},
+            )
+            return True
+        return False
+
     def _claim(self) -> list[ClaimedJob]:
         """The next job, with up to ``batch_max - 1`` that can share its batch when batching is on."""
         held = self.sessions.held_models(self.config.models_path)
@@ -212,12 +256,20 @@ class Worker:
             platform=self.config.worker_platform,
             held_models=held,
             batch_max=self.config.batch_max,
+            memory_kind=self.memory_kind,
+            memory_bytes=self.memory_bytes,
         )
 
     # -- one job -----------------------------------------------------------------------------
 
-    def run_job(self, job: ClaimedJob) -> None:
-        """Run one claimed job to a final (or handed-back) state. Never raises."""
+    def _run_alone(self, job: ClaimedJob) -> None:
+        self.run_job(job)
+
+    def run_job(self, job: ClaimedJob) -> str:
+        """Run one claimed job to a final (or handed-back) state; returns how it ended.
+
+        Raises only when the database stays away while a cancel or a hand-back is recorded.
+        """
         fault_point("after_claim")
         timings: dict[str, int] = {}
         started = time.monotonic()
@@ -240,6 +292,7 @@ class Worker:
 
             outcome = run.conclude(produce, timings)
         run.log_summary(outcome, started, timings)
+        return outcome
 
     def _load_inputs(self, job: ClaimedJob) -> dict[str, Image.Image]:
         """The job's uploads, plus the images its source-url and source-s3 stages read."""
@@ -252,9 +305,10 @@ class Worker:
             )
             images[field] = self._decode(data, field)
         for field, bucket, name in s3_inputs(job.chain):
-            # Only outputs this service recorded for a succeeded job, in its own bucket: never
-            # an arbitrary key, which could be another user's upload.
-            recorded = recorded_key(self.jobs, name) if bucket == self.config.s3_bucket else None
+            # Only outputs this service recorded for a succeeded job of the same owner, in its own
+            # bucket: never an arbitrary key, which could be another user's upload or output.
+            in_bucket = bucket == self.config.s3_bucket
+            recorded = recorded_key(self.jobs, name, owner=job.owner) if in_bucket else None
             if recorded is None:
                 raise SourceS3Refused(
                     f"{field}: {name!r} is not an output of a succeeded job in {self.config.s3_bucket}"

@@ -25,3 +25,9 @@ SCHEDULERS = [
     "pndm",
     "unipc-multi",
 ]
+
+#: Contract §5.5: ``/api/settings/pipelines``, in onnx-web's order.
+_PIPELINE_WORDS = (
+    "controlnet img2img img2img-sdxl inpaint lpw panorama panorama-sdxl pix2pix txt2img-sdxl txt2img upscale"
+)
+PIPELINES = tuple(_PIPELINE_WORDS.split())

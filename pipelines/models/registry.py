@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 ModelKind = Literal["diffusion", "correction", "upscaling"]
 NetworkType = Literal["control", "inversion", "lora"]
+#: Diffusion model families the workers tell apart: Stable Diffusion 1.x/2.x, and SDXL.
+ModelFamily = Literal["sd", "sdxl"]
 
 #: Top-level name patterns of each model kind; the kind's name is also its sub-folder.
 KIND_PREFIXES: dict[ModelKind, tuple[str, ...]] = {
@@ -186,6 +188,17 @@ class ModelRegistry:
             return UNKNOWN_HASH
         return lines[0].strip() if lines and lines[0].strip() else UNKNOWN_HASH
 
+    def family(self, name: str) -> ModelFamily:
+        """The family of the diffusion model at ``name`` (a path ``find_model`` returned)."""
+        return model_family(self.resolve(name))
+
+    def model_bytes(self, name: str) -> int:
+        """The size of a model's files (a folder's summed); 0 for one that is not there."""
+        path = self.resolve(name)
+        if path.is_file():
+            return path.stat().st_size
+        return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
     def resolve(self, name: str) -> Path:
         """Join a request's model name onto the models folder without ever leaving it.
 
@@ -218,6 +231,15 @@ class ModelRegistry:
         )
         wildcards = load_wildcards(self.models_path / WILDCARD_FOLDER)
         return _Snapshot(models, paths, networks, extras, wildcards)
+
+
+def model_family(folder: Path) -> ModelFamily:
+    """``sdxl`` when the folder's ``model_index.json`` names an XL pipeline class, else ``sd``."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "sd"
+    return "sdxl" if isinstance(index, dict) and "XL" in str(index.get("_class_name", "")) else "sd"
 
 
 def _entries(folder: Path) -> list[str]:

@@ -1,9 +1,11 @@
-"""Wake idle workers when a job becomes pending (LISTEN/NOTIFY), with polling as the fallback.
+"""LISTEN/NOTIFY hints, with polling as the fallback: idle workers woken, job events pushed.
 
 Migration 0001's triggers call ``pg_notify('onnx_web_jobs', <model or ''>)`` whenever a row
-becomes ``pending``. A notification is only a hint: connection poolers in transaction mode drop
-LISTEN, and a notification sent while the listener reconnects is lost. So a worker claims again
-after every ``wait``, whether it was woken or timed out.
+becomes ``pending``; migration 0007's call ``pg_notify('onnx_web_job_events', <name>)`` whenever a
+job's state or progress counters change. A notification is only a hint: connection poolers in
+transaction mode drop LISTEN, and a notification sent while the listener reconnects is lost. So a
+worker claims again after every ``wait``, whether it was woken or timed out, and an event stream
+reads the jobs again now and then even when nothing was heard.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from types import TracebackType
 
 import psycopg
 from psycopg import sql
@@ -21,19 +22,22 @@ from service.db import libpq_url
 log = logging.getLogger(__name__)
 
 CHANNEL = "onnx_web_jobs"
+#: Job names whose state or progress changed (``service.events``).
+EVENTS_CHANNEL = "onnx_web_job_events"
 #: How often a wait looks at ``interrupt()``: the longest a stopping worker sits in a wait.
 INTERRUPT_CHECK_S = 0.25
 
 
 class Notifier:
-    """A dedicated autocommit connection listening on ``CHANNEL`` for one worker.
+    """A dedicated autocommit connection listening on one channel (``CHANNEL`` for a worker).
 
     Create it before the first claim: notifications that arrive while the worker is busy wait
     on the connection, so the next ``wait`` returns at once instead of missing them.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, channel: str = CHANNEL) -> None:
         self._conninfo = libpq_url(url)
+        self._channel = channel
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._interrupted = threading.Event()
         self._connect()
@@ -67,6 +71,22 @@ class Notifier:
             self._interrupted.wait(max(0.0, deadline - time.monotonic()))
             return False
 
+    def payloads(self, timeout_s: float) -> list[str]:
+        """The payloads of the notifications heard within ``timeout_s`` (all that are waiting, once
+        one arrives); empty on timeout, on interrupt, or while the connection is broken."""
+        try:
+            if self._conn is None:
+                self._connect()
+            assert self._conn is not None
+            first = list(self._conn.notifies(timeout=timeout_s, stop_after=1))
+            rest = list(self._conn.notifies(timeout=0)) if first else []
+            return [notify.payload for notify in first + rest]
+        except psycopg.OperationalError as err:
+            log.warning("listen connection lost", extra={"action": "listen_lost", "error": str(err)})
+            self.close()
+            self._interrupted.wait(timeout_s)
+            return []
+
     def interrupt(self) -> None:
         """Make the current and every later ``wait`` return at once (the worker is stopping)."""
         self._interrupted.set()
@@ -77,15 +97,7 @@ class Notifier:
         if conn is not None:
             conn.close()
 
-    def __enter__(self) -> Notifier:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def _connect(self) -> None:
         conn = psycopg.connect(self._conninfo, autocommit=True)
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
         self._conn = conn

@@ -1,4 +1,5 @@
-"""Load ``queries.sql``: every runtime statement on the jobs table, each named and described."""
+"""Load ``queries.sql``: every runtime statement on the jobs, workers and API key tables, each named
+and described."""
 
 from __future__ import annotations
 

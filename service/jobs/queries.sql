@@ -2,11 +2,11 @@
 -- Add a pending job; inserts nothing when the name or the (owner, idempotency key) is taken.
 INSERT INTO jobs (
     id, name, owner, idempotency_key, request_hash, kind, priority, model, platform,
-    chain, inputs, max_attempts, request_id, steps_total, stages_total, tiles_total
+    chain, inputs, max_attempts, request_id, steps_total, stages_total, tiles_total, memory, callback
 ) VALUES (
     :id, :name, :owner, :idempotency_key, :request_hash, :kind, :priority, :model, :platform,
     CAST(:chain AS jsonb), CAST(:inputs AS jsonb), :max_attempts, :request_id,
-    :steps_total, :stages_total, :tiles_total
+    :steps_total, :stages_total, :tiles_total, CAST(:memory AS jsonb), :callback
 )
 -- No conflict target: a concurrent twin makes this wait for the twin's commit, then the
 -- caller reads the winner (select_conflicting_job) instead of failing.
@@ -38,13 +38,26 @@ SELECT
     jobs.created_at, jobs.started_at, jobs.finished_at
 FROM jobs
 LEFT JOIN queue ON queue.id = jobs.id
-WHERE jobs.name = ANY(CAST(:names AS text[]));
+-- With an :owner (keys mode), another owner's job is as if it did not exist.
+WHERE jobs.name = ANY(CAST(:names AS text[])) AND (CAST(:owner AS text) IS NULL OR jobs.owner = :owner);
+
+-- name: select_owner_jobs
+-- A page of an owner's job names, newest first, optionally of one state; keyset-paged by
+-- (created_at, id) below the cursor. Asks for :limit + 1 rows: the extra one says there is more.
+SELECT name, created_at, id
+FROM jobs
+WHERE owner = :owner
+    AND (CAST(:state AS job_state) IS NULL OR state = CAST(:state AS job_state))
+    AND (CAST(:before_at AS timestamptz) IS NULL
+        OR (created_at, id) < (CAST(:before_at AS timestamptz), CAST(:before_id AS uuid)))
+ORDER BY created_at DESC, id DESC
+LIMIT CAST(:limit AS integer) + 1;
 
 -- name: select_output_key
 -- The object key a succeeded job recorded for one of its output file names; no row for any other job.
 SELECT output_keys ->> CAST(:filename AS text) AS key
 FROM jobs
-WHERE name = :name AND state = 'success';
+WHERE name = :name AND state = 'success' AND (CAST(:owner AS text) IS NULL OR owner = :owner);
 
 -- name: count_pending
 -- Number of jobs waiting in the queue (what the autoscaler scales on).
@@ -62,20 +75,25 @@ WITH changed AS (
         cancel_requested = cancel_requested OR state = 'running',
         updated_at = now()
     WHERE name = :name AND state IN ('pending', 'running')
+        AND (CAST(:owner AS text) IS NULL OR owner = :owner)
     RETURNING state
 )
 SELECT state FROM changed
 UNION ALL
 -- Terminal (or already moved on): unchanged, report it as it is.
-SELECT state FROM jobs WHERE name = :name AND NOT EXISTS (SELECT 1 FROM changed);
+SELECT state FROM jobs
+WHERE name = :name AND (CAST(:owner AS text) IS NULL OR owner = :owner) AND NOT EXISTS (SELECT 1 FROM changed);
 
 -- name: claim_batch
 -- Claim the next job for a worker (priority, then jobs past the affinity window, then held models, then
 -- age), plus up to :batch_max - 1 pending jobs with its batch_key; :batch_max 1 claims one job.
+-- A worker that announced :memory_bytes takes only jobs whose :memory_kind estimate fits in it.
 WITH first AS (
     SELECT id, batch_key
     FROM jobs
     WHERE state = 'pending' AND (platform IS NULL OR platform = :platform)
+        AND (CAST(:memory_bytes AS bigint) IS NULL OR memory IS NULL
+            OR CAST(memory ->> CAST(:memory_kind AS text) AS bigint) <= CAST(:memory_bytes AS bigint))
     ORDER BY
         priority DESC,
         -- A job waiting longer than the window is never passed over for a held-model one.
@@ -120,9 +138,9 @@ claimed AS (
         updated_at = now()
     WHERE id IN (SELECT id FROM first UNION ALL SELECT id FROM mates)
     RETURNING jobs.id, jobs.name, jobs.kind, jobs.attempt, jobs.chain, jobs.inputs, jobs.model,
-        jobs.max_attempts, jobs.priority, jobs.created_at
+        jobs.max_attempts, jobs.owner, jobs.priority, jobs.created_at
 )
-SELECT id, name, kind, attempt, chain, inputs, model, max_attempts
+SELECT id, name, kind, attempt, chain, inputs, model, max_attempts, owner
 FROM claimed
 -- The first job first, then its mates in queue order.
 ORDER BY id <> (SELECT id FROM first), priority DESC, created_at, id;
@@ -261,11 +279,16 @@ RETURNING jobs.id, jobs.name, jobs.state, jobs.attempt, expired.worker_id;
 
 -- name: announce_worker
 -- Insert or refresh a worker's row (a sign of life); returns whether an admin asked it to restart.
-INSERT INTO workers (id, platform, device, providers, models, version, jobs_done, started_at, seen_at)
-VALUES (:id, :platform, :device, CAST(:providers AS jsonb), CAST(:models AS jsonb), :version, :jobs_done, now(), now())
+INSERT INTO workers (
+    id, platform, device, memory_bytes, providers, models, version, jobs_done, started_at, seen_at
+) VALUES (
+    :id, :platform, :device, :memory_bytes, CAST(:providers AS jsonb), CAST(:models AS jsonb), :version,
+    :jobs_done, now(), now()
+)
 ON CONFLICT (id) DO UPDATE SET
     platform = EXCLUDED.platform,
     device = EXCLUDED.device,
+    memory_bytes = EXCLUDED.memory_bytes,
     providers = EXCLUDED.providers,
     models = EXCLUDED.models,
     version = EXCLUDED.version,
@@ -279,7 +302,7 @@ DELETE FROM workers WHERE id = :id;
 
 -- name: select_live_workers
 -- Workers seen within the last :max_age_s seconds, oldest first.
-SELECT id, platform, device, providers, models, version, jobs_done, started_at, seen_at
+SELECT id, platform, device, memory_bytes, providers, models, version, jobs_done, started_at, seen_at
 FROM workers
 WHERE seen_at > now() - make_interval(secs => :max_age_s)
 ORDER BY started_at;
@@ -293,6 +316,10 @@ WHERE seen_at > now() - make_interval(secs => :max_age_s);
 -- Delete rows of workers not seen for :max_age_s seconds (they crashed or were killed).
 DELETE FROM workers WHERE seen_at < now() - make_interval(secs => :max_age_s);
 
+-- name: select_held_by_worker
+-- The running attempts a worker holds (a supervisor asks after the worker died).
+SELECT id, name, attempt FROM jobs WHERE state = 'running' AND worker_id = :worker_id ORDER BY id;
+
 -- name: select_active_jobs
 -- The running then pending jobs (at most :limit), for the admin's worker status.
 SELECT name, state, steps_current, steps_total
@@ -300,3 +327,78 @@ FROM jobs
 WHERE state IN ('running', 'pending')
 ORDER BY state DESC, priority DESC, created_at
 LIMIT :limit;
+
+-- name: insert_key
+-- Add an API key (by its hash) with its owner and limits.
+INSERT INTO api_keys (id, owner, key_hash, admin, max_running, rate_per_min, pixel_steps_per_day)
+VALUES (:id, :owner, :key_hash, :admin, :max_running, :rate_per_min, :pixel_steps_per_day);
+
+-- name: select_key_by_hash
+-- The key a request presents, revoked or not; its last use is recorded at most once a minute.
+WITH touched AS (
+    UPDATE api_keys SET last_used_at = now()
+    WHERE key_hash = :key_hash AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+)
+SELECT id, owner, admin, max_running, rate_per_min, pixel_steps_per_day, revoked_at IS NOT NULL AS revoked
+FROM api_keys
+WHERE key_hash = :key_hash;
+
+-- name: select_keys
+-- Every key with its limits and today's usage, oldest first (never the hash).
+SELECT k.id, k.owner, k.admin, k.max_running, k.rate_per_min, k.pixel_steps_per_day, k.created_at,
+    k.revoked_at, k.last_used_at, COALESCE(u.amount, 0) AS pixel_steps_today
+FROM api_keys k
+LEFT JOIN key_usage u ON u.key_id = k.id AND u.period = 'day' AND u.starts_at = date_trunc('day', now())
+ORDER BY k.created_at, k.id;
+
+-- name: revoke_key
+-- Revoke a key for good; returns its id when it existed and was live.
+UPDATE api_keys SET revoked_at = now() WHERE id = :id AND revoked_at IS NULL RETURNING id;
+
+-- name: count_owner_active
+-- How many jobs an owner has pending or running (its max_running quota).
+-- Unfinished is pending or running (jobs_finished_iff_terminal); jobs_owner_active_idx answers it.
+SELECT count(*) FROM jobs WHERE owner = :owner AND finished_at IS NULL;
+
+-- name: use_quota
+-- Add :amount to a key's counter for the current :period ('minute' or 'day') unless that would pass
+-- :limit; returns the new total, or no row when the limit would be passed (nothing is added then).
+-- A key's counters older than two days are dropped on the way.
+WITH window_start AS (
+    SELECT date_trunc(CAST(:period AS text), now()) AS starts_at
+),
+forgotten AS (
+    DELETE FROM key_usage WHERE key_id = :key_id AND starts_at < now() - interval '2 days'
+)
+INSERT INTO key_usage AS usage (key_id, period, starts_at, amount)
+SELECT :key_id, :period, starts_at, :amount FROM window_start WHERE :amount <= :limit
+ON CONFLICT (key_id, period, starts_at) DO UPDATE SET amount = usage.amount + EXCLUDED.amount
+WHERE usage.amount + EXCLUDED.amount <= :limit
+RETURNING amount;
+
+-- name: claim_callbacks
+-- Take up to :limit due deliveries for one try each: the try is counted and the row hidden from
+-- other dispatchers for :lease_s (a dispatcher that dies mid-try leaves it due again after that).
+WITH due AS (
+    SELECT id FROM callbacks
+    WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE callbacks SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => :lease_s)
+FROM due, jobs
+WHERE callbacks.id = due.id AND jobs.id = callbacks.job_id
+RETURNING callbacks.id, callbacks.url, callbacks.attempts, jobs.name;
+
+-- name: callback_delivered
+-- A delivery the receiver accepted (2xx).
+UPDATE callbacks SET delivered_at = now(), last_error = NULL WHERE id = :id;
+
+-- name: callback_failed
+-- A failed try: due again in :retry_in_s, or given up once :max_attempts tries were made.
+UPDATE callbacks SET
+    last_error = :error,
+    next_attempt_at = now() + make_interval(secs => :retry_in_s),
+    gave_up_at = CASE WHEN attempts >= :max_attempts THEN now() END
+WHERE id = :id;

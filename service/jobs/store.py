@@ -51,6 +51,10 @@ class NewJob:
     steps_total: int = 0
     stages_total: int = 0
     tiles_total: int = 0
+    #: Estimated peak bytes per device kind (``pipelines.memory``); None: claimed by any worker.
+    memory: Mapping[str, int] | None = None
+    #: A URL to call when the job ends (checked by the api); None: no callback.
+    callback: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +101,8 @@ class ClaimedJob:
     inputs: dict[str, str]
     model: str | None
     max_attempts: int
+    #: Whose job it is: a ``source-s3`` stage may read only its owner's outputs.
+    owner: str = "anonymous"
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,8 @@ class WorkerInfo:
     platform: str
     #: The CUDA device index it runs on; None for a worker without CUDA.
     device: int | None
+    #: Bytes one job may use on it; None when unknown.
+    memory_bytes: int | None
     providers: tuple[str, ...]
     models: tuple[str, ...]
     version: str | None
@@ -171,6 +179,8 @@ class JobStore:
             "steps_total": job.steps_total,
             "stages_total": job.stages_total,
             "tiles_total": job.tiles_total,
+            "memory": None if job.memory is None else json.dumps(dict(job.memory)),
+            "callback": job.callback,
         }
         with self._engine.begin() as conn:
             if conn.execute(QUERIES["insert_job"], params).first() is not None:
@@ -183,18 +193,42 @@ class JobStore:
                 raise IdempotencyConflict(f"job name {job.name} is taken by another request")
             return self._views(conn, [existing.name])[existing.name]
 
-    def get_many(self, names: Sequence[str]) -> dict[str, JobView]:
-        """The jobs with these names (unknown names are absent), with queue positions, in one query."""
-        with self._engine.connect() as conn:
-            return self._views(conn, names)
+    def get_many(self, names: Sequence[str], *, owner: str | None = None) -> dict[str, JobView]:
+        """The jobs with these names (unknown names are absent), with queue positions, in one query.
 
-    def recorded_output_key(self, job_name: str, filename: str) -> str | None:
+        With ``owner``, another owner's job is absent too (keys mode); so for every method below.
+        """
+        with self._engine.connect() as conn:
+            return self._views(conn, names, owner)
+
+    def owner_jobs(
+        self, owner: str, *, state: JobState | None, limit: int, before: tuple[datetime, UUID] | None
+    ) -> tuple[list[JobView], tuple[datetime, UUID] | None]:
+        """A page of ``owner``'s jobs, newest first, and the cursor of the next page (None: last).
+
+        ``before`` is the previous page's cursor; each view has its queue place, as ``get_many``.
+        """
+        params = {
+            "owner": owner,
+            "state": None if state is None else state.value,
+            "limit": limit,
+            "before_at": None if before is None else before[0],
+            "before_id": None if before is None else before[1],
+        }
+        with self._engine.connect() as conn:
+            rows = conn.execute(QUERIES["select_owner_jobs"], params).all()
+            page = rows[:limit]
+            views = self._views(conn, [row.name for row in page], owner)
+        following = (page[-1].created_at, page[-1].id) if len(rows) > limit else None
+        return [views[row.name] for row in page if row.name in views], following
+
+    def recorded_output_key(self, job_name: str, filename: str, *, owner: str | None = None) -> str | None:
         """The object key succeeded job ``job_name`` recorded for ``filename``; None for any other
         job or name.
 
         One row by its unique name: unlike ``get_many``, it never ranks the queue.
         """
-        params = {"name": job_name, "filename": filename}
+        params = {"name": job_name, "filename": filename, "owner": owner}
         with self._engine.connect() as conn:
             key: str | None = conn.execute(QUERIES["select_output_key"], params).scalar_one_or_none()
         return key
@@ -204,27 +238,50 @@ class JobStore:
         with self._engine.connect() as conn:
             return int(conn.execute(QUERIES["count_pending"]).scalar_one())
 
-    def cancel(self, name: str) -> JobState | None:
+    def cancel(self, name: str, *, owner: str | None = None) -> JobState | None:
         """Cancel a job by name and return its resulting state; None for an unknown name.
 
         Pending ends ``cancelled`` at once; running stays ``running`` with ``cancel_requested``
         set until its worker stops; terminal jobs are left as they are.
         """
         with self._engine.begin() as conn:
-            state = conn.execute(QUERIES["cancel_job"], {"name": name}).scalar_one_or_none()
+            state = conn.execute(QUERIES["cancel_job"], {"name": name, "owner": owner}).scalar_one_or_none()
         return None if state is None else JobState(state)
 
-    def claim(self, worker_id: str, *, platform: str, held_models: Sequence[str]) -> ClaimedJob | None:
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        platform: str,
+        held_models: Sequence[str],
+        memory_kind: str = "cpu",
+        memory_bytes: int | None = None,
+    ) -> ClaimedJob | None:
         """Take the next job for this worker, or None when nothing suits it.
 
         Highest priority first; within it, jobs older than the affinity window by age, then jobs
-        for a model the worker holds, then the rest by age.
+        for a model the worker holds, then the rest by age. With ``memory_bytes``, only jobs whose
+        ``memory_kind`` estimate fits.
         """
-        claimed = self.claim_batch(worker_id, platform=platform, held_models=held_models, batch_max=1)
+        claimed = self.claim_batch(
+            worker_id,
+            platform=platform,
+            held_models=held_models,
+            batch_max=1,
+            memory_kind=memory_kind,
+            memory_bytes=memory_bytes,
+        )
         return claimed[0] if claimed else None
 
     def claim_batch(
-        self, worker_id: str, *, platform: str, held_models: Sequence[str], batch_max: int
+        self,
+        worker_id: str,
+        *,
+        platform: str,
+        held_models: Sequence[str],
+        batch_max: int,
+        memory_kind: str = "cpu",
+        memory_bytes: int | None = None,
     ) -> list[ClaimedJob]:
         """Take the job ``claim`` would, plus up to ``batch_max - 1`` pending jobs that can share its batch.
 
@@ -241,6 +298,8 @@ class JobStore:
             "lease_s": self._lease_s,
             "affinity_window_s": self._affinity_window_s,
             "batch_max": batch_max,
+            "memory_kind": memory_kind,
+            "memory_bytes": memory_bytes,
         }
         with self._engine.begin() as conn:
             rows = conn.execute(QUERIES["claim_batch"], params).all()
@@ -326,6 +385,22 @@ class JobStore:
             state = conn.execute(QUERIES["finish_failed"], params).scalar_one_or_none()
         return None if state is None else JobState(state)
 
+    def fail_held(self, worker_id: str, *, reason: str, message: str) -> list[str]:
+        """End every attempt a dead worker still holds as failed with ``reason``, not retried.
+
+        For a supervisor that knows why its worker died (the kernel's OOM killer): without it, the
+        rescue would hand the same jobs to the next worker, to die the same way. Returns the names.
+        """
+        with self._engine.begin() as conn:
+            held = conn.execute(QUERIES["select_held_by_worker"], {"worker_id": worker_id}).all()
+        return [
+            row.name
+            for row in held
+            if self.finish_failed(
+                row.id, worker_id, row.attempt, reason=reason, message=message, retryable=False
+            )
+        ]
+
     def finish_cancelled(self, job_id: UUID, worker_id: str, attempt: int) -> bool:
         """End a cancel-requested job after its worker stopped; False when fenced or not requested."""
         return self._fenced(QUERIES["finish_cancelled"], job_id, worker_id, attempt)
@@ -361,12 +436,15 @@ class JobStore:
         version: str,
         jobs_done: int,
         device: int | None = None,
+        memory_bytes: int | None = None,
     ) -> bool:
-        """Record that a worker lives (on CUDA ``device``, if any); True when an admin asked it to restart."""
+        """Record that a worker lives (on CUDA ``device``, if any, holding ``memory_bytes`` per job);
+        True when an admin asked it to restart."""
         params = {
             "id": worker_id,
             "platform": platform,
             "device": device,
+            "memory_bytes": memory_bytes,
             "providers": json.dumps(list(providers)),
             "models": json.dumps(list(models)),
             "version": version,
@@ -385,18 +463,9 @@ class JobStore:
         with self._engine.begin() as conn:
             conn.execute(QUERIES["forget_stale_workers"], {"max_age_s": max(max_age_s * 10, 3600)})
             rows = conn.execute(QUERIES["select_live_workers"], {"max_age_s": max_age_s}).all()
+        # The statement selects exactly WorkerInfo's fields; JSON lists become tuples.
         return [
-            WorkerInfo(
-                id=row.id,
-                platform=row.platform,
-                device=row.device,
-                providers=tuple(row.providers),
-                models=tuple(row.models),
-                version=row.version,
-                jobs_done=row.jobs_done,
-                started_at=row.started_at,
-                seen_at=row.seen_at,
-            )
+            WorkerInfo(**{**row._mapping, "providers": tuple(row.providers), "models": tuple(row.models)})
             for row in rows
         ]
 
@@ -416,8 +485,8 @@ class JobStore:
         with self._engine.begin() as conn:
             return conn.execute(query, params).rowcount == 1
 
-    def _views(self, conn: Connection, names: Sequence[str]) -> dict[str, JobView]:
-        rows = conn.execute(QUERIES["select_jobs"], {"names": list(names)}).all()
+    def _views(self, conn: Connection, names: Sequence[str], owner: str | None = None) -> dict[str, JobView]:
+        rows = conn.execute(QUERIES["select_jobs"], {"names": list(names), "owner": owner}).all()
         return {row.name: _view(row) for row in rows}
 
 
@@ -442,6 +511,7 @@ def _claimed(row: Row[Any]) -> ClaimedJob:
         inputs=row.inputs,
         model=row.model,
         max_attempts=row.max_attempts,
+        owner=row.owner,
     )
 
 

@@ -19,12 +19,18 @@ ACTIVE_JOBS_LISTED = 100
 
 
 class AdminResource:
-    """Base of the admin resources: ``authorize`` refuses requests without the admin token."""
+    """Base of the admin resources: ``authorize`` refuses requests without the admin token (or,
+    in keys mode, an admin key, which ``service.auth.KeyAuth`` checked)."""
+
+    access = "admin"
 
     def __init__(self, token: str) -> None:
         self._token = token.encode()
 
     def authorize(self, req: falcon.Request) -> None:
+        key = req.context.get("key")
+        if key is not None and key.admin:
+            return
         header = req.get_header("Authorization") or ""
         given = (
             header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else req.get_param("token")
@@ -55,6 +61,7 @@ class WorkerStatusResource(AdminResource):
                     "id": worker.id,
                     "platform": worker.platform,
                     "device": worker.device,
+                    "memory_bytes": worker.memory_bytes,
                     "providers": list(worker.providers),
                     "models": list(worker.models),
                     "version": worker.version,

@@ -43,13 +43,26 @@ def safe_join(root: Path, relative: str) -> Path:
     return resolved
 
 
+#: The GUI's pages: its own scripts and styles only, never framed by another site. ``connect-src``
+#: and ``img-src`` stay open, since ``?api=`` points the GUI at another server.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src * data: blob:; "
+    "connect-src *; font-src 'self' data:; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
 class BundleResource:
     """Serves ``index.html`` at ``/`` and any bundle file below it."""
+
+    #: Open without an API key, also in keys mode.
+    access = "public"
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, filename: str | None = None) -> None:
+        resp.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         if filename is None:
             index = self.root / "index.html"
             if not index.is_file():

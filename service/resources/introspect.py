@@ -13,6 +13,9 @@ _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 class IntrospectResource:
     """Lists every route with its methods; path parameters written ``:name`` as Flask did."""
 
+    #: Open without an API key, also in keys mode.
+    access = "public"
+
     def __init__(self, routes: Sequence[tuple[str, Sequence[str]]]) -> None:
         self.routes = [
             {"path": _PARAM.sub(r":\1", path), "methods": sorted({*methods, "OPTIONS"})}
@@ -21,3 +24,5 @@ class IntrospectResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"name": "onnx-web", "routes": self.routes}
+
+    on_head = on_get

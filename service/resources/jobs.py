@@ -3,16 +3,37 @@ deprecated ``GET /api/ready`` and ``PUT /api/cancel`` (contract §4.11-4.14)."""
 
 from __future__ import annotations
 
+import base64
+import json
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import falcon
 
+from service.auth import owner_filter
 from service.config import MAX_JOBS_PER_CALL
-from service.errors import InvalidParams
+from service.errors import InvalidParams, NotFound
 from service.jobs.store import JobState, JobStore, JobView
 from service.names import sanitize_name
 
 ZERO = {"current": 0, "total": 0}
+#: What a failed job's ``reason`` means, in words a user can act on (never a traceback).
+FAILURE_MESSAGES = {
+    "oom": "the job needed more memory than the worker has; try a smaller size, batch or tile",
+    "storage": "the image store was unavailable while saving the results; submit the job again",
+    "rescued": "the worker running the job stopped responding on every attempt",
+    "error": "the job failed while running; the server's log has the details",
+    "source_url_error": "a source image URL could not be read",
+    "source_url_blocked": "a source image URL points at a private or local address",
+    "source_url_too_large": "a source image URL is larger than the server accepts",
+    "source_url_timeout": "a source image URL did not answer in time",
+    "source_url_bad_type": "a source image URL is not a PNG, JPEG or WebP image",
+    "source_url_failed": "a source image URL answered with an error",
+    "source_s3_refused": "a source-s3 stage names something that is not one of your outputs",
+}
+#: Jobs per page of ``GET /api/jobs``: the default and the most.
+LIST_LIMIT, LIST_MAX = 20, 100
 
 
 def render_job(name: str, view: JobView | None) -> dict[str, Any]:
@@ -37,6 +58,8 @@ def render_job(name: str, view: JobView | None) -> dict[str, Any]:
     }
     if view.reason:
         record["reason"] = view.reason
+    if view.state == JobState.FAILED:
+        record["error"] = FAILURE_MESSAGES.get(view.reason or "error", FAILURE_MESSAGES["error"])
     if view.cancel_requested and view.state == JobState.RUNNING:
         record["cancelRequested"] = True
     if view.state == JobState.SUCCESS:
@@ -76,8 +99,10 @@ class JobStatusResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         names = job_names(req)
-        views = self.jobs.get_many(names)
+        views = self.jobs.get_many(names, owner=owner_filter(req))
         resp.media = [render_job(name, views.get(name)) for name in names]
+
+    on_head = on_get
 
 
 class JobCancelResource:
@@ -87,11 +112,11 @@ class JobCancelResource:
         self.jobs = jobs
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = [_cancel(self.jobs, name) for name in job_names(req)]
+        resp.media = [_cancel(self.jobs, name, owner_filter(req)) for name in job_names(req)]
 
 
-def _cancel(jobs: JobStore, name: str) -> dict[str, Any]:
-    state = jobs.cancel(name)
+def _cancel(jobs: JobStore, name: str, owner: str | None) -> dict[str, Any]:
+    state = jobs.cancel(name, owner=owner)
     record: dict[str, Any] = {"name": name, "status": state.value if state else "unknown"}
     if state == JobState.RUNNING:
         # The worker stops at its next check (between steps, tiles and stages).
@@ -118,7 +143,7 @@ class ReadyResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         name = _output_name(req)
-        view = self.jobs.get_many([name]).get(name)
+        view = self.jobs.get_many([name], owner=owner_filter(req)).get(name)
         if view is None:
             resp.media = _ready_record(ready=True, failed=True)
         elif view.state == JobState.PENDING:
@@ -131,6 +156,8 @@ class ReadyResource:
                 progress=view.steps[0],
             )
 
+    on_head = on_get
+
 
 class LegacyCancelResource:
     """Deprecated ``PUT /api/cancel?output=name`` (contract §4.14)."""
@@ -139,5 +166,64 @@ class LegacyCancelResource:
         self.jobs = jobs
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
-        state = self.jobs.cancel(_output_name(req))
+        state = self.jobs.cancel(_output_name(req), owner=owner_filter(req))
         resp.media = _ready_record(cancelled=state in (JobState.CANCELLED, JobState.RUNNING))
+
+
+class JobListResource:
+    """``GET /api/jobs?status=&limit=&cursor=``: the caller's own jobs, newest first (keys mode).
+
+    In anonymous mode a job's name is its only credential, so there is no listing: 404.
+    """
+
+    def __init__(self, jobs: JobStore) -> None:
+        self.jobs = jobs
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        owner = owner_filter(req)
+        if owner is None:
+            raise NotFound("listing jobs needs API keys (ONNX_WEB_AUTH=keys)")
+        views, following = self.jobs.owner_jobs(
+            owner,
+            state=_list_state(req),
+            limit=_list_limit(req),
+            before=_read_cursor(req.get_param("cursor")),
+        )
+        resp.media = {
+            "jobs": [render_job(view.name, view) for view in views],
+            "next": None if following is None else _write_cursor(following),
+        }
+
+
+def _list_state(req: falcon.Request) -> JobState | None:
+    raw = req.get_param("status")
+    if not raw:
+        return None
+    try:
+        return JobState(raw)
+    except ValueError as err:
+        names = ", ".join(state.value for state in JobState)
+        raise InvalidParams("status", f"must be one of {names}") from err
+
+
+def _list_limit(req: falcon.Request) -> int:
+    raw = req.get_param("limit") or str(LIST_LIMIT)
+    if not raw.isdigit() or not 1 <= int(raw) <= LIST_MAX:
+        raise InvalidParams("limit", f"must be an integer from 1 to {LIST_MAX}")
+    return int(raw)
+
+
+def _write_cursor(position: tuple[datetime, UUID]) -> str:
+    text = json.dumps([position[0].isoformat(), str(position[1])])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _read_cursor(raw: str | None) -> tuple[datetime, UUID] | None:
+    """The page position a cursor of ``_write_cursor`` names; 400 for anything else."""
+    if not raw:
+        return None
+    try:
+        when, job_id = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        return datetime.fromisoformat(when), UUID(job_id)
+    except (ValueError, TypeError) as err:
+        raise InvalidParams("cursor", "is not a cursor this server gave") from err

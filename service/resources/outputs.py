@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import falcon
 
+from service.auth import owner_filter
 from service.errors import NotFound
 from service.jobs.store import JobStore
 from service.output_names import recorded_key
@@ -24,14 +25,14 @@ class OutputResource:
         self.presign = presign
         self.presign_expiry_s = presign_expiry_s
 
-    def _key(self, filename: str) -> str:
-        key = recorded_key(self.jobs, filename)
+    def _key(self, req: falcon.Request, filename: str) -> str:
+        key = recorded_key(self.jobs, filename, owner=owner_filter(req))
         if key is None:
             raise NotFound("no such output")
         return key
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, filename: str) -> None:
-        key = self._key(filename)
+        key = self._key(req, filename)
         if self.presign:
             raise falcon.HTTPTemporaryRedirect(self.store.presign_get(key, self.presign_expiry_s))
         obj = self.store.get_stream(key)
@@ -47,7 +48,7 @@ class OutputResource:
         resp.stream = obj
 
     def on_head(self, req: falcon.Request, resp: falcon.Response, filename: str) -> None:
-        key = self._key(filename)
+        key = self._key(req, filename)
         stat = self.store.stat(key)
         resp.etag = stat.etag
         resp.content_type = "application/json" if filename.endswith(".json") else stat.content_type

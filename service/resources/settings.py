@@ -42,6 +42,9 @@ METHODS = ("GET", "HEAD")
 class SettingsResources:
     """One Falcon resource serving every settings route through responder suffixes."""
 
+    #: Open without an API key, also in keys mode.
+    access = "public"
+
     def __init__(
         self,
         config: Config,

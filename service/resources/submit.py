@@ -10,22 +10,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import secrets
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import falcon
+from PIL import Image
 
+from pipelines.memory import ChainMemory, pixel_steps
 from pipelines.models.registry import ModelRegistry
 from service import chains
+from service.admission import Admission
+from service.auth import ANONYMOUS
+from service.callbacks import check_callback_url
 from service.config import Config
-from service.errors import InvalidParams, NotImplementedYet
-from service.images import decode_upload, encode_png
+from service.errors import (
+    ConfigError,
+    InvalidParams,
+    NotImplementedYet,
+    TooManyRequests,
+    UnsupportedMediaType,
+)
+from service.images import encode_png, load_upload, open_upload
+from service.inputs import MAX_DOCUMENT_BYTES, check_query, check_text, load_json, load_json_or_yaml
+from service.jobs.keys import ApiKey, KeyStore
 from service.jobs.store import JobStore, JobView, NewJob
 from service.names import job_name
-from service.params import ParsedRequest, Route, json_or_yaml, parse_request, request_data
+from service.params import ParsedRequest, Route, parse_request, request_data
 from service.resources.jobs import render_job
 from service.storage import ObjectStore, input_key
 
@@ -47,69 +62,111 @@ FROM_UPLOAD = {
 }
 #: Per-stage uploads of chain requests are named ``source:<stage>`` / ``mask:<stage>``.
 FILE_PREFIXES = ("source", "mask")
+#: What a chain request without a document is told.
+NO_CHAIN_BODY = "chain pipeline must have a body (JSON, or a multipart 'chain' field)"
+#: When a client over its running-jobs limit may look again.
+RUNNING_RETRY_S = 10
+SECONDS_PER_DAY = 24 * 3600
+#: The body media types a submission may have (without a body, parameters come from the query).
+BODY_TYPES = (falcon.MEDIA_JSON, falcon.MEDIA_MULTIPART, falcon.MEDIA_URLENCODED)
 
 
 @dataclass
 class RequestBody:
-    """A submission as received: the parameter object, the uploaded files and the raw text."""
+    """A submission as received: the parameter object, the uploaded files and a digest of it all.
+
+    ``digest`` covers everything that decides the job (query string, parameter text, chain and
+    every uploaded file), so an ``Idempotency-Key`` reused with any other request is a 409.
+    """
 
     data: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)
     chain: Any = None
-    raw: bytes = b""
+    digest: bytes = b""
 
 
 def read_body(req: falcon.Request, *, chain_route: bool) -> RequestBody:
-    """Read any of the layouts: JSON body, multipart with ``json``/``chain`` fields, or query string."""
+    """Read any of the layouts: JSON body, multipart with ``json``/``chain`` fields, a form, or the query.
+
+    Media types are compared without case (RFC 9110). A body of any other type is refused with 415
+    rather than ignored, so a client never gets a default job in place of the one it described.
+    """
     query = dict(req.params)
-    if req.content_type and req.content_type.split(";")[0].strip() == falcon.MEDIA_JSON:
-        body = req.get_media()
-        raw = json.dumps(body, sort_keys=True).encode()
+    mimetype = (req.content_type or "").split(";", 1)[0].strip().lower()
+    digest = hashlib.sha256(_canonical({"query": query}))
+    if mimetype == falcon.MEDIA_JSON:
+        # One byte past the document cap is enough to refuse an oversized body without reading it all.
+        document = load_json(req.bounded_stream.read(MAX_DOCUMENT_BYTES + 1), "body")
+        digest.update(_canonical(document))
         if chain_route:
-            return RequestBody({}, chain=body, raw=raw)
-        if body is not None and not isinstance(body, dict):
-            raise InvalidParams("body", "must be a JSON object")
-        return RequestBody(request_data(falcon.MEDIA_JSON, body, None, query), raw=raw)
-    if req.content_type and req.content_type.startswith(falcon.MEDIA_MULTIPART):
-        files: dict[str, bytes] = {}
-        texts: dict[str, str] = {}
-        for part in req.get_media():
-            if part.filename is not None or (part.content_type or "").startswith("image/"):
-                files[part.name] = part.stream.read()
-            elif part.name in ("json", "chain"):
-                texts[part.name] = part.text
-        digest = hashlib.sha256(json.dumps(texts, sort_keys=True).encode())
+            return RequestBody({}, chain=document, digest=digest.digest())
+        return RequestBody(request_data(document, query), digest=digest.digest())
+    if mimetype == falcon.MEDIA_MULTIPART:
+        files, texts = _read_parts(req)
+        digest.update(_canonical(texts))
         for name in sorted(files):
             digest.update(name.encode() + hashlib.sha256(files[name]).digest())
         if chain_route:
             if "chain" not in texts:
                 raise InvalidParams("chain", "chain pipeline must have a body (a 'chain' form field)")
-            return RequestBody({}, files, json_or_yaml("chain", texts["chain"]), digest.digest())
-        data = request_data(falcon.MEDIA_MULTIPART, None, texts.get("json"), query)
-        return RequestBody(data, files, raw=digest.digest())
+            return RequestBody({}, files, load_json_or_yaml(texts["chain"], "chain"), digest.digest())
+        document = load_json_or_yaml(texts["json"], "json") if "json" in texts else None
+        return RequestBody(request_data(document, query, "json"), files, digest=digest.digest())
+    if mimetype == falcon.MEDIA_URLENCODED:
+        form: dict[str, Any] = req.get_media()
+        check_query(form)
+        merged = {**query, **form}
+        digest.update(_canonical(form))
+        if chain_route:
+            raise InvalidParams("chain", NO_CHAIN_BODY)
+        return RequestBody(request_data(None, merged), digest=digest.digest())
+    if req.content_length:
+        raise UnsupportedMediaType(
+            f"Content-Type {_shown_type(mimetype)} is not accepted; send {', '.join(BODY_TYPES)}"
+        )
     if chain_route:
-        raise InvalidParams("chain", "chain pipeline must have a body (JSON, or a multipart 'chain' field)")
-    return RequestBody(request_data(None, None, None, query), raw=json.dumps(query, sort_keys=True).encode())
+        raise InvalidParams("chain", NO_CHAIN_BODY)
+    return RequestBody(request_data(None, query), digest=digest.digest())
 
 
+def _read_parts(req: falcon.Request) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The uploaded files (kept as bytes, decoded only when a stage uses them) and the text fields."""
+    files: dict[str, bytes] = {}
+    texts: dict[str, str] = {}
+    for part in req.get_media():
+        name = check_text(part.name or "", "multipart part name")
+        if part.filename is not None or (part.content_type or "").startswith("image/"):
+            files[name] = part.stream.read()
+        elif name in ("json", "chain"):
+            try:
+                texts[name] = part.stream.read().decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InvalidParams(name, f"must be UTF-8 text (a bad byte at position {err.start})") from err
+    return files, texts
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, ensure_ascii=True).encode()
+
+
+def _shown_type(mimetype: str) -> str:
+    return repr(mimetype[:60]) if mimetype else "(none)"
+
+
+@dataclass
 class Submitter:
     """Turns a request body into a committed job."""
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        jobs: JobStore,
-        store: ObjectStore,
-        registry: ModelRegistry,
-        params_doc: Mapping[str, Any],
-    ) -> None:
-        self.config = config
-        self.jobs = jobs
-        self.store = store
-        self.registry = registry
-        self.params_doc = params_doc
-        self.rng = secrets.SystemRandom()
+    config: Config
+    jobs: JobStore
+    store: ObjectStore
+    registry: ModelRegistry
+    params_doc: Mapping[str, Any]
+    admission: Admission
+    #: API keys and their usage, in keys mode.
+    keys: KeyStore | None = None
+    #: Draws the seeds of requests that ask for a random one.
+    rng: random.Random = field(default_factory=secrets.SystemRandom)
 
     def parse(self, route: str, data: Mapping[str, Any]) -> ParsedRequest:
         """Parse one request's parameters for ``route`` (chain stages parse as txt2img)."""
@@ -122,15 +179,17 @@ class Submitter:
             rng=self.rng,
         )
 
-    def build(self, route: str, body: RequestBody) -> tuple[chains.BuiltChain, dict[str, Any]]:
-        """Compile the request into a chain; return it with the decoded uploads it uses."""
+    def build(self, route: str, body: RequestBody) -> tuple[chains.BuiltChain, dict[str, Any], ChainMemory]:
+        """Compile the request into a chain; return it with the decoded uploads it uses and its
+        memory estimate, once a live worker is known to hold it."""
         if route == "txt2txt":
             raise NotImplementedYet("txt2txt needs a text-generation model; this server has none")
         for required in REQUIRED_FILES.get(route, ()):
             if required not in body.files:
                 raise InvalidParams(required, f"{required} image is required")
-        images = {
-            name: decode_upload(data, name, max_pixels=self.config.max_image_pixels)
+        # Headers only: an upload no stage names is never decoded.
+        uploads = {
+            name: open_upload(data, name, max_pixels=self.config.max_image_pixels)
             for name, data in body.files.items()
             if name.split(":")[0] in FILE_PREFIXES
         }
@@ -141,7 +200,7 @@ class Submitter:
                 self.parse,
                 image_format=self.config.image_format,
                 thumbnail_size=self.config.thumbnail_size,
-                uploads=frozenset(images),
+                uploads=frozenset(uploads),
             )
         elif route == "txt2img":
             built = chains.build_txt2img(
@@ -153,28 +212,46 @@ class Submitter:
             builder, sized_by = FROM_UPLOAD[route]
             built = builder(
                 self.parse(route, body.data),
-                images[sized_by].size,
+                uploads[sized_by].size,
                 image_format=self.config.image_format,
                 thumbnail_size=self.config.thumbnail_size,
             )
         chains.require_available(built.chain)
-        return built, {name: images[name] for name in built.inputs.values() if name in images}
+        paths = None
+        if route == "chain":
+            paths = {entry["name"]: f"stages[{index}]" for index, entry in enumerate(body.chain["stages"])}
+        chains.require_runnable(built.chain, self.registry, paths)
+        memory = self.admission.estimate(built, _largest_size(uploads.values()))
+        self.admission.admit(memory, _platform(built), paths)
+        used = {name for name in built.inputs.values() if name in uploads}
+        return built, {name: load_upload(uploads[name], name) for name in sorted(used)}, memory
 
     def submit(
-        self, route: str, body: RequestBody, *, request_id: str | None, idempotency_key: str | None
+        self,
+        route: str,
+        body: RequestBody,
+        *,
+        request_id: str | None,
+        idempotency_key: str | None,
+        key: ApiKey | None = None,
     ) -> JobView:
-        """Store the uploads and commit the job row; the answer is sent only after the commit."""
-        built, images = self.build(route, body)
+        """Store the uploads and commit the job row; the answer is sent only after the commit.
+
+        With a ``key`` (keys mode) the job is its owner's, and the key's quotas are checked first.
+        """
+        built, images, memory = self.build(route, body)
+        callback = self.callback(route, body)
+        if key is not None:
+            self.charge(key, pixel_steps(built.chain["stages"], memory))
         job_id = uuid.uuid4()
         image = built.request.image
         name = job_name(built.kind, built.request, job_id)
         inputs = {}
         for field_name, image_name in built.inputs.items():
             if image_name in images:
-                key = input_key(name, field_name.replace(":", "-"))
-                self.store.put_bytes(key, encode_png(images[image_name]), "image/png")
-                inputs[field_name] = key
-        platform = built.platform if built.platform not in (None, "", "any") else None
+                object_key = input_key(name, field_name.replace(":", "-"))
+                self.store.put_bytes(object_key, encode_png(images[image_name]), "image/png")
+                inputs[field_name] = object_key
         return self.jobs.enqueue(
             NewJob(
                 id=job_id,
@@ -182,10 +259,10 @@ class Submitter:
                 kind=built.kind,
                 chain=built.chain,
                 model=built.model or image.model,
-                platform=platform,
+                platform=_platform(built),
                 max_attempts=self.config.max_attempts,
                 idempotency_key=idempotency_key,
-                request_hash=hashlib.sha256(route.encode() + body.raw).hexdigest()
+                request_hash=hashlib.sha256(route.encode() + body.digest).hexdigest()
                 if idempotency_key
                 else None,
                 inputs=inputs,
@@ -193,8 +270,53 @@ class Submitter:
                 steps_total=built.steps_total,
                 stages_total=built.stages_total,
                 tiles_total=0,
+                memory=memory.to_dict(),
+                owner=ANONYMOUS if key is None else key.owner,
+                callback=callback,
             )
         )
+
+    def callback(self, route: str, body: RequestBody) -> str | None:
+        """The request's ``callback`` URL (top level of the parameters or of the chain), checked."""
+        document = body.chain if route == "chain" else body.data
+        url = document.get("callback") if isinstance(document, dict) else None
+        if url is None or url == "":
+            return None
+        return check_callback_url(
+            url, allow_private=self.config.callback_allow_private, secret=self.config.callback_secret
+        )
+
+    def charge(self, key: ApiKey, work: int) -> None:
+        """Refuse (429) a job over the key's running-jobs limit or its pixel-steps for today."""
+        if self.keys is None:
+            raise ConfigError("quotas need the key store")
+        if key.max_running is not None:
+            active = self.keys.active_jobs(key.owner)
+            if active >= key.max_running:
+                raise TooManyRequests(
+                    f"API key {key.id} may have {key.max_running} jobs pending or running; "
+                    f"{key.owner} has {active}",
+                    retry_after_s=RUNNING_RETRY_S,
+                )
+        if key.pixel_steps_per_day is not None and not self.keys.use(
+            key.id, "day", work, key.pixel_steps_per_day
+        ):
+            raise TooManyRequests(
+                f"API key {key.id} may submit {key.pixel_steps_per_day} pixel-steps a day (UTC); "
+                f"this job needs {work}",
+                retry_after_s=SECONDS_PER_DAY - int(time.time()) % SECONDS_PER_DAY,
+            )
+
+
+def _platform(built: chains.BuiltChain) -> str | None:
+    """The platform a job must run on; None lets any worker take it."""
+    return built.platform if built.platform not in (None, "", "any") else None
+
+
+def _largest_size(images: Iterable[Image.Image]) -> tuple[int, int]:
+    """The widest and tallest of the uploads: where a chain that starts from them starts."""
+    sizes = [image.size for image in images]
+    return (max((w for w, _ in sizes), default=0), max((h for _, h in sizes), default=0))
 
 
 class SubmitResource:
@@ -210,6 +332,10 @@ class SubmitResource:
         if key is not None and not 1 <= len(key) <= 255:
             raise InvalidParams("Idempotency-Key", "must be 1 to 255 characters")
         view = self.submitter.submit(
-            self.route, body, request_id=req.context.get("request_id"), idempotency_key=key
+            self.route,
+            body,
+            request_id=req.context.get("request_id"),
+            idempotency_key=key,
+            key=req.context.get("key"),
         )
         resp.media = render_job(view.name, view)

@@ -9,46 +9,24 @@ from typing import Any
 import falcon.testing
 import pytest
 
-from pipelines.models.registry import ModelRegistry
-from service.app import create_app
-from service.config import Config
 from service.jobs.store import JobStore
 from service.storage import ObjectStore
 from tests.contract import SCHEDULERS
+from tests.integration.api import ADMIN_TOKEN, api_client, error_of, make_models
 
 pytestmark = pytest.mark.integration
 
 
-ADMIN_TOKEN = "admin-secret"
-
-
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
-    root = tmp_path / "models"
-    (root / "stable-diffusion-onnx-v1-5").mkdir(parents=True)
-    (root / "upscaling-real-esrgan-x4-plus.onnx").write_bytes(b"")
-    (root / "wildcard").mkdir()
-    (root / "wildcard" / "animals.txt").write_text("cat\ndog\n")
-    return root
+    return make_models(tmp_path / "models")
 
 
 @pytest.fixture
 def client(
     job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path
 ) -> falcon.testing.TestClient:
-    config = Config(
-        models_path=models,
-        bundle_path=tmp_path / "bundle",
-        s3_bucket=object_store.bucket,
-        admin_token=ADMIN_TOKEN,
-    )
-    app = create_app(config, jobs=job_store, store=object_store, registry=ModelRegistry(models, ()))
-    return falcon.testing.TestClient(app)
-
-
-def error_of(result: falcon.testing.Result) -> str:
-    assert result.headers["content-type"].startswith("application/json"), result.text
-    return str(result.json["error"])
+    return api_client(job_store, object_store, models, tmp_path)
 
 
 def test_introspection_lists_every_documented_route(client: falcon.testing.TestClient) -> None:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def run_worker(
         progress_interval_s=0.0,
         poll_interval_s=0.05,
     )
-    with Notifier(database_url) as notifier:
+    with closing(Notifier(database_url)) as notifier:
         Worker(config, jobs=jobs, store=store, sessions=sessions, notifier=notifier).run(max_jobs=max_jobs)
 
 

@@ -60,13 +60,18 @@ EXPECTED_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "updated_at": ("timestamp with time zone", False, "now()"),
     # Generated (migration 0003): information_schema reports no default for it.
     "batch_key": ("text", True, None),
+    # Migration 0005: the api's estimate of the job's peak memory per device kind.
+    "memory": ("jsonb", True, None),
+    # Migration 0007: the URL called when the job ends.
+    "callback": ("text", True, None),
 }
 #: The workers table of migration 0002 (live workers: platforms, loaded models, restart requests),
-#: with the CUDA device of migration 0004.
+#: with the CUDA device of migration 0004 and the memory of migration 0005.
 EXPECTED_WORKER_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "id": ("text", False, None),
     "platform": ("text", False, None),
     "device": ("integer", True, None),
+    "memory_bytes": ("bigint", True, None),
     "providers": ("jsonb", False, "'[]'::jsonb"),
     "models": ("jsonb", False, "'[]'::jsonb"),
     "version": ("text", True, None),
@@ -74,6 +79,25 @@ EXPECTED_WORKER_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "restart_requested": ("boolean", False, "false"),
     "started_at": ("timestamp with time zone", False, "now()"),
     "seen_at": ("timestamp with time zone", False, "now()"),
+}
+#: API keys and their usage counters (migration 0006).
+EXPECTED_KEY_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
+    "id": ("text", False, None),
+    "owner": ("text", False, None),
+    "key_hash": ("text", False, None),
+    "admin": ("boolean", False, "false"),
+    "max_running": ("integer", True, None),
+    "rate_per_min": ("integer", True, None),
+    "pixel_steps_per_day": ("bigint", True, None),
+    "created_at": ("timestamp with time zone", False, "now()"),
+    "revoked_at": ("timestamp with time zone", True, None),
+    "last_used_at": ("timestamp with time zone", True, None),
+}
+EXPECTED_USAGE_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
+    "key_id": ("text", False, None),
+    "period": ("text", False, None),
+    "starts_at": ("timestamp with time zone", False, None),
+    "amount": ("bigint", False, None),
 }
 EXPECTED_CONSTRAINTS = {
     ("jobs_pkey", "p"),
@@ -89,6 +113,7 @@ EXPECTED_CONSTRAINTS = {
     ("jobs_max_attempts_positive", "c"),
     ("jobs_counters_not_negative", "c"),
     ("jobs_json_shapes", "c"),
+    ("jobs_memory_is_object", "c"),
 }
 EXPECTED_INDEXES = {
     "jobs_pkey": "CREATE UNIQUE INDEX jobs_pkey ON public.jobs USING btree (id)",
@@ -106,6 +131,12 @@ EXPECTED_INDEXES = {
         "CREATE INDEX jobs_batch_idx ON public.jobs USING btree (batch_key, priority DESC, created_at) "
         "WHERE ((state = 'pending'::job_state) AND (batch_key IS NOT NULL))"
     ),
+    "jobs_owner_active_idx": (
+        "CREATE INDEX jobs_owner_active_idx ON public.jobs USING btree (owner) WHERE (finished_at IS NULL)"
+    ),
+    "jobs_owner_created_idx": (
+        "CREATE INDEX jobs_owner_created_idx ON public.jobs USING btree (owner, created_at DESC, id DESC)"
+    ),
     "jobs_owner_idempotency_key_idx": (
         "CREATE UNIQUE INDEX jobs_owner_idempotency_key_idx ON public.jobs "
         "USING btree (owner, idempotency_key) "
@@ -113,6 +144,20 @@ EXPECTED_INDEXES = {
     ),
 }
 EXPECTED_TRIGGERS = {
+    "jobs_notify_on_change": (
+        "CREATE TRIGGER jobs_notify_on_change AFTER UPDATE ON public.jobs FOR EACH ROW WHEN "
+        "(((old.state IS DISTINCT FROM new.state) OR (old.steps_current IS DISTINCT FROM new.steps_current) "
+        "OR (old.stages_current IS DISTINCT FROM new.stages_current) "
+        "OR (old.tiles_current IS DISTINCT FROM new.tiles_current) "
+        "OR (old.cancel_requested IS DISTINCT FROM new.cancel_requested))) "
+        "EXECUTE FUNCTION jobs_notify_event()"
+    ),
+    "jobs_callback_on_end": (
+        "CREATE TRIGGER jobs_callback_on_end AFTER UPDATE OF state ON public.jobs FOR EACH ROW WHEN "
+        "(((new.callback IS NOT NULL) AND (new.state = ANY (ARRAY['success'::job_state, 'failed'::job_state, "
+        "'cancelled'::job_state])) AND (old.state IS DISTINCT FROM new.state))) "
+        "EXECUTE FUNCTION jobs_queue_callback()"
+    ),
     "jobs_notify_on_insert": (
         "CREATE TRIGGER jobs_notify_on_insert AFTER INSERT ON public.jobs FOR EACH ROW "
         "WHEN ((new.state = 'pending'::job_state)) EXECUTE FUNCTION jobs_notify_pending()"
@@ -141,7 +186,7 @@ def catalog(url: str) -> dict[str, Any]:
     NOT NULL constraints (``contype = 'n'`` since PostgreSQL 18) are covered by the columns' nullability.
     """
     with psycopg.connect(libpq_url(url)) as conn:
-        columns, worker_columns = (
+        columns, worker_columns, key_columns, usage_columns = (
             {
                 name: (data_type if data_type != "USER-DEFINED" else udt, nullable == "YES", default)
                 for name, data_type, udt, nullable, default in conn.execute(
@@ -150,7 +195,7 @@ def catalog(url: str) -> dict[str, Any]:
                     (table,),
                 )
             }
-            for table in ("jobs", "workers")
+            for table in ("jobs", "workers", "api_keys", "key_usage")
         )
         constraints = set(
             conn.execute(
@@ -172,6 +217,8 @@ def catalog(url: str) -> dict[str, Any]:
     return {
         "columns": columns,
         "worker_columns": worker_columns,
+        "key_columns": key_columns,
+        "usage_columns": usage_columns,
         "constraints": constraints,
         "indexes": indexes,
         "labels": labels,
@@ -203,7 +250,9 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["labels"] == ["pending", "running", "success", "failed", "cancelled"]
     assert found["triggers"] == EXPECTED_TRIGGERS
     assert found["worker_columns"] == EXPECTED_WORKER_COLUMNS
-    assert found["version"] == [("0004",)]
+    assert found["key_columns"] == EXPECTED_KEY_COLUMNS
+    assert found["usage_columns"] == EXPECTED_USAGE_COLUMNS
+    assert found["version"] == [("0007",)]
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
@@ -216,7 +265,8 @@ def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
             "SELECT relname FROM pg_class JOIN pg_namespace n ON n.oid = relnamespace "
             "WHERE nspname = 'public' AND relname NOT LIKE 'alembic_version%' "
             "UNION ALL SELECT typname FROM pg_type WHERE typname = 'job_state' "
-            "UNION ALL SELECT proname FROM pg_proc WHERE proname = 'jobs_notify_pending'"
+            "UNION ALL SELECT proname FROM pg_proc "
+            "WHERE proname IN ('jobs_notify_pending', 'jobs_notify_event', 'jobs_queue_callback')"
         ).fetchall()
     assert leftovers == []
 

@@ -6,9 +6,7 @@ alone: it never runs the status query, which ranks every pending job to compute 
 
 from __future__ import annotations
 
-import io
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,15 +14,12 @@ from typing import Any
 import falcon.testing
 import pytest
 import sqlalchemy
-from PIL import Image
 
-from pipelines.models.registry import ModelRegistry
-from service.app import create_app
-from service.config import Config
 from service.jobs.store import JobStore
 from service.output_names import image_name, sidecar_name, thumbnail_name
 from service.storage import ObjectStore, output_key
 from tests.fixtures.postgres import new_job, seed_jobs
+from tests.integration.api import api_client, job_name, png, succeed
 
 pytestmark = pytest.mark.integration
 
@@ -32,24 +27,11 @@ pytestmark = pytest.mark.integration
 RANKING = "row_number()"
 
 
-def job_name() -> str:
-    """A name of the shape the output pattern accepts: ``<mode>_<seed>_<sha256>_<unix seconds>``."""
-    return f"txt2img_7_{uuid.uuid4().hex * 2}_1713300000"
-
-
-def png(colour: tuple[int, int, int], size: int = 8) -> bytes:
-    data = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(data, format="PNG")
-    return data.getvalue()
-
-
 @pytest.fixture
 def client(job_store: JobStore, object_store: ObjectStore, tmp_path: Path) -> falcon.testing.TestClient:
     models = tmp_path / "models"
     models.mkdir()
-    config = Config(models_path=models, bundle_path=tmp_path / "bundle", s3_bucket=object_store.bucket)
-    app = create_app(config, jobs=job_store, store=object_store, registry=ModelRegistry(models, ()))
-    return falcon.testing.TestClient(app)
+    return api_client(job_store, object_store, models, tmp_path)
 
 
 @pytest.fixture
@@ -63,37 +45,6 @@ def statements(engine: sqlalchemy.Engine) -> Iterator[list[str]]:
     sqlalchemy.event.listen(engine, "before_cursor_execute", record)
     yield sent
     sqlalchemy.event.remove(engine, "before_cursor_execute", record)
-
-
-def succeed(job_store: JobStore, object_store: ObjectStore, name: str) -> dict[str, bytes]:
-    """Run job ``name`` to success with one image, its thumbnail and sidecar; their bytes by file name."""
-    job_store.enqueue(new_job(name=name))
-    claimed = job_store.claim("w-1", platform="cpu", held_models=())
-    assert claimed is not None and claimed.name == name
-    image, thumb = image_name(name, 0, "png"), thumbnail_name(name, 0, "png")
-    files = {
-        image: png((200, 10, 10), 16),
-        thumb: png((10, 200, 10)),
-        sidecar_name(image): json.dumps({"outputs": [image]}).encode(),
-    }
-    keys = {}
-    for file, data in files.items():
-        keys[file] = output_key(name, claimed.attempt, file)
-        kind = "application/json" if file.endswith(".json") else "image/png"
-        object_store.put_bytes(keys[file], data, kind)
-    assert job_store.finish_success(
-        claimed.id,
-        "w-1",
-        claimed.attempt,
-        outputs=[image],
-        thumbnails=[thumb],
-        metadata=[{}],
-        output_keys=keys,
-        steps=(1, 1),
-        stages=(1, 1),
-        tiles=(0, 0),
-    )
-    return files
 
 
 def test_images_thumbnails_and_sidecars_are_served_by_one_narrow_lookup_each(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import threading
 import time
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import sqlalchemy
 from sqlalchemy import event
 
 from service.errors import IdempotencyConflict
+from service.jobs import callbacks as callbacks_module
+from service.jobs import keys as keys_module
 from service.jobs import store as store_module
 from service.jobs.notify import Notifier
 from service.jobs.queries import QUERIES, parse_queries
@@ -59,22 +62,23 @@ def expire(engine: sqlalchemy.Engine, name: str) -> None:
 
 
 def test_every_named_query_is_used_and_every_use_exists() -> None:
-    tree = ast.parse(Path(store_module.__file__).read_text())
     used, other_uses = set(), []
-    subscripted = set()
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Subscript)
-            and isinstance(node.value, ast.Name)
-            and node.value.id == "QUERIES"
-        ):
-            assert isinstance(node.slice, ast.Constant), "QUERIES must be indexed by a literal name"
-            used.add(node.slice.value)
-            subscripted.add(id(node.value))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id == "QUERIES" and id(node) not in subscripted:
-            other_uses.append(node.lineno)
-    assert other_uses == [], f"QUERIES used other than as QUERIES['name'] at lines {other_uses}"
+    for module in (store_module, keys_module, callbacks_module):
+        tree = ast.parse(Path(module.__file__ or "").read_text())
+        subscripted = set()
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Subscript)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "QUERIES"
+            ):
+                assert isinstance(node.slice, ast.Constant), "QUERIES must be indexed by a literal name"
+                used.add(node.slice.value)
+                subscripted.add(id(node.value))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id == "QUERIES" and id(node) not in subscripted:
+                other_uses.append(f"{module.__name__}:{node.lineno}")
+    assert other_uses == [], f"QUERIES used other than as QUERIES['name'] at {other_uses}"
     assert used == set(QUERIES)
 
 
@@ -284,6 +288,27 @@ def test_an_expired_lease_still_commits_until_someone_rescues_it(
 # -- failures and retries ---------------------------------------------------------------------
 
 
+def test_a_dead_workers_held_attempts_end_with_the_reason_its_supervisor_gives(
+    job_store: JobStore, engine: sqlalchemy.Engine
+) -> None:
+    held = [new_job(max_attempts=3) for _ in range(2)]
+    for job in held:
+        job_store.enqueue(job)
+    claim(job_store)
+    claim(job_store)
+    other = new_job()
+    job_store.enqueue(other)
+    assert job_store.claim("w2", **CPU) is not None
+
+    failed = job_store.fail_held("w1", reason="oom", message="killed by the kernel's OOM killer")
+
+    assert sorted(failed) == sorted(job.name for job in held)
+    for job in held:
+        row = job_row(engine, job.name)
+        assert (row["state"], row["reason"], row["attempt"]) == (JobState.FAILED, "oom", 1)
+    assert job_row(engine, other.name)["state"] == JobState.RUNNING
+
+
 def test_retryable_failures_requeue_until_the_last_attempt(
     job_store: JobStore, engine: sqlalchemy.Engine
 ) -> None:
@@ -442,7 +467,7 @@ def test_rescue_table(job_store: JobStore, engine: sqlalchemy.Engine) -> None:
 
 
 def test_a_new_job_wakes_a_waiting_worker(job_store: JobStore, database_url: str) -> None:
-    with Notifier(database_url) as notifier:
+    with closing(Notifier(database_url)) as notifier:
         assert not notifier.wait(0.05)
         woken: list[bool] = []
         waiter = threading.Thread(target=lambda: woken.append(notifier.wait(30)))
@@ -457,13 +482,13 @@ def test_a_new_job_wakes_a_waiting_worker(job_store: JobStore, database_url: str
 def test_a_requeued_job_wakes_a_waiting_worker(job_store: JobStore, database_url: str) -> None:
     job_store.enqueue(new_job())
     job = claim(job_store)
-    with Notifier(database_url) as notifier:
+    with closing(Notifier(database_url)) as notifier:
         job_store.finish_failed(job.id, "w1", job.attempt, reason="oom", message="OOM", retryable=True)
         assert notifier.wait(10)
 
 
 def test_interrupt_ends_a_wait_at_once(database_url: str) -> None:
-    with Notifier(database_url) as notifier:
+    with closing(Notifier(database_url)) as notifier:
         threading.Timer(0.1, notifier.interrupt).start()
         started = time.monotonic()
         assert not notifier.wait(30)

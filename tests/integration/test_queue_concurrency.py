@@ -85,6 +85,8 @@ def test_claim_plan_uses_the_partial_index(engine: sqlalchemy.Engine) -> None:
         "lease_s": 30.0,
         "affinity_window_s": 30.0,
         "batch_max": 1,
+        "memory_kind": "cpu",
+        "memory_bytes": 8 * 1024**3,
     }
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("ANALYZE jobs"))

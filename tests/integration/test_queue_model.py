@@ -302,7 +302,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         with self.engine.begin() as conn:
-            conn.execute(sqlalchemy.text("TRUNCATE jobs"))
+            conn.execute(sqlalchemy.text("TRUNCATE jobs CASCADE"))
 
 
 def test_lifecycle_matches_the_model(job_store: JobStore, engine: sqlalchemy.Engine) -> None:

@@ -18,6 +18,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -583,6 +584,23 @@ def test_a_permanent_error_fails_the_job_at_once_without_retrying(
     assert worker.log_entries(action="fail", retryable=False)
 
 
+def test_running_out_of_memory_fails_the_job_as_oom_without_handing_it_on(
+    workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, models: Path
+) -> None:
+    """A 1024x1024 txt2img on CPU needs tens of GB for attention; capped at 6 GB, the allocation
+    fails as it does on a full device, and the next worker would fail the same way."""
+    job = make_job(models, steps=2, size=1024)
+    worker = workers.start("cramped", address_space=6 * 1024**3)
+    worker.wait_started()
+    job_store.enqueue(job)
+
+    row = wait_for_state(engine, job.name, JobState.SUCCESS, JobState.FAILED)
+    assert row["state"] == JobState.FAILED and row["reason"] == "oom", row
+    assert row["attempt"] == 1 and error_reasons(row) == ["oom"]
+    assert worker.log_entries(action="fail", reason="oom", retryable=False)
+    assert worker.poll() is None, "the worker survives the failed allocation"
+
+
 # -- a commit whose reply is lost ----------------------------------------------------------------
 
 
@@ -622,7 +640,7 @@ def test_a_commit_retried_after_its_reply_was_lost_keeps_the_recorded_outputs(
     jobs = CommitReplyLost(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s)
     job = make_job(models, steps=2)
     jobs.enqueue(job)
-    with Notifier(database_url) as notifier:
+    with closing(Notifier(database_url)) as notifier:
         worker = Worker(
             config,
             jobs=jobs,

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -90,16 +91,24 @@ def wait_until(
 class WorkerProcess:
     """One ``onnx-web worker`` child process and its log."""
 
-    def __init__(self, worker_id: str, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, worker_id: str, env: Mapping[str, str], log_path: Path, *, address_space: int | None = None
+    ) -> None:
         self.worker_id = worker_id
         self.log_path = log_path
         self._log_file = log_path.open("wb")
+
+        def limit_memory() -> None:
+            if address_space is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "worker"],
             env=dict(env),
             cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
+            preexec_fn=limit_memory,
         )
         #: ``time.time()`` when ``wait_exit`` first saw the process gone.
         self.exited_at: float | None = None
@@ -216,10 +225,21 @@ class Workers:
             **overrides,
         }
 
-    def start(self, worker_id: str, *, timings: Timings = FAST, **overrides: str) -> WorkerProcess:
-        """Start one worker (``overrides`` are extra environment variables, e.g. the fault point)."""
+    def start(
+        self,
+        worker_id: str,
+        *,
+        timings: Timings = FAST,
+        address_space: int | None = None,
+        **overrides: str,
+    ) -> WorkerProcess:
+        """Start one worker (``overrides`` are extra environment variables, e.g. the fault point;
+        ``address_space`` caps its virtual memory, so a large allocation fails as on a full device)."""
         worker = WorkerProcess(
-            worker_id, self.env(worker_id, timings, **overrides), self.log_dir / f"{worker_id}.log"
+            worker_id,
+            self.env(worker_id, timings, **overrides),
+            self.log_dir / f"{worker_id}.log",
+            address_space=address_space,
         )
         self.started.append(worker)
         return worker

@@ -17,6 +17,7 @@ from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.models.registry import ModelRegistry
 from service.config import Config
 from service.errors import ConfigError, InvalidParams
+from service.inputs import load_json_or_yaml
 from service.params import (
     HIGHRES_METHODS,
     MASK_FILTERS,
@@ -73,56 +74,36 @@ def rejects(parse: Parse, data: dict[str, Any], field: str, route: str = "txt2im
 # --- where the parameters come from --------------------------------------------------------------
 
 
-def test_json_body() -> None:
-    assert request_data("application/json", {"steps": 3}, None, {"steps": "9"}) == {"steps": 3}
+def test_a_json_document_is_the_request_data() -> None:
+    assert request_data({"steps": 3}, {"steps": "9"}) == {"steps": 3}
 
 
-def test_json_body_with_charset() -> None:
-    assert request_data("Application/JSON; charset=utf-8", {"steps": 3}, None, {}) == {"steps": 3}
+@pytest.mark.parametrize("document", [{}, None, [], 0, ""])
+def test_an_empty_document_falls_back_to_the_query(document: Any) -> None:
+    assert request_data(document, {"steps": "9"}) == {"steps": "9"}
 
 
-@pytest.mark.parametrize("body", [{}, None, [], 0, ""])
-def test_an_empty_json_body_falls_back_to_the_query(body: Any) -> None:
-    assert request_data("application/json", body, None, {"steps": "9"}) == {"steps": "9"}
+def test_a_multipart_json_field_may_be_yaml() -> None:
+    document = load_json_or_yaml("params:\n  steps: 3\n", "json")
 
-
-def test_multipart_json_field_as_json() -> None:
-    text = json.dumps({"params": {"steps": 3}})
-
-    assert request_data("multipart/form-data; boundary=x", None, text, {}) == {"params": {"steps": 3}}
-
-
-def test_multipart_json_field_as_yaml() -> None:
-    assert request_data("multipart/form-data", None, "params:\n  steps: 3\n", {}) == {"params": {"steps": 3}}
-
-
-def test_multipart_without_json_field_uses_the_query() -> None:
-    assert request_data("multipart/form-data", None, None, {"prompt": "q"}) == {"prompt": "q"}
-
-
-def test_other_content_types_use_the_query() -> None:
-    assert request_data("text/plain", {"steps": 3}, "{}", {"prompt": "q"}) == {"prompt": "q"}
+    assert request_data(document, {}, "json") == {"params": {"steps": 3}}
 
 
 def test_repeated_query_names_take_the_first_value() -> None:
-    assert request_data(None, None, None, {"prompt": ["a", "b"]}) == {"prompt": "a"}
+    assert request_data(None, {"prompt": ["a", "b"]}) == {"prompt": "a"}
 
 
 @pytest.mark.parametrize(
-    ("content_type", "body", "text", "field"),
-    [
-        ("application/json", [1], None, "body"),
-        ("application/json", "text", None, "body"),
-        ("multipart/form-data", None, "[1, 2]", "json"),
-        ("multipart/form-data", None, "a: [", "json"),
-        ("multipart/form-data", None, "just text", "json"),
-    ],
+    ("text", "field"),
+    [('{"a": [1]}', None), ("[1, 2]", "json"), ("just text", "json"), ("7", "json")],
 )
-def test_request_data_that_is_not_an_object_is_refused(
-    content_type: str, body: Any, text: str | None, field: str
-) -> None:
+def test_request_data_that_is_not_an_object_is_refused(text: str, field: str | None) -> None:
+    document = load_json_or_yaml(text, "json")
+    if field is None:
+        assert request_data(document, {}, "json") == {"a": [1]}
+        return
     with pytest.raises(InvalidParams) as caught:
-        request_data(content_type, body, text, {})
+        request_data(document, {}, "json")
     assert caught.value.field == field
 
 
@@ -227,12 +208,12 @@ QUERY_REQUEST = {
 
 @pytest.mark.parametrize("route", ["txt2img", "img2img"])
 def test_the_three_layouts_parse_alike(parse: Parse, route: str) -> None:
-    nested = parse(request_data("multipart/form-data", None, json.dumps(GUI_REQUEST), {}), route)
-    query = parse(request_data("multipart/form-data", None, None, QUERY_REQUEST), route)
+    nested = parse(request_data(load_json_or_yaml(json.dumps(GUI_REQUEST), "json"), {}, "json"), route)
+    query = parse(request_data(None, QUERY_REQUEST), route)
     flat_json = {key: value for group in GUI_REQUEST.values() for key, value in group.items()}
     flat_json.update(upscale=True, faces=True, latentSymmetry=GUI_REQUEST["experimental"]["latentSymmetry"])
     flat_json["promptEditing"] = GUI_REQUEST["experimental"]["promptEditing"]
-    flat = parse(request_data("application/json", flat_json, None, {}), route)
+    flat = parse(request_data(flat_json, {}), route)
 
     assert nested.image == query.image == flat.image
     assert nested.border == query.border == flat.border
@@ -376,10 +357,32 @@ def test_img2img_source_filter_defaults_to_none(parse: Parse) -> None:
 
 
 def test_blend_has_no_highres_and_no_wildcards(parse: Parse) -> None:
-    parsed = parse({"prompt": "__color__", "highres": {"highresScale": "bad"}}, "blend")
+    parsed = parse({"prompt": "__color__", "highres": {"highresScale": 2, "highresSteps": 10}}, "blend")
 
     assert parsed.highres is None
     assert parsed.image.prompt == "__color__"
+
+
+@pytest.mark.parametrize(
+    ("route", "data", "field"),
+    [
+        ("txt2img", {"strength": 1e9}, "strength"),
+        ("blend", {"highresSteps": "NaN"}, "highresSteps"),
+        ("blend", {"highres": {"highresScale": "bad"}}, "highresScale"),
+        ("txt2img", {"fillColor": "not a colour"}, "fillColor"),
+        ("upscale", {"tileOrder": "zigzag"}, "tileOrder"),
+    ],
+)
+def test_every_known_parameter_is_checked_on_every_route(
+    parse: Parse, route: str, data: dict[str, Any], field: str
+) -> None:
+    rejects(parse, data, field, route)
+
+
+def test_valid_values_a_route_does_not_use_are_accepted_and_ignored(parse: Parse) -> None:
+    parsed = parse({"strength": 0.3, "fillColor": "#ff0000", "highresSteps": 12}, "txt2img")
+
+    assert parsed.img2img is None and parsed.inpaint is None
 
 
 def test_an_unknown_route_is_a_programming_error(parse: Parse) -> None:
@@ -890,13 +893,13 @@ def test_bad_params_files_stop_the_start(tmp_path: Path, content: str) -> None:
         load_params_doc(Config(params_path=tmp_path))
 
 
-def test_a_yaml_alias_bomb_is_refused_quickly(parse: Parse) -> None:
+def test_a_yaml_alias_bomb_is_refused_quickly() -> None:
     """Nine aliases of nine aliases …: small as text, 9^9 items if anything walked it."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
-    data = request_data("multipart/form-data", None, "\n".join([*lines, "steps: *a8"]), {})
-
-    rejects(parse, data, "steps", match="got a list")
+    with pytest.raises(InvalidParams, match="must not use YAML aliases") as caught:
+        load_json_or_yaml("\n".join([*lines, "steps: *a8"]), "json")
+    assert caught.value.field == "json"
 
 
 def test_a_missing_params_file_stops_the_start(tmp_path: Path) -> None:
@@ -1007,7 +1010,7 @@ def test_any_combination_is_valid_or_refused(parse: Parse, data: dict[str, Any],
 )
 def test_any_form_text_and_query_are_valid_or_refused(parse: Parse, text: str, query: dict[str, str]) -> None:
     try:
-        data = request_data("multipart/form-data", None, text, query)
+        data = request_data(load_json_or_yaml(text, "json"), query, "json")
     except InvalidParams:
         return
     assert isinstance(data, dict)

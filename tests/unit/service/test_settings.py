@@ -13,7 +13,7 @@ from pipelines.models.registry import ModelRegistry
 from service.config import Config
 from service.params import load_params_doc
 from service.resources.settings import SettingsResources
-from tests.contract import SCHEDULERS
+from tests.contract import PIPELINES, SCHEDULERS
 
 
 @pytest.fixture
@@ -57,22 +57,7 @@ def client(models: Path) -> falcon.testing.TestClient:
     [
         ("masks", ["none", "gaussian-multiply", "gaussian-screen"]),
         ("noises", ["fill-edge", "fill-mask", "gaussian", "histogram", "normal", "uniform"]),
-        (
-            "pipelines",
-            [
-                "controlnet",
-                "img2img",
-                "img2img-sdxl",
-                "inpaint",
-                "lpw",
-                "panorama",
-                "panorama-sdxl",
-                "pix2pix",
-                "txt2img-sdxl",
-                "txt2img",
-                "upscale",
-            ],
-        ),
+        ("pipelines", list(PIPELINES)),
         ("platforms", ["any", "cpu"]),
         ("schedulers", SCHEDULERS),
         ("wildcards", ["animals", "colors/warm"]),

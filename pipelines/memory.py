@@ -1,0 +1,167 @@
+"""A resolved chain's peak memory, estimated before it runs, so only jobs that fit are admitted.
+
+A worker that runs out of memory takes its jobs down with it (the kernel's OOM killer does not
+ask), and the same job handed to the next worker would kill that one too. So the api estimates
+each job's peak from its stages and refuses what no live worker can hold, and a worker claims only
+jobs that fit it (``jobs.memory``, ``workers.memory_bytes``).
+
+The model errs high and is deliberately simple. For a diffusion stage working on ``w`` x ``h``
+pixels (its tile, when it tiles), with ``T = (w/8)(h/8)`` latent positions and ``r = 2 * batch``
+UNet rows (the guidance doubles them):
+
+- **CPU**: the UNet's self-attention holds its scores, their exponents and the softmax at once,
+  ``3 r H T'^2`` fp32 values; SD 1.x/2.x attend at the full latent size (``T' = T``, 8 heads), SDXL
+  first at half size (``T' = T/4``, 10 heads). A 1024x768 txt2img (``T`` = 12,288) needs 29 GB
+  for that alone; the CPU worker had grown to 23.8 GB when the kernel killed it on a 24 GB machine.
+- **GPU**: the fused fp16 path computes attention in blocks (flash attention), so it grows only
+  linearly with ``T``; the convolutions' activations dominate.
+- Both: the weights (the model's files, held twice while a session initialises), the VAE decoder
+  at the full image size (or its tile with ``tiled_vae``) and the runtime's own overhead.
+
+Images between stages are small next to these and are counted only as a few full-size buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pipelines.stages import STAGES
+
+#: The kinds of device a worker's memory is counted on: host RAM, or one GPU's memory.
+MemoryKind = Literal["cpu", "gpu"]
+KINDS: tuple[MemoryKind, ...] = ("cpu", "gpu")
+#: The interpreter, ONNX Runtime, its arenas and the queue client, before any model loads.
+RUNTIME_BYTES = 700 * 1024**2
+#: Weights sit in memory twice while a session initialises (the file's and the graph's copy).
+WEIGHT_COPIES = 2
+#: Self-attention at the largest latent size: (heads, tokens divisor) per family.
+ATTENTION = {"sd": (8, 1), "sdxl": (10, 4)}
+#: Attention-sized arrays alive at once on CPU: scores, their exponents, the softmax.
+ATTENTION_COPIES = 3
+#: Channels of the widest UNet and VAE layers at full latent/image size, and how many such
+#: activations are alive at once (skip connections included).
+UNET_CHANNELS, UNET_LIVE = 320, 24
+VAE_CHANNELS, VAE_LIVE = 128, 6
+#: Bytes of a value: fp32 on CPU, fp16 on the fused GPU path.
+VALUE_BYTES: Mapping[MemoryKind, int] = {"cpu": 4, "gpu": 2}
+#: An RGB float image between stages, and how many are alive at once.
+IMAGE_BUFFERS = 4
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """The estimated peak of one stage on each kind of device."""
+
+    name: str
+    #: The image the stage receives.
+    size: tuple[int, int]
+    #: Pixels the stage works on at once (its tile, when it tiles).
+    work_size: tuple[int, int]
+    peak: Mapping[MemoryKind, int]
+
+
+@dataclass(frozen=True)
+class ChainMemory:
+    """The peak of a whole chain: the largest of its stages, per kind of device."""
+
+    stages: tuple[StageMemory, ...]
+
+    def peak(self, kind: MemoryKind) -> int:
+        return max((stage.peak[kind] for stage in self.stages), default=RUNTIME_BYTES)
+
+    def largest(self, kind: MemoryKind) -> StageMemory | None:
+        """The stage that needs the most on ``kind``."""
+        return max(self.stages, key=lambda stage: stage.peak[kind], default=None)
+
+    def to_dict(self) -> dict[str, int]:
+        """What the job row stores: the peak per kind, as ``jobs.memory``."""
+        return {kind: self.peak(kind) for kind in KINDS}
+
+
+def chain_memory(
+    stages: Sequence[Mapping[str, Any]],
+    input_size: tuple[int, int],
+    *,
+    model_bytes: Callable[[str], int],
+    family: Callable[[str], str],
+) -> ChainMemory:
+    """Estimate every stage of a resolved chain, following the image size from stage to stage.
+
+    Args:
+        stages: the chain's resolved stage entries (``type``, ``params``, ``tiles``, ``outscale``).
+        input_size: the size of the chain's first input image; ``(0, 0)`` when it makes its own.
+        model_bytes: the size of a diffusion model's files, by the path the params name.
+        family: ``sd`` or ``sdxl`` for a diffusion model, by the same path.
+    """
+    width, height = input_size
+    estimates = []
+    for entry in stages:
+        params = entry["params"]
+        stage_type = STAGES[entry["type"]]
+        if "image" in stage_type.groups and entry["type"] == "source-txt2img":
+            width, height = int(params["width"]), int(params["height"])
+        if entry["type"] == "edit-expand":
+            width += int(params["left"]) + int(params["right"])
+            height += int(params["top"]) + int(params["bottom"])
+        work = (width, height)
+        if stage_type.tileable:
+            tile = int(entry.get("tiles", max(width, height)))
+            work = (min(width, tile), min(height, tile))
+        if "image" in stage_type.groups:
+            peak = {
+                kind: diffusion_peak(
+                    kind, params, work, model_bytes(params["model"]), family(params["model"])
+                )
+                for kind in KINDS
+            }
+        else:
+            peak = {kind: RUNTIME_BYTES + image_bytes((width, height)) for kind in KINDS}
+        estimates.append(StageMemory(str(entry["name"]), (width, height), work, peak))
+        outscale = int(entry.get("outscale", 1))
+        width, height = width * outscale, height * outscale
+    return ChainMemory(tuple(estimates))
+
+
+def pixel_steps(stages: Sequence[Mapping[str, Any]], memory: ChainMemory) -> int:
+    """The work a chain asks for: each stage's image pixels times its scheduler steps (quotas)."""
+    return sum(
+        estimate.size[0] * estimate.size[1] * STAGES[entry["type"]].estimate(entry["params"])
+        for entry, estimate in zip(stages, memory.stages, strict=True)
+    )
+
+
+def diffusion_peak(
+    kind: MemoryKind, params: Mapping[str, Any], work: tuple[int, int], weights: int, family: str
+) -> int:
+    """One diffusion stage's peak: runtime, weights, and the larger of the UNet and VAE passes."""
+    batch = int(params.get("batch", 1))
+    tokens = (work[0] // 8) * (work[1] // 8)
+    value = VALUE_BYTES[kind]
+    heads, divisor = ATTENTION.get(family, ATTENTION["sd"])
+    rows = 2 * batch
+    if kind == "cpu":
+        attention = ATTENTION_COPIES * rows * heads * (tokens // divisor) ** 2 * value
+    else:
+        attention = rows * heads * (tokens // divisor) * 64 * value * 4
+    unet = attention + rows * UNET_CHANNELS * tokens * value * UNET_LIVE
+    vae_size = work
+    if params.get("tiled_vae"):
+        tile = int(params.get("vae_tile", 512))
+        vae_size = (min(work[0], tile), min(work[1], tile))
+    vae_tokens = (vae_size[0] // 8) * (vae_size[1] // 8)
+    vae = batch * (VAE_CHANNELS * vae_size[0] * vae_size[1] * value * VAE_LIVE)
+    if kind == "cpu":
+        vae += batch * 2 * vae_tokens**2 * value
+    return RUNTIME_BYTES + WEIGHT_COPIES * weights + max(unet, vae) + image_bytes(work) * batch
+
+
+def image_bytes(size: tuple[int, int]) -> int:
+    """The images alive between stages: a few RGB float copies of the current size."""
+    return size[0] * size[1] * 3 * 4 * IMAGE_BUFFERS
+
+
+def gib(size: int) -> str:
+    """A byte count in GiB, for messages."""
+    return f"{size / 1024**3:.1f} GiB"

@@ -1,0 +1,165 @@
+"""Job-end callbacks: a signed POST of the record when a job ends, retried until it is taken.
+
+A real HTTP receiver on loopback (allowed here by ``callback_allow_private``), a real Postgres
+whose trigger writes the outbox row in the job's own transaction, and the api's dispatcher run
+one batch at a time. Time travels in SQL: a retry is made due by moving ``next_attempt_at``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import pytest
+import sqlalchemy
+
+from service.callbacks import MAX_ATTEMPTS, CallbackDispatcher
+from service.jobs.callbacks import CallbackStore
+from service.jobs.store import JobStore
+from service.storage import ObjectStore
+from tests.integration.api import api_client, error_of, make_models
+
+pytestmark = pytest.mark.integration
+
+SECRET = "callback-secret"
+
+
+class Receiver:
+    """An HTTP server that records each POST and answers with the next status in ``answers``."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.answers: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append({"headers": dict(self.headers), "body": body})
+                self.send_response(receiver.answers.pop(0) if receiver.answers else 204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def client(job_store: JobStore, object_store: ObjectStore, tmp_path: Path) -> falcon.testing.TestClient:
+    models = make_models(tmp_path / "models")
+    return api_client(
+        job_store, object_store, models, tmp_path, callback_secret=SECRET, callback_allow_private=True
+    )
+
+
+@pytest.fixture
+def dispatcher(engine: sqlalchemy.Engine, job_store: JobStore) -> CallbackDispatcher:
+    return CallbackDispatcher(CallbackStore(engine), job_store, SECRET, allow_private=True)
+
+
+def end_job(job_store: JobStore, name: str) -> None:
+    job = job_store.claim("w", platform="cpu", held_models=())
+    assert job is not None and job.name == name
+    job_store.finish_failed(job.id, "w", job.attempt, reason="oom", message="x", retryable=False)
+
+
+def test_an_ended_job_is_posted_once_signed(
+    client: falcon.testing.TestClient, job_store: JobStore, dispatcher: CallbackDispatcher, receiver: Receiver
+) -> None:
+    name = client.simulate_post("/api/txt2img", params={"prompt": "cat", "callback": receiver.url}).json[
+        "name"
+    ]
+    assert dispatcher.deliver_due() == 0, "nothing is sent before the job ends"
+
+    end_job(job_store, name)
+    assert dispatcher.deliver_due() == 1
+    assert dispatcher.deliver_due() == 0
+
+    [post] = receiver.received
+    record = json.loads(post["body"])
+    assert (record["name"], record["status"], record["reason"]) == (name, "failed", "oom")
+    signed = post["headers"]["X-Onnx-Web-Timestamp"].encode() + b"." + post["body"]
+    expected = "sha256=" + hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(post["headers"]["X-Onnx-Web-Signature"], expected)
+
+
+def test_a_failing_receiver_is_retried_with_backoff_then_given_up(
+    client: falcon.testing.TestClient,
+    job_store: JobStore,
+    dispatcher: CallbackDispatcher,
+    receiver: Receiver,
+    engine: sqlalchemy.Engine,
+) -> None:
+    name = client.simulate_post(
+        "/api/job",
+        json={
+            "callback": receiver.url,
+            "stages": [{"name": "gen", "type": "source-txt2img", "params": {"prompt": "cat"}}],
+        },
+    ).json["name"]
+    end_job(job_store, name)
+    receiver.answers = [500] * MAX_ATTEMPTS
+    waits = []
+    for _ in range(MAX_ATTEMPTS):
+        assert dispatcher.deliver_due() == 1
+        assert dispatcher.deliver_due() == 0, "a failed try waits for its backoff"
+        with engine.begin() as conn:
+            waits.append(
+                conn.execute(
+                    sqlalchemy.text("SELECT extract(epoch FROM next_attempt_at - now()) FROM callbacks")
+                ).scalar_one()
+            )
+            conn.execute(sqlalchemy.text("UPDATE callbacks SET next_attempt_at = now()"))
+
+    assert len(receiver.received) == MAX_ATTEMPTS
+    assert all(later > earlier for earlier, later in itertools.pairwise(waits[:-1]))
+    assert dispatcher.deliver_due() == 0, "given up after the last attempt"
+    with engine.begin() as conn:
+        row = conn.execute(sqlalchemy.text("SELECT attempts, gave_up_at, last_error FROM callbacks")).one()
+    assert row.attempts == MAX_ATTEMPTS and row.gave_up_at is not None and "500" in row.last_error
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/x", "http://169.254.169.254/latest", "http://user:pw@example.com/", 7]
+)
+def test_a_callback_that_is_not_a_public_http_url_is_a_400(
+    job_store: JobStore, object_store: ObjectStore, tmp_path: Path, url: object
+) -> None:
+    client = api_client(
+        job_store, object_store, make_models(tmp_path / "models"), tmp_path, callback_secret=SECRET
+    )
+    result = client.simulate_post("/api/txt2img", json={"prompt": "cat", "callback": url})
+
+    assert result.status_code == 400 and error_of(result).startswith("callback")
+    assert job_store.queue_depth() == 0
+
+
+def test_without_a_secret_the_server_takes_no_callbacks(
+    job_store: JobStore, object_store: ObjectStore, tmp_path: Path
+) -> None:
+    client = api_client(job_store, object_store, make_models(tmp_path / "models"), tmp_path)
+    result = client.simulate_post("/api/txt2img", params={"callback": "https://example.com/hook"})
+
+    assert result.status_code == 400 and "ONNX_WEB_CALLBACK_SECRET" in error_of(result)

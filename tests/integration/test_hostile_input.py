@@ -1,0 +1,371 @@
+"""Hostile and broken requests get a short JSON 4xx, and an outage a 503, never a 500.
+
+Each case here answered 500, was silently misread, or cost far more than its size before the
+hardening pass (issue "Hardening", item 1 and 4).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.testing
+import pytest
+import sqlalchemy
+import urllib3
+from PIL import Image
+
+from service.db import make_engine
+from service.jobs.store import JobStore
+from service.storage import ObjectStore, RetryPolicy, S3ObjectStore
+from tests.fixtures.postgres import TEST_AFFINITY_WINDOW_S, TEST_LEASE_S
+from tests.integration.api import api_client, error_of, make_models
+
+pytestmark = pytest.mark.integration
+
+SDXL_MODEL = "diffusion-sdxl-base"
+SDXL_INDEX = {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True}
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    root = make_models(tmp_path / "models")
+    (root / SDXL_MODEL).mkdir()
+    (root / SDXL_MODEL / "model_index.json").write_text(json.dumps(SDXL_INDEX))
+    return root
+
+
+@pytest.fixture
+def client(
+    job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path
+) -> falcon.testing.TestClient:
+    return api_client(job_store, object_store, models, tmp_path, max_body_bytes=2 * 1024 * 1024)
+
+
+def png(size: tuple[int, int] = (64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (120, 30, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def multipart(fields: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    body, content_type = urllib3.encode_multipart_formdata(fields)
+    return body, {"Content-Type": content_type}
+
+
+def post_multipart(
+    client: falcon.testing.TestClient, path: str, fields: dict[str, Any], **options: Any
+) -> falcon.testing.Result:
+    body, headers = multipart(fields)
+    return client.simulate_post(path, body=body, headers={**headers, **options.pop("headers", {})}, **options)
+
+
+def post_chunked(
+    client: falcon.testing.TestClient, path: str, body: bytes, content_type: str
+) -> tuple[str, dict[str, Any]]:
+    """POST ``body`` as a chunked request: no Content-Length, as gunicorn hands such a body on."""
+    env = falcon.testing.create_environ(
+        path=path,
+        method="POST",
+        body=body,
+        headers={"Content-Type": content_type, "Transfer-Encoding": "chunked"},
+    )
+    env.pop("CONTENT_LENGTH", None)
+    start = falcon.testing.StartResponseMock()
+    answer = b"".join(client.app(env, start))
+    return start.status, json.loads(answer)
+
+
+def steps_total_of(client: falcon.testing.TestClient, steps: int) -> int:
+    """The ``steps.total`` of a txt2img job of ``steps`` sent in the query string."""
+    result = client.simulate_post("/api/txt2img", params={"steps": str(steps)})
+    assert result.status_code == 200, result.text
+    return int(result.json["steps"]["total"])
+
+
+def assert_refused(result: falcon.testing.Result, status: int, *words: str) -> str:
+    assert result.status_code == status, result.text
+    error = error_of(result)
+    for word in words:
+        assert word in error, error
+    assert len(result.text) < 1000
+    return error
+
+
+# --- strings Postgres cannot store -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "x\ud800"])
+def test_nul_and_lone_surrogates_in_a_json_prompt_are_a_400(
+    client: falcon.testing.TestClient, text: str
+) -> None:
+    body = json.dumps({"prompt": text, "negativePrompt": "ok"}).encode()
+    result = client.simulate_post("/api/txt2img", body=body, headers={"Content-Type": "application/json"})
+
+    assert_refused(result, 400, "prompt")
+
+
+def test_nul_in_a_query_string_is_a_400_on_any_route(client: falcon.testing.TestClient) -> None:
+    assert_refused(client.simulate_post("/api/txt2img", query_string="prompt=a%00b"), 400, "prompt", "NUL")
+    assert_refused(client.simulate_get("/api/job/status", query_string="jobs=a%00"), 400, "jobs")
+    assert_refused(client.simulate_put("/api/job/cancel", query_string="jobs=a%00"), 400, "jobs")
+
+
+def test_nul_in_a_multipart_json_field_and_in_a_chain_is_a_400(client: falcon.testing.TestClient) -> None:
+    form = {
+        "json": json.dumps({"params": {"negativePrompt": "bad\x00"}}),
+        "source": ("s.png", png(), "image/png"),
+    }
+    assert_refused(post_multipart(client, "/api/img2img", form), 400, "negativePrompt")
+    chain = {"stages": [{"name": "a\x00", "type": "source-txt2img", "params": {}}]}
+    assert_refused(client.simulate_post("/api/job", json=chain), 400, "stages[0].name")
+
+
+# --- documents that cost more than their size ------------------------------------------------------
+
+
+def test_json_nested_a_thousand_deep_is_a_400(client: falcon.testing.TestClient) -> None:
+    body = ("[" * 1000 + "]" * 1000).encode()
+    for path in ("/api/txt2img", "/api/job"):
+        result = client.simulate_post(path, body=body, headers={"Content-Type": "application/json"})
+        assert_refused(result, 400, "deep")
+
+
+def test_a_yaml_alias_bomb_in_a_chain_field_is_a_short_400(client: falcon.testing.TestClient) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    result = post_multipart(client, "/api/chain", {"chain": "\n".join([*lines, "stages: *a8"])})
+
+    assert_refused(result, 400, "chain", "aliases")
+
+
+def test_a_huge_chain_is_refused_without_echoing_it(client: falcon.testing.TestClient) -> None:
+    stages = [{"name": f"s{index}", "type": "source-noise", "params": {}} for index in range(2000)]
+    result = client.simulate_post("/api/job", json={"stages": stages})
+
+    assert_refused(result, 400, "stages", "at most 50")
+
+
+def test_unused_uploads_are_never_decoded(client: falcon.testing.TestClient) -> None:
+    """A txt2img request carrying image parts: only headers are read, so corrupt pixels pass."""
+    truncated = png((512, 512))[:200]
+    form = {
+        "json": json.dumps({"params": {"prompt": "cat", "steps": 3}}),
+        **{f"source:s{index}": (f"{index}.png", truncated, "image/png") for index in range(8)},
+    }
+    result = post_multipart(client, "/api/txt2img", form)
+
+    assert result.status_code == 200, result.text
+
+
+def test_a_used_upload_with_corrupt_pixels_is_a_400(client: falcon.testing.TestClient) -> None:
+    form = {
+        "json": json.dumps({"params": {"prompt": "cat"}}),
+        "source": ("s.png", png((512, 512))[:200], "image/png"),
+    }
+
+    assert_refused(post_multipart(client, "/api/img2img", form), 400, "source")
+
+
+def test_a_source_of_one_pixel_is_a_400_at_submit(client: falcon.testing.TestClient) -> None:
+    form = {"json": json.dumps({"params": {"prompt": "cat"}}), "source": ("s.png", png((1, 1)), "image/png")}
+
+    assert_refused(post_multipart(client, "/api/img2img", form), 400, "source", "at least 8x8")
+
+
+# --- bodies that were misread ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", "image/png"])
+def test_a_body_of_an_unsupported_type_is_a_415(client: falcon.testing.TestClient, content_type: str) -> None:
+    result = client.simulate_post(
+        "/api/txt2img", body=b'{"steps": 3}', headers={"Content-Type": content_type}
+    )
+
+    assert_refused(result, 415, "application/json", "multipart/form-data")
+
+
+def test_media_types_are_read_without_case(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post(
+        "/api/txt2img", body=b'{"steps": 7}', headers={"Content-Type": "Application/JSON; charset=UTF-8"}
+    )
+
+    assert result.status_code == 200, result.text
+    assert result.json["steps"]["total"] == steps_total_of(client, 7)
+
+
+def test_a_form_body_is_read_like_a_query_string(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post(
+        "/api/txt2img",
+        body=b"steps=6&prompt=cat",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+    assert result.status_code == 200, result.text
+    assert result.json["steps"]["total"] == steps_total_of(client, 6)
+
+
+def test_a_chunked_json_body_is_read(client: falcon.testing.TestClient) -> None:
+    status, answer = post_chunked(
+        client, "/api/txt2img", b'{"steps": 5, "prompt": "cat"}', "application/json"
+    )
+
+    assert status.startswith("200"), answer
+    assert answer["steps"]["total"] == steps_total_of(client, 5)
+
+
+def test_a_chunked_multipart_body_is_read(client: falcon.testing.TestClient) -> None:
+    body, headers = multipart(
+        {
+            "json": json.dumps({"params": {"strength": 1.0, "steps": 4}}),
+            "source": ("s.png", png(), "image/png"),
+        }
+    )
+    status, answer = post_chunked(client, "/api/img2img", body, headers["Content-Type"])
+
+    assert status.startswith("200"), answer
+
+
+def test_a_chunked_body_over_the_cap_is_a_413(client: falcon.testing.TestClient) -> None:
+    status, answer = post_chunked(client, "/api/txt2img", b" " * (3 * 1024 * 1024), "application/json")
+
+    assert status.startswith("413"), answer
+
+
+def test_parameters_a_route_does_not_use_are_still_checked(client: falcon.testing.TestClient) -> None:
+    assert_refused(client.simulate_post("/api/txt2img", params={"strength": "1e9"}), 400, "strength")
+    form = {
+        "json": json.dumps({"highresSteps": "NaN"}),
+        "mask": ("m.png", png(), "image/png"),
+        "source:0": ("a.png", png(), "image/png"),
+        "source:1": ("b.png", png(), "image/png"),
+    }
+    assert_refused(post_multipart(client, "/api/blend", form), 400, "highresSteps")
+
+
+def test_an_idempotency_key_reused_with_other_query_parameters_is_a_409(
+    client: falcon.testing.TestClient,
+) -> None:
+    form = {"source": ("s.png", png(), "image/png")}
+    headers = {"Idempotency-Key": "multipart-query"}
+    first = post_multipart(client, "/api/img2img", form, params={"prompt": "a cat"}, headers=headers)
+    again = post_multipart(client, "/api/img2img", form, params={"prompt": "a cat"}, headers=headers)
+    other = post_multipart(client, "/api/img2img", form, params={"prompt": "a dog"}, headers=headers)
+
+    assert first.status_code == again.status_code == 200
+    assert first.json["name"] == again.json["name"]
+    assert other.status_code == 409
+
+
+# --- models the workers cannot run in that stage ---------------------------------------------------
+
+
+def test_an_sdxl_pipeline_with_an_sd_model_is_a_400(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post("/api/txt2img", params={"pipeline": "txt2img-sdxl"})
+
+    assert_refused(result, 400, "pipeline", "needs an SDXL model", SDXL_MODEL)
+
+
+@pytest.mark.parametrize("route", ["img2img", "inpaint"])
+def test_an_sdxl_model_in_img2img_or_inpaint_is_a_400(client: falcon.testing.TestClient, route: str) -> None:
+    form = {
+        "json": json.dumps({"params": {"model": SDXL_MODEL}}),
+        "source": ("s.png", png(), "image/png"),
+        "mask": ("m.png", png(), "image/png"),
+    }
+
+    assert_refused(
+        post_multipart(client, f"/api/{route}", form), 400, "model", "SDXL", "stable-diffusion-onnx-v1-5"
+    )
+
+
+def test_an_sdxl_model_with_highres_is_a_400(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post("/api/txt2img", params={"model": SDXL_MODEL, "highres": "true"})
+
+    assert_refused(result, 400, "model", "blend-img2img")
+
+
+def test_an_sdxl_model_in_a_chain_names_the_stage(client: falcon.testing.TestClient) -> None:
+    chain = {
+        "stages": [
+            {"name": "gen", "type": "source-txt2img", "params": {"model": SDXL_MODEL}},
+            {"name": "redo", "type": "blend-img2img", "params": {"model": SDXL_MODEL, "strength": 0.5}},
+        ]
+    }
+
+    assert_refused(client.simulate_post("/api/job", json=chain), 400, "stages[1].params.model")
+
+
+def test_an_sdxl_model_in_txt2img_is_accepted(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post("/api/txt2img", params={"model": SDXL_MODEL, "pipeline": "txt2img-sdxl"})
+
+    assert result.status_code == 200, result.text
+
+
+# --- dependencies that are down -------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_database() -> JobStore:
+    """A job store whose Postgres refuses connections (nothing listens on port 1)."""
+    engine: sqlalchemy.Engine = make_engine("postgresql://nobody:secret@127.0.0.1:1/onnx_web")
+    return JobStore(engine, lease_s=TEST_LEASE_S, affinity_window_s=TEST_AFFINITY_WINDOW_S)
+
+
+@pytest.fixture
+def no_storage() -> S3ObjectStore:
+    """An object store whose S3 server refuses connections."""
+    return S3ObjectStore(
+        "127.0.0.1:1", "key", "secret", "onnx-web", retry=RetryPolicy(max_attempts=2, backoff_s=0.01)
+    )
+
+
+def test_a_database_outage_is_a_503_with_retry_after(
+    no_database: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path
+) -> None:
+    client = api_client(no_database, object_store, models, tmp_path)
+
+    for result in (
+        client.simulate_post("/api/txt2img", params={"prompt": "cat"}),
+        client.simulate_get("/api/job/status", params={"jobs": "txt2img_1_abc_1"}),
+    ):
+        assert_refused(result, 503, "database")
+        assert int(result.headers["retry-after"]) > 0
+    assert client.simulate_get("/healthz").status_code == 200
+
+
+def test_a_storage_outage_is_a_503_with_retry_after(
+    job_store: JobStore, no_storage: S3ObjectStore, models: Path, tmp_path: Path
+) -> None:
+    client = api_client(job_store, no_storage, models, tmp_path)
+    form = {"json": json.dumps({"params": {"prompt": "cat"}}), "source": ("s.png", png(), "image/png")}
+
+    result = post_multipart(client, "/api/img2img", form)
+
+    assert_refused(result, 503, "s3")
+    assert int(result.headers["retry-after"]) > 0
+
+
+def test_readyz_names_each_dependency(
+    job_store: JobStore,
+    object_store: ObjectStore,
+    no_database: JobStore,
+    no_storage: S3ObjectStore,
+    models: Path,
+    tmp_path: Path,
+) -> None:
+    ready = api_client(job_store, object_store, models, tmp_path).simulate_get("/readyz")
+    assert ready.status_code == 200
+    assert {name: check["status"] for name, check in ready.json["checks"].items()} == {
+        "database": "ok",
+        "storage": "ok",
+    }
+
+    for jobs, store, down in ((no_database, object_store, "database"), (job_store, no_storage, "storage")):
+        result = api_client(jobs, store, models, tmp_path).simulate_get("/readyz")
+        assert result.status_code == 503
+        assert result.json["checks"][down]["status"] == "unavailable"
+        assert api_client(jobs, store, models, tmp_path).simulate_get("/healthz").status_code == 200

@@ -1,0 +1,85 @@
+"""Memory estimates follow what dominates a job's peak: attention on CPU, size, tiles, batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.memory import chain_memory
+
+GIB = 1024**3
+
+
+def entry(
+    name: str, stage_type: str, *, tiles: int = 4096, outscale: int = 1, **params: Any
+) -> dict[str, Any]:
+    image = {"model": "m", "batch": 1, "tiled_vae": False, "vae_tile": 512}
+    return {
+        "name": name,
+        "type": stage_type,
+        "params": {**image, **params},
+        "tiles": tiles,
+        "outscale": outscale,
+    }
+
+
+def txt2img(width: int, height: int, **params: Any) -> dict[str, Any]:
+    return entry("txt2img", "source-txt2img", width=width, height=height, **params)
+
+
+def estimate(
+    *stages: dict[str, Any], size: tuple[int, int] = (0, 0), family: str = "sd", weights: int = 0
+) -> Any:
+    return chain_memory(list(stages), size, model_bytes=lambda _: weights, family=lambda _: family)
+
+
+def test_the_job_that_killed_a_24_gb_cpu_worker_is_estimated_above_what_it_used() -> None:
+    """onnx-web's release test: txt2img 1024x768; the worker reached 23.8 GB before the OOM kill."""
+    assert estimate(txt2img(1024, 768)).peak("cpu") > 23.8e9
+
+
+def test_the_default_size_fits_a_small_cpu_worker() -> None:
+    assert estimate(txt2img(512, 512)).peak("cpu") < 6 * GIB
+
+
+def test_cpu_attention_grows_with_the_square_of_the_pixels_gpu_memory_about_linearly() -> None:
+    small, large = estimate(txt2img(512, 512)), estimate(txt2img(1024, 1024))
+
+    assert large.peak("cpu") - small.peak("cpu") > 8 * (
+        small.peak("cpu") - estimate(txt2img(256, 256)).peak("cpu")
+    )
+    assert large.peak("gpu") < 4 * small.peak("gpu")
+    assert large.peak("gpu") < large.peak("cpu") / 10
+
+
+def test_batch_and_weights_add_up() -> None:
+    one = estimate(txt2img(512, 512)).peak("cpu")
+
+    assert estimate(txt2img(512, 512, batch=4)).peak("cpu") > 3 * (one - 2 * GIB)
+    assert estimate(txt2img(512, 512), weights=GIB).peak("cpu") >= one + 2 * GIB
+
+
+def test_a_tiling_stage_is_estimated_at_its_tile() -> None:
+    whole = estimate(entry("img2img", "blend-img2img", tiles=4096, strength=0.5), size=(2048, 2048))
+    tiled = estimate(entry("img2img", "blend-img2img", tiles=512, strength=0.5), size=(2048, 2048))
+
+    assert tiled.stages[0].work_size == (512, 512)
+    assert tiled.peak("cpu") < whole.peak("cpu") / 20
+
+
+def test_sdxl_attends_at_half_size_first() -> None:
+    assert (
+        estimate(txt2img(1024, 1024), family="sdxl").peak("cpu")
+        < estimate(txt2img(1024, 1024)).peak("cpu") / 4
+    )
+
+
+def test_the_size_follows_the_chain_through_upscaling() -> None:
+    memory = estimate(
+        txt2img(512, 512),
+        entry("upscale", "upscale-resrgan", outscale=4),
+        entry("img2img", "blend-img2img", tiles=4096, strength=0.3),
+    )
+
+    assert [stage.work_size for stage in memory.stages] == [(512, 512), (512, 512), (2048, 2048)]
+    assert memory.largest("cpu") is memory.stages[2]
+    assert memory.to_dict() == {"cpu": memory.peak("cpu"), "gpu": memory.peak("gpu")}
