@@ -658,36 +658,27 @@ class OomWatch:
         )
 
 
+@dataclass(eq=False)
 class Supervised:
     """One process of the stack that is started again, after ``RestartPolicy``'s wait, when it dies."""
 
-    def __init__(
-        self,
-        name: str,
-        launch: Callable[[], subprocess.Popen[bytes]],
-        *,
-        policy: RestartPolicy,
-        stop_timeout_s: float = 10.0,
-        hurry_signal: signal.Signals = signal.SIGKILL,
-        on_death: Callable[[int], None] | None = None,
-    ) -> None:
-        self.name = name
-        #: Told the exit status of each death, before the restart is scheduled.
-        self.on_death = on_death
-        self.policy = policy
-        self.stop_timeout_s = stop_timeout_s
-        #: Sent when a second stop request arrives while this process stops.
-        self.hurry_signal = hurry_signal
-        self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._launch = launch
-        self._started_at = 0.0
-        self._quick_deaths = 0
-        self._restart_at: float | None = None
+    name: str
+    launch: Callable[[], subprocess.Popen[bytes]]
+    policy: RestartPolicy
+    stop_timeout_s: float = 10.0
+    #: Sent when a second stop request arrives while this process stops.
+    hurry_signal: signal.Signals = signal.SIGKILL
+    #: Told the exit status of each death, before the restart is scheduled.
+    on_death: Callable[[int], None] | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    restarts: int = field(default=0, init=False)
+    _started_at: float = field(default=0.0, init=False)
+    _quick_deaths: int = field(default=0, init=False)
+    _restart_at: float | None = field(default=None, init=False)
 
     def start(self, process: subprocess.Popen[bytes] | None = None) -> None:
         """Launch the process (or adopt ``process``, already launched)."""
-        self.process = process or self._launch()
+        self.process = process or self.launch()
         self._started_at = time.monotonic()
         self._restart_at = None
 
