@@ -532,7 +532,7 @@ def test_s3_faults_during_upload_are_retried_and_the_job_succeeds(
     )
 
 
-def test_s3_down_longer_than_every_retry_fails_the_job_as_storage_after_max_attempts(
+def test_s3_down_longer_than_every_retry_ends_the_attempt_as_storage_and_the_worker_waits(
     workers: Workers,
     severing_proxy: SeveringProxy,
     job_store: JobStore,
@@ -540,20 +540,22 @@ def test_s3_down_longer_than_every_retry_fails_the_job_as_storage_after_max_atte
     bucket: Bucket,
     models: Path,
 ) -> None:
+    """The attempt that could not store its outputs ends ``storage`` and hands the job back; the
+    worker then waits for S3 instead of spending the job's other attempts on the same outage."""
     worker = workers.start("stranded", S3_ENDPOINT=severing_proxy.endpoint)
     worker.wait_started()
     severing_proxy.close()  # nothing listens there any more: every connection is refused
     job = make_job(models, steps=2, max_attempts=2)
     job_store.enqueue(job)
 
-    row = wait_for_state(engine, job.name, JobState.SUCCESS, JobState.FAILED)
-    assert row["state"] == JobState.FAILED and row["reason"] == "storage", row
-    assert row["attempt"] == row["max_attempts"] == 2
-    assert error_reasons(row) == ["storage", "storage"]
-    assert [entry["attempt"] for entry in row["errors"]] == [1, 2]
-    assert all("StorageError" in entry["message"] for entry in row["errors"])
+    row = wait_for_row(engine, job.name, "a storage error", lambda row: bool(row["errors"]))
+    worker.wait_for_log(timeout_s=90, action="dependency_wait", dependency="s3")
+    row = job_row(engine, job.name)
+    assert (row["state"], row["attempt"], row["max_attempts"]) == (JobState.PENDING, 1, 2), row
+    assert error_reasons(row) == ["storage"] and "StorageError" in row["errors"][0]["message"]
     assert row["output_keys"] is None
     assert bucket.keys(f"outputs/{job.name}/") == []
+    assert worker.poll() is None, "the worker keeps its process through the outage"
     retries = worker.log_entries(action="s3_retry")
     record(
         "storage faults (S2)",
