@@ -100,7 +100,7 @@ def chain_memory(
     for entry in stages:
         params = entry["params"]
         stage_type = STAGES[entry["type"]]
-        if "image" in stage_type.groups and entry["type"] == "source-txt2img":
+        if entry["type"] == "source-txt2img":
             width, height = int(params["width"]), int(params["height"])
         if entry["type"] == "edit-expand":
             width += int(params["left"]) + int(params["right"])

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -55,6 +55,7 @@ CONTENT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 CHUNK = 64 * 1024
 #: Longer URLs are refused before they are parsed.
 MAX_URL_LENGTH = 2048
+T = TypeVar("T")
 USER_AGENT = "onnx-web-cluster source-url"
 
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -427,21 +428,15 @@ def fetch_image_url(
     https servers (default: the system's trust store). See the module docstring for the checks;
     every failure is a :class:`SourceURLError` subclass.
     """
-    deadline = time.monotonic() + timeout_s
-    source = parse_source_url(url, allow_private=allow_private)
-    addresses = resolve(source, resolver=resolver, deadline=deadline, allow_private=allow_private)
-    try:
-        sock = _open(source, addresses, deadline, tls_context)
-        try:
-            return _exchange(_PinnedConnection(_DeadlineSocket(sock, deadline)), source, max_bytes)
-        finally:
-            sock.close()
-    except TimeoutError as err:
-        raise SourceURLTimeout(f"fetching the source URL took longer than {timeout_s:g} s") from err
-    except (OSError, http.client.HTTPException) as err:
-        if time.monotonic() >= deadline:
-            raise SourceURLTimeout(f"fetching the source URL took longer than {timeout_s:g} s") from err
-        raise SourceURLFailed(f"fetching the source URL failed: {type(err).__name__}: {err}") from err
+    return _guarded(
+        url,
+        lambda connection, source: _exchange(connection, source, max_bytes),
+        what="fetching the source URL",
+        timeout_s=timeout_s,
+        resolver=resolver,
+        allow_private=allow_private,
+        tls_context=tls_context,
+    )
 
 
 def post_json(
@@ -459,30 +454,58 @@ def post_json(
     Callbacks (``service.callbacks``) go through here: a user names the URL, so it gets the
     scheme, port and address checks, the pinned connection and one deadline, and no redirect.
     """
+
+    def post(connection: _PinnedConnection, target: SourceURL) -> int:
+        sent = {
+            **headers,
+            "Host": target.host_header,
+            "User-Agent": USER_AGENT,
+            "Content-Type": "application/json",
+            "Connection": "close",
+        }
+        connection.request("POST", target.target, body=body, headers=sent)
+        response = connection.getresponse()
+        response.read(CHUNK)
+        return int(response.status)
+
+    return _guarded(
+        url,
+        post,
+        what="calling the URL",
+        timeout_s=timeout_s,
+        resolver=resolver,
+        allow_private=allow_private,
+        tls_context=tls_context,
+    )
+
+
+def _guarded(
+    url: str,
+    exchange: Callable[[_PinnedConnection, SourceURL], T],
+    *,
+    what: str,
+    timeout_s: float,
+    resolver: Resolver,
+    allow_private: bool,
+    tls_context: ssl.SSLContext | None,
+) -> T:
+    """Check ``url``, connect to a checked address and run ``exchange`` on the pinned connection,
+    all within one deadline; connection failures become :class:`SourceURLError` subclasses."""
     deadline = time.monotonic() + timeout_s
-    target = parse_source_url(url, allow_private=allow_private)
-    addresses = resolve(target, resolver=resolver, deadline=deadline, allow_private=allow_private)
+    source = parse_source_url(url, allow_private=allow_private)
+    addresses = resolve(source, resolver=resolver, deadline=deadline, allow_private=allow_private)
     try:
-        sock = _open(target, addresses, deadline, tls_context)
+        sock = _open(source, addresses, deadline, tls_context)
         try:
-            connection = _PinnedConnection(_DeadlineSocket(sock, deadline))
-            sent = {
-                **headers,
-                "Host": target.host_header,
-                "User-Agent": USER_AGENT,
-                "Content-Type": "application/json",
-                "Connection": "close",
-            }
-            connection.request("POST", target.target, body=body, headers=sent)
-            response = connection.getresponse()
-            response.read(CHUNK)
-            return int(response.status)
+            return exchange(_PinnedConnection(_DeadlineSocket(sock, deadline)), source)
         finally:
             sock.close()
     except TimeoutError as err:
-        raise SourceURLTimeout(f"the URL did not answer within {timeout_s:g} s") from err
+        raise SourceURLTimeout(f"{what} took longer than {timeout_s:g} s") from err
     except (OSError, http.client.HTTPException) as err:
-        raise SourceURLFailed(f"the URL could not be called: {type(err).__name__}: {err}") from err
+        if time.monotonic() >= deadline:
+            raise SourceURLTimeout(f"{what} took longer than {timeout_s:g} s") from err
+        raise SourceURLFailed(f"{what} failed: {type(err).__name__}: {err}") from err
 
 
 def _exchange(connection: _PinnedConnection, source: SourceURL, max_bytes: int) -> bytes:

@@ -631,9 +631,9 @@ class OomWatch:
         self._kills = read_kills()
 
     def __call__(self, returncode: int) -> None:
-        before, self._kills = self._kills, self._read_kills()
-        killed = returncode == -signal.SIGKILL and before is not None and self._kills is not None
-        if not killed or self._kills is None or before is None or self._kills <= before:
+        before, after = self._kills, self._read_kills()
+        self._kills = after
+        if returncode != -signal.SIGKILL or before is None or after is None or after <= before:
             return
         from service.db import make_engine
         from service.jobs.store import JobStore

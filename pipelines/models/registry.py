@@ -116,6 +116,9 @@ class ModelRegistry:
         self.models_path = Path(models_path)
         self._extra_models = tuple(Path(path) for path in extra_models)
         self._snapshot = self._scan()
+        #: Family and size of the models asked about, read once per scan: the api asks at every
+        #: submission (``service.admission``), and a model's files do not change under it.
+        self._model_facts: dict[str, tuple[ModelFamily, int]] = {}
 
     @property
     def extras_files(self) -> tuple[Path, ...]:
@@ -128,6 +131,7 @@ class ModelRegistry:
     def reload(self) -> None:
         """Scan the models folder, extras files and wildcards again."""
         self._snapshot = self._scan()
+        self._model_facts = {}
 
     def models(self) -> dict[str, Any]:
         """The ``/api/settings/models`` document."""
@@ -190,14 +194,20 @@ class ModelRegistry:
 
     def family(self, name: str) -> ModelFamily:
         """The family of the diffusion model at ``name`` (a path ``find_model`` returned)."""
-        return model_family(self.resolve(name))
+        return self._facts(name)[0]
 
     def model_bytes(self, name: str) -> int:
         """The size of a model's files (a folder's summed); 0 for one that is not there."""
-        path = self.resolve(name)
-        if path.is_file():
-            return path.stat().st_size
-        return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+        return self._facts(name)[1]
+
+    def _facts(self, name: str) -> tuple[ModelFamily, int]:
+        facts = self._model_facts.get(name)
+        if facts is None:
+            path = self.resolve(name)
+            files = [path] if path.is_file() else [item for item in path.rglob("*") if item.is_file()]
+            facts = (model_family(path), sum(item.stat().st_size for item in files))
+            self._model_facts[name] = facts
+        return facts
 
     def resolve(self, name: str) -> Path:
         """Join a request's model name onto the models folder without ever leaving it.

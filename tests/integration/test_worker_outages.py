@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from pipelines.models.demo import build_demo_models
 from service.db import create_database, make_engine, upgrade_head
 from service.jobs.store import JobStore
 from service.retries import OUTAGE_WAIT_MAX_S
@@ -28,16 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEADLINE_S = 90.0
 #: Steps of a job still running when the database goes away (over a second at 64x64).
 LONG_STEPS = 300
-
-
-@pytest.fixture(scope="module")
-def models() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="onnx-web-test-models-"))
-    try:
-        build_demo_models(folder)
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ job of its own meanwhile (``WARM_UP``), so the figures measure recovery, not imp
 
 from __future__ import annotations
 
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -29,7 +27,6 @@ import pytest
 import sqlalchemy
 from sqlalchemy.exc import OperationalError
 
-from pipelines.models.demo import build_demo_models
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
 from service.app import create_app
@@ -89,17 +86,6 @@ def print_figures(request: pytest.FixtureRequest) -> Iterator[None]:
             print(f"[{section}]")
             for row in rows:
                 print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
-
-
-@pytest.fixture(scope="session")
-def models() -> Iterator[Path]:
-    """The demo models, built once per session (outside basetemp, which other sessions prune)."""
-    folder = Path(tempfile.mkdtemp(prefix="onnx-web-test-models-"))
-    try:
-        build_demo_models(folder)
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
