@@ -48,6 +48,9 @@ test/unit: install ## Unit tests only (no services)
 test/integration: install ## Integration tests against embedded Postgres and SeaweedFS
 	$(BIN)/pytest -q tests/integration $(TESTARGS)
 
+check-infra: install ## Containerfile, compose and Kubernetes manifests, checked offline (tests/infra)
+	$(BIN)/pytest -q tests/infra $(TESTARGS)
+
 test/e2e: install ## End-to-end tests through the running stack
 	$(BIN)/pytest -q tests/e2e $(TESTARGS)
 
@@ -67,8 +70,14 @@ lint: install ## ruff and mypy
 	$(BIN)/ruff format --check service pipelines bench tests scripts migrations
 	$(BIN)/mypy
 
-bench: install ## Benchmarks: queue throughput, submit-to-success overhead, modes vs diffusers
+bench: install ## Benchmarks: queue throughput, submit-to-success overhead, modes vs diffusers, real workers
 	$(BIN)/python -m bench.suite --out bench-results/bench.json
+
+bench-scale: install ## Queue scale-out: 1-64 simulated workers, 1,000 and 100,000 pending; bench-results/scale.json
+	$(BIN)/python -m bench.scale --out bench-results/scale.json
+
+bench-worker: install ## Real workers: images/s with and without output overlap, 1 vs 2 processes, affinity's model loads; bench-results/worker.json
+	$(BIN)/python -m bench.worker --out bench-results/worker.json
 
 clean: ## Remove local data, builds and caches (keeps .venv)
 	rm -rf var bench-results gui/dist .pytest_cache .mypy_cache .ruff_cache
@@ -76,4 +85,4 @@ clean: ## Remove local data, builds and caches (keeps .venv)
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_\/-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-.PHONY: install demo-models run gui test test/unit test/integration test/e2e test-fuzz test-load test-chaos lint bench clean help
+.PHONY: install demo-models run gui test test/unit test/integration check-infra test/e2e test-fuzz test-load test-chaos lint bench bench-scale bench-worker clean help

@@ -129,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=60, help="how long locust runs (default 60)")
     parser.add_argument("--users", type=int, default=10, help="simulated GUIs (default 10)")
+    parser.add_argument(
+        "--think",
+        default="0.05,0.25",
+        help="seconds each GUI waits between its requests, MIN,MAX (default 0.05,0.25: a busy tab; "
+        "1,3 is a person's GUI polling about once a second or two)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results/load.json"))
     parser.add_argument(
         "--models", type=Path, help="a models folder to use (default: demo models in a temp dir)"
@@ -146,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                     "LOAD_JOBS": json.dumps(names),
                     "LOAD_OUTPUTS": json.dumps(outputs),
                     "LOAD_FAILURES": str(data / "failures.json"),
+                    "LOAD_THINK_S": args.think,
                 }
                 print(f"locust: {args.users} users for {args.seconds}s", flush=True)
                 with RssSampler(api_pid(stack)) as rss:
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "seconds": args.seconds,
         "users": args.users,
+        "think_s": args.think,
+        "cpu_count": os.cpu_count(),
         "routes": routes,
         "total": total,
         "requests_per_s": total.get("requests_per_s"),

@@ -51,7 +51,8 @@ def check(response: Any, expected: int) -> None:
 class GuiUser(FastHttpUser):
     """One GUI tab: mostly polling, some output downloads, a submission now and then."""
 
-    wait_time = between(0.05, 0.25)
+    # Think time between one tab's requests, MIN,MAX seconds (``bench/load.py --think``).
+    wait_time = between(*(float(bound) for bound in os.environ.get("LOAD_THINK_S", "0.05,0.25").split(",")))
 
     @task(10)
     def status(self) -> None:

@@ -1,15 +1,19 @@
 """Measure queue throughput: claim + complete of no-op jobs by concurrent workers on a real Postgres.
 
-Usage: ``python bench/queue.py --jobs 2000 --workers 8 --out bench-results/queue.json``
+Usage: ``python bench/queue.py --jobs 2000 --pending 100000 --workers 8 --out bench-results/queue.json``
 (``make bench``). Without ``--database-url`` it starts an embedded PostgreSQL in a temporary
-folder. Each worker thread has its own connection and loops claim -> finish_success until the
-queue is empty; the figure is completed jobs per second of wall time, with claim latencies.
+folder. ``--jobs`` plus ``--pending`` no-op jobs are inserted in one statement; each worker thread
+has its own connection and loops claim -> finish_success until ``--jobs`` have been claimed, so
+``--pending`` jobs are still waiting at the end: the claim is timed against a queue that deep.
+The figure is completed jobs per second of wall time, with claim latencies.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import shutil
 import statistics
 import sys
@@ -17,20 +21,40 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
+
 from service.db import create_database, make_engine, upgrade_head
-from service.jobs.store import JobStore, NewJob
+from service.jobs.probe import QueueProbe
+from service.jobs.store import JobStore
 from service.stack import EmbeddedPostgres
+
+#: The models the no-op jobs name, round robin; worker ``i`` holds ``MODELS[i % len(MODELS)]``.
+MODELS = ("model-0", "model-1", "model-2", "model-3")
+#: Long enough that every claim of a run ranks the held-model jobs: the costlier path of the claim.
+AFFINITY_WINDOW_S = 3600.0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmark, print and save the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=2000, help="no-op jobs to enqueue before the run")
+    parser.add_argument("--jobs", type=int, default=2000, help="no-op jobs claimed and completed")
+    parser.add_argument(
+        "--pending", type=int, default=0, help="jobs still waiting behind them when the run ends"
+    )
     parser.add_argument(
         "--workers", type=int, default=8, help="concurrent claimers, each with its own connection"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="claimer processes, each with --workers threads (more than one gets past one "
+        "interpreter's lock on a machine with the cores for it)",
     )
     parser.add_argument(
         "--database-url", help="an existing server's admin URL (default: embedded PostgreSQL)"
@@ -38,24 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
-    folder = None
-    server = None
-    admin_url = args.database_url
-    if admin_url is None:
-        folder = Path(tempfile.mkdtemp(prefix="onnx-web-bench-pg-"))
-        server = EmbeddedPostgres(folder / "data")
-        admin_url = server.start()
-    try:
-        result = run(admin_url, jobs=args.jobs, workers=args.workers)
-    finally:
-        if server is not None:
-            server.stop()
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+    with postgres(args.database_url) as admin_url:
+        result = run(
+            admin_url, jobs=args.jobs, workers=args.workers, pending=args.pending, processes=args.processes
+        )
 
     print(
-        f"queue: {result['jobs_per_s']:.0f} jobs/s "
-        f"(claim + complete, {args.workers} workers, {args.jobs} jobs); "
+        f"queue: {result['jobs_per_s']:.0f} jobs/s (claim + complete, {args.processes} x "
+        f"{args.workers} workers, {args.jobs} jobs, {args.pending} pending, {os.cpu_count()} cores); "
         f"claim p50 {result['claim_p50_ms']:.2f} ms, p99 {result['claim_p99_ms']:.2f} ms"
     )
     if args.out is not None:
@@ -64,36 +78,112 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(admin_url: str, *, jobs: int, workers: int) -> dict[str, Any]:
-    """Enqueue ``jobs`` no-op jobs in a fresh database, then drain them with ``workers`` threads."""
+@contextmanager
+def postgres(admin_url: str | None) -> Iterator[str]:
+    """``admin_url`` as it is, or an embedded PostgreSQL in a temporary folder for the block."""
+    if admin_url is not None:
+        yield admin_url
+        return
+    folder = Path(tempfile.mkdtemp(prefix="onnx-web-bench-pg-"))
+    server = EmbeddedPostgres(folder / "data")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh_database(admin_url: str) -> str:
+    """A new, migrated database on the server of ``admin_url``; returns its URL."""
     url = create_database(admin_url, f"bench_{uuid.uuid4().hex[:12]}")
     upgrade_head(url)
-    engine = make_engine(url, pool_size=workers + 1, max_overflow=0)
-    store = JobStore(engine, lease_s=30.0, affinity_window_s=30.0)
-    for index in range(jobs):
-        job_id = uuid.uuid4()
-        store.enqueue(
-            NewJob(
-                id=job_id,
-                name=f"bench_{index}_{job_id.hex}",
-                kind="txt2img",
-                chain={"stages": []},
-                model=f"model-{index % 4}",
-                platform=None,
-                max_attempts=3,
-            )
-        )
+    return url
 
+
+def fill_backlog(engine: sqlalchemy.Engine, count: int, *, chain: dict[str, Any] | None = None) -> None:
+    """Insert ``count`` pending jobs at once, younger than ``AFFINITY_WINDOW_S``, naming ``MODELS``
+    round robin and running ``chain`` (default: no stages, never run by a real pipeline)."""
+    QueueProbe(engine).fill_backlog(count, models=MODELS, chain=chain or {"stages": []})
+
+
+def percentile_ms(seconds: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (nearest rank) of ``seconds``, in milliseconds; 0 when empty."""
+    if not seconds:
+        return 0.0
+    ordered = sorted(seconds)
+    return 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+
+
+def run(admin_url: str, *, jobs: int, workers: int, pending: int = 0, processes: int = 1) -> dict[str, Any]:
+    """Claim and complete ``jobs`` no-op jobs with ``processes`` x ``workers`` threads, ``pending``
+    more waiting."""
+    url = fresh_database(admin_url)
+    engine = make_engine(url, pool_size=workers + 1, max_overflow=0)
+    try:
+        fill_backlog(engine, jobs + pending)
+        if processes == 1:
+            result = drain(engine, jobs=jobs, workers=workers)
+        else:
+            result = drain_processes(url, jobs=jobs, workers=workers, processes=processes)
+    finally:
+        engine.dispose()
+    return {
+        "benchmark": "queue_claim_complete",
+        "pending": pending,
+        "processes": processes,
+        "cpu_count": os.cpu_count(),
+        **result,
+    }
+
+
+def drain_processes(url: str, *, jobs: int, workers: int, processes: int) -> dict[str, Any]:
+    """``drain`` in ``processes`` processes at once, the jobs shared out; the figures of them all,
+    timed from the first process's start to the last one's end."""
+    shares = [jobs // processes + (index < jobs % processes) for index in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        parts = pool.starmap(_drain_share, [(url, share, workers) for share in shares])
+    elapsed = max(part["ended_at"] for part in parts) - min(part["started_at"] for part in parts)
+    claims = [value for part in parts for value in part["claims_s"]]
+    return {
+        "jobs": jobs,
+        "workers": workers * processes,
+        "seconds": round(elapsed, 3),
+        "jobs_per_s": jobs / elapsed,
+        "claim_p50_ms": statistics.median(claims) * 1000,
+        "claim_p99_ms": percentile_ms(claims, 99),
+    }
+
+
+def _drain_share(url: str, jobs: int, workers: int) -> dict[str, Any]:
+    """One process of ``drain_processes``: its own engine, its share of the jobs, raw latencies."""
+    engine = make_engine(url, pool_size=workers + 1, max_overflow=0)
+    try:
+        return drain(engine, jobs=jobs, workers=workers, raw=True)
+    finally:
+        engine.dispose()
+
+
+def drain(engine: sqlalchemy.Engine, *, jobs: int, workers: int, raw: bool = False) -> dict[str, Any]:
+    """Claim and complete exactly ``jobs`` queued jobs with ``workers`` threads; the figures (with
+    ``raw``, also every claim's latency and the wall-clock start and end, for merging)."""
+    store = JobStore(engine, lease_s=30.0, affinity_window_s=AFFINITY_WINDOW_S)
     latencies: list[list[float]] = [[] for _ in range(workers)]
     completed = [0] * workers
+    # Claims are counted before they are made, so exactly ``jobs`` are taken whatever the backlog.
+    budget = iter(range(jobs))
+    budget_lock = threading.Lock()
     start = threading.Barrier(workers + 1)
 
     def work(slot: int) -> None:
         worker_id = f"bench-{slot}"
+        held = [MODELS[slot % len(MODELS)]]
         start.wait()
         while True:
+            with budget_lock:
+                if next(budget, None) is None:
+                    return
             began = time.perf_counter()
-            job = store.claim(worker_id, platform="cpu", held_models=[f"model-{slot % 4}"])
+            job = store.claim(worker_id, platform="cpu", held_models=held)
             latencies[slot].append(time.perf_counter() - began)
             if job is None:
                 return
@@ -116,24 +206,25 @@ def run(admin_url: str, *, jobs: int, workers: int) -> dict[str, Any]:
     for thread in threads:
         thread.start()
     start.wait()
-    began = time.perf_counter()
+    began, started_at = time.perf_counter(), time.time()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
-    engine.dispose()
 
-    claims_ms = sorted(1000 * value for values in latencies for value in values)
+    claims = [value for values in latencies for value in values]
     if sum(completed) != jobs:
         raise RuntimeError(f"completed {sum(completed)} of {jobs} jobs")
-    return {
-        "benchmark": "queue_claim_complete",
+    figures: dict[str, Any] = {
         "jobs": jobs,
         "workers": workers,
         "seconds": round(elapsed, 3),
         "jobs_per_s": jobs / elapsed,
-        "claim_p50_ms": statistics.median(claims_ms),
-        "claim_p99_ms": claims_ms[min(len(claims_ms) - 1, int(len(claims_ms) * 0.99))],
+        "claim_p50_ms": statistics.median(claims) * 1000,
+        "claim_p99_ms": percentile_ms(claims, 99),
     }
+    if raw:
+        figures.update(claims_s=claims, started_at=started_at, ended_at=started_at + elapsed)
+    return figures
 
 
 if __name__ == "__main__":

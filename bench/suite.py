@@ -9,6 +9,9 @@
 3. Each image mode (txt2img, img2img, inpaint, upscale, highres) against the matching diffusers
    pipeline on the same weights, and the peak memory of a 2048x2048 tiled upscale
    (``bench/modes.py``, which prints its own table).
+4. Real worker processes (``bench/worker.py``, ``worker.json``): images/s with and without the
+   output stage's overlap, 1 against 2 worker processes beside the core count, and the model
+   loads that affinity saves when jobs of two models alternate.
 
 Results are printed as a table and written as JSON (``--out``).
 """
@@ -29,7 +32,7 @@ import httpx
 from tqdm import tqdm
 
 #: The benchmark's sections, in the order they run (the modes first: they want a quiet machine).
-SECTIONS = ("modes", "queue", "latency")
+SECTIONS = ("modes", "queue", "latency", "worker")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -47,6 +50,12 @@ def bench_queue(out_dir: Path) -> dict[str, Any]:
 def bench_modes(out_dir: Path) -> dict[str, Any]:
     target = out_dir / "modes.json"
     subprocess.run([sys.executable, "-m", "bench.modes", "--out", str(target)], check=True)
+    return dict(json.loads(target.read_text()))
+
+
+def bench_worker(out_dir: Path) -> dict[str, Any]:
+    target = out_dir / "worker.json"
+    subprocess.run([sys.executable, "-m", "bench.worker", "--out", str(target)], check=True)
     return dict(json.loads(target.read_text()))
 
 
@@ -144,6 +153,8 @@ def main() -> int:
         results["queue"] = bench_queue(args.out.parent)
     if "latency" in args.sections:
         results["latency"] = bench_latency(args.runs)
+    if "worker" in args.sections:
+        results["worker"] = bench_worker(args.out.parent)
     args.out.write_text(json.dumps(results, indent=2))
     print("\n| measure | value |\n|---|---|")
     if "queue" in results:
@@ -161,6 +172,21 @@ def main() -> int:
         print(
             f"| service overhead p50 / p99 | {lat['overhead_ms']['p50']:.1f} / "
             f"{lat['overhead_ms']['p99']:.1f} ms |"
+        )
+    if "worker" in results:
+        worker = results["worker"]
+        overlap, scale, affinity = worker["overlap"], worker["scale_out"], worker["affinity"]
+        print(
+            f"| worker images/s, output overlap off / on | {overlap['without_images_per_s']:.2f} / "
+            f"{overlap['with_images_per_s']:.2f} |"
+        )
+        print(
+            f"| worker images/s, 1 / 2 processes on {worker['cpu_count']} cores | "
+            f"{scale['one_worker_images_per_s']:.2f} / {scale['two_workers_images_per_s']:.2f} |"
+        )
+        print(
+            f"| model loads, 2 models alternating, affinity off / on | "
+            f"{affinity['without']['model_loads']} / {affinity['with']['model_loads']} |"
         )
     for name, row in results.get("modes", {}).get("modes", {}).items():
         print(f"| {name}: ours ÷ diffusers (median) | {row['ratio']:.2f} |")

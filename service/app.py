@@ -20,6 +20,7 @@ import sqlalchemy.exc
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
 from pipelines.models.registry import ModelRegistry
+from service import metrics
 from service.admission import Admission
 from service.auth import KeyAuth
 from service.config import PRESIGN_EXPIRY_S, Config
@@ -40,7 +41,7 @@ from service.jobs.keys import KeyStore
 from service.jobs.store import JobStore
 from service.params import load_params_doc
 from service.resources.admin import ExtrasResource, WorkerRestartResource, WorkerStatusResource
-from service.resources.bundle import BundleResource
+from service.resources.bundle import ApiDocsResource, BundleResource
 from service.resources.events import JobEventsResource
 from service.resources.health import HealthResource, MetricsResource, ReadyzResource
 from service.resources.introspect import IntrospectResource
@@ -117,6 +118,7 @@ class RequestContext:
     ) -> None:
         # The path only: query strings can carry prompts, which never go to INFO logs.
         started: float = req.context.get("started") or time.monotonic()
+        metrics.request_done(req.uri_template, req.method, resp.status_code, time.monotonic() - started)
         log.info(
             "request",
             extra={
@@ -239,12 +241,13 @@ def create_app(
         ("/api/cancel", ["PUT"], LegacyCancelResource(jobs)),
         ("/api/ready", ["GET", "HEAD"], ReadyResource(jobs)),
         ("/api/openapi.json", ["GET", "HEAD"], OpenAPIResource(app, config, params_doc, registry)),
+        ("/api/docs", ["GET", "HEAD"], ApiDocsResource(config.bundle_path)),
         ("/api/extras", ["GET", "PUT"], ExtrasResource(config.admin_token, registry)),
         ("/api/worker/restart", ["POST"], WorkerRestartResource(config.admin_token, worker_status)),
         ("/api/worker/status", ["GET"], worker_status),
         ("/healthz", ["GET"], HealthResource()),
         ("/readyz", ["GET"], ReadyzResource(jobs, store)),
-        ("/metrics", ["GET"], MetricsResource(jobs)),
+        ("/metrics", ["GET"], MetricsResource(jobs, live_window_s)),
     ]
     for path, _methods, resource in routes:
         app.add_route(path, resource)
@@ -291,13 +294,13 @@ def get_app() -> falcon.App:
     """Build the api from the environment (gunicorn's entry point)."""
     from service import logs
     from service.callbacks import CallbackDispatcher
-    from service.db import make_engine
+    from service.db import config_engine
     from service.jobs.callbacks import CallbackStore
     from service.storage import API_PATIENCE, from_config
 
     config = Config.from_env()
     logs.configure(config.log_level, config.log_format)
-    engine = make_engine(config.database_url)
+    engine = config_engine(config)
     jobs = JobStore(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s)
     keys = KeyStore(engine) if config.auth == "keys" else None
     store = from_config(config, patience=API_PATIENCE)

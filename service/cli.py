@@ -92,6 +92,10 @@ def _api(args: argparse.Namespace) -> int:
     config = Config.from_env()
     bind = f"{args.host or config.host}:{args.port or config.port}"
     workers = str(args.workers or config.api_workers)
+    # gunicorn's processes sum their samples through files in one folder (service.metrics); a
+    # fresh one per start, unless the caller (the local stack) shares its own with the workers.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="onnx-web-metrics-")
     argv = [
         sys.executable,
         "-m",
@@ -122,8 +126,8 @@ def worker_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from service import logs
-    from service.db import make_engine
+    from service import logs, metrics
+    from service.db import config_engine
     from service.jobs.notify import Notifier
     from service.jobs.store import JobStore
     from service.retries import DB_OUTAGE, STORAGE_OUTAGE, outlast
@@ -132,7 +136,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     config = worker_config(args)
     logs.configure(config.log_level, config.log_format)
-    engine = make_engine(config.database_url)
+    engine = config_engine(config)
     store = from_config(config)
     # Postgres or S3 may be starting, or restarting: wait for them rather than exit.
     outlast("s3", store.ensure_bucket, STORAGE_OUTAGE)
@@ -144,6 +148,8 @@ def _worker(args: argparse.Namespace) -> int:
         sessions=worker_sessions(config),
         notifier=notifier,
     )
+    if config.worker_metrics_port:
+        metrics.serve_worker_metrics(config.worker_metrics_port)
     worker.install_signal_handlers()
     worker.warm_up()
     worker.run(max_jobs=args.max_jobs)

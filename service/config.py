@@ -34,6 +34,11 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BATCH_MAX = 1
 #: Every job of a batch waits for the whole batch, and its memory grows with it.
 MAX_BATCH_MAX = 16
+#: Finished jobs a worker stores and commits in the background while it generates the next:
+#: one hides the PNG encoding and S3 uploads of a job behind the next job's generation.
+DEFAULT_UPLOAD_DEPTH = 1
+#: Each job waiting there keeps its images in memory and its lease renewed.
+MAX_UPLOAD_DEPTH = 8
 LEASE_S = 30.0
 HEARTBEAT_S = 5.0
 RESCUE_INTERVAL_S = 10.0
@@ -51,6 +56,14 @@ API_WORKERS = 2
 AUTH_MODES = ("off", "keys")
 #: Threads per api process: one slow client holds one thread, the others keep serving.
 API_THREADS = 8
+#: Postgres connections one process keeps open. An api thread holds at most one at a time, and a
+#: worker at most three (its job, its lease thread, its maintenance thread), so 5 serves a worker
+#: without waiting and an api process of 8 threads with few openings and closings.
+DB_POOL_SIZE = 5
+#: Connections opened beyond the pool in a burst, closed when returned. A process never holds more
+#: than pool + overflow (15): plan Postgres' max_connections for that many per process, plus one
+#: LISTEN connection per worker and api process.
+DB_MAX_OVERFLOW = 10
 TRUTHY = frozenset({"1", "t", "true", "y", "yes", "on"})
 FALSY = frozenset({"0", "f", "false", "n", "no", "off", ""})
 
@@ -91,6 +104,13 @@ class Config:
     port: int = DEFAULT_PORT
     api_workers: int = API_WORKERS
     api_threads: int = API_THREADS
+    #: Postgres connections each process keeps open, and how many more a burst may open (see
+    #: ``DB_POOL_SIZE``); a thread that finds all of them taken waits ``service.db.POOL_TIMEOUT_S``.
+    db_pool_size: int = DB_POOL_SIZE
+    db_max_overflow: int = DB_MAX_OVERFLOW
+    #: A worker serves its Prometheus samples on this port; 0: it does not (the local stack's api
+    #: serves them, from the shared samples folder).
+    worker_metrics_port: int = 0
     models_path: Path = Path(DEFAULT_MODELS_PATH)
     bundle_path: Path = Path(DEFAULT_BUNDLE_PATH)
     #: A ``params.json`` to serve instead of the built-in one (onnx-web's ``ONNX_WEB_PARAMS_PATH``).
@@ -134,6 +154,9 @@ class Config:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     #: Up to this many compatible plain txt2img jobs are claimed and run as one batch.
     batch_max: int = DEFAULT_BATCH_MAX
+    #: Up to this many finished lone jobs are stored and committed while the next one generates;
+    #: 0 stores each job before the next claim.
+    upload_depth: int = DEFAULT_UPLOAD_DEPTH
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
     rescue_interval_s: float = RESCUE_INTERVAL_S
@@ -160,6 +183,15 @@ class Config:
             )
         if not 1 <= self.batch_max <= MAX_BATCH_MAX:
             problems.append(f"batch_max must be 1-{MAX_BATCH_MAX}, got {self.batch_max}")
+        if not 0 <= self.upload_depth <= MAX_UPLOAD_DEPTH:
+            problems.append(f"upload_depth must be 0-{MAX_UPLOAD_DEPTH}, got {self.upload_depth}")
+        if not 0 <= self.worker_metrics_port < 65536:
+            problems.append(f"worker metrics port must be 0 (off) or 1-65535, got {self.worker_metrics_port}")
+        if self.db_pool_size < 1 or self.db_max_overflow < 0:
+            problems.append(
+                f"the database pool needs at least 1 connection and 0 or more overflow, "
+                f"got {self.db_pool_size} and {self.db_max_overflow}"
+            )
         if self.device < 0:
             problems.append(f"device must be a CUDA device index (0 or more), got {self.device}")
         if self.max_attempts < 1:
@@ -236,6 +268,9 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "port": ("ONNX_WEB_PORT", int),
     "api_workers": ("ONNX_WEB_API_WORKERS", _positive(int)),
     "api_threads": ("ONNX_WEB_API_THREADS", _positive(int)),
+    "db_pool_size": ("ONNX_WEB_DB_POOL_SIZE", _positive(int)),
+    "db_max_overflow": ("ONNX_WEB_DB_MAX_OVERFLOW", int),
+    "worker_metrics_port": ("ONNX_WEB_WORKER_METRICS_PORT", int),
     "models_path": ("ONNX_WEB_MODEL_PATH", Path),
     "bundle_path": ("ONNX_WEB_BUNDLE_PATH", Path),
     "params_path": ("ONNX_WEB_PARAMS_PATH", Path),
@@ -264,6 +299,7 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "warm_sizes": ("ONNX_WEB_WARM_SIZES", parse_list),
     "max_attempts": ("ONNX_WEB_WORKER_RETRIES", _positive(int)),
     "batch_max": ("ONNX_WEB_BATCH_MAX", _positive(int)),
+    "upload_depth": ("ONNX_WEB_UPLOAD_DEPTH", int),
     "lease_s": ("ONNX_WEB_LEASE_S", _positive(float)),
     "heartbeat_s": ("ONNX_WEB_HEARTBEAT_S", _positive(float)),
     "rescue_interval_s": ("ONNX_WEB_RESCUE_INTERVAL_S", _positive(float)),

@@ -18,11 +18,12 @@ from psycopg import sql
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from service.config import DB_MAX_OVERFLOW, DB_POOL_SIZE, Config
+
 DRIVER = "postgresql+psycopg"
 #: Schemes people write in ``DATABASE_URL`` (Heroku-style ``postgres://`` included), all served by psycopg 3.
 POSTGRES_SCHEMES = frozenset({"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"})
-POOL_SIZE = 5
-MAX_OVERFLOW = 10
+#: How long a thread waits for a pooled connection before the pool's TimeoutError.
 POOL_TIMEOUT_S = 10.0
 #: Shorter than gunicorn's 30 s worker timeout, so a stuck query becomes an error, not a killed worker.
 STATEMENT_TIMEOUT_S = 10.0
@@ -52,12 +53,13 @@ def libpq_url(url: str | URL) -> str:
 def make_engine(
     url: str | URL,
     *,
-    pool_size: int = POOL_SIZE,
-    max_overflow: int = MAX_OVERFLOW,
+    pool_size: int = DB_POOL_SIZE,
+    max_overflow: int = DB_MAX_OVERFLOW,
     statement_timeout_s: float | None = STATEMENT_TIMEOUT_S,
     application_name: str = "onnx-web",
 ) -> Engine:
-    """Build a pooled engine; connections are checked before use so a restarted Postgres heals the pool."""
+    """Build a pooled engine of at most ``pool_size + max_overflow`` connections; each is checked
+    before use, so a restarted Postgres heals the pool."""
     connect_args: dict[str, str | int] = {
         "application_name": application_name,
         "connect_timeout": CONNECT_TIMEOUT_S,
@@ -71,6 +73,13 @@ def make_engine(
         pool_timeout=POOL_TIMEOUT_S,
         pool_pre_ping=True,
         connect_args=connect_args,
+    )
+
+
+def config_engine(config: Config) -> Engine:
+    """The engine of a long-lived process (the api, a worker): ``config``'s database and pool bounds."""
+    return make_engine(
+        config.database_url, pool_size=config.db_pool_size, max_overflow=config.db_max_overflow
     )
 
 

@@ -5,12 +5,16 @@ cancellation. ``JobRun.conclude`` stores the outputs the job produced and commit
 the job's attempt: a worker that lost its lease (a zombie) has its commit refused and deletes what
 it wrote. Any other ending (cancelled, released, failed) is recorded the same way whether the job
 ran alone (``service.worker``) or in a batch (``service.batching``); so is the one summary line.
+
+``OutputStage`` lets a worker store and commit one job (``JobRun.deliver``) in the background
+while its next job generates; the job stays held, with its lease renewed, until its commit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +34,7 @@ from tenacity import (
 
 from pipelines.context import Counter, Progress, StageCancelled, StageImage
 from pipelines.imageops.metadata import CONTENT_TYPES, encode_image, thumbnail
+from service import metrics
 from service.config import Config
 from service.errors import InvalidParams, PayloadTooLarge, StorageError
 from service.faults import fault_point
@@ -97,6 +102,14 @@ class JobRunner:
         self.release_requested = release_requested
         #: Jobs held to their end (a job handed back unspent is not counted).
         self.jobs_done = 0
+        #: Jobs whose hold has begun: a job in the worker's output stage is taken but not yet done.
+        self.jobs_taken = 0
+        #: Set as an attempt fails, before the failure is recorded: the object store may be away,
+        #: and the worker checks it before its next claim. Set first, so that a job the output
+        #: stage hands back is not claimed again before the check.
+        self.attempt_failed = threading.Event()
+        # Holds end on the main thread and on the output stage's thread.
+        self._counts = threading.Lock()
 
     @contextmanager
     def hold(self, job: ClaimedJob) -> Iterator[JobRun]:
@@ -104,12 +117,15 @@ class JobRunner:
         run = JobRun(self, job)
         lease = threading.Thread(target=run.keep_lease, name=f"lease-{job.name}", daemon=True)
         lease.start()
+        with self._counts:
+            self.jobs_taken += 1
         try:
             yield run
         finally:
             run.done.set()
             lease.join()
-            self.jobs_done += 1
+            with self._counts:
+                self.jobs_done += 1
 
     @DB_RETRY
     def release(self, job: ClaimedJob) -> None:
@@ -136,6 +152,8 @@ class JobRun:
         self.lost = threading.Event()
         self.done = threading.Event()
         self.latest = Progress()
+        #: Why the attempt failed (``_fail``'s reason), for the summary's metrics; None otherwise.
+        self.failure_reason: str | None = None
         # -inf: the first report is always written, whatever the monotonic clock reads.
         self._last_write = float("-inf")
         self._lock = threading.Lock()
@@ -208,6 +226,18 @@ class JobRun:
         """
         try:
             outputs = produce()
+        except Exception as err:  # every failure ends the attempt, never the worker
+            return self.end(err)
+        return self.deliver(outputs, timings)
+
+    def deliver(self, outputs: list[StageImage], timings: dict[str, int]) -> str:
+        """Store and commit ``outputs``, or end the attempt as the error says; returns as ``conclude``.
+
+        Run by the worker's output stage while the next job generates, so the job may have been
+        cancelled, lost or called back while it waited: it is checked before anything is uploaded.
+        """
+        try:
+            self.check()
             upload_started = time.monotonic()
             stored = self._store_outputs(outputs)
             timings["upload"] = elapsed_ms(upload_started)
@@ -223,20 +253,33 @@ class JobRun:
             )
             outcome = commit(self._commit, stored)
             fault_point("after_commit")
-        except StageCancelled:
-            outcome = "cancelled" if self._finish_cancelled() else "fenced"
-        except LeaseLost:
-            outcome = "fenced"
-            self.runner.discard(self.job)
-        except Released:
-            outcome = "released"
-            self.runner.release(self.job)
-        except Exception as err:  # every other failure ends the attempt, never the worker
-            outcome = self._fail(err)
+        except Exception as err:  # every failure ends the attempt, never the worker
+            return self.end(err)
         return outcome
 
+    def end(self, err: Exception) -> str:
+        """End the attempt as ``err`` says: cancelled, fenced, handed back or failed; the outcome."""
+        if isinstance(err, StageCancelled):
+            return "cancelled" if self._finish_cancelled() else "fenced"
+        if isinstance(err, LeaseLost):
+            self.runner.discard(self.job)
+            return "fenced"
+        if isinstance(err, Released):
+            self.runner.release(self.job)
+            return "released"
+        return self._fail(err)
+
     def log_summary(self, outcome: str, started: float, timings: dict[str, int], **extra: Any) -> None:
-        """The one summary line per job, with its phase timings."""
+        """The one summary line per job, with its phase timings; the same figures go to metrics."""
+        metrics.job_ended(
+            kind=self.job.kind,
+            model=self.job.model,
+            outcome=outcome,
+            reason=self.failure_reason,
+            seconds=time.monotonic() - started,
+            timings_ms=timings,
+            stage_types={stage["name"]: stage["type"] for stage in self.job.chain.get("stages", [])},
+        )
         log.info(
             "job finished",
             extra={
@@ -335,6 +378,8 @@ class JobRun:
                 else "error"
             )
         )
+        self.failure_reason = reason
+        self.runner.attempt_failed.set()
         log.error(
             "job failed",
             exc_info=err,
@@ -357,6 +402,43 @@ class JobRun:
         if state is None:
             return "fenced"
         return "retry" if state == JobState.PENDING else "failed"
+
+
+class OutputStage:
+    """One background thread that stores and commits finished jobs, at most ``depth`` at a time.
+
+    The worker's main thread hands a job over once its pipeline has made the images, then claims
+    and generates the next: PNG encoding and S3 uploads overlap generation. A full stage blocks the
+    hand-over, so at most ``depth`` jobs' images wait in memory. A handed-over job is still held
+    (leased, fenced, cancellable) until its commit or failure is recorded: ``work`` ends the hold.
+    """
+
+    def __init__(self, depth: int) -> None:
+        self._slots = threading.Semaphore(depth)
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="output-stage", daemon=True)
+        self._thread.start()
+
+    def hand_over(self, work: Callable[[], None]) -> None:
+        """Queue ``work`` (one job's store, commit and summary); blocks while the stage is full."""
+        self._slots.acquire()
+        self._queue.put(work)
+
+    def close(self) -> None:
+        """Wait until every job handed over has ended, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (work := self._queue.get()) is not None:
+            try:
+                work()
+            except Exception:
+                # As on the main thread this would end the process; here it ends the job's hold
+                # (its lease runs out, rescue hands it on) and the stage serves the next one.
+                log.exception("output stage failed", extra={"action": "output_stage"})
+            finally:
+                self._slots.release()
 
 
 def _complete_metadata(item: StageImage, name: str, chain_metadata: Mapping[str, Any]) -> dict[str, Any]:

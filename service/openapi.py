@@ -180,6 +180,15 @@ class _Document:
                     "responses": {"200": _json({"type": "object", "required": ["openapi", "paths"]})},
                 }
             },
+            "/api/docs": {
+                "GET": lambda: {
+                    "tags": ["meta"],
+                    "summary": "This document, rendered (Swagger UI, bundled with the GUI)",
+                    "responses": {
+                        "200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
             "/api/jobs": {
                 "GET": lambda: {
                     "tags": ["jobs"],
@@ -293,7 +302,6 @@ class _Document:
                             "description": "OK",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         },
-                        **self.errors(503),
                     },
                 }
             },

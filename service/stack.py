@@ -884,6 +884,7 @@ class LocalStack:
     def _start(self) -> dict[str, str]:
         from service.config import Config
         from service.db import create_database, upgrade_head
+        from service.metrics import MULTIPROC_ENV, fresh_multiproc_dir
 
         options = self.options
         models = options.models_path or options.data_dir / "models"
@@ -913,6 +914,8 @@ class LocalStack:
             "ONNX_WEB_HOST": options.host,
             "ONNX_WEB_API_WORKERS": str(options.api_workers),
             "PYTHONUNBUFFERED": "1",
+            # One samples folder for the api and every worker: the api's /metrics shows them all.
+            MULTIPROC_ENV: str(fresh_multiproc_dir(options.data_dir / "metrics")),
         }
         self._claim.record({"url": self.url, "env": services})
         cli = [sys.executable, "-m", "service.cli"]

@@ -8,7 +8,14 @@ written, and only if this worker still holds the job's current attempt.
 
 With ``batch_max`` above 1 the worker claims up to that many compatible plain txt2img jobs at
 once and runs them as one UNet batch (``service.batching``); each is still leased, fenced and
-finished on its own, through the same ``JobRunner.hold`` and ``JobRun.conclude`` as a lone job.
+finished on its own, through the same ``JobRunner.hold`` and ``JobRun.deliver`` as a lone job.
+
+With ``upload_depth`` above 0 a lone job's images, once made, go to an output stage (a thread of
+``service.jobrun.OutputStage``) that encodes, uploads and commits them while the main thread
+claims and generates the next job. The job stays held until its commit or failure is recorded,
+so its lease is renewed, a cancel or a lost lease still stops it before the commit, and a storage
+failure ends its attempt exactly as it would in turn. A full stage blocks the hand-over; on
+stop, the stage empties before the worker retires.
 
 An outage of Postgres or S3 is never a reason to exit: the worker waits it out (``outlast``), with
 capped exponential backoff and one WARNING line per wait, then claims again.
@@ -21,12 +28,14 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from types import FrameType
 
 from PIL import Image
 from sqlalchemy.exc import OperationalError
 
-from pipelines.chain import run_chain
+from pipelines.chain import ChainResult, run_chain
 from pipelines.context import StageImage
 from pipelines.models.sessions import (
     CPU_PROVIDER,
@@ -36,13 +45,14 @@ from pipelines.models.sessions import (
     available_providers,
 )
 from pipelines.prefetch import s3_inputs, url_inputs
+from service import metrics
 from service.batching import run_batch
 from service.capacity import memory_kind, worker_memory
 from service.config import Config
 from service.faults import fault_point
 from service.fetch import fetch_image_url
 from service.images import decode_upload
-from service.jobrun import JobRunner, elapsed_ms
+from service.jobrun import JobRun, JobRunner, OutputStage, elapsed_ms
 from service.jobs.notify import Notifier
 from service.jobs.store import ClaimedJob, JobStore
 from service.output_names import SourceS3Refused, recorded_key
@@ -50,9 +60,6 @@ from service.retries import DB_OUTAGE, STORAGE_OUTAGE, first_line, outlast
 from service.storage import ObjectStore
 
 log = logging.getLogger(__name__)
-
-#: Job endings that say nothing about the object store; after any other, S3 is checked before a claim.
-HEALTHY_OUTCOMES = frozenset({"success", "cancelled", "fenced", "released"})
 
 
 def worker_sessions(config: Config) -> SessionCache:
@@ -62,20 +69,34 @@ def worker_sessions(config: Config) -> SessionCache:
     so every session and every CUDA graph of the worker lands on the one device.
     """
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if config.worker_platform == "cuda" else (CPU_PROVIDER,)
-    return SessionCache(config.cache_models, SessionSettings(providers=providers, device_id=config.device))
+    return SessionCache(
+        config.cache_models,
+        SessionSettings(providers=providers, device_id=config.device),
+        on_load=partial(metrics.model_loaded, config.models_path),
+    )
 
 
 class Worker:
     """Claims and runs jobs until stopped (SIGTERM/SIGINT or ``stop()``)."""
 
     def __init__(
-        self, config: Config, jobs: JobStore, store: ObjectStore, sessions: SessionCache, notifier: Notifier
+        self,
+        config: Config,
+        jobs: JobStore,
+        store: ObjectStore,
+        sessions: SessionCache,
+        notifier: Notifier,
+        *,
+        chain_runner: Callable[..., ChainResult] = run_chain,
     ) -> None:
         self.config = config
         self.jobs = jobs
         self.store = store
         self.sessions = sessions
         self.notifier = notifier
+        #: Runs a job's chain (``run_chain``'s signature); ``bench.scale`` puts a timed sleep here to
+        #: load the queue with every other part of the worker real.
+        self.chain_runner = chain_runner
         self.providers = available_providers(sessions.settings)
         #: The CUDA device this worker runs on; None when it has no CUDA provider.
         self.device = sessions.settings.device_id if CUDA_PROVIDER in self.providers else None
@@ -87,6 +108,9 @@ class Worker:
         self.stopping = threading.Event()
         self.release_requested = threading.Event()
         self.runner = JobRunner(config, jobs, store, self.release_requested)
+        #: Stores and commits finished jobs while the next one generates, from ``run`` on;
+        #: None with ``upload_depth`` 0 (or outside ``run``): each job is stored before the next claim.
+        self.outputs: OutputStage | None = None
 
     @property
     def jobs_done(self) -> int:
@@ -165,7 +189,18 @@ class Worker:
                 "memory_bytes": self.memory_bytes,
             },
         )
+        if self.config.upload_depth:
+            self.outputs = OutputStage(self.config.upload_depth)
         while not self.stopping.is_set():
+            if self.runner.attempt_failed.is_set():
+                # A job that could not load its inputs or store its outputs ended as a retry; had
+                # the worker claimed again at once, an S3 outage would spend one attempt of every
+                # job in the queue. The flag is set before the job is back in the queue.
+                self.runner.attempt_failed.clear()
+                try:
+                    outlast("s3", self.store.ensure_bucket, STORAGE_OUTAGE, self.stopping)
+                except STORAGE_OUTAGE:
+                    break  # stopped while S3 was away
             try:
                 claimed = outlast("postgres", self._claim, DB_OUTAGE, self.stopping)
             except DB_OUTAGE:
@@ -173,21 +208,32 @@ class Worker:
             if not claimed:
                 self.notifier.wait(self.config.poll_interval_s)
                 continue
-            if not self._run_claimed(claimed):
-                try:
-                    outlast("s3", self.store.ensure_bucket, STORAGE_OUTAGE, self.stopping)
-                except STORAGE_OUTAGE:
-                    break  # stopped while S3 was away
-            if max_jobs is not None and self.jobs_done >= max_jobs:
+            if self.runner.attempt_failed.is_set():
+                # An attempt failed in the output stage while this claim ran (the claim may even
+                # hold the job it failed): hand the claim back unspent and check S3 first.
+                self._hand_back(claimed)
+                continue
+            self._run_claimed(claimed)
+            if max_jobs is not None and self.runner.jobs_taken >= max_jobs:
                 break
         self.stopping.set()
+        if self.outputs is not None:
+            # Every job handed over ends before the worker retires: committed, failed, or handed
+            # back at its next check once the grace time is up.
+            self.outputs.close()
+            self.outputs = None
         try:
             self.jobs.retire_worker(self.config.worker_id)
         except OperationalError as err:
             log.warning("could not retire the worker row", extra={"action": "stop", "error": str(err)})
         log.info(
             "worker stopped",
-            extra={"action": "stop", "worker": self.config.worker_id, "jobs": self.jobs_done},
+            extra={
+                "action": "stop",
+                "worker": self.config.worker_id,
+                "jobs": self.jobs_done,
+                "model_loads": self.sessions.loads,
+            },
         )
 
     def _maintenance_loop(self) -> None:
@@ -227,31 +273,28 @@ class Worker:
             )
             self.stop()
 
-    def _run_claimed(self, claimed: list[ClaimedJob]) -> bool:
-        """Run what was claimed; False when S3 may be away and must be checked before the next claim.
-
-        A job that could not load its inputs or store its outputs ends as a retry; had the worker
-        claimed again at once, an S3 outage would spend one attempt of every job in the queue.
-        A batch's endings are its members' own, so S3 is checked after every batch.
-        """
+    def _run_claimed(self, claimed: list[ClaimedJob]) -> None:
+        """Run what was claimed: one job alone, several as one batch."""
         try:
             if len(claimed) == 1:
-                return self.run_job(claimed[0]) in HEALTHY_OUTCOMES
-            run_batch(self.runner, self.sessions, claimed, run_alone=self._run_alone)
+                self.run_job(claimed[0])
+            else:
+                run_batch(self.runner, self.sessions, claimed, run_alone=self.run_job)
         except DB_OUTAGE as err:
-            # The database went away while a job ended (a cancel or a hand-back was not recorded):
-            # the job keeps its lease until it expires, then rescue hands it to a worker again.
-            log.warning(
-                "the database went away as a job ended; rescue will retry it",
-                extra={"action": "job_left", "dependency": "postgres", "error": first_line(err)},
-            )
-            return True
-        return False
+            job_left(err)
+
+    def _hand_back(self, claimed: list[ClaimedJob]) -> None:
+        """Return claimed jobs to the queue without spending their attempts."""
+        try:
+            for job in claimed:
+                self.runner.release(job)
+        except DB_OUTAGE as err:
+            job_left(err)
 
     def _claim(self) -> list[ClaimedJob]:
         """The next job, with up to ``batch_max - 1`` that can share its batch when batching is on."""
         held = self.sessions.held_models(self.config.models_path)
-        return self.jobs.claim_batch(
+        claimed = self.jobs.claim_batch(
             self.config.worker_id,
             platform=self.config.worker_platform,
             held_models=held,
@@ -259,26 +302,28 @@ class Worker:
             memory_kind=self.memory_kind,
             memory_bytes=self.memory_bytes,
         )
+        for job in claimed:
+            metrics.job_claimed(job.model, job.queued_s)
+        return claimed
 
     # -- one job -----------------------------------------------------------------------------
 
-    def _run_alone(self, job: ClaimedJob) -> None:
-        self.run_job(job)
-
-    def run_job(self, job: ClaimedJob) -> str:
-        """Run one claimed job to a final (or handed-back) state; returns how it ended.
+    def run_job(self, job: ClaimedJob) -> None:
+        """Run one claimed job to a final (or handed-back) state, or hand it to the output stage
+        once its images are made; its summary line tells how it ended.
 
         Raises only when the database stays away while a cancel or a hand-back is recorded.
         """
         fault_point("after_claim")
         timings: dict[str, int] = {}
         started = time.monotonic()
-        with self.runner.hold(job) as run:
+        with contextlib.ExitStack() as held:
+            run = held.enter_context(self.runner.hold(job))
 
             def produce() -> list[StageImage]:
                 inputs = self._load_inputs(job)
                 timings["load_inputs"] = elapsed_ms(started)
-                result = run_chain(
+                result = self.chain_runner(
                     job.chain,
                     models_path=self.config.models_path,
                     sessions=self.sessions,
@@ -290,9 +335,35 @@ class Worker:
                 run.latest = result.progress
                 return result.outputs
 
-            outcome = run.conclude(produce, timings)
+            try:
+                images = produce()
+            except Exception as err:  # every failure ends the attempt, never the worker
+                outcome = run.end(err)
+            else:
+                if self.outputs is not None:
+                    # The hold (and so the lease) goes with the job: the stage ends it.
+                    handed = held.pop_all()
+                    self.outputs.hand_over(partial(self._deliver, run, images, started, timings, handed))
+                    return
+                outcome = run.deliver(images, timings)
         run.log_summary(outcome, started, timings)
-        return outcome
+
+    def _deliver(
+        self,
+        run: JobRun,
+        images: list[StageImage],
+        started: float,
+        timings: dict[str, int],
+        held: contextlib.ExitStack,
+    ) -> None:
+        """The output stage's part of a job: store and commit its images, end its hold, log it."""
+        try:
+            with held:
+                outcome = run.deliver(images, timings)
+        except DB_OUTAGE as err:
+            job_left(err)
+            return
+        run.log_summary(outcome, started, timings)
 
     def _load_inputs(self, job: ClaimedJob) -> dict[str, Image.Image]:
         """The job's uploads, plus the images its source-url and source-s3 stages read."""
@@ -318,3 +389,14 @@ class Worker:
 
     def _decode(self, data: bytes, field: str) -> Image.Image:
         return decode_upload(data, field, max_pixels=self.config.max_image_pixels)
+
+
+def job_left(err: BaseException) -> None:
+    """Log that the database went away as a job ended (a cancel or a hand-back was not recorded).
+
+    The job keeps its lease until it expires, then rescue hands it to a worker again.
+    """
+    log.warning(
+        "the database went away as a job ended; rescue will retry it",
+        extra={"action": "job_left", "dependency": "postgres", "error": first_line(err)},
+    )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,25 @@ class SessionCache:
 
     Implements ``pipelines.context.SessionProvider``. Safe to share between threads: loading
     happens under the lock, so two stages never load the same file twice.
+
+    ``loads`` counts the model loads (a model whose first session was created: a diffusion
+    folder's four sessions are one load); ``on_load(model_root, seconds)`` is told of each session
+    created, so a worker can count and time loads without this layer knowing how.
     """
 
-    def __init__(self, max_models: int, settings: SessionSettings | None = None) -> None:
+    def __init__(
+        self,
+        max_models: int,
+        settings: SessionSettings | None = None,
+        *,
+        on_load: Callable[[Path, float], None] | None = None,
+    ) -> None:
         if max_models < 1:
             raise ValueError("max_models must be >= 1")
         self.max_models = max_models
         self.settings = settings or SessionSettings()
+        self.loads = 0
+        self._on_load = on_load
         # model root -> (file path -> session); both levels in least- to most-recent order.
         self._models: OrderedDict[Path, OrderedDict[Path, Any]] = OrderedDict()
         self._lock = threading.Lock()
@@ -111,8 +124,12 @@ class SessionCache:
             if sessions is not None and path in sessions:
                 self._models.move_to_end(root)
                 return sessions[path]
+            started = time.monotonic()
             session = create_session(path, self.settings)
+            if self._on_load is not None:
+                self._on_load(root, time.monotonic() - started)
             if sessions is None:
+                self.loads += 1
                 sessions = self._models[root] = OrderedDict()
             sessions[path] = session
             self._models.move_to_end(root)

@@ -63,6 +63,14 @@ WHERE name = :name AND state = 'success' AND (CAST(:owner AS text) IS NULL OR ow
 -- Number of jobs waiting in the queue (what the autoscaler scales on).
 SELECT count(*) FROM jobs WHERE state = 'pending';
 
+-- name: queue_summary
+-- Unfinished jobs by state and model, with the oldest one's age (the metrics' queue gauges).
+SELECT state, model, count(*) AS jobs, EXTRACT(EPOCH FROM now() - min(created_at))::float AS oldest_age_s
+FROM jobs
+WHERE state IN ('pending', 'running')
+GROUP BY state, model
+ORDER BY state, model;
+
 -- name: cancel_job
 -- Cancel by name: a pending job ends now, a running one is flagged for its worker; returns the state.
 WITH changed AS (
@@ -88,14 +96,52 @@ WHERE name = :name AND (CAST(:owner AS text) IS NULL OR owner = :owner) AND NOT 
 -- Claim the next job for a worker (priority, then jobs past the affinity window, then held models, then
 -- age), plus up to :batch_max - 1 pending jobs with its batch_key; :batch_max 1 claims one job.
 -- A worker that announced :memory_bytes takes only jobs whose :memory_kind estimate fits in it.
-WITH first AS (
-    SELECT id, batch_key
+-- That order is read off two indexes, never by sorting the queue: the head of the queue
+-- (jobs_claim_idx), then, only while the head is inside the window, the oldest job of each held model
+-- at the head's priority (jobs_model_claim_idx); the first of these few candidates in that order wins.
+WITH head AS MATERIALIZED (
+    SELECT id, batch_key, model, created_at, priority
     FROM jobs
     WHERE state = 'pending' AND (platform IS NULL OR platform = :platform)
         AND (CAST(:memory_bytes AS bigint) IS NULL OR memory IS NULL
             OR CAST(memory ->> CAST(:memory_kind AS text) AS bigint) <= CAST(:memory_bytes AS bigint))
+    ORDER BY priority DESC, created_at, id
+    LIMIT 1
+    -- Concurrent claimers skip each other's rows instead of queueing on the lock. A candidate this
+    -- claim locks but does not take is skipped by the others only until this claim commits.
+    FOR UPDATE SKIP LOCKED
+),
+held AS MATERIALIZED (
+    SELECT candidate.id, candidate.batch_key, candidate.model, candidate.created_at, candidate.priority
+    FROM head
+    CROSS JOIN unnest(CAST(:held_models AS text[])) AS held_model (model)
+    CROSS JOIN LATERAL (
+        SELECT id, batch_key, model, created_at, priority
+        FROM jobs
+        -- No other priority can win: none higher is pending, a lower one never outranks the head.
+        -- The model as a range, not an equality, keeps the model in the ORDER BY, which only
+        -- jobs_model_claim_idx yields: with "model =", the planner guesses the model's share of the
+        -- queue from the number of models, and may walk the queue by age for one it never finds.
+        WHERE state = 'pending' AND model >= held_model.model AND model <= held_model.model
+            AND priority = head.priority
+            AND (platform IS NULL OR platform = :platform)
+            AND (CAST(:memory_bytes AS bigint) IS NULL OR memory IS NULL
+                OR CAST(memory ->> CAST(:memory_kind AS text) AS bigint) <= CAST(:memory_bytes AS bigint))
+        ORDER BY model, priority DESC, created_at, id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ) AS candidate
+    -- The head is the oldest job of its priority: past the window, it wins, and nothing is passed over.
+    WHERE head.created_at >= now() - make_interval(secs => :affinity_window_s)
+),
+first AS (
+    SELECT id, batch_key
+    FROM (
+        SELECT id, batch_key, model, created_at FROM head
+        UNION ALL
+        SELECT id, batch_key, model, created_at FROM held
+    ) AS candidates
     ORDER BY
-        priority DESC,
         -- A job waiting longer than the window is never passed over for a held-model one.
         CASE
             WHEN created_at < now() - make_interval(secs => :affinity_window_s) THEN 0
@@ -105,8 +151,6 @@ WITH first AS (
         created_at,
         id
     LIMIT 1
-    -- Concurrent claimers skip each other's rows instead of queueing on the lock.
-    FOR UPDATE SKIP LOCKED
 ),
 mates AS (
     SELECT id
@@ -140,7 +184,8 @@ claimed AS (
     RETURNING jobs.id, jobs.name, jobs.kind, jobs.attempt, jobs.chain, jobs.inputs, jobs.model,
         jobs.max_attempts, jobs.owner, jobs.priority, jobs.created_at
 )
-SELECT id, name, kind, attempt, chain, inputs, model, max_attempts, owner
+SELECT id, name, kind, attempt, chain, inputs, model, max_attempts, owner,
+    EXTRACT(EPOCH FROM now() - created_at)::float AS queued_s
 FROM claimed
 -- The first job first, then its mates in queue order.
 ORDER BY id <> (SELECT id FROM first), priority DESC, created_at, id;

@@ -103,6 +103,8 @@ class ClaimedJob:
     max_attempts: int
     #: Whose job it is: a ``source-s3`` stage may read only its owner's outputs.
     owner: str = "anonymous"
+    #: Seconds from submission to this claim (for the queue-wait metric).
+    queued_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,11 @@ class JobStore:
         """Number of pending jobs."""
         with self._engine.connect() as conn:
             return int(conn.execute(QUERIES["count_pending"]).scalar_one())
+
+    def queue_summary(self) -> list[Row[Any]]:
+        """Unfinished jobs by state and model: ``state``, ``model``, ``jobs``, ``oldest_age_s``."""
+        with self._engine.connect() as conn:
+            return list(conn.execute(QUERIES["queue_summary"]).all())
 
     def cancel(self, name: str, *, owner: str | None = None) -> JobState | None:
         """Cancel a job by name and return its resulting state; None for an unknown name.
@@ -512,6 +519,7 @@ def _claimed(row: Row[Any]) -> ClaimedJob:
         model=row.model,
         max_attempts=row.max_attempts,
         owner=row.owner,
+        queued_s=row.queued_s,
     )
 
 

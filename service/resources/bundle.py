@@ -1,4 +1,5 @@
-"""``GET /`` and ``GET /<path>``: the GUI bundle, served from a folder (contract §4.1)."""
+"""``GET /`` and ``GET /<path>``: the GUI bundle, served from a folder (contract §4.1); and
+``GET /api/docs``, the API reference page built into the bundle's ``api-docs/``."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ PLACEHOLDER = """<!doctype html>
 Build it with <code>make gui</code>, or point <code>ONNX_WEB_BUNDLE_PATH</code> at a built bundle.</p>
 <p>The API answers at <a href="/api">/api</a>; settings at
 <a href="/api/settings/params">/api/settings/params</a>.</p>
+</body></html>
+"""
+
+DOCS_PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>onnx-web API</title></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto; line-height: 1.5">
+<h1>onnx-web API</h1>
+<p>The rendered reference comes with the web GUI, which has not been built (<code>make gui</code>).
+The OpenAPI document itself is at <a href="openapi.json">/api/openapi.json</a>.</p>
 </body></html>
 """
 
@@ -69,19 +79,41 @@ class BundleResource:
                 resp.content_type = falcon.MEDIA_HTML
                 resp.text = PLACEHOLDER.format(bundle=self.root)
                 return
-            self._send(resp, index)
+            send_file(resp, index)
             return
         path = safe_join(self.root, filename)
         if not path.is_file():
             raise NotFound(f"no such file: {filename[:64]}")
-        self._send(resp, path)
+        send_file(resp, path)
 
     on_head = on_get
 
-    def _send(self, resp: falcon.Response, path: Path) -> None:
-        resp.content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        resp.content_length = path.stat().st_size
-        # index.html and config.json must be fresh after a deploy; hashed assets can be cached.
-        fresh = path.name in ("index.html", "config.json")
-        resp.cache_control = ["no-cache"] if fresh else ["public", "max-age=86400"]
-        resp.stream = path.open("rb")
+
+class ApiDocsResource:
+    """The API reference: Swagger UI, bundled with the GUI (no CDN), reading ``/api/openapi.json``."""
+
+    #: Documentation only; the document it reads is public too.
+    access = "public"
+
+    def __init__(self, root: Path) -> None:
+        self.page = root / "api-docs" / "index.html"
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        if not self.page.is_file():
+            resp.content_type = falcon.MEDIA_HTML
+            resp.text = DOCS_PLACEHOLDER
+            return
+        send_file(resp, self.page)
+
+    on_head = on_get
+
+
+def send_file(resp: falcon.Response, path: Path) -> None:
+    """Stream one bundle file with its type and a cache policy that suits it."""
+    resp.content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    resp.content_length = path.stat().st_size
+    # index.html and config.json must be fresh after a deploy; hashed assets can be cached.
+    fresh = path.name in ("index.html", "config.json")
+    resp.cache_control = ["no-cache"] if fresh else ["public", "max-age=86400"]
+    resp.stream = path.open("rb")

@@ -1,5 +1,5 @@
 """Probes and metrics: ``/healthz`` (the process answers), ``/readyz`` (Postgres and S3 answer),
-``/metrics`` (Prometheus text: queue depth, for dashboards and autoscaling)."""
+``/metrics`` (Prometheus text: latencies, jobs and the queue, for dashboards and autoscaling)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sqlalchemy.exc
 
 from service.errors import ServiceError, Unavailable
 from service.jobs.store import JobStore
+from service.metrics import QueueCollector, exposition
 from service.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -71,15 +72,13 @@ def _ms(started: float) -> int:
 
 
 class MetricsResource:
-    """Prometheus exposition of the queue depth."""
+    """Prometheus exposition: request latencies, the workers' job samples where they share this
+    process's samples folder, and the queue read from Postgres (``service.metrics``)."""
 
-    def __init__(self, jobs: JobStore) -> None:
-        self.jobs = jobs
+    def __init__(self, jobs: JobStore, live_window_s: float) -> None:
+        self.queue = QueueCollector(jobs, live_window_s)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.content_type = "text/plain; version=0.0.4"
-        resp.text = (
-            "# HELP onnx_web_jobs_pending Jobs waiting for a worker.\n"
-            "# TYPE onnx_web_jobs_pending gauge\n"
-            f"onnx_web_jobs_pending {self.jobs.queue_depth()}\n"
-        )
+        body, content_type = exposition([self.queue])
+        resp.content_type = content_type
+        resp.data = body

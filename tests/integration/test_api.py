@@ -233,6 +233,23 @@ def test_bundle_path_traversal_is_refused(client: falcon.testing.TestClient, pat
     assert client.simulate_get(f"/{path}").status_code == 404
 
 
+def test_api_docs_page_comes_from_the_bundle_under_the_gui_policy(
+    client: falcon.testing.TestClient, tmp_path: Path
+) -> None:
+    unbuilt = client.simulate_get("/api/docs")
+    assert unbuilt.status_code == 200 and 'href="openapi.json"' in unbuilt.text
+    page = tmp_path / "bundle" / "api-docs" / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<!doctype html><title>reference</title>")
+
+    built = client.simulate_get("/api/docs")
+
+    assert built.status_code == 200 and built.text == "<!doctype html><title>reference</title>"
+    assert built.headers["content-type"].startswith("text/html")
+    policy = built.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+
+
 def test_gui_placeholder_and_json_404(client: falcon.testing.TestClient) -> None:
     index = client.simulate_get("/")
     assert index.status_code == 200 and "onnx-web" in index.text

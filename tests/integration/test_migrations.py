@@ -118,8 +118,13 @@ EXPECTED_CONSTRAINTS = {
 EXPECTED_INDEXES = {
     "jobs_pkey": "CREATE UNIQUE INDEX jobs_pkey ON public.jobs USING btree (id)",
     "jobs_name_key": "CREATE UNIQUE INDEX jobs_name_key ON public.jobs USING btree (name)",
+    # Migration 0008: the claim's two walks, each in the claim's full order.
     "jobs_claim_idx": (
-        "CREATE INDEX jobs_claim_idx ON public.jobs USING btree (priority DESC, created_at) "
+        "CREATE INDEX jobs_claim_idx ON public.jobs USING btree (priority DESC, created_at, id) "
+        "WHERE (state = 'pending'::job_state)"
+    ),
+    "jobs_model_claim_idx": (
+        "CREATE INDEX jobs_model_claim_idx ON public.jobs USING btree (model, priority DESC, created_at, id) "
         "WHERE (state = 'pending'::job_state)"
     ),
     "jobs_rescue_idx": (
@@ -252,7 +257,7 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["worker_columns"] == EXPECTED_WORKER_COLUMNS
     assert found["key_columns"] == EXPECTED_KEY_COLUMNS
     assert found["usage_columns"] == EXPECTED_USAGE_COLUMNS
-    assert found["version"] == [("0007",)]
+    assert found["version"] == [("0008",)]
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:

@@ -125,6 +125,19 @@ def test_queue_positions_are_zero_based_in_claim_order(
     assert claim(job_store).name == urgent.name and claim(job_store).name == old.name
 
 
+def test_queue_positions_of_jobs_submitted_at_one_instant_follow_the_claims_tie_break(
+    job_store: JobStore, engine: sqlalchemy.Engine
+) -> None:
+    names = [job_store.enqueue(new_job()).name for _ in range(4)]
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE jobs SET created_at = '2026-01-01T00:00:00Z'"))
+
+    positions = {name: view.queue_position for name, view in job_store.get_many(names).items()}
+
+    assert sorted(positions.values()) == [0, 1, 2, 3]
+    assert [claim(job_store).name for _ in names] == sorted(names, key=positions.__getitem__)
+
+
 def test_get_many_is_one_round_trip(job_store: JobStore, engine: sqlalchemy.Engine) -> None:
     names = [job_store.enqueue(new_job()).name for _ in range(10)]
     statements: list[str] = []

@@ -228,8 +228,12 @@ def test_a_worker_dying_at_any_point_loses_no_job_and_exposes_one_attempt(
     workers: Workers, job_store: JobStore, engine: sqlalchemy.Engine, bucket: Bucket, models: Path
 ) -> None:
     """One victim per fault point, all at once; one rescuer finishes whatever they left."""
+    # One job per victim: with the output stage on, a victim whose job uploads would claim the
+    # next victim's job meanwhile and take it down too (test_worker_overlap covers that case).
     victims = {
-        point: workers.start(f"victim-{point.split(':')[0]}", ONNX_WEB_FAULT_POINT=point)
+        point: workers.start(
+            f"victim-{point.split(':')[0]}", ONNX_WEB_FAULT_POINT=point, ONNX_WEB_UPLOAD_DEPTH="0"
+        )
         for point in CRASH_POINTS
     }
     rescuer, _ = start_warm(workers, job_store, models, "rescuer")
