@@ -63,8 +63,11 @@ def seed_jobs(stack: LocalStack, count: int) -> tuple[list[str], list[str]]:
     return names, outputs
 
 
-def run_locust(stack: LocalStack, *, seconds: int, users: int, prefix: Path, env: dict[str, str]) -> None:
-    """Run the locustfile headless; its final stats go to ``<prefix>.json``."""
+def run_locust(
+    stack: LocalStack, *, seconds: int, users: int, spawn_rate: float, prefix: Path, env: dict[str, str]
+) -> None:
+    """Run the locustfile headless; its final stats go to ``<prefix>.json``. The figures start once
+    every user has started (``--reset-stats``): they describe ``users`` clients, not the ramp."""
     command = [
         sys.executable,
         "-m",
@@ -78,7 +81,8 @@ def run_locust(stack: LocalStack, *, seconds: int, users: int, prefix: Path, env
         "--users",
         str(users),
         "--spawn-rate",
-        str(users),
+        str(spawn_rate),
+        "--reset-stats",
         "--run-time",
         f"{seconds}s",
         "--stop-timeout",
@@ -130,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=60, help="how long locust runs (default 60)")
     parser.add_argument("--users", type=int, default=10, help="simulated GUIs (default 10)")
     parser.add_argument(
+        "--spawn-rate",
+        type=float,
+        default=50.0,
+        help="users started per second (default 50); the run's figures begin once all have started",
+    )
+    parser.add_argument(
         "--think",
         default="0.05,0.25",
         help="seconds each GUI waits between its requests, MIN,MAX (default 0.05,0.25: a busy tab; "
@@ -156,7 +166,14 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 print(f"locust: {args.users} users for {args.seconds}s", flush=True)
                 with RssSampler(api_pid(stack)) as rss:
-                    run_locust(stack, seconds=args.seconds, users=args.users, prefix=data / "locust", env=env)
+                    run_locust(
+                        stack,
+                        seconds=args.seconds,
+                        users=args.users,
+                        spawn_rate=args.spawn_rate,
+                        prefix=data / "locust",
+                        env=env,
+                    )
         finally:
             log = data / "stack" / "stack.log"
             if log.exists():
@@ -168,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "users": args.users,
         "think_s": args.think,
+        "spawn_rate": args.spawn_rate,
         "cpu_count": os.cpu_count(),
         "routes": routes,
         "total": total,
