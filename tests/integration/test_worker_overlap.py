@@ -83,6 +83,16 @@ def sessions() -> SessionCache:
 
 
 @pytest.fixture
+def severable(s3_credentials: S3Credentials, object_store: S3ObjectStore) -> tuple[SeveringProxy, GatedStore]:
+    """A gated store on this test's bucket, reached through a proxy the test can sever."""
+    upstream, secure = parse_endpoint(s3_credentials.endpoint)
+    if secure:
+        pytest.skip("a TCP proxy breaks TLS hostname checks; run storage fault tests against plain HTTP")
+    proxy = SeveringProxy(upstream)
+    return proxy, GatedStore(s3_credentials, object_store.bucket, endpoint=proxy.endpoint)
+
+
+@pytest.fixture
 def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """The log records of every thread of the in-process worker, INFO and up."""
     caplog.set_level(logging.INFO)
@@ -224,17 +234,13 @@ def test_an_upload_failing_in_the_output_stage_ends_the_attempt_as_storage_and_t
     database_url: str,
     job_store: JobStore,
     engine: sqlalchemy.Engine,
-    s3_credentials: S3Credentials,
+    severable: tuple[SeveringProxy, GatedStore],
     object_store: S3ObjectStore,
     sessions: SessionCache,
     models: Path,
     logs: pytest.LogCaptureFixture,
 ) -> None:
-    upstream, secure = parse_endpoint(s3_credentials.endpoint)
-    if secure:
-        pytest.skip("a TCP proxy breaks TLS hostname checks; run storage fault tests against plain HTTP")
-    proxy = SeveringProxy(upstream)
-    store = GatedStore(s3_credentials, object_store.bucket, endpoint=proxy.endpoint)
+    proxy, store = severable
     job = make_job(models, steps=2, max_attempts=max_attempts)
     store.gated = output_prefix(job.name, 1)
     job_store.enqueue(job)
@@ -278,18 +284,14 @@ class FailureDuringClaim(JobStore):
 def test_a_claim_made_while_an_upload_failed_is_handed_back_until_s3_is_checked(
     database_url: str,
     engine: sqlalchemy.Engine,
-    s3_credentials: S3Credentials,
+    severable: tuple[SeveringProxy, GatedStore],
     object_store: S3ObjectStore,
     sessions: SessionCache,
     models: Path,
     logs: pytest.LogCaptureFixture,
 ) -> None:
     """Had the worker kept the claim, S3 being away, the job would spend an attempt on it."""
-    upstream, secure = parse_endpoint(s3_credentials.endpoint)
-    if secure:
-        pytest.skip("a TCP proxy breaks TLS hostname checks; run storage fault tests against plain HTTP")
-    proxy = SeveringProxy(upstream)
-    store = GatedStore(s3_credentials, object_store.bucket, endpoint=proxy.endpoint)
+    proxy, store = severable
     queue = FailureDuringClaim(engine, lease_s=TEST_LEASE_S, affinity_window_s=TEST_AFFINITY_WINDOW_S)
     config = worker_config(database_url, models, object_store.bucket)
     with closing(Notifier(database_url)) as notifier, closing(proxy):
