@@ -12,14 +12,17 @@ otherwise). The stack's log is kept next to ``--out`` for the tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,20 @@ def seed_jobs(stack: LocalStack, count: int) -> tuple[list[str], list[str]]:
         for file in (image, f"{image}.json", *record.get("thumbnails", []))
     ]
     return names, outputs
+
+
+@contextlib.contextmanager
+def paused_workers(stack: LocalStack, pause: bool) -> Iterator[None]:
+    """With ``pause``, the stack's workers are stopped (SIGSTOP) for the block and go on after it;
+    the supervisor sees them alive, and they hold no job once the seed jobs are done."""
+    workers = [child.pid for child in stack.children[1:]] if pause else []
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
 
 
 def run_locust(
@@ -140,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         help="users started per second (default 50); the run's figures begin once all have started",
     )
     parser.add_argument(
+        "--api-only",
+        action="store_true",
+        help="pause the worker (SIGSTOP) once the seed jobs are done, so the api has the machine as "
+        "on an api node of a cluster; submissions then queue",
+    )
+    parser.add_argument(
         "--think",
         default="0.05,0.25",
         help="seconds each GUI waits between its requests, MIN,MAX (default 0.05,0.25: a busy tab; "
@@ -165,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                     "LOAD_THINK_S": args.think,
                 }
                 print(f"locust: {args.users} users for {args.seconds}s", flush=True)
-                with RssSampler(api_pid(stack)) as rss:
+                with RssSampler(api_pid(stack)) as rss, paused_workers(stack, args.api_only):
                     run_locust(
                         stack,
                         seconds=args.seconds,
@@ -186,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "users": args.users,
         "think_s": args.think,
         "spawn_rate": args.spawn_rate,
+        "api_only": args.api_only,
         "cpu_count": os.cpu_count(),
         "routes": routes,
         "total": total,
