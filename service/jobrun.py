@@ -441,12 +441,26 @@ class OutputStage:
                 self._slots.release()
 
 
+#: What onnx-web's GUI reads of every result's metadata (contract §7.3), with onnx-web's values
+#: for an image no diffusion stage described (a blend, a plain upscale): its GUI reads
+#: ``models[0].name`` and these params unguarded, and a blend result without them blanked the page.
+UNKNOWN_PARAMS: Mapping[str, Any] = {
+    "model": "unknown",
+    "scheduler": "unknown",
+    "prompt": "",
+    "seed": 0,
+    "cfg": 0.0,
+    "steps": 0,
+}
+
+
 def _complete_metadata(item: StageImage, name: str, chain_metadata: Mapping[str, Any]) -> dict[str, Any]:
     """The §7.3 metadata for one output: what the stages recorded, with the required keys filled."""
     width, height = item.image.size
     metadata: dict[str, Any] = {**chain_metadata, **item.metadata}
-    metadata.setdefault("params", {})
-    metadata.setdefault("models", [])
+    params = metadata["params"] = {**UNKNOWN_PARAMS, **metadata.get("params", {})}
+    if not metadata.get("models"):
+        metadata["models"] = [{"name": params["model"], "hash": "unknown", "weight": 1.0}]
     metadata.setdefault("loras", [])
     metadata.setdefault("inversions", [])
     metadata.setdefault("input_size", {"width": width, "height": height})

@@ -105,6 +105,7 @@ def test_upscale_with_a_model_and_outscale(client: httpx.Client) -> None:
     }
     record = run_job(client, "/api/upscale", params=params, files={"source": png(gradient(64, 48))})
     assert output(client, record["outputs"][0]).size == (128, 96)
+    assert_gui_readable(record["metadata"][0])
 
 
 def test_blend_takes_the_second_source_where_the_mask_is_white(client: httpx.Client) -> None:
@@ -117,6 +118,15 @@ def test_blend_takes_the_second_source_where_the_mask_is_white(client: httpx.Cli
     )
     result = np.asarray(output(client, record["outputs"][0]))
     assert tuple(result[48, 10]) == (255, 0, 0) and tuple(result[48, 120]) == (0, 0, 255)
+    assert_gui_readable(record["metadata"][0])
+
+
+def assert_gui_readable(metadata: dict[str, Any]) -> None:
+    """What onnx-web's GUI reads of any result without a guard (contract §7.3) is there."""
+    assert metadata["models"] and isinstance(metadata["models"][0]["name"], str), metadata
+    for key in ("prompt", "scheduler", "seed", "cfg", "steps"):
+        assert metadata["params"].get(key) is not None, (key, metadata["params"])
+    assert set(metadata["size"]) == {"width", "height"}
 
 
 def test_blend_without_both_sources_is_a_400(client: httpx.Client) -> None:
