@@ -14,10 +14,8 @@ import argparse
 import json
 import multiprocessing
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -31,7 +29,7 @@ import sqlalchemy
 from service.db import create_database, make_engine, upgrade_head
 from service.jobs.probe import QueueProbe
 from service.jobs.store import JobStore
-from service.stack import EmbeddedPostgres
+from service.stack import temporary_postgres
 
 #: The models the no-op jobs name, round robin; worker ``i`` holds ``MODELS[i % len(MODELS)]``.
 MODELS = ("model-0", "model-1", "model-2", "model-3")
@@ -84,13 +82,8 @@ def postgres(admin_url: str | None) -> Iterator[str]:
     if admin_url is not None:
         yield admin_url
         return
-    folder = Path(tempfile.mkdtemp(prefix="onnx-web-bench-pg-"))
-    server = EmbeddedPostgres(folder / "data")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+    with temporary_postgres("onnx-web-bench-pg-") as (_, temporary_url):
+        yield temporary_url
 
 
 def fresh_database(admin_url: str) -> str:

@@ -54,7 +54,7 @@ from service.db import config_engine, sqlalchemy_url
 from service.jobs.notify import Notifier
 from service.jobs.probe import QueueProbe
 from service.jobs.store import ClaimedJob, JobStore
-from service.stack import EmbeddedPostgres, EmbeddedS3, S3Credentials
+from service.stack import EmbeddedS3, S3Credentials, temporary_postgres
 from service.storage import from_config
 from service.worker import Worker
 
@@ -150,17 +150,12 @@ def servers(
 def embedded_postgres(connections: int) -> Iterator[str]:
     """An embedded server allowed ``connections`` connections (the default 100 is too few for 64
     workers): set with ALTER SYSTEM, which takes a restart."""
-    folder = Path(tempfile.mkdtemp(prefix="onnx-web-bench-pg-"))
-    server = EmbeddedPostgres(folder / "data")
-    try:
-        engine = sqlalchemy.create_engine(sqlalchemy_url(server.start()))
+    with temporary_postgres("onnx-web-bench-pg-") as (server, admin_url):
+        engine = sqlalchemy.create_engine(sqlalchemy_url(admin_url))
         QueueProbe(engine).set_max_connections(connections)
         engine.dispose()
         server.stop()
         yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_connections(admin_url: str, needed: int) -> None:

@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -366,6 +367,23 @@ class EmbeddedPostgres:
             log_tail = "(no server log)"
         held = f"; processes working in it: {'; '.join(holders)}" if holders else ""
         return f"postgres did not start in {self.datadir}{held}\n{output[-1500:]}\n{log_tail}"
+
+
+@contextmanager
+def temporary_postgres(prefix: str) -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """An embedded server in a new temporary folder for the block: the server and its admin URL;
+    stopped and its folder removed afterwards (tests and benchmarks that need a server of their own).
+
+    The folder is not under pytest's basetemp: as root, the server runs as a separate system user,
+    and every pytest session resets /tmp/pytest-of-root to mode 0700.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    server = EmbeddedPostgres(folder / "data")
+    try:
+        yield server, server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- SeaweedFS (S3) --------------------------------------------------------------------------------

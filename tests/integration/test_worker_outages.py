@@ -18,7 +18,7 @@ import sqlalchemy
 from service.db import create_database, make_engine, upgrade_head
 from service.jobs.store import JobStore
 from service.retries import OUTAGE_WAIT_MAX_S
-from service.stack import EmbeddedPostgres, EmbeddedS3, S3Credentials, free_port
+from service.stack import EmbeddedS3, S3Credentials, free_port, temporary_postgres
 from tests.integration.stack_process import pg_start, pg_stop
 from tests.integration.workers import FAST, Workers, job_row, make_job, wait_until
 
@@ -32,15 +32,10 @@ LONG_STEPS = 300
 @pytest.fixture
 def own_postgres() -> Iterator[tuple[Path, str]]:
     """A Postgres of this test alone (its data folder and a migrated database's URL)."""
-    folder = Path(tempfile.mkdtemp(prefix="onnx-web-test-outage-pg-"))
-    server = EmbeddedPostgres(folder / "data")
-    try:
-        url = create_database(server.start(), "outage")
+    with temporary_postgres("onnx-web-test-outage-pg-") as (server, admin_url):
+        url = create_database(admin_url, "outage")
         upgrade_head(url)
-        yield folder / "data", url
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        yield server.datadir, url
 
 
 @pytest.fixture

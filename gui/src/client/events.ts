@@ -4,7 +4,7 @@
  * or a stream that breaks, leaves every name to the poller until the next try.
  */
 import { MAX_JOBS_PER_CALL } from './api';
-import { isFinal, type PollerOptions, StatusPoller } from './poller';
+import { isFinal, POLLER_DEFAULTS, type PollerOptions, StatusPoller } from './poller';
 import { SseParser } from './sse';
 import type { JobStatus } from './types';
 
@@ -59,13 +59,7 @@ export class StatusFeed {
   private stopped = false;
 
   constructor(options: FeedOptions) {
-    this.options = {
-      onHealthy: () => {},
-      setTimer: (fn, ms) => setTimeout(fn, ms),
-      clearTimer: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
-      now: () => Date.now(),
-      ...options,
-    };
+    this.options = { ...POLLER_DEFAULTS, now: () => Date.now(), ...options };
     this.poller = new StatusPoller({ ...this.options, onRecords: (records) => this.deliver(records) });
   }
 

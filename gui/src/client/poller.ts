@@ -28,6 +28,13 @@ export interface PollerOptions {
   clearTimer?: (handle: unknown) => void;
 }
 
+/** The optional parts of `PollerOptions` (and of the event feed built on it), as a page runs them. */
+export const POLLER_DEFAULTS: Required<Pick<PollerOptions, 'onHealthy' | 'setTimer' | 'clearTimer'>> = {
+  onHealthy: () => {},
+  setTimer: (fn, ms) => setTimeout(fn, ms),
+  clearTimer: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
+};
+
 /**
  * One round per interval: every watched name, in batches, one call after another (the server
  * sees at most one status call from this page at a time). A name leaves the watch list when
@@ -43,12 +50,7 @@ export class StatusPoller {
   private stopped = false;
 
   constructor(options: PollerOptions) {
-    this.options = {
-      onHealthy: () => {},
-      setTimer: (fn, ms) => setTimeout(fn, ms),
-      clearTimer: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
-      ...options,
-    };
+    this.options = { ...POLLER_DEFAULTS, ...options };
   }
 
   get names(): string[] {
