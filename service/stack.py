@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import io
 import json
 import logging
 import os
@@ -36,12 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from sqlalchemy.exc import SQLAlchemyError
@@ -49,9 +51,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.capacity import HEADROOM, host_memory, oom_kills
 from service.config import LEASE_S
 
+if TYPE_CHECKING:
+    from minio import Minio
+
 log = logging.getLogger(__name__)
 
 S3_START_TIMEOUT_S = 60.0
+#: Where the embedded S3 server keeps the object whose read means it is ready (``_wait_ready``):
+#: its own bucket, larger than what the filer stores inline so that reading it needs a volume.
+READINESS_BUCKET = "onnx-web-readiness"
+READINESS_KEY = "volume-probe"
+READINESS_BYTES = 64 * 1024
 #: weed's own drain on SIGTERM takes about 25 s (a 15 s gRPC drain, then a 10 s pause of its volume
 #: server); an answered PUT is already in its files, so a local stack does not wait for it.
 S3_STOP_TIMEOUT_S = 2.0
@@ -534,7 +544,7 @@ class EmbeddedS3:
         return parent if parent > 1 and psutil.pid_exists(parent) else None
 
     def _wait_ready(self, cancelled: Callable[[], bool]) -> None:
-        """The port answers before the filer does; only a successful bucket call means ready."""
+        """The port answers before the filer and the volumes do; only reading a stored object is ready."""
         import urllib3
         from minio import Minio
 
@@ -556,13 +566,41 @@ class EmbeddedS3:
                 tail = (self.datadir / "weed.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"weed exited with {self._process.returncode}:\n{tail}")
             try:
-                client.bucket_exists("readiness-probe")
-                return
+                if self._serves_stored_objects(client):
+                    return
+                last_error = RuntimeError("the readiness object was only just written")
             except Exception as err:  # any failure means "not yet": connection refused, 5xx, ...
                 last_error = err
-                time.sleep(0.5)
+            time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"S3 server not ready after {S3_START_TIMEOUT_S}s: {last_error}")
+
+    def _serves_stored_objects(self, client: Minio) -> bool:
+        """Read back an object kept on a volume; write it first on a fresh folder.
+
+        The filer answers bucket calls (and serves the small objects it keeps inline) seconds
+        before the volume server has told the master where its volumes are; until then a read of
+        any stored image is a 500. So readiness is a read of an object too large to be inline.
+        """
+        from minio.error import S3Error
+
+        try:
+            response = client.get_object(READINESS_BUCKET, READINESS_KEY)
+        except S3Error as err:
+            if err.code not in ("NoSuchBucket", "NoSuchKey"):
+                raise
+        else:
+            try:
+                return len(response.read()) == READINESS_BYTES
+            finally:
+                response.close()
+                response.release_conn()
+        if not client.bucket_exists(READINESS_BUCKET):
+            client.make_bucket(READINESS_BUCKET)
+        client.put_object(
+            READINESS_BUCKET, READINESS_KEY, io.BytesIO(os.urandom(READINESS_BYTES)), READINESS_BYTES
+        )
+        return False
 
     def stop(self) -> None:
         """SIGTERM the server's process group, SIGKILL it after ``S3_STOP_TIMEOUT_S``. Idempotent."""
@@ -976,8 +1014,6 @@ class LocalStack:
             raise StopRequested(f"stop requested by {_signal_name(self._stop_requests[0])} during start-up")
 
     def _wait_for_api(self, timeout_s: float = API_START_TIMEOUT_S) -> None:
-        import urllib.request
-
         assert self.api is not None and self.api.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -8,6 +8,9 @@ servers alone (a stale ``postmaster.pid``, a server another live process uses) n
 
 from __future__ import annotations
 
+import io
+import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,10 +24,12 @@ import httpx
 import psutil
 import psycopg
 import pytest
+import urllib3
+from minio import Minio
 
 from pipelines.models.demo import build_demo_models
 from service.db import libpq_url
-from service.stack import EmbeddedPostgres, EmbeddedS3, RestartPolicy, StackInUse
+from service.stack import EmbeddedPostgres, EmbeddedS3, RestartPolicy, S3Credentials, StackInUse
 from tests.integration.stack_process import (
     REPO_ROOT,
     RunningStack,
@@ -268,6 +273,45 @@ def test_a_weed_server_of_a_live_owner_is_named_and_one_left_by_a_dead_owner_is_
         owner.communicate()
     left = psutil.wait_procs(leftovers(folder), timeout=10)[1]
     assert not left, f"left running:\n{describe(left)}"
+
+
+def test_a_weed_server_restarted_after_sigkill_serves_stored_objects_as_soon_as_it_is_ready(
+    data_dir: Path,
+) -> None:
+    """The filer answers bucket calls seconds before the volumes are registered; start() waits."""
+    folder = data_dir / "s3"
+    # Larger than what the filer keeps inline, so reading it needs the volume server.
+    payload = secrets.token_bytes(256 * 1024)
+    first = EmbeddedS3(folder)
+    client = _minio(first.start())
+    client.make_bucket("outputs")
+    client.put_object("outputs", "kept.bin", io.BytesIO(payload), len(payload))
+    assert first.process is not None
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait(10)
+
+    second = EmbeddedS3(folder)
+    try:
+        client = _minio(second.start())
+        response = client.get_object("outputs", "kept.bin")
+        try:
+            assert response.read() == payload
+        finally:
+            response.close()
+            response.release_conn()
+    finally:
+        second.stop()
+
+
+def _minio(credentials: S3Credentials) -> Minio:
+    """A client without retries of its own: the first answer is the one checked."""
+    return Minio(
+        credentials.endpoint,
+        access_key=credentials.access_key,
+        secret_key=credentials.secret_key,
+        secure=False,
+        http_client=urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=10)),
+    )
 
 
 def wait_status(client: httpx.Client, name: str) -> str:
