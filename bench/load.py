@@ -81,7 +81,14 @@ def paused_workers(stack: LocalStack, pause: bool) -> Iterator[None]:
 
 
 def run_locust(
-    stack: LocalStack, *, seconds: int, users: int, spawn_rate: float, prefix: Path, env: dict[str, str]
+    stack: LocalStack,
+    *,
+    seconds: int,
+    users: int,
+    spawn_rate: float,
+    processes: int,
+    prefix: Path,
+    env: dict[str, str],
 ) -> None:
     """Run the locustfile headless; its final stats go to ``<prefix>.json``. The figures start once
     every user has started (``--reset-stats``): they describe ``users`` clients, not the ramp."""
@@ -108,6 +115,7 @@ def run_locust(
         str(prefix),
         "--exit-code-on-error",
         "0",
+        *(["--processes", str(processes)] if processes > 1 else []),
     ]
     subprocess.run(command, check=True, env=env, timeout=seconds + 120)
 
@@ -168,6 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds each GUI waits between its requests, MIN,MAX (default 0.05,0.25: a busy tab; "
         "1,3 is a person's GUI polling about once a second or two)",
     )
+    parser.add_argument(
+        "--api-workers", type=int, default=2, help="gunicorn processes of the api (default 2)"
+    )
+    parser.add_argument(
+        "--locust-processes",
+        type=int,
+        default=1,
+        help="locust processes generating the load (default 1; one locust process saturates one core)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results/load.json"))
     parser.add_argument(
         "--models", type=Path, help="a models folder to use (default: demo models in a temp dir)"
@@ -177,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="onnx-web-load-") as scratch:
         data = Path(scratch)
         try:
-            with running_stack(data / "stack", workers=1, models_path=args.models) as stack:
+            with running_stack(
+                data / "stack", workers=1, api_workers=args.api_workers, models_path=args.models
+            ) as stack:
                 print(f"stack up at {stack.url}; seeding {SEED_JOBS} jobs", flush=True)
                 names, outputs = seed_jobs(stack, SEED_JOBS)
                 env = {
@@ -194,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                         seconds=args.seconds,
                         users=args.users,
                         spawn_rate=args.spawn_rate,
+                        processes=args.locust_processes,
                         prefix=data / "locust",
                         env=env,
                     )
@@ -210,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         "think_s": args.think,
         "spawn_rate": args.spawn_rate,
         "api_only": args.api_only,
+        "api_workers": args.api_workers,
+        "locust_processes": args.locust_processes,
         "cpu_count": os.cpu_count(),
         "routes": routes,
         "total": total,

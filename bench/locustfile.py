@@ -17,6 +17,7 @@ from typing import Any
 
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
+from locust.runners import WorkerRunner
 
 JOBS: list[str] = json.loads(os.environ.get("LOAD_JOBS", "[]"))
 OUTPUTS: list[str] = json.loads(os.environ.get("LOAD_OUTPUTS", "[]"))
@@ -29,6 +30,9 @@ MAX_SEED = 2**32 - 1
 def save_failures(environment: Environment, **kwargs: Any) -> None:
     """Write every failure with its count to ``LOAD_FAILURES`` (locust's CSV is written before the end)."""
     path = os.environ.get("LOAD_FAILURES")
+    # With ``--processes``, only the master holds every process's errors; its workers write nothing.
+    if isinstance(environment.runner, WorkerRunner):
+        return
     if path and environment.stats is not None:
         failures = [
             {"route": f"{error.method} {error.name}", "error": error.error, "count": error.occurrences}

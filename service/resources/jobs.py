@@ -32,6 +32,8 @@ FAILURE_MESSAGES = {
     "source_url_failed": "a source image URL answered with an error",
     "source_s3_refused": "a source-s3 stage names something that is not one of your outputs",
 }
+#: The reason recorded for a failure no more specific reason explains; not sent as ``reason``.
+GENERIC_FAILURE = "error"
 #: Jobs per page of ``GET /api/jobs``: the default and the most.
 LIST_LIMIT, LIST_MAX = 20, 100
 
@@ -56,7 +58,10 @@ def render_job(name: str, view: JobView | None) -> dict[str, Any]:
         "steps": _counter(view.steps),
         "tiles": _counter(view.tiles),
     }
-    if view.reason:
+    # onnx-web sends no reason for a failure it cannot explain, and its GUI looks a reason up as
+    # a translation key, where "error" names a group of messages: that card would not render.
+    # The message in "error" says the same in words.
+    if view.reason and view.reason != GENERIC_FAILURE:
         record["reason"] = view.reason
     if view.state == JobState.FAILED:
         record["error"] = FAILURE_MESSAGES.get(view.reason or "error", FAILURE_MESSAGES["error"])

