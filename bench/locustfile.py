@@ -45,9 +45,10 @@ def save_failures(environment: Environment, **kwargs: Any) -> None:
 def check(response: Any, expected: int) -> None:
     """Mark anything but ``expected`` failed; a 5xx under a name of its own."""
     if response.status_code >= 500:
-        response.failure(f"5xx: {response.status_code} {response.text[:200]}")
+        response.failure(f"5xx: {response.status_code} {(response.text or '')[:200]}")
     elif response.status_code != expected:
-        response.failure(f"unexpected {response.status_code}: {response.text[:200]}")
+        # A connection error has no body: status 0 and no text.
+        response.failure(f"unexpected {response.status_code}: {(response.text or '')[:200]}")
     else:
         response.success()
 

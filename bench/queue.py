@@ -11,6 +11,7 @@ The figure is completed jobs per second of wall time, with claim latencies.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -133,8 +134,12 @@ def drain_processes(url: str, *, jobs: int, workers: int, processes: int) -> dic
     """``drain`` in ``processes`` processes at once, the jobs shared out; the figures of them all,
     timed from the first process's start to the last one's end."""
     shares = [jobs // processes + (index < jobs % processes) for index in range(processes)]
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        parts = pool.starmap(_drain_share, [(url, share, workers) for share in shares])
+    context = multiprocessing.get_context("spawn")
+    # Every process starts claiming at once, once all have imported and connected: spawning a dozen
+    # interpreters takes a second or more, and a staggered start would time a ramp, not the queue.
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        ready = manager.Barrier(processes)
+        parts = pool.starmap(_drain_share, [(url, share, workers, ready) for share in shares])
     elapsed = max(part["ended_at"] for part in parts) - min(part["started_at"] for part in parts)
     claims = [value for part in parts for value in part["claims_s"]]
     return {
@@ -147,18 +152,22 @@ def drain_processes(url: str, *, jobs: int, workers: int, processes: int) -> dic
     }
 
 
-def _drain_share(url: str, jobs: int, workers: int) -> dict[str, Any]:
-    """One process of ``drain_processes``: its own engine, its share of the jobs, raw latencies."""
+def _drain_share(url: str, jobs: int, workers: int, ready: Any) -> dict[str, Any]:
+    """One process of ``drain_processes``: its own engine, its share of the jobs, raw latencies;
+    its threads connect first, then wait at ``ready`` (a barrier of all the processes)."""
     engine = make_engine(url, pool_size=workers + 1, max_overflow=0)
     try:
-        return drain(engine, jobs=jobs, workers=workers, raw=True)
+        return drain(engine, jobs=jobs, workers=workers, raw=True, ready=ready)
     finally:
         engine.dispose()
 
 
-def drain(engine: sqlalchemy.Engine, *, jobs: int, workers: int, raw: bool = False) -> dict[str, Any]:
+def drain(
+    engine: sqlalchemy.Engine, *, jobs: int, workers: int, raw: bool = False, ready: Any = None
+) -> dict[str, Any]:
     """Claim and complete exactly ``jobs`` queued jobs with ``workers`` threads; the figures (with
-    ``raw``, also every claim's latency and the wall-clock start and end, for merging)."""
+    ``raw``, also every claim's latency and the wall-clock start and end, for merging). With
+    ``ready`` (a barrier shared with other processes), the threads start once every process is."""
     store = JobStore(engine, lease_s=30.0, affinity_window_s=AFFINITY_WINDOW_S)
     latencies: list[list[float]] = [[] for _ in range(workers)]
     completed = [0] * workers
@@ -196,8 +205,14 @@ def drain(engine: sqlalchemy.Engine, *, jobs: int, workers: int, raw: bool = Fal
             completed[slot] += 1
 
     threads = [threading.Thread(target=work, args=(slot,)) for slot in range(workers)]
+    with contextlib.ExitStack() as connections:
+        # The pool's connections are opened before the clock starts, as a worker's are.
+        for _ in range(workers):
+            connections.enter_context(engine.connect())
     for thread in threads:
         thread.start()
+    if ready is not None:
+        ready.wait()
     start.wait()
     began, started_at = time.perf_counter(), time.time()
     for thread in threads:

