@@ -24,8 +24,16 @@ def parse_queries(source: str) -> dict[str, str]:
         name = header["name"]
         if not body or name in queries:
             raise ValueError(f"query {name!r} is empty or defined twice")
-        queries[name] = body
+        queries[name] = _without_comment_lines(body)
     return queries
+
+
+def _without_comment_lines(sql: str) -> str:
+    """The statement without its whole-line ``--`` comments and blank lines. The comments are for
+    readers of ``queries.sql``; psycopg caches the parsed form of statements up to 4 KiB only, and
+    the claim with its comments is longer, so it would be parsed again on every call."""
+    lines = (line.rstrip() for line in sql.splitlines())
+    return "\n".join(line for line in lines if line and not line.lstrip().startswith("--"))
 
 
 SOURCE = resources.files(__package__).joinpath("queries.sql").read_text()

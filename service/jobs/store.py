@@ -153,6 +153,10 @@ class JobStore:
 
     def __init__(self, engine: Engine, *, lease_s: float, affinity_window_s: float) -> None:
         self._engine = engine
+        # One statement is one transaction: without BEGIN and COMMIT (or ROLLBACK) around it, each
+        # call is one round trip to Postgres instead of three, with the same atomicity and, under
+        # READ COMMITTED, the same snapshots.
+        self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._lease_s = lease_s
         self._affinity_window_s = affinity_window_s
 
@@ -200,7 +204,7 @@ class JobStore:
 
         With ``owner``, another owner's job is absent too (keys mode); so for every method below.
         """
-        with self._engine.connect() as conn:
+        with self._single.connect() as conn:
             return self._views(conn, names, owner)
 
     def owner_jobs(
@@ -217,7 +221,7 @@ class JobStore:
             "before_at": None if before is None else before[0],
             "before_id": None if before is None else before[1],
         }
-        with self._engine.connect() as conn:
+        with self._single.connect() as conn:
             rows = conn.execute(QUERIES["select_owner_jobs"], params).all()
             page = rows[:limit]
             views = self._views(conn, [row.name for row in page], owner)
@@ -231,18 +235,18 @@ class JobStore:
         One row by its unique name: unlike ``get_many``, it never ranks the queue.
         """
         params = {"name": job_name, "filename": filename, "owner": owner}
-        with self._engine.connect() as conn:
+        with self._single.connect() as conn:
             key: str | None = conn.execute(QUERIES["select_output_key"], params).scalar_one_or_none()
         return key
 
     def queue_depth(self) -> int:
         """Number of pending jobs."""
-        with self._engine.connect() as conn:
+        with self._single.connect() as conn:
             return int(conn.execute(QUERIES["count_pending"]).scalar_one())
 
     def queue_summary(self) -> list[Row[Any]]:
         """Unfinished jobs by state and model: ``state``, ``model``, ``jobs``, ``oldest_age_s``."""
-        with self._engine.connect() as conn:
+        with self._single.connect() as conn:
             return list(conn.execute(QUERIES["queue_summary"]).all())
 
     def cancel(self, name: str, *, owner: str | None = None) -> JobState | None:
@@ -251,7 +255,7 @@ class JobStore:
         Pending ends ``cancelled`` at once; running stays ``running`` with ``cancel_requested``
         set until its worker stops; terminal jobs are left as they are.
         """
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             state = conn.execute(QUERIES["cancel_job"], {"name": name, "owner": owner}).scalar_one_or_none()
         return None if state is None else JobState(state)
 
@@ -308,14 +312,14 @@ class JobStore:
             "memory_kind": memory_kind,
             "memory_bytes": memory_bytes,
         }
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             rows = conn.execute(QUERIES["claim_batch"], params).all()
         return [_claimed(row) for row in rows]
 
     def heartbeat(self, job_id: UUID, worker_id: str, attempt: int) -> Heartbeat:
         """Renew the lease while this attempt still holds the job, and pass on a cancel request."""
         params = {"job_id": job_id, "worker_id": worker_id, "attempt": attempt, "lease_s": self._lease_s}
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             cancel_requested = conn.execute(QUERIES["heartbeat"], params).scalar_one_or_none()
         if cancel_requested is None:
             return Heartbeat(owned=False, cancel_requested=False)
@@ -337,7 +341,7 @@ class JobStore:
             "attempt": attempt,
             **_counters(steps, stages, tiles),
         }
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             return conn.execute(QUERIES["record_progress"], params).rowcount == 1
 
     def finish_success(
@@ -369,7 +373,7 @@ class JobStore:
             "output_keys": json.dumps(dict(output_keys)),
             **_counters(steps, stages, tiles),
         }
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             return conn.execute(QUERIES["finish_success"], params).rowcount == 1
 
     def finish_failed(
@@ -388,7 +392,7 @@ class JobStore:
             "message": message,
             "retryable": retryable,
         }
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             state = conn.execute(QUERIES["finish_failed"], params).scalar_one_or_none()
         return None if state is None else JobState(state)
 
@@ -418,7 +422,7 @@ class JobStore:
 
     def rescue_expired(self) -> list[Rescued]:
         """Take back every running job whose lease expired; any live process may call this."""
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             rows = conn.execute(QUERIES["rescue_expired"]).all()
         return [
             Rescued(
@@ -457,12 +461,12 @@ class JobStore:
             "version": version,
             "jobs_done": jobs_done,
         }
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             return bool(conn.execute(QUERIES["announce_worker"], params).scalar_one())
 
     def retire_worker(self, worker_id: str) -> None:
         """Remove a stopping worker's row."""
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             conn.execute(QUERIES["retire_worker"], {"id": worker_id})
 
     def live_workers(self, max_age_s: float) -> list[WorkerInfo]:
@@ -478,18 +482,18 @@ class JobStore:
 
     def active_jobs(self, limit: int) -> list[tuple[str, JobState, CounterPair]]:
         """Running, then pending jobs as ``(name, state, steps)``, at most ``limit``."""
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             rows = conn.execute(QUERIES["select_active_jobs"], {"limit": limit}).all()
         return [(row.name, JobState(row.state), (row.steps_current, row.steps_total)) for row in rows]
 
     def request_restart(self, max_age_s: float) -> int:
         """Ask every live worker to exit after its current job; returns how many were asked."""
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             return int(conn.execute(QUERIES["request_restart"], {"max_age_s": max_age_s}).rowcount)
 
     def _fenced(self, query: TextClause, job_id: UUID, worker_id: str, attempt: int) -> bool:
         params = {"job_id": job_id, "worker_id": worker_id, "attempt": attempt}
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             return conn.execute(query, params).rowcount == 1
 
     def _views(self, conn: Connection, names: Sequence[str], owner: str | None = None) -> dict[str, JobView]:
