@@ -23,7 +23,7 @@ from service.config import MAX_JOBS_PER_CALL, Config
 from service.errors import HTTP_STATUS
 from service.jobs.states import JobState
 from service.output_names import OUTPUT_NAME
-from service.params import MASK_FILTERS, NOISE_SOURCES, PIPELINES, PROMPT_FILTERS, SOURCE_FILTERS
+from service.params import AVAILABLE_PIPELINES, MASK_FILTERS, NOISE_SOURCES, PROMPT_FILTERS, SOURCE_FILTERS
 from service.request_schema import RequestSchemas
 from service.resources.jobs import LIST_LIMIT, LIST_MAX
 from service.resources.submit import REQUIRED_FILES, SUBMIT_ROUTES
@@ -327,7 +327,9 @@ class _Document:
             "/api/settings/params": {
                 "GET": lambda: self.settings("params.json: defaults, ranges, version", _ref("ParamsDocument"))
             },
-            "/api/settings/pipelines": {"GET": lambda: self.settings("Pipelines", enum_list(PIPELINES))},
+            "/api/settings/pipelines": {
+                "GET": lambda: self.settings("Pipelines", enum_list(AVAILABLE_PIPELINES))
+            },
             "/api/settings/platforms": {"GET": lambda: self.settings("Platforms workers serve", strings)},
             "/api/settings/schedulers": {
                 "GET": lambda: self.settings("Schedulers", enum_list(SCHEDULER_NAMES))

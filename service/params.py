@@ -77,6 +77,17 @@ PIPELINES = (
     "txt2img",
     "upscale",
 )
+#: What each image route runs, by pipeline name; a known pipeline outside its route's list is a 400
+#: at submit, never run as something else. (The upscale, blend and txt2txt routes use no pipeline.)
+ROUTE_PIPELINE_CHOICES: dict[str, tuple[str, ...]] = {
+    "txt2img": ("txt2img", "lpw", "panorama", "txt2img-sdxl"),
+    "img2img": ("img2img", "lpw"),
+    "inpaint": ("inpaint", "lpw"),
+}
+#: onnx-web's pipelines this server does not run yet: refused at submit, not offered in settings.
+PIPELINES_NOT_RUN = ("controlnet", "img2img-sdxl", "panorama-sdxl", "pix2pix")
+#: ``/api/settings/pipelines``: the pipelines that run here, in onnx-web's order.
+AVAILABLE_PIPELINES = tuple(name for name in PIPELINES if name not in PIPELINES_NOT_RUN)
 NOISE_SOURCES = tuple(NOISE_SOURCE_FUNCTIONS)
 MASK_FILTERS = tuple(MASK_FILTER_FUNCTIONS)
 #: The source filters our workers run; onnx-web's others (depth, hed, openpose, …) need models
@@ -463,6 +474,20 @@ def parse_device(group: Mapping[str, Any], config: Config) -> DeviceParams:
     return DeviceParams(platform)
 
 
+def _check_pipeline_runs(route: Route, pipeline: str) -> None:
+    """Refuse a pipeline this server does not run, or does not run on ``route``, naming what does."""
+    if pipeline in PIPELINES_NOT_RUN:
+        raise InvalidParams(
+            "pipeline",
+            f"{pipeline} is not run by this server; available: {_listing(AVAILABLE_PIPELINES)}",
+        )
+    choices = ROUTE_PIPELINE_CHOICES.get(route)
+    if choices is not None and pipeline not in choices:
+        raise InvalidParams(
+            "pipeline", f"{pipeline} does not run on {route}; {route} runs: {_listing(choices)}"
+        )
+
+
 def parse_image(
     route: Route, reader: _Reader, registry: ModelRegistry, config: Config, rng: random.Random
 ) -> ImageParams:
@@ -475,15 +500,11 @@ def parse_image(
             f"no diffusion model {_show(model_name)}; available: {_listing(registry.names('diffusion'))}",
         )
     pipeline = reader.choice("pipeline", PIPELINES, default=ROUTE_PIPELINES[route])
+    _check_pipeline_runs(route, pipeline)
     control = _name(reader.values, "control") or reader.default("control") or None
     if control is not None and registry.find_network("control", control) is None:
         names = [network.name for network in registry.networks("control")]
         raise InvalidParams("control", f"no ControlNet {_show(control)}; available: {_listing(names)}")
-    if pipeline == "controlnet" and control is None:
-        names = [network.name for network in registry.networks("control")]
-        raise InvalidParams(
-            "control", f"the controlnet pipeline needs a ControlNet; available: {_listing(names)}"
-        )
     width, height = reader.size("width"), reader.size("height")
     if width * height > config.max_image_pixels:
         raise InvalidParams(

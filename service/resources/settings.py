@@ -18,7 +18,7 @@ from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.models.registry import ModelRegistry
 from pipelines.stages import stage_catalogue
 from service.config import Config
-from service.params import MASK_FILTERS, NOISE_SOURCES, PIPELINES, PROMPT_FILTERS, SOURCE_FILTERS
+from service.params import AVAILABLE_PIPELINES, MASK_FILTERS, NOISE_SOURCES, PROMPT_FILTERS, SOURCE_FILTERS
 
 PREFIX = "/api/settings"
 #: Route suffixes, in onnx-web's registration order (contract §2).
@@ -101,7 +101,7 @@ class SettingsResources:
 
     def on_get_pipelines(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Diffusion pipeline names."""
-        resp.media = list(PIPELINES)
+        resp.media = list(AVAILABLE_PIPELINES)
 
     def on_get_platforms(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Platform names."""

@@ -24,6 +24,7 @@ from service.params import (
     NOISE_SOURCES,
     PIPELINES,
     PROMPT_FILTERS,
+    ROUTE_PIPELINE_CHOICES,
     SOURCE_FILTERS,
     TILE_ORDERS,
     UPSCALE_ORDERS,
@@ -340,6 +341,14 @@ def test_defaults_come_from_params_json(parse: Parse) -> None:
     assert parsed.experimental.prompt_editing.filter == "none"
 
 
+@pytest.mark.parametrize("route", ["txt2img", "img2img", "inpaint"])
+def test_each_route_takes_the_pipelines_it_runs_and_refuses_unknown_names(parse: Parse, route: str) -> None:
+    for pipeline in ROUTE_PIPELINE_CHOICES[route]:
+        assert parse({"pipeline": pipeline}, route).image.pipeline == pipeline
+    rule = rejects(parse, {"pipeline": "bogus"}, "pipeline", route=route)
+    assert rule == f'must be one of {", ".join(PIPELINES)}; got "bogus"'
+
+
 @pytest.mark.parametrize(
     ("route", "pipeline"), [("txt2img", "txt2img"), ("upscale", "upscale"), ("blend", "txt2img")]
 )
@@ -496,9 +505,38 @@ def test_traversal_model_names_are_refused(parse: Parse, name: str) -> None:
 
 
 def test_control_must_be_a_controlnet(parse: Parse) -> None:
-    assert parse({"control": "canny", "pipeline": "controlnet"}, "img2img").image.control == "canny"
+    # The control network is checked (and recorded) even while the controlnet pipeline is not run.
+    assert parse({"control": "canny"}, "img2img").image.control == "canny"
     rejects(parse, {"control": "lineart"}, "control", match="available: canny")
-    rejects(parse, {"pipeline": "controlnet"}, "control", route="img2img", match="needs a ControlNet")
+
+
+@pytest.mark.parametrize("pipeline", ["controlnet", "img2img-sdxl", "panorama-sdxl", "pix2pix"])
+def test_a_pipeline_this_server_does_not_run_is_refused_not_replaced(parse: Parse, pipeline: str) -> None:
+    for route in ("txt2img", "img2img", "inpaint"):
+        rule = rejects(parse, {"pipeline": pipeline, "control": "canny"}, "pipeline", route=route)
+        assert rule.startswith(f"{pipeline} is not run by this server; available: ")
+        assert pipeline not in rule.removeprefix(f"{pipeline} is not run by this server")
+
+
+@pytest.mark.parametrize(
+    ("route", "pipeline"),
+    [
+        ("txt2img", "img2img"),
+        ("txt2img", "inpaint"),
+        ("img2img", "txt2img"),
+        ("img2img", "panorama"),
+        ("inpaint", "txt2img-sdxl"),
+        ("inpaint", "img2img"),
+    ],
+)
+def test_a_pipeline_of_another_route_is_refused_naming_what_the_route_runs(
+    parse: Parse, route: str, pipeline: str
+) -> None:
+    rule = rejects(parse, {"pipeline": pipeline}, "pipeline", route=route)
+    assert (
+        rule
+        == f"{pipeline} does not run on {route}; {route} runs: {', '.join(ROUTE_PIPELINE_CHOICES[route])}"
+    )
 
 
 # --- choices --------------------------------------------------------------------------------------
@@ -508,7 +546,6 @@ def test_control_must_be_a_controlnet(parse: Parse) -> None:
     ("key", "allowed", "route", "group"),
     [
         ("scheduler", SCHEDULER_NAMES, "txt2img", "params"),
-        ("pipeline", PIPELINES, "txt2img", "params"),
         ("sourceFilter", SOURCE_FILTERS, "img2img", "params"),
         ("filter", MASK_FILTERS, "inpaint", "params"),
         ("noise", NOISE_SOURCES, "inpaint", "params"),
