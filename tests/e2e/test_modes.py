@@ -52,6 +52,7 @@ def run_job(
     assert response.status_code == 200, response.text
     record = wait_for(client, response.json()["name"], until=finished)[-1]
     assert record["status"] == "success", record
+    assert_contract_metadata(record)
     return record
 
 
@@ -121,6 +122,24 @@ def test_blend_takes_the_second_source_where_the_mask_is_white(client: httpx.Cli
     assert_gui_readable(record["metadata"][0])
 
 
+#: Contract §7.3: what every output's metadata holds, whatever the route.
+ALWAYS_PRESENT = {"input_size", "outputs", "params", "inversions", "loras", "models", "size"}
+
+
+def assert_contract_metadata(record: dict[str, Any]) -> None:
+    """Every output of a finished job has metadata in contract §7.3's shape, naming that output."""
+    assert len(record["metadata"]) == len(record["outputs"]), record
+    for name, metadata in zip(record["outputs"], record["metadata"], strict=True):
+        assert set(metadata) >= ALWAYS_PRESENT, (name, sorted(metadata))
+        assert metadata["outputs"] == [name], (name, metadata["outputs"])
+        assert isinstance(metadata["inversions"], list) and isinstance(metadata["loras"], list)
+        base = metadata["models"][0]
+        assert isinstance(base["name"], str) and isinstance(base["hash"], str) and base["weight"] == 1.0
+        for size in ("input_size", "size"):
+            assert all(isinstance(metadata[size][axis], int) for axis in ("width", "height")), metadata
+        assert_gui_readable(metadata)
+
+
 def assert_gui_readable(metadata: dict[str, Any]) -> None:
     """What onnx-web's GUI reads of any result without a guard (contract §7.3) is there."""
     assert metadata["models"] and isinstance(metadata["models"][0]["name"], str), metadata
@@ -152,6 +171,7 @@ def test_grid_chain_as_the_gui_sends_it(client: httpx.Client) -> None:
     assert record["status"] == "success", record
     assert len(record["outputs"]) == 3
     assert output(client, record["outputs"][2]).size == (256, 128)
+    assert_contract_metadata(record)
 
 
 def test_chain_with_an_upload_an_upscaler_and_no_persist_stage(client: httpx.Client) -> None:
