@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -21,10 +21,19 @@ import numpy as np
 from PIL import Image
 
 from pipelines.context import SessionProvider, StageContext, StageImage
-from pipelines.diffusion.prompt import ParsedPrompt, pad_windows, parse_prompt, token_windows
+from pipelines.diffusion.networks import NO_NETWORKS, Blend, inversion_tokenizer, prompt_blend
+from pipelines.diffusion.prompt import (
+    ParsedPrompt,
+    PromptText,
+    TokenWindows,
+    parse_prompt,
+    prompt_windows,
+    weight_embeddings,
+)
 from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler, step_arguments
 from pipelines.diffusion.vae_tiling import VaeTiling, decode_tiled, encode_tiled
 from pipelines.models.layout import ONNX_FILE, read_model_hash
+from pipelines.models.sessions import SessionCache
 
 logger = logging.getLogger(__name__)
 
@@ -153,18 +162,47 @@ class Generation:
 
 @dataclass(frozen=True)
 class DiffusionModel:
-    """A Stable Diffusion folder in diffusers' ONNX layout, with sessions from the worker's cache."""
+    """A Stable Diffusion folder in diffusers' ONNX layout, with sessions from the worker's cache.
+
+    ``networks`` are the LoRAs and inversions blended into its UNet and text encoders (in memory,
+    by the session cache); ``models_path`` is where their ``lora/`` and ``inversion/`` folders are.
+    """
 
     folder: Path
     sessions: SessionProvider
+    models_path: Path | None = None
+    networks: Blend = NO_NETWORKS
 
     def session(self, component: str) -> Any:
         """The ONNX Runtime session of ``component`` (``unet``, ``vae_decoder``, ...)."""
-        return self.sessions.get(self.folder / component / ONNX_FILE)
+        path = self.folder / component / ONNX_FILE
+        variant = self.networks.variant(component)
+        if variant is None:
+            return self.sessions.get(path)
+        if not isinstance(self.sessions, SessionCache):
+            raise TypeError(f"{type(self.sessions).__name__} cannot blend networks into {component}")
+        return self.sessions.get(path, variant)
 
     @property
     def tokenizer(self) -> Any:
-        return load_tokenizer(self.folder / "tokenizer")
+        return self.tokenizer_of("tokenizer")
+
+    def tokenizer_of(self, name: str) -> Any:
+        """Tokenizer folder ``name`` (``tokenizer``, ``tokenizer_2``), with the inversions' tokens."""
+        if self.networks.inversions:
+            return inversion_tokenizer(self.folder / name, self.networks.inversions)
+        return load_tokenizer(self.folder / name)
+
+    def with_networks(self, prompt: ParsedPrompt, negative: ParsedPrompt | None) -> DiffusionModel:
+        """This model with the networks the prompts name blended in (none: the model as it is).
+
+        Networks missing from the models folder are skipped with a warning, as in onnx-web (the
+        api refuses such prompts before they become jobs: ``networks.unknown_networks``).
+        """
+        if self.models_path is None:
+            return self
+        networks = prompt_blend(self.models_path, (prompt, negative))
+        return self if networks == self.networks else replace(self, networks=networks)
 
     @property
     def scaling_factor(self) -> float:
@@ -197,7 +235,7 @@ def load_model(models_path: Path, name: str, sessions: SessionProvider) -> Diffu
     folder = model_folder(models_path, name)
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusion model named {name!r} in the models folder")
-    return DiffusionModel(folder, sessions)
+    return DiffusionModel(folder, sessions, models_path=models_path)
 
 
 @lru_cache(maxsize=16)
@@ -246,29 +284,35 @@ def encode_text(model: DiffusionModel, windows: np.ndarray) -> np.ndarray:
 
 
 def encode_prompt(
-    model: DiffusionModel, prompt: str, negative_prompt: str | None, generation: Generation
+    model: DiffusionModel, prompt: PromptText, negative_prompt: PromptText | None, generation: Generation
 ) -> np.ndarray:
     """Prompt embeddings for the UNet: ``[negative] * batch + [prompt] * batch`` with guidance.
 
-    ``prompt`` and ``negative_prompt`` are already free of network tokens. Without guidance
-    the negative prompt is not encoded at all, as in diffusers.
+    ``prompt`` and ``negative_prompt`` are already free of network tokens: plain text, or a parsed
+    prompt's weighted spans. Without guidance the negative prompt is not encoded at all, as in
+    diffusers.
     """
     tokenizer = model.tokenizer
-    windows = token_windows(tokenizer, prompt)
+    windows = prompt_windows(tokenizer, prompt)
     if not generation.guidance:
-        return np.repeat(encode_text(model, windows), generation.batch, axis=0)
-    negative = token_windows(tokenizer, negative_prompt or "")
-    count = max(len(windows), len(negative))
+        return np.repeat(encode_weighted(model, windows), generation.batch, axis=0)
+    negative = prompt_windows(tokenizer, negative_prompt or "")
+    count = max(len(windows.ids), len(negative.ids))
     if count > 1:
         logger.debug("long prompt: %d windows of %d tokens", count, tokenizer.model_max_length)
-    positive_embeds = encode_text(model, pad_windows(tokenizer, windows, count))
-    negative_embeds = encode_text(model, pad_windows(tokenizer, negative, count))
+    positive_embeds = encode_weighted(model, windows.padded(tokenizer, count))
+    negative_embeds = encode_weighted(model, negative.padded(tokenizer, count))
     return np.concatenate(
         [
             np.repeat(negative_embeds, generation.batch, axis=0),
             np.repeat(positive_embeds, generation.batch, axis=0),
         ]
     )
+
+
+def encode_weighted(model: DiffusionModel, windows: TokenWindows) -> np.ndarray:
+    """``encode_text`` on the windows' ids, each token's embedding weighted as lpw does."""
+    return weight_embeddings(encode_text(model, windows.ids), windows.weights)
 
 
 def initial_latents(seed: int, batch: int, width: int, height: int) -> np.ndarray:
@@ -303,14 +347,19 @@ class Run:
     generation: Generation
     hooks: StepHooks = Callbacks()
 
+    def __post_init__(self) -> None:
+        # The LoRAs and inversions a prompt names belong to this run's model: every session it
+        # asks for (text encoders, UNet) is the blended one, and the next run's prompt decides anew.
+        object.__setattr__(self, "model", self.model.with_networks(*parse_prompts(self.generation)))
+
     def prompt_embeddings(self) -> np.ndarray:
-        """``encode_prompt`` on the generation's prompts, their tokens removed (SD 1.x's one encoder)."""
+        """``encode_prompt`` on the generation's weighted prompts, tokens removed (SD 1.x's one encoder)."""
         prompt, negative = parse_prompts(self.generation)
         if prompt.clip_skip:
             logger.warning(
                 "<clip:skip:%d> needs a text encoder exported with hidden states; ignored", prompt.clip_skip
             )
-        return encode_prompt(self.model, prompt.text, negative.text if negative else None, self.generation)
+        return encode_prompt(self.model, prompt.spans, negative.spans if negative else None, self.generation)
 
     def scheduler(self) -> Any:
         """A fresh scheduler (schedulers keep per-run state), seeded and set to the generation's steps."""

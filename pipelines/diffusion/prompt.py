@@ -1,55 +1,58 @@
-"""Prompt syntax handled in the worker (contract §9): network tokens, stages, long prompts.
+"""Prompt syntax handled in the worker (contract §9): parsing, stages, long and weighted prompts.
 
-- ``<lora:NAME:W>``, ``<inversion:NAME:W>``, ``<embeddings:NAME:W>`` and ``<clip:skip:N>`` are
-  removed from the text before encoding and recorded, so metadata can list the networks.
+- ``prompt_grammar`` parses a prompt stage once into typed values: weighted text spans, the
+  ``<lora:..>``, ``<inversion:..>``/``<embeddings:..>``, ``<clip:skip:N>``, ``<region:..>`` and
+  ``<reseed:..>`` tokens (removed from the text and recorded), layer ranges expanded.
 - ``a || b`` splits a prompt into stages: the base generation uses part 0, highres pass *i*
   part *i + 1*.
 - Prompts longer than one CLIP window (75 tokens plus bos and eos) are split into 77-token
   windows that are encoded separately and concatenated along the sequence axis.
+- Weights are applied as diffusers' long prompt weighting (onnx-web's ``lpw``) does: each
+  token's embedding times its weight, then the whole rescaled to the unweighted mean.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-#: A number as onnx-web's token weights are written: ``1``, ``0.5``, ``-.3``.
-_WEIGHT = r"(-?(?:\d+(?:\.\d*)?|\.\d+))"
-LORA_TOKEN = re.compile(r"<lora:([^:>]+):" + _WEIGHT + ">")
-INVERSION_TOKEN = re.compile(r"<(?:inversion|embeddings):([^:>]+):" + _WEIGHT + ">")
-CLIP_SKIP_TOKEN = re.compile(r"<clip:skip:(\d+)>")
-STAGE_SEPARATOR = "||"
+from pipelines.diffusion.prompt_grammar import (
+    STAGE_SEPARATOR,
+    Network,
+    ParsedPrompt,
+    PromptSyntaxError,
+    Region,
+    Reseed,
+    Span,
+    parse_prompt,
+    parse_stages,
+)
 
+__all__ = [
+    "Network",
+    "ParsedPrompt",
+    "PromptSyntaxError",
+    "PromptText",
+    "Region",
+    "Reseed",
+    "Span",
+    "TokenWindows",
+    "pad_windows",
+    "parse_prompt",
+    "parse_stages",
+    "prompt_stage",
+    "prompt_windows",
+    "token_windows",
+    "weight_embeddings",
+]
 
-@dataclass(frozen=True)
-class Network:
-    """A LoRA or textual inversion named by a prompt token."""
-
-    name: str
-    weight: float
-
-
-@dataclass(frozen=True)
-class ParsedPrompt:
-    """A prompt with its tokens removed, and what the tokens asked for."""
-
-    text: str
-    loras: list[Network] = field(default_factory=list)
-    inversions: list[Network] = field(default_factory=list)
-    #: CLIP layers to skip (the first ``<clip:skip:N>`` wins); 0 when none.
-    clip_skip: int = 0
-
-
-def parse_prompt(prompt: str) -> ParsedPrompt:
-    """Strip onnx-web's network and CLIP tokens from ``prompt`` and record them."""
-    loras = [Network(name, float(weight)) for name, weight in LORA_TOKEN.findall(prompt)]
-    inversions = [Network(name, float(weight)) for name, weight in INVERSION_TOKEN.findall(prompt)]
-    skips = CLIP_SKIP_TOKEN.findall(prompt)
-    text = CLIP_SKIP_TOKEN.sub("", INVERSION_TOKEN.sub("", LORA_TOKEN.sub("", prompt)))
-    return ParsedPrompt(text, loras, inversions, int(skips[0]) if skips else 0)
+#: Means smaller than this share of the embeddings' mean magnitude are not rescaled to.
+MEAN_FLOOR = 1e-4
+#: What an encoder takes: plain text (weight 1 throughout) or a parsed prompt's spans.
+PromptText = str | Sequence[Span]
 
 
 def prompt_stage(prompt: str, index: int) -> str:
@@ -58,27 +61,53 @@ def prompt_stage(prompt: str, index: int) -> str:
     return parts[min(max(index, 0), len(parts) - 1)].strip()
 
 
-def token_windows(tokenizer: Any, text: str) -> np.ndarray:
-    """Token ids of ``text`` as CLIP windows, shape ``(windows, model_max_length)``.
+@dataclass(frozen=True)
+class TokenWindows:
+    """A prompt's token ids in CLIP windows and each token's weight, both ``(windows, length)``."""
 
-    A prompt that fits one window is tokenized exactly as diffusers does (``max_length``
-    padding with the tokenizer's pad token), so short prompts give diffusers' embeddings. A
-    longer one is cut into chunks of ``model_max_length - 2`` tokens, each wrapped in bos/eos and
-    padded, instead of being truncated.
+    ids: np.ndarray
+    #: 1 for bos, eos and padding, the span's weight for its tokens.
+    weights: np.ndarray
+
+    def padded(self, tokenizer: Any, count: int) -> TokenWindows:
+        """These windows followed by empty-prompt windows (weight 1) up to ``count`` in all."""
+        ids = pad_windows(tokenizer, self.ids, count)
+        weights = np.ones(ids.shape, dtype=np.float32)
+        weights[: len(self.weights)] = self.weights
+        return TokenWindows(ids, weights)
+
+
+def prompt_windows(tokenizer: Any, prompt: PromptText, *, truncate: bool = False) -> TokenWindows:
+    """Token ids and weights of ``prompt`` in CLIP windows of ``tokenizer.model_max_length``.
+
+    Spans are tokenized one by one, as lpw does, so a weight covers exactly its span's tokens;
+    a prompt without weights is one span, tokenized whole as diffusers does. A prompt that fits
+    one window is one window as diffusers pads it; a longer one is cut into chunks of
+    ``model_max_length - 2`` tokens, each wrapped in bos/eos and padded, or, with ``truncate``,
+    cut to its first window (SDXL, as diffusers' pipeline does).
     """
+    spans = [Span(prompt)] if isinstance(prompt, str) else list(prompt)
+    ids: list[int] = []
+    weights: list[float] = []
+    for span in spans:
+        tokens = tokenizer(span.text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        ids.extend(tokens)
+        weights.extend([span.weight] * len(tokens))
     length = tokenizer.model_max_length
-    ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
-    if len(ids) <= length - 2:
-        single = tokenizer(
-            text, padding="max_length", max_length=length, truncation=True, return_tensors="np"
-        )
-        return np.asarray(single.input_ids, dtype=np.int64)
     chunk = length - 2
-    windows = []
-    for start in range(0, len(ids), chunk):
+    if truncate:
+        ids, weights = ids[:chunk], weights[:chunk]
+    id_windows, weight_windows = [], []
+    for start in range(0, max(len(ids), 1), chunk):
         body = [tokenizer.bos_token_id, *ids[start : start + chunk], tokenizer.eos_token_id]
-        windows.append(body + [tokenizer.pad_token_id] * (length - len(body)))
-    return np.asarray(windows, dtype=np.int64)
+        id_windows.append(body + [tokenizer.pad_token_id] * (length - len(body)))
+        weight_windows.append([1.0, *weights[start : start + chunk], *[1.0] * (length - len(body) + 1)])
+    return TokenWindows(np.asarray(id_windows, dtype=np.int64), np.asarray(weight_windows, dtype=np.float32))
+
+
+def token_windows(tokenizer: Any, text: str) -> np.ndarray:
+    """Token ids of unweighted ``text`` as CLIP windows, shape ``(windows, model_max_length)``."""
+    return prompt_windows(tokenizer, text).ids
 
 
 def pad_windows(tokenizer: Any, windows: np.ndarray, count: int) -> np.ndarray:
@@ -91,3 +120,22 @@ def pad_windows(tokenizer: Any, windows: np.ndarray, count: int) -> np.ndarray:
         return windows
     empty = token_windows(tokenizer, "")
     return np.concatenate([windows, np.repeat(empty, count - len(windows), axis=0)])
+
+
+def weight_embeddings(embeddings: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """lpw's weighting: ``(1, tokens, hidden)`` embeddings times their tokens' weights, mean kept.
+
+    Each token's embedding is multiplied by its weight, then the whole is rescaled so its mean
+    equals the unweighted mean. Embeddings with every weight 1 come back unchanged.
+    """
+    if np.all(weights == 1.0):
+        return embeddings
+    previous = embeddings.mean(dtype=np.float64)
+    weighted = embeddings * weights.reshape(1, -1, 1).astype(embeddings.dtype)
+    mean = weighted.mean(dtype=np.float64)
+    # A mean near zero next to the values' size is rounding noise (a final LayerNorm without
+    # bias centres every token), and a ratio of two noises would scale by anything, sign included.
+    floor = MEAN_FLOOR * np.abs(weighted).mean(dtype=np.float64)
+    scale = previous / mean if min(abs(previous), abs(mean)) > floor else 1.0
+    result: np.ndarray = (weighted * scale).astype(embeddings.dtype)
+    return result

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.diffusion import model as sd
+from pipelines.diffusion.prompt import PromptText, prompt_windows, weight_embeddings
 from pipelines.diffusion.schedulers import step_arguments
 
 logger = logging.getLogger(__name__)
@@ -64,14 +65,6 @@ def force_zeros_for_empty_prompt(folder: Path) -> bool:
     return bool(index.get("force_zeros_for_empty_prompt", True))
 
 
-def token_ids(tokenizer: Any, text: str) -> np.ndarray:
-    """One ``(1, 77)`` window of token ids, truncated as diffusers' SDXL pipeline does."""
-    ids = tokenizer(
-        text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True
-    ).input_ids
-    return np.asarray([ids], dtype=np.int64)
-
-
 def encode_text(model: sd.DiffusionModel, component: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Run text encoder ``component``: its penultimate hidden states and its first output.
 
@@ -83,14 +76,23 @@ def encode_text(model: sd.DiffusionModel, component: str, ids: np.ndarray) -> tu
     return outputs[-2], outputs[0]
 
 
-def encode_prompts(model: sd.DiffusionModel, text: str) -> tuple[np.ndarray, np.ndarray]:
+def encode_weighted(
+    model: sd.DiffusionModel, component: str, tokenizer: str, prompt: PromptText
+) -> tuple[np.ndarray, np.ndarray]:
+    """``encode_text`` on one window of ``prompt``'s tokens, the hidden states weighted as lpw does.
+
+    The window is truncated as diffusers' SDXL pipeline truncates; the first output (the pooled
+    projection of ``text_encoder_2``) is not weighted.
+    """
+    windows = prompt_windows(model.tokenizer_of(tokenizer), prompt, truncate=True)
+    hidden, first = encode_text(model, component, windows.ids)
+    return weight_embeddings(hidden, windows.weights), first
+
+
+def encode_prompts(model: sd.DiffusionModel, prompt: PromptText) -> tuple[np.ndarray, np.ndarray]:
     """One prompt through both encoders: ``(1, 77, hidden_1 + hidden_2)`` and ``(1, projection)``."""
-    first, _ = encode_text(
-        model, "text_encoder", token_ids(sd.load_tokenizer(model.folder / "tokenizer"), text)
-    )
-    second, pooled = encode_text(
-        model, "text_encoder_2", token_ids(sd.load_tokenizer(model.folder / "tokenizer_2"), text)
-    )
+    first, _ = encode_weighted(model, "text_encoder", "tokenizer", prompt)
+    second, pooled = encode_weighted(model, "text_encoder_2", "tokenizer_2", prompt)
     return np.concatenate([first, second], axis=-1), pooled
 
 
@@ -100,9 +102,15 @@ def size_time_ids(width: int, height: int) -> np.ndarray:
 
 
 def encode_prompt(
-    model: sd.DiffusionModel, prompt: str, negative_prompt: str | None, generation: sd.Generation
+    model: sd.DiffusionModel,
+    prompt: PromptText,
+    negative_prompt: PromptText | None,
+    generation: sd.Generation,
 ) -> SdxlConditioning:
-    """The UNet's text and size conditioning for ``generation`` (prompts free of network tokens)."""
+    """The UNet's text and size conditioning for ``generation``.
+
+    ``prompt`` and ``negative_prompt`` are free of network tokens: plain text, or weighted spans.
+    """
     hidden, pooled = encode_prompts(model, prompt)
     time_ids = size_time_ids(generation.width, generation.height)
     rows = generation.batch
@@ -183,12 +191,13 @@ def txt2img_sdxl(run: sd.Run) -> list[Image.Image]:
     prompt, negative = sd.parse_prompts(generation)
     if prompt.clip_skip:
         logger.warning("<clip:skip:%d> is not applied to SDXL (contract §9); ignored", prompt.clip_skip)
-    conditioning = encode_prompt(model, prompt.text, negative.text if negative else None, generation)
+    conditioning = encode_prompt(model, prompt.spans, negative.spans if negative else None, generation)
     scheduler = run.scheduler()
     latents = torch.from_numpy(run.starting_latents(scheduler))
     tensors = (conditioning.hidden, conditioning.pooled, conditioning.time_ids)
     settings = gpu_settings(model.sessions)
-    if settings is None:
+    # The fused CUDA path builds its own UNet from the folder: a LoRA run stays on the sessions.
+    if settings is None or model.networks.variant("unet") is not None:
         inputs = tuple(torch.from_numpy(item) for item in tensors)
         latents = denoise(cpu_predict(model), scheduler, latents, (inputs[0], inputs[1], inputs[2]), run)
         return run.decode(latents.numpy())

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.models.convert import convert_diffusers_folder
+from pipelines.models.demo_networks import build_demo_networks
 from pipelines.models.layout import EXTRAS_FILE, read_model_hash
 
 logger = logging.getLogger(__name__)
@@ -303,6 +304,7 @@ def build_demo_models(
             model.entry(models_path / model.name) for model in DEMO_FOLDERS if model.section == section
         ]
         merge_extras(models_path / EXTRAS_FILE, section, entries)
+    build_demo_networks(models_path, DEMO_MODELS[0].name, progress=report)
     return folders
 
 

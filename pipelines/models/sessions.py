@@ -3,6 +3,9 @@
 A worker keeps models warm between jobs. Sessions are cached by file path; the unit of
 eviction is a *model*, because a diffusion model is four sessions that are always used together
 (a diffusers folder, recognised by its ``model_index.json``), while an upscaler is a single file.
+
+A session may be a *variant* of its file: the same graph with some weights replaced in memory
+(LoRAs and textual inversions, ``pipelines.diffusion.networks``). The file is never rewritten.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +27,8 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 #: Names accepted for ``SessionOptions.graph_optimization_level``.
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+#: The graph optimizer that ignores ``add_initializer`` weights (see ``create_session``).
+NCHWC_TRANSFORMER = "NchwcTransformer"
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,27 @@ class SessionSettings:
             raise ValueError("intra_op_threads must be >= 0")
 
 
+@dataclass(frozen=True)
+class Initializers:
+    """Weights that replace a graph's own in memory when its session is created."""
+
+    #: Same shape as the graph's: handed to ONNX Runtime (``SessionOptions.add_initializer``), so
+    #: the file is read as usual and only these weights are held twice.
+    same_shape: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: Another shape (a token embedding grown by inversions): written into an in-memory copy of the
+    #: graph, which is then built from bytes (graphs under 2 GB only, as a text encoder is).
+    reshaped: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+class SessionVariant(Protocol):
+    """A change to one file's weights: ``key`` tells variants apart, ``initializers`` builds it."""
+
+    @property
+    def key(self) -> Hashable: ...
+
+    def initializers(self, path: Path) -> Initializers: ...
+
+
 def available_providers(settings: SessionSettings) -> list[str]:
     """The requested providers that this ONNX Runtime build offers, CPU as the last resort."""
     import onnxruntime
@@ -58,8 +86,13 @@ def available_providers(settings: SessionSettings) -> list[str]:
     return chosen
 
 
-def create_session(path: Path, settings: SessionSettings | None = None) -> Any:
-    """Load one ONNX model as an ``onnxruntime.InferenceSession`` with ``settings``."""
+def create_session(
+    path: Path, settings: SessionSettings | None = None, initializers: Initializers | None = None
+) -> Any:
+    """Load one ONNX model as an ``onnxruntime.InferenceSession`` with ``settings``.
+
+    ``initializers`` replace weights of the graph in memory; ``path`` is only read.
+    """
     import onnxruntime
 
     settings = settings or SessionSettings()
@@ -76,7 +109,42 @@ def create_session(path: Path, settings: SessionSettings | None = None) -> Any:
         for provider in available_providers(settings)
     ]
     logger.debug("loading %s on %s", path, providers)
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+    if initializers is None:
+        return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+    values = [
+        onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
+        for value in initializers.same_shape.values()
+    ]
+    for name, value in zip(initializers.same_shape, values, strict=True):
+        options.add_initializer(name, value)
+    model: str | bytes = str(path)
+    if initializers.reshaped:
+        model = graph_with(path, initializers.reshaped)
+    # The CPU provider's NCHWc layout pass (level "all") builds its Conv weights from the file's
+    # initializers, not the ones added here (seen with ORT 1.32): a blended Conv would run with its
+    # base weights. Without it a UNet step measured the same, within noise.
+    session = onnxruntime.InferenceSession(
+        model, sess_options=options, providers=providers, disabled_optimizers=[NCHWC_TRANSFORMER]
+    )
+    # ONNX Runtime reads these buffers for the session's whole life but does not own them: they
+    # must live exactly as long as the session, whoever holds it after the cache lets go.
+    session.initializer_buffers = values
+    return session
+
+
+def graph_with(path: Path, replaced: Mapping[str, np.ndarray]) -> bytes:
+    """The serialized graph of ``path`` (external data included) with ``replaced`` initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.name in replaced:
+            model.graph.initializer[index].CopyFrom(
+                numpy_helper.from_array(replaced[tensor.name], tensor.name)
+            )
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 def model_root(path: Path) -> Path:
@@ -96,6 +164,10 @@ class SessionCache:
     ``loads`` counts the model loads (a model whose first session was created: a diffusion
     folder's four sessions are one load); ``on_load(model_root, seconds)`` is told of each session
     created, so a worker can count and time loads without this layer knowing how.
+
+    ``get(path, variant)`` gives the session of ``path`` with ``variant``'s weights. A file holds
+    one session at a time: a UNet is gigabytes, so a new variant (another LoRA, another weight, or
+    none) replaces the file's previous one rather than joining it, as onnx-web reloads its pipeline.
     """
 
     def __init__(
@@ -111,27 +183,30 @@ class SessionCache:
         self.settings = settings or SessionSettings()
         self.loads = 0
         self._on_load = on_load
-        # model root -> (file path -> session); both levels in least- to most-recent order.
-        self._models: OrderedDict[Path, OrderedDict[Path, Any]] = OrderedDict()
+        # model root -> (file path -> (variant key, session)); both levels least- to most-recent.
+        self._models: OrderedDict[Path, OrderedDict[Path, tuple[Hashable, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path) -> Any:
-        """The session for ``path``, loading it (and evicting the oldest model) when needed."""
+    def get(self, path: Path, variant: SessionVariant | None = None) -> Any:
+        """The session for ``path`` with ``variant``, loaded (the oldest model evicted) when needed."""
         path = Path(path).resolve()
         root = model_root(path)
+        key = None if variant is None else variant.key
         with self._lock:
             sessions = self._models.get(root)
-            if sessions is not None and path in sessions:
+            held = None if sessions is None else sessions.get(path)
+            if held is not None and held[0] == key:
                 self._models.move_to_end(root)
-                return sessions[path]
+                return held[1]
             started = time.monotonic()
-            session = create_session(path, self.settings)
+            initializers = None if variant is None else variant.initializers(path)
+            session = create_session(path, self.settings, initializers)
             if self._on_load is not None:
                 self._on_load(root, time.monotonic() - started)
             if sessions is None:
                 self.loads += 1
                 sessions = self._models[root] = OrderedDict()
-            sessions[path] = session
+            sessions[path] = (key, session)
             self._models.move_to_end(root)
             while len(self._models) > self.max_models:
                 evicted, _ = self._models.popitem(last=False)

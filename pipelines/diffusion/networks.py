@@ -1,0 +1,451 @@
+"""LoRAs and textual inversions named by prompt tokens, blended into the ONNX models in memory.
+
+What onnx-web does at load time (features §2, §4.5), without writing to the models folder:
+
+- A LoRA (``models/lora/NAME.*``, kohya sd-scripts format) adds ``weight * alpha / rank * up @ down``
+  (or a LoHA's Hadamard product) to the weights of the UNet (``lora_unet_*``) and the text encoders
+  (``lora_te_*``; SDXL's ``lora_te1_*`` and ``lora_te2_*``). Linear layers, 1x1 and 3x3 convolutions.
+- A textual inversion (``models/inversion/NAME.*``) adds tokens to the tokenizer and rows to the
+  text encoder's token embedding: ``NAME``, and for multi-vector embeddings ``NAME-0 … NAME-N``
+  (one per vector) plus ``NAME-all``; ``NAME`` and ``NAME-all`` are the sum of the vectors, as in
+  onnx-web. A single-concept file (``{"<token>": vector}``) also makes its own ``<token>``.
+
+Kohya names modules by their diffusers path with ``_`` for ``.``; our ONNX exports name each
+``MatMul``/``Gemm``/``Conv`` node by the module it came from (``/model/down_blocks.0/…/to_q/MatMul``)
+and keep Linear weights either under their own name or, transposed, as ``onnx::MatMul_NNN``. The
+map from one to the other is read from each graph, so it holds for any export of these modules.
+
+The deltas reach ONNX Runtime as replacement initializers (``SessionOptions.add_initializer``):
+the model file is read as usual and only the changed weights live twice in memory. A token
+embedding that grows is written into an in-memory copy of the (small) text encoder graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.diffusion.prompt import Network, ParsedPrompt
+from pipelines.models.registry import ModelRegistry
+from pipelines.models.sessions import Initializers
+
+logger = logging.getLogger(__name__)
+
+LORA_FOLDER = "lora"
+INVERSION_FOLDER = "inversion"
+#: Network file formats, in the order a name with several files picks them.
+NETWORK_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin", ".pth")
+#: Kohya key prefixes of each model component.
+LORA_PREFIXES: Mapping[str, tuple[str, ...]] = {
+    "unet": ("lora_unet_",),
+    "text_encoder": ("lora_te_", "lora_te1_"),
+    "text_encoder_2": ("lora_te2_",),
+}
+#: The tokenizer that goes with each text encoder.
+TOKENIZERS: Mapping[str, str] = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+#: Keys of an SDXL embedding file, per text encoder.
+SDXL_EMBEDDING_KEYS: Mapping[str, str] = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
+#: Leading scopes that exports and kohya add around the same module path.
+_WRAPPER_SCOPES = ("model_", "text_model_")
+#: Graph ops whose second input is a layer's weight.
+_WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+
+
+@dataclass(frozen=True)
+class NetworkFile:
+    """One network a prompt asked for: its file, its weight, and the file's stamp for cache keys."""
+
+    name: str
+    weight: float
+    path: Path
+    #: ``(mtime_ns, size)``: a file replaced under the same name makes a new session.
+    stamp: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Blend:
+    """The LoRAs and inversions blended into one generation's models; hashable, as cache keys are."""
+
+    loras: tuple[NetworkFile, ...] = ()
+    inversions: tuple[NetworkFile, ...] = ()
+
+    def variant(self, component: str) -> ComponentBlend | None:
+        """What changes in ``component`` (``unet``, ``text_encoder``...), or ``None`` if nothing."""
+        if component not in LORA_PREFIXES:
+            return None
+        inversions = self.inversions if component in TOKENIZERS else ()
+        if not self.loras and not inversions:
+            return None
+        return ComponentBlend(component, self.loras, inversions)
+
+
+@dataclass(frozen=True)
+class ComponentBlend:
+    """A ``pipelines.models.sessions.SessionVariant``: one component's networks, built on demand."""
+
+    component: str
+    loras: tuple[NetworkFile, ...]
+    inversions: tuple[NetworkFile, ...]
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.component, self.loras, self.inversions)
+
+    def initializers(self, path: Path) -> Initializers:
+        """The blended weights of the component whose graph is ``path``."""
+        return blend_initializers(path, self)
+
+
+#: No networks: the model as it is in the models folder.
+NO_NETWORKS = Blend()
+
+
+def network_file(models_path: Path, folder: str, name: str) -> Path | None:
+    """The file of network ``name`` in ``models_path/folder``, or ``None`` if there is none."""
+    base = models_path / folder
+    if not base.is_dir() or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    files = {path.suffix.lower(): path for path in base.iterdir() if path.stem == name and path.is_file()}
+    return next((files[suffix] for suffix in NETWORK_SUFFIXES if suffix in files), None)
+
+
+def network_files(models_path: Path, folder: str, networks: Iterable[Network]) -> tuple[NetworkFile, ...]:
+    """The files of ``networks``, the same name's weights summed (a name given twice counts twice).
+
+    A network missing from the models folder is skipped with a warning, as onnx-web does.
+    """
+    weights: dict[str, float] = {}
+    for network in networks:
+        weights[network.name] = weights.get(network.name, 0.0) + network.weight
+    found = []
+    for name, weight in weights.items():
+        path = network_file(models_path, folder, name)
+        if path is None:
+            logger.warning("no %s network named %r in the models folder; skipped", folder, name)
+            continue
+        stat = path.stat()
+        found.append(NetworkFile(name, weight, path.resolve(), (stat.st_mtime_ns, stat.st_size)))
+    return tuple(found)
+
+
+def prompt_blend(models_path: Path, prompts: Sequence[ParsedPrompt | None]) -> Blend:
+    """The networks named by ``prompts`` (the prompt and negative prompt) as a ``Blend``."""
+    present = [prompt for prompt in prompts if prompt is not None]
+    return Blend(
+        loras=network_files(models_path, LORA_FOLDER, (n for p in present for n in p.loras)),
+        inversions=network_files(models_path, INVERSION_FOLDER, (n for p in present for n in p.inversions)),
+    )
+
+
+def unknown_networks(prompt: ParsedPrompt, registry: ModelRegistry) -> list[str]:
+    """Which ``<lora:…>``/``<inversion:…>`` tokens of ``prompt`` name no network in ``registry``.
+
+    Answers ``["lora:NAME", "inversion:NAME", …]`` in prompt order, empty when every network is
+    there; ``registry.networks("lora")`` lists the ones that are. ``<embeddings:…>`` counts as
+    ``inversion``. The negative prompt is checked by a call of its own.
+    """
+    missing = [
+        f"lora:{network.name}"
+        for network in prompt.loras
+        if registry.find_network("lora", network.name) is None
+    ]
+    missing += [
+        f"inversion:{network.name}"
+        for network in prompt.inversions
+        if registry.find_network("inversion", network.name) is None
+    ]
+    return list(dict.fromkeys(missing))
+
+
+# --- reading network files -------------------------------------------------------------------
+
+
+def load_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a network file as float32 numpy, nested dicts flattened to ``a.b`` keys."""
+    import torch
+
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        loaded: Mapping[str, Any] = load_file(str(path), device="cpu")
+    else:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    return _flatten(loaded)
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    import torch
+
+    flat: dict[str, np.ndarray] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, torch.Tensor) and value.is_floating_point():
+            flat[f"{prefix}{key}"] = value.detach().to(torch.float32).numpy()
+    return flat
+
+
+@lru_cache(maxsize=4)
+def _cached_tensors(path: Path, stamp: tuple[int, int]) -> dict[str, np.ndarray]:
+    """``load_tensors`` kept for the few networks in use: one file serves the UNet and each encoder.
+
+    Few, because a LoRA in float32 can be hundreds of megabytes and is only read while sessions load.
+    """
+    return load_tensors(path)
+
+
+def network_tensors(network: NetworkFile) -> dict[str, np.ndarray]:
+    return _cached_tensors(network.path, network.stamp)
+
+
+# --- LoRA deltas ------------------------------------------------------------------------------
+
+
+def lora_deltas(tensors: Mapping[str, np.ndarray], prefixes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each module's weight delta at weight 1: ``alpha / rank * up @ down`` (or LoHA's product).
+
+    Keys are kohya module names without the prefix, as ``module_key`` writes them
+    (``down_blocks_0_attentions_0_proj_in``, ``encoder_layers_0_mlp_fc1``); values
+    have the torch module's weight layout, ``(out, in)`` or ``(out, in, kh, kw)``.
+    """
+    deltas: dict[str, np.ndarray] = {}
+    for key in tensors:
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is None:
+            continue
+        module, _, part = key.partition(".")
+        if part == "lora_down.weight":
+            deltas[module_key(module[len(prefix) :])] = _lora_delta(tensors, module)
+        elif part == "hada_w1_a":
+            deltas[module_key(module[len(prefix) :])] = _loha_delta(tensors, module)
+    return deltas
+
+
+def _alpha_scale(tensors: Mapping[str, np.ndarray], module: str, rank: int) -> float:
+    """kohya's ``alpha / rank``; a file without alpha trained at scale 1."""
+    alpha = tensors.get(f"{module}.alpha")
+    return 1.0 if alpha is None else float(alpha) / rank
+
+
+def _lora_delta(tensors: Mapping[str, np.ndarray], module: str) -> np.ndarray:
+    down = tensors[f"{module}.lora_down.weight"]
+    up = tensors[f"{module}.lora_up.weight"]
+    mid = tensors.get(f"{module}.lora_mid.weight")
+    rank = down.shape[0]
+    up_2d = up.reshape(up.shape[0], rank)
+    if mid is not None:
+        # LoCon's CP decomposition: the kernel lives in ``mid``, ``down`` is 1x1.
+        delta = np.einsum("or,rskl,si->oikl", up_2d, mid, down.reshape(rank, -1))
+    else:
+        delta = (up_2d @ down.reshape(rank, -1)).reshape(up.shape[0], *down.shape[1:])
+    return delta * _alpha_scale(tensors, module, rank)
+
+
+def _loha_delta(tensors: Mapping[str, np.ndarray], module: str) -> np.ndarray:
+    w1a, w1b = tensors[f"{module}.hada_w1_a"], tensors[f"{module}.hada_w1_b"]
+    w2a, w2b = tensors[f"{module}.hada_w2_a"], tensors[f"{module}.hada_w2_b"]
+    t1, t2 = tensors.get(f"{module}.hada_t1"), tensors.get(f"{module}.hada_t2")
+    rank = w1b.shape[0]
+    if t1 is not None and t2 is not None:
+        delta = np.einsum("ijkl,jr,ip->prkl", t1, w1b, w1a) * np.einsum("ijkl,jr,ip->prkl", t2, w2b, w2a)
+    else:
+        delta = (w1a @ w1b) * (w2a @ w2b)
+    return delta * _alpha_scale(tensors, module, rank)
+
+
+# --- the graph side ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GraphWeight:
+    """Where a module's weight sits in an ONNX graph."""
+
+    initializer: str
+    #: ``MatMul`` keeps a Linear weight as ``(in, out)``, the transpose of torch's.
+    transposed: bool
+
+
+def module_key(path: str) -> str:
+    """A module path (``down_blocks.0/attentions.0/proj_in`` or ``text_model.encoder…``) in kohya's form."""
+    key = path.strip("/").replace("/", "_").replace(".", "_")
+    stripped = True
+    while stripped:
+        stripped = False
+        for scope in _WRAPPER_SCOPES:
+            if key.startswith(scope):
+                key, stripped = key[len(scope) :], True
+    return key
+
+
+def graph_weights(graph: Any) -> dict[str, GraphWeight]:
+    """Kohya module names -> the weights they blend into, read from an ONNX graph's nodes."""
+    initializers = {tensor.name for tensor in graph.initializer}
+    found: dict[str, GraphWeight] = {}
+    for node in graph.node:
+        if node.op_type not in _WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        scopes = node.name.strip("/").split("/")[:-1]
+        if not scopes:
+            continue
+        transposed = node.op_type == "MatMul" or (
+            node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)
+        )
+        found.setdefault(module_key("/".join(scopes)), GraphWeight(node.input[1], transposed))
+    # Graphs whose nodes lost their names still name their own initializers ``<module>.weight``.
+    for name in initializers:
+        if name.endswith(".weight"):
+            found.setdefault(module_key(name[: -len(".weight")]), GraphWeight(name, transposed=False))
+    return found
+
+
+def token_embedding_name(graph: Any) -> str:
+    """The text encoder's token embedding initializer: the table its token ``Gather`` reads."""
+    initializers = {tensor.name for tensor in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Gather" and "token_embedding" in node.name and node.input[0] in initializers:
+            return str(node.input[0])
+    named = [name for name in initializers if name.endswith("token_embedding.weight")]
+    if not named:
+        raise ValueError("the text encoder graph has no token embedding to add inversions to")
+    return named[0]
+
+
+def _tensor_array(tensor: Any, folder: Path) -> np.ndarray:
+    from onnx import numpy_helper
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    if uses_external_data(tensor):
+        load_external_data_for_tensor(tensor, str(folder))
+    return np.array(numpy_helper.to_array(tensor), dtype=np.float32)  # a copy: it is added to
+
+
+def blend_initializers(path: Path, blend: ComponentBlend) -> Initializers:
+    """The changed initializers of graph ``path`` (its weights plus the deltas, its grown embedding)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tensors = {tensor.name: tensor for tensor in graph.initializer}
+    weights = graph_weights(graph)
+    changed: dict[str, np.ndarray] = {}
+    for network in blend.loras:
+        deltas = lora_deltas(network_tensors(network), LORA_PREFIXES[blend.component])
+        unmatched = [module for module in deltas if module not in weights]
+        if unmatched:
+            logger.warning(
+                "LoRA %s: %d of %d %s modules have no weight in the graph (first: %s)",
+                network.name,
+                len(unmatched),
+                len(deltas),
+                blend.component,
+                unmatched[0],
+            )
+        for module, delta in deltas.items():
+            target = weights.get(module)
+            if target is None:
+                continue
+            if target.initializer not in changed:
+                changed[target.initializer] = _tensor_array(tensors[target.initializer], path.parent)
+            base = changed[target.initializer]
+            change = delta.reshape(delta.shape[0], -1).T if target.transposed else delta
+            base += np.float32(network.weight) * change.reshape(base.shape).astype(np.float32)
+        logger.debug("LoRA %s: %d %s weights blended", network.name, len(deltas), blend.component)
+    reshaped: dict[str, np.ndarray] = {}
+    if blend.inversions:
+        name = token_embedding_name(graph)
+        base = changed.pop(name) if name in changed else _tensor_array(tensors[name], path.parent)
+        tokenizer = inversion_tokenizer(path.parent.parent / TOKENIZERS[blend.component], blend.inversions)
+        reshaped[name] = embedding_with_inversions(base, tokenizer, blend.inversions, blend.component)
+    dtypes = {name: _onnx_dtype(tensors[name]) for name in [*changed, *reshaped]}
+    return Initializers(
+        same_shape={name: value.astype(dtypes[name]) for name, value in changed.items()},
+        reshaped={name: value.astype(dtypes[name]) for name, value in reshaped.items()},
+    )
+
+
+def _onnx_dtype(tensor: Any) -> Any:
+    from onnx import helper
+
+    return helper.tensor_dtype_to_np_dtype(tensor.data_type)
+
+
+# --- textual inversions -----------------------------------------------------------------------
+
+
+def inversion_vectors(
+    tensors: Mapping[str, np.ndarray], name: str, weight: float, component: str = "text_encoder"
+) -> dict[str, np.ndarray]:
+    """The tokens one embedding file makes and their vectors (scaled by ``weight``), in order.
+
+    Formats: a concept (``{"<token>": vector}``, sd-concepts-library), ``emb_params`` (Civitai
+    safetensors), ``string_to_param.*`` (A1111 ``.pt``), and SDXL's ``clip_l``/``clip_g``.
+    """
+    sdxl_key = SDXL_EMBEDDING_KEYS.get(component)
+    concept: str | None = None
+    if sdxl_key is not None and sdxl_key in tensors:
+        vectors = tensors[sdxl_key]
+    elif "emb_params" in tensors:
+        vectors = tensors["emb_params"]
+    elif params := [key for key in tensors if key.startswith("string_to_param.")]:
+        vectors = tensors[params[0]]
+    elif len(tensors) == 1:
+        concept, vectors = next(iter(tensors.items()))
+    else:
+        raise ValueError(f"inversion {name!r}: unknown embedding format (keys {sorted(tensors)[:5]})")
+    vectors = np.atleast_2d(vectors) * np.float32(weight)
+    total = vectors.sum(axis=0)
+    if len(vectors) == 1:
+        made = {name: total}
+    else:
+        made = {f"{name}-{index}": vector for index, vector in enumerate(vectors)}
+        made.update({name: total, f"{name}-all": total})
+    if concept is not None and concept != name:
+        made[concept] = total
+    return made
+
+
+def inversion_tokens(inversions: Sequence[NetworkFile], component: str) -> dict[str, np.ndarray]:
+    """Every token the inversions make, vectors of a token made twice summed."""
+    tokens: dict[str, np.ndarray] = {}
+    for network in inversions:
+        for token, vector in inversion_vectors(
+            network_tensors(network), network.name, network.weight, component
+        ).items():
+            tokens[token] = tokens[token] + vector if token in tokens else vector
+    return tokens
+
+
+@lru_cache(maxsize=16)
+def inversion_tokenizer(folder: Path, inversions: tuple[NetworkFile, ...]) -> Any:
+    """The tokenizer of ``folder`` with the inversions' tokens added (new ids after the vocabulary)."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+    component = next(name for name, tokens in TOKENIZERS.items() if tokens == folder.name)
+    tokenizer.add_tokens(list(inversion_tokens(inversions, component)))
+    return tokenizer
+
+
+def embedding_with_inversions(
+    embedding: np.ndarray, tokenizer: Any, inversions: Sequence[NetworkFile], component: str
+) -> np.ndarray:
+    """The token embedding with a row per inversion token, at the token's id in ``tokenizer``.
+
+    A token already in the vocabulary has its row replaced, as onnx-web does.
+    """
+    rows = max(len(tokenizer), embedding.shape[0])
+    grown = np.zeros((rows, embedding.shape[1]), dtype=np.float32)
+    grown[: embedding.shape[0]] = embedding
+    for token, vector in inversion_tokens(inversions, component).items():
+        if vector.shape[-1] != embedding.shape[1]:
+            raise ValueError(
+                f"inversion token {token!r} has {vector.shape[-1]} dimensions, "
+                f"the text encoder {embedding.shape[1]}"
+            )
+        grown[tokenizer.convert_tokens_to_ids(token)] = vector
+    return grown
