@@ -9,7 +9,8 @@ Params (resolved by the api, contract §3.2 and §10.5): ``model``, ``scheduler`
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from PIL import Image
 
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion.model import (
+    LATENT_FACTOR,
     DiffusionModel,
     Generation,
     Run,
@@ -24,6 +26,7 @@ from pipelines.diffusion.model import (
     grid_size,
     load_model,
 )
+from pipelines.diffusion.panorama import panorama
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import txt2img_sdxl, wants_sdxl
 from pipelines.diffusion.txt2img import txt2img
@@ -34,10 +37,18 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     """Generate the images at the requested size and return ``images`` followed by them."""
     requested, generation = generations(params)
     model = load_model(ctx.models_path, generation.model, ctx.sessions)
-    # SDXL: asked for by the pipeline name (contract §8.6) or implied by the model folder.
-    generate = txt2img_sdxl if wants_sdxl(params, model.folder) else txt2img
-    generated = generate(Run(model, generation, ctx))
+    generated = generator(params, model)(Run(model, generation, ctx))
     return [*images, *stage_images(params, requested, model, ctx.models_path, generated)]
+
+
+def generator(params: Mapping[str, Any], model: DiffusionModel) -> Callable[[Run], list[Image.Image]]:
+    """The pipeline the params ask for: SDXL by name (contract §8.6) or by model folder, panorama, txt2img."""
+    if wants_sdxl(params, model.folder):
+        return txt2img_sdxl
+    if params["pipeline"] == "panorama":
+        # The view window is the UNet tile (512 px by default, as diffusers' 64 latent cells).
+        return functools.partial(panorama, window=max(1, int(params["unet_tile"]) // LATENT_FACTOR))
+    return txt2img
 
 
 def generations(params: Mapping[str, Any]) -> tuple[Generation, Generation]:

@@ -1,0 +1,365 @@
+"""The ``panorama`` pipeline: MultiDiffusion on SD 1.x, with region prompts and region seeds.
+
+Each denoising step runs the UNet on overlapping windows ("views") of the latents, steps the
+scheduler on each window and averages the overlaps, weighted by how many windows cover each
+latent cell (MultiDiffusion, arXiv:2302.08113). The numerics follow diffusers'
+``StableDiffusionPanoramaPipeline`` with ``circular_padding`` off: every view keeps its own
+scheduler state, and the views draw their step noise from one seeded generator in view order.
+
+Two prompt tokens work only here (contract §9, features "Region prompts" and "Region seeds"):
+
+- ``<region:top:left:bottom:right:strength:feather[_TLBR]:prompt>`` denoises a rectangle with its
+  own prompt as one more view, weighted by ``strength`` (at ``REPLACE_STRENGTH`` and above it
+  replaces the base prompt there), its edges blended over ``feather`` of its size on the chosen
+  edges. A trailing ``+`` appends the base prompt. Regions are skipped on the last timestep.
+- ``<reseed:top:left:bottom:right:seed>`` replaces the starting noise inside a rectangle with
+  noise from another seed; ``-1`` takes one from the image seed, so the image stays reproducible.
+
+Rectangles are in pixels, multiples of 8, inside the generated image.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipelines.diffusion import model as sd
+from pipelines.diffusion.prompt import parse_prompt
+from pipelines.diffusion.schedulers import step_arguments
+
+#: diffusers' window: 64 latent cells (512 pixels), the size SD 1.x was trained at.
+DEFAULT_WINDOW = 64
+#: diffusers' stride between windows, in latent cells.
+DEFAULT_STRIDE = 8
+#: A region of this strength or more replaces the base prompt inside its rectangle.
+REPLACE_STRENGTH = 10.0
+MAX_FEATHER = 0.5
+#: Exported UNets take latents in whole cells of this many latent pixels (``sd.UNET_GRID`` pixels).
+UNET_CELL = sd.UNET_GRID // sd.LATENT_FACTOR
+#: Seeds ``-1`` resolves to: numpy's seed range, as the api's random seeds.
+SEED_LIMIT = 2**32
+
+
+@dataclass(frozen=True)
+class Rectangle:
+    """A rectangle of the image in pixels, edges included at the top-left and excluded at the bottom-right."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+
+    def validate(self, token: str, width: int, height: int) -> None:
+        """Reject a rectangle that is empty, off the 8-pixel grid or outside the image."""
+        edges = (self.top, self.left, self.bottom, self.right)
+        if any(edge % sd.LATENT_FACTOR for edge in edges):
+            raise ValueError(f"{token}: top, left, bottom and right must be multiples of 8, got {edges}")
+        if self.bottom <= self.top or self.right <= self.left:
+            raise ValueError(f"{token}: bottom and right must be greater than top and left, got {edges}")
+        if self.bottom > height or self.right > width:
+            raise ValueError(f"{token}: the rectangle {edges} is outside the {width}x{height} image")
+
+    @property
+    def latent(self) -> tuple[slice, slice]:
+        """The rows and columns of the latents this rectangle covers."""
+        factor = sd.LATENT_FACTOR
+        return slice(self.top // factor, self.bottom // factor), slice(
+            self.left // factor, self.right // factor
+        )
+
+
+@dataclass(frozen=True)
+class Region:
+    """A ``<region:...>`` token: a rectangle denoised with its own prompt."""
+
+    rectangle: Rectangle
+    strength: float
+    #: Share of the rectangle's size, from 0 to 0.5, blended in from each feathered edge.
+    feather: float
+    #: The feathered edges, among ``T``, ``L``, ``B`` and ``R``.
+    edges: str
+    prompt: str
+    #: A trailing ``+``: the base prompt follows the region's.
+    append_base: bool
+
+    def validate(self, width: int, height: int) -> None:
+        token = f"region {self.prompt!r}"
+        self.rectangle.validate(token, width, height)
+        if self.strength < 0:
+            raise ValueError(f"{token}: strength must be >= 0, got {self.strength:g}")
+        if not 0 <= self.feather <= MAX_FEATHER:
+            raise ValueError(f"{token}: feather must be from 0 to {MAX_FEATHER}, got {self.feather:g}")
+
+    def text(self, base: str) -> str:
+        """The prompt the region is encoded with."""
+        return f"{self.prompt} {base}" if self.append_base else self.prompt
+
+    def mask(self) -> np.ndarray:
+        """The region's weight per latent cell: 1 inside, ramping to 0 at its feathered edges."""
+        rows, columns = self.rectangle.latent
+        vertical = _ramp(rows.stop - rows.start, self.feather, "T" in self.edges, "B" in self.edges)
+        horizontal = _ramp(columns.stop - columns.start, self.feather, "L" in self.edges, "R" in self.edges)
+        mask: np.ndarray = np.outer(vertical, horizontal).astype(np.float32)
+        return mask
+
+
+@dataclass(frozen=True)
+class Reseed:
+    """A ``<reseed:...>`` token: the starting noise of a rectangle drawn from another seed."""
+
+    rectangle: Rectangle
+    #: ``-1`` for a seed taken from the image seed.
+    seed: int
+
+
+def region_tokens(prompt: str) -> tuple[list[Region], list[Reseed]]:
+    """The region prompts and reseeds of one prompt stage, with their rectangles.
+
+    The shared grammar (``pipelines.diffusion.prompt_grammar``) reads the tokens; it also leaves
+    them out of the text it encodes, so the base prompt needs no rewriting.
+    """
+    parsed = parse_prompt(prompt)
+    regions = [
+        Region(
+            Rectangle(token.top, token.left, token.bottom, token.right),
+            token.strength,
+            token.feather,
+            token.edges,
+            token.prompt,
+            token.append_base,
+        )
+        for token in parsed.regions
+    ]
+    reseeds = [
+        Reseed(Rectangle(token.top, token.left, token.bottom, token.right), token.seed)
+        for token in parsed.reseeds
+    ]
+    return regions, reseeds
+
+
+def _ramp(length: int, feather: float, start: bool, end: bool) -> np.ndarray:
+    """Weights along one side: 1, falling linearly to 0 over ``feather * length`` at the feathered ends."""
+    weights = np.ones(length)
+    width = feather * length
+    if width > 0:
+        centres = np.arange(length) + 0.5
+        if start:
+            weights = np.minimum(weights, centres / width)
+        if end:
+            weights = np.minimum(weights, (length - centres) / width)
+    return weights
+
+
+@dataclass(frozen=True)
+class View:
+    """A window the UNet runs on each step (latent rows and columns) and what its result counts for."""
+
+    rows: slice
+    columns: slice
+    embeddings: np.ndarray
+    #: The region this view denoises (its rectangle lies inside the window); ``None`` for a base view.
+    region: Region | None = None
+
+    def window(self, latents: np.ndarray) -> np.ndarray:
+        return latents[:, :, self.rows, self.columns]
+
+
+def view_windows(rows: int, columns: int, window: int, stride: int) -> list[tuple[slice, slice]]:
+    """diffusers' MultiDiffusion windows over ``rows`` x ``columns`` latents, row by row.
+
+    A side smaller than ``window`` is one whole window. Where the stride does not land on the far
+    edge a last window is added flush with it, where diffusers would leave cells uncovered.
+    """
+
+    def starts(size: int) -> list[int]:
+        if size <= window:
+            return [0]
+        positions = list(range(0, size - window + 1, stride))
+        if positions[-1] + window < size:
+            positions.append(size - window)
+        return positions
+
+    return [
+        (slice(top, min(top + window, rows)), slice(left, min(left + window, columns)))
+        for top in starts(rows)
+        for left in starts(columns)
+    ]
+
+
+def unet_window(span: slice, size: int) -> slice:
+    """``span`` grown to whole UNet cells within ``size`` latents (whole cells themselves)."""
+    length = -(-(span.stop - span.start) // UNET_CELL) * UNET_CELL
+    start = max(0, min(span.start, size - length))
+    return slice(start, min(start + length, size))
+
+
+def reseed_latents(noise: np.ndarray, reseeds: Sequence[Reseed], seed: int) -> np.ndarray:
+    """``noise`` with each reseed's rectangle replaced by that seed's noise, as onnx-web's latents.
+
+    A ``-1`` seed is drawn from the image ``seed``, so the same request gives the same image.
+    """
+    if not reseeds:
+        return noise
+    result = noise.copy()
+    seeds = np.random.default_rng(seed)
+    for reseed in reseeds:
+        rectangle = reseed.rectangle
+        region_seed = int(seeds.integers(SEED_LIMIT)) if reseed.seed == -1 else reseed.seed
+        rows, columns = rectangle.latent
+        result[:, :, rows, columns] = sd.initial_latents(
+            region_seed, len(noise), rectangle.right - rectangle.left, rectangle.bottom - rectangle.top
+        )
+    return result
+
+
+def panorama(run: sd.Run, **options: Any) -> list[Image.Image]:
+    """Generate ``generation.batch`` images by MultiDiffusion (``panorama_latents``'s options)."""
+    return run.decode(panorama_latents(run, **options))
+
+
+def panorama_latents(
+    run: sd.Run,
+    *,
+    window: int = DEFAULT_WINDOW,
+    stride: int = DEFAULT_STRIDE,
+) -> np.ndarray:
+    """The denoised latents of ``window``-cell views ``stride`` cells apart, and of the prompt's regions.
+
+    The starting noise is onnx-web's seeded noise with the prompt's reseeds applied.
+    """
+    if window < 1 or stride < 1:
+        raise ValueError(f"panorama window and stride must be >= 1 latent cell, got {window} and {stride}")
+    generation = run.generation
+    regions, reseeds = region_tokens(generation.prompt)
+    for region in regions:
+        region.validate(generation.width, generation.height)
+    for reseed in reseeds:
+        reseed.rectangle.validate(f"reseed {reseed.seed}", generation.width, generation.height)
+    base = run
+    noise = sd.initial_latents(generation.seed, generation.batch, generation.width, generation.height)
+    latents = reseed_latents(noise, reseeds, generation.seed)
+    scheduler = base.scheduler()
+    views = base_views(base, latents.shape, window, stride) + region_views(base, regions, latents.shape)
+    return multidiffusion(base, scheduler, latents * float(scheduler.init_noise_sigma), views)
+
+
+def base_views(run: sd.Run, shape: tuple[int, ...], window: int, stride: int) -> list[View]:
+    """The MultiDiffusion windows over latents of ``shape``, all with the base prompt."""
+    embeddings = run.prompt_embeddings()
+    return [
+        View(rows, columns, embeddings) for rows, columns in view_windows(shape[2], shape[3], window, stride)
+    ]
+
+
+def region_views(run: sd.Run, regions: Sequence[Region], shape: tuple[int, ...]) -> list[View]:
+    """One view per region, its UNet window grown to whole UNet cells around the rectangle."""
+    if not regions:
+        return []
+    _, negative = sd.parse_prompts(run.generation)
+    views = []
+    for region in regions:
+        # The base prompt as written: its weights apply, its tokens are left out again.
+        spans = parse_prompt(region.text(run.generation.prompt)).spans
+        embeddings = sd.encode_prompt(run.model, spans, negative.spans if negative else None, run.generation)
+        rows, columns = region.rectangle.latent
+        views.append(View(unet_window(rows, shape[2]), unet_window(columns, shape[3]), embeddings, region))
+    return views
+
+
+def multidiffusion(run: sd.Run, scheduler: Any, latents: np.ndarray, views: Sequence[View]) -> np.ndarray:
+    """The denoising loop: every view stepped on its own scheduler state, then averaged per cell.
+
+    ``hooks.on_step(1)`` is called per scheduler step, ``hooks.check_cancelled()`` after every
+    UNet call, as in ``Run.denoise``.
+    """
+    import torch
+
+    generation = run.generation
+    unet = UNet(run.model.session("unet"))
+    generator = sd.torch_generator(generation.seed)
+    arguments = step_arguments(scheduler, eta=generation.eta, generator=generator)
+    # Per-view state: multistep schedulers remember earlier outputs, which are the view's own.
+    schedulers = [copy.deepcopy(scheduler) for _ in views]
+    timesteps = scheduler.timesteps
+    total = len(timesteps)
+    for index, t in enumerate(timesteps):
+        last = index == total - 1
+        value = np.zeros_like(latents)
+        count = np.zeros_like(latents)
+        for view, view_scheduler in zip(views, schedulers, strict=True):
+            if view.region is not None and last:
+                continue
+            sample = torch.from_numpy(view.window(latents))
+            doubled = torch.cat([sample] * 2) if generation.guidance else sample
+            noise = unet.predict(
+                view_scheduler.scale_model_input(doubled, t).numpy(), t, view.embeddings, generation
+            )
+            denoised = view_scheduler.step(
+                torch.from_numpy(noise), t, sample, **arguments, return_dict=False
+            )[0]
+            accumulate(value, count, view, denoised.numpy())
+            run.hooks.check_cancelled()
+        latents = np.where(count > 0, value / np.where(count > 0, count, 1), value).astype(np.float32)
+        if sd.counts_as_step(index, total, generation.steps, scheduler.order):
+            run.hooks.on_step(1)
+    return latents
+
+
+def accumulate(value: np.ndarray, count: np.ndarray, view: View, denoised: np.ndarray) -> None:
+    """Add one view's denoised window to the running sums (a region's rectangle only, with its weight)."""
+    region = view.region
+    if region is None:
+        value[:, :, view.rows, view.columns] += denoised
+        count[:, :, view.rows, view.columns] += 1
+        return
+    rows, columns = region.rectangle.latent
+    inside = denoised[
+        :,
+        :,
+        rows.start - view.rows.start : rows.stop - view.rows.start,
+        columns.start - view.columns.start : columns.stop - view.columns.start,
+    ]
+    mask = region.mask()
+    if region.strength >= REPLACE_STRENGTH:
+        # The base views' average where the feathered edge lets it through, the region elsewhere.
+        sums, counts = value[:, :, rows, columns], count[:, :, rows, columns]
+        average = np.where(counts > 0, sums / np.where(counts > 0, counts, 1), sums)
+        value[:, :, rows, columns] = average * (1 - mask) + inside * mask
+        count[:, :, rows, columns] = 1
+    else:
+        value[:, :, rows, columns] += inside * region.strength * mask
+        count[:, :, rows, columns] += region.strength * mask
+
+
+class UNet:
+    """An ONNX UNet session with the input types of its export."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.timestep_dtype = sd.input_type(session, "timestep", np.float32)
+        shape = next(item.shape for item in session.get_inputs() if item.name == "timestep")
+        #: Ours take one timestep per batch row, diffusers' export script a fixed number.
+        self.timestep_count = shape[0] if shape and isinstance(shape[0], int) else None
+
+    def predict(
+        self, sample: np.ndarray, t: Any, embeddings: np.ndarray, generation: sd.Generation
+    ) -> np.ndarray:
+        """The noise prediction for ``sample`` (already scaled), guided as the generation asks."""
+        count = self.timestep_count or len(sample)
+        noise: np.ndarray = self.session.run(
+            None,
+            {
+                "sample": sample.astype(np.float32),
+                "timestep": np.full((count,), float(t), dtype=self.timestep_dtype),
+                "encoder_hidden_states": embeddings,
+            },
+        )[0]
+        if generation.guidance:
+            uncond, text = np.split(noise, 2)
+            noise = uncond + generation.cfg * (text - uncond)
+        return noise

@@ -1,0 +1,235 @@
+"""The ``panorama`` pipeline on the demo model: MultiDiffusion against diffusers, regions, reseeds.
+
+The demo UNet is tiny, so the views are made small (16 latent cells, stride 8) to get several
+overlapping windows on a small image; diffusers' ``StableDiffusionPanoramaPipeline`` runs with
+the same views on the very same weights, our scheduler and our starting noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipelines.diffusion.model import Callbacks, DiffusionModel, Generation, Run, initial_latents
+from pipelines.diffusion.panorama import (
+    Rectangle,
+    Region,
+    Reseed,
+    panorama,
+    panorama_latents,
+    region_tokens,
+    reseed_latents,
+    unet_window,
+    view_windows,
+)
+from pipelines.diffusion.prompt import parse_prompt
+from pipelines.diffusion.txt2img import txt2img
+from pipelines.models.demo import DEMO_MODELS
+from pipelines.stages import source_txt2img
+from tests.unit.pipelines.contexts import stage_context
+from tests.unit.pipelines.images import pixels
+from tests.unit.pipelines.reference import assert_matches, demo_generation, from_our_noise, run_diffusers
+from tests.unit.pipelines.resolved import IMAGE, run_stage
+
+#: Views of 16 latent cells (128 px) every 8 cells: a 256x128 image has three, overlapping by half.
+WINDOW, STRIDE = 16, 8
+WIDE: dict[str, Any] = {"width": 256, "height": 128}
+WIDE_PROMPT = demo_generation().prompt
+
+
+def our_panorama(model: DiffusionModel, gen: Generation, **options: Any) -> np.ndarray:
+    return pixels(panorama(Run(model, gen), window=WINDOW, stride=STRIDE, **options))
+
+
+def diffusers_panorama(parts: dict[str, Any], model: DiffusionModel, gen: Generation) -> np.ndarray:
+    """diffusers' panorama pipeline with our views, noise and scheduler, ``circular_padding`` off."""
+    from diffusers import StableDiffusionPanoramaPipeline
+
+    base_views: Any = StableDiffusionPanoramaPipeline.get_views
+
+    class SmallViews(StableDiffusionPanoramaPipeline):
+        def get_views(self, *args: Any, **kwargs: Any) -> Any:
+            return base_views(self, *args, **{**kwargs, "window_size": WINDOW, "stride": STRIDE})
+
+    return run_diffusers(SmallViews, parts, model, gen, **from_our_noise(gen))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"scheduler": "ddim"}, id="ddim"),
+        # Step noise: one generator, drawn view after view.
+        pytest.param({"scheduler": "euler-a"}, id="euler-a"),
+        # Multistep schedulers: every view keeps its own history of model outputs.
+        pytest.param({"scheduler": "dpm-multi"}, id="dpm-multi"),
+        pytest.param({"scheduler": "pndm"}, id="pndm"),
+        pytest.param({"cfg": 1.0}, id="no-guidance"),
+    ],
+)
+def test_panorama_matches_diffusers_panorama_pipeline(
+    demo_model: DiffusionModel, torch_parts: Callable[[str], dict[str, Any]], changes: dict[str, Any]
+) -> None:
+    gen = demo_generation(**changes, **WIDE)
+    assert len(view_windows(gen.height // 8, gen.width // 8, WINDOW, STRIDE)) == 3
+    reference = diffusers_panorama(torch_parts(DEMO_MODELS[0].name), demo_model, gen)
+    ours = our_panorama(demo_model, gen)
+    assert_matches(ours, reference, (1, 128, 256, 3))
+    # The windows matter: a plain txt2img of the same size and noise is another image.
+    assert np.abs(ours - pixels(txt2img(Run(demo_model, gen)))).mean() > 1
+
+
+def test_views_cover_the_latents_as_diffusers_lays_them_out() -> None:
+    assert view_windows(16, 32, 16, 8) == [(slice(0, 16), slice(left, left + 16)) for left in (0, 8, 16)]
+    # Smaller than the window: one view of the whole latents.
+    assert view_windows(6, 8, 64, 8) == [(slice(0, 6), slice(0, 8))]
+    # A stride that misses the far edge gets a last window flush with it.
+    assert view_windows(8, 20, 8, 8) == [
+        (slice(0, 8), slice(0, 8)),
+        (slice(0, 8), slice(8, 16)),
+        (slice(0, 8), slice(12, 20)),
+    ]
+
+
+def test_region_windows_grow_to_whole_unet_cells_inside_the_latents() -> None:
+    assert unet_window(slice(1, 5), 16) == slice(1, 9)
+    assert unet_window(slice(25, 32), 32) == slice(24, 32)
+    assert unet_window(slice(0, 16), 16) == slice(0, 16)
+
+
+def test_region_and_reseed_tokens_are_read_and_left_out_of_the_encoded_text() -> None:
+    prompt = "a castle <region:0:64:128:192:4.5:0.25_TB:a red dragon+> at dusk <reseed:8:16:64:80:-1>"
+    regions, reseeds = region_tokens(prompt)
+    assert parse_prompt(prompt).text == "a castle  at dusk "
+    assert regions == [Region(Rectangle(0, 64, 128, 192), 4.5, 0.25, "TB", "a red dragon", True)]
+    assert regions[0].text("a castle at dusk") == "a red dragon a castle at dusk"
+    assert reseeds == [Reseed(Rectangle(8, 16, 64, 80), -1)]
+    [plain] = region_tokens("<region:0:0:64:64:2:0:a cat>")[0]
+    assert (plain.edges, plain.append_base, plain.text("base")) == ("TLBR", False, "a cat")
+
+
+def test_feather_ramps_only_the_chosen_edges() -> None:
+    region = Region(Rectangle(0, 0, 64, 64), 2.0, 0.5, "L", "x", False)
+    mask = region.mask()
+    assert mask.shape == (8, 8)
+    # Half the width (4 cells) ramps up from the left edge, cell centres at 1/8, 3/8, ...
+    assert np.allclose(mask, [[0.125, 0.375, 0.625, 0.875, 1, 1, 1, 1]] * 8)
+    assert np.allclose(Region(Rectangle(0, 0, 64, 64), 2.0, 0.0, "TLBR", "x", False).mask(), 1)
+
+
+def halves(model: DiffusionModel, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    """The final latents' left and right halves, from two views side by side that do not overlap.
+
+    Without overlap nothing flows between the halves, so a change confined to one half stays
+    there exactly (the decoder's attention would spread it over the image's pixels).
+    """
+    latents = panorama_latents(Run(model, demo_generation(prompt=prompt, **WIDE)), window=16, stride=16)
+    return latents[..., :16], latents[..., 16:]
+
+
+def test_a_strong_region_replaces_the_prompt_in_its_rectangle_only(demo_model: DiffusionModel) -> None:
+    ocean = "a blue ocean with a golden moon at night"
+    left, right = halves(demo_model, WIDE_PROMPT)
+    region_left, region_right = halves(demo_model, f"{WIDE_PROMPT} <region:0:128:128:256:100:0:{ocean}>")
+    _, ocean_right = halves(demo_model, ocean)
+    assert np.array_equal(region_left, left)
+    assert np.abs(region_right - right).mean() > 0.1
+    # Strength 100 replaces the base prompt: the rectangle is the ocean prompt's image there,
+    # but for the last step, which regions skip.
+    assert np.abs(region_right - ocean_right).mean() < 0.01
+    # A weak region blends in: part of the way from the base prompt to the region's.
+    _, weak_right = halves(demo_model, f"{WIDE_PROMPT} <region:0:128:128:256:0.5:0:{ocean}>")
+    assert 0.1 < np.abs(weak_right - right).mean() / np.abs(ocean_right - right).mean() < 0.9
+
+
+def test_a_region_outside_the_image_is_refused(demo_model: DiffusionModel) -> None:
+    gen = demo_generation(prompt="a cat <region:0:0:64:320:2:0:a dog>", **WIDE)
+    with pytest.raises(ValueError, match="outside the 256x128 image"):
+        panorama(Run(demo_model, gen))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        panorama(Run(demo_model, demo_generation(prompt="a cat <reseed:0:0:60:64:3>", **WIDE)))
+
+
+def test_reseed_changes_the_starting_noise_only_inside_its_rectangle() -> None:
+    noise = initial_latents(5, 1, 256, 128)
+    reseeded = reseed_latents(noise, [Reseed(Rectangle(32, 64, 96, 160), 77)], seed=5)
+    inside = (slice(None), slice(None), slice(4, 12), slice(8, 20))
+    assert np.array_equal(reseeded[inside], initial_latents(77, 1, 96, 64))
+    outside = np.ones(noise.shape, bool)
+    outside[inside] = False
+    assert np.array_equal(reseeded[outside], noise[outside])
+    # -1 takes its seed from the image seed: random-looking, yet the same request gives the same noise.
+    random = reseed_latents(noise, [Reseed(Rectangle(32, 64, 96, 160), -1)], seed=5)
+    assert np.array_equal(random, reseed_latents(noise, [Reseed(Rectangle(32, 64, 96, 160), -1)], seed=5))
+    assert not np.array_equal(random[inside], noise[inside])
+
+
+def test_reseed_token_changes_the_image_from_its_rectangle(demo_model: DiffusionModel) -> None:
+    left, right = halves(demo_model, WIDE_PROMPT)
+    reseeded_left, reseeded_right = halves(demo_model, f"{WIDE_PROMPT} <reseed:0:128:128:256:9>")
+    assert np.array_equal(reseeded_left, left)
+    assert np.abs(reseeded_right - right).mean() > 1
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "heun"])
+def test_progress_reports_one_step_per_scheduler_step(demo_model: DiffusionModel, scheduler: str) -> None:
+    steps: list[int] = []
+    checks: list[None] = []
+    hooks = Callbacks(on_step=steps.append, check_cancelled=lambda: checks.append(None))
+    gen = demo_generation(
+        scheduler=scheduler,
+        steps=4,
+        # A region off the UNet's 64-px grid: the UNet runs on the whole cells around it.
+        prompt=f"{WIDE_PROMPT} <region:8:200:40:256:2:0.25:a dog>",
+        **WIDE,
+    )
+    panorama(Run(demo_model, gen, hooks), window=WINDOW, stride=STRIDE)
+    assert sum(steps) == 4
+    # Every UNet call checks for cancellation: three views and a region (not on the last call).
+    calls = len(Run(demo_model, gen).scheduler().timesteps)
+    assert len(checks) == calls * 4 - 1
+
+
+def test_stage_routes_the_panorama_pipeline(models_path: Path, demo_model: DiffusionModel) -> None:
+    params = {
+        **IMAGE,
+        "model": DEMO_MODELS[0].name,
+        "pipeline": "panorama",
+        "prompt": "a cat <region:0:0:64:64:4:0:a dog>",
+        "seed": 3,
+        "steps": 3,
+        # A 256-px tile makes 32-cell views: five of them over 512x256, which the small UNet
+        # and a full-size txt2img run in little memory.
+        "width": 512,
+        "height": 256,
+        "unet_tile": 256,
+    }
+    steps: list[int] = []
+    [result] = run_stage(
+        source_txt2img.STAGE, stage_context(steps=steps, models_path=models_path), params, []
+    )
+    assert result.image.size == (512, 256)
+    assert result.metadata["params"]["pipeline"] == "panorama"
+    assert sum(steps) == 3
+    gen = Generation.from_params(params)
+    expected = panorama(Run(demo_model, gen), window=32)
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected[0]))
+    [plain] = run_stage(
+        source_txt2img.STAGE, stage_context(models_path=models_path), {**params, "pipeline": "txt2img"}, []
+    )
+    assert not np.array_equal(np.asarray(plain.image), np.asarray(result.image))
+
+
+def test_panorama_is_admitted_like_a_txt2img_of_the_same_size() -> None:
+    from pipelines.memory import chain_memory
+
+    def peak(pipeline: str) -> dict[str, int]:
+        params = {**IMAGE, "pipeline": pipeline, "width": 1024, "height": 512}
+        stage = {"name": "source", "type": "source-txt2img", "params": params, "tiles": 1024}
+        memory = chain_memory([stage], (0, 0), model_bytes=lambda name: 2 * 1024**3, family=lambda name: "sd")
+        return memory.to_dict()
+
+    assert peak("panorama") == peak("txt2img")
