@@ -14,12 +14,14 @@ from typing import Any
 
 import jsonschema
 
+from pipelines.diffusion.networks import unknown_networks
+from pipelines.diffusion.prompt import PromptSyntaxError, parse_stages
 from pipelines.models.registry import ModelRegistry
 from pipelines.stages import NAMES, PLANNED, STAGES, effective_tile, estimate_steps
 from pipelines.stages.spec import MAX_TILE, ParamError, StageType, integer, parse_tiles
 from service.errors import InvalidParams, NotImplementedYet
 from service.fetch import SourceURLError, parse_source_url
-from service.params import ParsedRequest
+from service.params import ParsedRequest, check_route_pipeline
 
 MAX_STAGES = 50
 SCALAR = {"type": ["string", "number", "boolean", "null"]}
@@ -136,6 +138,7 @@ def require_runnable(
                 f"{pipeline} needs an SDXL model; {params['model']} is Stable Diffusion 1.x/2.x "
                 f"(SDXL models here: {_listing(_family_models(registry, 'sdxl'))})",
             )
+        _require_networks(params, registry, where)
         if family == "sdxl" and entry["type"] not in SDXL_STAGES:
             raise InvalidParams(
                 f"{where}model",
@@ -143,6 +146,26 @@ def require_runnable(
                 f"(source-txt2img); {entry['type']} needs a Stable Diffusion 1.x/2.x model "
                 f"({_listing(_family_models(registry, 'sd'))})",
             )
+
+
+def _require_networks(params: Mapping[str, Any], registry: ModelRegistry, where: str) -> None:
+    """400 for a ``<lora:…>`` or ``<inversion:…>`` that names no network here, listing those there.
+
+    The worker would skip it (as onnx-web does), and the user would get an image without it.
+    """
+    for key, field_name in (("prompt", "prompt"), ("negative_prompt", "negativePrompt")):
+        text = params.get(key)
+        if not isinstance(text, str):
+            continue
+        for parsed in parse_stages(text):
+            missing = unknown_networks(parsed, registry)
+            if missing:
+                kind, _, name = missing[0].partition(":")
+                there = [network.name for network in registry.networks(kind)]  # type: ignore[arg-type]
+                label = "LoRA" if kind == "lora" else "textual inversion"
+                raise InvalidParams(
+                    f"{where}{field_name}", f"no {label} named {name!r}; available: {_listing(there)}"
+                )
 
 
 def _family_models(registry: ModelRegistry, family: str) -> list[str]:
@@ -155,6 +178,26 @@ def _family_models(registry: ModelRegistry, family: str) -> list[str]:
 
 def _listing(names: Sequence[str]) -> str:
     return ", ".join(names) or "none"
+
+
+def check_prompts(request: ParsedRequest) -> None:
+    """400 naming the field and character of the first mistake in a prompt's syntax (contract §9).
+
+    The text as sent is checked, so positions are the user's; then, if wildcards changed it, the
+    expanded text the worker will parse.
+    """
+    image = request.image
+    for field_name, sent, expanded in (
+        ("prompt", image.input_prompt, image.prompt),
+        ("negativePrompt", image.input_negative_prompt, image.negative_prompt),
+    ):
+        for text, note in ((sent, ""), (expanded, " (after wildcards were expanded)")):
+            if text is None or (note and text == sent):
+                continue
+            try:
+                parse_stages(text)
+            except PromptSyntaxError as err:
+                raise InvalidParams(field_name, f"{err}{note}") from err
 
 
 def output_settings(request: ParsedRequest, image_format: str, thumbnail_size: int) -> dict[str, Any]:
@@ -398,6 +441,8 @@ def _legacy(
     metadata: dict[str, Any] | None = None,
 ) -> BuiltChain:
     """A legacy route's chain: its stages, then ``persist-disk`` saving every final image."""
+    check_route_pipeline(kind, request.image.pipeline)
+    check_prompts(request)
     stages = [*stages, stage("save", "persist-disk", {})]
     width, height = input_size or (request.image.width, request.image.height)
     metadata = {"input_size": {"width": width, "height": height}, **(metadata or {})}
@@ -486,9 +531,11 @@ def _parse_at(
 ) -> ParsedRequest:
     """Parse one stage's flat parameters, naming bad fields by their path in the document."""
     try:
-        return parse("txt2img", raw)
+        request = parse("txt2img", raw)
+        check_prompts(request)
     except InvalidParams as err:
         raise InvalidParams(f"{path}.{err.field}", err.rule) from err
+    return request
 
 
 def build_chain(

@@ -474,13 +474,20 @@ def parse_device(group: Mapping[str, Any], config: Config) -> DeviceParams:
     return DeviceParams(platform)
 
 
-def _check_pipeline_runs(route: Route, pipeline: str) -> None:
-    """Refuse a pipeline this server does not run, or does not run on ``route``, naming what does."""
+def _check_pipeline_runs(pipeline: str) -> None:
+    """Refuse a pipeline this server does not run, naming the ones it does."""
     if pipeline in PIPELINES_NOT_RUN:
         raise InvalidParams(
             "pipeline",
             f"{pipeline} is not run by this server; available: {_listing(AVAILABLE_PIPELINES)}",
         )
+
+
+def check_route_pipeline(route: str, pipeline: str) -> None:
+    """Refuse a pipeline another legacy route runs (txt2img's ``panorama`` sent to inpaint, ...).
+
+    Chain stages are not checked here: a stage's type, not a route, says what it runs.
+    """
     choices = ROUTE_PIPELINE_CHOICES.get(route)
     if choices is not None and pipeline not in choices:
         raise InvalidParams(
@@ -500,7 +507,7 @@ def parse_image(
             f"no diffusion model {_show(model_name)}; available: {_listing(registry.names('diffusion'))}",
         )
     pipeline = reader.choice("pipeline", PIPELINES, default=ROUTE_PIPELINES[route])
-    _check_pipeline_runs(route, pipeline)
+    _check_pipeline_runs(pipeline)
     control = _name(reader.values, "control") or reader.default("control") or None
     if control is not None and registry.find_network("control", control) is None:
         names = [network.name for network in registry.networks("control")]

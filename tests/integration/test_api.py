@@ -125,6 +125,65 @@ def test_bad_input_is_a_400_naming_the_field(
     assert error_of(result).startswith(field), result.json
 
 
+def test_a_malformed_prompt_is_a_400_naming_the_field_and_position(
+    client: falcon.testing.TestClient, job_store: JobStore
+) -> None:
+    result = submit(client, prompt="a (cat:1.2", steps=3)
+    assert result.status_code == 400, result.text
+    assert error_of(result).startswith("prompt") and "at character 10" in error_of(result)
+    result = submit(client, prompt="a cat", negativePrompt="blurry, [ugly", steps=3)
+    assert result.status_code == 400, result.text
+    assert error_of(result).startswith("negativePrompt") and "at character 8" in error_of(result)
+    stage = {"name": "a", "type": "source-txt2img", "params": {"prompt": "a cat || (dog"}}
+    result = client.simulate_post("/api/chain", json={"stages": [stage]})
+    assert result.status_code == 400, result.text
+    assert error_of(result).startswith("stages[0].params.prompt") and "at character 9" in error_of(result)
+    assert job_store.queue_depth() == 0
+    assert submit(client, prompt="a (cat:1.2), [dim] \\(literal\\)", steps=3).status_code == 200
+
+
+def test_a_pipeline_of_another_route_or_not_run_here_is_a_400_and_nothing_is_queued(
+    client: falcon.testing.TestClient, job_store: JobStore
+) -> None:
+    result = submit(client, prompt="a cat", steps=3, pipeline="img2img")
+    assert result.status_code == 400, result.text
+    assert error_of(result).startswith("pipeline: img2img does not run on txt2img; txt2img runs: txt2img")
+    result = submit(client, prompt="a cat", steps=3, pipeline="pix2pix")
+    assert error_of(result).startswith("pipeline: pix2pix is not run by this server; available: ")
+    stage = {"name": "a", "type": "source-txt2img", "params": {"prompt": "a cat", "pipeline": "controlnet"}}
+    result = client.simulate_post("/api/chain", json={"stages": [stage]})
+    assert result.status_code == 400 and error_of(result).startswith("stages[0].params.pipeline"), result.text
+    assert job_store.queue_depth() == 0
+
+
+def test_a_network_that_is_not_there_is_a_400_listing_those_that_are(
+    job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path
+) -> None:
+    (models / "lora").mkdir(exist_ok=True)
+    (models / "lora" / "details.safetensors").write_bytes(b"")
+    client = api_client(job_store, object_store, models, tmp_path)
+    result = submit(client, prompt="a cat <lora:detials:0.5>", steps=3)
+    assert result.status_code == 400, result.text
+    assert error_of(result) == "prompt: no LoRA named 'detials'; available: details"
+    result = submit(client, prompt="a cat", negativePrompt="<inversion:ugly:1>", steps=3)
+    assert error_of(result) == "negativePrompt: no textual inversion named 'ugly'; available: none"
+    stage = {"name": "a", "type": "source-txt2img", "params": {"prompt": "x || y <lora:gone:1>"}}
+    result = client.simulate_post("/api/chain", json={"stages": [stage]})
+    assert error_of(result).startswith("stages[0].params.prompt: no LoRA named 'gone'"), result.text
+    assert job_store.queue_depth() == 0
+    assert submit(client, prompt="a cat <lora:details:0.5>", steps=3).status_code == 200
+
+
+def test_a_wildcard_that_breaks_the_prompt_syntax_is_a_400(
+    job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path
+) -> None:
+    (models / "wildcard" / "open.txt").write_text("(unclosed\n")
+    client = api_client(job_store, object_store, models, tmp_path)
+    result = submit(client, prompt="a __open__ cat", steps=3)
+    assert result.status_code == 400, result.text
+    assert error_of(result).startswith("prompt") and "after wildcards were expanded" in error_of(result)
+
+
 def test_nothing_is_queued_for_rejected_input(client: falcon.testing.TestClient, job_store: JobStore) -> None:
     assert submit(client, steps=1000).status_code == 400
     assert job_store.queue_depth() == 0

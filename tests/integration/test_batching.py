@@ -218,8 +218,15 @@ def test_the_claim_takes_the_head_job_and_only_compatible_mates(
 
 @pytest.mark.parametrize(
     "change",
-    [{"batch": 2}, {"tiled_vae": True}, {"upscale": True}],
-    ids=["own-batch", "tiled-vae", "not-plain"],
+    [
+        {"batch": 2},
+        {"tiled_vae": True},
+        {"upscale": True},
+        # A LoRA is blended into the UNet the batch would share (migration 0009).
+        {"prompt": "a cat <lora:details:0.5>"},
+        {"negative_prompt": "blurry <lora:details:-1>"},
+    ],
+    ids=["own-batch", "tiled-vae", "not-plain", "lora", "negative-lora"],
 )
 def test_a_job_that_cannot_share_a_batch_is_claimed_alone(
     job_store: JobStore, models: Path, change: dict[str, Any]

@@ -257,7 +257,7 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["worker_columns"] == EXPECTED_WORKER_COLUMNS
     assert found["key_columns"] == EXPECTED_KEY_COLUMNS
     assert found["usage_columns"] == EXPECTED_USAGE_COLUMNS
-    assert found["version"] == [("0008",)]
+    assert found["version"] == [("0009",)]
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
