@@ -7,7 +7,7 @@
 #   queue    bench.queue: 20,000 zero-length jobs claimed and completed, 1,000 and 100,000 pending,
 #            4 threads in each of 4, 8, 12 and 16 processes.
 #   load     bench.load --api-only: 8 gunicorn processes, 4 locust processes, GUIs polling once
-#            a second or two, at 1,000 and 2,000 users.
+#            a second or two, at 2,000 and 4,000 users.
 # Every figure lands as JSON in OUT_DIR, with the host's core count in it.
 set -euo pipefail
 
@@ -26,16 +26,16 @@ install)
     ;;
 queue)
     for pending in 1000 100000; do
-        for processes in 4 8 12 16; do
+        for processes in ${PROCESSES:-4 8 12 16}; do
             python3 -m bench.queue --jobs 20000 --pending "$pending" --processes "$processes" \
                 --workers 4 --out "$out/queue-p$processes-pending$pending.json" | tail -4
         done
     done
     ;;
 load)
-    for users in 1000 2000; do
+    for users in 2000 4000; do
         python3 -m bench.load --api-only --api-workers 8 --locust-processes 4 --users "$users" \
-            --spawn-rate 200 --think 1,3 --seconds 60 --out "$out/load-$users.json" | tail -8
+            --spawn-rate 400 --think 1,3 --seconds 60 --out "$out/load-$users.json" | tail -8
     done
     ;;
 *)
