@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 LATENT_CHANNELS = 4
 #: Pixels per latent cell of SD's VAE.
 LATENT_FACTOR = 8
+#: Text encoder outputs ``clip_skip.k``: the state k layers from the end, through the final LayerNorm.
+CLIP_SKIP_OUTPUT = "clip_skip."
 #: SD 1.x's latent scaling factor, used when a model folder does not say otherwise.
 DEFAULT_SCALING_FACTOR = 0.18215
 #: ONNX tensor types to numpy, for the inputs whose type differs between exports.
@@ -275,33 +277,62 @@ def input_type(session: Any, name: str, default: Any) -> Any:
     return default
 
 
-def encode_text(model: DiffusionModel, windows: np.ndarray) -> np.ndarray:
-    """Run the text encoder on token windows; returns ``(1, windows * 77, hidden)``."""
+def encode_text(model: DiffusionModel, windows: np.ndarray, clip_skip: int = 0) -> np.ndarray:
+    """Run the text encoder on token windows; returns ``(1, windows * 77, hidden)``.
+
+    ``clip_skip`` k > 1 conditions on the output k layers from the end, through the final
+    LayerNorm (the converter's ``clip_skip.k`` outputs; diffusers' ``clip_skip=k-1``). An encoder
+    converted without them, or a k deeper than it has, is logged and gives the nearest it has.
+    """
     session = model.session("text_encoder")
     ids = windows.astype(input_type(session, "input_ids", np.int32))
-    hidden = session.run(None, {"input_ids": ids})[0]
+    output = clip_skip_output(session, clip_skip)
+    hidden = session.run([output] if output else None, {"input_ids": ids})[0]
     return hidden.reshape(1, -1, hidden.shape[-1])
 
 
+def clip_skip_output(session: Any, clip_skip: int) -> str | None:
+    """The text encoder output ``<clip:skip:clip_skip>`` reads, or None for the first (no skip)."""
+    if clip_skip <= 1:
+        return None
+    available = sorted(
+        int(name.removeprefix(CLIP_SKIP_OUTPUT))
+        for output in session.get_outputs()
+        if (name := output.name).startswith(CLIP_SKIP_OUTPUT)
+    )
+    if not available:
+        logger.warning(
+            "<clip:skip:%d> needs a text encoder converted with clip_skip outputs; ignored", clip_skip
+        )
+        return None
+    if clip_skip > available[-1]:
+        logger.warning("<clip:skip:%d> is deeper than the text encoder; using %d", clip_skip, available[-1])
+    return f"{CLIP_SKIP_OUTPUT}{min(clip_skip, available[-1])}"
+
+
 def encode_prompt(
-    model: DiffusionModel, prompt: PromptText, negative_prompt: PromptText | None, generation: Generation
+    model: DiffusionModel,
+    prompt: PromptText,
+    negative_prompt: PromptText | None,
+    generation: Generation,
+    clip_skip: int = 0,
 ) -> np.ndarray:
     """Prompt embeddings for the UNet: ``[negative] * batch + [prompt] * batch`` with guidance.
 
     ``prompt`` and ``negative_prompt`` are already free of network tokens: plain text, or a parsed
     prompt's weighted spans. Without guidance the negative prompt is not encoded at all, as in
-    diffusers.
+    diffusers. ``clip_skip`` (the prompt's ``<clip:skip:k>``) applies to both, as in diffusers.
     """
     tokenizer = model.tokenizer
     windows = prompt_windows(tokenizer, prompt)
     if not generation.guidance:
-        return np.repeat(encode_weighted(model, windows), generation.batch, axis=0)
+        return np.repeat(encode_weighted(model, windows, clip_skip), generation.batch, axis=0)
     negative = prompt_windows(tokenizer, negative_prompt or "")
     count = max(len(windows.ids), len(negative.ids))
     if count > 1:
         logger.debug("long prompt: %d windows of %d tokens", count, tokenizer.model_max_length)
-    positive_embeds = encode_weighted(model, windows.padded(tokenizer, count))
-    negative_embeds = encode_weighted(model, negative.padded(tokenizer, count))
+    positive_embeds = encode_weighted(model, windows.padded(tokenizer, count), clip_skip)
+    negative_embeds = encode_weighted(model, negative.padded(tokenizer, count), clip_skip)
     return np.concatenate(
         [
             np.repeat(negative_embeds, generation.batch, axis=0),
@@ -310,9 +341,9 @@ def encode_prompt(
     )
 
 
-def encode_weighted(model: DiffusionModel, windows: TokenWindows) -> np.ndarray:
+def encode_weighted(model: DiffusionModel, windows: TokenWindows, clip_skip: int = 0) -> np.ndarray:
     """``encode_text`` on the windows' ids, each token's embedding weighted as lpw does."""
-    return weight_embeddings(encode_text(model, windows.ids), windows.weights)
+    return weight_embeddings(encode_text(model, windows.ids, clip_skip), windows.weights)
 
 
 def initial_latents(seed: int, batch: int, width: int, height: int) -> np.ndarray:
@@ -355,11 +386,8 @@ class Run:
     def prompt_embeddings(self) -> np.ndarray:
         """``encode_prompt`` on the generation's weighted prompts, tokens removed (SD 1.x's one encoder)."""
         prompt, negative = parse_prompts(self.generation)
-        if prompt.clip_skip:
-            logger.warning(
-                "<clip:skip:%d> needs a text encoder exported with hidden states; ignored", prompt.clip_skip
-            )
-        return encode_prompt(self.model, prompt.spans, negative.spans if negative else None, self.generation)
+        negative_spans = negative.spans if negative else None
+        return encode_prompt(self.model, prompt.spans, negative_spans, self.generation, prompt.clip_skip)
 
     def scheduler(self) -> Any:
         """A fresh scheduler (schedulers keep per-run state), seeded and set to the generation's steps."""

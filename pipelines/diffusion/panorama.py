@@ -260,12 +260,13 @@ def region_views(run: sd.Run, regions: Sequence[Region], shape: tuple[int, ...])
     """One view per region, its UNet window grown to whole UNet cells around the rectangle."""
     if not regions:
         return []
-    _, negative = sd.parse_prompts(run.generation)
+    base, negative = sd.parse_prompts(run.generation)
     views = []
     for region in regions:
         # The base prompt as written: its weights apply, its tokens are left out again.
         spans = parse_prompt(region.text(run.generation.prompt)).spans
-        embeddings = sd.encode_prompt(run.model, spans, negative.spans if negative else None, run.generation)
+        negative_spans = negative.spans if negative else None
+        embeddings = sd.encode_prompt(run.model, spans, negative_spans, run.generation, base.clip_skip)
         rows, columns = region.rectangle.latent
         views.append(View(unet_window(rows, shape[2]), unet_window(columns, shape[3]), embeddings, region))
     return views

@@ -4,7 +4,8 @@ The layout is diffusers' ``OnnxStableDiffusionPipeline`` folder, with its input 
 
     <dest>/model_index.json
     <dest>/hash.txt                      first line: short upper-case SHA-256 of the UNet
-    <dest>/text_encoder/model.onnx       input_ids -> last_hidden_state, pooler_output
+    <dest>/text_encoder/model.onnx       input_ids -> last_hidden_state, pooler_output,
+                                         clip_skip.2 ... clip_skip.N (for ``<clip:skip:k>``)
     <dest>/tokenizer/                    vocab.json, merges.txt, tokenizer_config.json, ...
     <dest>/unet/model.onnx               sample, timestep, encoder_hidden_states -> out_sample
                                          (+ class_labels for UNets with class embeddings)
@@ -86,7 +87,9 @@ def convert_diffusers_folder(
     # SDXL conditions on a hidden state before the last: its encoders return all of them.
     sdxl = (src / "text_encoder_2").is_dir()
     text_encoder = prepare(CLIPTextModel.from_pretrained(src / "text_encoder").eval())
-    export_text_encoder(text_encoder, partial / "text_encoder" / ONNX_FILE, opset, hidden_states=sdxl)
+    export_text_encoder(
+        text_encoder, partial / "text_encoder" / ONNX_FILE, opset, hidden_states=sdxl, clip_skip=not sdxl
+    )
     del text_encoder
     if sdxl:
         from transformers import CLIPTextModelWithProjection
@@ -130,17 +133,23 @@ def convert_diffusers_folder(
     return dest
 
 
-def export_text_encoder(text_encoder: Any, path: Path, opset: int, *, hidden_states: bool = False) -> None:
+def export_text_encoder(
+    text_encoder: Any, path: Path, opset: int, *, hidden_states: bool = False, clip_skip: bool = False
+) -> None:
     """Export a transformers CLIP text encoder: int32 ``input_ids`` (batch, 77) -> hidden states.
 
     A ``CLIPTextModel`` returns ``last_hidden_state, pooler_output``; a
     ``CLIPTextModelWithProjection`` (SDXL's second encoder) ``text_embeds, last_hidden_state``.
     ``hidden_states`` appends the embeddings and every layer's output (``hidden_states.0`` to
-    ``hidden_states.N``), as optimum exports SDXL's encoders.
+    ``hidden_states.N``), as optimum exports SDXL's encoders. ``clip_skip`` appends
+    ``clip_skip.2`` to ``clip_skip.N``: the output ``k`` layers from the end through the encoder's
+    final LayerNorm, which ``<clip:skip:k>`` conditions on (``clip_skip.1`` would be
+    ``last_hidden_state``), as diffusers' ``clip_skip=k-1`` does.
     """
     import torch
 
     projected = hasattr(text_encoder, "text_projection")
+    layers = text_encoder.config.num_hidden_layers
 
     class TextEncoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -148,13 +157,19 @@ def export_text_encoder(text_encoder: Any, path: Path, opset: int, *, hidden_sta
             self.model = text_encoder
 
         def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            output = self.model(input_ids=input_ids, output_hidden_states=hidden_states, return_dict=True)
+            every = hidden_states or clip_skip
+            output = self.model(input_ids=input_ids, output_hidden_states=every, return_dict=True)
             first = (
                 (output.text_embeds, output.last_hidden_state)
                 if projected
                 else (output.last_hidden_state, output.pooler_output)
             )
-            return first + (tuple(output.hidden_states) if hidden_states else ())
+            skipped: tuple[torch.Tensor, ...] = ()
+            if clip_skip:
+                # transformers 5 puts the norm on the model itself; 4.x on its ``text_model``.
+                norm = getattr(self.model, "text_model", self.model).final_layer_norm
+                skipped = tuple(norm(output.hidden_states[-skip]) for skip in range(2, layers + 1))
+            return first + (tuple(output.hidden_states) if hidden_states else ()) + skipped
 
     context = text_encoder.config.max_position_embeddings
     input_ids = torch.zeros((1, context), dtype=torch.int32)
@@ -162,9 +177,9 @@ def export_text_encoder(text_encoder: Any, path: Path, opset: int, *, hidden_sta
         ["text_embeds", "last_hidden_state"] if projected else ["last_hidden_state", "pooler_output"]
     )
     if hidden_states:
-        output_names += [
-            f"hidden_states.{index}" for index in range(text_encoder.config.num_hidden_layers + 1)
-        ]
+        output_names += [f"hidden_states.{index}" for index in range(layers + 1)]
+    if clip_skip:
+        output_names += [f"clip_skip.{skip}" for skip in range(2, layers + 1)]
     export_module(
         TextEncoder(),
         (input_ids,),

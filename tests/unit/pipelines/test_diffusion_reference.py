@@ -63,6 +63,58 @@ def test_txt2img_variants_match_diffusers_torch_pipeline(
     assert_matches(pixels(txt2img(Run(demo_model, gen))), reference)
 
 
+def skipped_embeddings(parts: dict[str, Any], text: str, skip: int) -> Any:
+    """What diffusers' ``clip_skip=skip-1`` conditions on: the state ``skip`` layers from the end,
+    through the final LayerNorm (computed here: diffusers 0.42.1 reaches for ``text_model``, which
+    transformers 5 no longer has)."""
+    import torch
+
+    tokenizer, encoder = parts["tokenizer"], parts["text_encoder"]
+    ids = tokenizer(
+        text,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    with torch.no_grad():
+        states = encoder(ids, output_hidden_states=True).hidden_states
+        return getattr(encoder, "text_model", encoder).final_layer_norm(states[-skip])
+
+
+def test_clip_skip_matches_diffusers_on_the_skipped_layer(
+    demo_model: DiffusionModel, torch_parts: Callable[[str], dict[str, Any]]
+) -> None:
+    """``<clip:skip:k>`` conditions on the state k layers from the end (A1111's count); the demo
+    encoder has two layers, so 2 (the penultimate, as anime models want) is its one real skip."""
+    skip = 2
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
+    from tests.unit.pipelines.reference import NO_SAFETY_CHECKER
+
+    plain = demo_generation()
+    parts = torch_parts(DEMO_MODELS[0].name)
+    scheduler = make_scheduler(plain.scheduler, load_scheduler_config(demo_model.folder), seed=plain.seed)
+    pipe = StableDiffusionPipeline(**parts, **NO_SAFETY_CHECKER, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        prompt_embeds=skipped_embeddings(parts, plain.prompt, skip),
+        negative_prompt_embeds=skipped_embeddings(parts, plain.negative_prompt or "", skip),
+        num_inference_steps=plain.steps,
+        guidance_scale=plain.cfg,
+        eta=plain.eta,
+        generator=torch.Generator().manual_seed(plain.seed),
+        output_type="np",
+        **from_our_noise(plain),
+    ).images
+    reference = (images * 255).round().astype(np.int16)
+    ours = pixels(txt2img(Run(demo_model, demo_generation(prompt=f"{plain.prompt} <clip:skip:{skip}>"))))
+    assert_matches(ours, reference, (1, 48, 64, 3))
+    assert np.abs(ours - pixels(txt2img(Run(demo_model, plain)))).max() > 0, "the skip changes the image"
+
+
 def onnx_reference(model: DiffusionModel, gen: Generation) -> np.ndarray:
     """diffusers' OnnxStableDiffusionPipeline on our exported files."""
     from diffusers import OnnxRuntimeModel, OnnxStableDiffusionPipeline
@@ -93,3 +145,10 @@ def onnx_reference(model: DiffusionModel, gen: Generation) -> np.ndarray:
 def test_txt2img_matches_diffusers_onnx_pipeline(demo_model: DiffusionModel, scheduler: str) -> None:
     gen = demo_generation(scheduler=scheduler)
     assert_matches(pixels(txt2img(Run(demo_model, gen))), onnx_reference(demo_model, gen))
+
+
+def test_a_clip_skip_deeper_than_the_encoder_uses_its_deepest(demo_model: DiffusionModel) -> None:
+    deepest = pixels(txt2img(Run(demo_model, demo_generation(prompt="a cat <clip:skip:2>"))))
+    assert np.array_equal(
+        deepest, pixels(txt2img(Run(demo_model, demo_generation(prompt="a cat <clip:skip:9>"))))
+    )
