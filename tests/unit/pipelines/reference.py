@@ -73,9 +73,12 @@ def run_diffusers(
     scheduler = make_scheduler(gen.scheduler, load_scheduler_config(model.folder), seed=gen.seed)
     pipe = pipeline_class(**parts, **components, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
+    # Embeddings given in ``inputs`` stand for the prompts (diffusers takes one or the other).
+    prompts = (
+        {} if "prompt_embeds" in inputs else {"prompt": gen.prompt, "negative_prompt": gen.negative_prompt}
+    )
     images = pipe(
-        gen.prompt,
-        negative_prompt=gen.negative_prompt,
+        **prompts,
         num_inference_steps=gen.steps,
         guidance_scale=gen.cfg,
         eta=gen.eta,

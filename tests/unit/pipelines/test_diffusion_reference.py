@@ -88,28 +88,19 @@ def test_clip_skip_matches_diffusers_on_the_skipped_layer(
     """``<clip:skip:k>`` conditions on the state k layers from the end (A1111's count); the demo
     encoder has two layers, so 2 (the penultimate, as anime models want) is its one real skip."""
     skip = 2
-    import torch
     from diffusers import StableDiffusionPipeline
-
-    from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
-    from tests.unit.pipelines.reference import NO_SAFETY_CHECKER
 
     plain = demo_generation()
     parts = torch_parts(DEMO_MODELS[0].name)
-    scheduler = make_scheduler(plain.scheduler, load_scheduler_config(demo_model.folder), seed=plain.seed)
-    pipe = StableDiffusionPipeline(**parts, **NO_SAFETY_CHECKER, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(
+    reference = run_diffusers(
+        StableDiffusionPipeline,
+        parts,
+        demo_model,
+        plain,
         prompt_embeds=skipped_embeddings(parts, plain.prompt, skip),
         negative_prompt_embeds=skipped_embeddings(parts, plain.negative_prompt or "", skip),
-        num_inference_steps=plain.steps,
-        guidance_scale=plain.cfg,
-        eta=plain.eta,
-        generator=torch.Generator().manual_seed(plain.seed),
-        output_type="np",
         **from_our_noise(plain),
-    ).images
-    reference = (images * 255).round().astype(np.int16)
+    )
     ours = pixels(txt2img(Run(demo_model, demo_generation(prompt=f"{plain.prompt} <clip:skip:{skip}>"))))
     assert_matches(ours, reference, (1, 48, 64, 3))
     assert np.abs(ours - pixels(txt2img(Run(demo_model, plain)))).max() > 0, "the skip changes the image"
