@@ -72,6 +72,13 @@ describe('pipelinesForTab', () => {
     expect(pipelinesForTab('img2img', SERVER.pipelines)).toEqual(['img2img', 'controlnet', 'lpw']);
     expect(pipelinesForTab('inpaint', [])).toEqual(['inpaint']);
   });
+
+  it('offers panorama on txt2img only, where the server runs it', () => {
+    const listed = ['img2img', 'inpaint', 'lpw', 'panorama', 'txt2img'];
+    expect(pipelinesForTab('txt2img', listed)).toEqual(['txt2img', 'lpw', 'panorama']);
+    expect(pipelinesForTab('img2img', listed)).toEqual(['img2img', 'lpw']);
+    expect(pipelinesForTab('inpaint', listed)).toEqual(['inpaint', 'lpw']);
+  });
 });
 
 describe('mergeParams and applyParams', () => {

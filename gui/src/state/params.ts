@@ -188,11 +188,14 @@ export function pick(choices: readonly string[], preferred: string | undefined):
   return choices[0] ?? '';
 }
 
-/** Pipelines each task accepts (contract §8.6); the tab's own pipeline comes first. */
+/**
+ * Pipelines each task accepts (contract §8.6, less panorama outside txt2img, which this server
+ * runs on txt2img only); the tab's own pipeline comes first.
+ */
 const TAB_PIPELINES: Record<JobTab, string[]> = {
   txt2img: ['txt2img', 'lpw', 'panorama', 'panorama-sdxl', 'txt2img-sdxl'],
-  img2img: ['img2img', 'controlnet', 'img2img-sdxl', 'lpw', 'panorama', 'panorama-sdxl', 'pix2pix'],
-  inpaint: ['inpaint', 'controlnet', 'lpw', 'panorama'],
+  img2img: ['img2img', 'controlnet', 'img2img-sdxl', 'lpw', 'pix2pix'],
+  inpaint: ['inpaint', 'controlnet', 'lpw'],
   upscale: [],
   blend: [],
 };
