@@ -8,6 +8,7 @@ so our images match diffusers' reference on the same weights to a fraction of a 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -449,7 +450,8 @@ class Run:
                 else len(model_input)
             )
             timestep = np.full((count,), float(t), dtype=timestep_dtype)
-            noise = unet.run(
+            # The noise, or the velocity for a v-prediction model: the scheduler's config says which.
+            prediction = unet.run(
                 None,
                 {
                     "sample": model_input.astype(np.float32),
@@ -459,9 +461,9 @@ class Run:
                 },
             )[0]
             if generation.guidance:
-                uncond, text = np.split(noise, 2)
-                noise = uncond + generation.cfg * (text - uncond)
-            sample = scheduler.step(torch.from_numpy(noise), t, sample, **arguments, return_dict=False)[0]
+                uncond, text = np.split(prediction, 2)
+                prediction = uncond + generation.cfg * (text - uncond)
+            sample = scheduler.step(torch.from_numpy(prediction), t, sample, **arguments, return_dict=False)[0]
             if after_step is not None:
                 sample = after_step(index, sample)
             if counts_as_step(index, total, steps, scheduler.order):
@@ -556,7 +558,17 @@ def encode_image(model: DiffusionModel, pixels: np.ndarray, tiling: VaeTiling | 
 
 
 def file_hash(path: Path) -> str:
-    """Upper-case SHA-256 of a network file (contract §7.3)."""
+    """Upper-case SHA-256 of a network file (contract §7.3), read once per version of the file.
+
+    Every output's metadata names its networks' hashes; a LoRA is often 100 MB or more, so the
+    digest is kept while the file's size and modification time stay the same.
+    """
+    stat = path.stat()
+    return _file_hash(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_hash(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):

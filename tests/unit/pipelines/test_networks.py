@@ -10,13 +10,22 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipelines.diffusion.model import DiffusionModel, Generation, Run, encode_text, load_model, load_tokenizer
+from pipelines.diffusion.model import (
+    DiffusionModel,
+    Generation,
+    Run,
+    encode_text,
+    file_hash,
+    load_model,
+    load_tokenizer,
+)
 from pipelines.diffusion.networks import (
     LORA_PREFIXES,
     TOKENIZERS,
@@ -405,3 +414,14 @@ def test_the_demo_networks_are_built_with_the_demo_models_and_change_the_image(
         )
     )
     assert np.abs(lora - plain).max() > 0 and np.abs(styled - plain).max() > 0
+
+
+def test_a_network_file_is_hashed_once_per_version(tmp_path: Path) -> None:
+    path = tmp_path / "detail.safetensors"
+    path.write_bytes(b"first")
+    first = file_hash(path)
+    assert first == hashlib.sha256(b"first").hexdigest().upper()
+    with patch("hashlib.sha256", side_effect=AssertionError("hashed again")):
+        assert file_hash(path) == first
+    path.write_bytes(b"second version")
+    assert file_hash(path) == hashlib.sha256(b"second version").hexdigest().upper()
