@@ -110,8 +110,8 @@ def require_available(chain: Mapping[str, Any]) -> None:
         raise NotImplementedYet(f"this server cannot run these stages yet: {', '.join(missing)}")
 
 
-#: The stage types that run an SDXL model; img2img, inpaint and highres need SD 1.x/2.x here.
-SDXL_STAGES = frozenset({"source-txt2img"})
+#: The stage types that run an SDXL model (txt2img, img2img and highres, inpaint and outpaint).
+SDXL_STAGES = frozenset({"source-txt2img", "blend-img2img", "blend-inpaint", "upscale-outpaint"})
 
 
 def require_runnable(
@@ -142,8 +142,8 @@ def require_runnable(
         if family == "sdxl" and entry["type"] not in SDXL_STAGES:
             raise InvalidParams(
                 f"{where}model",
-                f"{params['model']} is an SDXL model, which this server runs only in txt2img "
-                f"(source-txt2img); {entry['type']} needs a Stable Diffusion 1.x/2.x model "
+                f"{params['model']} is an SDXL model, which this server runs only in "
+                f"{', '.join(sorted(SDXL_STAGES))}; {entry['type']} needs a Stable Diffusion 1.x/2.x model "
                 f"({_listing(_family_models(registry, 'sd'))})",
             )
 

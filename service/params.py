@@ -81,11 +81,11 @@ PIPELINES = (
 #: at submit, never run as something else. (The upscale, blend and txt2txt routes use no pipeline.)
 ROUTE_PIPELINE_CHOICES: dict[str, tuple[str, ...]] = {
     "txt2img": ("txt2img", "lpw", "panorama", "txt2img-sdxl"),
-    "img2img": ("img2img", "lpw"),
+    "img2img": ("img2img", "lpw", "img2img-sdxl"),
     "inpaint": ("inpaint", "lpw"),
 }
 #: onnx-web's pipelines this server does not run yet: refused at submit, not offered in settings.
-PIPELINES_NOT_RUN = ("controlnet", "img2img-sdxl", "panorama-sdxl", "pix2pix")
+PIPELINES_NOT_RUN = ("controlnet", "panorama-sdxl", "pix2pix")
 #: ``/api/settings/pipelines``: the pipelines that run here, in onnx-web's order.
 AVAILABLE_PIPELINES = tuple(name for name in PIPELINES if name not in PIPELINES_NOT_RUN)
 NOISE_SOURCES = tuple(NOISE_SOURCE_FUNCTIONS)

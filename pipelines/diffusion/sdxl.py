@@ -1,4 +1,5 @@
-"""Stable Diffusion XL text-to-image on ONNX Runtime (``txt2img-sdxl``), on the CPU or the GPU path.
+"""Stable Diffusion XL on ONNX Runtime: txt2img (``txt2img-sdxl``) on the CPU or the GPU path, and
+the UNet loop under img2img (``img2img-sdxl``) and inpainting (``SdxlRun``).
 
 The numerics follow diffusers' PyTorch ``StableDiffusionXLPipeline`` step for step: both text
 encoders' penultimate hidden states side by side, the second encoder's projected pooled output
@@ -7,6 +8,13 @@ and the size conditioning (``time_ids``: original size, crop origin, target size
 the same scheduler calls and guidance. The model folder is optimum's SDXL ONNX layout written by
 ``pipelines.models.convert`` (``text_encoder_2/``, ``tokenizer_2/``, a UNet taking
 ``text_embeds`` and ``time_ids``).
+
+img2img and inpainting are SD's own tasks (``pipelines.diffusion.img2img`` and ``.inpaint``: the
+strength schedule, the starting noise, the mask) given an ``SdxlRun``, whose prompt encoding and
+UNet loop are SDXL's; they run on the worker's sessions (the CUDA EP on a GPU worker), as SD's do.
+diffusers' SDXL img2img and inpaint pipelines condition on the same size ``time_ids`` as txt2img
+unless ``requires_aesthetics_score`` is set, which only the refiner sets; the refiner (no first
+text encoder) is not supported here.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -153,28 +162,109 @@ def cpu_predict(model: sd.DiffusionModel) -> Predict:
 
 
 def denoise(
-    predict: Predict, scheduler: Any, sample: Any, conditioning: tuple[Any, Any, Any], run: sd.Run
+    predict: Predict,
+    scheduler: Any,
+    sample: Any,
+    conditioning: tuple[Any, Any, Any],
+    run: sd.Run,
+    *,
+    timesteps: Any = None,
+    steps: int | None = None,
+    channels: Any = None,
+    after_step: Callable[[int, Any], Any] | None = None,
 ) -> Any:
-    """The UNet loop on torch tensors (CPU or CUDA) from ``sample`` (already scaled for the scheduler)."""
+    """The UNet loop on torch tensors (CPU or CUDA) from ``sample`` (already scaled for the scheduler).
+
+    ``timesteps``, ``steps``, ``channels`` (``Run.denoise``'s ``conditioning``) and ``after_step``
+    are as in ``Run.denoise``; by default the whole schedule runs on a 4-channel UNet.
+    """
     import torch
 
     generation = run.generation
     hidden, pooled, time_ids = conditioning
     arguments = step_arguments(scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed))
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
+    steps = generation.steps if steps is None else steps
     for index, t in enumerate(timesteps):
         doubled = torch.cat([sample] * 2) if generation.guidance else sample
         model_input = scheduler.scale_model_input(doubled, t)
+        if channels is not None:
+            model_input = torch.cat([model_input, channels], dim=1)
         timestep = torch.full((len(model_input),), float(t), device=model_input.device)
         noise = predict(model_input, timestep, hidden, pooled, time_ids).float()
         if generation.guidance:
             uncond, text = noise.chunk(2)
             noise = uncond + generation.cfg * (text - uncond)
         sample = scheduler.step(noise, t, sample, **arguments, return_dict=False)[0]
-        if sd.counts_as_step(index, len(timesteps), generation.steps, scheduler.order):
+        if after_step is not None:
+            sample = after_step(index, sample)
+        if sd.counts_as_step(index, len(timesteps), steps, scheduler.order):
             run.hooks.on_step(1)
         run.hooks.check_cancelled()
     return sample
+
+
+def run_conditioning(run: sd.Run) -> SdxlConditioning:
+    """``encode_prompt`` on the run's prompts, their network tokens removed."""
+    prompt, negative = sd.parse_prompts(run.generation)
+    if prompt.clip_skip:
+        logger.warning("<clip:skip:%d> is not applied to SDXL (contract §9); ignored", prompt.clip_skip)
+    return encode_prompt(run.model, prompt.spans, negative.spans if negative else None, run.generation)
+
+
+@dataclass(frozen=True)
+class SdxlRun(sd.Run):
+    """A ``Run`` whose prompt encoding and UNet loop are SDXL's: SD's img2img and inpaint run on it."""
+
+    @cached_property
+    def conditioning(self) -> SdxlConditioning:
+        """Both encoders' hidden states, the pooled projection and the size ``time_ids``, once per run."""
+        return run_conditioning(self)
+
+    def prompt_embeddings(self) -> np.ndarray:
+        """The UNet's ``encoder_hidden_states``; ``denoise`` adds the pooled and size conditioning."""
+        return self.conditioning.hidden
+
+    def denoise(
+        self,
+        scheduler: Any,
+        latents: np.ndarray,
+        embeddings: np.ndarray,
+        *,
+        timesteps: Any = None,
+        steps: int | None = None,
+        conditioning: np.ndarray | None = None,
+        after_step: Callable[[int, Any], Any] | None = None,
+        extra_inputs: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """``Run.denoise`` on an SDXL UNet: ``embeddings`` with this run's pooled and size conditioning."""
+        import torch
+
+        if extra_inputs:
+            raise ValueError(f"an SDXL UNet takes no inputs {sorted(extra_inputs)}")
+        tensors = (embeddings, self.conditioning.pooled, self.conditioning.time_ids)
+        hidden, pooled, time_ids = (torch.from_numpy(item) for item in tensors)
+        sample = denoise(
+            cpu_predict(self.model),
+            scheduler,
+            torch.from_numpy(latents),
+            (hidden, pooled, time_ids),
+            self,
+            timesteps=timesteps,
+            steps=steps,
+            channels=None if conditioning is None else torch.from_numpy(conditioning),
+            after_step=after_step,
+        )
+        result: np.ndarray = sample.numpy()
+        return result
+
+
+def diffusion_run(
+    params: Mapping[str, Any], model: sd.DiffusionModel, generation: sd.Generation, hooks: sd.StepHooks
+) -> sd.Run:
+    """The ``Run`` an image-to-image stage hands SD's img2img or inpaint: ``SdxlRun`` for SDXL."""
+    run_class = SdxlRun if wants_sdxl(params, model.folder) else sd.Run
+    return run_class(model, generation, hooks)
 
 
 def txt2img_sdxl(run: sd.Run) -> list[Image.Image]:
@@ -187,11 +277,8 @@ def txt2img_sdxl(run: sd.Run) -> list[Image.Image]:
 
     from pipelines.gpu.runtime import gpu_model, gpu_settings
 
-    model, generation = run.model, run.generation
-    prompt, negative = sd.parse_prompts(generation)
-    if prompt.clip_skip:
-        logger.warning("<clip:skip:%d> is not applied to SDXL (contract §9); ignored", prompt.clip_skip)
-    conditioning = encode_prompt(model, prompt.spans, negative.spans if negative else None, generation)
+    model = run.model
+    conditioning = run_conditioning(run)
     scheduler = run.scheduler()
     latents = torch.from_numpy(run.starting_latents(scheduler))
     tensors = (conditioning.hidden, conditioning.pooled, conditioning.time_ids)

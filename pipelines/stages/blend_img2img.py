@@ -2,7 +2,7 @@
 
 Params: ``strength`` (required, 0-1) and the image params of ``source-txt2img``; ``width`` and
 ``height`` come from each input image (shrunk to multiples of 8 if needed). Each input is
-replaced by ``batch`` results.
+replaced by ``batch`` results. An SDXL model (or ``pipeline: img2img-sdxl``) runs SDXL's UNet loop.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pipelines.context import StageContext, StageImage
 from pipelines.diffusion import model as sd
 from pipelines.diffusion.img2img import img2img, strength_steps
 from pipelines.diffusion.prompt import prompt_stage
+from pipelines.diffusion.sdxl import diffusion_run
 from pipelines.stages.shared import TILING
 from pipelines.stages.spec import StageType, number
 
@@ -34,7 +35,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         model = sd.load_model(ctx.models_path, generation.model, ctx.sessions)
         generated = [
             image.crop((0, 0, *source.size))
-            for image in img2img(sd.Run(model, generation, ctx), padded, strength)
+            for image in img2img(diffusion_run(params, model, generation, ctx), padded, strength)
         ]
         metadata = sd.generation_metadata(
             recorded,

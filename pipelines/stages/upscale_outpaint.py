@@ -4,7 +4,8 @@ Params: the image params of ``source-txt2img`` (``width``/``height`` come from e
 ``fill_color`` (which only the tiling executor uses to pad edge tiles), and ``fullres`` with
 ``fullres_padding``: inpaint a small masked area alone, at one full UNet tile (``unet_tile``).
 The mask is the stage's ``mask:<name>`` upload: white is repainted, black kept. An image whose
-mask is all black is passed on untouched, as onnx-web skips such tiles.
+mask is all black is passed on untouched, as onnx-web skips such tiles. An SDXL model runs SDXL's
+UNet loop.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pipelines.context import StageContext, StageImage
 from pipelines.diffusion import model as sd
 from pipelines.diffusion.inpaint import inpaint, mask_to_array
 from pipelines.diffusion.prompt import prompt_stage
+from pipelines.diffusion.sdxl import diffusion_run
 from pipelines.stages.shared import TILING
 from pipelines.stages.spec import Param, StageType, color, diffusion_steps, number
 
@@ -43,10 +45,10 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         model = sd.load_model(ctx.models_path, generation.model, ctx.sessions)
         region = fullres_region(fitted, params) if params["fullres"] else None
         if region is None:
-            generated = _inpaint(ctx, model, generation, source, fitted)
+            generated = _inpaint(ctx, params, model, generation, source, fitted)
         else:
             generated = _inpaint_region(
-                ctx, model, generation, source, fitted, region, int(params["unet_tile"])
+                ctx, params, model, generation, source, fitted, region, int(params["unet_tile"])
             )
         metadata = sd.generation_metadata(
             recorded, generation, model, ctx.models_path, input_size=sd.input_size(item), size=source.size
@@ -56,14 +58,19 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
 
 
 def _inpaint(
-    ctx: StageContext, model: Any, generation: sd.Generation, source: Image.Image, mask: Image.Image
+    ctx: StageContext,
+    params: Mapping[str, Any],
+    model: Any,
+    generation: sd.Generation,
+    source: Image.Image,
+    mask: Image.Image,
 ) -> list[Image.Image]:
     """Inpaint ``source`` whole; what the mask keeps (black) comes back exactly as it was."""
     # Sizes off the UNet's grid run padded (the padding masked black: kept), then cropped back.
     padded = sd.pad_to_grid(source)
     padded_mask = sd.pad_to_grid(mask, fill="black")
     run_at = dataclasses.replace(generation, width=padded.width, height=padded.height)
-    generated = inpaint(sd.Run(model, run_at, ctx), padded, padded_mask)
+    generated = inpaint(diffusion_run(params, model, run_at, ctx), padded, padded_mask)
     # The VAE round trip shifts every pixel a little; users expect what the mask keeps to stay
     # exactly as it was, so the original is composited back through the mask.
     return [
@@ -94,6 +101,7 @@ def fullres_region(mask: Image.Image, params: Mapping[str, Any]) -> tuple[int, i
 
 def _inpaint_region(
     ctx: StageContext,
+    params: Mapping[str, Any],
     model: Any,
     generation: sd.Generation,
     source: Image.Image,
@@ -106,7 +114,7 @@ def _inpaint_region(
     crop = source.crop(region).resize((tile, tile), Image.Resampling.LANCZOS)
     crop_mask = mask.crop(region).resize((tile, tile), Image.Resampling.BILINEAR)
     results = []
-    for painted in _inpaint(ctx, model, generation, crop, crop_mask):
+    for painted in _inpaint(ctx, params, model, generation, crop, crop_mask):
         canvas = source.convert("RGB").copy()
         small = painted.resize(size, Image.Resampling.LANCZOS)
         canvas.paste(Image.composite(small, canvas.crop(region), mask.crop(region)), region[:2])

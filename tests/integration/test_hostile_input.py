@@ -269,26 +269,41 @@ def test_an_sdxl_pipeline_with_an_sd_model_is_a_400(client: falcon.testing.TestC
     assert_refused(result, 400, "pipeline", "needs an SDXL model", SDXL_MODEL)
 
 
-@pytest.mark.parametrize("route", ["img2img", "inpaint"])
-def test_an_sdxl_model_in_img2img_or_inpaint_is_a_400(client: falcon.testing.TestClient, route: str) -> None:
+@pytest.mark.parametrize(
+    ("route", "pipeline"), [("img2img", "img2img"), ("img2img", "img2img-sdxl"), ("inpaint", "inpaint")]
+)
+def test_an_sdxl_model_in_img2img_or_inpaint_is_accepted(
+    client: falcon.testing.TestClient, route: str, pipeline: str
+) -> None:
     form = {
-        "json": json.dumps({"params": {"model": SDXL_MODEL}}),
+        "json": json.dumps({"params": {"model": SDXL_MODEL, "pipeline": pipeline}}),
         "source": ("s.png", png(), "image/png"),
         "mask": ("m.png", png(), "image/png"),
     }
 
+    result = post_multipart(client, f"/api/{route}", form)
+
+    assert result.status_code == 200, result.text
+
+
+def test_img2img_sdxl_with_an_sd_model_is_a_400(client: falcon.testing.TestClient) -> None:
+    form = {
+        "json": json.dumps({"params": {"pipeline": "img2img-sdxl"}}),
+        "source": ("s.png", png(), "image/png"),
+    }
+
     assert_refused(
-        post_multipart(client, f"/api/{route}", form), 400, "model", "SDXL", "stable-diffusion-onnx-v1-5"
+        post_multipart(client, "/api/img2img", form), 400, "pipeline", "needs an SDXL model", SDXL_MODEL
     )
 
 
-def test_an_sdxl_model_with_highres_is_a_400(client: falcon.testing.TestClient) -> None:
+def test_an_sdxl_model_with_highres_is_accepted(client: falcon.testing.TestClient) -> None:
     result = client.simulate_post("/api/txt2img", params={"model": SDXL_MODEL, "highres": "true"})
 
-    assert_refused(result, 400, "model", "blend-img2img")
+    assert result.status_code == 200, result.text
 
 
-def test_an_sdxl_model_in_a_chain_names_the_stage(client: falcon.testing.TestClient) -> None:
+def test_an_sdxl_model_in_a_chains_img2img_stage_is_accepted(client: falcon.testing.TestClient) -> None:
     chain = {
         "stages": [
             {"name": "gen", "type": "source-txt2img", "params": {"model": SDXL_MODEL}},
@@ -296,7 +311,26 @@ def test_an_sdxl_model_in_a_chain_names_the_stage(client: falcon.testing.TestCli
         ]
     }
 
-    assert_refused(client.simulate_post("/api/job", json=chain), 400, "stages[1].params.model")
+    result = client.simulate_post("/api/job", json=chain)
+
+    assert result.status_code == 200, result.text
+
+
+def test_an_sdxl_pipeline_on_an_sd_model_in_a_chain_names_the_stage(
+    client: falcon.testing.TestClient,
+) -> None:
+    chain = {
+        "stages": [
+            {"name": "gen", "type": "source-txt2img", "params": {}},
+            {
+                "name": "redo",
+                "type": "blend-img2img",
+                "params": {"pipeline": "img2img-sdxl", "strength": 0.5},
+            },
+        ]
+    }
+
+    assert_refused(client.simulate_post("/api/job", json=chain), 400, "stages[1].params.pipeline", SDXL_MODEL)
 
 
 def test_an_sdxl_model_in_txt2img_is_accepted(client: falcon.testing.TestClient) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def random_image(size: tuple[int, int], seed: int) -> Image.Image:
@@ -17,6 +17,13 @@ def gradient(width: int = 64, height: int = 48) -> Image.Image:
     y, x = np.mgrid[0:height, 0:width]
     levels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
     return Image.fromarray(levels.astype(np.uint8))
+
+
+def mask_image(width: int = 64, height: int = 48) -> Image.Image:
+    """White (repaint) in a box off the latent grid, so resizing and binarizing matter."""
+    mask = Image.new("RGB", (width, height), "black")
+    ImageDraw.Draw(mask).rectangle((13, 9, 45, 37), fill="white")
+    return mask
 
 
 def pixels(images: list[Image.Image]) -> np.ndarray:

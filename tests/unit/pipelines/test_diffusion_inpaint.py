@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion.inpaint import inpaint, mask_to_array
@@ -17,20 +17,13 @@ from pipelines.diffusion.model import DiffusionModel, Generation, Run
 from pipelines.models.demo import DEMO_MODELS
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_outpaint
-from tests.unit.pipelines.images import gradient, pixels
+from tests.unit.pipelines.images import gradient, mask_image, pixels
 from tests.unit.pipelines.reference import assert_matches, demo_generation, from_our_noise, run_diffusers
 from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
 BASE, INPAINT = (model.name for model in DEMO_MODELS)
 #: What these tests generate unless they say otherwise.
 GENERATION = demo_generation(prompt="a red door", negative_prompt="blurry", seed=11, steps=5, cfg=7.0)
-
-
-def mask_image(width: int = 64, height: int = 48) -> Image.Image:
-    """White (repaint) in a box off the latent grid, so resizing and binarizing matter."""
-    mask = Image.new("RGB", (width, height), "black")
-    ImageDraw.Draw(mask).rectangle((13, 9, 45, 37), fill="white")
-    return mask
 
 
 def generation(model: str, scheduler: str, **changes: Any) -> Generation:

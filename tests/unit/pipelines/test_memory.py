@@ -73,6 +73,14 @@ def test_sdxl_attends_at_half_size_first() -> None:
     )
 
 
+def test_sdxl_img2img_and_inpaint_are_estimated_as_sdxl_txt2img_at_their_size() -> None:
+    generated = estimate(txt2img(1024, 1024), family="sdxl")
+
+    for stage_type in ("blend-img2img", "blend-inpaint", "upscale-outpaint"):
+        redone = estimate(entry("redo", stage_type, strength=0.5), size=(1024, 1024), family="sdxl")
+        assert redone.to_dict() == generated.to_dict()
+
+
 def test_the_size_follows_the_chain_through_upscaling() -> None:
     memory = estimate(
         txt2img(512, 512),

@@ -513,7 +513,7 @@ def test_control_must_be_a_controlnet(parse: Parse) -> None:
     rejects(parse, {"control": "lineart"}, "control", match="available: canny")
 
 
-@pytest.mark.parametrize("pipeline", ["controlnet", "img2img-sdxl", "panorama-sdxl", "pix2pix"])
+@pytest.mark.parametrize("pipeline", ["controlnet", "panorama-sdxl", "pix2pix"])
 def test_a_pipeline_this_server_does_not_run_is_refused_not_replaced(parse: Parse, pipeline: str) -> None:
     for route in ("txt2img", "img2img", "inpaint"):
         rule = rejects(parse, {"pipeline": pipeline, "control": "canny"}, "pipeline", route=route)
@@ -530,6 +530,8 @@ def test_a_pipeline_this_server_does_not_run_is_refused_not_replaced(parse: Pars
         ("img2img", "panorama"),
         ("inpaint", "txt2img-sdxl"),
         ("inpaint", "img2img"),
+        ("inpaint", "img2img-sdxl"),
+        ("txt2img", "img2img-sdxl"),
     ],
 )
 def test_a_pipeline_of_another_route_is_refused_naming_what_the_route_runs(route: str, pipeline: str) -> None:
