@@ -463,7 +463,8 @@ class Run:
             if generation.guidance:
                 uncond, text = np.split(prediction, 2)
                 prediction = uncond + generation.cfg * (text - uncond)
-            sample = scheduler.step(torch.from_numpy(prediction), t, sample, **arguments, return_dict=False)[0]
+            guided = torch.from_numpy(prediction)
+            sample = scheduler.step(guided, t, sample, **arguments, return_dict=False)[0]
             if after_step is not None:
                 sample = after_step(index, sample)
             if counts_as_step(index, total, steps, scheduler.order):

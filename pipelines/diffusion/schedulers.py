@@ -33,6 +33,8 @@ SCHEDULER_CLASSES: Mapping[str, str] = {
 }
 SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULER_CLASSES)
 DEFAULT_SCHEDULER = "ddim"
+#: What a UNet predicts unless its scheduler config says otherwise: the noise.
+EPSILON = "epsilon"
 
 
 def load_scheduler_config(model_dir: Path) -> dict[str, Any]:
@@ -46,14 +48,21 @@ def make_scheduler(name: str, config: Mapping[str, Any], *, seed: int | None = N
 
     ``seed`` seeds the Brownian noise of ``dpm-sde``, whose ``step`` takes no generator and
     would otherwise draw a random seed, so the same request could not give the same image.
+    The config's ``prediction_type`` (``v_prediction`` for SD 2.x 768-v models) carries over to
+    every scheduler; one that cannot read it (ipndm) is refused for a model that does not
+    predict the noise, rather than stepping on a velocity as if it were noise.
     """
     import diffusers
 
     if name not in SCHEDULER_CLASSES:
         raise ValueError(f"unknown scheduler {name!r}: expected one of {', '.join(SCHEDULER_NAMES)}")
     scheduler_class = getattr(diffusers, SCHEDULER_CLASSES[name])
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    prediction = config.get("prediction_type", EPSILON)
+    if prediction != EPSILON and "prediction_type" not in accepted:
+        raise ValueError(f"scheduler {name!r} cannot run a model predicting {prediction!r}: choose another")
     overrides: dict[str, Any] = {}
-    if seed is not None and "noise_sampler_seed" in inspect.signature(scheduler_class.__init__).parameters:
+    if seed is not None and "noise_sampler_seed" in accepted:
         overrides["noise_sampler_seed"] = seed
     return scheduler_class.from_config(dict(config), **overrides)
 

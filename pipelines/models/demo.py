@@ -13,6 +13,11 @@ architecture of ``stabilityai/stable-diffusion-x4-upscaler``: a UNet taking the 
 plus the 3 channels of the low-resolution image, the noise level as its class label, and a VAE
 with three blocks (4 pixels per latent cell).
 
+The SD 2.1 demo (``stable-diffusion-onnx-v2-1``) has the traits of
+``stabilityai/stable-diffusion-2-1`` (768-v): a UNet with linear projections, per-block head counts
+and attention upcast to fp32, conditioned on an OpenCLIP-H-style text encoder (``gelu``, padding
+with "!", converted without its last layer as diffusers does) and stepped by DDIM predicting v.
+
 The SDXL demo (``diffusion-sdxl-demo``) has SDXL base's architecture, narrowed: two CLIP text
 encoders (the second with projection, its tokenizer padding with "!"), a UNet with size and
 pooled-text conditioning (``addition_embed_type="text_time"``) attending to both encoders' hidden
@@ -60,6 +65,48 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
     "steps_offset": 1,
     "trained_betas": None,
 }
+
+#: SD 2.1 (768-v)'s own scheduler config: SD 1.5's noise schedule and offsets, stepped by DDIM, with
+#: a UNet that predicts the velocity v rather than the noise.
+SD21_SCHEDULER_CONFIG: dict[str, Any] = {
+    **SD15_SCHEDULER_CONFIG,
+    "_class_name": "DDIMScheduler",
+    "prediction_type": "v_prediction",
+}
+#: SD 2.1's ``feature_extractor/preprocessor_config.json``: CLIP's image preprocessing.
+SD21_FEATURE_EXTRACTOR: dict[str, Any] = {
+    "crop_size": 224,
+    "do_center_crop": True,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 224,
+}
+#: OpenCLIP's tokenizer (SD 2.x's, and SDXL's second) pads with "!" rather than the end token.
+OPEN_CLIP_PAD_TOKEN = "!"
+#: The layers of the demo's OpenCLIP-H-style text encoder. SD 2.x conditions on its penultimate
+#: layer: diffusers' SD 2 text encoders are converted without the last one (23 of OpenCLIP-H's
+#: 24), so their ``last_hidden_state``, through the final LayerNorm, is that layer.
+OPEN_CLIP_DEMO_LAYERS = 3
+#: Width of the demo SD 2.1 text encoder's hidden states: wider than the SD 1.x demo's 32, as
+#: OpenCLIP-H's 1024 is wider than CLIP ViT-L's 768.
+SD2_DEMO_TEXT_WIDTH = 48
+#: What an OpenCLIP-H-style demo text encoder changes in ``demo_text_encoder``'s config: exact GELU
+#: (CLIP ViT-L has the quick approximation), a 4x MLP, heads of 16 channels.
+OPEN_CLIP_TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": SD2_DEMO_TEXT_WIDTH,
+    "intermediate_size": 4 * SD2_DEMO_TEXT_WIDTH,
+    "num_attention_heads": SD2_DEMO_TEXT_WIDTH // 16,
+    "num_hidden_layers": OPEN_CLIP_DEMO_LAYERS - 1,
+    "hidden_act": "gelu",
+}
+#: The SD 2.1 demo: SD 1.x's naming, since it runs through the same pipeline (family ``sd``).
+DEMO_SD21 = "stable-diffusion-onnx-v2-1"
+DEMO_SD21_LABEL = "Demo SD v2.1 768-v (tiny, random weights)"
 
 #: Words that become single tokens of the demo tokenizer (everything else still tokenizes, down to
 #: single bytes): common English and the vocabulary of image prompts.
@@ -161,8 +208,8 @@ SDXL_MODEL_INDEX: dict[str, Any] = {
     "unet": ["diffusers", "UNet2DConditionModel"],
     "vae": ["diffusers", "AutoencoderKL"],
 }
-#: SDXL's second tokenizer (OpenCLIP's) pads with "!" rather than the end token.
-SDXL_PAD_TOKEN_2 = "!"
+#: SDXL's second tokenizer is OpenCLIP's.
+SDXL_PAD_TOKEN_2 = OPEN_CLIP_PAD_TOKEN
 
 
 def torch_source_path(models_path: Path, name: str) -> Path:
@@ -201,6 +248,25 @@ def write_demo_checkpoint(dest: Path, *, unet_in_channels: int = 4) -> None:
     write_json(
         dest / "model_index.json", sd_model_index(pipeline_class, "PNDMScheduler", **SD15_INDEX_EXTRAS)
     )
+
+
+def write_demo_sd21_checkpoint(dest: Path) -> None:
+    """Write a diffusers SD 2.1 (768-v) ``StableDiffusionPipeline`` folder of seeded random weights."""
+    vocab = write_demo_tokenizer(dest / "tokenizer", pad_token=OPEN_CLIP_PAD_TOKEN)
+    demo_text_encoder(vocab, open_clip=True).save_pretrained(dest / "text_encoder")
+    demo_sd21_unet().save_pretrained(dest / "unet")
+    demo_vae().save_pretrained(dest / "vae")
+    # The release ships the (unused) safety checker's image processor, and its index names it.
+    write_json(dest / "feature_extractor" / "preprocessor_config.json", SD21_FEATURE_EXTRACTOR)
+    write_json(dest / "scheduler" / "scheduler_config.json", SD21_SCHEDULER_CONFIG)
+    index = sd_model_index(
+        "StableDiffusionPipeline",
+        "DDIMScheduler",
+        feature_extractor=["transformers", "CLIPImageProcessor"],
+        requires_safety_checker=False,
+        safety_checker=[None, None],
+    )
+    write_json(dest / "model_index.json", index)
 
 
 def write_demo_upscaler_checkpoint(dest: Path) -> None:
@@ -274,6 +340,7 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
 #: Every folder ``build_demo_models`` writes, in the order it writes them.
 DEMO_FOLDERS: tuple[DemoModel, ...] = (
     *DEMO_MODELS,
+    DemoModel(DEMO_SD21, DEMO_SD21_LABEL, write_demo_sd21_checkpoint, listing={"pipeline": "txt2img"}),
     DemoModel(DEMO_UPSCALER, DEMO_UPSCALER_LABEL, write_demo_upscaler_checkpoint, "upscaling", {"scale": 4}),
     DemoModel(DEMO_SDXL, DEMO_SDXL_LABEL, write_demo_sdxl_checkpoint, listing={"pipeline": "txt2img-sdxl"}),
 )
@@ -395,6 +462,27 @@ def demo_unet(in_channels: int = 4) -> Any:
     )
 
 
+def demo_sd21_unet() -> Any:
+    """A narrow SD 2.1 (768-v) UNet: linear projections, a head count per block, fp32 attention.
+
+    SD 2's ``attention_head_dim`` of ``[5, 10, 20, 20]`` is really heads per block, 64 channels
+    each; here every head has 16 channels. ``upcast_attention`` is what keeps 2.1's attention
+    scores from overflowing in fp16.
+    """
+    return seeded_unet(
+        6,
+        # 768 pixels where SD 1.5 has 512: 12 latent cells where the SD 1.5 demo has 8.
+        sample_size=12,
+        in_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=SD2_DEMO_TEXT_WIDTH,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        upcast_attention=True,
+    )
+
+
 def demo_upscaler_unet() -> Any:
     """A narrow x4 upscaler UNet: 7 input channels, the noise level embedded as one of 1000 classes."""
     return seeded_unet(
@@ -432,28 +520,33 @@ def demo_vae(block_out_channels: tuple[int, ...] = (16, 16, 32, 32), scaling_fac
     )
 
 
-def demo_text_encoder(vocab: dict[str, int], *, projection: bool = False) -> Any:
+def demo_text_encoder(vocab: dict[str, int], *, projection: bool = False, open_clip: bool = False) -> Any:
     """A two-layer CLIP text encoder (hidden size 32) sized for ``vocab``.
 
     ``projection`` gives SDXL's second encoder: a ``CLIPTextModelWithProjection`` (other weights),
-    whose projected pooled output conditions the UNet.
+    whose projected pooled output conditions the UNet. ``open_clip`` gives SD 2.x's: an
+    OpenCLIP-H-style encoder (``OPEN_CLIP_TEXT_CONFIG``, other weights) without its last layer.
     """
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(5 if projection else 2)
+    torch.manual_seed(5 if projection else 7 if open_clip else 2)
+    shape: dict[str, Any] = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "hidden_act": "quick_gelu",
+        **(OPEN_CLIP_TEXT_CONFIG if open_clip else {}),
+    }
     config = CLIPTextConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
         max_position_embeddings=MODEL_MAX_LENGTH,
         projection_dim=32,
-        hidden_act="quick_gelu",
         bos_token_id=vocab[BOS_TOKEN],
         eos_token_id=vocab[EOS_TOKEN],
         pad_token_id=vocab[EOS_TOKEN],
+        **shape,
     )
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 

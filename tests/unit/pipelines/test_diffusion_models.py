@@ -13,6 +13,7 @@ import pytest
 from pipelines.models.cli import add_convert_arguments, run_convert
 from pipelines.models.demo import (
     DEMO_MODELS,
+    DEMO_SD21,
     DEMO_SDXL,
     DEMO_UPSCALER,
     build_demo_models,
@@ -23,7 +24,8 @@ from pipelines.models.layout import hash_component, read_model_hash
 
 BASE, INPAINT = (model.name for model in DEMO_MODELS)
 IO_NAMES = {
-    "text_encoder": (["input_ids"], ["last_hidden_state", "pooler_output"]),
+    # The demo encoder has two layers: ``clip_skip.2`` is its one skipped state (``<clip:skip:2>``).
+    "text_encoder": (["input_ids"], ["last_hidden_state", "pooler_output", "clip_skip.2"]),
     "unet": (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
     "vae_encoder": (["sample"], ["latent_sample"]),
     "vae_decoder": (["latent_sample"], ["sample"]),
@@ -67,7 +69,7 @@ def test_unet_axes_are_dynamic_and_inpainting_takes_nine_channels(models_path: P
     assert base.input[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
-@pytest.mark.parametrize("name", [BASE, INPAINT])
+@pytest.mark.parametrize("name", [BASE, INPAINT, DEMO_SD21])
 def test_hash_file_names_the_unet(models_path: Path, name: str) -> None:
     digest = read_model_hash(models_path / name)
     assert digest == hash_component(models_path / name / "unet")
@@ -92,7 +94,7 @@ def test_demo_models_are_listed_in_extras_beside_other_entries(models_path: Path
         ],
     }
     listed = json.loads((models_path / "extras.json").read_text())["diffusion"]
-    assert [entry["name"] for entry in listed] == [BASE, INPAINT, DEMO_SDXL]
+    assert [entry["name"] for entry in listed] == [BASE, INPAINT, DEMO_SD21, DEMO_SDXL]
     assert listed[0]["hash"] == read_model_hash(models_path / BASE)
     assert listed[1]["pipeline"] == "inpaint"
 
@@ -101,7 +103,7 @@ def test_build_keeps_existing_models_unless_forced(models_path: Path) -> None:
     unet = models_path / BASE / "unet" / "model.onnx"
     before = unet.stat().st_mtime_ns
     lines: list[str] = []
-    names = [BASE, INPAINT, DEMO_UPSCALER, DEMO_SDXL]
+    names = [BASE, INPAINT, DEMO_SD21, DEMO_UPSCALER, DEMO_SDXL]
     assert build_demo_models(models_path, progress=lines.append) == [models_path / name for name in names]
     assert unet.stat().st_mtime_ns == before
     assert lines == [f"{name}: already built" for name in names]
@@ -135,5 +137,5 @@ def test_convert_demo_command_reports_the_models(
     models_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run_convert(parse(["convert", "demo", "--models", str(models_path)])) == 0
-    names = [BASE, INPAINT, DEMO_UPSCALER, DEMO_SDXL]
+    names = [BASE, INPAINT, DEMO_SD21, DEMO_UPSCALER, DEMO_SDXL]
     assert capsys.readouterr().out.split() == [str(models_path / name) for name in names]
