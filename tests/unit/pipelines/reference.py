@@ -95,3 +95,27 @@ def assert_matches(ours: np.ndarray, reference: np.ndarray, shape: tuple[int, ..
     assert ours.shape == reference.shape
     assert shape is None or ours.shape == shape
     assert np.abs(ours - reference).max() <= MAX_LEVEL_DIFF
+
+
+def img2img_reference(
+    pipeline_class: Any,
+    module: Any,
+    parts: Mapping[str, Any],
+    model: DiffusionModel,
+    gen: Generation,
+    strength: float,
+    monkeypatch: Any,
+    components: Mapping[str, Any] = NO_SAFETY_CHECKER,
+) -> np.ndarray:
+    """diffusers' img2img ``pipeline_class`` (defined in ``module``) on the test gradient, started as ours.
+
+    Like with like: our VAE encoder returns the latent mode (diffusers samples it) and our noise is
+    onnx-web's numpy draw (diffusers draws from the generator); ``monkeypatch`` swaps both in.
+    """
+    from tests.unit.pipelines.images import gradient
+
+    noise = starting_noise(gen)
+    monkeypatch.setattr(module, "retrieve_latents", lambda output, generator=None: output.latent_dist.mode())
+    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kwargs: noise.clone())
+    source = gradient(gen.width, gen.height)
+    return run_diffusers(pipeline_class, parts, model, gen, components, image=source, strength=strength)

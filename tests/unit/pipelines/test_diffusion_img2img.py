@@ -17,7 +17,7 @@ from pipelines.models.demo import DEMO_MODELS
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import blend_img2img
 from tests.unit.pipelines.images import gradient, pixels
-from tests.unit.pipelines.reference import assert_matches, demo_generation, run_diffusers, starting_noise
+from tests.unit.pipelines.reference import assert_matches, demo_generation, img2img_reference
 from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
 #: What these tests generate unless they say otherwise.
@@ -38,13 +38,7 @@ def torch_reference(
     from diffusers import StableDiffusionImg2ImgPipeline
     from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as module
 
-    # Like with like: our VAE encoder returns the latent mode (diffusers samples it) and our
-    # noise is onnx-web's numpy draw (diffusers draws from the generator).
-    noise = starting_noise(gen)
-    monkeypatch.setattr(module, "retrieve_latents", lambda output, generator=None: output.latent_dist.mode())
-    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kwargs: noise.clone())
-    source = gradient(gen.width, gen.height)
-    return run_diffusers(StableDiffusionImg2ImgPipeline, parts, model, gen, image=source, strength=strength)
+    return img2img_reference(StableDiffusionImg2ImgPipeline, module, parts, model, gen, strength, monkeypatch)
 
 
 @pytest.mark.parametrize(

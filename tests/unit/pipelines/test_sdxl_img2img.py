@@ -27,8 +27,8 @@ from tests.unit.pipelines.reference import (
     assert_matches,
     demo_generation,
     from_our_noise,
+    img2img_reference,
     run_diffusers,
-    starting_noise,
 )
 from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
@@ -50,7 +50,7 @@ def generation(scheduler: str, **changes: Any) -> Generation:
     return dataclasses.replace(BASE, scheduler=scheduler, **changes)
 
 
-def img2img_reference(
+def sdxl_img2img_reference(
     parts: dict[str, Any],
     model: DiffusionModel,
     gen: Generation,
@@ -60,15 +60,8 @@ def img2img_reference(
     from diffusers import StableDiffusionXLImg2ImgPipeline
     from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_img2img as module
 
-    # Like with like: our VAE encoder returns the latent mode (diffusers samples it) and our
-    # noise is onnx-web's numpy draw (diffusers draws from the generator).
-    noise = starting_noise(gen)
-    monkeypatch.setattr(module, "retrieve_latents", lambda output, generator=None: output.latent_dist.mode())
-    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kwargs: noise.clone())
-    source = gradient(gen.width, gen.height)
-    return run_diffusers(
-        StableDiffusionXLImg2ImgPipeline, parts, model, gen, NO_WATERMARK, image=source, strength=strength
-    )
+    pipeline = StableDiffusionXLImg2ImgPipeline
+    return img2img_reference(pipeline, module, parts, model, gen, strength, monkeypatch, NO_WATERMARK)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +77,7 @@ def test_sdxl_img2img_matches_diffusers_torch_pipeline(
     batch: int,
 ) -> None:
     gen = generation(scheduler, batch=batch)
-    reference = img2img_reference(torch_parts(DEMO_SDXL), sdxl_model, gen, strength, monkeypatch)
+    reference = sdxl_img2img_reference(torch_parts(DEMO_SDXL), sdxl_model, gen, strength, monkeypatch)
     ours = pixels(img2img(SdxlRun(sdxl_model, gen), gradient(), strength))
     assert_matches(ours, reference, (batch, 48, 64, 3))
 
