@@ -16,6 +16,7 @@ import jsonschema
 
 from pipelines.diffusion.networks import unknown_networks
 from pipelines.diffusion.prompt import PromptSyntaxError, parse_stages
+from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.models.registry import ModelRegistry
 from pipelines.stages import NAMES, PLANNED, STAGES, effective_tile, estimate_steps
 from pipelines.stages.spec import MAX_TILE, ParamError, StageType, integer, parse_tiles
@@ -139,6 +140,8 @@ def require_runnable(
                 f"(SDXL models here: {_listing(_family_models(registry, 'sdxl'))})",
             )
         _require_networks(params, registry, where)
+        if pipeline == "panorama":
+            _require_areas(params, where)
         if family == "sdxl" and entry["type"] not in SDXL_STAGES:
             raise InvalidParams(
                 f"{where}model",
@@ -166,6 +169,19 @@ def _require_networks(params: Mapping[str, Any], registry: ModelRegistry, where:
                 raise InvalidParams(
                     f"{where}{field_name}", f"no {label} named {name!r}; available: {_listing(there)}"
                 )
+
+
+def _require_areas(params: Mapping[str, Any], where: str) -> None:
+    """400 for a panorama's region or reseed rectangle that does not fit the image, before it runs."""
+    text = params.get("prompt")
+    width, height = params.get("width"), params.get("height")
+    if not isinstance(text, str) or not isinstance(width, int) or not isinstance(height, int):
+        return
+    for parsed in parse_stages(text):
+        try:
+            check_areas(parsed, width, height)
+        except ValueError as err:
+            raise InvalidParams(f"{where}prompt", str(err)) from err
 
 
 def _family_models(registry: ModelRegistry, family: str) -> list[str]:

@@ -30,6 +30,7 @@ from PIL import Image
 
 from pipelines.diffusion import model as sd
 from pipelines.diffusion.prompt import parse_prompt
+from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.diffusion.schedulers import step_arguments
 
 #: diffusers' window: 64 latent cells (512 pixels), the size SD 1.x was trained at.
@@ -38,7 +39,6 @@ DEFAULT_WINDOW = 64
 DEFAULT_STRIDE = 8
 #: A region of this strength or more replaces the base prompt inside its rectangle.
 REPLACE_STRENGTH = 10.0
-MAX_FEATHER = 0.5
 #: Exported UNets take latents in whole cells of this many latent pixels (``sd.UNET_GRID`` pixels).
 UNET_CELL = sd.UNET_GRID // sd.LATENT_FACTOR
 #: Seeds ``-1`` resolves to: numpy's seed range, as the api's random seeds.
@@ -53,16 +53,6 @@ class Rectangle:
     left: int
     bottom: int
     right: int
-
-    def validate(self, token: str, width: int, height: int) -> None:
-        """Reject a rectangle that is empty, off the 8-pixel grid or outside the image."""
-        edges = (self.top, self.left, self.bottom, self.right)
-        if any(edge % sd.LATENT_FACTOR for edge in edges):
-            raise ValueError(f"{token}: top, left, bottom and right must be multiples of 8, got {edges}")
-        if self.bottom <= self.top or self.right <= self.left:
-            raise ValueError(f"{token}: bottom and right must be greater than top and left, got {edges}")
-        if self.bottom > height or self.right > width:
-            raise ValueError(f"{token}: the rectangle {edges} is outside the {width}x{height} image")
 
     @property
     def latent(self) -> tuple[slice, slice]:
@@ -86,14 +76,6 @@ class Region:
     prompt: str
     #: A trailing ``+``: the base prompt follows the region's.
     append_base: bool
-
-    def validate(self, width: int, height: int) -> None:
-        token = f"region {self.prompt!r}"
-        self.rectangle.validate(token, width, height)
-        if self.strength < 0:
-            raise ValueError(f"{token}: strength must be >= 0, got {self.strength:g}")
-        if not 0 <= self.feather <= MAX_FEATHER:
-            raise ValueError(f"{token}: feather must be from 0 to {MAX_FEATHER}, got {self.feather:g}")
 
     def text(self, base: str) -> str:
         """The prompt the region is encoded with."""
@@ -235,11 +217,8 @@ def panorama_latents(
     if window < 1 or stride < 1:
         raise ValueError(f"panorama window and stride must be >= 1 latent cell, got {window} and {stride}")
     generation = run.generation
+    check_areas(parse_prompt(generation.prompt), generation.width, generation.height)
     regions, reseeds = region_tokens(generation.prompt)
-    for region in regions:
-        region.validate(generation.width, generation.height)
-    for reseed in reseeds:
-        reseed.rectangle.validate(f"reseed {reseed.seed}", generation.width, generation.height)
     base = run
     noise = sd.initial_latents(generation.seed, generation.batch, generation.width, generation.height)
     latents = reseed_latents(noise, reseeds, generation.seed)

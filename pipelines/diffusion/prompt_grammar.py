@@ -31,6 +31,10 @@ MAX_RANGE = 256
 #: Seeds as the api takes them; ``-1`` asks for one derived from the image seed.
 SEED_LIMIT = 2**32
 STAGE_SEPARATOR = "||"
+#: Region and reseed rectangles lie on the VAE's grid of 8-pixel blocks.
+AREA_GRID = 8
+#: The most of a region's side its feathered edges blend in.
+MAX_FEATHER = 0.5
 ALL_EDGES = "TLBR"
 #: Characters a backslash makes literal.
 ESCAPABLE = frozenset("\\()[]:<{")
@@ -120,6 +124,33 @@ class ParsedPrompt:
 def parse_prompt(prompt: str) -> ParsedPrompt:
     """Parse one prompt stage; raises ``PromptSyntaxError`` naming the first mistake."""
     return _Parser(prompt, 0).parse()
+
+
+def check_areas(parsed: ParsedPrompt, width: int, height: int) -> None:
+    """Refuse region and reseed rectangles that do not fit a ``width`` x ``height`` image.
+
+    Rectangles are in pixels on the VAE's 8-pixel grid, top-left included and bottom-right
+    excluded; a region's strength is at least 0 and its feather at most ``MAX_FEATHER``. Raises
+    ``ValueError`` naming the token; the api checks this at submit, the panorama pipeline again.
+    """
+    areas: list[tuple[str, Region | Reseed]] = [
+        (f"region {region.prompt!r}", region) for region in parsed.regions
+    ]
+    areas += [(f"reseed {reseed.seed}", reseed) for reseed in parsed.reseeds]
+    for token, area in areas:
+        edges = (area.top, area.left, area.bottom, area.right)
+        if any(edge % AREA_GRID for edge in edges):
+            raise ValueError(f"{token}: top, left, bottom and right must be multiples of 8, got {edges}")
+        if area.bottom <= area.top or area.right <= area.left:
+            raise ValueError(f"{token}: bottom and right must be greater than top and left, got {edges}")
+        if area.bottom > height or area.right > width:
+            raise ValueError(f"{token}: the rectangle {edges} is outside the {width}x{height} image")
+    for region in parsed.regions:
+        token = f"region {region.prompt!r}"
+        if region.strength < 0:
+            raise ValueError(f"{token}: strength must be >= 0, got {region.strength:g}")
+        if not 0 <= region.feather <= MAX_FEATHER:
+            raise ValueError(f"{token}: feather must be from 0 to {MAX_FEATHER}, got {region.feather:g}")
 
 
 def parse_stages(prompt: str) -> list[ParsedPrompt]:

@@ -174,6 +174,22 @@ def test_a_network_that_is_not_there_is_a_400_listing_those_that_are(
     assert submit(client, prompt="a cat <lora:details:0.5>", steps=3).status_code == 200
 
 
+def test_a_panorama_region_outside_the_image_is_a_400_and_nothing_is_queued(
+    client: falcon.testing.TestClient, job_store: JobStore
+) -> None:
+    wide = {"steps": 3, "width": 768, "height": 256, "pipeline": "panorama"}
+    result = submit(client, prompt="a coast <region:0:256:128:1024:4:0.2:a lighthouse>", **wide)
+    assert result.status_code == 400, result.text
+    assert error_of(result) == (
+        "prompt: region 'a lighthouse': the rectangle (0, 256, 128, 1024) is outside the 768x256 image"
+    )
+    result = submit(client, prompt="a coast <reseed:0:0:60:64:3>", **wide)
+    assert error_of(result).startswith("prompt: reseed 3: top, left, bottom and right must be multiples of 8")
+    assert job_store.queue_depth() == 0
+    inside = "a coast <region:0:256:128:512:4:0.2:a lighthouse>"
+    assert submit(client, prompt=inside, **wide).status_code == 200
+
+
 def test_a_wildcard_that_breaks_the_prompt_syntax_is_a_400(
     job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from pipelines.diffusion.prompt_grammar import (
     Region,
     Reseed,
     Span,
+    check_areas,
     parse_prompt,
     parse_stages,
 )
@@ -303,3 +304,26 @@ def test_nesting_multiplies_weights(words: list[str], weight: str, depth: int) -
     [span] = parse_prompt(prompt).spans
     assert span.text == text
     assert span.weight == pytest.approx(float(weight) * 1.1**depth)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "problem"),
+    [
+        (
+            "<region:0:0:64:520:2:0:a>",
+            "region 'a': the rectangle (0, 0, 64, 520) is outside the 512x256 image",
+        ),
+        ("<region:0:0:64:64:2:0.75:a>", "region 'a': feather must be from 0 to 0.5, got 0.75"),
+        ("<region:0:0:64:64:-1:0:a>", "region 'a': strength must be >= 0, got -1"),
+        ("<reseed:64:0:64:64:7>", "reseed 7: bottom and right must be greater than top and left"),
+        ("<reseed:0:4:64:64:7>", "reseed 7: top, left, bottom and right must be multiples of 8"),
+    ],
+)
+def test_areas_that_do_not_fit_the_image_are_named(prompt: str, problem: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        check_areas(parse_prompt(prompt), 512, 256)
+    assert str(caught.value).startswith(problem)
+
+
+def test_areas_inside_the_image_pass() -> None:
+    check_areas(parse_prompt("<region:0:0:256:512:100:0.5_LR:a+> <reseed:8:8:16:16:-1>"), 512, 256)
