@@ -119,3 +119,35 @@ def img2img_reference(
     monkeypatch.setattr(module, "randn_tensor", lambda shape, **kwargs: noise.clone())
     source = gradient(gen.width, gen.height)
     return run_diffusers(pipeline_class, parts, model, gen, components, image=source, strength=strength)
+
+
+def inpaint_reference(
+    pipeline_class: Any,
+    module: Any,
+    parts: Mapping[str, Any],
+    model: DiffusionModel,
+    gen: Generation,
+    monkeypatch: Any,
+    components: Mapping[str, Any] = NO_SAFETY_CHECKER,
+    **inputs: Any,
+) -> np.ndarray:
+    """diffusers' inpaint ``pipeline_class`` (defined in ``module``) on the test gradient and mask.
+
+    It starts from our noise, and ``monkeypatch`` makes its VAE encoder return the latent mode, as
+    ours does (diffusers samples it).
+    """
+    from tests.unit.pipelines.images import gradient, mask_image
+
+    monkeypatch.setattr(module, "retrieve_latents", lambda output, generator=None: output.latent_dist.mode())
+    source, mask = gradient(gen.width, gen.height), mask_image(gen.width, gen.height)
+    return run_diffusers(
+        pipeline_class,
+        parts,
+        model,
+        gen,
+        components,
+        image=source,
+        mask_image=mask,
+        **from_our_noise(gen),
+        **inputs,
+    )

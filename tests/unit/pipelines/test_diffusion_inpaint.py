@@ -18,7 +18,7 @@ from pipelines.models.demo import DEMO_MODELS
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import upscale_outpaint
 from tests.unit.pipelines.images import gradient, mask_image, pixels
-from tests.unit.pipelines.reference import assert_matches, demo_generation, from_our_noise, run_diffusers
+from tests.unit.pipelines.reference import assert_matches, demo_generation, inpaint_reference
 from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
 BASE, INPAINT = (model.name for model in DEMO_MODELS)
@@ -36,18 +36,7 @@ def torch_reference(
     from diffusers import StableDiffusionInpaintPipeline
     from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as module
 
-    # Our VAE encoder returns the latent mode where diffusers samples it.
-    monkeypatch.setattr(module, "retrieve_latents", lambda output, generator=None: output.latent_dist.mode())
-    source, mask = gradient(gen.width, gen.height), mask_image(gen.width, gen.height)
-    return run_diffusers(
-        StableDiffusionInpaintPipeline,
-        parts,
-        model,
-        gen,
-        image=source,
-        mask_image=mask,
-        **from_our_noise(gen),
-    )
+    return inpaint_reference(StableDiffusionInpaintPipeline, module, parts, model, gen, monkeypatch)
 
 
 @pytest.mark.parametrize(("scheduler", "batch"), [("ddim", 1), ("euler-a", 1), ("dpm-multi", 2), ("pndm", 1)])

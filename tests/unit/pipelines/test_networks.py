@@ -138,7 +138,6 @@ def with_lora(path: Path, weight: float) -> Callable[..., Any]:
 def test_lora_txt2img_matches_diffusers(
     models_path: Path, networks_path: Path, parts: dict[str, Any]
 ) -> None:
-    pytest.importorskip("peft")  # diffusers loads kohya LoRAs through peft
     lora = networks_path / "lora" / "detail.safetensors"
     save_file(random_lora(parts), str(lora))
     model = demo(networks_path)
@@ -346,7 +345,6 @@ def test_missing_networks_are_skipped_and_listed(networks_path: Path, parts: dic
 def test_sdxl_lora_weights_match_diffusers_and_an_sdxl_run_uses_them(
     models_path: Path, tmp_path: Path
 ) -> None:
-    pytest.importorskip("peft")
     import onnx
     from diffusers import StableDiffusionXLPipeline
 

@@ -26,9 +26,8 @@ from tests.unit.pipelines.images import gradient, mask_image, pixels
 from tests.unit.pipelines.reference import (
     assert_matches,
     demo_generation,
-    from_our_noise,
     img2img_reference,
-    run_diffusers,
+    inpaint_reference,
 )
 from tests.unit.pipelines.resolved import RESOLVED, run_stage
 
@@ -82,28 +81,16 @@ def test_sdxl_img2img_matches_diffusers_torch_pipeline(
     assert_matches(ours, reference, (batch, 48, 64, 3))
 
 
-def inpaint_reference(
+def sdxl_inpaint_reference(
     parts: dict[str, Any], model: DiffusionModel, gen: Generation, monkeypatch: pytest.MonkeyPatch
 ) -> np.ndarray:
     from diffusers import StableDiffusionXLInpaintPipeline
     from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_inpaint as module
 
-    # Our VAE encoder returns the latent mode where diffusers samples it.
-    monkeypatch.setattr(module, "retrieve_latents", lambda output, generator=None: output.latent_dist.mode())
-    source, mask = gradient(gen.width, gen.height), mask_image(gen.width, gen.height)
     # Inpainting runs the whole schedule from noise, as onnx-web's does: strength 1, not
     # diffusers' default 0.9999 (which drops a step).
-    return run_diffusers(
-        StableDiffusionXLInpaintPipeline,
-        parts,
-        model,
-        gen,
-        NO_WATERMARK,
-        image=source,
-        mask_image=mask,
-        strength=1.0,
-        **from_our_noise(gen),
-    )
+    pipeline = StableDiffusionXLInpaintPipeline
+    return inpaint_reference(pipeline, module, parts, model, gen, monkeypatch, NO_WATERMARK, strength=1.0)
 
 
 @pytest.mark.parametrize(("scheduler", "batch"), [("ddim", 1), ("euler", 2), ("lms-discrete", 1)])
@@ -115,7 +102,7 @@ def test_sdxl_four_channel_inpainting_matches_diffusers(
     batch: int,
 ) -> None:
     gen = generation(scheduler, batch=batch, negative_prompt=None)
-    reference = inpaint_reference(torch_parts(DEMO_SDXL), sdxl_model, gen, monkeypatch)
+    reference = sdxl_inpaint_reference(torch_parts(DEMO_SDXL), sdxl_model, gen, monkeypatch)
     ours = pixels(inpaint(SdxlRun(sdxl_model, gen), gradient(), mask_image()))
     assert_matches(ours, reference, (batch, 48, 64, 3))
 
