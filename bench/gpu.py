@@ -40,6 +40,10 @@ PEAK_TFLOPS = 989.0
 PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, lowres"
 BATCH_JOBS = (1, 2, 4, 8)
+#: ``torch.compile`` modes for the second PyTorch baseline; ``max-autotune`` also captures CUDA graphs.
+COMPILE_MODES = ("max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead", "none")
+#: UNet calls timed per baseline, after warm-up.
+UNET_CALLS = 40
 #: Architectures benchmarked by ``run_sdxl_bench``.
 SDXL_ARCHITECTURES = ("sdxl", "tiny-sdxl")
 #: CUDA provider settings tried for the UNet call; the fastest serves the image timings.
@@ -63,6 +67,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--steps", type=int, default=None, help="steps of the full image (default 50, SDXL 30)"
     )
     parser.add_argument("--workers", type=int, default=4, help="components fused in parallel")
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default=None,
+        help="torch.compile mode of the second PyTorch baseline (default max-autotune on CUDA, none on CPU)",
+    )
 
 
 class Timer:
@@ -111,11 +121,14 @@ class Timer:
 
 
 def summary(times: list[float]) -> dict[str, float]:
-    """Median, mean and spread of timings in ms."""
+    """Median, mean and spread (min, 10th and 90th percentile, max) of timings in ms."""
+    deciles = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
     return {
         "median_ms": statistics.median(times),
         "mean_ms": statistics.fmean(times),
         "min_ms": min(times),
+        "p10_ms": deciles[0],
+        "p90_ms": deciles[-1],
         "max_ms": max(times),
         "runs": len(times),
     }
@@ -195,7 +208,42 @@ def time_unet(unet: Any, device: str, side: int, timer: Timer) -> dict[str, floa
         with torch.no_grad():
             unet(*inputs, return_dict=False)
 
-    return summary(timer.events(call, 30))
+    return summary(timer.events(call, UNET_CALLS))
+
+
+def time_compiled_unet(unet: Any, mode: str, device: str, side: int, timer: Timer) -> dict[str, Any]:
+    """The same UNet calls through ``torch.compile(mode=...)``: the baseline a speed-minded user runs.
+
+    The first calls compile (and, for ``max-autotune``, benchmark kernel choices and capture a
+    CUDA graph); their time is reported as ``compile_s``, apart from the timed calls. A failure is
+    recorded, not raised, so the eager and ONNX Runtime figures of the run survive it.
+    """
+    import torch
+
+    inputs = unet_inputs(device, unet.dtype, 2, side // 8, unet.config.cross_attention_dim)
+    try:
+        compiled = torch.compile(unet, mode=mode, fullgraph=False)
+
+        def call() -> Any:
+            with torch.no_grad():
+                return compiled(*inputs, return_dict=False)
+
+        started = time.monotonic()
+        for _ in range(3):
+            output = call()
+        timer.sync()
+        compile_s = time.monotonic() - started
+        reference = unet_call_output(unet, inputs)
+        difference = (output[0].float() - reference).abs()
+        return {
+            **summary(timer.events(call, UNET_CALLS)),
+            "mode": mode,
+            "compile_s": compile_s,
+            "max_abs_diff_vs_eager": float(difference.max()),
+        }
+    except Exception as err:
+        logger.exception("torch.compile(mode=%s) failed", mode)
+        return {"mode": mode, "error": f"{type(err).__name__}: {err}"[:500]}
 
 
 def unet_call_output(unet: Any, inputs: tuple[Any, Any, Any]) -> Any:
@@ -423,9 +471,7 @@ def run_bench(args: argparse.Namespace) -> int:
     side = 512 if args.architecture == "sd15" else 64
     timer = Timer(args.device)
     report: dict[str, Any] = {"architecture": args.architecture, "device": args.device, "steps": args.steps}
-    if args.device == "cuda":
-        report["gpu"] = torch.cuda.get_device_name()
-        report["torch"] = torch.__version__
+    report["environment"] = environment(args.device)
     src, folder = args.work / "src", args.work / "models" / f"{args.architecture}-gpu"
     started = time.monotonic()
     write_checkpoint(src, args.architecture)
@@ -440,6 +486,9 @@ def run_bench(args: argparse.Namespace) -> int:
     report["convert_s"] = time.monotonic() - started
     report["convert_overlapped_pytorch"] = True
     pytorch["unet_batch2_after_conversion"] = time_unet(pipe.unet, args.device, side, timer)
+    mode = compile_mode(args)
+    if mode != "none":
+        pytorch["unet_batch2_compiled"] = time_compiled_unet(pipe.unet, mode, args.device, side, timer)
     report["pytorch"] = pytorch
     save_report(report, args.out)
     del pipe
@@ -470,6 +519,44 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def compile_mode(args: argparse.Namespace) -> str:
+    """The ``--compile`` mode, defaulting to ``max-autotune`` on CUDA and none on the CPU check run."""
+    if args.compile is not None:
+        return str(args.compile)
+    return "max-autotune" if args.device == "cuda" else "none"
+
+
+def environment(device: str) -> dict[str, Any]:
+    """The card, its clocks and the library versions behind a run's figures."""
+    import importlib.metadata
+
+    import torch
+
+    found: dict[str, Any] = {"torch": torch.__version__}
+    for package in ("onnxruntime-gpu", "onnxruntime", "diffusers", "triton"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if device == "cuda":
+        found["gpu"] = torch.cuda.get_device_name()
+        found["cuda"] = torch.version.cuda
+        query = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu"
+        try:
+            smi = subprocess.run(
+                ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            values = [value.strip() for value in smi.stdout.split(",")]
+            found["nvidia_smi"] = dict(zip(query.split(","), values, strict=False))
+        except (OSError, subprocess.SubprocessError) as err:
+            found["nvidia_smi"] = f"unavailable: {err}"[:200]
+    return found
+
+
 def save_report(report: dict[str, Any], out: Path) -> None:
     """Write what is measured so far: a run cut short still leaves its figures."""
     (out / "gpu-bench.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -483,15 +570,25 @@ def format_table(report: dict[str, Any]) -> str:
     torch_unet = min(
         pytorch["unet_batch2"]["median_ms"], pytorch["unet_batch2_after_conversion"]["median_ms"]
     )
+    compiled = pytorch.get("unet_batch2_compiled", {})
+    compiled_ms = compiled.get("median_ms")
+    if compiled_ms is not None:
+        lines.append(
+            f"{'UNet b2 torch.compile(' + compiled['mode'] + ')':44} {torch_unet:10.2f} {compiled_ms:10.2f} "
+            f"{torch_unet / compiled_ms:7.2f} {flops / compiled_ms / 1e9:8.1f}"
+        )
+    elif compiled:
+        lines.append(f"{'UNet b2 torch.compile':44} {torch_unet:10.2f} {'failed':>10}")
     for name, value in report.get("unet_variants", {}).items():
         if "median_ms" not in value:
             lines.append(f"UNet b2 {name:36} {torch_unet:10.2f} {'failed':>10}")
             continue
         ms = value["median_ms"]
         tflops = flops / ms / 1e9
+        against_compiled = f"  vs compiled {compiled_ms / ms:.2f}" if compiled_ms is not None else ""
         lines.append(
             f"UNet b2 {name:36} {torch_unet:10.2f} {ms:10.2f} {torch_unet / ms:7.2f} "
-            f"{tflops:8.1f} {tflops / PEAK_TFLOPS * 100:6.1f}"
+            f"{tflops:8.1f} {tflops / PEAK_TFLOPS * 100:6.1f}{against_compiled}"
         )
     image_torch, image_ours = pytorch["image"]["median_ms"], ours["image"]["median_ms"]
     lines.append(
@@ -666,8 +763,7 @@ def run_sdxl_bench(args: argparse.Namespace) -> int:
     steps = args.steps or 30
     timer = Timer(args.device)
     report: dict[str, Any] = {"architecture": args.architecture, "device": args.device, "steps": steps}
-    if args.device == "cuda":
-        report.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__)
+    report["environment"] = environment(args.device)
     src, folder = args.work / "src", args.work / "models" / f"{args.architecture}-gpu"
     report["build_checkpoint_s"] = timed(lambda: write_checkpoint(src, args.architecture))
     optimize = "gpu" if args.device == "cuda" else "none"
