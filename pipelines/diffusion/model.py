@@ -415,6 +415,7 @@ class Run:
         conditioning: np.ndarray | None = None,
         after_step: Callable[[int, Any], Any] | None = None,
         extra_inputs: Mapping[str, np.ndarray] | None = None,
+        unet: Any = None,
     ) -> np.ndarray:
         """Run the UNet loop over ``timesteps`` from ``latents`` (already scaled for the scheduler).
 
@@ -422,7 +423,8 @@ class Run:
         ``conditioning`` (an inpainting UNet's mask and masked-image latents, already doubled for
         guidance) is appended to the UNet input channels after the scheduler scales the latents.
         ``extra_inputs`` are further UNet inputs given unchanged at every step (the x4 upscaler's
-        ``class_labels``).
+        ``class_labels``). ``unet`` is a session-like UNet (``get_inputs`` and ``run``) to call
+        instead of the model's own (a ControlNet's, which adds its residuals).
         ``after_step(index, latents)`` may replace the latents after each scheduler step (a
         4-channel UNet's inpainting puts the kept region back). ``hooks.on_step(1)`` is called per
         scheduler step and ``hooks.check_cancelled()`` after every UNet call.
@@ -432,7 +434,7 @@ class Run:
         generation = self.generation
         timesteps = scheduler.timesteps if timesteps is None else timesteps
         steps = generation.steps if steps is None else steps
-        unet = self.model.session("unet")
+        unet = self.model.session("unet") if unet is None else unet
         timestep_dtype = input_type(unet, "timestep", np.float32)
         timestep_shape = next(item.shape for item in unet.get_inputs() if item.name == "timestep")
         arguments = step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed))

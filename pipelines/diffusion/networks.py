@@ -44,6 +44,8 @@ NETWORK_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin", ".pth")
 #: Kohya key prefixes of each model component.
 LORA_PREFIXES: Mapping[str, tuple[str, ...]] = {
     "unet": ("lora_unet_",),
+    # The UNet that takes ControlNet residuals has the same weights (``pipelines.models.controlnets``).
+    "cnet": ("lora_unet_",),
     "text_encoder": ("lora_te_", "lora_te1_"),
     "text_encoder_2": ("lora_te2_",),
 }

@@ -140,11 +140,11 @@ def encode_prompt(
     )
 
 
-def cpu_predict(model: sd.DiffusionModel) -> Predict:
-    """UNet calls on the model's ONNX Runtime session, torch tensors in and out through numpy."""
+def cpu_predict(model: sd.DiffusionModel, unet: Any = None) -> Predict:
+    """UNet calls on the model's ONNX Runtime session (or a session-like ``unet``), tensors through numpy."""
     import torch
 
-    unet = model.session("unet")
+    unet = model.session("unet") if unet is None else unet
     timestep_type = sd.input_type(unet, "timestep", np.float32)
 
     def predict(sample: Any, timestep: Any, hidden: Any, pooled: Any, time_ids: Any) -> Any:
@@ -236,6 +236,7 @@ class SdxlRun(sd.Run):
         conditioning: np.ndarray | None = None,
         after_step: Callable[[int, Any], Any] | None = None,
         extra_inputs: Mapping[str, np.ndarray] | None = None,
+        unet: Any = None,
     ) -> np.ndarray:
         """``Run.denoise`` on an SDXL UNet: ``embeddings`` with this run's pooled and size conditioning."""
         import torch
@@ -245,7 +246,7 @@ class SdxlRun(sd.Run):
         tensors = (embeddings, self.conditioning.pooled, self.conditioning.time_ids)
         hidden, pooled, time_ids = (torch.from_numpy(item) for item in tensors)
         sample = denoise(
-            cpu_predict(self.model),
+            cpu_predict(self.model, unet),
             scheduler,
             torch.from_numpy(latents),
             (hidden, pooled, time_ids),
