@@ -1,10 +1,15 @@
-"""The ``panorama`` pipeline: MultiDiffusion on SD 1.x, with region prompts and region seeds.
+"""The ``panorama`` pipelines: MultiDiffusion on SD 1.x/2.x and SDXL, with region prompts and seeds.
 
 Each denoising step runs the UNet on overlapping windows ("views") of the latents, steps the
 scheduler on each window and averages the overlaps, weighted by how many windows cover each
 latent cell (MultiDiffusion, arXiv:2302.08113). The numerics follow diffusers'
 ``StableDiffusionPanoramaPipeline`` with ``circular_padding`` off: every view keeps its own
 scheduler state, and the views draw their step noise from one seeded generator in view order.
+
+``panorama-sdxl`` (or ``panorama`` on an SDXL model: an ``SdxlRun``) runs the same loop on SDXL's
+UNet and conditioning (``pipelines.diffusion.sdxl``): every view, and every region, is conditioned
+on the size of the whole image (``time_ids``), as onnx-web's SDXL panorama pipeline does, so a
+single view over the whole image is exactly SDXL txt2img.
 
 Two prompt tokens work only here (contract §9, features "Region prompts" and "Region seeds"):
 
@@ -29,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from pipelines.diffusion import model as sd
-from pipelines.diffusion.prompt import parse_prompt
+from pipelines.diffusion import sdxl
+from pipelines.diffusion.prompt import PromptText, parse_prompt
 from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.diffusion.schedulers import step_arguments
 
@@ -143,7 +149,8 @@ class View:
 
     rows: slice
     columns: slice
-    embeddings: np.ndarray
+    #: The UNet's text conditioning: SD's prompt embeddings, or SDXL's ``SdxlConditioning``.
+    embeddings: Any
     #: The region this view denoises (its rectangle lies inside the window); ``None`` for a base view.
     region: Region | None = None
 
@@ -229,7 +236,10 @@ def panorama_latents(
 
 def base_views(run: sd.Run, shape: tuple[int, ...], window: int, stride: int) -> list[View]:
     """The MultiDiffusion windows over latents of ``shape``, all with the base prompt."""
-    embeddings = run.prompt_embeddings()
+    prompt, negative = sd.parse_prompts(run.generation)
+    embeddings = prompt_conditioning(
+        run, prompt.spans, negative.spans if negative else None, prompt.clip_skip
+    )
     return [
         View(rows, columns, embeddings) for rows, columns in view_windows(shape[2], shape[3], window, stride)
     ]
@@ -245,10 +255,19 @@ def region_views(run: sd.Run, regions: Sequence[Region], shape: tuple[int, ...])
         # The base prompt as written: its weights apply, its tokens are left out again.
         spans = parse_prompt(region.text(run.generation.prompt)).spans
         negative_spans = negative.spans if negative else None
-        embeddings = sd.encode_prompt(run.model, spans, negative_spans, run.generation, base.clip_skip)
+        embeddings = prompt_conditioning(run, spans, negative_spans, base.clip_skip)
         rows, columns = region.rectangle.latent
         views.append(View(unet_window(rows, shape[2]), unet_window(columns, shape[3]), embeddings, region))
     return views
+
+
+def prompt_conditioning(
+    run: sd.Run, prompt: PromptText, negative_prompt: PromptText | None, clip_skip: int
+) -> Any:
+    """A view's text conditioning: SD's embeddings, or SDXL's for an ``SdxlRun`` (no clip skip)."""
+    if isinstance(run, sdxl.SdxlRun):
+        return sdxl.encode_prompt(run.model, prompt, negative_prompt, run.generation)
+    return sd.encode_prompt(run.model, prompt, negative_prompt, run.generation, clip_skip)
 
 
 def multidiffusion(run: sd.Run, scheduler: Any, latents: np.ndarray, views: Sequence[View]) -> np.ndarray:
@@ -260,7 +279,7 @@ def multidiffusion(run: sd.Run, scheduler: Any, latents: np.ndarray, views: Sequ
     import torch
 
     generation = run.generation
-    unet = UNet(run.model.session("unet"))
+    unet = SdxlUNet(run.model) if isinstance(run, sdxl.SdxlRun) else UNet(run.model.session("unet"))
     generator = sd.torch_generator(generation.seed)
     arguments = step_arguments(scheduler, eta=generation.eta, generator=generator)
     # Per-view state: multistep schedulers remember earlier outputs, which are the view's own.
@@ -330,6 +349,14 @@ class UNet:
         self, sample: np.ndarray, t: Any, embeddings: np.ndarray, generation: sd.Generation
     ) -> np.ndarray:
         """The noise prediction for ``sample`` (already scaled), guided as the generation asks."""
+        noise = self.noise(sample, t, embeddings)
+        if generation.guidance:
+            uncond, text = np.split(noise, 2)
+            noise = uncond + generation.cfg * (text - uncond)
+        return noise
+
+    def noise(self, sample: np.ndarray, t: Any, embeddings: np.ndarray) -> np.ndarray:
+        """The UNet's output for every row of ``sample`` (already scaled), unguided."""
         count = self.timestep_count or len(sample)
         noise: np.ndarray = self.session.run(
             None,
@@ -339,6 +366,25 @@ class UNet:
                 "encoder_hidden_states": embeddings,
             },
         )[0]
+        return noise
+
+
+class SdxlUNet:
+    """An SDXL UNet on the model's ONNX Runtime session, predicting as ``UNet`` does."""
+
+    def __init__(self, model: sd.DiffusionModel) -> None:
+        self.call = sdxl.cpu_predict(model)
+
+    def predict(
+        self, sample: np.ndarray, t: Any, conditioning: sdxl.SdxlConditioning, generation: sd.Generation
+    ) -> np.ndarray:
+        """The noise prediction for ``sample`` (already scaled), guided as the generation asks."""
+        import torch
+
+        tensors = (sample.astype(np.float32), conditioning.hidden, conditioning.pooled, conditioning.time_ids)
+        model_input, hidden, pooled, time_ids = (torch.from_numpy(item) for item in tensors)
+        timestep = torch.full((len(model_input),), float(t))
+        noise: np.ndarray = self.call(model_input, timestep, hidden, pooled, time_ids).float().numpy()
         if generation.guidance:
             uncond, text = np.split(noise, 2)
             noise = uncond + generation.cfg * (text - uncond)
