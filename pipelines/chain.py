@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.context import Counter, Progress, SessionProvider, StageContext, StageImage
+from pipelines.context import Counter, Output, Progress, SessionProvider, StageContext, StageImage, StageText
 from pipelines.stages import STAGES, estimate_steps
 from pipelines.stages.spec import StageRunner
 
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 class ChainResult:
     """What a finished chain produced."""
 
-    #: The images to store as the job's outputs, in order.
-    outputs: list[StageImage]
+    #: The images (or a txt2txt job's texts) to store as the job's outputs, in order.
+    outputs: list[Output]
     #: Wall time per stage name, in milliseconds (for the job's summary log line).
     timings_ms: dict[str, int] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
@@ -91,6 +91,9 @@ def run_chain(
     tracker = _Tracker(stages, report)
     persisted: list[StageImage] = []
     extras: list[StageImage] = []
+    texts: list[StageText] = []
+    # What a stage hands to later ones (text-prompt's prompt), shared by every stage's context.
+    carry: dict[str, Any] = {}
     # One mutable copy for the whole chain: a preparing stage may hand later ones new inputs.
     inputs = dict(inputs or {})
     # Legacy routes start from their uploads (img2img's source, blend's first image).
@@ -110,8 +113,12 @@ def run_chain(
             check_cancelled=check_cancelled,
             persist=persisted.extend,
             persist_extra=extras.extend,
+            persist_text=texts.extend,
+            carry=carry,
         )
-        params = {**stage_type.load(stage["params"]), "stage_name": stage["name"]}
+        loaded = stage_type.load(stage["params"])
+        carried = {key: value for key, value in carry.items() if key in loaded}
+        params = {**loaded, **carried, "stage_name": stage["name"]}
         started = time.monotonic()
         runner = stage_type.run
         if stage_type.tileable and _needs_tiles(stage, images):
@@ -121,9 +128,8 @@ def run_chain(
         timings[stage["name"]] = int((time.monotonic() - started) * 1000)
         log.debug("stage done", extra={"stage": stage["name"], "type": stage["type"], "images": len(images)})
     tracker.finish()
-    return ChainResult(
-        outputs=(persisted or images) + extras, timings_ms=timings, progress=tracker.snapshot()
-    )
+    outputs: list[Output] = [*(persisted or images), *extras, *texts]
+    return ChainResult(outputs=outputs, timings_ms=timings, progress=tracker.snapshot())
 
 
 def _upload(image: Image.Image) -> StageImage:
@@ -160,6 +166,8 @@ def _tile_runner(
             check_cancelled=ctx.check_cancelled,
             persist=ctx.persist,
             persist_extra=ctx.persist_extra,
+            persist_text=ctx.persist_text,
+            carry=ctx.carry,
         )
         return runner(tile_ctx, params, [StageImage(tile_image, metadata)])[0].image
 

@@ -49,6 +49,19 @@ class StageImage:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class StageText:
+    """A text a job produced (txt2txt), with the metadata that describes how it was made."""
+
+    text: str
+    #: The metadata JSON of contract §7.3, with ``text`` and the generation's own figures.
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+#: What a job stores as its outputs: images, or the texts of a txt2txt job.
+Output = StageImage | StageText
+
+
 @dataclass(frozen=True)
 class Counter:
     """A ``{current, total}`` progress counter."""
@@ -96,3 +109,8 @@ class StageContext:
     persist: Callable[[list[StageImage]], None] = lambda images: None
     #: Records images as extra outputs, listed after all others (img2img's filtered source).
     persist_extra: Callable[[list[StageImage]], None] = lambda images: None
+    #: Records texts as outputs of the job (txt2txt's ``text-generate``).
+    persist_text: Callable[[list[StageText]], None] = lambda texts: None
+    #: Parameters a stage hands to every later stage of the chain that has them: ``text-prompt``
+    #: puts its expanded ``prompt`` here. Shared by the chain's stages, like ``inputs``.
+    carry: dict[str, Any] = field(default_factory=dict)

@@ -13,7 +13,7 @@ from service.jobs.store import JobStore
 
 #: ``<mode>_<seed>_<sha256>_<unix seconds>_[thumbnail_]<index>.<ext>[.json]``
 OUTPUT_NAME = re.compile(
-    r"^(?P<job>[a-z0-9]+_\d{1,10}_[0-9a-f]{64}_\d{1,12})_(?:thumbnail_)?\d{1,4}\.(?:png|jpeg|webp)(?:\.json)?$"
+    r"^(?P<job>[a-z0-9]+_\d{1,10}_[0-9a-f]{64}_\d{1,12})_(?:thumbnail_)?\d{1,4}\.(?:png|jpeg|webp|txt)(?:\.json)?$"
 )
 
 
