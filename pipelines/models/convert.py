@@ -8,7 +8,11 @@ The layout is diffusers' ``OnnxStableDiffusionPipeline`` folder, with its input 
                                          clip_skip.2 ... clip_skip.N (for ``<clip:skip:k>``)
     <dest>/tokenizer/                    vocab.json, merges.txt, tokenizer_config.json, ...
     <dest>/unet/model.onnx               sample, timestep, encoder_hidden_states -> out_sample
-                                         (+ class_labels for UNets with class embeddings)
+                                         (+ class_labels for UNets with class embeddings,
+                                         + timestep_cond for LCM-distilled UNets)
+    <dest>/unet/config.json              the diffusers UNet config (input channels, ...)
+    <dest>/cnet/model.onnx               (``cnet=True``) the UNet plus ControlNet residual inputs
+                                         (``pipelines.models.controlnets``)
     <dest>/vae_encoder/model.onnx        sample -> latent_sample
     <dest>/vae_decoder/model.onnx        latent_sample -> sample
     <dest>/scheduler/scheduler_config.json
@@ -62,6 +66,7 @@ def convert_diffusers_folder(
     progress: Callable[[str], None] | None = None,
     optimize: str = "none",
     workers: int = 1,
+    cnet: bool = False,
 ) -> Path:
     """Export the diffusers folder ``src`` (unet, vae, text_encoder, tokenizer, scheduler) to ``dest``.
 
@@ -69,6 +74,7 @@ def convert_diffusers_folder(
     the model list never sees a half-converted model. An existing ``dest`` is replaced.
     ``optimize="gpu"`` exports for ``pipelines.gpu.optimize`` and then fuses and converts each
     component to fp16 (``workers`` components at a time): a folder for CUDA workers only.
+    ``cnet`` also exports the UNet that takes ControlNet residuals (``pipelines.models.controlnets``).
     """
     if optimize not in OPTIMIZE_CHOICES:
         raise ValueError(f"optimize must be one of {OPTIMIZE_CHOICES}, not {optimize!r}")
@@ -103,6 +109,13 @@ def convert_diffusers_folder(
     report(f"{dest.name}: exporting unet (2/4)")
     unet = prepare(UNet2DConditionModel.from_pretrained(src / "unet").eval())
     export_unet(unet, partial / "unet" / ONNX_FILE, opset)
+    # The api reads what kind of UNet a model has (its input channels) here, without ONNX.
+    shutil.copyfile(src / "unet" / "config.json", partial / "unet" / "config.json")
+    if cnet:
+        from pipelines.models.controlnets import cnet_path, export_cnet_unet
+
+        report(f"{dest.name}: exporting the ControlNet UNet (cnet)")
+        export_cnet_unet(unet, cnet_path(partial), opset)
     del unet
 
     vae = prepare(AutoencoderKL.from_pretrained(src / "vae").eval())
@@ -197,7 +210,9 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
     fractional timesteps; the prompt sequence axis is dynamic so long prompts (several 77-token
     windows) can be given. A UNet with class embeddings (the x4 upscaler's noise level) also
     takes int64 ``class_labels``, one per batch item; an SDXL UNet (``addition_embed_type``
-    ``text_time``) takes ``text_embeds`` and ``time_ids`` (batch, 6).
+    ``text_time``) takes ``text_embeds`` and ``time_ids`` (batch, 6); an LCM-distilled UNet
+    (``time_cond_proj_dim``) takes ``timestep_cond`` (batch, time_cond_proj_dim), the embedded
+    guidance scale.
     """
     import torch
 
@@ -213,15 +228,16 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
             encoder_hidden_states: torch.Tensor,
             *extra: torch.Tensor,
         ) -> torch.Tensor:
-            if sdxl:
-                text_embeds, time_ids = extra
-                added = {"text_embeds": text_embeds, "time_ids": time_ids}
-                return self.model(
-                    sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False
-                )[0]
-            class_labels = extra[0] if extra else None
+            named = dict(zip(list(inputs)[3:], extra, strict=True))
+            added = {"text_embeds": named["text_embeds"], "time_ids": named["time_ids"]} if sdxl else None
             return self.model(
-                sample, timestep, encoder_hidden_states, class_labels=class_labels, return_dict=False
+                sample,
+                timestep,
+                encoder_hidden_states,
+                class_labels=named.get("class_labels"),
+                timestep_cond=named.get("timestep_cond"),
+                added_cond_kwargs=added,
+                return_dict=False,
             )[0]
 
     config = unet.config
@@ -244,6 +260,9 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
         pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
         args += (torch.randn((TRACE_BATCH, pooled)), torch.full((TRACE_BATCH, 6), 64.0))
         inputs.update(text_embeds={0: "batch"}, time_ids={0: "batch"})
+    if config.time_cond_proj_dim is not None:
+        args += (torch.randn((TRACE_BATCH, config.time_cond_proj_dim)),)
+        inputs["timestep_cond"] = {0: "batch"}
     export_module(UNet(), args, path, opset, inputs=inputs, outputs={"out_sample": IMAGE_AXES})
 
 

@@ -37,7 +37,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pipelines.models.controlnets import has_cnet
 from pipelines.models.convert import convert_diffusers_folder
+from pipelines.models.demo_controlnets import build_demo_controlnets
 from pipelines.models.demo_networks import build_demo_networks
 from pipelines.models.layout import EXTRAS_FILE, read_model_hash
 
@@ -238,13 +240,24 @@ def sd_model_index(class_name: str, scheduler: str, **extra: Any) -> dict[str, A
     }
 
 
+#: diffusers' pipeline class of an SD 1.x folder by its UNet's input channels: 9 for inpainting
+#: (latents, mask, masked-image latents), 8 for InstructPix2Pix (latents, source-image latents).
+DEMO_PIPELINE_CLASSES: dict[int, str] = {
+    9: "StableDiffusionInpaintPipeline",
+    8: "StableDiffusionInstructPix2PixPipeline",
+}
+#: The InstructPix2Pix demo: SD 1.x's parts, a UNet that also sees the source image's latents.
+DEMO_PIX2PIX = "stable-diffusion-onnx-instruct-pix2pix"
+DEMO_PIX2PIX_LABEL = "Demo InstructPix2Pix (tiny, random weights)"
+
+
 def write_demo_checkpoint(dest: Path, *, unet_in_channels: int = 4) -> None:
     """Write a diffusers Stable Diffusion folder of seeded random weights to ``dest``."""
     write_demo_text_parts(dest)
     demo_unet(unet_in_channels).save_pretrained(dest / "unet")
     demo_vae().save_pretrained(dest / "vae")
     write_json(dest / "scheduler" / "scheduler_config.json", SD15_SCHEDULER_CONFIG)
-    pipeline_class = "StableDiffusionInpaintPipeline" if unet_in_channels == 9 else "StableDiffusionPipeline"
+    pipeline_class = DEMO_PIPELINE_CLASSES.get(unet_in_channels, "StableDiffusionPipeline")
     write_json(
         dest / "model_index.json", sd_model_index(pipeline_class, "PNDMScheduler", **SD15_INDEX_EXTRAS)
     )
@@ -309,6 +322,8 @@ class DemoModel:
     #: What its extras entry says besides name, label, source and hash: the ``pipeline`` that tells
     #: the GUI what a diffusion model is for, or an upscaler's ``scale``.
     listing: Mapping[str, Any] = field(default_factory=dict)
+    #: Also converted with the ``cnet`` UNet that ControlNets feed (``pipelines.models.controlnets``).
+    cnet: bool = False
 
     def entry(self, folder: Path) -> dict[str, Any]:
         """Its extras-file entry, with the hash of the model converted into ``folder``."""
@@ -329,6 +344,7 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
         "Demo SD v1.5 (tiny, random weights)",
         write_demo_checkpoint,
         listing={"pipeline": "txt2img"},
+        cnet=True,
     ),
     DemoModel(
         "stable-diffusion-onnx-v1-inpainting",
@@ -342,7 +358,19 @@ DEMO_FOLDERS: tuple[DemoModel, ...] = (
     *DEMO_MODELS,
     DemoModel(DEMO_SD21, DEMO_SD21_LABEL, write_demo_sd21_checkpoint, listing={"pipeline": "txt2img"}),
     DemoModel(DEMO_UPSCALER, DEMO_UPSCALER_LABEL, write_demo_upscaler_checkpoint, "upscaling", {"scale": 4}),
-    DemoModel(DEMO_SDXL, DEMO_SDXL_LABEL, write_demo_sdxl_checkpoint, listing={"pipeline": "txt2img-sdxl"}),
+    DemoModel(
+        DEMO_SDXL,
+        DEMO_SDXL_LABEL,
+        write_demo_sdxl_checkpoint,
+        listing={"pipeline": "txt2img-sdxl"},
+        cnet=True,
+    ),
+    DemoModel(
+        DEMO_PIX2PIX,
+        DEMO_PIX2PIX_LABEL,
+        partial(write_demo_checkpoint, unet_in_channels=8),
+        listing={"pipeline": "pix2pix"},
+    ),
 )
 
 
@@ -358,11 +386,12 @@ def build_demo_models(
     folders = []
     for model in DEMO_FOLDERS:
         dest = models_path / model.name
-        if force or not (dest / "model_index.json").is_file():
+        missing_cnet = model.cnet and not has_cnet(dest)
+        if force or missing_cnet or not (dest / "model_index.json").is_file():
             source = torch_source_path(models_path, model.name)
             report(f"{model.name}: building random-weight torch models")
             model.write_checkpoint(source)
-            convert_diffusers_folder(source, dest, progress=progress)
+            convert_diffusers_folder(source, dest, progress=progress, cnet=model.cnet)
         else:
             report(f"{model.name}: already built")
         folders.append(dest)
@@ -372,6 +401,15 @@ def build_demo_models(
         ]
         merge_extras(models_path / EXTRAS_FILE, section, entries)
     build_demo_networks(models_path, DEMO_MODELS[0].name, progress=report)
+    build_demo_controlnets(models_path, progress=report)
+    # Imported here, as torch is: importing this module stays light.
+    from pipelines.models.demo_annotators import build_demo_annotators
+
+    build_demo_annotators(models_path, force=force, progress=report)
+    # Imported here: the text demo builds its tokenizer with this module's helpers.
+    from pipelines.text.demo import build_demo_text_models
+
+    build_demo_text_models(models_path, force=force, progress=report)
     return folders
 
 
@@ -449,8 +487,11 @@ def seeded_unet(seed: int, **config: Any) -> Any:
     return UNet2DConditionModel(**DEMO_UNET_SHAPE, **config)
 
 
-def demo_unet(in_channels: int = 4) -> Any:
-    """A narrow SD 1.x UNet (cross-attention, 4 latent channels out) with seeded random weights."""
+def demo_unet(in_channels: int = 4, **config: Any) -> Any:
+    """A narrow SD 1.x UNet (cross-attention, 4 latent channels out) with seeded random weights.
+
+    ``config`` adds to its diffusers config (an LCM-distilled UNet's ``time_cond_proj_dim``).
+    """
     return seeded_unet(
         0,
         sample_size=8,
@@ -459,6 +500,7 @@ def demo_unet(in_channels: int = 4) -> Any:
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=8,
+        **config,
     )
 
 
@@ -603,7 +645,13 @@ def train_bpe_merges(words: Iterable[str]) -> list[tuple[str, str]]:
     merges depend only on the word list.
     """
     # Every corpus word is ASCII, so its characters already are its byte symbols.
-    corpus = [(*word[:-1], word[-1] + "</w>") for word in sorted(set(words))]
+    return learn_merges([(*word[:-1], word[-1] + "</w>") for word in sorted(set(words))])
+
+
+def learn_merges(corpus: list[tuple[str, ...]]) -> list[tuple[str, str]]:
+    """Byte-pair merges of ``corpus`` (words as symbol tuples), most frequent pair first, until every
+    word is one symbol; ties go to the lexicographically largest pair (CLIP's and GPT-2's demo
+    tokenizers differ only in how they spell a word's boundary)."""
     merges: list[tuple[str, str]] = []
     while True:
         pairs = Counter(pair for symbols in corpus for pair in itertools.pairwise(symbols))

@@ -6,7 +6,8 @@ Layout (contract §5.3, §11):
 
 - ``diffusion``: top-level entries named ``diffusion-*`` or ``stable-diffusion-*``, then entries of
   ``diffusion/``. ``correction``: ``correction-*`` then ``correction/``. ``upscaling``:
-  ``upscaling-*`` then ``upscaling/``. Networks: ``control/``, ``inversion/``, ``lora/``.
+  ``upscaling-*`` then ``upscaling/``. Networks: ``control/``, ``inversion/``, ``lora/``. Source
+  filter annotators: ``filter/<model>/model.onnx`` (``filter_models``).
 - A model's name is its basename, without the extension for files (``upscaling-x4.onnx`` is
   ``upscaling-x4``). NOTE(registry): onnx-web also strips a "extension" from directory names, so a
   folder ``stable-diffusion-v1.5`` was listed as ``stable-diffusion-v1`` and could not be loaded;
@@ -38,10 +39,11 @@ from typing import Any, Literal
 import yaml
 
 from pipelines.diffusion.wildcards import load_wildcards
+from pipelines.imageops.annotators import installed_models
 
 logger = logging.getLogger(__name__)
 
-ModelKind = Literal["diffusion", "correction", "upscaling"]
+ModelKind = Literal["diffusion", "correction", "upscaling", "text", "safety"]
 NetworkType = Literal["control", "inversion", "lora"]
 #: Diffusion model families the workers tell apart: Stable Diffusion 1.x/2.x, and SDXL.
 ModelFamily = Literal["sd", "sdxl"]
@@ -51,6 +53,9 @@ KIND_PREFIXES: dict[ModelKind, tuple[str, ...]] = {
     "diffusion": ("diffusion-", "stable-diffusion-"),
     "correction": ("correction-",),
     "upscaling": ("upscaling-",),
+    # GPT-2 text models (txt2txt, text-prompt) and image safety classifiers (edit-safety).
+    "text": ("text-",),
+    "safety": ("safety-",),
 }
 NETWORK_TYPES: tuple[NetworkType, ...] = ("control", "inversion", "lora")
 IGNORED_SUFFIXES = (".crdownload", ".lock", ".tmp")
@@ -82,6 +87,20 @@ class Network:
         return {"name": self.name, "tokens": list(self.tokens), "type": self.type}
 
 
+@dataclass(frozen=True)
+class PublishedModel:
+    """A model of the model store (``service.modelstore``): listed and accepted like a folder's own,
+    pulled by the worker that runs it. Its facts come from the store's registry, not from files."""
+
+    name: str
+    #: A model kind or a network type.
+    kind: str
+    #: Where it sits below a models folder (``stable-diffusion-x``, ``upscaling-x4.onnx``).
+    path: str
+    family: ModelFamily
+    size_bytes: int
+
+
 @dataclass
 class _Extras:
     """What the server takes from extras files."""
@@ -102,6 +121,8 @@ class _Snapshot:
     networks: tuple[Network, ...]
     extras: _Extras
     wildcards: dict[str, tuple[str, ...]]
+    #: Annotator models of the model-based source filters (``filter/<model>/model.onnx``).
+    filter_models: tuple[str, ...] = ()
 
 
 class ModelRegistry:
@@ -115,6 +136,7 @@ class ModelRegistry:
         """
         self.models_path = Path(models_path)
         self._extra_models = tuple(Path(path) for path in extra_models)
+        self._published: tuple[PublishedModel, ...] = ()
         self._snapshot = self._scan()
         #: Family and size of the models asked about, read once per scan: the api asks at every
         #: submission (``service.admission``), and a model's files do not change under it.
@@ -163,6 +185,10 @@ class ModelRegistry:
         """The network of that type and name, or ``None``."""
         return next((n for n in self.networks(network_type) if n.name == name), None)
 
+    def filter_models(self) -> tuple[str, ...]:
+        """The annotator models installed for the model-based source filters (``depth``, ``hed``, …)."""
+        return self._snapshot.filter_models
+
     def wildcards(self) -> Mapping[str, tuple[str, ...]]:
         """Wildcard lists by name, in the order they were found."""
         return self._snapshot.wildcards
@@ -200,8 +226,23 @@ class ModelRegistry:
         """The size of a model's files (a folder's summed); 0 for one that is not there."""
         return self._facts(name)[1]
 
+    def unet_channels(self, name: str) -> int | None:
+        """Input channels of the UNet of the model at ``name``, or ``None`` where its folder does not say."""
+        return unet_in_channels(self.resolve(name))
+
+    def set_published(self, published: Sequence[PublishedModel]) -> None:
+        """List the model store's ready models after the folder's own (the folder wins a name)."""
+        published = tuple(published)
+        if published != self._published:
+            self._published = published
+            self.reload()
+
     def _facts(self, name: str) -> tuple[ModelFamily, int]:
         facts = self._model_facts.get(name)
+        if facts is None and not self.resolve(name).exists():
+            facts = next(
+                ((p.family, p.size_bytes) for p in self._published if _published_name(p) == name), None
+            )
         if facts is None:
             path = self.resolve(name)
             files = [path] if path.is_file() else [item for item in path.rglob("*") if item.is_file()]
@@ -232,6 +273,10 @@ class ModelRegistry:
                 kind_paths[f"{kind}/{name}"] = f"{kind}/{name}"
                 kind_paths.setdefault(name, f"{kind}/{name}")
                 listed.append(name)
+            for published in self._published:
+                if published.kind == kind and published.name not in kind_paths:
+                    kind_paths[published.name] = _published_name(published)
+                    listed.append(published.name)
             paths[kind] = kind_paths
             models[kind] = tuple(dict.fromkeys(listed))
         networks = tuple(
@@ -239,8 +284,20 @@ class ModelRegistry:
             for network_type in NETWORK_TYPES
             for name in _entries(self.models_path / network_type)
         )
+        local_networks = {(network.type, network.name) for network in networks}
+        networks += tuple(
+            Network(p.name, p.kind, () if p.kind == "control" else extras.tokens.get(p.name, ()))
+            for p in self._published
+            if p.kind in NETWORK_TYPES and (p.kind, p.name) not in local_networks
+        )
         wildcards = load_wildcards(self.models_path / WILDCARD_FOLDER)
-        return _Snapshot(models, paths, networks, extras, wildcards)
+        return _Snapshot(models, paths, networks, extras, wildcards, installed_models(self.models_path))
+
+
+def _published_name(model: PublishedModel) -> str:
+    """The path a request's model name resolves to, as ``find_model`` gives it (files without
+    ``.onnx``, as the stages add it)."""
+    return model.path.removesuffix(".onnx")
 
 
 def model_family(folder: Path) -> ModelFamily:
@@ -250,6 +307,25 @@ def model_family(folder: Path) -> ModelFamily:
     except (OSError, UnicodeDecodeError, ValueError):
         return "sd"
     return "sdxl" if isinstance(index, dict) and "XL" in str(index.get("_class_name", "")) else "sd"
+
+
+def unet_config(folder: Path, key: str) -> int | None:
+    """An integer of the diffusers config our converter copies beside the UNet (``unet/config.json``).
+
+    ``None`` where the folder lacks the config (converted elsewhere) or the key: then only the
+    worker, which reads the ONNX graph, can tell.
+    """
+    try:
+        config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    value = config.get(key) if isinstance(config, dict) else None
+    return value if isinstance(value, int) else None
+
+
+def unet_in_channels(folder: Path) -> int | None:
+    """The UNet's input channels: 4, 9 for inpainting, 8 for InstructPix2Pix (``unet_config``)."""
+    return unet_config(folder, "in_channels")
 
 
 def _entries(folder: Path) -> list[str]:

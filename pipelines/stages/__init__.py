@@ -22,6 +22,7 @@ from pipelines.stages import (
     edit_expand,
     edit_filter,
     edit_metadata,
+    edit_safety,
     edit_text,
     persist,
     reduce_crop,
@@ -30,6 +31,8 @@ from pipelines.stages import (
     source_s3,
     source_txt2img,
     source_url,
+    text_generate,
+    text_prompt,
     upscale_bsrgan,
     upscale_outpaint,
     upscale_resrgan,
@@ -59,11 +62,14 @@ STAGES: Mapping[str, StageType] = {
         edit_expand.STAGE,
         edit_filter.STAGE,
         edit_metadata.STAGE,
+        edit_safety.STAGE,
         edit_text.STAGE,
         persist.DISK,
         persist.S3,
         reduce_crop.STAGE,
         reduce_thumbnail.STAGE,
+        text_generate.STAGE,
+        text_prompt.STAGE,
         upscale_bsrgan.STAGE,
         upscale_outpaint.STAGE,
         upscale_resrgan.STAGE,
@@ -75,9 +81,12 @@ STAGES: Mapping[str, StageType] = {
 #: The chain language's compound stage: the api compiles it into its resize and img2img passes.
 COMPOUND = frozenset({"upscale-highres"})
 #: Stage types of onnx-web this build does not run yet: a chain naming one is answered 501.
-PLANNED = frozenset({"edit-safety", "text-prompt"})
+PLANNED: frozenset[str] = frozenset()
+#: Stage types only the api's own routes build (txt2txt's ``text-generate``): not part of onnx-web's
+#: chain language, so a chain document may not name them and the catalogue does not list them.
+ROUTE_ONLY = frozenset({"text-generate"})
 #: Every stage type name a chain document may use.
-NAMES = frozenset(STAGES) | COMPOUND | PLANNED
+NAMES = (frozenset(STAGES) - ROUTE_ONLY) | COMPOUND | PLANNED
 
 
 def effective_tile(stage_type: str, requested: int) -> int:
@@ -109,6 +118,7 @@ def stage_catalogue() -> dict[str, Any]:
             "available": True,
         }
         for name, stage in sorted(STAGES.items())
+        if name not in ROUTE_ONLY
     }
     for name in sorted(COMPOUND | PLANNED):
         catalogue[name] = {"available": name in COMPOUND}

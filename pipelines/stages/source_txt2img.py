@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.lcm import lcm_run
 from pipelines.diffusion.model import (
     LATENT_FACTOR,
     DiffusionModel,
@@ -28,7 +29,7 @@ from pipelines.diffusion.model import (
 )
 from pipelines.diffusion.panorama import panorama
 from pipelines.diffusion.prompt import prompt_stage
-from pipelines.diffusion.sdxl import txt2img_sdxl, wants_sdxl
+from pipelines.diffusion.sdxl import diffusion_run, txt2img_sdxl, wants_sdxl
 from pipelines.diffusion.txt2img import txt2img
 from pipelines.stages.spec import StageType, diffusion_steps, integer
 
@@ -37,18 +38,27 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     """Generate the images at the requested size and return ``images`` followed by them."""
     requested, generation = generations(params)
     model = load_model(ctx.models_path, generation.model, ctx.sessions)
-    generated = generator(params, model)(Run(model, generation, ctx))
+    # An SDXL run (by pipeline name or model folder) encodes and conditions as SDXL, panorama included;
+    # an LCM-distilled UNet gets its embedded guidance scale.
+    task = "panorama" if params["pipeline"] in PANORAMA_PIPELINES else "txt2img"
+    run = lcm_run(diffusion_run(params, model, generation, ctx), task)
+    generated = generator(params, model)(run)
     return [*images, *stage_images(params, requested, model, ctx.models_path, generated)]
 
 
 def generator(params: Mapping[str, Any], model: DiffusionModel) -> Callable[[Run], list[Image.Image]]:
-    """The pipeline the params ask for: SDXL by name (contract §8.6) or by model folder, panorama, txt2img."""
-    if wants_sdxl(params, model.folder):
-        return txt2img_sdxl
-    if params["pipeline"] == "panorama":
+    """The pipeline the params ask for: panorama (SD's or SDXL's), SDXL by name (contract §8.6) or by
+    model folder, txt2img."""
+    if params["pipeline"] in PANORAMA_PIPELINES:
         # The view window is the UNet tile (512 px by default, as diffusers' 64 latent cells).
         return functools.partial(panorama, window=max(1, int(params["unet_tile"]) // LATENT_FACTOR))
+    if wants_sdxl(params, model.folder):
+        return txt2img_sdxl
     return txt2img
+
+
+#: MultiDiffusion: ``panorama-sdxl``, and ``panorama`` on an SDXL model, run SDXL's.
+PANORAMA_PIPELINES = ("panorama", "panorama-sdxl")
 
 
 def generations(params: Mapping[str, Any]) -> tuple[Generation, Generation]:

@@ -13,6 +13,7 @@ import pytest
 from pipelines.models.cli import add_convert_arguments, run_convert
 from pipelines.models.demo import (
     DEMO_MODELS,
+    DEMO_PIX2PIX,
     DEMO_SD21,
     DEMO_SDXL,
     DEMO_UPSCALER,
@@ -94,7 +95,7 @@ def test_demo_models_are_listed_in_extras_beside_other_entries(models_path: Path
         ],
     }
     listed = json.loads((models_path / "extras.json").read_text())["diffusion"]
-    assert [entry["name"] for entry in listed] == [BASE, INPAINT, DEMO_SD21, DEMO_SDXL]
+    assert [entry["name"] for entry in listed] == [BASE, INPAINT, DEMO_SD21, DEMO_SDXL, DEMO_PIX2PIX]
     assert listed[0]["hash"] == read_model_hash(models_path / BASE)
     assert listed[1]["pipeline"] == "inpaint"
 
@@ -103,7 +104,7 @@ def test_build_keeps_existing_models_unless_forced(models_path: Path) -> None:
     unet = models_path / BASE / "unet" / "model.onnx"
     before = unet.stat().st_mtime_ns
     lines: list[str] = []
-    names = [BASE, INPAINT, DEMO_SD21, DEMO_UPSCALER, DEMO_SDXL]
+    names = [BASE, INPAINT, DEMO_SD21, DEMO_UPSCALER, DEMO_SDXL, DEMO_PIX2PIX]
     assert build_demo_models(models_path, progress=lines.append) == [models_path / name for name in names]
     assert unet.stat().st_mtime_ns == before
     assert lines == [f"{name}: already built" for name in names]
@@ -137,5 +138,5 @@ def test_convert_demo_command_reports_the_models(
     models_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run_convert(parse(["convert", "demo", "--models", str(models_path)])) == 0
-    names = [BASE, INPAINT, DEMO_SD21, DEMO_UPSCALER, DEMO_SDXL]
+    names = [BASE, INPAINT, DEMO_SD21, DEMO_UPSCALER, DEMO_SDXL, DEMO_PIX2PIX]
     assert capsys.readouterr().out.split() == [str(models_path / name) for name in names]
