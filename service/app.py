@@ -38,7 +38,9 @@ from service.errors import (
 from service.events import EventHub
 from service.inputs import check_query
 from service.jobs.keys import KeyStore
+from service.jobs.models import ModelRecords
 from service.jobs.store import JobStore
+from service.modelstore import PublishedModels
 from service.params import load_params_doc
 from service.resources.admin import ExtrasResource, WorkerRestartResource, WorkerStatusResource
 from service.resources.bundle import ApiDocsResource, BundleResource
@@ -188,8 +190,10 @@ def create_app(
     platforms: Callable[[], list[str]] | None = None,
     keys: KeyStore | None = None,
     events: EventHub | None = None,
+    models: ModelRecords | None = None,
 ) -> falcon.App:
-    """Build the api from its parts; ``keys`` is required when ``config.auth`` is ``keys``."""
+    """Build the api from its parts; ``keys`` is required when ``config.auth`` is ``keys``;
+    ``models`` (the model store's registry) adds its ready models to ``registry``'s."""
     middleware: list[Any] = [
         RequestContext(config.max_body_bytes),
         falcon.CORSMiddleware(allow_origins=cors_origins(config)),
@@ -198,6 +202,8 @@ def create_app(
         if keys is None:
             raise ConfigError("ONNX_WEB_AUTH=keys needs the key store")
         middleware.append(KeyAuth(keys, config.admin_token))
+    if models is not None:
+        middleware.append(PublishedModels(models, registry))
     app = falcon.App(middleware=middleware, request_type=bounded_request_type(config.max_body_bytes))
     app.req_options.strip_url_path_trailing_slash = True
     multipart_handler: Any = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
@@ -217,7 +223,7 @@ def create_app(
     params_doc = load_params_doc(config)
     live_window_s = 3 * config.rescue_interval_s
     list_platforms = platforms or (lambda: live_platforms(jobs, config, live_window_s))
-    worker_status = WorkerStatusResource(config.admin_token, jobs, live_window_s)
+    worker_status = WorkerStatusResource(config.admin_token, jobs, live_window_s, models)
     admission = Admission(config, jobs, registry, live_window_s)
     submitter = Submitter(config, jobs, store, registry, params_doc, admission, keys)
     routes: list[tuple[str, Sequence[str], Any]] = [
@@ -312,7 +318,15 @@ def get_app() -> falcon.App:
         CallbackDispatcher(
             CallbackStore(engine), jobs, config.callback_secret, allow_private=config.callback_allow_private
         ).start()
-    return create_app(config, jobs=jobs, store=store, registry=registry, keys=keys, events=events)
+    return create_app(
+        config,
+        jobs=jobs,
+        store=store,
+        registry=registry,
+        keys=keys,
+        events=events,
+        models=ModelRecords(engine),
+    )
 
 
 def _ensure_bucket(store: ObjectStore) -> None:

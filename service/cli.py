@@ -128,8 +128,10 @@ def worker_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
 def _worker(args: argparse.Namespace) -> int:
     from service import logs, metrics
     from service.db import config_engine
+    from service.jobs.models import ModelRecords
     from service.jobs.notify import Notifier
     from service.jobs.store import JobStore
+    from service.modelstore import ModelCache
     from service.retries import DB_OUTAGE, STORAGE_OUTAGE, outlast
     from service.storage import from_config
     from service.worker import Worker, worker_sessions
@@ -141,12 +143,22 @@ def _worker(args: argparse.Namespace) -> int:
     # Postgres or S3 may be starting, or restarting: wait for them rather than exit.
     outlast("s3", store.ensure_bucket, STORAGE_OUTAGE)
     notifier = outlast("postgres", partial(Notifier, config.database_url), DB_OUTAGE)
+    sessions = worker_sessions(config)
+    model_cache = ModelCache(
+        config.model_cache_path,
+        config.model_cache_bytes,
+        store,
+        ModelRecords(engine),
+        # A model replaced or evicted on disk must not keep serving from its old sessions.
+        on_drop=lambda path: sessions.clear(),
+    )
     worker = Worker(
         config,
         jobs=JobStore(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s),
         store=store,
-        sessions=worker_sessions(config),
+        sessions=sessions,
         notifier=notifier,
+        model_cache=model_cache,
     )
     if config.worker_metrics_port:
         metrics.serve_worker_metrics(config.worker_metrics_port)
@@ -276,6 +288,7 @@ def _positive_count(value: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``onnx-web`` argument parser with every subcommand."""
     from pipelines.models.cli import add_convert_arguments, run_convert
+    from service.models_cli import add_models_arguments, convert_and_publish
 
     parser = argparse.ArgumentParser(
         prog="onnx-web", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -350,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=_keys)
 
     add_convert_arguments(commands)
-    commands.choices["convert"].set_defaults(func=run_convert)
+    commands.choices["convert"].set_defaults(func=partial(convert_and_publish, run_convert))
+    add_models_arguments(commands)
     return parser
 
 

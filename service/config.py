@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import socket
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +27,11 @@ DEFAULT_SERVER_VERSION = "v0.13.0"
 DEFAULT_IMAGE_FORMAT = "png"
 DEFAULT_THUMBNAIL_SIZE = 1024
 DEFAULT_CACHE_MODELS = 5
+#: Where a worker keeps the models it pulls from the model store (``service.modelstore``); workers
+#: of one machine may share it (a pull of one model downloads once).
+DEFAULT_MODEL_CACHE_PATH = Path(tempfile.gettempdir()) / "onnx-web-model-cache"
+#: Bytes of pulled models a worker keeps; the least recently used are evicted beyond it.
+DEFAULT_MODEL_CACHE_BYTES = 64 * 1024**3
 #: The CUDA device a worker runs on; one worker per device (``onnx-web worker --device N``).
 DEFAULT_DEVICE = 0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -147,6 +153,9 @@ class Config:
     #: What the api admits when no live worker has announced its memory (None: anything).
     max_job_memory: int | None = None
     cache_models: int = DEFAULT_CACHE_MODELS
+    #: The pull cache of models from the model store; ``models_path`` is looked in first.
+    model_cache_path: Path = DEFAULT_MODEL_CACHE_PATH
+    model_cache_bytes: int = DEFAULT_MODEL_CACHE_BYTES
     #: Models a CUDA worker loads and captures CUDA graphs for before it claims its first job.
     warm_models: tuple[str, ...] = ()
     #: Image sizes (``WIDTHxHEIGHT``) captured for each warm model.
@@ -295,6 +304,8 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "worker_memory": ("ONNX_WEB_WORKER_MEMORY", parse_bytes),
     "max_job_memory": ("ONNX_WEB_MAX_JOB_MEMORY", parse_bytes),
     "cache_models": ("ONNX_WEB_CACHE_MODELS", int),
+    "model_cache_path": ("ONNX_WEB_MODEL_CACHE", Path),
+    "model_cache_bytes": ("ONNX_WEB_MODEL_CACHE_BYTES", parse_bytes),
     "warm_models": ("ONNX_WEB_WARM_MODELS", parse_list),
     "warm_sizes": ("ONNX_WEB_WARM_SIZES", parse_list),
     "max_attempts": ("ONNX_WEB_WORKER_RETRIES", _positive(int)),

@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,14 +32,16 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from pipelines.context import Counter, Progress, StageCancelled, StageImage
+from pipelines.context import Counter, Output, Progress, StageCancelled, StageImage, StageText
 from pipelines.imageops.metadata import CONTENT_TYPES, encode_image, thumbnail
+from pipelines.stages.edit_safety import SafetyBlocked
 from service import metrics
 from service.config import Config
 from service.errors import InvalidParams, PayloadTooLarge, StorageError
 from service.faults import fault_point
 from service.fetch import SourceURLError
 from service.jobs.store import ClaimedJob, CounterPair, JobState, JobStore
+from service.modelstore import MODEL_STORE_ERRORS
 from service.output_names import SourceS3Refused, image_name, sidecar_name, thumbnail_name
 from service.storage import ObjectStore, output_key, output_prefix
 
@@ -217,7 +219,7 @@ class JobRun:
 
     # -- its end -----------------------------------------------------------------------------
 
-    def conclude(self, produce: Callable[[], list[StageImage]], timings: dict[str, int]) -> str:
+    def conclude(self, produce: Callable[[], Sequence[Output]], timings: dict[str, int]) -> str:
         """Store and commit the outputs ``produce`` makes, or end the attempt as its error says.
 
         Returns the outcome for the summary line (``success``, ``cancelled``, ``fenced``,
@@ -230,7 +232,7 @@ class JobRun:
             return self.end(err)
         return self.deliver(outputs, timings)
 
-    def deliver(self, outputs: list[StageImage], timings: dict[str, int]) -> str:
+    def deliver(self, outputs: Sequence[Output], timings: dict[str, int]) -> str:
         """Store and commit ``outputs``, or end the attempt as the error says; returns as ``conclude``.
 
         Run by the worker's output stage while the next job generates, so the job may have been
@@ -293,7 +295,7 @@ class JobRun:
             },
         )
 
-    def _store_outputs(self, outputs: list[StageImage]) -> StoredOutputs:
+    def _store_outputs(self, outputs: Sequence[Output]) -> StoredOutputs:
         """Encode and upload every output, its thumbnail and its sidecar under this attempt's prefix."""
         job, config = self.job, self.config
         settings: Mapping[str, Any] = job.chain.get("output", {})
@@ -301,6 +303,9 @@ class JobRun:
         ext = "jpeg" if fmt == "jpg" else fmt
         record = StoredOutputs([], [], [], {})
         for index, item in enumerate(outputs):
+            if isinstance(item, StageText):
+                self._store_text(index, item, record)
+                continue
             name = image_name(job.name, index, ext)
             metadata = _complete_metadata(item, name, job.chain.get("metadata", {}))
             data = encode_image(item.image, metadata, fmt=fmt, server_version=config.server_version)
@@ -315,6 +320,19 @@ class JobRun:
                 self._put(thumb_name, thumb, CONTENT_TYPES[fmt], record)
                 record.thumbnails.append(thumb_name)
         return record
+
+    def _store_text(self, index: int, item: StageText, record: StoredOutputs) -> None:
+        """A txt2txt output: ``<job>_<i>.txt`` (UTF-8 text) and its sidecar, no thumbnail."""
+        name = image_name(self.job.name, index, TEXT_EXTENSION)
+        metadata = {**self.job.chain.get("metadata", {}), **item.metadata}
+        metadata["params"] = {**UNKNOWN_PARAMS, **metadata.get("params", {})}
+        metadata.setdefault("loras", [])
+        metadata.setdefault("inversions", [])
+        metadata["outputs"] = [name]
+        self._put(name, item.text.encode("utf-8"), TEXT_CONTENT_TYPE, record)
+        self._put(sidecar_name(name), json.dumps(metadata).encode(), "application/json", record)
+        record.outputs.append(name)
+        record.metadata.append(metadata)
 
     def _put(self, name: str, data: bytes, content_type: str, record: StoredOutputs) -> None:
         key = output_key(self.job.name, self.job.attempt, name)
@@ -374,7 +392,7 @@ class JobRun:
                 "storage"
                 if isinstance(err, StorageError)
                 else err.code
-                if isinstance(err, SourceURLError | SourceS3Refused)
+                if isinstance(err, SourceURLError | SourceS3Refused | SafetyBlocked | MODEL_STORE_ERRORS)
                 else "error"
             )
         )
@@ -441,6 +459,9 @@ class OutputStage:
                 self._slots.release()
 
 
+#: A txt2txt output's extension and media type.
+TEXT_EXTENSION = "txt"
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 #: What onnx-web's GUI reads of every result's metadata (contract §7.3), with onnx-web's values
 #: for an image no diffusion stage described (a blend, a plain upscale): its GUI reads
 #: ``models[0].name`` and these params unguarded, and a blend result without them blanked the page.

@@ -5,6 +5,7 @@ only by the helpers here, so the layout is written down once::
 
     inputs/<job>/<field>.png             uploaded sources and masks     (input_key)
     outputs/<job>/<attempt>/<file>       images, thumbnails, sidecars   (output_key, output_prefix)
+    models/<name>/<content hash>/<path>  published models' files       (model_key, model_prefix)
 
 Outputs are scoped by attempt: a re-run writes under its own prefix and never overwrites the
 objects a committed attempt recorded. Postgres is the commit point and the job row lists the live
@@ -30,6 +31,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
@@ -61,6 +63,8 @@ READ_TIMEOUT_S = 60.0
 # minio sends anything larger than one part as a multipart upload; raising the part size to the
 # object's size keeps every put a single PUT, which S3 applies atomically (no partial objects).
 MIN_PART_BYTES = 5 * 1024 * 1024
+#: Parts of a file upload (``put_file``): 64 MiB keeps a 3.4 GB UNet within S3's 10,000 parts.
+FILE_PART_BYTES = 64 * 1024 * 1024
 
 #: S3 error codes that mean "try again later", whatever the HTTP status.
 TRANSIENT_CODES = frozenset({"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"})
@@ -135,6 +139,16 @@ def output_prefix(job_name: str, attempt: int) -> str:
 def output_key(job_name: str, attempt: int, file_name: str) -> str:
     """The key of one output file (image, thumbnail or ``.json`` sidecar) of one attempt of a job."""
     return check_key(output_prefix(job_name, attempt) + _segment(file_name, "file name"))
+
+
+def model_prefix(name: str, content_hash: str) -> str:
+    """The prefix holding every file of one published version of a model (``service.modelstore``)."""
+    return check_prefix(f"models/{_segment(name, 'model name')}/{_segment(content_hash, 'content hash')}/")
+
+
+def model_key(name: str, content_hash: str, path: str) -> str:
+    """The key of one file of a published model; ``path`` is relative to the models folder."""
+    return check_key(model_prefix(name, content_hash) + path)
 
 
 def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -252,6 +266,11 @@ class ObjectStore(Protocol):
         self, key: str, data: bytes, content_type: str, metadata: Mapping[str, str] | None = None
     ) -> str:
         """Store ``data`` under ``key`` (replacing any object there) and return its ETag."""
+
+    def put_file(
+        self, key: str, path: Path, content_type: str, metadata: Mapping[str, str] | None = None
+    ) -> str:
+        """Store the file at ``path`` under ``key`` without reading it all into memory; its ETag."""
 
     def get_bytes(self, key: str) -> bytes:
         """Read a small object (an uploaded input) whole."""
@@ -402,6 +421,27 @@ class S3ObjectStore:
                 content_type=content_type,
                 metadata=headers,  # type: ignore[arg-type]
                 part_size=max(len(data), MIN_PART_BYTES),
+            )
+            return str(result.etag).strip('"')
+
+        return self._run("put", key, put)
+
+    def put_file(
+        self, key: str, path: Path, content_type: str, metadata: Mapping[str, str] | None = None
+    ) -> str:
+        """Upload a file (a model's weights: gigabytes) in parts; readers see the object only once
+        the upload completes, and a retry uploads it again from the start."""
+        check_key(key)
+        headers = {f"x-amz-meta-{name}": value for name, value in check_metadata(metadata).items()}
+
+        def put() -> str:
+            result = self._client.fput_object(
+                self.bucket,
+                key,
+                str(path),
+                content_type=content_type,
+                metadata=headers,  # type: ignore[arg-type]
+                part_size=FILE_PART_BYTES,
             )
             return str(result.etag).strip('"')
 
@@ -631,6 +671,12 @@ class MemoryObjectStore:
         with self._lock:
             self._objects[key] = _Stored(data, info)
         return etag
+
+    def put_file(
+        self, key: str, path: Path, content_type: str, metadata: Mapping[str, str] | None = None
+    ) -> str:
+        """Store a copy of the file's bytes."""
+        return self.put_bytes(key, path.read_bytes(), content_type, metadata)
 
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes."""

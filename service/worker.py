@@ -28,15 +28,16 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 from types import FrameType
 
 from PIL import Image
 from sqlalchemy.exc import OperationalError
 
 from pipelines.chain import ChainResult, run_chain
-from pipelines.context import StageImage
+from pipelines.context import Output
 from pipelines.models.sessions import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -55,6 +56,7 @@ from service.images import decode_upload
 from service.jobrun import JobRun, JobRunner, OutputStage, elapsed_ms
 from service.jobs.notify import Notifier
 from service.jobs.store import ClaimedJob, JobStore
+from service.modelstore import LoadingReport, ModelCache, in_folder, job_model_names
 from service.output_names import SourceS3Refused, recorded_key
 from service.retries import DB_OUTAGE, STORAGE_OUTAGE, first_line, outlast
 from service.storage import ObjectStore
@@ -88,6 +90,7 @@ class Worker:
         notifier: Notifier,
         *,
         chain_runner: Callable[..., ChainResult] = run_chain,
+        model_cache: ModelCache | None = None,
     ) -> None:
         self.config = config
         self.jobs = jobs
@@ -97,6 +100,9 @@ class Worker:
         #: Runs a job's chain (``run_chain``'s signature); ``bench.scale`` puts a timed sleep here to
         #: load the queue with every other part of the worker real.
         self.chain_runner = chain_runner
+        #: Pulls from the model store the models a job names that the local folder lacks; None:
+        #: the local folder only.
+        self.model_cache = model_cache
         self.providers = available_providers(sessions.settings)
         #: The CUDA device this worker runs on; None when it has no CUDA provider.
         self.device = sessions.settings.device_id if CUDA_PROVIDER in self.providers else None
@@ -267,6 +273,8 @@ class Worker:
             version=self.config.server_version,
             jobs_done=self.jobs_done,
         )
+        if self.model_cache is not None:
+            self.model_cache.records.record_worker_cache(self.config.worker_id, self.model_cache.cached())
         if restart and not self.stopping.is_set():
             log.info(
                 "restart requested by an admin", extra={"action": "restart", "worker": self.config.worker_id}
@@ -277,6 +285,12 @@ class Worker:
         """Run what was claimed: one job alone, several as one batch."""
         try:
             if len(claimed) == 1:
+                self.run_job(claimed[0])
+            elif self._pulls_model(claimed[0]):
+                # Batches run on the local folder only: a model from the store runs alone (its
+                # pull needs the lease the lone path holds); the mates go back unspent.
+                for mate in claimed[1:]:
+                    self.runner.release(mate)
                 self.run_job(claimed[0])
             else:
                 run_batch(self.runner, self.sessions, claimed, run_alone=self.run_job)
@@ -293,7 +307,7 @@ class Worker:
 
     def _claim(self) -> list[ClaimedJob]:
         """The next job, with up to ``batch_max - 1`` that can share its batch when batching is on."""
-        held = self.sessions.held_models(self.config.models_path)
+        held = self._held_models()
         claimed = self.jobs.claim_batch(
             self.config.worker_id,
             platform=self.config.worker_platform,
@@ -305,6 +319,44 @@ class Worker:
         for job in claimed:
             metrics.job_claimed(job.model, job.queued_s)
         return claimed
+
+    def _held_models(self) -> list[str]:
+        """Models with sessions loaded, most recently used first, then those in the pull cache."""
+        held = self.sessions.held_models(self.config.models_path)
+        if self.model_cache is not None:
+            held += self.sessions.held_models(self.model_cache.root) + self.model_cache.cached()
+        return list(dict.fromkeys(held))
+
+    def _pulls_model(self, job: ClaimedJob) -> bool:
+        """Whether the job names a model the local folder lacks (the model store has it, or no one)."""
+        if self.model_cache is None:
+            return False
+        return not all(
+            in_folder(self.config.models_path, name) for name in job_model_names(job.chain, job.model)
+        )
+
+    @contextlib.contextmanager
+    def _job_models(self, run: JobRun, timings: dict[str, int]) -> Iterator[Path]:
+        """The models folder the job's chain runs on, its models pulled from the store if needed."""
+        if self.model_cache is None:
+            yield self.config.models_path
+            return
+        job = run.job
+        started = time.monotonic()
+        loading = LoadingReport(
+            self.model_cache.records,
+            job.id,
+            self.config.worker_id,
+            job.attempt,
+            self.config.progress_interval_s,
+            check=run.check,
+        )
+        with self.model_cache.prepare(
+            self.config.models_path, job_model_names(job.chain, job.model), loading
+        ) as folder:
+            loading.finish()
+            timings["pull_models"] = elapsed_ms(started)
+            yield folder
 
     # -- one job -----------------------------------------------------------------------------
 
@@ -320,17 +372,18 @@ class Worker:
         with contextlib.ExitStack() as held:
             run = held.enter_context(self.runner.hold(job))
 
-            def produce() -> list[StageImage]:
+            def produce() -> list[Output]:
                 inputs = self._load_inputs(job)
                 timings["load_inputs"] = elapsed_ms(started)
-                result = self.chain_runner(
-                    job.chain,
-                    models_path=self.config.models_path,
-                    sessions=self.sessions,
-                    inputs=inputs,
-                    report=run.report,
-                    check_cancelled=run.check,
-                )
+                with self._job_models(run, timings) as models_path:
+                    result = self.chain_runner(
+                        job.chain,
+                        models_path=models_path,
+                        sessions=self.sessions,
+                        inputs=inputs,
+                        report=run.report,
+                        check_cancelled=run.check,
+                    )
                 timings.update(result.timings_ms)
                 run.latest = result.progress
                 return result.outputs
@@ -351,7 +404,7 @@ class Worker:
     def _deliver(
         self,
         run: JobRun,
-        images: list[StageImage],
+        images: list[Output],
         started: float,
         timings: dict[str, int],
         held: contextlib.ExitStack,

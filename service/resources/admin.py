@@ -13,6 +13,7 @@ import falcon
 
 from pipelines.models.registry import ModelRegistry
 from service.errors import NotFound, NotImplementedYet, Unauthorized
+from service.jobs.models import ModelRecords
 from service.jobs.store import JobStore
 
 ACTIVE_JOBS_LISTED = 100
@@ -42,13 +43,26 @@ class AdminResource:
 class WorkerStatusResource(AdminResource):
     """``GET /api/worker/status``: live workers and the active jobs."""
 
-    def __init__(self, token: str, jobs: JobStore, live_window_s: float) -> None:
+    def __init__(
+        self, token: str, jobs: JobStore, live_window_s: float, models: ModelRecords | None = None
+    ) -> None:
         super().__init__(token)
         self.jobs = jobs
         self.live_window_s = live_window_s
+        #: The model store's registry: adds each worker's cached models, heartbeat age and job.
+        self.models = models
 
     def status(self) -> dict[str, Any]:
         workers = self.jobs.live_workers(self.live_window_s)
+        more = {
+            found.id: {
+                "cached_models": list(found.cached_models),
+                "heartbeat_age_s": round(found.heartbeat_age_s, 3),
+                "job": found.job,
+                "loading": found.loading,
+            }
+            for found in (self.models.worker_status(self.live_window_s) if self.models else [])
+        }
         return {
             # onnx-web's shapes: [name, steps, status] and [device, jobs run, alive].
             "jobs": [
@@ -68,6 +82,7 @@ class WorkerStatusResource(AdminResource):
                     "jobs": worker.jobs_done,
                     "started": worker.started_at.isoformat(),
                     "seen": worker.seen_at.isoformat(),
+                    **more.get(worker.id, {}),
                 }
                 for worker in workers
             ],

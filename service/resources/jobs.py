@@ -31,6 +31,9 @@ FAILURE_MESSAGES = {
     "source_url_bad_type": "a source image URL is not a PNG, JPEG or WebP image",
     "source_url_failed": "a source image URL answered with an error",
     "source_s3_refused": "a source-s3 stage names something that is not one of your outputs",
+    "model_missing": "the model is neither in the models folder nor in the model store",
+    "model_corrupt": "a file of the model failed its check when the worker pulled it from the model store",
+    "model_cache_full": "the worker's model cache has no room for the model",
 }
 #: The reason recorded for a failure no more specific reason explains; not sent as ``reason``.
 GENERIC_FAILURE = "error"
@@ -67,6 +70,9 @@ def render_job(name: str, view: JobView | None) -> dict[str, Any]:
         record["error"] = FAILURE_MESSAGES.get(view.reason or "error", FAILURE_MESSAGES["error"])
     if view.cancel_requested and view.state == JobState.RUNNING:
         record["cancelRequested"] = True
+    if view.loading and view.state == JobState.RUNNING:
+        # Ours: the worker is pulling the job's model from the model store before its first step.
+        record["loading"] = dict(view.loading)
     if view.state == JobState.SUCCESS:
         record["outputs"] = list(view.outputs or [])
         record["metadata"] = list(view.metadata or [])

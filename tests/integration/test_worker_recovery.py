@@ -570,9 +570,11 @@ def test_a_permanent_error_fails_the_job_at_once_without_retrying(
     job_store.enqueue(job)
 
     row = wait_for_state(engine, job.name, JobState.SUCCESS, JobState.FAILED)
-    assert row["state"] == JobState.FAILED and row["reason"] == "error", row
+    # Neither the models folder nor the model store has it (service.modelstore): a retry cannot help.
+    assert row["state"] == JobState.FAILED and row["reason"] == "model_missing", row
     assert row["attempt"] == 1 and row["max_attempts"] == 3
-    assert error_reasons(row) == ["error"] and "FileNotFoundError" in row["errors"][0]["message"]
+    assert error_reasons(row) == ["model_missing"]
+    assert "ModelUnavailable: model 'no-such-model' is neither" in row["errors"][0]["message"]
     assert worker.log_entries(action="fail", retryable=False)
 
 
