@@ -17,12 +17,13 @@ import jsonschema
 from pipelines.diffusion.networks import unknown_networks
 from pipelines.diffusion.prompt import PromptSyntaxError, parse_stages
 from pipelines.diffusion.prompt_grammar import check_areas
+from pipelines.models.controlnets import controlnet_family, has_cnet
 from pipelines.models.registry import ModelRegistry
 from pipelines.stages import NAMES, PLANNED, STAGES, effective_tile, estimate_steps
 from pipelines.stages.spec import MAX_TILE, ParamError, StageType, integer, parse_tiles
 from service.errors import InvalidParams, NotImplementedYet
 from service.fetch import SourceURLError, parse_source_url
-from service.params import ParsedRequest, check_route_pipeline
+from service.params import ParsedRequest, check_route_pipeline, source_filters
 
 MAX_STAGES = 50
 SCALAR = {"type": ["string", "number", "boolean", "null"]}
@@ -128,9 +129,11 @@ def require_runnable(
     """
     for entry in chain["stages"]:
         params = entry["params"]
+        where = f"{paths[entry['name']]}.params." if paths and entry["name"] in paths else ""
+        if entry["type"] == "edit-filter":
+            _require_filter(params, registry, where)
         if "model" not in params or "pipeline" not in params:
             continue
-        where = f"{paths[entry['name']]}.params." if paths and entry["name"] in paths else ""
         family = registry.family(params["model"])
         pipeline = str(params["pipeline"])
         if family == "sd" and pipeline.endswith("-sdxl"):
@@ -140,6 +143,9 @@ def require_runnable(
                 f"(SDXL models here: {_listing(_family_models(registry, 'sdxl'))})",
             )
         _require_networks(params, registry, where)
+        _require_pix2pix_unet(entry["type"], params, registry, where)
+        if pipeline == "controlnet":
+            _require_controlnet(entry["type"], params, registry, where)
         if pipeline == "panorama":
             _require_areas(params, where)
         if family == "sdxl" and entry["type"] not in SDXL_STAGES:
@@ -149,6 +155,105 @@ def require_runnable(
                 f"{', '.join(sorted(SDXL_STAGES))}; {entry['type']} needs a Stable Diffusion 1.x/2.x model "
                 f"({_listing(_family_models(registry, 'sd'))})",
             )
+
+
+def _require_filter(params: Mapping[str, Any], registry: ModelRegistry, where: str) -> None:
+    """400 for a model-based source filter whose annotator model is not installed."""
+    available = source_filters(registry)
+    if params["filter"] not in available:
+        raise InvalidParams(
+            f"{where}filter",
+            f"source filter {params['filter']} needs its annotator model, which is not installed here; "
+            f"available: {_listing(available)}",
+        )
+
+
+#: The stage types that run pipeline controlnet: img2img's (onnx-web's inpaint ControlNet is not run here).
+CONTROLNET_STAGES = frozenset({"blend-img2img"})
+FAMILY_NAMES = {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "SDXL"}
+
+
+def _require_controlnet(
+    stage_type: str, params: Mapping[str, Any], registry: ModelRegistry, where: str
+) -> None:
+    """400 for pipeline controlnet where it cannot run: another diffusion stage, no ``control``, a
+    model converted without its ``cnet`` UNet, or a ControlNet made for the other model family."""
+    if stage_type in SDXL_STAGES - CONTROLNET_STAGES:
+        raise InvalidParams(
+            f"{where}pipeline",
+            f"controlnet runs in {', '.join(sorted(CONTROLNET_STAGES))}, not in {stage_type}",
+        )
+    if stage_type not in CONTROLNET_STAGES:
+        return
+    model, control = str(params["model"]), str(params.get("control") or "")
+    if not control:
+        names = [network.name for network in registry.networks("control")]
+        raise InvalidParams(
+            f"{where}control", f"pipeline controlnet needs a ControlNet; available: {_listing(names)}"
+        )
+    if not has_cnet(registry.resolve(model)):
+        with_cnet = [
+            name
+            for name in registry.names("diffusion")
+            if (path := registry.find_model("diffusion", name)) and has_cnet(registry.resolve(path))
+        ]
+        raise InvalidParams(
+            f"{where}model",
+            f"{model} has no ControlNet UNet (cnet/; convert it with --cnet) to run pipeline controlnet; "
+            f"models with one: {_listing(with_cnet)}",
+        )
+    family, control_family = registry.family(model), controlnet_family(registry.models_path, control)
+    if control_family is not None and control_family != family:
+        fitting = [
+            network.name
+            for network in registry.networks("control")
+            if controlnet_family(registry.models_path, network.name) in (family, None)
+        ]
+        raise InvalidParams(
+            f"{where}control",
+            f"ControlNet {control} is for {FAMILY_NAMES[control_family]} models and {model} is "
+            f"{FAMILY_NAMES[family]}; ControlNets for it: {_listing(fitting)}",
+        )
+
+
+#: The stage type that runs pipeline pix2pix (img2img, its loopbacks and highres passes).
+PIX2PIX_STAGES = frozenset({"blend-img2img"})
+#: Input channels of an InstructPix2Pix UNet (``pipelines.diffusion.pix2pix``): latents and source latents.
+PIX2PIX_CHANNELS = 8
+
+
+def _require_pix2pix_unet(
+    stage_type: str, params: Mapping[str, Any], registry: ModelRegistry, where: str
+) -> None:
+    """400 for pix2pix outside img2img or on a model without an InstructPix2Pix UNet, and for such a
+    model run by another pipeline. A folder that does not record its UNet (``unet/config.json``,
+    written by our converter) is left to the worker, which refuses it when it loads the UNet."""
+    if stage_type not in SDXL_STAGES:
+        return
+    model, pipeline = str(params["model"]), str(params["pipeline"])
+    channels = registry.unet_channels(model)
+    if pipeline != "pix2pix":
+        if channels == PIX2PIX_CHANNELS:
+            raise InvalidParams(
+                f"{where}pipeline", f"{model} is an InstructPix2Pix model: it runs only with pipeline pix2pix"
+            )
+        return
+    if stage_type not in PIX2PIX_STAGES:
+        raise InvalidParams(
+            f"{where}pipeline", f"pix2pix runs in {', '.join(sorted(PIX2PIX_STAGES))}, not in {stage_type}"
+        )
+    if channels is not None and channels != PIX2PIX_CHANNELS:
+        fitting = [
+            name
+            for name in registry.names("diffusion")
+            if (path := registry.find_model("diffusion", name))
+            and registry.unet_channels(path) == PIX2PIX_CHANNELS
+        ]
+        raise InvalidParams(
+            f"{where}model",
+            f"pipeline pix2pix needs an InstructPix2Pix model (a UNet with {PIX2PIX_CHANNELS} input "
+            f"channels); {model} has {channels}; InstructPix2Pix models: {_listing(fitting)}",
+        )
 
 
 def _require_networks(params: Mapping[str, Any], registry: ModelRegistry, where: str) -> None:

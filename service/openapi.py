@@ -23,10 +23,11 @@ from service.config import MAX_JOBS_PER_CALL, Config
 from service.errors import HTTP_STATUS
 from service.jobs.states import JobState
 from service.output_names import OUTPUT_NAME
-from service.params import AVAILABLE_PIPELINES, MASK_FILTERS, NOISE_SOURCES, PROMPT_FILTERS, SOURCE_FILTERS
+from service.params import AVAILABLE_PIPELINES, MASK_FILTERS, NOISE_SOURCES, PROMPT_FILTERS, source_filters
 from service.request_schema import RequestSchemas
 from service.resources.jobs import LIST_LIMIT, LIST_MAX
 from service.resources.submit import REQUIRED_FILES, SUBMIT_ROUTES
+from service.text_jobs import TEXT_FIELDS
 
 OPENAPI_VERSION = "3.1.0"
 JSON = falcon.MEDIA_JSON
@@ -88,7 +89,13 @@ class _Document:
     def submit(self, route: str) -> dict[str, Any]:
         """``POST /api/<route>`` and ``POST /api/job``."""
         chain = route == "chain"
-        body = _ref("ChainDocument" if chain else "ImageRequest")
+        text = route == "txt2txt"
+        body = _ref("ChainDocument" if chain else "TextRequest" if text else "ImageRequest")
+        query = [] if chain else [_ref(key, "parameters") for key in self.requests.flat_fields()]
+        if text:
+            # txt2txt's ``model`` names a text model; its sampling keys are its own.
+            query = [entry for entry in query if entry["$ref"] != _ref("model", "parameters")["$ref"]]
+            query += [_query(key, schema, "txt2txt's own key") for key, schema in self.text_fields().items()]
         files = {
             name: {"type": "string", "format": "binary", "description": "an image Pillow can read"}
             for name in REQUIRED_FILES.get(route, ())
@@ -114,7 +121,7 @@ class _Document:
         if chain or not files:
             content = {JSON: {"schema": body}, **content}
         if not chain and not files:
-            content[falcon.MEDIA_URLENCODED] = {"schema": _ref("ImageForm")}
+            content[falcon.MEDIA_URLENCODED] = {"schema": _ref("TextForm" if text else "ImageForm")}
         operation: dict[str, Any] = {
             "tags": ["jobs"],
             "summary": f"Queue a {route} job" if route != "chain" else "Queue a chain pipeline job",
@@ -126,15 +133,33 @@ class _Document:
                     "description": "the same key with the same body answers the same job",
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                 },
-                *([] if chain else [_ref(key, "parameters") for key in self.requests.flat_fields()]),
+                *query,
             ],
             "requestBody": {"required": chain or bool(files), "content": content},
             "responses": {
                 "200": _json(_ref("JobRecord"), "The job is committed and queued."),
-                **self.errors(408, 409, 415, 503, *([501] if route in ("chain", "txt2txt") else [])),
+                **self.errors(408, 409, 415, 503, *([501] if route == "chain" else [])),
             },
         }
         return operation
+
+    def text_fields(self) -> dict[str, Any]:
+        """txt2txt's own keys: the text ``model`` and the ``text-generate`` stage's sampling ranges."""
+        models = self.requests.registry.names("text")
+        fields: dict[str, Any] = {
+            "model": {"enum": [*models, ""], "description": "a text model; default: the first listed"}
+        }
+        fields.update({key: param.schema() for key, param in TEXT_FIELDS.items()})
+        return fields
+
+    def text_request(self) -> dict[str, Any]:
+        """The txt2txt request: an image request whose ``model`` is a text model, plus its own keys."""
+        schema = self.requests.request()
+        own = self.text_fields()
+        schema["properties"].update(own)
+        schema["properties"]["params"]["properties"].update(own)
+        schema["description"] += " txt2txt: `model` names a text model; its sampling keys are its own."
+        return schema
 
     def jobs_query(self) -> list[dict[str, Any]]:
         return [
@@ -314,7 +339,7 @@ class _Document:
                         "properties": {
                             "mask": enum_list(MASK_FILTERS),
                             "prompt": enum_list(PROMPT_FILTERS),
-                            "source": enum_list(SOURCE_FILTERS),
+                            "source": enum_list(source_filters(self.requests.registry)),
                         },
                     },
                 )
@@ -404,6 +429,10 @@ class _Document:
                     **counters,
                     "reason": {"type": "string"},
                     "cancelRequested": {"type": "boolean"},
+                    "loading": {
+                        "type": "object",
+                        "description": "the model being pulled from the store: {model, current, total} bytes",
+                    },
                     "outputs": {"type": "array", "items": {"type": "string"}},
                     "thumbnails": {"type": "array", "items": {"type": "string"}},
                     "metadata": {"type": "array", "items": _ref("Metadata")},
@@ -488,11 +517,50 @@ class _Document:
                 "properties": {
                     "jobs": {"type": "array"},
                     "workers": {"type": "array"},
-                    "details": {"type": "array", "items": {"type": "object"}},
+                    "details": {"type": "array", "items": _ref("WorkerDetail")},
+                },
+            },
+            "WorkerDetail": {
+                "type": "object",
+                "required": ["id", "platform", "device", "models", "jobs", "started", "seen"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "platform": {"type": "string"},
+                    "device": {"type": ["integer", "null"]},
+                    "memory_bytes": {"type": ["integer", "null"]},
+                    "providers": {"type": "array", "items": {"type": "string"}},
+                    "models": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "models with sessions loaded, most recently used first",
+                    },
+                    "cached_models": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "models in the worker's pull cache of the model store",
+                    },
+                    "heartbeat_age_s": {
+                        "type": "number",
+                        "description": "seconds since its last sign of life",
+                    },
+                    "job": {"type": ["string", "null"], "description": "the job it runs, if any"},
+                    "loading": {
+                        "type": ["object", "null"],
+                        "description": "the model that job waits for: {model, current, total} in bytes",
+                    },
+                    "version": {"type": ["string", "null"]},
+                    "jobs": {"type": "integer"},
+                    "started": {"type": "string", "format": "date-time"},
+                    "seen": {"type": "string", "format": "date-time"},
                 },
             },
             "ImageRequest": self.requests.request(),
             "ImageForm": {"type": "object", "properties": self.requests.text_fields()},
+            "TextRequest": self.text_request(),
+            "TextForm": {
+                "type": "object",
+                "properties": {**self.requests.text_fields(), **self.text_fields()},
+            },
             "ChainDocument": self.requests.chain(),
             "ImageFields": self.requests.image_fields(),
         }

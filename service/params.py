@@ -37,7 +37,7 @@ from PIL import ImageColor
 
 from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.diffusion.wildcards import expand_wildcards
-from pipelines.imageops.filters import FILTERS_AVAILABLE
+from pipelines.imageops.filters import FILTERS_AVAILABLE, runnable_filters
 from pipelines.imageops.masks import MASK_FILTERS as MASK_FILTER_FUNCTIONS
 from pipelines.imageops.noise import NOISE_SOURCES as NOISE_SOURCE_FUNCTIONS
 from pipelines.imageops.tiling import TILE_ORDERS_AVAILABLE
@@ -80,18 +80,19 @@ PIPELINES = (
 #: What each image route runs, by pipeline name; a known pipeline outside its route's list is a 400
 #: at submit, never run as something else. (The upscale, blend and txt2txt routes use no pipeline.)
 ROUTE_PIPELINE_CHOICES: dict[str, tuple[str, ...]] = {
-    "txt2img": ("txt2img", "lpw", "panorama", "txt2img-sdxl"),
-    "img2img": ("img2img", "lpw", "img2img-sdxl"),
+    "txt2img": ("txt2img", "lpw", "panorama", "txt2img-sdxl", "panorama-sdxl"),
+    "img2img": ("img2img", "lpw", "img2img-sdxl", "controlnet", "pix2pix"),
     "inpaint": ("inpaint", "lpw"),
 }
 #: onnx-web's pipelines this server does not run yet: refused at submit, not offered in settings.
-PIPELINES_NOT_RUN = ("controlnet", "panorama-sdxl", "pix2pix")
+#: (None now: every pipeline of contract §5.5 runs here.)
+PIPELINES_NOT_RUN: tuple[str, ...] = ()
 #: ``/api/settings/pipelines``: the pipelines that run here, in onnx-web's order.
 AVAILABLE_PIPELINES = tuple(name for name in PIPELINES if name not in PIPELINES_NOT_RUN)
 NOISE_SOURCES = tuple(NOISE_SOURCE_FUNCTIONS)
 MASK_FILTERS = tuple(MASK_FILTER_FUNCTIONS)
-#: The source filters our workers run; onnx-web's others (depth, hed, openpose, …) need models
-#: and libraries the workers do not ship, so they are refused at request time.
+#: The source filters that need no model; the model-based ones (depth, hed, openpose, …) are added
+#: by ``source_filters`` where their annotator model is installed, and refused at submit elsewhere.
 SOURCE_FILTERS = FILTERS_AVAILABLE
 PROMPT_FILTERS = (
     "AUTOMATIC/promptgen-lexart",
@@ -425,7 +426,7 @@ def parse_request(
     # Every known group is checked on every route, used there or not: onnx-web's GUI sends them
     # all, and a value out of range is a mistake wherever it is sent (``strength=1e9`` to txt2img).
     highres: HighresParams | None = parse_highres(_Reader(_nested(data, "highres"), params_doc))
-    img2img = parse_img2img(_Reader(params_group, params_doc))
+    img2img = parse_img2img(_Reader(params_group, params_doc), registry)
     inpaint = parse_inpaint(_Reader(params_group, params_doc))
     if route not in HIGHRES_ROUTES:
         highres = None
@@ -678,11 +679,16 @@ def _object(group: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def parse_img2img(reader: _Reader) -> Img2ImgParams:
+def source_filters(registry: ModelRegistry) -> tuple[str, ...]:
+    """The source filters that run here: those needing no model, and those whose model is installed."""
+    return runnable_filters(registry.filter_models())
+
+
+def parse_img2img(reader: _Reader, registry: ModelRegistry) -> Img2ImgParams:
     """The img2img route's strength and source filter."""
     return Img2ImgParams(
         strength=reader.number("strength"),
-        source_filter=reader.choice("sourceFilter", SOURCE_FILTERS),
+        source_filter=reader.choice("sourceFilter", source_filters(registry)),
     )
 
 

@@ -32,9 +32,9 @@ from service.params import (
     PLATFORMS,
     PROMPT_FILTERS,
     SIZE_MULTIPLE,
-    SOURCE_FILTERS,
     TILE_ORDERS,
     UPSCALE_ORDERS,
+    source_filters,
 )
 
 #: Where the schemas referred to here live in the OpenAPI document.
@@ -51,8 +51,9 @@ class Field:
     kind: FieldKind
     #: The allowed values of a ``choice``.
     choices: tuple[str, ...] = ()
-    #: Where a ``name``'s values come from: a model kind of the registry, ControlNets, or platforms.
-    names: Literal["diffusion", "upscaling", "correction", "control", "platform"] | None = None
+    #: Where a ``name``'s values come from: a model kind of the registry, ControlNets, platforms, or the
+    #: source filters that run with the installed annotator models.
+    names: Literal["diffusion", "upscaling", "correction", "control", "platform", "filter"] | None = None
     #: The ``params.json`` entry holding its default and range, when it is not the key itself.
     spec: str | None = None
     #: ``null`` is a value of its own (not "use the default").
@@ -89,7 +90,7 @@ MODEL_FIELDS = (
 #: img2img's and inpaint's own keys; every route checks them, only those two use them.
 ROUTE_FIELDS = (
     Field("strength", "number"),
-    Field("sourceFilter", "choice", SOURCE_FILTERS),
+    Field("sourceFilter", "name", names="filter"),
     Field("fillColor", "color"),
     Field("filter", "choice", MASK_FILTERS),
     Field("noise", "choice", NOISE_SOURCES),
@@ -168,6 +169,8 @@ class RequestSchemas:
             return tuple(name for name in PLATFORMS if name not in self.config.block_platforms)
         if field.names == "control":
             return tuple(network.name for network in self.registry.networks("control"))
+        if field.names == "filter":
+            return source_filters(self.registry)
         assert field.names is not None
         return self.registry.names(field.names)
 

@@ -18,7 +18,7 @@ from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.models.registry import ModelRegistry
 from pipelines.stages import stage_catalogue
 from service.config import Config
-from service.params import AVAILABLE_PIPELINES, MASK_FILTERS, NOISE_SOURCES, PROMPT_FILTERS, SOURCE_FILTERS
+from service.params import AVAILABLE_PIPELINES, MASK_FILTERS, NOISE_SOURCES, PROMPT_FILTERS, source_filters
 
 PREFIX = "/api/settings"
 #: Route suffixes, in onnx-web's registration order (contract §2).
@@ -76,11 +76,11 @@ class SettingsResources:
         return [(f"{PREFIX}/{suffix}", list(METHODS)) for suffix in SUFFIXES]
 
     def on_get_filters(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Mask, prompt and source filter names."""
+        """Mask, prompt and source filter names (source: only those that run with the installed models)."""
         resp.media = {
             "mask": list(MASK_FILTERS),
             "prompt": list(PROMPT_FILTERS),
-            "source": list(SOURCE_FILTERS),
+            "source": list(source_filters(self.registry)),
         }
 
     def on_get_masks(self, req: falcon.Request, resp: falcon.Response) -> None:

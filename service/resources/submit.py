@@ -23,7 +23,7 @@ from PIL import Image
 
 from pipelines.memory import ChainMemory, pixel_steps
 from pipelines.models.registry import ModelRegistry
-from service import chains
+from service import chains, text_jobs
 from service.admission import Admission
 from service.auth import ANONYMOUS
 from service.callbacks import check_callback_url
@@ -31,7 +31,6 @@ from service.config import Config
 from service.errors import (
     ConfigError,
     InvalidParams,
-    NotImplementedYet,
     TooManyRequests,
     UnsupportedMediaType,
 )
@@ -182,8 +181,6 @@ class Submitter:
     def build(self, route: str, body: RequestBody) -> tuple[chains.BuiltChain, dict[str, Any], ChainMemory]:
         """Compile the request into a chain; return it with the decoded uploads it uses and its
         memory estimate, once a live worker is known to hold it."""
-        if route == "txt2txt":
-            raise NotImplementedYet("txt2txt needs a text-generation model; this server has none")
         for required in REQUIRED_FILES.get(route, ()):
             if required not in body.files:
                 raise InvalidParams(required, f"{required} image is required")
@@ -202,6 +199,8 @@ class Submitter:
                 thumbnail_size=self.config.thumbnail_size,
                 uploads=frozenset(uploads),
             )
+        elif route == "txt2txt":
+            built = text_jobs.build_txt2txt(body.data, self.parse, self.registry)
         elif route == "txt2img":
             built = chains.build_txt2img(
                 self.parse(route, body.data),
@@ -216,11 +215,14 @@ class Submitter:
                 image_format=self.config.image_format,
                 thumbnail_size=self.config.thumbnail_size,
             )
+        if route != "chain":
+            text_jobs.add_flagged_stages(built, route, self.config.feature_flags, self.registry)
         chains.require_available(built.chain)
         paths = None
         if route == "chain":
             paths = {entry["name"]: f"stages[{index}]" for index, entry in enumerate(body.chain["stages"])}
         chains.require_runnable(built.chain, self.registry, paths)
+        text_jobs.resolve_stage_models(built.chain, self.registry, paths)
         memory = self.admission.estimate(built, _largest_size(uploads.values()))
         self.admission.admit(memory, _platform(built), paths)
         used = {name for name in built.inputs.values() if name in uploads}

@@ -78,6 +78,52 @@ def test_img2img_with_a_source_filter_returns_the_result_and_the_filtered_source
     assert record["steps"]["total"] == 1 + 1 + 1  # filter, int(3 * 0.5) img2img steps, save
 
 
+def test_pix2pix_edits_the_source_with_its_demo_model_over_every_step(client: httpx.Client) -> None:
+    model = "stable-diffusion-onnx-instruct-pix2pix"
+    params = {"params": {**BASE["params"], "model": model, "pipeline": "pix2pix", "strength": 1.0}}
+    record = run_job(client, "/api/img2img", params=params, files={"source": png(gradient())})
+    assert output(client, record["outputs"][0]).size == (128, 96)
+    assert record["metadata"][0]["params"]["pipeline"] == "pix2pix"
+    assert record["steps"]["total"] == 3 + 1  # strength guides pix2pix, it does not shorten it; save
+    # The plain demo model has no InstructPix2Pix UNet: refused at submission.
+    params["params"]["model"] = "stable-diffusion-onnx-v1-5"
+    response = client.post(
+        "/api/img2img", files={"json": (None, json.dumps(params)), "source": png(gradient())}
+    )
+    assert response.status_code == 400 and "needs an InstructPix2Pix model" in response.text
+
+
+def test_panorama_sdxl_on_the_sdxl_demo(client: httpx.Client) -> None:
+    wide = {"model": "diffusion-sdxl-demo", "pipeline": "panorama-sdxl", "width": 256, "height": 128}
+    params = {"params": {**BASE["params"], **wide, "unet_tile": 128}}
+    record = run_job(client, "/api/txt2img", params=params, files={})
+    assert output(client, record["outputs"][0]).size == (256, 128)
+    assert record["metadata"][0]["params"]["pipeline"] == "panorama-sdxl"
+
+
+def test_img2img_with_a_controlnet_returns_the_generation_and_its_control_image(client: httpx.Client) -> None:
+    image = {"pipeline": "controlnet", "control": "demo-control", "strength": 0.8, "sourceFilter": "canny"}
+    params = {**BASE, "params": {**BASE["params"], **image}}
+    record = run_job(client, "/api/img2img", params=params, files={"source": png(gradient())})
+    assert len(record["outputs"]) == 2, "the canny control image comes back as an extra output"
+    result, edges = (output(client, name) for name in record["outputs"])
+    assert result.size == edges.size == (128, 96)
+    assert set(np.unique(np.asarray(edges))) <= {0, 255}, "the extra output is the edge map"
+    recorded = record["metadata"][0]["params"]
+    assert (recorded["pipeline"], recorded["control"]) == ("controlnet", "demo-control")
+    assert record["steps"]["total"] == 1 + 3 + 1  # filter, every step (from noise), save
+
+
+def test_img2img_with_a_model_based_source_filter_runs_its_annotator(client: httpx.Client) -> None:
+    params = {**BASE, "params": {**BASE["params"], "strength": 0.5, "sourceFilter": "hed"}}
+    record = run_job(client, "/api/img2img", params=params, files={"source": png(gradient())})
+    assert len(record["outputs"]) == 2, "the HED edge map comes back as an extra output"
+    result, edges = (np.asarray(output(client, name)) for name in record["outputs"])
+    assert result.shape == edges.shape == (96, 128, 3)
+    assert (edges[..., 0] == edges[..., 1]).all() and (edges[..., 1] == edges[..., 2]).all(), "grey edges"
+    assert len(np.unique(edges)) > 2, "an edge probability, not a binary map"
+
+
 def test_inpaint_keeps_the_black_half_of_the_mask(client: httpx.Client) -> None:
     source = gradient()
     params = {**BASE, "params": {**BASE["params"], "noise": "fill-mask", "fillColor": "white"}}

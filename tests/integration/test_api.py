@@ -142,14 +142,14 @@ def test_a_malformed_prompt_is_a_400_naming_the_field_and_position(
     assert submit(client, prompt="a (cat:1.2), [dim] \\(literal\\)", steps=3).status_code == 200
 
 
-def test_a_pipeline_of_another_route_or_not_run_here_is_a_400_and_nothing_is_queued(
+def test_a_pipeline_of_another_route_is_a_400_and_nothing_is_queued(
     client: falcon.testing.TestClient, job_store: JobStore
 ) -> None:
     result = submit(client, prompt="a cat", steps=3, pipeline="img2img")
     assert result.status_code == 400, result.text
     assert error_of(result).startswith("pipeline: img2img does not run on txt2img; txt2img runs: txt2img")
     result = submit(client, prompt="a cat", steps=3, pipeline="pix2pix")
-    assert error_of(result).startswith("pipeline: pix2pix is not run by this server; available: ")
+    assert error_of(result).startswith("pipeline: pix2pix does not run on txt2img; txt2img runs: ")
     stage = {"name": "a", "type": "source-txt2img", "params": {"prompt": "a cat", "pipeline": "controlnet"}}
     result = client.simulate_post("/api/chain", json={"stages": [stage]})
     assert result.status_code == 400 and error_of(result).startswith("stages[0].params.pipeline"), result.text
@@ -211,10 +211,10 @@ def test_malformed_json_body_is_a_json_400(client: falcon.testing.TestClient) ->
     error_of(result)
 
 
-def test_routes_not_built_yet_answer_501(client: falcon.testing.TestClient) -> None:
+def test_txt2txt_without_a_text_model_is_a_400_naming_model(client: falcon.testing.TestClient) -> None:
     result = client.simulate_post("/api/txt2txt", params={"prompt": "x"})
-    assert result.status_code == 501
-    assert "txt2txt" in error_of(result)
+    assert result.status_code == 400
+    assert "no text model" in error_of(result)
 
 
 def test_status_and_cancel_take_one_to_ten_names(client: falcon.testing.TestClient) -> None:

@@ -508,17 +508,18 @@ def test_traversal_model_names_are_refused(parse: Parse, name: str) -> None:
 
 
 def test_control_must_be_a_controlnet(parse: Parse) -> None:
-    # The control network is checked (and recorded) even while the controlnet pipeline is not run.
+    # The control network is checked (and recorded) whatever the pipeline.
     assert parse({"control": "canny"}, "img2img").image.control == "canny"
     rejects(parse, {"control": "lineart"}, "control", match="available: canny")
 
 
-@pytest.mark.parametrize("pipeline", ["controlnet", "panorama-sdxl", "pix2pix"])
-def test_a_pipeline_this_server_does_not_run_is_refused_not_replaced(parse: Parse, pipeline: str) -> None:
-    for route in ("txt2img", "img2img", "inpaint"):
-        rule = rejects(parse, {"pipeline": pipeline, "control": "canny"}, "pipeline", route=route)
-        assert rule.startswith(f"{pipeline} is not run by this server; available: ")
-        assert pipeline not in rule.removeprefix(f"{pipeline} is not run by this server")
+@pytest.mark.parametrize(("route", "pipeline"), [("txt2img", "panorama-sdxl"), ("img2img", "pix2pix")])
+def test_panorama_sdxl_and_pix2pix_run_on_their_route_only(parse: Parse, route: str, pipeline: str) -> None:
+    assert parse({"pipeline": pipeline}, route).image.pipeline == pipeline
+    check_route_pipeline(route, pipeline)
+    for other in {"txt2img", "img2img", "inpaint"} - {route}:
+        with pytest.raises(InvalidParams, match=f"{pipeline} does not run on {other}"):
+            check_route_pipeline(other, pipeline)
 
 
 @pytest.mark.parametrize(

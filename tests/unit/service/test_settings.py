@@ -159,4 +159,5 @@ def test_stages_are_generated_from_their_declarations(client: falcon.testing.Tes
     }
     assert stages["blend-mask"]["needs"] == ["source", "mask"]
     assert stages["upscale-resrgan"]["model"] == "upscaling"
-    assert stages["edit-safety"] == {"available": False} and stages["upscale-highres"] == {"available": True}
+    assert stages["edit-safety"]["available"] and stages["upscale-highres"] == {"available": True}
+    assert "text-generate" not in stages  # the txt2txt route's own stage is no chain stage
