@@ -58,12 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--database-url", help="an existing server's admin URL (default: embedded PostgreSQL)"
     )
+    parser.add_argument(
+        "--waits",
+        action="store_true",
+        help="sample what the claimers' Postgres backends wait on (pg_stat_activity, every 20 ms)",
+    )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
     with postgres(args.database_url) as admin_url:
         result = run(
-            admin_url, jobs=args.jobs, workers=args.workers, pending=args.pending, processes=args.processes
+            admin_url,
+            jobs=args.jobs,
+            workers=args.workers,
+            pending=args.pending,
+            processes=args.processes,
+            waits=args.waits,
         )
 
     print(
@@ -71,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.workers} workers, {args.jobs} jobs, {args.pending} pending, {os.cpu_count()} cores); "
         f"claim p50 {result['claim_p50_ms']:.2f} ms, p99 {result['claim_p99_ms']:.2f} ms"
     )
+    if "waits" in result:
+        top = ", ".join(f"{event} {share:.2f}" for event, share in list(result["waits"].items())[:4])
+        print(f"backends per sample, by wait: {top}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -108,17 +121,21 @@ def percentile_ms(seconds: Sequence[float], q: float) -> float:
     return 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
 
 
-def run(admin_url: str, *, jobs: int, workers: int, pending: int = 0, processes: int = 1) -> dict[str, Any]:
+def run(
+    admin_url: str, *, jobs: int, workers: int, pending: int = 0, processes: int = 1, waits: bool = False
+) -> dict[str, Any]:
     """Claim and complete ``jobs`` no-op jobs with ``processes`` x ``workers`` threads, ``pending``
-    more waiting."""
+    more waiting; with ``waits``, also what their backends waited on (``WaitSampler``)."""
     url = fresh_database(admin_url)
     engine = make_engine(url, pool_size=workers + 1, max_overflow=0)
+    sampler = WaitSampler(engine) if waits else None
     try:
         fill_backlog(engine, jobs + pending)
-        if processes == 1:
-            result = drain(engine, jobs=jobs, workers=workers)
-        else:
-            result = drain_processes(url, jobs=jobs, workers=workers, processes=processes)
+        with sampler or contextlib.nullcontext():
+            if processes == 1:
+                result = drain(engine, jobs=jobs, workers=workers)
+            else:
+                result = drain_processes(url, jobs=jobs, workers=workers, processes=processes)
     finally:
         engine.dispose()
     return {
@@ -127,7 +144,46 @@ def run(admin_url: str, *, jobs: int, workers: int, pending: int = 0, processes:
         "processes": processes,
         "cpu_count": os.cpu_count(),
         **result,
+        **({"waits": sampler.shares()} if sampler else {}),
     }
+
+
+class WaitSampler:
+    """Counts what the benchmark database's other backends wait on, every ``interval_s``, while open.
+
+    ``shares()`` is the mean number of backends per sample in each ``type:event`` (``CPU`` when a
+    backend waits on nothing, ``idle`` when it waits for its client): where a queue that does not
+    scale with its claimers spends their time (a lock every commit takes shows as ``Lock:object``).
+    """
+
+    def __init__(self, engine: sqlalchemy.Engine, interval_s: float = 0.02) -> None:
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._probe = QueueProbe(engine)
+        self._interval_s = interval_s
+        self._counts: dict[str, int] = {}
+        self._samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wait-sampler", daemon=True)
+
+    def __enter__(self) -> WaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def shares(self) -> dict[str, float]:
+        """Mean backends per sample by wait, most first."""
+        ranked = sorted(self._counts.items(), key=lambda item: -item[1])
+        return {wait: round(count / max(self._samples, 1), 3) for wait, count in ranked}
+
+    def _run(self) -> None:
+        with self._engine.connect() as conn:
+            while not self._stop.wait(self._interval_s):
+                for wait, backends in self._probe.backend_waits(conn):
+                    self._counts[wait] = self._counts.get(wait, 0) + backends
+                self._samples += 1
 
 
 def drain_processes(url: str, *, jobs: int, workers: int, processes: int) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """LISTEN/NOTIFY hints, with polling as the fallback: idle workers woken, job events pushed.
 
-Migration 0001's triggers call ``pg_notify('onnx_web_jobs', <model or ''>)`` whenever a row
-becomes ``pending``; migration 0007's call ``pg_notify('onnx_web_job_events', <name>)`` whenever a
-job's state or progress counters change. A notification is only a hint: connection poolers in
-transaction mode drop LISTEN, and a notification sent while the listener reconnects is lost. So a
-worker claims again after every ``wait``, whether it was woken or timed out, and an event stream
-reads the jobs again now and then even when nothing was heard.
+``JobStore`` sends ``pg_notify('onnx_web_jobs', <model or ''>)`` after a row becomes ``pending``
+and ``pg_notify('onnx_web_job_events', <name>)`` after a job's state, progress counters or cancel
+request change, each once the change has committed (``notify`` in queries.sql). A notification
+is only a hint: connection poolers in transaction mode drop LISTEN, a notification sent while the
+listener reconnects is lost, and so is one whose own transaction fails after the change committed.
+So a worker claims again after every ``wait``, whether it was woken or timed out, and an event
+stream reads the jobs again now and then even when nothing was heard.
 """
 
 from __future__ import annotations

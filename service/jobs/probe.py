@@ -48,6 +48,18 @@ EXPLAIN_CLAIM = text("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES["claim_batch"].
 ANALYZE = text("ANALYZE jobs")
 SHOW_MAX_CONNECTIONS = text("SHOW max_connections")
 BACKEND_PID = text("SELECT pg_backend_pid()")
+#: What this database's other client backends wait on now: ``type:event``, ``CPU`` (waiting on
+#: nothing) or ``idle`` (waiting for their client), with how many of them do.
+BACKEND_WAITS = text(
+    """
+    SELECT CASE WHEN state = 'idle' THEN 'idle'
+        ELSE coalesce(wait_event_type || ':' || wait_event, 'CPU') END AS wait,
+        count(*) AS backends
+    FROM pg_stat_activity
+    WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+    GROUP BY 1
+    """
+)
 
 
 class QueueProbe:
@@ -119,3 +131,8 @@ class QueueProbe:
     def backend_pid(self) -> int:
         with self._engine.connect() as conn:
             return int(conn.execute(BACKEND_PID).scalar_one())
+
+    def backend_waits(self, conn: Any) -> list[tuple[str, int]]:
+        """``(wait, backends)`` of the other client backends of this database right now, read on
+        ``conn`` (an autocommit connection a sampler keeps open)."""
+        return [(str(wait), int(backends)) for wait, backends in conn.execute(BACKEND_WAITS)]

@@ -35,7 +35,7 @@ SELECT
     jobs.tiles_current, jobs.tiles_total,
     jobs.outputs, jobs.thumbnails, jobs.metadata, jobs.output_keys, jobs.reason,
     jobs.cancel_requested, jobs.attempt, jobs.max_attempts, jobs.model,
-    jobs.created_at, jobs.started_at, jobs.finished_at
+    jobs.created_at, jobs.started_at, jobs.finished_at, jobs.loading
 FROM jobs
 LEFT JOIN queue ON queue.id = jobs.id
 -- With an :owner (keys mode), another owner's job is as if it did not exist.
@@ -86,10 +86,10 @@ WITH changed AS (
         AND (CAST(:owner AS text) IS NULL OR owner = :owner)
     RETURNING state
 )
-SELECT state FROM changed
+SELECT state, TRUE AS changed FROM changed
 UNION ALL
 -- Terminal (or already moved on): unchanged, report it as it is.
-SELECT state FROM jobs
+SELECT state, FALSE AS changed FROM jobs
 WHERE name = :name AND (CAST(:owner AS text) IS NULL OR owner = :owner) AND NOT EXISTS (SELECT 1 FROM changed);
 
 -- name: claim_batch
@@ -190,6 +190,16 @@ FROM claimed
 -- The first job first, then its mates in queue order.
 ORDER BY id <> (SELECT id FROM first), priority DESC, created_at, id;
 
+-- name: notify
+-- Tell listeners about committed changes: job names on onnx_web_job_events (state or progress
+-- changed), models on onnx_web_jobs (a job became pending: wake idle workers). Sent after the change
+-- committed, in a transaction of its own whose commit does not wait for the disk: Postgres
+-- serializes every notifying commit in the cluster on one lock held until that commit is flushed,
+-- so a notification sent inside the change made every claim and completion wait for every other
+-- one's WAL flush. A lost notification costs only latency: listeners also poll.
+SELECT set_config('synchronous_commit', 'off', true), pg_notify(note.channel, note.payload)
+FROM unnest(CAST(:channels AS text[]), CAST(:payloads AS text[])) AS note (channel, payload);
+
 -- name: heartbeat
 -- Renew the lease of a worker's attempt; no row back means the attempt lost the job.
 UPDATE jobs SET
@@ -207,7 +217,8 @@ UPDATE jobs SET
     tiles_current = :tiles_current, tiles_total = :tiles_total,
     heartbeat_at = now(),
     updated_at = now()
-WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt;
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+RETURNING name;
 
 -- name: finish_success
 -- Record the outputs of the attempt that still holds the job; a stale attempt changes nothing.
@@ -224,7 +235,8 @@ UPDATE jobs SET
     lease_expires_at = NULL,
     finished_at = now(),
     updated_at = now()
-WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt;
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+RETURNING name;
 
 -- name: finish_failed
 -- End a failed attempt: back to the queue if retryable with attempts left, else failed; returns the state.
@@ -258,7 +270,7 @@ UPDATE jobs SET
     updated_at = now()
 FROM ended
 WHERE jobs.id = ended.id
-RETURNING jobs.state;
+RETURNING jobs.state, jobs.name, jobs.model;
 
 -- name: finish_cancelled
 -- End a running job whose cancel was requested, once its worker has stopped.
@@ -270,7 +282,8 @@ UPDATE jobs SET
     finished_at = now(),
     updated_at = now()
 WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
-    AND cancel_requested;
+    AND cancel_requested
+RETURNING name, state, model;
 
 -- name: release_job
 -- Hand a job back on graceful shutdown without spending an attempt or recording an error.
@@ -284,7 +297,8 @@ UPDATE jobs SET
     finished_at = CASE WHEN cancel_requested THEN now() END,
     lease_expires_at = NULL,
     updated_at = now()
-WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt;
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+RETURNING name, state, model;
 
 -- name: rescue_expired
 -- Take back every running job whose lease expired (its worker died or hung), in one statement.
@@ -320,7 +334,7 @@ UPDATE jobs SET
     updated_at = now()
 FROM expired
 WHERE jobs.id = expired.id
-RETURNING jobs.id, jobs.name, jobs.state, jobs.attempt, expired.worker_id;
+RETURNING jobs.id, jobs.name, jobs.state, jobs.attempt, expired.worker_id, jobs.model;
 
 -- name: announce_worker
 -- Insert or refresh a worker's row (a sign of life); returns whether an admin asked it to restart.

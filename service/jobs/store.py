@@ -9,6 +9,7 @@ again, the old attempt's heartbeats, progress and commits change nothing.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,10 +17,14 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, Row, TextClause
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.errors import IdempotencyConflict
+from service.jobs.notify import CHANNEL, EVENTS_CHANNEL
 from service.jobs.queries import QUERIES
 from service.jobs.states import JobState
+
+log = logging.getLogger(__name__)
 
 #: ``(current, total)`` of one progress counter (steps, stages or tiles) as the row stores it.
 CounterPair = tuple[int, int]
@@ -87,6 +92,8 @@ class JobView:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: ``{model, current, total}`` (bytes) while the worker pulls the job's model from the model store.
+    loading: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,14 +197,17 @@ class JobStore:
         }
         with self._engine.begin() as conn:
             if conn.execute(QUERIES["insert_job"], params).first() is not None:
-                return self._views(conn, [job.name])[job.name]
-            # ON CONFLICT waited for the other insert to commit, so this statement sees its row.
-            existing = conn.execute(QUERIES["select_conflicting_job"], params).one()
-            if existing.owner != job.owner or existing.request_hash != job.request_hash:
-                if existing.same_key:
-                    raise IdempotencyConflict()
-                raise IdempotencyConflict(f"job name {job.name} is taken by another request")
-            return self._views(conn, [existing.name])[existing.name]
+                view = self._views(conn, [job.name])[job.name]
+            else:
+                # ON CONFLICT waited for the other insert to commit, so this statement sees its row.
+                existing = conn.execute(QUERIES["select_conflicting_job"], params).one()
+                if existing.owner != job.owner or existing.request_hash != job.request_hash:
+                    if existing.same_key:
+                        raise IdempotencyConflict()
+                    raise IdempotencyConflict(f"job name {job.name} is taken by another request")
+                return self._views(conn, [existing.name])[existing.name]
+        self._notify(pending=[job.model])
+        return view
 
     def get_many(self, names: Sequence[str], *, owner: str | None = None) -> dict[str, JobView]:
         """The jobs with these names (unknown names are absent), with queue positions, in one query.
@@ -256,8 +266,12 @@ class JobStore:
         set until its worker stops; terminal jobs are left as they are.
         """
         with self._single.connect() as conn:
-            state = conn.execute(QUERIES["cancel_job"], {"name": name, "owner": owner}).scalar_one_or_none()
-        return None if state is None else JobState(state)
+            row = conn.execute(QUERIES["cancel_job"], {"name": name, "owner": owner}).first()
+        if row is None:
+            return None
+        if row.changed:
+            self._notify(events=[name])
+        return JobState(row.state)
 
     def claim(
         self,
@@ -314,6 +328,7 @@ class JobStore:
         }
         with self._single.connect() as conn:
             rows = conn.execute(QUERIES["claim_batch"], params).all()
+        self._notify(events=[row.name for row in rows])
         return [_claimed(row) for row in rows]
 
     def heartbeat(self, job_id: UUID, worker_id: str, attempt: int) -> Heartbeat:
@@ -341,8 +356,7 @@ class JobStore:
             "attempt": attempt,
             **_counters(steps, stages, tiles),
         }
-        with self._single.connect() as conn:
-            return conn.execute(QUERIES["record_progress"], params).rowcount == 1
+        return self._changed(QUERIES["record_progress"], params)
 
     def finish_success(
         self,
@@ -373,8 +387,7 @@ class JobStore:
             "output_keys": json.dumps(dict(output_keys)),
             **_counters(steps, stages, tiles),
         }
-        with self._single.connect() as conn:
-            return conn.execute(QUERIES["finish_success"], params).rowcount == 1
+        return self._changed(QUERIES["finish_success"], params)
 
     def finish_failed(
         self, job_id: UUID, worker_id: str, attempt: int, *, reason: str, message: str, retryable: bool
@@ -393,8 +406,11 @@ class JobStore:
             "retryable": retryable,
         }
         with self._single.connect() as conn:
-            state = conn.execute(QUERIES["finish_failed"], params).scalar_one_or_none()
-        return None if state is None else JobState(state)
+            row = conn.execute(QUERIES["finish_failed"], params).first()
+        if row is None:
+            return None
+        self._notify_ended([row])
+        return JobState(row.state)
 
     def fail_held(self, worker_id: str, *, reason: str, message: str) -> list[str]:
         """End every attempt a dead worker still holds as failed with ``reason``, not retried.
@@ -424,6 +440,7 @@ class JobStore:
         """Take back every running job whose lease expired; any live process may call this."""
         with self._single.connect() as conn:
             rows = conn.execute(QUERIES["rescue_expired"]).all()
+        self._notify_ended(rows)
         return [
             Rescued(
                 id=row.id,
@@ -492,9 +509,48 @@ class JobStore:
             return int(conn.execute(QUERIES["request_restart"], {"max_age_s": max_age_s}).rowcount)
 
     def _fenced(self, query: TextClause, job_id: UUID, worker_id: str, attempt: int) -> bool:
+        """Run a fenced state change that returns ``name, state, model``; False when fenced."""
         params = {"job_id": job_id, "worker_id": worker_id, "attempt": attempt}
         with self._single.connect() as conn:
-            return conn.execute(query, params).rowcount == 1
+            row = conn.execute(query, params).first()
+        if row is None:
+            return False
+        self._notify_ended([row])
+        return True
+
+    def _changed(self, query: TextClause, params: Mapping[str, Any]) -> bool:
+        """Run a fenced change that returns the job's ``name``; False when fenced."""
+        with self._single.connect() as conn:
+            name = conn.execute(query, params).scalar_one_or_none()
+        if name is None:
+            return False
+        self._notify(events=[name])
+        return True
+
+    def _notify_ended(self, rows: Sequence[Row[Any]]) -> None:
+        """Notify the changes of rows with ``name``, ``state`` and ``model``: events for each, and
+        the models of those back in the queue, for idle workers."""
+        self._notify(
+            events=[row.name for row in rows],
+            pending=[row.model for row in rows if row.state == JobState.PENDING.value],
+        )
+
+    def _notify(self, *, events: Sequence[str] = (), pending: Sequence[str | None] = ()) -> None:
+        """Send the hints of changes that have committed (``notify`` in queries.sql says why apart).
+
+        Never raises: the change is already committed, and a caller told it failed would act on a
+        falsehood (a worker would delete the outputs of a job it had just finished). A notification
+        lost to an outage only delays a listener until its next poll.
+        """
+        notes = [(EVENTS_CHANNEL, name) for name in events] + [(CHANNEL, model or "") for model in pending]
+        if not notes:
+            return
+        channels, payloads = zip(*notes, strict=True)
+        try:
+            with self._single.connect() as conn:
+                conn.execute(QUERIES["notify"], {"channels": list(channels), "payloads": list(payloads)})
+        except SQLAlchemyError as err:
+            log.warning("job notification not sent", extra={"notes": len(notes), "error": str(err)[:200]})
 
     def _views(self, conn: Connection, names: Sequence[str], owner: str | None = None) -> dict[str, JobView]:
         rows = conn.execute(QUERIES["select_jobs"], {"names": list(names), "owner": owner}).all()
@@ -550,4 +606,5 @@ def _view(row: Row[Any]) -> JobView:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        loading=row.loading,
     )

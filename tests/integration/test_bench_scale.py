@@ -60,3 +60,15 @@ def test_a_tiny_scale_run_completes_every_job_it_claims(
         "claim_p99_large_over_small_backlog",
     }
     assert "| 20 | 2 |" in scale.table(result)
+
+
+def test_the_queue_benchmark_reports_what_its_backends_waited_on(postgres_admin_url: str) -> None:
+    from bench import queue
+
+    result = queue.run(postgres_admin_url, jobs=40, workers=2, pending=10, waits=True)
+
+    assert result["jobs"] == 40 and result["jobs_per_s"] > 0
+    waits = result["waits"]
+    assert waits and all(share >= 0 for share in waits.values())
+    # Two claimers, sampled often enough to see them in some state.
+    assert 0 < sum(waits.values()) <= 2

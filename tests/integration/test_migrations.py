@@ -64,6 +64,8 @@ EXPECTED_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "memory": ("jsonb", True, None),
     # Migration 0007: the URL called when the job ends.
     "callback": ("text", True, None),
+    # Migration 0010: the model a running job's worker is pulling from the model store.
+    "loading": ("jsonb", True, None),
 }
 #: The workers table of migration 0002 (live workers: platforms, loaded models, restart requests),
 #: with the CUDA device of migration 0004 and the memory of migration 0005.
@@ -79,6 +81,22 @@ EXPECTED_WORKER_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "restart_requested": ("boolean", False, "false"),
     "started_at": ("timestamp with time zone", False, "now()"),
     "seen_at": ("timestamp with time zone", False, "now()"),
+    # Migration 0010: the worker's pull cache of the model store.
+    "cached_models": ("jsonb", False, "'[]'::jsonb"),
+}
+#: The model store's registry (migration 0010): one row per published version.
+EXPECTED_MODEL_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
+    "name": ("text", False, None),
+    "content_hash": ("text", False, None),
+    "kind": ("text", False, None),
+    "family": ("text", True, None),
+    "path": ("text", False, None),
+    "size_bytes": ("bigint", False, None),
+    "files": ("jsonb", False, None),
+    "labels": ("jsonb", False, "'{}'::jsonb"),
+    "state": ("model_state", False, "'publishing'::model_state"),
+    "created_at": ("timestamp with time zone", False, "now()"),
+    "updated_at": ("timestamp with time zone", False, "now()"),
 }
 #: API keys and their usage counters (migration 0006).
 EXPECTED_KEY_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
@@ -148,29 +166,14 @@ EXPECTED_INDEXES = {
         "WHERE (idempotency_key IS NOT NULL)"
     ),
 }
+#: Only the callback outbox is a trigger: notifications are sent by ``JobStore`` after each change
+#: commits (migration 0011), so no claim or completion holds Postgres' notify lock over its flush.
 EXPECTED_TRIGGERS = {
-    "jobs_notify_on_change": (
-        "CREATE TRIGGER jobs_notify_on_change AFTER UPDATE ON public.jobs FOR EACH ROW WHEN "
-        "(((old.state IS DISTINCT FROM new.state) OR (old.steps_current IS DISTINCT FROM new.steps_current) "
-        "OR (old.stages_current IS DISTINCT FROM new.stages_current) "
-        "OR (old.tiles_current IS DISTINCT FROM new.tiles_current) "
-        "OR (old.cancel_requested IS DISTINCT FROM new.cancel_requested))) "
-        "EXECUTE FUNCTION jobs_notify_event()"
-    ),
     "jobs_callback_on_end": (
         "CREATE TRIGGER jobs_callback_on_end AFTER UPDATE OF state ON public.jobs FOR EACH ROW WHEN "
         "(((new.callback IS NOT NULL) AND (new.state = ANY (ARRAY['success'::job_state, 'failed'::job_state, "
         "'cancelled'::job_state])) AND (old.state IS DISTINCT FROM new.state))) "
         "EXECUTE FUNCTION jobs_queue_callback()"
-    ),
-    "jobs_notify_on_insert": (
-        "CREATE TRIGGER jobs_notify_on_insert AFTER INSERT ON public.jobs FOR EACH ROW "
-        "WHEN ((new.state = 'pending'::job_state)) EXECUTE FUNCTION jobs_notify_pending()"
-    ),
-    "jobs_notify_on_requeue": (
-        "CREATE TRIGGER jobs_notify_on_requeue AFTER UPDATE OF state ON public.jobs FOR EACH ROW "
-        "WHEN (((new.state = 'pending'::job_state) AND (old.state <> 'pending'::job_state))) "
-        "EXECUTE FUNCTION jobs_notify_pending()"
     ),
 }
 
@@ -191,7 +194,7 @@ def catalog(url: str) -> dict[str, Any]:
     NOT NULL constraints (``contype = 'n'`` since PostgreSQL 18) are covered by the columns' nullability.
     """
     with psycopg.connect(libpq_url(url)) as conn:
-        columns, worker_columns, key_columns, usage_columns = (
+        columns, worker_columns, key_columns, usage_columns, model_columns = (
             {
                 name: (data_type if data_type != "USER-DEFINED" else udt, nullable == "YES", default)
                 for name, data_type, udt, nullable, default in conn.execute(
@@ -200,7 +203,7 @@ def catalog(url: str) -> dict[str, Any]:
                     (table,),
                 )
             }
-            for table in ("jobs", "workers", "api_keys", "key_usage")
+            for table in ("jobs", "workers", "api_keys", "key_usage", "models")
         )
         constraints = set(
             conn.execute(
@@ -224,6 +227,7 @@ def catalog(url: str) -> dict[str, Any]:
         "worker_columns": worker_columns,
         "key_columns": key_columns,
         "usage_columns": usage_columns,
+        "model_columns": model_columns,
         "constraints": constraints,
         "indexes": indexes,
         "labels": labels,
@@ -257,7 +261,8 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["worker_columns"] == EXPECTED_WORKER_COLUMNS
     assert found["key_columns"] == EXPECTED_KEY_COLUMNS
     assert found["usage_columns"] == EXPECTED_USAGE_COLUMNS
-    assert found["version"] == [("0009",)]
+    assert found["model_columns"] == EXPECTED_MODEL_COLUMNS
+    assert found["version"] == [("0011",)]
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
@@ -269,7 +274,7 @@ def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
         leftovers = conn.execute(
             "SELECT relname FROM pg_class JOIN pg_namespace n ON n.oid = relnamespace "
             "WHERE nspname = 'public' AND relname NOT LIKE 'alembic_version%' "
-            "UNION ALL SELECT typname FROM pg_type WHERE typname = 'job_state' "
+            "UNION ALL SELECT typname FROM pg_type WHERE typname IN ('job_state', 'model_state') "
             "UNION ALL SELECT proname FROM pg_proc "
             "WHERE proname IN ('jobs_notify_pending', 'jobs_notify_event', 'jobs_queue_callback')"
         ).fetchall()
@@ -330,3 +335,17 @@ def test_the_schema_refuses_a_negative_worker_device(database_url: str) -> None:
     ):
         conn.execute("INSERT INTO workers (id, platform, device) VALUES ('w', 'cuda', -1)")
     assert raised.value.diag.constraint_name == "workers_device_not_negative"
+
+
+def test_the_registry_offers_one_ready_version_per_model(database_url: str) -> None:
+    insert = (
+        "INSERT INTO models (name, content_hash, kind, path, size_bytes, files, state) "
+        "VALUES ('m', %s, 'diffusion', 'm', 1, '[{}]', 'ready')"
+    )
+    with (
+        psycopg.connect(libpq_url(database_url)) as conn,
+        pytest.raises(psycopg.errors.UniqueViolation) as raised,
+    ):
+        conn.execute(insert, ("a" * 64,))
+        conn.execute(insert, ("b" * 64,))
+    assert raised.value.diag.constraint_name == "models_one_ready_idx"

@@ -18,7 +18,7 @@ from service.errors import IdempotencyConflict
 from service.jobs import callbacks as callbacks_module
 from service.jobs import keys as keys_module
 from service.jobs import store as store_module
-from service.jobs.notify import Notifier
+from service.jobs.notify import EVENTS_CHANNEL, Notifier
 from service.jobs.queries import QUERIES, parse_queries
 from service.jobs.states import JobState
 from service.jobs.store import ClaimedJob, JobStore
@@ -498,6 +498,78 @@ def test_a_requeued_job_wakes_a_waiting_worker(job_store: JobStore, database_url
     with closing(Notifier(database_url)) as notifier:
         job_store.finish_failed(job.id, "w1", job.attempt, reason="oom", message="OOM", retryable=True)
         assert notifier.wait(10)
+
+
+def heard(notifier: Notifier) -> list[str]:
+    """Every payload that has arrived on the notifier's channel (waiting briefly for the first)."""
+    return notifier.payloads(5)
+
+
+def test_every_state_and_progress_change_notifies_the_job_name_after_it_commits(
+    job_store: JobStore, engine: sqlalchemy.Engine, database_url: str
+) -> None:
+    with closing(Notifier(database_url, EVENTS_CHANNEL)) as events:
+        first = job_store.enqueue(new_job())
+        assert events.payloads(0.2) == []  # a new job has no listener yet: only idle workers hear it
+        job = claim(job_store)
+        assert heard(events) == [first.name]
+        assert job_store.progress(job.id, "w1", job.attempt, (1, 3), (0, 1), (0, 0))
+        assert heard(events) == [first.name]
+        assert succeed(job_store, job)
+        assert heard(events) == [first.name]
+
+        cancelled = job_store.enqueue(new_job())
+        running = claim(job_store)
+        heard(events)
+        assert job_store.cancel(cancelled.name) == JobState.RUNNING
+        assert heard(events) == [cancelled.name]
+        assert job_store.cancel(first.name) == JobState.SUCCESS
+        assert events.payloads(0.2) == []  # nothing changed: nothing to hear
+        assert job_store.finish_cancelled(running.id, "w1", running.attempt)
+        assert heard(events) == [cancelled.name]
+
+        released = job_store.enqueue(new_job())
+        held = claim(job_store)
+        heard(events)
+        assert job_store.release(held.id, "w1", held.attempt)
+        assert heard(events) == [released.name]
+
+        rescued = claim(job_store)
+        heard(events)
+        expire(engine, rescued.name)
+        assert [job.name for job in job_store.rescue_expired()] == [released.name]
+        assert heard(events) == [released.name]
+        # A fenced write changes nothing and says nothing.
+        assert not job_store.progress(rescued.id, "w1", rescued.attempt, (2, 3), (0, 1), (0, 0))
+        assert events.payloads(0.2) == []
+
+
+def test_a_released_or_rescued_job_wakes_a_waiting_worker(
+    job_store: JobStore, engine: sqlalchemy.Engine, database_url: str
+) -> None:
+    model = job_store.enqueue(new_job()).model
+    with closing(Notifier(database_url)) as pending:
+        assert pending.payloads(0.2) == []
+        job = claim(job_store)
+        assert job_store.release(job.id, "w1", job.attempt)
+        assert heard(pending) == [model]
+        job = claim(job_store)
+        expire(engine, job.name)
+        job_store.rescue_expired()
+        assert heard(pending) == [model]
+
+
+def test_a_failed_notification_does_not_undo_or_fail_the_committed_change(
+    job_store: JobStore, engine: sqlalchemy.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_store.enqueue(new_job())
+    job = claim(job_store)
+    # The database refuses the notification (as during an outage right after the commit).
+    monkeypatch.setitem(QUERIES, "notify", sqlalchemy.text("SELECT pg_notify_missing(:channels, :payloads)"))
+
+    assert succeed(job_store, job)
+
+    assert job_row(engine, job.name)["state"] == "success"
 
 
 def test_interrupt_ends_a_wait_at_once(database_url: str) -> None:
