@@ -3,6 +3,7 @@ import { type FormEvent, useId, useRef, useState } from 'react';
 import { paramsFromFile } from '../client/metadata';
 import { useApp } from '../context';
 import { useI18n } from '../i18n';
+import { BUILTIN_PREFIX, BUILTIN_PROFILES, builtinProfile } from '../state/builtinProfiles';
 import { applyParams, type JobTab, type TabParams } from '../state/params';
 import { useAppStore } from '../state/store';
 import { useNotices } from './Notices';
@@ -27,11 +28,14 @@ export function ProfilesRow({ tab, p, set }: { tab: JobTab; p: TabParams; set(ne
   const selectId = useId();
   const nameId = useId();
 
-  const load = (profileName: string) => {
-    const profile = profiles.find((x) => x.name === profileName);
-    if (!profile) return;
-    set(applyParams(tab, p, profile.params, server));
-    notify({ kind: 'info', text: t('profiles.loaded', { name: profileName }) });
+  const load = (value: string) => {
+    const builtin = builtinProfile(value);
+    const profile = builtin ? undefined : profiles.find((x) => x.name === value);
+    const params = builtin?.params ?? profile?.params;
+    if (!params) return;
+    set(applyParams(tab, p, params, server));
+    const name = builtin ? t(`profiles.builtin.${builtin.id}`) : value;
+    notify({ kind: 'info', text: t('profiles.loaded', { name }) });
   };
 
   const save = (e: FormEvent) => {
@@ -63,19 +67,28 @@ export function ProfilesRow({ tab, p, set }: { tab: JobTab; p: TabParams; set(ne
         <label htmlFor={selectId}>{t('profiles.title')}</label>
         <div className="inline">
           <select id={selectId} value={selected} onChange={(e) => setSelected(e.target.value)}>
-            <option value="">{profiles.length ? t('profiles.choose') : t('profiles.none')}</option>
-            {profiles.map((x) => (
-              <option key={x.name} value={x.name}>
-                {x.name}
-              </option>
-            ))}
+            <option value="">{t('profiles.choose')}</option>
+            <optgroup label={t('profiles.builtinGroup')}>
+              {BUILTIN_PROFILES.map((x) => (
+                <option key={x.id} value={`${BUILTIN_PREFIX}${x.id}`}>
+                  {t(`profiles.builtin.${x.id}`)}
+                </option>
+              ))}
+            </optgroup>
+            <optgroup label={profiles.length ? t('profiles.savedGroup') : t('profiles.none')}>
+              {profiles.map((x) => (
+                <option key={x.name} value={x.name}>
+                  {x.name}
+                </option>
+              ))}
+            </optgroup>
           </select>
           <button type="button" disabled={!selected} onClick={() => load(selected)}>
             {t('profiles.load')}
           </button>
           <button
             type="button"
-            disabled={!selected}
+            disabled={!selected || builtinProfile(selected) !== undefined}
             onClick={() => {
               deleteProfile(selected);
               setSelected('');

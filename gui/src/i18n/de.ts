@@ -290,6 +290,18 @@ export const de: typeof en = {
     output: 'Bild {{index}}',
   },
   profiles: {
+    builtinGroup: 'Eingebaut',
+    savedGroup: 'Gespeichert',
+    builtin: {
+      'sd15': 'SD 1.5',
+      'sd15-lcm': 'SD 1.5 LCM (<lora:lcm:1.0> für ein LCM-LoRA ergänzen)',
+      'sd15-highres': 'SD 1.5 mit Highres 2×',
+      'sd15-panorama': 'SD 1.5 Panorama 1024×512',
+      'sdxl': 'SDXL',
+      'sdxl-lcm': 'SDXL LCM (<lora:sdxl-lcm:1.0> für ein LCM-LoRA ergänzen)',
+      'sdxl-turbo': 'SDXL Turbo',
+      'sdxl-panorama': 'SDXL Panorama 2048×1024',
+    },
     title: 'Profil',
     choose: 'Profil wählen…',
     none: 'Keine gespeicherten Profile',

@@ -292,6 +292,18 @@ export const en = {
     output: 'Image {{index}}',
   },
   profiles: {
+    builtinGroup: 'Built-in',
+    savedGroup: 'Saved',
+    builtin: {
+      'sd15': 'SD 1.5',
+      'sd15-lcm': 'SD 1.5 LCM (add <lora:lcm:1.0> for an LCM-LoRA)',
+      'sd15-highres': 'SD 1.5 with highres 2×',
+      'sd15-panorama': 'SD 1.5 panorama 1024×512',
+      'sdxl': 'SDXL',
+      'sdxl-lcm': 'SDXL LCM (add <lora:sdxl-lcm:1.0> for an LCM-LoRA)',
+      'sdxl-turbo': 'SDXL Turbo',
+      'sdxl-panorama': 'SDXL panorama 2048×1024',
+    },
     title: 'Profile',
     choose: 'Choose a profile…',
     none: 'No saved profiles',

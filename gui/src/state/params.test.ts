@@ -79,6 +79,13 @@ describe('pipelinesForTab', () => {
     expect(pipelinesForTab('img2img', listed)).toEqual(['img2img', 'lpw']);
     expect(pipelinesForTab('inpaint', listed)).toEqual(['inpaint', 'lpw']);
   });
+
+  it('offers ControlNet and pix2pix on img2img only, where the server runs them', () => {
+    const listed = ['controlnet', 'img2img', 'inpaint', 'pix2pix', 'txt2img'];
+    expect(pipelinesForTab('img2img', listed)).toEqual(['img2img', 'controlnet', 'pix2pix']);
+    expect(pipelinesForTab('inpaint', listed)).toEqual(['inpaint']);
+    expect(pipelinesForTab('txt2img', listed)).toEqual(['txt2img']);
+  });
 });
 
 describe('mergeParams and applyParams', () => {

@@ -189,13 +189,13 @@ export function pick(choices: readonly string[], preferred: string | undefined):
 }
 
 /**
- * Pipelines each task accepts (contract §8.6, less panorama outside txt2img, which this server
- * runs on txt2img only); the tab's own pipeline comes first.
+ * Pipelines each task accepts, as the server routes them (panorama only on txt2img; ControlNet and
+ * pix2pix only on img2img, as in onnx-web); the tab's own pipeline comes first.
  */
 const TAB_PIPELINES: Record<JobTab, string[]> = {
   txt2img: ['txt2img', 'lpw', 'panorama', 'panorama-sdxl', 'txt2img-sdxl'],
   img2img: ['img2img', 'controlnet', 'img2img-sdxl', 'lpw', 'pix2pix'],
-  inpaint: ['inpaint', 'controlnet', 'lpw'],
+  inpaint: ['inpaint', 'lpw'],
   upscale: [],
   blend: [],
 };
