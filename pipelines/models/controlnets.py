@@ -28,7 +28,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.models.convert import DEFAULT_OPSET, IMAGE_AXES, TRACE_BATCH, TRACE_LATENT_SIDE, export_module
+from pipelines.models.convert import (
+    DEFAULT_OPSET,
+    IMAGE_AXES,
+    SDXL_EMBED_TYPE,
+    TRACE_BATCH,
+    export_module,
+    sdxl_trace_inputs,
+    unet_trace_side,
+)
 from pipelines.models.layout import ONNX_FILE
 
 #: The model folder's UNet that takes ControlNet residuals.
@@ -42,7 +50,6 @@ MID_RESIDUAL = "mid_block_additional_residual"
 #: The ControlNet's image input.
 CONTROL_IMAGE = "controlnet_cond"
 #: SDXL UNets' (and ControlNets') extra conditioning: ``addition_embed_type``.
-SDXL_EMBED_TYPE = "text_time"
 
 Family = Literal["sd", "sdxl"]
 
@@ -97,17 +104,6 @@ def residual_layout(config: Any) -> tuple[list[tuple[int, int]], tuple[int, int]
     return down, (blocks[-1], len(blocks) - 1)
 
 
-def _sdxl_inputs(config: Any) -> tuple[tuple[Any, ...], dict[str, dict[int, str]]]:
-    """Trace values and axes of SDXL's ``text_embeds`` and ``time_ids``, or nothing for SD 1.x/2.x."""
-    import torch
-
-    if config.addition_embed_type != SDXL_EMBED_TYPE:
-        return (), {}
-    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-    values = (torch.randn((TRACE_BATCH, pooled)), torch.full((TRACE_BATCH, 6), 64.0))
-    return values, {"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
-
-
 def _added(config: Any, extra: Sequence[Any]) -> dict[str, Any] | None:
     if config.addition_embed_type != SDXL_EMBED_TYPE:
         return None
@@ -116,10 +112,6 @@ def _added(config: Any, extra: Sequence[Any]) -> dict[str, Any] | None:
 
 def _residual_axes(layout: list[tuple[int, int]]) -> list[dict[int, str]]:
     return [{0: "batch", 2: f"height_{halvings}", 3: f"width_{halvings}"} for _, halvings in layout]
-
-
-def _trace_side(config: Any) -> int:
-    return max(TRACE_LATENT_SIDE, 2 ** (len(config.block_out_channels) - 1))
 
 
 def export_cnet_unet(unet: Any, path: Path, opset: int = DEFAULT_OPSET) -> None:
@@ -159,11 +151,11 @@ def export_cnet_unet(unet: Any, path: Path, opset: int = DEFAULT_OPSET) -> None:
                 return_dict=False,
             )[0]
 
-    side = _trace_side(config)
+    side = unet_trace_side(config)
     sample = torch.randn((TRACE_BATCH, config.in_channels, side, side))
     timestep = torch.full((TRACE_BATCH,), 999.0)
     hidden = torch.randn((TRACE_BATCH, 77, config.cross_attention_dim))
-    extra_args, extra_axes = _sdxl_inputs(config)
+    extra_args, extra_axes = sdxl_trace_inputs(config)
     residuals = tuple(
         torch.randn((TRACE_BATCH, channels, side >> halvings, side >> halvings))
         for channels, halvings in (*down, mid)
@@ -213,10 +205,10 @@ def export_controlnet(controlnet: Any, dest: Path, opset: int = DEFAULT_OPSET) -
             )
             return (*down_residuals, mid_residual)
 
-    side = _trace_side(config)
+    side = unet_trace_side(config)
     # The conditioning embedding brings the image down to the latents' size, halving at each step.
     image_side = side * 2 ** (len(config.conditioning_embedding_out_channels) - 1)
-    extra_args, extra_axes = _sdxl_inputs(config)
+    extra_args, extra_axes = sdxl_trace_inputs(config)
     args = (
         torch.randn((TRACE_BATCH, config.in_channels, side, side)),
         torch.full((TRACE_BATCH,), 999.0),

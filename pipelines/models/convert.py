@@ -48,6 +48,8 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special
 #: The trace sizes: any latent side divisible by the UNet's down-sampling factor works; small is fast.
 TRACE_LATENT_SIDE = 8
 TRACE_BATCH = 2
+#: ``addition_embed_type`` of an SDXL UNet (and ControlNet): pooled text and size embeddings.
+SDXL_EMBED_TYPE = "text_time"
 #: Scheduler configs a folder may carry: the denoising one, and the x4 upscaler's image-noising one.
 SCHEDULER_FOLDERS = ("scheduler", "low_res_scheduler")
 #: diffusers' PyTorch pipeline classes whose ONNX counterpart is not ``OnnxStableDiffusionPipeline``.
@@ -241,8 +243,8 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
             )[0]
 
     config = unet.config
-    sdxl = config.addition_embed_type == "text_time"
-    side = max(TRACE_LATENT_SIDE, 2 ** (len(config.block_out_channels) - 1))
+    sdxl = config.addition_embed_type == SDXL_EMBED_TYPE
+    side = unet_trace_side(config)
     sample = torch.randn((TRACE_BATCH, config.in_channels, side, side))
     timestep = torch.full((TRACE_BATCH,), 999.0)
     hidden = torch.randn((TRACE_BATCH, 77, config.cross_attention_dim))
@@ -255,15 +257,30 @@ def export_unet(unet: Any, path: Path, opset: int) -> None:
     if config.num_class_embeds is not None or config.class_embed_type is not None:
         args += (torch.full((TRACE_BATCH,), 20, dtype=torch.int64),)
         inputs["class_labels"] = {0: "batch"}
-    if sdxl:
-        # The pooled text embedding fills what the size embeddings leave of the projection's input.
-        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        args += (torch.randn((TRACE_BATCH, pooled)), torch.full((TRACE_BATCH, 6), 64.0))
-        inputs.update(text_embeds={0: "batch"}, time_ids={0: "batch"})
+    sdxl_args, sdxl_axes = sdxl_trace_inputs(config)
+    args += sdxl_args
+    inputs.update(sdxl_axes)
     if config.time_cond_proj_dim is not None:
         args += (torch.randn((TRACE_BATCH, config.time_cond_proj_dim)),)
         inputs["timestep_cond"] = {0: "batch"}
     export_module(UNet(), args, path, opset, inputs=inputs, outputs={"out_sample": IMAGE_AXES})
+
+
+def unet_trace_side(config: Any) -> int:
+    """Latent side of a UNet's trace inputs: at least one cell left after every down block."""
+    return max(TRACE_LATENT_SIDE, 2 ** (len(config.block_out_channels) - 1))
+
+
+def sdxl_trace_inputs(config: Any) -> tuple[tuple[Any, ...], dict[str, dict[int, str]]]:
+    """Trace values and axes of an SDXL UNet's ``text_embeds`` and ``time_ids``; none for SD 1.x/2.x."""
+    import torch
+
+    if config.addition_embed_type != SDXL_EMBED_TYPE:
+        return (), {}
+    # The pooled text embedding fills what the size embeddings leave of the projection's input.
+    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    values = (torch.randn((TRACE_BATCH, pooled)), torch.full((TRACE_BATCH, 6), 64.0))
+    return values, {"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
 
 
 def export_vae_encoder(vae: Any, path: Path, opset: int) -> None:
