@@ -70,5 +70,6 @@ def test_the_queue_benchmark_reports_what_its_backends_waited_on(postgres_admin_
     assert result["jobs"] == 40 and result["jobs_per_s"] > 0
     waits = result["waits"]
     assert waits and all(share >= 0 for share in waits.values())
-    # Two claimers, sampled often enough to see them in some state.
-    assert 0 < sum(waits.values()) <= 2
+    # Two claimers, sampled often enough to see them in some state; each share is rounded to three
+    # decimals, so their sum may pass 2 by that rounding.
+    assert 0 < sum(waits.values()) <= 2 + 0.0005 * len(waits)
