@@ -73,6 +73,8 @@ reap_leftovers() {
 trap stop EXIT
 
 url="http://127.0.0.1:$port"
+# The admin routes' token, known to the stack and to the specs (e2e/models.spec.ts).
+export ONNX_WEB_ADMIN_TOKEN="${ONNX_WEB_ADMIN_TOKEN:-e2e-admin-$port}"
 answers() {
   "$root/.venv/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null
 }

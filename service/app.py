@@ -36,13 +36,21 @@ from service.errors import (
     Unavailable,
 )
 from service.events import EventHub
+from service.extras import ExtrasService
 from service.inputs import check_query
+from service.jobs.extras import ExtrasRecords
 from service.jobs.keys import KeyStore
 from service.jobs.models import ModelRecords
 from service.jobs.store import JobStore
 from service.modelstore import PublishedModels
 from service.params import load_params_doc
-from service.resources.admin import ExtrasResource, WorkerRestartResource, WorkerStatusResource
+from service.resources.admin import (
+    ExtrasResource,
+    ModelResource,
+    ModelsResource,
+    WorkerRestartResource,
+    WorkerStatusResource,
+)
 from service.resources.bundle import ApiDocsResource, BundleResource
 from service.resources.events import JobEventsResource
 from service.resources.health import HealthResource, MetricsResource, ReadyzResource
@@ -138,7 +146,7 @@ def _service_error(
 ) -> None:
     status = next((code for kind, code in HTTP_STATUS.items() if isinstance(ex, kind)), 500)
     resp.status = falcon.code_to_http_status(status)
-    resp.media = {"error": ex.message}
+    resp.media = {"error": ex.message, **ex.details}
     if isinstance(ex, Unavailable | TooManyRequests):
         resp.set_header("Retry-After", str(ex.retry_after_s))
 
@@ -191,9 +199,11 @@ def create_app(
     keys: KeyStore | None = None,
     events: EventHub | None = None,
     models: ModelRecords | None = None,
+    extras: ExtrasRecords | None = None,
 ) -> falcon.App:
     """Build the api from its parts; ``keys`` is required when ``config.auth`` is ``keys``;
-    ``models`` (the model store's registry) adds its ready models to ``registry``'s."""
+    ``models`` (the model store's registry) adds its ready models to ``registry``'s; with
+    ``extras`` too, admins store extras documents whose entries workers convert into the store."""
     middleware: list[Any] = [
         RequestContext(config.max_body_bytes),
         falcon.CORSMiddleware(allow_origins=cors_origins(config)),
@@ -203,7 +213,7 @@ def create_app(
             raise ConfigError("ONNX_WEB_AUTH=keys needs the key store")
         middleware.append(KeyAuth(keys, config.admin_token))
     if models is not None:
-        middleware.append(PublishedModels(models, registry))
+        middleware.append(PublishedModels(models, registry, extras))
     app = falcon.App(middleware=middleware, request_type=bounded_request_type(config.max_body_bytes))
     app.req_options.strip_url_path_trailing_slash = True
     multipart_handler: Any = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
@@ -226,6 +236,11 @@ def create_app(
     worker_status = WorkerStatusResource(config.admin_token, jobs, live_window_s, models)
     admission = Admission(config, jobs, registry, live_window_s)
     submitter = Submitter(config, jobs, store, registry, params_doc, admission, keys)
+    converting = (
+        ExtrasService(jobs, extras, models, store, config.max_attempts, config.models_path)
+        if models is not None and extras is not None
+        else None
+    )
     routes: list[tuple[str, Sequence[str], Any]] = [
         ("/", ["GET", "HEAD"], BundleResource(config.bundle_path)),
         ("/{filename:path}", ["GET", "HEAD"], BundleResource(config.bundle_path)),
@@ -248,7 +263,15 @@ def create_app(
         ("/api/ready", ["GET", "HEAD"], ReadyResource(jobs)),
         ("/api/openapi.json", ["GET", "HEAD"], OpenAPIResource(app, config, params_doc, registry)),
         ("/api/docs", ["GET", "HEAD"], ApiDocsResource(config.bundle_path)),
-        ("/api/extras", ["GET", "PUT"], ExtrasResource(config.admin_token, registry)),
+        ("/api/extras", ["GET", "PUT"], ExtrasResource(config.admin_token, registry, converting)),
+        *(
+            [
+                ("/api/models", ["GET"], ModelsResource(config.admin_token, converting)),
+                ("/api/models/{name}", ["DELETE"], ModelResource(config.admin_token, converting)),
+            ]
+            if converting is not None
+            else []
+        ),
         ("/api/worker/restart", ["POST"], WorkerRestartResource(config.admin_token, worker_status)),
         ("/api/worker/status", ["GET"], worker_status),
         ("/healthz", ["GET"], HealthResource()),
@@ -326,6 +349,7 @@ def get_app() -> falcon.App:
         keys=keys,
         events=events,
         models=ModelRecords(engine),
+        extras=ExtrasRecords(engine),
     )
 
 

@@ -32,6 +32,8 @@ DEFAULT_CACHE_MODELS = 5
 DEFAULT_MODEL_CACHE_PATH = Path(tempfile.gettempdir()) / "onnx-web-model-cache"
 #: Bytes of pulled models a worker keeps; the least recently used are evicted beyond it.
 DEFAULT_MODEL_CACHE_BYTES = 64 * 1024**3
+#: The largest checkpoint a conversion job downloads: an SDXL fp32 checkpoint is about 14 GB.
+DOWNLOAD_MAX_BYTES = 32 * 1024**3
 #: The CUDA device a worker runs on; one worker per device (``onnx-web worker --device N``).
 DEFAULT_DEVICE = 0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -177,6 +179,13 @@ class Config:
     #: ``source-url`` fetches: size cap and total time limit per image.
     source_url_max_bytes: int = SOURCE_URL_MAX_BYTES
     source_url_timeout_s: float = SOURCE_URL_TIMEOUT_S
+    #: Conversion jobs: local ``source`` paths must lie below this folder (None: the models folder).
+    import_path: Path | None = None
+    #: Conversion jobs: the most one download (or one hub snapshot) may weigh.
+    download_max_bytes: int = DOWNLOAD_MAX_BYTES
+    #: Conversion jobs may load pickle checkpoints (.ckpt, .pt, .pth, .bin), which can run code.
+    allow_pickle: bool = False
+    civitai_token: str | None = field(default=None, repr=False)
 
     log_level: str = "INFO"
     #: ``json`` for one JSON object a line (production), ``text`` for people at a terminal.
@@ -320,6 +329,10 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "shutdown_grace_s": ("ONNX_WEB_SHUTDOWN_GRACE_S", _positive(float)),
     "source_url_max_bytes": ("ONNX_WEB_SOURCE_URL_MAX_BYTES", _positive(int)),
     "source_url_timeout_s": ("ONNX_WEB_SOURCE_URL_TIMEOUT_S", _positive(float)),
+    "import_path": ("ONNX_WEB_IMPORT_PATH", Path),
+    "download_max_bytes": ("ONNX_WEB_DOWNLOAD_MAX_BYTES", parse_bytes),
+    "allow_pickle": ("ONNX_WEB_ALLOW_PICKLE", parse_bool),
+    "civitai_token": ("ONNX_WEB_CIVITAI_TOKEN", _opt_str),
     "log_level": ("ONNX_WEB_LOG_LEVEL", str.upper),
     "log_format": ("ONNX_WEB_LOG_FORMAT", str),
 }

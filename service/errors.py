@@ -9,6 +9,7 @@ ServiceError
 ├── NotFound          404  no such job or output
 ├── RequestTimeout    408  the client stopped sending its request halfway
 ├── IdempotencyConflict 409  the same key was used with another request body
+├── Conflict          409  the request races work still under way (a conversion, a job needing a model)
 ├── Unauthorized      401  admin token or API key missing or wrong
 ├── Forbidden         403  a revoked key, or a key that is not an admin's on an admin route
 ├── TooManyRequests   429  a key's quota is used up; answered with ``Retry-After``
@@ -26,6 +27,9 @@ MAX_MESSAGE_CHARS = 500
 
 class ServiceError(Exception):
     """An error of this service."""
+
+    #: More keys of the answer's JSON body besides ``error`` (bounded lists, never echoed input).
+    details: dict[str, object] = {}
 
     def __init__(self, message: str | None = None) -> None:
         text = message or (self.__doc__ or "").strip()
@@ -75,6 +79,10 @@ class IdempotencyConflict(ServiceError):
     """This idempotency key was already used with a different request."""
 
 
+class Conflict(ServiceError):
+    """The request conflicts with work still under way."""
+
+
 class Unauthorized(ServiceError):
     """A valid admin token is required."""
 
@@ -112,6 +120,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     NotFound: 404,
     RequestTimeout: 408,
     IdempotencyConflict: 409,
+    Conflict: 409,
     PayloadTooLarge: 413,
     TooManyRequests: 429,
     UnsupportedMediaType: 415,

@@ -37,6 +37,7 @@ from pipelines.imageops.metadata import CONTENT_TYPES, encode_image, thumbnail
 from pipelines.stages.edit_safety import SafetyBlocked
 from service import metrics
 from service.config import Config
+from service.conversion import ConversionFailed
 from service.errors import InvalidParams, PayloadTooLarge, StorageError
 from service.faults import fault_point
 from service.fetch import SourceURLError
@@ -57,6 +58,8 @@ OOM_MARKERS = (
     "bfcarena",
 )
 #: Errors that a retry cannot fix: bad parameters, refused sources, undecodable images, missing files.
+#: Failures whose ``code`` is the job's reason.
+CODED_ERRORS = SourceURLError | SourceS3Refused | SafetyBlocked | MODEL_STORE_ERRORS | ConversionFailed
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     TypeError,
@@ -385,6 +388,8 @@ class JobRun:
         transient = isinstance(err, StorageError | OperationalError)
         # Out of memory is no bad luck: the next worker would run out the same way, so it ends here.
         retryable = not oom and (transient or not isinstance(err, PERMANENT_ERRORS))
+        if isinstance(err, ConversionFailed):
+            retryable = err.retryable
         reason = (
             "oom"
             if oom
@@ -392,7 +397,7 @@ class JobRun:
                 "storage"
                 if isinstance(err, StorageError)
                 else err.code
-                if isinstance(err, SourceURLError | SourceS3Refused | SafetyBlocked | MODEL_STORE_ERRORS)
+                if isinstance(err, CODED_ERRORS)
                 else "error"
             )
         )

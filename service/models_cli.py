@@ -8,12 +8,14 @@ progress bar of the bytes uploaded. ``onnx-web convert diffusers --publish`` end
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.config import Config
+from service.config import DOWNLOAD_MAX_BYTES, Config, parse_bytes
 from service.jobs.models import MODEL_KINDS, ModelRecords
 
 
@@ -33,6 +35,33 @@ def add_models_arguments(commands: Any) -> None:
     actions.add_parser("list", help="the ready models of the store")
     delete = actions.add_parser("delete", help="withdraw a model; workers drop their copies at next use")
     delete.add_argument("name")
+    imported = actions.add_parser(
+        "import",
+        help="convert an extras document's entries here, from any source a conversion job takes, "
+        "into the models folder (or the store with --publish)",
+    )
+    imported.add_argument("extras", type=Path, help="an extras document (JSON or YAML)")
+    imported.add_argument("--only", action="append", metavar="NAME", help="this entry only (repeatable)")
+    imported.add_argument(
+        "--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)"
+    )
+    imported.add_argument(
+        "--import-root",
+        type=Path,
+        default=Path("."),
+        help="the folder local sources are read from, and never outside of (default: %(default)s)",
+    )
+    imported.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load pickle checkpoints (.ckpt, .pt, .pth, .bin): they can run code; only for files you trust",
+    )
+    imported.add_argument(
+        "--max-bytes", type=parse_bytes, default=DOWNLOAD_MAX_BYTES, help="largest download (e.g. 20G)"
+    )
+    imported.add_argument(
+        "--publish", action="store_true", help="upload to the model store (DATABASE_URL, S3_*) instead"
+    )
     models.set_defaults(func=run_models)
 
 
@@ -43,6 +72,8 @@ def run_models(args: argparse.Namespace) -> int:
     from service.modelstore import withdraw
     from service.storage import from_config
 
+    if args.models_action == "import" and not args.publish:
+        return import_entries(args, store=None, records=None)
     config = Config.from_env()
     logs.configure(config.log_level, "text")
     records = ModelRecords(make_engine(config.database_url))
@@ -52,6 +83,8 @@ def run_models(args: argparse.Namespace) -> int:
         return 0
     store = from_config(config)
     store.ensure_bucket()
+    if args.models_action == "import":
+        return import_entries(args, store=store, records=records)
     if args.models_action == "delete":
         removed = withdraw(args.name, store, records)
         print(f"withdrew {removed} version(s) of {args.name}")
@@ -97,6 +130,121 @@ def publish_folder(
     verb = "published" if done.uploaded else "already published"
     print(f"{verb} {done.model.name} {done.model.content_hash}")
     return 0
+
+
+def import_entries(args: argparse.Namespace, *, store: Any, records: ModelRecords | None) -> int:
+    """``models import``: each selected entry downloaded and converted here, then installed in the
+    models folder or published; a failed entry is reported and the others go on (exit status 1)."""
+    from pipelines.models.extras import ExtrasInvalid, parse_document, validate_document
+    from pipelines.models.sources import SourceSettings
+    from service.conversion import ConversionFailed, ConversionSettings, StageReport, convert_entry
+    from service.extras import conversion_spec
+
+    try:
+        document = validate_document(parse_document(args.extras.read_bytes()))
+    except (OSError, ExtrasInvalid) as err:
+        problems = getattr(err, "problems", ())
+        for problem in problems or [err]:
+            print(f"{args.extras}: {problem}", file=sys.stderr)
+        return 2
+    wanted = set(args.only or ())
+    entries = [
+        entry
+        for entry in document.entries
+        if not wanted or entry.name in wanted or entry.entry["name"] in wanted
+    ]
+    if wanted and not entries:
+        print(f"no entry named {', '.join(sorted(wanted))} in {args.extras}", file=sys.stderr)
+        return 2
+    cache = args.models / ".cache"
+    settings = ConversionSettings(
+        sources=SourceSettings(
+            cache=cache,
+            import_root=args.import_root,
+            max_bytes=args.max_bytes,
+            allow_pickle=args.allow_pickle,
+            civitai_token=os.environ.get("ONNX_WEB_CIVITAI_TOKEN") or None,
+        ),
+        work=cache / "convert",
+        progress_interval_s=0.1,
+    )
+    failed = 0
+    for entry in entries:
+        spec = conversion_spec(entry)
+        work = settings.work / entry.name
+        with _StageBars(entry.name) as bars:
+            report = StageReport(entry.name, lambda progress: None, bars.record, lambda: None, 0.1)
+            try:
+                converted = convert_entry(spec, work, settings, report)
+            except ConversionFailed as err:
+                print(f"cannot convert {entry.field} ({entry.name}): {err.code}: {err}", file=sys.stderr)
+                failed += 1
+                continue
+        try:
+            if store is not None and records is not None:
+                status = publish_folder(
+                    converted, store, records, name=entry.name, kind=entry.kind, label=entry.label
+                )
+                failed += status != 0
+            else:
+                print(install(converted, work, args.models))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def install(converted: Path, work: Path, models: Path) -> Path:
+    """Move a converted model from its work folder to the same place below ``models``, replacing
+    what was there only once the new one is in place beside it."""
+    dest = models / converted.relative_to(work)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = dest.with_name(f".{dest.name}.new")
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.move(converted, staged)
+    if dest.is_dir():
+        old = dest.with_name(f".{dest.name}.old")
+        dest.rename(old)
+        staged.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staged.replace(dest)
+    return dest
+
+
+class _StageBars:
+    """One progress bar per conversion stage (bytes while downloading, components while converting)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.bar: Any = None
+        self.stage: str | None = None
+
+    def __enter__(self) -> _StageBars:
+        return self
+
+    def record(self, loading: Any) -> None:
+        if loading is None:
+            return
+        from tqdm import tqdm
+
+        if loading["stage"] != self.stage:
+            self.close()
+            self.stage = loading["stage"]
+            unit = "B" if self.stage != "convert" else " parts"
+            self.bar = tqdm(
+                desc=f"{self.name}: {self.stage}", unit=unit, unit_scale=unit == "B", file=sys.stderr
+            )
+        if loading["total"]:
+            self.bar.total = loading["total"]
+        self.bar.update(loading["current"] - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _progress_bar:

@@ -51,6 +51,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from pipelines.diffusion.prompt_grammar import PromptSyntaxError, parse_stages
 from pipelines.models.registry import (
     KIND_PREFIXES,
     NETWORK_TYPES,
@@ -59,6 +60,7 @@ from pipelines.models.registry import (
     model_family,
 )
 from service.errors import NotFound, StorageError
+from service.jobs.extras import ExtrasRecords
 from service.jobs.models import MODEL_KINDS, ModelFile, ModelRecords, ModelVersion
 from service.storage import ObjectStore, model_key, model_prefix
 
@@ -69,6 +71,8 @@ HASH_CHUNK_BYTES = 1024 * 1024
 FILE_ATTEMPTS = 3
 #: Folders of a models folder that hold many models each; linked entry by entry, not whole.
 CONTAINER_FOLDERS = (*KIND_PREFIXES, *NETWORK_TYPES)
+#: Network folders whose files a prompt names by stem (``<lora:name:1.0>``).
+NETWORK_FOLDERS = ("lora", "inversion")
 STORE_DIR = ".store"
 PARTIAL_DIR = ".partial"
 TRASH_DIR = ".trash"
@@ -239,6 +243,25 @@ def remove_version(store: ObjectStore, records: ModelRecords, name: str, old_has
     records.forget(name, old_hash)
 
 
+def sweep_deleting(store: ObjectStore, records: ModelRecords) -> int:
+    """Finish removing versions left ``deleting`` (a removal that failed or was cut short); how many.
+
+    A version whose objects cannot be deleted now stays ``deleting`` for the next sweep.
+    """
+    swept = 0
+    for name, old_hash in records.deleting():
+        try:
+            remove_version(store, records, name, old_hash)
+        except StorageError as err:
+            log.warning(
+                "could not remove a deleted model's objects",
+                extra={"action": "sweep", "model": name, "hash": old_hash[:12], "error": str(err)},
+            )
+            continue
+        swept += 1
+    return swept
+
+
 def _stored_already(store: ObjectStore, key: str, item: ModelFile) -> bool:
     try:
         info = store.stat(key)
@@ -251,7 +274,8 @@ def _stored_already(store: ObjectStore, key: str, item: ModelFile) -> bool:
 
 
 def job_model_names(chain: Mapping[str, Any], model: str | None) -> list[str]:
-    """The models a job's chain names: its diffusion model, upscalers and face correctors."""
+    """The models a job's chain names: its diffusion model, upscalers, face correctors, and the
+    LoRAs and inversions its prompts name (as ``lora/<name>``, ``inversion/<name>``)."""
     names = [model] if model else []
     for stage in chain.get("stages", []):
         params = stage.get("params", {})
@@ -259,15 +283,36 @@ def job_model_names(chain: Mapping[str, Any], model: str | None) -> list[str]:
             value = params.get(key)
             if isinstance(value, str) and value:
                 names.append(value)
+        for key in ("prompt", "negative_prompt"):
+            value = params.get(key)
+            if isinstance(value, str) and "<" in value:
+                names += prompt_networks(value)
     return list(dict.fromkeys(names))
 
 
+def prompt_networks(prompt: str) -> list[str]:
+    """``lora/<name>`` and ``inversion/<name>`` for each network a prompt's tokens name.
+
+    The api parsed the prompt before queueing it; one that does not parse names nothing here.
+    """
+    try:
+        stages = parse_stages(prompt)
+    except PromptSyntaxError:
+        return []
+    return [f"lora/{n.name}" for p in stages for n in p.loras] + [
+        f"inversion/{n.name}" for p in stages for n in p.inversions
+    ]
+
+
 def in_folder(folder: Path, name: str) -> bool:
-    """Whether a models folder holds the model a chain names (a folder, or ``<name>.onnx``)."""
+    """Whether a models folder holds the model a chain names: a folder, ``<name>.onnx``, or for
+    ``lora/<name>`` and ``inversion/<name>`` a weights file of that stem."""
     parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".", "..")]
     if not parts:
         return False
     path = folder.joinpath(*parts)
+    if len(parts) == 2 and parts[0] in NETWORK_FOLDERS and path.parent.is_dir():
+        return any(item.stem == parts[1] and item.is_file() for item in path.parent.iterdir())
     return path.exists() or path.with_name(path.name + ".onnx").exists()
 
 
@@ -670,10 +715,17 @@ class PublishedModels:
     """
 
     def __init__(
-        self, records: ModelRecords, registry: ModelRegistry, interval_s: float = PUBLISHED_REFRESH_S
+        self,
+        records: ModelRecords,
+        registry: ModelRegistry,
+        extras: ExtrasRecords | None = None,
+        interval_s: float = PUBLISHED_REFRESH_S,
     ) -> None:
         self.records = records
         self.registry = registry
+        #: The stored extras documents: the newest one's labels, tokens and strings are listed too.
+        self.extras = extras
+        self._extras_version: int | None = None
         self.interval_s = interval_s
         self._next = float("-inf")
         self._lock = threading.Lock()
@@ -691,6 +743,7 @@ class PublishedModels:
             self._next = now + self.interval_s
         try:
             ready = self.records.ready()
+            self._refresh_extras()
         except SQLAlchemyError as err:  # away, or its pool exhausted: keep the last list
             log.warning(
                 "could not read the model store's registry", extra={"action": "models", "error": str(err)}
@@ -708,3 +761,14 @@ class PublishedModels:
                 for model in ready
             ]
         )
+
+    def _refresh_extras(self) -> None:
+        """Hand the registry the newest stored extras document, read again only when a newer one exists."""
+        if self.extras is None:
+            return
+        version = self.extras.latest_version()
+        if version == self._extras_version:
+            return
+        stored = self.extras.latest()
+        self.registry.set_stored_extras(None if stored is None else stored.document)
+        self._extras_version = None if stored is None else stored.version

@@ -298,9 +298,51 @@ class _Document:
             },
             "/api/extras": {
                 "GET": lambda: self.admin(
-                    "The first extras file", _json({}, "The file's text, as JSON or YAML"), 404
+                    "The current extras document (the stored one, else the first extras file)",
+                    _json({"type": "object"}, "The document's text, as it was sent"),
                 ),
-                "PUT": lambda: self.admin("Replace the extras file (not available here)", _json({}), 501),
+                "PUT": lambda: {
+                    **self.admin(
+                        "Store an extras document and start a conversion job per new or changed entry",
+                        _json(_ref("ExtrasSaved")),
+                        400,
+                        409,
+                        413,
+                        501,
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "application/yaml": {"schema": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+            "/api/models": {
+                "GET": lambda: self.admin(
+                    "The model store's versions and the recent conversion jobs", _json(_ref("ModelStore"))
+                )
+            },
+            "/api/models/{name}": {
+                "DELETE": lambda: {
+                    **self.admin(
+                        "Withdraw a model from the store (refused while jobs need it)",
+                        _json(
+                            {
+                                "type": "object",
+                                "required": ["name", "versions"],
+                                "properties": {"name": {"type": "string"}, "versions": {"type": "integer"}},
+                            }
+                        ),
+                        400,
+                        404,
+                        409,
+                    ),
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                }
             },
             "/api/worker/status": {
                 "GET": lambda: self.admin("Live workers and active jobs", _json(_ref("WorkerStatus")))
@@ -404,6 +446,7 @@ class _Document:
     # -- components --------------------------------------------------------------------------
 
     def components(self) -> dict[str, Any]:
+        strings = {"type": "array", "items": {"type": "string"}}
         counter = {
             "type": "object",
             "required": ["current", "total"],
@@ -417,7 +460,95 @@ class _Document:
             "Error": {
                 "type": "object",
                 "required": ["error"],
-                "properties": {"error": {"type": "string"}, "request_id": {"type": "string"}},
+                "properties": {
+                    "error": {"type": "string"},
+                    "request_id": {"type": "string"},
+                    "errors": {
+                        "description": "every rule an extras document breaks (PUT /api/extras)",
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"field": {"type": "string"}, "rule": {"type": "string"}},
+                        },
+                    },
+                    "conflicts": {
+                        "description": "entries whose earlier conversion is still on its way",
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {key: {"type": "string"} for key in ("name", "field", "job")},
+                        },
+                    },
+                },
+            },
+            "ExtrasSaved": {
+                "type": "object",
+                "required": [
+                    *("file", "version", "successful", "errors"),
+                    *("conversions", "unchanged", "skipped"),
+                ],
+                "properties": {
+                    "file": {"type": "string"},
+                    "version": {"type": "integer"},
+                    "successful": strings,
+                    "errors": {"type": "array", "maxItems": 0},
+                    "conversions": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                key: {"type": "string"} for key in ("name", "section", "job", "state")
+                            },
+                        },
+                    },
+                    "unchanged": strings,
+                    "skipped": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}, "reason": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+            "ModelStore": {
+                "type": "object",
+                "required": ["models", "conversions"],
+                "properties": {
+                    "models": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "family": {"type": ["string", "null"]},
+                                "content_hash": {"type": "string"},
+                                "size_bytes": {"type": "integer"},
+                                "state": {"enum": ["publishing", "ready", "deleting"]},
+                                "created": {"type": ["string", "null"]},
+                                "labels": {"type": "object"},
+                            },
+                        },
+                    },
+                    "conversions": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "job": {"type": "string"},
+                                "name": {"type": "string"},
+                                "section": {"type": ["string", "null"]},
+                                "state": {"enum": JOB_STATUSES},
+                                "stage": {"enum": ["download", "convert", "publish", None]},
+                                "progress": counter,
+                                "reason": {"type": ["string", "null"]},
+                                "created": {"type": "string"},
+                                "updated": {"type": "string"},
+                            },
+                        },
+                    },
+                },
             },
             "Counter": counter,
             "JobRecord": {

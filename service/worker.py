@@ -37,7 +37,7 @@ from PIL import Image
 from sqlalchemy.exc import OperationalError
 
 from pipelines.chain import ChainResult, run_chain
-from pipelines.context import Output
+from pipelines.context import Output, StageText
 from pipelines.models.sessions import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -50,18 +50,23 @@ from service import metrics
 from service.batching import run_batch
 from service.capacity import memory_kind, worker_memory
 from service.config import Config
+from service.conversion import ConversionFailed, ConversionSettings, StageReport, run_conversion
 from service.faults import fault_point
 from service.fetch import fetch_image_url
 from service.images import decode_upload
 from service.jobrun import JobRun, JobRunner, OutputStage, elapsed_ms
+from service.jobs.extras import CONVERT_KIND
 from service.jobs.notify import Notifier
 from service.jobs.store import ClaimedJob, JobStore
-from service.modelstore import LoadingReport, ModelCache, in_folder, job_model_names
+from service.modelstore import LoadingReport, ModelCache, in_folder, job_model_names, sweep_deleting
 from service.output_names import SourceS3Refused, recorded_key
 from service.retries import DB_OUTAGE, STORAGE_OUTAGE, first_line, outlast
 from service.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+
+#: Maintenance rounds between two sweeps of deleted models' objects.
+SWEEP_EVERY = 10
 
 
 def worker_sessions(config: Config) -> SessionCache:
@@ -117,6 +122,7 @@ class Worker:
         #: Stores and commits finished jobs while the next one generates, from ``run`` on;
         #: None with ``upload_depth`` 0 (or outside ``run``): each job is stored before the next claim.
         self.outputs: OutputStage | None = None
+        self._rounds = 0
 
     @property
     def jobs_done(self) -> int:
@@ -258,8 +264,18 @@ class Worker:
                         },
                     )
                 self._announce()
+                self._sweep_models()
             except OperationalError as err:
                 log.warning("maintenance failed", extra={"action": "maintenance", "error": first_line(err)})
+
+    def _sweep_models(self) -> None:
+        """Every ``SWEEP_EVERY`` maintenance rounds, remove what deleted models left in the store."""
+        self._rounds += 1
+        if self.model_cache is None or self._rounds % SWEEP_EVERY:
+            return
+        swept = sweep_deleting(self.store, self.model_cache.records)
+        if swept:
+            log.info("removed deleted models' objects", extra={"action": "sweep", "versions": swept})
 
     def _announce(self) -> None:
         """Refresh this worker's row; an admin's restart request stops claiming after this job."""
@@ -329,7 +345,7 @@ class Worker:
 
     def _pulls_model(self, job: ClaimedJob) -> bool:
         """Whether the job names a model the local folder lacks (the model store has it, or no one)."""
-        if self.model_cache is None:
+        if self.model_cache is None or job.kind == CONVERT_KIND:
             return False
         return not all(
             in_folder(self.config.models_path, name) for name in job_model_names(job.chain, job.model)
@@ -373,6 +389,8 @@ class Worker:
             run = held.enter_context(self.runner.hold(job))
 
             def produce() -> list[Output]:
+                if job.kind == CONVERT_KIND:
+                    return list(self._convert(run))
                 inputs = self._load_inputs(job)
                 timings["load_inputs"] = elapsed_ms(started)
                 with self._job_models(run, timings) as models_path:
@@ -400,6 +418,24 @@ class Worker:
                     return
                 outcome = run.deliver(images, timings)
         run.log_summary(outcome, started, timings)
+
+    def _convert(self, run: JobRun) -> list[StageText]:
+        """A conversion job's work: fetch, convert and publish its extras entry (``service.conversion``)."""
+        if self.model_cache is None:
+            raise ConversionFailed("no_model_store", "this worker has no model store to publish to")
+        job, records = run.job, self.model_cache.records
+        settings = ConversionSettings.from_config(self.config)
+        report = StageReport(
+            job.model or "",
+            run.report,
+            partial(records.record_loading, job.id, self.config.worker_id, job.attempt),
+            run.check,
+            settings.progress_interval_s,
+        )
+        try:
+            return run_conversion(job.chain["convert"], job.name, settings, self.store, records, report)
+        finally:
+            run.flush()
 
     def _deliver(
         self,

@@ -137,6 +137,8 @@ class ModelRegistry:
         self.models_path = Path(models_path)
         self._extra_models = tuple(Path(path) for path in extra_models)
         self._published: tuple[PublishedModel, ...] = ()
+        #: The extras document stored through ``PUT /api/extras`` (read after the files).
+        self._stored_extras: Mapping[str, Any] | None = None
         self._snapshot = self._scan()
         #: Family and size of the models asked about, read once per scan: the api asks at every
         #: submission (``service.admission``), and a model's files do not change under it.
@@ -237,6 +239,15 @@ class ModelRegistry:
             self._published = published
             self.reload()
 
+    def set_stored_extras(self, document: Mapping[str, Any] | None) -> None:
+        """Take labels, hashes, tokens and strings from the stored extras document too.
+
+        Its strings win over the files' where both set a leaf: it is the newer, edited catalogue.
+        """
+        if document != self._stored_extras:
+            self._stored_extras = document
+            self.reload()
+
     def _facts(self, name: str) -> tuple[ModelFamily, int]:
         facts = self._model_facts.get(name)
         if facts is None and not self.resolve(name).exists():
@@ -263,6 +274,12 @@ class ModelRegistry:
         if not self.models_path.is_dir():
             raise FileNotFoundError(f"the models folder {self.models_path} does not exist")
         extras = _load_all_extras(self.extras_files)
+        if self._stored_extras is not None:
+            stored = _extras_of(self._stored_extras, "the stored extras document")
+            extras.strings = _overlay(extras.strings, stored.strings)
+            extras.hashes.update(stored.hashes)
+            extras.labels.update(stored.labels)
+            extras.tokens.update(stored.tokens)
         top = _entries(self.models_path)
         models: dict[ModelKind, tuple[str, ...]] = {}
         paths: dict[ModelKind, dict[str, str]] = {}
@@ -368,14 +385,28 @@ def _read_extras(path: Path) -> _Extras:
     except ValueError:
         data = yaml.safe_load(text)
     _check_extras(data)
-    extras = _Extras(strings=data.get("strings", {}))
+    return _extras_of(data, str(path))
+
+
+def _extras_of(data: Mapping[str, Any], where: str) -> _Extras:
+    """The hashes, labels, tokens and strings of a checked extras document."""
+    extras = _Extras(strings=dict(data.get("strings", {})))
     for section in ("diffusion", "correction", "upscaling", "networks"):
         for entry in data.get(section, []):
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                logger.warning("%s: skipping a %s entry without a name: %.80r", path, section, entry)
+                logger.warning("%s: skipping a %s entry without a name: %.80r", where, section, entry)
                 continue
             _collect(extras, section, entry)
     return extras
+
+
+def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge two string trees; ``top`` wins where both set a leaf."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        merged[key] = _overlay(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+    return merged
 
 
 def _check_extras(data: Any) -> None:

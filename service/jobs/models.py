@@ -152,6 +152,11 @@ class ModelRecords:
         with self._single.connect() as conn:
             return [_version(row) for row in conn.execute(MODEL_QUERIES["select_ready"])]
 
+    def listed(self) -> list[ModelVersion]:
+        """Every version in every state (publishing, ready, deleting), for the admin's list."""
+        with self._single.connect() as conn:
+            return [_version(row) for row in conn.execute(MODEL_QUERIES["select_listed"])]
+
     def ready_model(self, name: str) -> ModelVersion | None:
         """The ready version a job's model name (or path below a models folder) means, or None."""
         with self._single.connect() as conn:
@@ -177,6 +182,23 @@ class ModelRecords:
         }
         with self._single.connect() as conn:
             return conn.execute(MODEL_QUERIES["record_loading"], params).rowcount == 1
+
+    def entry_hashes(self, names: Sequence[str]) -> dict[str, str | None]:
+        """The ready ones of ``names`` and the extras entry each was converted from (None: by hand)."""
+        with self._single.connect() as conn:
+            rows = conn.execute(MODEL_QUERIES["ready_entry_hashes"], {"names": list(names)})
+            return {row.name: row.entry_hash for row in rows}
+
+    def set_entry_hash(self, name: str, content_hash: str, entry_hash: str) -> None:
+        """Record which extras entry the ready version ``(name, content_hash)`` was converted from."""
+        params = {"name": name, "content_hash": content_hash, "entry_hash": entry_hash}
+        with self._single.connect() as conn:
+            conn.execute(MODEL_QUERIES["set_entry_hash"], params)
+
+    def jobs_needing(self, name: str) -> int:
+        """How many waiting or running jobs name the model (as theirs or a stage's model)."""
+        with self._single.connect() as conn:
+            return int(conn.execute(MODEL_QUERIES["jobs_needing_model"], {"name": name}).scalar_one())
 
     def worker_status(self, max_age_s: float) -> list[WorkerStatus]:
         """Workers seen within ``max_age_s`` seconds, each with its cached models and current job."""

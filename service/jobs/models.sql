@@ -53,11 +53,18 @@ FROM models
 WHERE state = 'ready'
 ORDER BY kind, name;
 
--- name: select_ready_model
--- The ready version of a model, by its name or its path below a models folder.
+-- name: select_listed
+-- Every version in every state, for the admin: by kind, name, newest first.
 SELECT name, content_hash, kind, family, path, size_bytes, files, labels, state, created_at
 FROM models
-WHERE state = 'ready' AND (name = :name OR path = :name)
+ORDER BY kind, name, created_at DESC;
+
+-- name: select_ready_model
+-- The ready version of a model, by its name, its path below a models folder, or <kind>/<name>
+-- (a prompt's <lora:name:w> asks for lora/name).
+SELECT name, content_hash, kind, family, path, size_bytes, files, labels, state, created_at
+FROM models
+WHERE state = 'ready' AND (name = :name OR path = :name OR kind || '/' || name = :name)
 ORDER BY name = :name DESC
 LIMIT 1;
 
@@ -84,3 +91,23 @@ LEFT JOIN LATERAL (
 ) running ON true
 WHERE w.seen_at > now() - make_interval(secs => :max_age_s)
 ORDER BY w.started_at, w.id;
+
+-- name: ready_entry_hashes
+-- The entry each of the named models' ready version was converted from (NULL: published by hand).
+SELECT name, entry_hash FROM models WHERE state = 'ready' AND name = ANY(CAST(:names AS text[]));
+
+-- name: set_entry_hash
+-- Record which entry a ready version was converted from (a publish of unchanged content included).
+UPDATE models SET entry_hash = :entry_hash, updated_at = now()
+WHERE name = :name AND content_hash = :content_hash AND state = 'ready';
+
+-- name: jobs_needing_model
+-- How many waiting or running jobs name a model, as their model or a stage's model parameter.
+SELECT count(*) AS jobs
+FROM jobs
+WHERE state IN ('pending', 'running') AND kind <> 'convert'
+    AND (model = :name OR jsonb_path_exists(
+        chain,
+        '$.stages[*].params ? (@.model == $n || @.upscale_model == $n || @.correction_model == $n)',
+        jsonb_build_object('n', CAST(:name AS text))
+    ));

@@ -1,4 +1,4 @@
-"""Admin routes (contract §4.15): worker status and restart, the extras file.
+"""Admin routes (contract §4.15): worker status and restart, the extras document, the model store.
 
 Each needs the admin token, as a ``token`` query parameter (what onnx-web's GUI sends) or an
 ``Authorization: Bearer`` header (which keeps it out of access logs and browser history).
@@ -11,8 +11,10 @@ from typing import Any
 
 import falcon
 
+from pipelines.models.extras import MAX_DOCUMENT_BYTES, NAME_PATTERN
 from pipelines.models.registry import ModelRegistry
-from service.errors import NotFound, NotImplementedYet, Unauthorized
+from service.errors import InvalidParams, NotImplementedYet, PayloadTooLarge, Unauthorized
+from service.extras import ExtrasService
 from service.jobs.models import ModelRecords
 from service.jobs.store import JobStore
 
@@ -107,25 +109,64 @@ class WorkerRestartResource(AdminResource):
 
 
 class ExtrasResource(AdminResource):
-    """``GET /api/extras``: the first extras file as text; ``PUT`` is refused (see below)."""
+    """``GET /api/extras``: the current extras document; ``PUT``: store one and start its conversions.
 
-    def __init__(self, token: str, registry: ModelRegistry) -> None:
+    The document is the newest one accepted by ``PUT`` (kept in Postgres, so every api container
+    answers the same); before the first, the first extras file, as onnx-web read it; else ``{}``.
+    """
+
+    def __init__(self, token: str, registry: ModelRegistry, extras: ExtrasService | None) -> None:
         super().__init__(token)
         self.registry = registry
+        self.extras = extras
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self.authorize(req)
         files = self.registry.extras_files
-        if not files or not files[0].is_file():
-            raise NotFound("no extras file is configured")
+        fallback = files[0].read_text() if files and files[0].is_file() else None
         resp.content_type = falcon.MEDIA_JSON
-        resp.text = files[0].read_text()
+        if self.extras is None:
+            resp.text = fallback or "{}"
+        else:
+            resp.text = self.extras.current_text(fallback)
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
         self.authorize(req)
-        # onnx-web converted models inside this request, for minutes; api containers here are
-        # stateless and read their models folder read-only.
-        raise NotImplementedYet(
-            "models are converted with 'onnx-web convert' and shipped in the models folder; "
-            "the api does not rewrite extras files"
-        )
+        if self.extras is None:
+            raise NotImplementedYet("this api runs without a model store: convert with 'onnx-web convert'")
+        raw = req.bounded_stream.read(MAX_DOCUMENT_BYTES + 1)
+        if len(raw) > MAX_DOCUMENT_BYTES:
+            raise PayloadTooLarge(f"an extras document is at most {MAX_DOCUMENT_BYTES} bytes")
+        resp.media = self.extras.save(raw, created_by=_admin_name(req)).to_dict()
+
+
+class ModelsResource(AdminResource):
+    """``GET /api/models``: the model store's versions and the recent conversions."""
+
+    def __init__(self, token: str, extras: ExtrasService) -> None:
+        super().__init__(token)
+        self.extras = extras
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.authorize(req)
+        resp.media = self.extras.overview()
+
+
+class ModelResource(AdminResource):
+    """``DELETE /api/models/{name}``: withdraw a model; workers drop their copies at next use."""
+
+    def __init__(self, token: str, extras: ExtrasService) -> None:
+        super().__init__(token)
+        self.extras = extras
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        self.authorize(req)
+        if not NAME_PATTERN.match(name):
+            raise InvalidParams("name", "a model name: letters, digits, '.', '_' and '-'")
+        resp.media = {"name": name, "versions": self.extras.delete_model(name)}
+
+
+def _admin_name(req: falcon.Request) -> str:
+    """Who made an admin change: the key's owner in keys mode, else ``admin``."""
+    key = req.context.get("key")
+    return key.owner if key is not None else "admin"

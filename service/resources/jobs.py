@@ -34,6 +34,14 @@ FAILURE_MESSAGES = {
     "model_missing": "the model is neither in the models folder nor in the model store",
     "model_corrupt": "a file of the model failed its check when the worker pulled it from the model store",
     "model_cache_full": "the worker's model cache has no room for the model",
+    "source_missing": "the conversion's source does not exist",
+    "bad_source": "the conversion's source is not one this server may read",
+    "download_failed": "the conversion's download failed",
+    "hash_mismatch": "the conversion's download does not match its sha256",
+    "too_large": "the conversion's download is larger than the server accepts",
+    "pickle_refused": "the checkpoint is a pickle (it can run code when loaded); the worker refuses them",
+    "bad_checkpoint": "the checkpoint is not a model of the kind its extras entry says",
+    "no_model_store": "the worker has no model store to publish the converted model to",
 }
 #: The reason recorded for a failure no more specific reason explains; not sent as ``reason``.
 GENERIC_FAILURE = "error"

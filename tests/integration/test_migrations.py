@@ -97,6 +97,16 @@ EXPECTED_MODEL_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "state": ("model_state", False, "'publishing'::model_state"),
     "created_at": ("timestamp with time zone", False, "now()"),
     "updated_at": ("timestamp with time zone", False, "now()"),
+    "entry_hash": ("text", True, None),
+}
+#: Stored extras documents (migration 0012): the newest is the current catalogue.
+EXPECTED_EXTRAS_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
+    "version": ("bigint", False, None),
+    "document": ("jsonb", False, None),
+    "text": ("text", False, None),
+    "sha256": ("text", False, None),
+    "created_by": ("text", False, None),
+    "created_at": ("timestamp with time zone", False, "now()"),
 }
 #: API keys and their usage counters (migration 0006).
 EXPECTED_KEY_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
@@ -165,6 +175,10 @@ EXPECTED_INDEXES = {
         "USING btree (owner, idempotency_key) "
         "WHERE (idempotency_key IS NOT NULL)"
     ),
+    "jobs_convert_idx": (
+        "CREATE INDEX jobs_convert_idx ON public.jobs USING btree (created_at DESC) "
+        "WHERE (kind = 'convert'::text)"
+    ),
 }
 #: Only the callback outbox is a trigger: notifications are sent by ``JobStore`` after each change
 #: commits (migration 0011), so no claim or completion holds Postgres' notify lock over its flush.
@@ -194,7 +208,7 @@ def catalog(url: str) -> dict[str, Any]:
     NOT NULL constraints (``contype = 'n'`` since PostgreSQL 18) are covered by the columns' nullability.
     """
     with psycopg.connect(libpq_url(url)) as conn:
-        columns, worker_columns, key_columns, usage_columns, model_columns = (
+        columns, worker_columns, key_columns, usage_columns, model_columns, extras_columns = (
             {
                 name: (data_type if data_type != "USER-DEFINED" else udt, nullable == "YES", default)
                 for name, data_type, udt, nullable, default in conn.execute(
@@ -203,7 +217,7 @@ def catalog(url: str) -> dict[str, Any]:
                     (table,),
                 )
             }
-            for table in ("jobs", "workers", "api_keys", "key_usage", "models")
+            for table in ("jobs", "workers", "api_keys", "key_usage", "models", "extras_documents")
         )
         constraints = set(
             conn.execute(
@@ -228,6 +242,7 @@ def catalog(url: str) -> dict[str, Any]:
         "key_columns": key_columns,
         "usage_columns": usage_columns,
         "model_columns": model_columns,
+        "extras_columns": extras_columns,
         "constraints": constraints,
         "indexes": indexes,
         "labels": labels,
@@ -262,7 +277,8 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["key_columns"] == EXPECTED_KEY_COLUMNS
     assert found["usage_columns"] == EXPECTED_USAGE_COLUMNS
     assert found["model_columns"] == EXPECTED_MODEL_COLUMNS
-    assert found["version"] == [("0011",)]
+    assert found["extras_columns"] == EXPECTED_EXTRAS_COLUMNS
+    assert found["version"] == [("0012",)]
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:

@@ -1,0 +1,535 @@
+"""Models as data on real Postgres and S3: ``PUT /api/extras`` starts conversions that workers run.
+
+The api is the whole app (``create_app``); workers are real ``Worker`` loops, in process, with an
+empty local models folder and a pull cache, so a converted model reaches a job only through the
+store. Sources are files and folders below the import folder, made by the test from the demo
+builder's tiny checkpoints; downloads and hub ids have their own tests
+(``tests/unit/pipelines/test_model_sources.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import numpy as np
+import pytest
+import sqlalchemy
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from pipelines.models.convert import convert_diffusers_folder
+from pipelines.models.demo import DEMO_MODELS, write_demo_checkpoint
+from pipelines.models.demo_networks import random_lora
+from pipelines.models.registry import ModelRegistry
+from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
+from pipelines.models.upscalers import DEMO_UPSCALERS, demo_checkpoint
+from service.app import create_app
+from service.config import Config
+from service.jobs.extras import ExtrasRecords
+from service.jobs.models import ModelRecords
+from service.jobs.notify import Notifier
+from service.jobs.states import JobState
+from service.jobs.store import JobStore, NewJob
+from service.modelstore import ModelCache
+from service.storage import S3ObjectStore
+from service.worker import Worker
+from tests.fixtures.postgres import job_row
+from tests.integration.api import ADMIN_TOKEN
+from tests.integration.workers import Workers, make_job, wait_until
+from tests.unit.pipelines.ldm_checkpoint import sd1_checkpoint
+
+pytestmark = pytest.mark.integration
+
+DEMO = DEMO_MODELS[0].name
+ADMIN = {"token": ADMIN_TOKEN}
+#: The Real-ESRGAN demo upscaler, a real RRDB network of spandrel's.
+UPSCALER = DEMO_UPSCALERS[0]
+
+
+@pytest.fixture(scope="module")
+def sources() -> Iterator[Path]:
+    """The import folder: a diffusers folder and the same weights as one file, an upscaler and a
+    LoRA (also pickled) as an operator brings them."""
+    folder = Path(tempfile.mkdtemp(prefix="onnx-web-test-imports-"))
+    try:
+        write_demo_checkpoint(folder / "sd-demo")
+        save_file(demo_checkpoint(UPSCALER), str(folder / "esrgan.safetensors"))
+        parts = _torch_parts(folder / "sd-demo")
+        # The same weights as one civitai-style file, in the original LDM key layout.
+        single = sd1_checkpoint(parts["unet"], parts["vae"], parts["text_encoder"])
+        save_file(single, str(folder / "single.safetensors"))
+        lora = {key: value.contiguous() for key, value in random_lora(parts).items()}
+        save_file(lora, str(folder / "detail.safetensors"))
+        torch.save(lora, folder / "pickled.ckpt")
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _torch_parts(source: Path) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(source / "unet").eval(),
+        "vae": AutoencoderKL.from_pretrained(source / "vae").eval(),
+        "text_encoder": CLIPTextModel.from_pretrained(source / "text_encoder").eval(),
+    }
+
+
+@pytest.fixture
+def records(engine: sqlalchemy.Engine) -> ModelRecords:
+    return ModelRecords(engine)
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Path:
+    """The workers' and api's read-only models folder: empty, so models come from the store."""
+    folder = tmp_path / "local"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def client(
+    engine: sqlalchemy.Engine,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    local: Path,
+    tmp_path: Path,
+) -> falcon.testing.TestClient:
+    settings = Config(
+        models_path=local,
+        bundle_path=tmp_path / "bundle",
+        s3_bucket=object_store.bucket,
+        admin_token=ADMIN_TOKEN,
+    )
+    app = create_app(
+        settings,
+        jobs=job_store,
+        store=object_store,
+        registry=ModelRegistry(local, ()),
+        models=records,
+        extras=ExtrasRecords(engine),
+    )
+    return falcon.testing.TestClient(app)
+
+
+def run_worker(
+    database_url: str,
+    jobs: JobStore,
+    store: S3ObjectStore,
+    records: ModelRecords,
+    local: Path,
+    cache: Path,
+    imports: Path,
+    max_jobs: int,
+    **overrides: Any,
+) -> None:
+    """A worker on an empty models folder with a pull cache, converting from ``imports``."""
+    config = Config(
+        database_url=database_url,
+        models_path=local,
+        model_cache_path=cache,
+        import_path=imports,
+        worker_id="convert-worker",
+        heartbeat_s=0.05,
+        progress_interval_s=0.0,
+        poll_interval_s=0.05,
+        upload_depth=0,
+        **overrides,
+    )
+    sessions = SessionCache(1, SessionSettings(providers=(CPU_PROVIDER,)))
+    model_cache = ModelCache(cache, 10**10, store, records, on_drop=lambda path: sessions.clear())
+    with closing(Notifier(database_url)) as notifier:
+        Worker(
+            config, jobs=jobs, store=store, sessions=sessions, notifier=notifier, model_cache=model_cache
+        ).run(max_jobs=max_jobs)
+
+
+def put_extras(client: falcon.testing.TestClient, document: Any) -> falcon.testing.Result:
+    body = document if isinstance(document, str) else json.dumps(document)
+    return client.simulate_put("/api/extras", params=ADMIN, body=body)
+
+
+CATALOGUE = {
+    "diffusion": [{"name": "demo-converted", "label": "Demo, converted", "source": "sd-demo"}],
+    "upscaling": [
+        {"name": "esrgan", "label": "ESRGAN", "source": "esrgan.safetensors", "scale": 4, "model": "resrgan"}
+    ],
+    "networks": [
+        {"name": "detail", "type": "lora", "source": "detail.safetensors", "tokens": ["detailed"]},
+    ],
+    "sources": [{"name": "detector", "source": "https://example.com/detector.pth"}],
+}
+
+
+def test_a_saved_catalogue_is_converted_published_listed_and_runs_on_a_fresh_worker(
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    sources: Path,
+    local: Path,
+    tmp_path: Path,
+) -> None:
+    saved = put_extras(client, CATALOGUE)
+
+    assert saved.status_code == 200, saved.text
+    answer = saved.json
+    names = {item["name"]: item for item in answer["conversions"]}
+    assert set(names) == {"diffusion-demo-converted", "upscaling-esrgan", "detail"}
+    assert answer["successful"] == sorted(names, key=list(names).index)
+    assert answer["skipped"] == [{"name": "detector", "reason": answer["skipped"][0]["reason"]}]
+    assert json.loads(client.simulate_get("/api/extras", params=ADMIN).text) == CATALOGUE
+    pending = client.simulate_get("/api/models", params=ADMIN).json["conversions"]
+    assert {item["state"] for item in pending} == {"pending"}
+
+    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c1", sources, max_jobs=3)
+
+    overview = client.simulate_get("/api/models", params=ADMIN).json
+    states = {item["name"]: (item["state"], item["reason"]) for item in overview["conversions"]}
+    assert states == {name: ("success", None) for name in names}, states
+    ready = {model["name"]: model for model in overview["models"]}
+    assert {name: ready[name]["state"] for name in names} == dict.fromkeys(names, "ready")
+    assert ready["diffusion-demo-converted"]["family"] == "sd"
+    assert ready["upscaling-esrgan"]["kind"] == "upscaling"
+    # The job's output says what was published.
+    row = job_row(engine, names["detail"]["job"])
+    (output,) = row["outputs"]
+    summary = json.loads(object_store.get_bytes(row["output_keys"][output]))
+    assert summary["model"] == "detail" and summary["content_hash"] == ready["detail"]["content_hash"]
+    # The api lists them (its registry refreshes from the store every few seconds).
+    wait_until(
+        lambda: "diffusion-demo-converted" in listed_models(client)["diffusion"],
+        timeout_s=15,
+        what="the api to list the converted model",
+    )
+    listed = listed_models(client)
+    assert "upscaling-esrgan" in listed["upscaling"]
+    assert {"name": "detail", "tokens": ["detailed"], "type": "lora"} in listed["networks"]
+    labels = client.simulate_get("/api/settings/strings").json["en"]["translation"]["model"]
+    assert labels["diffusion-demo-converted"] == "Demo, converted"
+
+    # A worker that never saw the model pulls it and makes the image the local conversion makes.
+    reference = tmp_path / "reference"
+    convert_diffusers_folder(sources / "sd-demo", reference / DEMO)
+    (reference / "lora").mkdir()
+    shutil.copy(sources / "detail.safetensors", reference / "lora")
+    prompt = "a red fox in the snow <lora:detail:1.0>"
+    local_job = job_store.enqueue(make_job(reference, steps=3, seed=5, prompt=prompt))
+    run_worker(
+        database_url, job_store, object_store, records, reference, tmp_path / "c0", sources, max_jobs=1
+    )
+    pulled = make_job(reference, steps=3, seed=5, prompt=prompt)
+    pulled_job = job_store.enqueue(
+        replace(pulled, model="diffusion-demo-converted", chain=_renamed(pulled.chain))
+    )
+    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c2", sources, max_jobs=1)
+    first, second = job_row(engine, local_job.name), job_row(engine, pulled_job.name)
+    assert second["state"] == JobState.SUCCESS.value, second["errors"]
+    assert np.array_equal(_pixels(object_store, first), _pixels(object_store, second))
+    cached = tmp_path / "c2"
+    assert (cached / "lora" / "detail.safetensors").is_file() and (
+        cached / "diffusion-demo-converted"
+    ).is_dir()
+
+
+def listed_models(client: falcon.testing.TestClient) -> dict[str, Any]:
+    return client.simulate_get("/api/settings/models").json
+
+
+def _renamed(chain: dict[str, Any]) -> dict[str, Any]:
+    """A txt2img chain naming the converted model instead of the demo one."""
+    text = json.dumps(chain).replace(f'"{DEMO}"', '"diffusion-demo-converted"')
+    return json.loads(text)
+
+
+def _pixels(store: S3ObjectStore, row: dict[str, Any]) -> np.ndarray:
+    (name,) = row["outputs"]
+    return np.asarray(Image.open(io.BytesIO(store.get_bytes(row["output_keys"][name]))))
+
+
+def test_a_single_file_checkpoint_converts_to_the_graphs_its_diffusers_folder_gives(
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    sources: Path,
+    local: Path,
+    tmp_path: Path,
+) -> None:
+    """The file's own configs are the demo model's (``config``), as a fine-tune's would be."""
+    catalogue = {
+        "diffusion": [
+            {"name": "from-file", "source": "single.safetensors", "config": "sd-demo"},
+            {"name": "from-folder", "source": "sd-demo"},
+        ]
+    }
+    assert put_extras(client, catalogue).status_code == 200
+
+    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c", sources, max_jobs=2)
+
+    from_file = records.ready_model("diffusion-from-file")
+    from_folder = records.ready_model("diffusion-from-folder")
+    assert from_file is not None and from_folder is not None
+    graphs = [
+        {item.path.split("/", 1)[1]: item.sha256 for item in model.files if item.path.endswith(".onnx")}
+        for model in (from_file, from_folder)
+    ]
+    assert graphs[0] == graphs[1] and len(graphs[0]) == 4
+
+
+def test_saving_again_converts_only_what_changed(
+    database_url: str,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    sources: Path,
+    local: Path,
+    tmp_path: Path,
+) -> None:
+    catalogue = {"networks": [{"name": "detail", "type": "lora", "source": "detail.safetensors"}]}
+    assert put_extras(client, catalogue).status_code == 200
+    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c", sources, max_jobs=1)
+
+    relabelled = {"networks": [{**catalogue["networks"][0], "label": "Detail", "tokens": ["sharp"]}]}
+    again = put_extras(client, relabelled).json
+
+    assert again["conversions"] == [] and again["unchanged"] == ["detail"]
+    changed = {"networks": [{**relabelled["networks"][0], "weight": 0.5}]}
+    assert [item["name"] for item in put_extras(client, changed).json["conversions"]] == ["detail"]
+
+
+def test_entries_the_models_folder_holds_are_not_converted(
+    job_store: JobStore, client: falcon.testing.TestClient, local: Path
+) -> None:
+    (local / "lora").mkdir()
+    (local / "lora" / "here.safetensors").write_bytes(b"weights")
+    (local / "upscaling-here.onnx").write_bytes(b"graph")
+    document = {
+        "upscaling": [{"name": "here", "source": "demo", "scale": 4, "hash": "ABC123"}],
+        "networks": [
+            {"name": "here-too", "type": "lora", "source": "demo"},
+            {"name": "here", "type": "lora", "source": "d"},
+        ],
+    }
+
+    answer = put_extras(client, document).json
+
+    assert [item["name"] for item in answer["conversions"]] == ["here-too"]
+    assert [item["name"] for item in answer["skipped"]] == ["upscaling-here", "here"]
+    assert "models folder" in answer["skipped"][0]["reason"]
+
+
+def test_an_invalid_document_is_refused_whole_with_every_problem_named(
+    job_store: JobStore, client: falcon.testing.TestClient
+) -> None:
+    document = {
+        "diffusion": [{"name": "a", "source": "../outside"}, {"name": "a", "source": "x/y", "colour": 1}],
+        "upscaling": [{"name": "u", "source": "u.pth"}],
+        "networks": [{"name": "n", "source": "n.safetensors", "type": "mystery"}],
+        "extra": [],
+    }
+
+    answer = put_extras(client, document)
+
+    assert answer.status_code == 400
+    fields = {problem["field"] for problem in answer.json["errors"]}
+    assert {"", "diffusion[1]", "upscaling[0]", "networks[0].type"} <= fields
+    assert answer.json["error"]
+    assert client.simulate_get("/api/extras", params=ADMIN).text == "{}"
+    assert job_store.active_jobs(10) == []
+    # The rules past the shape, once the shape is right.
+    later = put_extras(
+        client,
+        {"diffusion": [{"name": "a", "source": "../outside"}, {"name": "diffusion-a", "source": "x/y"}]},
+    ).json["errors"]
+    assert [problem["field"] for problem in later] == ["diffusion[0].source", "diffusion[1].name"]
+    for bad in ("not: [json", "a: &x [1]\nb: *x\n", "[1, 2]"):
+        assert put_extras(client, bad).status_code == 400
+    assert client.simulate_put("/api/extras", body="{}").status_code == 401
+
+
+def test_a_changed_entry_waits_for_its_running_conversion_then_goes_through(
+    job_store: JobStore, client: falcon.testing.TestClient
+) -> None:
+    first = put_extras(client, {"networks": [{"name": "d", "type": "lora", "source": "detail.safetensors"}]})
+    (job,) = first.json["conversions"]
+
+    conflict = put_extras(client, {"networks": [{"name": "d", "type": "lora", "source": "pickled.ckpt"}]})
+
+    assert conflict.status_code == 409
+    assert conflict.json["conflicts"] == [{"name": "d", "field": "networks[0]", "job": job["job"]}]
+    assert json.loads(client.simulate_get("/api/extras", params=ADMIN).text)["networks"][0]["source"] == (
+        "detail.safetensors"
+    )
+    assert client.simulate_put("/api/job/cancel", params={"jobs": job["job"]}).status_code == 200
+    retried = put_extras(client, {"networks": [{"name": "d", "type": "lora", "source": "pickled.ckpt"}]})
+    assert retried.status_code == 200 and len(retried.json["conversions"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ({"name": "p", "type": "lora", "source": "pickled.ckpt"}, "pickle_refused"),
+        ({"name": "m", "type": "lora", "source": "missing.safetensors"}, "source_missing"),
+        ({"name": "h", "type": "lora", "source": "detail.safetensors", "sha256": "0" * 64}, "hash_mismatch"),
+        ({"name": "s", "type": "lora", "source": "esrgan.safetensors", "sha256": None}, None),
+    ],
+)
+def test_a_conversion_that_cannot_work_fails_with_its_reason_and_publishes_nothing(
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    sources: Path,
+    local: Path,
+    tmp_path: Path,
+    entry: dict[str, Any],
+    reason: str | None,
+) -> None:
+    entry = {key: value for key, value in entry.items() if value is not None}
+    (job,) = put_extras(client, {"networks": [entry]}).json["conversions"]
+
+    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c", sources, max_jobs=1)
+
+    row = job_row(engine, job["job"])
+    if reason is None:  # any safetensors file is accepted as a network's weights
+        assert row["state"] == JobState.SUCCESS.value, row["errors"]
+        return
+    assert (row["state"], row["reason"], row["attempt"]) == (JobState.FAILED.value, reason, 1)
+    assert records.ready_model(entry["name"]) is None
+    assert object_store.list_keys("models/") == []
+    status = client.simulate_get("/api/job/status", params={"jobs": job["job"]}).json[0]
+    assert status["reason"] == reason
+
+
+def test_pickles_convert_where_the_worker_allows_them(
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    sources: Path,
+    local: Path,
+    tmp_path: Path,
+) -> None:
+    (job,) = put_extras(client, {"networks": [{"name": "p", "type": "lora", "source": "pickled.ckpt"}]}).json[
+        "conversions"
+    ]
+
+    run_worker(
+        database_url, job_store, object_store, records, local, tmp_path / "c", sources, 1, allow_pickle=True
+    )
+
+    row = job_row(engine, job["job"])
+    assert row["state"] == JobState.SUCCESS.value, row["errors"]
+    model = records.ready_model("p")
+    assert model is not None and model.path == "lora/p.safetensors"
+
+
+def test_a_model_is_deleted_only_once_no_job_needs_it(
+    database_url: str,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    sources: Path,
+    local: Path,
+    tmp_path: Path,
+) -> None:
+    put_extras(client, {"upscaling": [{"name": "esrgan", "source": "esrgan.safetensors", "scale": 4}]})
+    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c", sources, max_jobs=1)
+    assert object_store.list_keys("models/upscaling-esrgan/")
+    chain = {"stages": [{"name": "up", "type": "upscale-resrgan", "params": {"model": "upscaling-esrgan"}}]}
+    job_id = uuid.uuid4()
+    job = job_store.enqueue(
+        NewJob(
+            id=job_id,
+            name=f"chain_{job_id.hex}",
+            kind="chain",
+            chain=chain,
+            model=None,
+            platform=None,
+            max_attempts=1,
+        )
+    )
+
+    refused = client.simulate_delete("/api/models/upscaling-esrgan", params=ADMIN)
+
+    assert refused.status_code == 409 and "1 waiting or running job" in refused.json["error"]
+    assert client.simulate_put("/api/job/cancel", params={"jobs": job.name}).status_code == 200
+    deleted = client.simulate_delete("/api/models/upscaling-esrgan", params=ADMIN)
+    assert deleted.status_code == 200 and deleted.json == {"name": "upscaling-esrgan", "versions": 1}
+    assert object_store.list_keys("models/upscaling-esrgan/") == []
+    assert records.ready_model("upscaling-esrgan") is None
+    assert client.simulate_delete("/api/models/upscaling-esrgan", params=ADMIN).status_code == 404
+    assert client.simulate_delete("/api/models/bad%20name", params=ADMIN).status_code == 400
+    assert client.simulate_delete("/api/models/x").status_code == 401
+
+
+def test_a_conversion_survives_its_worker_being_killed(
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    s3_credentials: Any,
+    sources: Path,
+    local: Path,
+    tmp_path: Path,
+) -> None:
+    (job,) = put_extras(client, {"diffusion": [{"name": "killed", "source": "sd-demo"}]}).json["conversions"]
+    workers = Workers(
+        database_url=database_url,
+        s3=s3_credentials,
+        bucket=object_store.bucket,
+        models=local,
+        log_dir=tmp_path,
+    )
+    env = {"ONNX_WEB_IMPORT_PATH": str(sources), "ONNX_WEB_PROGRESS_INTERVAL_S": "0.05"}
+    try:
+        first = workers.start("w-killed", ONNX_WEB_MODEL_CACHE=str(tmp_path / "c1"), **env)
+
+        def converting() -> bool:
+            loading = job_row(engine, job["job"])["loading"]
+            return bool(loading) and loading.get("stage") == "convert"
+
+        wait_until(converting, timeout_s=120, what="the conversion to start converting")
+        first.kill()
+        second = workers.start("w-second", ONNX_WEB_MODEL_CACHE=str(tmp_path / "c2"), **env)
+        wait_until(
+            lambda: job_row(engine, job["job"])["state"] == JobState.SUCCESS.value,
+            timeout_s=240,
+            what="the second worker to finish the conversion",
+        )
+        second.kill()
+    finally:
+        workers.kill_all()
+
+    row = job_row(engine, job["job"])
+    assert row["attempt"] == 2 and row["rescue_count"] == 1
+    model = records.ready_model("diffusion-killed")
+    assert model is not None and model.family == "sd"
