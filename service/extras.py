@@ -43,7 +43,7 @@ CONVERSION_STAGES = ("download", "convert", "publish")
 #: Conversions the Models tab lists.
 RECENT_CONVERSIONS = 50
 SOURCES_SKIPPED = "sources entries are downloads for onnx-web's own helpers; this server needs none"
-IN_MODELS_FOLDER = "the server's models folder has it already (as onnx-web, it is not converted again)"
+IN_MODELS_FOLDER = "already in the server's models folder (not converted again, as in onnx-web)"
 
 
 class InvalidDocument(InvalidParams):

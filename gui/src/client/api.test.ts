@@ -118,6 +118,35 @@ describe('createClient', () => {
     ]);
   });
 
+  it('saves the extras document as JSON text and reaches the model store, all with the token', async () => {
+    const { fetch, calls } = fakeFetch(() => json(200, {}));
+    const client = createClient({ root: 'http://h', token: 't', apiKey: () => 'k', fetch });
+    await client.saveExtras('{"diffusion": []}');
+    await client.modelStore();
+    await client.deleteModel('diffusion-a b');
+    expect(calls.map((c) => [c.init.method, c.url])).toEqual([
+      ['PUT', 'http://h/api/extras?token=t'],
+      ['GET', 'http://h/api/models?token=t'],
+      ['DELETE', 'http://h/api/models/diffusion-a%20b?token=t'],
+    ]);
+    expect(calls[0].init.body).toBe('{"diffusion": []}');
+    const headers = new Headers(calls[0].init.headers);
+    expect(headers.get('Content-Type')).toBe('application/json');
+    expect(headers.has('Authorization')).toBe(false);
+  });
+
+  it("keeps an error answer's JSON body, for field errors and conflicts", async () => {
+    const rejected = { error: 'the extras document is invalid', errors: [{ field: 'networks[0].type', rule: 'required' }] };
+    const { fetch } = fakeFetch(() => json(400, rejected));
+    const err = (await createClient({ root: '', fetch }).saveExtras('{}').catch((e: unknown) => e)) as ApiError;
+    expect(err.status).toBe(400);
+    expect(err.message).toBe('the extras document is invalid');
+    expect(err.body).toEqual(rejected);
+    const html = fakeFetch(() => new Response('<h1>oops</h1>', { status: 502, statusText: 'Bad Gateway' }));
+    const plain = (await createClient({ root: '', fetch: html.fetch }).modelStore().catch((e: unknown) => e)) as ApiError;
+    expect([plain.message, plain.body]).toEqual(['502 Bad Gateway', null]);
+  });
+
   it('sends the API key as a Bearer header on every call, read at call time', async () => {
     const { fetch, calls } = fakeFetch(() => json(200, record));
     let key = '';

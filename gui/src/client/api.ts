@@ -1,14 +1,18 @@
 /** The HTTP client for the onnx-web API: one function per route the GUI calls (contract §13). */
 import type {
   CancelResult,
+  DeletedModel,
+  ExtrasSaved,
   FilterLists,
   JobFilter,
   JobPage,
   JobRoute,
   JobStatus,
   ModelLists,
+  ModelStoreListing,
   ServerParams,
   ServerStrings,
+  WorkerStatus,
 } from './types';
 
 /** The most names one status or cancel call may carry (contract §4.11). */
@@ -23,12 +27,15 @@ export type ApiErrorKind = 'http' | 'network' | 'timeout';
 export class ApiError extends Error {
   readonly kind: ApiErrorKind;
   readonly status: number;
+  /** The error answer's JSON body (field errors, conflicts), or null when it had none. */
+  readonly body: unknown;
 
-  constructor(kind: ApiErrorKind, status: number, message: string) {
+  constructor(kind: ApiErrorKind, status: number, message: string, body: unknown = null) {
     super(message);
     this.name = 'ApiError';
     this.kind = kind;
     this.status = status;
+    this.body = body;
   }
 
   /** The server knows the route but has not built the feature yet. */
@@ -87,8 +94,18 @@ export interface ApiClient {
   /** An output's bytes, fetched with the API key (an `<img>` cannot send it). */
   outputBlob(file: string): Promise<Blob>;
   extras(): Promise<unknown>;
-  workerStatus(): Promise<unknown>;
-  restartWorkers(): Promise<unknown>;
+  /**
+   * `PUT /api/extras`: store the extras document (JSON text) and queue the changed entries for
+   * conversion. A 400 carries the field errors and a 409 the conflicting conversions in
+   * `ApiError.body`.
+   */
+  saveExtras(text: string): Promise<ExtrasSaved>;
+  /** `GET /api/models`: the model store and the recent conversions. */
+  modelStore(): Promise<ModelStoreListing>;
+  /** `DELETE /api/models/<name>`: every version of a stored model. */
+  deleteModel(name: string): Promise<DeletedModel>;
+  workerStatus(): Promise<WorkerStatus>;
+  restartWorkers(): Promise<WorkerStatus>;
 }
 
 /** Strip trailing slashes so `root + '/api/…'` never doubles one. */
@@ -96,18 +113,18 @@ export function normaliseRoot(root: string): string {
   return root.replace(/\/+$/, '');
 }
 
-/** The message an error answer carries: `{"error": …}` when JSON, else the status line. */
-async function errorMessage(res: Response): Promise<string> {
+/** An error answer as an `ApiError`: its message is `{"error": …}` when JSON, else the status line. */
+async function errorOf(res: Response): Promise<ApiError> {
   const text = await res.text().catch(() => '');
+  let body: unknown = null;
   try {
-    const body = JSON.parse(text) as { error?: unknown; title?: unknown; description?: unknown };
-    if (typeof body.error === 'string' && body.error !== '') return body.error;
-    if (typeof body.description === 'string' && body.description !== '') return body.description;
-    if (typeof body.title === 'string' && body.title !== '') return body.title;
+    body = JSON.parse(text);
   } catch {
     // Not JSON: an HTML error page. The status line says more than its markup would.
   }
-  return `${res.status} ${res.statusText}`.trim();
+  const fields = (body ?? {}) as { error?: unknown; title?: unknown; description?: unknown };
+  const message = [fields.error, fields.description, fields.title].find((m): m is string => typeof m === 'string' && m !== '');
+  return new ApiError('http', res.status, message ?? `${res.status} ${res.statusText}`.trim(), body);
 }
 
 /** Check a list of job names against the server's per-call limit before sending it. */
@@ -155,7 +172,7 @@ export function createClient(options: ClientOptions): ApiClient {
     } finally {
       if (timer !== undefined) clearTimeout(timer);
     }
-    if (!res.ok) throw new ApiError('http', res.status, await errorMessage(res));
+    if (!res.ok) throw await errorOf(res);
     return res;
   }
 
@@ -242,7 +259,17 @@ export function createClient(options: ClientOptions): ApiClient {
     outputBlob: async (file) => (await send(outputPath(file), { method: 'GET' })).blob(),
 
     extras: () => call<unknown>(`/api/extras?${tokenQuery()}`, { method: 'GET' }, undefined, true),
-    workerStatus: () => call<unknown>(`/api/worker/status?${tokenQuery()}`, { method: 'GET' }, undefined, true),
-    restartWorkers: () => call<unknown>(`/api/worker/restart?${tokenQuery()}`, { method: 'POST' }, undefined, true),
+    saveExtras: (text) =>
+      call<ExtrasSaved>(
+        `/api/extras?${tokenQuery()}`,
+        { method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: text },
+        undefined,
+        true,
+      ),
+    modelStore: () => call<ModelStoreListing>(`/api/models?${tokenQuery()}`, { method: 'GET' }, undefined, true),
+    deleteModel: (name) =>
+      call<DeletedModel>(`/api/models/${encodeURIComponent(name)}?${tokenQuery()}`, { method: 'DELETE' }, undefined, true),
+    workerStatus: () => call<WorkerStatus>(`/api/worker/status?${tokenQuery()}`, { method: 'GET' }, undefined, true),
+    restartWorkers: () => call<WorkerStatus>(`/api/worker/restart?${tokenQuery()}`, { method: 'POST' }, undefined, true),
   };
 }

@@ -99,3 +99,109 @@ export interface CancelResult {
 
 /** The routes that queue a job. `job` takes a chain document (grid mode). */
 export type JobRoute = 'txt2img' | 'img2img' | 'inpaint' | 'upscale' | 'blend' | 'job';
+
+/** One entry of an extras list: the fields this GUI edits, and any others it keeps as they are. */
+export type ExtrasEntry = Record<string, unknown>;
+
+/** The lists of the extras document (onnx-web's model catalogue); `strings` is kept as is. */
+export const EXTRAS_SECTIONS = ['diffusion', 'correction', 'upscaling', 'networks', 'sources'] as const;
+export type ExtrasSection = (typeof EXTRAS_SECTIONS)[number];
+
+/** The extras document: the five lists, `strings`, and whatever else the file holds. */
+export type ExtrasDocument = Partial<Record<ExtrasSection, ExtrasEntry[]>> & Record<string, unknown>;
+
+export type ConversionState = 'pending' | 'running' | 'success' | 'failed' | 'cancelled';
+export type ConversionStage = 'download' | 'convert' | 'publish';
+
+/** A conversion job as `PUT /api/extras` started it. */
+export interface StartedConversion {
+  name: string;
+  section: string;
+  job: string;
+  state: string;
+}
+
+/** `PUT /api/extras` 200: the file was stored and the changed entries queued for conversion. */
+export interface ExtrasSaved {
+  file: string;
+  version: number;
+  successful: string[];
+  /** `[name, message]` pairs. */
+  errors: Array<[string, string]>;
+  conversions: StartedConversion[];
+  unchanged: string[];
+  skipped: Array<{ name: string; reason: string }>;
+}
+
+/** `PUT /api/extras` 400: the rules the document broke; `field` is a path like `diffusion[1].source`. */
+export interface ExtrasRejected {
+  error: string;
+  errors: Array<{ field: string; rule: string }>;
+}
+
+/** `PUT /api/extras` 409: entries whose previous conversion is still pending or running. */
+export interface ExtrasConflicted {
+  error: string;
+  conflicts: Array<{ name: string; job: string }>;
+}
+
+/** A model of the store (`GET /api/models`). */
+export interface StoredModel {
+  name: string;
+  kind: string;
+  family: string | null;
+  content_hash: string;
+  size_bytes: number;
+  state: 'publishing' | 'ready' | 'deleting';
+  created: string;
+  labels: Record<string, string>;
+}
+
+/** A conversion job, with the stage it is in (`GET /api/models`). */
+export interface Conversion {
+  job: string;
+  name: string;
+  section: string;
+  state: ConversionState;
+  stage: ConversionStage | null;
+  progress: Progress;
+  reason: string | null;
+  created: string;
+  updated: string;
+}
+
+/** `GET /api/models`: the store's models and the 50 most recent conversions, newest first. */
+export interface ModelStoreListing {
+  models: StoredModel[];
+  conversions: Conversion[];
+}
+
+/** `DELETE /api/models/<name>` 200. */
+export interface DeletedModel {
+  name: string;
+  versions: number;
+}
+
+/** One worker of `GET /api/worker/status`'s `details`. */
+export interface WorkerDetail {
+  id: string;
+  platform: string;
+  device: string;
+  providers: string[];
+  models: string[];
+  version: string;
+  jobs: number;
+  started: string;
+  seen: string;
+  cached_models?: string[];
+  heartbeat_age_s?: number;
+  job?: string | null;
+  loading?: { model: string; current: number; total: number } | null;
+}
+
+/** `GET /api/worker/status` (and the answer to a restart): onnx-web's lists, and our details. */
+export interface WorkerStatus {
+  jobs?: unknown[];
+  workers?: unknown[];
+  details?: WorkerDetail[];
+}

@@ -1,5 +1,5 @@
 /** Labelled form controls. Every input has a visible label tied to it; ranges come from the server. */
-import { type ReactNode, useEffect, useId, useState } from 'react';
+import { type ReactNode, useEffect, useId, useRef, useState } from 'react';
 import type { NumberSpec } from '../state/params';
 
 /** Round to the step's decimals so 0.1 + 0.2 shows as 0.3. */
@@ -196,7 +196,19 @@ export function TextField({ label, value, onChange, multiline, placeholder, type
   );
 }
 
-/** A collapsible group whose summary shows whether it is switched on. */
+/**
+ * A `<details>` that opens when `wanted` becomes true and is closed only by the user: as a prop,
+ * `open` would also shut it under the user's hands the moment `wanted` turned false again.
+ */
+export function useOpenWhen(wanted: boolean | undefined) {
+  const ref = useRef<HTMLDetailsElement>(null);
+  useEffect(() => {
+    if (wanted && ref.current) ref.current.open = true;
+  }, [wanted]);
+  return ref;
+}
+
+/** A collapsible group whose summary shows whether it is switched on; `open` opens it. */
 export function Section({
   title,
   children,
@@ -210,8 +222,9 @@ export function Section({
   badge?: string;
   testId?: string;
 }) {
+  const ref = useOpenWhen(open);
   return (
-    <details className="section" open={open} data-testid={testId}>
+    <details className="section" ref={ref} data-testid={testId}>
       <summary>
         <span>{title}</span>
         {badge && <span className="badge">{badge}</span>}

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { de } from './de';
 import { en } from './en';
+import { CLIENT_RULES } from '../state/extras';
 import { chooseLanguage, createTranslator, labelFor } from './index';
 
 function keys(messages: object, prefix = ''): string[] {
@@ -46,6 +47,13 @@ describe('bundles', () => {
       'image.field': ['source', 'mask', 'source:0', 'source:1'],
       'settings.themes': ['system', 'light', 'dark'],
       param: ['left', 'right', 'top', 'bottom'],
+      // The Models tab: list titles, extras fields and rules, conversion and store states.
+      models: ['diffusion', 'correction', 'upscaling', 'networks', 'sources'],
+      'models.field': ['name', 'label', 'source', 'format', 'pipeline', 'version', 'prediction', 'sha256', 'hash', 'half', 'model', 'scale', 'type', 'tokens', 'token', 'weight', 'dest'],
+      'models.rule': [...CLIENT_RULES],
+      'models.conversionState': ['pending', 'running', 'success', 'failed', 'cancelled'],
+      'models.stage': ['download', 'convert', 'publish'],
+      'models.store.state': ['publishing', 'ready', 'deleting'],
     };
     for (const [prefix, names] of Object.entries(families)) {
       for (const name of names) expect(known.has(`${prefix}.${name}`), `${prefix}.${name}`).toBe(true);

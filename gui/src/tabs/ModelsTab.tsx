@@ -1,38 +1,12 @@
-/** Models: what the server has; with an admin token, worker status, restart and the extras file. */
-import { useEffect, useState } from 'react';
-import { useNotices } from '../components/Notices';
+/**
+ * Models: what the server has; with an admin token, the model manager: the extras editor,
+ * conversions and the model store, and the workers.
+ */
 import { useApp } from '../context';
 import { labelFor, useI18n } from '../i18n';
-import { describeError } from '../submit';
-
-type Loaded = { state: 'idle' } | { state: 'loading' } | { state: 'ok'; value: unknown } | { state: 'error'; message: string };
-
-function useAdminCall(load: () => Promise<unknown>, enabled: boolean): [Loaded, () => void] {
-  const { t } = useI18n();
-  const [result, setResult] = useState<Loaded>({ state: 'idle' });
-  const run = () => {
-    setResult({ state: 'loading' });
-    load().then(
-      (value) => setResult({ state: 'ok', value }),
-      (err) => setResult({ state: 'error', message: describeError(t, err, { admin: true }) }),
-    );
-  };
-  useEffect(() => {
-    if (enabled) run();
-    // Load once when the tab opens; the Refresh button reloads.
-  }, [enabled]);
-  return [result, run];
-}
-
-function ShowLoaded({ loaded, testId }: { loaded: Loaded; testId: string }) {
-  const { t } = useI18n();
-  if (loaded.state === 'loading') return <p aria-busy="true">{t('common.loading')}</p>;
-  if (loaded.state === 'error') return <p className="form-error" role="alert" data-testid={`${testId}-error`}>{loaded.message}</p>;
-  if (loaded.state === 'ok') {
-    return <pre className="json" data-testid={testId}>{typeof loaded.value === 'string' ? loaded.value : JSON.stringify(loaded.value, null, 2)}</pre>;
-  }
-  return null;
-}
+import { ExtrasEditor } from './models/ExtrasEditor';
+import { ConversionList, StoredModels, useModelStore } from './models/ModelStore';
+import { Workers } from './models/Workers';
 
 function ModelList({ title, names, group }: { title: string; names: string[]; group: string }) {
   const { t } = useI18n();
@@ -63,25 +37,9 @@ function ModelList({ title, names, group }: { title: string; names: string[]; gr
 export function ModelsTab() {
   const { client, server, runtime } = useApp();
   const { t } = useI18n();
-  const notify = useNotices((s) => s.push);
   const admin = runtime.token !== '';
-  const [workers, reloadWorkers] = useAdminCall(client.workerStatus, admin);
-  const [extras, reloadExtras] = useAdminCall(client.extras, admin);
-  const [restarting, setRestarting] = useState(false);
+  const store = useModelStore(client, admin);
   const { models } = server;
-
-  const restart = async () => {
-    setRestarting(true);
-    try {
-      await client.restartWorkers();
-      notify({ kind: 'info', text: t('models.restarted') });
-      reloadWorkers();
-    } catch (err) {
-      notify({ kind: 'error', text: describeError(t, err, { admin: true }) });
-    } finally {
-      setRestarting(false);
-    }
-  };
 
   return (
     <div className="page models" data-testid="models">
@@ -114,29 +72,17 @@ export function ModelsTab() {
 
       <h2>{t('models.admin')}</h2>
       {admin ? (
-        <div className="page-grid">
+        <>
           <section className="group">
-            <h3>{t('models.workers')}</h3>
-            <div className="button-row">
-              <button type="button" onClick={reloadWorkers}>
-                {t('common.refresh')}
-              </button>
-              <button type="button" onClick={() => void restart()} disabled={restarting}>
-                {t('models.restart')}
-              </button>
-            </div>
-            <ShowLoaded loaded={workers} testId="worker-status" />
+            <h3>{t('models.extras.title')}</h3>
+            <ExtrasEditor onSaved={store.reload} />
           </section>
-          <section className="group">
-            <h3>{t('models.extras')}</h3>
-            <div className="button-row">
-              <button type="button" onClick={reloadExtras}>
-                {t('common.refresh')}
-              </button>
-            </div>
-            <ShowLoaded loaded={extras} testId="extras" />
-          </section>
-        </div>
+          <div className="page-grid">
+            <ConversionList store={store} />
+            <StoredModels store={store} />
+            <Workers />
+          </div>
+        </>
       ) : (
         <p className="hint">{t('models.needToken')}</p>
       )}

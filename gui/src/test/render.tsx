@@ -32,6 +32,9 @@ export function fakeClient(overrides: Partial<ApiClient> = {}): ApiClient {
     outputUrl: (file: string) => `http://h/output/${file}`,
     outputBlob: () => Promise.resolve(new Blob()),
     extras: ok({}),
+    saveExtras: () => Promise.reject(new Error('not in this test')),
+    modelStore: ok({ models: [], conversions: [] }),
+    deleteModel: () => Promise.reject(new Error('not in this test')),
     workerStatus: ok({}),
     restartWorkers: ok({}),
     ...overrides,
@@ -81,10 +84,15 @@ export async function click(el: Element | null | undefined): Promise<void> {
   });
 }
 
-/** Set an input's or select's value the way React notices, then fire its event. */
+/** Set an input's, textarea's or select's value the way React notices, then fire its event. */
 export async function change(el: Element | null | undefined, value: string): Promise<void> {
   if (!el) throw new Error('nothing to change');
-  const proto = el instanceof HTMLSelectElement ? HTMLSelectElement.prototype : HTMLInputElement.prototype;
+  const proto =
+    el instanceof HTMLSelectElement
+      ? HTMLSelectElement.prototype
+      : el instanceof HTMLTextAreaElement
+        ? HTMLTextAreaElement.prototype
+        : HTMLInputElement.prototype;
   await act(async () => {
     Object.getOwnPropertyDescriptor(proto, 'value')?.set?.call(el, value);
     el.dispatchEvent(new Event(el instanceof HTMLSelectElement ? 'change' : 'input', { bubbles: true }));
