@@ -126,6 +126,7 @@ def worker_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from pipelines.models.sessions import CUDA_PROVIDER, available_providers
     from service import logs, metrics
     from service.db import config_engine
     from service.jobs.models import ModelRecords
@@ -151,6 +152,7 @@ def _worker(args: argparse.Namespace) -> int:
         ModelRecords(engine),
         # A model replaced or evicted on disk must not keep serving from its old sessions.
         on_drop=lambda path: sessions.clear(),
+        variant="cuda" if CUDA_PROVIDER in available_providers(sessions.settings) else "fp32",
     )
     worker = Worker(
         config,

@@ -186,6 +186,9 @@ class Config:
     #: Conversion jobs may load pickle checkpoints (.ckpt, .pt, .pth, .bin), which can run code.
     allow_pickle: bool = False
     civitai_token: str | None = field(default=None, repr=False)
+    #: What a conversion job makes of a diffusion model: ``fp32`` graphs (every worker), ``cuda``
+    #: fused fp16 graphs (CUDA workers pull them instead); empty: both on a CUDA worker, else fp32.
+    convert_variants: tuple[str, ...] = ()
 
     log_level: str = "INFO"
     #: ``json`` for one JSON object a line (production), ``text`` for people at a terminal.
@@ -201,6 +204,8 @@ class Config:
             )
         if not 1 <= self.batch_max <= MAX_BATCH_MAX:
             problems.append(f"batch_max must be 1-{MAX_BATCH_MAX}, got {self.batch_max}")
+        if not set(self.convert_variants) <= {"fp32", "cuda"}:
+            problems.append(f"convert variants are fp32 and cuda, got {', '.join(self.convert_variants)}")
         if not 0 <= self.upload_depth <= MAX_UPLOAD_DEPTH:
             problems.append(f"upload_depth must be 0-{MAX_UPLOAD_DEPTH}, got {self.upload_depth}")
         if not 0 <= self.worker_metrics_port < 65536:
@@ -333,6 +338,7 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "download_max_bytes": ("ONNX_WEB_DOWNLOAD_MAX_BYTES", parse_bytes),
     "allow_pickle": ("ONNX_WEB_ALLOW_PICKLE", parse_bool),
     "civitai_token": ("ONNX_WEB_CIVITAI_TOKEN", _opt_str),
+    "convert_variants": ("ONNX_WEB_CONVERT_VARIANTS", parse_list),
     "log_level": ("ONNX_WEB_LOG_LEVEL", str.upper),
     "log_format": ("ONNX_WEB_LOG_FORMAT", str),
 }

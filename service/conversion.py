@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 STAGES = ("download", "convert", "publish")
 #: The most members and bytes a model archive may unpack to.
 ARCHIVE_MAX_MEMBERS = 10_000
+#: What a worker of each platform converts diffusion models to, unless configured.
+DEFAULT_VARIANTS = {"cuda": ("fp32", "cuda")}
 #: Failure reasons another attempt may cure.
 RETRYABLE_CODES = frozenset({"download_failed"})
 
@@ -82,6 +84,8 @@ class ConversionSettings:
     #: Scratch space; each job works in a folder of its own below it.
     work: Path
     progress_interval_s: float
+    #: The variants a diffusion model is converted to: ``fp32`` (every worker), ``cuda`` (fused fp16).
+    variants: tuple[str, ...] = ("fp32",)
 
     @classmethod
     def from_config(cls, config: Config) -> ConversionSettings:
@@ -96,6 +100,8 @@ class ConversionSettings:
             ),
             work=root / ".convert",
             progress_interval_s=config.progress_interval_s,
+            variants=config.convert_variants
+            or (("fp32", "cuda") if config.worker_platform == "cuda" else ("fp32",)),
         )
 
 
@@ -175,20 +181,29 @@ def run_conversion(
         converted = convert_entry(spec, work, settings, progress)
         progress.begin("publish")
         labels = {"en": entry["label"]} if isinstance(entry.get("label"), str) else None
-        published = publish(
-            converted, store, records, name=name, kind=kind, labels=labels, progress=progress.advance
-        )
-        records.set_entry_hash(name, published.model.content_hash, spec["entry_hash"])
+        published = []
+        for folder in converted:
+            done = publish(
+                folder, store, records, name=name, kind=kind, labels=labels, progress=progress.advance
+            )
+            records.set_entry_hash(name, done.model.content_hash, spec["entry_hash"])
+            published.append(done)
         progress.finish()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = {
         "model": name,
         "kind": kind,
-        "content_hash": published.model.content_hash,
-        "size_bytes": published.model.size_bytes,
-        "files": len(published.model.files),
-        "uploaded": published.uploaded,
+        "versions": [
+            {
+                "variant": done.model.variant,
+                "content_hash": done.model.content_hash,
+                "size_bytes": done.model.size_bytes,
+                "files": len(done.model.files),
+                "uploaded": done.uploaded,
+            }
+            for done in published
+        ],
         "seconds": round(time.monotonic() - started, 3),
     }
     log.info("model converted", extra={"action": "converted", **summary})
@@ -197,9 +212,10 @@ def run_conversion(
 
 def convert_entry(
     spec: Mapping[str, Any], work: Path, settings: ConversionSettings, progress: StageReport
-) -> Path:
+) -> list[Path]:
     """The download and convert stages of one entry: its model, laid out as in a models folder
-    below ``work`` (emptied first); what ``onnx-web models import`` runs offline too.
+    below ``work`` (emptied first), once per variant a diffusion model is made in (fp32 first);
+    what ``onnx-web models import`` runs offline too.
 
     Raises:
         ConversionFailed: the source or the checkpoint cannot become this entry's model.
@@ -232,63 +248,82 @@ def _convert(
     work: Path,
     settings: ConversionSettings,
     progress: StageReport,
-) -> Path:
-    """The converted model, laid out as in a models folder below ``work``; its path."""
+) -> list[Path]:
+    """The converted model, laid out as in a models folder below ``work``: one path per variant."""
     found = detect_format(source)
     if kind in ("lora", "inversion"):
-        return _network_file(kind, name, source, found, work, settings.sources.allow_pickle)
+        return [_network_file(kind, name, source, found, work, settings.sources.allow_pickle)]
     if kind == "control":
         from pipelines.models.controlnets import CONTROL_FOLDER, convert_controlnet_folder
 
         _require(found in ("folder", "diffusers") and (source / "config.json").is_file(), source, found, kind)
-        return convert_controlnet_folder(source, work / CONTROL_FOLDER / name, progress=progress.line)
+        return [convert_controlnet_folder(source, work / CONTROL_FOLDER / name, progress=progress.line)]
     if section in ("correction", "upscaling"):
-        return _upscaler(section, name, entry, source, found, work)
-    config = _config_folder(entry, settings)
-    return _diffusion(name, entry, source, found, work, progress, settings.sources.max_bytes, config)
+        return [_upscaler(section, name, entry, source, found, work)]
+    if found == "zip":
+        return [
+            _onnx_folder(_unpack_model(source, work / "unpacked", settings.sources.max_bytes), work / name)
+        ]
+    if found == "diffusers" and _is_onnx_layout(source):
+        return [_onnx_folder(source, work / name)]
+    diffusers_folder = _diffusers_folder(entry, source, found, work, settings, progress)
+    return _diffusion_variants(name, entry, diffusers_folder, work, settings.variants, progress)
 
 
-def _diffusion(
-    name: str,
+def _diffusers_folder(
     entry: Mapping[str, Any],
     source: Path,
     found: str,
     work: Path,
+    settings: ConversionSettings,
     progress: StageReport,
-    max_bytes: int,
-    config: Path | None,
 ) -> Path:
-    from pipelines.models.convert import convert_diffusers_folder
-
-    dest = work / name
-    cnet = entry.get("pipeline") == "controlnet"
-    if found == "zip":
-        folder = _unpack_model(source, work / "unpacked", max_bytes)
-        return _onnx_folder(folder, dest)
-    if found == "diffusers" and _is_onnx_layout(source):
-        return _onnx_folder(source, dest)
+    """The diffusers (PyTorch) folder a diffusion entry's source is, or becomes (single files)."""
     if found == "diffusers":
-        return convert_diffusers_folder(source, dest, progress=progress.line, cnet=cnet)
+        return source
     if found in ("safetensors", "pickle"):
         from pipelines.models.single_file import CheckpointError, single_file_to_diffusers
 
         try:
-            diffusers_folder = single_file_to_diffusers(
+            return single_file_to_diffusers(
                 _as_safetensors(source, found, work),
                 work / "diffusers",
                 family=_family(entry),
                 prediction_type=entry.get("prediction"),
-                config=config,
+                config=_config_folder(entry, settings),
                 progress=progress.line,
             )
         except CheckpointError as err:
             raise ConversionFailed(err.code, str(err)) from None
-        return convert_diffusers_folder(diffusers_folder, dest, progress=progress.line, cnet=cnet)
     raise ConversionFailed(
         "bad_checkpoint",
         f"{source.name} is {found}: a diffusion entry needs a diffusers folder, a .safetensors checkpoint "
         "or a zip of a converted model",
     )
+
+
+def _diffusion_variants(
+    name: str,
+    entry: Mapping[str, Any],
+    diffusers_folder: Path,
+    work: Path,
+    variants: tuple[str, ...],
+    progress: StageReport,
+) -> list[Path]:
+    """The ONNX folders of a diffusers folder: fp32 graphs, and fused fp16 ones for CUDA workers."""
+    from pipelines.models.convert import convert_diffusers_folder
+
+    cnet = entry.get("pipeline") == "controlnet"
+    return [
+        convert_diffusers_folder(
+            diffusers_folder,
+            work / variant / name,
+            progress=progress.line,
+            cnet=cnet,
+            optimize="gpu" if variant == "cuda" else "none",
+        )
+        for variant in variants
+    ]
 
 
 def _config_folder(entry: Mapping[str, Any], settings: ConversionSettings) -> Path | None:

@@ -183,6 +183,7 @@ class ExtrasService:
                     "kind": model.kind,
                     "family": model.family,
                     "content_hash": model.content_hash,
+                    "variant": model.variant,
                     "size_bytes": model.size_bytes,
                     "state": model.state.value,
                     "created": model.created_at.isoformat() if model.created_at else None,

@@ -175,7 +175,7 @@ def import_entries(args: argparse.Namespace, *, store: Any, records: ModelRecord
         with _StageBars(entry.name) as bars:
             report = StageReport(entry.name, lambda progress: None, bars.record, lambda: None, 0.1)
             try:
-                converted = convert_entry(spec, work, settings, report)
+                (converted,) = convert_entry(spec, work, settings, report)
             except ConversionFailed as err:
                 print(f"cannot convert {entry.field} ({entry.name}): {err.code}: {err}", file=sys.stderr)
                 failed += 1

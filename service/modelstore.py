@@ -52,6 +52,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.diffusion.prompt_grammar import PromptSyntaxError, parse_stages
+from pipelines.models.layout import GPU_MARKER
 from pipelines.models.registry import (
     KIND_PREFIXES,
     NETWORK_TYPES,
@@ -163,6 +164,8 @@ def describe_model(
         raise ValueError(f"model {source} holds no files")
     return ModelVersion(
         name=name,
+        # Fused fp16 graphs (``convert --optimize gpu``) run on CUDA workers only.
+        variant="cuda" if source.is_dir() and (source / GPU_MARKER).is_file() else "fp32",
         content_hash=content_hash(files),
         kind=kind,
         family=model_family(source) if kind == "diffusion" and source.is_dir() else None,
@@ -342,8 +345,11 @@ class ModelCache:
         records: ModelRecords,
         *,
         on_drop: Callable[[Path], None] = lambda path: None,
+        variant: str = "fp32",
     ) -> None:
         self.root = Path(root).resolve()
+        #: The variant this worker runs best: pulled where the store has it, else fp32.
+        self.variant = variant
         self.max_bytes = max_bytes
         self.store = store
         self.records = records
@@ -382,7 +388,7 @@ class ModelCache:
         pinned: list[str] = []
         try:
             for name in missing:
-                version = self.records.ready_model(name)
+                version = self.records.ready_model(name, self.variant)
                 if version is None:
                     self._drop_named(name)
                     raise ModelUnavailable(

@@ -524,6 +524,7 @@ class _Document:
                                 "kind": {"type": "string"},
                                 "family": {"type": ["string", "null"]},
                                 "content_hash": {"type": "string"},
+                                "variant": {"enum": ["fp32", "cuda"]},
                                 "size_bytes": {"type": "integer"},
                                 "state": {"enum": ["publishing", "ready", "deleting"]},
                                 "created": {"type": ["string", "null"]},

@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pipelines.models.layout import EXTERNAL_DATA_FILE, ONNX_FILE
+from pipelines.models.layout import EXTERNAL_DATA_FILE, GPU_MARKER, ONNX_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ FP32_INPUTS = ("timestep", "time_ids")
 #: size conditioning) take sin/cos of arguments up to ~1000, whose phase fp16 loses; diffusers
 #: computes them in fp32 as well.
 FP32_NODE_PREFIXES = ("/model/time_proj/", "/model/add_time_proj/")
-#: Written next to ``model_index.json``: what was done to the folder.
-GPU_MARKER = "gpu.json"
 #: Protobuf's limit: larger models keep their weights in ``EXTERNAL_DATA_FILE``.
 PROTOBUF_LIMIT = 2**31 - 1
 

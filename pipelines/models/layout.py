@@ -18,6 +18,9 @@ HASH_FILE = "hash.txt"
 HASH_LENGTH = 10
 #: A models folder's extras document (labels, networks, strings; contract §11.2).
 EXTRAS_FILE = "extras.json"
+#: Written next to ``model_index.json`` by ``pipelines.gpu.optimize``: the folder's graphs are fused
+#: fp16 for CUDA workers (its presence makes a published model the ``cuda`` variant).
+GPU_MARKER = "gpu.json"
 
 
 def hash_component(folder: Path) -> str:

@@ -27,6 +27,8 @@ SOURCE = resources.files(__package__).joinpath("models.sql").read_text()
 MODEL_QUERIES: dict[str, TextClause] = {name: text(sql) for name, sql in parse_queries(SOURCE).items()}
 #: The kinds a registered model may have: the models folder's kinds and its network folders.
 MODEL_KINDS = ("diffusion", "correction", "upscaling", "text", "safety", "control", "inversion", "lora")
+#: A model's variants: fp32 graphs every worker runs, fused fp16 graphs for CUDA workers.
+MODEL_VARIANTS = ("fp32", "cuda")
 
 
 class ModelState(StrEnum):
@@ -65,6 +67,8 @@ class ModelVersion:
     labels: Mapping[str, str]
     state: ModelState = ModelState.PUBLISHING
     created_at: datetime | None = None
+    #: ``fp32`` (every worker runs it) or ``cuda`` (fused fp16 graphs, ``pipelines.gpu.optimize``).
+    variant: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class ModelRecords:
         params = {
             "name": model.name,
             "content_hash": model.content_hash,
+            "variant": model.variant,
             "kind": model.kind,
             "family": model.family,
             "path": model.path,
@@ -157,10 +162,13 @@ class ModelRecords:
         with self._single.connect() as conn:
             return [_version(row) for row in conn.execute(MODEL_QUERIES["select_listed"])]
 
-    def ready_model(self, name: str) -> ModelVersion | None:
-        """The ready version a job's model name (or path below a models folder) means, or None."""
+    def ready_model(self, name: str, variant: str = "fp32") -> ModelVersion | None:
+        """The ready version a job's model name (or path below a models folder) means to a worker of
+        ``variant``: that variant if the store has it, else fp32; None when there is neither."""
         with self._single.connect() as conn:
-            row = conn.execute(MODEL_QUERIES["select_ready_model"], {"name": name}).first()
+            row = conn.execute(
+                MODEL_QUERIES["select_ready_model"], {"name": name, "variant": variant}
+            ).first()
         return None if row is None else _version(row)
 
     def record_worker_cache(self, worker_id: str, models: Sequence[str]) -> None:
@@ -224,4 +232,5 @@ def _version(row: Row[Any]) -> ModelVersion:
         labels=dict(row.labels),
         state=ModelState(row.state),
         created_at=row.created_at,
+        variant=row.variant,
     )

@@ -1,14 +1,14 @@
 -- name: select_version
 -- One published version of a model by name and content hash, whatever its state.
-SELECT name, content_hash, kind, family, path, size_bytes, files, labels, state, created_at
+SELECT name, content_hash, variant, kind, family, path, size_bytes, files, labels, state, created_at
 FROM models
 WHERE name = :name AND content_hash = :content_hash;
 
 -- name: begin_publish
 -- Record a version as publishing before its first upload (a failed earlier try is taken over).
-INSERT INTO models (name, content_hash, kind, family, path, size_bytes, files, labels, state)
+INSERT INTO models (name, content_hash, variant, kind, family, path, size_bytes, files, labels, state)
 VALUES (
-    :name, :content_hash, :kind, :family, :path, :size_bytes, CAST(:files AS jsonb),
+    :name, :content_hash, :variant, :kind, :family, :path, :size_bytes, CAST(:files AS jsonb),
     CAST(:labels AS jsonb), 'publishing'
 )
 ON CONFLICT (name, content_hash) DO UPDATE SET
@@ -21,9 +21,10 @@ ON CONFLICT (name, content_hash) DO UPDATE SET
 WHERE models.state <> 'ready';
 
 -- name: retire_ready
--- publishing -> ready, step 1: the name's ready version, if another, goes to deleting.
+-- publishing -> ready, step 1: the name's ready version of the same variant, if another, goes to deleting.
 UPDATE models SET state = 'deleting', updated_at = now()
 WHERE name = :name AND state = 'ready' AND content_hash <> :content_hash
+    AND variant = (SELECT variant FROM models WHERE name = :name AND content_hash = :content_hash)
 RETURNING content_hash;
 
 -- name: mark_ready
@@ -47,25 +48,31 @@ DELETE FROM models WHERE name = :name AND content_hash = :content_hash AND state
 SELECT name, content_hash FROM models WHERE state = 'deleting' ORDER BY updated_at;
 
 -- name: select_ready
--- Every model a job may name, by kind then name.
-SELECT name, content_hash, kind, family, path, size_bytes, files, labels, state, created_at
-FROM models
-WHERE state = 'ready'
+-- Every model a job may name, by kind then name: one row per name, its fp32 variant if it has one.
+SELECT * FROM (
+    SELECT DISTINCT ON (name)
+        name, content_hash, variant, kind, family, path, size_bytes, files, labels, state, created_at
+    FROM models
+    WHERE state = 'ready'
+    ORDER BY name, variant = 'fp32' DESC
+) AS listed
 ORDER BY kind, name;
 
 -- name: select_listed
 -- Every version in every state, for the admin: by kind, name, newest first.
-SELECT name, content_hash, kind, family, path, size_bytes, files, labels, state, created_at
+SELECT name, content_hash, variant, kind, family, path, size_bytes, files, labels, state, created_at
 FROM models
-ORDER BY kind, name, created_at DESC;
+ORDER BY kind, name, variant, created_at DESC;
 
 -- name: select_ready_model
--- The ready version of a model, by its name, its path below a models folder, or <kind>/<name>
--- (a prompt's <lora:name:w> asks for lora/name).
-SELECT name, content_hash, kind, family, path, size_bytes, files, labels, state, created_at
+-- The ready version of a model a worker of :variant pulls: its own variant if there is one, else
+-- fp32 (which every worker runs); by the model's name, its path below a models folder, or
+-- <kind>/<name> (a prompt's <lora:name:w> asks for lora/name).
+SELECT name, content_hash, variant, kind, family, path, size_bytes, files, labels, state, created_at
 FROM models
 WHERE state = 'ready' AND (name = :name OR path = :name OR kind || '/' || name = :name)
-ORDER BY name = :name DESC
+    AND variant IN ('fp32', :variant)
+ORDER BY name = :name DESC, variant = :variant DESC
 LIMIT 1;
 
 -- name: record_worker_cache

@@ -212,7 +212,8 @@ def test_a_saved_catalogue_is_converted_published_listed_and_runs_on_a_fresh_wor
     row = job_row(engine, names["detail"]["job"])
     (output,) = row["outputs"]
     summary = json.loads(object_store.get_bytes(row["output_keys"][output]))
-    assert summary["model"] == "detail" and summary["content_hash"] == ready["detail"]["content_hash"]
+    assert summary["model"] == "detail"
+    assert [version["content_hash"] for version in summary["versions"]] == [ready["detail"]["content_hash"]]
     # The api lists them (its registry refreshes from the store every few seconds).
     wait_until(
         lambda: "diffusion-demo-converted" in listed_models(client)["diffusion"],
@@ -294,6 +295,55 @@ def test_a_single_file_checkpoint_converts_to_the_graphs_its_diffusers_folder_gi
         for model in (from_file, from_folder)
     ]
     assert graphs[0] == graphs[1] and len(graphs[0]) == 4
+
+
+def test_a_diffusion_model_is_converted_for_cpu_and_cuda_workers_and_each_pulls_its_own(
+    database_url: str,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    sources: Path,
+    local: Path,
+    tmp_path: Path,
+) -> None:
+    assert put_extras(client, {"diffusion": [{"name": "both", "source": "sd-demo"}]}).status_code == 200
+
+    run_worker(
+        database_url,
+        job_store,
+        object_store,
+        records,
+        local,
+        tmp_path / "c",
+        sources,
+        max_jobs=1,
+        convert_variants=("fp32", "cuda"),
+    )
+
+    fp32, cuda = records.ready_model("diffusion-both"), records.ready_model("diffusion-both", "cuda")
+    assert fp32 is not None and cuda is not None
+    assert (fp32.variant, cuda.variant) == ("fp32", "cuda")
+    assert "diffusion-both/gpu.json" in {item.path for item in cuda.files}
+    assert "diffusion-both/gpu.json" not in {item.path for item in fp32.files}
+    listed = [model for model in client.simulate_get("/api/models", params=ADMIN).json["models"]]
+    assert sorted(model["variant"] for model in listed if model["name"] == "diffusion-both") == [
+        "cuda",
+        "fp32",
+    ]
+    # The api offers the name once; a CUDA worker's cache pulls the fused graphs, a CPU one fp32.
+    wait_until(
+        lambda: "diffusion-both" in listed_models(client)["diffusion"], timeout_s=15, what="the listing"
+    )
+    assert listed_models(client)["diffusion"].count("diffusion-both") == 1
+    for variant, expected in (("cuda", cuda), ("fp32", fp32)):
+        cache = ModelCache(tmp_path / variant, 10**10, object_store, records, variant=variant)
+        with cache.prepare(local, ["diffusion-both"]) as folder:
+            assert (folder / "diffusion-both" / "gpu.json").is_file() == (variant == "cuda")
+        assert cache.cached() == ["diffusion-both"]
+        assert json.loads((tmp_path / variant / ".store" / "diffusion-both.json").read_text())[
+            "content_hash"
+        ] == (expected.content_hash)
 
 
 def test_saving_again_converts_only_what_changed(

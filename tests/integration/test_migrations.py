@@ -98,6 +98,7 @@ EXPECTED_MODEL_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "created_at": ("timestamp with time zone", False, "now()"),
     "updated_at": ("timestamp with time zone", False, "now()"),
     "entry_hash": ("text", True, None),
+    "variant": ("text", False, "'fp32'::text"),
 }
 #: Stored extras documents (migration 0012): the newest is the current catalogue.
 EXPECTED_EXTRAS_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
