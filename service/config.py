@@ -34,6 +34,7 @@ DEFAULT_MODEL_CACHE_PATH = Path(tempfile.gettempdir()) / "onnx-web-model-cache"
 DEFAULT_MODEL_CACHE_BYTES = 64 * 1024**3
 #: The largest checkpoint a conversion job downloads: an SDXL fp32 checkpoint is about 14 GB.
 DOWNLOAD_MAX_BYTES = 32 * 1024**3
+CIVITAI_ROOT = "https://civitai.com/api/download/models"
 #: The CUDA device a worker runs on; one worker per device (``onnx-web worker --device N``).
 DEFAULT_DEVICE = 0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -186,6 +187,10 @@ class Config:
     #: Conversion jobs may load pickle checkpoints (.ckpt, .pt, .pth, .bin), which can run code.
     allow_pickle: bool = False
     civitai_token: str | None = field(default=None, repr=False)
+    #: Where civitai:// sources download from (a mirror, or a test's loopback server).
+    civitai_root: str = CIVITAI_ROOT
+    #: The Hugging Face hub hub ids are fetched from (``HF_ENDPOINT``, as huggingface_hub reads it).
+    hf_endpoint: str | None = None
     #: What a conversion job makes of a diffusion model: ``fp32`` graphs (every worker), ``cuda``
     #: fused fp16 graphs (CUDA workers pull them instead); empty: both on a CUDA worker, else fp32.
     convert_variants: tuple[str, ...] = ()
@@ -338,6 +343,8 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "download_max_bytes": ("ONNX_WEB_DOWNLOAD_MAX_BYTES", parse_bytes),
     "allow_pickle": ("ONNX_WEB_ALLOW_PICKLE", parse_bool),
     "civitai_token": ("ONNX_WEB_CIVITAI_TOKEN", _opt_str),
+    "civitai_root": ("ONNX_WEB_CIVITAI_ROOT", str),
+    "hf_endpoint": ("HF_ENDPOINT", _opt_str),
     "convert_variants": ("ONNX_WEB_CONVERT_VARIANTS", parse_list),
     "log_level": ("ONNX_WEB_LOG_LEVEL", str.upper),
     "log_format": ("ONNX_WEB_LOG_FORMAT", str),

@@ -97,6 +97,8 @@ class ConversionSettings:
                 max_bytes=config.download_max_bytes,
                 allow_pickle=config.allow_pickle,
                 civitai_token=config.civitai_token,
+                civitai_root=config.civitai_root,
+                hf_endpoint=config.hf_endpoint,
             ),
             work=root / ".convert",
             progress_interval_s=config.progress_interval_s,

@@ -9,6 +9,7 @@ builder's tiny checkpoints; downloads and hub ids have their own tests
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -41,9 +42,10 @@ from service.jobs.models import ModelRecords
 from service.jobs.notify import Notifier
 from service.jobs.states import JobState
 from service.jobs.store import JobStore, NewJob
-from service.modelstore import ModelCache
+from service.modelstore import ModelCache, describe_model
 from service.storage import S3ObjectStore
 from service.worker import Worker
+from tests.fixtures.loopback import FileHandler, HubHandler, LoopbackServer, Route
 from tests.fixtures.postgres import job_row
 from tests.integration.api import ADMIN_TOKEN
 from tests.integration.workers import Workers, make_job, wait_until
@@ -290,11 +292,8 @@ def test_a_single_file_checkpoint_converts_to_the_graphs_its_diffusers_folder_gi
     from_file = records.ready_model("diffusion-from-file")
     from_folder = records.ready_model("diffusion-from-folder")
     assert from_file is not None and from_folder is not None
-    graphs = [
-        {item.path.split("/", 1)[1]: item.sha256 for item in model.files if item.path.endswith(".onnx")}
-        for model in (from_file, from_folder)
-    ]
-    assert graphs[0] == graphs[1] and len(graphs[0]) == 4
+    assert graphs(from_file.files) == graphs(from_folder.files)
+    assert len(graphs(from_file.files)) == 4
 
 
 def test_a_diffusion_model_is_converted_for_cpu_and_cuda_workers_and_each_pulls_its_own(
@@ -344,6 +343,81 @@ def test_a_diffusion_model_is_converted_for_cpu_and_cuda_workers_and_each_pulls_
         assert json.loads((tmp_path / variant / ".store" / "diffusion-both.json").read_text())[
             "content_hash"
         ] == (expected.content_hash)
+
+
+def test_downloads_and_hub_repos_convert_like_local_sources(
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    sources: Path,
+    local: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upscaler from a download site, sha256-checked, and a diffusers repo from a hub."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    weights = (sources / "esrgan.safetensors").read_bytes()
+    site, hub = LoopbackServer(FileHandler), LoopbackServer(HubHandler)
+    site.routes = {"/weights/esrgan.safetensors": Route(weights)}  # type: ignore[attr-defined]
+    folder = sources / "sd-demo"
+    hub.repos = {  # type: ignore[attr-defined]
+        "demo/sd": {
+            path.relative_to(folder).as_posix(): path.read_bytes()
+            for path in folder.rglob("*")
+            if path.is_file()
+        }
+    }
+    try:
+        catalogue = {
+            "upscaling": [
+                {
+                    "name": "downloaded",
+                    "source": f"{site.root}/weights/esrgan.safetensors?token=secret",
+                    "sha256": hashlib.sha256(weights).hexdigest(),
+                    "scale": 4,
+                }
+            ],
+            "diffusion": [{"name": "from-hub", "source": "huggingface://demo/sd"}],
+        }
+        assert put_extras(client, catalogue).status_code == 200
+        run_worker(
+            database_url,
+            job_store,
+            object_store,
+            records,
+            local,
+            tmp_path / "c",
+            sources,
+            2,
+            hf_endpoint=hub.root,
+        )
+    finally:
+        site.close()
+        hub.close()
+
+    downloaded, from_hub = (
+        records.ready_model("upscaling-downloaded"),
+        records.ready_model("diffusion-from-hub"),
+    )
+    assert downloaded is not None and from_hub is not None
+    assert [request.path for request in site.requests] == ["/weights/esrgan.safetensors?token=secret"]
+    assert not [request.path for request in hub.requests if request.path.endswith(".bin")]
+    # The same weights as the local folder: the same graphs as converting it locally.
+    reference = describe_model(convert_diffusers_folder(folder, tmp_path / "ref" / "diffusion-from-hub"))
+    assert graphs(from_hub.files) == graphs(reference.files)
+
+
+def files_of(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
+def graphs(files: Any) -> dict[str, str]:
+    """A model's ONNX graphs by their path inside the model folder, and their sha256."""
+    return {item.path.split("/", 1)[1]: item.sha256 for item in files if item.path.endswith(".onnx")}
 
 
 def test_saving_again_converts_only_what_changed(

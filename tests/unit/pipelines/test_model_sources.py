@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import json
 import pickle
-import re
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -29,122 +23,9 @@ from pipelines.models.sources import (
     read_safetensors_header,
     require_loadable,
 )
+from tests.fixtures.loopback import FileHandler, HubHandler, LoopbackServer, Route
 
 MIB = 1 << 20
-
-
-# --- loopback servers ----------------------------------------------------------------------------
-
-
-@dataclass
-class Route:
-    """What the file server answers for one path."""
-
-    body: bytes = b""
-    #: Statuses answered (with a short body) before the file is served, one per request.
-    fail_statuses: list[int] = field(default_factory=list)
-    #: On the first request only: send the full length's headers, then only this many bytes, then hang up.
-    cut_after: int | None = None
-    content_length: bool = True
-    #: Declare this Content-Length, then send nothing and wait for the test to finish.
-    hold_length: int | None = None
-    redirect: str | None = None
-    #: Answer Range requests with the whole file (200), as servers without Range support do.
-    ignore_range: bool = False
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-
-
-class LoopbackServer:
-    """A ThreadingHTTPServer on 127.0.0.1 with a handler that records every request."""
-
-    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
-        self.requests: list[Request] = []
-        self.release = threading.Event()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.owner = self  # type: ignore[attr-defined]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def paths(self) -> list[str]:
-        return [request.path for request in self.requests]
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
-
-
-class RecordingHandler(http.server.BaseHTTPRequestHandler):
-    """Records the request on its server's owner; answers nothing by itself."""
-
-    @property
-    def owner(self) -> Any:
-        return self.server.owner  # type: ignore[attr-defined]
-
-    def record(self) -> None:
-        self.owner.requests.append(Request(self.command, self.path, dict(self.headers.items())))
-
-    def answer(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the test asserts on recorded requests instead."""
-
-
-class FileHandler(RecordingHandler):
-    """Serves the owner's routes with Range support and scripted failures."""
-
-    def do_GET(self) -> None:
-        self.record()
-        route: Route | None = self.owner.routes.get(urlsplit(self.path).path)
-        if route is None:
-            self.answer(404, b"not found")
-            return
-        if route.fail_statuses:
-            self.answer(route.fail_statuses.pop(0), b"try later")
-            return
-        if route.redirect is not None:
-            self.answer(302, headers={"Location": route.redirect})
-            return
-        if route.hold_length is not None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(route.hold_length))
-            self.end_headers()
-            self.wfile.flush()
-            self.owner.release.wait(10)
-            return
-        match = None if route.ignore_range else re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        start = int(match.group(1)) if match else 0
-        body = route.body[start:]
-        self.send_response(206 if match else 200)
-        if match:
-            self.send_header("Content-Range", f"bytes {start}-{len(route.body) - 1}/{len(route.body)}")
-        if route.content_length:
-            self.send_header("Content-Length", str(len(body)))
-        for name, value in route.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if route.cut_after is not None:
-            body, route.cut_after = body[: route.cut_after], None
-        self.wfile.write(body)
 
 
 @pytest.fixture
@@ -449,69 +330,6 @@ def test_civitai_without_disposition_names_the_version(
 
 
 # --- the Hugging Face hub ------------------------------------------------------------------------
-
-COMMIT = "a" * 40
-
-
-class HubHandler(RecordingHandler):
-    """The few endpoints huggingface_hub's snapshot_download uses: model info, tree, resolve."""
-
-    def repo(self, name: str) -> dict[str, bytes] | None:
-        return self.owner.repos.get(name)  # type: ignore[no-any-return]
-
-    def not_found(self) -> None:
-        self.answer(404, b"{}", {"X-Error-Code": "RepoNotFound", "Content-Type": "application/json"})
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def do_GET(self) -> None:
-        self.record()
-        path = urlsplit(self.path).path
-        if info := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/[^/]+)?", path):
-            self.model_info(info.group(1))
-        elif tree := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/[^/]+", path):
-            self.tree(tree.group(1))
-        elif resolve := re.fullmatch(r"/([^/]+/[^/]+)/resolve/[^/]+/(.+)", path):
-            self.resolve(resolve.group(1), resolve.group(2))
-        else:
-            self.answer(404, b"{}")
-
-    def json(self, value: Any) -> None:
-        self.answer(200, json.dumps(value).encode(), {"Content-Type": "application/json"})
-
-    def model_info(self, name: str) -> None:
-        repo = self.repo(name)
-        if repo is None:
-            self.not_found()
-            return
-        siblings = [
-            {"rfilename": file, "size": len(data), "blobId": hashlib.sha1(data).hexdigest()}
-            for file, data in repo.items()
-        ]
-        self.json({"id": name, "sha": COMMIT, "siblings": siblings})
-
-    def tree(self, name: str) -> None:
-        repo = self.repo(name)
-        if repo is None:
-            self.not_found()
-            return
-        entries = [
-            {"type": "file", "path": file, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-            for file, data in repo.items()
-        ]
-        self.json(entries)
-
-    def resolve(self, name: str, file: str) -> None:
-        repo = self.repo(name)
-        if repo is None:
-            self.not_found()
-            return
-        data = repo.get(file)
-        if data is None:
-            self.answer(404, b"{}", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT})
-            return
-        self.answer(200, data, {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'})
 
 
 @pytest.fixture
