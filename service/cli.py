@@ -151,7 +151,7 @@ def _worker(args: argparse.Namespace) -> int:
         store,
         ModelRecords(engine),
         # A model replaced or evicted on disk must not keep serving from its old sessions.
-        on_drop=lambda path: sessions.clear(),
+        on_drop=sessions.drop,
         variant="cuda" if CUDA_PROVIDER in available_providers(sessions.settings) else "fp32",
     )
     worker = Worker(

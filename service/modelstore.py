@@ -344,7 +344,7 @@ class ModelCache:
         store: ObjectStore,
         records: ModelRecords,
         *,
-        on_drop: Callable[[Path], None] = lambda path: None,
+        on_drop: Callable[[Path], object] = lambda path: None,
         variant: str = "fp32",
     ) -> None:
         self.root = Path(root).resolve()

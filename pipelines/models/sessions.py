@@ -232,3 +232,16 @@ class SessionCache:
         """Drop every session (ONNX Runtime frees their memory once no stage holds them)."""
         with self._lock:
             self._models.clear()
+
+    def drop(self, path: Path) -> int:
+        """Drop the sessions of the model at ``path`` (a folder or a file) and of any model below it.
+
+        A model removed or replaced on disk must not keep serving from sessions of its old files;
+        the other models' sessions stay. Returns how many models were dropped.
+        """
+        target = Path(path).resolve()
+        with self._lock:
+            gone = [root for root in self._models if root == target or root.is_relative_to(target)]
+            for root in gone:
+                del self._models[root]
+        return len(gone)

@@ -66,6 +66,20 @@ def test_cache_reuses_sessions_and_evicts_whole_models(models_path: Path, tmp_pa
     assert cache.get(models_path / BASE / "unet" / "model.onnx") is not unet
 
 
+def test_dropping_a_model_keeps_the_others_sessions(models_path: Path, tmp_path: Path) -> None:
+    shutil.copyfile(models_path / BASE / "vae_decoder" / "model.onnx", tmp_path / "upscaling-demo.onnx")
+    cache = SessionCache(max_models=3)
+    unet = cache.get(models_path / BASE / "unet" / "model.onnx")
+    upscaler = cache.get(tmp_path / "upscaling-demo.onnx")
+
+    assert cache.drop(tmp_path / "upscaling-demo.onnx") == 1
+
+    assert cache.get(models_path / BASE / "unet" / "model.onnx") is unet
+    assert cache.get(tmp_path / "upscaling-demo.onnx") is not upscaler
+    assert cache.drop(models_path / BASE) == 1 and cache.held_models(models_path) == []
+    assert cache.drop(tmp_path / "never-loaded") == 0
+
+
 def test_cache_needs_room_for_one_model() -> None:
     with pytest.raises(ValueError, match="max_models"):
         SessionCache(max_models=0)
