@@ -78,9 +78,14 @@ def run_batch(
     jobs: Sequence[ClaimedJob],
     *,
     run_alone: Callable[[ClaimedJob], None],
+    models_path: Path | None = None,
 ) -> None:
-    """Run compatible claimed jobs as one batch; each ends as ``run_alone`` would end it alone."""
-    models_path = runner.config.models_path
+    """Run compatible claimed jobs as one batch; each ends as ``run_alone`` would end it alone.
+
+    ``models_path`` is the folder the model is in: the worker's models folder unless given (the
+    pull cache, for a model from the model store the cache already holds).
+    """
+    models_path = models_path or runner.config.models_path
     if not _runs_batched(models_path, jobs[0]):
         # Hand the mates back unspent (they are claimed again, each in its turn) and run the
         # first job alone: the lone path is the only one that runs its model.

@@ -302,14 +302,17 @@ class Worker:
         try:
             if len(claimed) == 1:
                 self.run_job(claimed[0])
-            elif self._pulls_model(claimed[0]):
-                # Batches run on the local folder only: a model from the store runs alone (its
-                # pull needs the lease the lone path holds); the mates go back unspent.
+            elif not self._pulls_model(claimed[0]):
+                run_batch(self.runner, self.sessions, claimed, run_alone=self.run_job)
+            elif self._cached(claimed[0]):
+                self._run_cached_batch(claimed)
+            else:
+                # A model still to be pulled: the first job runs alone (the lone path holds its
+                # lease through the pull), the mates go back unspent; once it is cached, batches
+                # of that model run from the cache.
                 for mate in claimed[1:]:
                     self.runner.release(mate)
                 self.run_job(claimed[0])
-            else:
-                run_batch(self.runner, self.sessions, claimed, run_alone=self.run_job)
         except DB_OUTAGE as err:
             job_left(err)
 
@@ -342,6 +345,29 @@ class Worker:
         if self.model_cache is not None:
             held += self.sessions.held_models(self.model_cache.root) + self.model_cache.cached()
         return list(dict.fromkeys(held))
+
+    def _cached(self, job: ClaimedJob) -> bool:
+        """Whether the pull cache holds every model the job names that the local folder lacks."""
+        assert self.model_cache is not None
+        root = self.model_cache.root
+        return all(
+            in_folder(self.config.models_path, name) or in_folder(root, name)
+            for name in job_model_names(job.chain, job.model)
+        )
+
+    def _run_cached_batch(self, claimed: list[ClaimedJob]) -> None:
+        """A batch of a model the pull cache holds: pinned (and brought up to date) for the batch."""
+        assert self.model_cache is not None
+        names = job_model_names(claimed[0].chain, claimed[0].model)
+        with contextlib.ExitStack() as pinned:
+            try:
+                folder = pinned.enter_context(self.model_cache.prepare(self.config.models_path, names))
+            except Exception:  # withdrawn meanwhile, S3 away...: the lone path ends the job as it says
+                for mate in claimed[1:]:
+                    self.runner.release(mate)
+                self.run_job(claimed[0])
+                return
+            run_batch(self.runner, self.sessions, claimed, run_alone=self.run_job, models_path=folder)
 
     def _pulls_model(self, job: ClaimedJob) -> bool:
         """Whether the job names a model the local folder lacks (the model store has it, or no one)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -102,7 +103,14 @@ def fake_model(root: Path, name: str, size: int, *, seed: int = 0) -> Path:
 
 
 def run_worker(
-    database_url: str, jobs: JobStore, store: S3ObjectStore, cache: ModelCache | None, local: Path
+    database_url: str,
+    jobs: JobStore,
+    store: S3ObjectStore,
+    cache: ModelCache | None,
+    local: Path,
+    *,
+    batch_max: int = 1,
+    max_jobs: int = 1,
 ) -> None:
     config = Config(
         database_url=database_url,
@@ -112,11 +120,12 @@ def run_worker(
         progress_interval_s=0.0,
         poll_interval_s=0.05,
         upload_depth=0,
+        batch_max=batch_max,
     )
     sessions = SessionCache(1, SessionSettings(providers=(CPU_PROVIDER,)))
     with closing(Notifier(database_url)) as notifier:
         Worker(config, jobs=jobs, store=store, sessions=sessions, notifier=notifier, model_cache=cache).run(
-            max_jobs=1
+            max_jobs=max_jobs
         )
 
 
@@ -164,6 +173,35 @@ def test_a_fresh_worker_pulls_the_published_demo_model_and_makes_the_same_image(
     assert cache.cached() == [DEMO]
     assert (tmp_path / "cache" / DEMO / "unet" / "model.onnx").is_file()
     assert np.array_equal(output_pixels(object_store, local_row), output_pixels(object_store, pulled_row))
+
+
+def test_jobs_of_a_store_model_run_batched_once_it_is_cached(
+    database_url: str,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    models: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publish(models / DEMO, object_store, records)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cache = ModelCache(tmp_path / "cache", 10**9, object_store, records)
+    first = [job_store.enqueue(make_job(models, steps=STEPS, seed=seed)) for seed in (1, 2, 3)]
+
+    with caplog.at_level(logging.INFO, logger="service.jobrun"):
+        run_worker(database_url, job_store, object_store, cache, empty, batch_max=3, max_jobs=3)
+        later = [job_store.enqueue(make_job(models, steps=STEPS, seed=seed)) for seed in (4, 5, 6)]
+        run_worker(database_url, job_store, object_store, cache, empty, batch_max=3, max_jobs=3)
+
+    engine = job_store_engine(job_store)
+    assert all(job_row(engine, job.name)["state"] == JobState.SUCCESS.value for job in first + later)
+    summaries = [record for record in caplog.records if getattr(record, "action", None) == "job_summary"]
+    # The first job pulls alone; its mates wait for the next claim, then run as one batch from the
+    # cache, as do later jobs of the model.
+    assert [getattr(record, "batch", None) for record in summaries] == [None, 2, 2, 3, 3, 3]
+    assert cache.downloads == len(records.ready_model(DEMO).files)
 
 
 def job_store_engine(jobs: JobStore) -> sqlalchemy.Engine:
