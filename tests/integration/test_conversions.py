@@ -15,6 +15,7 @@ import json
 import shutil
 import tempfile
 import uuid
+import zipfile
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace
@@ -31,7 +32,8 @@ from safetensors.torch import save_file
 
 from pipelines.models.convert import convert_diffusers_folder
 from pipelines.models.demo import DEMO_MODELS, write_demo_checkpoint
-from pipelines.models.demo_networks import random_lora
+from pipelines.models.demo_controlnets import random_controlnet
+from pipelines.models.demo_networks import random_inversion, random_lora
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
 from pipelines.models.upscalers import DEMO_UPSCALERS, demo_checkpoint
@@ -72,11 +74,22 @@ def sources() -> Iterator[Path]:
         single = sd1_checkpoint(parts["unet"], parts["vae"], parts["text_encoder"])
         save_file(single, str(folder / "single.safetensors"))
         lora = {key: value.contiguous() for key, value in random_lora(parts).items()}
+        inversion = {key: value.contiguous() for key, value in random_inversion(parts, 2).items()}
+        save_file(inversion, str(folder / "style.safetensors"))
+        random_controlnet(parts["unet"], 11).save_pretrained(folder / "controlnet")
+        _zip_folder(folder / "archive.zip", {"model_index.json": b"{}", "unet/model.onnx": b"graph"})
+        _zip_folder(folder / "escape.zip", {"model_index.json": b"{}", "../unet/model.onnx": b"graph"})
         save_file(lora, str(folder / "detail.safetensors"))
         torch.save(lora, folder / "pickled.ckpt")
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _zip_folder(path: Path, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(f"converted/{name}", data)
 
 
 def _torch_parts(source: Path) -> dict[str, Any]:
@@ -418,6 +431,51 @@ def files_of(folder: Path) -> list[Path]:
 def graphs(files: Any) -> dict[str, str]:
     """A model's ONNX graphs by their path inside the model folder, and their sha256."""
     return {item.path.split("/", 1)[1]: item.sha256 for item in files if item.path.endswith(".onnx")}
+
+
+def test_archives_inversions_and_controlnets_convert_and_a_zip_slip_does_not(
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    sources: Path,
+    local: Path,
+    tmp_path: Path,
+) -> None:
+    catalogue = {
+        "diffusion": [
+            {"name": "archived", "source": "archive.zip", "pipeline": "archive"},
+            {"name": "escaping", "source": "escape.zip", "pipeline": "archive"},
+        ],
+        "networks": [
+            {"name": "style", "type": "inversion", "source": "style.safetensors", "token": "<style>"},
+            {"name": "edges", "type": "control", "source": "./controlnet"},
+        ],
+    }
+    jobs = {item["name"]: item["job"] for item in put_extras(client, catalogue).json["conversions"]}
+
+    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c", sources, max_jobs=4)
+
+    states = {
+        name: (job_row(engine, job)["state"], job_row(engine, job)["reason"]) for name, job in jobs.items()
+    }
+    assert states == {
+        "diffusion-archived": ("success", None),
+        "diffusion-escaping": ("failed", "bad_source"),
+        "style": ("success", None),
+        "edges": ("success", None),
+    }
+    archived = records.ready_model("diffusion-archived")
+    assert archived is not None
+    assert sorted(item.path for item in archived.files) == [
+        "diffusion-archived/model_index.json",
+        "diffusion-archived/unet/model.onnx",
+    ]
+    assert records.ready_model("style").path == "inversion/style.safetensors"
+    assert records.ready_model("edges").path == "control/edges"
+    assert "control/edges/model.onnx" in {item.path for item in records.ready_model("edges").files}
 
 
 def test_saving_again_converts_only_what_changed(
