@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -174,6 +174,36 @@ def run_worker(
         ).run(max_jobs=max_jobs)
 
 
+@pytest.fixture
+def convert(
+    database_url: str,
+    job_store: JobStore,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    local: Path,
+    sources: Path,
+    tmp_path: Path,
+) -> Callable[..., None]:
+    """Run a worker until it has ended ``max_jobs`` jobs: the empty models folder (or ``models``),
+    a pull cache of its own (``tmp_path / cache``), ``sources`` as its import folder."""
+
+    def run(max_jobs: int, *, cache: str, models: Path | None = None, **overrides: Any) -> None:
+        folder = models or local
+        run_worker(
+            database_url,
+            job_store,
+            object_store,
+            records,
+            folder,
+            tmp_path / cache,
+            sources,
+            max_jobs,
+            **overrides,
+        )
+
+    return run
+
+
 def put_extras(client: falcon.testing.TestClient, document: Any) -> falcon.testing.Result:
     body = document if isinstance(document, str) else json.dumps(document)
     return client.simulate_put("/api/extras", params=ADMIN, body=body)
@@ -192,14 +222,12 @@ CATALOGUE = {
 
 
 def test_a_saved_catalogue_is_converted_published_listed_and_runs_on_a_fresh_worker(
-    database_url: str,
+    convert: Callable[..., None],
     engine: sqlalchemy.Engine,
     job_store: JobStore,
     object_store: S3ObjectStore,
-    records: ModelRecords,
     client: falcon.testing.TestClient,
     sources: Path,
-    local: Path,
     tmp_path: Path,
 ) -> None:
     saved = put_extras(client, CATALOGUE)
@@ -214,7 +242,7 @@ def test_a_saved_catalogue_is_converted_published_listed_and_runs_on_a_fresh_wor
     pending = client.simulate_get("/api/models", params=ADMIN).json["conversions"]
     assert {item["state"] for item in pending} == {"pending"}
 
-    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c1", sources, max_jobs=3)
+    convert(3, cache="c1")
 
     overview = client.simulate_get("/api/models", params=ADMIN).json
     states = {item["name"]: (item["state"], item["reason"]) for item in overview["conversions"]}
@@ -248,14 +276,12 @@ def test_a_saved_catalogue_is_converted_published_listed_and_runs_on_a_fresh_wor
     shutil.copy(sources / "detail.safetensors", reference / "lora")
     prompt = "a red fox in the snow <lora:detail:1.0>"
     local_job = job_store.enqueue(make_job(reference, steps=3, seed=5, prompt=prompt))
-    run_worker(
-        database_url, job_store, object_store, records, reference, tmp_path / "c0", sources, max_jobs=1
-    )
+    convert(1, cache="c0", models=reference)
     pulled = make_job(reference, steps=3, seed=5, prompt=prompt)
     pulled_job = job_store.enqueue(
         replace(pulled, model="diffusion-demo-converted", chain=_renamed(pulled.chain))
     )
-    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c2", sources, max_jobs=1)
+    convert(1, cache="c2")
     first, second = job_row(engine, local_job.name), job_row(engine, pulled_job.name)
     assert second["state"] == JobState.SUCCESS.value, second["errors"]
     assert np.array_equal(_pixels(object_store, first), _pixels(object_store, second))
@@ -281,15 +307,9 @@ def _pixels(store: S3ObjectStore, row: dict[str, Any]) -> np.ndarray:
 
 
 def test_a_single_file_checkpoint_converts_to_the_graphs_its_diffusers_folder_gives(
-    database_url: str,
-    engine: sqlalchemy.Engine,
-    job_store: JobStore,
-    object_store: S3ObjectStore,
+    convert: Callable[..., None],
     records: ModelRecords,
     client: falcon.testing.TestClient,
-    sources: Path,
-    local: Path,
-    tmp_path: Path,
 ) -> None:
     """The file's own configs are the demo model's (``config``), as a fine-tune's would be."""
     catalogue = {
@@ -300,7 +320,7 @@ def test_a_single_file_checkpoint_converts_to_the_graphs_its_diffusers_folder_gi
     }
     assert put_extras(client, catalogue).status_code == 200
 
-    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c", sources, max_jobs=2)
+    convert(2, cache="c")
 
     from_file = records.ready_model("diffusion-from-file")
     from_folder = records.ready_model("diffusion-from-folder")
@@ -310,28 +330,16 @@ def test_a_single_file_checkpoint_converts_to_the_graphs_its_diffusers_folder_gi
 
 
 def test_a_diffusion_model_is_converted_for_cpu_and_cuda_workers_and_each_pulls_its_own(
-    database_url: str,
-    job_store: JobStore,
+    convert: Callable[..., None],
     object_store: S3ObjectStore,
     records: ModelRecords,
     client: falcon.testing.TestClient,
-    sources: Path,
     local: Path,
     tmp_path: Path,
 ) -> None:
     assert put_extras(client, {"diffusion": [{"name": "both", "source": "sd-demo"}]}).status_code == 200
 
-    run_worker(
-        database_url,
-        job_store,
-        object_store,
-        records,
-        local,
-        tmp_path / "c",
-        sources,
-        max_jobs=1,
-        convert_variants=("fp32", "cuda"),
-    )
+    convert(1, cache="c", convert_variants=("fp32", "cuda"))
 
     fp32, cuda = records.ready_model("diffusion-both"), records.ready_model("diffusion-both", "cuda")
     assert fp32 is not None and cuda is not None
@@ -359,14 +367,10 @@ def test_a_diffusion_model_is_converted_for_cpu_and_cuda_workers_and_each_pulls_
 
 
 def test_downloads_and_hub_repos_convert_like_local_sources(
-    database_url: str,
-    engine: sqlalchemy.Engine,
-    job_store: JobStore,
-    object_store: S3ObjectStore,
+    convert: Callable[..., None],
     records: ModelRecords,
     client: falcon.testing.TestClient,
     sources: Path,
-    local: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -397,17 +401,7 @@ def test_downloads_and_hub_repos_convert_like_local_sources(
             "diffusion": [{"name": "from-hub", "source": "huggingface://demo/sd"}],
         }
         assert put_extras(client, catalogue).status_code == 200
-        run_worker(
-            database_url,
-            job_store,
-            object_store,
-            records,
-            local,
-            tmp_path / "c",
-            sources,
-            2,
-            hf_endpoint=hub.root,
-        )
+        convert(2, cache="c", hf_endpoint=hub.root)
     finally:
         site.close()
         hub.close()
@@ -434,15 +428,10 @@ def graphs(files: Any) -> dict[str, str]:
 
 
 def test_archives_inversions_and_controlnets_convert_and_a_zip_slip_does_not(
-    database_url: str,
+    convert: Callable[..., None],
     engine: sqlalchemy.Engine,
-    job_store: JobStore,
-    object_store: S3ObjectStore,
     records: ModelRecords,
     client: falcon.testing.TestClient,
-    sources: Path,
-    local: Path,
-    tmp_path: Path,
 ) -> None:
     catalogue = {
         "diffusion": [
@@ -456,7 +445,7 @@ def test_archives_inversions_and_controlnets_convert_and_a_zip_slip_does_not(
     }
     jobs = {item["name"]: item["job"] for item in put_extras(client, catalogue).json["conversions"]}
 
-    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c", sources, max_jobs=4)
+    convert(4, cache="c")
 
     states = {
         name: (job_row(engine, job)["state"], job_row(engine, job)["reason"]) for name, job in jobs.items()
@@ -479,18 +468,12 @@ def test_archives_inversions_and_controlnets_convert_and_a_zip_slip_does_not(
 
 
 def test_saving_again_converts_only_what_changed(
-    database_url: str,
-    job_store: JobStore,
-    object_store: S3ObjectStore,
-    records: ModelRecords,
+    convert: Callable[..., None],
     client: falcon.testing.TestClient,
-    sources: Path,
-    local: Path,
-    tmp_path: Path,
 ) -> None:
     catalogue = {"networks": [{"name": "detail", "type": "lora", "source": "detail.safetensors"}]}
     assert put_extras(client, catalogue).status_code == 200
-    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c", sources, max_jobs=1)
+    convert(1, cache="c")
 
     relabelled = {"networks": [{**catalogue["networks"][0], "label": "Detail", "tokens": ["sharp"]}]}
     again = put_extras(client, relabelled).json
@@ -501,7 +484,8 @@ def test_saving_again_converts_only_what_changed(
 
 
 def test_entries_the_models_folder_holds_are_not_converted(
-    job_store: JobStore, client: falcon.testing.TestClient, local: Path
+    client: falcon.testing.TestClient,
+    local: Path,
 ) -> None:
     (local / "lora").mkdir()
     (local / "lora" / "here.safetensors").write_bytes(b"weights")
@@ -522,7 +506,8 @@ def test_entries_the_models_folder_holds_are_not_converted(
 
 
 def test_an_invalid_document_is_refused_whole_with_every_problem_named(
-    job_store: JobStore, client: falcon.testing.TestClient
+    job_store: JobStore,
+    client: falcon.testing.TestClient,
 ) -> None:
     document = {
         "diffusion": [{"name": "a", "source": "../outside"}, {"name": "a", "source": "x/y", "colour": 1}],
@@ -551,7 +536,7 @@ def test_an_invalid_document_is_refused_whole_with_every_problem_named(
 
 
 def test_a_changed_entry_waits_for_its_running_conversion_then_goes_through(
-    job_store: JobStore, client: falcon.testing.TestClient
+    client: falcon.testing.TestClient,
 ) -> None:
     first = put_extras(client, {"networks": [{"name": "d", "type": "lora", "source": "detail.safetensors"}]})
     (job,) = first.json["conversions"]
@@ -578,22 +563,18 @@ def test_a_changed_entry_waits_for_its_running_conversion_then_goes_through(
     ],
 )
 def test_a_conversion_that_cannot_work_fails_with_its_reason_and_publishes_nothing(
-    database_url: str,
+    convert: Callable[..., None],
     engine: sqlalchemy.Engine,
-    job_store: JobStore,
     object_store: S3ObjectStore,
     records: ModelRecords,
     client: falcon.testing.TestClient,
-    sources: Path,
-    local: Path,
-    tmp_path: Path,
     entry: dict[str, Any],
     reason: str | None,
 ) -> None:
     entry = {key: value for key, value in entry.items() if value is not None}
     (job,) = put_extras(client, {"networks": [entry]}).json["conversions"]
 
-    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c", sources, max_jobs=1)
+    convert(1, cache="c")
 
     row = job_row(engine, job["job"])
     if reason is None:  # any safetensors file is accepted as a network's weights
@@ -607,23 +588,16 @@ def test_a_conversion_that_cannot_work_fails_with_its_reason_and_publishes_nothi
 
 
 def test_pickles_convert_where_the_worker_allows_them(
-    database_url: str,
+    convert: Callable[..., None],
     engine: sqlalchemy.Engine,
-    job_store: JobStore,
-    object_store: S3ObjectStore,
     records: ModelRecords,
     client: falcon.testing.TestClient,
-    sources: Path,
-    local: Path,
-    tmp_path: Path,
 ) -> None:
     (job,) = put_extras(client, {"networks": [{"name": "p", "type": "lora", "source": "pickled.ckpt"}]}).json[
         "conversions"
     ]
 
-    run_worker(
-        database_url, job_store, object_store, records, local, tmp_path / "c", sources, 1, allow_pickle=True
-    )
+    convert(1, cache="c", allow_pickle=True)
 
     row = job_row(engine, job["job"])
     assert row["state"] == JobState.SUCCESS.value, row["errors"]
@@ -632,17 +606,14 @@ def test_pickles_convert_where_the_worker_allows_them(
 
 
 def test_a_model_is_deleted_only_once_no_job_needs_it(
-    database_url: str,
+    convert: Callable[..., None],
     job_store: JobStore,
     object_store: S3ObjectStore,
     records: ModelRecords,
     client: falcon.testing.TestClient,
-    sources: Path,
-    local: Path,
-    tmp_path: Path,
 ) -> None:
     put_extras(client, {"upscaling": [{"name": "esrgan", "source": "esrgan.safetensors", "scale": 4}]})
-    run_worker(database_url, job_store, object_store, records, local, tmp_path / "c", sources, max_jobs=1)
+    convert(1, cache="c")
     assert object_store.list_keys("models/upscaling-esrgan/")
     chain = {"stages": [{"name": "up", "type": "upscale-resrgan", "params": {"model": "upscaling-esrgan"}}]}
     job_id = uuid.uuid4()
@@ -674,7 +645,6 @@ def test_a_model_is_deleted_only_once_no_job_needs_it(
 def test_a_conversion_survives_its_worker_being_killed(
     database_url: str,
     engine: sqlalchemy.Engine,
-    job_store: JobStore,
     object_store: S3ObjectStore,
     records: ModelRecords,
     client: falcon.testing.TestClient,
