@@ -8,6 +8,11 @@ prints a table and writes ``gpu-bench.json`` (every figure) and a kernel profile
 
     python -m bench.gpu --out DIR [--architecture sd15|tiny] [--device cuda|cpu]
 
+Baselines, in the same process on the same weights: diffusers' UNet in PyTorch eager and through
+``torch.compile`` (``--compile``, default ``max-autotune``, which autotunes while the conversion
+runs), warm-up first, then 40 timed calls each (median, p10, p90). ``--reuse`` skips the build and
+conversion when ``--work`` already holds them (a second call on the same GPU machine).
+
 ``--architecture tiny --device cpu`` runs the same steps on the demo model without a GPU (the
 CUDA sections are skipped), to check the script before spending GPU time.
 
@@ -26,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -47,12 +53,24 @@ UNET_CALLS = 40
 #: Architectures benchmarked by ``run_sdxl_bench``.
 SDXL_ARCHITECTURES = ("sdxl", "tiny-sdxl")
 #: CUDA provider settings tried for the UNet call; the fastest serves the image timings.
+#: ``fuse_conv_bias`` (on by default in ``CudaSession``) folds each convolution's bias into cuDNN's fused
+#: convolution instead of a separate add kernel; ``sdpa_kernel=8`` picks cuDNN's flash attention.
+UNFUSED_BIAS = {"fuse_conv_bias": "0"}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "static": {"cuda_graphs": False},
-    "graph, own stream": {"shared_stream": False},
-    "graph": {},
-    "graph+cudnn-attention": {"provider_options": {"sdpa_kernel": "8"}},
+    "static": {"cuda_graphs": False, "provider_options": UNFUSED_BIAS},
+    "static+fuse-conv-bias": {"cuda_graphs": False},
+    "graph, own stream": {"shared_stream": False, "provider_options": UNFUSED_BIAS},
+    "graph": {"provider_options": UNFUSED_BIAS},
+    "graph+cudnn-attention": {"provider_options": {**UNFUSED_BIAS, "sdpa_kernel": "8"}},
+    "graph+fuse-conv-bias (default)": {},
+    "graph+fuse-conv-bias+cudnn-attention": {"provider_options": {"sdpa_kernel": "8"}},
+    "graph+fuse-conv-bias+heuristic-search": {"provider_options": {"cudnn_conv_algo_search": "HEURISTIC"}},
+    "graph+fuse-conv-bias+tunable-ops": {
+        "provider_options": {"tunable_op_enable": "1", "tunable_op_tuning_enable": "1"}
+    },
 }
+#: Variants whose kernels are profiled: no graph (per-node launches visible), and the fastest.
+PROFILED = ("static", "static+fuse-conv-bias")
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +85,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--steps", type=int, default=None, help="steps of the full image (default 50, SDXL 30)"
     )
     parser.add_argument("--workers", type=int, default=4, help="components fused in parallel")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the checkpoint and converted models already under --work (no conversion)",
+    )
     parser.add_argument(
         "--compile",
         choices=COMPILE_MODES,
@@ -211,39 +234,54 @@ def time_unet(unet: Any, device: str, side: int, timer: Timer) -> dict[str, floa
     return summary(timer.events(call, UNET_CALLS))
 
 
-def time_compiled_unet(unet: Any, mode: str, device: str, side: int, timer: Timer) -> dict[str, Any]:
-    """The same UNet calls through ``torch.compile(mode=...)``: the baseline a speed-minded user runs.
+class CompiledUnet:
+    """``torch.compile(mode=...)`` of a UNet: the baseline a speed-minded PyTorch user runs.
 
-    The first calls compile (and, for ``max-autotune``, benchmark kernel choices and capture a
-    CUDA graph); their time is reported as ``compile_s``, apart from the timed calls. A failure is
-    recorded, not raised, so the eager and ONNX Runtime figures of the run survive it.
+    ``compile()`` makes the first calls (which compile and, for ``max-autotune``, benchmark kernel
+    choices and capture a CUDA graph); ``time()`` times warm calls later, so compilation can overlap
+    other work. A failure is recorded, not raised, so the eager and ONNX Runtime figures survive it.
     """
-    import torch
 
-    inputs = unet_inputs(device, unet.dtype, 2, side // 8, unet.config.cross_attention_dim)
-    try:
-        compiled = torch.compile(unet, mode=mode, fullgraph=False)
+    def __init__(self, unet: Any, mode: str, device: str, side: int) -> None:
+        self.unet = unet
+        self.mode = mode
+        self.inputs = unet_inputs(device, unet.dtype, 2, side // 8, unet.config.cross_attention_dim)
+        self.result: dict[str, Any] = {"mode": mode}
+        self.compiled: Any = None
 
-        def call() -> Any:
-            with torch.no_grad():
-                return compiled(*inputs, return_dict=False)
+    def call(self) -> Any:
+        import torch
+
+        # Marks a new step for CUDA graph trees: the previous call's outputs may be overwritten.
+        torch.compiler.cudagraph_mark_step_begin()
+        with torch.no_grad():
+            return self.compiled(*self.inputs, return_dict=False)
+
+    def compile(self, timer: Timer) -> None:
+        import torch
 
         started = time.monotonic()
-        for _ in range(3):
-            output = call()
-        timer.sync()
-        compile_s = time.monotonic() - started
-        reference = unet_call_output(unet, inputs)
-        difference = (output[0].float() - reference).abs()
-        return {
-            **summary(timer.events(call, UNET_CALLS)),
-            "mode": mode,
-            "compile_s": compile_s,
-            "max_abs_diff_vs_eager": float(difference.max()),
-        }
-    except Exception as err:
-        logger.exception("torch.compile(mode=%s) failed", mode)
-        return {"mode": mode, "error": f"{type(err).__name__}: {err}"[:500]}
+        try:
+            self.compiled = torch.compile(self.unet, mode=self.mode, fullgraph=False)
+            for _ in range(3):
+                output = self.call()[0].float().clone()
+            timer.sync()
+            self.result["compile_s"] = time.monotonic() - started
+            difference = (output - unet_call_output(self.unet, self.inputs)).abs()
+            self.result["max_abs_diff_vs_eager"] = float(difference.max())
+        except Exception as err:
+            logger.exception("torch.compile(mode=%s) failed", self.mode)
+            self.result["error"] = f"{type(err).__name__}: {err}"[:500]
+
+    def time(self, timer: Timer) -> dict[str, Any]:
+        """Timed warm calls (after ``compile``), or the compile error."""
+        if "error" not in self.result:
+            try:
+                self.result.update(summary(timer.events(self.call, UNET_CALLS)))
+            except Exception as err:
+                logger.exception("timing torch.compile(mode=%s) failed", self.mode)
+                self.result["error"] = f"{type(err).__name__}: {err}"[:500]
+        return self.result
 
 
 def unet_call_output(unet: Any, inputs: tuple[Any, Any, Any]) -> Any:
@@ -278,13 +316,18 @@ def start_conversion(
 
 
 def bench_unet_variants(folder: Path, reference: Any, side: int, timer: Timer) -> dict[str, Any]:
-    """The UNet call (batch 2) under each of ``VARIANTS``; errors are recorded, not raised."""
+    """The UNet call (batch 2) under each of ``VARIANTS``; errors are recorded, not raised.
+
+    Sessions of ``PROFILED`` variants and of the fastest so far stay in ``"session"``; the others
+    are dropped as soon as they are timed (each holds a copy of the weights).
+    """
     import torch
 
     from pipelines.gpu.runtime import CudaSession, GpuSettings
     from pipelines.models.layout import ONNX_FILE
 
     results: dict[str, Any] = {}
+    best: str | None = None
     for name, options in VARIANTS.items():
         started = time.monotonic()
         try:
@@ -294,14 +337,15 @@ def bench_unet_variants(folder: Path, reference: Any, side: int, timer: Timer) -
             sample, timestep, states = unet_inputs("cuda", torch.float16, 2, side // 8, states_size(session))
             feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": states}
             shapes = {"out_sample": tuple(sample.shape)}
-            session.capture(feeds, shapes)
+            captured = session.capture(feeds, shapes)
             ready = time.monotonic() - started
             output = session(feeds, shapes)["out_sample"].float()
             torch.cuda.synchronize()
-            times = timer.events(partial(session, feeds, shapes), 50, stream)
+            times = timer.events(partial(session, feeds, shapes), UNET_CALLS, stream)
             difference = (output - reference).abs()
             results[name] = {
                 **summary(times),
+                "captured": captured,
                 "load_and_capture_s": ready,
                 "max_abs_diff_vs_pytorch": float(difference.max()),
                 "rel_l2_vs_pytorch": float(difference.norm() / reference.norm()),
@@ -310,6 +354,14 @@ def bench_unet_variants(folder: Path, reference: Any, side: int, timer: Timer) -
         except Exception as err:
             logger.exception("variant %s failed", name)
             results[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+            continue
+        if best is None or results[name]["median_ms"] < results[best]["median_ms"]:
+            best, beaten = name, best
+        else:
+            beaten = name
+        if beaten is not None and beaten not in PROFILED:
+            results[beaten].pop("session", None)
+        torch.cuda.empty_cache()
     return results
 
 
@@ -318,14 +370,14 @@ def states_size(session: Any) -> int:
     return int(size) if isinstance(size, int) else 768
 
 
-def profile_unet(session: Any, side: int, out: Path) -> dict[str, Any]:
-    """Kernel time of one UNet call by kernel family (CUPTI sees ONNX Runtime's kernels too)."""
+def profile_unet(session: Any, side: int, listing: Path) -> dict[str, Any]:
+    """Kernel time of one UNet call by kernel family (CUPTI sees ONNX Runtime's kernels and graph replays)."""
     import torch
 
     sample, timestep, states = unet_inputs("cuda", torch.float16, 2, side // 8, states_size(session))
     feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": states}
     shapes = {"out_sample": tuple(sample.shape)}
-    return profile_kernels(lambda: session(feeds, shapes), out / "unet-kernels.txt", calls=5)
+    return profile_kernels(lambda: session(feeds, shapes), listing, calls=5)
 
 
 def profile_kernels(call: Any, listing: Path, calls: int) -> dict[str, Any]:
@@ -415,17 +467,59 @@ def bench_ours(
 
     result["text_encoder_warm_s"] = timed(run(1))
     result["image"] = summary(timer.wall(run(1), 3))
-    png_started = time.perf_counter()
+    result["image_to_pixels"] = summary(
+        timer.wall(lambda: txt2img_batch(model, [job(0)], denoiser=denoiser), 3, warmup=0)
+    )
     image = txt2img_batch(model, [job(0)], denoiser=denoiser)[0].images[0]
-    encode_started = time.perf_counter()
-    encode_image(image, {"params": {}}, fmt="png", server_version="bench")
-    result["png_encode_ms"] = (time.perf_counter() - encode_started) * 1000
-    result["image_without_png_ms"] = (encode_started - png_started) * 1000
+    result["encodings"] = {"generated": time_encodings(image), "smooth": time_encodings(smooth_image(side))}
     result["batching"] = {str(jobs): images_per_second(timer.wall(run(jobs), 2), jobs) for jobs in BATCH_JOBS}
     alone = txt2img_batch(model, [job(2)], denoiser=denoiser)[0].images[0]
     together = txt2img_batch(model, [job(seed) for seed in range(4)], denoiser=denoiser)[2].images[0]
     result["same_seed_max_pixel_diff_alone_vs_batch_of_4"] = pixel_difference(alone, together)
     return result
+
+
+#: Output encodings compared: (format, PNG zlib strategy, PNG zlib level); the first is the default.
+ENCODINGS: dict[str, tuple[str, int, int]] = {
+    "png, Huffman only (default)": ("png", zlib.Z_HUFFMAN_ONLY, -1),
+    "png, zlib 6 filtered (Pillow's default)": ("png", zlib.Z_FILTERED, 6),
+    "png, zlib 1 filtered": ("png", zlib.Z_FILTERED, 1),
+    "jpeg, quality 95": ("jpeg", zlib.Z_HUFFMAN_ONLY, -1),
+}
+
+
+def time_encodings(image: Any, runs: int = 5) -> dict[str, dict[str, float]]:
+    """Encoding time (median of ``runs``, ms) and size of ``image`` in each of ``ENCODINGS``."""
+    from pipelines.imageops.metadata import encode_image
+
+    results = {}
+    for label, (fmt, strategy, level) in ENCODINGS.items():
+        times, data = [], b""
+        for _ in range(runs):
+            started = time.perf_counter()
+            data = encode_image(
+                image,
+                {"params": {}},
+                fmt=fmt,
+                server_version="bench",
+                png_strategy=strategy,
+                png_level=level,
+            )
+            times.append((time.perf_counter() - started) * 1000)
+        results[label] = {"median_ms": statistics.median(times), "bytes": len(data)}
+    return results
+
+
+def smooth_image(side: int) -> Any:
+    """A photo-like image (smooth shapes plus grain): random-weight outputs are noise, PNG's worst case."""
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(0)
+    coarse = Image.fromarray(generator.integers(0, 256, (side // 16, side // 16, 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize((side, side), Image.Resampling.BICUBIC)).astype(np.int16)
+    grain = generator.integers(-6, 7, smooth.shape)
+    return Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8))
 
 
 def bench_generation(name: str, scheduler: str, side: int, steps: int, seed: int = 0) -> Any:
@@ -474,49 +568,76 @@ def run_bench(args: argparse.Namespace) -> int:
     report["environment"] = environment(args.device)
     src, folder = args.work / "src", args.work / "models" / f"{args.architecture}-gpu"
     started = time.monotonic()
-    write_checkpoint(src, args.architecture)
-    report["build_checkpoint_s"] = time.monotonic() - started
-    optimize = "gpu" if args.device == "cuda" else "none"
-    started = time.monotonic()
-    conversion = start_conversion(src, folder, args.workers, optimize, args.out / "convert.log")
+    conversion = prepare_models(args, src, folder, report)
     pytorch = bench_pytorch(src, args.device, args.steps, side, timer)
     pipe, reference = pytorch.pop("pipe"), pytorch.pop("unet_output")
-    if conversion.wait() != 0:
-        raise RuntimeError(f"conversion failed: see {args.out / 'convert.log'}")
-    report["convert_s"] = time.monotonic() - started
-    report["convert_overlapped_pytorch"] = True
-    pytorch["unet_batch2_after_conversion"] = time_unet(pipe.unet, args.device, side, timer)
-    mode = compile_mode(args)
-    if mode != "none":
-        pytorch["unet_batch2_compiled"] = time_compiled_unet(pipe.unet, mode, args.device, side, timer)
     report["pytorch"] = pytorch
     save_report(report, args.out)
-    del pipe
+    mode = compile_mode(args)
+    compiled = CompiledUnet(pipe.unet, mode, args.device, side) if mode != "none" else None
+    if compiled is not None:
+        compiled.compile(timer)
+    if conversion is not None:
+        if conversion.wait() != 0:
+            raise RuntimeError(f"conversion failed: see {args.out / 'convert.log'}")
+        report["convert_s"] = time.monotonic() - started
+    # Timed again with nothing else running: the first figures overlapped the conversion.
+    pytorch["unet_batch2_after_conversion"] = time_unet(pipe.unet, args.device, side, timer)
+    if compiled is not None:
+        pytorch["unet_batch2_compiled"] = compiled.time(timer)
+    save_report(report, args.out)
+    del pipe, compiled
+    settings = None
     if args.device == "cuda":
         torch.cuda.empty_cache()
         report["gpu_markers"] = json.loads((folder / "gpu.json").read_text())
-        variants = bench_unet_variants(folder, reference, side, timer)
-        usable = {name: value for name, value in variants.items() if "session" in value}
-        best = min(usable, key=lambda name: usable[name]["median_ms"])
-        try:
-            report["profile"] = profile_unet(usable["static"]["session"], side, args.out)
-        except Exception as err:
-            logger.exception("profiling failed")
-            report["profile"] = {"error": f"{type(err).__name__}: {err}"[:500]}
-        for value in usable.values():
-            del value["session"]
-        report["unet_variants"] = variants
-        report["best_variant"] = best
-        save_report(report, args.out)
-        from pipelines.gpu.runtime import GpuSettings
-
-        settings = GpuSettings(**VARIANTS[best])
-    else:
-        settings = None
+        settings = bench_cuda_unet(folder, reference, side, timer, args.out, report)
     report["ours"] = bench_ours(folder, settings, args.steps, side, timer, args.device)
     save_report(report, args.out)
     print(format_table(report))
     return 0
+
+
+def prepare_models(
+    args: argparse.Namespace, src: Path, folder: Path, report: dict[str, Any]
+) -> subprocess.Popen[bytes] | None:
+    """Build the checkpoint and start its conversion, or reuse both (``--reuse``) when present."""
+    from pipelines.models.layout import ONNX_FILE
+
+    if args.reuse and (src / "model_index.json").exists() and (folder / "unet" / ONNX_FILE).exists():
+        report["reused_models"] = str(folder)
+        return None
+    report["build_checkpoint_s"] = timed(lambda: write_checkpoint(src, args.architecture))
+    optimize = "gpu" if args.device == "cuda" else "none"
+    report["convert_overlapped_pytorch"] = True
+    return start_conversion(src, folder, args.workers, optimize, args.out / "convert.log")
+
+
+def bench_cuda_unet(
+    folder: Path, reference: Any, side: int, timer: Timer, out: Path, report: dict[str, Any]
+) -> Any:
+    """Time and profile our UNet under ``VARIANTS``; returns the fastest variant's ``GpuSettings``."""
+    from pipelines.gpu.runtime import GpuSettings
+
+    variants = bench_unet_variants(folder, reference, side, timer)
+    timed_ok = {name: value for name, value in variants.items() if "median_ms" in value}
+    best = min(timed_ok, key=lambda name: timed_ok[name]["median_ms"])
+    report["unet_variants"], report["best_variant"] = variants, best
+    report["profile"] = {}
+    for name in (*PROFILED, best):
+        session = variants[name].get("session")
+        if session is None:
+            continue
+        listing = out / f"unet-kernels-{'best' if name == best else name.replace('+', '-')}.txt"
+        try:
+            report["profile"][name] = {**profile_unet(session, side, listing), "listing": listing.name}
+        except Exception as err:
+            logger.exception("profiling %s failed", name)
+            report["profile"][name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+    for value in variants.values():
+        value.pop("session", None)
+    save_report(report, out)
+    return GpuSettings(**VARIANTS[best])
 
 
 def compile_mode(args: argparse.Namespace) -> str:
@@ -563,45 +684,48 @@ def save_report(report: dict[str, Any], out: Path) -> None:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The side-by-side table: ms, ratio to PyTorch, TFLOP/s and % of peak."""
+    """The side-by-side table: ms, ratios to PyTorch eager and torch.compile, TFLOP/s, % of peak."""
     pytorch, ours = report["pytorch"], report["ours"]
     flops = pytorch["flops_unet_batch2"]
-    lines = [f"{'measure':44} {'PyTorch':>10} {'ours':>10} {'ratio':>7} {'TFLOP/s':>8} {'%peak':>6}"]
-    torch_unet = min(
-        pytorch["unet_batch2"]["median_ms"], pytorch["unet_batch2_after_conversion"]["median_ms"]
-    )
-    compiled = pytorch.get("unet_batch2_compiled", {})
-    compiled_ms = compiled.get("median_ms")
-    if compiled_ms is not None:
-        lines.append(
-            f"{'UNet b2 torch.compile(' + compiled['mode'] + ')':44} {torch_unet:10.2f} {compiled_ms:10.2f} "
-            f"{torch_unet / compiled_ms:7.2f} {flops / compiled_ms / 1e9:8.1f}"
-        )
-    elif compiled:
-        lines.append(f"{'UNet b2 torch.compile':44} {torch_unet:10.2f} {'failed':>10}")
-    for name, value in report.get("unet_variants", {}).items():
+    eager = pytorch["unet_batch2_after_conversion"]["median_ms"]
+    compiled_ms = pytorch.get("unet_batch2_compiled", {}).get("median_ms")
+    lines = [
+        f"{'UNet batch 2 (ms, median)':46} {'ms':>9} {'p10':>8} {'p90':>8} {'x eager':>8} {'x compile':>9} "
+        f"{'TFLOP/s':>8} {'%peak':>6}"
+    ]
+    rows = {
+        "PyTorch eager": pytorch["unet_batch2_after_conversion"],
+        f"torch.compile({pytorch.get('unet_batch2_compiled', {}).get('mode', 'none')})": pytorch.get(
+            "unet_batch2_compiled", {}
+        ),
+        **{f"ours, {name}": value for name, value in report.get("unet_variants", {}).items()},
+    }
+    for label, value in rows.items():
         if "median_ms" not in value:
-            lines.append(f"UNet b2 {name:36} {torch_unet:10.2f} {'failed':>10}")
+            lines.append(f"{label:46} {'failed' if value else 'not run':>9}")
             continue
         ms = value["median_ms"]
         tflops = flops / ms / 1e9
-        against_compiled = f"  vs compiled {compiled_ms / ms:.2f}" if compiled_ms is not None else ""
+        against_compiled = f"{compiled_ms / ms:9.2f}" if compiled_ms is not None else f"{'':9}"
         lines.append(
-            f"UNet b2 {name:36} {torch_unet:10.2f} {ms:10.2f} {torch_unet / ms:7.2f} "
-            f"{tflops:8.1f} {tflops / PEAK_TFLOPS * 100:6.1f}{against_compiled}"
+            f"{label:46} {ms:9.2f} {value['p10_ms']:8.2f} {value['p90_ms']:8.2f} {eager / ms:8.2f} "
+            f"{against_compiled} {tflops:8.1f} {tflops / PEAK_TFLOPS * 100:6.1f}"
         )
     image_torch, image_ours = pytorch["image"]["median_ms"], ours["image"]["median_ms"]
-    lines.append(
-        f"{'image, text to PNG (ms)':44} {image_torch:10.1f} {image_ours:10.1f} "
-        f"{image_torch / image_ours:7.2f}"
-    )
+    lines.append(f"{'':46} {'PyTorch':>9} {'ours':>8} {'ratio':>8}")
+    ratio = image_torch / image_ours
+    lines.append(f"{'image, text to PNG bytes (ms)':46} {image_torch:9.1f} {image_ours:8.1f} {ratio:8.2f}")
+    if "image_to_pixels" in ours:
+        lines.append(f"{'image, text to pixels (ms)':46} {'':9} {ours['image_to_pixels']['median_ms']:8.1f}")
+    for source, encodings in ours.get("encodings", {}).items():
+        for label, value in encodings.items():
+            size = value["bytes"] / 1024
+            lines.append(f"{f'encode {source}: {label}':60} {value['median_ms']:7.1f} ms {size:7.0f} KiB")
     for jobs in BATCH_JOBS:
         torch_rate = pytorch["batching"][str(jobs)]["images_per_s"]
         our_rate = ours["batching"][str(jobs)]["images_per_s"]
-        lines.append(
-            f"{f'images/s, {jobs} jobs batched':44} {torch_rate:10.2f} {our_rate:10.2f} "
-            f"{our_rate / torch_rate:7.2f}"
-        )
+        ratio = our_rate / torch_rate
+        lines.append(f"{f'images/s, {jobs} jobs batched':46} {torch_rate:9.2f} {our_rate:8.2f} {ratio:8.2f}")
     one = ours["batching"]["1"]["images_per_s"]
     lines.append(f"batching gain at 4 jobs (ours): {ours['batching']['4']['images_per_s'] / one:.2f}x")
     return "\n".join(lines)
