@@ -6,7 +6,7 @@ failed with a reason) in three stages, each shown in the job's progress and, in 
 its ``loading`` column (``{model, stage, current, total}``: bytes while downloading and
 publishing, components while converting):
 
-1. **download** (``pipelines.models.sources``): a local path below the import folder, an
+1. **download** (``service.sources``): a local path below the import folder, an
    http(s) URL (resumed, size-limited, sha256-checked), a Hugging Face hub id or a civitai id. A
    pickle checkpoint is refused unless the worker allows them (``ONNX_WEB_ALLOW_PICKLE``).
 2. **convert**, by section and by what the source turned out to be:
@@ -38,15 +38,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipelines.context import Counter, Progress, StageText
-from pipelines.models.sources import (
+from service.config import Config
+from service.jobs.models import ModelRecords
+from service.sources import (
     SourceError,
     SourceSettings,
     detect_format,
     fetch_source,
     require_loadable,
 )
-from service.config import Config
-from service.jobs.models import ModelRecords
 from service.storage import ObjectStore
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The api's side of models as data: accept an extras document, start its conversions, list them.
 
-``PUT /api/extras`` (``save``) validates the whole document first (``pipelines.models.extras``):
+``PUT /api/extras`` (``save``) validates the whole document first (``service.extras_document``):
 any problem is a 400 listing every ``(field, rule)`` and nothing is stored or enqueued. A valid
 document is stored as the new current version (``ExtrasRecords``) and each entry is compared with
 the model store:
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.models.extras import Entry, ExtrasInvalid, parse_document, validate_document
 from service.errors import Conflict, InvalidParams, NotFound
+from service.extras_document import Entry, ExtrasInvalid, parse_document, validate_document
 from service.jobs.extras import CONVERT_KIND, ExtrasRecords
 from service.jobs.models import ModelRecords
 from service.jobs.store import JobStore, NewJob

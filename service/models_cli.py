@@ -135,10 +135,10 @@ def publish_folder(
 def import_entries(args: argparse.Namespace, *, store: Any, records: ModelRecords | None) -> int:
     """``models import``: each selected entry downloaded and converted here, then installed in the
     models folder or published; a failed entry is reported and the others go on (exit status 1)."""
-    from pipelines.models.extras import ExtrasInvalid, parse_document, validate_document
-    from pipelines.models.sources import SourceSettings
     from service.conversion import ConversionFailed, ConversionSettings, StageReport, convert_entry
     from service.extras import conversion_spec
+    from service.extras_document import ExtrasInvalid, parse_document, validate_document
+    from service.sources import SourceSettings
 
     try:
         document = validate_document(parse_document(args.extras.read_bytes()))

@@ -11,10 +11,10 @@ from typing import Any
 
 import falcon
 
-from pipelines.models.extras import MAX_DOCUMENT_BYTES, NAME_PATTERN
 from pipelines.models.registry import ModelRegistry
 from service.errors import InvalidParams, NotImplementedYet, PayloadTooLarge, Unauthorized
 from service.extras import ExtrasService
+from service.extras_document import MAX_DOCUMENT_BYTES, NAME_PATTERN
 from service.jobs.models import ModelRecords
 from service.jobs.store import JobStore
 

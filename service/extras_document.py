@@ -12,7 +12,7 @@ What is checked, beyond the shape (a JSON schema, ``additionalProperties: false`
 
 - **bounds**: the text (``MAX_DOCUMENT_BYTES``), entries per section, string lengths, the depth of
   ``strings``; YAML aliases are refused (an alias bomb expands a few bytes into gigabytes);
-- **sources**: ``pipelines.models.sources.parse_source`` (a scheme we fetch, no credentials in
+- **sources**: ``service.sources.parse_source`` (a scheme we fetch, no credentials in
   URLs, no ``..``), without any I/O; the worker resolves and fetches them;
 - **names**: safe as a folder or file name once the kind's prefix is applied (as onnx-web's
   converter does: ``dreamshaper`` becomes ``diffusion-dreamshaper``), and unique in the whole
@@ -37,7 +37,7 @@ import jsonschema
 import yaml
 
 from pipelines.models.registry import EXTRAS_LISTS
-from pipelines.models.sources import SourceError, parse_source
+from service.sources import SourceError, parse_source
 
 #: The largest extras document accepted, as text.
 MAX_DOCUMENT_BYTES = 1024 * 1024

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipelines.models.extras import (
+from service.extras_document import (
     MAX_DOCUMENT_BYTES,
     MAX_STRINGS_DEPTH,
     ExtrasInvalid,

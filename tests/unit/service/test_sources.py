@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.models.sources import (
+from service.sources import (
     ParsedSource,
     SourceError,
     SourceSettings,
