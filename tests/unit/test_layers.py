@@ -572,6 +572,15 @@ def test_pipelines_import_nothing_from_service_or_bench() -> None:
     assert forbidden_imports(REPO, "pipelines", {"service", "bench"}) == []
 
 
+#: Libraries that reach the network: pipelines compute, the service fetches (``service/sources.py``,
+#: ``service/fetch.py``, ``service/storage.py``).
+NETWORK_LIBRARIES = {"urllib3", "requests", "httpx", "huggingface_hub", "socket", "urllib", "http", "minio"}
+
+
+def test_pipelines_reach_no_network() -> None:
+    assert forbidden_imports(REPO, "pipelines", NETWORK_LIBRARIES) == []
+
+
 def test_only_the_jobs_package_issues_sql() -> None:
     assert sql_in(REPO, SQL_CHECKED, SQL_OWNERS, SQL_EXCEPTIONS) == []
 
