@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import tempfile
+import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -640,6 +641,63 @@ def test_a_model_is_deleted_only_once_no_job_needs_it(
     assert client.simulate_delete("/api/models/upscaling-esrgan", params=ADMIN).status_code == 404
     assert client.simulate_delete("/api/models/bad%20name", params=ADMIN).status_code == 400
     assert client.simulate_delete("/api/models/x").status_code == 401
+
+
+def test_a_running_conversion_is_cancelled_and_publishes_nothing(
+    convert: Callable[..., None],
+    engine: sqlalchemy.Engine,
+    object_store: S3ObjectStore,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+) -> None:
+    (job,) = put_extras(client, {"diffusion": [{"name": "stopped", "source": "sd-demo"}]}).json["conversions"]
+
+    def converting() -> bool:
+        loading = job_row(engine, job["job"])["loading"]
+        return bool(loading) and loading.get("stage") == "convert"
+
+    worker = threading.Thread(target=convert, args=(1,), kwargs={"cache": "c"})
+    worker.start()
+    try:
+        wait_until(converting, timeout_s=60, what="the conversion to start converting")
+        cancel = client.simulate_put("/api/job/cancel", params={"jobs": job["job"]})
+    finally:
+        worker.join(timeout=120)
+    assert cancel.status_code == 200 and not worker.is_alive()
+
+    row = job_row(engine, job["job"])
+    assert row["state"] == JobState.CANCELLED.value
+    assert records.ready_model("diffusion-stopped") is None
+    assert object_store.list_keys("models/") == []
+    conversions = client.simulate_get("/api/models", params=ADMIN).json["conversions"]
+    assert [(item["name"], item["state"]) for item in conversions] == [("diffusion-stopped", "cancelled")]
+
+
+def test_a_download_that_fails_is_retried_and_then_converts(
+    convert: Callable[..., None],
+    engine: sqlalchemy.Engine,
+    records: ModelRecords,
+    client: falcon.testing.TestClient,
+    sources: Path,
+) -> None:
+    weights = (sources / "esrgan.safetensors").read_bytes()
+    site = LoopbackServer(FileHandler)
+    # Every try of the first attempt (three, with backoff) meets a server error.
+    site.routes = {"/esrgan.safetensors": Route(weights, fail_statuses=[503, 503, 503])}  # type: ignore[attr-defined]
+    try:
+        entry = {"name": "flaky", "source": f"{site.root}/esrgan.safetensors", "scale": 4}
+        (job,) = put_extras(client, {"upscaling": [entry]}).json["conversions"]
+        convert(1, cache="c")
+        first = job_row(engine, job["job"])
+        convert(1, cache="c")
+    finally:
+        site.close()
+
+    assert (first["state"], first["attempt"]) == (JobState.PENDING.value, 1)
+    assert "download_failed" in json.dumps(first["errors"])
+    row = job_row(engine, job["job"])
+    assert (row["state"], row["attempt"]) == (JobState.SUCCESS.value, 2)
+    assert records.ready_model("upscaling-flaky") is not None
 
 
 def test_a_conversion_survives_its_worker_being_killed(
