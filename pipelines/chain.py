@@ -13,13 +13,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from pipelines.context import Counter, Output, Progress, SessionProvider, StageContext, StageImage, StageText
 from pipelines.stages import STAGES, estimate_steps
 from pipelines.stages.spec import StageRunner
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,13 @@ def run_chain(
     inputs: Mapping[str, Image.Image] | None = None,
     report: Callable[[Progress], None] = lambda progress: None,
     check_cancelled: Callable[[], None] = lambda: None,
+    preview: Callable[[int, str, Callable[[], np.ndarray]], None] | None = None,
 ) -> ChainResult:
-    """Run every stage of ``chain`` in order and return the images to keep."""
+    """Run every stage of ``chain`` in order and return the images to keep.
+
+    ``preview`` becomes every stage's ``StageContext.on_latents``: the diffusion loops call it
+    after each step with the step count, the model family and a getter of their latents.
+    """
     stages: list[Mapping[str, Any]] = list(chain["stages"])
     tracker = _Tracker(stages, report)
     persisted: list[StageImage] = []
@@ -111,6 +119,7 @@ def run_chain(
             on_step=tracker.step,
             on_tile=tracker.tile,
             check_cancelled=check_cancelled,
+            on_latents=preview or _no_preview,
             persist=persisted.extend,
             persist_extra=extras.extend,
             persist_text=texts.extend,
@@ -130,6 +139,10 @@ def run_chain(
     tracker.finish()
     outputs: list[Output] = [*(persisted or images), *extras, *texts]
     return ChainResult(outputs=outputs, timings_ms=timings, progress=tracker.snapshot())
+
+
+def _no_preview(step: int, family: str, latents: Callable[[], np.ndarray]) -> None:
+    """The ``on_latents`` of a chain run without previews."""
 
 
 def _upload(image: Image.Image) -> StageImage:
@@ -164,6 +177,7 @@ def _tile_runner(
             on_step=ctx.on_step,
             on_tile=lambda done, total: None,
             check_cancelled=ctx.check_cancelled,
+            on_latents=ctx.on_latents,
             persist=ctx.persist,
             persist_extra=ctx.persist_extra,
             persist_text=ctx.persist_text,

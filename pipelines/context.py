@@ -1,7 +1,8 @@
 """The interface between the chain executor and a stage.
 
-A stage receives images, its resolved parameters and a context holding two callbacks
-(progress, cancellation) and returns images. It knows nothing about jobs, rows or buckets.
+A stage receives images, its resolved parameters and a context holding its callbacks
+(progress, cancellation, the latents of a diffusion loop for live previews) and returns images.
+It knows nothing about jobs, rows or buckets.
 
 The resolved chain document (what the api stores in the job row and the worker runs)::
 
@@ -31,9 +32,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class StageCancelled(Exception):
@@ -105,6 +109,10 @@ class StageContext:
     on_tile: Callable[[int, int], None] = lambda done, total: None
     #: Raises ``StageCancelled`` when the job has been cancelled.
     check_cancelled: Callable[[], None] = lambda: None
+    #: Called right after each diffusion step's ``on_step(1)`` with ``(steps done in this loop,
+    #: family "sd" | "sdxl", a getter of the loop's latents)``: the worker's live preview
+    #: (``pipelines.diffusion.model.LatentsCallback``). The getter copies only when called.
+    on_latents: Callable[[int, str, Callable[[], np.ndarray]], None] = lambda step, family, latents: None
     #: Records images as outputs of the job (the persist stages call it).
     persist: Callable[[list[StageImage]], None] = lambda images: None
     #: Records images as extra outputs, listed after all others (img2img's filtered source).

@@ -58,6 +58,7 @@ from service.resources.introspect import IntrospectResource
 from service.resources.jobs import (
     JobCancelResource,
     JobListResource,
+    JobPreviewResource,
     JobStatusResource,
     LegacyCancelResource,
     ReadyResource,
@@ -251,6 +252,7 @@ def create_app(
         ),
         ("/api/job", ["POST"], SubmitResource(submitter, "chain")),
         ("/api/job/cancel", ["PUT"], JobCancelResource(jobs)),
+        ("/api/job/preview", ["GET"], JobPreviewResource(jobs, store)),
         ("/api/job/status", ["GET", "HEAD"], JobStatusResource(jobs)),
         ("/api/jobs", ["GET"], JobListResource(jobs)),
         *(

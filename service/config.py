@@ -34,6 +34,10 @@ DEFAULT_MODEL_CACHE_PATH = Path(tempfile.gettempdir()) / "onnx-web-model-cache"
 DEFAULT_MODEL_CACHE_BYTES = 64 * 1024**3
 #: The largest checkpoint a conversion job downloads: an SDXL fp32 checkpoint is about 14 GB.
 DOWNLOAD_MAX_BYTES = 32 * 1024**3
+#: Live previews, where turned on (``onnx-web run`` and the manifests in ``infra/`` do): one every
+#: 2 s at most, 256 px on its longer side, a GUI card's size. A bare worker shows none unless told.
+PREVIEW_INTERVAL_S = 2.0
+PREVIEW_MAX_SIDE = 256
 CIVITAI_ROOT = "https://civitai.com/api/download/models"
 #: The CUDA device a worker runs on; one worker per device (``onnx-web worker --device N``).
 DEFAULT_DEVICE = 0
@@ -177,6 +181,10 @@ class Config:
     affinity_window_s: float = AFFINITY_WINDOW_S
     #: After SIGTERM, how long a worker may finish its job before it hands the job back.
     shutdown_grace_s: float = SHUTDOWN_GRACE_S
+    #: Live previews of running diffusion jobs: at most one per this many seconds (0: none).
+    preview_interval_s: float = 0.0
+    #: The longer side of a preview image, in pixels.
+    preview_max_side: int = PREVIEW_MAX_SIDE
     #: ``source-url`` fetches: size cap and total time limit per image.
     source_url_max_bytes: int = SOURCE_URL_MAX_BYTES
     source_url_timeout_s: float = SOURCE_URL_TIMEOUT_S
@@ -209,6 +217,8 @@ class Config:
             )
         if not 1 <= self.batch_max <= MAX_BATCH_MAX:
             problems.append(f"batch_max must be 1-{MAX_BATCH_MAX}, got {self.batch_max}")
+        if self.preview_interval_s < 0:
+            problems.append(f"preview interval must be 0 (off) or positive, got {self.preview_interval_s}")
         if not set(self.convert_variants) <= {"fp32", "cuda"}:
             problems.append(f"convert variants are fp32 and cuda, got {', '.join(self.convert_variants)}")
         if not 0 <= self.upload_depth <= MAX_UPLOAD_DEPTH:
@@ -337,6 +347,8 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "progress_interval_s": ("ONNX_WEB_PROGRESS_INTERVAL_S", _positive(float)),
     "affinity_window_s": ("ONNX_WEB_AFFINITY_WINDOW_S", float),
     "shutdown_grace_s": ("ONNX_WEB_SHUTDOWN_GRACE_S", _positive(float)),
+    "preview_interval_s": ("ONNX_WEB_PREVIEW_INTERVAL_S", float),
+    "preview_max_side": ("ONNX_WEB_PREVIEW_SIZE", _positive(int)),
     "source_url_max_bytes": ("ONNX_WEB_SOURCE_URL_MAX_BYTES", _positive(int)),
     "source_url_timeout_s": ("ONNX_WEB_SOURCE_URL_TIMEOUT_S", _positive(float)),
     "import_path": ("ONNX_WEB_IMPORT_PATH", Path),

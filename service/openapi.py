@@ -280,6 +280,23 @@ class _Document:
                     },
                 }
             },
+            "/api/job/preview": {
+                "GET": lambda: {
+                    "tags": ["jobs"],
+                    "summary": "The running job's latest live preview (a status record's preview.url)",
+                    "parameters": [
+                        {"name": "job", "in": "query", "required": True, "schema": {"type": "string"}},
+                        {"name": "step", "in": "query", "schema": {"type": "integer"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "A JPEG of the job's first image, at most 256 px on a side",
+                            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                        },
+                        **self.errors(400, 404, 503),
+                    },
+                }
+            },
             "/api/ready": {
                 "GET": lambda: {
                     "tags": ["jobs"],
@@ -564,6 +581,11 @@ class _Document:
                     "loading": {
                         "type": "object",
                         "description": "the model being pulled from the store: {model, current, total} bytes",
+                    },
+                    "preview": {
+                        "type": "object",
+                        "description": "while it runs: the latest approximate image of its latents, its step",
+                        "properties": {"url": {"type": "string"}, "step": {"type": "integer"}},
                     },
                     "outputs": {"type": "array", "items": {"type": "string"}},
                     "thumbnails": {"type": "array", "items": {"type": "string"}},

@@ -49,7 +49,7 @@ import psutil
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.capacity import HEADROOM, host_memory, oom_kills
-from service.config import LEASE_S
+from service.config import LEASE_S, PREVIEW_INTERVAL_S
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -970,6 +970,10 @@ class LocalStack:
             "ONNX_WEB_HOST": options.host,
             "ONNX_WEB_API_WORKERS": str(options.api_workers),
             "PYTHONUNBUFFERED": "1",
+            # Live previews on the running cards of the GUI (a bare worker shows none unless told).
+            "ONNX_WEB_PREVIEW_INTERVAL_S": os.environ.get(
+                "ONNX_WEB_PREVIEW_INTERVAL_S", str(PREVIEW_INTERVAL_S)
+            ),
             # One samples folder for the api and every worker: the api's /metrics shows them all.
             MULTIPROC_ENV: str(fresh_multiproc_dir(options.data_dir / "metrics")),
         }

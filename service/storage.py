@@ -129,6 +129,10 @@ def input_key(job_name: str, field: str) -> str:
     return check_key(f"inputs/{_segment(job_name, 'job name')}/{_segment(field, 'input field')}.png")
 
 
+#: The file name of an attempt's live preview (never one of its outputs' names, which end ``_<i>.<ext>``).
+PREVIEW_FILE = "preview.jpg"
+
+
 def output_prefix(job_name: str, attempt: int) -> str:
     """The prefix holding everything one attempt of a job uploaded (what ``delete_prefix`` drops)."""
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
@@ -139,6 +143,12 @@ def output_prefix(job_name: str, attempt: int) -> str:
 def output_key(job_name: str, attempt: int, file_name: str) -> str:
     """The key of one output file (image, thumbnail or ``.json`` sidecar) of one attempt of a job."""
     return check_key(output_prefix(job_name, attempt) + _segment(file_name, "file name"))
+
+
+def preview_key(job_name: str, attempt: int) -> str:
+    """The live preview of a running attempt: under its prefix, so a crashed attempt's is collected
+    with its other objects (``service.gc``) and a fenced one's is dropped with them."""
+    return check_key(output_prefix(job_name, attempt) + PREVIEW_FILE)
 
 
 def model_prefix(name: str, content_hash: str) -> str:

@@ -38,6 +38,7 @@ from sqlalchemy.exc import OperationalError
 
 from pipelines.chain import ChainResult, run_chain
 from pipelines.context import Output, StageText
+from pipelines.diffusion.preview import PREVIEW_MODELS
 from pipelines.models.sessions import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -60,6 +61,7 @@ from service.jobs.notify import Notifier
 from service.jobs.store import ClaimedJob, JobStore
 from service.modelstore import LoadingReport, ModelCache, in_folder, job_model_names, sweep_deleting
 from service.output_names import SourceS3Refused, recorded_key
+from service.previews import PreviewWriter
 from service.retries import DB_OUTAGE, STORAGE_OUTAGE, first_line, outlast
 from service.storage import ObjectStore
 
@@ -123,6 +125,9 @@ class Worker:
         #: None with ``upload_depth`` 0 (or outside ``run``): each job is stored before the next claim.
         self.outputs: OutputStage | None = None
         self._rounds = 0
+        #: The preview decoders' sessions, apart from the models': a preview never evicts a model
+        #: from ``sessions`` nor counts as one the worker holds for claiming.
+        self.preview_sessions = SessionCache(len(PREVIEW_MODELS), sessions.settings)
 
     @property
     def jobs_done(self) -> int:
@@ -420,14 +425,21 @@ class Worker:
                 inputs = self._load_inputs(job)
                 timings["load_inputs"] = elapsed_ms(started)
                 with self._job_models(run, timings) as models_path:
-                    result = self.chain_runner(
-                        job.chain,
-                        models_path=models_path,
-                        sessions=self.sessions,
-                        inputs=inputs,
-                        report=run.report,
-                        check_cancelled=run.check,
-                    )
+                    preview = self._previews(job, models_path)
+                    try:
+                        result = self.chain_runner(
+                            job.chain,
+                            models_path=models_path,
+                            sessions=self.sessions,
+                            inputs=inputs,
+                            report=run.report,
+                            check_cancelled=run.check,
+                            preview=preview,
+                        )
+                    finally:
+                        if preview is not None:
+                            preview.finish()
+                            timings["previews"] = int(preview.spent_s * 1000)
                 timings.update(result.timings_ms)
                 run.latest = result.progress
                 return result.outputs
@@ -444,6 +456,21 @@ class Worker:
                     return
                 outcome = run.deliver(images, timings)
         run.log_summary(outcome, started, timings)
+
+    def _previews(self, job: ClaimedJob, models_path: Path) -> PreviewWriter | None:
+        """The job's live previews, unless they are off (``ONNX_WEB_PREVIEW_INTERVAL_S=0``)."""
+        if self.config.preview_interval_s <= 0:
+            return None
+        return PreviewWriter(
+            job,
+            self.config.worker_id,
+            self.jobs,
+            self.store,
+            models_path,
+            self.preview_sessions,
+            interval_s=self.config.preview_interval_s,
+            max_side=self.config.preview_max_side,
+        )
 
     def _convert(self, run: JobRun) -> list[StageText]:
         """A conversion job's work: fetch, convert and publish its extras entry (``service.conversion``)."""

@@ -8,7 +8,8 @@ document again converts only entries whose model is missing or was made from ano
 ``models.variant`` tells a model's fp32 graphs (every worker runs them) from its fused fp16 graphs
 for CUDA workers (``pipelines.gpu.optimize``): a name may have one ready version of each, and a
 worker pulls its own variant when there is one. ``jobs_convert_idx`` lists the recent conversions
-without reading the image jobs. Creating a table, adding columns, a partial index on a new kind of
+without reading the image jobs. ``jobs.preview`` (``{attempt, step}``) says that a running
+attempt has stored a live preview of its latents (``service.previews``). Creating a table, adding columns, a partial index on a new kind of
 rows and replacing the small registry's unique index take brief locks only.
 """
 
@@ -38,8 +39,11 @@ UPGRADE = (
     "DROP INDEX models_one_ready_idx",
     "CREATE UNIQUE INDEX models_one_ready_idx ON models (name, variant) WHERE state = 'ready'",
     "CREATE INDEX jobs_convert_idx ON jobs (created_at DESC) WHERE kind = 'convert'",
+    "ALTER TABLE jobs ADD COLUMN preview jsonb",
+    "COMMENT ON COLUMN jobs.preview IS 'the running attempt''s live preview image: {attempt, step}'",
 )
 DOWNGRADE = (
+    "ALTER TABLE jobs DROP COLUMN preview",
     "DROP INDEX jobs_convert_idx",
     "DROP INDEX models_one_ready_idx",
     "DELETE FROM models WHERE variant <> 'fp32'",

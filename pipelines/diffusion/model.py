@@ -80,6 +80,12 @@ METADATA_PARAMS = (
 
 StepCallback = Callable[[int], None]
 CancelCheck = Callable[[], None]
+#: ``(steps done so far in this loop, model family "sd" | "sdxl", latents getter)``, after each
+#: counted scheduler step: the worker's live preview (``pipelines.diffusion.preview``). The getter
+#: returns the scheduler's current sample as a float32 ``(batch, 4, h, w)`` numpy copy; the loop
+#: copies nothing unless it is called, and it must be called before the callback returns (on the
+#: CUDA path the latents are still being stepped on the GPU).
+LatentsCallback = Callable[[int, str, Callable[[], np.ndarray]], None]
 
 
 class StepHooks(Protocol):
@@ -95,13 +101,46 @@ class StepHooks(Protocol):
         """Called after every UNet call; raises to stop the run."""
         ...
 
+    @property
+    def on_latents(self) -> LatentsCallback:
+        """Called right after each ``on_step(1)`` with the loop's latents (see ``LatentsCallback``)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Callbacks:
-    """``StepHooks`` from two plain functions; by default progress is ignored and nothing cancels."""
+    """``StepHooks`` from plain functions; by default progress and latents are ignored, nothing cancels."""
 
     on_step: StepCallback = lambda n: None
     check_cancelled: CancelCheck = lambda: None
+    on_latents: LatentsCallback = lambda step, family, latents: None
+
+
+def latents_getter(sample: Any) -> Callable[[], np.ndarray]:
+    """A function returning ``sample`` (numpy, or a torch tensor on any device) as a float32 numpy copy.
+
+    Nothing is copied until it is called: most steps' previews are skipped by the worker's throttle.
+    """
+
+    def latents() -> np.ndarray:
+        if isinstance(sample, np.ndarray):
+            return sample.astype(np.float32)
+        import torch
+
+        copied: np.ndarray = sample.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
+        return copied
+
+    return latents
+
+
+def report_step(hooks: StepHooks, done: int, family: str, sample: Any) -> None:
+    """Report a finished scheduler step: ``on_step(1)``, then ``on_latents`` with ``sample``'s getter.
+
+    ``done`` counts the loop's scheduler steps so far, this one included; ``sample`` is the
+    scheduler's latents (not the UNet's doubled guidance input).
+    """
+    hooks.on_step(1)
+    hooks.on_latents(done, family, latents_getter(sample))
 
 
 @dataclass(frozen=True)
@@ -426,8 +465,8 @@ class Run:
         ``class_labels``). ``unet`` is a session-like UNet (``get_inputs`` and ``run``) to call
         instead of the model's own (a ControlNet's, which adds its residuals).
         ``after_step(index, latents)`` may replace the latents after each scheduler step (a
-        4-channel UNet's inpainting puts the kept region back). ``hooks.on_step(1)`` is called per
-        scheduler step and ``hooks.check_cancelled()`` after every UNet call.
+        4-channel UNet's inpainting puts the kept region back). ``report_step`` is called per
+        scheduler step (family ``sd``) and ``hooks.check_cancelled()`` after every UNet call.
         """
         import torch
 
@@ -440,6 +479,7 @@ class Run:
         arguments = step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed))
         sample = torch.from_numpy(latents)
         total = len(timesteps)
+        done = 0
         for index, t in enumerate(timesteps):
             doubled = torch.cat([sample] * 2) if generation.guidance else sample
             model_input = scheduler.scale_model_input(doubled, t).numpy()
@@ -470,7 +510,8 @@ class Run:
             if after_step is not None:
                 sample = after_step(index, sample)
             if counts_as_step(index, total, steps, scheduler.order):
-                self.hooks.on_step(1)
+                done += 1
+                report_step(self.hooks, done, "sd", sample)
             self.hooks.check_cancelled()
         result: np.ndarray = sample.numpy()
         return result

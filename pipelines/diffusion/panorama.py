@@ -273,19 +273,22 @@ def prompt_conditioning(
 def multidiffusion(run: sd.Run, scheduler: Any, latents: np.ndarray, views: Sequence[View]) -> np.ndarray:
     """The denoising loop: every view stepped on its own scheduler state, then averaged per cell.
 
-    ``hooks.on_step(1)`` is called per scheduler step, ``hooks.check_cancelled()`` after every
-    UNet call, as in ``Run.denoise``.
+    ``sd.report_step`` is called per scheduler step with the whole wide latents (family ``sdxl``
+    for an ``SdxlRun``, else ``sd``), ``hooks.check_cancelled()`` after every UNet call, as in
+    ``Run.denoise``.
     """
     import torch
 
     generation = run.generation
-    unet = SdxlUNet(run.model) if isinstance(run, sdxl.SdxlRun) else UNet(run.model.session("unet"))
+    on_sdxl = isinstance(run, sdxl.SdxlRun)
+    unet = SdxlUNet(run.model) if on_sdxl else UNet(run.model.session("unet"))
     generator = sd.torch_generator(generation.seed)
     arguments = step_arguments(scheduler, eta=generation.eta, generator=generator)
     # Per-view state: multistep schedulers remember earlier outputs, which are the view's own.
     schedulers = [copy.deepcopy(scheduler) for _ in views]
     timesteps = scheduler.timesteps
     total = len(timesteps)
+    done = 0
     for index, t in enumerate(timesteps):
         last = index == total - 1
         value = np.zeros_like(latents)
@@ -305,7 +308,8 @@ def multidiffusion(run: sd.Run, scheduler: Any, latents: np.ndarray, views: Sequ
             run.hooks.check_cancelled()
         latents = np.where(count > 0, value / np.where(count > 0, count, 1), value).astype(np.float32)
         if sd.counts_as_step(index, total, generation.steps, scheduler.order):
-            run.hooks.on_step(1)
+            done += 1
+            sd.report_step(run.hooks, done, "sdxl" if on_sdxl else "sd", latents)
     return latents
 
 

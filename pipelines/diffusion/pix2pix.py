@@ -67,6 +67,7 @@ def pix2pix(run: sd.Run, source: Image.Image, image_guidance: float) -> list[Ima
     arguments = step_arguments(scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed))
     sample = torch.from_numpy(run.starting_latents(scheduler))
     timesteps = scheduler.timesteps
+    done = 0
     for index, t in enumerate(timesteps):
         rows = torch.cat([sample] * 3) if guided else sample
         model_input = np.concatenate([scheduler.scale_model_input(rows, t).numpy(), image_latents], axis=1)
@@ -76,7 +77,8 @@ def pix2pix(run: sd.Run, source: Image.Image, image_guidance: float) -> list[Ima
             noise = uncond + generation.cfg * (text - image) + image_guidance * (image - uncond)
         sample = scheduler.step(torch.from_numpy(noise), t, sample, **arguments, return_dict=False)[0]
         if sd.counts_as_step(index, len(timesteps), generation.steps, scheduler.order):
-            run.hooks.on_step(1)
+            done += 1
+            sd.report_step(run.hooks, done, "sd", sample)
         run.hooks.check_cancelled()
     return run.decode(sample.numpy())
 

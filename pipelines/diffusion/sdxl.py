@@ -176,7 +176,8 @@ def denoise(
     """The UNet loop on torch tensors (CPU or CUDA) from ``sample`` (already scaled for the scheduler).
 
     ``timesteps``, ``steps``, ``channels`` (``Run.denoise``'s ``conditioning``) and ``after_step``
-    are as in ``Run.denoise``; by default the whole schedule runs on a 4-channel UNet.
+    are as in ``Run.denoise``; by default the whole schedule runs on a 4-channel UNet. Each
+    scheduler step is reported with ``sd.report_step`` (family ``sdxl``).
     """
     import torch
 
@@ -185,6 +186,7 @@ def denoise(
     arguments = step_arguments(scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed))
     timesteps = scheduler.timesteps if timesteps is None else timesteps
     steps = generation.steps if steps is None else steps
+    done = 0
     for index, t in enumerate(timesteps):
         doubled = torch.cat([sample] * 2) if generation.guidance else sample
         model_input = scheduler.scale_model_input(doubled, t)
@@ -199,7 +201,8 @@ def denoise(
         if after_step is not None:
             sample = after_step(index, sample)
         if sd.counts_as_step(index, len(timesteps), steps, scheduler.order):
-            run.hooks.on_step(1)
+            done += 1
+            sd.report_step(run.hooks, done, "sdxl", sample)
         run.hooks.check_cancelled()
     return sample
 

@@ -7,11 +7,15 @@ are the size of the input and the VAE (4 pixels per latent cell) decodes them to
 
 The noise comes from ``default_rng(seed)``, like every pipeline here: its first draw is the
 starting latents, its second the noise added to the input image.
+
+Its loop reports progress but no latents (``on_latents``): they live in the x4 VAE's own space,
+which no preview decoder (``pipelines.diffusion.preview``) reads.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -73,6 +77,7 @@ def upscale_sd(run: sd.Run, source: Image.Image, level: int) -> list[Image.Image
     """
     import torch
 
+    run = replace(run, hooks=sd.Callbacks(run.hooks.on_step, run.hooks.check_cancelled))
     model, generation = run.model, run.generation
     maximum = max_noise_level(model.folder)
     if not 0 <= level <= maximum:

@@ -3,10 +3,11 @@
 Jobs are compatible when they share model, size, scheduler and step count. Each keeps its own
 prompt and negative prompt, seed (its starting noise is ``default_rng(seed)``'s, exactly as a job
 run alone), guidance scale, eta, scheduler instance (stochastic schedulers draw their step noise
-from the job's own seeded generator), progress callback, cancellation and images: only the UNet
-call is shared, so a job's pixels do not depend on its batch mates beyond the rounding of a
-larger matrix product. Jobs whose prompts need a different number of 77-token windows cannot
-share a UNet call (attention would see padding); they run as separate groups.
+from the job's own seeded generator), progress, preview and cancellation callbacks (``on_latents``
+sees the job's own latents, never its batch mates') and images: only the UNet call is shared,
+so a job's pixels do not depend on its batch mates beyond the rounding of a larger matrix product.
+Jobs whose prompts need a different number of 77-token windows cannot share a UNet call
+(attention would see padding); they run as separate groups.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Txt2ImgJob:
     generation: sd.Generation
     on_step: sd.StepCallback = lambda n: None
     check_cancelled: sd.CancelCheck = lambda: None
+    on_latents: sd.LatentsCallback = lambda step, family, latents: None
 
 
 @dataclass
@@ -142,6 +144,8 @@ class _Running:
     arguments: dict[str, Any]
     hidden: Any
     sample: Any
+    #: Scheduler steps this job has finished (``on_latents``'s count).
+    done: int = 0
 
     @property
     def rows(self) -> int:
@@ -230,10 +234,11 @@ def _denoise(denoiser: Denoiser, group: list[_Running], outcomes: list[JobOutcom
 
 
 def _report(item: _Running, index: int, total: int, steps: int, outcomes: list[JobOutcome]) -> bool:
-    """Call a job's progress and cancellation callbacks; False (and its error kept) if one raised."""
+    """Call a job's progress, preview and cancellation callbacks; False (and its error kept) if one raised."""
     try:
         if sd.counts_as_step(index, total, steps, item.scheduler.order):
-            item.job.on_step(1)
+            item.done += 1
+            sd.report_step(item.job, item.done, "sd", item.sample)
         item.job.check_cancelled()
     except Exception as err:
         outcomes[item.index].error = err
@@ -243,7 +248,7 @@ def _report(item: _Running, index: int, total: int, steps: int, outcomes: list[J
 
 def run_txt2img(run: sd.Run) -> list[Image.Image]:
     """One job through the batched path (the GPU route of ``txt2img``); raises what stopped it."""
-    job = Txt2ImgJob(run.generation, run.hooks.on_step, run.hooks.check_cancelled)
+    job = Txt2ImgJob(run.generation, run.hooks.on_step, run.hooks.check_cancelled, run.hooks.on_latents)
     outcome = txt2img_batch(run.model, [job])[0]
     if outcome.error is not None:
         raise outcome.error

@@ -1,4 +1,4 @@
-"""``onnx-web convert``: the command line of the demo builder and the diffusers converter."""
+"""``onnx-web convert``: the command line of the demo builder and the converters."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pipelines.imageops.annotators import ANNOTATOR_MODELS
 from pipelines.models.controlnets import CONTROL_FOLDER, convert_controlnet_folder
 from pipelines.models.convert import DEFAULT_OPSET, OPTIMIZE_CHOICES, convert_diffusers_folder
 from pipelines.models.demo import build_demo_models
+from pipelines.models.preview import PREVIEW_FOLDER, TAESD, TAESDXL, convert_preview_folder
 from pipelines.text.convert import TEXT_FOLDER, convert_gpt2_folder
 
 
@@ -75,6 +76,18 @@ def add_convert_arguments(subparsers: Any) -> None:
         "--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)"
     )
     control.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+    preview = kinds.add_parser(
+        "preview",
+        help="convert a local diffusers AutoencoderTiny folder (TAESD) to the preview decoder preview/<name>",
+    )
+    preview.add_argument("src", type=Path, help="local AutoencoderTiny folder (config.json and weights)")
+    preview.add_argument(
+        "name", choices=(TAESD, TAESDXL), help=f"{TAESD} (SD 1.x/2.x latents) or {TAESDXL} (SDXL latents)"
+    )
+    preview.add_argument(
+        "--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)"
+    )
+    preview.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     diffusers_parser.add_argument(
         "--publish",
         action="store_true",
@@ -127,6 +140,13 @@ def run_convert(args: argparse.Namespace) -> int:
             return 2
         dest = args.models / CONTROL_FOLDER / args.name
         print(convert_controlnet_folder(args.src, dest, opset=args.opset, progress=progress))
+        return 0
+    if args.convert_kind == "preview":
+        if not (args.src / "config.json").is_file():
+            print(f"not a diffusers AutoencoderTiny folder (no config.json): {args.src}", file=sys.stderr)
+            return 2
+        dest = args.models / PREVIEW_FOLDER / args.name
+        print(convert_preview_folder(args.src, dest, opset=args.opset))
         return 0
     if not (args.src / "model_index.json").is_file():
         print(f"not a diffusers folder (no model_index.json): {args.src}", file=sys.stderr)

@@ -22,6 +22,9 @@ The SDXL demo (``diffusion-sdxl-demo``) has SDXL base's architecture, narrowed: 
 encoders (the second with projection, its tokenizer padding with "!"), a UNet with size and
 pooled-text conditioning (``addition_embed_type="text_time"``) attending to both encoders' hidden
 states, and a VAE with SDXL's scaling factor.
+
+Beside them go random-weight live-preview decoders (``preview/taesd``, ``preview/taesdxl``) with
+TAESD's architecture (``pipelines.models.preview``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pipelines.models.convert import convert_diffusers_folder
 from pipelines.models.demo_controlnets import build_demo_controlnets
 from pipelines.models.demo_networks import build_demo_networks
 from pipelines.models.layout import EXTRAS_FILE, read_model_hash
+from pipelines.models.preview import build_demo_previews
 
 logger = logging.getLogger(__name__)
 
@@ -402,6 +406,7 @@ def build_demo_models(
         merge_extras(models_path / EXTRAS_FILE, section, entries)
     build_demo_networks(models_path, DEMO_MODELS[0].name, progress=report)
     build_demo_controlnets(models_path, progress=report)
+    build_demo_previews(models_path, progress=report)
     # Imported here, as torch is: importing this module stays light.
     from pipelines.models.demo_annotators import build_demo_annotators
 

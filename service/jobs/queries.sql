@@ -35,7 +35,7 @@ SELECT
     jobs.tiles_current, jobs.tiles_total,
     jobs.outputs, jobs.thumbnails, jobs.metadata, jobs.output_keys, jobs.reason,
     jobs.cancel_requested, jobs.attempt, jobs.max_attempts, jobs.model,
-    jobs.created_at, jobs.started_at, jobs.finished_at, jobs.loading
+    jobs.created_at, jobs.started_at, jobs.finished_at, jobs.loading, jobs.preview
 FROM jobs
 LEFT JOIN queue ON queue.id = jobs.id
 -- With an :owner (keys mode), another owner's job is as if it did not exist.
@@ -217,6 +217,12 @@ UPDATE jobs SET
     tiles_current = :tiles_current, tiles_total = :tiles_total,
     heartbeat_at = now(),
     updated_at = now()
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+RETURNING name;
+
+-- name: record_preview
+-- Note (or clear, with NULL) the running attempt's live preview image (fenced by worker and attempt).
+UPDATE jobs SET preview = CAST(:preview AS jsonb), updated_at = now()
 WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
 RETURNING name;
 

@@ -94,6 +94,8 @@ class JobView:
     finished_at: datetime | None
     #: ``{model, current, total}`` (bytes) while the worker pulls the job's model from the model store.
     loading: dict[str, Any] | None = None
+    #: ``{attempt, step}`` of the live preview a running attempt stored (``service.previews``).
+    preview: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -358,6 +360,12 @@ class JobStore:
         }
         return self._changed(QUERIES["record_progress"], params)
 
+    def record_preview(self, job_id: UUID, worker_id: str, attempt: int, step: int | None) -> bool:
+        """Note that the attempt stored a preview at ``step`` (None: no preview now); False when fenced."""
+        preview = None if step is None else json.dumps({"attempt": attempt, "step": step})
+        params = {"job_id": job_id, "worker_id": worker_id, "attempt": attempt, "preview": preview}
+        return self._changed(QUERIES["record_preview"], params)
+
     def finish_success(
         self,
         job_id: UUID,
@@ -607,4 +615,5 @@ def _view(row: Row[Any]) -> JobView:
         started_at=row.started_at,
         finished_at=row.finished_at,
         loading=row.loading,
+        preview=row.preview,
     )

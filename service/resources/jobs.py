@@ -7,6 +7,7 @@ import base64
 import json
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 from uuid import UUID
 
 import falcon
@@ -16,6 +17,7 @@ from service.config import MAX_JOBS_PER_CALL
 from service.errors import InvalidParams, NotFound
 from service.jobs.store import JobState, JobStore, JobView
 from service.names import sanitize_name
+from service.storage import ObjectStore, preview_key
 
 ZERO = {"current": 0, "total": 0}
 #: What a failed job's ``reason`` means, in words a user can act on (never a traceback).
@@ -81,6 +83,10 @@ def render_job(name: str, view: JobView | None) -> dict[str, Any]:
     if view.loading and view.state == JobState.RUNNING:
         # Ours: the worker is pulling the job's model from the model store before its first step.
         record["loading"] = dict(view.loading)
+    if view.state == JobState.RUNNING and view.preview and view.preview.get("attempt") == view.attempt:
+        # Ours: an approximate image of the running job's latents (``service.previews``).
+        step = int(view.preview["step"])
+        record["preview"] = {"url": f"/api/job/preview?job={quote(name)}&step={step}", "step": step}
     if view.state == JobState.SUCCESS:
         record["outputs"] = list(view.outputs or [])
         record["metadata"] = list(view.metadata or [])
@@ -246,3 +252,28 @@ def _read_cursor(raw: str | None) -> tuple[datetime, UUID] | None:
         return datetime.fromisoformat(when), UUID(job_id)
     except (ValueError, TypeError) as err:
         raise InvalidParams("cursor", "is not a cursor this server gave") from err
+
+
+class JobPreviewResource:
+    """``GET /api/job/preview?job=NAME``: the running job's latest live preview (a small JPEG).
+
+    Only while the job runs, and only the attempt that holds it: a finished job's preview is gone
+    (404), as is one before the first preview was stored. Never cached: each poll may bring a newer one.
+    """
+
+    def __init__(self, jobs: JobStore, store: ObjectStore) -> None:
+        self.jobs = jobs
+        self.store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raw = req.get_param("job") or ""
+        name = sanitize_name(raw.strip())
+        if not name:
+            raise InvalidParams("job", "the name of a running job")
+        view = self.jobs.get_many([name], owner=owner_filter(req)).get(name)
+        preview = view.preview if view is not None and view.state == JobState.RUNNING else None
+        if view is None or not preview or preview.get("attempt") != view.attempt:
+            raise NotFound("no preview: the job is not running, or has shown none yet")
+        resp.content_type = "image/jpeg"
+        resp.cache_control = ["no-store"]
+        resp.data = self.store.get_bytes(preview_key(name, view.attempt))

@@ -66,6 +66,8 @@ EXPECTED_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "callback": ("text", True, None),
     # Migration 0010: the model a running job's worker is pulling from the model store.
     "loading": ("jsonb", True, None),
+    # Migration 0012: the running attempt's live preview, {attempt, step}.
+    "preview": ("jsonb", True, None),
 }
 #: The workers table of migration 0002 (live workers: platforms, loaded models, restart requests),
 #: with the CUDA device of migration 0004 and the memory of migration 0005.

@@ -93,6 +93,8 @@ export interface ApiClient {
   outputUrl(file: string): string;
   /** An output's bytes, fetched with the API key (an `<img>` cannot send it). */
   outputBlob(file: string): Promise<Blob>;
+  /** A running job's live preview: the bytes behind a status record's `preview.url`. */
+  previewBlob(url: string): Promise<Blob>;
   extras(): Promise<unknown>;
   /**
    * `PUT /api/extras`: store the extras document (JSON text) and queue the changed entries for
@@ -257,6 +259,7 @@ export function createClient(options: ClientOptions): ApiClient {
 
     outputUrl: (file) => `${root}${outputPath(file)}`,
     outputBlob: async (file) => (await send(outputPath(file), { method: 'GET' })).blob(),
+    previewBlob: async (url) => (await send(url, { method: 'GET' })).blob(),
 
     extras: () => call<unknown>(`/api/extras?${tokenQuery()}`, { method: 'GET' }, undefined, true),
     saveExtras: (text) =>

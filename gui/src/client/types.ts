@@ -80,6 +80,8 @@ export interface JobStatus {
   outputs?: string[];
   thumbnails?: string[];
   metadata?: ImageMetadata[];
+  /** Ours, while a diffusion job runs: the latest approximate image of its latents, and its step. */
+  preview?: { url: string; step: number };
 }
 
 /** `GET /api/jobs`: one page of the caller's jobs, newest first, and the cursor of the next. */

@@ -127,6 +127,30 @@ describe('cards of unfinished and failed jobs', () => {
   });
 });
 
+describe('live previews', () => {
+  it("shows a running job's latest preview and fetches each newer one; none once it ends", async () => {
+    const previewBlob = vi.fn(async (_url: string) => new Blob(['jpeg'], { type: 'image/jpeg' }));
+    const preview = (step: number) => ({ url: `/api/job/preview?job=r&step=${step}`, step });
+    const running = (step: number) => jobRecord('r', 'running', { steps: { current: step, total: 6 }, preview: preview(step) });
+    useAppStore.setState({ history: [item('r', running(2))] });
+    view = await render(<HistoryPanel />, { client: fakeClient({ previewBlob }) });
+    await settle();
+    expect(previewBlob).toHaveBeenCalledWith('/api/job/preview?job=r&step=2');
+    const image = byTestId(view.container, 'card-preview');
+    expect(image?.getAttribute('src')).toMatch(/^blob:/);
+    expect(image?.getAttribute('alt')).toBe('Preview at step 2');
+
+    await act(async () => useAppStore.getState().setStatus('r', running(4)));
+    await settle();
+    expect(previewBlob).toHaveBeenLastCalledWith('/api/job/preview?job=r&step=4');
+    expect(byTestId(view.container, 'card-preview')?.getAttribute('alt')).toBe('Preview at step 4');
+
+    await act(async () => useAppStore.getState().setStatus('r', jobRecord('r', 'cancelled')));
+    expect(byTestId(view.container, 'card-preview')).toBeNull();
+    expect(previewBlob).toHaveBeenCalledTimes(2);
+  });
+});
+
 describe('outputs where the server wants the API key for them too', () => {
   it('fetches images with the key and shows them from memory; plain URLs without a key', async () => {
     const outputBlob = vi.fn(async (_file: string) => new Blob(['png'], { type: 'image/png' }));

@@ -12,7 +12,7 @@ import { describeError, submitJob } from '../submit';
 import { FailureLines, failureText, progressLines } from './JobText';
 import { Lightbox, type ViewerImage } from './Lightbox';
 import { useNotices } from './Notices';
-import { outputFileName, useOutputDownload, useOutputSrc } from './outputs';
+import { outputFileName, useOutputDownload, useOutputSrc, usePreviewSrc } from './outputs';
 
 /** Which output the viewer shows: by job name and output index, so new cards do not move it. */
 interface ViewerKey {
@@ -151,9 +151,13 @@ function ProgressCard({ item }: { item: HistoryItem }) {
   };
 
   const lines = progressLines(t, s);
+  const preview = usePreviewSrc(s.status === 'running' ? s.preview?.url : undefined);
 
   return (
     <div className="card-body progress-body">
+      {preview && s.preview && (
+        <img className="card-preview" src={preview} alt={t('card.preview', { step: s.preview.step })} data-testid="card-preview" />
+      )}
       <p className="card-state">{cancelling ? t('card.cancelling') : t(`status.${s.status}`)}</p>
       <progress
         max={1}

@@ -74,3 +74,42 @@ export function useOutputDownload(): (output: string) => (e: MouseEvent<HTMLAnch
     );
   };
 }
+
+/**
+ * A running job's live preview as an object URL, fetched (with the key, if any) each time the
+ * status names a newer one; the previous picture stays until the next has arrived, so the card
+ * never flickers empty.
+ */
+export function usePreviewSrc(url: string | undefined): string | undefined {
+  const { client } = useApp();
+  const [shown, setShown] = useState<string | undefined>(undefined);
+  useEffect(() => {
+    if (!url) return;
+    let live = true;
+    client.previewBlob(url).then(
+      (blob) => {
+        if (!live) return;
+        const next = URL.createObjectURL(blob);
+        setShown((previous) => {
+          if (previous) URL.revokeObjectURL(previous);
+          return next;
+        });
+      },
+      // A preview missed (the job just finished, the network blinked): the next poll brings one.
+      () => {},
+    );
+    return () => {
+      live = false;
+    };
+  }, [client, url]);
+  useEffect(
+    () => () => {
+      setShown((previous) => {
+        if (previous) URL.revokeObjectURL(previous);
+        return undefined;
+      });
+    },
+    [],
+  );
+  return shown;
+}

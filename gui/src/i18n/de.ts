@@ -220,6 +220,7 @@ export const de: typeof en = {
   },
   card: {
     cancelling: 'Wird abgebrochen…',
+    preview: 'Vorschau bei Schritt {{step}}',
     model: 'Modell',
     label: '{{tab}}-Auftrag, {{status}}',
     grid: 'Raster',

@@ -222,6 +222,7 @@ export const en = {
   },
   card: {
     cancelling: 'Cancelling…',
+    preview: 'Preview at step {{step}}',
     model: 'Model',
     label: '{{tab}} job, {{status}}',
     grid: 'grid',

@@ -31,6 +31,7 @@ export function fakeClient(overrides: Partial<ApiClient> = {}): ApiClient {
     jobs: ok({ jobs: [], next: null }),
     outputUrl: (file: string) => `http://h/output/${file}`,
     outputBlob: () => Promise.resolve(new Blob()),
+    previewBlob: () => Promise.resolve(new Blob()),
     extras: ok({}),
     saveExtras: () => Promise.reject(new Error('not in this test')),
     modelStore: ok({ models: [], conversions: [] }),
