@@ -125,6 +125,10 @@ test('cancel a long job: the card ends cancelled and the server agrees', async (
   // steps.total also counts the saving of the output: progress is a share, never "of 151".
   await expect(card.getByTestId('progress-text')).toContainText(/\d+% done/);
   await expect(card.getByTestId('progress-text')).not.toContainText(/of 151|Step/);
+  // A live preview of the latents, decoded by the demo TAESD, shows up while it runs.
+  await expect(card.getByTestId('card-preview')).toBeVisible({ timeout: 30_000 });
+  await expect(card.getByTestId('card-preview')).toHaveAttribute('src', /^blob:/);
+  await shot(page, 'preview');
   const [cancel] = await Promise.all([
     page.waitForResponse((r) => new URL(r.url()).pathname === '/api/job/cancel'),
     card.getByTestId('cancel').click(),
