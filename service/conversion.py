@@ -102,8 +102,7 @@ class ConversionSettings:
             ),
             work=root / ".convert",
             progress_interval_s=config.progress_interval_s,
-            variants=config.convert_variants
-            or (("fp32", "cuda") if config.worker_platform == "cuda" else ("fp32",)),
+            variants=config.convert_variants or DEFAULT_VARIANTS.get(config.worker_platform, ("fp32",)),
         )
 
 
