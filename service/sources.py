@@ -639,12 +639,8 @@ def _fetch_hub(
             max_workers=HUB_MAX_WORKERS,
             tqdm_class=cast(Any, functools.partial(_FileCounter, on_file)),
         )
-    except hub_errors.GatedRepoError as err:
-        raise SourceError(
-            "download_failed", f"{shown} is gated: accept its terms on the hub and give the worker a token"
-        ) from err
     except (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError) as err:
-        raise SourceError("source_missing", f"{shown} was not found on the hub") from err
+        raise _hub_refusal(err, shown) from err
     except hub_errors.LocalEntryNotFoundError as err:
         raise SourceError(
             "download_failed",
@@ -655,6 +651,17 @@ def _fetch_hub(
     progress(total, total)
     logger.info("hub snapshot ready", extra={"repo": repo, "revision": revision, "bytes": total})
     return Path(folder)
+
+
+def _hub_refusal(err: Exception, shown: str) -> SourceError:
+    """What the hub's "not found" means: a gated repository (a subclass), or a missing one."""
+    from huggingface_hub import errors as hub_errors
+
+    if isinstance(err, hub_errors.GatedRepoError):
+        return SourceError(
+            "download_failed", f"{shown} is gated: accept its terms on the hub and give the worker a token"
+        )
+    return SourceError("source_missing", f"{shown} was not found on the hub")
 
 
 def _hub_sizes(
@@ -675,12 +682,8 @@ def _hub_sizes(
         info = HfApi(endpoint=settings.hf_endpoint, token=settings.hf_token).model_info(
             repo, revision=revision, files_metadata=True, timeout=settings.timeout_s
         )
-    except hub_errors.GatedRepoError as err:
-        raise SourceError(
-            "download_failed", f"{shown} is gated: accept its terms on the hub and give the worker a token"
-        ) from err
     except (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError) as err:
-        raise SourceError("source_missing", f"{shown} was not found on the hub") from err
+        raise _hub_refusal(err, shown) from err
     except (hub_errors.HfHubHTTPError, hub_errors.OfflineModeIsEnabled, httpx2.HTTPError) as err:
         logger.warning(
             "hub listing unavailable, using the cache only",
