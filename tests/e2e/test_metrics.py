@@ -3,10 +3,15 @@ one samples folder, so the api's scrape shows the job the worker ran, as Prometh
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import finished, wait_for
+
+#: How long the worker's samples of a finished job may take to reach a scrape.
+SAMPLES_TIMEOUT_S = 10.0
 
 
 def scrape(client: httpx.Client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -32,7 +37,17 @@ def test_the_apis_scrape_carries_the_workers_job_samples_and_its_own_requests(cl
     assert job.status_code == 200, job.text
     assert wait_for(client, job.json()["name"], until=finished)[-1]["status"] == "success"
 
+    # The worker records a job's samples just after its commit: a scrape right after the status
+    # says success may come between the two, so the samples are awaited (a few seconds at most).
+    deadline = time.monotonic() + SAMPLES_TIMEOUT_S
     after = scrape(client)
+    while (
+        total(after, "onnx_web_job_phase_duration_seconds_count", phase="store_outputs")
+        <= total(before, "onnx_web_job_phase_duration_seconds_count", phase="store_outputs")
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+        after = scrape(client)
 
     def added(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
