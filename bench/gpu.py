@@ -143,6 +143,38 @@ class Timer:
         return times
 
 
+#: (family, latent side) of the live previews ``time_previews`` measures: a 512² SD image, a 1024² SDXL one.
+PREVIEW_CASES = (("sd", 64), ("sdxl", 128))
+
+
+def time_previews(device: str, work: Path, runs: int = 20) -> dict[str, Any]:
+    """What one live preview costs a worker on ``device``, apart from its upload and row note:
+    the worker's own ``render_preview`` (TAESD decode in a session cache built as the worker's
+    preview cache is, the shrink to 256 px, the JPEG), from latents in host memory, as the loops'
+    lazy getter hands them over. Random-weight decoders of TAESD's architecture (speed only)."""
+    import numpy as np
+
+    from pipelines.diffusion.preview import DEFAULT_PREVIEW_SIDE
+    from pipelines.models.preview import build_demo_previews
+    from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
+    from service.previews import render_preview
+
+    build_demo_previews(work)
+    providers = (CUDA_PROVIDER, CPU_PROVIDER) if device == "cuda" else (CPU_PROVIDER,)
+    sessions = SessionCache(len(PREVIEW_CASES), SessionSettings(providers=providers))
+    timer = Timer("cpu")  # render_preview returns bytes in host memory: wall time is the cost
+    result: dict[str, Any] = {}
+    for family, side in PREVIEW_CASES:
+        latents = np.random.default_rng(0).standard_normal((2, 4, side, side)).astype(np.float32)
+
+        def render(family: str = family, latents: Any = latents) -> None:
+            if render_preview(work, sessions, family, latents, DEFAULT_PREVIEW_SIDE) is None:
+                raise RuntimeError(f"no preview decoder for {family} under {work}")
+
+        result[f"{family}_{side * 8}"] = summary(timer.wall(render, runs, warmup=3))
+    return result
+
+
 def summary(times: list[float]) -> dict[str, float]:
     """Median, mean and spread (min, 10th and 90th percentile, max) of timings in ms."""
     deciles = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9

@@ -32,6 +32,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from bench.gpu import (
     pytorch_sdxl_image,
     sdxl_unet_inputs,
     summary,
+    time_previews,
     time_pytorch_sdxl_unet,
     time_sdxl_images,
     timed,
@@ -373,6 +375,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'  PNG encode of one image (ms)':44} {pytorch['png_encode_ms']:10.1f} "
         f"{ours['png_encode_ms']:10.1f}"
     )
+    for case, figures in report.get("previews", {}).items():
+        label = f"  live preview {case}, decode + JPEG (ms)"
+        lines.append(f"{label:44} {'':>10} {figures['median_ms']:10.1f}")
     return "\n".join(lines)
 
 
@@ -409,6 +414,9 @@ def run(args: argparse.Namespace) -> int:
         json.loads((args.folder / "gpu.json").read_text()) if (args.folder / "gpu.json").exists() else None
     )
     report["ours"] = bench_ours(args.folder, args.steps, side, timer, args.device, args.out)
+    save(report, args.out)
+    with tempfile.TemporaryDirectory(prefix="previews-") as work:
+        report["previews"] = time_previews(args.device, Path(work))
     save(report, args.out)
     print(format_table(report), flush=True)
     return 0

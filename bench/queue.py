@@ -30,7 +30,7 @@ import sqlalchemy
 from service.db import create_database, make_engine, upgrade_head
 from service.jobs.probe import QueueProbe
 from service.jobs.store import JobStore
-from service.stack import temporary_postgres
+from service.stack import EmbeddedPostgres, temporary_postgres
 
 #: The models the no-op jobs name, round robin; worker ``i`` holds ``MODELS[i % len(MODELS)]``.
 MODELS = ("model-0", "model-1", "model-2", "model-3")
@@ -63,10 +63,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="sample what the claimers' Postgres backends wait on (pg_stat_activity, every 20 ms)",
     )
+    parser.add_argument(
+        "--postgres-cores",
+        type=int,
+        default=0,
+        help="pin the embedded PostgreSQL to the first N cores and the claimers to the rest, so "
+        "that one host stands in for a database server and separate worker machines (default: "
+        "no pinning)",
+    )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
+    cores = sorted(os.sched_getaffinity(0))
+    if args.postgres_cores and (args.database_url or not 0 < args.postgres_cores < len(cores)):
+        parser.error(f"--postgres-cores needs the embedded server and fewer than {len(cores)} cores")
+    postgres_cores, claimer_cores = cores[: args.postgres_cores], cores[args.postgres_cores :]
 
-    with postgres(args.database_url) as admin_url:
+    with postgres(args.database_url) as (admin_url, server):
+        if server is not None and postgres_cores:
+            server.pin(postgres_cores)
+            os.sched_setaffinity(0, claimer_cores)
         result = run(
             admin_url,
             jobs=args.jobs,
@@ -74,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             pending=args.pending,
             processes=args.processes,
             waits=args.waits,
+            claimer_cores=claimer_cores if postgres_cores else None,
         )
+        if postgres_cores:
+            result["postgres_cores"] = len(postgres_cores)
 
     print(
         f"queue: {result['jobs_per_s']:.0f} jobs/s (claim + complete, {args.processes} x "
@@ -91,13 +109,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextmanager
-def postgres(admin_url: str | None) -> Iterator[str]:
-    """``admin_url`` as it is, or an embedded PostgreSQL in a temporary folder for the block."""
+def postgres(admin_url: str | None) -> Iterator[tuple[str, EmbeddedPostgres | None]]:
+    """``admin_url`` as it is, or an embedded PostgreSQL in a temporary folder for the block: the
+    admin URL and the embedded server (None for a server given by URL)."""
     if admin_url is not None:
-        yield admin_url
+        yield admin_url, None
         return
-    with temporary_postgres("onnx-web-bench-pg-") as (_, temporary_url):
-        yield temporary_url
+    with temporary_postgres("onnx-web-bench-pg-") as (server, temporary_url):
+        yield temporary_url, server
 
 
 def fresh_database(admin_url: str) -> str:
@@ -122,10 +141,18 @@ def percentile_ms(seconds: Sequence[float], q: float) -> float:
 
 
 def run(
-    admin_url: str, *, jobs: int, workers: int, pending: int = 0, processes: int = 1, waits: bool = False
+    admin_url: str,
+    *,
+    jobs: int,
+    workers: int,
+    pending: int = 0,
+    processes: int = 1,
+    waits: bool = False,
+    claimer_cores: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Claim and complete ``jobs`` no-op jobs with ``processes`` x ``workers`` threads, ``pending``
-    more waiting; with ``waits``, also what their backends waited on (``WaitSampler``)."""
+    more waiting; with ``waits``, also what their backends waited on (``WaitSampler``). With
+    ``claimer_cores``, each claimer process runs on those cores only."""
     url = fresh_database(admin_url)
     engine = make_engine(url, pool_size=workers + 1, max_overflow=0)
     sampler = WaitSampler(engine) if waits else None
@@ -135,7 +162,9 @@ def run(
             if processes == 1:
                 result = drain(engine, jobs=jobs, workers=workers)
             else:
-                result = drain_processes(url, jobs=jobs, workers=workers, processes=processes)
+                result = drain_processes(
+                    url, jobs=jobs, workers=workers, processes=processes, cores=claimer_cores
+                )
     finally:
         engine.dispose()
     return {
@@ -186,14 +215,17 @@ class WaitSampler:
                 self._samples += 1
 
 
-def drain_processes(url: str, *, jobs: int, workers: int, processes: int) -> dict[str, Any]:
-    """``drain`` in ``processes`` processes at once, the jobs shared out; the figures of them all,
-    timed from the first process's start to the last one's end."""
+def drain_processes(
+    url: str, *, jobs: int, workers: int, processes: int, cores: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """``drain`` in ``processes`` processes at once (on ``cores`` only, if given), the jobs shared
+    out; the figures of them all, timed from the first process's start to the last one's end."""
     shares = [jobs // processes + (index < jobs % processes) for index in range(processes)]
     context = multiprocessing.get_context("spawn")
     # Every process starts claiming at once, once all have imported and connected: spawning a dozen
     # interpreters takes a second or more, and a staggered start would time a ramp, not the queue.
-    with context.Manager() as manager, context.Pool(processes) as pool:
+    pin = (os.sched_setaffinity, (0, list(cores))) if cores else (None, ())
+    with context.Manager() as manager, context.Pool(processes, *pin) as pool:
         ready = manager.Barrier(processes)
         parts = pool.starmap(_drain_share, [(url, share, workers, ready) for share in shares])
     elapsed = max(part["ended_at"] for part in parts) - min(part["started_at"] for part in parts)

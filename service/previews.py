@@ -105,14 +105,25 @@ class PreviewWriter:
             log.warning("could not remove a live preview", extra={"job": self.job.name, "error": str(err)})
 
     def _show(self, step: int, family: str, latents: Callable[[], np.ndarray]) -> None:
-        image = decode_preview(self.models_path, self.sessions, family, latents(), max_side=self.max_side)
-        if image is None:
+        jpeg = render_preview(self.models_path, self.sessions, family, latents(), self.max_side)
+        if jpeg is None:
             self._stopped = True  # no preview model for this family here
             return
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        self.store.put_bytes(self.key, buffer.getvalue(), "image/jpeg")
+        self.store.put_bytes(self.key, jpeg, "image/jpeg")
         if not self.jobs.record_preview(self.job.id, self.worker_id, self.job.attempt, step):
             self._stopped = True  # fenced: the lease thread stops the job at its next check
             return
         self.shown += 1
+
+
+def render_preview(
+    models_path: Path, sessions: Any, family: str, latents: np.ndarray, max_side: int
+) -> bytes | None:
+    """The JPEG a preview of ``latents`` stores (``decode_preview``, then encoding); ``None`` when
+    the family's preview decoder is not installed. ``bench.gpu`` times this on a GPU."""
+    image = decode_preview(models_path, sessions, family, latents, max_side=max_side)
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()

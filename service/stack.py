@@ -294,6 +294,19 @@ class EmbeddedPostgres:
             self._shut_down(postmaster)
         log.info("postgres stopped", extra={"action": "postgres_stop", "ms": _ms(started)})
 
+    def pin(self, cores: Sequence[int]) -> int:
+        """Run the server on ``cores`` only: its postmaster and every process it has forked, and so
+        (by inheritance) every backend it forks later. Benchmarks use it to keep the database off
+        the cores of the clients that load it; returns how many processes were pinned."""
+        postmaster = self._postmaster()
+        if postmaster is None:
+            raise RuntimeError("postgres is not running")
+        processes = [postmaster, *postmaster.children(recursive=True)]
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.cpu_affinity(list(cores))
+        return len(processes)
+
     def _shut_down(self, postmaster: psutil.Process) -> None:
         try:
             pg_ctl(self.datadir, "stop", "-m", "fast", "-w", timeout_s=POSTGRES_STOP_TIMEOUT_S)

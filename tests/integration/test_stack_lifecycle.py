@@ -252,6 +252,24 @@ def test_stopping_a_postgres_that_another_live_process_uses_leaves_it_running(da
     assert not (data_dir / "postgres" / "postmaster.pid").exists(), "its last user stops it"
 
 
+def test_a_pinned_postgres_runs_its_existing_and_later_backends_on_the_given_cores(data_dir: Path) -> None:
+    core = sorted(os.sched_getaffinity(0))[-1]
+    server = EmbeddedPostgres(data_dir / "postgres")
+    url = server.start()
+    try:
+        assert server.pin([core]) >= 2, "the postmaster and its background processes"
+        with psycopg.connect(libpq_url(url)) as conn:  # forked after the pin
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            backend = psutil.Process(row[0])
+            postmaster = backend.parent()
+            assert backend.cpu_affinity() == [core]
+            assert postmaster is not None and postmaster.cpu_affinity() == [core]
+            assert all(child.cpu_affinity() == [core] for child in postmaster.children())
+    finally:
+        server.stop()
+
+
 def test_a_weed_server_of_a_live_owner_is_named_and_one_left_by_a_dead_owner_is_replaced(
     data_dir: Path,
 ) -> None:
