@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -95,6 +96,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         choices=COMPILE_MODES,
         default=None,
         help="torch.compile mode of the second PyTorch baseline (default max-autotune on CUDA, none on CPU)",
+    )
+    parser.add_argument(
+        "--baselines-only",
+        action="store_true",
+        help="time PyTorch eager and torch.compile only: no conversion and none of ours (for a "
+        "compile mode that needs a command of its own; compare with ours from the same machine)",
     )
 
 
@@ -600,7 +607,11 @@ def run_bench(args: argparse.Namespace) -> int:
     report["environment"] = environment(args.device)
     src, folder = args.work / "src", args.work / "models" / f"{args.architecture}-gpu"
     started = time.monotonic()
-    conversion = prepare_models(args, src, folder, report)
+    conversion = None
+    if not args.baselines_only:
+        conversion = prepare_models(args, src, folder, report)
+    elif not (src / "model_index.json").exists():
+        report["build_checkpoint_s"] = timed(lambda: write_checkpoint(src, args.architecture))
     pytorch = bench_pytorch(src, args.device, args.steps, side, timer)
     pipe, reference = pytorch.pop("pipe"), pytorch.pop("unet_output")
     report["pytorch"] = pytorch
@@ -619,6 +630,9 @@ def run_bench(args: argparse.Namespace) -> int:
         pytorch["unet_batch2_compiled"] = compiled.time(timer)
     save_report(report, args.out)
     del pipe, compiled
+    if args.baselines_only:
+        print(format_table(report))
+        return 0
     settings = None
     if args.device == "cuda":
         torch.cuda.empty_cache()
@@ -686,6 +700,10 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     found: dict[str, Any] = {"torch": torch.__version__}
+    # Inductor's knobs change what torch.compile's baseline is: any set for the run is recorded.
+    found["inductor_environment"] = {
+        name: value for name, value in os.environ.items() if name.startswith("TORCHINDUCTOR_")
+    }
     for package in ("onnxruntime-gpu", "onnxruntime", "diffusers", "triton"):
         try:
             found[package] = importlib.metadata.version(package)
@@ -717,7 +735,7 @@ def save_report(report: dict[str, Any], out: Path) -> None:
 
 def format_table(report: dict[str, Any]) -> str:
     """The side-by-side table: ms, ratios to PyTorch eager and torch.compile, TFLOP/s, % of peak."""
-    pytorch, ours = report["pytorch"], report["ours"]
+    pytorch, ours = report["pytorch"], report.get("ours")
     flops = pytorch["flops_unet_batch2"]
     eager = pytorch["unet_batch2_after_conversion"]["median_ms"]
     compiled_ms = pytorch.get("unet_batch2_compiled", {}).get("median_ms")
@@ -743,6 +761,8 @@ def format_table(report: dict[str, Any]) -> str:
             f"{label:46} {ms:9.2f} {value['p10_ms']:8.2f} {value['p90_ms']:8.2f} {eager / ms:8.2f} "
             f"{against_compiled} {tflops:8.1f} {tflops / PEAK_TFLOPS * 100:6.1f}"
         )
+    if ours is None:  # --baselines-only
+        return "\n".join(lines)
     image_torch, image_ours = pytorch["image"]["median_ms"], ours["image"]["median_ms"]
     lines.append(f"{'':46} {'PyTorch':>9} {'ours':>8} {'ratio':>8}")
     ratio = image_torch / image_ours
