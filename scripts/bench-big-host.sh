@@ -36,9 +36,12 @@ queue)
     done
     ;;
 load)
+    # The demo models are built once, not by every run.
+    models=/tmp/onnx-web-bench-models
+    python3 -c "import sys; from pathlib import Path; from pipelines.models.demo import build_demo_models as b; b(Path(sys.argv[1]))" "$models"
     for users in ${USERS:-2000 3000 4000}; do
         python3 -m bench.load --api-only --api-workers 8 --locust-processes 4 --users "$users" \
-            --spawn-rate 400 --think 1,3 --seconds 60 --out "$out/load-$users.json" | tail -8
+            --spawn-rate 400 --think 1,3 --seconds 60 --models "$models" --out "$out/load-$users.json" | tail -8
     done
     ;;
 *)
