@@ -31,7 +31,7 @@ queue)
             IFS=: read -r pg processes threads <<<"$config"
             python3 -m bench.queue --jobs 20000 --pending "$pending" --processes "$processes" \
                 --workers "$threads" --postgres-cores "$pg" \
-                --out "$out/queue-pg$pg-p$processes-t$threads-pending$pending.json" | tail -1
+                --out "$out/queue-pg$pg-p$processes-t$threads-pending$pending.json" | tail -1 || echo "queue: $config failed"
         done
     done
     ;;
@@ -41,7 +41,7 @@ load)
     python3 -c "import sys; from pathlib import Path; from pipelines.models.demo import build_demo_models as b; b(Path(sys.argv[1]))" "$models"
     for users in ${USERS:-2000 3000 4000}; do
         python3 -m bench.load --api-only --api-workers 8 --locust-processes 4 --users "$users" \
-            --spawn-rate 400 --think 1,3 --seconds 60 --models "$models" --out "$out/load-$users.json" | tail -8
+            --spawn-rate 400 --think 1,3 --seconds 60 --models "$models" --out "$out/load-$users.json" | tail -8 || echo "load: $users users failed (exit $?)"
     done
     ;;
 *)
