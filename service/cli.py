@@ -108,6 +108,8 @@ def _api(args: argparse.Namespace) -> int:
         "service.http_worker.ApiWorker",
         "--threads",
         str(config.api_threads),
+        "--keep-alive",
+        str(config.api_keepalive_s),
         "--timeout",
         "60",
         "--graceful-timeout",

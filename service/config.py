@@ -69,6 +69,12 @@ API_WORKERS = 2
 AUTH_MODES = ("off", "keys")
 #: Threads per api process: one slow client holds one thread, the others keep serving.
 API_THREADS = 8
+#: How long an api process keeps an idle client connection open for its next request. Longer than
+#: a GUI's poll interval (1-2 s), so polling reuses its connection; gunicorn's own default (2 s)
+#: closed it between polls, and a request sent just as the server closed the connection failed
+#: (locust saw it on POSTs, which clients do not resend). Behind a load balancer, set it above the
+#: balancer's idle timeout (the Kubernetes manifests use 75 s for ingress-nginx's 60 s).
+API_KEEPALIVE_S = 5
 #: Postgres connections one process keeps open. An api thread holds at most one at a time, and a
 #: worker at most three (its job, its lease thread, its maintenance thread), so 5 serves a worker
 #: without waiting and an api process of 8 threads with few openings and closings.
@@ -117,6 +123,7 @@ class Config:
     port: int = DEFAULT_PORT
     api_workers: int = API_WORKERS
     api_threads: int = API_THREADS
+    api_keepalive_s: int = API_KEEPALIVE_S
     #: Postgres connections each process keeps open, and how many more a burst may open (see
     #: ``DB_POOL_SIZE``); a thread that finds all of them taken waits ``service.db.POOL_TIMEOUT_S``.
     db_pool_size: int = DB_POOL_SIZE
@@ -306,6 +313,7 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "port": ("ONNX_WEB_PORT", int),
     "api_workers": ("ONNX_WEB_API_WORKERS", _positive(int)),
     "api_threads": ("ONNX_WEB_API_THREADS", _positive(int)),
+    "api_keepalive_s": ("ONNX_WEB_API_KEEPALIVE_S", _positive(int)),
     "db_pool_size": ("ONNX_WEB_DB_POOL_SIZE", _positive(int)),
     "db_max_overflow": ("ONNX_WEB_DB_MAX_OVERFLOW", int),
     "worker_metrics_port": ("ONNX_WEB_WORKER_METRICS_PORT", int),
