@@ -9,7 +9,9 @@
 3. Each image mode (txt2img, img2img, inpaint, upscale, highres) against the matching diffusers
    pipeline on the same weights, and the peak memory of a 2048x2048 tiled upscale
    (``bench/modes.py``, which prints its own table).
-4. Real worker processes (``bench/worker.py``, ``worker.json``): images/s with and without the
+4. Output encoding (``bench.gpu.time_encodings``): the parallel PNG writer against Pillow's, on a
+   photo-like and a noise image of 512² and 1024², ms and bytes.
+5. Real worker processes (``bench/worker.py``, ``worker.json``): images/s with and without the
    output stage's overlap, 1 against 2 worker processes beside the core count, and the model
    loads that affinity saves when jobs of two models alternate.
 
@@ -32,7 +34,7 @@ import httpx
 from tqdm import tqdm
 
 #: The benchmark's sections, in the order they run (the modes first: they want a quiet machine).
-SECTIONS = ("modes", "queue", "latency", "worker")
+SECTIONS = ("modes", "queue", "latency", "encode", "worker")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -51,6 +53,21 @@ def bench_modes(out_dir: Path) -> dict[str, Any]:
     target = out_dir / "modes.json"
     subprocess.run([sys.executable, "-m", "bench.modes", "--out", str(target)], check=True)
     return dict(json.loads(target.read_text()))
+
+
+def bench_encode() -> dict[str, Any]:
+    """Each of ``bench.gpu.ENCODINGS`` on photo-like and noise images, 512² and 1024²."""
+    import numpy as np
+    from PIL import Image
+
+    from bench.gpu import smooth_image, time_encodings
+
+    results = {}
+    for side in (512, 1024):
+        noise = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        for kind, image in (("photo-like", smooth_image(side)), ("noise", Image.fromarray(noise))):
+            results[f"{kind} {side}"] = time_encodings(image)
+    return results
 
 
 def bench_worker(out_dir: Path) -> dict[str, Any]:
@@ -153,6 +170,8 @@ def main() -> int:
         results["queue"] = bench_queue(args.out.parent)
     if "latency" in args.sections:
         results["latency"] = bench_latency(args.runs)
+    if "encode" in args.sections:
+        results["encode"] = bench_encode()
     if "worker" in args.sections:
         results["worker"] = bench_worker(args.out.parent)
     args.out.write_text(json.dumps(results, indent=2))
@@ -172,6 +191,12 @@ def main() -> int:
         print(
             f"| service overhead p50 / p99 | {lat['overhead_ms']['p50']:.1f} / "
             f"{lat['overhead_ms']['p99']:.1f} ms |"
+        )
+    for image, encodings in results.get("encode", {}).items():
+        default, before = (encodings[label] for label in list(encodings)[:2])
+        print(
+            f"| PNG of a {image} image: Pillow ÷ parallel writer, ms (bytes) | "
+            f"{before['median_ms'] / default['median_ms']:.2f} ({before['bytes'] / default['bytes']:.3f}) |"
         )
     if "worker" in results:
         worker = results["worker"]

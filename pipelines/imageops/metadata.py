@@ -4,11 +4,12 @@ PNG outputs carry text chunks ``make``, ``maker note`` (the metadata JSON), ``mo
 version) and ``parameters`` (an AUTOMATIC1111-style string, so Civitai and other tools read
 them). JPEG and WebP carry the same in EXIF. Thumbnails carry nothing.
 
-PNGs are compressed with zlib's Huffman-only strategy (``PNG_ZLIB_STRATEGY``), not Pillow's
-default (level 6 with match search): on 512x512 images it encodes 1.3x (noise) to 4x (smooth
-gradients) faster for files 0-4% larger; level 6 took 52 ms of a 0.42 s GPU generation (figures in
-``docs/gpu.md``). Pass ``png_strategy=zlib.Z_FILTERED`` for the bytes Pillow wrote before. The
-pixels and metadata are the same either way.
+PNGs are written by ``pipelines.imageops.png`` (rows filtered with Up in numpy, deflated with
+zlib's Huffman-only strategy on several threads): 4-8x faster than Pillow's writer for files 0-6%
+larger (``docs/gpu.md``; ``bench.encodings``). ``png_writer="pillow"`` writes them with Pillow,
+with ``png_strategy`` and ``png_level``: ``zlib.Z_HUFFMAN_ONLY`` (the default before) or
+``zlib.Z_FILTERED`` at level 6 (Pillow's own default). The pixels and metadata are the same in
+every case.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from pipelines.imageops.png import COLOUR_TYPES, encode_png
+
 TOOL = "onnx-web"
 EXIF_MAKE = 0x010F
 EXIF_MODEL = 0x0110
@@ -28,8 +31,10 @@ EXIF_MAKER_NOTE = 0x927C
 EXIF_USER_COMMENT = 0x9286
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
-#: zlib strategy of PNG outputs: no match search, so encoding costs little more than filtering.
+#: zlib strategy of PNGs written by Pillow: no match search, so encoding costs little more than filtering.
 PNG_ZLIB_STRATEGY = zlib.Z_HUFFMAN_ONLY
+#: "parallel": ``pipelines.imageops.png`` (modes L, RGB, RGBA; others go to Pillow); "pillow".
+PNG_WRITERS = ("parallel", "pillow")
 
 
 def a1111_parameters(metadata: Mapping[str, Any], server_version: str) -> str:
@@ -76,26 +81,31 @@ def encode_image(
     *,
     fmt: str,
     server_version: str,
+    png_writer: str = "parallel",
     png_strategy: int = PNG_ZLIB_STRATEGY,
     png_level: int = zlib.Z_DEFAULT_COMPRESSION,
 ) -> bytes:
     """Encode ``image`` as ``fmt`` (png, jpeg, webp), embedding ``metadata`` when given.
 
-    ``png_strategy`` (a ``zlib.Z_*`` strategy) and ``png_level`` (zlib 0-9) apply to PNG only.
+    ``png_writer`` picks the PNG writer (``PNG_WRITERS``); ``png_strategy`` (a ``zlib.Z_*``
+    strategy) and ``png_level`` (zlib 0-9) apply to Pillow's.
     """
+    if png_writer not in PNG_WRITERS:
+        raise ValueError(f"png_writer must be one of {PNG_WRITERS}, not {png_writer!r}")
     pil_format = PIL_FORMATS[fmt]
     buffer = io.BytesIO()
     options: dict[str, Any] = {}
+    text: list[tuple[str, str]] = []
     if metadata is not None:
         note = json.dumps(metadata, sort_keys=True)
         parameters = a1111_parameters(metadata, server_version)
         if pil_format == "PNG":
-            info = PngImagePlugin.PngInfo()
-            info.add_text("make", TOOL)
-            info.add_text("maker note", note)
-            info.add_text("model", server_version)
-            info.add_text("parameters", parameters)
-            options["pnginfo"] = info
+            text = [
+                ("make", TOOL),
+                ("maker note", note),
+                ("model", server_version),
+                ("parameters", parameters),
+            ]
         else:
             exif = Image.Exif()
             exif[EXIF_MAKE] = TOOL
@@ -107,7 +117,12 @@ def encode_image(
         image = image.convert("RGB")
         options["quality"] = 95
     if pil_format == "PNG":
-        options.update(compress_type=png_strategy, compress_level=png_level)
+        if png_writer == "parallel" and image.mode in COLOUR_TYPES:
+            return encode_png(image, text)
+        info = PngImagePlugin.PngInfo()
+        for key, value in text:
+            info.add_text(key, value)
+        options.update(pnginfo=info, compress_type=png_strategy, compress_level=png_level)
     image.save(buffer, format=pil_format, **options)
     return buffer.getvalue()
 
