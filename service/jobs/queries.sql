@@ -23,10 +23,16 @@ LIMIT 1;
 
 -- name: select_jobs
 -- Jobs by name with their queue position (0-based, claim order) and the queue length, in one round trip.
+-- Ranking reads every pending row, so it runs only when a requested job is pending: GUIs mostly poll
+-- running and finished jobs, and their answers show no queue (Postgres skips the scan as a one-time
+-- filter; queue_total is then 0).
 WITH queue AS (
     SELECT id, row_number() OVER (ORDER BY priority DESC, created_at, id) - 1 AS position
     FROM jobs
-    WHERE state = 'pending'
+    WHERE state = 'pending' AND EXISTS (
+        SELECT 1 FROM jobs AS wanted
+        WHERE wanted.name = ANY(CAST(:names AS text[])) AND wanted.state = 'pending'
+    )
 )
 SELECT
     jobs.id, jobs.name, jobs.kind, jobs.state, queue.position AS queue_position,

@@ -72,7 +72,8 @@ class JobView:
     state: JobState
     #: 0-based index among pending jobs in claim order (priority, then age); None unless pending.
     queue_position: int | None
-    #: Number of pending jobs.
+    #: Number of pending jobs; 0 when none of the jobs read together is pending (the queue is
+    #: counted only for an answer that shows it).
     queue_total: int
     steps: CounterPair
     stages: CounterPair

@@ -125,6 +125,19 @@ def test_queue_positions_are_zero_based_in_claim_order(
     assert claim(job_store).name == urgent.name and claim(job_store).name == old.name
 
 
+def test_the_queue_is_counted_only_when_a_job_asked_about_is_pending(job_store: JobStore) -> None:
+    running = job_store.enqueue(new_job(priority=9))
+    waiting = [job_store.enqueue(new_job()) for _ in range(3)]
+    claim(job_store)
+
+    alone = job_store.get_many([running.name])[running.name]
+    together = job_store.get_many([running.name, waiting[2].name])
+
+    assert (alone.state, alone.queue_position, alone.queue_total) == (JobState.RUNNING, None, 0)
+    assert together[waiting[2].name].queue_position == 2
+    assert {view.queue_total for view in together.values()} == {3}
+
+
 def test_queue_positions_of_jobs_submitted_at_one_instant_follow_the_claims_tie_break(
     job_store: JobStore, engine: sqlalchemy.Engine
 ) -> None:
