@@ -8,6 +8,7 @@ take its lease away) without sleeping.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -15,7 +16,6 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,12 @@ from PIL import Image
 
 from pipelines.models.convert import convert_diffusers_folder
 from pipelines.models.demo import DEMO_MODELS, torch_source_path, write_demo_checkpoint
-from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
-from service.config import Config
-from service.jobs.notify import Notifier
+from pipelines.models.sessions import SessionCache
 from service.jobs.states import JobState
 from service.jobs.store import ClaimedJob, CounterPair, JobStore, NewJob
 from service.storage import MemoryObjectStore
-from service.worker import Worker
 from tests.fixtures.postgres import TEST_AFFINITY_WINDOW_S, TEST_LEASE_S, job_row, shift_time
-from tests.integration.workers import make_job
+from tests.integration.workers import cpu_sessions, make_job, run_worker_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +105,7 @@ def models() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def sessions() -> SessionCache:
     """One session cache for every worker of the module, as one process keeps one."""
-    return SessionCache(1, SessionSettings(providers=(CPU_PROVIDER,)))
+    return cpu_sessions()
 
 
 def plain_job(
@@ -127,28 +124,10 @@ def plain_job(
     return replace(job, model=params.get("model", job.model))
 
 
-def run_worker(
-    database_url: str,
-    jobs: JobStore,
-    store: MemoryObjectStore,
-    models: Path,
-    sessions: SessionCache,
-    *,
-    batch_max: int,
-    max_jobs: int,
-) -> None:
-    """Run one in-process worker until it has finished ``max_jobs`` jobs."""
-    config = Config(
-        database_url=database_url,
-        models_path=models,
-        worker_id=f"batch-{batch_max}",
-        batch_max=batch_max,
-        heartbeat_s=0.05,
-        progress_interval_s=0.0,
-        poll_interval_s=0.05,
-    )
-    with closing(Notifier(database_url)) as notifier:
-        Worker(config, jobs=jobs, store=store, sessions=sessions, notifier=notifier).run(max_jobs=max_jobs)
+#: The module's in-process workers, both on the module's ``sessions``: one claims up to ``BATCH``
+#: jobs at once, the other runs each job alone.
+run_batched = functools.partial(run_worker_in_process, worker_id=f"batch-{BATCH}", batch_max=BATCH)
+run_alone = functools.partial(run_worker_in_process, worker_id="batch-1", batch_max=1)
 
 
 def pixels(store: MemoryObjectStore, row: dict[str, Any]) -> np.ndarray:
@@ -284,9 +263,9 @@ def test_batched_jobs_get_the_pixels_progress_and_outputs_they_get_alone(
     batched_store, alone_store = HookedStore(engine), HookedStore(engine)
     batched = [batched_store.enqueue(job) for job in four_jobs(models)]
     with caplog.at_level(logging.INFO, logger="service.jobrun"):
-        run_worker(database_url, batched_store, store, models, sessions, batch_max=BATCH, max_jobs=BATCH)
+        run_batched(database_url, batched_store, store, models, max_jobs=BATCH, sessions=sessions)
     alone = [alone_store.enqueue(job) for job in four_jobs(models)]
-    run_worker(database_url, alone_store, store, models, sessions, batch_max=1, max_jobs=BATCH)
+    run_alone(database_url, alone_store, store, models, max_jobs=BATCH, sessions=sessions)
 
     summaries = [record for record in caplog.records if getattr(record, "action", None) == "job_summary"]
     assert [getattr(record, "batch", None) for record in summaries] == [BATCH] * BATCH
@@ -343,7 +322,7 @@ def test_cancelling_one_batched_job_ends_only_it(
     for job in jobs:
         queue.enqueue(job)
     store = MemoryObjectStore()
-    run_worker(database_url, queue, store, models, sessions, batch_max=BATCH, max_jobs=BATCH)
+    run_batched(database_url, queue, store, models, max_jobs=BATCH, sessions=sessions)
 
     cancelled = job_row(engine, victim.name)
     assert (cancelled["state"], cancelled["reason"], cancelled["outputs"]) == (
@@ -383,7 +362,7 @@ def test_a_stale_attempt_of_one_batched_job_is_fenced_alone(
     for job in jobs:
         queue.enqueue(job)
     store = MemoryObjectStore()
-    run_worker(database_url, queue, store, models, sessions, batch_max=BATCH, max_jobs=BATCH)
+    run_batched(database_url, queue, store, models, max_jobs=BATCH, sessions=sessions)
 
     fenced = job_row(engine, victim.name)
     assert (fenced["state"], fenced["worker_id"], fenced["attempt"]) == (JobState.RUNNING, "other", 2)
@@ -400,9 +379,7 @@ def test_an_error_that_stops_the_whole_batch_ends_each_job_as_alone(
 ) -> None:
     queue = HookedStore(engine)
     jobs = [queue.enqueue(plain_job(models, seed, model="missing-model")) for seed in (1, 2, 3)]
-    run_worker(
-        database_url, queue, MemoryObjectStore(), models, sessions, batch_max=BATCH, max_jobs=len(jobs)
-    )
+    run_batched(database_url, queue, MemoryObjectStore(), models, max_jobs=len(jobs), sessions=sessions)
 
     for job in jobs:
         row = job_row(engine, job.name)
@@ -423,7 +400,7 @@ def test_a_batch_whose_model_folder_is_sdxl_runs_its_first_job_alone_and_hands_b
     )
     queue = HookedStore(engine)
     first, *rest = [queue.enqueue(plain_job(models, seed, model="demo-xl")) for seed in (1, 2, 3)]
-    run_worker(database_url, queue, MemoryObjectStore(), folder, sessions, batch_max=BATCH, max_jobs=1)
+    run_batched(database_url, queue, MemoryObjectStore(), folder, max_jobs=1, sessions=sessions)
 
     assert job_row(engine, first.name)["attempt"] == 1
     for job in rest:

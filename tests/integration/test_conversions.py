@@ -18,7 +18,6 @@ import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,22 +35,19 @@ from pipelines.models.demo import DEMO_MODELS, write_demo_checkpoint
 from pipelines.models.demo_controlnets import random_controlnet
 from pipelines.models.demo_networks import random_inversion, random_lora
 from pipelines.models.registry import ModelRegistry
-from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
 from pipelines.models.upscalers import DEMO_UPSCALERS, demo_checkpoint
 from service.app import create_app
 from service.config import Config
 from service.jobs.extras import ExtrasRecords
 from service.jobs.models import ModelRecords
-from service.jobs.notify import Notifier
 from service.jobs.states import JobState
 from service.jobs.store import JobStore, NewJob
 from service.modelstore import ModelCache, describe_model
 from service.storage import S3ObjectStore
-from service.worker import Worker
 from tests.fixtures.loopback import FileHandler, HubHandler, LoopbackServer, Route
 from tests.fixtures.postgres import job_row
 from tests.integration.api import ADMIN_TOKEN
-from tests.integration.workers import Workers, make_job, wait_until
+from tests.integration.workers import Workers, cpu_sessions, make_job, run_worker_in_process, wait_until
 from tests.unit.pipelines.ldm_checkpoint import sd1_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -143,38 +139,6 @@ def client(
     return falcon.testing.TestClient(app)
 
 
-def run_worker(
-    database_url: str,
-    jobs: JobStore,
-    store: S3ObjectStore,
-    records: ModelRecords,
-    local: Path,
-    cache: Path,
-    imports: Path,
-    max_jobs: int,
-    **overrides: Any,
-) -> None:
-    """A worker on an empty models folder with a pull cache, converting from ``imports``."""
-    config = Config(
-        database_url=database_url,
-        models_path=local,
-        model_cache_path=cache,
-        import_path=imports,
-        worker_id="convert-worker",
-        heartbeat_s=0.05,
-        progress_interval_s=0.0,
-        poll_interval_s=0.05,
-        upload_depth=0,
-        **overrides,
-    )
-    sessions = SessionCache(1, SessionSettings(providers=(CPU_PROVIDER,)))
-    model_cache = ModelCache(cache, 10**10, store, records, on_drop=lambda path: sessions.clear())
-    with closing(Notifier(database_url)) as notifier:
-        Worker(
-            config, jobs=jobs, store=store, sessions=sessions, notifier=notifier, model_cache=model_cache
-        ).run(max_jobs=max_jobs)
-
-
 @pytest.fixture
 def convert(
     database_url: str,
@@ -189,16 +153,20 @@ def convert(
     a pull cache of its own (``tmp_path / cache``), ``sources`` as its import folder."""
 
     def run(max_jobs: int, *, cache: str, models: Path | None = None, **overrides: Any) -> None:
-        folder = models or local
-        run_worker(
+        sessions = cpu_sessions()
+        run_worker_in_process(
             database_url,
             job_store,
             object_store,
-            records,
-            folder,
-            tmp_path / cache,
-            sources,
-            max_jobs,
+            models or local,
+            worker_id="convert-worker",
+            max_jobs=max_jobs,
+            sessions=sessions,
+            # As the real worker is wired: a model replaced or evicted drops only its own sessions.
+            model_cache=ModelCache(tmp_path / cache, 10**10, object_store, records, on_drop=sessions.drop),
+            model_cache_path=tmp_path / cache,
+            import_path=sources,
+            upload_depth=0,
             **overrides,
         )
 

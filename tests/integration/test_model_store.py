@@ -8,6 +8,7 @@ way a converted model is.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -19,7 +20,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,22 +33,19 @@ from PIL import Image
 from pipelines.models.convert import convert_diffusers_folder
 from pipelines.models.demo import DEMO_MODELS, torch_source_path, write_demo_checkpoint
 from pipelines.models.registry import ModelRegistry
-from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
 from service.app import create_app
 from service.config import Config
 from service.jobs.keys import KeyStore
 from service.jobs.models import ModelRecords, ModelState
-from service.jobs.notify import Notifier
 from service.jobs.states import JobState
 from service.jobs.store import JobStore
 from service.modelstore import ModelCache, ModelCacheFull, ModelCorrupt, ModelUnavailable, publish, withdraw
 from service.resources.jobs import render_job
 from service.stack import S3Credentials
 from service.storage import ObjectStream, S3ObjectStore, model_key, model_prefix, parse_endpoint
-from service.worker import Worker
 from tests.fixtures.postgres import job_row
 from tests.integration.api import ADMIN_TOKEN
-from tests.integration.workers import Workers, make_job, wait_until
+from tests.integration.workers import Workers, make_job, run_worker_in_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -102,31 +99,8 @@ def fake_model(root: Path, name: str, size: int, *, seed: int = 0) -> Path:
     return folder
 
 
-def run_worker(
-    database_url: str,
-    jobs: JobStore,
-    store: S3ObjectStore,
-    cache: ModelCache | None,
-    local: Path,
-    *,
-    batch_max: int = 1,
-    max_jobs: int = 1,
-) -> None:
-    config = Config(
-        database_url=database_url,
-        models_path=local,
-        worker_id="store-worker",
-        heartbeat_s=0.05,
-        progress_interval_s=0.0,
-        poll_interval_s=0.05,
-        upload_depth=0,
-        batch_max=batch_max,
-    )
-    sessions = SessionCache(1, SessionSettings(providers=(CPU_PROVIDER,)))
-    with closing(Notifier(database_url)) as notifier:
-        Worker(config, jobs=jobs, store=store, sessions=sessions, notifier=notifier, model_cache=cache).run(
-            max_jobs=max_jobs
-        )
+#: This module's in-process worker; each test names the jobs it runs and the cache it pulls through.
+run_worker = functools.partial(run_worker_in_process, worker_id="store-worker", upload_depth=0)
 
 
 def output_pixels(store: S3ObjectStore, row: dict[str, Any]) -> np.ndarray:
@@ -152,13 +126,13 @@ def test_a_fresh_worker_pulls_the_published_demo_model_and_makes_the_same_image(
     assert replace(ready, created_at=None, state=ModelState.PUBLISHING) == published.model
     # The same job run from the local folder, then by a worker whose folder is empty.
     local_job = job_store.enqueue(make_job(models, steps=STEPS, seed=11))
-    run_worker(database_url, job_store, object_store, None, models)
+    run_worker(database_url, job_store, object_store, models, max_jobs=1)
     empty = tmp_path / "empty"
     empty.mkdir()
     watched = WatchedRecords(job_store_engine(job_store), job_store)
     cache = ModelCache(tmp_path / "cache", 10**9, object_store, watched)
     pulled_job = job_store.enqueue(make_job(models, steps=STEPS, seed=11))
-    run_worker(database_url, job_store, object_store, cache, empty)
+    run_worker(database_url, job_store, object_store, empty, max_jobs=1, model_cache=cache)
 
     local_row = job_row(job_store_engine(job_store), local_job.name)
     pulled_row = job_row(job_store_engine(job_store), pulled_job.name)
@@ -191,9 +165,9 @@ def test_jobs_of_a_store_model_run_batched_once_it_is_cached(
     first = [job_store.enqueue(make_job(models, steps=STEPS, seed=seed)) for seed in (1, 2, 3)]
 
     with caplog.at_level(logging.INFO, logger="service.jobrun"):
-        run_worker(database_url, job_store, object_store, cache, empty, batch_max=3, max_jobs=3)
+        run_worker(database_url, job_store, object_store, empty, max_jobs=3, model_cache=cache, batch_max=3)
         later = [job_store.enqueue(make_job(models, steps=STEPS, seed=seed)) for seed in (4, 5, 6)]
-        run_worker(database_url, job_store, object_store, cache, empty, batch_max=3, max_jobs=3)
+        run_worker(database_url, job_store, object_store, empty, max_jobs=3, model_cache=cache, batch_max=3)
 
     engine = job_store_engine(job_store)
     assert all(job_row(engine, job.name)["state"] == JobState.SUCCESS.value for job in first + later)
@@ -326,7 +300,7 @@ def test_a_job_whose_pulled_file_fails_its_check_fails_saying_so(
     cache = ModelCache(tmp_path / "cache", 10**9, object_store, records)
     job = job_store.enqueue(make_job(models, steps=STEPS))
 
-    run_worker(database_url, job_store, object_store, cache, empty)
+    run_worker(database_url, job_store, object_store, empty, max_jobs=1, model_cache=cache)
 
     row = job_row(job_store_engine(job_store), job.name)
     assert row["state"] == JobState.FAILED.value and row["reason"] == "model_corrupt"

@@ -7,9 +7,9 @@ record's ``preview`` and the JPEG behind its URL.
 
 from __future__ import annotations
 
+import functools
 import io
 import uuid
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,12 @@ import pytest
 import sqlalchemy
 from PIL import Image
 
-from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
-from service.config import Config
-from service.jobs.notify import Notifier
 from service.jobs.states import JobState
 from service.jobs.store import JobStore
 from service.storage import S3ObjectStore, preview_key
-from service.worker import Worker
 from tests.fixtures.postgres import TEST_AFFINITY_WINDOW_S, TEST_LEASE_S, job_row
 from tests.integration.api import api_client
-from tests.integration.workers import make_job
+from tests.integration.workers import cpu_sessions, make_job, run_worker_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -54,20 +50,8 @@ class WatchedStore(JobStore):
         return noted
 
 
-def run_worker(database_url: str, jobs: JobStore, store: S3ObjectStore, models: Path, **config: Any) -> None:
-    settings = Config(
-        database_url=database_url,
-        models_path=models,
-        worker_id="preview-worker",
-        heartbeat_s=0.05,
-        progress_interval_s=0.0,
-        poll_interval_s=0.05,
-        upload_depth=0,
-        **config,
-    )
-    sessions = SessionCache(2, SessionSettings(providers=(CPU_PROVIDER,)))
-    with closing(Notifier(database_url)) as notifier:
-        Worker(settings, jobs=jobs, store=store, sessions=sessions, notifier=notifier).run(max_jobs=1)
+#: This module's in-process worker, run for the test's one job; each test says how often it makes previews.
+run_worker = functools.partial(run_worker_in_process, worker_id="preview-worker", max_jobs=1, upload_depth=0)
 
 
 def test_a_running_job_shows_a_preview_until_its_images_are_made(
@@ -79,7 +63,7 @@ def test_a_running_job_shows_a_preview_until_its_images_are_made(
     jobs.names = [job.name]
 
     # Every step may show one (a zero interval); the 3% budget still applies.
-    run_worker(database_url, jobs, object_store, models, preview_interval_s=1e-6)
+    run_worker(database_url, jobs, object_store, models, sessions=cpu_sessions(2), preview_interval_s=1e-6)
 
     shown = [(step, status, image) for step, status, image in jobs.seen if step is not None]
     assert shown, "no preview was shown"
@@ -106,7 +90,7 @@ def test_previews_can_be_turned_off_and_unknown_jobs_have_none(
     job = jobs.enqueue(make_job(models, steps=2, size=64, seed=4))
     jobs.names = [job.name]
 
-    run_worker(database_url, jobs, object_store, models, preview_interval_s=0)
+    run_worker(database_url, jobs, object_store, models, sessions=cpu_sessions(2), preview_interval_s=0)
 
     assert jobs.seen == [] and job_row(engine, job.name)["state"] == JobState.SUCCESS.value
     assert (

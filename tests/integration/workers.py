@@ -1,10 +1,13 @@
-"""Real worker processes for recovery tests: start, signal, read their JSON logs, submit jobs.
+"""Real workers for integration tests: processes to start, signal and read the JSON logs of, an
+in-process worker loop, and the jobs they run.
 
 Each ``WorkerProcess`` is ``python -m service.cli worker`` configured only through the
 environment, as in production, with its stderr (one JSON object a line) going to a file the test
-reads. Timings are shortened (``FAST``) so that a lease runs out in seconds. Jobs are built the
-way the api builds them (``parse_request`` + ``build_txt2img``) but may be 64x64, below the api's
-minimum size, so that inference takes milliseconds per step.
+reads. Timings are shortened (``FAST``) so that a lease runs out in seconds. A test that needs no
+second process runs ``run_worker_in_process`` instead: the same ``Worker`` loop, built from a
+``Config`` directly. Jobs are built the way the api builds them (``parse_request`` +
+``build_txt2img``) but may be 64x64, below the api's minimum size, so that inference takes
+milliseconds per step.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,13 +35,17 @@ from minio import Minio
 from PIL import Image
 
 from pipelines.models.registry import ModelRegistry
+from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
 from service.chains import build_txt2img
 from service.config import Config
-from service.jobs.store import NewJob
+from service.jobs.notify import Notifier
+from service.jobs.store import JobStore, NewJob
+from service.modelstore import ModelCache
 from service.names import job_name
 from service.params import load_params_doc, parse_request
 from service.stack import S3Credentials
-from service.storage import parse_endpoint
+from service.storage import ObjectStore, parse_endpoint
+from service.worker import Worker
 from tests.fixtures.s3 import FaultyProxy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -247,6 +255,53 @@ class Workers:
     def kill_all(self) -> None:
         for worker in self.started:
             worker.kill()
+
+
+# -- in process ----------------------------------------------------------------------------------
+
+
+def cpu_sessions(max_models: int = 1) -> SessionCache:
+    """A session cache on the CPU provider only, so results do not depend on the machine's device."""
+    return SessionCache(max_models, SessionSettings(providers=(CPU_PROVIDER,)))
+
+
+def run_worker_in_process(
+    database_url: str,
+    jobs: JobStore,
+    store: ObjectStore,
+    models: Path,
+    *,
+    worker_id: str,
+    max_jobs: int,
+    sessions: SessionCache | None = None,
+    model_cache: ModelCache | None = None,
+    **config: Any,
+) -> None:
+    """Run one ``Worker`` loop in this process until it has taken ``max_jobs`` jobs.
+
+    It heartbeats and polls every 50 ms and writes progress on every step, so that a test spends
+    no time on the production intervals and sees every step; ``config`` is the rest of the test's
+    ``Config``. ``sessions`` (by default a fresh one-model cache) is the caller's when it must
+    outlive the worker or be wired to ``model_cache``'s evictions.
+    """
+    settings = Config(
+        database_url=database_url,
+        models_path=models,
+        worker_id=worker_id,
+        heartbeat_s=0.05,
+        progress_interval_s=0.0,
+        poll_interval_s=0.05,
+        **config,
+    )
+    with closing(Notifier(database_url)) as notifier:
+        Worker(
+            settings,
+            jobs=jobs,
+            store=store,
+            sessions=cpu_sessions() if sessions is None else sessions,
+            notifier=notifier,
+            model_cache=model_cache,
+        ).run(max_jobs=max_jobs)
 
 
 # -- jobs ----------------------------------------------------------------------------------------
