@@ -53,6 +53,9 @@ ONNX_TYPES: Mapping[str, Any] = {
     "tensor(int32)": np.int32,
     "tensor(int64)": np.int64,
 }
+FP16 = "tensor(float16)"
+#: The ONNX float types ``Fp32Feeds`` casts feeds to.
+FLOAT_TYPES = ("tensor(float)", FP16, "tensor(double)")
 #: Keys a diffusion stage copies from its params into the metadata ``params`` (contract §7.3).
 METADATA_PARAMS = (
     "model",
@@ -202,6 +205,48 @@ class Generation:
         return self.cfg > 1.0
 
 
+class Fp32Feeds:
+    """A session whose graph declares fp16 inputs or outputs, fed and read in fp32.
+
+    The loops compute in fp32 (guidance, scheduler steps), as diffusers does. A fused CUDA folder
+    (``convert --optimize gpu``) takes and gives fp16 but for its timestep; before this, every loop
+    but the CUDA txt2img path handed it fp32 and ONNX Runtime refused the call. Each float feed is
+    cast to its input's declared type and each fp16 result comes back as fp32; anything else
+    passes through to the session.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.types = {
+            item.name: ONNX_TYPES[item.type] for item in session.get_inputs() if item.type in FLOAT_TYPES
+        }
+
+    @classmethod
+    def wrap(cls, session: Any) -> Any:
+        """``session`` itself when its graph is fp16 nowhere, else the session behind ``Fp32Feeds``."""
+        declared = [item.type for item in (*session.get_inputs(), *session.get_outputs())]
+        return cls(session) if FP16 in declared else session
+
+    def run(self, output_names: Any, feeds: Mapping[str, Any], *args: Any) -> list[Any]:
+        typed = {name: self._typed(name, value) for name, value in feeds.items()}
+        results = self.session.run(output_names, typed, *args)
+        return [
+            result.astype(np.float32)
+            if isinstance(result, np.ndarray) and result.dtype == np.float16
+            else result
+            for result in results
+        ]
+
+    def _typed(self, name: str, value: Any) -> Any:
+        wanted = self.types.get(name)
+        if wanted is None or not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+            return value
+        return value.astype(wanted, copy=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
 @dataclass(frozen=True)
 class DiffusionModel:
     """A Stable Diffusion folder in diffusers' ONNX layout, with sessions from the worker's cache.
@@ -216,14 +261,17 @@ class DiffusionModel:
     networks: Blend = NO_NETWORKS
 
     def session(self, component: str) -> Any:
-        """The ONNX Runtime session of ``component`` (``unet``, ``vae_decoder``, ...)."""
+        """The ONNX Runtime session of ``component`` (``unet``, ``vae_decoder``, ...); one whose
+        graph takes or gives fp16 comes as ``Fp32Feeds``, so the loops' fp32 arrays fit it."""
         path = self.folder / component / ONNX_FILE
         variant = self.networks.variant(component)
         if variant is None:
-            return self.sessions.get(path)
-        if not isinstance(self.sessions, SessionCache):
+            session = self.sessions.get(path)
+        elif not isinstance(self.sessions, SessionCache):
             raise TypeError(f"{type(self.sessions).__name__} cannot blend networks into {component}")
-        return self.sessions.get(path, variant)
+        else:
+            session = self.sessions.get(path, variant)
+        return Fp32Feeds.wrap(session)
 
     @property
     def tokenizer(self) -> Any:

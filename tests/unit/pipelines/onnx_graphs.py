@@ -1,7 +1,9 @@
-"""What the GPU-recipe tests read of an exported graph: its operators, input types and time embeddings."""
+"""What the GPU-recipe tests read of an exported graph (its operators, input types and time
+embeddings), and a CPU stand-in for a fused fp16 folder's graphs."""
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ import onnx
 
 from pipelines.gpu.optimize import classic_attention
 from pipelines.models.convert import export_unet
+from pipelines.models.layout import EXTERNAL_DATA_FILE, ONNX_FILE
 
 #: What an fp16 UNet takes: fp16, but for the timestep, which keeps fp32 for its sinusoidal embedding.
 FP16_UNET_INPUTS = {
@@ -37,3 +40,43 @@ def input_types(model: onnx.ModelProto) -> dict[str, int]:
 def sinusoid_nodes(model: onnx.ModelProto) -> list[str]:
     """The names of the graph's Sin and Cos nodes: its timestep (and SDXL size) embeddings."""
     return [node.name for node in model.graph.node if node.op_type in ("Sin", "Cos")]
+
+
+#: Inputs a fused fp16 graph keeps in fp32 (``pipelines.gpu.optimize``): its sinusoidal embeddings.
+FP32_INPUTS = ("timestep", "time_ids")
+
+
+def fp16_io_copy(src: Path, dest: Path) -> Path:
+    """A copy of model folder ``src`` whose graphs take and give fp16 where a fused fp16 folder's do
+    (every float input but ``FP32_INPUTS``, every float output), cast to and from fp32 inside.
+
+    The fused graphs run only on CUDA; this copy runs anywhere, so the CPU tests can check that
+    every loop feeds and reads such graphs by their declared types.
+    """
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(ONNX_FILE, EXTERNAL_DATA_FILE))
+    for path in sorted(src.glob(f"*/{ONNX_FILE}")):
+        model = onnx.load(str(path), load_external_data=True)
+        graph, casts = model.graph, []
+        for item in graph.input:
+            if item.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or item.name in FP32_INPUTS:
+                continue
+            inner = f"{item.name}.fp32"
+            for node in graph.node:
+                node.input[:] = [inner if name == item.name else name for name in node.input]
+            casts.append(onnx.helper.make_node("Cast", [item.name], [inner], to=onnx.TensorProto.FLOAT))
+            item.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+        for item in graph.output:
+            if item.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+                continue
+            inner = f"{item.name}.fp32"
+            for node in graph.node:  # an output may feed later nodes too (a text encoder's layers)
+                node.output[:] = [inner if name == item.name else name for name in node.output]
+                node.input[:] = [inner if name == item.name else name for name in node.input]
+            graph.node.append(
+                onnx.helper.make_node("Cast", [inner], [item.name], to=onnx.TensorProto.FLOAT16)
+            )
+            item.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+        for cast in reversed(casts):
+            graph.node.insert(0, cast)
+        onnx.save_model(model, str(dest / path.relative_to(src)))  # demo graphs: small enough inline
+    return dest

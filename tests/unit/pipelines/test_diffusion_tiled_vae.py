@@ -90,6 +90,9 @@ class FakeSession:
     def get_inputs(self) -> list[Any]:
         return [SimpleNamespace(name=self.input_name, type="tensor(float)")]
 
+    def get_outputs(self) -> list[Any]:
+        return [SimpleNamespace(name="output", type="tensor(float)")]
+
     def run(self, outputs: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.shapes.append(feed[self.input_name].shape)
         return [self.function(feed[self.input_name])]
@@ -163,6 +166,9 @@ class SpySessions:
         class Spy:
             def get_inputs(self) -> Any:
                 return session.get_inputs()
+
+            def get_outputs(self) -> Any:
+                return session.get_outputs()
 
             def run(self, outputs: Any, feed: dict[str, np.ndarray]) -> Any:
                 shapes.extend(value.shape for value in feed.values())

@@ -157,6 +157,9 @@ class CountingSessions:
         def get_inputs(self) -> Any:
             return self.session.get_inputs()
 
+        def get_outputs(self) -> Any:
+            return self.session.get_outputs()
+
         def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> Any:
             self.owner.rows.append(len(feeds["sample"]))
             self.owner.inputs.append(sorted(feeds))

@@ -97,6 +97,9 @@ def test_guidance_runs_three_rows_per_step_and_none_without(pix2pix_model: Diffu
         def get_inputs(self) -> Any:
             return self.session.get_inputs()
 
+        def get_outputs(self) -> Any:
+            return self.session.get_outputs()
+
         def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> Any:
             rows.append(len(feeds["sample"]))
             assert feeds["sample"].shape[1] == 8
