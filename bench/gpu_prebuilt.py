@@ -132,7 +132,7 @@ def fuse_weightless(src: Path, dest: Path, component: str) -> tuple[dict[str, in
     from onnx import helper
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from pipelines.gpu.optimize import COMPONENT_TYPES, FP32_INPUTS, FP32_NODE_PREFIXES, fusion_options
+    from pipelines.gpu.optimize import COMPONENT_TYPES, convert_to_fp16, fusion_options, keeps_fp32
 
     def value_info(tensor: Any) -> Any:
         # The stock one reads the tensor's data, which is not loaded (and not yet converted).
@@ -143,6 +143,7 @@ def fuse_weightless(src: Path, dest: Path, component: str) -> tuple[dict[str, in
         if module is not None:
             setattr(module, "make_value_info_from_tensor", value_info)  # noqa: B010
     model_type = COMPONENT_TYPES[component]
+    fp16 = not keeps_fp32(src, component)  # as optimize_folder decides (an upcast VAE stays fp32)
     cwd = os.getcwd()
     # Fusions that need weight values (packing QKV, transposing convolutions) read them relative to here.
     os.chdir(src / component)
@@ -152,13 +153,11 @@ def fuse_weightless(src: Path, dest: Path, component: str) -> tuple[dict[str, in
             model,
             model_type=model_type,
             opt_level=0,
-            optimization_options=fusion_options(model_type, fp16=True, cuda=True),
+            optimization_options=fusion_options(model_type, fp16=fp16, cuda=fp16),
             use_gpu=True,
         )
-        inputs = {item.name for item in fused.model.graph.input}
-        kept = [name for name in FP32_INPUTS if name in inputs]
-        blocked = [node.name for node in fused.model.graph.node if node.name.startswith(FP32_NODE_PREFIXES)]
-        fused.convert_float_to_float16(keep_io_types=kept, node_block_list=blocked)
+        if fp16:
+            convert_to_fp16(fused)
         counts = {name: count for name, count in fused.get_fused_operator_statistics().items() if count}
         fused.topological_sort()
     finally:
@@ -171,7 +170,7 @@ def fuse_weightless(src: Path, dest: Path, component: str) -> tuple[dict[str, in
 
 def fuse(src: Path, dest: Path, components: list[str] | None = None) -> dict[str, Any]:
     """Fuse an exported folder ``src`` into the weightless folder ``dest`` (graphs and small files)."""
-    from pipelines.gpu.optimize import COMPONENT_TYPES, GPU_MARKER
+    from pipelines.gpu.optimize import COMPONENT_TYPES, GPU_MARKER, keeps_fp32
 
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns(ONNX_FILE, EXTERNAL_DATA_FILE))
@@ -188,7 +187,8 @@ def fuse(src: Path, dest: Path, components: list[str] | None = None) -> dict[str
                 sizes[component] / 1e9,
                 fused[component],
             )
-    marker = {"precision": "fp16", "fused": fused}
+    upcast = [name for name in fused if keeps_fp32(src, name)]
+    marker = {"precision": "fp16", "fused": fused, "fp32_components": upcast}
     (dest / GPU_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     (dest / MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
     return marker

@@ -6,6 +6,11 @@ defeats the attention fusion), fuse with ``onnxruntime.transformers.optimizer`` 
 GroupNorm, SkipGroupNorm, NhwcConv, BiasSplitGelu, SkipLayerNormalization...), then convert to
 fp16. Several fused kernels exist only for CUDA, so an optimized folder is for CUDA workers; the
 plain export stays the CPU path.
+
+A VAE whose config sets ``force_upcast`` (SDXL's) stays fp32, with only the fusions that have CPU
+kernels: its activations overflow fp16 on real weights (black or NaN images), which is why
+diffusers runs it in fp32 too. A VAE trained to stay in range (``madebyollin/sdxl-vae-fp16-fix``,
+``force_upcast: false``) is converted to fp16 like the rest.
 """
 
 from __future__ import annotations
@@ -98,16 +103,22 @@ def optimize_component(
         use_gpu=True,
     )
     if fp16:
-        inputs = {item.name for item in model.model.graph.input}
-        kept = [name for name in FP32_INPUTS if name in inputs]
-        blocked = [node.name for node in model.model.graph.node if node.name.startswith(FP32_NODE_PREFIXES)]
-        model.convert_float_to_float16(keep_io_types=kept, node_block_list=blocked)
+        convert_to_fp16(model)
     counts: dict[str, int] = {
         name: count for name, count in model.get_fused_operator_statistics().items() if count
     }
     model.topological_sort()
     save_model(model.model, dest)
     return counts
+
+
+def convert_to_fp16(model: Any) -> None:
+    """Convert a fused model (ONNX Runtime's ``OnnxModel``) to fp16 in place, but for the inputs
+    and nodes that must stay fp32 (``FP32_INPUTS``, ``FP32_NODE_PREFIXES``)."""
+    inputs = {item.name for item in model.model.graph.input}
+    kept = [name for name in FP32_INPUTS if name in inputs]
+    blocked = [node.name for node in model.model.graph.node if node.name.startswith(FP32_NODE_PREFIXES)]
+    model.convert_float_to_float16(keep_io_types=kept, node_block_list=blocked)
 
 
 def save_model(model: Any, path: Path) -> None:
@@ -127,12 +138,23 @@ def save_model(model: Any, path: Path) -> None:
     )
 
 
+def keeps_fp32(folder: Path, component: str) -> bool:
+    """Whether ``component`` of an fp16 folder stays fp32: a VAE whose config sets ``force_upcast``."""
+    config = folder / component / "config.json"
+    if COMPONENT_TYPES.get(component) != "vae" or not config.is_file():
+        return False
+    return bool(json.loads(config.read_text()).get("force_upcast", False))
+
+
 def _optimize_in_place(folder: Path, component: str, fp16: bool) -> tuple[str, dict[str, int], float]:
     """Optimize one component folder, replacing its model; a process-pool task."""
     started = time.monotonic()
     src = folder / component / ONNX_FILE
     staged = folder / f"{component}.optimized" / ONNX_FILE
-    counts = optimize_component(src, staged, COMPONENT_TYPES[component], fp16=fp16)
+    upcast = fp16 and keeps_fp32(folder, component)
+    counts = optimize_component(
+        src, staged, COMPONENT_TYPES[component], fp16=fp16 and not upcast, cuda=not upcast
+    )
     for item in (folder / component).iterdir():
         if item.name in (ONNX_FILE, EXTERNAL_DATA_FILE):
             item.unlink()
@@ -166,6 +188,8 @@ def optimize_folder(
     for component, counts, seconds in done:
         report(f"{folder.name}: optimized {component} in {seconds:.0f} s: {counts}")
         results[component] = counts
-    marker = {"precision": "fp16" if fp16 else "fp32", "fused": results}
+    marker: dict[str, Any] = {"precision": "fp16" if fp16 else "fp32", "fused": results}
+    if fp16:
+        marker["fp32_components"] = [name for name in components if keeps_fp32(folder, name)]
     (folder / GPU_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return results

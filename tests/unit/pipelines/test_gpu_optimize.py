@@ -3,6 +3,8 @@ the numbers (checked on the CPU with the fusions that have CPU kernels)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,16 @@ import onnx
 import onnxruntime
 import pytest
 
-from pipelines.gpu.optimize import CUDA_ONLY_FUSIONS, fusion_options, optimize_component
-from pipelines.models.demo import demo_unet
-from pipelines.models.layout import ONNX_FILE
+from pipelines.gpu.optimize import (
+    CUDA_ONLY_FUSIONS,
+    classic_attention,
+    fusion_options,
+    optimize_component,
+    optimize_folder,
+)
+from pipelines.models.convert import export_vae_decoder
+from pipelines.models.demo import demo_unet, demo_vae
+from pipelines.models.layout import GPU_MARKER, ONNX_FILE
 from tests.unit.pipelines import onnx_graphs
 
 
@@ -92,3 +101,33 @@ def test_cpu_options_leave_out_exactly_the_cuda_only_fusions() -> None:
         and gpu.enable_packed_qkv
         and not fusion_options("unet", fp16=False, cuda=True).enable_packed_qkv
     )
+
+
+@pytest.mark.parametrize("force_upcast", [True, False])
+def test_a_vae_whose_config_asks_for_fp32_keeps_it_in_an_fp16_folder(
+    tmp_path: Path, force_upcast: bool
+) -> None:
+    # SDXL's VAE overflows fp16 on real weights; diffusers upcasts it, and so does the GPU folder.
+    vae = classic_attention(demo_vae())
+    folder = tmp_path / "model"
+    export_vae_decoder(vae, folder / "vae_decoder" / ONNX_FILE, 17)
+    vae.save_config(folder / "vae_decoder")
+    config = folder / "vae_decoder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "force_upcast": force_upcast}))
+    plain = tmp_path / "plain" / ONNX_FILE
+    shutil.copytree(folder / "vae_decoder", plain.parent)
+
+    optimize_folder(folder)
+
+    decoder = onnx.load(str(folder / "vae_decoder" / ONNX_FILE))
+    expected = onnx.TensorProto.FLOAT if force_upcast else onnx.TensorProto.FLOAT16
+    assert onnx_graphs.input_types(decoder) == {"latent_sample": expected}
+    assert decoder.graph.output[0].type.tensor_type.elem_type == expected
+    marker = json.loads((folder / GPU_MARKER).read_text())
+    assert marker["fp32_components"] == (["vae_decoder"] if force_upcast else [])
+    if force_upcast:  # fp32 with CPU kernels only: it runs here, with the plain export's numbers
+        latents = {"latent_sample": np.random.default_rng(5).standard_normal((1, 4, 8, 8)).astype(np.float32)}
+        reference = run_cpu(plain, latents)
+        assert np.linalg.norm(run_cpu(folder / "vae_decoder" / ONNX_FILE, latents) - reference) < (
+            1e-5 * np.linalg.norm(reference)
+        )
