@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.diffusion.prompt import Network, ParsedPrompt
+from pipelines.models.layout import GPU_MARKER
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import Initializers
 
@@ -57,6 +58,16 @@ SDXL_EMBEDDING_KEYS: Mapping[str, str] = {"text_encoder": "clip_l", "text_encode
 _WRAPPER_SCOPES = ("model_", "text_model_")
 #: Graph ops whose second input is a layer's weight.
 _WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+
+
+class FusedGraphError(ValueError):
+    """A LoRA named for a model folder whose graphs are fused for CUDA (``convert --optimize gpu``).
+
+    The fusions pack each attention's query, key and value weights into one tensor and move others
+    into new operators, so most of a LoRA's modules have no weight left to blend into (on the demo
+    UNet 53 of 85); blending the rest would make an image that only looks like the LoRA's. Such a
+    job fails with this message instead; the model's fp32 folder blends LoRAs.
+    """
 
 
 @dataclass(frozen=True)
@@ -331,6 +342,13 @@ def blend_initializers(path: Path, blend: ComponentBlend) -> Initializers:
     """The changed initializers of graph ``path`` (its weights plus the deltas, its grown embedding)."""
     import onnx
 
+    if blend.loras and (path.parent.parent / GPU_MARKER).is_file():
+        names = ", ".join(network.name for network in blend.loras)
+        raise FusedGraphError(
+            f"LoRA {names}: the {blend.component} of model {path.parent.parent.name} is fused for CUDA "
+            "(convert --optimize gpu), which leaves most LoRA weights nothing to blend into; "
+            "run LoRA prompts on the model's fp32 conversion"
+        )
     graph = onnx.load(str(path), load_external_data=False).graph
     tensors = {tensor.name: tensor for tensor in graph.initializer}
     weights = graph_weights(graph)

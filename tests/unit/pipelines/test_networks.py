@@ -7,6 +7,7 @@ demo model's modules, in a models folder of its own that links to the demo model
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from pipelines.diffusion.model import (
 from pipelines.diffusion.networks import (
     LORA_PREFIXES,
     TOKENIZERS,
+    FusedGraphError,
     graph_weights,
     inversion_tokenizer,
     inversion_vectors,
@@ -49,6 +51,7 @@ from pipelines.models.demo_networks import (
     random_lora,
     trained_modules,
 )
+from pipelines.models.layout import GPU_MARKER
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import SessionCache, SessionSettings
 from tests.unit.pipelines.images import pixels
@@ -212,6 +215,39 @@ def test_a_lora_run_on_a_cuda_worker_stays_on_the_sessions_that_blend_it(
     # Without a LoRA the fused path is taken.
     with pytest.raises(AssertionError, match="fused CUDA path"):
         txt2img(Run(model, demo_generation(prompt="a cat")))
+
+
+def test_a_fused_unet_leaves_most_lora_modules_nothing_to_blend_into(
+    tmp_path: Path, parts: dict[str, Any]
+) -> None:
+    """Why a LoRA on a fused CUDA folder fails: the GPU recipe packs or replaces its weights."""
+    import onnx
+
+    from pipelines.gpu.optimize import optimize_component
+    from pipelines.models.demo import demo_unet
+    from tests.unit.pipelines.onnx_graphs import export_for_gpu
+
+    fused = tmp_path / "fused" / "model.onnx"
+    optimize_component(export_for_gpu(demo_unet(), tmp_path / "unet" / "model.onnx"), fused, "unet")
+    deltas = lora_deltas(
+        {key: value.numpy() for key, value in random_lora(parts).items()}, LORA_PREFIXES["unet"]
+    )
+    found = set(deltas) & set(graph_weights(onnx.load(str(fused), load_external_data=False).graph))
+    assert len(found) < len(deltas) / 2
+
+
+def test_a_lora_on_a_fused_cuda_folder_fails_with_its_reason_instead_of_half_blending(
+    models_path: Path, networks_path: Path, parts: dict[str, Any]
+) -> None:
+    fused = networks_path / DEMO_MODEL
+    fused.unlink()  # the fixture's link to the shared demo model, replaced by a copy marked fused
+    shutil.copytree(models_path / DEMO_MODEL, fused)
+    (fused / GPU_MARKER).write_text('{"precision": "fp16", "fused": {}}')
+    save_file(random_lora(parts), str(networks_path / "lora" / "detail.safetensors"))
+    model = demo(networks_path).with_networks(parse_prompt("a cat <lora:detail:0.5>"), None)
+
+    with pytest.raises(FusedGraphError, match="fused for CUDA"):
+        model.session("unet")
 
 
 def ours_embeddings(model: DiffusionModel, prompt: str) -> np.ndarray:
