@@ -51,6 +51,24 @@ def _ref(name: str, section: str = "schemas") -> dict[str, str]:
     return {"$ref": f"#/components/{section}/{name}"}
 
 
+def _object(properties: Mapping[str, Any], *required: str) -> dict[str, Any]:
+    """A JSON object schema with these ``properties``, of which ``required`` must be present."""
+    return {
+        "type": "object",
+        **({"required": list(required)} if required else {}),
+        "properties": dict(properties),
+    }
+
+
+def _list_of(items: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": dict(items)}
+
+
+def _text(*names: str) -> dict[str, Any]:
+    """String properties ``names``."""
+    return {name: {"type": "string"} for name in names}
+
+
 def _json(schema: Any, description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
@@ -463,12 +481,9 @@ class _Document:
     # -- components --------------------------------------------------------------------------
 
     def components(self) -> dict[str, Any]:
-        strings = {"type": "array", "items": {"type": "string"}}
-        counter = {
-            "type": "object",
-            "required": ["current", "total"],
-            "properties": {"current": {"type": "integer"}, "total": {"type": "integer"}},
-        }
+        strings = _list_of({"type": "string"})
+        optional_text = {"type": ["string", "null"]}
+        counter = _object({"current": {"type": "integer"}, "total": {"type": "integer"}}, "current", "total")
         counters = {name: _ref("Counter") for name in ("queue", "stages", "steps", "tiles")}
         error_text = {str(status): text for status, text in OTHER_ERRORS.items()}
         for kind, status in HTTP_STATUS.items():
@@ -482,92 +497,57 @@ class _Document:
                     "request_id": {"type": "string"},
                     "errors": {
                         "description": "every rule an extras document breaks (PUT /api/extras)",
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {"field": {"type": "string"}, "rule": {"type": "string"}},
-                        },
+                        **_list_of(_object(_text("field", "rule"))),
                     },
                     "conflicts": {
                         "description": "entries whose earlier conversion is still on its way",
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {key: {"type": "string"} for key in ("name", "field", "job")},
-                        },
+                        **_list_of(_object(_text("name", "field", "job"))),
                     },
                 },
             },
-            "ExtrasSaved": {
-                "type": "object",
-                "required": [
-                    *("file", "version", "successful", "errors"),
-                    *("conversions", "unchanged", "skipped"),
-                ],
-                "properties": {
-                    "file": {"type": "string"},
+            "ExtrasSaved": _object(
+                {
+                    **_text("file"),
                     "version": {"type": "integer"},
                     "successful": strings,
                     "errors": {"type": "array", "maxItems": 0},
-                    "conversions": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                key: {"type": "string"} for key in ("name", "section", "job", "state")
-                            },
-                        },
-                    },
+                    "conversions": _list_of(_object(_text("name", "section", "job", "state"))),
                     "unchanged": strings,
-                    "skipped": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {"name": {"type": "string"}, "reason": {"type": "string"}},
-                        },
-                    },
+                    "skipped": _list_of(_object(_text("name", "reason"))),
                 },
-            },
-            "ModelStore": {
-                "type": "object",
-                "required": ["models", "conversions"],
-                "properties": {
-                    "models": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                "name": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "family": {"type": ["string", "null"]},
-                                "content_hash": {"type": "string"},
+                *("file", "version", "successful", "errors", "conversions", "unchanged", "skipped"),
+            ),
+            "ModelStore": _object(
+                {
+                    "models": _list_of(
+                        _object(
+                            {
+                                **_text("name", "kind", "content_hash"),
+                                "family": optional_text,
                                 "variant": {"enum": ["fp32", "cuda"]},
                                 "size_bytes": {"type": "integer"},
                                 "state": {"enum": ["publishing", "ready", "deleting"]},
-                                "created": {"type": ["string", "null"]},
+                                "created": optional_text,
                                 "labels": {"type": "object"},
-                            },
-                        },
-                    },
-                    "conversions": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                "job": {"type": "string"},
-                                "name": {"type": "string"},
-                                "section": {"type": ["string", "null"]},
+                            }
+                        )
+                    ),
+                    "conversions": _list_of(
+                        _object(
+                            {
+                                **_text("job", "name", "created", "updated"),
+                                "section": optional_text,
                                 "state": {"enum": JOB_STATUSES},
                                 "stage": {"enum": ["download", "convert", "publish", None]},
                                 "progress": counter,
-                                "reason": {"type": ["string", "null"]},
-                                "created": {"type": "string"},
-                                "updated": {"type": "string"},
-                            },
-                        },
-                    },
+                                "reason": optional_text,
+                            }
+                        )
+                    ),
                 },
-            },
+                "models",
+                "conversions",
+            ),
             "Counter": counter,
             "JobRecord": {
                 "type": "object",
