@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 import zlib
 
 import cv2
@@ -104,3 +105,23 @@ def test_modes_it_does_not_write_go_to_pillow() -> None:
         assert decoded.mode == "P"
     with pytest.raises(ValueError, match="png_writer"):
         encode_image(image, None, fmt="png", server_version="x", png_writer="fast")
+
+
+def _encode_in_child(queue: multiprocessing.Queue[bytes]) -> None:  # type: ignore[type-arg]
+    queue.put(encode_png(random_image("RGB", 700, 600)))
+
+
+def test_a_process_forked_after_encoding_encodes_with_threads_of_its_own() -> None:
+    encode_png(random_image("RGB", 700, 600))  # the parent's pool exists now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_encode_in_child, args=(queue,))
+    child.start()
+    try:
+        data = queue.get(timeout=30)  # with the parent's pool (threads the child lacks) it would hang
+    finally:
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+    with Image.open(io.BytesIO(data)) as decoded:
+        assert np.array_equal(np.asarray(decoded), np.asarray(random_image("RGB", 700, 600)))
