@@ -9,7 +9,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from bench.gpu import smooth_image
 from pipelines.imageops.metadata import encode_image
@@ -68,11 +68,17 @@ def test_text_is_read_back_as_pillow_writes_it_latin1_and_not() -> None:
     image = random_image("RGB", 16, 16)
 
     ours = encode_png(image, text)
-    theirs = encode_image(image, None, fmt="png", server_version="x", png_writer="pillow")
+    info = PngImagePlugin.PngInfo()
+    for key, value in text:
+        info.add_text(key, value)
+    theirs = io.BytesIO()
+    image.save(theirs, format="PNG", pnginfo=info)
+
     with Image.open(io.BytesIO(ours)) as decoded:
         assert decoded.text == dict(text)  # type: ignore[attr-defined]
-    assert chunk_types(ours) == [b"IHDR", b"tEXt", b"iTXt", b"IDAT", b"IEND"]
-    assert chunk_types(theirs)[0] == b"IHDR"
+    text_chunks = [kind for kind in chunk_types(ours) if kind in (b"tEXt", b"iTXt")]
+    assert text_chunks == [kind for kind in chunk_types(theirs.getvalue()) if kind in (b"tEXt", b"iTXt")]
+    assert text_chunks == [b"tEXt", b"iTXt"]
 
 
 def test_encode_image_writes_the_same_pixels_and_metadata_as_pillow_did() -> None:
