@@ -33,7 +33,6 @@ from typing import Any
 from PIL import Image
 
 from pipelines.context import Counter, Progress, StageImage
-from pipelines.diffusion.lcm import lcm_width
 from pipelines.diffusion.model import DiffusionModel, Generation, load_model, model_folder
 from pipelines.diffusion.sdxl import wants_sdxl
 from pipelines.gpu.batch import Txt2ImgJob, txt2img_batch
@@ -109,14 +108,13 @@ def run_batch(
 
 
 def _runs_batched(models_path: Path, job: ClaimedJob) -> bool:
-    """Whether the batched SD loop can run the job's model: not SDXL, which the folder may imply, nor
-    an LCM-distilled UNet, whose embedded guidance scale the batched loop does not feed."""
+    """Whether the batched SD loop can run the job's model: not SDXL, which the folder may imply."""
     params = job.chain["stages"][0]["params"]
     try:
         folder = model_folder(models_path, str(params["model"]))
     except ValueError:
         return False  # an unusable name: the lone path fails the job as it fails any other
-    return not wants_sdxl(params, folder) and lcm_width(folder) is None
+    return not wants_sdxl(params, folder)
 
 
 def _plan(run: JobRun) -> Member:

@@ -8,6 +8,10 @@ sees the job's own latents, never its batch mates') and images: only the UNet ca
 so a job's pixels do not depend on its batch mates beyond the rounding of a larger matrix product.
 Jobs whose prompts need a different number of 77-token windows cannot share a UNet call
 (attention would see padding); they run as separate groups.
+
+An LCM-distilled UNet (``pipelines.diffusion.lcm``) runs here too: each job's guidance scale is
+embedded into its own rows of the UNet's ``timestep_cond``, and its prompt alone is encoded (one
+row per image, as ``LcmRun`` runs it), so jobs of different guidance scales still share a call.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from pipelines.diffusion import model as sd
+from pipelines.diffusion.lcm import TIMESTEP_COND, LcmRun, guidance_embedding, lcm_run
 from pipelines.diffusion.schedulers import step_arguments
 from pipelines.gpu.runtime import GpuDiffusionModel, gpu_model, gpu_settings
 
@@ -55,7 +60,9 @@ class Denoiser(Protocol):
         """Where the loop's torch work is queued (the GPU model's stream)."""
         ...
 
-    def predict_noise(self, sample: Any, timestep: Any, hidden: Any) -> Any: ...
+    def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
+        """The UNet's noise prediction; ``cond`` is an LCM-distilled UNet's ``timestep_cond``."""
+        ...
 
     def decode(self, latents: Any) -> list[Image.Image]: ...
 
@@ -72,18 +79,18 @@ class CpuDenoiser:
     def stream(self) -> AbstractContextManager[Any]:
         return nullcontext()
 
-    def predict_noise(self, sample: Any, timestep: Any, hidden: Any) -> Any:
+    def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
         import torch
 
         unet = self.model.session("unet")
+        feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden}
+        if cond is not None:
+            feeds[TIMESTEP_COND] = cond
         noise = unet.run(
             None,
             {
-                "sample": sample.numpy().astype(sd.input_type(unet, "sample", np.float32)),
-                "timestep": timestep.numpy().astype(sd.input_type(unet, "timestep", np.float32)),
-                "encoder_hidden_states": hidden.numpy().astype(
-                    sd.input_type(unet, "encoder_hidden_states", np.float32)
-                ),
+                name: value.numpy().astype(sd.input_type(unet, name, np.float32))
+                for name, value in feeds.items()
             },
         )[0]
         return torch.from_numpy(noise)
@@ -105,8 +112,8 @@ class GpuDenoiser:
 
         return torch.cuda.stream(self.on_gpu.stream)
 
-    def predict_noise(self, sample: Any, timestep: Any, hidden: Any) -> Any:
-        return self.on_gpu.predict_noise(sample, timestep, hidden)
+    def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
+        return self.on_gpu.predict_noise(sample, timestep, hidden, cond)
 
     def decode(self, latents: Any) -> list[Image.Image]:
         """Decode on the GPU and bring back 8-bit pixels, rounded as ``decode_latents`` does."""
@@ -140,10 +147,14 @@ class _Running:
 
     index: int
     job: Txt2ImgJob
+    #: What the loop runs: the job's generation, or for an LCM-distilled UNet the same at cfg 1.
+    generation: sd.Generation
     scheduler: Any
     arguments: dict[str, Any]
     hidden: Any
     sample: Any
+    #: An LCM-distilled UNet's embedded guidance scale, one row per UNet row; else ``None``.
+    cond: Any = None
     #: Scheduler steps this job has finished (``on_latents``'s count).
     done: int = 0
 
@@ -183,20 +194,25 @@ def _start(model: sd.DiffusionModel, index: int, job: Txt2ImgJob, denoiser: Deno
     """Encode one job's prompts and draw its starting noise, as ``txt2img`` does for a lone job."""
     import torch
 
-    generation = job.generation
     # The loop reports to the job itself (``_report``), so this run needs no hooks.
-    run = sd.Run(model, generation)
+    run = lcm_run(sd.Run(model, job.generation), "txt2img")
+    generation = run.generation
     embeddings = run.prompt_embeddings()
     scheduler = run.scheduler()
+    cond = None
+    if isinstance(run, LcmRun):
+        cond = torch.from_numpy(guidance_embedding(run.guidance_scale, run.width, len(embeddings)))
     return _Running(
         index=index,
         job=job,
+        generation=generation,
         scheduler=scheduler,
         arguments=step_arguments(
             scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed)
         ),
         hidden=torch.from_numpy(embeddings).to(denoiser.device),
         sample=torch.from_numpy(run.starting_latents(scheduler)).to(denoiser.device),
+        cond=None if cond is None else cond.to(denoiser.device),
     )
 
 
@@ -206,21 +222,23 @@ def _denoise(denoiser: Denoiser, group: list[_Running], outcomes: list[JobOutcom
 
     timesteps = group[0].scheduler.timesteps
     total = len(timesteps)
-    steps = group[0].job.generation.steps
+    steps = group[0].generation.steps
     for index, t in enumerate(timesteps):
         inputs = []
         for item in group:
-            doubled = torch.cat([item.sample] * 2) if item.job.generation.guidance else item.sample
+            doubled = torch.cat([item.sample] * 2) if item.generation.guidance else item.sample
             inputs.append(item.scheduler.scale_model_input(doubled, t))
         sample = torch.cat(inputs)
         hidden = torch.cat([item.hidden for item in group])
+        # One model per batch: every job of the group has its embedding, or none has.
+        cond = torch.cat([item.cond for item in group]) if group[0].cond is not None else None
         timestep = torch.full((len(sample),), float(t), device=denoiser.device)
-        noise = denoiser.predict_noise(sample, timestep, hidden).float()
+        noise = denoiser.predict_noise(sample, timestep, hidden, cond).float()
         offset = 0
         for item in group:
             prediction = noise[offset : offset + item.rows]
             offset += item.rows
-            generation = item.job.generation
+            generation = item.generation
             if generation.guidance:
                 uncond, text = prediction.chunk(2)
                 prediction = uncond + generation.cfg * (text - uncond)
@@ -248,7 +266,10 @@ def _report(item: _Running, index: int, total: int, steps: int, outcomes: list[J
 
 def run_txt2img(run: sd.Run) -> list[Image.Image]:
     """One job through the batched path (the GPU route of ``txt2img``); raises what stopped it."""
-    job = Txt2ImgJob(run.generation, run.hooks.on_step, run.hooks.check_cancelled, run.hooks.on_latents)
+    generation = run.generation
+    if isinstance(run, LcmRun):  # the job as asked: the batched loop embeds its cfg itself
+        generation = replace(generation, cfg=run.guidance_scale)
+    job = Txt2ImgJob(generation, run.hooks.on_step, run.hooks.check_cancelled, run.hooks.on_latents)
     outcome = txt2img_batch(run.model, [job])[0]
     if outcome.error is not None:
         raise outcome.error

@@ -17,12 +17,13 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipelines.diffusion.lcm import TIMESTEP_COND
 from pipelines.diffusion.model import LATENT_CHANNELS, LATENT_FACTOR, ONNX_TYPES, DiffusionModel, encode_text
 from pipelines.models.layout import ONNX_FILE
 
@@ -278,14 +279,21 @@ class GpuDiffusionModel:
         self.vae_decoder = CudaSession(folder / "vae_decoder" / ONNX_FILE, settings, self.stream)
         hidden = self.unet.inputs["encoder_hidden_states"].shape[-1]
         self.hidden_size = int(hidden) if isinstance(hidden, int) else None
+        cond = self.unet.inputs.get(TIMESTEP_COND)
+        #: Width of an LCM-distilled UNet's guidance embedding (``timestep_cond``); ``None`` for others.
+        self.cond_size = int(cond.shape[-1]) if cond is not None else None
 
-    def predict_noise(self, sample: Any, timestep: Any, hidden: Any) -> Any:
-        """One UNet call on CUDA tensors: noise prediction in the UNet's output dtype."""
+    def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
+        """One UNet call on CUDA tensors: noise prediction in the UNet's output dtype.
+
+        ``cond`` is an LCM-distilled UNet's embedded guidance scale (``timestep_cond``), one row per
+        UNet row; other UNets have no such input.
+        """
         batch, _, height, width = sample.shape
-        outputs = self.unet(
-            {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden},
-            {"out_sample": (batch, LATENT_CHANNELS, height, width)},
-        )
+        feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden}
+        if cond is not None:
+            feeds[TIMESTEP_COND] = cond
+        outputs = self.unet(feeds, {"out_sample": (batch, LATENT_CHANNELS, height, width)})
         return outputs["out_sample"]
 
     def decode(self, latents: Any) -> Any:
@@ -297,9 +305,15 @@ class GpuDiffusionModel:
         return outputs["sample"]
 
     def warm_up(self, buckets: Sequence[Bucket]) -> None:
-        """Capture the UNet and VAE decoder at each bucket's shapes, paying first-run costs now."""
+        """Capture the UNet and VAE decoder at each bucket's shapes, paying first-run costs now.
+
+        An LCM-distilled UNet never runs guidance rows (its guidance scale is embedded), so its
+        buckets are captured without them.
+        """
         import torch
 
+        if self.cond_size is not None:
+            buckets = [replace(bucket, guidance=False) for bucket in buckets]
         with torch.cuda.stream(self.stream):
             for bucket in buckets:
                 latent_h, latent_w = bucket.latent_size
@@ -307,10 +321,10 @@ class GpuDiffusionModel:
                 sample = torch.randn((batch, LATENT_CHANNELS, latent_h, latent_w), device=self.device)
                 timestep = torch.full((batch,), 500.0, device=self.device)
                 hidden = torch.randn((batch, bucket.sequence, self.hidden_size or 768), device=self.device)
-                self.unet.capture(
-                    {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden},
-                    {"out_sample": (batch, LATENT_CHANNELS, latent_h, latent_w)},
-                )
+                feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden}
+                if self.cond_size is not None:
+                    feeds[TIMESTEP_COND] = torch.randn((batch, self.cond_size), device=self.device)
+                self.unet.capture(feeds, {"out_sample": (batch, LATENT_CHANNELS, latent_h, latent_w)})
                 latent = torch.randn((1, LATENT_CHANNELS, latent_h, latent_w), device=self.device)
                 self.vae_decoder.capture(
                     {"latent_sample": latent}, {"sample": (1, 3, bucket.height, bucket.width)}

@@ -42,3 +42,48 @@ def test_a_captured_bucket_replays_what_the_dynamic_session_computes(gpu_folder:
     torch.cuda.synchronize()
     assert torch.isfinite(replayed).all()
     assert np.allclose(replayed.cpu().numpy(), dynamic.cpu().numpy(), atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def lcm_gpu_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo with an LCM-distilled UNet (a ``timestep_cond`` input), converted the GPU way."""
+    import shutil
+
+    from pipelines.models.demo import demo_unet
+
+    root = tmp_path_factory.mktemp("lcm-gpu")
+    write_demo_checkpoint(root / "src")
+    shutil.rmtree(root / "src" / "unet")
+    demo_unet(time_cond_proj_dim=16).save_pretrained(root / "src" / "unet")
+    return convert_diffusers_folder(root / "src", root / "lcm-gpu", optimize="gpu")
+
+
+def test_an_lcm_unet_is_captured_without_guidance_rows_and_fed_its_embedding(lcm_gpu_folder: Path) -> None:
+    import torch
+
+    from pipelines.diffusion.lcm import guidance_embedding
+
+    model = gpu_model(lcm_gpu_folder, GpuSettings())
+    assert model.cond_size == 16
+    model.warm_up([Bucket(64, 64, 1)])  # guided by default: captured at one row instead
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn((1, 4, 8, 8), generator=generator).cuda()
+    hidden = torch.randn((1, 77, 32), generator=generator).cuda()
+    timestep = torch.tensor([759.0]).cuda()
+    outputs = []
+    for cfg in (8.0, 2.0):
+        cond = torch.from_numpy(guidance_embedding(cfg, 16, 1)).cuda()
+        feeds = {
+            "sample": sample,
+            "timestep": timestep,
+            "encoder_hidden_states": hidden,
+            "timestep_cond": cond,
+        }
+        with torch.cuda.stream(model.stream):
+            replayed = model.predict_noise(sample, timestep, hidden, cond).float().clone()
+            dynamic = model.unet._run_dynamic(feeds, {"out_sample": (1, 4, 8, 8)})["out_sample"].float()
+        torch.cuda.synchronize()
+        assert np.allclose(replayed.cpu().numpy(), dynamic.cpu().numpy(), atol=2e-3)
+        outputs.append(replayed.cpu().numpy())
+    assert len(model.unet._graphs) == 1  # the one-row shape was captured, the replays used it
+    assert np.abs(outputs[0] - outputs[1]).max() > 1e-3  # the embedding reaches the UNet

@@ -25,6 +25,7 @@ from pipelines.diffusion.lcm import TIMESTEP_COND, LcmRun, guidance_embedding, l
 from pipelines.diffusion.model import DiffusionModel, Generation, Run, load_model
 from pipelines.diffusion.schedulers import SCHEDULER_CLASSES, make_scheduler
 from pipelines.diffusion.txt2img import txt2img
+from pipelines.gpu.batch import CpuDenoiser, Txt2ImgJob, txt2img_batch
 from pipelines.models.convert import convert_diffusers_folder
 from pipelines.models.demo import DEMO_MODELS, SD15_SCHEDULER_CONFIG, demo_unet, torch_source_path, write_json
 from pipelines.models.sessions import SessionCache
@@ -203,6 +204,52 @@ def test_stages_feed_an_lcm_unet_and_refuse_pipelines_that_cannot(
     )
     assert lcm_width(few_step_models / LCM_MODEL) == LCM_WIDTH
     assert lcm_width(few_step_models / TURBO_MODEL) is None
+
+
+def sessions_loop(model: DiffusionModel, generation: Generation) -> np.ndarray:
+    """The image ``LcmRun.denoise`` makes on the model's sessions (the CPU route of ``txt2img``)."""
+    run = lcm_run(Run(model, generation), "txt2img")
+    embeddings = run.prompt_embeddings()
+    scheduler = run.scheduler()
+    return pixels(run.decode(run.denoise(scheduler, run.starting_latents(scheduler), embeddings)))
+
+
+def test_the_batched_loop_embeds_each_jobs_guidance_scale_as_lcm_run_does(
+    lcm_model: DiffusionModel,
+) -> None:
+    """The CUDA path's loop (``txt2img_batch``, here on the CPU denoiser) feeds an LCM-distilled UNet
+    each job's own ``timestep_cond``, one row per image: jobs of different cfg share its calls."""
+    model, sessions = counted(lcm_model)
+    jobs = [lcm_generation(cfg=8.5, seed=1), lcm_generation(cfg=2.0, seed=2, batch=2)]
+    outcomes = txt2img_batch(model, [Txt2ImgJob(job) for job in jobs], denoiser=CpuDenoiser(model))
+    assert sessions.rows == [3] * 4  # 1 + 2 images, no guidance rows, one call per step
+    assert all(TIMESTEP_COND in names for names in sessions.inputs)
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        assert outcome.error is None
+        assert np.abs(pixels(outcome.images) - sessions_loop(lcm_model, job)).max() <= 1
+
+
+def test_txt2img_takes_the_cuda_path_for_an_lcm_unet_with_its_guidance_scale(
+    lcm_model: DiffusionModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CUDA worker an LCM run goes to the batched loop as the job asked for it (its cfg), and
+    comes back with the image the sessions would make."""
+    import pipelines.diffusion.txt2img as txt2img_module
+    import pipelines.gpu.batch as gpu_batch
+
+    seen: list[Generation] = []
+    batch = gpu_batch.txt2img_batch
+
+    def on_cpu(model: DiffusionModel, jobs: Any, **_: Any) -> Any:
+        seen.extend(job.generation for job in jobs)
+        return batch(model, jobs, denoiser=CpuDenoiser(model))
+
+    monkeypatch.setattr(txt2img_module, "gpu_settings", lambda sessions: object())
+    monkeypatch.setattr(gpu_batch, "txt2img_batch", on_cpu)
+    generation = lcm_generation(cfg=7.0, seed=4)
+    images = txt2img(lcm_run(Run(lcm_model, generation), "txt2img"))
+    assert [job.cfg for job in seen] == [7.0]
+    assert np.abs(pixels(images) - sessions_loop(lcm_model, generation)).max() <= 1
 
 
 # --- turbo and LCM-LoRA: ordinary UNets, trailing schedules, cfg 1 ------------------------------------
