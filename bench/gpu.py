@@ -34,6 +34,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Dense fp16 tensor-core peak of an H200 (SXM), the ``% of peak`` reference.
 PEAK_TFLOPS = 989.0
+#: Steps of the few-step image (an LCM or turbo model's usual count).
+FEW_STEPS = 4
 PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, lowres"
 BATCH_JOBS = (1, 2, 4, 8)
@@ -484,7 +487,8 @@ def bench_ours(
     denoiser: Any
     if device == "cuda":
         on_gpu = gpu_model(folder, settings)
-        on_gpu.warm_up([Bucket(side, side, jobs) for jobs in BATCH_JOBS])
+        buckets = [Bucket(side, side, jobs) for jobs in BATCH_JOBS]
+        on_gpu.warm_up([*buckets, Bucket(side, side, 1, guidance=False)])
         denoiser = GpuDenoiser(model, on_gpu)
     else:
         denoiser = CpuDenoiser(model)
@@ -512,10 +516,33 @@ def bench_ours(
     image = txt2img_batch(model, [job(0)], denoiser=denoiser)[0].images[0]
     result["encodings"] = {"generated": time_encodings(image), "smooth": time_encodings(smooth_image(side))}
     result["batching"] = {str(jobs): images_per_second(timer.wall(run(jobs), 2), jobs) for jobs in BATCH_JOBS}
+    result["few_step"] = time_few_step(model, denoiser, side, timer)
     alone = txt2img_batch(model, [job(2)], denoiser=denoiser)[0].images[0]
     together = txt2img_batch(model, [job(seed) for seed in range(4)], denoiser=denoiser)[2].images[0]
     result["same_seed_max_pixel_diff_alone_vs_batch_of_4"] = pixel_difference(alone, together)
     return result
+
+
+def time_few_step(model: Any, denoiser: Any, side: int, timer: Timer) -> dict[str, Any]:
+    """A few-step image (``FEW_STEPS`` LCM steps at cfg 1, one UNet row per step: an LCM-LoRA or
+    turbo model), text to pixels and text to PNG bytes. An LCM-distilled UNet adds one small linear
+    layer (its guidance embedding) to each of these calls."""
+    from pipelines.gpu.batch import Txt2ImgJob, txt2img_batch
+    from pipelines.imageops.metadata import encode_image
+
+    generation = replace(bench_generation(model.folder.name, "lcm", side, FEW_STEPS), cfg=1.0)
+
+    def pixels() -> Any:
+        return txt2img_batch(model, [Txt2ImgJob(generation)], denoiser=denoiser)[0].images[0]
+
+    def image() -> bytes:
+        return encode_image(pixels(), {"params": {}}, fmt="png", server_version="bench")
+
+    return {
+        "steps": FEW_STEPS,
+        "image": summary(timer.wall(image, 10)),
+        "image_to_pixels": summary(timer.wall(pixels, 10)),
+    }
 
 
 #: Output encodings compared: (format, PNG writer, Pillow's zlib strategy and level); the first is
@@ -780,6 +807,12 @@ def format_table(report: dict[str, Any]) -> str:
         our_rate = ours["batching"][str(jobs)]["images_per_s"]
         ratio = our_rate / torch_rate
         lines.append(f"{f'images/s, {jobs} jobs batched':46} {torch_rate:9.2f} {our_rate:8.2f} {ratio:8.2f}")
+    if "few_step" in ours:
+        few = ours["few_step"]
+        label = f"{few['steps']}-step image at cfg 1, text to PNG / to pixels (ms)"
+        lines.append(
+            f"{label:46} {'':9} {few['image']['median_ms']:8.1f} {few['image_to_pixels']['median_ms']:8.1f}"
+        )
     one = ours["batching"]["1"]["images_per_s"]
     lines.append(f"batching gain at 4 jobs (ours): {ours['batching']['4']['images_per_s'] / one:.2f}x")
     return "\n".join(lines)

@@ -307,6 +307,26 @@ def bench_pytorch(pipe: Any, device: str, steps: int, side: int, timer: Timer) -
     started = time.perf_counter()
     encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
     result["png_encode_ms"] = (time.perf_counter() - started) * 1000
+    result["vae_decode"] = time_pytorch_vae_decode(pipe, device, side, timer)
+    return result
+
+
+def time_pytorch_vae_decode(pipe: Any, device: str, side: int, timer: Timer) -> dict[str, Any]:
+    """diffusers' VAE decode of one latent, in fp32 where its config sets ``force_upcast`` (as the
+    pipeline upcasts it for every image), else in the pipeline's dtype."""
+    import torch
+
+    dtype = pipe.vae.dtype
+    upcast = bool(pipe.vae.config.force_upcast)
+    vae = pipe.vae.to(torch.float32) if upcast else pipe.vae
+    latent = torch.randn((1, 4, side // 8, side // 8), device=device, dtype=vae.dtype)
+
+    def decode() -> Any:
+        with torch.no_grad():
+            return vae.decode(latent).sample
+
+    result = {**summary(timer.events(decode, 10)), "fp32": upcast or vae.dtype == torch.float32}
+    pipe.vae.to(dtype)
     return result
 
 
@@ -344,6 +364,12 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
         except Exception as err:
             logger.exception("profiling failed")
             result["profile"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        latent = torch.randn((1, 4, side // 8, side // 8), device="cuda")
+        result["vae_decode"] = {
+            **summary(timer.events(partial(on_gpu.decode, latent), 10, on_gpu.stream)),
+            "fp32": on_gpu.vae_decoder.dtype("latent_sample") == torch.float32,
+            "output_finite": bool(torch.isfinite(on_gpu.decode(latent)).all()),
+        }
     generation = time_sdxl_images(model, folder.name, side, steps, timer, result)
     started = time.perf_counter()
     picture = txt2img_sdxl(Run(model, generation))[0]
@@ -375,6 +401,12 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'  PNG encode of one image (ms)':44} {pytorch['png_encode_ms']:10.1f} "
         f"{ours['png_encode_ms']:10.1f}"
     )
+    if "vae_decode" in ours:
+        fp32 = "fp32" if ours["vae_decode"]["fp32"] else "fp16"
+        lines.append(
+            f"{'  VAE decode of one latent, ours ' + fp32 + ' (ms)':44} "
+            f"{pytorch['vae_decode']['median_ms']:10.1f} {ours['vae_decode']['median_ms']:10.1f}"
+        )
     for case, figures in report.get("previews", {}).items():
         label = f"  live preview {case}, decode + JPEG (ms)"
         lines.append(f"{label:44} {'':>10} {figures['median_ms']:10.1f}")
