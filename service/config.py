@@ -104,6 +104,22 @@ def parse_list(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+#: A warm size: ``WIDTHxHEIGHT``, then ``xIMAGES`` batched (default 1), then ``-unguided`` for jobs at
+#: cfg 1 or less (turbo models, LCM-LoRAs), whose UNet calls have no guidance rows.
+WARM_SIZE = re.compile(
+    r"(?P<width>\d{2,5})x(?P<height>\d{2,5})(?:x(?P<images>[1-9]\d?))?(?P<unguided>-unguided)?"
+)
+
+
+def warm_shape(size: str) -> tuple[int, int, int, bool]:
+    """``(width, height, images, guidance)`` of a warm size that ``Config`` accepted."""
+    match = WARM_SIZE.fullmatch(size)
+    if match is None:
+        raise ValueError(f"not a warm size: {size!r}")
+    images = int(match["images"] or 1)
+    return int(match["width"]), int(match["height"]), images, match["unguided"] is None
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of the api, the worker and the local stack."""
@@ -172,7 +188,8 @@ class Config:
     model_cache_bytes: int = DEFAULT_MODEL_CACHE_BYTES
     #: Models a CUDA worker loads and captures CUDA graphs for before it claims its first job.
     warm_models: tuple[str, ...] = ()
-    #: Image sizes (``WIDTHxHEIGHT``) captured for each warm model.
+    #: UNet shapes captured for each warm model (``WARM_SIZE``): ``512x512`` is one image with
+    #: guidance, ``512x512x4`` four batched images, ``512x512-unguided`` one at cfg 1 or less.
     warm_sizes: tuple[str, ...] = ("512x512",)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     #: Up to this many compatible plain txt2img jobs are claimed and run as one batch.
@@ -245,8 +262,11 @@ class Config:
             problems.append("the S3 bucket name needs at least 3 characters")
         if self.image_format not in ("png", "jpeg", "jpg", "webp"):
             problems.append(f"image format must be png, jpeg or webp, got {self.image_format!r}")
-        if any(not re.fullmatch(r"\d{2,5}x\d{2,5}", size) for size in self.warm_sizes):
-            problems.append(f"warm sizes must look like 512x512, got {', '.join(self.warm_sizes)}")
+        if any(WARM_SIZE.fullmatch(size) is None for size in self.warm_sizes):
+            problems.append(
+                "warm sizes must look like 512x512, 512x512x4 (4 images batched) or 512x512-unguided "
+                f"(cfg 1 or less), got {', '.join(self.warm_sizes)}"
+            )
         if self.auth not in AUTH_MODES:
             problems.append(f"auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
         if self.log_format not in ("json", "text"):

@@ -50,7 +50,7 @@ from pipelines.prefetch import s3_inputs, url_inputs
 from service import metrics
 from service.batching import run_batch
 from service.capacity import memory_kind, worker_memory
-from service.config import Config
+from service.config import Config, warm_shape
 from service.conversion import ConversionFailed, ConversionSettings, StageReport, run_conversion
 from service.faults import fault_point
 from service.fetch import fetch_image_url
@@ -167,8 +167,7 @@ class Worker:
         from pipelines.diffusion.model import load_model
         from pipelines.gpu.runtime import Bucket, warm_up
 
-        sizes = [tuple(int(side) for side in size.split("x")) for size in self.config.warm_sizes]
-        buckets = [Bucket(width=width, height=height) for width, height in sizes]
+        buckets = [Bucket(*warm_shape(size)) for size in self.config.warm_sizes]
         for name in self.config.warm_models:
             started = time.monotonic()
             warm_up(load_model(self.config.models_path, name, self.sessions), buckets)

@@ -120,3 +120,46 @@ def test_workers_per_gpu_starts_k_workers_on_each_device() -> None:
     options = StackOptions(data_dir=Path("var"), port=5000, workers=5, workers_per_gpu=2, gpus=2)
     assert options.worker_devices() == [0, 0, 1, 1]
     assert StackOptions(data_dir=Path("var"), port=5000, workers=3).worker_devices() == [None, None, None]
+
+
+def test_warm_sizes_name_batched_and_unguided_shapes(
+    cuda_here: list[tuple[str, list[Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ONNX_WEB_WARM_SIZES`` reaches the CUDA runtime as buckets: batched jobs and cfg-1 jobs
+    (turbo, LCM-LoRA) get CUDA graphs of their own UNet shapes instead of the dynamic session."""
+    import pipelines.diffusion.model as model_module
+
+    warmed: list[tuple[str, list[runtime.Bucket]]] = []
+    monkeypatch.setattr(model_module, "load_model", lambda path, name, sessions: name)
+    monkeypatch.setattr(runtime, "warm_up", lambda model, buckets: warmed.append((model, list(buckets))))
+    config = Config.from_env(
+        {
+            "ONNX_WEB_WORKER_PLATFORM": "cuda",
+            "ONNX_WEB_WARM_MODELS": "sd15",
+            "ONNX_WEB_WARM_SIZES": "512x512,768x512x4,512x512-unguided,1024x1024x2-unguided",
+        }
+    )
+    Worker(
+        config, jobs=RecordingJobs(), store=None, sessions=worker_sessions(config), notifier=None
+    ).warm_up()  # type: ignore[arg-type]
+
+    assert warmed == [
+        (
+            "sd15",
+            [
+                runtime.Bucket(512, 512, 1, guidance=True),
+                runtime.Bucket(768, 512, 4, guidance=True),
+                runtime.Bucket(512, 512, 1, guidance=False),
+                runtime.Bucket(1024, 1024, 2, guidance=False),
+            ],
+        )
+    ]
+    assert [bucket.unet_batch for bucket in warmed[0][1]] == [2, 8, 1, 2]
+
+
+@pytest.mark.parametrize("size", ["512", "512x512x0", "512x512x100", "512x512-cfg1", "512x512 x4"])
+def test_a_malformed_warm_size_is_refused_with_the_forms_it_takes(size: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"warm sizes must look like 512x512, 512x512x4 .* or 512x512-unguided"
+    ):
+        Config.from_env({"ONNX_WEB_WARM_SIZES": size})
