@@ -15,6 +15,24 @@ Kohya names modules by their diffusers path with ``_`` for ``.``; our ONNX expor
 and keep Linear weights either under their own name or, transposed, as ``onnx::MatMul_NNN``. The
 map from one to the other is read from each graph, so it holds for any export of these modules.
 
+The graphs of a folder fused for CUDA (``convert --optimize gpu``, ``pipelines.gpu.optimize``)
+hold the same weights in other places, which the map follows (``graph_weights``):
+
+- an ``NhwcConv`` keeps its kernel channels-last, ``(out, kh, kw, in)``, and the name of the ``Conv``
+  it replaced after its own (``NhwcConv_3-/model/…/conv1/Conv``);
+- a fused attention packs its module's q, k and v weights into one ``(in, …)`` tensor: an
+  ``Attention`` node's weight is ``q | k | v`` side by side (fused without fp16: an fp32 folder,
+  or the fusions with CPU kernels); a ``MultiHeadAttention`` node reads a packed ``MatMul`` whose
+  columns interleave per head, ``(in, heads, 3, head_size)`` for self-attention and
+  ``(in, heads, 2, head_size)`` for the k and v of cross-attention (fp16). Their q/k/v nodes are
+  gone; the module is named by the output projection the attention node feeds
+  (``…/attn1/to_out.0/MatMul``), whose name survives;
+- the bias, norm and activation fusions (``BiasSplitGelu``, ``BiasAdd``, ``SkipLayerNormalization``,
+  ``GroupNorm``) move biases and norms, which LoRAs leave alone; fp16 changes only dtypes.
+
+A graph with a layer weight that no module name reaches (a fusion this map does not know) fails
+a LoRA whose modules it cannot place, rather than blend part of it.
+
 The deltas reach ONNX Runtime as replacement initializers (``SessionOptions.add_initializer``):
 the model file is read as usual and only the changed weights live twice in memory. A token
 embedding that grows is written into an in-memory copy of the (small) text encoder graph.
@@ -23,7 +41,7 @@ embedding that grows is written into an in-memory copy of the (small) text encod
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +50,6 @@ from typing import Any
 import numpy as np
 
 from pipelines.diffusion.prompt import Network, ParsedPrompt
-from pipelines.models.layout import GPU_MARKER
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import Initializers
 
@@ -56,17 +73,26 @@ TOKENIZERS: Mapping[str, str] = {"text_encoder": "tokenizer", "text_encoder_2": 
 SDXL_EMBEDDING_KEYS: Mapping[str, str] = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
 #: Leading scopes that exports and kohya add around the same module path.
 _WRAPPER_SCOPES = ("model_", "text_model_")
-#: Graph ops whose second input is a layer's weight.
-_WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+#: Graph ops whose second input is a layer's weight (``NhwcConv``: ONNX Runtime's fused conv).
+_WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "NhwcConv")
+#: ONNX Runtime's fused attentions: ``Attention`` takes its packed weight as its second input.
+_ATTENTION_OPS = ("Attention", "MultiHeadAttention")
+#: An attention module's q, k and v projections by the name of its output projection: the
+#: fusions remove the first three nodes and keep the last (diffusers' ``Attention``, CLIP's).
+_PROJECTIONS: Mapping[str, tuple[str, str, str]] = {
+    "to_out.0": ("to_q", "to_k", "to_v"),
+    "out_proj": ("q_proj", "k_proj", "v_proj"),
+}
 
 
 class FusedGraphError(ValueError):
-    """A LoRA named for a model folder whose graphs are fused for CUDA (``convert --optimize gpu``).
+    """A LoRA whose modules may lie in weights a fused graph holds in a layout this module does not know.
 
-    The fusions pack each attention's query, key and value weights into one tensor and move others
-    into new operators, so most of a LoRA's modules have no weight left to blend into (on the demo
-    UNet 53 of 85); blending the rest would make an image that only looks like the LoRA's. Such a
-    job fails with this message instead; the model's fp32 folder blends LoRAs.
+    ``graph_weights`` follows the fusions of ``pipelines.gpu.optimize`` (the module docstring
+    lists them); a graph fused otherwise (another ONNX Runtime's fusions) may keep layer weights
+    that no module name reaches. A LoRA with modules the graph has no place for may belong in
+    them, and blending the rest would make an image that only looks like the LoRA's: the job
+    fails with this message, which names the modules, instead.
     """
 
 
@@ -276,12 +302,45 @@ def _loha_delta(tensors: Mapping[str, np.ndarray], module: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class PackedPart:
+    """One projection's columns in a packed q/k/v weight of shape ``(in, groups * block)``.
+
+    Each of the ``groups`` blocks holds this projection in its columns ``start:start + width``:
+    ``MultiHeadAttention``'s packing has a block per head, ``Attention``'s one block.
+    """
+
+    groups: int
+    start: int
+    width: int
+
+
+@dataclass(frozen=True)
 class GraphWeight:
-    """Where a module's weight sits in an ONNX graph."""
+    """Where a module's weight sits in an ONNX graph: an initializer, or its part of a packed one."""
 
     initializer: str
     #: ``MatMul`` keeps a Linear weight as ``(in, out)``, the transpose of torch's.
     transposed: bool
+    #: ``NhwcConv`` keeps a kernel as ``(out, kh, kw, in)``.
+    channels_last: bool = False
+    part: PackedPart | None = None
+
+    def add(self, base: np.ndarray, delta: np.ndarray) -> None:
+        """Add ``delta`` (torch's layout of the module's weight) to ``base``, this initializer, in place."""
+        if self.channels_last:
+            out, kh, kw, fan_in = base.shape
+            change: np.ndarray = delta.reshape(out, fan_in, kh, kw).transpose(0, 2, 3, 1)
+        elif self.transposed:
+            change = delta.reshape(delta.shape[0], -1).T
+        else:
+            change = delta
+        if self.part is None:
+            base += change.reshape(base.shape)
+            return
+        # A reshape of the contiguous ``base`` is a view of it: adding to the view adds to ``base``.
+        blocks = base.reshape(base.shape[0], self.part.groups, -1)
+        columns = slice(self.part.start, self.part.start + self.part.width)
+        blocks[:, :, columns] += change.reshape(base.shape[0], self.part.groups, self.part.width)
 
 
 def module_key(path: str) -> str:
@@ -297,24 +356,138 @@ def module_key(path: str) -> str:
 
 
 def graph_weights(graph: Any) -> dict[str, GraphWeight]:
-    """Kohya module names -> the weights they blend into, read from an ONNX graph's nodes."""
-    initializers = {tensor.name for tensor in graph.initializer}
+    """Kohya module names -> where their weights are, read from an ONNX graph's nodes.
+
+    Plain exports and the graphs fused for CUDA alike (the module docstring says where fusions
+    put each weight); what a fused graph holds is found from the names and links of its nodes,
+    so it holds for any size of the same architecture.
+    """
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
     found: dict[str, GraphWeight] = {}
-    for node in graph.node:
-        if node.op_type not in _WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in initializers:
-            continue
-        scopes = node.name.strip("/").split("/")[:-1]
-        if not scopes:
-            continue
-        transposed = node.op_type == "MatMul" or (
-            node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)
-        )
-        found.setdefault(module_key("/".join(scopes)), GraphWeight(node.input[1], transposed))
+    for module, weight in (*_layer_weights(graph, initializers), *_attention_weights(graph, initializers)):
+        found.setdefault(module, weight)
     # Graphs whose nodes lost their names still name their own initializers ``<module>.weight``.
     for name in initializers:
         if name.endswith(".weight"):
             found.setdefault(module_key(name[: -len(".weight")]), GraphWeight(name, transposed=False))
     return found
+
+
+def unplaced_weights(graph: Any, weights: Mapping[str, GraphWeight]) -> list[str]:
+    """The layer weights of ``graph`` that no module of ``weights`` (``graph_weights``) reaches.
+
+    Empty for our exports and the fusions ``graph_weights`` knows; anything else is a weight a
+    LoRA module may belong to but cannot be blended into.
+    """
+    initializers = {tensor.name for tensor in graph.initializer}
+    placed = {weight.initializer for weight in weights.values()}
+    layers = {
+        node.input[1]
+        for node in graph.node
+        if node.op_type in (*_WEIGHT_OPS, "Attention") and _reads_weight(node, initializers)
+    }
+    return sorted(layers - placed)
+
+
+def _reads_weight(node: Any, initializers: Container[str]) -> bool:
+    """Whether a layer node's second input, its weight, is an initializer."""
+    return len(node.input) > 1 and node.input[1] in initializers
+
+
+def _node_scopes(node: Any) -> list[str]:
+    """The module path a node's name gives: ``/model/a/b/MatMul`` -> ``[model, a, b]``.
+
+    A node a fusion made in place of another names itself ``<new name>-<replaced node's name>``.
+    """
+    _, fused, replaced = node.name.partition("-/")
+    name = f"/{replaced}" if fused else node.name
+    return list(name.strip("/").split("/")[:-1])
+
+
+def _layer_weights(graph: Any, initializers: Mapping[str, Any]) -> Iterable[tuple[str, GraphWeight]]:
+    """Each ``MatMul``/``Gemm``/``Conv``/``NhwcConv`` weight, by the module its node is named for."""
+    for node in graph.node:
+        if node.op_type not in _WEIGHT_OPS or not _reads_weight(node, initializers):
+            continue
+        scopes = _node_scopes(node)
+        if not scopes:
+            continue
+        transposed = node.op_type == "MatMul" or (
+            node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)
+        )
+        channels_last = node.op_type == "NhwcConv"
+        yield module_key("/".join(scopes)), GraphWeight(node.input[1], transposed, channels_last)
+
+
+def _attention_weights(graph: Any, initializers: Mapping[str, Any]) -> Iterable[tuple[str, GraphWeight]]:
+    """The q, k and v weights that fused attention nodes hold packed, by their attention module."""
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in graph.node:
+        if node.op_type not in _ATTENTION_OPS:
+            continue
+        module = _attention_module(node, consumers)
+        packed = _packed_projections(node, producers, initializers)
+        if module is None or packed is None:
+            continue
+        scope, projections = module
+        initializer, parts = packed
+        for index, part in parts.items():
+            yield module_key(f"{scope}/{projections[index]}"), GraphWeight(initializer, True, part=part)
+
+
+def _attention_module(node: Any, consumers: Mapping[str, list[Any]]) -> tuple[str, tuple[str, ...]] | None:
+    """An attention node's module path and the names of its q, k and v projections, read from
+    the output projection it feeds (``…/attn1/to_out.0/MatMul``)."""
+    for consumer in consumers.get(node.output[0], []):
+        scopes = _node_scopes(consumer)
+        if scopes and scopes[-1] in _PROJECTIONS:
+            return "/".join(scopes[:-1]), _PROJECTIONS[scopes[-1]]
+    return None
+
+
+def _packed_projections(
+    node: Any, producers: Mapping[str, Any], initializers: Mapping[str, Any]
+) -> tuple[str, dict[int, PackedPart]] | None:
+    """The packed weight an attention node reads, and where projection 0 (q), 1 (k), 2 (v) sit in it.
+
+    ``None`` where it reads its projections unpacked (their own nodes, named, hold them) or reads a
+    packing of another form.
+    """
+    if node.op_type == "Attention":
+        return _attention_parts(node, initializers)
+    # MultiHeadAttention (ONNX Runtime's contrib op): packed q, k, v as its only input, or packed
+    # k, v as its key and no value, both ``(batch, sequence, heads, 3 or 2, head_size)``.
+    given = [name for name in node.input[:3] if name]
+    if len(given) == 3:
+        return None
+    projections = (0, 1, 2) if len(given) == 1 else (1, 2)
+    reshape = producers.get(given[-1])
+    matmul = producers.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
+    if matmul is None or matmul.op_type != "MatMul" or matmul.input[1] not in initializers:
+        return None
+    heads = next((a.i for a in node.attribute if a.name == "num_heads"), 0)
+    columns = int(initializers[matmul.input[1]].dims[-1])
+    width, left = divmod(columns, heads * len(projections)) if heads else (0, 1)
+    if left:
+        return None
+    parts = {index: PackedPart(heads, slot * width, width) for slot, index in enumerate(projections)}
+    return matmul.input[1], parts
+
+
+def _attention_parts(node: Any, initializers: Mapping[str, Any]) -> tuple[str, dict[int, PackedPart]] | None:
+    """An ``Attention`` node's weight (its second input): ``q | k | v`` side by side, each as wide
+    as its ``qkv_hidden_sizes`` says or a third."""
+    weight = node.input[1]
+    if weight not in initializers:
+        return None
+    columns = int(initializers[weight].dims[-1])
+    sizes = next((list(a.ints) for a in node.attribute if a.name == "qkv_hidden_sizes"), [columns // 3] * 3)
+    starts = [0, sizes[0], sizes[0] + sizes[1]]
+    return weight, {index: PackedPart(1, starts[index], sizes[index]) for index in range(3)}
 
 
 def token_embedding_name(graph: Any) -> str:
@@ -342,20 +515,42 @@ def blend_initializers(path: Path, blend: ComponentBlend) -> Initializers:
     """The changed initializers of graph ``path`` (its weights plus the deltas, its grown embedding)."""
     import onnx
 
-    if blend.loras and (path.parent.parent / GPU_MARKER).is_file():
-        names = ", ".join(network.name for network in blend.loras)
-        raise FusedGraphError(
-            f"LoRA {names}: the {blend.component} of model {path.parent.parent.name} is fused for CUDA "
-            "(convert --optimize gpu), which leaves most LoRA weights nothing to blend into; "
-            "run LoRA prompts on the model's fp32 conversion"
-        )
     graph = onnx.load(str(path), load_external_data=False).graph
     tensors = {tensor.name: tensor for tensor in graph.initializer}
+    changed = _blend_loras(graph, path, blend) if blend.loras else {}
+    reshaped: dict[str, np.ndarray] = {}
+    if blend.inversions:
+        name = token_embedding_name(graph)
+        base = changed.pop(name) if name in changed else _tensor_array(tensors[name], path.parent)
+        tokenizer = inversion_tokenizer(path.parent.parent / TOKENIZERS[blend.component], blend.inversions)
+        reshaped[name] = embedding_with_inversions(base, tokenizer, blend.inversions, blend.component)
+    dtypes = {name: _onnx_dtype(tensors[name]) for name in [*changed, *reshaped]}
+    return Initializers(
+        same_shape={name: value.astype(dtypes[name]) for name, value in changed.items()},
+        reshaped={name: value.astype(dtypes[name]) for name, value in reshaped.items()},
+    )
+
+
+def _blend_loras(graph: Any, path: Path, blend: ComponentBlend) -> dict[str, np.ndarray]:
+    """The initializers of ``graph`` (read from ``path``) that ``blend``'s LoRAs change, in float32.
+
+    Raises ``FusedGraphError`` where a LoRA's modules may lie in weights the graph holds in a
+    layout ``graph_weights`` does not know.
+    """
+    tensors = {tensor.name: tensor for tensor in graph.initializer}
     weights = graph_weights(graph)
+    unplaced = unplaced_weights(graph, weights)
     changed: dict[str, np.ndarray] = {}
     for network in blend.loras:
         deltas = lora_deltas(network_tensors(network), LORA_PREFIXES[blend.component])
         unmatched = [module for module in deltas if module not in weights]
+        if unmatched and unplaced:
+            raise FusedGraphError(
+                f"LoRA {network.name}: {len(unmatched)} of {len(deltas)} {blend.component} modules "
+                f"({', '.join(unmatched[:4])}{', …' if len(unmatched) > 4 else ''}) have no place in the "
+                f"graph of model {path.parent.parent.name}, whose weights {', '.join(unplaced[:4])} "
+                "no module name reaches (fused in a layout this version does not know)"
+            )
         if unmatched:
             logger.warning(
                 "LoRA %s: %d of %d %s modules have no weight in the graph (first: %s)",
@@ -371,21 +566,9 @@ def blend_initializers(path: Path, blend: ComponentBlend) -> Initializers:
                 continue
             if target.initializer not in changed:
                 changed[target.initializer] = _tensor_array(tensors[target.initializer], path.parent)
-            base = changed[target.initializer]
-            change = delta.reshape(delta.shape[0], -1).T if target.transposed else delta
-            base += np.float32(network.weight) * change.reshape(base.shape).astype(np.float32)
+            target.add(changed[target.initializer], np.float32(network.weight) * delta.astype(np.float32))
         logger.debug("LoRA %s: %d %s weights blended", network.name, len(deltas), blend.component)
-    reshaped: dict[str, np.ndarray] = {}
-    if blend.inversions:
-        name = token_embedding_name(graph)
-        base = changed.pop(name) if name in changed else _tensor_array(tensors[name], path.parent)
-        tokenizer = inversion_tokenizer(path.parent.parent / TOKENIZERS[blend.component], blend.inversions)
-        reshaped[name] = embedding_with_inversions(base, tokenizer, blend.inversions, blend.component)
-    dtypes = {name: _onnx_dtype(tensors[name]) for name in [*changed, *reshaped]}
-    return Initializers(
-        same_shape={name: value.astype(dtypes[name]) for name, value in changed.items()},
-        reshaped={name: value.astype(dtypes[name]) for name, value in reshaped.items()},
-    )
+    return changed
 
 
 def _onnx_dtype(tensor: Any) -> Any:

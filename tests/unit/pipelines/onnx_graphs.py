@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from pipelines.gpu.optimize import classic_attention
-from pipelines.models.convert import export_unet
+from pipelines.models.convert import export_text_encoder, export_unet
 from pipelines.models.layout import EXTERNAL_DATA_FILE, ONNX_FILE
 
 #: What an fp16 UNet takes: fp16, but for the timestep, which keeps fp32 for its sinusoidal embedding.
@@ -26,6 +28,30 @@ def export_for_gpu(unet: Any, path: Path) -> Path:
     """``unet`` exported in fp32 with classic attention to ``path``, as ``convert --optimize gpu`` does."""
     export_unet(classic_attention(unet.eval()), path, 17)
     return path
+
+
+def export_text_encoder_for_gpu(text_encoder: Any, path: Path) -> Path:
+    """An SD 1.x ``text_encoder`` exported in fp32 with eager attention to ``path``, as
+    ``convert --optimize gpu`` does."""
+    export_text_encoder(classic_attention(text_encoder.eval()), path, 17, clip_skip=True)
+    return path
+
+
+def initializer_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every initializer of the graph at ``path``, by name."""
+    graph = onnx.load(str(path)).graph
+    return {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in graph.initializer}
+
+
+def with_initializers(src: Path, dest: Path, values: Mapping[str, np.ndarray]) -> Path:
+    """A copy of the graph at ``src`` at ``dest`` whose initializers named in ``values`` hold those."""
+    model = onnx.load(str(src), load_external_data=True)
+    for tensor in model.graph.initializer:
+        if tensor.name in values:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(values[tensor.name], tensor.name))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(dest))  # demo graphs: small enough inline
+    return dest
 
 
 def op_counts(path: Path) -> Counter[str]:

@@ -38,10 +38,13 @@ from pipelines.diffusion.networks import (
     network_tensors,
     prompt_blend,
     unknown_networks,
+    unplaced_weights,
 )
 from pipelines.diffusion.prompt import parse_prompt, token_windows
 from pipelines.diffusion.txt2img import txt2img
-from pipelines.models.demo import DEMO_MODELS, DEMO_SDXL
+from pipelines.gpu.optimize import COMPONENT_TYPES, optimize_component
+from pipelines.gpu.runtime import cuda_available
+from pipelines.models.demo import DEMO_MODELS, DEMO_SDXL, demo_unet
 from pipelines.models.demo import torch_parts as demo_torch_parts
 from pipelines.models.demo_networks import (
     ALPHA,
@@ -51,9 +54,10 @@ from pipelines.models.demo_networks import (
     random_lora,
     trained_modules,
 )
-from pipelines.models.layout import GPU_MARKER
+from pipelines.models.layout import GPU_MARKER, ONNX_FILE
 from pipelines.models.registry import ModelRegistry
-from pipelines.models.sessions import SessionCache, SessionSettings
+from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
+from tests.unit.pipelines import onnx_graphs
 from tests.unit.pipelines.images import pixels
 from tests.unit.pipelines.reference import (
     NO_SAFETY_CHECKER,
@@ -217,37 +221,147 @@ def test_a_lora_run_on_a_cuda_worker_stays_on_the_sessions_that_blend_it(
         txt2img(Run(model, demo_generation(prompt="a cat")))
 
 
-def test_a_fused_unet_leaves_most_lora_modules_nothing_to_blend_into(
-    tmp_path: Path, parts: dict[str, Any]
+@pytest.fixture(scope="module")
+def fused_unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo UNet as a CUDA folder holds it: exported for the GPU recipe, fused, fp16."""
+    folder = tmp_path_factory.mktemp("fused")
+    exported = onnx_graphs.export_for_gpu(demo_unet(), folder / "plain" / ONNX_FILE)
+    optimize_component(exported, folder / "unet" / ONNX_FILE, "unet")
+    return folder / "unet" / ONNX_FILE
+
+
+def blend_variant(models: Path, lora: dict[str, torch.Tensor], component: str) -> Any:
+    """The ``ComponentBlend`` of ``lora`` at weight 0.7 for ``component``, saved in ``models/lora``."""
+    (models / "lora").mkdir(parents=True, exist_ok=True)
+    save_file(lora, str(models / "lora" / "detail.safetensors"))
+    variant = prompt_blend(models, [parse_prompt("<lora:detail:0.7>")]).variant(component)
+    assert variant is not None
+    return variant
+
+
+def same_weights(ours: np.ndarray, expected: np.ndarray) -> bool:
+    """Equal but for fp16 rounding: within 2 fp16 ulps of the tensor's largest value.
+
+    Blending into fp16 weights rounds twice (the weight once fused, the sum), blending before
+    the fp16 conversion once.
+    """
+    if ours.shape != expected.shape or not np.issubdtype(expected.dtype, np.floating):
+        return ours.shape == expected.shape and np.array_equal(ours, expected)
+    a, b = ours.astype(np.float32), expected.astype(np.float32)
+    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
+    return bool(np.abs(a - b).max(initial=0.0) <= 2 * np.float32(np.spacing(np.float16(scale))))
+
+
+def test_every_lora_module_has_a_place_in_the_fused_cuda_unet(
+    fused_unet: Path, parts: dict[str, Any]
 ) -> None:
-    """Why a LoRA on a fused CUDA folder fails: the GPU recipe packs or replaces its weights."""
+    """The fusions pack each attention's q/k/v (self) or k/v (cross) weights: each module finds its part."""
     import onnx
 
-    from pipelines.gpu.optimize import optimize_component
-    from pipelines.models.demo import demo_unet
-    from tests.unit.pipelines.onnx_graphs import export_for_gpu
-
-    fused = tmp_path / "fused" / "model.onnx"
-    optimize_component(export_for_gpu(demo_unet(), tmp_path / "unet" / "model.onnx"), fused, "unet")
+    graph = onnx.load(str(fused_unet), load_external_data=False).graph
+    weights = graph_weights(graph)
     deltas = lora_deltas(
         {key: value.numpy() for key, value in random_lora(parts).items()}, LORA_PREFIXES["unet"]
     )
-    found = set(deltas) & set(graph_weights(onnx.load(str(fused), load_external_data=False).graph))
-    assert len(found) < len(deltas) / 2
+    assert set(deltas) <= set(weights) and unplaced_weights(graph, weights) == []
+    attentions = sorted({module.rsplit("_to_", 1)[0] for module in deltas if "_attn" in module})
+    assert len(attentions) == 8
+    for attention in attentions:
+        packed = {weights[f"{attention}_to_{projection}"].initializer for projection in "qkv"}
+        assert len(packed) == (1 if attention.endswith("attn1") else 2), attention
+    assert weights["down_blocks_0_resnets_0_conv1"].channels_last
 
 
-def test_a_lora_on_a_fused_cuda_folder_fails_with_its_reason_instead_of_half_blending(
+@pytest.mark.parametrize(
+    ("model", "component"), [(DEMO_MODEL, "unet"), (DEMO_MODEL, "text_encoder"), (DEMO_SDXL, "unet")]
+)
+def test_blending_into_a_fused_graph_equals_fusing_the_blended_graph(
+    models_path: Path, tmp_path: Path, model: str, component: str
+) -> None:
+    """Fuse then blend (a LoRA on a CUDA folder) against blend then fuse, every initializer.
+
+    Blending into the plain export is checked against diffusers above; the fusions then put each
+    blended weight where they put it, so the two agree wherever a fused place is right.
+    """
+    parts = demo_torch_parts(models_path, model)
+    variant = blend_variant(tmp_path, random_lora(parts), component)
+    plain = tmp_path / "plain" / component / ONNX_FILE
+    if component == "unet":
+        onnx_graphs.export_for_gpu(parts["unet"], plain)
+    else:
+        onnx_graphs.export_text_encoder_for_gpu(parts[component], plain)
+    blended = onnx_graphs.with_initializers(
+        plain, tmp_path / "blended" / component / ONNX_FILE, variant.initializers(plain).same_shape
+    )
+    fused, expected = (tmp_path / name / component / ONNX_FILE for name in ("fused", "blended-fused"))
+    optimize_component(plain, fused, COMPONENT_TYPES[component])
+    optimize_component(blended, expected, COMPONENT_TYPES[component])
+
+    ours = variant.initializers(fused).same_shape
+    before, after = onnx_graphs.initializer_arrays(fused), onnx_graphs.initializer_arrays(expected)
+    assert before.keys() == after.keys()
+    changed = {name for name in after if not same_weights(before[name], after[name])}
+    assert set(ours) == changed  # every weight the LoRA changes, and only those
+    for name, value in ours.items():
+        assert value.dtype == after[name].dtype == np.float16
+        assert same_weights(value, after[name]), name
+
+
+def test_a_lora_on_a_fused_folder_runs_like_on_the_plain_folder(
     models_path: Path, networks_path: Path, parts: dict[str, Any]
 ) -> None:
-    fused = networks_path / DEMO_MODEL
-    fused.unlink()  # the fixture's link to the shared demo model, replaced by a copy marked fused
+    """A folder marked fused blends LoRAs; its UNet (fused with CPU kernels only, fp32: ``Attention``
+    with packed q|k|v weights) gives the plain folder's numbers with the LoRA, on the CPU."""
+    fused = networks_path / "fused"
     shutil.copytree(models_path / DEMO_MODEL, fused)
-    (fused / GPU_MARKER).write_text('{"precision": "fp16", "fused": {}}')
+    exported = onnx_graphs.export_for_gpu(demo_unet(), networks_path.parent / "export" / ONNX_FILE)
+    optimize_component(exported, fused / "unet" / ONNX_FILE, "unet", fp16=False, cuda=False)
+    assert onnx_graphs.op_counts(fused / "unet" / ONNX_FILE)["Attention"] == 4
+    (fused / GPU_MARKER).write_text('{"precision": "fp32", "fused": {}}')
     save_file(random_lora(parts), str(networks_path / "lora" / "detail.safetensors"))
-    model = demo(networks_path).with_networks(parse_prompt("a cat <lora:detail:0.5>"), None)
+    prompt = parse_prompt("a cat <lora:detail:0.8>")
+    cache = SessionCache(max_models=4, settings=CPU)
+    rng = np.random.default_rng(4)
+    feeds = {
+        "sample": rng.standard_normal((1, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array([500.0], dtype=np.float32),
+        "encoder_hidden_states": rng.standard_normal((1, 77, 32)).astype(np.float32),
+    }
 
-    with pytest.raises(FusedGraphError, match="fused for CUDA"):
-        model.session("unet")
+    def unet(name: str, blended: bool) -> np.ndarray:
+        model = load_model(networks_path, name, cache)
+        model = model.with_networks(prompt, None) if blended else model
+        return np.asarray(model.session("unet").run(None, feeds)[0])
+
+    ours, reference = unet("fused", blended=True), unet(DEMO_MODEL, blended=True)
+    assert np.linalg.norm(ours - reference) / np.linalg.norm(reference) < 1e-4
+    without_lora = unet("fused", blended=False)
+    assert np.linalg.norm(without_lora - reference) / np.linalg.norm(reference) > 1e-2
+
+
+def test_a_lora_module_without_a_place_fails_only_where_a_fused_weight_has_no_module(
+    fused_unet: Path, tmp_path: Path, parts: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A module the architecture lacks is skipped with a warning, as on any graph; one that may sit
+    in a weight of a fusion ``graph_weights`` does not know fails the job, naming it."""
+    import onnx
+
+    lora = {**random_lora(parts), "lora_unet_no_such_block.lora_down.weight": torch.ones((RANK, 4))}
+    lora["lora_unet_no_such_block.lora_up.weight"] = torch.ones((4, RANK))
+    variant = blend_variant(tmp_path, lora, "unet")
+    with caplog.at_level("WARNING"):
+        assert variant.initializers(fused_unet).same_shape
+    assert "1 of 65 unet modules have no weight" in caplog.text
+
+    # An attention whose output projection lost its name: nothing tells whose q, k, v it packs.
+    model = onnx.load(str(fused_unet))
+    to_out = "/model/mid_block/attentions.0/transformer_blocks.0/attn1/to_out.0/MatMul"
+    next(node for node in model.graph.node if node.name == to_out).name = "MatMul_out"
+    unknown = tmp_path / "unknown" / "unet" / ONNX_FILE
+    unknown.parent.mkdir(parents=True)
+    onnx.save_model(model, str(unknown))
+    with pytest.raises(FusedGraphError, match="mid_block_attentions_0_transformer_blocks_0_attn1_to_q"):
+        variant.initializers(unknown)
 
 
 def ours_embeddings(model: DiffusionModel, prompt: str) -> np.ndarray:
@@ -459,3 +573,47 @@ def test_a_network_file_is_hashed_once_per_version(tmp_path: Path) -> None:
         assert file_hash(path) == first
     path.write_bytes(b"second version")
     assert file_hash(path) == hashlib.sha256(b"second version").hexdigest().upper()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU and onnxruntime-gpu")
+@pytest.mark.parametrize("fused", [False, True], ids=["fp32-folder", "fused-fp16-folder"])
+def test_a_lora_changes_a_cuda_session_as_it_changes_the_cpu_one(
+    models_path: Path, networks_path: Path, parts: dict[str, Any], fused: bool
+) -> None:
+    """The CUDA provider keeps a LoRA's blended weights: given them in host memory it used the
+    file's own with only a warning, so every LoRA job on a GPU made the image without its LoRA.
+
+    The fused folder is the fp16 fusion with CPU kernels only (``Attention`` with packed q|k|v): the
+    demo's GroupNorms are too narrow for the CUDA-only kernel, the packing is the same.
+    """
+    name = DEMO_MODEL
+    if fused:
+        name = "fused-fp16"
+        shutil.copytree(models_path / DEMO_MODEL, networks_path / name)
+        exported = onnx_graphs.export_for_gpu(demo_unet(), networks_path.parent / "export" / ONNX_FILE)
+        optimize_component(exported, networks_path / name / "unet" / ONNX_FILE, "unet", fp16=True, cuda=False)
+        (networks_path / name / GPU_MARKER).write_text('{"precision": "fp16", "fused": {}}')
+    save_file(random_lora(parts), str(networks_path / "lora" / "detail.safetensors"))
+    prompt = parse_prompt("a cat <lora:detail:1.0>")
+    rng = np.random.default_rng(4)
+    feeds = {
+        "sample": rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array([500.0, 500.0], dtype=np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
+    }
+
+    def unet(folder: str, settings: SessionSettings, blended: bool) -> np.ndarray:
+        model = load_model(networks_path, folder, SessionCache(max_models=2, settings=settings))
+        model = model.with_networks(prompt, None) if blended else model
+        return np.asarray(model.session("unet").run(None, feeds)[0], dtype=np.float32)
+
+    cuda = SessionSettings(providers=(CUDA_PROVIDER, CPU_PROVIDER))
+    reference = unet(DEMO_MODEL, CPU, blended=True)
+    ours, without_lora = unet(name, cuda, blended=True), unet(name, cuda, blended=False)
+
+    def distance(output: np.ndarray) -> float:
+        return float(np.linalg.norm(output - reference) / np.linalg.norm(reference))
+
+    assert distance(without_lora) > 0.1  # what the LoRA changes
+    assert distance(ours) < (1e-2 if fused else 1e-4)
