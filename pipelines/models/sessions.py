@@ -111,11 +111,9 @@ def create_session(
     logger.debug("loading %s on %s", path, providers)
     if initializers is None:
         return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
-    values = [
-        onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
-        for value in initializers.same_shape.values()
-    ]
-    for name, value in zip(initializers.same_shape, values, strict=True):
+    on_cuda = providers[0] != CPU_PROVIDER
+    buffers = initializer_buffers(initializers.same_shape, settings.device_id if on_cuda else None)
+    for name, (value, _) in zip(initializers.same_shape, buffers, strict=True):
         options.add_initializer(name, value)
     model: str | bytes = str(path)
     if initializers.reshaped:
@@ -128,8 +126,31 @@ def create_session(
     )
     # ONNX Runtime reads these buffers for the session's whole life but does not own them: they
     # must live exactly as long as the session, whoever holds it after the cache lets go.
-    session.initializer_buffers = values
+    session.initializer_buffers = buffers
     return session
+
+
+def initializer_buffers(values: Mapping[str, np.ndarray], cuda_device: int | None) -> list[tuple[Any, Any]]:
+    """``(OrtValue, the memory it wraps)`` for each of ``values``, for ``SessionOptions.add_initializer``.
+
+    ONNX Runtime uses an added initializer only if it already lives where the session keeps that
+    weight: a CUDA session given host memory logs "Cannot use user supplied initializer" and keeps
+    the file's weight (onnxruntime-gpu 1.31.1, seen on an H100), so a LoRA changed nothing on GPUs.
+    It also refuses CUDA memory it allocated itself ("must be owned by the user"). On CUDA
+    (``cuda_device``) the values are therefore copied to tensors that torch allocates on that
+    device and handed over through DLPack; elsewhere (or with no GPU for torch, where ONNX Runtime
+    falls back to the CPU too) numpy's memory is wrapped as it is.
+    """
+    import onnxruntime
+    import torch
+
+    if cuda_device is None or not torch.cuda.is_available():
+        hosts = [np.ascontiguousarray(value) for value in values.values()]
+        return [(onnxruntime.OrtValue.ortvalue_from_numpy(host), host) for host in hosts]
+
+    device = torch.device("cuda", cuda_device)
+    tensors = [torch.from_numpy(np.ascontiguousarray(value)).to(device) for value in values.values()]
+    return [(onnxruntime.OrtValue.from_dlpack(tensor), tensor) for tensor in tensors]
 
 
 def graph_with(path: Path, replaced: Mapping[str, np.ndarray]) -> bytes:
