@@ -484,12 +484,13 @@ ATTENTION_BELOW_TOP: dict[str, Any] = {
 
 
 def seeded_unet(seed: int, **config: Any) -> Any:
-    """A ``UNet2DConditionModel`` of ``DEMO_UNET_SHAPE`` and ``config``, random weights seeded by ``seed``."""
+    """A ``UNet2DConditionModel`` of ``DEMO_UNET_SHAPE`` and ``config`` (which may override the shape,
+    e.g. ``norm_num_groups``), random weights seeded by ``seed``."""
     import torch
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    return UNet2DConditionModel(**DEMO_UNET_SHAPE, **config)
+    return UNet2DConditionModel(**{**DEMO_UNET_SHAPE, **config})
 
 
 def demo_unet(in_channels: int = 4, **config: Any) -> Any:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from pipelines.gpu.runtime import Bucket, GpuSettings, cuda_available, gpu_model
 from pipelines.models.convert import convert_diffusers_folder
-from pipelines.models.demo import write_demo_checkpoint
+from pipelines.models.demo import demo_unet, write_demo_checkpoint
 
 pytestmark = [
     pytest.mark.gpu,
@@ -17,10 +19,22 @@ pytestmark = [
 ]
 
 
+#: ONNX Runtime's CUDA GroupNorm needs an even number of channels per group; the demo UNet has one
+#: (32 groups of its 32 channels), which only the CPU's plain GroupNormalization takes.
+CUDA_NORM_GROUPS = 16
+
+
+def write_gpu_checkpoint(dest: Path, **unet: Any) -> None:
+    """The demo checkpoint with a UNet whose GroupNorms the CUDA kernel takes (and ``unet`` config)."""
+    write_demo_checkpoint(dest)
+    shutil.rmtree(dest / "unet")
+    demo_unet(norm_num_groups=CUDA_NORM_GROUPS, **unet).save_pretrained(dest / "unet")
+
+
 @pytest.fixture(scope="module")
 def gpu_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("gpu")
-    write_demo_checkpoint(root / "src")
+    write_gpu_checkpoint(root / "src")
     return convert_diffusers_folder(root / "src", root / "demo-gpu", optimize="gpu")
 
 
@@ -47,14 +61,8 @@ def test_a_captured_bucket_replays_what_the_dynamic_session_computes(gpu_folder:
 @pytest.fixture(scope="module")
 def lcm_gpu_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo with an LCM-distilled UNet (a ``timestep_cond`` input), converted the GPU way."""
-    import shutil
-
-    from pipelines.models.demo import demo_unet
-
     root = tmp_path_factory.mktemp("lcm-gpu")
-    write_demo_checkpoint(root / "src")
-    shutil.rmtree(root / "src" / "unet")
-    demo_unet(time_cond_proj_dim=16).save_pretrained(root / "src" / "unet")
+    write_gpu_checkpoint(root / "src", time_cond_proj_dim=16)
     return convert_diffusers_folder(root / "src", root / "lcm-gpu", optimize="gpu")
 
 
