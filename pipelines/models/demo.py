@@ -496,18 +496,18 @@ def seeded_unet(seed: int, **config: Any) -> Any:
 def demo_unet(in_channels: int = 4, **config: Any) -> Any:
     """A narrow SD 1.x UNet (cross-attention, 4 latent channels out) with seeded random weights.
 
-    ``config`` adds to its diffusers config (an LCM-distilled UNet's ``time_cond_proj_dim``).
+    ``config`` adds to its diffusers config (an LCM-distilled UNet's ``time_cond_proj_dim``) or
+    overrides it. (diffusers' SD 1.x ``attention_head_dim`` counts heads: 8 heads of 4 channels.)
     """
-    return seeded_unet(
-        0,
-        sample_size=8,
-        in_channels=in_channels,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        **config,
-    )
+    defaults = {
+        "sample_size": 8,
+        "in_channels": in_channels,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+    }
+    return seeded_unet(0, **{**defaults, **config})
 
 
 def demo_sd21_unet() -> Any:

@@ -616,4 +616,5 @@ def test_a_lora_changes_a_cuda_session_as_it_changes_the_cpu_one(
         return float(np.linalg.norm(output - reference) / np.linalg.norm(reference))
 
     assert distance(without_lora) > 0.1  # what the LoRA changes
-    assert distance(ours) < (1e-2 if fused else 1e-4)
+    # The CUDA provider's fp32 matmuls and convolutions run in TF32 (1.4e-3 measured on an H100).
+    assert distance(ours) < 1e-2
