@@ -170,7 +170,7 @@ def fuse_weightless(src: Path, dest: Path, component: str) -> tuple[dict[str, in
 
 def fuse(src: Path, dest: Path, components: list[str] | None = None) -> dict[str, Any]:
     """Fuse an exported folder ``src`` into the weightless folder ``dest`` (graphs and small files)."""
-    from pipelines.gpu.optimize import COMPONENT_TYPES, GPU_MARKER, keeps_fp32
+    from pipelines.gpu.optimize import COMPONENT_TYPES, write_gpu_marker
 
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns(ONNX_FILE, EXTERNAL_DATA_FILE))
@@ -187,11 +187,9 @@ def fuse(src: Path, dest: Path, components: list[str] | None = None) -> dict[str
                 sizes[component] / 1e9,
                 fused[component],
             )
-    upcast = [name for name in fused if keeps_fp32(src, name)]
-    marker = {"precision": "fp16", "fused": fused, "fp32_components": upcast}
-    (dest / GPU_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     (dest / MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
-    return marker
+    # ``dest`` has the components' configs (copied above), which ``keeps_fp32`` reads.
+    return write_gpu_marker(dest, fused, fp16=True)
 
 
 def restore(folder: Path, seed: int = 0) -> dict[str, float]:

@@ -188,8 +188,15 @@ def optimize_folder(
     for component, counts, seconds in done:
         report(f"{folder.name}: optimized {component} in {seconds:.0f} s: {counts}")
         results[component] = counts
-    marker: dict[str, Any] = {"precision": "fp16" if fp16 else "fp32", "fused": results}
-    if fp16:
-        marker["fp32_components"] = [name for name in components if keeps_fp32(folder, name)]
-    (folder / GPU_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    write_gpu_marker(folder, results, fp16=fp16)
     return results
+
+
+def write_gpu_marker(folder: Path, fused: Mapping[str, Mapping[str, int]], *, fp16: bool) -> dict[str, Any]:
+    """Record in ``folder``'s ``gpu.json`` what its components were fused into and their precision
+    (in an fp16 folder, the components that stay fp32 by ``keeps_fp32``); returns the record."""
+    marker: dict[str, Any] = {"precision": "fp16" if fp16 else "fp32", "fused": dict(fused)}
+    if fp16:
+        marker["fp32_components"] = [name for name in fused if keeps_fp32(folder, name)]
+    (folder / GPU_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    return marker
