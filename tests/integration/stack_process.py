@@ -137,14 +137,20 @@ class RunningStack:
 
     def api(self) -> psutil.Process:
         """The gunicorn master (``onnx-web api`` execs gunicorn)."""
-        found = [p for p in self.descendants() if p.ppid() == self.pid and "gunicorn" in p.cmdline()]
-        assert len(found) == 1, found
-        return found[0]
+        return self.only_child_running("gunicorn")
 
     def weed(self) -> psutil.Process:
-        found = self.children_running("server", f"-dir={self.data_dir / 's3'}")
-        assert len(found) == 1, found
-        return found[0]
+        return self.only_child_running("server", f"-dir={self.data_dir / 's3'}")
+
+    def only_child_running(self, *words: str, timeout_s: float = 15.0) -> psutil.Process:
+        """The one direct child matching ``words``, waiting while the supervisor restarts it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.children_running(*words)
+            if len(found) == 1 or time.monotonic() > deadline:
+                assert len(found) == 1, (words, found)
+                return found[0]
+            time.sleep(0.2)
 
     # -- its log ---------------------------------------------------------------------------------
 
