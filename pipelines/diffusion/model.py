@@ -13,10 +13,11 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from PIL import Image
@@ -491,6 +492,9 @@ class Run:
         latents: np.ndarray = noise * float(scheduler.init_noise_sigma)
         return latents
 
+    #: The family ``report_step`` names to previews: ``sd`` (SD 1.x/2.x latents) or ``sdxl``.
+    family: ClassVar[str] = "sd"
+
     def denoise(
         self,
         scheduler: Any,
@@ -513,60 +517,176 @@ class Run:
         ``class_labels``). ``unet`` is a session-like UNet (``get_inputs`` and ``run``) to call
         instead of the model's own (a ControlNet's, which adds its residuals).
         ``after_step(index, latents)`` may replace the latents after each scheduler step (a
-        4-channel UNet's inpainting puts the kept region back). ``report_step`` is called per
-        scheduler step (family ``sd``) and ``hooks.check_cancelled()`` after every UNet call.
+        4-channel UNet's inpainting puts the kept region back); it gets and returns CPU tensors.
+        ``report_step`` is called per scheduler step and ``hooks.check_cancelled()`` after every
+        UNet call. Where the UNet runs is ``unet_calls``'s choice.
         """
-        import torch
+        calls = self.unet_calls(embeddings, extra_inputs or {}, unet)
+        return run_loop(
+            self,
+            calls,
+            scheduler,
+            latents,
+            timesteps=timesteps,
+            steps=steps,
+            conditioning=conditioning,
+            after_step=after_step,
+        )
 
-        generation = self.generation
-        timesteps = scheduler.timesteps if timesteps is None else timesteps
-        steps = generation.steps if steps is None else steps
-        unet = self.model.session("unet") if unet is None else unet
-        timestep_dtype = input_type(unet, "timestep", np.float32)
-        timestep_shape = next(item.shape for item in unet.get_inputs() if item.name == "timestep")
-        arguments = step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed))
-        sample = torch.from_numpy(latents)
-        total = len(timesteps)
-        done = 0
-        for index, t in enumerate(timesteps):
-            doubled = torch.cat([sample] * 2) if generation.guidance else sample
-            model_input = scheduler.scale_model_input(doubled, t).numpy()
-            if conditioning is not None:
-                model_input = np.concatenate([model_input, conditioning], axis=1)
-            # Exports differ: ours take one timestep per batch item, diffusers' script a fixed-size one.
-            count = (
-                timestep_shape[0]
-                if timestep_shape and isinstance(timestep_shape[0], int)
-                else len(model_input)
-            )
-            timestep = np.full((count,), float(t), dtype=timestep_dtype)
-            # The noise, or the velocity for a v-prediction model: the scheduler's config says which.
-            prediction = unet.run(
-                None,
-                {
-                    "sample": model_input.astype(np.float32),
-                    "timestep": timestep,
-                    "encoder_hidden_states": embeddings,
-                    **(extra_inputs or {}),
-                },
-            )[0]
-            if generation.guidance:
-                uncond, text = np.split(prediction, 2)
-                prediction = uncond + generation.cfg * (text - uncond)
-            guided = torch.from_numpy(prediction)
-            sample = scheduler.step(guided, t, sample, **arguments, return_dict=False)[0]
-            if after_step is not None:
-                sample = after_step(index, sample)
-            if counts_as_step(index, total, steps, scheduler.order):
-                done += 1
-                report_step(self.hooks, done, "sd", sample)
-            self.hooks.check_cancelled()
-        result: np.ndarray = sample.numpy()
-        return result
+    def unet_calls(
+        self, embeddings: np.ndarray, extra_inputs: Mapping[str, np.ndarray], unet: Any
+    ) -> UnetCalls:
+        """This run's UNet calls: the CUDA-graph path on a GPU worker (``pipelines.gpu.runtime``),
+        else the worker's ONNX Runtime session, or ``unet`` where one is given."""
+        if unet is None:
+            from pipelines.gpu.runtime import graph_calls
+
+            on_gpu = graph_calls(self.model, embeddings, extra_inputs)
+            if on_gpu is not None:
+                return on_gpu
+        return session_calls(self.model.session("unet") if unet is None else unet, embeddings, extra_inputs)
 
     def decode(self, latents: np.ndarray) -> list[Image.Image]:
-        """``decode_latents`` with the generation's VAE tiling."""
-        return decode_latents(self.model, latents, self.generation.vae_tiling)
+        """``decode_images`` with the generation's VAE tiling."""
+        return decode_images(self.model, latents, self.generation.vae_tiling)
+
+
+#: ``predict(model_input, t)``: the UNet's output (the noise, or the velocity of a v-prediction
+#: model) for ``model_input`` (scaled by the scheduler, conditioning channels joined) at scheduler
+#: timestep ``t``, unguided, as an fp32 torch tensor the caller owns.
+Predict = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class UnetCalls:
+    """Where a UNet loop runs: its ``predict``, the torch device its latents live on, and the
+    stream its torch work is queued on (a GPU model's own; none on the CPU)."""
+
+    predict: Predict
+    device: Any
+    stream: Callable[[], AbstractContextManager[Any]] = nullcontext
+
+
+def session_calls(unet: Any, embeddings: np.ndarray, extra_inputs: Mapping[str, np.ndarray]) -> UnetCalls:
+    """UNet calls on an ONNX Runtime session (or a session-like UNet), through numpy on the CPU."""
+    import torch
+
+    timestep_dtype = input_type(unet, "timestep", np.float32)
+    timestep_shape = next(item.shape for item in unet.get_inputs() if item.name == "timestep")
+
+    def predict(model_input: Any, t: Any) -> Any:
+        # Exports differ: ours take one timestep per batch item, diffusers' script a fixed-size one.
+        count = (
+            timestep_shape[0] if timestep_shape and isinstance(timestep_shape[0], int) else len(model_input)
+        )
+        feeds = {
+            "sample": model_input.numpy().astype(np.float32),
+            "timestep": np.full((count,), float(t), dtype=timestep_dtype),
+            "encoder_hidden_states": embeddings,
+            **extra_inputs,
+        }
+        return torch.from_numpy(unet.run(None, feeds)[0]).float()
+
+    return UnetCalls(predict, torch.device("cpu"))
+
+
+def run_loop(
+    run: Run,
+    calls: UnetCalls,
+    scheduler: Any,
+    latents: np.ndarray,
+    *,
+    timesteps: Any = None,
+    steps: int | None = None,
+    conditioning: np.ndarray | None = None,
+    after_step: Callable[[int, Any], Any] | None = None,
+) -> np.ndarray:
+    """``denoise_loop`` from and back to numpy, on ``calls``'s device and stream.
+
+    ``after_step`` gets the latents on the CPU and its result goes back to the device: a copy of
+    the latents each way per step on a GPU, small beside a UNet call.
+    """
+    import torch
+
+    device = calls.device
+    on_device = after_step
+    if after_step is not None and device.type != "cpu":
+
+        def on_device(index: int, sample: Any) -> Any:
+            return after_step(index, sample.cpu()).to(device)
+
+    with calls.stream():
+        sample = denoise_loop(
+            run,
+            calls.predict,
+            scheduler,
+            torch.from_numpy(latents).to(device),
+            timesteps=timesteps,
+            steps=steps,
+            channels=None if conditioning is None else torch.from_numpy(conditioning).to(device),
+            after_step=on_device,
+        )
+        result: np.ndarray = sample.cpu().numpy()
+    return result
+
+
+def denoise_loop(
+    run: Run,
+    predict: Predict,
+    scheduler: Any,
+    sample: Any,
+    *,
+    timesteps: Any = None,
+    steps: int | None = None,
+    channels: Any = None,
+    after_step: Callable[[int, Any], Any] | None = None,
+) -> Any:
+    """The UNet loop on torch tensors (on any device) from ``sample`` (already scaled for the scheduler).
+
+    ``timesteps`` and ``steps`` default to the whole schedule; ``channels`` are joined to the
+    UNet's input after the scheduler scales it; ``after_step(index, sample)`` may replace the
+    latents after each scheduler step. Each scheduler step is reported with ``report_step``
+    (``run.family``) and ``run.hooks.check_cancelled()`` is called after every UNet call.
+    """
+    import torch
+
+    generation = run.generation
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
+    steps = generation.steps if steps is None else steps
+    arguments = step_arguments(scheduler, eta=generation.eta, generator=torch_generator(generation.seed))
+    total = len(timesteps)
+    done = 0
+    for index, t in enumerate(timesteps):
+        doubled = torch.cat([sample] * 2) if generation.guidance else sample
+        model_input = scheduler.scale_model_input(doubled, t)
+        if channels is not None:
+            model_input = torch.cat([model_input, channels], dim=1)
+        prediction = predict(model_input, t)
+        if generation.guidance:
+            uncond, text = prediction.chunk(2)
+            prediction = uncond + generation.cfg * (text - uncond)
+        sample = scheduler.step(prediction, t, sample, **arguments, return_dict=False)[0]
+        if after_step is not None:
+            sample = after_step(index, sample)
+        if counts_as_step(index, total, steps, scheduler.order):
+            done += 1
+            report_step(run.hooks, done, run.family, sample)
+        run.hooks.check_cancelled()
+    return sample
+
+
+def decode_images(
+    model: DiffusionModel, latents: np.ndarray, tiling: VaeTiling | None = None
+) -> list[Image.Image]:
+    """Decode latents to RGB images: on the VAE decoder's CUDA graphs on a GPU worker (whole
+    images), else ``decode_latents`` on the worker's session."""
+    if tiling is None:
+        from pipelines.gpu.runtime import graph_decode
+
+        images = graph_decode(model, latents)
+        if images is not None:
+            return images
+    return decode_latents(model, latents, tiling)
 
 
 def decode_latents(

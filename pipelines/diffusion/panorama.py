@@ -377,7 +377,7 @@ class SdxlUNet:
     """An SDXL UNet on the model's ONNX Runtime session, predicting as ``UNet`` does."""
 
     def __init__(self, model: sd.DiffusionModel) -> None:
-        self.call = sdxl.cpu_predict(model)
+        self.model = model
 
     def predict(
         self, sample: np.ndarray, t: Any, conditioning: sdxl.SdxlConditioning, generation: sd.Generation
@@ -385,10 +385,8 @@ class SdxlUNet:
         """The noise prediction for ``sample`` (already scaled), guided as the generation asks."""
         import torch
 
-        tensors = (sample.astype(np.float32), conditioning.hidden, conditioning.pooled, conditioning.time_ids)
-        model_input, hidden, pooled, time_ids = (torch.from_numpy(item) for item in tensors)
-        timestep = torch.full((len(model_input),), float(t))
-        noise: np.ndarray = self.call(model_input, timestep, hidden, pooled, time_ids).float().numpy()
+        calls = sdxl.session_calls(self.model, conditioning)
+        noise: np.ndarray = calls.predict(torch.from_numpy(sample.astype(np.float32)), t).numpy()
         if generation.guidance:
             uncond, text = np.split(noise, 2)
             noise = uncond + generation.cfg * (text - uncond)

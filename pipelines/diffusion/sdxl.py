@@ -11,7 +11,8 @@ the same scheduler calls and guidance. The model folder is optimum's SDXL ONNX l
 
 img2img and inpainting are SD's own tasks (``pipelines.diffusion.img2img`` and ``.inpaint``: the
 strength schedule, the starting noise, the mask) given an ``SdxlRun``, whose prompt encoding and
-UNet loop are SDXL's; they run on the worker's sessions (the CUDA EP on a GPU worker), as SD's do.
+UNet loop are SDXL's; on a GPU worker their UNet loop and decoding run on the CUDA graphs, as SD's do
+(``Run.unet_calls``, ``sd.decode_images``).
 diffusers' SDXL img2img and inpaint pipelines condition on the same size ``time_ids`` as txt2img
 unless ``requires_aesthetics_score`` is set, which only the refiner sets; the refiner (no first
 text encoder) is not supported here.
@@ -21,25 +22,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from pipelines.diffusion import model as sd
 from pipelines.diffusion.prompt import PromptText, prompt_windows, weight_embeddings
-from pipelines.diffusion.schedulers import step_arguments
 
 logger = logging.getLogger(__name__)
 
 #: Pipeline names (contract §8.6) that ask for SDXL: every name ending in ``-sdxl``.
 SDXL_SUFFIX = "-sdxl"
-#: ``(batch, sample, timestep, hidden, text_embeds, time_ids) -> noise``: one UNet call on torch tensors.
-Predict = Callable[[Any, Any, Any, Any, Any], Any]
 
 
 def is_sdxl_folder(folder: Path) -> bool:
@@ -140,71 +138,60 @@ def encode_prompt(
     )
 
 
-def cpu_predict(model: sd.DiffusionModel, unet: Any = None) -> Predict:
-    """UNet calls on the model's ONNX Runtime session (or a session-like ``unet``), tensors through numpy."""
+def session_calls(model: sd.DiffusionModel, conditioning: SdxlConditioning, unet: Any = None) -> sd.UnetCalls:
+    """UNet calls on the model's ONNX Runtime session (or a session-like ``unet``), through numpy."""
     import torch
 
     unet = model.session("unet") if unet is None else unet
-    timestep_type = sd.input_type(unet, "timestep", np.float32)
 
-    def predict(sample: Any, timestep: Any, hidden: Any, pooled: Any, time_ids: Any) -> Any:
+    def predict(model_input: Any, t: Any) -> Any:
         feeds = {
-            "sample": sample.numpy(),
-            "timestep": timestep.numpy().astype(timestep_type),
-            "encoder_hidden_states": hidden.numpy(),
-            "text_embeds": pooled.numpy(),
-            "time_ids": time_ids.numpy(),
+            "sample": model_input.numpy(),
+            "timestep": np.full((len(model_input),), float(t), dtype=np.float32),
+            "encoder_hidden_states": conditioning.hidden,
+            "text_embeds": conditioning.pooled,
+            "time_ids": conditioning.time_ids,
         }
         feeds = {name: value.astype(sd.input_type(unet, name, value.dtype)) for name, value in feeds.items()}
-        return torch.from_numpy(unet.run(None, feeds)[0])
+        return torch.from_numpy(unet.run(None, feeds)[0]).float()
 
-    return predict
+    return sd.UnetCalls(predict, torch.device("cpu"))
 
 
-def denoise(
-    predict: Predict,
-    scheduler: Any,
-    sample: Any,
-    conditioning: tuple[Any, Any, Any],
-    run: sd.Run,
-    *,
-    timesteps: Any = None,
-    steps: int | None = None,
-    channels: Any = None,
-    after_step: Callable[[int, Any], Any] | None = None,
-) -> Any:
-    """The UNet loop on torch tensors (CPU or CUDA) from ``sample`` (already scaled for the scheduler).
-
-    ``timesteps``, ``steps``, ``channels`` (``Run.denoise``'s ``conditioning``) and ``after_step``
-    are as in ``Run.denoise``; by default the whole schedule runs on a 4-channel UNet. Each
-    scheduler step is reported with ``sd.report_step`` (family ``sdxl``).
-    """
+def graph_calls(model: sd.DiffusionModel, conditioning: SdxlConditioning) -> sd.UnetCalls | None:
+    """UNet calls on the CUDA-graph path (``pipelines.gpu.runtime.graph_model``), or None off it."""
     import torch
 
-    generation = run.generation
-    hidden, pooled, time_ids = conditioning
-    arguments = step_arguments(scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed))
-    timesteps = scheduler.timesteps if timesteps is None else timesteps
-    steps = generation.steps if steps is None else steps
-    done = 0
-    for index, t in enumerate(timesteps):
-        doubled = torch.cat([sample] * 2) if generation.guidance else sample
-        model_input = scheduler.scale_model_input(doubled, t)
-        if channels is not None:
-            model_input = torch.cat([model_input, channels], dim=1)
-        timestep = torch.full((len(model_input),), float(t), device=model_input.device)
-        noise = predict(model_input, timestep, hidden, pooled, time_ids).float()
-        if generation.guidance:
-            uncond, text = noise.chunk(2)
-            noise = uncond + generation.cfg * (text - uncond)
-        sample = scheduler.step(noise, t, sample, **arguments, return_dict=False)[0]
-        if after_step is not None:
-            sample = after_step(index, sample)
-        if sd.counts_as_step(index, len(timesteps), steps, scheduler.order):
-            done += 1
-            sd.report_step(run.hooks, done, "sdxl", sample)
-        run.hooks.check_cancelled()
-    return sample
+    from pipelines.gpu.runtime import graph_model
+
+    on_gpu = graph_model(model)
+    if on_gpu is None:
+        return None
+    with torch.cuda.stream(on_gpu.stream):
+        tensors = (conditioning.hidden, conditioning.pooled, conditioning.time_ids)
+        hidden, pooled, time_ids = (torch.from_numpy(item).to(on_gpu.device) for item in tensors)
+
+    def predict(model_input: Any, t: Any) -> Any:
+        feeds = {
+            "sample": model_input,
+            "timestep": torch.full((len(model_input),), float(t), device=on_gpu.device),
+            "encoder_hidden_states": hidden,
+            "text_embeds": pooled,
+            "time_ids": time_ids,
+        }
+        noise = on_gpu.unet(
+            feeds, {"out_sample": (len(model_input), sd.LATENT_CHANNELS, *model_input.shape[2:])}
+        )
+        # A copy: the next replay of a warmed shape overwrites its output buffer.
+        return noise["out_sample"].to(torch.float32, copy=True)
+
+    return sd.UnetCalls(predict, on_gpu.device, lambda: torch.cuda.stream(on_gpu.stream))
+
+
+def unet_calls(model: sd.DiffusionModel, conditioning: SdxlConditioning, unet: Any = None) -> sd.UnetCalls:
+    """An SDXL run's UNet calls: the CUDA-graph path on a GPU worker, else the session (or ``unet``)."""
+    on_gpu = graph_calls(model, conditioning) if unet is None else None
+    return on_gpu if on_gpu is not None else session_calls(model, conditioning, unet)
 
 
 def run_conditioning(run: sd.Run) -> SdxlConditioning:
@@ -224,43 +211,19 @@ class SdxlRun(sd.Run):
         """Both encoders' hidden states, the pooled projection and the size ``time_ids``, once per run."""
         return run_conditioning(self)
 
+    family: ClassVar[str] = "sdxl"
+
     def prompt_embeddings(self) -> np.ndarray:
-        """The UNet's ``encoder_hidden_states``; ``denoise`` adds the pooled and size conditioning."""
+        """The UNet's ``encoder_hidden_states``; ``unet_calls`` adds the pooled and size conditioning."""
         return self.conditioning.hidden
 
-    def denoise(
-        self,
-        scheduler: Any,
-        latents: np.ndarray,
-        embeddings: np.ndarray,
-        *,
-        timesteps: Any = None,
-        steps: int | None = None,
-        conditioning: np.ndarray | None = None,
-        after_step: Callable[[int, Any], Any] | None = None,
-        extra_inputs: Mapping[str, np.ndarray] | None = None,
-        unet: Any = None,
-    ) -> np.ndarray:
-        """``Run.denoise`` on an SDXL UNet: ``embeddings`` with this run's pooled and size conditioning."""
-        import torch
-
+    def unet_calls(
+        self, embeddings: np.ndarray, extra_inputs: Mapping[str, np.ndarray], unet: Any
+    ) -> sd.UnetCalls:
+        """``Run.unet_calls`` on an SDXL UNet: ``embeddings`` with this run's pooled and size conditioning."""
         if extra_inputs:
             raise ValueError(f"an SDXL UNet takes no inputs {sorted(extra_inputs)}")
-        tensors = (embeddings, self.conditioning.pooled, self.conditioning.time_ids)
-        hidden, pooled, time_ids = (torch.from_numpy(item) for item in tensors)
-        sample = denoise(
-            cpu_predict(self.model, unet),
-            scheduler,
-            torch.from_numpy(latents),
-            (hidden, pooled, time_ids),
-            self,
-            timesteps=timesteps,
-            steps=steps,
-            channels=None if conditioning is None else torch.from_numpy(conditioning),
-            after_step=after_step,
-        )
-        result: np.ndarray = sample.numpy()
-        return result
+        return unet_calls(self.model, replace(self.conditioning, hidden=embeddings), unet)
 
 
 def diffusion_run(
@@ -274,49 +237,12 @@ def diffusion_run(
 def txt2img_sdxl(run: sd.Run) -> list[Image.Image]:
     """Generate ``generation.batch`` SDXL images from onnx-web's seeded noise.
 
-    On a CUDA worker (``gpu_settings``) the UNet and VAE decoder run on ``pipelines.gpu.runtime``
-    sessions with the latents kept on the GPU; otherwise on the worker's ONNX Runtime sessions.
+    On a CUDA worker the UNet and VAE decoder run on ``pipelines.gpu.runtime``'s CUDA graphs;
+    otherwise, and for a run with a LoRA, on the worker's ONNX Runtime sessions.
     """
-    import torch
-
-    from pipelines.gpu.runtime import gpu_model, gpu_settings
-
-    model = run.model
-    conditioning = run_conditioning(run)
-    scheduler = run.scheduler()
-    latents = torch.from_numpy(run.starting_latents(scheduler))
-    tensors = (conditioning.hidden, conditioning.pooled, conditioning.time_ids)
-    settings = gpu_settings(model.sessions)
-    # The fused CUDA path builds its own UNet from the folder: a LoRA run stays on the sessions.
-    if settings is None or model.networks.variant("unet") is not None:
-        inputs = tuple(torch.from_numpy(item) for item in tensors)
-        latents = denoise(cpu_predict(model), scheduler, latents, (inputs[0], inputs[1], inputs[2]), run)
-        return run.decode(latents.numpy())
-    from pipelines.gpu.batch import GpuDenoiser
-
-    on_gpu = gpu_model(model.folder, settings)
-    with torch.cuda.stream(on_gpu.stream):
-        inputs = tuple(torch.from_numpy(item).to(on_gpu.device) for item in tensors)
-        latents = denoise(
-            gpu_predict(on_gpu), scheduler, latents.to(on_gpu.device), (inputs[0], inputs[1], inputs[2]), run
-        )
-        return GpuDenoiser(model, on_gpu).decode(latents)
-
-
-def gpu_predict(on_gpu: Any) -> Predict:
-    """UNet calls on a ``GpuDiffusionModel``'s CUDA session (CUDA graphs for warmed shapes)."""
-
-    def predict(sample: Any, timestep: Any, hidden: Any, pooled: Any, time_ids: Any) -> Any:
-        feeds = {
-            "sample": sample,
-            "timestep": timestep,
-            "encoder_hidden_states": hidden,
-            "text_embeds": pooled,
-            "time_ids": time_ids,
-        }
-        return on_gpu.unet(feeds, {"out_sample": tuple(sample.shape)})["out_sample"]
-
-    return predict
+    sdxl = SdxlRun(run.model, run.generation, run.hooks) if not isinstance(run, SdxlRun) else run
+    scheduler = sdxl.scheduler()
+    return sdxl.decode(sdxl.denoise(scheduler, sdxl.starting_latents(scheduler), sdxl.prompt_embeddings()))
 
 
 def warm_up_sdxl(on_gpu: Any, width: int, height: int, images: int = 1) -> None:

@@ -117,15 +117,7 @@ class GpuDenoiser:
 
     def decode(self, latents: Any) -> list[Image.Image]:
         """Decode on the GPU and bring back 8-bit pixels, rounded as ``decode_latents`` does."""
-        import torch
-
-        images = []
-        for index in range(len(latents)):
-            scaled = latents[index : index + 1] / self.model.scaling_factor
-            pixels = self.on_gpu.decode(scaled).float()
-            pixels = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-            images.append(Image.fromarray(pixels[0].permute(1, 2, 0).cpu().numpy()))
-        return images
+        return self.on_gpu.decode_images(latents, self.model.scaling_factor)
 
 
 def denoiser_for(model: sd.DiffusionModel) -> Denoiser:

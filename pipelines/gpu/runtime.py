@@ -22,9 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from pipelines.diffusion.lcm import TIMESTEP_COND
-from pipelines.diffusion.model import LATENT_CHANNELS, LATENT_FACTOR, ONNX_TYPES, DiffusionModel, encode_text
+from pipelines.diffusion.model import (
+    LATENT_CHANNELS,
+    LATENT_FACTOR,
+    ONNX_TYPES,
+    DiffusionModel,
+    UnetCalls,
+    encode_text,
+)
 from pipelines.models.layout import ONNX_FILE
 
 logger = logging.getLogger(__name__)
@@ -284,17 +292,22 @@ class GpuDiffusionModel:
         self.cond_size = int(cond.shape[-1]) if cond is not None else None
 
     def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
-        """One UNet call on CUDA tensors: noise prediction in the UNet's output dtype.
+        """One UNet call on CUDA tensors: the noise prediction, as an fp32 tensor of its own.
 
-        ``cond`` is an LCM-distilled UNet's embedded guidance scale (``timestep_cond``), one row per
-        UNet row; other UNets have no such input.
+        A warmed shape's output buffer is overwritten by its next replay, and schedulers keep
+        model outputs across steps (PNDM's history), so the result is always a copy, made in the
+        conversion to fp32 that a fp16 UNet needs anyway. ``cond`` is an LCM-distilled UNet's
+        embedded guidance scale (``timestep_cond``), one row per UNet row; other UNets have no such
+        input.
         """
+        import torch
+
         batch, _, height, width = sample.shape
         feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden}
         if cond is not None:
             feeds[TIMESTEP_COND] = cond
         outputs = self.unet(feeds, {"out_sample": (batch, LATENT_CHANNELS, height, width)})
-        return outputs["out_sample"]
+        return outputs["out_sample"].to(torch.float32, copy=True)
 
     def decode(self, latents: Any) -> Any:
         """Decode one ``(1, 4, h, w)`` latent (already divided by the scaling factor) to [-1, 1] pixels."""
@@ -303,6 +316,18 @@ class GpuDiffusionModel:
             {"latent_sample": latents}, {"sample": (1, 3, height * LATENT_FACTOR, width * LATENT_FACTOR)}
         )
         return outputs["sample"]
+
+    def decode_images(self, latents: Any, scaling_factor: float) -> list[Image.Image]:
+        """Decode ``(n, 4, h, w)`` latents one at a time and bring back 8-bit pixels, rounded as
+        ``decode_latents`` rounds them."""
+        import torch
+
+        images = []
+        for index in range(len(latents)):
+            pixels = self.decode(latents[index : index + 1] / scaling_factor).float()
+            pixels = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+            images.append(Image.fromarray(pixels[0].permute(1, 2, 0).cpu().numpy()))
+        return images
 
     def warm_up(self, buckets: Sequence[Bucket]) -> None:
         """Capture the UNet and VAE decoder at each bucket's shapes, paying first-run costs now.
@@ -358,6 +383,55 @@ def gpu_settings(sessions: Any) -> GpuSettings | None:
     if CUDA_PROVIDER not in providers or not cuda_available():
         return None
     return GpuSettings(device_id=int(getattr(settings, "device_id", 0)))
+
+
+def graph_model(model: DiffusionModel) -> GpuDiffusionModel | None:
+    """``model`` on this worker's GPU for the CUDA-graph path, or None where its runs stay on the
+    worker's sessions: no CUDA here, or a LoRA in the run (it is blended into the sessions' UNet;
+    the GPU model is the folder's own)."""
+    settings = gpu_settings(model.sessions)
+    if settings is None or model.networks.variant("unet") is not None:
+        return None
+    return gpu_model(model.folder, settings)
+
+
+def graph_calls(
+    model: DiffusionModel, embeddings: np.ndarray, extra_inputs: Mapping[str, np.ndarray]
+) -> UnetCalls | None:
+    """An SD run's UNet calls on the CUDA-graph path (``graph_model``), or None where they stay on
+    the sessions, also for inputs other than an LCM-distilled UNet's ``timestep_cond`` (the x4
+    upscaler's ``class_labels``). The prompt embeddings go to the GPU once per run."""
+    if set(extra_inputs) - {TIMESTEP_COND}:
+        return None
+    on_gpu = graph_model(model)
+    if on_gpu is None:
+        return None
+    import torch
+
+    with torch.cuda.stream(on_gpu.stream):
+        hidden = torch.from_numpy(embeddings).to(on_gpu.device)
+        cond = extra_inputs.get(TIMESTEP_COND)
+        cond_rows = None if cond is None else torch.from_numpy(cond).to(on_gpu.device)
+
+    def predict(model_input: Any, t: Any) -> Any:
+        timestep = torch.full((len(model_input),), float(t), device=on_gpu.device)
+        return on_gpu.predict_noise(model_input, timestep, hidden, cond_rows)
+
+    return UnetCalls(predict, on_gpu.device, lambda: torch.cuda.stream(on_gpu.stream))
+
+
+def graph_decode(model: DiffusionModel, latents: np.ndarray) -> list[Image.Image] | None:
+    """``latents`` decoded on the VAE decoder's CUDA graphs (``graph_model``), or None off that path,
+    also for a VAE that does not scale by 8 (the x4 upscaler's)."""
+    if model.vae_factor != LATENT_FACTOR:
+        return None
+    on_gpu = graph_model(model)
+    if on_gpu is None:
+        return None
+    import torch
+
+    with torch.cuda.stream(on_gpu.stream):
+        return on_gpu.decode_images(torch.from_numpy(latents).to(on_gpu.device), model.scaling_factor)
 
 
 def warm_up(model: DiffusionModel, buckets: Sequence[Bucket]) -> GpuDiffusionModel:

@@ -223,3 +223,15 @@ def test_chain_executor_upscales_large_inputs_tile_by_tile(models_path: Path, se
     # one stage run of one step.
     assert tiles[-1] == (2, 2)
     assert result.progress.steps.current == 2
+
+
+def test_the_upscaler_stays_on_the_sessions_of_a_gpu_worker(
+    upscaler: DiffusionModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its UNet takes ``class_labels`` and its VAE scales by 4: the CUDA graphs feed neither."""
+    from tests.unit.pipelines.graph_stand_in import route_to_cpu_stand_in
+
+    graphs = route_to_cpu_stand_in(monkeypatch)
+    images = upscale_sd(Run(upscaler, generation("ddim", steps=2)), gradient(*SOURCE), 20)
+    assert [image.size for image in images] == [(SOURCE[0] * 4, SOURCE[1] * 4)]
+    assert not graphs.made

@@ -97,3 +97,51 @@ def test_an_lcm_unet_is_captured_without_guidance_rows_and_fed_its_embedding(lcm
         outputs.append(replayed.cpu().numpy())
     assert len(model.unet._graphs) == 1  # the one-row shape was captured, the replays used it
     assert np.abs(outputs[0] - outputs[1]).max() > 1e-3  # the embedding reaches the UNet
+
+
+def test_a_warmed_shape_returns_a_prediction_of_its_own(gpu_folder: Path) -> None:
+    """The next replay overwrites the graph's output buffer; schedulers keep past predictions."""
+    import torch
+
+    model = gpu_model(gpu_folder, GpuSettings())
+    model.warm_up([Bucket(64, 64, 1)])
+    hidden = torch.zeros((2, 77, 32)).cuda()
+    timestep = torch.tensor([981.0, 981.0]).cuda()
+    with torch.cuda.stream(model.stream):
+        first = model.predict_noise(torch.ones((2, 4, 8, 8)).cuda(), timestep, hidden)
+        kept = first.clone()
+        model.predict_noise(-torch.ones((2, 4, 8, 8)).cuda(), timestep, hidden)
+    torch.cuda.synchronize()
+    assert first.dtype == torch.float32
+    assert torch.equal(first, kept)
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_img2img_and_inpainting_on_the_graphs_make_the_cuda_sessions_images(
+    gpu_folder: Path, task: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's latents live on the GPU; inpainting's kept region is blended on the host."""
+    import pipelines.gpu.runtime as runtime
+    from pipelines.diffusion.img2img import img2img
+    from pipelines.diffusion.inpaint import inpaint
+    from pipelines.diffusion.model import Run, load_model
+    from pipelines.models.sessions import SessionCache
+    from tests.unit.pipelines.graph_stand_in import pixel_levels
+    from tests.unit.pipelines.images import gradient, mask_image
+    from tests.unit.pipelines.reference import demo_generation
+
+    model = load_model(gpu_folder.parent, gpu_folder.name, SessionCache(max_models=2))
+    gen = demo_generation(model=gpu_folder.name, steps=6, seed=3, width=64, height=64)
+    source = gradient(64, 64)
+
+    def run() -> np.ndarray:
+        job = Run(model, gen)
+        if task == "img2img":
+            return pixel_levels(img2img(job, source, 0.6))
+        return pixel_levels(inpaint(job, source, mask_image(64, 64)))
+
+    on_graphs = run()
+    assert len(runtime._models) > 0
+    monkeypatch.setattr(runtime, "graph_model", lambda model: None)
+    on_sessions = run()
+    assert np.abs(on_graphs.astype(int) - on_sessions).max() <= 2

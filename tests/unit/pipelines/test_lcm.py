@@ -252,6 +252,22 @@ def test_txt2img_takes_the_cuda_path_for_an_lcm_unet_with_its_guidance_scale(
     assert np.abs(pixels(images) - sessions_loop(lcm_model, generation)).max() <= 1
 
 
+def test_lcm_img2img_on_a_gpu_worker_feeds_the_graphs_its_guidance_embedding(
+    lcm_model: DiffusionModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """img2img's UNet loop takes the CUDA-graph path with ``timestep_cond`` and one row per image."""
+    from pipelines.diffusion.img2img import img2img
+    from tests.unit.pipelines.graph_stand_in import route_to_cpu_stand_in
+
+    generation = lcm_generation(cfg=7.0, seed=4, batch=2)
+    on_sessions = pixels(img2img(lcm_run(Run(lcm_model, generation), "img2img"), gradient(), 0.75))
+    graphs = route_to_cpu_stand_in(monkeypatch)
+    on_graphs = pixels(img2img(lcm_run(Run(lcm_model, generation), "img2img"), gradient(), 0.75))
+    assert graphs.rows == [2] * 3
+    assert all("cond" in names for made in graphs.made for names in made.inputs)
+    assert np.abs(on_graphs - on_sessions).max() <= 1
+
+
 # --- turbo and LCM-LoRA: ordinary UNets, trailing schedules, cfg 1 ------------------------------------
 
 

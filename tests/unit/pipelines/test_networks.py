@@ -58,7 +58,7 @@ from pipelines.models.layout import GPU_MARKER, ONNX_FILE
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
 from tests.unit.pipelines import onnx_graphs
-from tests.unit.pipelines.images import pixels
+from tests.unit.pipelines.images import gradient, pixels
 from tests.unit.pipelines.reference import (
     NO_SAFETY_CHECKER,
     assert_matches,
@@ -219,6 +219,26 @@ def test_a_lora_run_on_a_cuda_worker_stays_on_the_sessions_that_blend_it(
     # Without a LoRA the fused path is taken.
     with pytest.raises(AssertionError, match="fused CUDA path"):
         txt2img(Run(model, demo_generation(prompt="a cat")))
+
+
+def test_a_lora_img2img_on_a_cuda_worker_stays_on_the_sessions(
+    networks_path: Path, parts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ``Run.denoise`` loop asks ``graph_model`` first: a LoRA keeps it on the sessions."""
+    import pipelines.gpu.runtime as runtime
+    from pipelines.diffusion.img2img import img2img
+
+    def gpu_model(folder: Path, settings: Any) -> Any:
+        raise AssertionError("the CUDA-graph path was taken")
+
+    monkeypatch.setattr(runtime, "gpu_settings", lambda sessions: runtime.GpuSettings())
+    monkeypatch.setattr(runtime, "gpu_model", gpu_model)
+    save_file(random_lora(parts), str(networks_path / "lora" / "detail.safetensors"))
+    model = demo(networks_path)
+    images = img2img(Run(model, demo_generation(prompt="a cat <lora:detail:0.5>")), gradient(), 0.5)
+    assert pixels(images).shape == (1, 48, 64, 3)
+    with pytest.raises(AssertionError, match="CUDA-graph path"):
+        img2img(Run(model, demo_generation(prompt="a cat")), gradient(), 0.5)
 
 
 @pytest.fixture(scope="module")

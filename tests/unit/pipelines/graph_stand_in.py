@@ -1,0 +1,92 @@
+"""The GPU model of the CUDA-graph path (``GpuDiffusionModel``), standing in on the CPU.
+
+``graph_model`` hands a run the model on the worker's GPU; without a GPU these tests give it
+``OnCpu`` instead: the same calls (``predict_noise`` and ``unet`` on tensors of its ``device``,
+``decode_images``), answered by the model's own ONNX Runtime sessions and counted. What they check
+is the route (which runs reach the GPU model, and with which rows) and the loop around it (device
+moves, host callbacks, guidance): the CUDA sessions themselves are ``test_gpu_runtime``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pipelines.gpu.runtime as runtime
+from pipelines.diffusion import model as sd
+from pipelines.gpu.batch import CpuDenoiser
+
+
+class OnCpu:
+    """``GpuDiffusionModel``'s calls on the model's sessions; ``rows`` lists each UNet call's batch."""
+
+    def __init__(self, model: sd.DiffusionModel) -> None:
+        import torch
+
+        self.model = model
+        self.device = torch.device("cpu")
+        self.stream = None
+        self.rows: list[int] = []
+        self.inputs: list[set[str]] = []
+        self.decoded = 0
+
+    def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
+        self._seen({"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden, "cond": cond})
+        return CpuDenoiser(self.model).predict_noise(sample, timestep, hidden, cond).float()
+
+    def unet(self, feeds: dict[str, Any], output_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+        """The raw UNet call (SDXL's): tensors in, the named outputs out."""
+        import torch
+
+        self._seen(feeds)
+        session = self.model.session("unet")
+        arrays = {name: value.numpy() for name, value in feeds.items()}
+        outputs = session.run(
+            None,
+            {name: value.astype(sd.input_type(session, name, value.dtype)) for name, value in arrays.items()},
+        )
+        [name] = output_shapes
+        assert outputs[0].shape == output_shapes[name]
+        return {name: torch.from_numpy(outputs[0])}
+
+    def decode_images(self, latents: Any, scaling_factor: float) -> list[Image.Image]:
+        assert scaling_factor == self.model.scaling_factor
+        self.decoded += len(latents)
+        return sd.decode_latents(self.model, latents.numpy())
+
+    def _seen(self, feeds: dict[str, Any]) -> None:
+        self.rows.append(len(feeds["sample"]))
+        self.inputs.append({name for name, value in feeds.items() if value is not None})
+
+
+class GraphModels:
+    """Every ``OnCpu`` the patched ``graph_model`` handed out, in order."""
+
+    def __init__(self) -> None:
+        self.made: list[OnCpu] = []
+
+    def __call__(self, model: sd.DiffusionModel) -> OnCpu:
+        self.made.append(OnCpu(model))
+        return self.made[-1]
+
+    @property
+    def rows(self) -> list[int]:
+        return [rows for made in self.made for rows in made.rows]
+
+    @property
+    def decoded(self) -> int:
+        return sum(made.decoded for made in self.made)
+
+
+def route_to_cpu_stand_in(monkeypatch: pytest.MonkeyPatch) -> GraphModels:
+    """Make ``graph_model`` answer as on a GPU worker, with ``OnCpu`` models."""
+    models = GraphModels()
+    monkeypatch.setattr(runtime, "graph_model", models)
+    return models
+
+
+def pixel_levels(images: list[Image.Image]) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
