@@ -7,10 +7,11 @@ GroupNorm, SkipGroupNorm, NhwcConv, BiasSplitGelu, SkipLayerNormalization...), t
 fp16. Several fused kernels exist only for CUDA, so an optimized folder is for CUDA workers; the
 plain export stays the CPU path.
 
-A VAE whose config sets ``force_upcast`` (SDXL's) stays fp32, with only the fusions that have CPU
-kernels: its activations overflow fp16 on real weights (black or NaN images), which is why
-diffusers runs it in fp32 too. A VAE trained to stay in range (``madebyollin/sdxl-vae-fp16-fix``,
-``force_upcast: false``) is converted to fp16 like the rest.
+An SDXL or x4 upscaler VAE whose config sets ``force_upcast`` stays fp32, with only the fusions
+that have CPU kernels: SDXL's activations overflow fp16 on real weights (black or NaN images), which
+is why diffusers runs it in fp32 too. A VAE trained to stay in range (``madebyollin/sdxl-vae-fp16-fix``,
+``force_upcast: false``) is converted to fp16 like the rest, as is every SD 1.x/2.x VAE: diffusers
+decodes those in fp16 whatever their config says (``honours_force_upcast``).
 """
 
 from __future__ import annotations
@@ -139,11 +140,27 @@ def save_model(model: Any, path: Path) -> None:
 
 
 def keeps_fp32(folder: Path, component: str) -> bool:
-    """Whether ``component`` of an fp16 folder stays fp32: a VAE whose config sets ``force_upcast``."""
+    """Whether ``component`` of an fp16 folder stays fp32: a VAE whose config sets ``force_upcast``,
+    in a model whose diffusers pipeline honours it (``honours_force_upcast``)."""
     config = folder / component / "config.json"
-    if COMPONENT_TYPES.get(component) != "vae" or not config.is_file():
+    if COMPONENT_TYPES.get(component) != "vae" or not config.is_file() or not honours_force_upcast(folder):
         return False
     return bool(json.loads(config.read_text()).get("force_upcast", False))
+
+
+def honours_force_upcast(folder: Path) -> bool:
+    """Whether the model in ``folder`` decodes in fp32 where its VAE config sets ``force_upcast``.
+
+    diffusers' SDXL pipelines and the x4 upscaler's do; its SD 1.x/2.x pipelines decode in fp16
+    whatever the config says, and a config written by a recent diffusers (a single-file
+    conversion's, say) sets the flag by default, so for those models it says nothing about range.
+    The class is ``model_index.json``'s, as the converter writes it.
+    """
+    try:
+        name = str(json.loads((folder / "model_index.json").read_text()).get("_class_name", ""))
+    except (OSError, ValueError):
+        return False
+    return "XL" in name or "Upscale" in name
 
 
 def _optimize_in_place(folder: Path, component: str, fp16: bool) -> tuple[str, dict[str, int], float]:

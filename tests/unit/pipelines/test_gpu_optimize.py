@@ -103,15 +103,25 @@ def test_cpu_options_leave_out_exactly_the_cuda_only_fusions() -> None:
     )
 
 
-@pytest.mark.parametrize("force_upcast", [True, False])
-def test_a_vae_whose_config_asks_for_fp32_keeps_it_in_an_fp16_folder(
-    tmp_path: Path, force_upcast: bool
+@pytest.mark.parametrize(
+    ("pipeline", "force_upcast", "upcast"),
+    [
+        ("StableDiffusionXLPipeline", True, True),
+        ("StableDiffusionXLPipeline", False, False),
+        ("OnnxStableDiffusionUpscalePipeline", True, True),
+        ("OnnxStableDiffusionPipeline", True, False),
+    ],
+)
+def test_a_vae_whose_config_asks_for_fp32_keeps_it_in_an_fp16_folder_where_diffusers_would(
+    tmp_path: Path, pipeline: str, force_upcast: bool, upcast: bool
 ) -> None:
-    # SDXL's VAE overflows fp16 on real weights; diffusers upcasts it, and so does the GPU folder.
+    """SDXL's VAE overflows fp16 on real weights; diffusers upcasts it, and so does the GPU folder.
+    diffusers' SD 1.x/2.x pipelines ignore the flag, which recent configs set by default."""
     vae = classic_attention(demo_vae())
     folder = tmp_path / "model"
     export_vae_decoder(vae, folder / "vae_decoder" / ONNX_FILE, 17)
     vae.save_config(folder / "vae_decoder")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
     config = folder / "vae_decoder" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "force_upcast": force_upcast}))
     plain = tmp_path / "plain" / ONNX_FILE
@@ -120,12 +130,12 @@ def test_a_vae_whose_config_asks_for_fp32_keeps_it_in_an_fp16_folder(
     optimize_folder(folder)
 
     decoder = onnx.load(str(folder / "vae_decoder" / ONNX_FILE))
-    expected = onnx.TensorProto.FLOAT if force_upcast else onnx.TensorProto.FLOAT16
+    expected = onnx.TensorProto.FLOAT if upcast else onnx.TensorProto.FLOAT16
     assert onnx_graphs.input_types(decoder) == {"latent_sample": expected}
     assert decoder.graph.output[0].type.tensor_type.elem_type == expected
     marker = json.loads((folder / GPU_MARKER).read_text())
-    assert marker["fp32_components"] == (["vae_decoder"] if force_upcast else [])
-    if force_upcast:  # fp32 with CPU kernels only: it runs here, with the plain export's numbers
+    assert marker["fp32_components"] == (["vae_decoder"] if upcast else [])
+    if upcast:  # fp32 with CPU kernels only: it runs here, with the plain export's numbers
         latents = {"latent_sample": np.random.default_rng(5).standard_normal((1, 4, 8, 8)).astype(np.float32)}
         reference = run_cpu(plain, latents)
         assert np.linalg.norm(run_cpu(folder / "vae_decoder" / ONNX_FILE, latents) - reference) < (
