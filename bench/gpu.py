@@ -912,15 +912,14 @@ def bench_pytorch_sdxl(src: Path, device: str, steps: int, side: int, timer: Tim
 def bench_ours_sdxl(folder: Path, steps: int, side: int, timer: Timer, device: str) -> dict[str, Any]:
     """Our SDXL path (``txt2img_sdxl``), text to PNG bytes; on CUDA after capturing the 1-image shapes."""
     from pipelines.diffusion.model import load_model
-    from pipelines.diffusion.sdxl import warm_up_sdxl
-    from pipelines.gpu.runtime import GpuSettings, gpu_model
+    from pipelines.gpu.runtime import Bucket, GpuSettings, gpu_model
     from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
 
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if device == "cuda" else (CPU_PROVIDER,)
     model = load_model(folder.parent, folder.name, SessionCache(2, SessionSettings(providers=providers)))
     result: dict[str, Any] = {}
     if device == "cuda":
-        result["warm_up_s"] = timed(lambda: warm_up_sdxl(gpu_model(folder, GpuSettings()), side, side))
+        result["warm_up_s"] = timed(lambda: gpu_model(folder, GpuSettings()).warm_up([Bucket(side, side)]))
     time_sdxl_images(model, folder.name, side, steps, timer, result)
     return result
 

@@ -333,8 +333,8 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
     from functools import partial
 
     from pipelines.diffusion.model import Run, load_model
-    from pipelines.diffusion.sdxl import txt2img_sdxl, warm_up_sdxl
-    from pipelines.gpu.runtime import GpuSettings, gpu_model
+    from pipelines.diffusion.sdxl import txt2img_sdxl
+    from pipelines.gpu.runtime import Bucket, GpuSettings, gpu_model
     from pipelines.imageops.metadata import encode_image
     from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
 
@@ -345,12 +345,12 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
         import torch
 
         on_gpu = gpu_model(folder, GpuSettings())
-        result["warm_up_s"] = timed(lambda: warm_up_sdxl(on_gpu, side, side))
+        result["warm_up_s"] = timed(lambda: on_gpu.warm_up([Bucket(side, side)]))
         unet = on_gpu.unet
         hidden, pooled = (unet.inputs[name].shape[-1] for name in ("encoder_hidden_states", "text_embeds"))
         feeds = sdxl_unet_inputs("cuda", torch.float16, side, int(hidden), int(pooled))
         shapes = {"out_sample": tuple(feeds["sample"].shape)}
-        # The same shapes as warm_up_sdxl's capture: this replays its CUDA graph.
+        # The same shapes as the warm-up's capture: this replays its CUDA graph.
         result["unet_batch2"] = summary(timer.events(partial(unet, feeds, shapes), 30, on_gpu.stream))
         output = unet(feeds, shapes)["out_sample"].float()
         torch.cuda.synchronize()

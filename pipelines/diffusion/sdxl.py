@@ -243,30 +243,3 @@ def txt2img_sdxl(run: sd.Run) -> list[Image.Image]:
     sdxl = SdxlRun(run.model, run.generation, run.hooks) if not isinstance(run, SdxlRun) else run
     scheduler = sdxl.scheduler()
     return sdxl.decode(sdxl.denoise(scheduler, sdxl.starting_latents(scheduler), sdxl.prompt_embeddings()))
-
-
-def warm_up_sdxl(on_gpu: Any, width: int, height: int, images: int = 1) -> None:
-    """Capture an SDXL model's UNet (with guidance) and VAE decoder at one size on its GPU session."""
-    import torch
-
-    latent_h, latent_w = height // 8, width // 8
-    rows = images * 2
-    hidden = on_gpu.unet.inputs["encoder_hidden_states"].shape[-1]
-    pooled = on_gpu.unet.inputs["text_embeds"].shape[-1]
-    with torch.cuda.stream(on_gpu.stream):
-        device = on_gpu.device
-        on_gpu.unet.capture(
-            {
-                "sample": torch.randn((rows, sd.LATENT_CHANNELS, latent_h, latent_w), device=device),
-                "timestep": torch.full((rows,), 500.0, device=device),
-                "encoder_hidden_states": torch.randn((rows, 77, hidden), device=device),
-                "text_embeds": torch.randn((rows, pooled), device=device),
-                "time_ids": torch.full((rows, 6), float(height), device=device),
-            },
-            {"out_sample": (rows, sd.LATENT_CHANNELS, latent_h, latent_w)},
-        )
-        on_gpu.vae_decoder.capture(
-            {"latent_sample": torch.randn((1, sd.LATENT_CHANNELS, latent_h, latent_w), device=device)},
-            {"sample": (1, 3, height, width)},
-        )
-    on_gpu.stream.synchronize()

@@ -31,7 +31,7 @@ from pipelines.diffusion.model import (
     ONNX_TYPES,
     DiffusionModel,
     UnetCalls,
-    encode_text,
+    input_type,
 )
 from pipelines.models.layout import ONNX_FILE
 
@@ -45,6 +45,8 @@ CAPTURE_RUNS = 3
 MAX_GPU_MODELS = 2
 #: Tokens in one CLIP window.
 TOKENS = 77
+#: Text encoder components, each warmed once at start: SD's one, SDXL's two.
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
 @dataclass(frozen=True)
@@ -329,33 +331,88 @@ class GpuDiffusionModel:
             images.append(Image.fromarray(pixels[0].permute(1, 2, 0).cpu().numpy()))
         return images
 
-    def warm_up(self, buckets: Sequence[Bucket]) -> None:
+    def warm_up(self, buckets: Sequence[Bucket]) -> list[Bucket]:
         """Capture the UNet and VAE decoder at each bucket's shapes, paying first-run costs now.
 
-        An LCM-distilled UNet never runs guidance rows (its guidance scale is embedded), so its
-        buckets are captured without them.
+        Every input the UNet takes gets a tensor (``unet_feed_shapes``): SDXL's pooled text and
+        size conditioning, an inpainting UNet's 9 channels. An LCM-distilled UNet never runs
+        guidance rows (its guidance scale is embedded), so its buckets are captured without them.
+        Returns the buckets that could not be captured: they still run, without a CUDA graph.
         """
         import torch
 
         if self.cond_size is not None:
             buckets = [replace(bucket, guidance=False) for bucket in buckets]
+        missed = []
         with torch.cuda.stream(self.stream):
             for bucket in buckets:
+                feeds = warm_feeds(self.unet.inputs, bucket, self.device)
                 latent_h, latent_w = bucket.latent_size
-                batch = bucket.unet_batch
-                sample = torch.randn((batch, LATENT_CHANNELS, latent_h, latent_w), device=self.device)
-                timestep = torch.full((batch,), 500.0, device=self.device)
-                hidden = torch.randn((batch, bucket.sequence, self.hidden_size or 768), device=self.device)
-                feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden}
-                if self.cond_size is not None:
-                    feeds[TIMESTEP_COND] = torch.randn((batch, self.cond_size), device=self.device)
-                self.unet.capture(feeds, {"out_sample": (batch, LATENT_CHANNELS, latent_h, latent_w)})
+                rows = bucket.unet_batch
+                unet = self.unet.capture(feeds, {"out_sample": (rows, LATENT_CHANNELS, latent_h, latent_w)})
                 latent = torch.randn((1, LATENT_CHANNELS, latent_h, latent_w), device=self.device)
-                self.vae_decoder.capture(
+                decoder = self.vae_decoder.capture(
                     {"latent_sample": latent}, {"sample": (1, 3, bucket.height, bucket.width)}
                 )
+                if not (unet and decoder):
+                    missed.append(bucket)
         self.stream.synchronize()
         logger.info("warmed %s for %s", self.folder.name, [bucket.__dict__ for bucket in buckets])
+        return missed
+
+
+#: Width of SDXL's size conditioning per UNet row: original size, crop origin, target size.
+TIME_IDS = 6
+
+
+def unet_feed_shapes(inputs: Mapping[str, Any], bucket: Bucket) -> dict[str, tuple[int, ...]]:
+    """The shape of each UNet input at ``bucket``, read off the UNet's inputs (``NodeArg``s).
+
+    SD's ``sample`` (9 channels for an inpainting UNet), ``timestep`` and ``encoder_hidden_states``;
+    SDXL's ``text_embeds`` and ``time_ids``; an LCM-distilled UNet's ``timestep_cond``. Raises
+    ``ValueError`` for an input it does not know, or one whose width the graph leaves open.
+    """
+    rows = bucket.unet_batch
+    latent_h, latent_w = bucket.latent_size
+
+    def size(name: str, axis: int, default: int | None = None) -> int:
+        value = inputs[name].shape[axis]
+        if isinstance(value, int):
+            return value
+        if default is None:
+            raise ValueError(f"the UNet's {name} has no fixed size on axis {axis} ({value})")
+        return default
+
+    shapes = {
+        "sample": (rows, size("sample", 1, LATENT_CHANNELS), latent_h, latent_w),
+        "timestep": (rows,),
+        "encoder_hidden_states": (rows, bucket.sequence, size("encoder_hidden_states", -1, 768)),
+    }
+    widths = {"text_embeds": None, "time_ids": TIME_IDS, TIMESTEP_COND: None}
+    for name in inputs:
+        if name in shapes:
+            continue
+        if name not in widths:
+            raise ValueError(f"cannot warm up a UNet that takes {name!r}")
+        shapes[name] = (rows, size(name, -1, widths[name]))
+    return shapes
+
+
+def warm_feeds(inputs: Mapping[str, Any], bucket: Bucket, device: Any) -> dict[str, Any]:
+    """Tensors on ``device`` for every UNet input at ``bucket`` (``unet_feed_shapes``): random,
+    but for a mid-schedule timestep and the bucket's own size as SDXL's ``time_ids``."""
+    import torch
+
+    feeds = {}
+    for name, shape in unet_feed_shapes(inputs, bucket).items():
+        if name == "timestep":
+            feeds[name] = torch.full(shape, 500.0, device=device)
+        elif name == "time_ids":
+            sizes = [bucket.height, bucket.width, 0, 0, bucket.height, bucket.width]
+            feeds[name] = torch.tensor([sizes] * shape[0], dtype=torch.float32, device=device)
+        else:
+            feeds[name] = torch.randn(shape, device=device)
+    return feeds
 
 
 _models: OrderedDict[tuple[Path, str], GpuDiffusionModel] = OrderedDict()
@@ -434,17 +491,26 @@ def graph_decode(model: DiffusionModel, latents: np.ndarray) -> list[Image.Image
         return on_gpu.decode_images(torch.from_numpy(latents).to(on_gpu.device), model.scaling_factor)
 
 
-def warm_up(model: DiffusionModel, buckets: Sequence[Bucket]) -> GpuDiffusionModel:
+def warm_up(model: DiffusionModel, buckets: Sequence[Bucket]) -> list[Bucket]:
     """Load ``model`` on the GPU and capture ``buckets``: the worker calls this at start.
 
-    Also runs the text encoder once, so its session is created and its memory arena grown
-    before the first job.
+    Also runs each text encoder once (SDXL's two), so its session is created and its memory arena
+    grown before the first job. Returns the buckets that could not be captured (logged).
     """
     settings = gpu_settings(model.sessions)
     if settings is None:
         raise RuntimeError("warm_up needs a CUDA session provider and a GPU")
-    on_gpu = gpu_model(model.folder, settings)
-    on_gpu.warm_up(buckets)
-    for sequence in sorted({bucket.sequence for bucket in buckets}):
-        encode_text(model, np.zeros((sequence // TOKENS, TOKENS), dtype=np.int64))
-    return on_gpu
+    missed = gpu_model(model.folder, settings).warm_up(buckets)
+    if missed:
+        logger.warning(
+            "%s: no CUDA graph for %s; those shapes run without one",
+            model.folder.name,
+            [bucket.__dict__ for bucket in missed],
+        )
+    for component in TEXT_ENCODERS:
+        if (model.folder / component / ONNX_FILE).is_file():
+            session = model.session(component)
+            for sequence in sorted({bucket.sequence for bucket in buckets}):
+                ids = np.zeros((sequence // TOKENS, TOKENS), dtype=np.int64)
+                session.run(None, {"input_ids": ids.astype(input_type(session, "input_ids", np.int32))})
+    return missed

@@ -21,7 +21,7 @@ from PIL import Image
 import pipelines.gpu.runtime as runtime
 from pipelines.diffusion.img2img import img2img
 from pipelines.diffusion.inpaint import inpaint
-from pipelines.diffusion.model import DiffusionModel, Run, load_model
+from pipelines.diffusion.model import DiffusionModel, Run, input_type, load_model
 from pipelines.diffusion.sdxl import SdxlRun, txt2img_sdxl
 from pipelines.diffusion.vae_tiling import VaeTiling
 from pipelines.models.demo import DEMO_SDXL
@@ -158,3 +158,52 @@ def test_inputs_the_graphs_do_not_feed_keep_the_run_on_the_sessions(
     assert not graphs.made
     assert Run(demo_model, BASE).unet_calls(embeddings, {}, None).device.type == "cpu"
     assert len(graphs.made) == 1
+
+
+# --- warm-up: a tensor for every input each kind of UNet takes ---------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["demo_model", "inpaint_model", "sdxl_model"])
+@pytest.mark.parametrize("bucket", [runtime.Bucket(64, 48), runtime.Bucket(64, 64, 3, guidance=False)])
+def test_warm_up_feeds_every_input_of_the_unet_at_the_buckets_shape(
+    request: pytest.FixtureRequest, fixture: str, bucket: runtime.Bucket
+) -> None:
+    """What ``GpuDiffusionModel.warm_up`` captures: an SDXL UNet's pooled text and size
+    conditioning and an inpainting UNet's 9 channels included, or the capture fails."""
+    import torch
+
+    model: DiffusionModel = request.getfixturevalue(fixture)
+    unet = model.session("unet")
+    inputs = {item.name: item for item in unet.get_inputs()}
+    feeds = runtime.warm_feeds(inputs, bucket, torch.device("cpu"))
+    assert set(feeds) == set(inputs)
+    arrays = {name: tensor.numpy() for name, tensor in feeds.items()}
+    typed = {name: value.astype(input_type(unet, name, value.dtype)) for name, value in arrays.items()}
+    [noise] = unet.run(None, typed)
+    assert noise.shape == (bucket.unet_batch, 4, *bucket.latent_size)
+    if "time_ids" in feeds:
+        assert feeds["time_ids"][0].tolist() == [
+            bucket.height,
+            bucket.width,
+            0,
+            0,
+            bucket.height,
+            bucket.width,
+        ]
+
+
+def test_warm_up_names_an_input_it_cannot_feed() -> None:
+    from types import SimpleNamespace
+
+    inputs = {
+        "sample": SimpleNamespace(shape=["batch", 4, "height", "width"]),
+        "timestep": SimpleNamespace(shape=["batch"]),
+        "encoder_hidden_states": SimpleNamespace(shape=["batch", "sequence", 768]),
+        "class_labels": SimpleNamespace(shape=["batch"]),
+    }
+    with pytest.raises(ValueError, match="class_labels"):
+        runtime.unet_feed_shapes(inputs, runtime.Bucket(512, 512))
+    inputs["text_embeds"] = SimpleNamespace(shape=["batch", "width"])
+    del inputs["class_labels"]
+    with pytest.raises(ValueError, match="text_embeds has no fixed size"):
+        runtime.unet_feed_shapes(inputs, runtime.Bucket(512, 512))

@@ -131,7 +131,11 @@ def test_warm_sizes_name_batched_and_unguided_shapes(
 
     warmed: list[tuple[str, list[runtime.Bucket]]] = []
     monkeypatch.setattr(model_module, "load_model", lambda path, name, sessions: name)
-    monkeypatch.setattr(runtime, "warm_up", lambda model, buckets: warmed.append((model, list(buckets))))
+    def warm_up(model: str, buckets: list[runtime.Bucket]) -> list[runtime.Bucket]:
+        warmed.append((model, list(buckets)))
+        return []
+
+    monkeypatch.setattr(runtime, "warm_up", warm_up)
     config = Config.from_env(
         {
             "ONNX_WEB_WORKER_PLATFORM": "cuda",
