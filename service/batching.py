@@ -4,8 +4,9 @@
 of exactly ``[source-txt2img, persist-disk]`` making one image, with no uploads and no tiled VAE,
 and all of one model, size, scheduler and step count (see ``migrations/versions/0003_batch_key``).
 A job that asks for several images already fills a UNet batch itself, so it is claimed alone.
-SDXL has its own text conditioning, which the batched loop does not feed: a batch whose model
-folder turns out to be SDXL runs its first job alone and hands the others back to the queue.
+An SDXL model (its folder says so; the key's ``txt2img`` pipeline does not) batches too: the
+batched loop feeds each job's own SDXL conditioning. A job whose model name makes no models folder
+runs alone, and its mates go back to the queue.
 
 ``txt2img_batch`` shares only the UNet calls. Everything else stays per job, exactly as
 ``Worker.run_job`` does it for a lone job: its own lease thread (a lost lease stops that job
@@ -34,7 +35,6 @@ from PIL import Image
 
 from pipelines.context import Counter, Progress, StageImage
 from pipelines.diffusion.model import DiffusionModel, Generation, load_model, model_folder
-from pipelines.diffusion.sdxl import wants_sdxl
 from pipelines.gpu.batch import Txt2ImgJob, txt2img_batch
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import estimate_steps
@@ -108,13 +108,13 @@ def run_batch(
 
 
 def _runs_batched(models_path: Path, job: ClaimedJob) -> bool:
-    """Whether the batched SD loop can run the job's model: not SDXL, which the folder may imply."""
+    """Whether the batched loop can run the job's model: a name that makes a models folder."""
     params = job.chain["stages"][0]["params"]
     try:
-        folder = model_folder(models_path, str(params["model"]))
+        model_folder(models_path, str(params["model"]))
     except ValueError:
         return False  # an unusable name: the lone path fails the job as it fails any other
-    return not wants_sdxl(params, folder)
+    return True
 
 
 def _plan(run: JobRun) -> Member:

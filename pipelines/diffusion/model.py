@@ -541,7 +541,7 @@ class Run:
         if unet is None:
             from pipelines.gpu.runtime import graph_calls
 
-            on_gpu = graph_calls(self.model, embeddings, extra_inputs)
+            on_gpu = graph_calls(self.model, {"encoder_hidden_states": embeddings, **extra_inputs})
             if on_gpu is not None:
                 return on_gpu
         return session_calls(self.model.session("unet") if unet is None else unet, embeddings, extra_inputs)

@@ -138,6 +138,15 @@ def encode_prompt(
     )
 
 
+def unet_inputs(conditioning: SdxlConditioning) -> dict[str, np.ndarray]:
+    """The conditioning as the UNet's inputs: text states, pooled text and size, by input name."""
+    return {
+        "encoder_hidden_states": conditioning.hidden,
+        "text_embeds": conditioning.pooled,
+        "time_ids": conditioning.time_ids,
+    }
+
+
 def session_calls(model: sd.DiffusionModel, conditioning: SdxlConditioning, unet: Any = None) -> sd.UnetCalls:
     """UNet calls on the model's ONNX Runtime session (or a session-like ``unet``), through numpy."""
     import torch
@@ -148,9 +157,7 @@ def session_calls(model: sd.DiffusionModel, conditioning: SdxlConditioning, unet
         feeds = {
             "sample": model_input.numpy(),
             "timestep": np.full((len(model_input),), float(t), dtype=np.float32),
-            "encoder_hidden_states": conditioning.hidden,
-            "text_embeds": conditioning.pooled,
-            "time_ids": conditioning.time_ids,
+            **unet_inputs(conditioning),
         }
         feeds = {name: value.astype(sd.input_type(unet, name, value.dtype)) for name, value in feeds.items()}
         return torch.from_numpy(unet.run(None, feeds)[0]).float()
@@ -158,39 +165,11 @@ def session_calls(model: sd.DiffusionModel, conditioning: SdxlConditioning, unet
     return sd.UnetCalls(predict, torch.device("cpu"))
 
 
-def graph_calls(model: sd.DiffusionModel, conditioning: SdxlConditioning) -> sd.UnetCalls | None:
-    """UNet calls on the CUDA-graph path (``pipelines.gpu.runtime.graph_model``), or None off it."""
-    import torch
-
-    from pipelines.gpu.runtime import graph_model
-
-    on_gpu = graph_model(model)
-    if on_gpu is None:
-        return None
-    with torch.cuda.stream(on_gpu.stream):
-        tensors = (conditioning.hidden, conditioning.pooled, conditioning.time_ids)
-        hidden, pooled, time_ids = (torch.from_numpy(item).to(on_gpu.device) for item in tensors)
-
-    def predict(model_input: Any, t: Any) -> Any:
-        feeds = {
-            "sample": model_input,
-            "timestep": torch.full((len(model_input),), float(t), device=on_gpu.device),
-            "encoder_hidden_states": hidden,
-            "text_embeds": pooled,
-            "time_ids": time_ids,
-        }
-        noise = on_gpu.unet(
-            feeds, {"out_sample": (len(model_input), sd.LATENT_CHANNELS, *model_input.shape[2:])}
-        )
-        # A copy: the next replay of a warmed shape overwrites its output buffer.
-        return noise["out_sample"].to(torch.float32, copy=True)
-
-    return sd.UnetCalls(predict, on_gpu.device, lambda: torch.cuda.stream(on_gpu.stream))
-
-
 def unet_calls(model: sd.DiffusionModel, conditioning: SdxlConditioning, unet: Any = None) -> sd.UnetCalls:
     """An SDXL run's UNet calls: the CUDA-graph path on a GPU worker, else the session (or ``unet``)."""
-    on_gpu = graph_calls(model, conditioning) if unet is None else None
+    from pipelines.gpu.runtime import graph_calls
+
+    on_gpu = graph_calls(model, unet_inputs(conditioning)) if unet is None else None
     return on_gpu if on_gpu is not None else session_calls(model, conditioning, unet)
 
 

@@ -12,12 +12,14 @@ Jobs whose prompts need a different number of 77-token windows cannot share a UN
 An LCM-distilled UNet (``pipelines.diffusion.lcm``) runs here too: each job's guidance scale is
 embedded into its own rows of the UNet's ``timestep_cond``, and its prompt alone is encoded (one
 row per image, as ``LcmRun`` runs it), so jobs of different guidance scales still share a call.
+An SDXL model's jobs (its folder says so) run here with SDXL's conditioning: each job's own
+pooled text embedding and size ``time_ids`` rows beside its text states, as ``txt2img_sdxl``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -28,6 +30,7 @@ from PIL import Image
 from pipelines.diffusion import model as sd
 from pipelines.diffusion.lcm import TIMESTEP_COND, LcmRun, guidance_embedding, lcm_run
 from pipelines.diffusion.schedulers import step_arguments
+from pipelines.diffusion.sdxl import SdxlRun, is_sdxl_folder, unet_inputs
 from pipelines.gpu.runtime import GpuDiffusionModel, gpu_model, gpu_settings
 
 logger = logging.getLogger(__name__)
@@ -60,8 +63,10 @@ class Denoiser(Protocol):
         """Where the loop's torch work is queued (the GPU model's stream)."""
         ...
 
-    def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
-        """The UNet's noise prediction; ``cond`` is an LCM-distilled UNet's ``timestep_cond``."""
+    def predict_noise(self, sample: Any, timestep: Any, conditioning: Mapping[str, Any]) -> Any:
+        """The UNet's noise prediction in fp32; ``conditioning`` holds its other inputs by name
+        (``encoder_hidden_states``, SDXL's ``text_embeds`` and ``time_ids``, an LCM-distilled
+        UNet's ``timestep_cond``), one row per ``sample`` row."""
         ...
 
     def decode(self, latents: Any) -> list[Image.Image]: ...
@@ -79,13 +84,11 @@ class CpuDenoiser:
     def stream(self) -> AbstractContextManager[Any]:
         return nullcontext()
 
-    def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
+    def predict_noise(self, sample: Any, timestep: Any, conditioning: Mapping[str, Any]) -> Any:
         import torch
 
         unet = self.model.session("unet")
-        feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden}
-        if cond is not None:
-            feeds[TIMESTEP_COND] = cond
+        feeds = {"sample": sample, "timestep": timestep, **conditioning}
         noise = unet.run(
             None,
             {
@@ -93,7 +96,7 @@ class CpuDenoiser:
                 for name, value in feeds.items()
             },
         )[0]
-        return torch.from_numpy(noise)
+        return torch.from_numpy(noise).float()
 
     def decode(self, latents: Any) -> list[Image.Image]:
         return sd.decode_latents(self.model, latents.numpy())
@@ -112,8 +115,8 @@ class GpuDenoiser:
 
         return torch.cuda.stream(self.on_gpu.stream)
 
-    def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
-        return self.on_gpu.predict_noise(sample, timestep, hidden, cond)
+    def predict_noise(self, sample: Any, timestep: Any, conditioning: Mapping[str, Any]) -> Any:
+        return self.on_gpu.predict_noise(sample, timestep, conditioning)
 
     def decode(self, latents: Any) -> list[Image.Image]:
         """Decode on the GPU and bring back 8-bit pixels, rounded as ``decode_latents`` does."""
@@ -141,19 +144,27 @@ class _Running:
     job: Txt2ImgJob
     #: What the loop runs: the job's generation, or for an LCM-distilled UNet the same at cfg 1.
     generation: sd.Generation
+    #: ``report_step``'s family: ``sd`` or ``sdxl``.
+    family: str
     scheduler: Any
     arguments: dict[str, Any]
-    hidden: Any
+    #: The UNet's inputs besides sample and timestep, one row per UNet row of this job:
+    #: ``encoder_hidden_states``, and SDXL's ``text_embeds`` and ``time_ids`` or an LCM-distilled
+    #: UNet's embedded guidance scale (``timestep_cond``).
+    conditioning: dict[str, Any]
     sample: Any
-    #: An LCM-distilled UNet's embedded guidance scale, one row per UNet row; else ``None``.
-    cond: Any = None
     #: Scheduler steps this job has finished (``on_latents``'s count).
     done: int = 0
 
     @property
     def rows(self) -> int:
         """UNet batch rows of this job: its images, twice with guidance."""
-        return len(self.hidden)
+        return len(self.conditioning["encoder_hidden_states"])
+
+    @property
+    def sequence(self) -> int:
+        """Prompt tokens of this job (77 per window): jobs of different lengths cannot share a call."""
+        return int(self.conditioning["encoder_hidden_states"].shape[1])
 
 
 def txt2img_batch(
@@ -171,40 +182,59 @@ def txt2img_batch(
         raise ValueError(f"jobs differ in model, size, scheduler or steps: {sorted(keys)}")
     denoiser = denoiser or denoiser_for(model)
     outcomes = [JobOutcome() for _ in jobs]
-    with denoiser.stream():
-        running = [_start(model, index, job, denoiser) for index, job in enumerate(jobs)]
-        groups: dict[int, list[_Running]] = {}
-        for item in running:
-            groups.setdefault(item.hidden.shape[1], []).append(item)
-        for group in groups.values():
-            for item in _denoise(denoiser, group, outcomes):
-                outcomes[item.index].images = denoiser.decode(item.sample)
+    runs = [(number, job, _run(model, job)) for number, job in enumerate(jobs)]
+    # Jobs share UNet calls only where they share the UNet: a prompt that blends a LoRA into it
+    # runs with the jobs of the same blend, on the sessions that hold it (the GPU model is the
+    # folder's own), as ``txt2img`` runs such a job alone.
+    unets: dict[Any, list[tuple[int, Txt2ImgJob, sd.Run]]] = {}
+    for index, job, run in runs:
+        unets.setdefault(run.model.networks.variant("unet"), []).append((index, job, run))
+    for variant, members in unets.items():
+        on = denoiser if variant is None else CpuDenoiser(members[0][2].model)
+        with on.stream():
+            running = [_start(index, job, run, on) for index, job, run in members]
+            groups: dict[int, list[_Running]] = {}
+            for item in running:
+                groups.setdefault(item.sequence, []).append(item)
+            for group in groups.values():
+                for item in _denoise(on, group, outcomes):
+                    outcomes[item.index].images = on.decode(item.sample)
     return outcomes
 
 
-def _start(model: sd.DiffusionModel, index: int, job: Txt2ImgJob, denoiser: Denoiser) -> _Running:
-    """Encode one job's prompts and draw its starting noise, as ``txt2img`` does for a lone job."""
+def _run(model: sd.DiffusionModel, job: Txt2ImgJob) -> sd.Run:
+    """The run ``txt2img`` (or ``txt2img_sdxl``) makes of a lone job: its model blends the networks
+    its prompt names; an LCM-distilled UNet's is an ``LcmRun``. It reports to nothing: the loop
+    reports to the job itself (``_report``)."""
+    sdxl = is_sdxl_folder(model.folder)
+    return lcm_run((SdxlRun if sdxl else sd.Run)(model, job.generation), "txt2img")
+
+
+def _start(index: int, job: Txt2ImgJob, run: sd.Run, denoiser: Denoiser) -> _Running:
+    """Encode one job's prompts and draw its starting noise, as ``txt2img`` (or ``txt2img_sdxl``)
+    does for a lone job."""
     import torch
 
-    # The loop reports to the job itself (``_report``), so this run needs no hooks.
-    run = lcm_run(sd.Run(model, job.generation), "txt2img")
+    if isinstance(run, SdxlRun):
+        inputs = unet_inputs(run.conditioning)
+    else:
+        inputs = {"encoder_hidden_states": run.prompt_embeddings()}
+        if isinstance(run, LcmRun):
+            rows = len(inputs["encoder_hidden_states"])
+            inputs[TIMESTEP_COND] = guidance_embedding(run.guidance_scale, run.width, rows)
     generation = run.generation
-    embeddings = run.prompt_embeddings()
     scheduler = run.scheduler()
-    cond = None
-    if isinstance(run, LcmRun):
-        cond = torch.from_numpy(guidance_embedding(run.guidance_scale, run.width, len(embeddings)))
     return _Running(
         index=index,
         job=job,
         generation=generation,
+        family=run.family,
         scheduler=scheduler,
         arguments=step_arguments(
             scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed)
         ),
-        hidden=torch.from_numpy(embeddings).to(denoiser.device),
+        conditioning={name: torch.from_numpy(array).to(denoiser.device) for name, array in inputs.items()},
         sample=torch.from_numpy(run.starting_latents(scheduler)).to(denoiser.device),
-        cond=None if cond is None else cond.to(denoiser.device),
     )
 
 
@@ -221,11 +251,12 @@ def _denoise(denoiser: Denoiser, group: list[_Running], outcomes: list[JobOutcom
             doubled = torch.cat([item.sample] * 2) if item.generation.guidance else item.sample
             inputs.append(item.scheduler.scale_model_input(doubled, t))
         sample = torch.cat(inputs)
-        hidden = torch.cat([item.hidden for item in group])
-        # One model per batch: every job of the group has its embedding, or none has.
-        cond = torch.cat([item.cond for item in group]) if group[0].cond is not None else None
+        # One model per batch: every job of the group has the same inputs.
+        conditioning = {
+            name: torch.cat([item.conditioning[name] for item in group]) for name in group[0].conditioning
+        }
         timestep = torch.full((len(sample),), float(t), device=denoiser.device)
-        noise = denoiser.predict_noise(sample, timestep, hidden, cond).float()
+        noise = denoiser.predict_noise(sample, timestep, conditioning)
         offset = 0
         for item in group:
             prediction = noise[offset : offset + item.rows]
@@ -248,7 +279,7 @@ def _report(item: _Running, index: int, total: int, steps: int, outcomes: list[J
     try:
         if sd.counts_as_step(index, total, steps, item.scheduler.order):
             item.done += 1
-            sd.report_step(item.job, item.done, "sd", item.sample)
+            sd.report_step(item.job, item.done, item.family, item.sample)
         item.job.check_cancelled()
     except Exception as err:
         outcomes[item.index].error = err

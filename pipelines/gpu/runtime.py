@@ -293,21 +293,19 @@ class GpuDiffusionModel:
         #: Width of an LCM-distilled UNet's guidance embedding (``timestep_cond``); ``None`` for others.
         self.cond_size = int(cond.shape[-1]) if cond is not None else None
 
-    def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
+    def predict_noise(self, sample: Any, timestep: Any, conditioning: Mapping[str, Any]) -> Any:
         """One UNet call on CUDA tensors: the noise prediction, as an fp32 tensor of its own.
 
-        A warmed shape's output buffer is overwritten by its next replay, and schedulers keep
-        model outputs across steps (PNDM's history), so the result is always a copy, made in the
-        conversion to fp32 that a fp16 UNet needs anyway. ``cond`` is an LCM-distilled UNet's
-        embedded guidance scale (``timestep_cond``), one row per UNet row; other UNets have no such
-        input.
+        ``conditioning`` holds the UNet's other inputs by name, one row per ``sample`` row:
+        ``encoder_hidden_states``, SDXL's ``text_embeds`` and ``time_ids``, an LCM-distilled UNet's
+        embedded guidance scale (``timestep_cond``). A warmed shape's output buffer is overwritten
+        by its next replay, and schedulers keep model outputs across steps (PNDM's history), so the
+        result is always a copy, made in the conversion to fp32 that a fp16 UNet needs anyway.
         """
         import torch
 
         batch, _, height, width = sample.shape
-        feeds = {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden}
-        if cond is not None:
-            feeds[TIMESTEP_COND] = cond
+        feeds = {"sample": sample, "timestep": timestep, **conditioning}
         outputs = self.unet(feeds, {"out_sample": (batch, LATENT_CHANNELS, height, width)})
         return outputs["out_sample"].to(torch.float32, copy=True)
 
@@ -363,6 +361,9 @@ class GpuDiffusionModel:
 
 #: Width of SDXL's size conditioning per UNet row: original size, crop origin, target size.
 TIME_IDS = 6
+#: The UNet inputs besides the sample and timestep that the CUDA-graph path feeds: SD's text
+#: states, SDXL's pooled text and size conditioning, an LCM-distilled UNet's guidance embedding.
+CONDITIONING_INPUTS = ("encoder_hidden_states", "text_embeds", "time_ids", TIMESTEP_COND)
 
 
 def unet_feed_shapes(inputs: Mapping[str, Any], bucket: Bucket) -> dict[str, tuple[int, ...]]:
@@ -392,7 +393,7 @@ def unet_feed_shapes(inputs: Mapping[str, Any], bucket: Bucket) -> dict[str, tup
     for name in inputs:
         if name in shapes:
             continue
-        if name not in widths:
+        if name not in CONDITIONING_INPUTS:
             raise ValueError(f"cannot warm up a UNet that takes {name!r}")
         shapes[name] = (rows, size(name, -1, widths[name]))
     return shapes
@@ -452,13 +453,12 @@ def graph_model(model: DiffusionModel) -> GpuDiffusionModel | None:
     return gpu_model(model.folder, settings)
 
 
-def graph_calls(
-    model: DiffusionModel, embeddings: np.ndarray, extra_inputs: Mapping[str, np.ndarray]
-) -> UnetCalls | None:
-    """An SD run's UNet calls on the CUDA-graph path (``graph_model``), or None where they stay on
-    the sessions, also for inputs other than an LCM-distilled UNet's ``timestep_cond`` (the x4
-    upscaler's ``class_labels``). The prompt embeddings go to the GPU once per run."""
-    if set(extra_inputs) - {TIMESTEP_COND}:
+def graph_calls(model: DiffusionModel, inputs: Mapping[str, np.ndarray]) -> UnetCalls | None:
+    """A run's UNet calls on the CUDA-graph path (``graph_model``), or None where they stay on the
+    sessions, also for an input other than ``CONDITIONING_INPUTS`` (the x4 upscaler's
+    ``class_labels``). ``inputs`` are the UNet's inputs besides the sample and timestep, one row
+    per UNet row; they go to the GPU once per run."""
+    if set(inputs) - set(CONDITIONING_INPUTS):
         return None
     on_gpu = graph_model(model)
     if on_gpu is None:
@@ -466,13 +466,11 @@ def graph_calls(
     import torch
 
     with torch.cuda.stream(on_gpu.stream):
-        hidden = torch.from_numpy(embeddings).to(on_gpu.device)
-        cond = extra_inputs.get(TIMESTEP_COND)
-        cond_rows = None if cond is None else torch.from_numpy(cond).to(on_gpu.device)
+        conditioning = {name: torch.from_numpy(array).to(on_gpu.device) for name, array in inputs.items()}
 
     def predict(model_input: Any, t: Any) -> Any:
         timestep = torch.full((len(model_input),), float(t), device=on_gpu.device)
-        return on_gpu.predict_noise(model_input, timestep, hidden, cond_rows)
+        return on_gpu.predict_noise(model_input, timestep, conditioning)
 
     return UnetCalls(predict, on_gpu.device, lambda: torch.cuda.stream(on_gpu.stream))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import logging
 import shutil
 import tempfile
@@ -27,7 +26,13 @@ import sqlalchemy
 from PIL import Image
 
 from pipelines.models.convert import convert_diffusers_folder
-from pipelines.models.demo import DEMO_MODELS, torch_source_path, write_demo_checkpoint
+from pipelines.models.demo import (
+    DEMO_MODELS,
+    DEMO_SDXL,
+    torch_source_path,
+    write_demo_checkpoint,
+    write_demo_sdxl_checkpoint,
+)
 from pipelines.models.sessions import SessionCache
 from service.jobs.states import JobState
 from service.jobs.store import ClaimedJob, CounterPair, JobStore, NewJob
@@ -388,21 +393,42 @@ def test_an_error_that_stops_the_whole_batch_ends_each_job_as_alone(
         assert "missing-model" in row["errors"][0]["message"]
 
 
-def test_a_batch_whose_model_folder_is_sdxl_runs_its_first_job_alone_and_hands_back_the_rest(
-    database_url: str, engine: sqlalchemy.Engine, models: Path, sessions: SessionCache, tmp_path: Path
+def test_sdxl_jobs_are_batched_and_each_gets_the_pixels_it_gets_alone(
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    sessions: SessionCache,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # A model folder that says it is SDXL: the queue cannot tell, only the worker can.
+    """The queue cannot tell an SDXL folder from its name: the batched loop reads the folder and
+    feeds each job's own pooled text and size conditioning."""
     folder = tmp_path / "models"
-    shutil.copytree(models / DEMO_MODELS[0].name, folder / "demo-xl")
-    index = folder / "demo-xl" / "model_index.json"
-    index.write_text(
-        json.dumps({**json.loads(index.read_text()), "_class_name": "StableDiffusionXLPipeline"})
-    )
-    queue = HookedStore(engine)
-    first, *rest = [queue.enqueue(plain_job(models, seed, model="demo-xl")) for seed in (1, 2, 3)]
-    run_batched(database_url, queue, MemoryObjectStore(), folder, max_jobs=1, sessions=sessions)
+    write_demo_sdxl_checkpoint(torch_source_path(folder, DEMO_SDXL))
+    convert_diffusers_folder(torch_source_path(folder, DEMO_SDXL), folder / DEMO_SDXL)
 
-    assert job_row(engine, first.name)["attempt"] == 1
-    for job in rest:
-        row = job_row(engine, job.name)
-        assert (row["state"], row["attempt"], row["errors"]) == (JobState.PENDING, 0, []), job.name
+    def sdxl_jobs() -> list[NewJob]:
+        jobs = []
+        for seed, prompt, params in [
+            (1, "a red house", {"cfg": 4.0}),
+            (7, "a red fox", {"negative_prompt": "blurry", "cfg": 9.0}),
+            (42, "a cat", {"cfg": 1.0}),
+        ]:
+            job = make_job(folder, steps=STEPS, seed=seed, prompt=prompt, model=DEMO_SDXL)
+            job.chain["stages"][0]["params"].update(params)
+            jobs.append(job)
+        return jobs
+
+    store = MemoryObjectStore()
+    batched_store, alone_store = HookedStore(engine), HookedStore(engine)
+    batched = [batched_store.enqueue(job) for job in sdxl_jobs()]
+    with caplog.at_level(logging.INFO, logger="service.jobrun"):
+        run_batched(database_url, batched_store, store, folder, max_jobs=len(batched), sessions=sessions)
+    alone = [alone_store.enqueue(job) for job in sdxl_jobs()]
+    run_alone(database_url, alone_store, store, folder, max_jobs=len(alone), sessions=sessions)
+
+    summaries = [record for record in caplog.records if getattr(record, "action", None) == "job_summary"]
+    assert [getattr(record, "batch", None) for record in summaries] == [len(batched)] * len(batched)
+    for together, single in zip(batched, alone, strict=True):
+        row, reference = job_row(engine, together.name), job_row(engine, single.name)
+        assert row["state"] == reference["state"] == JobState.SUCCESS
+        assert np.abs(pixels(store, row) - pixels(store, reference)).max() <= TOLERANCE

@@ -316,6 +316,7 @@ def make_job(
     max_attempts: int = 3,
     platform: str | None = None,
     prompt: str = "a red fox in the snow",
+    model: str | None = None,
 ) -> NewJob:
     """A txt2img job resolved as the api resolves it, but allowed below the api's 128 px minimum."""
     config = Config(models_path=models)
@@ -324,7 +325,14 @@ def make_job(
         doc[side] = {**doc[side], "min": min(size, doc[side]["min"])}
     request = parse_request(
         "txt2img",
-        {"prompt": prompt, "steps": steps, "width": size, "height": size, "seed": seed},
+        {
+            "prompt": prompt,
+            "steps": steps,
+            "width": size,
+            "height": size,
+            "seed": seed,
+            **({"model": model} if model else {}),
+        },
         params_doc=doc,
         registry=ModelRegistry(models, ()),
         config=config,

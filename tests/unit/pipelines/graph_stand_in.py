@@ -1,7 +1,7 @@
 """The GPU model of the CUDA-graph path (``GpuDiffusionModel``), standing in on the CPU.
 
 ``graph_model`` hands a run the model on the worker's GPU; without a GPU these tests give it
-``OnCpu`` instead: the same calls (``predict_noise`` and ``unet`` on tensors of its ``device``,
+``OnCpu`` instead: the same calls (``predict_noise`` on tensors of its ``device``,
 ``decode_images``), answered by the model's own ONNX Runtime sessions and counted. What they check
 is the route (which runs reach the GPU model, and with which rows) and the loop around it (device
 moves, host callbacks, guidance): the CUDA sessions themselves are ``test_gpu_runtime``'s.
@@ -33,24 +33,9 @@ class OnCpu:
         self.inputs: list[set[str]] = []
         self.decoded = 0
 
-    def predict_noise(self, sample: Any, timestep: Any, hidden: Any, cond: Any = None) -> Any:
-        self._seen({"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden, "cond": cond})
-        return CpuDenoiser(self.model).predict_noise(sample, timestep, hidden, cond).float()
-
-    def unet(self, feeds: dict[str, Any], output_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-        """The raw UNet call (SDXL's): tensors in, the named outputs out."""
-        import torch
-
-        self._seen(feeds)
-        session = self.model.session("unet")
-        arrays = {name: value.numpy() for name, value in feeds.items()}
-        outputs = session.run(
-            None,
-            {name: value.astype(sd.input_type(session, name, value.dtype)) for name, value in arrays.items()},
-        )
-        [name] = output_shapes
-        assert outputs[0].shape == output_shapes[name]
-        return {name: torch.from_numpy(outputs[0])}
+    def predict_noise(self, sample: Any, timestep: Any, conditioning: dict[str, Any]) -> Any:
+        self._seen({"sample": sample, "timestep": timestep, **conditioning})
+        return CpuDenoiser(self.model).predict_noise(sample, timestep, conditioning)
 
     def decode_images(self, latents: Any, scaling_factor: float) -> list[Image.Image]:
         assert scaling_factor == self.model.scaling_factor
@@ -59,7 +44,7 @@ class OnCpu:
 
     def _seen(self, feeds: dict[str, Any]) -> None:
         self.rows.append(len(feeds["sample"]))
-        self.inputs.append({name for name, value in feeds.items() if value is not None})
+        self.inputs.append(set(feeds))
 
 
 class GraphModels:

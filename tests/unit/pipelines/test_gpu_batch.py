@@ -4,6 +4,8 @@ keeps its own seed, prompt, guidance, progress and cancellation."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,9 +13,11 @@ import pytest
 from PIL import Image
 
 from pipelines.context import StageCancelled
-from pipelines.diffusion.model import DiffusionModel, Generation, Run
+from pipelines.diffusion.model import DiffusionModel, Generation, Run, load_model
 from pipelines.diffusion.txt2img import txt2img
 from pipelines.gpu.batch import CpuDenoiser, Txt2ImgJob, txt2img_batch
+from pipelines.models.demo import DEMO_SDXL
+from pipelines.models.sessions import SessionCache
 from tests.unit.pipelines.reference import demo_generation
 
 #: Pixel levels two runs may differ by: a larger UNet batch may round its matrix products differently.
@@ -93,3 +97,48 @@ def test_prompts_of_different_lengths_run_as_separate_groups(demo_model: Diffusi
 def test_incompatible_jobs_are_refused(demo_model: DiffusionModel, change: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="differ"):
         txt2img_batch(demo_model, [Txt2ImgJob(generation()), Txt2ImgJob(generation(**change))])
+
+
+@pytest.fixture(scope="module")
+def sdxl_model(models_path: Path, sessions: SessionCache) -> DiffusionModel:
+    return load_model(models_path, DEMO_SDXL, sessions)
+
+
+def test_sdxl_jobs_share_unet_calls_and_each_gets_what_txt2img_sdxl_makes(sdxl_model: DiffusionModel) -> None:
+    """Each SDXL job keeps its own pooled text and size conditioning rows beside its text states;
+    a job without a negative prompt gets SDXL's zeros, as alone."""
+    from pipelines.diffusion.sdxl import txt2img_sdxl
+
+    base = generation(model=DEMO_SDXL, scheduler="euler", steps=4)
+    gens = [
+        dataclasses.replace(base, seed=3, prompt="a red house", cfg=4.0, negative_prompt="blurry"),
+        dataclasses.replace(base, seed=8, prompt="a dog on a beach", cfg=7.0),
+        dataclasses.replace(base, seed=5, prompt="a cat", cfg=1.0),
+    ]
+    latents: list[list[str]] = [[] for _ in gens]
+    jobs = [
+        Txt2ImgJob(gen, on_latents=lambda step, family, get, seen=seen: seen.append(family))
+        for gen, seen in zip(gens, latents, strict=True)
+    ]
+    counting = CountingDenoiser(sdxl_model)
+    outcomes = txt2img_batch(sdxl_model, jobs, denoiser=counting)
+    assert counting.rows == [2 + 2 + 1] * 4  # two guided jobs and one at cfg 1, one call per step
+    assert latents == [["sdxl"] * 4] * 3
+    for gen, outcome in zip(gens, outcomes, strict=True):
+        assert outcome.error is None
+        alone = txt2img_sdxl(Run(sdxl_model, gen))
+        assert np.abs(pixels(outcome.images[0]) - pixels(alone[0])).max() <= TOLERANCE
+    assert np.abs(pixels(outcomes[0].images[0]) - pixels(outcomes[1].images[0])).max() > 10
+
+
+class CountingDenoiser(CpuDenoiser):
+    """The CPU denoiser, recording the rows and inputs of each UNet call."""
+
+    def __init__(self, model: DiffusionModel) -> None:
+        super().__init__(model)
+        self.rows: list[int] = []
+
+    def predict_noise(self, sample: Any, timestep: Any, conditioning: Mapping[str, Any]) -> Any:
+        self.rows.append(len(sample))
+        assert {len(value) for value in conditioning.values()} == {len(sample)}
+        return super().predict_noise(sample, timestep, conditioning)

@@ -151,7 +151,9 @@ def test_inputs_the_graphs_do_not_feed_keep_the_run_on_the_sessions(
     """The x4 upscaler's ``class_labels`` and a ControlNet's stand-in UNet run on sessions."""
     graphs = route_to_cpu_stand_in(monkeypatch)
     embeddings = np.zeros((2, 77, 32), dtype=np.float32)
-    assert runtime.graph_calls(demo_model, embeddings, {"class_labels": np.zeros(1, dtype=np.int64)}) is None
+    labels = {"class_labels": np.zeros(1, dtype=np.int64)}
+    assert runtime.graph_calls(demo_model, {"encoder_hidden_states": embeddings, **labels}) is None
+    assert Run(demo_model, BASE).unet_calls(embeddings, labels, None).device.type == "cpu"
     session = demo_model.session("unet")
     calls = Run(demo_model, BASE).unet_calls(embeddings, {}, session)
     assert calls.device.type == "cpu"

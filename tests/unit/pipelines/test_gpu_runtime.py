@@ -33,6 +33,10 @@ def write_gpu_checkpoint(dest: Path, **unet: Any) -> None:
     demo_unet(**CUDA_SHAPE, **unet).save_pretrained(dest / "unet")
 
 
+def feeds_without(feeds: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {name: value for name, value in feeds.items() if name not in names}
+
+
 @pytest.fixture(scope="module")
 def gpu_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("gpu")
@@ -50,7 +54,7 @@ def test_a_captured_bucket_replays_what_the_dynamic_session_computes(gpu_folder:
     hidden = torch.randn((2, 77, 32), generator=generator).cuda()
     timestep = torch.tensor([981.0, 981.0]).cuda()
     with torch.cuda.stream(model.stream):
-        replayed = model.predict_noise(sample, timestep, hidden).float().clone()
+        replayed = model.predict_noise(sample, timestep, {"encoder_hidden_states": hidden})
         dynamic = model.unet._run_dynamic(
             {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden},
             {"out_sample": (2, 4, 8, 8)},
@@ -90,7 +94,7 @@ def test_an_lcm_unet_is_captured_without_guidance_rows_and_fed_its_embedding(lcm
             "timestep_cond": cond,
         }
         with torch.cuda.stream(model.stream):
-            replayed = model.predict_noise(sample, timestep, hidden, cond).float().clone()
+            replayed = model.predict_noise(sample, timestep, feeds_without(feeds, "sample", "timestep"))
             dynamic = model.unet._run_dynamic(feeds, {"out_sample": (1, 4, 8, 8)})["out_sample"].float()
         torch.cuda.synchronize()
         assert np.allclose(replayed.cpu().numpy(), dynamic.cpu().numpy(), atol=2e-3)
@@ -108,9 +112,10 @@ def test_a_warmed_shape_returns_a_prediction_of_its_own(gpu_folder: Path) -> Non
     hidden = torch.zeros((2, 77, 32)).cuda()
     timestep = torch.tensor([981.0, 981.0]).cuda()
     with torch.cuda.stream(model.stream):
-        first = model.predict_noise(torch.ones((2, 4, 8, 8)).cuda(), timestep, hidden)
+        text = {"encoder_hidden_states": hidden}
+        first = model.predict_noise(torch.ones((2, 4, 8, 8)).cuda(), timestep, text)
         kept = first.clone()
-        model.predict_noise(-torch.ones((2, 4, 8, 8)).cuda(), timestep, hidden)
+        model.predict_noise(-torch.ones((2, 4, 8, 8)).cuda(), timestep, text)
     torch.cuda.synchronize()
     assert first.dtype == torch.float32
     assert torch.equal(first, kept)

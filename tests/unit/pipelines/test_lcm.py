@@ -264,7 +264,7 @@ def test_lcm_img2img_on_a_gpu_worker_feeds_the_graphs_its_guidance_embedding(
     graphs = route_to_cpu_stand_in(monkeypatch)
     on_graphs = pixels(img2img(lcm_run(Run(lcm_model, generation), "img2img"), gradient(), 0.75))
     assert graphs.rows == [2] * 3
-    assert all("cond" in names for made in graphs.made for names in made.inputs)
+    assert all(TIMESTEP_COND in names for made in graphs.made for names in made.inputs)
     assert np.abs(on_graphs - on_sessions).max() <= 1
 
 

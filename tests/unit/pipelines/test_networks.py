@@ -221,6 +221,27 @@ def test_a_lora_run_on_a_cuda_worker_stays_on_the_sessions_that_blend_it(
         txt2img(Run(model, demo_generation(prompt="a cat")))
 
 
+def test_a_lora_job_in_a_batch_gets_its_lora_and_its_batch_mates_do_not(
+    networks_path: Path, parts: dict[str, Any]
+) -> None:
+    """Batch mates share UNet calls only where they share the UNet: a job whose prompt blends a
+    LoRA into it runs on the blended sessions, as alone, and the plain jobs without it."""
+    from pipelines.gpu.batch import Txt2ImgJob, txt2img_batch
+
+    save_file(random_lora(parts), str(networks_path / "lora" / "detail.safetensors"))
+    model = demo(networks_path)
+    gens = [
+        demo_generation(prompt="a cat <lora:detail:0.8>", seed=3),
+        demo_generation(prompt="a cat", seed=3),
+        demo_generation(prompt="a dog", seed=4),
+    ]
+    outcomes = txt2img_batch(model, [Txt2ImgJob(gen) for gen in gens])
+    for gen, outcome in zip(gens, outcomes, strict=True):
+        assert outcome.error is None
+        assert np.abs(pixels(outcome.images) - pixels(txt2img(Run(model, gen)))).max() <= 1
+    assert np.abs(pixels(outcomes[0].images) - pixels(outcomes[1].images)).max() > 10
+
+
 def test_a_lora_img2img_on_a_cuda_worker_stays_on_the_sessions(
     networks_path: Path, parts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -131,6 +131,7 @@ def test_warm_sizes_name_batched_and_unguided_shapes(
 
     warmed: list[tuple[str, list[runtime.Bucket]]] = []
     monkeypatch.setattr(model_module, "load_model", lambda path, name, sessions: name)
+
     def warm_up(model: str, buckets: list[runtime.Bucket]) -> list[runtime.Bucket]:
         warmed.append((model, list(buckets)))
         return []
