@@ -3,7 +3,8 @@
 In one run on one GPU: build full-size SD 1.5 with random weights, convert it through our
 converter (``--optimize gpu``) in a background process while PyTorch is timed, then time the
 production path (``pipelines.gpu``): the UNet call under several CUDA provider settings, a full
-50-step 512x512 image from text to PNG bytes, and images/s for 1, 2, 4 and 8 batched jobs. It
+50-step 512x512 image from text to PNG bytes, images/s for 1, 2, 4 and 8 batched jobs, a 4-step
+image, and img2img on the CUDA graphs against the worker's sessions (the path it took before). It
 prints a table and writes ``gpu-bench.json`` (every figure) and a kernel profile.
 
     python -m bench.gpu --out DIR [--architecture sd15|tiny] [--device cuda|cpu]
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 PEAK_TFLOPS = 989.0
 #: Steps of the few-step image (an LCM or turbo model's usual count).
 FEW_STEPS = 4
+#: img2img's strength in ``time_img2img``: 30 of 50 steps.
+IMG2IMG_STRENGTH = 0.6
 PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, lowres"
 BATCH_JOBS = (1, 2, 4, 8)
@@ -520,6 +523,7 @@ def bench_ours(
     result["encodings"] = {"generated": time_encodings(image), "smooth": time_encodings(smooth_image(side))}
     result["batching"] = {str(jobs): images_per_second(timer.wall(run(jobs), 2), jobs) for jobs in BATCH_JOBS}
     result["few_step"] = time_few_step(model, denoiser, side, timer)
+    result["img2img"] = time_img2img(model, side, steps, timer)
     alone = txt2img_batch(model, [job(2)], denoiser=denoiser)[0].images[0]
     together = txt2img_batch(model, [job(seed) for seed in range(4)], denoiser=denoiser)[2].images[0]
     result["same_seed_max_pixel_diff_alone_vs_batch_of_4"] = pixel_difference(alone, together)
@@ -546,6 +550,36 @@ def time_few_step(model: Any, denoiser: Any, side: int, timer: Timer) -> dict[st
         "image": summary(timer.wall(image, 10)),
         "image_to_pixels": summary(timer.wall(pixels, 10)),
     }
+
+
+def time_img2img(model: Any, side: int, steps: int, timer: Timer) -> dict[str, Any]:
+    """img2img at ``IMG2IMG_STRENGTH`` from a photo-like source, to pixels: on the CUDA graphs (the
+    path a worker takes now) and on the worker's ONNX Runtime sessions (the path before), in turn,
+    with the largest pixel difference between the two."""
+    from unittest import mock
+
+    import pipelines.gpu.runtime as runtime
+    from pipelines.diffusion.img2img import img2img
+    from pipelines.diffusion.model import Run
+
+    generation = bench_generation(model.folder.name, "ddim", side, steps)
+    source = smooth_image(side)
+
+    def pixels() -> Any:
+        return img2img(Run(model, generation), source, IMG2IMG_STRENGTH)[0]
+
+    result: dict[str, Any] = {
+        "strength": IMG2IMG_STRENGTH,
+        # Without a GPU both timings are of the sessions.
+        "graphs_taken": runtime.graph_model(model) is not None,
+        "graphs": summary(timer.wall(pixels, 3)),
+    }
+    on_graphs = pixels()
+    with mock.patch.object(runtime, "graph_model", lambda model: None):
+        result["sessions"] = summary(timer.wall(pixels, 3))
+        on_sessions = pixels()
+    result["max_pixel_diff_graphs_vs_sessions"] = pixel_difference(on_graphs, on_sessions)
+    return result
 
 
 #: Output encodings compared: (format, PNG writer, Pillow's zlib strategy and level); the first is
@@ -821,6 +855,12 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(
             f"{label:46} {'':9} {few['image']['median_ms']:8.1f} {few['image_to_pixels']['median_ms']:8.1f}"
         )
+    if "img2img" in ours:
+        graphs, sessions = (ours["img2img"][path]["median_ms"] for path in ("graphs", "sessions"))
+        label = f"img2img at {ours['img2img']['strength']}, to pixels: sessions / graphs (ms)"
+        if not ours["img2img"]["graphs_taken"]:
+            label += " [no GPU: both sessions]"
+        lines.append(f"{label:46} {sessions:9.1f} {graphs:8.1f} {sessions / graphs:8.2f}")
     one = ours["batching"]["1"]["images_per_s"]
     lines.append(f"batching gain at 4 jobs (ours): {ours['batching']['4']['images_per_s'] / one:.2f}x")
     return "\n".join(lines)
