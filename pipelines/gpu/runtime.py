@@ -41,7 +41,7 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 #: Runs before a graph session is captured: ONNX Runtime runs once normally (allocating), captures on
 #: the second run and replays from the third.
 CAPTURE_RUNS = 3
-#: Diffusion models kept on the GPU at once by ``gpu_model``.
+#: Diffusion models ``gpu_model`` keeps on the GPU besides the warmed ones (least recently used out).
 MAX_GPU_MODELS = 2
 #: Tokens in one CLIP window.
 TOKENS = 77
@@ -292,6 +292,9 @@ class GpuDiffusionModel:
         cond = self.unet.inputs.get(TIMESTEP_COND)
         #: Width of an LCM-distilled UNet's guidance embedding (``timestep_cond``); ``None`` for others.
         self.cond_size = int(cond.shape[-1]) if cond is not None else None
+        #: Whether ``warm_up`` captured a shape: graphs are captured only then, so ``gpu_model``
+        #: never unloads such a model.
+        self.warmed = False
 
     def predict_noise(self, sample: Any, timestep: Any, conditioning: Mapping[str, Any]) -> Any:
         """One UNet call on CUDA tensors: the noise prediction, as an fp32 tensor of its own.
@@ -355,6 +358,7 @@ class GpuDiffusionModel:
                 if not (unet and decoder):
                     missed.append(bucket)
         self.stream.synchronize()
+        self.warmed = self.warmed or len(missed) < len(buckets)
         logger.info("warmed %s for %s", self.folder.name, [bucket.__dict__ for bucket in buckets])
         return missed
 
@@ -421,17 +425,28 @@ _models_lock = threading.Lock()
 
 
 def gpu_model(folder: Path, settings: GpuSettings) -> GpuDiffusionModel:
-    """The model ``folder`` on the GPU, loaded once per worker and kept (least recently used out)."""
+    """The model ``folder`` on the GPU, loaded once per worker and kept.
+
+    Warmed models (the worker's ``ONNX_WEB_WARM_MODELS``) stay for the worker's life: their CUDA
+    graphs are captured only at start. Of the others, the ``MAX_GPU_MODELS`` used last stay.
+    """
     key = (Path(folder).resolve(), repr(settings))
     with _models_lock:
         model = _models.get(key)
         if model is None:
             model = _models[key] = GpuDiffusionModel(key[0], settings)
-            while len(_models) > MAX_GPU_MODELS:
-                evicted, _ = _models.popitem(last=False)
+            spare = [known for known, loaded in _models.items() if not loaded.warmed]
+            for evicted in spare[: max(0, len(spare) - MAX_GPU_MODELS)]:
+                del _models[evicted]
                 logger.info("unloaded %s from the GPU", evicted[0].name)
         _models.move_to_end(key)
         return model
+
+
+def loaded_model(folder: Path, settings: GpuSettings) -> GpuDiffusionModel | None:
+    """The model ``folder`` if it is on the GPU already (``gpu_model`` loaded it), else None."""
+    with _models_lock:
+        return _models.get((Path(folder).resolve(), repr(settings)))
 
 
 def gpu_settings(sessions: Any) -> GpuSettings | None:
@@ -443,14 +458,14 @@ def gpu_settings(sessions: Any) -> GpuSettings | None:
     return GpuSettings(device_id=int(getattr(settings, "device_id", 0)))
 
 
-def graph_model(model: DiffusionModel) -> GpuDiffusionModel | None:
+def graph_model(model: DiffusionModel, *, load: bool = True) -> GpuDiffusionModel | None:
     """``model`` on this worker's GPU for the CUDA-graph path, or None where its runs stay on the
     worker's sessions: no CUDA here, or a LoRA in the run (it is blended into the sessions' UNet;
-    the GPU model is the folder's own)."""
+    the GPU model is the folder's own). ``load=False`` takes it only if it is on the GPU already."""
     settings = gpu_settings(model.sessions)
     if settings is None or model.networks.variant("unet") is not None:
         return None
-    return gpu_model(model.folder, settings)
+    return gpu_model(model.folder, settings) if load else loaded_model(model.folder, settings)
 
 
 def graph_calls(model: DiffusionModel, inputs: Mapping[str, np.ndarray]) -> UnetCalls | None:
@@ -476,11 +491,13 @@ def graph_calls(model: DiffusionModel, inputs: Mapping[str, np.ndarray]) -> Unet
 
 
 def graph_decode(model: DiffusionModel, latents: np.ndarray) -> list[Image.Image] | None:
-    """``latents`` decoded on the VAE decoder's CUDA graphs (``graph_model``), or None off that path,
-    also for a VAE that does not scale by 8 (the x4 upscaler's)."""
+    """``latents`` decoded on the VAE decoder's CUDA graphs (``graph_model``), or None off that
+    path: also where the model is not on the GPU already (a run whose UNet loop ran on the sessions,
+    pix2pix's or a ControlNet's, does not load a whole GPU model to decode), or for a VAE that does
+    not scale by 8 (the x4 upscaler's)."""
     if model.vae_factor != LATENT_FACTOR:
         return None
-    on_gpu = graph_model(model)
+    on_gpu = graph_model(model, load=False)
     if on_gpu is None:
         return None
     import torch

@@ -53,7 +53,10 @@ class GraphModels:
     def __init__(self) -> None:
         self.made: list[OnCpu] = []
 
-    def __call__(self, model: sd.DiffusionModel) -> OnCpu:
+    def __call__(self, model: sd.DiffusionModel, *, load: bool = True) -> OnCpu | None:
+        """A new stand-in; with ``load=False`` (decoding) the one the run's UNet loop got, if any."""
+        if not load:
+            return next((made for made in reversed(self.made) if made.model.folder == model.folder), None)
         self.made.append(OnCpu(model))
         return self.made[-1]
 

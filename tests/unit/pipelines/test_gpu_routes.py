@@ -209,3 +209,50 @@ def test_warm_up_names_an_input_it_cannot_feed() -> None:
     del inputs["class_labels"]
     with pytest.raises(ValueError, match="text_embeds has no fixed size"):
         runtime.unet_feed_shapes(inputs, runtime.Bucket(512, 512))
+
+
+# --- which GPU models stay loaded ---------------------------------------------------------------------
+
+
+class Loaded:
+    """What ``gpu_model`` keeps of a ``GpuDiffusionModel`` here: its folder and whether it was warmed."""
+
+    def __init__(self, folder: Path, settings: runtime.GpuSettings) -> None:
+        self.folder = folder
+        self.warmed = False
+
+
+@pytest.fixture
+def gpu_models(monkeypatch: pytest.MonkeyPatch) -> dict[Any, Any]:
+    """An empty GPU model cache whose models are ``Loaded`` (constructing a real one needs CUDA)."""
+    from collections import OrderedDict
+
+    models: dict[Any, Any] = OrderedDict()
+    monkeypatch.setattr(runtime, "_models", models)
+    monkeypatch.setattr(runtime, "GpuDiffusionModel", Loaded)
+    return models
+
+
+def test_warmed_models_stay_on_the_gpu_and_the_others_go_least_recently_used_first(
+    gpu_models: dict[Any, Any], tmp_path: Path
+) -> None:
+    """A warmed model's CUDA graphs are captured only at start: other models never push it out."""
+    settings = runtime.GpuSettings()
+    warm = runtime.gpu_model(tmp_path / "warm", settings)
+    warm.warmed = True  # as GpuDiffusionModel.warm_up sets it
+    for name in ("a", "b", "a", "c", "d"):
+        runtime.gpu_model(tmp_path / name, settings)
+    assert [key[0].name for key in gpu_models] == ["warm", "c", "d"]
+    assert runtime.gpu_model(tmp_path / "warm", settings) is warm
+    assert runtime.MAX_GPU_MODELS == 2
+
+
+def test_decoding_alone_does_not_load_a_model_onto_the_gpu(
+    demo_model: DiffusionModel, gpu_models: dict[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose UNet loop stayed on the sessions (pix2pix, a ControlNet) decodes on the graphs
+    only if its model is on the GPU already."""
+    monkeypatch.setattr(runtime, "gpu_settings", lambda sessions: runtime.GpuSettings())
+    latents = np.zeros((1, 4, 6, 8), dtype=np.float32)
+    assert runtime.graph_decode(demo_model, latents) is None
+    assert not gpu_models
