@@ -180,7 +180,6 @@ def txt2img_batch(
     keys = {compatibility_key(job.generation) for job in jobs}
     if len(keys) > 1:
         raise ValueError(f"jobs differ in model, size, scheduler or steps: {sorted(keys)}")
-    denoiser = denoiser or denoiser_for(model)
     outcomes = [JobOutcome() for _ in jobs]
     runs = [(number, job, _run(model, job)) for number, job in enumerate(jobs)]
     # Jobs share UNet calls only where they share the UNet: a prompt that blends a LoRA into it
@@ -190,7 +189,10 @@ def txt2img_batch(
     for index, job, run in runs:
         unets.setdefault(run.model.networks.variant("unet"), []).append((index, job, run))
     for variant, members in unets.items():
-        on = denoiser if variant is None else CpuDenoiser(members[0][2].model)
+        if variant is None:
+            on = denoiser = denoiser or denoiser_for(model)
+        else:
+            on = CpuDenoiser(members[0][2].model)
         with on.stream():
             running = [_start(index, job, run, on) for index, job, run in members]
             groups: dict[int, list[_Running]] = {}
