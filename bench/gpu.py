@@ -575,7 +575,7 @@ def time_img2img(model: Any, side: int, steps: int, timer: Timer) -> dict[str, A
         "graphs": summary(timer.wall(pixels, 3)),
     }
     on_graphs = pixels()
-    with mock.patch.object(runtime, "graph_model", lambda model: None):
+    with mock.patch.object(runtime, "graph_model", lambda model, load=True: None):
         result["sessions"] = summary(timer.wall(pixels, 3))
         on_sessions = pixels()
     result["max_pixel_diff_graphs_vs_sessions"] = pixel_difference(on_graphs, on_sessions)

@@ -147,6 +147,6 @@ def test_img2img_and_inpainting_on_the_graphs_make_the_cuda_sessions_images(
 
     on_graphs = run()
     assert len(runtime._models) > 0
-    monkeypatch.setattr(runtime, "graph_model", lambda model: None)
+    monkeypatch.setattr(runtime, "graph_model", lambda model, load=True: None)
     on_sessions = run()
     assert np.abs(on_graphs.astype(int) - on_sessions).max() <= 2
