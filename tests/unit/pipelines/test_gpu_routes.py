@@ -57,12 +57,7 @@ TASKS: dict[str, tuple[str, type[Run], Task, int]] = {
     # name: (model fixture, run class, task, UNet calls of a 6-step run)
     "img2img": ("demo_model", Run, img2img_task, STEPS // 2),
     "inpaint, 4-channel UNet": ("demo_model", Run, inpaint_task, STEPS),
-    "inpaint, 9-channel UNet": (
-        "inpaint_model",
-        Run,
-        inpaint_task,
-        STEPS,
-    ),
+    "inpaint, 9-channel UNet": ("inpaint_model", Run, inpaint_task, STEPS),
     "sdxl txt2img": ("sdxl_model", SdxlRun, txt2img_sdxl, STEPS),
     "sdxl img2img": ("sdxl_model", SdxlRun, img2img_task, STEPS // 2),
     "sdxl inpaint": ("sdxl_model", SdxlRun, inpaint_task, STEPS),
