@@ -385,7 +385,8 @@ class SdxlUNet:
         """The noise prediction for ``sample`` (already scaled), guided as the generation asks."""
         import torch
 
-        calls = sdxl.session_calls(self.model, conditioning)
+        unet = self.model.session("unet")
+        calls = sd.session_calls(unet, conditioning.hidden, sdxl.added_inputs(conditioning))
         noise: np.ndarray = calls.predict(torch.from_numpy(sample.astype(np.float32)), t).numpy()
         if generation.guidance:
             uncond, text = np.split(noise, 2)

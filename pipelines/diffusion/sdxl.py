@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -138,39 +138,14 @@ def encode_prompt(
     )
 
 
+def added_inputs(conditioning: SdxlConditioning) -> dict[str, np.ndarray]:
+    """The pooled text and size conditioning as the UNet's inputs (diffusers' ``added_cond_kwargs``)."""
+    return {"text_embeds": conditioning.pooled, "time_ids": conditioning.time_ids}
+
+
 def unet_inputs(conditioning: SdxlConditioning) -> dict[str, np.ndarray]:
-    """The conditioning as the UNet's inputs: text states, pooled text and size, by input name."""
-    return {
-        "encoder_hidden_states": conditioning.hidden,
-        "text_embeds": conditioning.pooled,
-        "time_ids": conditioning.time_ids,
-    }
-
-
-def session_calls(model: sd.DiffusionModel, conditioning: SdxlConditioning, unet: Any = None) -> sd.UnetCalls:
-    """UNet calls on the model's ONNX Runtime session (or a session-like ``unet``), through numpy."""
-    import torch
-
-    unet = model.session("unet") if unet is None else unet
-
-    def predict(model_input: Any, t: Any) -> Any:
-        feeds = {
-            "sample": model_input.numpy(),
-            "timestep": np.full((len(model_input),), float(t), dtype=np.float32),
-            **unet_inputs(conditioning),
-        }
-        feeds = {name: value.astype(sd.input_type(unet, name, value.dtype)) for name, value in feeds.items()}
-        return torch.from_numpy(unet.run(None, feeds)[0]).float()
-
-    return sd.UnetCalls(predict, torch.device("cpu"))
-
-
-def unet_calls(model: sd.DiffusionModel, conditioning: SdxlConditioning, unet: Any = None) -> sd.UnetCalls:
-    """An SDXL run's UNet calls: the CUDA-graph path on a GPU worker, else the session (or ``unet``)."""
-    from pipelines.gpu.runtime import graph_calls
-
-    on_gpu = graph_calls(model, unet_inputs(conditioning)) if unet is None else None
-    return on_gpu if on_gpu is not None else session_calls(model, conditioning, unet)
+    """The conditioning as the UNet's inputs besides sample and timestep, by input name."""
+    return {"encoder_hidden_states": conditioning.hidden, **added_inputs(conditioning)}
 
 
 def run_conditioning(run: sd.Run) -> SdxlConditioning:
@@ -202,7 +177,7 @@ class SdxlRun(sd.Run):
         """``Run.unet_calls`` on an SDXL UNet: ``embeddings`` with this run's pooled and size conditioning."""
         if extra_inputs:
             raise ValueError(f"an SDXL UNet takes no inputs {sorted(extra_inputs)}")
-        return unet_calls(self.model, replace(self.conditioning, hidden=embeddings), unet)
+        return super().unet_calls(embeddings, added_inputs(self.conditioning), unet)
 
 
 def diffusion_run(

@@ -5,16 +5,15 @@ from __future__ import annotations
 from PIL import Image
 
 from pipelines.diffusion import model as sd
-from pipelines.gpu.runtime import gpu_settings
+from pipelines.gpu import runtime
 
 
 def txt2img(run: sd.Run) -> list[Image.Image]:
     """Generate ``generation.batch`` images of ``width`` x ``height`` from onnx-web's seeded noise."""
-    # A LoRA is blended into the UNet of the worker's ONNX Runtime sessions; the fused CUDA path
-    # builds its own UNet from the folder, so such a run stays on the sessions (CUDA EP on GPUs).
-    # An LCM-distilled UNet (``LcmRun``) takes the CUDA path, which embeds its guidance scale.
-    fused = run.model.networks.variant("unet") is None
-    if gpu_settings(run.model.sessions) is not None and fused:
+    # On a GPU worker the run takes the batched loop on the CUDA graphs, unless ``graph_model`` keeps
+    # it on the sessions (a LoRA). An LCM-distilled UNet (``LcmRun``) takes it too: the loop embeds
+    # its guidance scale.
+    if runtime.graph_model(run.model) is not None:
         from pipelines.gpu.batch import run_txt2img
 
         return run_txt2img(run)

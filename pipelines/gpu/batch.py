@@ -31,7 +31,8 @@ from pipelines.diffusion import model as sd
 from pipelines.diffusion.lcm import TIMESTEP_COND, LcmRun, guidance_embedding, lcm_run
 from pipelines.diffusion.schedulers import step_arguments
 from pipelines.diffusion.sdxl import SdxlRun, is_sdxl_folder, unet_inputs
-from pipelines.gpu.runtime import GpuDiffusionModel, gpu_model, gpu_settings
+from pipelines.gpu import runtime
+from pipelines.gpu.runtime import GpuDiffusionModel
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +125,10 @@ class GpuDenoiser:
 
 
 def denoiser_for(model: sd.DiffusionModel) -> Denoiser:
-    """The GPU denoiser when the model's sessions run on CUDA here, else the CPU one."""
-    settings = gpu_settings(model.sessions)
-    if settings is None:
-        return CpuDenoiser(model)
-    return GpuDenoiser(model, gpu_model(model.folder, settings))
+    """The GPU denoiser where the model takes the CUDA-graph path here (``graph_model``), else the
+    sessions'."""
+    on_gpu = runtime.graph_model(model)
+    return CpuDenoiser(model) if on_gpu is None else GpuDenoiser(model, on_gpu)
 
 
 def compatibility_key(generation: sd.Generation) -> tuple[str, int, int, str, int]:

@@ -287,8 +287,6 @@ class GpuDiffusionModel:
         self.stream = torch.cuda.Stream(self.device)
         self.unet = CudaSession(folder / "unet" / ONNX_FILE, settings, self.stream)
         self.vae_decoder = CudaSession(folder / "vae_decoder" / ONNX_FILE, settings, self.stream)
-        hidden = self.unet.inputs["encoder_hidden_states"].shape[-1]
-        self.hidden_size = int(hidden) if isinstance(hidden, int) else None
         cond = self.unet.inputs.get(TIMESTEP_COND)
         #: Width of an LCM-distilled UNet's guidance embedding (``timestep_cond``); ``None`` for others.
         self.cond_size = int(cond.shape[-1]) if cond is not None else None

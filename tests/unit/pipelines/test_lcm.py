@@ -234,8 +234,8 @@ def test_txt2img_takes_the_cuda_path_for_an_lcm_unet_with_its_guidance_scale(
 ) -> None:
     """On a CUDA worker an LCM run goes to the batched loop as the job asked for it (its cfg), and
     comes back with the image the sessions would make."""
-    import pipelines.diffusion.txt2img as txt2img_module
     import pipelines.gpu.batch as gpu_batch
+    import pipelines.gpu.runtime as runtime
 
     seen: list[Generation] = []
     batch = gpu_batch.txt2img_batch
@@ -244,12 +244,13 @@ def test_txt2img_takes_the_cuda_path_for_an_lcm_unet_with_its_guidance_scale(
         seen.extend(job.generation for job in jobs)
         return batch(model, jobs, denoiser=CpuDenoiser(model))
 
-    monkeypatch.setattr(txt2img_module, "gpu_settings", lambda sessions: object())
-    monkeypatch.setattr(gpu_batch, "txt2img_batch", on_cpu)
     generation = lcm_generation(cfg=7.0, seed=4)
+    expected = sessions_loop(lcm_model, generation)
+    monkeypatch.setattr(runtime, "graph_model", lambda model, load=True: object())
+    monkeypatch.setattr(gpu_batch, "txt2img_batch", on_cpu)
     images = txt2img(lcm_run(Run(lcm_model, generation), "txt2img"))
     assert [job.cfg for job in seen] == [7.0]
-    assert np.abs(pixels(images) - sessions_loop(lcm_model, generation)).max() <= 1
+    assert np.abs(pixels(images) - expected).max() <= 1
 
 
 def test_lcm_img2img_on_a_gpu_worker_feeds_the_graphs_its_guidance_embedding(

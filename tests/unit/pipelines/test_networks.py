@@ -204,13 +204,14 @@ def test_a_lora_run_on_a_cuda_worker_stays_on_the_sessions_that_blend_it(
     networks_path: Path, parts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fused CUDA path builds its UNet from the folder, without the LoRA: it is not taken."""
-    import pipelines.diffusion.txt2img as txt2img_module
     import pipelines.gpu.batch as gpu_batch
+    import pipelines.gpu.runtime as runtime
 
     def fused(run: Run) -> list[Any]:
         raise AssertionError("the fused CUDA path was taken")
 
-    monkeypatch.setattr(txt2img_module, "gpu_settings", lambda sessions: object())
+    monkeypatch.setattr(runtime, "gpu_settings", lambda sessions: runtime.GpuSettings())
+    monkeypatch.setattr(runtime, "gpu_model", lambda folder, settings: object())
     monkeypatch.setattr(gpu_batch, "run_txt2img", fused)
     save_file(random_lora(parts), str(networks_path / "lora" / "detail.safetensors"))
     model = demo(networks_path)
