@@ -4,9 +4,11 @@
 of exactly ``[source-txt2img, persist-disk]`` making one image, with no uploads and no tiled VAE,
 and all of one model, size, scheduler and step count (see ``migrations/versions/0003_batch_key``).
 A job that asks for several images already fills a UNet batch itself, so it is claimed alone.
-An SDXL model (its folder says so; the key's ``txt2img`` pipeline does not) batches too: the
-batched loop feeds each job's own SDXL conditioning. A job whose model name makes no models folder
-runs alone, and its mates go back to the queue.
+An SDXL model batches too, named by its folder (``txt2img``) or by the ``txt2img-sdxl`` pipeline
+(whose jobs batch only with each other, ``migrations/versions/0013_batch_key_sdxl``): the batched
+loop feeds each job's own SDXL conditioning. A job whose model name makes no models folder, or that
+asks for ``txt2img-sdxl`` on a model that is not SDXL, runs alone (where it fails as any such job
+does), and its mates go back to the queue.
 
 ``txt2img_batch`` shares only the UNet calls. Everything else stays per job, exactly as
 ``Worker.run_job`` does it for a lone job: its own lease thread (a lost lease stops that job
@@ -35,6 +37,7 @@ from PIL import Image
 
 from pipelines.context import Counter, Progress, StageImage
 from pipelines.diffusion.model import DiffusionModel, Generation, load_model, model_folder
+from pipelines.diffusion.sdxl import SDXL_SUFFIX, is_sdxl_folder
 from pipelines.gpu.batch import Txt2ImgJob, txt2img_batch
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import estimate_steps
@@ -108,13 +111,15 @@ def run_batch(
 
 
 def _runs_batched(models_path: Path, job: ClaimedJob) -> bool:
-    """Whether the batched loop can run the job's model: a name that makes a models folder."""
+    """Whether the batched loop runs the job (and its mates, which share its key) as the lone path
+    would: a model name that makes a models folder, and an SDXL folder if the job asks for SDXL."""
     params = job.chain["stages"][0]["params"]
     try:
-        model_folder(models_path, str(params["model"]))
+        folder = model_folder(models_path, str(params["model"]))
     except ValueError:
         return False  # an unusable name: the lone path fails the job as it fails any other
-    return True
+    asks_for_sdxl = str(params.get("pipeline", "txt2img")).endswith(SDXL_SUFFIX)
+    return not asks_for_sdxl or is_sdxl_folder(folder)
 
 
 def _plan(run: JobRun) -> Member:

@@ -234,6 +234,16 @@ def test_a_job_that_cannot_share_a_batch_is_claimed_alone(
     assert [job.name for job in job_store.claim_batch("w2", **CPU, batch_max=BATCH)] == waiting
 
 
+def test_txt2img_sdxl_jobs_share_a_batch_only_with_each_other(job_store: JobStore, models: Path) -> None:
+    """Migration 0013: a job naming the ``txt2img-sdxl`` pipeline has a key of its own kind."""
+    head = job_store.enqueue(plain_job(models, 1, pipeline="txt2img-sdxl")).name
+    plain = job_store.enqueue(plain_job(models, 2)).name
+    mates = [job_store.enqueue(plain_job(models, seed, pipeline="txt2img-sdxl")).name for seed in (3, 4)]
+
+    assert [job.name for job in job_store.claim_batch("w1", **CPU, batch_max=BATCH)] == [head, *mates]
+    assert [job.name for job in job_store.claim_batch("w2", **CPU, batch_max=BATCH)] == [plain]
+
+
 def test_concurrent_batch_claims_take_every_job_exactly_once(job_store: JobStore, models: Path) -> None:
     names = {job_store.enqueue(plain_job(models, seed)).name for seed in range(24)}
     taken: list[ClaimedJob] = []
@@ -393,15 +403,34 @@ def test_an_error_that_stops_the_whole_batch_ends_each_job_as_alone(
         assert "missing-model" in row["errors"][0]["message"]
 
 
+def test_txt2img_sdxl_jobs_on_a_model_that_is_not_sdxl_run_alone(
+    database_url: str, engine: sqlalchemy.Engine, models: Path, sessions: SessionCache
+) -> None:
+    """Such jobs share a batch key (the api refuses them, but a model can change under a queued
+    job), and the batched loop would run them as SD: the first runs alone, the mates go back."""
+    queue = HookedStore(engine)
+    first, second = (queue.enqueue(plain_job(models, seed, pipeline="txt2img-sdxl")) for seed in (1, 2))
+    run_batched(database_url, queue, MemoryObjectStore(), models, max_jobs=1, sessions=sessions)
+
+    row = job_row(engine, first.name)
+    # The lone path's SDXL run, which finds no second tokenizer in an SD folder.
+    assert row["attempt"] == 1 and "tokenizer_2" in row["errors"][0]["message"]
+    handed_back = job_row(engine, second.name)
+    assert (handed_back["state"], handed_back["attempt"]) == (JobState.PENDING, 0)
+
+
+@pytest.mark.parametrize("pipeline", ["txt2img", "txt2img-sdxl"])
 def test_sdxl_jobs_are_batched_and_each_gets_the_pixels_it_gets_alone(
     database_url: str,
     engine: sqlalchemy.Engine,
     sessions: SessionCache,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    pipeline: str,
 ) -> None:
-    """The queue cannot tell an SDXL folder from its name: the batched loop reads the folder and
-    feeds each job's own pooled text and size conditioning."""
+    """The queue cannot tell an SDXL folder from its name (``txt2img``), or is told by the pipeline
+    (``txt2img-sdxl``, migration 0013): the batched loop reads the folder and feeds each job's own
+    pooled text and size conditioning."""
     folder = tmp_path / "models"
     write_demo_sdxl_checkpoint(torch_source_path(folder, DEMO_SDXL))
     convert_diffusers_folder(torch_source_path(folder, DEMO_SDXL), folder / DEMO_SDXL)
@@ -414,7 +443,7 @@ def test_sdxl_jobs_are_batched_and_each_gets_the_pixels_it_gets_alone(
             (42, "a cat", {"cfg": 1.0}),
         ]:
             job = make_job(folder, steps=STEPS, seed=seed, prompt=prompt, model=DEMO_SDXL)
-            job.chain["stages"][0]["params"].update(params)
+            job.chain["stages"][0]["params"].update(params, pipeline=pipeline)
             jobs.append(job)
         return jobs
 

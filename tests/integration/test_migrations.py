@@ -281,7 +281,7 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["usage_columns"] == EXPECTED_USAGE_COLUMNS
     assert found["model_columns"] == EXPECTED_MODEL_COLUMNS
     assert found["extras_columns"] == EXPECTED_EXTRAS_COLUMNS
-    assert found["version"] == [("0012",)]
+    assert found["version"] == [("0013",)]
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
