@@ -44,6 +44,11 @@ CUDA_ONLY_FUSIONS = (
     "enable_bias_splitgelu",
     "enable_bias_add",
 )
+#: Widths of the GEGLU projection (8x a transformer block's channels) that ONNX Runtime's CUDA
+#: BiasSplitGelu kernel takes (1.31: "hidden size should be 2560, 5120, 6144, 10240 or 12288"). SD
+#: 1.x/2.x and SDXL UNets have only these; a UNet with other widths keeps its GEGLU unfused, or its
+#: fused graph fails at its first run on CUDA.
+BIAS_SPLIT_GELU_WIDTHS = frozenset({2560, 5120, 6144, 10240, 12288})
 #: Inputs that stay fp32 in an fp16 graph: Karras-style schedulers step on fractional timesteps,
 #: which fp16 would round (0.5 apart near 1000).
 FP32_INPUTS = ("timestep", "time_ids")
@@ -90,19 +95,44 @@ def fusion_options(model_type: str, *, fp16: bool, cuda: bool) -> Any:
     return options
 
 
+def fuse_graph(load: Callable[[], Any], model_type: str, *, fp16: bool, cuda: bool) -> Any:
+    """ONNX Runtime's optimizer with ``fusion_options`` on the graph ``load`` returns (a path or a
+    ``ModelProto``); returns its ``OnnxModel``. Where it fused a BiasSplitGelu of a width the CUDA
+    kernel does not take (``BIAS_SPLIT_GELU_WIDTHS``), it fuses a fresh copy again without that
+    fusion."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = fusion_options(model_type, fp16=fp16, cuda=cuda)
+
+    def fuse() -> Any:
+        return optimize_model(
+            load(), model_type=model_type, opt_level=0, optimization_options=options, use_gpu=True
+        )
+
+    model = fuse()
+    widths = bias_split_gelu_widths(model.model.graph)
+    if widths - BIAS_SPLIT_GELU_WIDTHS:
+        logger.info(
+            "GEGLU left unfused: BiasSplitGelu widths %s, CUDA takes %s",
+            sorted(widths),
+            sorted(BIAS_SPLIT_GELU_WIDTHS),
+        )
+        options.enable_bias_splitgelu = False
+        model = fuse()
+    return model
+
+
+def bias_split_gelu_widths(graph: Any) -> set[int]:
+    """The bias widths of ``graph``'s BiasSplitGelu nodes (-1 for a bias that is not a weight)."""
+    widths = {tensor.name: tensor.dims[-1] for tensor in graph.initializer if tensor.dims}
+    return {widths.get(node.input[1], -1) for node in graph.node if node.op_type == "BiasSplitGelu"}
+
+
 def optimize_component(
     src: Path, dest: Path, model_type: str, *, fp16: bool = True, cuda: bool = True
 ) -> dict[str, int]:
     """Fuse the ONNX model ``src`` (and convert it to fp16) into ``dest``; returns fused-op counts."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    model = optimize_model(
-        str(src),
-        model_type=model_type,
-        opt_level=0,
-        optimization_options=fusion_options(model_type, fp16=fp16, cuda=cuda),
-        use_gpu=True,
-    )
+    model = fuse_graph(lambda: str(src), model_type, fp16=fp16, cuda=cuda)
     if fp16:
         convert_to_fp16(model)
     counts: dict[str, int] = {

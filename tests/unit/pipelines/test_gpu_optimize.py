@@ -16,7 +16,9 @@ import pytest
 
 from pipelines.gpu.optimize import (
     CUDA_ONLY_FUSIONS,
+    bias_split_gelu_widths,
     classic_attention,
+    fuse_graph,
     fusion_options,
     optimize_component,
     optimize_folder,
@@ -57,16 +59,36 @@ def run_cpu(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
 def test_the_gpu_recipe_fuses_attention_norms_and_convolutions(
     gpu_fused: tuple[Path, dict[str, int]],
 ) -> None:
-    """Every attention becomes one MultiHeadAttention (self and cross: 2 per transformer block, 4 blocks)."""
+    """Every attention becomes one MultiHeadAttention (self and cross: 2 per transformer block, 4 blocks).
+
+    The demo's GEGLU (256 wide) stays unfused: CUDA's BiasSplitGelu takes SD's widths only (below).
+    """
     fused, counts = gpu_fused
     assert counts["MultiHeadAttention"] == 8
     assert counts["SkipLayerNormalization"] == 8
-    assert counts["BiasSplitGelu"] == 4
+    assert "BiasSplitGelu" not in counts
     assert counts["GroupNorm"] + counts["SkipGroupNorm"] == 21
     assert counts["NhwcConv"] == 33
     ops = onnx_graphs.op_counts(fused)
     assert ops["Softmax"] == 0 and ops["InstanceNormalization"] == 0
     assert ops == Counter({**ops, **counts}), "the reported counts are the graph's"
+
+
+def test_geglu_is_fused_only_at_widths_the_cuda_kernel_takes(tmp_path: Path) -> None:
+    """A transformer of 320 channels (SD's first block; GEGLU 2560 wide) gets BiasSplitGelu; the
+    demo's 32 channels (256) would fail CUDA's kernel at the first run, so it keeps Mul and Erf."""
+    exported = onnx_graphs.export_for_gpu(
+        demo_unet(
+            block_out_channels=(320, 320),
+            norm_num_groups=32,
+            attention_head_dim=8,
+            cross_attention_dim=32,
+            layers_per_block=1,
+        ),
+        tmp_path / "wide" / ONNX_FILE,
+    )
+    graph = fuse_graph(lambda: str(exported), "unet", fp16=True, cuda=True).model.graph
+    assert bias_split_gelu_widths(graph) == {2560}
 
 
 def test_the_fp16_graph_keeps_timesteps_and_their_embedding_in_fp32(
