@@ -109,8 +109,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baselines-only",
         action="store_true",
-        help="time PyTorch eager and torch.compile only: no conversion and none of ours (for a "
-        "compile mode that needs a command of its own; compare with ours from the same machine)",
+        help="time PyTorch eager's and torch.compile's UNet calls only: no conversion, no images and "
+        "none of ours (for a compile mode that needs a command of its own; compare with ours from the "
+        "same machine)",
     )
 
 
@@ -227,8 +228,11 @@ def count_flops(unet: Any, inputs: tuple[Any, Any, Any]) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_pytorch(src: Path, device: str, steps: int, side: int, timer: Timer) -> dict[str, Any]:
-    """diffusers' StableDiffusionPipeline in fp16 (fp32 on CPU): UNet call, image, batching."""
+def bench_pytorch(
+    src: Path, device: str, steps: int, side: int, timer: Timer, *, unet_only: bool = False
+) -> dict[str, Any]:
+    """diffusers' StableDiffusionPipeline in fp16 (fp32 on CPU): UNet call, then (unless
+    ``unet_only``) the image and batching."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -261,10 +265,11 @@ def bench_pytorch(src: Path, device: str, steps: int, side: int, timer: Timer) -
 
         return run
 
-    result["image"] = summary(timer.wall(image(1), 3))
-    result["batching"] = {
-        str(jobs): images_per_second(timer.wall(image(jobs), 2), jobs) for jobs in BATCH_JOBS
-    }
+    if not unet_only:
+        result["image"] = summary(timer.wall(image(1), 3))
+        result["batching"] = {
+            str(jobs): images_per_second(timer.wall(image(jobs), 2), jobs) for jobs in BATCH_JOBS
+        }
     result["pipe"] = pipe
     return result
 
@@ -678,7 +683,7 @@ def run_bench(args: argparse.Namespace) -> int:
         conversion = prepare_models(args, src, folder, report)
     elif not (src / "model_index.json").exists():
         report["build_checkpoint_s"] = timed(lambda: write_checkpoint(src, args.architecture))
-    pytorch = bench_pytorch(src, args.device, args.steps, side, timer)
+    pytorch = bench_pytorch(src, args.device, args.steps, side, timer, unet_only=args.baselines_only)
     pipe, reference = pytorch.pop("pipe"), pytorch.pop("unet_output")
     report["pytorch"] = pytorch
     save_report(report, args.out)
