@@ -34,12 +34,15 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.gpu import (
     PEAK_TFLOPS,
     Timer,
+    images_per_second,
+    pixel_difference,
     profile_kernels,
     pytorch_sdxl_image,
     sdxl_unet_inputs,
@@ -47,7 +50,6 @@ from bench.gpu import (
     time_previews,
     time_pytorch_sdxl_unet,
     time_sdxl_images,
-    timed,
 )
 from pipelines.models.layout import EXTERNAL_DATA_FILE, ONNX_FILE
 
@@ -55,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 #: Written into the stripped folder: the size of each weight file left behind.
 MANIFEST = "stripped.json"
+#: Jobs per batch whose images/s ``time_sdxl_batches`` measures.
+SDXL_BATCH_JOBS = (1, 2)
 #: Tensors under this many bytes stay inside the graph (shape constants and the like).
 EXTERNAL_THRESHOLD = 1024
 
@@ -130,9 +134,8 @@ def fuse_weightless(src: Path, dest: Path, component: str) -> tuple[dict[str, in
     import onnx
     import onnxruntime.transformers.float16 as float16
     from onnx import helper
-    from onnxruntime.transformers.optimizer import optimize_model
 
-    from pipelines.gpu.optimize import COMPONENT_TYPES, convert_to_fp16, fusion_options, keeps_fp32
+    from pipelines.gpu.optimize import COMPONENT_TYPES, convert_to_fp16, fuse_graph, keeps_fp32
 
     def value_info(tensor: Any) -> Any:
         # The stock one reads the tensor's data, which is not loaded (and not yet converted).
@@ -148,13 +151,8 @@ def fuse_weightless(src: Path, dest: Path, component: str) -> tuple[dict[str, in
     # Fusions that need weight values (packing QKV, transposing convolutions) read them relative to here.
     os.chdir(src / component)
     try:
-        model = onnx.load(ONNX_FILE, load_external_data=False)
-        fused = optimize_model(
-            model,
-            model_type=model_type,
-            opt_level=0,
-            optimization_options=fusion_options(model_type, fp16=fp16, cuda=fp16),
-            use_gpu=True,
+        fused = fuse_graph(
+            lambda: onnx.load(ONNX_FILE, load_external_data=False), model_type, fp16=fp16, cuda=fp16
         )
         if fp16:
             convert_to_fp16(fused)
@@ -334,6 +332,7 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
 
     from pipelines.diffusion.model import Run, load_model
     from pipelines.diffusion.sdxl import txt2img_sdxl
+    from pipelines.gpu import runtime
     from pipelines.gpu.runtime import Bucket, GpuSettings, gpu_model
     from pipelines.imageops.metadata import encode_image
     from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
@@ -344,8 +343,13 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
     if device == "cuda":
         import torch
 
+        # The worker's own warm-up (both text encoders, every UNet input read off the graph), at
+        # one image and at two batched jobs.
+        buckets = [Bucket(side, side, jobs) for jobs in SDXL_BATCH_JOBS]
+        started = time.monotonic()
+        result["warm_up_missed"] = [str(bucket) for bucket in runtime.warm_up(model, buckets)]
+        result["warm_up_s"] = time.monotonic() - started
         on_gpu = gpu_model(folder, GpuSettings())
-        result["warm_up_s"] = timed(lambda: on_gpu.warm_up([Bucket(side, side)]))
         unet = on_gpu.unet
         hidden, pooled = (unet.inputs[name].shape[-1] for name in ("encoder_hidden_states", "text_embeds"))
         feeds = sdxl_unet_inputs("cuda", torch.float16, side, int(hidden), int(pooled))
@@ -375,6 +379,34 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
     encode_image(picture, {"params": {}}, fmt="png", server_version="bench")
     result["image_without_png_ms"] = (encode_started - started) * 1000
     result["png_encode_ms"] = (time.perf_counter() - encode_started) * 1000
+    result["batching"] = time_sdxl_batches(model, generation, timer)
+    return result
+
+
+def time_sdxl_batches(model: Any, generation: Any, timer: Timer) -> dict[str, Any]:
+    """Images/s of ``txt2img_batch`` (the worker's batched loop) at each of ``SDXL_BATCH_JOBS``, to
+    pixels, and the largest pixel difference of a job alone against the same job in a batch."""
+    from dataclasses import replace
+
+    from pipelines.gpu.batch import CpuDenoiser, GpuDenoiser, Txt2ImgJob, txt2img_batch
+    from pipelines.gpu.runtime import graph_model
+
+    on_gpu = graph_model(model)
+    denoiser = CpuDenoiser(model) if on_gpu is None else GpuDenoiser(model, on_gpu)
+
+    def jobs(count: int) -> list[Any]:
+        return [Txt2ImgJob(replace(generation, seed=seed)) for seed in range(count)]
+
+    def batch(count: int) -> Callable[[], Any]:
+        return lambda: txt2img_batch(model, jobs(count), denoiser=denoiser)
+
+    result: dict[str, Any] = {
+        str(count): images_per_second(timer.wall(batch(count), 2), count) for count in SDXL_BATCH_JOBS
+    }
+    largest = SDXL_BATCH_JOBS[-1]
+    alone = txt2img_batch(model, [jobs(largest)[-1]], denoiser=denoiser)[0].images[0]
+    together = txt2img_batch(model, jobs(largest), denoiser=denoiser)[-1].images[0]
+    result["max_pixel_diff_alone_vs_batch"] = pixel_difference(alone, together)
     return result
 
 
@@ -405,6 +437,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"{'  VAE decode of one latent, ours ' + fp32 + ' (ms)':44} "
             f"{pytorch['vae_decode']['median_ms']:10.1f} {ours['vae_decode']['median_ms']:10.1f}"
         )
+    for jobs, figures in ours.get("batching", {}).items():
+        if isinstance(figures, dict):
+            label = f"  images/s, {jobs} job(s) batched, to pixels"
+            lines.append(f"{label:44} {'':>10} {figures['images_per_s']:10.3f}")
+    if "max_pixel_diff_alone_vs_batch" in ours.get("batching", {}):
+        label = "  largest pixel difference, alone vs batched"
+        lines.append(f"{label:44} {'':>10} {ours['batching']['max_pixel_diff_alone_vs_batch']:10d}")
     for case, figures in report.get("previews", {}).items():
         label = f"  live preview {case}, decode + JPEG (ms)"
         lines.append(f"{label:44} {'':>10} {figures['median_ms']:10.1f}")
