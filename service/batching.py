@@ -4,11 +4,13 @@
 of exactly ``[source-txt2img, persist-disk]`` making one image, with no uploads and no tiled VAE,
 and all of one model, size, scheduler and step count (see ``migrations/versions/0003_batch_key``).
 A job that asks for several images already fills a UNet batch itself, so it is claimed alone.
-An SDXL model batches too, named by its folder (``txt2img``) or by the ``txt2img-sdxl`` pipeline
-(whose jobs batch only with each other, ``migrations/versions/0013_batch_key_sdxl``): the batched
-loop feeds each job's own SDXL conditioning. A job whose model name makes no models folder, or that
-asks for ``txt2img-sdxl`` on a model that is not SDXL, runs alone (where it fails as any such job
-does), and its mates go back to the queue.
+An SDXL model batches too on CPU workers, named by its folder (``txt2img``) or by the
+``txt2img-sdxl`` pipeline (whose jobs batch only with each other,
+``migrations/versions/0013_batch_key_sdxl``): the batched loop feeds each job's own SDXL
+conditioning. On CUDA workers SDXL jobs run alone until their batched pixels are explained
+(``_runs_batched``). A job whose model name makes no models folder, or that asks for
+``txt2img-sdxl`` on a model that is not SDXL, runs alone (where it fails as any such job does), and
+its mates go back to the queue.
 
 ``txt2img_batch`` shares only the UNet calls. Everything else stays per job, exactly as
 ``Worker.run_job`` does it for a lone job: its own lease thread (a lost lease stops that job
@@ -39,6 +41,7 @@ from pipelines.context import Counter, Progress, StageImage
 from pipelines.diffusion.model import DiffusionModel, Generation, load_model, model_folder
 from pipelines.diffusion.sdxl import SDXL_SUFFIX, is_sdxl_folder
 from pipelines.gpu.batch import Txt2ImgJob, txt2img_batch
+from pipelines.gpu.runtime import gpu_settings
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import estimate_steps
 from pipelines.stages.source_txt2img import generations, stage_images
@@ -88,7 +91,7 @@ def run_batch(
     pull cache, for a model from the model store the cache already holds).
     """
     models_path = models_path or runner.config.models_path
-    if not _runs_batched(models_path, jobs[0]):
+    if not _runs_batched(models_path, jobs[0], sessions):
         # Hand the mates back unspent (they are claimed again, each in its turn) and run the
         # first job alone: the lone path is the only one that runs its model.
         for job in jobs[1:]:
@@ -110,16 +113,22 @@ def run_batch(
         run.log_summary(outcome, started, timings, batch=len(jobs))
 
 
-def _runs_batched(models_path: Path, job: ClaimedJob) -> bool:
+def _runs_batched(models_path: Path, job: ClaimedJob, sessions: SessionCache) -> bool:
     """Whether the batched loop runs the job (and its mates, which share its key) as the lone path
-    would: a model name that makes a models folder, and an SDXL folder if the job asks for SDXL."""
+    would: a model name that makes a models folder, and an SDXL folder if the job asks for SDXL.
+
+    An SDXL model does not batch on a CUDA worker: on an H100 a job batched with another came out up
+    to 255 levels from the same job alone (``docs/gpu.md``, fifth round; on random weights, not yet
+    explained), where SD 1.5's differ by 1. CPU workers batch it (tested within 1 level).
+    """
     params = job.chain["stages"][0]["params"]
     try:
         folder = model_folder(models_path, str(params["model"]))
     except ValueError:
         return False  # an unusable name: the lone path fails the job as it fails any other
-    asks_for_sdxl = str(params.get("pipeline", "txt2img")).endswith(SDXL_SUFFIX)
-    return not asks_for_sdxl or is_sdxl_folder(folder)
+    if is_sdxl_folder(folder):
+        return gpu_settings(sessions) is None
+    return not str(params.get("pipeline", "txt2img")).endswith(SDXL_SUFFIX)
 
 
 def _plan(run: JobRun) -> Member:
