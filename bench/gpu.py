@@ -171,10 +171,9 @@ def time_previews(device: str, work: Path, runs: int = 20) -> dict[str, Any]:
     lazy getter hands them over. Random-weight decoders of TAESD's architecture (speed only)."""
     import numpy as np
 
-    from pipelines.diffusion.preview import DEFAULT_PREVIEW_SIDE
+    from pipelines.diffusion.preview import DEFAULT_PREVIEW_SIDE, render_preview
     from pipelines.models.preview import build_demo_previews
     from pipelines.models.sessions import CPU_PROVIDER, CUDA_PROVIDER, SessionCache, SessionSettings
-    from service.previews import render_preview
 
     build_demo_previews(work)
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if device == "cuda" else (CPU_PROVIDER,)

@@ -18,7 +18,6 @@ SD 1.5 job there (about 20 s a step) shows one every minute or so; on a GPU it i
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.diffusion.preview import decode_preview
+from pipelines.diffusion.preview import render_preview
 from service.jobs.store import ClaimedJob, JobStore
 from service.storage import ObjectStore, preview_key
 
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 
 #: The most of a job's time its previews may take.
 PREVIEW_BUDGET = 0.03
-JPEG_QUALITY = 75
 
 
 class PreviewWriter:
@@ -114,16 +112,3 @@ class PreviewWriter:
             self._stopped = True  # fenced: the lease thread stops the job at its next check
             return
         self.shown += 1
-
-
-def render_preview(
-    models_path: Path, sessions: Any, family: str, latents: np.ndarray, max_side: int
-) -> bytes | None:
-    """The JPEG a preview of ``latents`` stores (``decode_preview``, then encoding); ``None`` when
-    the family's preview decoder is not installed. ``bench.gpu`` times this on a GPU."""
-    image = decode_preview(models_path, sessions, family, latents, max_side=max_side)
-    if image is None:
-        return None
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()

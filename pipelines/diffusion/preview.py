@@ -9,6 +9,7 @@ no previews (``None``), never an error: previews are a convenience, not part of 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TypeGuard
 
@@ -23,6 +24,8 @@ from pipelines.models.registry import ModelFamily
 PREVIEW_MODELS: dict[ModelFamily, str] = {"sd": TAESD, "sdxl": TAESDXL}
 #: The longer side of a preview image, in pixels, unless the caller asks otherwise.
 DEFAULT_PREVIEW_SIDE = 256
+#: JPEG quality of a stored preview.
+JPEG_QUALITY = 75
 
 
 def decode_preview(
@@ -46,6 +49,19 @@ def decode_preview(
     pixels = sessions.get(path).run(None, {"latent_sample": sample})[0][0]
     rgb = ((np.clip(pixels, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8)
     return shrink(Image.fromarray(rgb.transpose(1, 2, 0)), max_side)
+
+
+def render_preview(
+    models_path: Path, sessions: SessionProvider, family: str, latents: np.ndarray, max_side: int
+) -> bytes | None:
+    """The JPEG a worker stores as a preview of ``latents`` (``decode_preview``, then encoding);
+    ``None`` when the family's preview decoder is not installed. ``bench.gpu`` times this on a GPU."""
+    image = decode_preview(models_path, sessions, family, latents, max_side=max_side)
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
 
 
 def is_family(family: str) -> TypeGuard[ModelFamily]:
