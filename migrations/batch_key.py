@@ -1,4 +1,4 @@
-"""The generated ``jobs.batch_key`` column, as migrations 0009 and 0013 define it.
+"""The generated ``jobs.batch_key`` column, as migrations 0003, 0009 and 0013 define it.
 
 A generated column's expression cannot be altered before PostgreSQL 17, so each change drops the
 column and adds it again (which rewrites the table once under an exclusive lock: run such a

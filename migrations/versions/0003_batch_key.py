@@ -15,36 +15,14 @@ adding it rewrites the table once, under an exclusive lock, so run this while th
 from __future__ import annotations
 
 from migrations import sql_steps
+from migrations.batch_key import TXT2IMG_ONLY, batch_key_column
 
 revision = "0003"
 down_revision = "0002"
 
-UPGRADE = (
-    """
-    ALTER TABLE jobs ADD COLUMN batch_key text GENERATED ALWAYS AS (
-        CASE
-            WHEN jsonb_array_length(chain -> 'stages') = 2
-                AND chain #>> '{stages,0,type}' = 'source-txt2img'
-                AND chain #>> '{stages,1,type}' = 'persist-disk'
-                AND coalesce(jsonb_array_length(chain -> 'sources'), 0) = 0
-                AND inputs = '{}'
-                AND coalesce(chain #> '{stages,0,params,batch}', '1') = '1'
-                AND coalesce(chain #> '{stages,0,params,tiled_vae}', 'false') = 'false'
-                AND coalesce(chain #>> '{stages,0,params,pipeline}', 'txt2img') = 'txt2img'
-            THEN (chain #>> '{stages,0,params,width}') || 'x' || (chain #>> '{stages,0,params,height}')
-                || ' ' || (chain #>> '{stages,0,params,steps}')
-                || ' ' || (chain #>> '{stages,0,params,scheduler}')
-                || ' ' || (chain #>> '{stages,0,params,model}')
-        END
-    ) STORED
-    """,
-    "COMMENT ON COLUMN jobs.batch_key IS 'Plain txt2img jobs with equal keys may share one UNet batch (claim_batch); NULL: never batched'",
-    # Mates of a claimed job, in queue order; only batchable pending jobs are in it.
-    """
-    CREATE INDEX jobs_batch_idx ON jobs (batch_key, priority DESC, created_at)
-    WHERE state = 'pending' AND batch_key IS NOT NULL
-    """,
-)
+# The statements are batch_key_column's; claim_batch finds a job's mates, in queue order, through
+# jobs_batch_idx, which holds only batchable pending jobs.
+UPGRADE = batch_key_column(TXT2IMG_ONLY)
 DOWNGRADE = ("ALTER TABLE jobs DROP COLUMN batch_key",)
 
 
