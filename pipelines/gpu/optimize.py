@@ -44,11 +44,15 @@ CUDA_ONLY_FUSIONS = (
     "enable_bias_splitgelu",
     "enable_bias_add",
 )
-#: Widths of the GEGLU projection (8x a transformer block's channels) that ONNX Runtime's CUDA
-#: BiasSplitGelu kernel takes (1.31: "hidden size should be 2560, 5120, 6144, 10240 or 12288"). SD
-#: 1.x/2.x and SDXL UNets have only these; a UNet with other widths keeps its GEGLU unfused, or its
-#: fused graph fails at its first run on CUDA.
-BIAS_SPLIT_GELU_WIDTHS = frozenset({2560, 5120, 6144, 10240, 12288})
+#: Fused operators whose CUDA kernels take only some widths (the length of their bias input), with
+#: the fusion option that makes them. ONNX Runtime 1.31's BiasSplitGelu takes the GEGLU projection
+#: of SD's and SDXL's transformers (8x their 320-1280 channels: "hidden size should be 2560, 5120,
+#: 6144, 10240 or 12288"), BiasAdd their channels ("Number of channels should be 320, 640 or 1280").
+#: A UNet of other widths keeps those patterns unfused, or its fused graph fails at its first run.
+CUDA_WIDTHS: Mapping[str, tuple[str, frozenset[int]]] = {
+    "BiasSplitGelu": ("enable_bias_splitgelu", frozenset({2560, 5120, 6144, 10240, 12288})),
+    "BiasAdd": ("enable_bias_add", frozenset({320, 640, 1280})),
+}
 #: Inputs that stay fp32 in an fp16 graph: Karras-style schedulers step on fractional timesteps,
 #: which fp16 would round (0.5 apart near 1000).
 FP32_INPUTS = ("timestep", "time_ids")
@@ -97,9 +101,8 @@ def fusion_options(model_type: str, *, fp16: bool, cuda: bool) -> Any:
 
 def fuse_graph(load: Callable[[], Any], model_type: str, *, fp16: bool, cuda: bool) -> Any:
     """ONNX Runtime's optimizer with ``fusion_options`` on the graph ``load`` returns (a path or a
-    ``ModelProto``); returns its ``OnnxModel``. Where it fused a BiasSplitGelu of a width the CUDA
-    kernel does not take (``BIAS_SPLIT_GELU_WIDTHS``), it fuses a fresh copy again without that
-    fusion."""
+    ``ModelProto``); returns its ``OnnxModel``. Where it fused an operator at a width its CUDA kernel
+    does not take (``CUDA_WIDTHS``), it fuses a fresh copy again without that fusion."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = fusion_options(model_type, fp16=fp16, cuda=cuda)
@@ -110,22 +113,26 @@ def fuse_graph(load: Callable[[], Any], model_type: str, *, fp16: bool, cuda: bo
         )
 
     model = fuse()
-    widths = bias_split_gelu_widths(model.model.graph)
-    if widths - BIAS_SPLIT_GELU_WIDTHS:
-        logger.info(
-            "GEGLU left unfused: BiasSplitGelu widths %s, CUDA takes %s",
-            sorted(widths),
-            sorted(BIAS_SPLIT_GELU_WIDTHS),
-        )
-        options.enable_bias_splitgelu = False
+    refused = unsupported_fusions(model.model.graph)
+    if refused:
+        logger.info("left unfused for CUDA's kernels, widths outside theirs: %s", sorted(refused))
+        for option in refused:
+            setattr(options, option, False)
         model = fuse()
     return model
 
 
-def bias_split_gelu_widths(graph: Any) -> set[int]:
-    """The bias widths of ``graph``'s BiasSplitGelu nodes (-1 for a bias that is not a weight)."""
+def unsupported_fusions(graph: Any) -> set[str]:
+    """The fusion options of ``CUDA_WIDTHS`` whose operators ``graph`` holds at a width the CUDA
+    kernel does not take (a bias that is not a weight counts as such)."""
     widths = {tensor.name: tensor.dims[-1] for tensor in graph.initializer if tensor.dims}
-    return {widths.get(node.input[1], -1) for node in graph.node if node.op_type == "BiasSplitGelu"}
+    refused = set()
+    for node in graph.node:
+        if node.op_type in CUDA_WIDTHS:
+            option, supported = CUDA_WIDTHS[node.op_type]
+            if widths.get(node.input[1], -1) not in supported:
+                refused.add(option)
+    return refused
 
 
 def optimize_component(

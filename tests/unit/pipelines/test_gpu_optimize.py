@@ -13,15 +13,16 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from onnx import helper, numpy_helper
 
 from pipelines.gpu.optimize import (
     CUDA_ONLY_FUSIONS,
-    bias_split_gelu_widths,
     classic_attention,
     fuse_graph,
     fusion_options,
     optimize_component,
     optimize_folder,
+    unsupported_fusions,
 )
 from pipelines.models.convert import export_vae_decoder
 from pipelines.models.demo import demo_unet, demo_vae
@@ -88,7 +89,32 @@ def test_geglu_is_fused_only_at_widths_the_cuda_kernel_takes(tmp_path: Path) -> 
         tmp_path / "wide" / ONNX_FILE,
     )
     graph = fuse_graph(lambda: str(exported), "unet", fp16=True, cuda=True).model.graph
-    assert bias_split_gelu_widths(graph) == {2560}
+    # One per transformer: one down, one in the middle, two up.
+    assert Counter(node.op_type for node in graph.node)["BiasSplitGelu"] == 4
+    assert unsupported_fusions(graph) == set()
+
+
+@pytest.mark.parametrize(
+    ("op_type", "width", "refused"),
+    [
+        ("BiasSplitGelu", 2560, set()),
+        ("BiasSplitGelu", 256, {"enable_bias_splitgelu"}),
+        ("BiasAdd", 640, set()),
+        ("BiasAdd", 384, {"enable_bias_add"}),
+        ("Add", 384, set()),
+    ],
+)
+def test_a_fused_operator_outside_its_cuda_widths_is_refused(
+    op_type: str, width: int, refused: set[str]
+) -> None:
+    graph = helper.make_graph(
+        [helper.make_node(op_type, ["x", "bias"], ["y"], domain="" if op_type == "Add" else "com.microsoft")],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, width])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.zeros(width, dtype=np.float32), "bias")],
+    )
+    assert unsupported_fusions(graph) == refused
 
 
 def test_the_fp16_graph_keeps_timesteps_and_their_embedding_in_fp32(
