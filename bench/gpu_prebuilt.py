@@ -407,7 +407,40 @@ def time_sdxl_batches(model: Any, generation: Any, timer: Timer) -> dict[str, An
     alone = txt2img_batch(model, [jobs(largest)[-1]], denoiser=denoiser)[0].images[0]
     together = txt2img_batch(model, jobs(largest), denoiser=denoiser)[-1].images[0]
     result["max_pixel_diff_alone_vs_batch"] = pixel_difference(alone, together)
+    result["one_call"] = one_call_difference(model, generation, denoiser)
     return result
+
+
+def one_call_difference(model: Any, generation: Any, denoiser: Any) -> dict[str, float]:
+    """One UNet call on a job's rows alone against the same rows twice over (a batch of two jobs):
+    how far the first rows' noise predictions are apart. Over the loop's steps the images can drift
+    further; a difference at this one call is the batch's own, not the loop's."""
+    import torch
+
+    from pipelines.diffusion.sdxl import SdxlRun, unet_inputs
+
+    conditioning = unet_inputs(SdxlRun(model, generation).conditioning)
+    rows = len(conditioning["encoder_hidden_states"])
+    height, width = generation.height // 8, generation.width // 8
+    generator = torch.Generator().manual_seed(0)
+    with denoiser.stream():
+        sample = torch.randn((rows, 4, height, width), generator=generator).to(denoiser.device)
+        inputs = {name: torch.from_numpy(value).to(denoiser.device) for name, value in conditioning.items()}
+
+        def predict(copies: int) -> Any:
+            return denoiser.predict_noise(
+                torch.cat([sample] * copies),
+                torch.full((rows * copies,), 500.0, device=denoiser.device),
+                {name: torch.cat([value] * copies) for name, value in inputs.items()},
+            )[:rows]
+
+        alone, batched = predict(1), predict(2)
+        difference = (batched - alone).abs()
+        return {
+            "max_abs": float(difference.max()),
+            "rel_l2": float(difference.norm() / alone.norm()),
+            "max_abs_prediction": float(alone.abs().max()),
+        }
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -438,12 +471,15 @@ def format_table(report: dict[str, Any]) -> str:
             f"{pytorch['vae_decode']['median_ms']:10.1f} {ours['vae_decode']['median_ms']:10.1f}"
         )
     for jobs, figures in ours.get("batching", {}).items():
-        if isinstance(figures, dict):
+        if jobs.isdigit():
             label = f"  images/s, {jobs} job(s) batched, to pixels"
             lines.append(f"{label:44} {'':>10} {figures['images_per_s']:10.3f}")
     if "max_pixel_diff_alone_vs_batch" in ours.get("batching", {}):
         label = "  largest pixel difference, alone vs batched"
         lines.append(f"{label:44} {'':>10} {ours['batching']['max_pixel_diff_alone_vs_batch']:10d}")
+        one_call = ours["batching"]["one_call"]
+        label = "  one UNet call, alone vs batched (rel. L2)"
+        lines.append(f"{label:44} {'':>10} {one_call['rel_l2']:10.2e}")
     for case, figures in report.get("previews", {}).items():
         label = f"  live preview {case}, decode + JPEG (ms)"
         lines.append(f"{label:44} {'':>10} {figures['median_ms']:10.1f}")
