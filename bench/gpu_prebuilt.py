@@ -388,11 +388,9 @@ def time_sdxl_batches(model: Any, generation: Any, timer: Timer) -> dict[str, An
     pixels, and the largest pixel difference of a job alone against the same job in a batch."""
     from dataclasses import replace
 
-    from pipelines.gpu.batch import CpuDenoiser, GpuDenoiser, Txt2ImgJob, txt2img_batch
-    from pipelines.gpu.runtime import graph_model
+    from pipelines.gpu.batch import Txt2ImgJob, denoiser_for, txt2img_batch
 
-    on_gpu = graph_model(model)
-    denoiser = CpuDenoiser(model) if on_gpu is None else GpuDenoiser(model, on_gpu)
+    denoiser = denoiser_for(model)
 
     def jobs(count: int) -> list[Any]:
         return [Txt2ImgJob(replace(generation, seed=seed)) for seed in range(count)]
