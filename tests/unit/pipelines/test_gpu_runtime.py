@@ -55,7 +55,7 @@ def test_a_captured_bucket_replays_what_the_dynamic_session_computes(gpu_folder:
     timestep = torch.tensor([981.0, 981.0]).cuda()
     with torch.cuda.stream(model.stream):
         replayed = model.predict_noise(sample, timestep, {"encoder_hidden_states": hidden})
-        dynamic = model.unet._run_dynamic(
+        dynamic = model.unet.run_dynamic(
             {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden},
             {"out_sample": (2, 4, 8, 8)},
         )["out_sample"].float()
@@ -95,7 +95,7 @@ def test_an_lcm_unet_is_captured_without_guidance_rows_and_fed_its_embedding(lcm
         }
         with torch.cuda.stream(model.stream):
             replayed = model.predict_noise(sample, timestep, feeds_without(feeds, "sample", "timestep"))
-            dynamic = model.unet._run_dynamic(feeds, {"out_sample": (1, 4, 8, 8)})["out_sample"].float()
+            dynamic = model.unet.run_dynamic(feeds, {"out_sample": (1, 4, 8, 8)})["out_sample"].float()
         torch.cuda.synchronize()
         assert np.allclose(replayed.cpu().numpy(), dynamic.cpu().numpy(), atol=2e-3)
         outputs.append(replayed.cpu().numpy())
@@ -150,3 +150,48 @@ def test_img2img_and_inpainting_on_the_graphs_make_the_cuda_sessions_images(
     monkeypatch.setattr(runtime, "graph_model", lambda model, load=True: None)
     on_sessions = run()
     assert np.abs(on_graphs.astype(int) - on_sessions).max() <= 2
+
+
+def test_every_session_of_a_model_uses_one_copy_of_its_weights(gpu_folder: Path) -> None:
+    """Two warmed shapes and the dynamic session all read the shared weights in place: zeroing them
+    changes all three predictions, restoring them brings each back. Without sharing, each session
+    loads its own copy and computes the same."""
+    import torch
+
+    from pipelines.gpu.runtime import GpuDiffusionModel
+
+    model = GpuDiffusionModel(gpu_folder, GpuSettings())
+    assert model.unet.shared is not None and model.unet.shared.nbytes > 0
+    model.warm_up([Bucket(64, 64, 1), Bucket(64, 64, 2)])
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn((4, 77, 32), generator=generator).cuda()
+    samples = torch.randn((4, 4, 16, 16), generator=generator).cuda()
+
+    def predict(on: GpuDiffusionModel) -> list[torch.Tensor]:
+        predictions = []
+        with torch.cuda.stream(on.stream):
+            for rows, side in ((2, 8), (4, 8), (2, 16)):  # the two buckets' shapes, then a dynamic one
+                timestep = torch.full((rows,), 981.0).cuda()
+                text = {"encoder_hidden_states": hidden[:rows]}
+                predictions.append(on.predict_noise(samples[:rows, :, :side, :side], timestep, text))
+        torch.cuda.synchronize()
+        return predictions
+
+    assert len(model.unet._graphs) == 2
+    before = predict(model)
+    kept = {name: tensor.clone() for name, tensor in model.unet.shared.tensors.items()}
+    for tensor in model.unet.shared.tensors.values():
+        tensor.zero_()
+    zeroed = predict(model)
+    for name, tensor in model.unet.shared.tensors.items():
+        tensor.copy_(kept[name])
+    restored = predict(model)
+    for first, changed, again in zip(before, zeroed, restored, strict=True):
+        assert (first - changed).abs().max() > 1e-2
+        assert (first - again).abs().max() <= 1e-3
+
+    separate = GpuDiffusionModel(gpu_folder, GpuSettings(share_weights=False))
+    assert separate.unet.shared is None
+    separate.warm_up([Bucket(64, 64, 1), Bucket(64, 64, 2)])
+    for shared, own in zip(before, predict(separate), strict=True):
+        assert np.allclose(shared.cpu().numpy(), own.cpu().numpy(), atol=2e-3)
