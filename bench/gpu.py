@@ -493,12 +493,14 @@ def bench_ours(
     sessions = SessionCache(2, SessionSettings(providers=providers))
     model = load_model(folder.parent, folder.name, sessions)
     result: dict[str, Any] = {}
+    buckets = [*(Bucket(side, side, jobs) for jobs in BATCH_JOBS), Bucket(side, side, 1, guidance=False)]
+    if device == "cuda":
+        result["memory"] = warm_memory(folder, buckets)
     started = time.monotonic()
     denoiser: Any
     if device == "cuda":
         on_gpu = gpu_model(folder, settings)
-        buckets = [Bucket(side, side, jobs) for jobs in BATCH_JOBS]
-        on_gpu.warm_up([*buckets, Bucket(side, side, 1, guidance=False)])
+        on_gpu.warm_up(buckets)
         denoiser = GpuDenoiser(model, on_gpu)
     else:
         denoiser = CpuDenoiser(model)
@@ -654,6 +656,55 @@ def timed(work: Callable[[], Any]) -> float:
     started = time.monotonic()
     work()
     return time.monotonic() - started
+
+
+def warm_memory(folder: Path, buckets: list[Any]) -> dict[str, Any]:
+    """GPU memory that the UNet and VAE decoder of ``folder`` take once warmed at ``buckets``, GiB
+    over what was in use before: with one copy of the weights for all their sessions (the workers'
+    setting) and with a copy per session (``GpuSettings.share_weights``). Each model is made afresh
+    and freed after."""
+    import gc
+
+    import torch
+
+    from pipelines.gpu.runtime import GpuDiffusionModel, GpuSettings
+
+    def used() -> int:
+        free, total = torch.cuda.mem_get_info()
+        return total - free
+
+    result: dict[str, Any] = {"buckets": len(buckets)}
+    for label, share in (("shared", True), ("per_session", False)):
+        gc.collect()
+        torch.cuda.empty_cache()
+        before, started = used(), time.monotonic()
+        model = GpuDiffusionModel(folder, GpuSettings(share_weights=share))
+        loaded = used()
+        missed = model.warm_up(buckets)
+        result[label] = {
+            "loaded_gib": (loaded - before) / 2**30,
+            "warmed_gib": (used() - before) / 2**30,
+            "warm_up_s": time.monotonic() - started,
+            "missed": len(missed),
+        }
+        if share:
+            weights = (model.unet.shared, model.vae_decoder.shared)
+            result["shared_weights_gib"] = sum(part.nbytes for part in weights if part) / 2**30
+        del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+def memory_line(memory: dict[str, Any] | None) -> list[str]:
+    """``warm_memory``'s figures as one table line (none where it was not measured)."""
+    if not memory:
+        return []
+    label = f"GPU memory, UNet + VAE warmed at {memory['buckets']} shapes (GiB)"
+    return [
+        f"{label:46} shared {memory['shared']['warmed_gib']:.2f}, one copy per session "
+        f"{memory['per_session']['warmed_gib']:.2f} (weights {memory['shared_weights_gib']:.2f})"
+    ]
 
 
 def pixel_difference(first: Any, second: Any) -> int:
@@ -848,6 +899,7 @@ def format_table(report: dict[str, Any]) -> str:
         for label, value in encodings.items():
             size = value["bytes"] / 1024
             lines.append(f"{f'encode {source}: {label}':60} {value['median_ms']:7.1f} ms {size:7.0f} KiB")
+    lines += memory_line(ours.get("memory"))
     for jobs in BATCH_JOBS:
         torch_rate = pytorch["batching"][str(jobs)]["images_per_s"]
         our_rate = ours["batching"][str(jobs)]["images_per_s"]

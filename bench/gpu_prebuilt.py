@@ -42,6 +42,7 @@ from bench.gpu import (
     PEAK_TFLOPS,
     Timer,
     images_per_second,
+    memory_line,
     pixel_difference,
     profile_kernels,
     pytorch_sdxl_image,
@@ -50,6 +51,7 @@ from bench.gpu import (
     time_previews,
     time_pytorch_sdxl_unet,
     time_sdxl_images,
+    warm_memory,
 )
 from pipelines.models.layout import EXTERNAL_DATA_FILE, ONNX_FILE
 
@@ -346,6 +348,7 @@ def bench_ours(folder: Path, steps: int, side: int, timer: Timer, device: str, o
         # The worker's own warm-up (both text encoders, every UNet input read off the graph), at
         # one image and at two batched jobs.
         buckets = [Bucket(side, side, jobs) for jobs in SDXL_BATCH_JOBS]
+        result["memory"] = warm_memory(folder, buckets)
         started = time.monotonic()
         result["warm_up_missed"] = [str(bucket) for bucket in runtime.warm_up(model, buckets)]
         result["warm_up_s"] = time.monotonic() - started
@@ -409,36 +412,53 @@ def time_sdxl_batches(model: Any, generation: Any, timer: Timer) -> dict[str, An
     return result
 
 
-def one_call_difference(model: Any, generation: Any, denoiser: Any) -> dict[str, float]:
+def one_call_difference(model: Any, generation: Any, denoiser: Any) -> dict[str, Any]:
     """One UNet call on a job's rows alone against the same rows twice over (a batch of two jobs):
     how far the first rows' noise predictions are apart. Over the loop's steps the images can drift
-    further; a difference at this one call is the batch's own, not the loop's."""
+    further; a difference at this one call is the batch's own, not the loop's.
+
+    On CUDA the same is measured on the dynamic session (``dynamic``: no CUDA graph, shapes chosen at
+    run time), and each replay against the dynamic session's call (``graph_vs_dynamic_*``): a
+    difference in the replays alone would be the captured graph's, one in both the kernels'."""
     import torch
 
     from pipelines.diffusion.sdxl import SdxlRun, unet_inputs
+    from pipelines.gpu.batch import GpuDenoiser
 
     conditioning = unet_inputs(SdxlRun(model, generation).conditioning)
     rows = len(conditioning["encoder_hidden_states"])
     height, width = generation.height // 8, generation.width // 8
     generator = torch.Generator().manual_seed(0)
+
+    def compare(first: Any, second: Any) -> dict[str, float]:
+        difference = (second - first).abs()
+        return {"max_abs": float(difference.max()), "rel_l2": float(difference.norm() / first.norm())}
+
     with denoiser.stream():
         sample = torch.randn((rows, 4, height, width), generator=generator).to(denoiser.device)
         inputs = {name: torch.from_numpy(value).to(denoiser.device) for name, value in conditioning.items()}
 
-        def predict(copies: int) -> Any:
-            return denoiser.predict_noise(
-                torch.cat([sample] * copies),
-                torch.full((rows * copies,), 500.0, device=denoiser.device),
-                {name: torch.cat([value] * copies) for name, value in inputs.items()},
-            )[:rows]
+        def predict(copies: int, dynamic: bool = False) -> Any:
+            feeds = {
+                "sample": torch.cat([sample] * copies),
+                "timestep": torch.full((rows * copies,), 500.0, device=denoiser.device),
+                **{name: torch.cat([value] * copies) for name, value in inputs.items()},
+            }
+            if not dynamic:
+                sample_in, timestep = feeds.pop("sample"), feeds.pop("timestep")
+                return denoiser.predict_noise(sample_in, timestep, feeds)[:rows]
+            unet = denoiser.on_gpu.unet
+            shape = {"out_sample": tuple(feeds["sample"].shape)}
+            return unet.run_dynamic(feeds, shape)["out_sample"][:rows].float()
 
         alone, batched = predict(1), predict(2)
-        difference = (batched - alone).abs()
-        return {
-            "max_abs": float(difference.max()),
-            "rel_l2": float(difference.norm() / alone.norm()),
-            "max_abs_prediction": float(alone.abs().max()),
-        }
+        result: dict[str, Any] = {**compare(alone, batched), "max_abs_prediction": float(alone.abs().max())}
+        if isinstance(denoiser, GpuDenoiser):
+            dynamic_alone, dynamic_batched = predict(1, dynamic=True), predict(2, dynamic=True)
+            result["dynamic"] = compare(dynamic_alone, dynamic_batched)
+            result["graph_vs_dynamic_alone"] = compare(dynamic_alone, alone)
+            result["graph_vs_dynamic_batched"] = compare(dynamic_batched, batched)
+        return result
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -478,10 +498,14 @@ def format_table(report: dict[str, Any]) -> str:
         one_call = ours["batching"]["one_call"]
         label = "  one UNet call, alone vs batched (rel. L2)"
         lines.append(f"{label:44} {'':>10} {one_call['rel_l2']:10.2e}")
+        for case in ("dynamic", "graph_vs_dynamic_alone", "graph_vs_dynamic_batched"):
+            if case in one_call:
+                label = f"    {case.replace('_', ' ')} (rel. L2)"
+                lines.append(f"{label:44} {'':>10} {one_call[case]['rel_l2']:10.2e}")
     for case, figures in report.get("previews", {}).items():
         label = f"  live preview {case}, decode + JPEG (ms)"
         lines.append(f"{label:44} {'':>10} {figures['median_ms']:10.1f}")
-    return "\n".join(lines)
+    return "\n".join(lines + memory_line(ours.get("memory")))
 
 
 def run(args: argparse.Namespace) -> int:
