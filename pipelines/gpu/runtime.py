@@ -124,7 +124,15 @@ class CudaSession:
         if settings.share_weights:
             self.shared = SharedWeights(path, lambda array: torch.from_numpy(array).to(self.device))
             torch.cuda.synchronize(self.device)  # the copies are done before any session reads them
-        self._dynamic = self._create_session({}, graph=False)
+        try:
+            self._dynamic = self._create_session({}, graph=False)
+        except Exception:
+            if self.shared is None:
+                raise
+            # Sharing only saves memory: an ONNX Runtime that refuses the values runs without it.
+            logger.exception("%s: the sessions cannot take shared weights; each loads its own", path)
+            self.shared = None
+            self._dynamic = self._create_session({}, graph=False)
         self.inputs = {item.name: item for item in self._dynamic.get_inputs()}
         self.outputs = {item.name: item for item in self._dynamic.get_outputs()}
 

@@ -65,9 +65,13 @@ class SharedWeights:
         self,
         path: Path,
         place: Callable[[np.ndarray], Any],
-        min_bytes: int = SHARED_WEIGHT_BYTES,
+        min_bytes: int | None = None,
     ) -> None:
+        """``min_bytes`` defaults to ``SHARED_WEIGHT_BYTES``, read at each call."""
         import onnxruntime
+
+        if min_bytes is None:
+            min_bytes = SHARED_WEIGHT_BYTES
 
         self.path = path
         #: The device tensors by initializer name.

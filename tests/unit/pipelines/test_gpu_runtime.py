@@ -152,14 +152,18 @@ def test_img2img_and_inpainting_on_the_graphs_make_the_cuda_sessions_images(
     assert np.abs(on_graphs.astype(int) - on_sessions).max() <= 2
 
 
-def test_every_session_of_a_model_uses_one_copy_of_its_weights(gpu_folder: Path) -> None:
+def test_every_session_of_a_model_uses_one_copy_of_its_weights(
+    gpu_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two warmed shapes and the dynamic session all read the shared weights in place: zeroing them
     changes all three predictions, restoring them brings each back. Without sharing, each session
     loads its own copy and computes the same."""
     import torch
 
+    from pipelines.gpu import weights
     from pipelines.gpu.runtime import GpuDiffusionModel
 
+    monkeypatch.setattr(weights, "SHARED_WEIGHT_BYTES", 1024)  # the test UNet's weights are small
     model = GpuDiffusionModel(gpu_folder, GpuSettings())
     assert model.unet.shared is not None and model.unet.shared.nbytes > 0
     model.warm_up([Bucket(64, 64, 1), Bucket(64, 64, 2)])
