@@ -408,6 +408,9 @@ def time_sdxl_batches(model: Any, generation: Any, timer: Timer) -> dict[str, An
     alone = txt2img_batch(model, [jobs(largest)[-1]], denoiser=denoiser)[0].images[0]
     together = txt2img_batch(model, jobs(largest), denoiser=denoiser)[-1].images[0]
     result["max_pixel_diff_alone_vs_batch"] = pixel_difference(alone, together)
+    # What the batch's difference is measured against: the very same job alone, once more.
+    again = txt2img_batch(model, [jobs(largest)[-1]], denoiser=denoiser)[0].images[0]
+    result["max_pixel_diff_alone_twice"] = pixel_difference(alone, again)
     result["one_call"] = one_call_difference(model, generation, denoiser)
     return result
 
@@ -495,6 +498,9 @@ def format_table(report: dict[str, Any]) -> str:
     if "max_pixel_diff_alone_vs_batch" in ours.get("batching", {}):
         label = "  largest pixel difference, alone vs batched"
         lines.append(f"{label:44} {'':>10} {ours['batching']['max_pixel_diff_alone_vs_batch']:10d}")
+        if "max_pixel_diff_alone_twice" in ours["batching"]:
+            label = "  largest pixel difference, alone twice"
+            lines.append(f"{label:44} {'':>10} {ours['batching']['max_pixel_diff_alone_twice']:10d}")
         one_call = ours["batching"]["one_call"]
         label = "  one UNet call, alone vs batched (rel. L2)"
         lines.append(f"{label:44} {'':>10} {one_call['rel_l2']:10.2e}")
