@@ -7,7 +7,7 @@ A job that asks for several images already fills a UNet batch itself, so it is c
 An SDXL model batches too on CPU workers, named by its folder (``txt2img``) or by the
 ``txt2img-sdxl`` pipeline (whose jobs batch only with each other,
 ``migrations/versions/0013_batch_key_sdxl``): the batched loop feeds each job's own SDXL
-conditioning. On CUDA workers SDXL jobs run alone until their batched pixels are explained
+conditioning. On CUDA workers SDXL jobs run alone: batching them pays too little there
 (``_runs_batched``). A job whose model name makes no models folder, or that asks for
 ``txt2img-sdxl`` on a model that is not SDXL, runs alone (where it fails as any such job does), and
 its mates go back to the queue.
@@ -117,9 +117,9 @@ def _runs_batched(models_path: Path, job: ClaimedJob, sessions: SessionCache) ->
     """Whether the batched loop runs the job (and its mates, which share its key) as the lone path
     would: a model name that makes a models folder, and an SDXL folder if the job asks for SDXL.
 
-    An SDXL model does not batch on a CUDA worker: on an H100 a job batched with another came out up
-    to 255 levels from the same job alone (``docs/gpu.md``, fifth round; on random weights, not yet
-    explained), where SD 1.5's differ by 1. CPU workers batch it (tested within 1 level).
+    An SDXL model does not batch on a CUDA worker: there two jobs in one batch make about 5% more
+    images/s than one job alone (0.928 against 0.883 on an H100, ``docs/gpu.md``, sixth round), and
+    the first job waits for the second's image too. CPU workers batch it (tested within 1 level).
     """
     params = job.chain["stages"][0]["params"]
     try:
