@@ -667,11 +667,10 @@ def warm_memory(folder: Path, buckets: list[Any]) -> dict[str, Any]:
 
     import torch
 
-    from pipelines.gpu.runtime import GpuDiffusionModel, GpuSettings
+    from pipelines.gpu.runtime import GpuDiffusionModel, GpuSettings, device_memory_used
 
     def used() -> int:
-        free, total = torch.cuda.mem_get_info()
-        return total - free
+        return device_memory_used(torch.cuda.current_device())
 
     result: dict[str, Any] = {"buckets": len(buckets)}
     for label, share in (("shared", True), ("per_session", False)):

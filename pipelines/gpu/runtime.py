@@ -469,6 +469,14 @@ def loaded_model(folder: Path, settings: GpuSettings) -> GpuDiffusionModel | Non
         return _models.get((Path(folder).resolve(), repr(settings)))
 
 
+def device_memory_used(device_id: int) -> int:
+    """Bytes in use on CUDA device ``device_id`` by every process on it, as ``nvidia-smi`` counts."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device_id)
+    return int(total - free)
+
+
 def gpu_settings(sessions: Any) -> GpuSettings | None:
     """GPU settings for a worker's session provider, or None when it does not run on CUDA here."""
     settings = getattr(sessions, "settings", None)

@@ -33,6 +33,7 @@ def cuda_here(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[Any]]]:
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER])
     monkeypatch.setattr(onnxruntime, "InferenceSession", RecordedSession)
     monkeypatch.setattr(runtime, "cuda_available", lambda: True)
+    monkeypatch.setattr(runtime, "device_memory_used", lambda device_id: 0)
     monkeypatch.setattr(RecordedSession, "created", [])
     return RecordedSession.created
 
@@ -168,3 +169,26 @@ def test_a_malformed_warm_size_is_refused_with_the_forms_it_takes(size: str) -> 
         ConfigError, match=r"warm sizes must look like 512x512, 512x512x4 .* or 512x512-unguided"
     ):
         Config.from_env({"ONNX_WEB_WARM_SIZES": size})
+
+
+def test_the_warm_up_log_says_how_much_of_the_gpu_is_in_use(
+    cuda_here: list[tuple[str, list[Any]]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Operators size models and workers per GPU from it: the device's memory in use once warmed."""
+    import pipelines.diffusion.model as model_module
+
+    asked: list[int] = []
+    monkeypatch.setattr(model_module, "load_model", lambda path, name, sessions: name)
+    monkeypatch.setattr(runtime, "warm_up", lambda model, buckets: [])
+    monkeypatch.setattr(runtime, "device_memory_used", lambda device: asked.append(device) or 11 * 2**29)
+    config = Config.from_env(
+        {"ONNX_WEB_WORKER_PLATFORM": "cuda", "ONNX_WEB_WARM_MODELS": "sd15,sdxl", "ONNX_WEB_DEVICE": "1"}
+    )
+    caplog.set_level("INFO", logger="service.worker")
+    Worker(
+        config, jobs=RecordingJobs(), store=None, sessions=worker_sessions(config), notifier=None
+    ).warm_up()  # type: ignore[arg-type]
+
+    warmed = [record for record in caplog.records if record.getMessage() == "model warmed up"]
+    assert [(record.model, record.gpu_used_gib) for record in warmed] == [("sd15", 5.5), ("sdxl", 5.5)]
+    assert asked == [1, 1]
