@@ -165,14 +165,12 @@ class Worker:
         if self.config.worker_platform != "cuda" or not self.config.warm_models:
             return
         from pipelines.diffusion.model import load_model
-        from pipelines.gpu.runtime import Bucket, device_memory_used, gpu_settings, warm_up
+        from pipelines.gpu.runtime import Bucket, device_memory_used, warm_up
 
         buckets = [Bucket(*warm_shape(size)) for size in self.config.warm_sizes]
-        settings = gpu_settings(self.sessions)
         for name in self.config.warm_models:
             started = time.monotonic()
             missed = warm_up(load_model(self.config.models_path, name, self.sessions), buckets)
-            used = device_memory_used(settings.device_id) if settings is not None else 0
             log.info(
                 "model warmed up",
                 extra={
@@ -183,7 +181,7 @@ class Worker:
                     # Shapes left without a CUDA graph (runtime.warm_up logs which): slower, not broken.
                     "missed": len(missed),
                     # The whole device's, every process on it: what is left for more models or workers.
-                    "gpu_used_gib": round(used / 2**30, 2),
+                    "gpu_used_gib": round(device_memory_used(self.config.device) / 2**30, 2),
                 },
             )
 

@@ -73,7 +73,6 @@ class SharedWeights:
         if min_bytes is None:
             min_bytes = SHARED_WEIGHT_BYTES
 
-        self.path = path
         #: The device tensors by initializer name.
         self.tensors: dict[str, Any] = {}
         self._values: dict[str, Any] = {}
