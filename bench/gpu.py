@@ -480,9 +480,10 @@ def kernel_family(name: str) -> str:
 
 
 def bench_ours(
-    folder: Path, settings: Any, steps: int, side: int, timer: Timer, device: str
+    folder: Path, settings: Any, steps: int, side: int, timer: Timer, device: str, out: Path
 ) -> dict[str, Any]:
-    """The production path: ``txt2img_batch`` on the warmed GPU model, text to PNG bytes."""
+    """The production path: ``txt2img_batch`` on the warmed GPU model, text to PNG bytes; on CUDA
+    also the UNet's batch scaling (``unet_batch_scaling``, kernel listings written to ``out``)."""
     from pipelines.diffusion.model import load_model
     from pipelines.gpu.batch import CpuDenoiser, GpuDenoiser, Txt2ImgJob, txt2img_batch
     from pipelines.gpu.runtime import Bucket, gpu_model
@@ -533,7 +534,67 @@ def bench_ours(
     alone = txt2img_batch(model, [job(2)], denoiser=denoiser)[0].images[0]
     together = txt2img_batch(model, [job(seed) for seed in range(4)], denoiser=denoiser)[2].images[0]
     result["same_seed_max_pixel_diff_alone_vs_batch_of_4"] = pixel_difference(alone, together)
+    if device == "cuda":
+        result["unet_batch_scaling"] = unet_batch_scaling(on_gpu, side, timer, out)
     return result
+
+
+#: Jobs of the two warmed UNet shapes whose kernels ``unet_batch_scaling`` compares: one job against
+#: the four of the batching target (batch 2 against batch 8, with guidance rows).
+SCALING_JOBS = (1, 4)
+
+
+def unet_batch_scaling(on_gpu: Any, side: int, timer: Timer, out: Path) -> dict[str, Any]:
+    """Why batching gains what it gains: one UNet replay at ``SCALING_JOBS``' warmed shapes, timed
+    (CUDA events) and profiled by kernel family, with each family's time per image at the larger
+    batch against the smaller (``family_scaling``). Each kernel listing is written to ``out``."""
+    import torch
+
+    from pipelines.diffusion.model import LATENT_CHANNELS
+    from pipelines.gpu.runtime import Bucket, warm_feeds
+
+    result: dict[str, Any] = {}
+    with torch.cuda.stream(on_gpu.stream):
+        for jobs in SCALING_JOBS:
+            bucket = Bucket(side, side, jobs)
+            feeds = warm_feeds(on_gpu.unet.inputs, bucket, on_gpu.device)
+            shapes = {"out_sample": (bucket.unet_batch, LATENT_CHANNELS, *bucket.latent_size)}
+
+            def call(feeds: dict[str, Any] = feeds, shapes: dict[str, Any] = shapes) -> None:
+                on_gpu.unet(feeds, shapes)
+
+            listing = out / f"unet-kernels-batch{bucket.unet_batch}.txt"
+            result[str(jobs)] = {
+                "jobs": jobs,
+                "rows": bucket.unet_batch,
+                "call": summary(timer.events(call, 30, stream=on_gpu.stream)),
+                **profile_kernels(call, listing, calls=5),
+                "listing": listing.name,
+            }
+    small, large = (result[str(jobs)] for jobs in SCALING_JOBS)
+    result["per_image_gain"] = (small["call"]["median_ms"] / small["jobs"]) / (
+        large["call"]["median_ms"] / large["jobs"]
+    )
+    result["families"] = family_scaling(small, large)
+    return result
+
+
+def family_scaling(small: dict[str, Any], large: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per kernel family: its GPU time per image at the smaller batch and the larger
+    (``ms_per_call_by_family`` over each row's ``jobs``), and their ratio, the gain batching gets
+    from that family (1.0: none; the larger batch's jobs over the smaller's: the whole batch for the
+    price of one call). Families seen at one batch only count 0 ms at the other."""
+    names = {*small["ms_per_call_by_family"], *large["ms_per_call_by_family"]}
+    rows = {}
+    for name in names:
+        before = small["ms_per_call_by_family"].get(name, 0.0) / small["jobs"]
+        after = large["ms_per_call_by_family"].get(name, 0.0) / large["jobs"]
+        rows[name] = {
+            "ms_per_image_small": before,
+            "ms_per_image_large": after,
+            "gain": before / after if after > 0 else float("inf"),
+        }
+    return dict(sorted(rows.items(), key=lambda kv: -kv[1]["ms_per_image_large"]))
 
 
 def time_few_step(model: Any, denoiser: Any, side: int, timer: Timer) -> dict[str, Any]:
@@ -758,7 +819,7 @@ def run_bench(args: argparse.Namespace) -> int:
         torch.cuda.empty_cache()
         report["gpu_markers"] = json.loads((folder / "gpu.json").read_text())
         settings = bench_cuda_unet(folder, reference, side, timer, args.out, report)
-    report["ours"] = bench_ours(folder, settings, args.steps, side, timer, args.device)
+    report["ours"] = bench_ours(folder, settings, args.steps, side, timer, args.device, args.out)
     save_report(report, args.out)
     print(format_table(report))
     return 0
@@ -918,7 +979,29 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{label:46} {sessions:9.1f} {graphs:8.1f} {sessions / graphs:8.2f}")
     one = ours["batching"]["1"]["images_per_s"]
     lines.append(f"batching gain at 4 jobs (ours): {ours['batching']['4']['images_per_s'] / one:.2f}x")
+    lines += scaling_lines(ours.get("unet_batch_scaling"))
     return "\n".join(lines)
+
+
+def scaling_lines(scaling: dict[str, Any] | None) -> list[str]:
+    """``unet_batch_scaling``'s rows: each warmed shape's call, then each kernel family per image."""
+    if not scaling:
+        return []
+    small, large = (scaling[str(jobs)] for jobs in SCALING_JOBS)
+    lines = [
+        f"UNet replay, batch {small['rows']} / {large['rows']} (ms per call): "
+        f"{small['call']['median_ms']:.2f} / {large['call']['median_ms']:.2f}; kernels "
+        f"{small['kernel_ms_per_call']:.2f} / {large['kernel_ms_per_call']:.2f}; "
+        f"per-image gain {scaling['per_image_gain']:.2f}x",
+        f"{'  kernel family, ms per image':46} {'batch ' + str(small['rows']):>9} "
+        f"{'batch ' + str(large['rows']):>8} {'gain':>8}",
+    ]
+    for name, row in scaling["families"].items():
+        lines.append(
+            f"{'  ' + name:46} {row['ms_per_image_small']:9.3f} {row['ms_per_image_large']:8.3f} "
+            f"{row['gain']:8.2f}"
+        )
+    return lines
 
 
 def sdxl_unet_inputs(device: str, dtype: Any, side: int, hidden: int, pooled: int) -> dict[str, Any]:
