@@ -61,15 +61,14 @@ UNET_CALLS = 40
 SDXL_ARCHITECTURES = ("sdxl", "tiny-sdxl")
 #: CUDA provider settings tried for the UNet call; ``DEFAULT_VARIANT`` (what workers run) serves the
 #: image timings.
-#: ``fuse_conv_bias`` (on by default in ``CudaSession``) folds each convolution's bias into cuDNN's fused
+#: ``fuse_conv_bias`` (``GpuSettings``, on by default) folds each convolution's bias into cuDNN's fused
 #: convolution instead of a separate add kernel; ``sdpa_kernel=8`` picks cuDNN's flash attention.
-UNFUSED_BIAS = {"fuse_conv_bias": "0"}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "static": {"cuda_graphs": False, "provider_options": UNFUSED_BIAS},
+    "static": {"cuda_graphs": False, "fuse_conv_bias": False},
     "static+fuse-conv-bias": {"cuda_graphs": False},
-    "graph, own stream": {"shared_stream": False, "provider_options": UNFUSED_BIAS},
-    "graph": {"provider_options": UNFUSED_BIAS},
-    "graph+cudnn-attention": {"provider_options": {**UNFUSED_BIAS, "sdpa_kernel": "8"}},
+    "graph, own stream": {"shared_stream": False, "fuse_conv_bias": False},
+    "graph": {"fuse_conv_bias": False},
+    "graph+cudnn-attention": {"fuse_conv_bias": False, "provider_options": {"sdpa_kernel": "8"}},
     "graph+fuse-conv-bias (default)": {},
     "graph+fuse-conv-bias+cudnn-attention": {"provider_options": {"sdpa_kernel": "8"}},
     "graph+fuse-conv-bias+heuristic-search": {"provider_options": {"cudnn_conv_algo_search": "HEURISTIC"}},
@@ -544,10 +543,13 @@ def bench_ours(
 SCALING_JOBS = (1, 4)
 
 
-def unet_batch_scaling(on_gpu: Any, side: int, timer: Timer, out: Path) -> dict[str, Any]:
-    """Why batching gains what it gains: one UNet replay at ``SCALING_JOBS``' warmed shapes, timed
-    (CUDA events) and profiled by kernel family, with each family's time per image at the larger
-    batch against the smaller (``family_scaling``). Each kernel listing is written to ``out``."""
+def unet_batch_scaling(
+    on_gpu: Any, side: int, timer: Timer, out: Path, jobs_pair: tuple[int, int] = SCALING_JOBS
+) -> dict[str, Any]:
+    """Why batching gains what it gains: one UNet replay at the warmed shapes of ``jobs_pair``
+    (``SCALING_JOBS`` unless given), timed (CUDA events) and profiled by kernel family, with each
+    family's time per image at the larger batch against the smaller (``family_scaling``). Each
+    kernel listing is written to ``out``."""
     import torch
 
     from pipelines.diffusion.model import LATENT_CHANNELS
@@ -555,7 +557,7 @@ def unet_batch_scaling(on_gpu: Any, side: int, timer: Timer, out: Path) -> dict[
 
     result: dict[str, Any] = {}
     with torch.cuda.stream(on_gpu.stream):
-        for jobs in SCALING_JOBS:
+        for jobs in jobs_pair:
             bucket = Bucket(side, side, jobs)
             feeds = warm_feeds(on_gpu.unet.inputs, bucket, on_gpu.device)
             shapes = {"out_sample": (bucket.unet_batch, LATENT_CHANNELS, *bucket.latent_size)}
@@ -571,7 +573,7 @@ def unet_batch_scaling(on_gpu: Any, side: int, timer: Timer, out: Path) -> dict[
                 **profile_kernels(call, listing, calls=5),
                 "listing": listing.name,
             }
-    small, large = (result[str(jobs)] for jobs in SCALING_JOBS)
+    small, large = (result[str(jobs)] for jobs in jobs_pair)
     result["per_image_gain"] = (small["call"]["median_ms"] / small["jobs"]) / (
         large["call"]["median_ms"] / large["jobs"]
     )
@@ -987,7 +989,7 @@ def scaling_lines(scaling: dict[str, Any] | None) -> list[str]:
     """``unet_batch_scaling``'s rows: each warmed shape's call, then each kernel family per image."""
     if not scaling:
         return []
-    small, large = (scaling[str(jobs)] for jobs in SCALING_JOBS)
+    small, large = (row for row in scaling.values() if isinstance(row, dict) and "rows" in row)
     lines = [
         f"UNet replay, batch {small['rows']} / {large['rows']} (ms per call): "
         f"{small['call']['median_ms']:.2f} / {large['call']['median_ms']:.2f}; kernels "

@@ -177,6 +177,9 @@ class Config:
     worker_platform: str = "cpu"
     #: The CUDA device index every session and the GPU runtime of this worker use.
     device: int = DEFAULT_DEVICE
+    #: The CUDA-graph runtime's ``fuse_conv_bias`` (``pipelines.gpu.runtime.GpuSettings``): faster
+    #: on an H100, slower on an H200 (``docs/gpu.md``, seventh round).
+    cuda_fuse_conv_bias: bool = True
     #: Bytes one job may use on this worker (``ONNX_WEB_WORKER_MEMORY``: ``16G``, ``512M`` or a
     #: number); None measures the container's limit or the GPU (``service.capacity``).
     worker_memory: int | None = None
@@ -358,6 +361,7 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "worker_id": ("ONNX_WEB_WORKER_ID", str),
     "worker_platform": ("ONNX_WEB_WORKER_PLATFORM", str),
     "device": ("ONNX_WEB_DEVICE", int),
+    "cuda_fuse_conv_bias": ("ONNX_WEB_CUDA_FUSE_CONV_BIAS", parse_bool),
     "worker_memory": ("ONNX_WEB_WORKER_MEMORY", parse_bytes),
     "max_job_memory": ("ONNX_WEB_MAX_JOB_MEMORY", parse_bytes),
     "cache_models": ("ONNX_WEB_CACHE_MODELS", int),

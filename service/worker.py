@@ -80,7 +80,9 @@ def worker_sessions(config: Config) -> SessionCache:
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if config.worker_platform == "cuda" else (CPU_PROVIDER,)
     return SessionCache(
         config.cache_models,
-        SessionSettings(providers=providers, device_id=config.device),
+        SessionSettings(
+            providers=providers, device_id=config.device, cuda_fuse_conv_bias=config.cuda_fuse_conv_bias
+        ),
         on_load=partial(metrics.model_loaded, config.models_path),
     )
 

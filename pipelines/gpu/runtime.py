@@ -65,6 +65,10 @@ class GpuSettings:
     share_weights: bool = True
     #: Run ONNX Runtime on the torch stream (no host synchronisation per call).
     shared_stream: bool = True
+    #: Each convolution's bias inside cuDNN's fused convolution instead of a separate add kernel
+    #: (the CUDA provider's ``fuse_conv_bias``): 2-4% off the SD 1.5 UNet's replay on an H100, 3%
+    #: slower on an H200, and a slower session start on both (``docs/gpu.md``, seventh round).
+    fuse_conv_bias: bool = True
     #: Extra CUDA execution provider options (``sdpa_kernel``, ...), as strings.
     provider_options: Mapping[str, str] = field(default_factory=dict)
 
@@ -199,20 +203,8 @@ class CudaSession:
             options.add_free_dimension_override_by_name(name, value)
         if self.shared is not None:
             self.shared.add_to(options)
-        provider: dict[str, str] = {
-            "device_id": str(self.settings.device_id),
-            "cudnn_conv_algo_search": "EXHAUSTIVE",
-            "cudnn_conv_use_max_workspace": "1",
-            "arena_extend_strategy": "kSameAsRequested",
-            # Each convolution's bias in cuDNN's fused convolution, not a separate add kernel: 4% off
-            # the SD 1.5 UNet's graph replay on an H100, for a slower session start (docs/gpu.md).
-            "fuse_conv_bias": "1",
-            **self.settings.provider_options,
-        }
-        if graph:
-            provider["enable_cuda_graph"] = "1"
-        if self.settings.shared_stream:
-            provider["user_compute_stream"] = str(self.stream.cuda_stream)
+        stream = self.stream.cuda_stream if self.settings.shared_stream else None
+        provider = cuda_provider_options(self.settings, graph=graph, stream=stream)
         return onnxruntime.InferenceSession(
             str(self.path), sess_options=options, providers=[(CUDA_PROVIDER, provider)]
         )
@@ -241,6 +233,25 @@ class CudaSession:
             self.stream.synchronize()
         self._dynamic.run_with_iobinding(binding, self.run_options)
         return outputs
+
+
+def cuda_provider_options(settings: GpuSettings, *, graph: bool, stream: int | None) -> dict[str, str]:
+    """The CUDA provider's options for one of a ``CudaSession``'s sessions: exhaustive cuDNN search
+    with its largest workspace, ``settings.fuse_conv_bias``, a CUDA graph if ``graph``, the torch
+    stream ``stream`` (a ``cudaStream_t`` as an integer) if given; ``settings.provider_options`` last,
+    so they override any of these."""
+    provider = {
+        "device_id": str(settings.device_id),
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "cudnn_conv_use_max_workspace": "1",
+        "arena_extend_strategy": "kSameAsRequested",
+        "fuse_conv_bias": "1" if settings.fuse_conv_bias else "0",
+    }
+    if graph:
+        provider["enable_cuda_graph"] = "1"
+    if stream is not None:
+        provider["user_compute_stream"] = str(stream)
+    return {**provider, **settings.provider_options}
 
 
 class _StaticRun:
@@ -483,7 +494,10 @@ def gpu_settings(sessions: Any) -> GpuSettings | None:
     providers = getattr(settings, "providers", ())
     if CUDA_PROVIDER not in providers or not cuda_available():
         return None
-    return GpuSettings(device_id=int(getattr(settings, "device_id", 0)))
+    return GpuSettings(
+        device_id=int(getattr(settings, "device_id", 0)),
+        fuse_conv_bias=bool(getattr(settings, "cuda_fuse_conv_bias", True)),
+    )
 
 
 def graph_model(model: DiffusionModel, *, load: bool = True) -> GpuDiffusionModel | None:

@@ -68,6 +68,42 @@ def test_the_flag_wins_over_the_environment_and_the_default_is_device_0(
     assert cli_worker_sessions([], cuda).settings.device_id == 0
 
 
+def test_fuse_conv_bias_reaches_the_cuda_graphs_sessions_only(
+    cuda_here: list[tuple[str, list[Any]]], tmp_path: Path
+) -> None:
+    cuda = {"ONNX_WEB_WORKER_PLATFORM": "cuda"}
+    default = runtime.gpu_settings(cli_worker_sessions([], cuda))
+    assert default is not None and default.fuse_conv_bias is True
+    assert runtime.cuda_provider_options(default, graph=True, stream=7) == {
+        "device_id": "0",
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "cudnn_conv_use_max_workspace": "1",
+        "arena_extend_strategy": "kSameAsRequested",
+        "fuse_conv_bias": "1",
+        "enable_cuda_graph": "1",
+        "user_compute_stream": "7",
+    }
+
+    sessions = cli_worker_sessions(["--device", "1"], {**cuda, "ONNX_WEB_CUDA_FUSE_CONV_BIAS": "false"})
+    settings = runtime.gpu_settings(sessions)
+    assert settings is not None and settings.fuse_conv_bias is False and settings.device_id == 1
+    options = runtime.cuda_provider_options(settings, graph=False, stream=None)
+    assert options["fuse_conv_bias"] == "0" and options["device_id"] == "1"
+    assert "enable_cuda_graph" not in options and "user_compute_stream" not in options
+    # A bench variant's own provider options still have the last word.
+    overridden = runtime.GpuSettings(fuse_conv_bias=False, provider_options={"fuse_conv_bias": "1"})
+    assert runtime.cuda_provider_options(overridden, graph=True, stream=None)["fuse_conv_bias"] == "1"
+    # The worker's other CUDA sessions keep ONNX Runtime's own default.
+    (tmp_path / "upscaler.onnx").write_bytes(b"")
+    sessions.get(tmp_path / "upscaler.onnx")
+    assert cuda_here[-1][1] == [(CUDA_PROVIDER, {"device_id": 1}), CPU_PROVIDER]
+
+
+def test_an_unclear_fuse_conv_bias_stops_the_worker_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="ONNX_WEB_CUDA_FUSE_CONV_BIAS: expected a boolean"):
+        Config.from_env({"ONNX_WEB_CUDA_FUSE_CONV_BIAS": "sometimes"})
+
+
 class RecordingJobs:
     """The part of ``JobStore`` a worker's announcement uses."""
 
