@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# torch.compile(max-autotune) of the SD 1.5 UNet with the convolutions left to cuDNN: the GEMMs are
+# torch.compile(max-autotune) of the SD 1.5 UNet, by default with the convolutions left to cuDNN: the GEMMs are
 # autotuned (33 shapes, about 500 s of benchmarking on an H100). Run it twice on the same machine
 # (the inductor cache under /tmp keeps each choice); argument: the time limit in seconds. Carry [".whl"].
 # CONV_BACKENDS=ATEN,TRITON also autotunes the convolutions with Triton (about 15 minutes on an H100).
