@@ -44,10 +44,14 @@ def gpu_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return convert_diffusers_folder(root / "src", root / "demo-gpu", optimize="gpu")
 
 
-def test_a_captured_bucket_replays_what_the_dynamic_session_computes(gpu_folder: Path) -> None:
+@pytest.mark.parametrize("fuse_conv_bias", [True, False], ids=["fused-bias", "separate-bias"])
+def test_a_captured_bucket_replays_what_the_dynamic_session_computes(
+    gpu_folder: Path, fuse_conv_bias: bool
+) -> None:
+    """Both settings of ``ONNX_WEB_CUDA_FUSE_CONV_BIAS`` capture a graph that computes the model."""
     import torch
 
-    model = gpu_model(gpu_folder, GpuSettings())
+    model = gpu_model(gpu_folder, GpuSettings(fuse_conv_bias=fuse_conv_bias))
     model.warm_up([Bucket(64, 64, 1)])
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn((2, 4, 8, 8), generator=generator).cuda()
