@@ -15,11 +15,14 @@ SeaweedFS) in a temporary folder on the tiny demo models, with the recovery test
 - once each, during the submissions: Postgres restarts (``pg_ctl restart -m immediate``), the api
   is SIGKILLed, and the S3 server is SIGKILLed (the supervisor restarts both).
 
-Once every job has ended it counts orphaned objects, runs ``onnx-web gc``, counts them again,
-stops the stack with SIGTERM to its process group and checks that nothing of it is left. The
-figures (spec/reliability.md §6, chaos row) go to ``--out`` as JSON, a summary to stdout and
-progress lines to stderr. The exit status is 1 when a job is lost, a visible output is duplicated
-or missing, the launcher died, or something was left running; the folder is then kept.
+Once every job has ended, and every continued zombie has ended the attempt it held (it may still
+upload a preview or outputs before it finds its lease gone, then deletes them), it counts orphaned
+objects, runs ``onnx-web gc``, counts them again, stops the stack with SIGTERM to its process group
+and checks that nothing of it is left. The figures (spec/reliability.md §6, chaos row) go to
+``--out`` as JSON, a summary to stdout and progress lines to stderr. The exit status is 1 when a
+pass rule fails (``checks``: a job lost, a visible output duplicated or missing, a zombie that
+did not end its attempt, an orphan left after gc, the launcher dead, something left running);
+the folder is then kept.
 """
 
 from __future__ import annotations
@@ -75,13 +78,16 @@ RESCUE_BUDGET_S = LEASE_S + 0.5 + 2.0
 #: When the one-off faults happen, as fractions of the submission window.
 ONE_OFF_AT = {"postgres_restart": 0.2, "api_kill": 0.45, "s3_kill": 0.7}
 STOP_BOUND_S = 90.0
+#: How long the zombies continued at the end may take to end the attempts they held.
+ZOMBIE_SETTLE_BOUND_S = 90.0
 #: The figures the summary prints (the JSON has them all).
 SUMMARY = (
     *("submitted", "accepted", "completed", "failed", "lost", "duplicate_executions"),
     *("jobs_run_more_than_once", "duplicate_visible_outputs", "recorded_outputs_missing"),
     *("sigkills", "sigstops", "zombies", "supervisor_restarts", "dependency_waits", "rescues"),
     *("fenced_commits", "time_to_rescue_p50_s", "time_to_rescue_p99_s", "e2e_p50_s", "e2e_p99_s"),
-    *("orphans_before_gc", "orphans_after_gc", "chaos_wall_s", "stop_s", "left_running_after_stop"),
+    *("zombie_settle_s", "zombies_unsettled", "orphans_before_gc", "orphans_after_gc", "chaos_wall_s"),
+    *("stop_s", "left_running_after_stop"),
 )
 SUBMIT_GIVE_UP_S = 180.0
 
@@ -107,6 +113,8 @@ class Chaos:
     zombies: int = 0
     #: (worker id, time.time() of the SIGKILL, (job, attempt) it was running or None)
     killed: list[tuple[str | None, float, tuple[str, int] | None]] = field(default_factory=list)
+    #: (process, worker id, (job, attempt)) of each SIGSTOP that froze a worker holding a job
+    frozen_holding: list[tuple[psutil.Process, str | None, tuple[str, int]]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def note(self, kind: str, **details: Any) -> None:
@@ -182,12 +190,15 @@ def run(args: argparse.Namespace, stack: RunningStack) -> dict[str, Any]:
         submitter.start()
         inflict(args, stack, engine, submissions, chaos, rng, started)
         elapsed = time.monotonic() - started
+        figures: dict[str, Any]
         if stack.process.poll() is not None:
             # Its Postgres and S3 went with it: nothing is left to count.
             figures = {"launcher_alive_through_chaos": False, "chaos_wall_s": round(elapsed, 1)}
         else:
-            progress(f"all jobs ended after {elapsed:.0f}s; collecting orphans")
-            collected = collect(services)
+            progress(f"all jobs ended after {elapsed:.0f}s; waiting for the zombies to end their attempts")
+            settled = settle_zombies(stack, chaos)
+            progress("collecting orphans")
+            collected = {**collect(services), **settled}
             figures = measure(args, stack, engine, baseline, submissions, chaos, elapsed, collected)
         figures["events"] = chaos.events
     finally:
@@ -317,7 +328,36 @@ def fault_a_worker(
         frozen[victim.pid] = (victim, time.monotonic() + 2 * LEASE_S)
         chaos.stops += 1
         chaos.zombies += held is not None
+        if held is not None:
+            chaos.frozen_holding.append((victim, worker_id, held))
         chaos.note("sigstop", worker=worker_id, pid=victim.pid, job=held[0] if held else None)
+
+
+def settle_zombies(stack: RunningStack, chaos: Chaos) -> dict[str, Any]:
+    """Wait until every worker frozen while holding a job has ended that attempt or is gone.
+
+    A continued zombie runs on until its lease thread finds the lease lost, and may upload a preview
+    or its outputs meanwhile; it deletes them when it is fenced (``JobRunner.discard``). Its row
+    ended long ago (another worker finished the job), so the orphans are counted only after its
+    summary line: counted earlier, they would be objects still being written, which ``onnx-web gc``
+    rightly leaves to their writer.
+    """
+    started = time.monotonic()
+    waiting = list(chaos.frozen_holding)
+    while waiting and time.monotonic() - started < ZOMBIE_SETTLE_BOUND_S:
+        ended = {
+            (entry.get("worker"), entry.get("job"), entry.get("attempt"))
+            for entry in stack.logs()
+            if entry.get("action") == "job_summary"
+        }
+        waiting = [
+            (process, worker, held)
+            for process, worker, held in waiting
+            if process.is_running() and (worker, *held) not in ended
+        ]
+        if waiting:
+            time.sleep(0.5)
+    return {"zombie_settle_s": round(time.monotonic() - started, 1), "zombies_unsettled": len(waiting)}
 
 
 def one_off(kind: str, stack: RunningStack, chaos: Chaos) -> None:
@@ -462,7 +502,7 @@ def measure(
     submissions: Submissions,
     chaos: Chaos,
     elapsed: float,
-    collected: dict[str, int],
+    collected: dict[str, Any],
 ) -> dict[str, Any]:
     """The chaos row of spec/reliability.md §6, from the rows, the bucket and the logs."""
     names = list(submissions.accepted.values())
@@ -577,6 +617,7 @@ def checks(figures: dict[str, Any]) -> list[dict[str, Any]]:
         "the launcher survived the chaos": figures.get("launcher_alive_through_chaos") is True,
         f"SIGTERM stopped the stack within {STOP_BOUND_S:.0f}s, exit 0": figures.get("stop_exit_code") == 0,
         "nothing left running": figures.get("left_running_after_stop") == 0,
+        f"zombies ended within {ZOMBIE_SETTLE_BOUND_S:.0f}s": figures.get("zombies_unsettled") == 0,
         "orphans after gc = 0": figures.get("orphans_after_gc") == 0,
     }
     reported = {
