@@ -989,8 +989,8 @@ def scaling_lines(scaling: dict[str, Any] | None) -> list[str]:
     """``unet_batch_scaling``'s rows: each warmed shape's call, then each kernel family per image."""
     if not scaling:
         return []
-    # The two shapes are keyed by their jobs ("1", "4"), smaller first; the rest are derived rows.
-    small, large = (scaling[key] for key in scaling if key.isdigit())
+    # The two shapes are keyed by their jobs ("1", "4"); the rest are derived rows.
+    small, large = (scaling[key] for key in sorted((key for key in scaling if key.isdigit()), key=int))
     lines = [
         f"UNet replay, batch {small['rows']} / {large['rows']} (ms per call): "
         f"{small['call']['median_ms']:.2f} / {large['call']['median_ms']:.2f}; kernels "
