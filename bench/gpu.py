@@ -70,6 +70,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "graph": {"fuse_conv_bias": False},
     "graph+cudnn-attention": {"fuse_conv_bias": False, "provider_options": {"sdpa_kernel": "8"}},
     "graph+fuse-conv-bias (default)": {},
+    "graph, bias fused or not by timing (auto)": {"fuse_conv_bias": None},
     "graph+fuse-conv-bias+cudnn-attention": {"provider_options": {"sdpa_kernel": "8"}},
     "graph+fuse-conv-bias+heuristic-search": {"provider_options": {"cudnn_conv_algo_search": "HEURISTIC"}},
     "graph+fuse-conv-bias+tunable-ops": {
@@ -400,6 +401,10 @@ def bench_unet_variants(folder: Path, reference: Any, side: int, timer: Timer) -
                 "load_and_capture_s": ready,
                 "max_abs_diff_vs_pytorch": float(difference.max()),
                 "rel_l2_vs_pytorch": float(difference.norm() / reference.norm()),
+                "fuse_conv_bias": session.fuse_conv_bias,
+                "fuse_conv_bias_timings_ms": {
+                    str(key): value for key, value in session.fuse_conv_bias_timings.items()
+                },
                 "session": session,
             }
         except Exception as err:

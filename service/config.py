@@ -99,6 +99,16 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"expected a boolean ({', '.join(sorted(TRUTHY))} or {', '.join(sorted(FALSY - {''}))})")
 
 
+def parse_bool_or_auto(value: str) -> bool | None:
+    """``auto`` as None (the setting is chosen at run time), else a boolean as ``parse_bool`` reads it."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return parse_bool(value)
+    except ValueError as error:
+        raise ValueError(f"{error}, or auto") from None
+
+
 def parse_list(value: str) -> tuple[str, ...]:
     """Split a comma-separated list, dropping blanks."""
     return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -178,8 +188,9 @@ class Config:
     #: The CUDA device index every session and the GPU runtime of this worker use.
     device: int = DEFAULT_DEVICE
     #: The CUDA-graph runtime's ``fuse_conv_bias`` (``pipelines.gpu.runtime.GpuSettings``): faster
-    #: on an H100, slower on an H200 (``docs/gpu.md``, seventh round).
-    cuda_fuse_conv_bias: bool = True
+    #: on an H100, slower on an H200 (``docs/gpu.md``, seventh round); None (``auto``) times both at
+    #: warm-up and keeps the faster.
+    cuda_fuse_conv_bias: bool | None = True
     #: Bytes one job may use on this worker (``ONNX_WEB_WORKER_MEMORY``: ``16G``, ``512M`` or a
     #: number); None measures the container's limit or the GPU (``service.capacity``).
     worker_memory: int | None = None
@@ -361,7 +372,7 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "worker_id": ("ONNX_WEB_WORKER_ID", str),
     "worker_platform": ("ONNX_WEB_WORKER_PLATFORM", str),
     "device": ("ONNX_WEB_DEVICE", int),
-    "cuda_fuse_conv_bias": ("ONNX_WEB_CUDA_FUSE_CONV_BIAS", parse_bool),
+    "cuda_fuse_conv_bias": ("ONNX_WEB_CUDA_FUSE_CONV_BIAS", parse_bool_or_auto),
     "worker_memory": ("ONNX_WEB_WORKER_MEMORY", parse_bytes),
     "max_job_memory": ("ONNX_WEB_MAX_JOB_MEMORY", parse_bytes),
     "cache_models": ("ONNX_WEB_CACHE_MODELS", int),

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,8 @@ MAX_GPU_MODELS = 2
 TOKENS = 77
 #: Text encoder components, each warmed once at start: SD's one, SDXL's two.
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+#: Replays of each captured variant, alternating, when ``fuse_conv_bias`` is chosen by timing.
+CHOICE_REPLAYS = 15
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ class GpuSettings:
     #: Each convolution's bias inside cuDNN's fused convolution instead of a separate add kernel
     #: (the CUDA provider's ``fuse_conv_bias``): 2-4% off the SD 1.5 UNet's replay on an H100, 3%
     #: slower on an H200, and a slower session start on both (``docs/gpu.md``, seventh round).
-    fuse_conv_bias: bool = True
+    #: None chooses per model component by timing both at its first capture (``CudaSession.capture``).
+    fuse_conv_bias: bool | None = True
     #: Extra CUDA execution provider options (``sdpa_kernel``, ...), as strings.
     provider_options: Mapping[str, str] = field(default_factory=dict)
 
@@ -123,6 +128,12 @@ class CudaSession:
             self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self._graphs: dict[tuple[tuple[str, tuple[int, ...]], ...], _StaticRun] = {}
         self._lock = threading.Lock()
+        #: The ``fuse_conv_bias`` of this model's sessions: the setting, or where that is None, the
+        #: variant the first capture timed faster (on until then, so also for the dynamic session).
+        self.fuse_conv_bias = True if settings.fuse_conv_bias is None else settings.fuse_conv_bias
+        #: Median replay in ms of each variant at the first capture, where the setting was None.
+        self.fuse_conv_bias_timings: dict[bool, float] = {}
+        self._bias_chosen = False
         #: The weights every session of this model uses in place, or None: each session loads its own.
         self.shared: SharedWeights | None = None
         if settings.share_weights:
@@ -173,11 +184,10 @@ class CudaSession:
                 return False
             try:
                 overrides = self._free_dimensions(inputs)
-                session = self._create_session(overrides, graph=self.settings.cuda_graphs)
-                static = _StaticRun(self, session, inputs, output_shapes)
-                for _ in range(CAPTURE_RUNS):
-                    static.run(inputs)
-                self.stream.synchronize()
+                if self.settings.fuse_conv_bias is None and not self._bias_chosen:
+                    static = self._choose_fuse_conv_bias(overrides, inputs, output_shapes)
+                else:
+                    static = self._static_run(overrides, inputs, output_shapes, self.fuse_conv_bias)
             except Exception:
                 # Any shape still runs on the dynamic session; a failed capture only costs speed.
                 logger.exception("%s: could not capture %s; it stays dynamic", self.path, dict(key))
@@ -194,7 +204,64 @@ class CudaSession:
                     raise ValueError(f"{self.path}: dimension {dim} is both {values[dim]} and {size}")
         return values
 
-    def _create_session(self, overrides: Mapping[str, int], *, graph: bool) -> Any:
+    def _static_run(
+        self,
+        overrides: Mapping[str, int],
+        inputs: Mapping[str, Any],
+        output_shapes: Mapping[str, tuple[int, ...]],
+        fuse_conv_bias: bool,
+    ) -> _StaticRun:
+        """A static-shape session for ``inputs``' shapes, run ``CAPTURE_RUNS`` times (captured)."""
+        session = self._create_session(
+            overrides, graph=self.settings.cuda_graphs, fuse_conv_bias=fuse_conv_bias
+        )
+        static = _StaticRun(self, session, inputs, output_shapes)
+        for _ in range(CAPTURE_RUNS):
+            static.run(inputs)
+        self.stream.synchronize()
+        return static
+
+    def _choose_fuse_conv_bias(
+        self,
+        overrides: Mapping[str, int],
+        inputs: Mapping[str, Any],
+        output_shapes: Mapping[str, tuple[int, ...]],
+    ) -> _StaticRun:
+        """Capture ``inputs``' shapes with each convolution's bias fused and separate, time both
+        (``median_times``) and keep the faster for this shape and every later one: which wins
+        depends on the card (``docs/gpu.md``, seventh round). Both are held while they are timed;
+        where only one can be captured (memory), that one is kept untimed."""
+        runs: dict[bool, _StaticRun] = {}
+        for fuse in (True, False):
+            try:
+                runs[fuse] = self._static_run(overrides, inputs, output_shapes, fuse)
+            except Exception:
+                logger.exception("%s: could not capture with fuse_conv_bias %s", self.path, fuse)
+        if not runs:
+            raise RuntimeError(f"{self.path}: neither fuse_conv_bias variant could be captured")
+        timings = {}
+        if len(runs) == 2:
+            timings = median_times(
+                {fuse: partial(run.run, inputs) for fuse, run in runs.items()},
+                CHOICE_REPLAYS,
+                self.stream.synchronize,
+            )
+        self.fuse_conv_bias = min(timings, key=timings.__getitem__) if timings else next(iter(runs))
+        self.fuse_conv_bias_timings = timings
+        self._bias_chosen = True
+        how = (
+            f"median replay {timings[True]:.3f} ms fused, {timings[False]:.3f} ms separate"
+            if timings
+            else "the only variant captured"
+        )
+        logger.info(
+            "%s: fuse_conv_bias %s (%s)", self.path.parent.name, "on" if self.fuse_conv_bias else "off", how
+        )
+        return runs[self.fuse_conv_bias]
+
+    def _create_session(
+        self, overrides: Mapping[str, int], *, graph: bool, fuse_conv_bias: bool | None = None
+    ) -> Any:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -204,7 +271,10 @@ class CudaSession:
         if self.shared is not None:
             self.shared.add_to(options)
         stream = self.stream.cuda_stream if self.settings.shared_stream else None
-        provider = cuda_provider_options(self.settings, graph=graph, stream=stream)
+        fuse = self.fuse_conv_bias if fuse_conv_bias is None else fuse_conv_bias
+        provider = cuda_provider_options(
+            replace(self.settings, fuse_conv_bias=fuse), graph=graph, stream=stream
+        )
         return onnxruntime.InferenceSession(
             str(self.path), sess_options=options, providers=[(CUDA_PROVIDER, provider)]
         )
@@ -245,13 +315,32 @@ def cuda_provider_options(settings: GpuSettings, *, graph: bool, stream: int | N
         "cudnn_conv_algo_search": "EXHAUSTIVE",
         "cudnn_conv_use_max_workspace": "1",
         "arena_extend_strategy": "kSameAsRequested",
-        "fuse_conv_bias": "1" if settings.fuse_conv_bias else "0",
+        "fuse_conv_bias": "0" if settings.fuse_conv_bias is False else "1",
     }
     if graph:
         provider["enable_cuda_graph"] = "1"
     if stream is not None:
         provider["user_compute_stream"] = str(stream)
     return {**provider, **settings.provider_options}
+
+
+def median_times(
+    runs: Mapping[Any, Callable[[], object]],
+    replays: int,
+    synchronize: Callable[[], object],
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[Any, float]:
+    """Median milliseconds of each of ``runs`` over ``replays`` calls, the runs taken in turn so a
+    change of clocks or load falls on all of them; ``synchronize`` waits for the GPU's work."""
+    elapsed: dict[Any, list[float]] = {key: [] for key in runs}
+    for _ in range(replays):
+        for key, run in runs.items():
+            synchronize()
+            started = clock()
+            run()
+            synchronize()
+            elapsed[key].append((clock() - started) * 1000)
+    return {key: float(np.median(values)) for key, values in elapsed.items()}
 
 
 class _StaticRun:
@@ -496,7 +585,7 @@ def gpu_settings(sessions: Any) -> GpuSettings | None:
         return None
     return GpuSettings(
         device_id=int(getattr(settings, "device_id", 0)),
-        fuse_conv_bias=bool(getattr(settings, "cuda_fuse_conv_bias", True)),
+        fuse_conv_bias=getattr(settings, "cuda_fuse_conv_bias", True),
     )
 
 

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The SD 1.5 benchmark (bench.gpu: build, convert beside PyTorch, every row; about 5 minutes on an
-# H100). Carry [".whl"]; results under $OUT.
+# H100). Carry [".whl"]; results under $OUT. Argument: the time limit in seconds (default 540).
+# COMPILE picks the torch.compile baseline (default reduce-overhead). COMPILE=max-autotune after
+# autotune.sh has filled the inductor cache on the same machine gives eager, max-autotune and ours
+# in one run; CONV_BACKENDS as in autotune.sh.
 . scripts/gpu/setup.sh
+export TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS="${CONV_BACKENDS:-ATEN}"
 nvidia-smi > "$OUT/nvidia-smi.txt"
-timeout 540 python3 -m bench.gpu --out "$OUT/sd15" --work /tmp/bw --workers 8 --compile reduce-overhead \
-  > "$OUT/sd15.log" 2>&1
+timeout "${1:-540}" python3 -m bench.gpu --out "$OUT/sd15" --work /tmp/bw --workers 8 \
+  --compile "${COMPILE:-reduce-overhead}" > "$OUT/sd15.log" 2>&1
 echo "bench rc=$?"
 tail -40 "$OUT/sd15.log"

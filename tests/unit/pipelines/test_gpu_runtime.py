@@ -44,15 +44,25 @@ def gpu_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return convert_diffusers_folder(root / "src", root / "demo-gpu", optimize="gpu")
 
 
-@pytest.mark.parametrize("fuse_conv_bias", [True, False], ids=["fused-bias", "separate-bias"])
+@pytest.mark.parametrize(
+    "fuse_conv_bias", [True, False, None], ids=["fused-bias", "separate-bias", "timed-bias"]
+)
 def test_a_captured_bucket_replays_what_the_dynamic_session_computes(
-    gpu_folder: Path, fuse_conv_bias: bool
+    gpu_folder: Path, fuse_conv_bias: bool | None
 ) -> None:
-    """Both settings of ``ONNX_WEB_CUDA_FUSE_CONV_BIAS`` capture a graph that computes the model."""
+    """Every setting of ``ONNX_WEB_CUDA_FUSE_CONV_BIAS`` captures a graph that computes the model;
+    ``auto`` (None) times both variants at the first capture and keeps the faster."""
     import torch
 
     model = gpu_model(gpu_folder, GpuSettings(fuse_conv_bias=fuse_conv_bias))
-    model.warm_up([Bucket(64, 64, 1)])
+    model.warm_up([Bucket(64, 64, 1), Bucket(64, 64, 2)])
+    for session in (model.unet, model.vae_decoder):
+        if fuse_conv_bias is None:
+            timings = session.fuse_conv_bias_timings
+            assert set(timings) == {True, False} and all(value > 0 for value in timings.values())
+            assert session.fuse_conv_bias is min(timings, key=timings.__getitem__)
+        else:
+            assert session.fuse_conv_bias is fuse_conv_bias and not session.fuse_conv_bias_timings
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn((2, 4, 8, 8), generator=generator).cuda()
     hidden = torch.randn((2, 77, 32), generator=generator).cuda()

@@ -100,8 +100,78 @@ def test_fuse_conv_bias_reaches_the_cuda_graphs_sessions_only(
 
 
 def test_an_unclear_fuse_conv_bias_stops_the_worker_naming_the_variable() -> None:
-    with pytest.raises(ConfigError, match="ONNX_WEB_CUDA_FUSE_CONV_BIAS: expected a boolean"):
+    with pytest.raises(ConfigError, match=r"ONNX_WEB_CUDA_FUSE_CONV_BIAS: expected a boolean .*, or auto"):
         Config.from_env({"ONNX_WEB_CUDA_FUSE_CONV_BIAS": "sometimes"})
+
+
+def test_fuse_conv_bias_auto_leaves_the_choice_to_the_warm_up(cuda_here: list[tuple[str, list[Any]]]) -> None:
+    """``auto`` reaches the GPU runtime as None; until a capture has timed both, sessions fuse."""
+    sessions = cli_worker_sessions(
+        [], {"ONNX_WEB_WORKER_PLATFORM": "cuda", "ONNX_WEB_CUDA_FUSE_CONV_BIAS": " Auto"}
+    )
+    settings = runtime.gpu_settings(sessions)
+    assert settings is not None and settings.fuse_conv_bias is None
+    assert runtime.cuda_provider_options(settings, graph=True, stream=None)["fuse_conv_bias"] == "1"
+
+
+def test_median_times_takes_the_runs_in_turn_and_reports_each_median() -> None:
+    """The variants alternate, so a clock change mid-way falls on both; each gets its own median."""
+    now = [0.0]
+    order: list[str] = []
+    durations = {"fused": iter([0.007, 0.007, 0.020]), "separate": iter([0.006, 0.030, 0.006])}
+    synchronized: list[int] = []
+
+    def run(name: str) -> None:
+        order.append(name)
+        now[0] += next(durations[name])
+
+    times = runtime.median_times(
+        {True: lambda: run("fused"), False: lambda: run("separate")},
+        3,
+        lambda: synchronized.append(1),
+        clock=lambda: now[0],
+    )
+    assert order == ["fused", "separate"] * 3
+    assert times == pytest.approx({True: 7.0, False: 6.0})
+    assert len(synchronized) == 12  # before and after every run: the GPU's work is inside the time
+
+
+class NoStream:
+    def synchronize(self) -> None:
+        pass
+
+
+def choosing_session(captures: dict[bool, bool]) -> tuple[runtime.CudaSession, list[bool]]:
+    """A ``CudaSession`` with ``auto`` whose static-run capture succeeds or fails per variant as
+    ``captures`` says (a failed one as ONNX Runtime's out-of-memory would)."""
+    session = runtime.CudaSession.__new__(runtime.CudaSession)
+    session.path, session.stream = Path("/models/demo/unet/model.onnx"), NoStream()
+    session.settings = runtime.GpuSettings(fuse_conv_bias=None)
+    session.fuse_conv_bias, session.fuse_conv_bias_timings, session._bias_chosen = True, {}, False
+    tried: list[bool] = []
+
+    def static_run(overrides: Any, inputs: Any, output_shapes: Any, fuse_conv_bias: bool) -> Any:
+        tried.append(fuse_conv_bias)
+        if not captures[fuse_conv_bias]:
+            raise RuntimeError("Failed to allocate memory for requested buffer")
+        return f"run fused={fuse_conv_bias}"
+
+    session._static_run = static_run  # type: ignore[method-assign]
+    return session, tried
+
+
+def test_auto_keeps_the_variant_that_could_be_captured_where_the_other_could_not() -> None:
+    """Timing needs both variants on the GPU at once; where memory allows one, that one is kept
+    for this shape and every later one, rather than the bucket losing its graph."""
+    session, tried = choosing_session({True: False, False: True})
+    assert session._choose_fuse_conv_bias({}, {}, {}) == "run fused=False"
+    assert tried == [True, False]
+    assert session.fuse_conv_bias is False and session.fuse_conv_bias_timings == {} and session._bias_chosen
+
+    session, _ = choosing_session({True: False, False: False})
+    with pytest.raises(RuntimeError, match="neither fuse_conv_bias variant could be captured"):
+        session._choose_fuse_conv_bias({}, {}, {})
+    assert session._bias_chosen is False  # the next shape tries again
 
 
 class RecordingJobs:
