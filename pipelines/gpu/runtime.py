@@ -129,25 +129,24 @@ class CudaSession:
         self._graphs: dict[tuple[tuple[str, tuple[int, ...]], ...], _StaticRun] = {}
         self._lock = threading.Lock()
         #: The ``fuse_conv_bias`` of this model's sessions: the setting, or where that is None, the
-        #: variant the first capture timed faster (on until then, so also for the dynamic session).
-        self.fuse_conv_bias = True if settings.fuse_conv_bias is None else settings.fuse_conv_bias
+        #: variant the first capture timed faster; None until then (fused, as for the dynamic session).
+        self.fuse_conv_bias: bool | None = settings.fuse_conv_bias
         #: Median replay in ms of each variant at the first capture, where the setting was None.
         self.fuse_conv_bias_timings: dict[bool, float] = {}
-        self._bias_chosen = False
         #: The weights every session of this model uses in place, or None: each session loads its own.
         self.shared: SharedWeights | None = None
         if settings.share_weights:
             self.shared = SharedWeights(path, lambda array: torch.from_numpy(array).to(self.device))
             torch.cuda.synchronize(self.device)  # the copies are done before any session reads them
         try:
-            self._dynamic = self._create_session({}, graph=False)
+            self._dynamic = self._create_session({}, graph=False, fuse_conv_bias=self.fuse_conv_bias)
         except Exception:
             if self.shared is None:
                 raise
             # Sharing only saves memory: an ONNX Runtime that refuses the values runs without it.
             logger.exception("%s: the sessions cannot take shared weights; each loads its own", path)
             self.shared = None
-            self._dynamic = self._create_session({}, graph=False)
+            self._dynamic = self._create_session({}, graph=False, fuse_conv_bias=self.fuse_conv_bias)
         self.inputs = {item.name: item for item in self._dynamic.get_inputs()}
         self.outputs = {item.name: item for item in self._dynamic.get_outputs()}
 
@@ -184,7 +183,7 @@ class CudaSession:
                 return False
             try:
                 overrides = self._free_dimensions(inputs)
-                if self.settings.fuse_conv_bias is None and not self._bias_chosen:
+                if self.fuse_conv_bias is None:
                     static = self._choose_fuse_conv_bias(overrides, inputs, output_shapes)
                 else:
                     static = self._static_run(overrides, inputs, output_shapes, self.fuse_conv_bias)
@@ -209,7 +208,7 @@ class CudaSession:
         overrides: Mapping[str, int],
         inputs: Mapping[str, Any],
         output_shapes: Mapping[str, tuple[int, ...]],
-        fuse_conv_bias: bool,
+        fuse_conv_bias: bool | None,
     ) -> _StaticRun:
         """A static-shape session for ``inputs``' shapes, run ``CAPTURE_RUNS`` times (captured)."""
         session = self._create_session(
@@ -248,7 +247,6 @@ class CudaSession:
             )
         self.fuse_conv_bias = min(timings, key=timings.__getitem__) if timings else next(iter(runs))
         self.fuse_conv_bias_timings = timings
-        self._bias_chosen = True
         how = (
             f"median replay {timings[True]:.3f} ms fused, {timings[False]:.3f} ms separate"
             if timings
@@ -260,8 +258,10 @@ class CudaSession:
         return runs[self.fuse_conv_bias]
 
     def _create_session(
-        self, overrides: Mapping[str, int], *, graph: bool, fuse_conv_bias: bool | None = None
+        self, overrides: Mapping[str, int], *, graph: bool, fuse_conv_bias: bool | None
     ) -> Any:
+        """A session with ``overrides`` fixing its free dimensions; ``fuse_conv_bias`` None fuses, as
+        ``cuda_provider_options`` reads it."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -271,9 +271,8 @@ class CudaSession:
         if self.shared is not None:
             self.shared.add_to(options)
         stream = self.stream.cuda_stream if self.settings.shared_stream else None
-        fuse = self.fuse_conv_bias if fuse_conv_bias is None else fuse_conv_bias
         provider = cuda_provider_options(
-            replace(self.settings, fuse_conv_bias=fuse), graph=graph, stream=stream
+            replace(self.settings, fuse_conv_bias=fuse_conv_bias), graph=graph, stream=stream
         )
         return onnxruntime.InferenceSession(
             str(self.path), sess_options=options, providers=[(CUDA_PROVIDER, provider)]

@@ -147,7 +147,7 @@ def choosing_session(captures: dict[bool, bool]) -> tuple[runtime.CudaSession, l
     session = runtime.CudaSession.__new__(runtime.CudaSession)
     session.path, session.stream = Path("/models/demo/unet/model.onnx"), NoStream()
     session.settings = runtime.GpuSettings(fuse_conv_bias=None)
-    session.fuse_conv_bias, session.fuse_conv_bias_timings, session._bias_chosen = True, {}, False
+    session.fuse_conv_bias, session.fuse_conv_bias_timings = None, {}
     tried: list[bool] = []
 
     def static_run(overrides: Any, inputs: Any, output_shapes: Any, fuse_conv_bias: bool) -> Any:
@@ -166,12 +166,12 @@ def test_auto_keeps_the_variant_that_could_be_captured_where_the_other_could_not
     session, tried = choosing_session({True: False, False: True})
     assert session._choose_fuse_conv_bias({}, {}, {}) == "run fused=False"
     assert tried == [True, False]
-    assert session.fuse_conv_bias is False and session.fuse_conv_bias_timings == {} and session._bias_chosen
+    assert session.fuse_conv_bias is False and session.fuse_conv_bias_timings == {}
 
     session, _ = choosing_session({True: False, False: False})
     with pytest.raises(RuntimeError, match="neither fuse_conv_bias variant could be captured"):
         session._choose_fuse_conv_bias({}, {}, {})
-    assert session._bias_chosen is False  # the next shape tries again
+    assert session.fuse_conv_bias is None  # the next shape tries again
 
 
 class RecordingJobs:
