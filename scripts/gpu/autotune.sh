@@ -2,9 +2,13 @@
 # torch.compile(max-autotune) of the SD 1.5 UNet, by default with the convolutions left to cuDNN: the GEMMs are
 # autotuned (33 shapes, about 500 s of benchmarking on an H100). Run it twice on the same machine
 # (the inductor cache under /tmp keeps each choice); argument: the time limit in seconds. Carry [".whl"].
+# The cache comes back as $OUT/inductor/part-*: copied to .inductor and carried, a fresh machine of
+# the same card starts from it.
 # CONV_BACKENDS=ATEN,TRITON also autotunes the convolutions with Triton (about 15 minutes on an H100).
 . scripts/gpu/setup.sh
 export TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS="${CONV_BACKENDS:-ATEN}"
 timeout "${1:-560}" python3 -m bench.gpu --baselines-only --compile max-autotune --out "$OUT/mat" --work /tmp/bw \
   > "$OUT/mat.log" 2>&1
 echo "autotune rc=$?"; grep -c "SingleProcess AUTOTUNE" "$OUT/mat.log"; tail -6 "$OUT/mat.log"
+mkdir -p "$OUT/inductor" && tar -czf - -C /tmp/inductor . | split -b 15M -a 1 - "$OUT/inductor/part-"
+ls -l "$OUT/inductor"

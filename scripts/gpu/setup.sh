@@ -6,4 +6,11 @@ if [ ! -d /tmp/site/onnxruntime ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/ort/*.whl .whl/*.whl || exit 1
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+# torch.compile's cache (autotune choices, compiled kernels) in a known place. autotune.sh returns it
+# in pieces under $OUT/inductor; carried back as .inductor on a fresh machine of the same card, it
+# spares the benchmarking done before (the lease can be lost between calls).
+export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
+if [ ! -d /tmp/inductor ] && ls .inductor/part-* >/dev/null 2>&1; then
+  mkdir -p /tmp/inductor && cat .inductor/part-* | tar -xzf - -C /tmp/inductor && echo "inductor cache restored"
+fi
 python3 -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())"
