@@ -5,7 +5,7 @@
 # The cache comes back as $OUT/inductor/part-*: copied to .inductor and carried, a fresh machine of
 # the same card starts from it.
 # CONV_BACKENDS=ATEN,TRITON also autotunes the convolutions with Triton (about 15 minutes on an H100).
-. scripts/gpu/setup.sh
+BASELINES_ONLY=1 . scripts/gpu/setup.sh
 export TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS="${CONV_BACKENDS:-ATEN}"
 timeout "${1:-560}" python3 -m bench.gpu --baselines-only --compile max-autotune --out "$OUT/mat" --work /tmp/bw \
   > "$OUT/mat.log" 2>&1

@@ -1,9 +1,13 @@
 # Sourced by each job in scripts/gpu on the lent GPU machine: installs onnxruntime-gpu, assembled
 # from the five pieces of ../shared/gpu/make-chunks.sh in /tmp/ort, and the carried wheels (.whl/)
 # into /tmp/site once per machine (docs/gpu.md, "Commands (fifth round)").
-if [ ! -d /tmp/site/onnxruntime ]; then
+# BASELINES_ONLY=1 (autotune.sh: PyTorch alone) installs the carried wheels without onnxruntime-gpu,
+# so it can run in the same call as the first piece.
+if [ "${BASELINES_ONLY:-0}" = 1 ]; then
+  [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+elif [ ! -d /tmp/site/onnxruntime ]; then
   cd /tmp/ort && [ -f part ] && mv part onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl; cd - >/dev/null
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/ort/*.whl .whl/*.whl || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /tmp/ort/*.whl .whl/*.whl || exit 1
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 # torch.compile's cache (autotune choices, compiled kernels) in a known place. autotune.sh returns it
@@ -13,4 +17,4 @@ export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 if [ ! -d /tmp/inductor ] && ls .inductor/part-* >/dev/null 2>&1; then
   mkdir -p /tmp/inductor && cat .inductor/part-* | tar -xzf - -C /tmp/inductor && echo "inductor cache restored"
 fi
-python3 -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())"
+[ "${BASELINES_ONLY:-0}" = 1 ] || python3 -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())"
