@@ -33,6 +33,19 @@ def write_gpu_checkpoint(dest: Path, **unet: Any) -> None:
     demo_unet(**CUDA_SHAPE, **unet).save_pretrained(dest / "unet")
 
 
+#: Two fp16 UNet calls on the same inputs that should agree (a replay against the dynamic session, a
+#: replay against itself): they are not bitwise reproducible, since cuDNN's timed algorithm search
+#: can pick other kernels for each session. They differed by up to 2.2e-3 on an H100 (and beyond
+#: 2e-3 in the tenth round); a wrong binding or a stale buffer differs by more than 0.1.
+SAME_PREDICTION = 1e-2
+
+
+def assert_same_prediction(first: Any, second: Any) -> None:
+    difference = float((first.float() - second.float()).abs().max())
+    print(f"max |difference| {difference:.2e}")  # shown with -rP: docs/gpu.md records the figures
+    assert difference <= SAME_PREDICTION, f"predictions differ by {difference:.2e} > {SAME_PREDICTION}"
+
+
 def feeds_without(feeds: dict[str, Any], *names: str) -> dict[str, Any]:
     return {name: value for name, value in feeds.items() if name not in names}
 
@@ -75,7 +88,7 @@ def test_a_captured_bucket_replays_what_the_dynamic_session_computes(
         )["out_sample"].float()
     torch.cuda.synchronize()
     assert torch.isfinite(replayed).all()
-    assert np.allclose(replayed.cpu().numpy(), dynamic.cpu().numpy(), atol=2e-3)
+    assert_same_prediction(replayed, dynamic)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +124,7 @@ def test_an_lcm_unet_is_captured_without_guidance_rows_and_fed_its_embedding(lcm
             replayed = model.predict_noise(sample, timestep, feeds_without(feeds, "sample", "timestep"))
             dynamic = model.unet.run_dynamic(feeds, {"out_sample": (1, 4, 8, 8)})["out_sample"].float()
         torch.cuda.synchronize()
-        assert np.allclose(replayed.cpu().numpy(), dynamic.cpu().numpy(), atol=2e-3)
+        assert_same_prediction(replayed, dynamic)
         outputs.append(replayed.cpu().numpy())
     assert len(model.unet._graphs) == 1  # the one-row shape was captured, the replays used it
     assert np.abs(outputs[0] - outputs[1]).max() > 1e-3  # the embedding reaches the UNet
@@ -206,11 +219,10 @@ def test_every_session_of_a_model_uses_one_copy_of_its_weights(
     restored = predict(model)
     for first, changed, again in zip(before, zeroed, restored, strict=True):
         assert (first - changed).abs().max() > 0.1
-        # Replays are not bitwise reproducible: the same call differs by up to 2.2e-3 on an H100.
-        assert (first - again).abs().max() <= 1e-2
+        assert_same_prediction(first, again)
 
     separate = GpuDiffusionModel(gpu_folder, GpuSettings(share_weights=False))
     assert separate.unet.shared is None
     separate.warm_up([Bucket(64, 64, 1), Bucket(64, 64, 2)])
     for shared, own in zip(before, predict(separate), strict=True):
-        assert (shared - own).abs().max() <= 1e-2
+        assert_same_prediction(shared, own)
