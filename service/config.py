@@ -188,9 +188,9 @@ class Config:
     #: The CUDA device index every session and the GPU runtime of this worker use.
     device: int = DEFAULT_DEVICE
     #: The CUDA-graph runtime's ``fuse_conv_bias`` (``pipelines.gpu.runtime.GpuSettings``): faster
-    #: on an H100, slower on an H200 (``docs/gpu.md``, seventh round); None (``auto``) times both at
-    #: warm-up and keeps the faster.
-    cuda_fuse_conv_bias: bool | None = True
+    #: on an H100, slower on an H200 (``docs/gpu.md``, seventh round); None (``auto``, the default)
+    #: times both at warm-up and keeps the faster.
+    cuda_fuse_conv_bias: bool | None = None
     #: Bytes one job may use on this worker (``ONNX_WEB_WORKER_MEMORY``: ``16G``, ``512M`` or a
     #: number); None measures the container's limit or the GPU (``service.capacity``).
     worker_memory: int | None = None

@@ -70,10 +70,12 @@ class GpuSettings:
     #: Run ONNX Runtime on the torch stream (no host synchronisation per call).
     shared_stream: bool = True
     #: Each convolution's bias inside cuDNN's fused convolution instead of a separate add kernel
-    #: (the CUDA provider's ``fuse_conv_bias``): 2-4% off the SD 1.5 UNet's replay on an H100, 3%
+    #: (the CUDA provider's ``fuse_conv_bias``): 1-4% off the SD 1.5 UNet's replay on an H100, 3%
     #: slower on an H200, and a slower session start on both (``docs/gpu.md``, seventh round).
-    #: None chooses per model component by timing both at its first capture (``CudaSession.capture``).
-    fuse_conv_bias: bool | None = True
+    #: None (the default) chooses per model component by timing both at its first capture
+    #: (``CudaSession.capture``): on a full-size UNet it kept the faster, at about 1 s more warm-up
+    #: (tenth round).
+    fuse_conv_bias: bool | None = None
     #: Extra CUDA execution provider options (``sdpa_kernel``, ...), as strings.
     provider_options: Mapping[str, str] = field(default_factory=dict)
 
@@ -584,7 +586,7 @@ def gpu_settings(sessions: Any) -> GpuSettings | None:
         return None
     return GpuSettings(
         device_id=int(getattr(settings, "device_id", 0)),
-        fuse_conv_bias=getattr(settings, "cuda_fuse_conv_bias", True),
+        fuse_conv_bias=getattr(settings, "cuda_fuse_conv_bias", None),
     )
 
 

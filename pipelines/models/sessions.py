@@ -44,9 +44,9 @@ class SessionSettings:
     #: CUDA device index, when the CUDA provider is used.
     device_id: int = 0
     #: Whether the CUDA-graph runtime (``pipelines.gpu.runtime``) fuses each convolution's bias into
-    #: cuDNN's convolution (``GpuSettings.fuse_conv_bias``; None: chosen by timing at warm-up);
-    #: these sessions leave ONNX Runtime's default.
-    cuda_fuse_conv_bias: bool | None = True
+    #: cuDNN's convolution (``GpuSettings.fuse_conv_bias``; None, the default: chosen by timing at
+    #: warm-up); these sessions leave ONNX Runtime's default.
+    cuda_fuse_conv_bias: bool | None = None
 
     def __post_init__(self) -> None:
         if self.optimization not in OPTIMIZATION_LEVELS:

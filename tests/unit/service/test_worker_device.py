@@ -73,7 +73,9 @@ def test_fuse_conv_bias_reaches_the_cuda_graphs_sessions_only(
 ) -> None:
     cuda = {"ONNX_WEB_WORKER_PLATFORM": "cuda"}
     default = runtime.gpu_settings(cli_worker_sessions([], cuda))
-    assert default is not None and default.fuse_conv_bias is True
+    assert default is not None and default.fuse_conv_bias is None  # auto: chosen at the warm-up
+    fused = runtime.gpu_settings(cli_worker_sessions([], {**cuda, "ONNX_WEB_CUDA_FUSE_CONV_BIAS": "true"}))
+    assert fused is not None and fused.fuse_conv_bias is True
     assert runtime.cuda_provider_options(default, graph=True, stream=7) == {
         "device_id": "0",
         "cudnn_conv_algo_search": "EXHAUSTIVE",
