@@ -35,8 +35,8 @@ def write_gpu_checkpoint(dest: Path, **unet: Any) -> None:
 
 #: Two fp16 UNet calls on the same inputs that should agree (a replay against the dynamic session, a
 #: replay against itself): they are not bitwise reproducible, since cuDNN's timed algorithm search
-#: can pick other kernels for each session. They differed by up to 2.2e-3 on an H100 (and beyond
-#: 2e-3 in the tenth round); a wrong binding or a stale buffer differs by more than 0.1.
+#: can pick other kernels for each session. They differed by up to 2.8e-3 on an H100 (tenth round,
+#: ``docs/gpu.md``); a wrong binding or a stale buffer differs by more than 0.1.
 SAME_PREDICTION = 1e-2
 
 
