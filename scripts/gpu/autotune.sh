@@ -6,7 +6,6 @@
 # the same card starts from it.
 # CONV_BACKENDS=ATEN,TRITON also autotunes the convolutions with Triton (about 15 minutes on an H100).
 BASELINES_ONLY=1 . scripts/gpu/setup.sh
-export TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS="${CONV_BACKENDS:-ATEN}"
 timeout "${1:-560}" python3 -m bench.gpu --baselines-only --compile max-autotune --out "$OUT/mat" --work /tmp/bw \
   > "$OUT/mat.log" 2>&1
 echo "autotune rc=$?"; grep -c "SingleProcess AUTOTUNE" "$OUT/mat.log"; tail -6 "$OUT/mat.log"

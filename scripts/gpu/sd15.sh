@@ -5,7 +5,6 @@
 # autotune.sh has filled the inductor cache on the same machine gives eager, max-autotune and ours
 # in one run; CONV_BACKENDS as in autotune.sh.
 . scripts/gpu/setup.sh
-export TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS="${CONV_BACKENDS:-ATEN}"
 nvidia-smi > "$OUT/nvidia-smi.txt"
 timeout "${1:-540}" python3 -m bench.gpu --out "$OUT/sd15" --work /tmp/bw --workers 8 \
   --compile "${COMPILE:-reduce-overhead}" > "$OUT/sd15.log" 2>&1

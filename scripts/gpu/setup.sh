@@ -14,6 +14,8 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PYTEST_DISABLE_PLUGIN_AUTOLO
 # in pieces under $OUT/inductor; carried back as .inductor on a fresh machine of the same card, it
 # spares the benchmarking done before (the lease can be lost between calls).
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
+# max-autotune's convolutions: cuDNN alone unless CONV_BACKENDS says otherwise (ATEN,TRITON).
+export TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS="${CONV_BACKENDS:-ATEN}"
 if [ ! -d /tmp/inductor ] && ls .inductor/part-* >/dev/null 2>&1; then
   mkdir -p /tmp/inductor && cat .inductor/part-* | tar -xzf - -C /tmp/inductor && echo "inductor cache restored"
 fi
