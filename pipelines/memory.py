@@ -55,11 +55,13 @@ class StageMemory:
     """The estimated peak of one stage on each kind of device."""
 
     name: str
-    #: The image the stage receives.
+    #: The image the stage makes or works on (what it receives, resized by its type's size rule).
     size: tuple[int, int]
     #: Pixels the stage works on at once (its tile, when it tiles).
     work_size: tuple[int, int]
     peak: Mapping[MemoryKind, int]
+    #: The image it hands on: ``size`` times the entry's ``outscale``.
+    output: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ class ChainMemory:
     def largest(self, kind: MemoryKind) -> StageMemory | None:
         """The stage that needs the most on ``kind``."""
         return max(self.stages, key=lambda stage: stage.peak[kind], default=None)
+
+    def largest_output(self) -> StageMemory | None:
+        """The stage that hands on the image of the most pixels."""
+        return max(self.stages, key=lambda stage: stage.output[0] * stage.output[1], default=None)
 
     def to_dict(self) -> dict[str, int]:
         """What the job row stores: the peak per kind, as ``jobs.memory``."""
@@ -100,11 +106,8 @@ def chain_memory(
     for entry in stages:
         params = entry["params"]
         stage_type = STAGES[entry["type"]]
-        if entry["type"] == "source-txt2img":
-            width, height = int(params["width"]), int(params["height"])
-        if entry["type"] == "edit-expand":
-            width += int(params["left"]) + int(params["right"])
-            height += int(params["top"]) + int(params["bottom"])
+        received = (width, height)
+        width, height = stage_type.size(received, params)
         work = (width, height)
         if stage_type.tileable:
             tile = int(entry.get("tiles", max(width, height)))
@@ -117,10 +120,13 @@ def chain_memory(
                 for kind in KINDS
             }
         else:
-            peak = {kind: RUNTIME_BYTES + image_bytes((width, height)) for kind in KINDS}
-        estimates.append(StageMemory(str(entry["name"]), (width, height), work, peak))
+            peak = {
+                kind: RUNTIME_BYTES + image_bytes(received) + image_bytes((width, height)) for kind in KINDS
+            }
         outscale = int(entry.get("outscale", 1))
-        width, height = width * outscale, height * outscale
+        output = (width * outscale, height * outscale)
+        estimates.append(StageMemory(str(entry["name"]), (width, height), work, peak, output))
+        width, height = output
     return ChainMemory(tuple(estimates))
 
 

@@ -24,6 +24,13 @@ from service.jobs.store import JobStore
 
 #: How long the live workers' capacities are reused between submissions.
 CAPACITY_CACHE_S = 5.0
+#: The request parameter that sizes a legacy route's stage, by the stage's name prefix.
+SIZED_BY = (
+    ("highres", "highresScale"),
+    ("upscale", "outscale"),
+    ("correct", "faceOutscale"),
+    ("expand", "left/right/top/bottom"),
+)
 
 
 class Admission:
@@ -49,7 +56,9 @@ class Admission:
     def admit(
         self, memory: ChainMemory, platform: str | None, paths: Mapping[str, str] | None = None
     ) -> None:
-        """Raise ``InvalidParams`` when no live worker of ``platform`` (any, if None) can hold ``memory``."""
+        """Raise ``InvalidParams`` when a stage would make an image over ``max_output_pixels``, or
+        when no live worker of ``platform`` (any, if None) can hold ``memory``."""
+        self.check_output(memory, paths)
         capacities = self.capacities()
         if platform is not None:
             capacities = {name: limit for name, limit in capacities.items() if name == platform}
@@ -74,6 +83,33 @@ class Admission:
             f"works on {stage.work_size[0]}x{stage.work_size[1]}) but the largest "
             f"{'limit' if name == 'configured' else name + ' worker'} holds {gib(limit)}; use a smaller "
             "size or batch, a smaller unet_tile, tiled_vae, or another platform",
+        )
+
+    def check_output(self, memory: ChainMemory, paths: Mapping[str, str] | None) -> None:
+        """Refuse a chain whose images grow past ``max_output_pixels`` at any stage (highres
+        iterations, upscalers, grids), whatever the workers could hold: the estimate of a tiled
+        stage stays small while the image it holds grows without bound."""
+        stage = memory.largest_output()
+        limit = self.config.max_output_pixels
+        if stage is None or stage.output[0] * stage.output[1] <= limit:
+            return
+        if paths:
+            # A compound stage (upscale-highres) runs as stages named after it: ``<name>-resize-0``.
+            named = [
+                path
+                for name, path in paths.items()
+                if stage.name == name or stage.name.startswith(f"{name}-")
+            ]
+            where = named[0] if named else "stages"
+        else:
+            where = next(
+                (field for prefix, field in SIZED_BY if stage.name.startswith(prefix)), "width/height"
+            )
+        width, height = stage.output
+        raise InvalidParams(
+            where,
+            f"stage {stage.name!r} would make a {width}x{height} image ({width * height} pixels); a job's "
+            f"images may have at most {limit} pixels",
         )
 
     def capacities(self) -> dict[str, int | None]:

@@ -19,7 +19,16 @@ from pipelines.diffusion.prompt import PromptSyntaxError, parse_stages
 from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.models.controlnets import controlnet_family, has_cnet
 from pipelines.models.registry import ModelRegistry
-from pipelines.stages import NAMES, PLANNED, STAGES, effective_tile, estimate_steps
+from pipelines.stages import (
+    FROM_UPLOAD,
+    NAMES,
+    PLANNED,
+    SOURCES,
+    STAGES,
+    TEXT_ONLY,
+    effective_tile,
+    estimate_steps,
+)
 from pipelines.stages.spec import MAX_TILE, ParamError, StageType, integer, parse_tiles
 from service.errors import InvalidParams, NotImplementedYet
 from service.fetch import SourceURLError, parse_source_url
@@ -659,6 +668,22 @@ def _parse_at(
     return request
 
 
+def check_image_flow(stages: Sequence[Mapping[str, Any]], uploads: frozenset[str]) -> None:
+    """400 for the first stage that would run without images: no earlier stage makes any, and it
+    does not start from its own upload. It would fail in the worker or make nothing."""
+    has_images = False
+    for index, entry in enumerate(stages):
+        stage_type, name = entry["type"], entry["name"]
+        has_images = has_images or stage_type in SOURCES
+        has_images = has_images or (stage_type in FROM_UPLOAD and f"source:{name}" in uploads)
+        if not has_images and stage_type not in TEXT_ONLY:
+            upload = f" and no 'source:{name}' image is uploaded" if stage_type in FROM_UPLOAD else ""
+            raise InvalidParams(
+                f"stages[{index}]",
+                f"stage type {stage_type} has no image to work on: no earlier stage makes one{upload}",
+            )
+
+
 def build_chain(
     doc: Mapping[str, Any],
     parse: Callable[[str, Mapping[str, Any]], ParsedRequest],
@@ -710,6 +735,7 @@ def build_chain(
             raise InvalidParams(f"{path}.correction", f"{stage_type} needs a correction model")
         params = {**image_params(parsed), **parsed.upscale.to_dict(), **specific}
         stages.append(stage(entry["name"], stage_type, params, tiles=tiles, outscale=outscale))
+    check_image_flow(doc["stages"], uploads)
     chain = {
         "version": 1,
         "kind": "chain",
@@ -721,5 +747,11 @@ def build_chain(
         (entry["params"].get("model") for entry in stages if entry["type"] == "source-txt2img"),
         base.image.model,
     )
-    platform = doc.get("platform") or base.device.platform
-    return BuiltChain("chain", chain, base, model, platform, {name: name for name in uploads})
+    platform = base.device.platform
+    if doc.get("platform"):
+        # Checked as the flat parameter is (a known, unblocked platform), and named as the document's.
+        platform = parse("txt2img", {**defaults, "platform": doc["platform"]}).device.platform
+    # Uploads are named <kind>:<stage name>; one for no stage of this chain is never decoded or stored.
+    names = {entry["name"] for entry in doc["stages"]}
+    used = {name: name for name in uploads if name.partition(":")[2] in names}
+    return BuiltChain("chain", chain, base, model, platform, used)

@@ -61,6 +61,9 @@ AFFINITY_WINDOW_S = 30.0  # how long a job may be passed over for one whose mode
 SHUTDOWN_GRACE_S = 25.0  # inside Kubernetes' default 30 s between SIGTERM and SIGKILL
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
+#: The largest image a job may make at any stage: a 4096² image upscaled twice, or 8192² (highres,
+#: upscalers and grids multiply the size, and each later stage holds the whole image).
+MAX_OUTPUT_PIXELS = 8192 * 8192
 MAX_JOBS_PER_CALL = 10
 PRESIGN_EXPIRY_S = 300
 SOURCE_URL_MAX_BYTES = 20 * 1024 * 1024
@@ -181,6 +184,7 @@ class Config:
     feature_flags: tuple[str, ...] = ()
     max_body_bytes: int = MAX_BODY_BYTES
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_output_pixels: int = MAX_OUTPUT_PIXELS
 
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     #: The platform this worker serves: ``cpu`` or ``cuda`` (jobs asking for another are left alone).
@@ -369,6 +373,7 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "feature_flags": ("ONNX_WEB_FEATURE_FLAGS", parse_list),
     "max_body_bytes": ("ONNX_WEB_MAX_BODY_BYTES", _positive(int)),
     "max_image_pixels": ("ONNX_WEB_MAX_IMAGE_PIXELS", _positive(int)),
+    "max_output_pixels": ("ONNX_WEB_MAX_OUTPUT_PIXELS", _positive(int)),
     "worker_id": ("ONNX_WEB_WORKER_ID", str),
     "worker_platform": ("ONNX_WEB_WORKER_PLATFORM", str),
     "device": ("ONNX_WEB_DEVICE", int),

@@ -11,11 +11,17 @@ from service.errors import InvalidParams, PayloadTooLarge
 
 #: Only these decoders ever see untrusted bytes (exotic decoders have had bombs and CVEs).
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
+#: The modes an upload is stored in as it came (Pillow writes them as PNG); others, like a CMYK
+#: JPEG's, are converted to RGB (RGBA with an alpha channel) when decoded.
+PNG_MODES = ("1", "L", "LA", "I;16", "P", "RGB", "RGBA")
 
 
 #: The smallest side an uploaded image may have: diffusion works on an 8-pixel latent grid, and a
 #: smaller image would reach a worker only to fail there.
 MIN_UPLOAD_SIDE = 8
+#: The longest side an upload may have: the largest width or height a request may ask for
+#: (``params.json``). Within the pixel cap, a 50000x8 strip would still be cut into hundreds of tiles.
+MAX_UPLOAD_SIDE = 8192
 
 
 def open_upload(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
@@ -32,10 +38,15 @@ def open_upload(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise PayloadTooLarge(f"{field}: image is too large to decode") from err
     except (OSError, SyntaxError, ValueError) as err:
-        raise InvalidParams(field, f"must be a PNG, JPEG or WebP image ({err})") from err
+        # PIL's text names its internals (``<_io.BytesIO object at 0x…>``), never the client's file.
+        raise InvalidParams(field, "must be a PNG, JPEG or WebP image; this file is none of them") from err
     if image.width * image.height > max_pixels:
         size = f"{image.width}x{image.height}"
         raise PayloadTooLarge(f"{field}: image is {size}, larger than {max_pixels} pixels")
+    if max(image.size) > MAX_UPLOAD_SIDE:
+        raise InvalidParams(
+            field, f"must be at most {MAX_UPLOAD_SIDE} pixels a side, got {image.width}x{image.height}"
+        )
     if min(image.size) < MIN_UPLOAD_SIDE:
         raise InvalidParams(
             field,
@@ -49,8 +60,10 @@ def load_upload(image: Image.Image, field: str) -> Image.Image:
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as err:
-        raise InvalidParams(field, f"must be a PNG, JPEG or WebP image ({err})") from err
-    return image
+        raise InvalidParams(field, "must be a PNG, JPEG or WebP image; its pixels are corrupt") from err
+    if image.mode in PNG_MODES:
+        return image
+    return image.convert("RGBA" if image.mode.endswith("A") else "RGB")
 
 
 def decode_upload(data: bytes, field: str, *, max_pixels: int) -> Image.Image:

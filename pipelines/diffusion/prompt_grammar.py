@@ -24,6 +24,12 @@ from dataclasses import dataclass, field
 
 #: ``(word)`` multiplies the weight of ``word`` by this; ``[word]`` divides by it (lpw's values).
 ATTENTION = 1.1
+#: The largest explicit ``(text:weight)`` either side of zero: a text embedding times more than
+#: this leaves fp16's range on the way through the UNet (1e308 made an all-black image).
+MAX_WEIGHT = 100.0
+#: The largest LoRA or inversion weight either side of zero; blended into the model's weights, a
+#: larger one overflows them the same way.
+MAX_NETWORK_WEIGHT = 10.0
 #: Deeper bracket nesting is refused: nobody writes it, and it would exhaust the parser's stack.
 MAX_DEPTH = 32
 #: Most layer tokens one ``name-{start,stop,step}`` range may expand to.
@@ -251,8 +257,8 @@ class _Parser:
                 self.pos, "expected a weight (a number) after ':'; write '\\:' for a literal colon"
             )
         value = float(number.group())
-        if not math.isfinite(value):
-            raise self.error(self.pos, "weight must be a finite number")
+        if not math.isfinite(value) or abs(value) > MAX_WEIGHT:
+            raise self.error(self.pos, f"weight must be a number from {-MAX_WEIGHT:g} to {MAX_WEIGHT:g}")
         self.pos = number.end()
         self.skip_spaces()
         if self.source[self.pos : self.pos + 1] != ")":
@@ -313,7 +319,11 @@ class _Parser:
         (name, name_at), weight = fields
         if not name.strip():
             raise self.error(name_at, f"<{kind}:...> needs a name")
-        entry = Network(name, self.number(weight, "weight"))
+        value = self.number(weight, "weight")
+        if abs(value) > MAX_NETWORK_WEIGHT:
+            rule = f"weight must be from {-MAX_NETWORK_WEIGHT:g} to {MAX_NETWORK_WEIGHT:g}"
+            raise self.error(weight[1], rule)
+        entry = Network(name, value)
         (self.loras if kind == "lora" else self.inversions).append(entry)
 
     def clip(self, kind: str, fields: list[tuple[str, int]], end: int) -> None:

@@ -85,6 +85,25 @@ PLANNED: frozenset[str] = frozenset()
 #: Stage types only the api's own routes build (txt2txt's ``text-generate``): not part of onnx-web's
 #: chain language, so a chain document may not name them and the catalogue does not list them.
 ROUTE_ONLY = frozenset({"text-generate"})
+#: Stage types that make images from nothing (or from text).
+SOURCES = frozenset(name for name in STAGES if name.startswith("source-"))
+#: Stage types that take no images: they work on the prompt, or make text.
+TEXT_ONLY = frozenset(name for name in STAGES if name.startswith("text-"))
+#: Stage types that start from their own ``source:<stage>`` upload when no earlier stage hands
+#: them images (``pipelines.diffusion.model.stage_sources``). Any other stage given no images
+#: makes none, so a chain reaching it without images is refused at submit.
+FROM_UPLOAD = frozenset(
+    {
+        "blend-img2img",
+        "blend-inpaint",
+        "correct-codeformer",
+        "correct-gfpgan",
+        "reduce-crop",
+        "reduce-thumbnail",
+        "upscale-outpaint",
+        "upscale-stable-diffusion",
+    }
+)
 #: Every stage type name a chain document may use.
 NAMES = (frozenset(STAGES) - ROUTE_ONLY) | COMPOUND | PLANNED
 

@@ -6,6 +6,7 @@ image's size; the grid's metadata is the first image's, with the grid's pixel si
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
@@ -21,6 +22,14 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return [*images, with_image(images[0], grid)]
 
 
+def grid_size(size: tuple[int, int], params: Mapping[str, Any]) -> tuple[int, int]:
+    """The grid: ``width`` columns and ``height`` rows of the first image's size."""
+    return size[0] * int(params["width"]), size[1] * int(params["height"])
+
+
 STAGE = StageType(
-    "blend-grid", run, (integer("width", 1, 16, required=True), integer("height", 1, 16, required=True))
+    "blend-grid",
+    run,
+    (integer("width", 1, 16, required=True), integer("height", 1, 16, required=True)),
+    size=grid_size,
 )

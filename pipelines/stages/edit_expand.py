@@ -8,6 +8,7 @@ input this stage reads and replaces with the grown, filtered mask), ``seed`` (fo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,14 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return expanded
 
 
+def expanded_size(size: tuple[int, int], params: Mapping[str, Any]) -> tuple[int, int]:
+    """The image grown by the border."""
+    return (
+        size[0] + int(params["left"]) + int(params["right"]),
+        size[1] + int(params["top"]) + int(params["bottom"]),
+    )
+
+
 STAGE = StageType(
     "edit-expand",
     run,
@@ -53,4 +62,5 @@ STAGE = StageType(
         text("target", 64, required=True),
         integer("seed", 0, MAX_SEED, required=True),
     ),
+    size=expanded_size,
 )

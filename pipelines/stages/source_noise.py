@@ -19,7 +19,7 @@ from pipelines.context import StageContext, StageImage
 from pipelines.imageops.noise import NOISE_SOURCES, parse_color
 from pipelines.imageops.upscale import with_image
 from pipelines.stages.shared import MAX_SEED
-from pipelines.stages.spec import StageType, choice, color, integer
+from pipelines.stages.spec import StageType, choice, color, integer, size_from_params
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -48,4 +48,5 @@ STAGE = StageType(
         integer("height", 1, 8192, 512),
     ),
     max_tile=512,
+    size=size_from_params,
 )

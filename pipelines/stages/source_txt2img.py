@@ -31,7 +31,7 @@ from pipelines.diffusion.panorama import panorama
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import diffusion_run, txt2img_sdxl, wants_sdxl
 from pipelines.diffusion.txt2img import txt2img
-from pipelines.stages.spec import StageType, diffusion_steps, integer
+from pipelines.stages.spec import StageType, diffusion_steps, integer, size_from_params
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -93,5 +93,10 @@ def stage_images(
 
 
 STAGE = StageType(
-    "source-txt2img", run, (integer("prompt_index", 0, 16, 0),), groups=("image",), steps=diffusion_steps
+    "source-txt2img",
+    run,
+    (integer("prompt_index", 0, 16, 0),),
+    groups=("image",),
+    steps=diffusion_steps,
+    size=size_from_params,
 )

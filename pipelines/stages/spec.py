@@ -230,6 +230,20 @@ def diffusion_steps(params: Mapping[str, Any]) -> int:
     return int(params["steps"])
 
 
+#: The size of the images a stage produces from the size it receives and its resolved params.
+SizeRule = Callable[[tuple[int, int], Mapping[str, Any]], tuple[int, int]]
+
+
+def same_size(size: tuple[int, int], params: Mapping[str, Any]) -> tuple[int, int]:
+    """A stage that keeps (or only shrinks) its images' size."""
+    return size
+
+
+def size_from_params(size: tuple[int, int], params: Mapping[str, Any]) -> tuple[int, int]:
+    """A stage that makes images of its ``width`` x ``height``, whatever it receives."""
+    return int(params["width"]), int(params["height"])
+
+
 @dataclass(frozen=True)
 class StageType:
     """One stage type of the chain language (contract §10.5)."""
@@ -251,6 +265,9 @@ class StageType:
     model: Literal["upscaling", "correction"] | None = None
     #: The steps it adds to the job's ``steps.total``, from its resolved parameters (per tile when tiled).
     steps: Callable[[Mapping[str, Any]], int] = one_step
+    #: The size of what it produces, before the chain entry's ``outscale`` (memory and size limits
+    #: follow the image through the chain with it; a rule that errs large is safe).
+    size: SizeRule = same_size
 
     def declared(self) -> tuple[Param, ...]:
         """Every parameter it reads: the groups first, then its own (which win on a shared name)."""

@@ -112,3 +112,40 @@ def test_unknown_sizes_on_either_side_match_as_before(job_store: JobStore) -> No
     assert (
         job_store.claim("b", platform="cpu", held_models=[], memory_kind="cpu", memory_bytes=None) is not None
     )
+
+
+def test_an_image_grown_past_the_output_limit_is_refused_naming_the_parameter(
+    job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path
+) -> None:
+    """Highres iterations multiply the size (4 x 4 times 512 px is 131072 px a side) while each
+    tiled pass stays small in memory: the size itself is bounded."""
+    client = client_for(job_store, object_store, models, tmp_path, max_output_pixels=2048 * 2048)
+    highres = {"width": "512", "height": "512", "steps": "1", "highres": "true", "highresMethod": "lanczos"}
+
+    refused = client.simulate_post(
+        "/api/txt2img", params={**highres, "highresScale": "4", "highresIterations": "4"}
+    )
+    accepted = client.simulate_post(
+        "/api/txt2img", params={**highres, "highresScale": "4", "highresIterations": "1"}
+    )
+    chain = client.simulate_post(
+        "/api/chain",
+        json={
+            "stages": [
+                {
+                    "name": "start",
+                    "type": "source-txt2img",
+                    "params": {"width": 512, "height": 512, "steps": 1},
+                },
+                {"name": "big", "type": "upscale-simple", "params": {"scale": 4}},
+                {"name": "bigger", "type": "upscale-simple", "params": {"scale": 4}},
+            ]
+        },
+    )
+
+    assert refused.status_code == 400
+    error = error_of(refused)
+    assert "highresScale" in error and "131072x131072" in error and str(2048 * 2048) in error, error
+    assert accepted.status_code == 200, accepted.text
+    assert chain.status_code == 400
+    assert "stages[2]" in error_of(chain) and "8192x8192" in error_of(chain), error_of(chain)

@@ -189,7 +189,7 @@ def test_a_chain_expands_its_prompt_makes_the_image_and_hides_it_when_flagged(
         ({"type": "text-prompt", "params": {}}, "stages[0].params.prompt_filter: is required by text-prompt"),
         (
             {"type": "edit-safety", "params": {"safety_model": "demo-safety", "threshold": 2}},
-            "stages[0].params.threshold: must be a number from 0 to 1",
+            "stages[1].params.threshold: must be a number from 0 to 1",
         ),
         ({"type": "edit-safety", "params": {"safety_model": "demo-gpt2"}}, "no safety model 'demo-gpt2'"),
         ({"type": "text-generate", "params": {}}, "stages[0].type: must be one of"),
@@ -204,7 +204,11 @@ def test_bad_text_and_safety_stages_are_400s_naming_the_field(
     error: str,
 ) -> None:
     client = api_client(job_store, object_store, text_models, tmp_path)
-    result = client.simulate_post("/api/chain", json={"stages": [{"name": "a", **stage}]})
+    stages = [{"name": "a", **stage}]
+    if stage["type"] == "edit-safety":
+        # It checks images: a chain must make one first.
+        stages.insert(0, {"name": "make", "type": "source-noise", "params": {}})
+    result = client.simulate_post("/api/chain", json={"stages": stages})
     assert result.status_code == 400, result.text
     assert error in error_of(result)
     assert job_store.queue_depth() == 0

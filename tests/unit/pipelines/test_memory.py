@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.memory import chain_memory
+from pipelines.memory import RUNTIME_BYTES, chain_memory, image_bytes
 
 GIB = 1024**3
 
@@ -91,3 +91,33 @@ def test_the_size_follows_the_chain_through_upscaling() -> None:
     assert [stage.work_size for stage in memory.stages] == [(512, 512), (512, 512), (2048, 2048)]
     assert memory.largest("cpu") is memory.stages[2]
     assert memory.to_dict() == {"cpu": memory.peak("cpu"), "gpu": memory.peak("gpu")}
+
+
+def test_resizing_stages_grow_the_image_the_later_stages_hold() -> None:
+    """upscale-simple, blend-grid and edit-expand change the size without an ``outscale``."""
+    memory = estimate(
+        txt2img(128, 128),
+        entry("resize", "upscale-simple", method="lanczos", scale=4),
+        entry("grid", "blend-grid", width=3, height=2),
+        entry("expand", "edit-expand", left=8, right=8, top=0, bottom=16),
+        entry("img2img", "blend-img2img", tiles=512, strength=0.3),
+    )
+
+    assert [stage.output for stage in memory.stages] == [
+        (128, 128),
+        (512, 512),
+        (1536, 1024),
+        (1552, 1040),
+        (1552, 1040),
+    ]
+    assert memory.largest_output() is memory.stages[3]
+    # The tiled img2img works on its tile but holds the whole image.
+    assert memory.stages[4].work_size == (512, 512)
+    # A resize holds the image it receives and the one it makes.
+    assert memory.stages[1].peak["cpu"] == RUNTIME_BYTES + image_bytes((128, 128)) + image_bytes((512, 512))
+
+
+def test_a_scale_of_one_keeps_the_size() -> None:
+    memory = estimate(txt2img(64, 64), entry("resize", "upscale-simple", method="bilinear", scale=1))
+
+    assert memory.stages[1].output == (64, 64)
