@@ -265,7 +265,7 @@ def create_app(
         ("/api/ready", ["GET", "HEAD"], ReadyResource(jobs)),
         ("/api/openapi.json", ["GET", "HEAD"], OpenAPIResource(app, config, params_doc, registry)),
         ("/api/docs", ["GET", "HEAD"], ApiDocsResource(config.bundle_path)),
-        ("/api/extras", ["GET", "PUT"], ExtrasResource(config.admin_token, registry, converting)),
+        ("/api/extras", ["GET", "HEAD", "PUT"], ExtrasResource(config.admin_token, registry, converting)),
         *(
             [
                 ("/api/models", ["GET"], ModelsResource(config.admin_token, converting)),
@@ -275,10 +275,10 @@ def create_app(
             else []
         ),
         ("/api/worker/restart", ["POST"], WorkerRestartResource(config.admin_token, worker_status)),
-        ("/api/worker/status", ["GET"], worker_status),
-        ("/healthz", ["GET"], HealthResource()),
-        ("/readyz", ["GET"], ReadyzResource(jobs, store)),
-        ("/metrics", ["GET"], MetricsResource(jobs, live_window_s)),
+        ("/api/worker/status", ["GET", "HEAD"], worker_status),
+        ("/healthz", ["GET", "HEAD"], HealthResource()),
+        ("/readyz", ["GET", "HEAD"], ReadyzResource(jobs, store)),
+        ("/metrics", ["GET", "HEAD"], MetricsResource(jobs, live_window_s)),
     ]
     for path, _methods, resource in routes:
         app.add_route(path, resource)

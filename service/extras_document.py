@@ -10,8 +10,11 @@ a field path such as ``diffusion[1].source``.
 
 What is checked, beyond the shape (a JSON schema, ``additionalProperties: false`` everywhere):
 
-- **bounds**: the text (``MAX_DOCUMENT_BYTES``), entries per section, string lengths, the depth of
-  ``strings``; YAML aliases are refused (an alias bomb expands a few bytes into gigabytes);
+- **bounds**: the text (``MAX_DOCUMENT_BYTES``), how deep it nests (``MAX_DEPTH``), entries per
+  section, string lengths, the depth of ``strings``; YAML aliases are refused (an alias bomb expands
+  a few bytes into gigabytes);
+- **values**: only what Postgres stores as JSON: objects with string keys, arrays, finite numbers,
+  booleans, null and strings without NUL or unpaired surrogates (no YAML dates, binary or pairs);
 - **sources**: ``service.sources.parse_source`` (a scheme we fetch, no credentials in
   URLs, no ``..``), without any I/O; the worker resolves and fetches them;
 - **names**: safe as a folder or file name once the kind's prefix is applied (as onnx-web's
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,11 +41,20 @@ import jsonschema
 import yaml
 
 from pipelines.models.registry import EXTRAS_LISTS
+from service.errors import InvalidParams
+from service.inputs import check_text
 from service.sources import SourceError, parse_source
 
 #: The largest extras document accepted, as text.
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_ENTRIES = 1000
+#: How deeply objects and arrays may nest in a whole document (``strings`` nests deepest, at 10).
+MAX_DEPTH = 16
+#: The widest integer a document may hold (YAML reads hexadecimal of any length, which neither
+#: ``json.dumps`` nor a client's JSON parser could write back).
+MAX_INTEGER_BITS = 64
+#: Value problems reported at once: enough to fix a document, never a whole echoed one.
+MAX_VALUE_PROBLEMS = 10
 #: How deep ``strings`` may nest (language, namespace, then keys).
 MAX_STRINGS_DEPTH = 8
 #: A converted model's name: a folder or file name on every platform.
@@ -54,6 +67,7 @@ LISTING_KEYS = frozenset({"label", "hash", "tokens", "token"})
 #: Sections whose entries become models in the store, and the kind each gives.
 SECTION_KINDS = {"diffusion": "diffusion", "correction": "correction", "upscaling": "upscaling"}
 NETWORK_KINDS = ("lora", "inversion", "control")
+DEPTH_RULE = f"nested deeper than {MAX_DEPTH} levels of objects and arrays"
 
 _FORMATS = ["bin", "ckpt", "onnx", "pt", "pth", "safetensors", "zip"]
 _TEXT = {"type": "string", "maxLength": 500}
@@ -220,7 +234,8 @@ def parse_document(text: str | bytes) -> dict[str, Any]:
     """JSON or YAML text to an object, bounded.
 
     Raises:
-        ExtrasInvalid: too large, not UTF-8, not JSON nor YAML, YAML with aliases, or not an object.
+        ExtrasInvalid: too large, not UTF-8, not JSON nor YAML, YAML with aliases, not an object,
+            nested too deeply, or holding a value Postgres cannot store as JSON.
     """
     raw = text.encode() if isinstance(text, str) else text
     if len(raw) > MAX_DOCUMENT_BYTES:
@@ -231,10 +246,15 @@ def parse_document(text: str | bytes) -> dict[str, Any]:
         raise ExtrasInvalid([Problem("", f"the document is not UTF-8 text (byte {err.start})")]) from None
     try:
         data = json.loads(decoded)
+    except RecursionError:
+        raise ExtrasInvalid([Problem("", DEPTH_RULE)]) from None
     except ValueError:
         data = _load_yaml(decoded)
     if not isinstance(data, dict):
         raise ExtrasInvalid([Problem("", "the document must be an object (JSON or YAML)")])
+    problems = _value_problems(data)
+    if problems:
+        raise ExtrasInvalid(problems)
     return data
 
 
@@ -325,6 +345,63 @@ def _depth_problems(tree: Any, where: str, depth: int) -> list[Problem]:
     return problems[:10]
 
 
+def _value_problems(data: dict[str, Any]) -> list[Problem]:
+    """Every value Postgres could not store as JSON, in document order, and nesting past ``MAX_DEPTH``.
+
+    The walk is iterative, so a deep document costs no recursion (jsonschema's walk recurses).
+    """
+    problems: list[Problem] = []
+    pending: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
+    while pending and len(problems) < MAX_VALUE_PROBLEMS:
+        value, where = pending.pop()
+        children: list[tuple[Any, tuple[str | int, ...]]] = []
+        if isinstance(value, dict | list) and len(where) >= MAX_DEPTH:
+            problems.append(Problem(_path(where), DEPTH_RULE))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                rule = _key_rule(key)
+                if rule:
+                    problems.append(Problem(_path(where), rule))
+                else:
+                    # A path names where a problem is, never echoes a whole key.
+                    children.append((item, (*where, key if len(key) <= 40 else key[:39] + "…")))
+        elif isinstance(value, list):
+            children = [(item, (*where, index)) for index, item in enumerate(value)]
+        else:
+            rule = _scalar_rule(value)
+            if rule:
+                problems.append(Problem(_path(where), rule))
+        pending.extend(reversed(children))
+    return problems[:MAX_VALUE_PROBLEMS]
+
+
+def _key_rule(key: Any) -> str | None:
+    if not isinstance(key, str):
+        return "keys must be strings"
+    rule = _text_rule(key)
+    return f"a key {rule}" if rule else None
+
+
+def _scalar_rule(value: Any) -> str | None:
+    if isinstance(value, str):
+        return _text_rule(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number (not NaN or Infinity)"
+    if isinstance(value, int) and value.bit_length() > MAX_INTEGER_BITS:
+        return f"must be an integer of at most {MAX_INTEGER_BITS} bits"
+    if value is None or isinstance(value, bool | int | float):
+        return None
+    return "must be a JSON value: a string, number, boolean, null, array or object (quote YAML dates)"
+
+
+def _text_rule(text: str) -> str | None:
+    try:
+        check_text(text, "")
+    except InvalidParams as err:
+        return err.rule
+    return None
+
+
 def _path(parts: Any) -> str:
     path = ""
     for part in parts:
@@ -344,8 +421,16 @@ class _NoAliasLoader(yaml.SafeLoader):
 def _load_yaml(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_NoAliasLoader)
+    except RecursionError:
+        raise ExtrasInvalid([Problem("", DEPTH_RULE)]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         reason = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ExtrasInvalid([Problem("", f"neither JSON nor YAML{where}: {reason}"[:300])]) from None
+    except Exception:
+        # PyYAML's constructors fail in many ways on a value their pattern or tag let through
+        # (ValueError for month 13 or an integer over 4300 digits, KeyError for ``!!bool x``,
+        # AttributeError for ``!!timestamp 1``), and their text names Python's internals.
+        rule = "a YAML value cannot be read: a date that does not exist, a number too long or a bad tag"
+        raise ExtrasInvalid([Problem("", rule)]) from None

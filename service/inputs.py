@@ -3,7 +3,8 @@
 Every value a client sends reaches the parsers through here: JSON and YAML texts are size-checked
 before parsing, parsed documents are walked once (depth, number of keys and items), and every
 string in them, keys included, is refused if it holds a NUL or an unpaired surrogate (Postgres
-stores neither, and they have no business in a prompt). Each refusal is an ``InvalidParams`` that
+stores neither, and they have no business in a prompt). A YAML document may hold only what JSON
+can: string keys, and no dates, sets or binary values. Each refusal is an ``InvalidParams`` that
 names the field, so a hostile body costs a bounded amount of work and gets a 400, never a 500.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote_plus, unquote_to_bytes
 
 import yaml
 
@@ -23,6 +25,9 @@ MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_DEPTH = 32
 #: Keys and items in one document, all levels together (a 50-stage chain uses about 1,500).
 MAX_NODES = 20_000
+#: The longest integer literal we convert: even in hexadecimal (YAML) it has fewer decimal digits
+#: than Python converts (4,300), whose refusal would name an interpreter setting.
+MAX_INTEGER_CHARS = 1000
 
 
 def load_json(raw: bytes | str, field: str) -> Any:
@@ -30,7 +35,9 @@ def load_json(raw: bytes | str, field: str) -> Any:
     _check_size(raw, field)
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        value = json.loads(text)
+        value = json.loads(text, parse_int=_parse_int)
+    except _Refused as err:
+        raise InvalidParams(field, str(err)) from err
     except UnicodeDecodeError as err:
         raise InvalidParams(field, f"must be UTF-8 text (a bad byte at position {err.start})") from err
     except RecursionError as err:
@@ -45,7 +52,9 @@ def load_json_or_yaml(text: str, field: str) -> Any:
     """A form field holding JSON, or YAML as onnx-web also accepts (without aliases); 400 otherwise."""
     _check_size(text, field)
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_int=_parse_int)
+    except _Refused as err:
+        raise InvalidParams(field, str(err)) from err
     except RecursionError as err:
         raise InvalidParams(field, f"must not nest objects or arrays more than {MAX_DEPTH} deep") from err
     except ValueError:
@@ -55,7 +64,8 @@ def load_json_or_yaml(text: str, field: str) -> Any:
 
 
 def check_document(value: Any, field: str) -> None:
-    """Refuse a parsed document that nests too deeply, is too large, or holds a bad string.
+    """Refuse a parsed document that nests too deeply, is too large, or holds a bad string or a
+    value JSON has no type for.
 
     The walk is iterative, so its cost is bounded by ``MAX_NODES`` whatever the document's shape.
     """
@@ -66,8 +76,10 @@ def check_document(value: Any, field: str) -> None:
         if isinstance(node, str):
             check_text(node, path)
             continue
-        if not isinstance(node, dict | list):
+        if node is None or isinstance(node, int | float):
             continue
+        if not isinstance(node, dict | list):
+            raise InvalidParams(path, _not_json(node))
         if depth >= MAX_DEPTH:
             raise InvalidParams(field, f"must not nest objects or arrays more than {MAX_DEPTH} deep")
         nodes += len(node)
@@ -75,8 +87,10 @@ def check_document(value: Any, field: str) -> None:
             raise InvalidParams(field, f"must hold at most {MAX_NODES} keys and items in all")
         if isinstance(node, dict):
             for key, item in node.items():
-                check_text(str(key), f"{path} key")
-                pending.append((item, f"{path}.{_short(str(key))}", depth + 1))
+                if not isinstance(key, str):
+                    raise InvalidParams(f"{path} key", _not_json(key, "a string"))
+                check_text(key, f"{path} key")
+                pending.append((item, f"{path}.{shorten(key)}", depth + 1))
         else:
             pending.extend((item, f"{path}[{index}]", depth + 1) for index, item in enumerate(node))
 
@@ -97,32 +111,87 @@ def check_query(params: Mapping[str, Any]) -> None:
     for name, value in params.items():
         check_text(name, "query")
         for item in value if isinstance(value, list) else [value]:
-            check_text(str(item), _short(name))
+            check_text(str(item), shorten(name))
+
+
+def check_query_string(query_string: str, where: str = "query") -> None:
+    """Refuse percent-escapes that are not UTF-8 in a query string or form, naming the parameter.
+
+    Falcon decodes them to U+FFFD, so ``prompt=%ff`` would run with a prompt the client never
+    wrote. A U+FFFD sent as its UTF-8 escapes (``%EF%BF%BD``) is a character like any other and is
+    kept, as it is in a JSON body: only bytes that decode to nothing are refused.
+    """
+    rule = "must be UTF-8 text (percent-escapes of other bytes are refused)"
+    for pair in query_string.split("&"):
+        name, _, value = pair.partition("=")
+        if not _is_utf8_escaped(name):
+            raise InvalidParams(f"{where} parameter name", rule)
+        if not _is_utf8_escaped(value):
+            raise InvalidParams(shorten(unquote_plus(name)), rule)
+
+
+def _is_utf8_escaped(text: str) -> bool:
+    try:
+        unquote_to_bytes(text.replace("+", " ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _Refused(Exception):
+    """A rule a document broke while it was parsed, raised from inside the parser."""
+
+
+def _check_integer_length(text: str) -> None:
+    """Refuse a long integer literal before converting it: Python's own refusal tells the client
+    to change an interpreter setting, and converting thousands of digits costs quadratic time."""
+    if len(text) > MAX_INTEGER_CHARS:
+        raise _Refused(f"must not hold an integer longer than {MAX_INTEGER_CHARS} characters")
+
+
+def _parse_int(text: str) -> int:
+    _check_integer_length(text)
+    return int(text)
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases: a few bytes of aliases can expand to gigabytes."""
+    """PyYAML's safe loader without aliases (a few bytes of aliases can expand to gigabytes) or
+    explicit tags (``!!bool x``, ``!!timestamp 1`` crash PyYAML's constructors), and with integers
+    bounded as in JSON."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            raise _AliasRefused(self.peek_event().start_mark)
+        event = self.peek_event()
+        where = f"line {event.start_mark.line + 1}, column {event.start_mark.column + 1}"
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"must not use YAML aliases ({where})")
+        if getattr(event, "tag", None) not in (None, "!"):
+            raise _Refused(f"must not use YAML tags ({where})")
         return super().compose_node(parent, index)
 
+    def construct_bounded_int(self, node: yaml.ScalarNode) -> int:
+        _check_integer_length(str(self.construct_scalar(node)))
+        return self.construct_yaml_int(node)
 
-class _AliasRefused(Exception):
-    def __init__(self, mark: Any) -> None:
-        super().__init__(f"line {mark.line + 1}, column {mark.column + 1}")
+
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_bounded_int)
 
 
 def _load_yaml(text: str, field: str) -> Any:
     try:
         return yaml.load(text, Loader=_NoAliasLoader)
-    except _AliasRefused as err:
-        raise InvalidParams(field, f"must not use YAML aliases ({err})") from err
+    except _Refused as err:
+        raise InvalidParams(field, str(err)) from err
     except RecursionError as err:
         raise InvalidParams(field, f"must not nest objects or arrays more than {MAX_DEPTH} deep") from err
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as err:
+        # PyYAML builds dates, timestamps and tagged values with Python's constructors, which raise
+        # ValueError and the like for text its patterns let through (month 13, offset -99:00).
         raise InvalidParams(field, f"is neither JSON nor YAML: {_first_line(err)}") from err
+
+
+def _not_json(value: Any, expected: str = "a string, number, boolean, null, array or object") -> str:
+    """The rule a YAML value JSON has no type for breaks (a date, a set, binary data)."""
+    return f"must be {expected}, not a YAML {type(value).__name__} (quote it to send it as text)"
 
 
 def _check_size(raw: bytes | str, field: str) -> None:
@@ -132,9 +201,9 @@ def _check_size(raw: bytes | str, field: str) -> None:
 
 
 def _first_line(err: Exception) -> str:
-    return _short(next(iter(str(err).splitlines()), type(err).__name__), 120)
+    return shorten(next(iter(str(err).splitlines()), type(err).__name__), 120)
 
 
-def _short(text: str, limit: int = 40) -> str:
+def shorten(text: str, limit: int = 40) -> str:
     """A field name or message cut to ``limit`` characters, so errors never echo a whole input."""
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_KEY_BYTES = 1024  # S3's own limit on a key's UTF-8 length
+#: The longest name of an uploaded input: room for ``mask:<stage>`` (stage names have at most 64
+#: characters), and with ``inputs/<job name>/`` and ``.png`` still far within MAX_KEY_BYTES.
+MAX_INPUT_NAME_BYTES = 512
 MAX_METADATA_BYTES = 2048  # S3's limit on all user metadata of one object
 MAX_PRESIGN_S = 7 * 24 * 3600  # SigV4 presigned URLs live at most a week
 CHUNK_BYTES = 64 * 1024
@@ -93,7 +96,7 @@ def check_key(key: str) -> str:
         raise ValueError("an object key must not be empty")
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise ValueError(f"an object key must be at most {MAX_KEY_BYTES} bytes")
-    if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in key):
+    if _has_control(key):
         raise ValueError(f"object key {key!r} contains a control character")
     if "\\" in key:
         # A backslash is a separator on Windows disks; keys must not look like paths anywhere.
@@ -103,6 +106,28 @@ def check_key(key: str) -> str:
     if any(segment in ("", ".", "..") for segment in key.split("/")):
         raise ValueError(f"object key {key!r} has an empty, '.' or '..' segment")
     return key
+
+
+def check_input_name(field: str) -> str:
+    """Return ``field`` if ``input_key`` takes it whatever the job's name, else raise ``ValueError``
+    giving the rule (not the name, which may be long: the caller shows it cut short)."""
+    if (
+        not 0 < len(field.encode("utf-8")) <= MAX_INPUT_NAME_BYTES
+        or field in (".", "..")
+        or "/" in field
+        or "\\" in field
+        or _has_control(field)
+    ):
+        raise ValueError(
+            f"an upload's name must be 1 to {MAX_INPUT_NAME_BYTES} bytes of UTF-8 without '/', '\\' or "
+            "control characters, and not '.' or '..'"
+        )
+    return field
+
+
+def _has_control(text: str) -> bool:
+    """Whether ``text`` holds a C0 or C1 control character (or DEL), which no key may hold."""
+    return any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in text)
 
 
 def check_prefix(prefix: str) -> str:
@@ -126,7 +151,7 @@ def _segment(value: str, what: str) -> str:
 
 def input_key(job_name: str, field: str) -> str:
     """The key of an uploaded input image (``source``, ``mask``, ...) of a job."""
-    return check_key(f"inputs/{_segment(job_name, 'job name')}/{_segment(field, 'input field')}.png")
+    return check_key(f"inputs/{_segment(job_name, 'job name')}/{check_input_name(field)}.png")
 
 
 #: The file name of an attempt's live preview (never one of its outputs' names, which end ``_<i>.<ext>``).

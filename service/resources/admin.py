@@ -94,6 +94,8 @@ class WorkerStatusResource(AdminResource):
         self.authorize(req)
         resp.media = self.status()
 
+    on_head = on_get
+
 
 class WorkerRestartResource(AdminResource):
     """``POST /api/worker/restart``: every live worker exits after its job; supervisors restart it."""
@@ -129,6 +131,8 @@ class ExtrasResource(AdminResource):
             resp.text = fallback or "{}"
         else:
             resp.text = self.extras.current_text(fallback)
+
+    on_head = on_get
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
         self.authorize(req)

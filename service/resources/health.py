@@ -29,6 +29,8 @@ class HealthResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok"}
 
+    on_head = on_get
+
 
 class ReadyzResource:
     """Readiness: each dependency answers a real request; 503 naming the ones that do not."""
@@ -54,6 +56,8 @@ class ReadyzResource:
         if not ready:
             resp.status = falcon.HTTP_503
             resp.set_header("Retry-After", str(Unavailable.retry_after_s))
+
+    on_head = on_get
 
 
 def _check(probe: Callable[[], Any]) -> dict[str, Any]:
@@ -82,3 +86,5 @@ class MetricsResource:
         body, content_type = exposition([self.queue])
         resp.content_type = content_type
         resp.data = body
+
+    on_head = on_get

@@ -225,6 +225,22 @@ def test_status_and_cancel_take_one_to_ten_names(client: falcon.testing.TestClie
         assert result.status_code == 400 and "too many" in error_of(result)
 
 
+def test_a_repeated_query_parameter_counts_its_first_value_as_submissions_do(
+    client: falcon.testing.TestClient,
+) -> None:
+    submitted = client.simulate_post("/api/txt2img", query_string="prompt=x&steps=2&steps=3")
+    assert submitted.json["steps"]["total"] == 2 + 1
+    name = submitted.json["name"]
+
+    status = client.simulate_get("/api/job/status", query_string=f"jobs={name}&jobs=ghost").json
+    cancel = client.simulate_put("/api/job/cancel", query_string=f"jobs={name}&jobs=ghost").json
+    ready = client.simulate_get("/api/ready", query_string=f"output={name}&output=ghost").json
+
+    assert [(record["name"], record["status"]) for record in status] == [(name, "pending")]
+    assert cancel == [{"name": name, "status": "cancelled"}]
+    assert ready["cancelled"] is True
+
+
 def test_cancel_answers_each_jobs_true_state(client: falcon.testing.TestClient) -> None:
     name = submit(client, prompt="x", steps=2).json["name"]
     result = client.simulate_put("/api/job/cancel", params={"jobs": f"{name},ghost"})
@@ -381,6 +397,22 @@ def test_admin_routes_need_the_token(client: falcon.testing.TestClient, job_stor
     assert job_store.announce_worker(
         "w-1", platform="cuda", providers=[], models=[], version="v", jobs_done=3
     )
+
+
+@pytest.mark.parametrize("path", ["/api/extras", "/api/worker/status", "/healthz", "/readyz", "/metrics"])
+def test_head_answers_as_get_does_without_a_body(client: falcon.testing.TestClient, path: str) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    got = client.simulate_get(path, headers=admin)
+    head = client.simulate_head(path, headers=admin)
+
+    assert head.status_code == got.status_code == 200, head.text
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.content == b""
+    routes = {route["path"]: route["methods"] for route in client.simulate_get("/api").json["routes"]}
+    assert "HEAD" in routes[path]
+    if path.startswith("/api"):
+        assert client.simulate_head(path).status_code == 401
 
 
 def test_worker_status_shows_each_workers_cuda_device(

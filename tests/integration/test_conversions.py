@@ -504,6 +504,38 @@ def test_an_invalid_document_is_refused_whole_with_every_problem_named(
     assert client.simulate_put("/api/extras", body="{}").status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "rule"),
+    [
+        (
+            '{"networks": [{"name": "d", "type": "lora", "source": "d.safetensors", "weight": NaN}]}',
+            "networks[0].weight",
+            "finite",
+        ),
+        (
+            '{"diffusion": [{"name": "a", "source": "x/y", "label": "a\\u0000b"}]}',
+            "diffusion[0].label",
+            "NUL",
+        ),
+        ('{"strings": {"en": {"k": "\\ud800"}}}', "strings.en.k", "surrogate"),
+        ("strings:\n  en:\n    day: 2024-01-02\n", "strings.en.day", "JSON value"),
+        ("strings:\n  en:\n    day: 2024-13-45\n", "body", "date"),
+        ("strings:\n  en:\n    n: " + "7" * 5000 + "\n", "body", "a number too long"),
+        ("strings:\n  en:\n    n: 0x" + "f" * 5000 + "\n", "strings.en.n", "64 bits"),
+        ('{"strings": ' * 5000 + "{}" + "}" * 5000, "body", "nested deeper"),
+    ],
+)
+def test_a_document_postgres_cannot_store_is_a_400_naming_the_value(
+    job_store: JobStore, client: falcon.testing.TestClient, body: str, field: str, rule: str
+) -> None:
+    answer = put_extras(client, body)
+
+    assert answer.status_code == 400, answer.text
+    assert answer.json["error"].startswith(f"{field}: ") and rule in answer.json["error"]
+    assert client.simulate_get("/api/extras", params=ADMIN).text == "{}"
+    assert job_store.active_jobs(10) == []
+
+
 def test_a_changed_entry_waits_for_its_running_conversion_then_goes_through(
     client: falcon.testing.TestClient,
 ) -> None:

@@ -8,17 +8,21 @@ notifications (migration 0007).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import falcon.testing
 import pytest
+import sqlalchemy
 
+from service.db import make_engine
 from service.events import EventHub
 from service.jobs.keys import KeyStore
 from service.jobs.store import JobStore
 from service.storage import ObjectStore
+from tests.fixtures.postgres import TEST_AFFINITY_WINDOW_S, TEST_LEASE_S
 from tests.integration.api import api_client, make_models
 
 pytestmark = pytest.mark.integration
@@ -147,3 +151,48 @@ def test_streams_are_bounded_per_process_and_per_owner(
     held = Stream(small, name)
     assert Stream(small, name).start.status.startswith("503")
     held.close()
+
+
+def test_a_database_outage_at_the_start_is_a_503_and_gives_the_stream_back(
+    object_store: ObjectStore, hub: EventHub, tmp_path: Path
+) -> None:
+    engine: sqlalchemy.Engine = make_engine("postgresql://nobody:secret@127.0.0.1:1/onnx_web")
+    down = JobStore(engine, lease_s=TEST_LEASE_S, affinity_window_s=TEST_AFFINITY_WINDOW_S)
+    client = api_client(
+        down, object_store, make_models(tmp_path / "models"), tmp_path, events=hub, api_threads=2
+    )
+
+    for _ in range(2):  # one stream per process here: the refused one must not keep its place
+        stream = Stream(client, "x")
+        body = json.loads(b"".join(stream.body))
+
+        assert stream.start.status.startswith("503")
+        assert stream.start.headers_dict["Content-Type"].startswith("application/json")
+        assert int(stream.start.headers_dict["Retry-After"]) > 0
+        assert "database" in body["error"]
+
+
+def test_a_database_outage_mid_stream_ends_it_with_an_event_and_one_log_line(
+    client: falcon.testing.TestClient,
+    job_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = submit(client)
+    stream = Stream(client, name)
+    assert stream.next()[1]["status"] == "pending"
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, ConnectionRefusedError("refused"))
+
+    monkeypatch.setattr(job_store, "get_many", refused)
+    with caplog.at_level(logging.WARNING):
+        job_store.cancel(name)  # a notification: the stream reads its job again
+        kind, data = stream.next()
+        with pytest.raises(AssertionError, match="the stream ended"):
+            stream.next()
+    stream.close()
+
+    assert kind == "unavailable" and "database" in data["error"] and data["retryAfter"] > 0
+    logged = [record for record in caplog.records if record.name.startswith("service")]
+    assert [(record.levelno, record.exc_info) for record in logged] == [(logging.WARNING, None)]

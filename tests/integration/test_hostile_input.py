@@ -170,6 +170,17 @@ def test_a_used_upload_with_corrupt_pixels_is_a_400(client: falcon.testing.TestC
     assert_refused(post_multipart(client, "/api/img2img", form), 400, "source")
 
 
+@pytest.mark.parametrize("data", [b"not an image at all", png((512, 512))[:200]])
+def test_an_upload_that_is_no_image_is_a_400_without_internals(
+    client: falcon.testing.TestClient, data: bytes
+) -> None:
+    form = {"json": json.dumps({"params": {"prompt": "cat"}}), "source": ("s.png", data, "image/png")}
+
+    error = assert_refused(post_multipart(client, "/api/img2img", form), 400, "source", "PNG, JPEG or WebP")
+
+    assert "0x" not in error and "BytesIO" not in error and "_io" not in error, error
+
+
 def test_a_source_of_one_pixel_is_a_400_at_submit(client: falcon.testing.TestClient) -> None:
     form = {"json": json.dumps({"params": {"prompt": "cat"}}), "source": ("s.png", png((1, 1)), "image/png")}
 
@@ -403,3 +414,212 @@ def test_readyz_names_each_dependency(
         assert result.status_code == 503
         assert result.json["checks"][down]["status"] == "unavailable"
         assert api_client(jobs, store, models, tmp_path).simulate_get("/healthz").status_code == 200
+
+
+def test_a_chains_uploads_for_no_stage_are_never_decoded(client: falcon.testing.TestClient) -> None:
+    """Up to 63 parts of large, highly compressible images: decoding each would cost the api
+    seconds and a gigabyte; only the parts a stage of the chain names are read past their header."""
+    truncated = png((512, 512))[:200]
+    chain = {"stages": [{"name": "start", "type": "source-txt2img", "params": {"steps": 1}}]}
+    form = {
+        "chain": json.dumps(chain),
+        **{f"source:x{index}": (f"{index}.png", truncated, "image/png") for index in range(8)},
+    }
+
+    assert post_multipart(client, "/api/chain", form).status_code == 200
+
+
+def test_a_chains_unknown_platform_is_a_400(client: falcon.testing.TestClient) -> None:
+    chain = {"platform": "bogus", "stages": [{"name": "s", "type": "source-txt2img", "params": {"steps": 1}}]}
+
+    assert_refused(client.simulate_post("/api/chain", json=chain), 400, "platform", "bogus")
+
+
+def test_a_cmyk_jpeg_upload_is_stored_as_rgb(client: falcon.testing.TestClient) -> None:
+    """Print workflows export CMYK JPEGs; PNG, which uploads are stored as, cannot hold CMYK."""
+    buffer = io.BytesIO()
+    Image.new("CMYK", (64, 64), (0, 255, 255, 0)).save(buffer, format="JPEG")
+    form = {
+        "json": json.dumps({"params": {"prompt": "cat", "steps": 1}}),
+        "source": ("s.jpg", buffer.getvalue(), "image/jpeg"),
+    }
+
+    assert post_multipart(client, "/api/img2img", form).status_code == 200
+
+
+# --- audit: values, headers and bodies that answered 500 or were read wrong -----------------------
+
+
+def raw_multipart(*parts: tuple[bytes, bytes]) -> tuple[bytes, dict[str, str]]:
+    """A multipart body of ``(header lines, content)`` parts taken byte for byte, so headers can
+    hold what no client library would write."""
+    boundary = b"audit-boundary"
+    body = b"".join(b"--%s\r\n%s\r\n\r\n%s\r\n" % (boundary, headers, content) for headers, content in parts)
+    return body + b"--%s--\r\n" % boundary, {
+        "Content-Type": f"multipart/form-data; boundary={boundary.decode()}"
+    }
+
+
+def job_params(job_store: JobStore, result: falcon.testing.Result) -> dict[str, Any]:
+    """The first stage's parameters of the job a submission answered, as a worker claims them."""
+    assert result.status_code == 200, result.text
+    claimed = job_store.claim("w-1", platform="cpu", held_models=())
+    assert claimed is not None and claimed.name == result.json["name"]
+    return dict(claimed.chain["stages"][0]["params"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["steps: " + "9" * 5000, "foo: 2024-13-45", "foo: 2001-12-14t21:59:43.10-99:00", "foo: !!int 1.5"],
+)
+@pytest.mark.parametrize(("path", "field"), [("/api/txt2img", "json"), ("/api/chain", "chain")])
+def test_a_yaml_value_python_cannot_build_is_a_400_naming_the_field(
+    client: falcon.testing.TestClient, text: str, path: str, field: str
+) -> None:
+    error = assert_refused(post_multipart(client, path, {field: text}), 400, field)
+
+    assert "sys." not in error
+
+
+def test_a_yaml_date_is_a_400_unless_quoted(client: falcon.testing.TestClient, job_store: JobStore) -> None:
+    bare = post_multipart(client, "/api/txt2img", {"json": "prompt: 2024-01-02\nsteps: 3"})
+    quoted = post_multipart(client, "/api/txt2img", {"json": "prompt: '2024-01-02'\nsteps: 3"})
+
+    assert_refused(bare, 400, "json.prompt", "YAML date", "quote")
+    assert job_params(job_store, quoted)["prompt"] == "2024-01-02"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'Content-Disposition: form-data; name="\xff\xfe"',
+        b'Content-Disposition: form-data; name="source"; filename="\xff.png"',
+        b'Content-Disposition: form-data; name="other"\r\nContent-Type: image/\xff',
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/txt2img", "/api/chain"])
+def test_a_part_header_that_is_not_utf8_is_a_400(
+    client: falcon.testing.TestClient, header: bytes, path: str
+) -> None:
+    body, headers = raw_multipart((header, png()))
+
+    assert_refused(client.simulate_post(path, body=body, headers=headers), 400, "UTF-8")
+
+
+@pytest.mark.parametrize("name", ["source:a/b", "source:a\\b", "source:a\x85", "..", "source:" + "x" * 1100])
+@pytest.mark.parametrize("path", ["/api/txt2img", "/api/chain"])
+def test_an_upload_name_no_object_key_can_hold_is_a_400(
+    client: falcon.testing.TestClient, name: str, path: str
+) -> None:
+    chain = json.dumps({"stages": [{"name": "gen", "type": "source-txt2img", "params": {}}]})
+    escaped = name.replace("\\", "\\\\").encode()
+    body, headers = raw_multipart(
+        (b'Content-Disposition: form-data; name="chain"', chain.encode()),
+        (b'Content-Disposition: form-data; name="%s"; filename="s.png"' % escaped, png()),
+    )
+
+    error = assert_refused(
+        client.simulate_post(path, body=body, headers=headers), 400, "upload", "bytes of UTF-8"
+    )
+
+    assert len(error) < 300
+
+
+def test_an_upload_named_for_a_stage_is_accepted(client: falcon.testing.TestClient) -> None:
+    chain = {"stages": [{"name": "redo", "type": "blend-img2img", "params": {"strength": 0.5}}]}
+    form = {"chain": json.dumps(chain), "source:redo": ("s.png", png(), "image/png")}
+
+    result = post_multipart(client, "/api/chain", form)
+
+    assert result.status_code == 200, result.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type"),
+    [
+        ("/api/txt2img", b'{"prompt": "a cat in a hat", "steps": 3}', "application/json"),
+        (
+            "/api/job",
+            b'{"stages": [{"name": "a", "type": "source-noise", "params": {}}]}',
+            "application/json",
+        ),
+        ("/api/txt2img", b"prompt=a+cat&steps=3", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_a_body_shorter_than_its_content_length_is_a_400(
+    client: falcon.testing.TestClient, path: str, body: bytes, content_type: str
+) -> None:
+    """What a client that half-closes its socket halfway through its body sends."""
+    headers = {"Content-Type": content_type, "Content-Length": str(len(body) + 59)}
+
+    assert_refused(client.simulate_post(path, body=body, headers=headers), 400, "body", "incomplete")
+
+
+def test_a_multipart_body_shorter_than_its_content_length_is_a_400(client: falcon.testing.TestClient) -> None:
+    body, headers = multipart({"json": json.dumps({"steps": 3}), "source": ("s.png", png(), "image/png")})
+    cut = body[: len(body) // 2]
+
+    result = client.simulate_post(
+        "/api/txt2img", body=cut, headers={**headers, "Content-Length": str(len(body))}
+    )
+
+    assert result.status_code == 400, result.text
+
+
+@pytest.mark.parametrize("where", ["query", "form"])
+def test_a_percent_escape_that_is_not_utf8_is_a_400_naming_the_parameter(
+    client: falcon.testing.TestClient, where: str
+) -> None:
+    text = "prompt=%ff%fe&steps=1"
+    if where == "query":
+        result = client.simulate_post("/api/txt2img", query_string=text)
+    else:
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        result = client.simulate_post("/api/txt2img", body=text.encode(), headers=form)
+
+    assert_refused(result, 400, "prompt", "UTF-8")
+
+
+def test_a_replacement_character_sent_as_utf8_is_kept(
+    client: falcon.testing.TestClient, job_store: JobStore
+) -> None:
+    result = client.simulate_post("/api/txt2img", query_string="prompt=a%EF%BF%BDb&steps=1")
+
+    assert job_params(job_store, result)["prompt"] == "a\ufffdb"
+
+
+@pytest.mark.parametrize(
+    ("stages", "where", "rule"),
+    [
+        ([{"name": "redo", "type": "blend-img2img", "params": {"steps": 1}}], "stages[0]", "'source:redo'"),
+        (
+            [{"name": "grow", "type": "upscale-simple", "params": {}}],
+            "stages[0]",
+            "no earlier stage makes one",
+        ),
+        (
+            [
+                {"name": "words", "type": "text-prompt", "params": {"prompt_filter": "AUTOMATIC/demo-gpt2"}},
+                {"name": "save", "type": "persist-disk", "params": {}},
+            ],
+            "stages[1]",
+            "persist-disk has no image",
+        ),
+    ],
+)
+def test_a_chain_that_reaches_a_stage_without_an_image_is_a_400(
+    client: falcon.testing.TestClient, stages: list[dict[str, Any]], where: str, rule: str
+) -> None:
+    """Such a chain used to fail in the worker ("this stage needs an input image") or end
+    successful with no output at all."""
+    assert_refused(client.simulate_post("/api/chain", json={"stages": stages}), 400, where, rule)
+
+
+def test_an_upload_longer_than_8192_pixels_a_side_is_a_400(client: falcon.testing.TestClient) -> None:
+    """50000x8 is within the pixel cap but no request may ask for such a width."""
+    form = {
+        "json": json.dumps({"params": {"prompt": "cat"}}),
+        "source": ("s.png", png((50000, 8)), "image/png"),
+    }
+
+    assert_refused(post_multipart(client, "/api/img2img", form), 400, "source", "8192 pixels a side")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from service.extras_document import (
+    MAX_DEPTH,
     MAX_DOCUMENT_BYTES,
     MAX_STRINGS_DEPTH,
     ExtrasInvalid,
@@ -77,6 +78,52 @@ def test_yaml_is_read_but_its_aliases_are_not() -> None:
 def test_text_that_is_no_document_is_refused(text: str | bytes, rule: str) -> None:
     with pytest.raises(ExtrasInvalid, match=rule):
         parse_document(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "rule"),
+    [
+        ('{"a": ' * 5000 + "1" + "}" * 5000, "", f"nested deeper than {MAX_DEPTH}"),
+        ("[" * 2500 + "]" * 2500, "", f"nested deeper than {MAX_DEPTH}"),
+        ("- " * 2500 + "x", "", f"nested deeper than {MAX_DEPTH}"),
+        ('{"k": ' * 20 + "{}" + "}" * 20, ".".join(["k"] * MAX_DEPTH), f"nested deeper than {MAX_DEPTH}"),
+        ("a: " + "7" * 5000, "", "cannot be read"),
+        ("a: 2024-13-45", "", "cannot be read"),
+        ("a: !!bool x", "", "cannot be read"),
+        ("a: !!timestamp 1", "", "cannot be read"),
+        ("a: !!int '-'", "", "cannot be read"),
+        ("a: 0x" + "f" * 5000, "a", "at most 64 bits"),
+        ('{"a": [' + "9" * 4000 + "]}", "a[0]", "at most 64 bits"),
+        ("a: 2024-01-02", "a", "JSON value"),
+        ("a: !!binary aGk=", "a", "JSON value"),
+        ("a: !!omap [b: 1]", "a[0]", "JSON value"),
+        ("1: x", "", "keys must be strings"),
+        ('{"a": [1, NaN]}', "a[1]", "finite number"),
+        ('{"a": {"b": Infinity}}', "a.b", "finite number"),
+        ('{"a": 1e999}', "a", "finite number"),
+        ("a: .nan", "a", "finite number"),
+        ('{"diffusion": [{"name": "x\\u0000y"}]}', "diffusion[0].name", "NUL"),
+        ('{"a": "\\ud800"}', "a", "unpaired surrogate"),
+        ('a: "\\ud800"', "a", "unpaired surrogate"),
+        ('{"\\u0000": 1}', "", "NUL"),
+    ],
+)
+def test_a_document_the_database_cannot_store_is_refused_naming_where(
+    text: str, field: str, rule: str
+) -> None:
+    with pytest.raises(ExtrasInvalid) as raised:
+        parse_document(text)
+
+    (problem,) = raised.value.problems
+    assert problem.field == field and rule in problem.rule, problem
+    assert "0x" not in problem.rule and "sys." not in problem.rule
+
+
+def test_every_value_problem_is_reported_in_document_order() -> None:
+    with pytest.raises(ExtrasInvalid) as raised:
+        parse_document('{"a": NaN, "b": [1, "\\u0000"], "c": {"d": -Infinity}}')
+
+    assert [problem.field for problem in raised.value.problems] == ["a", "b[1]", "c.d"]
 
 
 def test_every_shape_problem_is_reported_with_its_field() -> None:
