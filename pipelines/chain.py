@@ -38,14 +38,40 @@ class ChainResult:
     progress: Progress = field(default_factory=Progress)
 
 
+class ModelInvalid(ValueError):
+    """ONNX Runtime cannot load a model file (damaged, truncated, not ONNX): a retry reads the same bytes."""
+
+    code = "model_invalid"
+
+
+def unloadable_model(err: Exception) -> bool:
+    """Whether ``err`` is ONNX Runtime refusing to load a model file, rather than failing to run one."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort
+
+    if isinstance(err, ort.InvalidProtobuf | ort.InvalidGraph):
+        return True
+    # These are raised for other causes too (a bad input, a failed kernel); loads say "load model".
+    loading = ort.NoSuchFile | ort.NoModel | ort.InvalidArgument | ort.Fail
+    return isinstance(err, loading) and "load model" in str(err).lower()
+
+
 class _Tracker:
-    """Holds the counters and pushes a snapshot to ``report`` whenever one changes."""
+    """Holds the counters and pushes a snapshot to ``report`` whenever one changes.
+
+    No counter ever goes back, and a finished chain reports every counter complete. ``tiles``
+    counts over the whole chain: a stage reports each of its tiled runs (one per image it tiles)
+    as ``(tiles done, tiles in the run)`` from 1, and each run adds its tiles to those of the runs
+    before it.
+    """
 
     def __init__(self, stages: list[Mapping[str, Any]], report: Callable[[Progress], None]) -> None:
         self.report = report
         self.steps = Counter(0, estimate_steps(stages))
         self.stages = Counter(0, len(stages))
         self.tiles = Counter(0, 0)
+        #: The tiles of the runs that ended, and the run in progress (``Counter(0, 0)`` when none).
+        self._ended_tiles = Counter(0, 0)
+        self._run = Counter(0, 0)
 
     def snapshot(self) -> Progress:
         return Progress(self.steps, self.stages, self.tiles)
@@ -66,18 +92,29 @@ class _Tracker:
         self.push()
 
     def tile(self, done: int, total: int) -> None:
-        self.tiles = Counter(done, total)
+        # A count no higher than the run's last one is the next run (the stage's next image).
+        if done <= self._run.current:
+            self._end_run()
+        self._run = Counter(done, total)
+        self.tiles = Counter(self._ended_tiles.current + done, self._ended_tiles.total + total)
         self.push()
 
     def start_stage(self, index: int) -> None:
+        self._end_run()
         self.stages = Counter(index, self.stages.total)
-        self.tiles = Counter(0, self.tiles.total)
         self.push()
 
     def finish(self) -> None:
         self.steps = Counter(self.steps.total, self.steps.total)
         self.stages = Counter(self.stages.total, self.stages.total)
+        self.tiles = Counter(self.tiles.total, self.tiles.total)
         self.push()
+
+    def _end_run(self) -> None:
+        self._ended_tiles = Counter(
+            self._ended_tiles.current + self._run.current, self._ended_tiles.total + self._run.total
+        )
+        self._run = Counter(0, 0)
 
 
 def run_chain(
@@ -130,10 +167,15 @@ def run_chain(
         params = {**loaded, **carried, "stage_name": stage["name"]}
         started = time.monotonic()
         runner = stage_type.run
-        if stage_type.tileable and _needs_tiles(stage, images):
-            images = _run_tiled(runner, ctx, stage, params, images, tracker)
-        else:
-            images = runner(ctx, params, images)
+        try:
+            if stage_type.tileable and _needs_tiles(stage, images):
+                images = _run_tiled(runner, ctx, stage, params, images, tracker)
+            else:
+                images = runner(ctx, params, images)
+        except Exception as err:
+            if not unloadable_model(err):
+                raise
+            raise ModelInvalid(f"stage {stage['name']!r} cannot load its model: {err}") from err
         timings[stage["name"]] = int((time.monotonic() - started) * 1000)
         log.debug("stage done", extra={"stage": stage["name"], "type": stage["type"], "images": len(images)})
     tracker.finish()

@@ -1,10 +1,13 @@
 """One claimed job while a worker holds it: its lease, progress, cancel checks and conclusion.
 
-``JobRunner.hold`` starts a ``JobRun`` with a lease thread that renews the claim and watches for
-cancellation. ``JobRun.conclude`` stores the outputs the job produced and commits them, fenced by
-the job's attempt: a worker that lost its lease (a zombie) has its commit refused and deletes what
-it wrote. Any other ending (cancelled, released, failed) is recorded the same way whether the job
-ran alone (``service.worker``) or in a batch (``service.batching``); so is the one summary line.
+``JobRunner.hold`` starts a ``JobRun`` with a lease thread that renews the claim; the lease thread
+and the progress writes both watch for cancellation. ``JobRun.conclude`` stores the outputs the job
+produced and commits them, fenced by the job's attempt: a worker that lost its lease (a zombie) has
+its commit refused and deletes what it wrote, and a job whose cancel was requested before the
+commit ends ``cancelled`` instead. An attempt's objects are deleted only once the database has
+answered that no row records them: a commit whose reply was lost may have gone through. Any other
+ending (cancelled, released, failed) is recorded the same way whether the job ran alone
+(``service.worker``) or in a batch (``service.batching``); so is the one summary line.
 
 ``OutputStage`` lets a worker store and commit one job (``JobRun.deliver``) in the background
 while its next job generates; the job stays held, with its lease renewed, until its commit.
@@ -32,6 +35,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from pipelines.chain import ModelInvalid, unloadable_model
 from pipelines.context import Counter, Output, Progress, StageCancelled, StageImage, StageText
 from pipelines.imageops.metadata import CONTENT_TYPES, encode_image, thumbnail
 from pipelines.stages.edit_safety import SafetyBlocked
@@ -41,7 +45,7 @@ from service.conversion import ConversionFailed
 from service.errors import InvalidParams, PayloadTooLarge, StorageError
 from service.faults import fault_point
 from service.fetch import SourceURLError
-from service.jobs.store import ClaimedJob, CounterPair, JobState, JobStore
+from service.jobs.store import ClaimedJob, CounterPair, Heartbeat, JobState, JobStore
 from service.modelstore import MODEL_STORE_ERRORS
 from service.output_names import SourceS3Refused, image_name, sidecar_name, thumbnail_name
 from service.storage import ObjectStore, output_key, output_prefix
@@ -59,7 +63,9 @@ OOM_MARKERS = (
 )
 #: Errors that a retry cannot fix: bad parameters, refused sources, undecodable images, missing files.
 #: Failures whose ``code`` is the job's reason.
-CODED_ERRORS = SourceURLError | SourceS3Refused | SafetyBlocked | MODEL_STORE_ERRORS | ConversionFailed
+CODED_ERRORS = (
+    SourceURLError | SourceS3Refused | SafetyBlocked | MODEL_STORE_ERRORS | ConversionFailed | ModelInvalid
+)
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     TypeError,
@@ -186,10 +192,10 @@ class JobRun:
         self.flush()
 
     def flush(self) -> None:
-        """Write the newest counters now (a lost lease shows up as a refused write)."""
+        """Write the newest counters now; the answer carries a lost lease or a cancel request."""
         progress = self.latest
         try:
-            owned = self.runner.jobs.progress(
+            answer = self.runner.jobs.progress(
                 self.job.id,
                 self.config.worker_id,
                 self.job.attempt,
@@ -200,8 +206,7 @@ class JobRun:
         except OperationalError as err:
             log.warning("progress write failed", extra={**self.keys(), "error": str(err)})
             return
-        if not owned:
-            self.lost.set()
+        self._note(answer)
 
     def keep_lease(self) -> None:
         """Renew the lease every ``heartbeat_s`` until the job is done; note cancels and loss."""
@@ -212,10 +217,14 @@ class JobRun:
             except OperationalError as err:
                 log.warning("heartbeat failed", extra={**self.keys(), "error": str(err)})
                 continue
-            if not beat.owned:
-                self.lost.set()
-            if beat.cancel_requested:
-                self.cancelled.set()
+            self._note(beat)
+
+    def _note(self, beat: Heartbeat) -> None:
+        """Flag what a heartbeat or a progress write answered, for the job's next ``check``."""
+        if not beat.owned:
+            self.lost.set()
+        if beat.cancel_requested:
+            self.cancelled.set()
 
     def keys(self) -> dict[str, Any]:
         return {"job": self.job.name, "attempt": self.job.attempt, "worker": self.config.worker_id}
@@ -248,18 +257,21 @@ class JobRun:
             timings["upload"] = elapsed_ms(upload_started)
             self.check()
             fault_point("after_put_before_commit")
-            # Stored outputs are worth waiting for: the commit is retried for as long as the lease
-            # could still hold (a later one would be fenced anyway), not given up after seconds.
-            commit = Retrying(
-                retry=retry_if_exception_type(OperationalError),
-                stop=stop_after_delay(self.config.lease_s),
-                wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
-                reraise=True,
-            )
-            outcome = commit(self._commit, stored)
-            fault_point("after_commit")
         except Exception as err:  # every failure ends the attempt, never the worker
             return self.end(err)
+        # Stored outputs are worth waiting for: the commit is retried for as long as the lease
+        # could still hold (a later one would be fenced anyway), not given up after seconds.
+        commit = Retrying(
+            retry=retry_if_exception_type(OperationalError),
+            stop=stop_after_delay(self.config.lease_s),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+            reraise=True,
+        )
+        try:
+            outcome = commit(self._commit, stored)
+        except Exception as err:  # the commit may have gone through, its reply lost: ``_fail`` checks
+            return self._fail(err, stored)
+        fault_point("after_commit")
         return outcome
 
     def end(self, err: Exception) -> str:
@@ -344,7 +356,7 @@ class JobRun:
 
     def _commit(self, stored: StoredOutputs) -> str:
         job, progress = self.job, self.latest
-        committed = self.runner.jobs.finish_success(
+        state = self.runner.jobs.finish_success(
             job.id,
             self.config.worker_id,
             job.attempt,
@@ -356,10 +368,16 @@ class JobRun:
             stages=_pair(progress.stages),
             tiles=_pair(progress.tiles),
         )
-        if committed or self._already_committed(stored):
+        if state is None and self._already_committed(stored):
+            state = JobState.SUCCESS
+        if state == JobState.SUCCESS:
             return "success"
-        log.warning("commit refused: this attempt lost its lease", extra={**self.keys(), "action": "fenced"})
+        # The row records none of this attempt's objects, and never will.
         self.runner.discard(job)
+        if state == JobState.CANCELLED:
+            log.info("cancelled before its commit", extra={**self.keys(), "action": "cancel"})
+            return "cancelled"
+        log.warning("commit refused: this attempt lost its lease", extra={**self.keys(), "action": "fenced"})
         return "fenced"
 
     def _already_committed(self, stored: StoredOutputs) -> bool:
@@ -382,7 +400,14 @@ class JobRun:
         self.runner.discard(self.job)
         return self.runner.jobs.finish_cancelled(self.job.id, self.config.worker_id, self.job.attempt)
 
-    def _fail(self, err: Exception) -> str:
+    def _fail(self, err: Exception, stored: StoredOutputs | None = None) -> str:
+        """Record the failed attempt (back to the queue if another may succeed), then delete its objects.
+
+        ``stored`` is what the attempt was committing when ``err`` came: that commit may have gone
+        through with its reply lost. The objects are deleted only once the database has answered
+        that no row records them; while it cannot be reached they stay, and the orphan collector
+        (``service.gc``) deletes them later if no succeeded row records them.
+        """
         text = str(err)
         oom = isinstance(err, MemoryError) or any(marker in text.lower() for marker in OOM_MARKERS)
         transient = isinstance(err, StorageError | OperationalError)
@@ -390,17 +415,21 @@ class JobRun:
         retryable = not oom and (transient or not isinstance(err, PERMANENT_ERRORS))
         if isinstance(err, ConversionFailed):
             retryable = err.retryable
-        reason = (
-            "oom"
-            if oom
-            else (
-                "storage"
-                if isinstance(err, StorageError)
-                else err.code
-                if isinstance(err, CODED_ERRORS)
-                else "error"
-            )
-        )
+        # A model loaded outside a chain (the batched txt2img path) is not wrapped in ModelInvalid;
+        # the same bytes fail again on any worker.
+        unloadable = not isinstance(err, ModelInvalid) and unloadable_model(err)
+        if unloadable:
+            retryable = False
+        if oom:
+            reason = "oom"
+        elif isinstance(err, StorageError):
+            reason = "storage"
+        elif unloadable:
+            reason = ModelInvalid.code
+        elif isinstance(err, CODED_ERRORS):
+            reason = err.code
+        else:
+            reason = "error"
         self.failure_reason = reason
         self.runner.attempt_failed.set()
         log.error(
@@ -408,7 +437,6 @@ class JobRun:
             exc_info=err,
             extra={**self.keys(), "action": "fail", "reason": reason, "retryable": retryable},
         )
-        self.runner.discard(self.job)
         try:
             state = DB_RETRY(self.runner.jobs.finish_failed)(
                 self.job.id,
@@ -418,10 +446,21 @@ class JobRun:
                 message=f"{type(err).__name__}: {text}"[:2000],
                 retryable=retryable,
             )
+            # Refused: a newer attempt holds the job, or this attempt's own commit went through.
+            committed = state is None and stored is not None and DB_RETRY(self._already_committed)(stored)
         except OperationalError:
-            # The database stayed unreachable: the lease will expire and rescue will retry the job.
-            log.error("could not record the failure", extra={**self.keys(), "action": "fail"})
+            # The database stayed unreachable: the lease will expire and rescue will retry the job,
+            # unless the commit went through. Only the orphan collector can tell these apart later.
+            log.error(
+                "could not record the failure; the attempt's objects are left to the orphan collector",
+                extra={**self.keys(), "action": "fail"},
+            )
             return "error"
+        if committed:
+            log.warning("the commit went through, its reply lost", extra={**self.keys(), "action": "fail"})
+            self.failure_reason = None
+            return "success"
+        self.runner.discard(self.job)
         if state is None:
             return "fenced"
         return "retry" if state == JobState.PENDING else "failed"

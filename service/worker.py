@@ -2,9 +2,10 @@
 
 One worker process serves one device. Its main thread claims a job (one SQL statement, no lock
 held afterwards), loads its inputs and runs its chain; a maintenance thread rescues jobs whose
-worker vanished. While a job runs, ``service.jobrun`` holds it: a lease thread renews the claim
-and watches for cancellation, and success is committed only after every output object is
-written, and only if this worker still holds the job's current attempt.
+worker vanished. While a job runs, ``service.jobrun`` holds it: a lease thread renews the claim,
+the lease thread and the progress writes watch for cancellation, and success is committed only
+after every output object is written, only if this worker still holds the job's current attempt,
+and only if no cancel was requested meanwhile.
 
 With ``batch_max`` above 1 the worker claims up to that many compatible plain txt2img jobs at
 once and runs them as one UNet batch (``service.batching``); each is still leased, fenced and

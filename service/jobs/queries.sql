@@ -21,6 +21,15 @@ WHERE (owner = :owner AND idempotency_key = :idempotency_key) OR name = :name
 ORDER BY same_key DESC
 LIMIT 1;
 
+-- name: select_keyed_job
+-- The job an owner's earlier submission with this idempotency key made, if any.
+SELECT name, request_hash FROM jobs WHERE owner = :owner AND idempotency_key = :idempotency_key;
+
+-- name: lock_owner_submissions
+-- Serialise one owner's submissions for the rest of the transaction (its running-jobs limit is
+-- counted and the job inserted under it); other owners are not held up.
+SELECT pg_advisory_xact_lock(hashtextextended(:owner, 0));
+
 -- name: select_jobs
 -- Jobs by name with their queue position (0-based, claim order) and the queue length, in one round trip.
 -- Ranking reads every pending row, so it runs only when a requested job is pending: GUIs mostly poll
@@ -224,7 +233,8 @@ UPDATE jobs SET
     heartbeat_at = now(),
     updated_at = now()
 WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
-RETURNING name;
+-- Written several times a second, it passes a cancel request on long before the next heartbeat.
+RETURNING name, cancel_requested;
 
 -- name: record_preview
 -- Note (or clear, with NULL) the running attempt's live preview image (fenced by worker and attempt).
@@ -233,14 +243,17 @@ WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt 
 RETURNING name;
 
 -- name: finish_success
--- Record the outputs of the attempt that still holds the job; a stale attempt changes nothing.
--- running -> success (also when a cancel was requested: the work finished first).
+-- Record the outputs of the attempt that still holds the job, or end it cancelled; returns the state.
+-- A stale attempt changes nothing. running -> success; running -> cancelled when a cancel was
+-- requested before this commit: the user was told the job would stop, so its outputs are never
+-- recorded (the worker deletes them once this has committed).
 UPDATE jobs SET
-    state = 'success',
-    outputs = CAST(:outputs AS jsonb),
-    thumbnails = CAST(:thumbnails AS jsonb),
-    metadata = CAST(:metadata AS jsonb),
-    output_keys = CAST(:output_keys AS jsonb),
+    state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'success' END::job_state,
+    reason = CASE WHEN cancel_requested THEN 'cancelled' ELSE reason END,
+    outputs = CASE WHEN cancel_requested THEN NULL ELSE CAST(:outputs AS jsonb) END,
+    thumbnails = CASE WHEN cancel_requested THEN NULL ELSE CAST(:thumbnails AS jsonb) END,
+    metadata = CASE WHEN cancel_requested THEN NULL ELSE CAST(:metadata AS jsonb) END,
+    output_keys = CASE WHEN cancel_requested THEN NULL ELSE CAST(:output_keys AS jsonb) END,
     steps_current = :steps_current, steps_total = :steps_total,
     stages_current = :stages_current, stages_total = :stages_total,
     tiles_current = :tiles_current, tiles_total = :tiles_total,
@@ -248,7 +261,7 @@ UPDATE jobs SET
     finished_at = now(),
     updated_at = now()
 WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
-RETURNING name;
+RETURNING name, state, model;
 
 -- name: finish_failed
 -- End a failed attempt: back to the queue if retryable with attempts left, else failed; returns the state.
@@ -336,7 +349,7 @@ UPDATE jobs SET
     worker_id = CASE WHEN expired.next_state = 'pending' THEN NULL ELSE jobs.worker_id END,
     lease_expires_at = NULL,
     reason = CASE expired.next_state
-        WHEN 'failed' THEN 'rescue_exhausted' WHEN 'cancelled' THEN 'cancelled' END,
+        WHEN 'failed' THEN 'rescued' WHEN 'cancelled' THEN 'cancelled' END,
     finished_at = CASE WHEN expired.next_state = 'pending' THEN NULL ELSE now() END,
     rescue_count = jobs.rescue_count + 1,
     errors = jobs.errors || jsonb_build_array(jsonb_build_object(

@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 CounterPair = tuple[int, int]
 
 
+class OwnerBusy(Exception):
+    """The owner already has as many jobs pending or running as ``enqueue``'s ``max_active``."""
+
+    def __init__(self, active: int) -> None:
+        super().__init__(f"{active} jobs pending or running")
+        self.active = active
+
+
 @dataclass(frozen=True, kw_only=True)
 class NewJob:
     """A job to submit, fully resolved by the api (seeds chosen, defaults applied)."""
@@ -119,7 +127,7 @@ class ClaimedJob:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """The answer to a heartbeat."""
+    """The answer to a heartbeat or a progress write."""
 
     #: False: the lease was lost (the job was rescued); stop and discard the results.
     owned: bool
@@ -133,7 +141,7 @@ class Rescued:
 
     id: UUID
     name: str
-    #: ``pending`` (attempts left), ``failed`` (``rescue_exhausted``) or ``cancelled``.
+    #: ``pending`` (attempts left), ``failed`` (reason ``rescued``) or ``cancelled``.
     state: JobState
     attempt: int
     #: The worker that lost it.
@@ -170,13 +178,33 @@ class JobStore:
         self._lease_s = lease_s
         self._affinity_window_s = affinity_window_s
 
-    def enqueue(self, job: NewJob) -> JobView:
+    def keyed_job(self, owner: str, idempotency_key: str, request_hash: str) -> JobView | None:
+        """The job an earlier submission of ``owner`` with this key made (None: none did); raises
+        ``IdempotencyConflict`` when that submission had another body.
+
+        Asked before any work, so a retry is answered without being charged or storing its uploads
+        again; ``enqueue`` still settles concurrent first submissions.
+        """
+        params = {"owner": owner, "idempotency_key": idempotency_key}
+        with self._single.connect() as conn:
+            row = conn.execute(QUERIES["select_keyed_job"], params).first()
+            if row is None:
+                return None
+            if row.request_hash != request_hash:
+                raise IdempotencyConflict()
+            return self._views(conn, [row.name])[row.name]
+
+    def enqueue(self, job: NewJob, *, max_active: int | None = None) -> JobView:
         """Insert a pending job, or return the job an identical earlier submission created.
 
         The same ``(owner, idempotency_key)`` with the same ``request_hash`` answers the existing
         job, even a finished one; with another hash it raises ``IdempotencyConflict``. A taken name
         is treated the same way: onnx-web names hash the parameters, so the same name from the
         same owner and body is the same request. Safe under concurrent identical submissions.
+
+        With ``max_active``, the owner's pending and running jobs are counted and the job inserted
+        in one transaction holding a lock of that owner's: concurrent submissions cannot pass the
+        limit together. ``OwnerBusy`` (with the count) when the owner has that many already.
         """
         params = {
             "id": job.id,
@@ -199,18 +227,29 @@ class JobStore:
             "callback": job.callback,
         }
         with self._engine.begin() as conn:
-            if conn.execute(QUERIES["insert_job"], params).first() is not None:
-                view = self._views(conn, [job.name])[job.name]
-            else:
+            if max_active is not None:
+                conn.execute(QUERIES["lock_owner_submissions"], {"owner": job.owner})
+                # A retry of a submission that got in first is answered its job, not refused.
+                if conn.execute(QUERIES["select_conflicting_job"], params).first() is not None:
+                    return self._earlier(conn, job, params)
+                active = int(conn.execute(QUERIES["count_owner_active"], {"owner": job.owner}).scalar_one())
+                if active >= max_active:
+                    raise OwnerBusy(active)
+            if conn.execute(QUERIES["insert_job"], params).first() is None:
                 # ON CONFLICT waited for the other insert to commit, so this statement sees its row.
-                existing = conn.execute(QUERIES["select_conflicting_job"], params).one()
-                if existing.owner != job.owner or existing.request_hash != job.request_hash:
-                    if existing.same_key:
-                        raise IdempotencyConflict()
-                    raise IdempotencyConflict(f"job name {job.name} is taken by another request")
-                return self._views(conn, [existing.name])[existing.name]
+                return self._earlier(conn, job, params)
+            view = self._views(conn, [job.name])[job.name]
         self._notify(pending=[job.model])
         return view
+
+    def _earlier(self, conn: Connection, job: NewJob, params: Mapping[str, Any]) -> JobView:
+        """The job that took ``job``'s idempotency key or name, if it is the same request."""
+        existing = conn.execute(QUERIES["select_conflicting_job"], params).one()
+        if existing.owner != job.owner or existing.request_hash != job.request_hash:
+            if existing.same_key:
+                raise IdempotencyConflict()
+            raise IdempotencyConflict(f"job name {job.name} is taken by another request")
+        return self._views(conn, [existing.name])[existing.name]
 
     def get_many(self, names: Sequence[str], *, owner: str | None = None) -> dict[str, JobView]:
         """The jobs with these names (unknown names are absent), with queue positions, in one query.
@@ -351,15 +390,21 @@ class JobStore:
         steps: CounterPair,
         stages: CounterPair,
         tiles: CounterPair,
-    ) -> bool:
-        """Record progress (the worker throttles); False when the attempt no longer holds the job."""
+    ) -> Heartbeat:
+        """Record progress (the worker throttles); answered as a heartbeat is: whether the attempt
+        still holds the job, and whether a cancel was requested."""
         params = {
             "job_id": job_id,
             "worker_id": worker_id,
             "attempt": attempt,
             **_counters(steps, stages, tiles),
         }
-        return self._changed(QUERIES["record_progress"], params)
+        with self._single.connect() as conn:
+            row = conn.execute(QUERIES["record_progress"], params).first()
+        if row is None:
+            return Heartbeat(owned=False, cancel_requested=False)
+        self._notify(events=[row.name])
+        return Heartbeat(owned=True, cancel_requested=row.cancel_requested)
 
     def record_preview(self, job_id: UUID, worker_id: str, attempt: int, step: int | None) -> bool:
         """Note that the attempt stored a preview at ``step`` (None: no preview now); False when fenced."""
@@ -380,11 +425,13 @@ class JobStore:
         steps: CounterPair,
         stages: CounterPair,
         tiles: CounterPair,
-    ) -> bool:
-        """Make the outputs visible, if this attempt still holds the job.
+    ) -> JobState | None:
+        """Make the outputs visible, if this attempt still holds the job; returns the new state.
 
-        False means a newer attempt owns (or finished) the job: the caller deletes the objects it
-        uploaded, since the row will never point at them.
+        ``cancelled`` when a cancel was requested before this commit: the outputs are not recorded.
+        None means a newer attempt owns (or finished) the job, or this attempt's own commit went
+        through already (a retry after a lost reply). Unless it was that, the caller deletes the
+        objects it uploaded, since the row will never point at them.
         """
         params = {
             "job_id": job_id,
@@ -396,7 +443,7 @@ class JobStore:
             "output_keys": json.dumps(dict(output_keys)),
             **_counters(steps, stages, tiles),
         }
-        return self._changed(QUERIES["finish_success"], params)
+        return self._ended(QUERIES["finish_success"], params)
 
     def finish_failed(
         self, job_id: UUID, worker_id: str, attempt: int, *, reason: str, message: str, retryable: bool
@@ -414,12 +461,7 @@ class JobStore:
             "message": message,
             "retryable": retryable,
         }
-        with self._single.connect() as conn:
-            row = conn.execute(QUERIES["finish_failed"], params).first()
-        if row is None:
-            return None
-        self._notify_ended([row])
-        return JobState(row.state)
+        return self._ended(QUERIES["finish_failed"], params)
 
     def fail_held(self, worker_id: str, *, reason: str, message: str) -> list[str]:
         """End every attempt a dead worker still holds as failed with ``reason``, not retried.
@@ -520,12 +562,16 @@ class JobStore:
     def _fenced(self, query: TextClause, job_id: UUID, worker_id: str, attempt: int) -> bool:
         """Run a fenced state change that returns ``name, state, model``; False when fenced."""
         params = {"job_id": job_id, "worker_id": worker_id, "attempt": attempt}
+        return self._ended(query, params) is not None
+
+    def _ended(self, query: TextClause, params: Mapping[str, Any]) -> JobState | None:
+        """Run a fenced state change that returns ``name, state, model``; the new state, None when fenced."""
         with self._single.connect() as conn:
             row = conn.execute(query, params).first()
         if row is None:
-            return False
+            return None
         self._notify_ended([row])
-        return True
+        return JobState(row.state)
 
     def _changed(self, query: TextClause, params: Mapping[str, Any]) -> bool:
         """Run a fenced change that returns the job's ``name``; False when fenced."""

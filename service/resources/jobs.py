@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -25,6 +26,8 @@ FAILURE_MESSAGES = {
     "oom": "the job needed more memory than the worker has; try a smaller size, batch or tile",
     "storage": "the image store was unavailable while saving the results; submit the job again",
     "rescued": "the worker running the job stopped responding on every attempt",
+    # What rows failed that way were given before the reason was named as documented.
+    "rescue_exhausted": "the worker running the job stopped responding on every attempt",
     "error": "the job failed while running; the server's log has the details",
     "source_url_error": "a source image URL could not be read",
     "source_url_blocked": "a source image URL points at a private or local address",
@@ -35,6 +38,7 @@ FAILURE_MESSAGES = {
     "source_s3_refused": "a source-s3 stage names something that is not one of your outputs",
     "model_missing": "the model is neither in the models folder nor in the model store",
     "model_corrupt": "a file of the model failed its check when the worker pulled it from the model store",
+    "model_invalid": "a file of the model is damaged or not one ONNX Runtime can load; replace its files",
     "model_cache_full": "the worker's model cache has no room for the model",
     "source_missing": "the conversion's source does not exist",
     "bad_source": "the conversion's source is not one this server may read",
@@ -49,6 +53,10 @@ FAILURE_MESSAGES = {
 GENERIC_FAILURE = "error"
 #: Jobs per page of ``GET /api/jobs``: the default and the most.
 LIST_LIMIT, LIST_MAX = 20, 100
+#: ASCII digits only: ``str.isdigit`` also accepts ``²`` and other digits ``int`` cannot read.
+LIMIT_TEXT = re.compile(r"[0-9]{1,3}")
+#: The longest cursor read; ``_write_cursor``'s are about 110 characters.
+MAX_CURSOR_CHARS = 200
 
 
 def render_job(name: str, view: JobView | None) -> dict[str, Any]:
@@ -99,11 +107,18 @@ def _counter(pair: tuple[int, int]) -> dict[str, int]:
     return {"current": pair[0], "total": pair[1]}
 
 
+def query_param(req: falcon.Request, name: str) -> str | None:
+    """A query-string parameter; of a repeated name the first value counts, as for submissions
+    (``service.params.request_data``) and in onnx-web's Flask (Falcon's ``get_param`` takes the last)."""
+    value = req.params.get(name)
+    return value[0] if isinstance(value, list) else value
+
+
 def job_names(req: falcon.Request) -> list[str]:
     """The names of a ``jobs=a,b`` (plus legacy ``job=c``) query, sanitised, 1 to 10 of them."""
-    raw = req.get_param("jobs") or ""
+    raw = query_param(req, "jobs") or ""
     names = [sanitize_name(part.strip()) for part in raw.split(",") if part.strip()]
-    legacy = req.get_param("job")
+    legacy = query_param(req, "job")
     if legacy:
         names.append(sanitize_name(legacy))
     names = [name for name in names if name]
@@ -150,7 +165,7 @@ def _cancel(jobs: JobStore, name: str, owner: str | None) -> dict[str, Any]:
 
 
 def _output_name(req: falcon.Request) -> str:
-    name = sanitize_name(req.get_param("output") or "")
+    name = sanitize_name(query_param(req, "output") or "")
     if not name:
         raise InvalidParams("output", "output name is required")
     return name
@@ -212,7 +227,7 @@ class JobListResource:
             owner,
             state=_list_state(req),
             limit=_list_limit(req),
-            before=_read_cursor(req.get_param("cursor")),
+            before=_read_cursor(query_param(req, "cursor")),
         )
         resp.media = {
             "jobs": [render_job(view.name, view) for view in views],
@@ -221,7 +236,7 @@ class JobListResource:
 
 
 def _list_state(req: falcon.Request) -> JobState | None:
-    raw = req.get_param("status")
+    raw = query_param(req, "status")
     if not raw:
         return None
     try:
@@ -232,8 +247,8 @@ def _list_state(req: falcon.Request) -> JobState | None:
 
 
 def _list_limit(req: falcon.Request) -> int:
-    raw = req.get_param("limit") or str(LIST_LIMIT)
-    if not raw.isdigit() or not 1 <= int(raw) <= LIST_MAX:
+    raw = query_param(req, "limit") or str(LIST_LIMIT)
+    if not LIMIT_TEXT.fullmatch(raw) or not 1 <= int(raw) <= LIST_MAX:
         raise InvalidParams("limit", f"must be an integer from 1 to {LIST_MAX}")
     return int(raw)
 
@@ -247,11 +262,23 @@ def _read_cursor(raw: str | None) -> tuple[datetime, UUID] | None:
     """The page position a cursor of ``_write_cursor`` names; 400 for anything else."""
     if not raw:
         return None
+    position = _decode_cursor(raw) if len(raw) <= MAX_CURSOR_CHARS else None
+    if position is None:
+        raise InvalidParams("cursor", "is not a cursor this server gave")
+    return position
+
+
+def _decode_cursor(raw: str) -> tuple[datetime, UUID] | None:
+    """``_write_cursor``'s position back, or None for text of any other shape."""
     try:
-        when, job_id = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        return datetime.fromisoformat(when), UUID(job_id)
-    except (ValueError, TypeError) as err:
-        raise InvalidParams("cursor", "is not a cursor this server gave") from err
+        parts = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(part, str) for part in parts)):
+            return None
+        when, job_id = datetime.fromisoformat(parts[0]), UUID(parts[1])
+    except ValueError:  # bad base64 (binascii.Error), bad UTF-8 and bad JSON are ValueErrors too
+        return None
+    # The cursors this server writes carry the row's time zone; a naive time would compare as local.
+    return (when, job_id) if when.tzinfo is not None else None
 
 
 class JobPreviewResource:
@@ -266,7 +293,7 @@ class JobPreviewResource:
         self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        raw = req.get_param("job") or ""
+        raw = query_param(req, "job") or ""
         name = sanitize_name(raw.strip())
         if not name:
             raise InvalidParams("job", "the name of a running job")

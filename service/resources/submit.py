@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import secrets
 import time
@@ -35,13 +36,23 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.images import encode_png, load_upload, open_upload
-from service.inputs import MAX_DOCUMENT_BYTES, check_query, check_text, load_json, load_json_or_yaml
+from service.inputs import (
+    MAX_DOCUMENT_BYTES,
+    check_query,
+    check_query_string,
+    check_text,
+    load_json,
+    load_json_or_yaml,
+    shorten,
+)
 from service.jobs.keys import ApiKey, KeyStore
-from service.jobs.store import JobStore, JobView, NewJob
+from service.jobs.store import JobStore, JobView, NewJob, OwnerBusy
 from service.names import job_name
 from service.params import ParsedRequest, Route, parse_request, request_data
 from service.resources.jobs import render_job
-from service.storage import ObjectStore, input_key
+from service.storage import ObjectStore, check_input_name, input_key
+
+log = logging.getLogger(__name__)
 
 #: The image routes; ``/api/chain`` and ``/api/job`` share the chain language.
 SUBMIT_ROUTES = ("txt2img", "img2img", "inpaint", "upscale", "blend", "txt2txt", "chain")
@@ -90,12 +101,13 @@ def read_body(req: falcon.Request, *, chain_route: bool) -> RequestBody:
     Media types are compared without case (RFC 9110). A body of any other type is refused with 415
     rather than ignored, so a client never gets a default job in place of the one it described.
     """
+    check_query_string(req.query_string)
     query = dict(req.params)
     mimetype = (req.content_type or "").split(";", 1)[0].strip().lower()
     digest = hashlib.sha256(_canonical({"query": query}))
     if mimetype == falcon.MEDIA_JSON:
         # One byte past the document cap is enough to refuse an oversized body without reading it all.
-        document = load_json(req.bounded_stream.read(MAX_DOCUMENT_BYTES + 1), "body")
+        document = load_json(_read_declared(req, MAX_DOCUMENT_BYTES + 1), "body")
         digest.update(_canonical(document))
         if chain_route:
             return RequestBody({}, chain=document, digest=digest.digest())
@@ -112,8 +124,7 @@ def read_body(req: falcon.Request, *, chain_route: bool) -> RequestBody:
         document = load_json_or_yaml(texts["json"], "json") if "json" in texts else None
         return RequestBody(request_data(document, query, "json"), files, digest=digest.digest())
     if mimetype == falcon.MEDIA_URLENCODED:
-        form: dict[str, Any] = req.get_media()
-        check_query(form)
+        form = _read_form(req)
         merged = {**query, **form}
         digest.update(_canonical(form))
         if chain_route:
@@ -128,13 +139,58 @@ def read_body(req: falcon.Request, *, chain_route: bool) -> RequestBody:
     return RequestBody(request_data(None, query), digest=digest.digest())
 
 
+def _read_declared(req: falcon.Request, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body; 400 if fewer arrived than its Content-Length declares.
+
+    A client that half-closes its socket midway gives a short read, not an error: without this
+    check a job would be built from the part that came.
+    """
+    declared = req.content_length or 0
+    raw = req.bounded_stream.read(limit)
+    if len(raw) < min(declared, limit):
+        raise InvalidParams(
+            "body", f"is incomplete: {len(raw)} of its {declared} bytes (Content-Length) arrived"
+        )
+    return raw
+
+
+def _read_form(req: falcon.Request) -> dict[str, Any]:
+    """A form body, read as Falcon reads one, but whole and with only UTF-8 in its percent-escapes."""
+    raw = _read_declared(req, req.content_length or 0)
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as err:
+        raise InvalidParams(
+            "body",
+            f"a form must be ASCII, other characters percent-encoded (a bad byte at position {err.start})",
+        ) from err
+    check_query_string(text, "form")
+    form: dict[str, Any] = falcon.uri.parse_query_string(text, keep_blank=True)
+    check_query(form)
+    return form
+
+
 def _read_parts(req: falcon.Request) -> tuple[dict[str, bytes], dict[str, str]]:
-    """The uploaded files (kept as bytes, decoded only when a stage uses them) and the text fields."""
+    """The uploaded files (kept as bytes, decoded only when a stage uses them) and the text fields.
+
+    An upload's name must be one its object key can hold, checked here rather than when the job is
+    stored, whether or not a stage uses it.
+    """
     files: dict[str, bytes] = {}
     texts: dict[str, str] = {}
     for part in req.get_media():
-        name = check_text(part.name or "", "multipart part name")
-        if part.filename is not None or (part.content_type or "").startswith("image/"):
+        try:
+            name = check_text(part.name or "", "multipart part name")
+            is_file = part.filename is not None or part.content_type.startswith("image/")
+        except UnicodeDecodeError as err:
+            raise InvalidParams(
+                "multipart part headers", "Content-Disposition must be UTF-8 and Content-Type ASCII"
+            ) from err
+        if is_file:
+            try:
+                check_input_name(name)
+            except ValueError as err:
+                raise InvalidParams(f"upload {shorten(name)!r}", str(err)) from err
             files[name] = part.stream.read()
         elif name in ("json", "chain"):
             try:
@@ -223,9 +279,9 @@ class Submitter:
             paths = {entry["name"]: f"stages[{index}]" for index, entry in enumerate(body.chain["stages"])}
         chains.require_runnable(built.chain, self.registry, paths)
         text_jobs.resolve_stage_models(built.chain, self.registry, paths)
-        memory = self.admission.estimate(built, _largest_size(uploads.values()))
-        self.admission.admit(memory, _platform(built), paths)
         used = {name for name in built.inputs.values() if name in uploads}
+        memory = self.admission.estimate(built, _largest_size(uploads[name] for name in used))
+        self.admission.admit(memory, _platform(built), paths)
         return built, {name: load_upload(uploads[name], name) for name in sorted(used)}, memory
 
     def submit(
@@ -240,7 +296,15 @@ class Submitter:
         """Store the uploads and commit the job row; the answer is sent only after the commit.
 
         With a ``key`` (keys mode) the job is its owner's, and the key's quotas are checked first.
+        A retry with an ``Idempotency-Key`` already used is answered its job before any work: it is
+        not charged again and stores nothing.
         """
+        owner = ANONYMOUS if key is None else key.owner
+        request_hash = hashlib.sha256(route.encode() + body.digest).hexdigest() if idempotency_key else None
+        if idempotency_key and request_hash:
+            earlier = self.jobs.keyed_job(owner, idempotency_key, request_hash)
+            if earlier is not None:
+                return earlier
         built, images, memory = self.build(route, body)
         callback = self.callback(route, body)
         if key is not None:
@@ -254,29 +318,47 @@ class Submitter:
                 object_key = input_key(name, field_name.replace(":", "-"))
                 self.store.put_bytes(object_key, encode_png(images[image_name]), "image/png")
                 inputs[field_name] = object_key
-        return self.jobs.enqueue(
-            NewJob(
-                id=job_id,
-                name=name,
-                kind=built.kind,
-                chain=built.chain,
-                model=built.model or image.model,
-                platform=_platform(built),
-                max_attempts=self.config.max_attempts,
-                idempotency_key=idempotency_key,
-                request_hash=hashlib.sha256(route.encode() + body.digest).hexdigest()
-                if idempotency_key
-                else None,
-                inputs=inputs,
-                request_id=request_id,
-                steps_total=built.steps_total,
-                stages_total=built.stages_total,
-                tiles_total=0,
-                memory=memory.to_dict(),
-                owner=ANONYMOUS if key is None else key.owner,
-                callback=callback,
-            )
+        new_job = NewJob(
+            id=job_id,
+            name=name,
+            kind=built.kind,
+            chain=built.chain,
+            model=built.model or image.model,
+            platform=_platform(built),
+            max_attempts=self.config.max_attempts,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            inputs=inputs,
+            request_id=request_id,
+            steps_total=built.steps_total,
+            stages_total=built.stages_total,
+            tiles_total=0,
+            memory=memory.to_dict(),
+            owner=owner,
+            callback=callback,
         )
+        max_active = None if key is None else key.max_running
+        try:
+            view = self.jobs.enqueue(new_job, max_active=max_active)
+        except OwnerBusy as err:
+            self._discard(inputs)
+            assert key is not None
+            raise _running_limit(key, err.active) from err
+        except BaseException:
+            self._discard(inputs)
+            raise
+        if view.name != name:
+            self._discard(inputs)  # an identical submission got in first: its job has its own inputs
+        return view
+
+    def _discard(self, inputs: Mapping[str, str]) -> None:
+        """Delete the inputs stored for a job that was not created (best effort: they are small,
+        and each is named after a job no row has)."""
+        for object_key in inputs.values():
+            try:
+                self.store.delete(object_key)
+            except Exception:
+                log.warning("could not delete an input of a job not created", extra={"key": object_key})
 
     def callback(self, route: str, body: RequestBody) -> str | None:
         """The request's ``callback`` URL (top level of the parameters or of the chain), checked."""
@@ -293,13 +375,10 @@ class Submitter:
         if self.keys is None:
             raise ConfigError("quotas need the key store")
         if key.max_running is not None:
+            # Early, before the pixel-steps are charged; enqueue counts again under a lock.
             active = self.keys.active_jobs(key.owner)
             if active >= key.max_running:
-                raise TooManyRequests(
-                    f"API key {key.id} may have {key.max_running} jobs pending or running; "
-                    f"{key.owner} has {active}",
-                    retry_after_s=RUNNING_RETRY_S,
-                )
+                raise _running_limit(key, active)
         if key.pixel_steps_per_day is not None and not self.keys.use(
             key.id, "day", work, key.pixel_steps_per_day
         ):
@@ -308,6 +387,13 @@ class Submitter:
                 f"this job needs {work}",
                 retry_after_s=SECONDS_PER_DAY - int(time.time()) % SECONDS_PER_DAY,
             )
+
+
+def _running_limit(key: ApiKey, active: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"API key {key.id} may have {key.max_running} jobs pending or running; {key.owner} has {active}",
+        retry_after_s=RUNNING_RETRY_S,
+    )
 
 
 def _platform(built: chains.BuiltChain) -> str | None:

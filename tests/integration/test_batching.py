@@ -35,7 +35,7 @@ from pipelines.models.demo import (
 )
 from pipelines.models.sessions import SessionCache
 from service.jobs.states import JobState
-from service.jobs.store import ClaimedJob, CounterPair, JobStore, NewJob
+from service.jobs.store import ClaimedJob, CounterPair, Heartbeat, JobStore, NewJob
 from service.storage import MemoryObjectStore
 from tests.fixtures.postgres import TEST_AFFINITY_WINDOW_S, TEST_LEASE_S, job_row, shift_time
 from tests.integration.workers import cpu_sessions, make_job, run_worker_in_process
@@ -73,7 +73,7 @@ class HookedStore(JobStore):
         steps: CounterPair,
         stages: CounterPair,
         tiles: CounterPair,
-    ) -> bool:
+    ) -> Heartbeat:
         if self.hook is not None:
             self.hook(self, job_id, steps[0])
         self.writes.setdefault(job_id, []).append((attempt, steps[0]))

@@ -6,15 +6,20 @@ revoked keys; admin routes; the three quotas answered 429 with ``Retry-After``; 
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import falcon.testing
 import pytest
 import sqlalchemy
+import urllib3
+from PIL import Image
 
 from service.jobs.keys import ApiKey, KeyStore
 from service.jobs.store import JobStore
@@ -236,13 +241,37 @@ def test_each_owner_lists_its_own_jobs_newest_first_a_page_at_a_time(
     assert running == {"jobs": [], "next": None}
 
 
+def cursor_of(text: str) -> str:
+    """``text`` encoded as the api encodes its cursors (URL-safe base64, without padding)."""
+    return base64.urlsafe_b64encode(text.encode("utf-8", "surrogateescape")).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
         ({"status": "lost"}, "status"),
         ({"limit": "0"}, "limit"),
         ({"limit": "101"}, "limit"),
+        ({"limit": "\u00b2"}, "limit"),
+        ({"limit": "\u0661"}, "limit"),
+        ({"limit": "1" * 5000}, "limit"),
         ({"cursor": "x"}, "cursor"),
+        ({"cursor": "\u00e9" * 8}, "cursor"),
+        ({"cursor": "A" * 5000}, "cursor"),
+        *[
+            ({"cursor": cursor_of(document)}, "cursor")
+            for document in (
+                json.dumps(["2020-01-01", 1]),
+                json.dumps(["2020-01-01", {}]),
+                json.dumps(["2020-01-01", []]),
+                json.dumps([1, "00000000-0000-0000-0000-000000000000"]),
+                json.dumps(["2020-01-01T00:00:00", "00000000-0000-0000-0000-000000000000"]),
+                json.dumps({"2020-01-01T00:00:00+00:00": 1, "00000000-0000-0000-0000-000000000000": 2}),
+                json.dumps(["2020-01-01T00:00:00+00:00", "00000000-0000-0000-0000-000000000000", 3]),
+                "[" * 2500,
+                "\xff\xfe",
+            )
+        ],
     ],
 )
 def test_bad_listing_parameters_are_a_400(
@@ -277,3 +306,57 @@ def test_a_failed_job_says_why_in_words(
 
     assert record["reason"] == "oom" and "more memory" in record["error"]
     assert "Traceback" not in json.dumps(record)
+
+
+def test_concurrent_submissions_cannot_pass_the_running_jobs_limit(
+    client: falcon.testing.TestClient, keys: KeyStore, job_store: JobStore
+) -> None:
+    """The limit is counted and the job inserted under one lock of the owner's: twelve at once
+    used to get up to five jobs past a limit of two."""
+    _, alice = make_key(keys, "alice", max_running=2)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        codes = sorted(pool.map(lambda _: submit(client, alice).status_code, range(12)))
+
+    assert codes == [200, 200] + [429] * 10
+    assert job_store.queue_depth() == 2
+
+
+def test_a_retry_with_the_same_idempotency_key_is_answered_its_job_and_not_charged(
+    client: falcon.testing.TestClient, keys: KeyStore, object_store: ObjectStore
+) -> None:
+    _, alice = make_key(keys, "alice", max_running=2, pixel_steps_per_day=512 * 512 * 30)
+    first_key, second_key = {"Idempotency-Key": "first"}, {"Idempotency-Key": "second"}
+    form_body, form_type = multipart_image()
+
+    first = client.simulate_post(
+        "/api/img2img", body=form_body, headers={**alice, **first_key, "Content-Type": form_type}
+    )
+    second = submit(client, {**alice, **second_key}, width="256", height="256", steps="1")
+    retries = [
+        client.simulate_post(
+            "/api/img2img", body=form_body, headers={**alice, **first_key, "Content-Type": form_type}
+        )
+        for _ in range(3)
+    ]
+
+    assert first.status_code == 200 and second.status_code == 200, (first.text, second.text)
+    # At the running-jobs limit and past the day's budget if charged again, yet answered its job.
+    assert [retry.status_code for retry in retries] == [200, 200, 200], retries[0].text
+    assert {retry.json["name"] for retry in retries} == {first.json["name"]}
+    charged = keys.list()[0].pixel_steps_today
+    assert 0 < charged <= 512 * 512 * 30
+    # The retries stored no inputs of their own.
+    assert len(object_store.list_keys("inputs/")) == 1
+
+
+def multipart_image() -> tuple[bytes, str]:
+    buffer = io.BytesIO()
+    Image.new("RGB", (512, 512), (90, 140, 30)).save(buffer, format="PNG")
+    body, content_type = urllib3.encode_multipart_formdata(
+        {
+            "json": json.dumps({"params": {"prompt": "cat", "steps": 20, "strength": 1.0}}),
+            "source": ("s.png", buffer.getvalue(), "image/png"),
+        }
+    )
+    return body, content_type

@@ -21,7 +21,7 @@ from service.jobs import store as store_module
 from service.jobs.notify import EVENTS_CHANNEL, Notifier
 from service.jobs.queries import QUERIES, parse_queries
 from service.jobs.states import JobState
-from service.jobs.store import ClaimedJob, JobStore
+from service.jobs.store import ClaimedJob, Heartbeat, JobStore
 from tests.fixtures.postgres import TEST_AFFINITY_WINDOW_S, TEST_LEASE_S, job_row, new_job, shift_time
 
 pytestmark = pytest.mark.integration
@@ -36,8 +36,8 @@ def claim(store: JobStore, worker: str = "w1", **options: Any) -> ClaimedJob:
     return job
 
 
-def succeed(store: JobStore, job: ClaimedJob, worker: str = "w1", tag: str = "") -> bool:
-    """Commit one output named after the attempt (and ``tag``), as a worker would."""
+def succeed(store: JobStore, job: ClaimedJob, worker: str = "w1", tag: str = "") -> JobState | None:
+    """Commit one output named after the attempt (and ``tag``), as a worker would; the new state."""
     name = f"{job.name}_0.png"
     return store.finish_success(
         job.id,
@@ -274,8 +274,8 @@ def test_progress_is_recorded_for_the_live_attempt_only(job_store: JobStore) -> 
     job_store.enqueue(new_job())
     job = claim(job_store)
 
-    assert job_store.progress(job.id, "w1", job.attempt, (7, 25), (0, 2), (3, 4))
-    assert not job_store.progress(job.id, "w1", job.attempt + 1, (9, 25), (0, 2), (3, 4))
+    assert job_store.progress(job.id, "w1", job.attempt, (7, 25), (0, 2), (3, 4)).owned
+    assert not job_store.progress(job.id, "w1", job.attempt + 1, (9, 25), (0, 2), (3, 4)).owned
 
     view = job_store.get_many([job.name])[job.name]
     assert (view.steps, view.stages, view.tiles) == ((7, 25), (0, 2), (3, 4))
@@ -407,6 +407,42 @@ def test_cancelling_a_running_job_waits_for_its_worker(job_store: JobStore) -> N
     assert job_store.cancel(job.name) == JobState.CANCELLED  # terminal: unchanged
 
 
+def test_a_progress_write_passes_on_a_cancel_request(job_store: JobStore) -> None:
+    """The worker writes progress up to 4 times a second: it learns of a cancel there, not only
+    at its next heartbeat."""
+    job_store.enqueue(new_job())
+    job = claim(job_store)
+
+    assert job_store.progress(job.id, "w1", job.attempt, (1, 25), (0, 1), (0, 0)) == Heartbeat(
+        owned=True, cancel_requested=False
+    )
+    assert job_store.cancel(job.name) == JobState.RUNNING
+    assert job_store.progress(job.id, "w1", job.attempt, (2, 25), (0, 1), (0, 0)) == Heartbeat(
+        owned=True, cancel_requested=True
+    )
+    assert job_store.progress(job.id, "w1", job.attempt + 1, (3, 25), (0, 1), (0, 0)) == Heartbeat(
+        owned=False, cancel_requested=False
+    )
+
+
+def test_a_commit_after_a_cancel_request_ends_the_job_cancelled_with_nothing_recorded(
+    job_store: JobStore, engine: sqlalchemy.Engine
+) -> None:
+    """The user was told the job would stop: work that finished after the request is not served."""
+    job_store.enqueue(new_job())
+    job = claim(job_store)
+    assert job_store.cancel(job.name) == JobState.RUNNING
+
+    assert succeed(job_store, job) == JobState.CANCELLED
+    row = job_row(engine, job.name)
+    assert (row["state"], row["reason"], row["attempt"]) == ("cancelled", "cancelled", 1)
+    assert [row[column] for column in ("outputs", "thumbnails", "metadata", "output_keys")] == [None] * 4
+    assert row["finished_at"] is not None and row["lease_expires_at"] is None
+    assert job_store.recorded_output_key(job.name, f"{job.name}_0.png") is None
+    assert succeed(job_store, job) is None, "a cancelled job is terminal"
+    assert job_store.cancel(job.name) == JobState.CANCELLED
+
+
 def test_cancelling_a_finished_job_changes_nothing(job_store: JobStore, engine: sqlalchemy.Engine) -> None:
     job_store.enqueue(new_job())
     job = claim(job_store)
@@ -481,7 +517,7 @@ def test_rescue_table(job_store: JobStore, engine: sqlalchemy.Engine) -> None:
     at_max = job_row(engine, stale_at_max.name)
     assert (at_max["state"], at_max["reason"], at_max["finished_at"] is not None) == (
         "failed",
-        "rescue_exhausted",
+        "rescued",
         True,
     )
     assert job_row(engine, cancel_requested.name)["state"] == "cancelled"
@@ -526,7 +562,7 @@ def test_every_state_and_progress_change_notifies_the_job_name_after_it_commits(
         assert events.payloads(0.2) == []  # a new job has no listener yet: only idle workers hear it
         job = claim(job_store)
         assert heard(events) == [first.name]
-        assert job_store.progress(job.id, "w1", job.attempt, (1, 3), (0, 1), (0, 0))
+        assert job_store.progress(job.id, "w1", job.attempt, (1, 3), (0, 1), (0, 0)).owned
         assert heard(events) == [first.name]
         assert succeed(job_store, job)
         assert heard(events) == [first.name]
@@ -553,7 +589,7 @@ def test_every_state_and_progress_change_notifies_the_job_name_after_it_commits(
         assert [job.name for job in job_store.rescue_expired()] == [released.name]
         assert heard(events) == [released.name]
         # A fenced write changes nothing and says nothing.
-        assert not job_store.progress(rescued.id, "w1", rescued.attempt, (2, 3), (0, 1), (0, 0))
+        assert not job_store.progress(rescued.id, "w1", rescued.attempt, (2, 3), (0, 1), (0, 0)).owned
         assert events.payloads(0.2) == []
 
 

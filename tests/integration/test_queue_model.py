@@ -163,9 +163,13 @@ class Lifecycle(RuleBasedStateMachine):
         self.commit(self.zombies.pop(index % len(self.zombies)))
 
     def commit(self, handle: Handle) -> None:
-        expected = self.holds(handle)
+        job = self.jobs[handle.job.name]
+        expected = None
+        if self.holds(handle):
+            # A cancel requested before the commit wins: the outputs are never recorded.
+            expected = JobState.CANCELLED if job.cancel_requested else JobState.SUCCESS
         name = f"{handle.job.name}_0.png"
-        committed = self.store.finish_success(
+        state = self.store.finish_success(
             handle.job.id,
             handle.worker,
             handle.job.attempt,
@@ -177,9 +181,9 @@ class Lifecycle(RuleBasedStateMachine):
             stages=(1, 1),
             tiles=(0, 0),
         )
-        assert committed == expected
-        if committed:
-            self.move(self.jobs[handle.job.name], JobState.SUCCESS)
+        assert state == expected
+        if expected is not None:
+            self.move(job, expected)
 
     @precondition(lambda self: self.live)
     @rule(index=st.integers(0, 100), retryable=st.booleans())
@@ -291,6 +295,8 @@ class Lifecycle(RuleBasedStateMachine):
                 assert row.worker_id == job.worker
             if job.state == JobState.SUCCESS:
                 assert row.outputs is not None
+            if job.state == JobState.CANCELLED:
+                assert row.outputs is None
             if job.state.terminal:
                 assert self.finished.setdefault(row.name, job.state) == job.state, "a terminal state changed"
 

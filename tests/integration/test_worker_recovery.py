@@ -13,6 +13,7 @@ job of its own meanwhile (``WARM_UP``), so the figures measure recovery, not imp
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -21,19 +22,22 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import falcon.testing
 import pytest
 import sqlalchemy
+from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import CPU_PROVIDER, SessionCache, SessionSettings
 from service.app import create_app
 from service.config import Config
+from service.db import make_engine
 from service.jobs.notify import Notifier
 from service.jobs.states import JobState
-from service.jobs.store import JobStore, NewJob
+from service.jobs.store import CounterPair, Heartbeat, JobStore, NewJob
 from service.stack import S3Credentials
 from service.storage import S3ObjectStore, output_prefix, parse_endpoint
 from service.worker import Worker
@@ -48,6 +52,7 @@ from tests.integration.workers import (
     decoded_outputs,
     job_row,
     make_job,
+    run_worker_in_process,
     wait_until,
     worker_row_exists,
 )
@@ -477,6 +482,93 @@ def test_cancelling_a_running_job_ends_it_cancelled_with_nothing_recorded_or_sto
     assert bucket.keys(f"outputs/{job.name}/") == []
 
 
+class CancelsAtAWrite(JobStore):
+    """A ``JobStore`` that asks to cancel ``victim`` just before one of the worker's writes: the
+    progress write of step ``at_step``, or (``at_step`` None) the success commit. It keeps the step
+    of every progress write."""
+
+    def __init__(self, engine: sqlalchemy.Engine, victim: str, at_step: int | None) -> None:
+        super().__init__(engine, lease_s=UNAWARE.lease_s, affinity_window_s=0.0)
+        self.victim = victim
+        self.at_step = at_step
+        self.steps_written: list[int] = []
+
+    def progress(
+        self,
+        job_id: UUID,
+        worker_id: str,
+        attempt: int,
+        steps: CounterPair,
+        stages: CounterPair,
+        tiles: CounterPair,
+    ) -> Heartbeat:
+        if steps[0] == self.at_step:
+            assert self.cancel(self.victim) == JobState.RUNNING
+        self.steps_written.append(steps[0])
+        return super().progress(job_id, worker_id, attempt, steps, stages, tiles)
+
+    def finish_success(self, *args: Any, **kwargs: Any) -> JobState | None:
+        if self.at_step is None:
+            assert self.cancel(self.victim) == JobState.RUNNING
+        return super().finish_success(*args, **kwargs)
+
+
+def run_unaware_worker(database_url: str, jobs: JobStore, object_store: S3ObjectStore, models: Path) -> None:
+    """One job in process, progress written on every step, and no heartbeat due meanwhile: a
+    cancel request reaches the worker only through its progress writes and its commit."""
+    run_worker_in_process(
+        database_url,
+        jobs,
+        object_store,
+        models,
+        worker_id="in-process",
+        max_jobs=1,
+        lease_s=UNAWARE.lease_s,
+        heartbeat_s=UNAWARE.heartbeat_s,
+    )
+
+
+def test_a_cancel_stops_the_job_right_after_the_progress_write_that_carried_it(
+    database_url: str, engine: sqlalchemy.Engine, object_store: S3ObjectStore, bucket: Bucket, models: Path
+) -> None:
+    job = make_job(models, steps=20)
+    jobs = CancelsAtAWrite(engine, job.name, at_step=3)
+    jobs.enqueue(job)
+
+    run_unaware_worker(database_url, jobs, object_store, models)
+
+    row = job_row(engine, job.name)
+    assert (row["state"], row["reason"], row["output_keys"]) == (JobState.CANCELLED, "cancelled", None), row
+    assert max(jobs.steps_written) == 3, f"steps written after the cancel: {jobs.steps_written}"
+    assert bucket.keys(f"outputs/{job.name}/") == []
+
+
+def test_a_cancel_requested_after_the_last_step_ends_the_job_cancelled_not_success(
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    object_store: S3ObjectStore,
+    bucket: Bucket,
+    models: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The outputs are stored and the commit is on its way when the user cancels: the job ends as
+    the cancel's answer promised, and what it stored is deleted."""
+    job = make_job(models, steps=2)
+    jobs = CancelsAtAWrite(engine, job.name, at_step=None)
+    jobs.enqueue(job)
+
+    with caplog.at_level(logging.INFO, logger="service.jobrun"):
+        run_unaware_worker(database_url, jobs, object_store, models)
+
+    row = job_row(engine, job.name)
+    assert (row["state"], row["reason"], row["attempt"]) == (JobState.CANCELLED, "cancelled", 1), row
+    assert (row["outputs"], row["output_keys"]) == (None, None)
+    assert row["steps_current"] == row["steps_total"] == max(jobs.steps_written), "it stopped early"
+    assert bucket.keys(f"outputs/{job.name}/") == []
+    summaries = [record for record in caplog.records if getattr(record, "action", None) == "job_summary"]
+    assert [getattr(record, "outcome", None) for record in summaries] == ["cancelled"]
+
+
 # -- S2: storage faults --------------------------------------------------------------------------
 
 
@@ -607,7 +699,7 @@ class CommitReplyLost(JobStore):
 
     reply_lost = False
 
-    def finish_success(self, *args: Any, **kwargs: Any) -> bool:
+    def finish_success(self, *args: Any, **kwargs: Any) -> JobState | None:
         committed = super().finish_success(*args, **kwargs)
         if not self.reply_lost:
             self.reply_lost = True
@@ -648,3 +740,78 @@ def test_a_commit_retried_after_its_reply_was_lost_keeps_the_recorded_outputs(
     assert jobs.reply_lost and row["state"] == JobState.SUCCESS and row["attempt"] == 1
     missing = [key for key in row["output_keys"].values() if key not in bucket.keys(f"outputs/{job.name}/")]
     assert missing == [], "the row records outputs that the worker deleted"
+
+
+class CommitReplyLostThenAway(JobStore):
+    """A ``JobStore`` whose ``finish_success`` commits, loses its reply, and then finds Postgres
+    refusing every connection (``refuse_while_away``) until the test is over."""
+
+    away = False
+
+    def finish_success(self, *args: Any, **kwargs: Any) -> JobState | None:
+        super().finish_success(*args, **kwargs)
+        self.away = True
+        raise OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+
+
+def refuse_while_away(engine: sqlalchemy.Engine, jobs: CommitReplyLostThenAway) -> None:
+    """Fail every statement on ``engine`` while ``jobs.away``, as a refused connection does."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def refuse(*_: Any) -> None:
+        if jobs.away:
+            raise OperationalError("connect", {}, ConnectionRefusedError("connection refused"))
+
+
+def test_a_commit_whose_reply_was_lost_keeps_its_outputs_while_the_database_stays_away(
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    object_store: S3ObjectStore,
+    bucket: Bucket,
+    models: Path,
+    tmp_path: Path,
+) -> None:
+    """The away time outlasts the commit's retries (the lease) and the failure's: the worker cannot
+    learn whether its commit landed, so it must not delete what the row may record (it did)."""
+    worker_engine = make_engine(database_url)
+    config = Config(
+        database_url=database_url,
+        models_path=models,
+        s3_bucket=object_store.bucket,
+        worker_id="in-process",
+        lease_s=FAST.lease_s,
+        heartbeat_s=FAST.heartbeat_s,
+        rescue_interval_s=FAST.rescue_interval_s,
+        poll_interval_s=FAST.poll_interval_s,
+    )
+    jobs = CommitReplyLostThenAway(
+        worker_engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s
+    )
+    refuse_while_away(worker_engine, jobs)
+    job = make_job(models, steps=2)
+    jobs.enqueue(job)
+    try:
+        with closing(Notifier(database_url)) as notifier:
+            Worker(
+                config,
+                jobs=jobs,
+                store=object_store,
+                notifier=notifier,
+                sessions=SessionCache(1, SessionSettings(providers=(CPU_PROVIDER,))),
+            ).run(max_jobs=1)
+    finally:
+        worker_engine.dispose()
+
+    row = job_row(engine, job.name)
+    assert jobs.away and (row["state"], row["attempt"]) == (JobState.SUCCESS, 1), row
+    assert_outputs_recorded_for(row, bucket, 1)
+    client = falcon.testing.TestClient(
+        create_app(
+            Config(models_path=models, bundle_path=tmp_path / "bundle", s3_bucket=object_store.bucket),
+            jobs=JobStore(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s),
+            store=object_store,
+            registry=ModelRegistry(models, ()),
+        )
+    )
+    served = client.simulate_get(f"/output/{row['outputs'][0]}")
+    assert served.status_code == 200, served.text

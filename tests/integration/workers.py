@@ -279,19 +279,18 @@ def run_worker_in_process(
 ) -> None:
     """Run one ``Worker`` loop in this process until it has taken ``max_jobs`` jobs.
 
-    It heartbeats and polls every 50 ms and writes progress on every step, so that a test spends
-    no time on the production intervals and sees every step; ``config`` is the rest of the test's
-    ``Config``. ``sessions`` (by default a fresh one-model cache) is the caller's when it must
-    outlive the worker or be wired to ``model_cache``'s evictions.
+    By default it heartbeats and polls every 50 ms and writes progress on every step, so that a
+    test spends no time on the production intervals and sees every step; ``config`` is the rest of
+    the test's ``Config`` (and may change those intervals). ``sessions`` (by default a fresh
+    one-model cache) is the caller's when it must outlive the worker or be wired to
+    ``model_cache``'s evictions.
     """
+    intervals: dict[str, Any] = {"heartbeat_s": 0.05, "progress_interval_s": 0.0, "poll_interval_s": 0.05}
     settings = Config(
         database_url=database_url,
         models_path=models,
         worker_id=worker_id,
-        heartbeat_s=0.05,
-        progress_interval_s=0.0,
-        poll_interval_s=0.05,
-        **config,
+        **{**intervals, **config},
     )
     with closing(Notifier(database_url)) as notifier:
         Worker(

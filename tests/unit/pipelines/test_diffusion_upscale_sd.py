@@ -4,6 +4,7 @@ same weights."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.context import StageContext, StageImage
+from pipelines.context import Progress, StageContext, StageImage
 from pipelines.diffusion.model import DiffusionModel, Generation, Run, load_model
 from pipelines.diffusion.schedulers import make_scheduler
 from pipelines.diffusion.upscale_sd import LOW_RES_SCHEDULER, noise_level, upscale_noise, upscale_sd
 from pipelines.models.demo import DEMO_UPSCALER
 from pipelines.models.registry import ModelRegistry
 from pipelines.models.sessions import SessionCache
-from pipelines.stages import upscale_stable_diffusion
+from pipelines.stages import STAGES, upscale_stable_diffusion
 from tests.unit.pipelines.images import gradient, pixels
 from tests.unit.pipelines.reference import assert_matches, demo_generation, run_diffusers
 from tests.unit.pipelines.resolved import RESOLVED, run_stage
@@ -223,6 +224,51 @@ def test_chain_executor_upscales_large_inputs_tile_by_tile(models_path: Path, se
     # one stage run of one step.
     assert tiles[-1] == (2, 2)
     assert result.progress.steps.current == 2
+
+
+def test_chain_progress_never_goes_back_and_ends_complete(models_path: Path, sessions: SessionCache) -> None:
+    """An upscale job as the api builds it (the upscale, then ``persist-disk``) on two uploads:
+    every counter only grows, through each image's tiles and into the next stage, and the last
+    report counts all the work done."""
+    from pipelines.chain import run_chain
+
+    params = stage_params(steps=1, batch=1)
+    upscale = {**params, **upscale_stable_diffusion.STAGE.resolve(params)}
+    save = STAGES["persist-disk"].resolve({})
+    chain = {
+        "stages": [
+            {
+                "name": "upscale",
+                "type": "upscale-stable-diffusion",
+                "params": upscale,
+                "tiles": 64,
+                "outscale": 4,
+            },
+            {"name": "save", "type": "persist-disk", "params": save, "tiles": 8192, "outscale": 1},
+        ],
+        "sources": ["first", "second"],
+    }
+    reports: list[Progress] = []
+    result = run_chain(
+        chain,
+        models_path=models_path,
+        sessions=sessions,
+        inputs={"first": gradient(96, 64), "second": gradient(96, 64)},
+        report=reports.append,
+    )
+    assert [output.image.size for output in result.outputs if isinstance(output, StageImage)] == [
+        (384, 256)
+    ] * 2
+    for name in ("steps", "stages", "tiles"):
+        counts = [(getattr(report, name).current, getattr(report, name).total) for report in reports]
+        for before, after in itertools.pairwise(counts):
+            assert after[0] >= before[0] and after[1] >= before[1], f"{name} went back: {before} -> {after}"
+    final = reports[-1]
+    assert final == result.progress
+    # Two tiles per image (two across, one down), each one run of one step.
+    assert (final.tiles.current, final.tiles.total) == (4, 4)
+    assert (final.stages.current, final.stages.total) == (2, 2)
+    assert final.steps.current == final.steps.total >= 4
 
 
 def test_the_upscaler_stays_on_the_sessions_of_a_gpu_worker(
