@@ -709,11 +709,9 @@ class CommitReplyLost(JobStore):
         return committed
 
 
-def test_a_commit_retried_after_its_reply_was_lost_keeps_the_recorded_outputs(
-    database_url: str, engine: sqlalchemy.Engine, object_store: S3ObjectStore, bucket: Bucket, models: Path
-) -> None:
-    # In process: the only way to lose exactly the reply of one commit without a Postgres proxy.
-    config = Config(
+def in_process_config(database_url: str, models: Path, object_store: S3ObjectStore) -> Config:
+    """A worker run in the test's process, with the fast timings of the subprocess workers."""
+    return Config(
         database_url=database_url,
         models_path=models,
         s3_bucket=object_store.bucket,
@@ -723,6 +721,13 @@ def test_a_commit_retried_after_its_reply_was_lost_keeps_the_recorded_outputs(
         rescue_interval_s=FAST.rescue_interval_s,
         poll_interval_s=FAST.poll_interval_s,
     )
+
+
+def test_a_commit_retried_after_its_reply_was_lost_keeps_the_recorded_outputs(
+    database_url: str, engine: sqlalchemy.Engine, object_store: S3ObjectStore, bucket: Bucket, models: Path
+) -> None:
+    # In process: the only way to lose exactly the reply of one commit without a Postgres proxy.
+    config = in_process_config(database_url, models, object_store)
     jobs = CommitReplyLost(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s)
     job = make_job(models, steps=2)
     jobs.enqueue(job)
@@ -774,16 +779,7 @@ def test_a_commit_whose_reply_was_lost_keeps_its_outputs_while_the_database_stay
     """The away time outlasts the commit's retries (the lease) and the failure's: the worker cannot
     learn whether its commit landed, so it must not delete what the row may record (it did)."""
     worker_engine = make_engine(database_url)
-    config = Config(
-        database_url=database_url,
-        models_path=models,
-        s3_bucket=object_store.bucket,
-        worker_id="in-process",
-        lease_s=FAST.lease_s,
-        heartbeat_s=FAST.heartbeat_s,
-        rescue_interval_s=FAST.rescue_interval_s,
-        poll_interval_s=FAST.poll_interval_s,
-    )
+    config = in_process_config(database_url, models, object_store)
     jobs = CommitReplyLostThenAway(
         worker_engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s
     )
