@@ -37,7 +37,7 @@ from service.errors import (
 )
 from service.events import EventHub
 from service.extras import ExtrasService
-from service.inputs import check_query
+from service.inputs import check_query, check_query_string
 from service.jobs.extras import ExtrasRecords
 from service.jobs.keys import KeyStore
 from service.jobs.models import ModelRecords
@@ -122,6 +122,7 @@ class RequestContext:
             )
         if getattr(req, "body_timed_out", False):
             raise RequestTimeout()
+        check_query_string(req.query_string)
         check_query(req.params)
 
     def process_response(

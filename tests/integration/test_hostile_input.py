@@ -114,6 +114,15 @@ def test_nul_in_a_query_string_is_a_400_on_any_route(client: falcon.testing.Test
     assert_refused(client.simulate_put("/api/job/cancel", query_string="jobs=a%00"), 400, "jobs")
 
 
+def test_a_query_escape_that_is_not_utf8_is_a_400_on_any_route(client: falcon.testing.TestClient) -> None:
+    rule = "must be UTF-8"
+    assert_refused(client.simulate_get("/api/job/status", query_string="jobs=a%ff"), 400, "jobs", rule)
+    assert_refused(client.simulate_put("/api/job/cancel", query_string="jobs=%c3"), 400, "jobs", rule)
+    assert_refused(
+        client.simulate_get("/api/settings/models", query_string="x%fe=1"), 400, "parameter name", rule
+    )
+
+
 def test_nul_in_a_multipart_json_field_and_in_a_chain_is_a_400(client: falcon.testing.TestClient) -> None:
     form = {
         "json": json.dumps({"params": {"negativePrompt": "bad\x00"}}),
