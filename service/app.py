@@ -24,6 +24,7 @@ from service import metrics
 from service.admission import Admission
 from service.auth import KeyAuth
 from service.config import PRESIGN_EXPIRY_S, Config
+from service.db import DATABASE_OUTAGES
 from service.errors import (
     HTTP_STATUS,
     ConfigError,
@@ -227,9 +228,8 @@ def create_app(
     for timeout in CLIENT_TIMEOUTS:
         app.add_error_handler(timeout, _client_too_slow)
     # Connection-level failures only; any other database error is a bug and stays a logged 500.
-    app.add_error_handler(sqlalchemy.exc.OperationalError, _database_error)
-    app.add_error_handler(sqlalchemy.exc.InterfaceError, _database_error)
-    app.add_error_handler(sqlalchemy.exc.TimeoutError, _database_error)
+    for outage in DATABASE_OUTAGES:
+        app.add_error_handler(outage, _database_error)
     app.set_error_serializer(_http_error)
 
     params_doc = load_params_doc(config)

@@ -20,6 +20,13 @@ from sqlalchemy.pool import NullPool
 
 from service.config import DB_MAX_OVERFLOW, DB_POOL_SIZE, Config
 
+#: Postgres refusing, timing out or dropping the connection (the pool's wait included): an outage
+#: a client may retry, answered 503. Any other database error is a bug.
+DATABASE_OUTAGES: tuple[type[sqlalchemy.exc.SQLAlchemyError], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+)
 DRIVER = "postgresql+psycopg"
 #: Schemes people write in ``DATABASE_URL`` (Heroku-style ``postgres://`` included), all served by psycopg 3.
 POSTGRES_SCHEMES = frozenset({"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"})

@@ -25,9 +25,9 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import falcon
-import sqlalchemy.exc
 
 from service.auth import ANONYMOUS, owner_filter
+from service.db import DATABASE_OUTAGES
 from service.errors import DatabaseUnavailable, TooManyRequests, Unavailable
 from service.events import EventHub, Subscription
 from service.jobs.store import JobState, JobStore, JobView
@@ -43,12 +43,6 @@ STREAMS_PER_OWNER = 4
 RECONNECT_MS = 2000
 #: Statuses after which a job's record never changes again (``unknown``: no such job of yours).
 ENDED = frozenset({JobState.SUCCESS.value, JobState.FAILED.value, JobState.CANCELLED.value, "unknown"})
-#: Postgres refusing, timing out or dropping the connection: what ``service.app`` answers with 503.
-DATABASE_OUTAGES = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-)
 
 log = logging.getLogger(__name__)
 
