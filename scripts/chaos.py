@@ -71,6 +71,7 @@ CLOCK = {
     "ONNX_WEB_RESCUE_INTERVAL_S": "0.5",
     "ONNX_WEB_POLL_INTERVAL_S": "0.2",
     "ONNX_WEB_WORKER_RETRIES": "5",
+    "ONNX_WEB_RETRY_DELAY_S": "0.2",
     "ONNX_WEB_SHUTDOWN_GRACE_S": "5",
 }
 #: The spec's rule: a rescue within lease + rescue interval + 2 s.
@@ -453,7 +454,7 @@ def collect(services: dict[str, str]) -> dict[str, int]:
     config = Config.from_env(env)
     engine = make_engine(config.database_url)
     try:
-        jobs = JobStore(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s)
+        jobs = JobStore.configured(engine, config)
         store = from_config(config)
         before = collect_orphans(jobs, store, dry_run=True)
         ran = subprocess.run(

@@ -333,7 +333,7 @@ def get_app() -> falcon.App:
     config = Config.from_env()
     logs.configure(config.log_level, config.log_format)
     engine = config_engine(config)
-    jobs = JobStore(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s)
+    jobs = JobStore.configured(engine, config)
     keys = KeyStore(engine) if config.auth == "keys" else None
     store = from_config(config, patience=API_PATIENCE)
     # Start serving now: with S3 away the api answers 503 on what needs it (and /readyz says so).

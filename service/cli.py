@@ -158,7 +158,7 @@ def _worker(args: argparse.Namespace) -> int:
     )
     worker = Worker(
         config,
-        jobs=JobStore(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s),
+        jobs=JobStore.configured(engine, config),
         store=store,
         sessions=sessions,
         notifier=notifier,
@@ -181,9 +181,7 @@ def _gc(args: argparse.Namespace) -> int:
 
     config = Config.from_env()
     logs.configure(config.log_level, config.log_format)
-    jobs = JobStore(
-        make_engine(config.database_url), lease_s=config.lease_s, affinity_window_s=config.affinity_window_s
-    )
+    jobs = JobStore.configured(make_engine(config.database_url), config)
     found = collect_orphans(jobs, from_config(config), dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     print(

@@ -42,6 +42,11 @@ CIVITAI_ROOT = "https://civitai.com/api/download/models"
 #: The CUDA device a worker runs on; one worker per device (``onnx-web worker --device N``).
 DEFAULT_DEVICE = 0
 DEFAULT_MAX_ATTEMPTS = 3
+#: A job put back in the queue after a failed or rescued attempt waits about this long (half of it
+#: random) before a worker may claim it again; the wait doubles with each attempt, up to the
+#: maximum. Without it, an outage of a few seconds spent all of a job's attempts.
+RETRY_DELAY_S = 5.0
+RETRY_DELAY_MAX_S = 300.0
 #: Jobs a worker runs as one UNet batch; 1 (off) suits CPUs, where a batch costs its sum.
 #: GPU workers should set 4: four SD 1.5 images cost about 1.15x one (issue 5).
 DEFAULT_BATCH_MAX = 1
@@ -210,6 +215,9 @@ class Config:
     #: guidance, ``512x512x4`` four batched images, ``512x512-unguided`` one at cfg 1 or less.
     warm_sizes: tuple[str, ...] = ("512x512",)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    #: The backoff between attempts (``RETRY_DELAY_S``): first wait, and the longest.
+    retry_delay_s: float = RETRY_DELAY_S
+    retry_delay_max_s: float = RETRY_DELAY_MAX_S
     #: Up to this many compatible plain txt2img jobs are claimed and run as one batch.
     batch_max: int = DEFAULT_BATCH_MAX
     #: Up to this many finished lone jobs are stored and committed while the next one generates;
@@ -276,6 +284,11 @@ class Config:
             problems.append(f"device must be a CUDA device index (0 or more), got {self.device}")
         if self.max_attempts < 1:
             problems.append("max_attempts must be at least 1")
+        if not 0 <= self.retry_delay_s <= self.retry_delay_max_s:
+            problems.append(
+                f"the retry delay must be 0 or more and at most its maximum, got {self.retry_delay_s}s "
+                f"and at most {self.retry_delay_max_s}s"
+            )
         if len(self.s3_bucket) < 3:
             problems.append("the S3 bucket name needs at least 3 characters")
         if self.image_format not in ("png", "jpeg", "jpg", "webp"):
@@ -386,6 +399,8 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "warm_models": ("ONNX_WEB_WARM_MODELS", parse_list),
     "warm_sizes": ("ONNX_WEB_WARM_SIZES", parse_list),
     "max_attempts": ("ONNX_WEB_WORKER_RETRIES", _positive(int)),
+    "retry_delay_s": ("ONNX_WEB_RETRY_DELAY_S", float),
+    "retry_delay_max_s": ("ONNX_WEB_RETRY_DELAY_MAX_S", float),
     "batch_max": ("ONNX_WEB_BATCH_MAX", _positive(int)),
     "upload_depth": ("ONNX_WEB_UPLOAD_DEPTH", int),
     "lease_s": ("ONNX_WEB_LEASE_S", _positive(float)),

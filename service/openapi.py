@@ -558,6 +558,17 @@ class _Document:
                     **counters,
                     "reason": {"type": "string"},
                     "cancelRequested": {"type": "boolean"},
+                    "retry": {
+                        "type": "object",
+                        "description": "a pending job whose earlier attempt failed: the attempt it "
+                        "waits to run, of how many, and when it may run at the earliest",
+                        "required": ["attempt", "maxAttempts"],
+                        "properties": {
+                            "attempt": {"type": "integer"},
+                            "maxAttempts": {"type": "integer"},
+                            "after": {"type": "string", "format": "date-time"},
+                        },
+                    },
                     "loading": {
                         "type": "object",
                         "description": "the model being pulled from the store: {model, current, total} bytes",

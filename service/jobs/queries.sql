@@ -50,7 +50,7 @@ SELECT
     jobs.tiles_current, jobs.tiles_total,
     jobs.outputs, jobs.thumbnails, jobs.metadata, jobs.output_keys, jobs.reason,
     jobs.cancel_requested, jobs.attempt, jobs.max_attempts, jobs.model,
-    jobs.created_at, jobs.started_at, jobs.finished_at, jobs.loading, jobs.preview
+    jobs.created_at, jobs.started_at, jobs.finished_at, jobs.loading, jobs.preview, jobs.retry_at
 FROM jobs
 LEFT JOIN queue ON queue.id = jobs.id
 -- With an :owner (keys mode), another owner's job is as if it did not exist.
@@ -94,6 +94,7 @@ WITH changed AS (
         state = CASE WHEN state = 'pending' THEN 'cancelled' ELSE state END,
         finished_at = CASE WHEN state = 'pending' THEN now() ELSE finished_at END,
         reason = CASE WHEN state = 'pending' THEN 'cancelled' ELSE reason END,
+        retry_at = NULL,
         -- running stays running: only the lease holder may end it, at its next check.
         cancel_requested = cancel_requested OR state = 'running',
         updated_at = now()
@@ -118,6 +119,8 @@ WITH head AS MATERIALIZED (
     SELECT id, batch_key, model, created_at, priority
     FROM jobs
     WHERE state = 'pending' AND (platform IS NULL OR platform = :platform)
+        -- A job put back after a failure waits out its backoff (finish_failed, rescue_expired).
+        AND (retry_at IS NULL OR retry_at <= now())
         AND (CAST(:memory_bytes AS bigint) IS NULL OR memory IS NULL
             OR CAST(memory ->> CAST(:memory_kind AS text) AS bigint) <= CAST(:memory_bytes AS bigint))
     ORDER BY priority DESC, created_at, id
@@ -140,6 +143,7 @@ held AS MATERIALIZED (
         WHERE state = 'pending' AND model >= held_model.model AND model <= held_model.model
             AND priority = head.priority
             AND (platform IS NULL OR platform = :platform)
+            AND (retry_at IS NULL OR retry_at <= now())
             AND (CAST(:memory_bytes AS bigint) IS NULL OR memory IS NULL
                 OR CAST(memory ->> CAST(:memory_kind AS text) AS bigint) <= CAST(:memory_bytes AS bigint))
         ORDER BY model, priority DESC, created_at, id
@@ -172,6 +176,7 @@ mates AS (
     FROM jobs
     -- A NULL key (not a plain txt2img job) equals nothing: such a job runs alone.
     WHERE state = 'pending' AND (platform IS NULL OR platform = :platform)
+        AND (retry_at IS NULL OR retry_at <= now())
         AND batch_key = (SELECT batch_key FROM first)
         AND id <> (SELECT id FROM first)
     -- Queue order; no mate outranks the first job, which heads this worker's queue.
@@ -191,6 +196,7 @@ claimed AS (
         started_at = now(),
         heartbeat_at = now(),
         lease_expires_at = now() + make_interval(secs => :lease_s),
+        retry_at = NULL,
         steps_current = 0,
         stages_current = 0,
         tiles_current = 0,
@@ -288,6 +294,12 @@ UPDATE jobs SET
     reason = CASE ended.next_state
         WHEN 'failed' THEN CAST(:reason AS text) WHEN 'cancelled' THEN 'cancelled' END,
     finished_at = CASE WHEN ended.next_state = 'pending' THEN NULL ELSE now() END,
+    -- Back in the queue, claimable once its backoff has passed: :retry_first_s after the first attempt,
+    -- doubling after each one up to :retry_max_s, half of it random so that jobs failed together
+    -- (by one outage) do not all come back at once.
+    retry_at = CASE WHEN ended.next_state = 'pending'
+        THEN now() + make_interval(secs => least(CAST(:retry_max_s AS float8),
+            CAST(:retry_first_s AS float8) * power(2, jobs.attempt - 1)) * (0.5 + random() / 2)) END,
     errors = jobs.errors || jsonb_build_array(jsonb_build_object(
         'attempt', jobs.attempt, 'worker', jobs.worker_id, 'at', now(),
         'reason', CAST(:reason AS text), 'message', CAST(:message AS text)
@@ -351,6 +363,12 @@ UPDATE jobs SET
     reason = CASE expired.next_state
         WHEN 'failed' THEN 'rescued' WHEN 'cancelled' THEN 'cancelled' END,
     finished_at = CASE WHEN expired.next_state = 'pending' THEN NULL ELSE now() END,
+    -- The first rescue is claimable at once (a worker mostly dies of its own causes: a node taken
+    -- away, a kill); a job rescued again may be what kills its workers, so it backs off as a failed
+    -- attempt does, one step behind.
+    retry_at = CASE WHEN expired.next_state = 'pending' AND jobs.attempt > 1
+        THEN now() + make_interval(secs => least(CAST(:retry_max_s AS float8),
+            CAST(:retry_first_s AS float8) * power(2, jobs.attempt - 2)) * (0.5 + random() / 2)) END,
     rescue_count = jobs.rescue_count + 1,
     errors = jobs.errors || jsonb_build_array(jsonb_build_object(
         'attempt', jobs.attempt, 'worker', jobs.worker_id, 'at', now(),

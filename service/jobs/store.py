@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, Row, TextClause
@@ -23,6 +23,9 @@ from service.errors import IdempotencyConflict
 from service.jobs.notify import CHANNEL, EVENTS_CHANNEL
 from service.jobs.queries import QUERIES
 from service.jobs.states import JobState
+
+if TYPE_CHECKING:
+    from service.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,8 @@ class JobView:
     loading: dict[str, Any] | None = None
     #: ``{attempt, step}`` of the live preview a running attempt stored (``service.previews``).
     preview: dict[str, Any] | None = None
+    #: A pending job put back after a failed or rescued attempt is not claimed before this.
+    retry_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,7 +174,18 @@ class WorkerInfo:
 class JobStore:
     """Submit, claim, track and finish jobs in Postgres."""
 
-    def __init__(self, engine: Engine, *, lease_s: float, affinity_window_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease_s: float,
+        affinity_window_s: float,
+        retry_delay_s: float = 0.0,
+        retry_delay_max_s: float = 0.0,
+    ) -> None:
+        """``retry_delay_s``: how long a job put back in the queue after its first failed (or
+        rescued) attempt waits before it may be claimed again; the wait doubles with each attempt,
+        up to ``retry_delay_max_s``, and half of it is random. 0: claimable at once."""
         self._engine = engine
         # One statement is one transaction: without BEGIN and COMMIT (or ROLLBACK) around it, each
         # call is one round trip to Postgres instead of three, with the same atomicity and, under
@@ -177,6 +193,18 @@ class JobStore:
         self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._lease_s = lease_s
         self._affinity_window_s = affinity_window_s
+        self._retry = {"retry_first_s": retry_delay_s, "retry_max_s": max(retry_delay_s, retry_delay_max_s)}
+
+    @classmethod
+    def configured(cls, engine: Engine, config: Config) -> JobStore:
+        """The store as ``config`` sets it up: its lease, affinity window and retry backoff."""
+        return cls(
+            engine,
+            lease_s=config.lease_s,
+            affinity_window_s=config.affinity_window_s,
+            retry_delay_s=config.retry_delay_s,
+            retry_delay_max_s=config.retry_delay_max_s,
+        )
 
     def keyed_job(self, owner: str, idempotency_key: str, request_hash: str) -> JobView | None:
         """The job an earlier submission of ``owner`` with this key made (None: none did); raises
@@ -460,6 +488,7 @@ class JobStore:
             "reason": reason,
             "message": message,
             "retryable": retryable,
+            **self._retry,
         }
         return self._ended(QUERIES["finish_failed"], params)
 
@@ -490,7 +519,7 @@ class JobStore:
     def rescue_expired(self) -> list[Rescued]:
         """Take back every running job whose lease expired; any live process may call this."""
         with self._single.connect() as conn:
-            rows = conn.execute(QUERIES["rescue_expired"]).all()
+            rows = conn.execute(QUERIES["rescue_expired"], self._retry).all()
         self._notify_ended(rows)
         return [
             Rescued(
@@ -663,4 +692,5 @@ def _view(row: Row[Any]) -> JobView:
         finished_at=row.finished_at,
         loading=row.loading,
         preview=row.preview,
+        retry_at=row.retry_at,
     )

@@ -88,6 +88,13 @@ def render_job(name: str, view: JobView | None) -> dict[str, Any]:
         record["error"] = FAILURE_MESSAGES.get(view.reason or "error", FAILURE_MESSAGES["error"])
     if view.cancel_requested and view.state == JobState.RUNNING:
         record["cancelRequested"] = True
+    if pending and view.attempt > 0:
+        # Ours: an attempt failed or its worker died, and the job waits to run again; a worker
+        # claims it no sooner than ``after`` (the backoff, ``ONNX_WEB_RETRY_DELAY_S``).
+        retry: dict[str, Any] = {"attempt": view.attempt + 1, "maxAttempts": view.max_attempts}
+        if view.retry_at is not None:
+            retry["after"] = view.retry_at.isoformat()
+        record["retry"] = retry
     if view.loading and view.state == JobState.RUNNING:
         # Ours: the worker is pulling the job's model from the model store before its first step.
         record["loading"] = dict(view.loading)

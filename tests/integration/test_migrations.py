@@ -68,6 +68,8 @@ EXPECTED_COLUMNS: dict[str, tuple[str, bool, str | None]] = {
     "loading": ("jsonb", True, None),
     # Migration 0012: the running attempt's live preview, {attempt, step}.
     "preview": ("jsonb", True, None),
+    # Migration 0014: a job put back in the queue after a failure is not claimed before this.
+    "retry_at": ("timestamp with time zone", True, None),
 }
 #: The workers table of migration 0002 (live workers: platforms, loaded models, restart requests),
 #: with the CUDA device of migration 0004 and the memory of migration 0005.
@@ -145,6 +147,7 @@ EXPECTED_CONSTRAINTS = {
     ("jobs_counters_not_negative", "c"),
     ("jobs_json_shapes", "c"),
     ("jobs_memory_is_object", "c"),
+    ("jobs_retry_at_pending", "c"),
 }
 EXPECTED_INDEXES = {
     "jobs_pkey": "CREATE UNIQUE INDEX jobs_pkey ON public.jobs USING btree (id)",
@@ -281,7 +284,7 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["usage_columns"] == EXPECTED_USAGE_COLUMNS
     assert found["model_columns"] == EXPECTED_MODEL_COLUMNS
     assert found["extras_columns"] == EXPECTED_EXTRAS_COLUMNS
-    assert found["version"] == [("0013",)]
+    assert found["version"] == [("0014",)]
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
@@ -332,6 +335,10 @@ VALID_SUCCESS = "outputs = '[]', output_keys = '{}', metadata = '[]', finished_a
         ("max_attempts = 0, attempt = 0", "jobs_max_attempts_positive"),
         ("steps_current = -1", "jobs_counters_not_negative"),
         ("errors = '{}'", "jobs_json_shapes"),
+        (
+            "state = 'failed', reason = 'error', finished_at = now(), retry_at = now()",
+            "jobs_retry_at_pending",
+        ),
     ],
 )
 def test_the_schema_refuses_rows_that_break_the_state_machine(

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy import event
 
+from service.config import Config
 from service.errors import IdempotencyConflict
 from service.jobs import callbacks as callbacks_module
 from service.jobs import keys as keys_module
@@ -523,6 +524,121 @@ def test_rescue_table(job_store: JobStore, engine: sqlalchemy.Engine) -> None:
     assert job_row(engine, cancel_requested.name)["state"] == "cancelled"
     assert {job.name: job_row(engine, job.name) for job in (fresh, finished)} == before
     assert job_store.rescue_expired() == []
+
+
+# -- backoff between attempts -----------------------------------------------------------------
+
+#: A backoff long enough that no test waits it out by accident: the clock is moved instead.
+BACKOFF_S, BACKOFF_MAX_S = 60.0, 150.0
+
+
+@pytest.fixture
+def backing_off(engine: sqlalchemy.Engine) -> JobStore:
+    """The queue with a backoff between attempts, set up from a ``Config`` as the worker's is."""
+    config = Config(
+        lease_s=TEST_LEASE_S,
+        affinity_window_s=TEST_AFFINITY_WINDOW_S,
+        retry_delay_s=BACKOFF_S,
+        retry_delay_max_s=BACKOFF_MAX_S,
+    )
+    return JobStore.configured(engine, config)
+
+
+def wait_s(engine: sqlalchemy.Engine, name: str) -> float | None:
+    """How long job ``name`` still waits before a worker may claim it; None: not waiting."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sqlalchemy.text("SELECT EXTRACT(EPOCH FROM retry_at - now())::float FROM jobs WHERE name = :n"),
+            {"n": name},
+        ).scalar_one()
+
+
+def due(engine: sqlalchemy.Engine, name: str) -> None:
+    """Move a waiting job's retry time into the past, as if its backoff had passed."""
+    shift_time(engine, name, column="retry_at", seconds=BACKOFF_MAX_S + 1)
+
+
+def test_a_failed_attempt_waits_out_a_doubling_capped_backoff_while_later_jobs_run(
+    backing_off: JobStore, engine: sqlalchemy.Engine
+) -> None:
+    failing = backing_off.enqueue(new_job(max_attempts=4))
+    waits = []
+    for attempt in (1, 2, 3):
+        job = claim(backing_off)
+        assert (job.name, job.attempt) == (failing.name, attempt)
+        state = backing_off.finish_failed(job.id, "w1", attempt, reason="storage", message="", retryable=True)
+        assert state == JobState.PENDING
+        waits.append(wait_s(engine, failing.name))
+        # Waiting, it is passed over: a job behind it runs, and then nothing is due.
+        later = backing_off.enqueue(new_job())
+        assert claim(backing_off).name == later.name
+        assert backing_off.claim("w1", **CPU) is None
+        due(engine, failing.name)
+
+    # Half of each wait is random: 60 s, then 120 s, then 240 s capped at 150 s.
+    for found, full in zip(waits, (BACKOFF_S, 2 * BACKOFF_S, BACKOFF_MAX_S), strict=True):
+        assert found is not None and full / 2 - 1 <= found <= full, waits
+    last = claim(backing_off)
+    assert (last.name, last.attempt, wait_s(engine, failing.name)) == (failing.name, 4, None)
+    assert backing_off.finish_failed(last.id, "w1", 4, reason="storage", message="x", retryable=True) == (
+        JobState.FAILED
+    )
+    assert wait_s(engine, failing.name) is None
+
+
+def test_jobs_failed_together_come_back_spread_out(backing_off: JobStore, engine: sqlalchemy.Engine) -> None:
+    names = [backing_off.enqueue(new_job()).name for _ in range(12)]
+    for _ in names:
+        job = claim(backing_off)
+        backing_off.finish_failed(job.id, "w1", 1, reason="storage", message="S3 away", retryable=True)
+
+    waits = [wait_s(engine, name) for name in names]
+    assert all(wait is not None and BACKOFF_S / 2 - 1 <= wait <= BACKOFF_S for wait in waits), waits
+    # Twelve draws of a uniform jitter over 30 s: all within 3 s of each other has odds below 1e-8.
+    assert max(waits) - min(waits) > 3.0  # type: ignore[operator]
+
+
+def test_a_first_rescue_is_claimable_at_once_a_second_backs_off(
+    backing_off: JobStore, engine: sqlalchemy.Engine
+) -> None:
+    job = backing_off.enqueue(new_job(max_attempts=3))
+    waits = []
+    for attempt in (1, 2):
+        held = claim(backing_off)
+        assert held.attempt == attempt
+        expire(engine, job.name)
+        assert [item.state for item in backing_off.rescue_expired()] == [JobState.PENDING]
+        waits.append(wait_s(engine, job.name))
+
+    assert waits[0] is None
+    assert waits[1] is not None and BACKOFF_S / 2 - 1 <= waits[1] <= BACKOFF_S
+    assert backing_off.claim("w1", **CPU) is None
+
+
+def test_a_waiting_job_can_be_cancelled_and_a_released_one_does_not_wait(
+    backing_off: JobStore, engine: sqlalchemy.Engine
+) -> None:
+    waiting = backing_off.enqueue(new_job())
+    job = claim(backing_off)
+    backing_off.finish_failed(job.id, "w1", 1, reason="error", message="x", retryable=True)
+    assert backing_off.cancel(waiting.name) == JobState.CANCELLED
+    assert job_row(engine, waiting.name)["retry_at"] is None
+
+    handed_back = backing_off.enqueue(new_job())
+    job = claim(backing_off)
+    assert backing_off.release(job.id, "w1", job.attempt)
+    assert claim(backing_off).name == handed_back.name
+
+
+def test_a_waiting_job_shows_when_it_may_run_again(backing_off: JobStore, engine: sqlalchemy.Engine) -> None:
+    spec = backing_off.enqueue(new_job(max_attempts=3))
+    job = claim(backing_off)
+    backing_off.finish_failed(job.id, "w1", 1, reason="storage", message="x", retryable=True)
+
+    view = backing_off.get_many([spec.name])[spec.name]
+    assert (view.state, view.attempt, view.max_attempts) == (JobState.PENDING, 1, 3)
+    assert view.retry_at == job_row(engine, spec.name)["retry_at"]
+    assert view.retry_at is not None and view.retry_at > view.created_at
 
 
 # -- wake-ups ---------------------------------------------------------------------------------

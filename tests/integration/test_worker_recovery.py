@@ -720,6 +720,7 @@ def in_process_config(database_url: str, models: Path, object_store: S3ObjectSto
         heartbeat_s=FAST.heartbeat_s,
         rescue_interval_s=FAST.rescue_interval_s,
         poll_interval_s=FAST.poll_interval_s,
+        retry_delay_s=FAST.retry_delay_s,
     )
 
 
@@ -804,7 +805,7 @@ def test_a_commit_whose_reply_was_lost_keeps_its_outputs_while_the_database_stay
     client = falcon.testing.TestClient(
         create_app(
             Config(models_path=models, bundle_path=tmp_path / "bundle", s3_bucket=object_store.bucket),
-            jobs=JobStore(engine, lease_s=config.lease_s, affinity_window_s=config.affinity_window_s),
+            jobs=JobStore.configured(engine, config),
             store=object_store,
             registry=ModelRegistry(models, ()),
         )

@@ -64,6 +64,8 @@ class Timings:
     heartbeat_s: float = 0.5
     rescue_interval_s: float = 0.5
     poll_interval_s: float = 0.2
+    #: The backoff before a failed job may be claimed again (doubling with each attempt).
+    retry_delay_s: float = 0.2
     #: None keeps the worker's default (``config.PROGRESS_INTERVAL_S``).
     progress_interval_s: float | None = None
 
@@ -73,6 +75,7 @@ class Timings:
             "ONNX_WEB_HEARTBEAT_S": str(self.heartbeat_s),
             "ONNX_WEB_RESCUE_INTERVAL_S": str(self.rescue_interval_s),
             "ONNX_WEB_POLL_INTERVAL_S": str(self.poll_interval_s),
+            "ONNX_WEB_RETRY_DELAY_S": str(self.retry_delay_s),
         }
         if self.progress_interval_s is not None:
             values["ONNX_WEB_PROGRESS_INTERVAL_S"] = str(self.progress_interval_s)

@@ -1,9 +1,10 @@
-"""The status record of a failed job: what onnx-web's GUI can render."""
+"""The status record of a failed or retrying job: what onnx-web's GUI can render, and ours shows."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -50,3 +51,25 @@ def test_a_specific_reason_is_sent_with_its_message(reason: str) -> None:
     record = render_job("txt2img_1_abc_0", failed(reason))
     assert record["reason"] == reason
     assert record["error"] == FAILURE_MESSAGES.get(reason, FAILURE_MESSAGES["error"])
+
+
+def test_a_job_waiting_to_run_again_says_which_attempt_and_not_before_when() -> None:
+    after = datetime(2026, 12, 7, 12, 0, 5, tzinfo=UTC)
+    waiting = dataclasses.replace(
+        failed(None), state=JobState.PENDING, attempt=1, queue_position=2, queue_total=4, retry_at=after
+    )
+    record = render_job(waiting.name, waiting)
+    assert record["status"] == "pending" and record["queue"] == {"current": 2, "total": 4}
+    assert record["retry"] == {"attempt": 2, "maxAttempts": 3, "after": "2026-12-07T12:00:05+00:00"}
+    assert "error" not in record and "reason" not in record
+
+
+def test_a_first_attempt_or_a_handed_back_job_is_no_retry() -> None:
+    fresh = dataclasses.replace(
+        failed(None), state=JobState.PENDING, attempt=0, retry_at=None, finished_at=None
+    )
+    assert "retry" not in render_job(fresh.name, fresh)
+    running = dataclasses.replace(
+        failed(None), state=JobState.RUNNING, attempt=2, retry_at=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    assert "retry" not in render_job(running.name, running)
