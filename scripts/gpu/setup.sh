@@ -11,12 +11,16 @@ elif [ ! -d /tmp/site/onnxruntime ]; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 # torch.compile's cache (autotune choices, compiled kernels) in a known place. autotune.sh returns it
-# in pieces under $OUT/inductor; carried back as .inductor on a fresh machine of the same card, it
-# spares the benchmarking done before (the lease can be lost between calls).
+# in pieces under $OUT/inductor; copied to .inductor/<card> (h100, h200) here and carried back to a
+# fresh machine of that card, it spares the benchmarking done before (the lease can be lost between
+# calls, and sessions end). Each card has its own: autotune choices are made for one card.
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 # max-autotune's convolutions: cuDNN alone unless CONV_BACKENDS says otherwise (ATEN,TRITON).
 export TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS="${CONV_BACKENDS:-ATEN}"
-if [ ! -d /tmp/inductor ] && ls .inductor/part-* >/dev/null 2>&1; then
-  mkdir -p /tmp/inductor && cat .inductor/part-* | tar -xzf - -C /tmp/inductor && echo "inductor cache restored"
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -io 'h[0-9]\{3\}' | tr 'H' 'h')
+export CARD
+echo "card: ${CARD:-unknown}"
+if [ ! -d /tmp/inductor ] && ls ".inductor/$CARD"/part-* >/dev/null 2>&1; then
+  mkdir -p /tmp/inductor && cat ".inductor/$CARD"/part-* | tar -xzf - -C /tmp/inductor && echo "inductor cache restored"
 fi
 [ "${BASELINES_ONLY:-0}" = 1 ] || python3 -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())"
