@@ -142,6 +142,18 @@ EXPERIMENTAL: Mapping[str, tuple[Field, ...]] = {
     ),
 }
 
+#: Every key the top level of an image request's data object may hold: the flat keys and the names
+#: of the groups.
+REQUEST_KEYS = frozenset(
+    {
+        *(field.key for fields in GROUPS.values() for field in fields),
+        *(field.key for field in MODEL_FIELDS),
+        *GROUPS,
+        "experimental",
+        *EXPERIMENTAL,
+    }
+)
+
 
 def _entry(doc: Mapping[str, Any], path: str) -> Mapping[str, Any]:
     node: Any = doc

@@ -49,6 +49,7 @@ from service.jobs.keys import ApiKey, KeyStore
 from service.jobs.store import JobStore, JobView, NewJob, OwnerBusy
 from service.names import job_name
 from service.params import ParsedRequest, Route, parse_request, request_data
+from service.request_schema import REQUEST_KEYS
 from service.resources.jobs import render_job
 from service.storage import ObjectStore, check_input_name, input_key
 
@@ -72,6 +73,9 @@ FROM_UPLOAD = {
 }
 #: Per-stage uploads of chain requests are named ``source:<stage>`` / ``mask:<stage>``.
 FILE_PREFIXES = ("source", "mask")
+#: Request parameters: sent as plain multipart form fields they are not read (contract §3.1), so
+#: such a field is refused rather than left out of the job without a word.
+PARAMETER_KEYS = REQUEST_KEYS | frozenset(text_jobs.TEXT_FIELDS)
 #: What a chain request without a document is told.
 NO_CHAIN_BODY = "chain pipeline must have a body (JSON, or a multipart 'chain' field)"
 #: When a client over its running-jobs limit may look again.
@@ -113,7 +117,7 @@ def read_body(req: falcon.Request, *, chain_route: bool) -> RequestBody:
             return RequestBody({}, chain=document, digest=digest.digest())
         return RequestBody(request_data(document, query), digest=digest.digest())
     if mimetype == falcon.MEDIA_MULTIPART:
-        files, texts = _read_parts(req)
+        files, texts = _read_parts(req, chain_route=chain_route)
         digest.update(_canonical(texts))
         for name in sorted(files):
             digest.update(name.encode() + hashlib.sha256(files[name]).digest())
@@ -170,11 +174,12 @@ def _read_form(req: falcon.Request) -> dict[str, Any]:
     return form
 
 
-def _read_parts(req: falcon.Request) -> tuple[dict[str, bytes], dict[str, str]]:
+def _read_parts(req: falcon.Request, *, chain_route: bool) -> tuple[dict[str, bytes], dict[str, str]]:
     """The uploaded files (kept as bytes, decoded only when a stage uses them) and the text fields.
 
     An upload's name must be one its object key can hold, checked here rather than when the job is
-    stored, whether or not a stage uses it.
+    stored, whether or not a stage uses it. A text field named as a request parameter is refused:
+    parameters travel in the ``json`` field or the query string, and other fields are not read.
     """
     files: dict[str, bytes] = {}
     texts: dict[str, str] = {}
@@ -197,6 +202,12 @@ def _read_parts(req: falcon.Request) -> tuple[dict[str, bytes], dict[str, str]]:
                 texts[name] = part.stream.read().decode("utf-8")
             except UnicodeDecodeError as err:
                 raise InvalidParams(name, f"must be UTF-8 text (a bad byte at position {err.start})") from err
+        elif not chain_route and name in PARAMETER_KEYS:
+            raise InvalidParams(
+                name,
+                "was sent as a multipart form field, which is not read: send parameters in the "
+                "query string or in the multipart field 'json'",
+            )
     return files, texts
 
 

@@ -632,3 +632,28 @@ def test_an_upload_longer_than_8192_pixels_a_side_is_a_400(client: falcon.testin
     }
 
     assert_refused(post_multipart(client, "/api/img2img", form), 400, "source", "8192 pixels a side")
+
+
+@pytest.mark.parametrize(
+    ("route", "field"), [("img2img", "steps"), ("txt2img", "prompt"), ("txt2txt", "maxTokens")]
+)
+def test_a_parameter_sent_as_a_plain_multipart_field_is_refused_not_left_out(
+    client: falcon.testing.TestClient, job_store: JobStore, route: str, field: str
+) -> None:
+    # Such a field is not read (contract §3.1): the job would run on its defaults without a word.
+    fields = {field: "9", "source": ("s.png", png(), "image/png")}
+
+    result = post_multipart(client, f"/api/{route}", fields)
+
+    assert_refused(result, 400, field, "multipart form field, which is not read")
+    assert job_store.claim("w-1", platform="cpu", held_models=()) is None
+
+
+def test_parameters_in_the_json_field_beside_other_plain_fields_are_read(
+    client: falcon.testing.TestClient, job_store: JobStore
+) -> None:
+    fields = {"json": json.dumps({"params": {"steps": 3}}), "note": "not a parameter"}
+
+    result = post_multipart(client, "/api/txt2img", fields)
+
+    assert job_params(job_store, result)["steps"] == 3
