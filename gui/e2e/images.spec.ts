@@ -100,3 +100,23 @@ test('blend two uploads through a painted mask', async ({ page }) => {
   expect(await formParts(page, '/api/blend')).toEqual(['json', 'mask', 'source:0', 'source:1']);
   await expectImageOrNotImplemented(page, response, 'blend');
 });
+
+test('a GIF the browser can show but the server refuses is turned down in the slot, and nothing is sent', async ({ page }) => {
+  await openApp(page, 'img2img');
+  let sent = 0;
+  page.on('request', (r) => {
+    if (new URL(r.url()).pathname === '/api/img2img') sent += 1;
+  });
+  // A 1 × 1 GIF: Chromium decodes it, the server takes only PNG, JPEG and WebP.
+  const gif = Buffer.from('R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==', 'base64');
+  const slot = page.getByTestId('source-input');
+  await slot.locator('input[type=file]').setInputFiles({ name: 'pixel.gif', mimeType: 'image/gif', buffer: gif });
+  await expect(slot.getByRole('alert')).toContainText('pixel.gif is not a PNG, JPEG or WebP image');
+  await expect(page.getByTestId('missing-images')).toBeVisible();
+  await expect(page.getByTestId('generate')).toBeDisabled();
+  expect(sent).toBe(0);
+
+  // A PNG afterwards is taken, and the message goes.
+  await upload(page, 'source-input', 'source.png', await makePng(page, 64, 64, 90));
+  await expect(slot.getByRole('alert')).toHaveCount(0);
+});

@@ -4,11 +4,13 @@ import {
   cardStates,
   eventStreams,
   expectSuccess,
+  formJson,
   generate,
   JOB_TIMEOUT_MS,
   openApp,
   recordCardStates,
   recordEventStreams,
+  recordFormParts,
   setNumber,
   shot,
 } from './helpers';
@@ -198,6 +200,48 @@ test("bad input: the server's 400 `field: rule` message is shown next to the for
   await expect(page.getByTestId('form-error')).toContainText('The server refused the request');
   await expect(page.getByTestId('job-card')).toHaveCount(0);
   await shot(page, 'bad-input');
+});
+
+test("a width off the server's step is corrected in the box and sent as shown, even when Enter submits at once", async ({ page }) => {
+  await recordFormParts(page);
+  await openApp(page, 'txt2img');
+  await setNumber(page, 'steps', 2);
+  const width = page.getByTestId('width').locator('input[type=number]');
+  await width.fill('513');
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => new URL(r.url()).pathname === '/api/txt2img' && r.request().method() === 'POST'),
+    width.press('Enter'),
+  ]);
+  // 513 is not a multiple of 8: the server would answer 400 `width: must be a multiple of 8`.
+  expect(response.status(), await response.text()).toBe(200);
+  await expect(width).toHaveValue('512');
+  await expect(page.getByTestId('output-size')).toContainText('512 × 512');
+  expect(await formJson(page, '/api/txt2img')).toMatchObject({ params: { width: 512 } });
+  await expect(page.getByTestId('form-error')).toHaveCount(0);
+});
+
+test('an outage answering status with 503 is said in a banner that goes once the server answers again', async ({ page }) => {
+  await openApp(page, 'txt2img');
+  await setNumber(page, 'steps', 60);
+  const response = await generate(page, 'txt2img');
+  expect(response.status()).toBe(200);
+  const { name } = (await response.json()) as { name: string };
+  const outage = (route: import('@playwright/test').Route) =>
+    route.fulfill({
+      status: 503,
+      headers: { 'Retry-After': '5', 'Content-Type': 'application/json' },
+      body: JSON.stringify({ error: 'the database is unavailable; try again shortly' }),
+    });
+  await page.route(/\/api\/job\/(status|events)/, outage);
+  await page.reload();
+  await expect(page.getByTestId('unavailable-banner')).toContainText('503: the database is unavailable; try again shortly');
+  await expect(page.getByTestId('offline')).toHaveCount(0);
+  await shot(page, 'outage-503');
+  await page.unroute(/\/api\/job\/(status|events)/, outage);
+  await expect(page.getByTestId('unavailable-banner')).toHaveCount(0);
+  const card = page.locator(`[data-testid="job-card"][data-name="${name}"]`);
+  await card.getByTestId('cancel').click();
+  await expect(card).toHaveAttribute('data-status', /cancelled|success/, { timeout: JOB_TIMEOUT_MS });
 });
 
 test('a job that fails shows its reason, and Retry sends it again', async ({ page }) => {

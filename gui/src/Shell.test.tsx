@@ -88,4 +88,29 @@ describe('the shell', () => {
     await wait(300);
     expect(status).not.toHaveBeenCalled();
   });
+
+  it('says so while an outage answers the status rounds with 503 (or a quota with 429), and clears once they answer', async () => {
+    const params = defaultTabParams('txt2img', SERVER, { prompt: '', scheduler: '' });
+    const running = jobRecord('job-1', 'running', { steps: { current: 1, total: 4 } });
+    useAppStore.setState({ history: [{ name: 'job-1', tab: 'txt2img', route: 'txt2img', submittedAt: 0, status: running, params }] });
+    let answer: () => Promise<typeof running[]> = async () => {
+      throw new ApiError('http', 503, 'the database is unavailable; try again shortly');
+    };
+    const client = fakeClient({ status: () => answer() });
+    view = await render(<Shell />, { client, runtime: { root: 'http://h', interval: 100, token: '', lng: '' } });
+    await wait(400);
+    const banner = () => byTestId(view!.container, 'unavailable-banner');
+    expect(banner()?.textContent).toContain('503: the database is unavailable; try again shortly');
+    expect(byTestId(view.container, 'offline')).toBeNull();
+
+    answer = async () => {
+      throw new ApiError('http', 429, 'rate limit of API key 7: 30 requests per minute');
+    };
+    await wait(300);
+    expect(banner()?.textContent).toContain('429: rate limit of API key 7');
+
+    answer = async () => [running];
+    await wait(300);
+    expect(banner()).toBeNull();
+  });
 });

@@ -22,6 +22,18 @@ interface Health {
   offline: boolean;
   /** The server refused the API key (401/403) in the last round: its message. */
   refused: string | null;
+  /** The server answered the last round with a 5xx (an outage) or a 429 (a quota): what it said. */
+  unavailable: { status: number; message: string } | null;
+}
+
+const HEALTHY: Health = { offline: false, refused: null, unavailable: null };
+
+/** A status round's failure as the shell shows it: connection lost, key refused, or server unavailable. */
+export function healthOf(error: unknown): Health {
+  if (!(error instanceof ApiError) || error.kind !== 'http') return { ...HEALTHY, offline: true };
+  if (error.unauthorised) return { ...HEALTHY, refused: error.message };
+  if (error.status === 429 || error.status >= 500) return { ...HEALTHY, unavailable: { status: error.status, message: error.message } };
+  return HEALTHY;
 }
 
 /** How long Settings' API key must stay unchanged before it is tried (not on every keystroke). */
@@ -36,19 +48,15 @@ const KEY_CHECK_DELAY_MS = 400;
 function useJobStatus(): Health {
   const { client, runtime, jobsListing } = useApp();
   const apiKey = useAppStore((s) => s.settings.apiKey);
-  const [health, setHealth] = useState<Health>({ offline: false, refused: null });
+  const [health, setHealth] = useState<Health>(HEALTHY);
   useEffect(() => {
     const feed = new StatusFeed({
       openStream: client.jobEvents,
       fetchStatus: client.status,
       onRecords: (records) => useAppStore.getState().applyStatus(records),
-      // Only a failure to reach the server is "connection lost"; an HTTP error answer is not.
-      onError: (error) =>
-        setHealth({
-          offline: !(error instanceof ApiError && error.kind === 'http'),
-          refused: error instanceof ApiError && error.unauthorised ? error.message : null,
-        }),
-      onHealthy: () => setHealth({ offline: false, refused: null }),
+      // Only a failure to reach the server is "connection lost"; an outage's 503 is said apart.
+      onError: (error) => setHealth(healthOf(error)),
+      onHealthy: () => setHealth(HEALTHY),
       interval: runtime.interval,
     });
     const sync = () => {
@@ -87,7 +95,7 @@ export function Shell() {
   // Without a jobs listing on the server the Jobs tab does not exist, even by its address.
   const tab = shownTab(useHashTab(), jobsListing);
   const tabs = visibleTabs(jobsListing);
-  const { offline, refused } = useJobStatus();
+  const { offline, refused, unavailable } = useJobStatus();
   const notify = useNotices((s) => s.push);
   const [motdHidden, setMotdHidden] = useState(false);
   const motd = server.params.motd?.[language] ?? server.params.motd?.en ?? '';
@@ -163,6 +171,11 @@ export function Shell() {
       {refused !== null && (
         <p className="banner warn" role="alert" data-testid="auth-banner">
           {t('auth.refused', { message: refused })} <SettingsLink />
+        </p>
+      )}
+      {unavailable !== null && (
+        <p className="banner warn" role="status" data-testid="unavailable-banner">
+          {t('header.unavailable', { status: unavailable.status, message: unavailable.message })}
         </p>
       )}
       {missing.length > 0 && (

@@ -1,3 +1,4 @@
+import { ApiError } from '../client/api';
 import { act } from 'react';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { JobStatus } from '../client/types';
@@ -167,5 +168,33 @@ describe('outputs where the server wants the API key for them too', () => {
     expect(byTestId(view.container, 'card-image')?.getAttribute('src')).toMatch(/^blob:/);
     await click(byTestId(view.container, 'download-metadata'));
     expect(outputBlob).toHaveBeenLastCalledWith('a_0.png.json');
+  });
+
+  it('fetches an image the refused key could not get again once a good key is set, and not one it already has', async () => {
+    const outputBlob = vi.fn(async (file: string) => {
+      if (useAppStore.getState().settings.apiKey !== 'good') throw new ApiError('http', 403, 'API key 7 was revoked');
+      return new Blob([file], { type: 'image/png' });
+    });
+    useAppStore.getState().updateSettings({ apiKey: 'revoked' });
+    useAppStore.setState({ history: [done('a', ['a_0.png'], [1])] });
+    view = await render(<HistoryPanel />, { client: fakeClient({ outputBlob }) });
+    await settle();
+    expect(byTestId(view.container, 'card-image')?.getAttribute('src')).toBeNull();
+
+    await act(async () => useAppStore.getState().updateSettings({ apiKey: 'good' }));
+    await act(async () => {
+      await new Promise((resolve) => setTimeout(resolve, 600));
+    });
+    const src = byTestId(view.container, 'card-image')?.getAttribute('src');
+    expect(src).toMatch(/^blob:/);
+    const calls = outputBlob.mock.calls.length;
+
+    // A further change of key leaves a picture that is already there alone.
+    await act(async () => useAppStore.getState().updateSettings({ apiKey: 'good2' }));
+    await act(async () => {
+      await new Promise((resolve) => setTimeout(resolve, 600));
+    });
+    expect(outputBlob.mock.calls.length).toBe(calls);
+    expect(byTestId(view.container, 'card-image')?.getAttribute('src')).toBe(src);
   });
 });

@@ -1,7 +1,7 @@
 /** An image slot: pick a file or drop one, see it, clear it. */
 import { type DragEvent, useId, useState } from 'react';
 import { useI18n } from '../i18n';
-import { type ImageRef, loadImageRef } from '../state/images';
+import { type ImageRef, isUploadFormat, loadImageRef, UPLOAD_TYPES } from '../state/images';
 
 interface ImageInputProps {
   label: string;
@@ -21,6 +21,10 @@ export function ImageInput({ label, image, onChange, testId, preview = true }: I
   const accept = async (file: File | undefined) => {
     if (!file) return;
     setError('');
+    if (!(await isUploadFormat(file).catch(() => false))) {
+      setError(t('image.wrongType', { file: file.name }));
+      return;
+    }
     try {
       onChange(await loadImageRef(file, file.name));
     } catch {
@@ -63,7 +67,7 @@ export function ImageInput({ label, image, onChange, testId, preview = true }: I
         <input
           id={id}
           type="file"
-          accept="image/*"
+          accept={UPLOAD_TYPES}
           className="visually-hidden"
           tabIndex={-1}
           onChange={(e) => {

@@ -2,14 +2,28 @@
 import { type ReactNode, useEffect, useId, useRef, useState } from 'react';
 import type { NumberSpec } from '../state/params';
 
+const decimalsOf = (n: number) => (String(n).split('.')[1] ?? '').length;
+
 /** Round to the step's decimals so 0.1 + 0.2 shows as 0.3. */
-export function roundToStep(value: number, step: number): number {
-  const decimals = (String(step).split('.')[1] ?? '').length;
-  return Number(value.toFixed(Math.min(10, decimals)));
+export function roundToStep(value: number, step: number, min = 0): number {
+  return Number(value.toFixed(Math.min(10, Math.max(decimalsOf(step), decimalsOf(min)))));
 }
 
+/**
+ * The nearest value the server accepts: inside the range and on the step's grid counted from
+ * `min` (width 513 with step 8 is refused by the server, so it becomes 512), never above `max`.
+ */
 export function clampToSpec(value: number, spec: Pick<NumberSpec, 'min' | 'max' | 'step'>): number {
-  return roundToStep(Math.min(spec.max, Math.max(spec.min, value)), spec.step);
+  const { min, max, step } = spec;
+  const inRange = Math.min(max, Math.max(min, value));
+  const steps = Math.round((inRange - min) / step);
+  const lastStep = Math.floor((max - min) / step + 1e-9);
+  return roundToStep(min + Math.min(steps, lastStep) * step, step, min);
+}
+
+/** Whether the server would take this value as it is: in range and on the step's grid. */
+export function fitsSpec(value: number, spec: Pick<NumberSpec, 'min' | 'max' | 'step'>): boolean {
+  return Number.isFinite(value) && Math.abs(clampToSpec(value, spec) - value) < 1e-9;
 }
 
 interface NumberFieldProps {
@@ -25,7 +39,10 @@ interface NumberFieldProps {
   testId?: string;
 }
 
-/** A slider and a number box that edit the same value; typing is free, the value is clamped on commit. */
+/**
+ * A slider and a number box that edit the same value; typing is free, and on commit (blur, Enter)
+ * the value is brought into the range and onto the step's grid, so what is sent is what is shown.
+ */
 export function NumberField({
   label,
   value,
@@ -82,9 +99,8 @@ export function NumberField({
           onChange={(e) => {
             setText(e.target.value);
             const parsed = Number(e.target.value);
-            if (e.target.value.trim() !== '' && Number.isFinite(parsed) && parsed >= spec.min && parsed <= spec.max) {
-              onChange(parsed);
-            }
+            // A value off the range or the step's grid waits for the commit, which corrects it.
+            if (e.target.value.trim() !== '' && fitsSpec(parsed, spec)) onChange(parsed);
           }}
           onBlur={(e) => commit(e.target.value)}
           onKeyDown={(e) => {

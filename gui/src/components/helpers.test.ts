@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ApiError } from '../client/api';
 import { createTranslator } from '../i18n';
 import { describeError, normaliseRecord } from '../submit';
-import { clampToSpec, roundToStep } from './fields';
+import { clampToSpec, fitsSpec, roundToStep } from './fields';
 import { jobRecord } from '../test/render';
 import { failureText, progressLines } from './JobText';
 import { greyscaleMask, invertPixels, MAX_MASK_SIDE, maskSize, stretchesMask } from './MaskCanvas';
@@ -13,6 +13,21 @@ describe('number fields', () => {
     expect(clampToSpec(31, { min: 0, max: 30, step: 0.1 })).toBe(30);
     expect(clampToSpec(0.1 + 0.2, { min: 0, max: 1, step: 0.01 })).toBe(0.3);
     expect(roundToStep(7.123456, 1)).toBe(7);
+  });
+
+  it("snap onto the step's grid, counted from the minimum, as the server requires", () => {
+    const width = { min: 128, max: 8192, step: 8 };
+    expect(clampToSpec(513, width)).toBe(512);
+    expect(clampToSpec(517, width)).toBe(520);
+    expect(fitsSpec(513, width)).toBe(false);
+    expect(fitsSpec(520, width)).toBe(true);
+    // A maximum off the grid is never passed: the last value on the grid is the most.
+    expect(clampToSpec(100, { min: 1, max: 10, step: 4 })).toBe(9);
+    expect(clampToSpec(200, { min: 128, max: 2048, step: 128 })).toBe(256);
+    expect(clampToSpec(6.07, { min: 0, max: 30, step: 0.1 })).toBe(6.1);
+    expect(clampToSpec(2.5, { min: 1, max: 300, step: 1 })).toBe(3);
+    expect(clampToSpec(-1, { min: -1, max: 4294967295, step: 1 })).toBe(-1);
+    expect(clampToSpec(1.23, { min: 1, max: 2, step: 0.05 })).toBe(1.25);
   });
 });
 

@@ -3,7 +3,7 @@
  * plain link cannot send `Authorization`, so with a key set the bytes are fetched with it and
  * shown from an object URL. Without a key the server's own URL is used, cacheable as before.
  */
-import { type MouseEvent, useEffect, useState } from 'react';
+import { type MouseEvent, useEffect, useRef, useState } from 'react';
 import { useApp } from '../context';
 import { useI18n } from '../i18n';
 import { useAppStore } from '../state/store';
@@ -28,29 +28,57 @@ function useKeyed(): boolean {
   return useAppStore((s) => s.settings.apiKey !== '');
 }
 
-/** Where an `<img>` finds an output: its URL, or with an API key set an object URL of its bytes. */
+/** How long a changed key must stay unchanged before the images it failed are asked for again. */
+const KEY_SETTLE_MS = 400;
+
+/**
+ * Where an `<img>` finds an output: its URL, or with an API key set an object URL of its bytes.
+ * An image the key could not get (a revoked key, one half typed) is asked for again when the key
+ * changes; one already shown is kept.
+ */
 export function useOutputSrc(output: string | undefined): string | undefined {
   const { client } = useApp();
-  const keyed = useKeyed();
+  const apiKey = useAppStore((s) => s.settings.apiKey);
+  const keyed = apiKey !== '';
   const [fetched, setFetched] = useState<{ output: string; url: string } | null>(null);
+  const held = useRef<{ output: string; url: string } | null>(null);
+  const tried = useRef<string | undefined>(undefined);
+
+  // The object URL lives until the output changes, the key goes, or the image leaves the page.
+  useEffect(
+    () => () => {
+      if (held.current) URL.revokeObjectURL(held.current.url);
+      held.current = null;
+    },
+    [output, keyed],
+  );
+
   useEffect(() => {
-    if (!keyed || !output) return;
+    if (!keyed || !output || held.current?.output === output) return;
     let live = true;
-    let url: string | undefined;
-    client.outputBlob(output).then(
-      (blob) => {
-        if (!live) return;
-        url = URL.createObjectURL(blob);
-        setFetched({ output, url });
-      },
-      // The card stays without its picture; the image's own failure is not worth a notice each.
-      () => {},
-    );
+    const load = () =>
+      client.outputBlob(output).then(
+        (blob) => {
+          if (!live) return;
+          const url = URL.createObjectURL(blob);
+          held.current = { output, url };
+          setFetched({ output, url });
+        },
+        // The card stays without its picture; the image's own failure is not worth a notice each.
+        () => {},
+      );
+    // A try after a change of key waits until the typing stops, as the shell's key check does.
+    const again = tried.current === output;
+    tried.current = output;
+    const timer = again ? setTimeout(load, KEY_SETTLE_MS) : undefined;
+    if (!again) void load();
     return () => {
       live = false;
-      if (url) URL.revokeObjectURL(url);
+      if (timer !== undefined) clearTimeout(timer);
     };
-  }, [client, output, keyed]);
+    // `apiKey` is a trigger only: the client reads the key itself at each call.
+  }, [client, output, keyed, apiKey]);
+
   if (!output) return undefined;
   if (!keyed) return client.outputUrl(output);
   return fetched?.output === output ? fetched.url : undefined;

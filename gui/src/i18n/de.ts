@@ -23,6 +23,7 @@ export const de: typeof en = {
     version: 'v{{version}}',
     serverVersion: 'Serverversion',
     offline: 'Verbindung verloren, neuer Versuch…',
+    unavailable: 'Der Server kann den Fortschritt der Aufträge gerade nicht melden ({{status}}: {{message}}). Neuer Versuch läuft; Ihre Aufträge bleiben in der Warteschlange.',
     dismiss: 'Schließen',
   },
   tab: {
@@ -158,6 +159,7 @@ export const de: typeof en = {
     drop: 'oder Bild hier ablegen',
     preview: 'Vorschau: {{label}}',
     unreadable: '{{file}} ist kein Bild, das dieser Browser lesen kann.',
+    wrongType: '{{file}} ist kein PNG-, JPEG- oder WebP-Bild, die einzigen Arten, die der Server annimmt. Speichern Sie es in einem davon und wählen Sie es erneut.',
     field: {
       source: 'Quellbild',
       mask: 'Maske',

@@ -25,6 +25,7 @@ export const en = {
     version: 'v{{version}}',
     serverVersion: 'Server version',
     offline: 'Connection lost, retrying…',
+    unavailable: 'The server cannot report job progress right now ({{status}}: {{message}}). Retrying; your jobs stay queued.',
     dismiss: 'Dismiss',
   },
   tab: {
@@ -160,6 +161,7 @@ export const en = {
     drop: 'or drop an image here',
     preview: 'Preview of {{label}}',
     unreadable: '{{file}} is not an image this browser can read.',
+    wrongType: '{{file}} is not a PNG, JPEG or WebP image, the only kinds the server takes. Save it as one of those and choose it again.',
     field: {
       source: 'source image',
       mask: 'mask',

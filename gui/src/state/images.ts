@@ -56,6 +56,22 @@ export const useImageStore = create<ImageStore>()((set) => ({
   rememberFiles: (name, files) => set((s) => ({ sentFiles: { ...s.sentFiles, [name]: files } })),
 }));
 
+/** The image types the server decodes (everything else it refuses with a 400), as an `accept` list. */
+export const UPLOAD_TYPES = 'image/png,image/jpeg,image/webp';
+
+/**
+ * Whether a file is a PNG, JPEG or WebP by its first bytes, as the server judges it: a GIF or BMP
+ * the browser shows happily, or a PNG under another extension, is told apart before sending.
+ */
+export async function isUploadFormat(blob: Blob): Promise<boolean> {
+  const head = new Uint8Array(await blob.slice(0, 12).arrayBuffer());
+  const ascii = (from: number, to: number) => String.fromCharCode(...head.subarray(from, to));
+  const png = head[0] === 0x89 && ascii(1, 4) === 'PNG';
+  const jpeg = head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff;
+  const webp = ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP';
+  return png || jpeg || webp;
+}
+
 /** Decode a blob far enough to know its size; rejects when it is not an image the browser reads. */
 export function loadImageRef(blob: Blob, label: string): Promise<ImageRef> {
   const url = URL.createObjectURL(blob);

@@ -1,3 +1,4 @@
+import { act } from 'react';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ImageFiles } from '../client/api';
 import type { ImageDocument } from '../client/requests';
@@ -5,7 +6,7 @@ import { useImageStore } from '../state/images';
 import { defaultTabParams } from '../state/params';
 import { DEFAULT_SETTINGS, useAppStore } from '../state/store';
 import { SERVER } from '../test/fixtures';
-import { byTestId, click, fakeClient, jobRecord, type Rendered, render } from '../test/render';
+import { byTestId, change, click, fakeClient, jobRecord, type Rendered, render } from '../test/render';
 import { JobTabView } from './JobTab';
 
 let view: Rendered | null = null;
@@ -54,5 +55,33 @@ describe('the Upscale tab', () => {
     view = await render(<JobTabView tab="upscale" />);
     expect((byTestId(view.container, 'generate') as HTMLButtonElement).disabled).toBe(true);
     expect(byTestId(view.container, 'nothing-to-do')?.textContent).toContain('Turn on upscaling or face correction');
+  });
+});
+
+describe('the txt2img size', () => {
+  it("sends a width the server takes: 513 typed is corrected to the step's 512 on leaving the box", async () => {
+    useAppStore.setState({ tabParams: { txt2img: defaultTabParams('txt2img', SERVER, { prompt: 'a cat', scheduler: '' }) } });
+    const submit = vi.fn(async (_route: string, _doc: object, _files?: ImageFiles) => jobRecord('txt2img_1', 'pending'));
+    view = await render(<JobTabView tab="txt2img" />, { client: fakeClient({ submit }) });
+    const width = byTestId(view.container, 'width')?.querySelector('input[type=number]') as HTMLInputElement;
+    await change(width, '513');
+    // Off the grid: not taken while typing, so the size line does not promise 513 either.
+    expect(useAppStore.getState().tabParams.txt2img?.width).toBe(512);
+    await change(width, '520');
+    expect(useAppStore.getState().tabParams.txt2img?.width).toBe(520);
+    await change(width, '517');
+    await act(async () => {
+      width.dispatchEvent(new FocusEvent('focusout', { bubbles: true }));
+    });
+    expect(width.value).toBe('520');
+    await change(width, '513');
+    await act(async () => {
+      width.dispatchEvent(new FocusEvent('focusout', { bubbles: true }));
+    });
+    expect(width.value).toBe('512');
+
+    await click(byTestId(view.container, 'generate'));
+    const [, doc] = submit.mock.calls[0];
+    expect((doc as ImageDocument).params).toMatchObject({ width: 512 });
   });
 });
