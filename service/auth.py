@@ -6,7 +6,8 @@ and sees every job. With ``keys``, each resource declares its ``access``:
 - ``public``: settings, probes, the GUI's files, the route list and the API document;
 - ``key`` (the default): ``Authorization: Bearer <key>``; the request acts as the key's owner, and
   another owner's jobs are as if they did not exist;
-- ``admin``: a key made with ``--admin`` (or, as before, the admin token).
+- ``admin``: a key made with ``--admin`` (or, as before, the admin token). An admin key also
+  sees and cancels every owner's jobs by name on the ``key`` routes.
 
 A missing or unknown key is a 401, a revoked one a 403, a key over its requests-per-minute a 429
 with ``Retry-After``; all as JSON, and nothing is created.
@@ -36,15 +37,23 @@ def bearer(req: falcon.Request) -> str | None:
     return token.strip()
 
 
-def owner_filter(req: falcon.Request) -> str | None:
-    """The owner whose jobs this request may see; None (every job) in anonymous mode."""
+def key_owner(req: falcon.Request) -> str | None:
+    """The owner of the request's key; None in anonymous mode."""
     key: ApiKey | None = req.context.get("key")
     return None if key is None else key.owner
 
 
+def owner_filter(req: falcon.Request) -> str | None:
+    """The owner whose jobs this request may see and cancel by name; None (every job) in anonymous
+    mode and for an admin key, which looks after every owner's jobs (conversion jobs made with
+    the admin token, owned by ``admin``, included)."""
+    key: ApiKey | None = req.context.get("key")
+    return None if key is None or key.admin else key.owner
+
+
 def owner_of(req: falcon.Request) -> str:
     """The owner a job submitted by this request belongs to."""
-    return owner_filter(req) or ANONYMOUS
+    return key_owner(req) or ANONYMOUS
 
 
 class KeyAuth:

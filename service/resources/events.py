@@ -26,7 +26,7 @@ from typing import Any
 
 import falcon
 
-from service.auth import ANONYMOUS, owner_filter
+from service.auth import ANONYMOUS, key_owner, owner_filter
 from service.db import DATABASE_OUTAGES
 from service.errors import DatabaseUnavailable, TooManyRequests, Unavailable
 from service.events import EventHub, Subscription
@@ -60,11 +60,13 @@ class JobEventsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         names = job_names(req)
         owner = owner_filter(req)
-        holder = owner or ANONYMOUS
+        # Streams are counted per key owner (an admin's too); anonymous ones only in the total.
+        keyed = key_owner(req)
+        holder = keyed or ANONYMOUS
         with self._lock:
             if sum(self._open.values()) >= self.max_streams:
                 raise Unavailable("too many event streams are open on this server; poll /api/job/status")
-            if owner is not None and self._open[holder] >= STREAMS_PER_OWNER:
+            if keyed is not None and self._open[holder] >= STREAMS_PER_OWNER:
                 raise TooManyRequests(
                     f"at most {STREAMS_PER_OWNER} event streams per owner; close one or poll",
                     retry_after_s=int(POLL_S),

@@ -136,6 +136,36 @@ def test_admin_routes_need_an_admin_key_or_the_token(
     assert admin_key.admin
 
 
+def test_an_admin_key_sees_and_cancels_every_owners_jobs_but_lists_and_owns_its_own(
+    client: falcon.testing.TestClient, keys: KeyStore, job_store: JobStore, object_store: ObjectStore
+) -> None:
+    _, alice = make_key(keys, "alice")
+    _, ops = make_key(keys, "ops", admin=True)
+    done = job_name()
+    files = succeed(job_store, object_store, done, owner="alice")
+    # What PUT /api/extras with the admin token makes: conversion jobs owned by "admin".
+    converted = job_name()
+    succeed(job_store, object_store, converted, owner="admin")
+    theirs = submit(client, alice).json["name"]
+    mine = submit(client, ops).json["name"]
+    assert submit(client, {}, token=ADMIN_TOKEN).status_code == 401  # the token is no key here
+
+    records = client.simulate_get(
+        "/api/job/status", params={"jobs": f"{theirs},{done},{converted}"}, headers=ops
+    ).json
+    assert [record["status"] for record in records] == ["pending", "success", "success"]
+    for file in files:
+        assert client.simulate_get(f"/output/{file}", headers=ops).content == files[file]
+    cancelled = client.simulate_put("/api/job/cancel", params={"jobs": theirs}, headers=ops)
+    assert cancelled.json == [{"name": theirs, "status": "cancelled"}]
+
+    listed = client.simulate_get("/api/jobs", headers=ops).json["jobs"]
+    assert [record["name"] for record in listed] == [mine]
+    # A user still sees nothing of the admin's.
+    status = client.simulate_get("/api/job/status", params={"jobs": mine}, headers=alice).json[0]
+    assert status["status"] == "unknown"
+
+
 def test_too_many_running_jobs_is_a_429_naming_the_limit(
     client: falcon.testing.TestClient, keys: KeyStore
 ) -> None:
