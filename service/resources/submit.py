@@ -132,7 +132,8 @@ def read_body(req: falcon.Request, *, chain_route: bool) -> RequestBody:
         merged = {**query, **form}
         digest.update(_canonical(form))
         if chain_route:
-            raise InvalidParams("chain", NO_CHAIN_BODY)
+            # What curl --data sends without a -H 'Content-Type: application/json'.
+            raise InvalidParams("chain", f"{NO_CHAIN_BODY}; got a form ({falcon.MEDIA_URLENCODED})")
         return RequestBody(request_data(None, merged), digest=digest.digest())
     if req.content_length:
         raise UnsupportedMediaType(

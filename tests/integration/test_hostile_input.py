@@ -657,3 +657,15 @@ def test_parameters_in_the_json_field_beside_other_plain_fields_are_read(
     result = post_multipart(client, "/api/txt2img", fields)
 
     assert job_params(job_store, result)["steps"] == 3
+
+
+def test_a_chain_sent_as_a_form_says_what_it_got_and_what_to_send(client: falcon.testing.TestClient) -> None:
+    # curl --data @chain.json without a Content-Type header sends a form.
+    body = json.dumps({"stages": [{"name": "a", "type": "source-txt2img", "params": {}}]}).encode()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    result = client.simulate_post("/api/chain", body=body, headers=form)
+
+    assert_refused(
+        result, 400, "chain", "must have a body (JSON", "got a form (application/x-www-form-urlencoded)"
+    )
