@@ -15,7 +15,8 @@ function counter(t: Translate, key: string, p: Progress): string | null {
  */
 export function progressLines(t: Translate, s: JobStatus): string[] {
   if (s.status === 'pending') {
-    return [s.queue.total > 0 ? t('card.queued', { position: s.queue.current + 1, total: s.queue.total }) : t('card.waiting')];
+    const place = s.queue.total > 0 ? t('card.queued', { position: s.queue.current + 1, total: s.queue.total }) : t('card.waiting');
+    return s.retry ? [retryLine(t, s.retry), place] : [place];
   }
   const fraction = progressFraction(s);
   return [
@@ -23,6 +24,14 @@ export function progressLines(t: Translate, s: JobStatus): string[] {
     counter(t, 'card.stages', s.stages),
     counter(t, 'card.tiles', s.tiles),
   ].filter((x): x is string => x !== null);
+}
+
+/** "Attempt 2 of 3 after a failure, from 12:00:05": a job back in the queue waits out a backoff. */
+function retryLine(t: Translate, retry: NonNullable<JobStatus['retry']>): string {
+  const values = { attempt: retry.attempt, max: retry.maxAttempts };
+  const after = retry.after ? new Date(retry.after) : null;
+  if (!after || Number.isNaN(after.getTime()) || after.getTime() <= Date.now()) return t('card.retrying', values);
+  return t('card.retryingFrom', { ...values, time: after.toLocaleTimeString() });
 }
 
 export interface FailureText {

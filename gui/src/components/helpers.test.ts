@@ -104,6 +104,14 @@ describe('job texts', () => {
     expect(lines).toEqual(['83% done', 'Stage 1 of 2']);
   });
 
+  it('say which attempt a job waiting after a failure runs next, and from when', () => {
+    const after = new Date(Date.now() + 60_000);
+    const waiting = jobRecord('a', 'pending', { queue: { current: 0, total: 2 }, retry: { attempt: 2, maxAttempts: 3, after: after.toISOString() } });
+    expect(progressLines(t, waiting)).toEqual([`Attempt 2 of 3, after a failure, from ${after.toLocaleTimeString()}`, '1 of 2 in the queue']);
+    const due = jobRecord('a', 'pending', { queue: { current: 0, total: 1 }, retry: { attempt: 3, maxAttempts: 3, after: '2020-01-01T00:00:00+00:00' } });
+    expect(progressLines(t, due)).toEqual(['Attempt 3 of 3, after a failure', '1 of 1 in the queue']);
+  });
+
   it('translate known failure reasons, keep unknown ones verbatim, and carry the message', () => {
     expect(failureText(t, jobRecord('a', 'failed', { reason: 'oom', error: ' out of GPU memory ' }))).toEqual({
       reason: 'Reason: out of memory',

@@ -228,6 +228,8 @@ export const de: typeof en = {
     grid: 'Raster',
     queued: 'Platz {{position}} von {{total}} in der Warteschlange',
     waiting: 'Wartet auf einen Worker',
+    retrying: 'Versuch {{attempt}} von {{max}}, nach einem Fehler',
+    retryingFrom: 'Versuch {{attempt}} von {{max}}, nach einem Fehler, ab {{time}}',
     percent: '{{percent}} % erledigt',
     stages: 'Stufe {{current}} von {{total}}',
     tiles: 'Kachel {{current}} von {{total}}',

@@ -230,6 +230,8 @@ export const en = {
     grid: 'grid',
     queued: '{{position}} of {{total}} in the queue',
     waiting: 'Waiting for a worker',
+    retrying: 'Attempt {{attempt}} of {{max}}, after a failure',
+    retryingFrom: 'Attempt {{attempt}} of {{max}}, after a failure, from {{time}}',
     percent: '{{percent}}% done',
     stages: 'Stage {{current}} of {{total}}',
     tiles: 'Tile {{current}} of {{total}}',
