@@ -106,13 +106,15 @@ class Param:
     def _number(self, path: str, value: Any) -> int | float:
         kind = "an integer" if self.kind == "int" else "a number"
         ranged = f" from {_number_text(self.low)} to {_number_text(self.high)}" if self.high else ""
+        # The error shows what was sent: 2000 from a query string, not the 2000.0 it was read as.
+        shown = repr(value)
         if isinstance(value, str) and len(value) <= 64:
             with contextlib.suppress(ValueError):
-                value = float(value)
+                value, shown = float(value), value
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ParamError(path, f"must be {kind}{ranged}, got {value!r}"[:120])
+            raise ParamError(path, f"must be {kind}{ranged}, got {shown}"[:120])
         if (self.high and not self.low <= value <= self.high) or (self.kind == "int" and int(value) != value):
-            raise ParamError(path, f"must be {kind}{ranged}, got {value!r}"[:120])
+            raise ParamError(path, f"must be {kind}{ranged}, got {shown}"[:120])
         return int(value) if self.kind == "int" else float(value)
 
     def schema(self) -> dict[str, Any]:

@@ -21,6 +21,8 @@ def test_param_rules_refuse_instead_of_clamping() -> None:
     for param, value, message in (
         (integer("n", 1, 8), True, "must be an integer from 1 to 8"),
         (integer("n", 1, 8), 9, "must be an integer from 1 to 8, got 9"),
+        # As sent: a query string's "2000", not the 2000.0 it was read as.
+        (integer("n", 1, 8), "2000", "must be an integer from 1 to 8, got 2000$"),
         (integer("n", 1, 8), 2.5, "must be an integer"),
         (number("f", 0, 1), float("nan"), "must be a number"),
         (number("f", 0, 1), -0.5, "must be a number from 0 to 1"),
