@@ -47,6 +47,11 @@ DEFAULT_MAX_ATTEMPTS = 3
 #: maximum. Without it, an outage of a few seconds spent all of a job's attempts.
 RETRY_DELAY_S = 5.0
 RETRY_DELAY_MAX_S = 300.0
+#: How long a job may generate before it fails as ``timeout`` at its next check (conversion jobs
+#: excepted); a GPU pool should set far less. A job that reaches no check ``JOB_STUCK_S`` after
+#: that is stuck in native code: the worker records it failed and exits to be restarted.
+JOB_TIMEOUT_S = 3600.0
+JOB_STUCK_S = 120.0
 #: Jobs a worker runs as one UNet batch; 1 (off) suits CPUs, where a batch costs its sum.
 #: GPU workers should set 4: four SD 1.5 images cost about 1.15x one (issue 5).
 DEFAULT_BATCH_MAX = 1
@@ -218,6 +223,10 @@ class Config:
     #: The backoff between attempts (``RETRY_DELAY_S``): first wait, and the longest.
     retry_delay_s: float = RETRY_DELAY_S
     retry_delay_max_s: float = RETRY_DELAY_MAX_S
+    #: The time limit of a job's generation (``JOB_TIMEOUT_S``; 0: none), and how long past it a
+    #: job that reaches no check may hold the worker.
+    job_timeout_s: float = JOB_TIMEOUT_S
+    job_stuck_s: float = JOB_STUCK_S
     #: Up to this many compatible plain txt2img jobs are claimed and run as one batch.
     batch_max: int = DEFAULT_BATCH_MAX
     #: Up to this many finished lone jobs are stored and committed while the next one generates;
@@ -284,6 +293,11 @@ class Config:
             problems.append(f"device must be a CUDA device index (0 or more), got {self.device}")
         if self.max_attempts < 1:
             problems.append("max_attempts must be at least 1")
+        if self.job_timeout_s < 0 or self.job_stuck_s <= 0:
+            problems.append(
+                f"the job time limit must be 0 (none) or more and the stuck time more than 0, got "
+                f"{self.job_timeout_s}s and {self.job_stuck_s}s"
+            )
         if not 0 <= self.retry_delay_s <= self.retry_delay_max_s:
             problems.append(
                 f"the retry delay must be 0 or more and at most its maximum, got {self.retry_delay_s}s "
@@ -401,6 +415,8 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_attempts": ("ONNX_WEB_WORKER_RETRIES", _positive(int)),
     "retry_delay_s": ("ONNX_WEB_RETRY_DELAY_S", float),
     "retry_delay_max_s": ("ONNX_WEB_RETRY_DELAY_MAX_S", float),
+    "job_timeout_s": ("ONNX_WEB_JOB_TIMEOUT_S", float),
+    "job_stuck_s": ("ONNX_WEB_JOB_STUCK_S", float),
     "batch_max": ("ONNX_WEB_BATCH_MAX", _positive(int)),
     "upload_depth": ("ONNX_WEB_UPLOAD_DEPTH", int),
     "lease_s": ("ONNX_WEB_LEASE_S", _positive(float)),

@@ -11,12 +11,19 @@ ending (cancelled, released, failed) is recorded the same way whether the job ra
 
 ``OutputStage`` lets a worker store and commit one job (``JobRun.deliver``) in the background
 while its next job generates; the job stays held, with its lease renewed, until its commit.
+
+A job that generates longer than ``ONNX_WEB_JOB_TIMEOUT_S`` fails as ``timeout`` at its next check
+(between steps, tiles and stages). One that reaches no check for ``ONNX_WEB_JOB_STUCK_S`` more is
+stuck in native code (a driver, a kernel): its lease thread ends the attempt as ``timeout`` and
+then the worker process, which nothing else could free; its supervisor starts a fresh one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import queue
 import threading
 import time
@@ -52,6 +59,26 @@ from service.storage import ObjectStore, output_key, output_prefix
 
 log = logging.getLogger(__name__)
 
+
+class JobTimedOut(Exception):
+    """The job generated longer than the worker's time limit; another attempt would too."""
+
+    code = "timeout"
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(f"the job ran longer than the time limit of {limit_s:g} s (ONNX_WEB_JOB_TIMEOUT_S)")
+
+
+#: The exit status of a worker that ended itself because a job was stuck (EX_SOFTWARE).
+EXIT_STUCK = 70
+
+
+def exit_stuck() -> None:
+    """End the process now: a thread stuck in native code cannot be stopped any other way."""
+    logging.shutdown()
+    os._exit(EXIT_STUCK)
+
+
 #: Error texts that mean the device ran out of memory (onnx-web's markers, contract §6.3).
 OOM_MARKERS = (
     "out of memory",
@@ -64,9 +91,16 @@ OOM_MARKERS = (
 #: Errors that a retry cannot fix: bad parameters, refused sources, undecodable images, missing files.
 #: Failures whose ``code`` is the job's reason.
 CODED_ERRORS = (
-    SourceURLError | SourceS3Refused | SafetyBlocked | MODEL_STORE_ERRORS | ConversionFailed | ModelInvalid
+    SourceURLError
+    | SourceS3Refused
+    | SafetyBlocked
+    | MODEL_STORE_ERRORS
+    | ConversionFailed
+    | ModelInvalid
+    | JobTimedOut
 )
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    JobTimedOut,
     ValueError,
     TypeError,
     KeyError,
@@ -119,6 +153,8 @@ class JobRunner:
         #: and the worker checks it before its next claim. Set first, so that a job the output
         #: stage hands back is not claimed again before the check.
         self.attempt_failed = threading.Event()
+        #: What a lease thread calls once its job is stuck past the time limit and recorded failed.
+        self.on_stuck: Callable[[], None] = exit_stuck
         # Holds end on the main thread and on the output stage's thread.
         self._counts = threading.Lock()
 
@@ -162,6 +198,13 @@ class JobRun:
         self.cancelled = threading.Event()
         self.lost = threading.Event()
         self.done = threading.Event()
+        #: Set once generation is over (the outputs are handed to ``deliver``, or the attempt ends):
+        #: from then on the time limit no longer applies.
+        self.generated = threading.Event()
+        #: Conversions are bounded by their download limits and may rightly take hours.
+        self.time_limit_s = self.config.job_timeout_s if job.kind != "convert" else 0.0
+        #: Past this (``time.monotonic``), the next check fails the job as ``timeout``.
+        self.deadline = time.monotonic() + self.time_limit_s if self.time_limit_s > 0 else math.inf
         self.latest = Progress()
         #: Why the attempt failed (``_fail``'s reason), for the summary's metrics; None otherwise.
         self.failure_reason: str | None = None
@@ -172,7 +215,14 @@ class JobRun:
     # -- while it runs -----------------------------------------------------------------------
 
     def check(self) -> None:
-        """Raise if the job must stop now: lease lost, cancelled, or shutdown out of grace."""
+        """Raise if the job must stop now: lease lost, cancelled, shutdown out of grace, or past its
+        time limit (``JobTimedOut``, a final failure)."""
+        self._check_held()
+        if not self.generated.is_set() and time.monotonic() > self.deadline:
+            raise JobTimedOut(self.time_limit_s)
+
+    def _check_held(self) -> None:
+        """Raise if this worker must let the job go: lease lost, cancelled, or shutdown out of grace."""
         if self.lost.is_set():
             raise LeaseLost(self.job.name)
         if self.cancelled.is_set():
@@ -209,8 +259,16 @@ class JobRun:
         self._note(answer)
 
     def keep_lease(self) -> None:
-        """Renew the lease every ``heartbeat_s`` until the job is done; note cancels and loss."""
+        """Renew the lease every ``heartbeat_s`` until the job is done; note cancels and loss.
+
+        A job still generating ``job_stuck_s`` past its time limit never reached a check: it is
+        recorded failed here, and the worker ended (``JobRunner.on_stuck``).
+        """
+        stuck_at = self.deadline + self.config.job_stuck_s
         while not self.done.wait(self.config.heartbeat_s):
+            if not self.generated.is_set() and time.monotonic() > stuck_at:
+                self._end_stuck()
+                return
             fault_point("during_heartbeat")
             try:
                 beat = self.runner.jobs.heartbeat(self.job.id, self.config.worker_id, self.job.attempt)
@@ -218,6 +276,28 @@ class JobRun:
                 log.warning("heartbeat failed", extra={**self.keys(), "error": str(err)})
                 continue
             self._note(beat)
+
+    def _end_stuck(self) -> None:
+        """Record the stuck job as timed out (not retried: it would stick again), then end the worker."""
+        log.error(
+            "job stuck past its time limit, in no check for %s s; ending it, then this worker",
+            self.config.job_stuck_s,
+            extra={**self.keys(), "action": "stuck", "limit_s": self.time_limit_s},
+        )
+        try:
+            DB_RETRY(self.runner.jobs.finish_failed)(
+                self.job.id,
+                self.config.worker_id,
+                self.job.attempt,
+                reason=JobTimedOut.code,
+                message=f"{JobTimedOut(self.time_limit_s)} and stopped at no check; the worker restarted",
+                retryable=False,
+            )
+            self.runner.discard(self.job)
+        except OperationalError:
+            # Unrecorded, the lease expires and rescue hands the job on, as after any worker death.
+            log.error("could not record the stuck job; its lease will expire", extra=self.keys())
+        self.runner.on_stuck()
 
     def _note(self, beat: Heartbeat) -> None:
         """Flag what a heartbeat or a progress write answered, for the job's next ``check``."""
@@ -250,12 +330,14 @@ class JobRun:
         Run by the worker's output stage while the next job generates, so the job may have been
         cancelled, lost or called back while it waited: it is checked before anything is uploaded.
         """
+        # Made in time: the limit is on generating, not on waiting for the output stage.
+        self.generated.set()
         try:
-            self.check()
+            self._check_held()
             upload_started = time.monotonic()
             stored = self._store_outputs(outputs)
             timings["upload"] = elapsed_ms(upload_started)
-            self.check()
+            self._check_held()
             fault_point("after_put_before_commit")
         except Exception as err:  # every failure ends the attempt, never the worker
             return self.end(err)
@@ -276,6 +358,7 @@ class JobRun:
 
     def end(self, err: Exception) -> str:
         """End the attempt as ``err`` says: cancelled, fenced, handed back or failed; the outcome."""
+        self.generated.set()
         if isinstance(err, StageCancelled):
             return "cancelled" if self._finish_cancelled() else "fenced"
         if isinstance(err, LeaseLost):

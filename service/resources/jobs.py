@@ -40,6 +40,7 @@ FAILURE_MESSAGES = {
     "model_corrupt": "a file of the model failed its check when the worker pulled it from the model store",
     "model_invalid": "a file of the model is damaged or not one ONNX Runtime can load; replace its files",
     "model_cache_full": "the worker's model cache has no room for the model",
+    "timeout": "the job ran longer than the server's time limit; try fewer steps, a smaller size or images",
     "source_missing": "the conversion's source does not exist",
     "bad_source": "the conversion's source is not one this server may read",
     "download_failed": "the conversion's download failed",

@@ -271,6 +271,7 @@ export const de: typeof en = {
   reasonHint: {
     oom: 'Kleinere Größe oder Stapelgröße wählen oder gekacheltes VAE einschalten.',
     storage: 'Das Ergebnis konnte nicht gespeichert werden; später erneut versuchen.',
+    timeout: 'Der Auftrag lief länger, als der Server erlaubt; weniger Schritte, eine kleinere Größe oder weniger Bilder wählen.',
   },
   viewer: {
     title: 'Bildbetrachter',

@@ -273,6 +273,7 @@ export const en = {
   reasonHint: {
     oom: 'Try a smaller size or batch, or turn on tiled VAE.',
     storage: 'The result could not be saved; try again later.',
+    timeout: 'The job ran longer than the server allows; try fewer steps, a smaller size or fewer images.',
   },
   viewer: {
     title: 'Image viewer',
