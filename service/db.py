@@ -14,11 +14,14 @@ import psycopg
 import sqlalchemy
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from service.config import DB_MAX_OVERFLOW, DB_POOL_SIZE, Config
+from service.errors import ConfigError
 
 #: Postgres refusing, timing out or dropping the connection (the pool's wait included): an outage
 #: a client may retry, answered 503. Any other database error is a bug.
@@ -38,14 +41,25 @@ STATEMENT_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5
 #: ``migrations/`` is installed beside ``service/``, in a checkout and in a wheel alike.
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "migrations" / "alembic.ini"
+NO_DATABASE_URL = (
+    'DATABASE_URL is not set (see README "Running in production"; for the database of onnx-web run, '
+    "copy DATABASE_URL from DATA_DIR/stack.json while it runs)"
+)
+
+
+class SchemaBehind(ConfigError):
+    """The database's schema is older than this code's migrations: the code would fail on it."""
 
 
 def sqlalchemy_url(url: str | URL) -> URL:
     """Turn a ``postgres://``/``postgresql://`` URL into SQLAlchemy's psycopg 3 form.
 
     Query parameters pass through untouched, so a unix-socket URL such as
-    ``postgresql://postgres:@/postgres?host=/tmp/pg`` keeps working.
+    ``postgresql://postgres:@/postgres?host=/tmp/pg`` keeps working. An empty URL (``DATABASE_URL``
+    unset) is a ``ConfigError`` saying so, the one line every command prints for it.
     """
+    if isinstance(url, str) and not url.strip():
+        raise ConfigError(NO_DATABASE_URL)
     parsed = make_url(url)
     if parsed.drivername not in POSTGRES_SCHEMES:
         raise ValueError(f"not a PostgreSQL URL: {parsed.drivername}://…")
@@ -106,6 +120,39 @@ def downgrade(url: str | URL, revision: str = "base") -> None:
     """Downgrade the database at ``url`` to ``revision``; ``base`` removes every object the
     migrations made."""
     _run_alembic(url, lambda config: command.downgrade(config, revision))
+
+
+def migration_scripts() -> ScriptDirectory:
+    """This code's migrations (``migrations/versions``), read from the files alone."""
+    return ScriptDirectory.from_config(AlembicConfig(ALEMBIC_INI))
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The migration the database is at, as Alembic recorded it; None when it was never migrated.
+
+    Alembic owns its version table: it looks the table up, then reads its one row.
+    """
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def require_current_schema(engine: Engine) -> None:
+    """Raise ``SchemaBehind`` when the database lacks migrations this code has (api and worker start).
+
+    A revision this code does not know was made by newer code (a rolling upgrade migrates before
+    the old processes are gone), whose migrations keep the old code working: that passes.
+    """
+    scripts = migration_scripts()
+    head = scripts.get_current_head()
+    current = current_revision(engine)
+    known = {script.revision for script in scripts.walk_revisions()}
+    if current == head or (current is not None and current not in known):
+        return
+    found = f"at {current}" if current is not None else "empty (never migrated)"
+    raise SchemaBehind(
+        f"the database schema is {found}, this code needs {head}: run onnx-web migrate "
+        "(for onnx-web run: restart it, its start migrates)"
+    )
 
 
 def create_database(admin_url: str | URL, name: str) -> str:

@@ -18,6 +18,9 @@ from typing import Any
 from service.config import DOWNLOAD_MAX_BYTES, Config, parse_bytes
 from service.jobs.models import MODEL_KINDS, ModelRecords
 
+#: What converting here imports, from the ``worker`` extra (``models import``).
+CONVERT_MODULES = ("tqdm", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "safetensors")
+
 
 def add_models_arguments(commands: Any) -> None:
     """Add ``models publish``, ``models list`` and ``models delete`` to the command line."""
@@ -68,10 +71,13 @@ def add_models_arguments(commands: Any) -> None:
 def run_models(args: argparse.Namespace) -> int:
     """Run a parsed ``models`` command; returns the process exit status."""
     from service import logs
+    from service.cli import require_extra
     from service.db import make_engine
     from service.modelstore import withdraw
     from service.storage import from_config
 
+    if args.models_action == "import":
+        require_extra("worker", CONVERT_MODULES)
     if args.models_action == "import" and not args.publish:
         return import_entries(args, store=None, records=None)
     config = Config.from_env()
@@ -94,6 +100,11 @@ def run_models(args: argparse.Namespace) -> int:
 
 def convert_and_publish(run_convert: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """``onnx-web convert``, then, with ``--publish``, ``models publish`` of the converted folder."""
+    source = getattr(args, "src", None)
+    if source is not None and not source.exists():
+        # Else a name that is no folder is taken for a hub id, and fails on the network.
+        print(f"cannot convert {source}: no such file or folder", file=sys.stderr)
+        return 2
     status = run_convert(args)
     if status or not getattr(args, "publish", False):
         return status
@@ -101,9 +112,9 @@ def convert_and_publish(run_convert: Callable[[argparse.Namespace], int], args: 
     from service.storage import from_config
 
     config = Config.from_env()
+    records = ModelRecords(make_engine(config.database_url))
     store = from_config(config)
     store.ensure_bucket()
-    records = ModelRecords(make_engine(config.database_url))
     return publish_folder(args.models / args.name, store, records, name=None, kind="diffusion", label=None)
 
 

