@@ -209,7 +209,8 @@ def create_app(
     ``extras`` too, admins store extras documents whose entries workers convert into the store."""
     middleware: list[Any] = [
         RequestContext(config.max_body_bytes),
-        falcon.CORSMiddleware(allow_origins=cors_origins(config)),
+        # A GUI on another origin reads how long a 429 or 503 asks it to wait, and the request id.
+        falcon.CORSMiddleware(allow_origins=cors_origins(config), expose_headers=EXPOSED_HEADERS),
     ]
     if config.auth == "keys":
         if keys is None:
@@ -292,6 +293,10 @@ def create_app(
     ]
     app.add_route("/api", IntrospectResource(sorted(listed, key=lambda route: _route_order(route[0]))))
     return app
+
+
+#: Response headers a cross-origin client may read besides the CORS-safelisted ones.
+EXPOSED_HEADERS = ["Retry-After", "X-Request-ID"]
 
 
 def cors_origins(config: Config) -> str | list[str]:

@@ -51,6 +51,7 @@ export function describeError(t: Translate, error: unknown, options: { admin?: b
     if (error.status === 400) return t('errors.badInput', { message: error.message });
     if (error.status === 501) return t('errors.notImplemented', { message: error.message });
     if (error.unauthorised) return t(options.admin ? 'errors.adminUnauthorised' : 'errors.unauthorised', { message: error.message });
+    if (error.retryAfterS !== null) return t('errors.httpRetry', { status: error.status, message: error.message, seconds: error.retryAfterS });
     return t('errors.http', { status: error.status, message: error.message });
   }
   return t('errors.unexpected', { message: (error as Error)?.message ?? String(error) });

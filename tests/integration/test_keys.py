@@ -224,6 +224,9 @@ def test_cors_lists_only_the_configured_origins_in_keys_mode(
     assert allowed.headers.get("access-control-allow-origin") == "https://app.example"
     assert "access-control-allow-origin" not in other.headers
     assert allowed.headers["x-content-type-options"] == "nosniff"
+    # A GUI there reads how long a 429 asks it to wait.
+    exposed = allowed.headers.get("access-control-expose-headers", "").lower()
+    assert "retry-after" in exposed and "x-request-id" in exposed
 
 
 def test_the_keys_command_creates_lists_and_revokes(database_url: str, keys: KeyStore) -> None:

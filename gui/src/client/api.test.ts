@@ -41,6 +41,20 @@ describe('createClient', () => {
     expect([...form.keys()].sort()).toEqual(['json', 'mask', 'source']);
   });
 
+  it('reads the delay of a Retry-After header into the error, ignoring any other form', async () => {
+    const answers = [
+      new Response(JSON.stringify({ error: 'slow down' }), { status: 429, headers: { 'Retry-After': '17' } }),
+      new Response(JSON.stringify({ error: 'down' }), { status: 503, headers: { 'Retry-After': 'Wed, 21 Oct 2015 07:28:00 GMT' } }),
+    ];
+    const { fetch } = fakeFetch(() => answers.shift() as Response);
+    const client = createClient({ root: '', fetch });
+    const first = await client.submitChain({ stages: [] }).catch((e: unknown) => e);
+    const second = await client.submitChain({ stages: [] }).catch((e: unknown) => e);
+    expect(first).toBeInstanceOf(ApiError);
+    expect([(first as ApiError).status, (first as ApiError).retryAfterS, (first as ApiError).message]).toEqual([429, 17, 'slow down']);
+    expect((second as ApiError).retryAfterS).toBeNull();
+  });
+
   it('sends a chain as a JSON body to /api/job', async () => {
     const { fetch, calls } = fakeFetch(() => json(200, record));
     await createClient({ root: 'http://h', fetch }).submitChain({ stages: [] });

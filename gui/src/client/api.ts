@@ -29,13 +29,16 @@ export class ApiError extends Error {
   readonly status: number;
   /** The error answer's JSON body (field errors, conflicts), or null when it had none. */
   readonly body: unknown;
+  /** Seconds the server asked to wait before trying again (`Retry-After` of a 429 or 503), if any. */
+  readonly retryAfterS: number | null;
 
-  constructor(kind: ApiErrorKind, status: number, message: string, body: unknown = null) {
+  constructor(kind: ApiErrorKind, status: number, message: string, body: unknown = null, retryAfterS: number | null = null) {
     super(message);
     this.name = 'ApiError';
     this.kind = kind;
     this.status = status;
     this.body = body;
+    this.retryAfterS = retryAfterS;
   }
 
   /** The server knows the route but has not built the feature yet. */
@@ -126,7 +129,13 @@ async function errorOf(res: Response): Promise<ApiError> {
   }
   const fields = (body ?? {}) as { error?: unknown; title?: unknown; description?: unknown };
   const message = [fields.error, fields.description, fields.title].find((m): m is string => typeof m === 'string' && m !== '');
-  return new ApiError('http', res.status, message ?? `${res.status} ${res.statusText}`.trim(), body);
+  return new ApiError('http', res.status, message ?? `${res.status} ${res.statusText}`.trim(), body, retryAfter(res));
+}
+
+/** `Retry-After` in seconds: the delay form only (the server sends no dates); null when absent or odd. */
+function retryAfter(res: Response): number | null {
+  const value = res.headers.get('Retry-After')?.trim() ?? '';
+  return /^[0-9]{1,6}$/.test(value) ? Number(value) : null;
 }
 
 /** Check a list of job names against the server's per-call limit before sending it. */

@@ -74,6 +74,9 @@ describe('errors and records', () => {
     expect(describeError(t, new ApiError('http', 501, 'img2img comes later'))).toBe('Not available on this server yet: img2img comes later');
     expect(describeError(t, new ApiError('network', 0, 'cannot reach x'))).toMatch(/could not be reached/);
     expect(describeError(t, new ApiError('http', 500, '500 Internal Server Error'))).toBe('The server answered 500: 500 Internal Server Error');
+    expect(describeError(t, new ApiError('http', 429, 'rate limit of API key k: 2 requests per minute', null, 41))).toBe(
+      'The server answered 429: rate limit of API key k: 2 requests per minute. Try again in 41 s.',
+    );
   });
 
   it('sends a refused API key to Settings, and a refused admin call to the admin token', () => {

@@ -203,6 +203,7 @@ export const de: typeof en = {
     unauthorised: 'Der Server hat die Anfrage abgelehnt: {{message}}. Bitte in den Einstellungen einen gültigen API-Schlüssel eintragen.',
     adminUnauthorised: 'Nicht erlaubt: {{message}} (Admin-Token prüfen)',
     http: 'Der Server antwortete {{status}}: {{message}}',
+    httpRetry: 'Der Server antwortete {{status}}: {{message}}. In {{seconds}} s erneut versuchen.',
     unexpected: 'Etwas ist schiefgegangen: {{message}}',
   },
   history: {

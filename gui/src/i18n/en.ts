@@ -205,6 +205,7 @@ export const en = {
     unauthorised: 'The server refused the request: {{message}}. Set a valid API key in Settings.',
     adminUnauthorised: 'Not allowed: {{message}} (check the admin token)',
     http: 'The server answered {{status}}: {{message}}',
+    httpRetry: 'The server answered {{status}}: {{message}}. Try again in {{seconds}} s.',
     unexpected: 'Something went wrong: {{message}}',
   },
   history: {
