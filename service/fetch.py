@@ -21,7 +21,9 @@ The controls, from reliability.md API7 (OWASP API7:2023):
   response, the body is capped while it streams and its content type must be PNG, JPEG or WebP.
 
 ``allow_private=True`` lifts the address and port checks, for tests against a local server and
-for deployments that fetch from their own network on purpose. Every failure raises a subclass
+for deployments that fetch from their own network on purpose; link-local addresses (the cloud
+metadata service's ``169.254.169.254`` and ``fd00:ec2::254`` among them) stay refused, as no
+image or model server lives there. Every failure raises a subclass
 of :class:`SourceURLError`, a ``ValueError``, so the worker fails the job at once, without
 retrying, and its ``code`` names the failure.
 """
@@ -75,16 +77,22 @@ BLOCKED_NETWORKS = tuple(
         "198.18.0.0/15",
         "224.0.0.0/4",  # multicast
         "240.0.0.0/4",  # reserved, and the broadcast address
-        "::/128",
-        "::1/128",
+        "::/96",  # IPv4-compatible (deprecated), with :: and ::1
         "::ffff:0:0/96",  # IPv4-mapped: checked by the address it maps, and refused anyway
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
         str(NAT64),  # reaches the IPv4 address in its last 32 bits
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215): reaches the operator's own IPv4 network
         "2002::/16",  # 6to4
         "fc00::/7",  # unique local
         "fe80::/10",  # link-local
         "fec0::/10",  # site-local (deprecated)
         "ff00::/8",  # multicast
     )
+)
+#: Refused even with ``allow_private``: the link-local ranges, where the cloud metadata service
+#: answers (``169.254.169.254``, AWS's ``fd00:ec2::254``), and no server a job fetches from lives.
+LINK_LOCAL_NETWORKS = tuple(
+    ipaddress.ip_network(network) for network in ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")
 )
 
 _HOST_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
@@ -173,11 +181,11 @@ def parse_source_url(url: str, *, allow_private: bool = False) -> SourceURL:
     if "@" in parts.netloc:
         raise SourceURLBlocked("source URL must not carry credentials")
     host = parts.hostname or ""
-    literal = _ip_literal(host)
+    literal = ip_literal(host)
     if literal is None:
         _check_host_name(host)
-    elif not allow_private:
-        _check_address(literal)
+    else:
+        _check_address(literal, allow_private=allow_private)
     port = port if port is not None else DEFAULT_PORTS[scheme]
     if not allow_private and port not in PORTS:
         raise SourceURLBlocked(f"source URL port must be 80 or 443, got {port}")
@@ -187,7 +195,7 @@ def parse_source_url(url: str, *, allow_private: bool = False) -> SourceURL:
     return SourceURL(scheme, host, port, target, literal)
 
 
-def _ip_literal(host: str) -> IPAddress | None:
+def ip_literal(host: str) -> IPAddress | None:
     """The address ``host`` spells, if it is an IP literal; ``None`` if it is a name."""
     if ":" in host:
         try:
@@ -237,17 +245,20 @@ def _check_host_name(host: str) -> None:
         raise SourceURLBlocked(f"source URL host {host!r} is not a valid host name")
 
 
-def blocked_reason(address: IPAddress) -> str | None:
-    """Why a connection to ``address`` is refused, or ``None`` if it is a public address."""
+def blocked_reason(address: IPAddress, *, allow_private: bool = False) -> str | None:
+    """Why a connection to ``address`` is refused, or ``None`` if it is a public address.
+
+    With ``allow_private`` only link-local addresses (``LINK_LOCAL_NETWORKS``) are refused.
+    """
     if isinstance(address, ipaddress.IPv6Address):
         address = ipaddress.IPv6Address(address.compressed.split("%")[0])  # the scope changes nothing
-        embedded = address.ipv4_mapped or address.sixtofour or _nat64(address)
-        if embedded is not None and (reason := blocked_reason(embedded)):
+        embedded = address.ipv4_mapped or address.sixtofour or _nat64(address) or _translated(address)
+        if embedded is not None and (reason := blocked_reason(embedded, allow_private=allow_private)):
             return f"{address} embeds {reason}"
-    for network in BLOCKED_NETWORKS:
+    for network in LINK_LOCAL_NETWORKS if allow_private else BLOCKED_NETWORKS:
         if address.version == network.version and address in network:
             return f"{address} (in {network})"
-    if not address.is_global:
+    if not allow_private and not address.is_global:
         return f"{address} (not a public address)"
     return None
 
@@ -258,8 +269,21 @@ def _nat64(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def _check_address(address: IPAddress) -> None:
-    reason = blocked_reason(address)
+def _translated(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address in the last 32 bits of an IPv4-compatible, IPv4-translated or local-use
+    NAT64 address: a translator or a tunnel may deliver such a packet to it."""
+    if any(address in network for network in _CARRIES_IPV4):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+_CARRIES_IPV4 = tuple(
+    ipaddress.IPv6Network(network) for network in ("::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48")
+)
+
+
+def _check_address(address: IPAddress, *, allow_private: bool = False) -> None:
+    reason = blocked_reason(address, allow_private=allow_private)
     if reason:
         raise SourceURLBlocked(f"source URL address refused: {reason}")
 
@@ -267,7 +291,8 @@ def _check_address(address: IPAddress) -> None:
 def resolve(
     source: SourceURL, *, resolver: Resolver, deadline: float, allow_private: bool
 ) -> list[IPAddress]:
-    """Every address of the source's host, each checked (unless ``allow_private``), in resolver order.
+    """Every address of the source's host, each checked (only for link-local with ``allow_private``),
+    in resolver order.
 
     The resolver runs in a helper thread so the deadline holds even when name resolution hangs
     (``getaddrinfo`` has no timeout of its own); a hung lookup is left to finish on its own.
@@ -290,8 +315,7 @@ def resolve(
             address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         except ValueError as err:
             raise SourceURLBlocked(f"{source.host!r} resolved to something not an address") from err
-        if not allow_private:
-            _check_address(address)
+        _check_address(address, allow_private=allow_private)
         if address not in addresses:
             addresses.append(address)
     if not addresses:
@@ -302,6 +326,55 @@ def resolve(
 def _connect(address: tuple[str, int], timeout: float) -> socket.socket:
     """A TCP connection to an address already checked: an IP, never a name to look up again."""
     return socket.create_connection(address, timeout=timeout)
+
+
+def checked_addresses(
+    host: str,
+    port: int,
+    *,
+    timeout_s: float,
+    allow_private: bool,
+    resolver: Resolver = socket.getaddrinfo,
+) -> list[IPAddress]:
+    """Every address ``host`` spells or resolves to, each checked as a fetch's are."""
+    host = host.lower().removeprefix("[").removesuffix("]")
+    literal = ip_literal(host)
+    if literal is None:
+        _check_host_name(host)
+    else:
+        _check_address(literal, allow_private=allow_private)
+    source = SourceURL("http", host, port, "/", literal)
+    deadline = time.monotonic() + timeout_s
+    return resolve(source, resolver=resolver, deadline=deadline, allow_private=allow_private)
+
+
+def connect_checked(
+    host: str,
+    port: int,
+    *,
+    timeout_s: float,
+    allow_private: bool,
+    resolver: Resolver = socket.getaddrinfo,
+) -> socket.socket:
+    """A TCP connection to ``host``, for a client of its own (``service.sources``' downloads).
+
+    The connection goes to one of :func:`checked_addresses`, never to the name again, so DNS
+    rebinding cannot swap it; a client that opens each redirect's connection here has every
+    hop checked.
+    """
+    deadline = time.monotonic() + timeout_s
+    addresses = checked_addresses(
+        host, port, timeout_s=timeout_s, allow_private=allow_private, resolver=resolver
+    )
+    errors = []
+    for address in addresses:
+        try:
+            return _connect((str(address), port), _remaining(deadline))
+        except TimeoutError:
+            raise
+        except OSError as err:
+            errors.append(f"{address}: {err}")
+    raise SourceURLFailed(f"could not connect to {host!r}: {'; '.join(errors)}")
 
 
 def _remaining(deadline: float) -> float:

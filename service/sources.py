@@ -9,14 +9,19 @@ queued); the worker calls :func:`fetch_source`, which returns a local file or fo
 Schemes:
 
 - **local** (a path, or ``file://``): relative paths resolve against ``SourceSettings.import_root``;
-  the real path (symlinks followed) must lie inside it, and without an import root local sources are
-  refused. The file or folder is returned in place, never copied.
+  the real path (symlinks followed) must lie inside it, and so must every link inside a folder;
+  without an import root local sources are refused. The file or folder is returned in place,
+  never copied.
 - **http / https**: downloaded below ``<cache>/downloads`` with urllib3, through a ``.part`` file
   that a later attempt resumes with an HTTP Range request. Connection errors, read timeouts and 5xx
   answers are retried (3 attempts, short exponential backoff); the size limit is enforced from
   Content-Length before the body is read and again while streaming; the sha256 is computed while
   streaming. A finished download leaves a ``.done`` marker (its name, size and sha256), so a later
-  fetch of the same URL reuses it without touching the network.
+  fetch of the same URL reuses it without touching the network. Every connection, redirects
+  included, goes to an address checked by ``service.fetch`` (never to the name again: no DNS
+  rebinding): a link-local one (the cloud metadata service) is always refused, and a private,
+  loopback or otherwise non-public one unless the URL's own host is one (an internal mirror named
+  on purpose), so a public server can never redirect a download into the cluster's network.
 - **hub** (``huggingface://org/repo[@revision]``, or a bare ``org/repo``): a snapshot of configs,
   tokenizers and safetensors/ONNX weights through ``huggingface_hub.snapshot_download`` below
   ``<cache>/hub``. Pickle weights are only fetched when pickles are allowed (a repository holding
@@ -51,6 +56,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 import unicodedata
 import zipfile
@@ -63,6 +69,18 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import tenacity
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from service.fetch import (
+    SourceURLBlocked,
+    SourceURLError,
+    SourceURLTimeout,
+    blocked_reason,
+    checked_addresses,
+    connect_checked,
+    ip_literal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +128,8 @@ SAFE_WEIGHT_SUFFIXES = (".safetensors", ".onnx")
 DOWNLOAD_ATTEMPTS = 3
 DOWNLOAD_BACKOFF_S = 0.25
 DOWNLOAD_CHUNK_BYTES = 1 << 20
+#: A download connection's time limit when urllib3 gives none.
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
 MAX_REDIRECTS = 10
 PROGRESS_INTERVAL_S = 0.1
 HASH_BLOCK_BYTES = 1 << 20
@@ -240,8 +260,14 @@ def _parse_http(source: str) -> ParsedSource:
         raise SourceError("bad_source", "URL has no host")
     try:
         parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as err:
-        raise SourceError("bad_source", "URL has an invalid port") from err
+        literal = ip_literal(parts.hostname)
+    except ValueError as err:  # SourceURLBlocked, for an IP address that does not parse, is one
+        raise SourceError("bad_source", f"URL has an invalid port or address: {err}") from err
+    reason = blocked_reason(literal, allow_private=True) if literal is not None else None
+    if reason:
+        raise SourceError(
+            "bad_source", f"URL names a link-local address, {reason}: no model server lives there"
+        )
     return ParsedSource("http", urlunsplit((parts.scheme.lower(), parts.netloc, parts.path, parts.query, "")))
 
 
@@ -320,7 +346,22 @@ def _fetch_local(location: str, settings: SourceSettings) -> Path:
         raise SourceError("bad_source", f"local source {location!r} lies outside the import root")
     if not path.exists():
         raise SourceError("source_missing", f"local source {location!r} does not exist in the import root")
+    if path.is_dir():
+        _require_links_inside(path, root, location)
     return path
+
+
+def _require_links_inside(folder: Path, root: Path, location: str) -> None:
+    """Refuse a folder holding a link that leads out of the import root: its files are copied and
+    published, so such a link would publish whatever file of the worker it names."""
+    for parent, folders, files in os.walk(folder):
+        for name in (*folders, *files):
+            item = Path(parent) / name
+            if item.is_symlink() and not item.resolve().is_relative_to(root):
+                shown = item.relative_to(folder).as_posix()
+                raise SourceError(
+                    "bad_source", f"local source {location!r} holds {shown!r}, a link out of the import root"
+                )
 
 
 def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
@@ -344,6 +385,55 @@ def _hash_file(path: Path, digest: Any) -> Any:
         while block := file.read(HASH_BLOCK_BYTES):
             digest.update(block)
     return digest
+
+
+def _checked_pools(allow_private: bool) -> dict[str, type[HTTPConnectionPool]]:
+    """urllib3 pool classes whose connections open through ``service.fetch.connect_checked``."""
+
+    def new_conn(connection: HTTPConnection) -> socket.socket:
+        timeout = connection.timeout if isinstance(connection.timeout, int | float) else None
+        try:
+            sock = connect_checked(
+                connection._dns_host,
+                connection.port,
+                timeout_s=timeout or DEFAULT_CONNECT_TIMEOUT_S,
+                allow_private=allow_private,
+            )
+        except SourceURLTimeout as err:
+            raise urllib3.exceptions.ConnectTimeoutError(connection, str(err)) from None
+        except SourceURLBlocked:
+            raise
+        except SourceURLError as err:
+            raise urllib3.exceptions.NewConnectionError(connection, str(err)) from None
+        for option in connection.socket_options or ():
+            sock.setsockopt(*option)
+        return sock
+
+    checked_http = type("CheckedHTTPConnection", (HTTPConnection,), {"_new_conn": new_conn})
+    checked_https = type("CheckedHTTPSConnection", (HTTPSConnection,), {"_new_conn": new_conn})
+    return {
+        "http": type("CheckedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": checked_http}),
+        "https": type("CheckedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": checked_https}),
+    }
+
+
+#: The pools of downloads from public servers, and of those from a mirror the URL names by a
+#: private address.
+CHECKED_POOLS = {allow: _checked_pools(allow) for allow in (False, True)}
+
+
+def _names_private_host(url: str, timeout_s: float) -> bool:
+    """Whether ``url``'s own host is a private address or resolves only to such: a mirror in the
+    operator's network, named on purpose. Link-local hosts raise ``SourceURLBlocked``."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = checked_addresses(parts.hostname or "", port, timeout_s=timeout_s, allow_private=True)
+    except SourceURLBlocked:
+        raise
+    except SourceURLError:
+        return False  # the connection fails on its own, and is retried
+    return all(blocked_reason(address) is not None for address in addresses)
 
 
 class _TransientError(Exception):
@@ -406,14 +496,20 @@ class _Download:
             )
             throttled = _Throttled(progress)
             try:
+                private = _names_private_host(self.url, self.settings.timeout_s)
                 with urllib3.PoolManager(
                     timeout=urllib3.Timeout(connect=self.settings.timeout_s, read=self.settings.timeout_s)
                 ) as pool:
+                    pool.pool_classes_by_scheme = CHECKED_POOLS[private]
                     return cast(Path, retrying(self._attempt, pool, throttled, check))
             except _TransientError as err:
                 raise SourceError(
                     "download_failed",
                     f"download from {self.shown_url} failed {DOWNLOAD_ATTEMPTS} times: {err}",
+                ) from None
+            except SourceURLBlocked as err:
+                raise SourceError(
+                    "bad_source", f"download from {self.shown_url} refused: {redact(str(err))}"
                 ) from None
 
     @contextmanager
