@@ -347,7 +347,11 @@ def get_app() -> falcon.App:
     events = EventHub(config.database_url)
     if config.callback_secret:
         CallbackDispatcher(
-            CallbackStore(engine), jobs, config.callback_secret, allow_private=config.callback_allow_private
+            CallbackStore(engine),
+            jobs,
+            config.callback_secret,
+            allow_private=config.callback_allow_private,
+            per_owner=config.auth == "keys",
         ).start()
     return create_app(
         config,

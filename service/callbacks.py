@@ -7,7 +7,9 @@ of the job's status record (what ``/api/job/status`` answers for it) with two he
 - ``X-Onnx-Web-Timestamp``: Unix seconds when it was signed;
 - ``X-Onnx-Web-Signature``: ``sha256=`` and the hex HMAC-SHA256, keyed with
   ``ONNX_WEB_CALLBACK_SECRET``, of ``<timestamp>.<body>``; a receiver recomputes it and rejects
-  old timestamps to refuse replays.
+  old timestamps to refuse replays. In keys mode each owner's callbacks are keyed with a key of
+  its own (``owner_signing_key``, derived from the secret; ``onnx-web keys create`` prints it), so
+  no user holds a key that signs for another user's receiver.
 
 A 2xx answer delivers it; anything else (or no answer within ``TIMEOUT_S``) is tried again after
 ``RETRY_BASE_S * 2**(n-1)`` seconds (at most ``RETRY_MAX_S``), ``MAX_ATTEMPTS`` tries in all. The
@@ -57,6 +59,12 @@ def check_callback_url(url: object, *, allow_private: bool, secret: str | None) 
     return url
 
 
+def owner_signing_key(secret: str, owner: str) -> str:
+    """The key that signs the callbacks of ``owner``'s jobs in keys mode: derived from the server's
+    secret (HMAC-SHA256, hex), so each owner verifies with a key that signs for it alone."""
+    return hmac.new(secret.encode(), b"onnx-web callback key\0" + owner.encode(), hashlib.sha256).hexdigest()
+
+
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The ``X-Onnx-Web-Signature`` of ``body`` sent at ``timestamp``."""
     digest = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256)
@@ -72,6 +80,8 @@ class CallbackDispatcher:
     #: Keys the signatures (``ONNX_WEB_CALLBACK_SECRET``).
     secret: str
     allow_private: bool = False
+    #: Keys mode: each owner's callbacks are signed with ``owner_signing_key``, not the secret.
+    per_owner: bool = False
     #: Sends one POST (``service.fetch.post_json``'s signature).
     post: Callable[..., int] = post_json
     _stopping: threading.Event = field(default_factory=threading.Event, init=False)
@@ -99,13 +109,16 @@ class CallbackDispatcher:
             if not busy:
                 self._stopping.wait(POLL_S)
 
+    def _key(self, owner: str) -> str:
+        return owner_signing_key(self.secret, owner) if self.per_owner else self.secret
+
     def _try(self, delivery: Delivery) -> None:
         view = self.jobs.get_many([delivery.job_name]).get(delivery.job_name)
         body = json.dumps(render_job(delivery.job_name, view), separators=(",", ":")).encode()
         timestamp = int(time.time())
         headers = {
             "X-Onnx-Web-Timestamp": str(timestamp),
-            "X-Onnx-Web-Signature": sign(self.secret, timestamp, body),
+            "X-Onnx-Web-Signature": sign(self._key(delivery.owner), timestamp, body),
             "X-Onnx-Web-Delivery": str(delivery.id),
         }
         keys = {"callback": delivery.id, "job": delivery.job_name, "attempt": delivery.attempt}

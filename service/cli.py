@@ -261,6 +261,8 @@ def _keys(args: argparse.Namespace) -> int:
     from service.db import make_engine
     from service.jobs.keys import KeyStore
 
+    if args.action == "callback-key":
+        return _callback_key(args.owner)
     with _keys_database(Path(args.data_dir)) as database_url:
         keys = KeyStore(make_engine(database_url))
         if args.action == "create":
@@ -271,6 +273,12 @@ def _keys(args: argparse.Namespace) -> int:
                 rate_per_min=args.rate,
                 pixel_steps_per_day=args.pixel_steps,
             )
+            secret = os.environ.get("ONNX_WEB_CALLBACK_SECRET")
+            if secret:
+                from service.callbacks import owner_signing_key
+
+                signing = owner_signing_key(secret, key.owner)
+                print(f"{key.owner}'s job-end callbacks are signed with {signing}")
             print(f"created key {key.id} for {key.owner}; it is shown only now, keep it:")
             print(text)
         elif args.action == "list":
@@ -280,6 +288,18 @@ def _keys(args: argparse.Namespace) -> int:
             return 1
         else:
             print(f"revoked key {args.key_id}")
+    return 0
+
+
+def _callback_key(owner: str) -> int:
+    """Print the key ``owner``'s receivers check job-end callbacks with (keys mode), from the secret."""
+    from service.callbacks import owner_signing_key
+
+    secret = os.environ.get("ONNX_WEB_CALLBACK_SECRET")
+    if not secret:
+        print("ONNX_WEB_CALLBACK_SECRET is not set: set it as the api has it", file=sys.stderr)
+        return 2
+    print(owner_signing_key(secret, owner))
     return 0
 
 
@@ -440,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke = key_actions.add_parser("revoke", parents=[data_dir], help="revoke a key for good")
     revoke.add_argument("key_id", help="the id 'keys list' shows")
+    callback_key = key_actions.add_parser(
+        "callback-key",
+        parents=[data_dir],
+        help="the key an owner's receivers check job-end callbacks with (from ONNX_WEB_CALLBACK_SECRET)",
+    )
+    callback_key.add_argument("owner", help="the owner its API keys were made for")
     keys.set_defaults(func=_keys)
 
     add_convert_arguments(commands)

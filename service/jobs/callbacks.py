@@ -23,6 +23,8 @@ class Delivery:
     attempt: int
     #: The job that ended.
     job_name: str
+    #: Whose job it is: in keys mode the signature is keyed for this owner.
+    owner: str = "anonymous"
 
 
 class CallbackStore:
@@ -35,7 +37,7 @@ class CallbackStore:
         """Up to ``limit`` due deliveries, hidden from other dispatchers for ``lease_s``."""
         with self._engine.begin() as conn:
             rows = conn.execute(QUERIES["claim_callbacks"], {"limit": limit, "lease_s": lease_s}).all()
-        return [Delivery(row.id, row.url, row.attempts, row.name) for row in rows]
+        return [Delivery(row.id, row.url, row.attempts, row.name, row.owner) for row in rows]
 
     def delivered(self, delivery_id: int) -> None:
         with self._engine.begin() as conn:

@@ -491,7 +491,7 @@ WITH due AS (
 UPDATE callbacks SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => :lease_s)
 FROM due, jobs
 WHERE callbacks.id = due.id AND jobs.id = callbacks.job_id
-RETURNING callbacks.id, callbacks.url, callbacks.attempts, jobs.name;
+RETURNING callbacks.id, callbacks.url, callbacks.attempts, jobs.name, jobs.owner;
 
 -- name: callback_delivered
 -- A delivery the receiver accepted (2xx).

@@ -21,10 +21,11 @@ import falcon.testing
 import pytest
 import sqlalchemy
 
-from service.callbacks import MAX_ATTEMPTS, CallbackDispatcher
+from service.callbacks import MAX_ATTEMPTS, CallbackDispatcher, owner_signing_key
 from service.jobs.callbacks import CallbackStore
 from service.jobs.store import JobStore
 from service.storage import ObjectStore
+from tests.fixtures.postgres import new_job
 from tests.integration.api import api_client, error_of, make_models
 
 pytestmark = pytest.mark.integration
@@ -103,6 +104,32 @@ def test_an_ended_job_is_posted_once_signed(
     signed = post["headers"]["X-Onnx-Web-Timestamp"].encode() + b"." + post["body"]
     expected = "sha256=" + hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(post["headers"]["X-Onnx-Web-Signature"], expected)
+
+
+def signature(key: str, post: dict[str, Any]) -> str:
+    signed = post["headers"]["X-Onnx-Web-Timestamp"].encode() + b"." + post["body"]
+    return "sha256=" + hmac.new(key.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def test_in_keys_mode_each_owner_verifies_with_a_key_that_signs_for_it_alone(
+    engine: sqlalchemy.Engine, job_store: JobStore, receiver: Receiver
+) -> None:
+    outbox = CallbackStore(engine)
+    per_owner = CallbackDispatcher(outbox, job_store, SECRET, allow_private=True, per_owner=True)
+    names = {}
+    for owner in ("alice", "bob"):
+        names[owner] = job_store.enqueue(new_job(owner=owner, callback=receiver.url)).name
+        end_job(job_store, names[owner])
+    assert per_owner.deliver_due() == 2
+
+    posts = {json.loads(post["body"])["name"]: post for post in receiver.received}
+    alice, bob = owner_signing_key(SECRET, "alice"), owner_signing_key(SECRET, "bob")
+    assert len({alice, bob, SECRET}) == 3
+    sent = posts[names["alice"]]["headers"]["X-Onnx-Web-Signature"]
+    assert sent == signature(alice, posts[names["alice"]])
+    # Neither the server's secret nor bob's key (all bob holds) makes alice's signature.
+    assert sent not in (signature(SECRET, posts[names["alice"]]), signature(bob, posts[names["alice"]]))
+    assert posts[names["bob"]]["headers"]["X-Onnx-Web-Signature"] == signature(bob, posts[names["bob"]])
 
 
 def test_a_failing_receiver_is_retried_with_backoff_then_given_up(
