@@ -24,3 +24,14 @@ def models() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data folder for ``onnx-web run`` (``stack_process.RunningStack``), not made yet.
+
+    Not under pytest's basetemp: as root, Postgres runs as another user, and basetemp is 0700.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="onnx-web-run-"))
+    yield folder / "data"
+    shutil.rmtree(folder, ignore_errors=True)

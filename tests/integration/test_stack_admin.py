@@ -4,16 +4,12 @@ every api process and prints it in its banner (never in a log line); ``ONNX_WEB_
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from pipelines.models.demo import build_demo_models
 from service.stack import ADMIN_TOKEN_FILE
 from tests.integration.stack_process import RunningStack
 
@@ -21,21 +17,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 #: Routes behind the admin token (the GUI's Models tab reads the first two).
 ADMIN_ROUTES = ("/api/models", "/api/extras", "/api/worker/status")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("models")
-    build_demo_models(folder)
-    return folder
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    # Not under pytest's basetemp: as root, Postgres runs as another user, and basetemp is 0700.
-    folder = Path(tempfile.mkdtemp(prefix="onnx-web-admin-"))
-    yield folder / "data"
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_once(data_dir: Path, models: Path, env: dict[str, str] | None = None) -> tuple[str, list[int], str]:

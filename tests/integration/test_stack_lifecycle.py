@@ -11,11 +11,9 @@ from __future__ import annotations
 import io
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,14 +51,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("models")
     build_demo_models(folder)
     return folder
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    # Not under pytest's basetemp: as root, Postgres runs as another user, and basetemp is 0700.
-    folder = Path(tempfile.mkdtemp(prefix="onnx-web-run-"))
-    yield folder / "data"
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
