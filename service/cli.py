@@ -262,7 +262,11 @@ def _keys(args: argparse.Namespace) -> int:
     from service.jobs.keys import KeyStore
 
     if args.action == "callback-key":
-        return _callback_key(args.owner)
+        signing = _callback_key(args.owner)
+        if signing is None:
+            raise ConfigError("ONNX_WEB_CALLBACK_SECRET is not set: set it as the api has it")
+        print(signing)
+        return 0
     with _keys_database(Path(args.data_dir)) as database_url:
         keys = KeyStore(make_engine(database_url))
         if args.action == "create":
@@ -273,11 +277,8 @@ def _keys(args: argparse.Namespace) -> int:
                 rate_per_min=args.rate,
                 pixel_steps_per_day=args.pixel_steps,
             )
-            secret = os.environ.get("ONNX_WEB_CALLBACK_SECRET")
-            if secret:
-                from service.callbacks import owner_signing_key
-
-                signing = owner_signing_key(secret, key.owner)
+            signing = _callback_key(key.owner)
+            if signing:
                 print(f"{key.owner}'s job-end callbacks are signed with {signing}")
             print(f"created key {key.id} for {key.owner}; it is shown only now, keep it:")
             print(text)
@@ -291,16 +292,13 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _callback_key(owner: str) -> int:
-    """Print the key ``owner``'s receivers check job-end callbacks with (keys mode), from the secret."""
+def _callback_key(owner: str) -> str | None:
+    """The key ``owner``'s receivers check job-end callbacks with (keys mode), derived from
+    ``ONNX_WEB_CALLBACK_SECRET``; None where that is not set."""
     from service.callbacks import owner_signing_key
 
     secret = os.environ.get("ONNX_WEB_CALLBACK_SECRET")
-    if not secret:
-        print("ONNX_WEB_CALLBACK_SECRET is not set: set it as the api has it", file=sys.stderr)
-        return 2
-    print(owner_signing_key(secret, owner))
-    return 0
+    return owner_signing_key(secret, owner) if secret else None
 
 
 @contextmanager
@@ -462,7 +460,6 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id", help="the id 'keys list' shows")
     callback_key = key_actions.add_parser(
         "callback-key",
-        parents=[data_dir],
         help="the key an owner's receivers check job-end callbacks with (from ONNX_WEB_CALLBACK_SECRET)",
     )
     callback_key.add_argument("owner", help="the owner its API keys were made for")

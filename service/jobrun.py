@@ -65,8 +65,9 @@ class JobTimedOut(Exception):
 
     code = "timeout"
 
-    def __init__(self, limit_s: float) -> None:
-        super().__init__(f"the job ran longer than the time limit of {limit_s:g} s (ONNX_WEB_JOB_TIMEOUT_S)")
+    def __init__(self, limit_s: float, *, stuck: bool = False) -> None:
+        text = f"the job ran longer than the time limit of {limit_s:g} s (ONNX_WEB_JOB_TIMEOUT_S)"
+        super().__init__(text + (" and stopped at no check; the worker restarted" if stuck else ""))
 
 
 #: The exit status of a worker that ended itself because a job was stuck (EX_SOFTWARE).
@@ -278,25 +279,17 @@ class JobRun:
             self._note(beat)
 
     def _end_stuck(self) -> None:
-        """Record the stuck job as timed out (not retried: it would stick again), then end the worker."""
+        """Fail the stuck job as timed out (not retried: it would stick again), then end the worker.
+
+        Unrecorded (the database away), its lease expires and rescue hands it on, as after any
+        worker death.
+        """
         log.error(
             "job stuck past its time limit, in no check for %s s; ending it, then this worker",
             self.config.job_stuck_s,
             extra={**self.keys(), "action": "stuck", "limit_s": self.time_limit_s},
         )
-        try:
-            DB_RETRY(self.runner.jobs.finish_failed)(
-                self.job.id,
-                self.config.worker_id,
-                self.job.attempt,
-                reason=JobTimedOut.code,
-                message=f"{JobTimedOut(self.time_limit_s)} and stopped at no check; the worker restarted",
-                retryable=False,
-            )
-            self.runner.discard(self.job)
-        except OperationalError:
-            # Unrecorded, the lease expires and rescue hands the job on, as after any worker death.
-            log.error("could not record the stuck job; its lease will expire", extra=self.keys())
+        self._fail(JobTimedOut(self.time_limit_s, stuck=True))
         self.runner.on_stuck()
 
     def _note(self, beat: Heartbeat) -> None:
