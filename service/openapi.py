@@ -44,6 +44,15 @@ OTHER_ERRORS = {
     429: "Too many requests: retry later.",
     431: "The request's header fields are too large.",
 }
+#: ``GET /api/settings/limits``'s keys (``service.resources.settings.upload_limits``), described.
+LIMIT_DESCRIPTIONS = {
+    "maxBodyBytes": "Bytes of the whole request body; more is a 413 before the body is read.",
+    "maxImagePixels": (
+        "Pixels (width times height) of one uploaded image (more is a 413) and of the size asked for (a 400)."
+    ),
+    "maxImageSide": "Pixels of an uploaded image's longer side; more is a 400 naming the field.",
+    "maxOutputPixels": "Pixels of any image a job makes at any stage; more is a 400 naming the parameter.",
+}
 JOB_STATUSES = [*(state.value for state in JobState), "unknown"]
 
 
@@ -438,6 +447,19 @@ class _Document:
             },
             "/api/settings/strings": {"GET": lambda: self.settings("Localised strings", {"type": "object"})},
             "/api/settings/wildcards": {"GET": lambda: self.settings("Wildcard names", strings)},
+            "/api/settings/limits": {
+                "GET": lambda: self.settings(
+                    "The sizes past which a submission is refused (413 or 400)",
+                    {
+                        "type": "object",
+                        "required": list(LIMIT_DESCRIPTIONS),
+                        "properties": {
+                            name: {"type": "integer", "minimum": 1, "description": text}
+                            for name, text in LIMIT_DESCRIPTIONS.items()
+                        },
+                    },
+                )
+            },
             "/api/settings/stages": {
                 "GET": lambda: self.settings(
                     "The chain language's stage types and their parameters",

@@ -120,3 +120,22 @@ test('a GIF the browser can show but the server refuses is turned down in the sl
   await upload(page, 'source-input', 'source.png', await makePng(page, 64, 64, 90));
   await expect(slot.getByRole('alert')).toHaveCount(0);
 });
+
+test('an image past the server\'s published limits is turned down in the slot, and nothing is sent', async ({ page }) => {
+  await openApp(page, 'img2img');
+  const limits = await (await page.request.get('/api/settings/limits')).json();
+  let sent = 0;
+  page.on('request', (r) => {
+    if (new URL(r.url()).pathname === '/api/img2img') sent += 1;
+  });
+  // One pixel longer than the server takes on a side: a thin strip, small in bytes.
+  const slot = page.getByTestId('source-input');
+  await slot.locator('input[type=file]').setInputFiles({
+    name: 'strip.png',
+    mimeType: 'image/png',
+    buffer: await makePng(page, limits.maxImageSide + 1, 8, 30),
+  });
+  await expect(slot.getByRole('alert')).toContainText(`strip.png is ${(limits.maxImageSide + 1).toLocaleString('en')} pixels on its longer side`);
+  await expect(page.getByTestId('generate')).toBeDisabled();
+  expect(sent).toBe(0);
+});

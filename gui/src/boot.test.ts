@@ -17,6 +17,7 @@ function client(overrides: Partial<ApiClient>): ApiClient {
     noises: ok(SERVER.noises),
     wildcards: ok(SERVER.wildcards),
     jobs: ok({ jobs: [], next: null }),
+    limits: ok(SERVER.limits),
     ...overrides,
   } as ApiClient;
 }
@@ -32,6 +33,14 @@ describe('connect', () => {
     expect(absent.kind === 'ready' && absent.jobsListing).toBe(false);
     const failing = await connect(client({ jobs: () => Promise.reject(new ApiError('http', 500, 'db down')) }));
     expect(failing.kind === 'ready' && failing.jobsListing).toBe(true);
+  });
+
+  it('takes the upload limits where the server publishes them, and goes on without them elsewhere', async () => {
+    const onnxWeb = await connect(client({ limits: () => Promise.resolve(null) }));
+    expect(onnxWeb).toEqual({ kind: 'ready', server: { ...SERVER, limits: null }, missing: [], jobsListing: true });
+    const failing = await connect(client({ limits: () => Promise.reject(new ApiError('http', 503, 'busy')) }));
+    expect(failing.kind === 'ready' && failing.server.limits).toBe(null);
+    expect(failing.kind === 'ready' && failing.missing).toEqual([]);
   });
 
   it('asks for an API key, rather than calling the server unreachable, when it refuses one', async () => {

@@ -9,7 +9,7 @@ export type BootResult =
   | { kind: 'unauthorised'; message: string }
   | { kind: 'too-old'; version: string };
 
-type Lists = Omit<ServerInfo, 'params'>;
+type Lists = Omit<ServerInfo, 'params' | 'limits'>;
 
 /**
  * Whether the server lists the caller's jobs (`GET /api/jobs`). `jobs` answers `null` for a
@@ -50,9 +50,11 @@ export async function connect(client: ApiClient): Promise<BootResult> {
     strings: client.strings,
   };
   const keys = Object.keys(loaders) as Array<keyof Lists>;
-  const [results, jobsListing] = await Promise.all([
+  const [results, jobsListing, limits] = await Promise.all([
     Promise.allSettled(keys.map((k) => loaders[k]())),
     hasJobsListing(client),
+    // Only a courtesy check before uploading: without them the server still refuses what is too large.
+    client.limits().catch(() => null),
   ]);
   const lists: Record<string, unknown> = { ...EMPTY_SERVER_LISTS };
   const missing: string[] = [];
@@ -65,5 +67,5 @@ export async function connect(client: ApiClient): Promise<BootResult> {
       missing.push(keys[i]);
     }
   });
-  return { kind: 'ready', server: { ...(lists as Lists), params }, missing, jobsListing };
+  return { kind: 'ready', server: { ...(lists as Lists), params, limits }, missing, jobsListing };
 }

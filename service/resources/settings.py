@@ -18,6 +18,7 @@ from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.models.registry import ModelRegistry
 from pipelines.stages import stage_catalogue
 from service.config import Config
+from service.images import MAX_UPLOAD_SIDE
 from service.params import AVAILABLE_PIPELINES, MASK_FILTERS, NOISE_SOURCES, PROMPT_FILTERS, source_filters
 
 PREFIX = "/api/settings"
@@ -35,6 +36,8 @@ SUFFIXES = (
     "wildcards",
     # Ours: the chain language's stage types, generated from their declarations.
     "stages",
+    # Ours: the sizes past which a submission is refused, for a client to check before sending.
+    "limits",
 )
 METHODS = ("GET", "HEAD")
 
@@ -82,6 +85,16 @@ class SettingsResources:
             "prompt": list(PROMPT_FILTERS),
             "source": list(source_filters(self.registry)),
         }
+
+    def on_get_limits(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The limits a submission is checked against: a client can refuse an upload before sending it.
+
+        ``maxBodyBytes`` bounds the whole request (413 past it); ``maxImagePixels`` each uploaded
+        image (413) and the width times height asked for (400); ``maxImageSide`` an upload's longer
+        side (400); ``maxOutputPixels`` every image a job makes at any stage (400). Kept out of
+        ``params``, whose shape onnx-web's clients read.
+        """
+        resp.media = upload_limits(self.config)
 
     def on_get_masks(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Mask filter names (deprecated: the same as ``filters.mask``)."""
@@ -135,3 +148,13 @@ class SettingsResources:
     on_head_stages = on_get_stages
     on_head_strings = on_get_strings
     on_head_wildcards = on_get_wildcards
+
+
+def upload_limits(config: Config) -> dict[str, int]:
+    """``GET /api/settings/limits``: this api's bounds on a submission, by their camelCase names."""
+    return {
+        "maxBodyBytes": config.max_body_bytes,
+        "maxImagePixels": config.max_image_pixels,
+        "maxImageSide": MAX_UPLOAD_SIDE,
+        "maxOutputPixels": config.max_output_pixels,
+    }

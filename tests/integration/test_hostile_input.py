@@ -196,6 +196,45 @@ def test_a_source_of_one_pixel_is_a_400_at_submit(client: falcon.testing.TestCli
     assert_refused(post_multipart(client, "/api/img2img", form), 400, "source", "at least 8x8")
 
 
+def test_the_published_limits_are_those_enforced(
+    job_store: JobStore, object_store: ObjectStore, models: Path, tmp_path: Path
+) -> None:
+    """``GET /api/settings/limits`` answers this api's bounds: one past each is refused, one at it is not."""
+    client = api_client(
+        job_store,
+        object_store,
+        models,
+        tmp_path,
+        max_body_bytes=300_000,
+        max_image_pixels=512 * 512,
+        max_output_pixels=1024 * 1024,
+    )
+    limits = client.simulate_get("/api/settings/limits").json
+    assert limits == {
+        "maxBodyBytes": 300_000,
+        "maxImagePixels": 512 * 512,
+        "maxImageSide": 8192,
+        "maxOutputPixels": 1024 * 1024,
+    }
+
+    def img2img(size: tuple[int, int], **params: Any) -> falcon.testing.Result:
+        form = {
+            "json": json.dumps({"params": {"prompt": "cat", "steps": 1, **params}}),
+            "source": ("s.png", png(size), "image/png"),
+        }
+        return post_multipart(client, "/api/img2img", form)
+
+    assert img2img((512, 512)).status_code == 200
+    assert_refused(img2img((520, 512)), 413, "source", str(limits["maxImagePixels"]))
+    highres = {"steps": "1", "highres": "true", "highresMethod": "lanczos"}
+    assert client.simulate_post("/api/txt2img", params={**highres, "highresScale": "2"}).status_code == 200
+    grown = client.simulate_post("/api/txt2img", params={**highres, "highresScale": "3"})
+    assert_refused(grown, 400, str(limits["maxOutputPixels"]))
+    body = b"x" * (limits["maxBodyBytes"] + 1)
+    over = client.simulate_post("/api/txt2img", body=body, headers={"Content-Type": "text/plain"})
+    assert_refused(over, 413, str(limits["maxBodyBytes"]))
+
+
 # --- bodies that were misread ---------------------------------------------------------------------
 
 

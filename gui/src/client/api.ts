@@ -10,6 +10,7 @@ import type {
   JobStatus,
   ModelLists,
   ModelStoreListing,
+  ServerLimits,
   ServerParams,
   ServerStrings,
   WorkerStatus,
@@ -82,6 +83,8 @@ export interface ApiClient {
   filters(): Promise<FilterLists>;
   noises(): Promise<string[]>;
   wildcards(): Promise<string[]>;
+  /** `GET /api/settings/limits`; `null` from a server without it (onnx-web), whose limits are unknown. */
+  limits(): Promise<ServerLimits | null>;
   submit(route: Exclude<JobRoute, 'job'>, doc: object, files?: ImageFiles): Promise<JobStatus>;
   submitChain(doc: object): Promise<JobStatus>;
   status(names: string[]): Promise<JobStatus[]>;
@@ -205,6 +208,15 @@ export function createClient(options: ClientOptions): ApiClient {
     filters: () => get<FilterLists>('/api/settings/filters'),
     noises: () => get<string[]>('/api/settings/noises'),
     wildcards: () => get<string[]>('/api/settings/wildcards'),
+
+    async limits() {
+      try {
+        return await get<ServerLimits>('/api/settings/limits');
+      } catch (err) {
+        if (err instanceof ApiError && err.kind === 'http' && ABSENT_ROUTE.has(err.status)) return null;
+        throw err;
+      }
+    },
 
     submit(route, doc, files = {}) {
       // Layout A of contract §3.1: the nested document in the `json` field, images as file parts

@@ -23,6 +23,21 @@ export interface ServerParams {
   [key: string]: unknown;
 }
 
+/**
+ * `GET /api/settings/limits` (ours; onnx-web has no such route): the sizes past which the server
+ * refuses a submission, so an image can be refused in its slot instead of after its upload.
+ */
+export interface ServerLimits {
+  /** Bytes of the whole request body (413). */
+  maxBodyBytes: number;
+  /** Width times height of one upload (413) and of the size asked for (400). */
+  maxImagePixels: number;
+  /** An upload's longer side (400). */
+  maxImageSide: number;
+  /** Any image a job makes at any stage (400). */
+  maxOutputPixels: number;
+}
+
 export interface NetworkModel {
   name: string;
   type: 'control' | 'inversion' | 'lora' | string;

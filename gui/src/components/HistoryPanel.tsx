@@ -5,10 +5,11 @@ import { useApp } from '../context';
 import { labelFor, type Translate, useI18n } from '../i18n';
 import { goToTab } from '../navigation';
 import { type HistoryItem, progressFraction, reuseParams } from '../state/history';
-import { type ImageSlot, loadImageRef, useImageStore } from '../state/images';
+import { type ImageSlot, loadImageRef, uploadProblem, useImageStore } from '../state/images';
 import { applyParams, type JobTab } from '../state/params';
 import { useAppStore } from '../state/store';
 import { describeError, submitJob } from '../submit';
+import { uploadProblemText } from './ImageInput';
 import { FailureLines, failureText, progressLines } from './JobText';
 import { Lightbox, type ViewerImage } from './Lightbox';
 import { useNotices } from './Notices';
@@ -195,7 +196,7 @@ const COPY_TARGETS: Array<{ tab: JobTab; slot: ImageSlot; key: string }> = [
 
 function ImageCard({ item, onView }: { item: HistoryItem; onView(index: number): void }) {
   const { client, server } = useApp();
-  const { t } = useI18n();
+  const { t, language } = useI18n();
   const notify = useNotices((s) => s.push);
   const setImage = useImageStore((s) => s.setImage);
   const removeHistory = useAppStore((s) => s.removeHistory);
@@ -213,7 +214,16 @@ function ImageCard({ item, onView }: { item: HistoryItem; onView(index: number):
 
   const copyTo = async (target: (typeof COPY_TARGETS)[number]) => {
     try {
-      setImage(target.tab, target.slot, await loadImageRef(await client.outputBlob(output), output));
+      const blob = await client.outputBlob(output);
+      const image = await loadImageRef(blob, output);
+      // An upscaled output may be more than the server takes back as an upload.
+      const problem = uploadProblem({ bytes: blob.size, width: image.width, height: image.height }, server.limits);
+      if (problem) {
+        URL.revokeObjectURL(image.url);
+        notify({ kind: 'error', text: uploadProblemText(t, language, outputFileName(output), problem) });
+        return;
+      }
+      setImage(target.tab, target.slot, image);
       goToTab(target.tab);
       notify({ kind: 'info', text: t('card.copied', { tab: t(target.key) }) });
     } catch (err) {

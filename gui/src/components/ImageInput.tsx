@@ -1,7 +1,16 @@
 /** An image slot: pick a file or drop one, see it, clear it. */
 import { type DragEvent, useId, useState } from 'react';
-import { useI18n } from '../i18n';
-import { type ImageRef, isUploadFormat, loadImageRef, UPLOAD_TYPES } from '../state/images';
+import type { ServerLimits } from '../client/types';
+import { formatBytes, type Language, type Translate, useI18n } from '../i18n';
+import { type ImageRef, isUploadFormat, loadImageRef, UPLOAD_TYPES, type UploadProblem, uploadProblem } from '../state/images';
+
+/** An upload the server would refuse by its size, said with both numbers, grouped as `language` writes them. */
+export function uploadProblemText(t: Translate, language: Language, file: string, problem: UploadProblem): string {
+  const number = (n: number) => n.toLocaleString(language);
+  const [size, limit] =
+    problem.kind === 'bytes' ? [formatBytes(problem.size), formatBytes(problem.limit)] : [number(problem.size), number(problem.limit)];
+  return t(`image.tooLarge.${problem.kind}`, { file, size, limit });
+}
 
 interface ImageInputProps {
   label: string;
@@ -10,11 +19,13 @@ interface ImageInputProps {
   testId: string;
   /** Hide the preview when a mask canvas already shows this image. */
   preview?: boolean;
+  /** The server's limits: an image past them is refused here, before its upload. */
+  limits?: ServerLimits | null;
 }
 
-export function ImageInput({ label, image, onChange, testId, preview = true }: ImageInputProps) {
+export function ImageInput({ label, image, onChange, testId, preview = true, limits = null }: ImageInputProps) {
   const id = useId();
-  const { t } = useI18n();
+  const { t, language } = useI18n();
   const [over, setOver] = useState(false);
   const [error, setError] = useState('');
 
@@ -25,11 +36,20 @@ export function ImageInput({ label, image, onChange, testId, preview = true }: I
       setError(t('image.wrongType', { file: file.name }));
       return;
     }
+    let loaded: ImageRef;
     try {
-      onChange(await loadImageRef(file, file.name));
+      loaded = await loadImageRef(file, file.name);
     } catch {
       setError(t('image.unreadable', { file: file.name }));
+      return;
     }
+    const problem = uploadProblem({ bytes: file.size, width: loaded.width, height: loaded.height }, limits);
+    if (problem) {
+      URL.revokeObjectURL(loaded.url);
+      setError(uploadProblemText(t, language, file.name, problem));
+      return;
+    }
+    onChange(loaded);
   };
 
   const onDrop = (e: DragEvent) => {

@@ -160,6 +160,12 @@ export const de: typeof en = {
     preview: 'Vorschau: {{label}}',
     unreadable: '{{file}} ist kein Bild, das dieser Browser lesen kann.',
     wrongType: '{{file}} ist kein PNG-, JPEG- oder WebP-Bild, die einzigen Arten, die der Server annimmt. Speichern Sie es in einem davon und wählen Sie es erneut.',
+    tooLarge: {
+      bytes: '{{file}} ist {{size}} groß; der Server nimmt höchstens {{limit}} je Anfrage an. Speichern Sie es kleiner oder als JPEG und wählen Sie es erneut.',
+      side: '{{file}} ist an der längeren Seite {{size}} Pixel groß; der Server nimmt höchstens {{limit}} an. Verkleinern Sie es und wählen Sie es erneut.',
+      pixels: '{{file}} hat {{size}} Pixel; der Server nimmt höchstens {{limit}} an. Verkleinern Sie es und wählen Sie es erneut.',
+    },
+    bodyTooLarge: 'Diese Bilder sind zusammen {{size}} groß; der Server nimmt höchstens {{limit}} je Anfrage an. Verwenden Sie kleinere Bilder.',
     field: {
       source: 'Quellbild',
       mask: 'Maske',

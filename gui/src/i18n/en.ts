@@ -162,6 +162,12 @@ export const en = {
     preview: 'Preview of {{label}}',
     unreadable: '{{file}} is not an image this browser can read.',
     wrongType: '{{file}} is not a PNG, JPEG or WebP image, the only kinds the server takes. Save it as one of those and choose it again.',
+    tooLarge: {
+      bytes: '{{file}} is {{size}}; the server takes at most {{limit}} a request. Save it smaller or as JPEG and choose it again.',
+      side: '{{file}} is {{size}} pixels on its longer side; the server takes at most {{limit}}. Scale it down and choose it again.',
+      pixels: '{{file}} has {{size}} pixels; the server takes at most {{limit}}. Scale it down and choose it again.',
+    },
+    bodyTooLarge: 'These images are {{size}} together; the server takes at most {{limit}} a request. Use smaller images.',
     field: {
       source: 'source image',
       mask: 'mask',

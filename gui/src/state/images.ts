@@ -1,6 +1,7 @@
 /** Uploaded sources and painted masks: kept in memory only (too big for localStorage). */
 import { create } from 'zustand';
 import type { ImageFiles } from '../client/api';
+import type { ServerLimits } from '../client/types';
 import type { JobTab } from './params';
 
 export interface ImageRef {
@@ -84,4 +85,34 @@ export function loadImageRef(blob: Blob, label: string): Promise<ImageRef> {
     };
     img.src = url;
   });
+}
+
+/** Why the server would refuse an upload by its size, with the numbers to say so; null when it would not. */
+export type UploadProblem =
+  | { kind: 'bytes'; size: number; limit: number }
+  | { kind: 'pixels'; size: number; limit: number }
+  | { kind: 'side'; size: number; limit: number };
+
+/**
+ * The server's own checks of one upload (`GET /api/settings/limits`), made before sending it: a
+ * 30 MB photo is refused in its slot, not after a long upload. Without limits nothing is refused here.
+ */
+export function uploadProblem(
+  image: { bytes: number; width: number; height: number },
+  limits: ServerLimits | null | undefined,
+): UploadProblem | null {
+  if (!limits) return null;
+  if (image.bytes > limits.maxBodyBytes) return { kind: 'bytes', size: image.bytes, limit: limits.maxBodyBytes };
+  const side = Math.max(image.width, image.height);
+  if (side > limits.maxImageSide) return { kind: 'side', size: side, limit: limits.maxImageSide };
+  const pixels = image.width * image.height;
+  if (pixels > limits.maxImagePixels) return { kind: 'pixels', size: pixels, limit: limits.maxImagePixels };
+  return null;
+}
+
+/** The bytes of a submission's uploads over the server's body limit, or null when they fit. */
+export function bodyProblem(blobs: Blob[], limits: ServerLimits | null | undefined): UploadProblem | null {
+  if (!limits) return null;
+  const size = blobs.reduce((sum, blob) => sum + blob.size, 0);
+  return size > limits.maxBodyBytes ? { kind: 'bytes', size, limit: limits.maxBodyBytes } : null;
 }

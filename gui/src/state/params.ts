@@ -1,6 +1,6 @@
 /** The parameters a tab holds, their defaults and ranges, all taken from the server's settings. */
 import { gridValues } from '../client/requests';
-import type { FilterLists, ModelLists, ServerParams, ServerStrings } from '../client/types';
+import type { FilterLists, ModelLists, ServerLimits, ServerParams, ServerStrings } from '../client/types';
 
 export const JOB_TABS = ['txt2img', 'img2img', 'inpaint', 'upscale', 'blend'] as const;
 /** `jobs` is shown only where the server lists jobs (`GET /api/jobs`). */
@@ -23,9 +23,11 @@ export interface ServerInfo {
   noises: string[];
   wildcards: string[];
   strings: ServerStrings;
+  /** Absent or null: the server publishes no limits (onnx-web), and uploads are checked by it alone. */
+  limits?: ServerLimits | null;
 }
 
-export const EMPTY_SERVER_LISTS: Omit<ServerInfo, 'params'> = {
+export const EMPTY_SERVER_LISTS: Omit<ServerInfo, 'params' | 'limits'> = {
   models: { correction: [], diffusion: [], networks: [], upscaling: [] },
   pipelines: [],
   platforms: [],

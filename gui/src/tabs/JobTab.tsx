@@ -21,14 +21,14 @@ import { ProfilesRow } from '../components/ProfilesRow';
 import { SettingsLink } from '../components/SettingsLink';
 import { PromptControls } from '../components/PromptControls';
 import { useApp } from '../context';
-import { useI18n } from '../i18n';
-import { tabImages, useImageStore } from '../state/images';
+import { formatBytes, useI18n } from '../i18n';
+import { bodyProblem, tabImages, useImageStore } from '../state/images';
 import { imageCount, type JobTab, outputSize, type TabParams } from '../state/params';
 import { useAppStore } from '../state/store';
 import { describeError, submitJob } from '../submit';
 
 export function JobTabView({ tab }: { tab: JobTab }) {
-  const { client } = useApp();
+  const { client, server } = useApp();
   const { t } = useI18n();
   const p = useAppStore((s) => s.tabParams[tab]) as TabParams;
   const setTabParams = useAppStore((s) => s.setTabParams);
@@ -61,11 +61,18 @@ export function JobTabView({ tab }: { tab: JobTab }) {
   const submit = async (e: FormEvent) => {
     e.preventDefault();
     if (blocked || busy) return;
-    setBusy(true);
     setError('');
     setUnauthorised(false);
+    const upload = buildFiles(tab, files);
+    // Each image fits, but a source and its mask together may not: say so before a long upload.
+    const tooLarge = bodyProblem(Object.values(upload), server.limits);
+    if (tooLarge) {
+      setError(t('image.bodyTooLarge', { size: formatBytes(tooLarge.size), limit: formatBytes(tooLarge.limit) }));
+      return;
+    }
+    setBusy(true);
     try {
-      const { item, files: sent } = await submitJob(client, tab, p, buildFiles(tab, files));
+      const { item, files: sent } = await submitJob(client, tab, p, upload);
       pushHistory(item);
       rememberFiles(item.name, sent);
       // Below the two-column breakpoint the history sits under this long form, out of sight.
@@ -90,13 +97,14 @@ export function JobTabView({ tab }: { tab: JobTab }) {
           image={images.source}
           onChange={(img) => setImage(tab, 'source', img)}
           testId="source-input"
+          limits={server.limits}
           preview={tab !== 'inpaint'}
         />
       )}
       {tab === 'blend' && (
         <div className="image-pair">
-          <ImageInput label={t('image.blend0')} image={images.blendSources[0]} onChange={(img) => setImage(tab, 'blend0', img)} testId="blend-input-0" />
-          <ImageInput label={t('image.blend1')} image={images.blendSources[1]} onChange={(img) => setImage(tab, 'blend1', img)} testId="blend-input-1" />
+          <ImageInput label={t('image.blend0')} image={images.blendSources[0]} onChange={(img) => setImage(tab, 'blend0', img)} testId="blend-input-0" limits={server.limits} />
+          <ImageInput label={t('image.blend1')} image={images.blendSources[1]} onChange={(img) => setImage(tab, 'blend1', img)} testId="blend-input-1" limits={server.limits} />
         </div>
       )}
       {(tab === 'inpaint' || tab === 'blend') && maskBackground && (

@@ -33,4 +33,6 @@ export const SERVER: ServerInfo = {
   noises: ['fill-edge', 'histogram'],
   wildcards: ['animals'],
   strings: {},
+  // The server's defaults (service/config.py).
+  limits: { maxBodyBytes: 32 * 1024 * 1024, maxImagePixels: 4096 * 4096, maxImageSide: 8192, maxOutputPixels: 8192 * 8192 },
 };

@@ -22,6 +22,7 @@ export function fakeClient(overrides: Partial<ApiClient> = {}): ApiClient {
     filters: ok(SERVER.filters),
     noises: ok(SERVER.noises),
     wildcards: ok(SERVER.wildcards),
+    limits: ok(SERVER.limits ?? null),
     submit: () => Promise.reject(new Error('not in this test')),
     submitChain: () => Promise.reject(new Error('not in this test')),
     status: ok([]),

@@ -141,7 +141,7 @@ def test_routes_lists_every_registered_path(models: Path) -> None:
     for path, methods in settings.routes():
         assert methods == ["GET", "HEAD"]
         assert falcon.testing.TestClient(app).simulate_get(path).status_code == 200
-    assert len(settings.routes()) == 11
+    assert len(settings.routes()) == 12
 
 
 def test_stages_are_generated_from_their_declarations(client: falcon.testing.TestClient) -> None:

@@ -8,25 +8,12 @@ import type { Conversion, ModelStoreListing, StoredModel } from '../../client/ty
 import { ConfirmBar } from '../../components/ConfirmBar';
 import { useNotices } from '../../components/Notices';
 import { useApp } from '../../context';
-import { labelFor, type Translate, useI18n } from '../../i18n';
+import { formatBytes, labelFor, type Translate, useI18n } from '../../i18n';
 import { describeError } from '../../submit';
 
 /** How often the listing is asked for while a conversion is pending or running. */
 export const CONVERSION_POLL_MS = 2000;
 
-const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-
-/** Bytes in binary units, one decimal below 10 of a unit: 1536 → "1.5 KiB". */
-function formatBytes(bytes: number): string {
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < UNITS.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  const digits = unit === 0 || value >= 10 ? 0 : 1;
-  return `${value.toFixed(digits)} ${UNITS[unit]}`;
-}
 
 const isActive = (c: Conversion) => c.state === 'pending' || c.state === 'running';
 
