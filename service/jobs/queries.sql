@@ -294,12 +294,10 @@ UPDATE jobs SET
     reason = CASE ended.next_state
         WHEN 'failed' THEN CAST(:reason AS text) WHEN 'cancelled' THEN 'cancelled' END,
     finished_at = CASE WHEN ended.next_state = 'pending' THEN NULL ELSE now() END,
-    -- Back in the queue, claimable once its backoff has passed: :retry_first_s after the first attempt,
-    -- doubling after each one up to :retry_max_s, half of it random so that jobs failed together
-    -- (by one outage) do not all come back at once.
+    -- Back in the queue, claimable once its backoff has passed (job_retry_delay, migration 0015).
     retry_at = CASE WHEN ended.next_state = 'pending'
-        THEN now() + make_interval(secs => least(CAST(:retry_max_s AS float8),
-            CAST(:retry_first_s AS float8) * power(2, jobs.attempt - 1)) * (0.5 + random() / 2)) END,
+        THEN now() + job_retry_delay(jobs.attempt, CAST(:retry_first_s AS float8), CAST(:retry_max_s AS float8))
+    END,
     errors = jobs.errors || jsonb_build_array(jsonb_build_object(
         'attempt', jobs.attempt, 'worker', jobs.worker_id, 'at', now(),
         'reason', CAST(:reason AS text), 'message', CAST(:message AS text)
@@ -367,8 +365,8 @@ UPDATE jobs SET
     -- away, a kill); a job rescued again may be what kills its workers, so it backs off as a failed
     -- attempt does, one step behind.
     retry_at = CASE WHEN expired.next_state = 'pending' AND jobs.attempt > 1
-        THEN now() + make_interval(secs => least(CAST(:retry_max_s AS float8),
-            CAST(:retry_first_s AS float8) * power(2, jobs.attempt - 2)) * (0.5 + random() / 2)) END,
+        THEN now() + job_retry_delay(jobs.attempt - 1, CAST(:retry_first_s AS float8), CAST(:retry_max_s AS float8))
+    END,
     rescue_count = jobs.rescue_count + 1,
     errors = jobs.errors || jsonb_build_array(jsonb_build_object(
         'attempt', jobs.attempt, 'worker', jobs.worker_id, 'at', now(),

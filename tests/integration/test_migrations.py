@@ -284,7 +284,27 @@ def test_upgrade_head_builds_the_expected_schema(empty_database: str) -> None:
     assert found["usage_columns"] == EXPECTED_USAGE_COLUMNS
     assert found["model_columns"] == EXPECTED_MODEL_COLUMNS
     assert found["extras_columns"] == EXPECTED_EXTRAS_COLUMNS
-    assert found["version"] == [("0014",)]
+    assert found["version"] == [("0015",)]
+
+
+def test_the_retry_delay_doubles_from_its_first_wait_up_to_its_cap_half_at_random(
+    empty_database: str,
+) -> None:
+    """Migration 0015: the one backoff both ways back into the queue use, in seconds."""
+    upgrade_head(empty_database)
+    with psycopg.connect(libpq_url(empty_database)) as conn:
+        rows = conn.execute(
+            "SELECT failures, extract(epoch FROM job_retry_delay(failures, 5, 300))"
+            " FROM generate_series(1, 8) AS failures, generate_series(1, 50)"
+        ).fetchall()
+    delays: dict[int, list[float]] = {}
+    for failures, seconds in rows:
+        delays.setdefault(failures, []).append(float(seconds))
+    for failures, seconds in delays.items():
+        full = min(300.0, 5.0 * 2 ** (failures - 1))
+        assert full / 2 <= min(seconds) and max(seconds) <= full, (failures, seconds)
+        assert len(set(seconds)) > 1, "half of each wait is random"
+    assert max(delays[8]) <= 300 < 5 * 2**7
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database: str) -> None:
