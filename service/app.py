@@ -154,6 +154,18 @@ def _service_error(
         resp.set_header("Retry-After", str(ex.retry_after_s))
 
 
+def _storage_error(
+    req: falcon.Request, resp: falcon.Response, ex: StorageError, params: dict[str, Any]
+) -> None:
+    """S3 failed after its retries: a 503 the client may retry. Its message (keys, the endpoint,
+    the client library's exception) goes to the log, never to the client."""
+    logging.getLogger("service.app").warning(
+        "object store unavailable",
+        extra={"path": req.path, "request_id": req.context.get("request_id"), "error": ex.message},
+    )
+    _service_error(req, resp, StorageError("the object store is unavailable; try again shortly"), params)
+
+
 def _client_too_slow(req: falcon.Request, resp: falcon.Response, ex: OSError, params: dict[str, Any]) -> None:
     """The client's socket hit the time limit while the app read its body (``http_worker``)."""
     resp.set_header("Connection", "close")
@@ -226,6 +238,7 @@ def create_app(
     multipart.max_body_part_count = 64
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(ServiceError, _service_error)
+    app.add_error_handler(StorageError, _storage_error)
     for timeout in CLIENT_TIMEOUTS:
         app.add_error_handler(timeout, _client_too_slow)
     # Connection-level failures only; any other database error is a bug and stays a logged 500.
@@ -331,19 +344,23 @@ def get_app() -> falcon.App:
     """Build the api from the environment (gunicorn's entry point)."""
     from service import logs
     from service.callbacks import CallbackDispatcher
-    from service.db import config_engine
+    from service.db import API_DEADLINE_S, config_engine
     from service.jobs.callbacks import CallbackStore
+    from service.rescue import LeaseRescuer
     from service.storage import API_PATIENCE, from_config
 
     config = Config.from_env()
     logs.configure(config.log_level, config.log_format)
-    engine = config_engine(config)
+    # A frozen Postgres must cost a request one bounded wait and a 503, never the thread.
+    engine = config_engine(config, deadline_s=API_DEADLINE_S)
     jobs = JobStore.configured(engine, config)
     keys = KeyStore(engine) if config.auth == "keys" else None
     store = from_config(config, patience=API_PATIENCE)
     # Start serving now: with S3 away the api answers 503 on what needs it (and /readyz says so).
     threading.Thread(target=_ensure_bucket, args=(store,), name="ensure-bucket", daemon=True).start()
     registry = ModelRegistry(config.models_path, config.extra_models)
+    # Jobs whose only worker is gone are put back in the queue by the api too.
+    LeaseRescuer(jobs, config.rescue_interval_s).start()
     events = EventHub(config.database_url)
     if config.callback_secret:
         CallbackDispatcher(

@@ -7,8 +7,14 @@ live in one place.
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import sqlalchemy
@@ -20,6 +26,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from service.breaker import Breaker
 from service.config import DB_MAX_OVERFLOW, DB_POOL_SIZE, Config
 from service.errors import ConfigError
 
@@ -39,12 +46,22 @@ POOL_TIMEOUT_S = 10.0
 STATEMENT_TIMEOUT_S = 10.0
 #: libpq waits forever for a server that does not answer; an unreachable Postgres must be an error.
 CONNECT_TIMEOUT_S = 5
+#: The longest an api thread holds one pooled connection (checkout to return) before the watchdog
+#: shuts its socket: past the statement timeout, which a frozen server never enforces.
+API_DEADLINE_S = STATEMENT_TIMEOUT_S + 2.0
+#: After a connection ran into its deadline, checkouts fail at once for this long, then one probes.
+OUTAGE_COOLDOWN_S = 5.0
+#: The pool record's ``info`` key saying its connection was shut by the watchdog.
+FIRED = "onnx_web_deadline_passed"
 #: ``migrations/`` is installed beside ``service/``, in a checkout and in a wheel alike.
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "migrations" / "alembic.ini"
 NO_DATABASE_URL = (
     'DATABASE_URL is not set (see README "Running in production"; for the database of onnx-web run, '
     "copy DATABASE_URL from DATA_DIR/stack.json while it runs)"
 )
+
+
+log = logging.getLogger(__name__)
 
 
 class SchemaBehind(ConfigError):
@@ -78,30 +95,142 @@ def make_engine(
     max_overflow: int = DB_MAX_OVERFLOW,
     statement_timeout_s: float | None = STATEMENT_TIMEOUT_S,
     application_name: str = "onnx-web",
+    deadline_s: float | None = None,
 ) -> Engine:
     """Build a pooled engine of at most ``pool_size + max_overflow`` connections; each is checked
-    before use, so a restarted Postgres heals the pool."""
+    before use, so a restarted Postgres heals the pool.
+
+    ``deadline_s`` bounds how long a thread may hold one connection, the check included
+    (``ConnectionWatchdog``): the api's threads must answer 503, not wait on a frozen server.
+    """
     connect_args: dict[str, str | int] = {
         "application_name": application_name,
         "connect_timeout": CONNECT_TIMEOUT_S,
     }
     if statement_timeout_s is not None:
         connect_args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
-    return sqlalchemy.create_engine(
+    engine = sqlalchemy.create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=POOL_TIMEOUT_S,
-        pool_pre_ping=True,
+        # The watchdog checks each connection itself, under its deadline.
+        pool_pre_ping=deadline_s is None,
         connect_args=connect_args,
     )
+    if deadline_s is not None:
+        ConnectionWatchdog(deadline_s).attach(engine)
+    return engine
 
 
-def config_engine(config: Config) -> Engine:
+def config_engine(config: Config, *, deadline_s: float | None = None) -> Engine:
     """The engine of a long-lived process (the api, a worker): ``config``'s database and pool bounds."""
     return make_engine(
-        config.database_url, pool_size=config.db_pool_size, max_overflow=config.db_max_overflow
+        config.database_url,
+        pool_size=config.db_pool_size,
+        max_overflow=config.db_max_overflow,
+        deadline_s=deadline_s,
     )
+
+
+class ConnectionWatchdog:
+    """Bound the time a thread holds a pooled connection, and fail fast while Postgres is not answering.
+
+    A Postgres that accepts bytes but never answers (a frozen server, a network black hole, a
+    stopped VM) leaves libpq waiting forever: ``connect_timeout`` covers only new connections and
+    ``statement_timeout`` is enforced by the very server that is frozen. Each checkout here is armed
+    with a deadline; a connection still out when it passes has its socket shut, so the waiting
+    thread gets an ``OperationalError`` (a 503) and the pool discards the connection. For
+    ``cooldown_s`` afterwards every checkout fails at once, instead of each waiting out a deadline
+    of its own; then one checkout probes the server, and the first that succeeds ends the outage.
+
+    The pool's own pre-ping is replaced by a ping made under the deadline.
+    """
+
+    def __init__(self, deadline_s: float, cooldown_s: float = OUTAGE_COOLDOWN_S) -> None:
+        self.deadline_s = deadline_s
+        #: Armed connections by their pool record: (deadline, DBAPI connection, pool record).
+        self._armed: dict[int, tuple[float, Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        #: A probe may first wait out its connect timeout, then its deadline.
+        self.breaker = Breaker(cooldown_s, probe_s=deadline_s + CONNECT_TIMEOUT_S)
+
+    def attach(self, engine: Engine) -> None:
+        """Listen to ``engine``'s pool and start the watchdog's thread."""
+        self._dialect = engine.dialect
+        sqlalchemy.event.listen(engine, "do_connect", self._on_connect)
+        sqlalchemy.event.listen(engine, "checkout", self._on_checkout)
+        for name in ("checkin", "invalidate", "soft_invalidate", "close", "detach"):
+            sqlalchemy.event.listen(engine, name, self._on_release)
+        threading.Thread(target=self._watch, name="db-watchdog", daemon=True).start()
+
+    def _admit(self) -> None:
+        """Raise while an outage is known; after its cooldown, one thread at a time probes."""
+        if not self.breaker.admit():
+            raise psycopg.OperationalError(
+                f"the database did not answer within {self.deadline_s:g} s; not asking it again yet"
+            )
+
+    def _on_connect(self, dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
+        self._admit()
+
+    def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        self._admit()
+        with self._lock:
+            record.info.pop(FIRED, None)
+            self._armed[id(record)] = (time.monotonic() + self.deadline_s, dbapi_connection, record)
+            self._changed.notify()
+        try:
+            # SQLAlchemy's own pre-ping (SELECT 1 outside a transaction), here under the deadline.
+            self._dialect.do_ping(dbapi_connection)
+        except psycopg.Error as err:
+            if record.info.get(FIRED):
+                raise psycopg.OperationalError(
+                    f"the database did not answer within {self.deadline_s:g} s"
+                ) from err
+            # Closed since its last use (a restarted server): the pool connects afresh.
+            raise sqlalchemy.exc.DisconnectionError(str(err)) from err
+        self.breaker.succeeded()
+
+    def _on_release(self, dbapi_connection: Any, record: Any, *rest: Any) -> None:
+        with self._lock:
+            self._armed.pop(id(record), None)
+
+    def _watch(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = [key for key, (deadline, _, _) in self._armed.items() if deadline <= now]
+                for key in due:
+                    _, connection, record = self._armed.pop(key)
+                    record.info[FIRED] = True
+                    # Shut under the lock: a released connection is never shut, nor its reused fd.
+                    self._shut(connection)
+                    self.breaker.failed()
+                if due:
+                    log.warning(
+                        "database connection past its deadline; shut",
+                        extra={"action": "database", "count": len(due), "deadline_s": self.deadline_s},
+                    )
+                nearest = min((deadline for deadline, _, _ in self._armed.values()), default=now + 1.0)
+                self._changed.wait(max(0.01, nearest - now))
+
+    @staticmethod
+    def _shut(connection: Any) -> None:
+        """Shut the connection's socket both ways: a thread waiting on it wakes to an error."""
+        try:
+            if connection.closed:
+                return
+            sock = socket.socket(fileno=os.dup(connection.fileno()))
+        except (OSError, psycopg.Error):
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.close()
 
 
 def alembic_config(connection: sqlalchemy.Connection) -> AlembicConfig:

@@ -43,6 +43,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from service.breaker import Breaker
 from service.errors import ConfigError, NotFound, StorageError
 from service.retries import retry_outcome
 
@@ -400,9 +401,12 @@ class S3ObjectStore:
         retry: RetryPolicy = RetryPolicy(),
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         read_timeout_s: float = READ_TIMEOUT_S,
+        breaker: Breaker | None = None,
     ) -> None:
         self.bucket = bucket
         self.retry = retry
+        #: Set (the api's): once a call found S3 not answering, the next ones fail at once for a while.
+        self.breaker = breaker
         # Our own pool with urllib3's retries off: tenacity is the one retry loop, so attempts,
         # backoff and logging are ours, and refused requests are not silently retried.
         http = urllib3.PoolManager(
@@ -577,6 +581,8 @@ class S3ObjectStore:
 
     def _run(self, operation: str, key: str, call: Callable[[], T]) -> T:
         """Run one store call, retrying transient failures and translating the rest to our errors."""
+        if self.breaker is not None and not self.breaker.admit():
+            raise StorageError(f"s3 {operation} {key!r} not tried: the store did not answer a moment ago")
         retrying = Retrying(
             stop=stop_after_attempt(self.retry.max_attempts),
             wait=wait_random_exponential(multiplier=self.retry.backoff_s, max=self.retry.backoff_max_s),
@@ -585,13 +591,21 @@ class S3ObjectStore:
             reraise=True,
         )
         try:
-            return retrying(call)
+            result = retrying(call)
         except S3Error as err:
+            # S3 answered, if only with an error: it is there.
+            if self.breaker is not None:
+                self.breaker.succeeded()
             if err.code == "NoSuchKey":
                 raise NotFound(f"object {key!r} not found") from err
             raise self._storage_error(operation, key, err) from err
         except CLIENT_ERRORS as err:
+            if self.breaker is not None and is_transient(err):
+                self.breaker.failed()
             raise self._storage_error(operation, key, err) from err
+        if self.breaker is not None:
+            self.breaker.succeeded()
+        return result
 
     def _storage_error(self, operation: str, key: str, err: Exception) -> StorageError:
         if is_transient(err):
@@ -643,13 +657,15 @@ class Patience:
     retry: RetryPolicy
     connect_timeout_s: float
     read_timeout_s: float
+    #: Set: after a call found S3 not answering, calls fail at once this long (``Breaker``).
+    outage_cooldown_s: float | None = None
 
 
 #: Workers are patient: a job's outputs are worth a minute of retries.
 WORKER_PATIENCE = Patience(RetryPolicy(), CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
 #: The api has a person waiting: it fails fast with a 503 they may retry, and never holds a
 #: request thread for minutes while S3 is away.
-API_PATIENCE = Patience(RetryPolicy(max_attempts=2, backoff_s=0.1, backoff_max_s=0.5), 2.0, 10.0)
+API_PATIENCE = Patience(RetryPolicy(max_attempts=2, backoff_s=0.1, backoff_max_s=0.5), 2.0, 10.0, 5.0)
 
 
 def from_config(config: Config, *, patience: Patience = WORKER_PATIENCE) -> S3ObjectStore:
@@ -665,6 +681,13 @@ def from_config(config: Config, *, patience: Patience = WORKER_PATIENCE) -> S3Ob
         retry=patience.retry,
         connect_timeout_s=patience.connect_timeout_s,
         read_timeout_s=patience.read_timeout_s,
+        breaker=None
+        if patience.outage_cooldown_s is None
+        else Breaker(
+            patience.outage_cooldown_s,
+            # One probing call may take every attempt's timeouts.
+            probe_s=patience.retry.max_attempts * (patience.connect_timeout_s + patience.read_timeout_s),
+        ),
     )
 
 

@@ -63,6 +63,7 @@ from service.jobs.store import ClaimedJob, JobStore
 from service.modelstore import LoadingReport, ModelCache, in_folder, job_model_names, sweep_deleting
 from service.output_names import SourceS3Refused, recorded_key
 from service.previews import PreviewWriter
+from service.rescue import rescue_expired_leases
 from service.retries import DB_OUTAGE, STORAGE_OUTAGE, first_line, outlast
 from service.storage import ObjectStore
 
@@ -263,17 +264,7 @@ class Worker:
         """Rescue expired leases (any live process may) and announce this worker, every interval."""
         while not self.stopping.wait(self.config.rescue_interval_s):
             try:
-                for rescued in self.jobs.rescue_expired():
-                    log.warning(
-                        "rescued a job whose lease expired",
-                        extra={
-                            "action": "rescue",
-                            "job": rescued.name,
-                            "attempt": rescued.attempt,
-                            "lost_by": rescued.worker_id,
-                            "state": rescued.state.value,
-                        },
-                    )
+                rescue_expired_leases(self.jobs)
                 self._announce()
                 self._sweep_models()
             except OperationalError as err:

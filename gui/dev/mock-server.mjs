@@ -2,7 +2,8 @@
 /**
  * A stand-in for the api, for working on the GUI without the stack: it serves dist/ and answers
  * the routes the GUI calls with the shapes of spec/contract.md (and our server's differences:
- * 0-based queue, bare-array cancel, `cancelled` final). Jobs run on a timer, not a model.
+ * 1-based queue in a submit's answer and 0-based in status records, as onnx-web's; bare-array
+ * cancel, `cancelled` final). Jobs run on a timer, not a model.
  * The e2e suite runs against the real stack; src/test/mock-server.test.ts runs this one.
  *
  *   node dev/mock-server.mjs [port]      (port 0 picks a free one; the first line printed names it)
@@ -230,7 +231,10 @@ function submit(mode, doc, by) {
     }),
   };
   jobs.set(name, job);
-  return [200, record(job)];
+  // The submit answer counts the queue from 1 (contract §4.3), the status route from 0.
+  const answer = record(job);
+  if (answer.queue.total > 0) answer.queue = { ...answer.queue, current: answer.queue.current + 1 };
+  return [200, answer];
 }
 
 /** `GET /api/jobs`: the jobs newest first, filtered by status, `limit` a page, `cursor` the offset. */

@@ -34,10 +34,19 @@ export async function submitJob(client: ApiClient, tab: JobTab, params: TabParam
   const submittedAt = Date.now();
   if (tab === 'txt2img' && params.grid.enabled) {
     const record = await client.submitChain(buildGridChain(params));
-    return { item: { name: record.name, tab, route: 'job', submittedAt, status: normaliseRecord(record), params }, files: {} };
+    return { item: { name: record.name, tab, route: 'job', submittedAt, status: submittedRecord(record), params }, files: {} };
   }
   const record = await client.submit(tab, buildImageDocument(tab, params), files);
-  return { item: { name: record.name, tab, route: tab, submittedAt, status: normaliseRecord(record), params }, files };
+  return { item: { name: record.name, tab, route: tab, submittedAt, status: submittedRecord(record), params }, files };
+}
+
+/**
+ * A submission's answer as a status record. onnx-web's submit answer counts the queue from 1, its
+ * status route from 0 (contract §4.3); the card counts as the status route does.
+ */
+function submittedRecord(record: JobStatus): JobStatus {
+  const status = normaliseRecord(record);
+  return status.queue.total > 0 ? { ...status, queue: { ...status.queue, current: Math.max(0, status.queue.current - 1) } } : status;
 }
 
 /**

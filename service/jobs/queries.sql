@@ -50,7 +50,8 @@ SELECT
     jobs.tiles_current, jobs.tiles_total,
     jobs.outputs, jobs.thumbnails, jobs.metadata, jobs.output_keys, jobs.reason,
     jobs.cancel_requested, jobs.attempt, jobs.max_attempts, jobs.model,
-    jobs.created_at, jobs.started_at, jobs.finished_at, jobs.loading, jobs.preview, jobs.retry_at
+    jobs.created_at, jobs.started_at, jobs.finished_at, jobs.loading, jobs.preview, jobs.retry_at,
+    jobs.errors -> -1 ->> 'reason' AS last_error
 FROM jobs
 LEFT JOIN queue ON queue.id = jobs.id
 -- With an :owner (keys mode), another owner's job is as if it did not exist.

@@ -110,6 +110,8 @@ class JobView:
     preview: dict[str, Any] | None = None
     #: A pending job put back after a failed or rescued attempt is not claimed before this.
     retry_at: datetime | None = None
+    #: The reason of the last failed or rescued attempt (``storage``, ``rescued`` …), if any.
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -693,4 +695,5 @@ def _view(row: Row[Any]) -> JobView:
         loading=row.loading,
         preview=row.preview,
         retry_at=row.retry_at,
+        last_error=row.last_error,
     )

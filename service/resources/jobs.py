@@ -95,6 +95,9 @@ def render_job(name: str, view: JobView | None) -> dict[str, Any]:
         retry: dict[str, Any] = {"attempt": view.attempt + 1, "maxAttempts": view.max_attempts}
         if view.retry_at is not None:
             retry["after"] = view.retry_at.isoformat()
+        if view.last_error is not None:
+            # Why the last attempt ended: ``storage``, ``rescued`` (its worker stopped), …
+            retry["reason"] = view.last_error
         record["retry"] = retry
     if view.loading and view.state == JobState.RUNNING:
         # Ours: the worker is pulling the job's model from the model store before its first step.

@@ -438,4 +438,9 @@ class SubmitResource:
             idempotency_key=key,
             key=req.context.get("key"),
         )
-        resp.media = render_job(view.name, view)
+        record = render_job(view.name, view)
+        if view.queue_position is not None:
+            # onnx-web's submit answer counts the queue from 1 (contract §4.3); its status route
+            # from 0, as render_job does.
+            record["queue"] = {"current": view.queue_position + 1, "total": view.queue_total}
+        resp.media = record

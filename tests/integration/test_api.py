@@ -89,9 +89,10 @@ def test_submission_answers_the_job_record_and_status_finds_it(client: falcon.te
     assert result.status_code == 200, result.text
     job = result.json
     assert job["status"] == "pending"
-    assert job["queue"] == {"current": 0, "total": 1}
+    assert job["queue"] == {"current": 1, "total": 1}  # 1-based in the submit answer (contract §4.3)
     assert job["steps"]["total"] == 3 + 1 and job["stages"]["total"] == 2  # txt2img, then save
     second = submit(client, prompt="a dog", steps=3).json
+    assert second["queue"] == {"current": 2, "total": 2}
     status = client.simulate_get(
         "/api/job/status", params={"jobs": f"{job['name']},{second['name']},nope"}
     ).json

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import sqlalchemy
 import urllib3
 from PIL import Image
 
+from service.breaker import Breaker
 from service.db import make_engine
 from service.jobs.store import JobStore
 from service.storage import ObjectStore, RetryPolicy, S3ObjectStore
@@ -438,8 +441,45 @@ def test_a_storage_outage_is_a_503_with_retry_after(
 
     result = post_multipart(client, "/api/img2img", form)
 
-    assert_refused(result, 503, "s3")
+    error = assert_refused(result, 503, "object store")
     assert int(result.headers["retry-after"]) > 0
+    # The key layout, the endpoint and the client library's words stay in the log.
+    assert "127.0.0.1" not in error and "inputs/" not in error and "Error" not in error, error
+
+
+def test_a_store_that_stops_answering_costs_one_wait_then_fails_at_once(
+    job_store: JobStore, models: Path, tmp_path: Path
+) -> None:
+    """S3 accepting connections and never answering (frozen, a black hole): the first request pays
+    its timeouts, the next ones are a 503 at once instead of each holding an api thread as long."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody ever answers
+    try:
+        endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
+        breaker = Breaker(cooldown_s=30.0, probe_s=5.0)
+        retry = RetryPolicy(max_attempts=2, backoff_s=0.01)
+        store = S3ObjectStore(
+            endpoint,
+            "key",
+            "secret",
+            "onnx-web",
+            retry=retry,
+            connect_timeout_s=0.3,
+            read_timeout_s=0.3,
+            breaker=breaker,
+        )
+        client = api_client(job_store, store, models, tmp_path)
+        form = {"json": json.dumps({"params": {"prompt": "cat"}}), "source": ("s.png", png(), "image/png")}
+
+        started = time.monotonic()
+        assert_refused(post_multipart(client, "/api/img2img", form), 503, "object store")
+        first = time.monotonic() - started
+        started = time.monotonic()
+        assert_refused(post_multipart(client, "/api/img2img", form), 503, "object store")
+        second = time.monotonic() - started
+        assert first >= 0.6 > second  # two read timeouts, then none
+        assert breaker.open
+    finally:
+        silent.close()
 
 
 def test_readyz_names_each_dependency(

@@ -98,7 +98,8 @@ export interface JobStatus {
   /** Ours, while a diffusion job runs: the latest approximate image of its latents, and its step. */
   preview?: { url: string; step: number };
   /** Ours, on a pending job whose earlier attempt failed: the attempt it waits to run, and from when. */
-  retry?: { attempt: number; maxAttempts: number; after?: string };
+  /** Ours: the job waits to run again; `reason` is why its last attempt ended (`storage`, `rescued` …). */
+  retry?: { attempt: number; maxAttempts: number; after?: string; reason?: string };
 }
 
 /** `GET /api/jobs`: one page of the caller's jobs, newest first, and the cursor of the next. */

@@ -28,10 +28,11 @@ export function progressLines(t: Translate, s: JobStatus): string[] {
 
 /** "Attempt 2 of 3 after a failure, from 12:00:05": a job back in the queue waits out a backoff. */
 function retryLine(t: Translate, retry: NonNullable<JobStatus['retry']>): string {
-  const values = { attempt: retry.attempt, max: retry.maxAttempts };
+  const values = { attempt: retry.attempt, max: retry.maxAttempts, reason: retry.reason ? labelFor(t, 'reason', retry.reason) : '' };
+  const because = retry.reason ? 'Because' : '';
   const after = retry.after ? new Date(retry.after) : null;
-  if (!after || Number.isNaN(after.getTime()) || after.getTime() <= Date.now()) return t('card.retrying', values);
-  return t('card.retryingFrom', { ...values, time: after.toLocaleTimeString() });
+  if (!after || Number.isNaN(after.getTime()) || after.getTime() <= Date.now()) return t(`card.retrying${because}`, values);
+  return t(`card.retrying${because}From`, { ...values, time: after.toLocaleTimeString() });
 }
 
 export interface FailureText {

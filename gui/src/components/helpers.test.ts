@@ -1,12 +1,24 @@
 import { describe, expect, it } from 'vitest';
 import { ApiError } from '../client/api';
 import { createTranslator } from '../i18n';
-import { describeError, normaliseRecord } from '../submit';
+import { defaultTabParams } from '../state/params';
+import { describeError, normaliseRecord, submitJob } from '../submit';
+import { SERVER } from '../test/fixtures';
 import { clampToSpec, fitsSpec, roundToStep } from './fields';
-import { jobRecord } from '../test/render';
+import { fakeClient, jobRecord } from '../test/render';
 import { failureText, progressLines } from './JobText';
 import { greyscaleMask, invertPixels, MAX_MASK_SIDE, maskSize, stretchesMask } from './MaskCanvas';
 import { addNetworkToken, addWildcard, referencedNetworks } from './PromptControls';
+
+describe('a submission', () => {
+  it('counts the queue as the status route does, though its answer counts from 1 as onnx-web\'s', async () => {
+    const answer = jobRecord('txt2img_1', 'pending', { queue: { current: 2, total: 2 } });
+    const client = fakeClient({ submit: () => Promise.resolve(answer) });
+    const { item } = await submitJob(client, 'txt2img', defaultTabParams('txt2img', SERVER, { prompt: '', scheduler: '' }), {});
+    expect(item.status.queue).toEqual({ current: 1, total: 2 });
+    expect(progressLines(createTranslator('en', {}), item.status)).toEqual(['2 of 2 in the queue']);
+  });
+});
 
 describe('number fields', () => {
   it('clamp into the range and round to the step', () => {
@@ -113,6 +125,16 @@ describe('job texts', () => {
     expect(progressLines(t, waiting)).toEqual([`Attempt 2 of 3, after a failure, from ${after.toLocaleTimeString()}`, '1 of 2 in the queue']);
     const due = jobRecord('a', 'pending', { queue: { current: 0, total: 1 }, retry: { attempt: 3, maxAttempts: 3, after: '2020-01-01T00:00:00+00:00' } });
     expect(progressLines(t, due)).toEqual(['Attempt 3 of 3, after a failure', '1 of 1 in the queue']);
+  });
+
+  it('say why the last attempt ended, in words where the reason is known', () => {
+    const after = new Date(Date.now() + 60_000);
+    const stored = jobRecord('a', 'pending', { queue: { current: 0, total: 1 }, retry: { attempt: 2, maxAttempts: 3, after: after.toISOString(), reason: 'storage' } });
+    expect(progressLines(t, stored)[0]).toBe(`Attempt 2 of 3, after a failure (the output could not be stored), from ${after.toLocaleTimeString()}`);
+    const rescued = jobRecord('a', 'pending', { queue: { current: 0, total: 1 }, retry: { attempt: 2, maxAttempts: 3, reason: 'rescued' } });
+    expect(progressLines(t, rescued)[0]).toBe('Attempt 2 of 3, after a failure (its worker stopped answering)');
+    const odd = jobRecord('a', 'pending', { queue: { current: 0, total: 1 }, retry: { attempt: 2, maxAttempts: 3, reason: 'disk-full' } });
+    expect(progressLines(t, odd)[0]).toBe('Attempt 2 of 3, after a failure (disk-full)');
   });
 
   it('translate known failure reasons, keep unknown ones verbatim, and carry the message', () => {

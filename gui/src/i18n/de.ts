@@ -237,6 +237,8 @@ export const de: typeof en = {
     waiting: 'Wartet auf einen Worker',
     retrying: 'Versuch {{attempt}} von {{max}}, nach einem Fehler',
     retryingFrom: 'Versuch {{attempt}} von {{max}}, nach einem Fehler, ab {{time}}',
+    retryingBecause: 'Versuch {{attempt}} von {{max}}, nach einem Fehler ({{reason}})',
+    retryingBecauseFrom: 'Versuch {{attempt}} von {{max}}, nach einem Fehler ({{reason}}), ab {{time}}',
     percent: '{{percent}} % erledigt',
     stages: 'Stufe {{current}} von {{total}}',
     tiles: 'Kachel {{current}} von {{total}}',
@@ -274,6 +276,7 @@ export const de: typeof en = {
     oom: 'zu wenig Speicher',
     csam: 'vom Sicherheitsfilter blockiert',
     timeout: 'Zeit überschritten',
+    rescued: 'sein Worker antwortete nicht mehr',
   },
   reasonHint: {
     oom: 'Kleinere Größe oder Stapelgröße wählen oder gekacheltes VAE einschalten.',

@@ -239,6 +239,8 @@ export const en = {
     waiting: 'Waiting for a worker',
     retrying: 'Attempt {{attempt}} of {{max}}, after a failure',
     retryingFrom: 'Attempt {{attempt}} of {{max}}, after a failure, from {{time}}',
+    retryingBecause: 'Attempt {{attempt}} of {{max}}, after a failure ({{reason}})',
+    retryingBecauseFrom: 'Attempt {{attempt}} of {{max}}, after a failure ({{reason}}), from {{time}}',
     percent: '{{percent}}% done',
     stages: 'Stage {{current}} of {{total}}',
     tiles: 'Tile {{current}} of {{total}}',
@@ -276,6 +278,7 @@ export const en = {
     oom: 'out of memory',
     csam: 'blocked by the safety filter',
     timeout: 'timed out',
+    rescued: 'its worker stopped answering',
   },
   reasonHint: {
     oom: 'Try a smaller size or batch, or turn on tiled VAE.',

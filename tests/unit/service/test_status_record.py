@@ -64,6 +64,13 @@ def test_a_job_waiting_to_run_again_says_which_attempt_and_not_before_when() -> 
     assert "error" not in record and "reason" not in record
 
 
+def test_a_job_waiting_to_run_again_says_why_its_last_attempt_ended() -> None:
+    waiting = dataclasses.replace(
+        failed(None), state=JobState.PENDING, attempt=1, queue_position=0, queue_total=1, last_error="storage"
+    )
+    assert render_job(waiting.name, waiting)["retry"] == {"attempt": 2, "maxAttempts": 3, "reason": "storage"}
+
+
 def test_a_first_attempt_or_a_handed_back_job_is_no_retry() -> None:
     fresh = dataclasses.replace(
         failed(None), state=JobState.PENDING, attempt=0, retry_at=None, finished_at=None
