@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 
 from pipelines.diffusion.networks import unknown_networks
+from pipelines.diffusion.panorama import PANORAMA_PIPELINES
 from pipelines.diffusion.prompt import PromptSyntaxError, parse_stages
 from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.models.controlnets import controlnet_family, has_cnet
@@ -155,7 +156,8 @@ def require_runnable(
         _require_pix2pix_unet(entry["type"], params, registry, where)
         if pipeline == "controlnet":
             _require_controlnet(entry["type"], params, registry, where)
-        if pipeline == "panorama":
+        if pipeline == "panorama" and entry["type"] == "source-txt2img":
+            # Region and reseed tokens shape panorama txt2img only (img2img runs the base windows).
             _require_areas(params, where)
         if family == "sdxl" and entry["type"] not in SDXL_STAGES:
             raise InvalidParams(
@@ -435,6 +437,8 @@ def build_img2img(
     assert request.img2img is not None
     image = {**image_params(request), "overlap": request.image.vae_overlap}
     strength = request.img2img.strength
+    # MultiDiffusion windows the whole image itself; any other pipeline runs tile by tile.
+    tiles = MAX_TILE if request.image.pipeline in PANORAMA_PIPELINES else request.image.unet_tile
     stages = []
     if request.img2img.source_filter != "none":
         stages.append(
@@ -445,7 +449,7 @@ def build_img2img(
             "img2img",
             "blend-img2img",
             {**image, "strength": strength, "prompt_index": 0},
-            tiles=request.image.unet_tile,
+            tiles=tiles,
         )
     )
     stages.extend(upscale_stages(request, when="before"))
@@ -454,7 +458,7 @@ def build_img2img(
             f"loopback-{index}",
             "blend-img2img",
             {**image, "strength": strength, "prompt_index": 0},
-            tiles=request.image.unet_tile,
+            tiles=tiles,
         )
         for index in range(request.image.loopback)
     )

@@ -35,7 +35,7 @@ from typing import Any, Literal, TypeGuard, TypeVar
 
 from PIL import ImageColor
 
-from pipelines.diffusion.schedulers import SCHEDULER_NAMES
+from pipelines.diffusion.schedulers import SCHEDULER_ALIASES, SCHEDULER_NAMES
 from pipelines.diffusion.wildcards import expand_wildcards
 from pipelines.imageops.filters import FILTERS_AVAILABLE, runnable_filters
 from pipelines.imageops.masks import MASK_FILTERS as MASK_FILTER_FUNCTIONS
@@ -81,8 +81,18 @@ PIPELINES = (
 #: at submit, never run as something else. (The upscale, blend and txt2txt routes use no pipeline.)
 ROUTE_PIPELINE_CHOICES: dict[str, tuple[str, ...]] = {
     "txt2img": ("txt2img", "lpw", "panorama", "txt2img-sdxl", "panorama-sdxl"),
-    "img2img": ("img2img", "lpw", "img2img-sdxl", "controlnet", "pix2pix"),
+    "img2img": ("img2img", "lpw", "img2img-sdxl", "controlnet", "pix2pix", "panorama", "panorama-sdxl"),
     "inpaint": ("inpaint", "lpw"),
+}
+#: Pipelines a route takes under another name, as onnx-web maps them (contract §8.6); the job
+#: records the name it runs.
+ROUTE_PIPELINE_ALIASES: dict[str, dict[str, str]] = {"img2img": {"txt2img-sdxl": "img2img-sdxl"}}
+#: Pipelines onnx-web accepts on a route that this server does not run there, and why.
+ROUTE_PIPELINES_NOT_RUN: dict[str, dict[str, str]] = {
+    "inpaint": {
+        "controlnet": "ControlNet inpainting is not run by this server",
+        "panorama": "panorama (MultiDiffusion) inpainting is not run by this server",
+    },
 }
 #: onnx-web's pipelines this server does not run yet: refused at submit, not offered in settings.
 #: (None now: every pipeline of contract §5.5 runs here.)
@@ -490,10 +500,10 @@ def check_route_pipeline(route: str, pipeline: str) -> None:
     Chain stages are not checked here: a stage's type, not a route, says what it runs.
     """
     choices = ROUTE_PIPELINE_CHOICES.get(route)
-    if choices is not None and pipeline not in choices:
-        raise InvalidParams(
-            "pipeline", f"{pipeline} does not run on {route}; {route} runs: {_listing(choices)}"
-        )
+    if choices is None or pipeline in choices:
+        return
+    reason = ROUTE_PIPELINES_NOT_RUN.get(route, {}).get(pipeline, f"{pipeline} does not run on {route}")
+    raise InvalidParams("pipeline", f"{reason}; {route} runs: {_listing(choices)}")
 
 
 def parse_image(
@@ -507,7 +517,9 @@ def parse_image(
             "model",
             f"no diffusion model {_show(model_name)}; available: {_listing(registry.names('diffusion'))}",
         )
-    pipeline = reader.choice("pipeline", PIPELINES, default=ROUTE_PIPELINES[route])
+    pipeline = reader.choice(
+        "pipeline", PIPELINES, default=ROUTE_PIPELINES[route], aliases=ROUTE_PIPELINE_ALIASES.get(route, {})
+    )
     _check_pipeline_runs(pipeline)
     control = _name(reader.values, "control") or reader.default("control") or None
     if control is not None and registry.find_network("control", control) is None:
@@ -538,7 +550,7 @@ def parse_image(
     return ImageParams(
         model=model,
         pipeline=pipeline,
-        scheduler=reader.choice("scheduler", SCHEDULER_NAMES),
+        scheduler=reader.choice("scheduler", SCHEDULER_NAMES, aliases=SCHEDULER_ALIASES),
         prompt=prompt,
         negative_prompt=negative,
         batch=reader.integer("batch"),
@@ -771,12 +783,21 @@ class _Reader:
         raise InvalidParams(self.prefix + key, f"must be true or false ({words}), got {_show(value)}")
 
     def choice(
-        self, key: str, allowed: tuple[str, ...], *, default: str | None = None, spec: str | None = None
+        self,
+        key: str,
+        allowed: tuple[str, ...],
+        *,
+        default: str | None = None,
+        spec: str | None = None,
+        aliases: Mapping[str, str] | None = None,
     ) -> str:
-        """One of ``allowed``; missing or empty means ``default``, else the entry's default."""
+        """One of ``allowed``, or one of its ``aliases`` (the name it stands for is returned); missing
+        or empty means ``default``, else the entry's default."""
         value = _name(self.values, key, self.prefix)
         if value is None:
             value = default or (_walk(self.doc, spec) if spec else self.entry(key)).get("default")
+        elif aliases:
+            value = aliases.get(value, value)
         if value not in allowed:
             raise InvalidParams(self.prefix + key, _one_of(allowed, value))
         return str(value)

@@ -30,18 +30,26 @@ def strength_timesteps(scheduler: Any, steps: int, strength: float) -> tuple[Any
 
 
 def img2img(run: sd.Run, source: Image.Image, strength: float) -> list[Image.Image]:
-    """Re-generate ``source`` (a multiple of 8 pixels on each side) with ``strength`` of noise.
+    """Re-generate ``source`` (a multiple of 8 pixels on each side) with ``strength`` of noise."""
+    embeddings = run.prompt_embeddings()
+    scheduler = run.scheduler()
+    latents, timesteps, steps = noised_source(run, scheduler, source, strength)
+    return run.decode(run.denoise(scheduler, latents, embeddings, timesteps=timesteps, steps=steps))
 
-    The starting noise is onnx-web's seeded latents, added to the VAE latents of the source at
-    the first timestep of the shortened schedule.
+
+def noised_source(
+    run: sd.Run, scheduler: Any, source: Image.Image, strength: float
+) -> tuple[np.ndarray, Any, int]:
+    """Where img2img starts: the source's latents noised for the shortened schedule's first timestep.
+
+    The noise is onnx-web's seeded latents, added to the VAE latents of ``source`` (one copy per
+    batch image). Returns the latents, the timesteps left to run and their number of scheduler steps.
     """
     import torch
 
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
     generation = run.generation
-    embeddings = run.prompt_embeddings()
-    scheduler = run.scheduler()
     require_add_noise(scheduler, generation.scheduler)
     timesteps, steps = strength_timesteps(scheduler, generation.steps, strength)
     image_latents = np.repeat(
@@ -51,4 +59,4 @@ def img2img(run: sd.Run, source: Image.Image, strength: float) -> list[Image.Ima
     latents = scheduler.add_noise(
         torch.from_numpy(image_latents), torch.from_numpy(noise), timesteps[:1].repeat(generation.batch)
     ).numpy()
-    return run.decode(run.denoise(scheduler, latents, embeddings, timesteps=timesteps, steps=steps))
+    return latents, timesteps, steps

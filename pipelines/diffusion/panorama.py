@@ -21,6 +21,10 @@ Two prompt tokens work only here (contract §9, features "Region prompts" and "R
   noise from another seed; ``-1`` takes one from the image seed, so the image stays reproducible.
 
 Rectangles are in pixels, multiples of 8, inside the generated image.
+
+``panorama_img2img`` (``panorama`` and ``panorama-sdxl`` on img2img) runs the same windows from the
+source's latents noised at the strength's first timestep, as img2img starts. Like onnx-web's panorama
+``img2img`` it runs the base windows only: region and reseed tokens shape txt2img alone.
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ from PIL import Image
 
 from pipelines.diffusion import model as sd
 from pipelines.diffusion import sdxl
+from pipelines.diffusion.img2img import img2img, noised_source
 from pipelines.diffusion.prompt import PromptText, parse_prompt
 from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.diffusion.schedulers import step_arguments
 
+#: The pipelines that run MultiDiffusion: ``panorama-sdxl``, and ``panorama`` on an SDXL model, run SDXL's.
+PANORAMA_PIPELINES = ("panorama", "panorama-sdxl")
 #: diffusers' window: 64 latent cells (512 pixels), the size SD 1.x was trained at.
 DEFAULT_WINDOW = 64
 #: diffusers' stride between windows, in latent cells.
@@ -221,8 +228,7 @@ def panorama_latents(
 
     The starting noise is onnx-web's seeded noise with the prompt's reseeds applied.
     """
-    if window < 1 or stride < 1:
-        raise ValueError(f"panorama window and stride must be >= 1 latent cell, got {window} and {stride}")
+    check_views(window, stride)
     generation = run.generation
     check_areas(parse_prompt(generation.prompt), generation.width, generation.height)
     regions, reseeds = region_tokens(generation.prompt)
@@ -232,6 +238,32 @@ def panorama_latents(
     scheduler = base.scheduler()
     views = base_views(base, latents.shape, window, stride) + region_views(base, regions, latents.shape)
     return multidiffusion(base, scheduler, latents * float(scheduler.init_noise_sigma), views)
+
+
+def panorama_img2img(
+    run: sd.Run,
+    source: Image.Image,
+    strength: float,
+    *,
+    window: int = DEFAULT_WINDOW,
+    stride: int = DEFAULT_STRIDE,
+) -> list[Image.Image]:
+    """Re-generate ``source`` with ``strength`` of noise by MultiDiffusion over its whole latents."""
+    check_views(window, stride)
+    rows, columns = source.height // sd.LATENT_FACTOR, source.width // sd.LATENT_FACTOR
+    if len(view_windows(rows, columns, window, stride)) == 1:
+        # One view over the whole image is img2img: run that, on a GPU worker's CUDA graphs too.
+        return img2img(run, source, strength)
+    scheduler = run.scheduler()
+    latents, timesteps, steps = noised_source(run, scheduler, source, strength)
+    views = base_views(run, latents.shape, window, stride)
+    return run.decode(multidiffusion(run, scheduler, latents, views, timesteps=timesteps, steps=steps))
+
+
+def check_views(window: int, stride: int) -> None:
+    """Refuse a view window or stride under one latent cell."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"panorama window and stride must be >= 1 latent cell, got {window} and {stride}")
 
 
 def base_views(run: sd.Run, shape: tuple[int, ...], window: int, stride: int) -> list[View]:
@@ -270,12 +302,21 @@ def prompt_conditioning(
     return sd.encode_prompt(run.model, prompt, negative_prompt, run.generation, clip_skip)
 
 
-def multidiffusion(run: sd.Run, scheduler: Any, latents: np.ndarray, views: Sequence[View]) -> np.ndarray:
+def multidiffusion(
+    run: sd.Run,
+    scheduler: Any,
+    latents: np.ndarray,
+    views: Sequence[View],
+    *,
+    timesteps: Any = None,
+    steps: int | None = None,
+) -> np.ndarray:
     """The denoising loop: every view stepped on its own scheduler state, then averaged per cell.
 
-    ``sd.report_step`` is called per scheduler step with the whole wide latents (family ``sdxl``
-    for an ``SdxlRun``, else ``sd``), ``hooks.check_cancelled()`` after every UNet call, as in
-    ``Run.denoise``.
+    ``timesteps`` and ``steps`` (scheduler steps, for progress) default to the whole schedule, as
+    in ``Run.denoise``; img2img passes the strength's tail. ``sd.report_step`` is called per
+    scheduler step with the whole wide latents (family ``sdxl`` for an ``SdxlRun``, else ``sd``),
+    ``hooks.check_cancelled()`` after every UNet call.
     """
     import torch
 
@@ -286,7 +327,8 @@ def multidiffusion(run: sd.Run, scheduler: Any, latents: np.ndarray, views: Sequ
     arguments = step_arguments(scheduler, eta=generation.eta, generator=generator)
     # Per-view state: multistep schedulers remember earlier outputs, which are the view's own.
     schedulers = [copy.deepcopy(scheduler) for _ in views]
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
+    steps = generation.steps if steps is None else steps
     total = len(timesteps)
     done = 0
     for index, t in enumerate(timesteps):
@@ -307,7 +349,7 @@ def multidiffusion(run: sd.Run, scheduler: Any, latents: np.ndarray, views: Sequ
             accumulate(value, count, view, denoised.numpy())
             run.hooks.check_cancelled()
         latents = np.where(count > 0, value / np.where(count > 0, count, 1), value).astype(np.float32)
-        if sd.counts_as_step(index, total, generation.steps, scheduler.order):
+        if sd.counts_as_step(index, total, steps, scheduler.order):
             done += 1
             sd.report_step(run.hooks, done, "sdxl" if on_sdxl else "sd", latents)
     return latents

@@ -32,6 +32,12 @@ SCHEDULER_CLASSES: Mapping[str, str] = {
     "unipc-multi": "UniPCMultistepScheduler",
 }
 SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULER_CLASSES)
+#: Names onnx-web's own clients send that are not on the list, and the scheduler they mean. The api
+#: records and runs the scheduler's own name; only names a client is known to send belong here.
+SCHEDULER_ALIASES: Mapping[str, str] = {
+    # The GUI's built-in "base SD v1.5" profiles; onnx-web itself swaps it for the first name, ddim.
+    "deis": "deis-multi",
+}
 DEFAULT_SCHEDULER = "ddim"
 #: What a UNet predicts unless its scheduler config says otherwise: the noise.
 EPSILON = "epsilon"

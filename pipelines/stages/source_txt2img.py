@@ -27,7 +27,7 @@ from pipelines.diffusion.model import (
     grid_size,
     load_model,
 )
-from pipelines.diffusion.panorama import panorama
+from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import diffusion_run, txt2img_sdxl, wants_sdxl
 from pipelines.diffusion.txt2img import txt2img
@@ -55,10 +55,6 @@ def generator(params: Mapping[str, Any], model: DiffusionModel) -> Callable[[Run
     if wants_sdxl(params, model.folder):
         return txt2img_sdxl
     return txt2img
-
-
-#: MultiDiffusion: ``panorama-sdxl``, and ``panorama`` on an SDXL model, run SDXL's.
-PANORAMA_PIPELINES = ("panorama", "panorama-sdxl")
 
 
 def generations(params: Mapping[str, Any]) -> tuple[Generation, Generation]:

@@ -1,4 +1,4 @@
-"""The ``panorama`` pipeline on the demo model: MultiDiffusion against diffusers, regions, reseeds.
+"""The ``panorama`` pipeline on the demo model: MultiDiffusion against diffusers, regions, reseeds, img2img.
 
 The demo UNet is tiny, so the views are made small (16 latent cells, stride 8) to get several
 overlapping windows on a small image; diffusers' ``StableDiffusionPanoramaPipeline`` runs with
@@ -8,18 +8,33 @@ the same views on the very same weights, our scheduler and our starting noise.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from pipelines.diffusion.model import Callbacks, DiffusionModel, Generation, Run, initial_latents
+from pipelines.context import StageImage
+from pipelines.diffusion.img2img import img2img, noised_source, strength_steps
+from pipelines.diffusion.model import (
+    Callbacks,
+    DiffusionModel,
+    Generation,
+    Run,
+    encode_image,
+    image_to_array,
+    initial_latents,
+)
 from pipelines.diffusion.panorama import (
     Rectangle,
     Region,
     Reseed,
+    base_views,
+    multidiffusion,
     panorama,
+    panorama_img2img,
     panorama_latents,
     region_tokens,
     reseed_latents,
@@ -29,11 +44,11 @@ from pipelines.diffusion.panorama import (
 from pipelines.diffusion.prompt import parse_prompt
 from pipelines.diffusion.txt2img import txt2img
 from pipelines.models.demo import DEMO_MODELS
-from pipelines.stages import source_txt2img
+from pipelines.stages import blend_img2img, source_txt2img
 from tests.unit.pipelines.contexts import stage_context
-from tests.unit.pipelines.images import pixels
+from tests.unit.pipelines.images import gradient, pixels
 from tests.unit.pipelines.reference import assert_matches, demo_generation, from_our_noise, run_diffusers
-from tests.unit.pipelines.resolved import IMAGE, run_stage
+from tests.unit.pipelines.resolved import IMAGE, RESOLVED, run_stage
 
 #: Views of 16 latent cells (128 px) every 8 cells: a 256x128 image has three, overlapping by half.
 WINDOW, STRIDE = 16, 8
@@ -233,3 +248,106 @@ def test_panorama_is_admitted_like_a_txt2img_of_the_same_size() -> None:
         return memory.to_dict()
 
     assert peak("panorama") == peak("txt2img")
+
+
+# --- panorama img2img ------------------------------------------------------------------------------
+
+
+def wide_source() -> Image.Image:
+    """A 256x128 gradient: three 16-cell windows wide, so the windows matter."""
+    return gradient(256, 128)
+
+
+@pytest.mark.parametrize(("scheduler", "strength"), [("ddim", 0.5), ("euler-a", 0.7), ("heun", 0.5)])
+def test_img2img_windows_start_from_the_noised_source(
+    demo_model: DiffusionModel, scheduler: str, strength: float
+) -> None:
+    gen = demo_generation(scheduler=scheduler, steps=6, **WIDE)
+    ours = pixels(
+        panorama_img2img(Run(demo_model, gen), wide_source(), strength, window=WINDOW, stride=STRIDE)
+    )
+    assert ours.shape == (1, 128, 256, 3)
+    plain = pixels(img2img(Run(demo_model, gen), wide_source(), strength))
+    # The windows matter: plain img2img of the same source, strength and noise is another image.
+    assert np.abs(ours - plain).mean() > 1
+    # One view over the whole latents is the very loop img2img runs: same start, same schedule tail.
+    run = Run(demo_model, gen)
+    scheduler_state = run.scheduler()
+    latents, timesteps, steps = noised_source(run, scheduler_state, wide_source(), strength)
+    one_view = base_views(run, latents.shape, window=32, stride=STRIDE)
+    assert len(one_view) == 1
+    looped = multidiffusion(run, scheduler_state, latents, one_view, timesteps=timesteps, steps=steps)
+    assert np.abs(pixels(run.decode(looped)) - plain).max() <= 1
+
+
+@dataclass(frozen=True)
+class LatentsRun(Run):
+    """A run that hands back its final latents undecoded: the demo VAE is random, its pixels say little."""
+
+    def decode(self, latents: np.ndarray) -> Any:
+        return latents
+
+
+def test_img2img_at_strength_0_keeps_the_source_as_plain_img2img_does(demo_model: DiffusionModel) -> None:
+    gen = demo_generation(scheduler="ddim", steps=6, **WIDE)
+    source = encode_image(demo_model, image_to_array(wide_source()))
+
+    def moved(generate: Any, strength: float, **options: Any) -> float:
+        latents = generate(LatentsRun(demo_model, gen), wide_source(), strength, **options)
+        return float(np.abs(latents - source).mean())
+
+    kept = moved(panorama_img2img, 0.0, window=WINDOW, stride=STRIDE)
+    # One step at the schedule's last timestep, as plain img2img runs at strength 0 ...
+    assert kept == pytest.approx(moved(img2img, 0.0), rel=0.1)
+    # ... so the source's latents barely move, where half the schedule moves them far.
+    assert kept * 10 < moved(panorama_img2img, 0.5, window=WINDOW, stride=STRIDE)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "strength", "expected"), [("ddim", 0.5, 3), ("heun", 0.7, 4), ("pndm", 0.0, 1)]
+)
+def test_img2img_progress_counts_the_strengths_scheduler_steps(
+    demo_model: DiffusionModel, scheduler: str, strength: float, expected: int
+) -> None:
+    steps: list[int] = []
+    checks: list[None] = []
+    hooks = Callbacks(on_step=steps.append, check_cancelled=lambda: checks.append(None))
+    gen = demo_generation(scheduler=scheduler, steps=6, **WIDE)
+    panorama_img2img(Run(demo_model, gen, hooks), wide_source(), strength, window=WINDOW, stride=STRIDE)
+    assert sum(steps) == expected == strength_steps(6, strength)
+    # Every UNet call of the schedule's tail checks for cancellation, once per view (three).
+    run = Run(demo_model, gen)
+    _, timesteps, _ = noised_source(run, run.scheduler(), wide_source(), strength)
+    assert len(checks) == len(timesteps) * 3
+
+
+def test_img2img_stage_runs_panorama_over_the_whole_image(
+    models_path: Path, demo_model: DiffusionModel
+) -> None:
+    params = {
+        **RESOLVED,
+        "model": DEMO_MODELS[0].name,
+        "pipeline": "panorama",
+        "prompt": "a wide valley",
+        "seed": 3,
+        "steps": 4,
+        "strength": 0.5,
+        # A 128-px tile makes 16-cell views: three over the 256x128 source.
+        "unet_tile": 128,
+    }
+    steps: list[int] = []
+    ctx = stage_context(steps=steps, models_path=models_path)
+    [result] = run_stage(blend_img2img.STAGE, ctx, params, [StageImage(wide_source(), {})])
+    assert result.image.size == (256, 128)
+    assert result.metadata["params"]["pipeline"] == "panorama"
+    assert sum(steps) == 2 == blend_img2img.STAGE.estimate(params)
+    gen = Generation.from_params(params, width=256, height=128)
+    [expected] = panorama_img2img(Run(demo_model, gen), wide_source(), 0.5, window=16)
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected))
+    [plain] = run_stage(
+        blend_img2img.STAGE,
+        stage_context(models_path=models_path),
+        {**params, "pipeline": "img2img"},
+        [StageImage(wide_source(), {})],
+    )
+    assert not np.array_equal(np.asarray(plain.image), np.asarray(result.image))

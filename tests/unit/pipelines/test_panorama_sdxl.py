@@ -16,17 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.context import StageContext
+from pipelines.context import StageContext, StageImage
+from pipelines.diffusion.img2img import img2img
 from pipelines.diffusion.model import DiffusionModel, Generation, initial_latents, load_model
-from pipelines.diffusion.panorama import panorama, panorama_latents
+from pipelines.diffusion.panorama import panorama, panorama_img2img, panorama_latents
 from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
 from pipelines.diffusion.sdxl import SdxlRun, txt2img_sdxl
 from pipelines.models.demo import DEMO_SDXL
 from pipelines.models.sessions import SessionCache
-from pipelines.stages import source_txt2img
-from tests.unit.pipelines.images import pixels
+from pipelines.stages import blend_img2img, source_txt2img
+from tests.unit.pipelines.images import gradient, pixels
 from tests.unit.pipelines.reference import assert_matches, demo_generation
-from tests.unit.pipelines.resolved import IMAGE, run_stage
+from tests.unit.pipelines.resolved import IMAGE, RESOLVED, run_stage
 
 #: Three views of 16 latent cells, 8 apart, over a 256x128 image (32x16 latent cells).
 WINDOW, STRIDE = 16, 8
@@ -156,3 +157,32 @@ def test_stage_routes_panorama_sdxl(models_path: Path, sdxl_model: DiffusionMode
     assert np.array_equal(np.asarray(named.image), np.asarray(result.image))
     [plain] = run_stage(source_txt2img.STAGE, ctx, {**params, "pipeline": "txt2img-sdxl"}, [])
     assert not np.array_equal(np.asarray(plain.image), np.asarray(result.image))
+
+
+def test_img2img_stage_runs_sdxl_panorama_over_the_whole_image(
+    models_path: Path, sdxl_model: DiffusionModel
+) -> None:
+    params = {
+        **RESOLVED,
+        "model": DEMO_SDXL,
+        "pipeline": "panorama-sdxl",
+        "prompt": "a wide valley",
+        "seed": 4,
+        "steps": 4,
+        "strength": 0.5,
+        # 16-cell views: three over the 256x128 source.
+        "unet_tile": 128,
+    }
+    source = StageImage(gradient(256, 128), {})
+    steps: list[int] = []
+    ctx = StageContext(models_path=models_path, sessions=sdxl_model.sessions, on_step=steps.append)
+    [result] = run_stage(blend_img2img.STAGE, ctx, params, [source])
+    assert result.image.size == (256, 128)
+    assert result.metadata["params"]["pipeline"] == "panorama-sdxl"
+    assert sum(steps) == 2 == blend_img2img.STAGE.estimate(params)
+    gen = Generation.from_params(params, width=256, height=128)
+    [expected] = panorama_img2img(SdxlRun(sdxl_model, gen), source.image, 0.5, window=16)
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected))
+    # The views matter: SDXL img2img of the same source, strength and noise is another image.
+    [plain] = img2img(SdxlRun(sdxl_model, gen), source.image, 0.5)
+    assert np.abs(pixels([result.image]) - pixels([plain])).mean() > 1

@@ -25,6 +25,7 @@ from service.params import (
     NOISE_SOURCES,
     PIPELINES,
     PROMPT_FILTERS,
+    ROUTE_PIPELINE_ALIASES,
     ROUTE_PIPELINE_CHOICES,
     SOURCE_FILTERS,
     TILE_ORDERS,
@@ -345,9 +346,11 @@ def test_defaults_come_from_params_json(parse: Parse) -> None:
 
 @pytest.mark.parametrize("route", ["txt2img", "img2img", "inpaint"])
 def test_each_route_takes_the_pipelines_it_runs_and_refuses_unknown_names(parse: Parse, route: str) -> None:
-    # Parsing takes every pipeline that runs here; which route runs which is the chain builder's check.
+    # Parsing takes every pipeline that runs here (img2img's txt2img-sdxl as what it maps to); which
+    # route runs which is the chain builder's check.
     for pipeline in AVAILABLE_PIPELINES:
-        assert parse({"pipeline": pipeline}, route).image.pipeline == pipeline
+        mapped = ROUTE_PIPELINE_ALIASES.get(route, {}).get(pipeline, pipeline)
+        assert parse({"pipeline": pipeline}, route).image.pipeline == mapped
     rule = rejects(parse, {"pipeline": "bogus"}, "pipeline", route=route)
     assert rule == f'must be one of {", ".join(PIPELINES)}; got "bogus"'
 
@@ -513,13 +516,48 @@ def test_control_must_be_a_controlnet(parse: Parse) -> None:
     rejects(parse, {"control": "lineart"}, "control", match="available: canny")
 
 
-@pytest.mark.parametrize(("route", "pipeline"), [("txt2img", "panorama-sdxl"), ("img2img", "pix2pix")])
-def test_panorama_sdxl_and_pix2pix_run_on_their_route_only(parse: Parse, route: str, pipeline: str) -> None:
-    assert parse({"pipeline": pipeline}, route).image.pipeline == pipeline
-    check_route_pipeline(route, pipeline)
-    for other in {"txt2img", "img2img", "inpaint"} - {route}:
-        with pytest.raises(InvalidParams, match=f"{pipeline} does not run on {other}"):
+@pytest.mark.parametrize(
+    ("pipeline", "routes"),
+    [
+        ("panorama-sdxl", {"txt2img", "img2img"}),
+        ("panorama", {"txt2img", "img2img"}),
+        ("pix2pix", {"img2img"}),
+    ],
+)
+def test_panorama_and_pix2pix_run_on_their_routes_only(parse: Parse, pipeline: str, routes: set[str]) -> None:
+    for route in routes:
+        assert parse({"pipeline": pipeline}, route).image.pipeline == pipeline
+        check_route_pipeline(route, pipeline)
+    for other in {"txt2img", "img2img", "inpaint"} - routes:
+        with pytest.raises(InvalidParams, match=f"{pipeline} .*not run"):
             check_route_pipeline(other, pipeline)
+
+
+def test_txt2img_sdxl_on_img2img_is_recorded_as_img2img_sdxl(parse: Parse) -> None:
+    # onnx-web maps it so (contract §8.6); the job records and runs what it maps to.
+    parsed = parse({"pipeline": "txt2img-sdxl"}, "img2img")
+    assert parsed.image.pipeline == "img2img-sdxl"
+    assert parsed.image.to_dict()["pipeline"] == "img2img-sdxl"
+    check_route_pipeline("img2img", parsed.image.pipeline)
+    # Only there: txt2img keeps it, and inpaint refuses it.
+    assert parse({"pipeline": "txt2img-sdxl"}).image.pipeline == "txt2img-sdxl"
+    assert parse({"pipeline": "txt2img-sdxl"}, "inpaint").image.pipeline == "txt2img-sdxl"
+    with pytest.raises(InvalidParams, match="txt2img-sdxl does not run on inpaint"):
+        check_route_pipeline("inpaint", "txt2img-sdxl")
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "reason"),
+    [
+        ("controlnet", "ControlNet inpainting is not run by this server"),
+        ("panorama", "panorama (MultiDiffusion) inpainting is not run by this server"),
+    ],
+)
+def test_inpaint_refuses_the_onnx_web_pipelines_it_does_not_run_saying_so(pipeline: str, reason: str) -> None:
+    with pytest.raises(InvalidParams) as caught:
+        check_route_pipeline("inpaint", pipeline)
+    assert caught.value.field == "pipeline"
+    assert caught.value.rule == f"{reason}; inpaint runs: inpaint, lpw"
 
 
 @pytest.mark.parametrize(
@@ -528,8 +566,8 @@ def test_panorama_sdxl_and_pix2pix_run_on_their_route_only(parse: Parse, route: 
         ("txt2img", "img2img"),
         ("txt2img", "inpaint"),
         ("img2img", "txt2img"),
-        ("img2img", "panorama"),
         ("inpaint", "txt2img-sdxl"),
+        ("inpaint", "panorama-sdxl"),
         ("inpaint", "img2img"),
         ("inpaint", "img2img-sdxl"),
         ("txt2img", "img2img-sdxl"),
@@ -591,6 +629,19 @@ def getattr_path(parsed: ParsedRequest, key: str) -> Any:
     for name in CHOICE_ATTRIBUTES[key].split("."):
         value = getattr(value, name)
     return value
+
+
+@pytest.mark.parametrize("group", ["params", None])
+def test_deis_is_taken_as_deis_multi_and_recorded_so(parse: Parse, group: str | None) -> None:
+    # onnx-web's GUI profiles send "deis", which onnx-web's list does not have (it runs ddim).
+    data = {group: {"scheduler": "deis"}} if group else {"scheduler": "deis"}
+    parsed = parse(data, "img2img")
+    assert parsed.image.scheduler == "deis-multi"
+    assert parsed.image.to_dict()["scheduler"] == "deis-multi"
+    assert "deis" not in SCHEDULER_NAMES
+    # The alias is exact: other near names are still refused, naming the list.
+    rejects(parse, {"scheduler": "DEIS"}, "scheduler", match="must be one of ddim, ddpm, deis-multi")
+    rejects(parse, {"pipeline": "deis"}, "pipeline")
 
 
 def test_kernel_tile_order_is_refused(parse: Parse) -> None:

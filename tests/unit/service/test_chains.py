@@ -1,0 +1,85 @@
+"""The legacy routes' chains (``service.chains``): what each img2img and inpaint stage runs, and how."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.models.registry import ModelRegistry
+from pipelines.stages.spec import MAX_TILE
+from service.chains import BuiltChain, build_img2img, build_inpaint, require_runnable
+from service.config import Config
+from service.errors import InvalidParams
+from service.params import load_params_doc, parse_request
+
+CONFIG = Config()
+MODEL = "stable-diffusion-onnx-v1-5"
+#: A source three 512-px windows wide.
+WIDE = (1024, 512)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
+    root: Path = tmp_path_factory.mktemp("models")
+    (root / MODEL).mkdir()
+    return ModelRegistry(root)
+
+
+def img2img_chain(registry: ModelRegistry, **data: Any) -> BuiltChain:
+    request = parse_request(
+        "img2img",
+        {"prompt": "a coast", **data},
+        params_doc=load_params_doc(CONFIG),
+        registry=registry,
+        config=CONFIG,
+        rng=random.Random(7),
+    )
+    return build_img2img(request, WIDE, image_format="png", thumbnail_size=1024)
+
+
+def img2img_stages(chain: BuiltChain) -> list[dict[str, Any]]:
+    return [entry for entry in chain.chain["stages"] if entry["type"] == "blend-img2img"]
+
+
+@pytest.mark.parametrize("pipeline", ["panorama", "panorama-sdxl"])
+def test_panorama_img2img_and_its_loopbacks_see_the_whole_image(
+    registry: ModelRegistry, pipeline: str
+) -> None:
+    chain = img2img_chain(registry, pipeline=pipeline, loopback=1)
+    stages = img2img_stages(chain)
+    assert [entry["name"] for entry in stages] == ["img2img", "loopback-0"]
+    # MultiDiffusion windows the image itself; the executor must not cut it into tiles first.
+    assert all(entry["tiles"] == MAX_TILE and entry["params"]["pipeline"] == pipeline for entry in stages)
+    # Other pipelines still run tile by tile, a UNet tile at a time.
+    plain = img2img_stages(img2img_chain(registry, loopback=1, unet_tile=256))
+    assert all(entry["tiles"] == 256 for entry in plain)
+
+
+def test_region_tokens_are_checked_in_panorama_txt2img_only(registry: ModelRegistry) -> None:
+    # img2img panorama runs the base windows only (as onnx-web's), whatever size the params name.
+    chain = img2img_chain(registry, pipeline="panorama", prompt="a coast <region:0:768:256:1024:4:0:a ship>")
+    require_runnable(chain.chain, registry)
+
+
+def test_txt2img_sdxl_on_img2img_runs_and_is_recorded_as_img2img_sdxl(registry: ModelRegistry) -> None:
+    [stage] = img2img_stages(img2img_chain(registry, pipeline="txt2img-sdxl"))
+    assert stage["params"]["pipeline"] == "img2img-sdxl"
+
+
+@pytest.mark.parametrize("pipeline", ["controlnet", "panorama"])
+def test_inpaint_refuses_the_pipelines_it_does_not_run(registry: ModelRegistry, pipeline: str) -> None:
+    request = parse_request(
+        "inpaint",
+        {"prompt": "a coast", "pipeline": pipeline},
+        params_doc=load_params_doc(CONFIG),
+        registry=registry,
+        config=CONFIG,
+        rng=random.Random(7),
+    )
+    with pytest.raises(InvalidParams) as caught:
+        build_inpaint(request, (512, 512), image_format="png", thumbnail_size=1024)
+    assert caught.value.field == "pipeline"
+    assert caught.value.rule.endswith("inpainting is not run by this server; inpaint runs: inpaint, lpw")
