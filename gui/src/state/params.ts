@@ -196,7 +196,7 @@ export function pick(choices: readonly string[], preferred: string | undefined):
  */
 const TAB_PIPELINES: Record<JobTab, string[]> = {
   txt2img: ['txt2img', 'lpw', 'panorama', 'panorama-sdxl', 'txt2img-sdxl'],
-  img2img: ['img2img', 'controlnet', 'img2img-sdxl', 'lpw', 'pix2pix'],
+  img2img: ['img2img', 'controlnet', 'img2img-sdxl', 'lpw', 'pix2pix', 'panorama', 'panorama-sdxl'],
   inpaint: ['inpaint', 'lpw'],
   upscale: [],
   blend: [],
