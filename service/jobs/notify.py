@@ -74,7 +74,12 @@ class Notifier:
 
     def payloads(self, timeout_s: float) -> list[str]:
         """The payloads of the notifications heard within ``timeout_s`` (all that are waiting, once
-        one arrives); empty on timeout, on interrupt, or while the connection is broken."""
+        one arrives); empty on timeout or on interrupt.
+
+        A broken connection is closed (the next call connects again) and its
+        ``psycopg.OperationalError`` raised: the caller (``service.events``) paces its reconnects
+        and its log lines over the whole outage.
+        """
         try:
             if self._conn is None:
                 self._connect()
@@ -82,11 +87,9 @@ class Notifier:
             first = list(self._conn.notifies(timeout=timeout_s, stop_after=1))
             rest = list(self._conn.notifies(timeout=0)) if first else []
             return [notify.payload for notify in first + rest]
-        except psycopg.OperationalError as err:
-            log.warning("listen connection lost", extra={"action": "listen_lost", "error": str(err)})
+        except psycopg.OperationalError:
             self.close()
-            self._interrupted.wait(timeout_s)
-            return []
+            raise
 
     def interrupt(self) -> None:
         """Make the current and every later ``wait`` return at once (the worker is stopping)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
+from pipelines.chain import ModelInvalid
 from pipelines.context import StageImage
-from pipelines.imageops.upscale import run_model_tile
+from pipelines.imageops.upscale import denoised_model, run_model_tile
 from pipelines.models.upscalers import DEMO_UPSCALERS, build_demo_upscalers, demo_module
 from pipelines.stages import upscale_bsrgan, upscale_resrgan, upscale_swinir
 from pipelines.stages.spec import ParamError
@@ -158,8 +160,9 @@ def test_denoise_mixes_v3_with_its_wdn_sibling(models: Path) -> None:
     params = {**UPSCALE, "upscale_model": "upscaling-real-esrgan-x4-v3", "denoise": 0.3}
     context = stage_context(models_path=models)
     run_stage(upscale_resrgan.STAGE, context, params, [StageImage(_image((8, 8)))])
-    mixed_path = models / ".cache" / "upscaling-real-esrgan-x4-v3-dni-0.30.onnx"
-    assert list(context.sessions.loaded) == [mixed_path]  # type: ignore[attr-defined]
+    [mixed_path] = context.sessions.loaded  # type: ignore[attr-defined]
+    assert mixed_path.parent == models / ".cache"
+    assert mixed_path.name.startswith("upscaling-real-esrgan-x4-v3-dni-0.30-")
 
     def weights(path: Path) -> dict[str, np.ndarray]:
         return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
@@ -175,6 +178,61 @@ def test_denoise_mixes_v3_with_its_wdn_sibling(models: Path) -> None:
     full = stage_context(models_path=models)
     run_stage(upscale_resrgan.STAGE, full, {**params, "denoise": 1}, [StageImage(_image((8, 8)))])
     assert list(full.sessions.loaded) == [models / "upscaling-real-esrgan-x4-v3.onnx"]  # type: ignore[attr-defined]
+
+
+def _v3_models(models: Path, folder: Path) -> Path:
+    """A models folder of its own holding the v3 model and its sibling, for tests that change them."""
+    for name in ("upscaling-real-esrgan-x4-v3", "upscaling-real-esrgan-x4-v3-wdn"):
+        shutil.copy2(models / f"{name}.onnx", folder / f"{name}.onnx")
+    return folder
+
+
+def _first_weights(path: Path) -> np.ndarray:
+    """The first floating-point weight tensor of ``path``, to tell two models' weights apart."""
+    tensors = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+    return next(t for t in tensors if t.dtype == np.float32 and t.size > 1)
+
+
+def test_a_replaced_source_is_mixed_again_and_the_older_mix_removed(models: Path, tmp_path: Path) -> None:
+    folder = _v3_models(models, tmp_path)
+    plain = folder / "upscaling-real-esrgan-x4-v3.onnx"
+    wdn = folder / "upscaling-real-esrgan-x4-v3-wdn.onnx"
+    first = denoised_model(folder, "upscaling-real-esrgan-x4-v3", 0.5)
+    assert denoised_model(folder, "upscaling-real-esrgan-x4-v3", 0.5) == first
+    # A leftover of the releases that named mixes by strength alone, and another strength's mix.
+    legacy = folder / ".cache" / "upscaling-real-esrgan-x4-v3-dni-0.50.onnx"
+    shutil.copy2(first, legacy)
+    other_strength = denoised_model(folder, "upscaling-real-esrgan-x4-v3", 0.2)
+
+    # Replace the plain model by the sibling's weights: the mix becomes the sibling itself.
+    shutil.copy(wdn, plain)
+    second = denoised_model(folder, "upscaling-real-esrgan-x4-v3", 0.5)
+
+    assert second != first
+    assert np.allclose(_first_weights(second), _first_weights(wdn), atol=1e-6)
+    assert not np.allclose(
+        _first_weights(second), 0.5 * _first_weights(models / plain.name) + 0.5 * _first_weights(wdn)
+    )
+    assert sorted(path.name for path in (folder / ".cache").iterdir()) == sorted(
+        [second.name, other_strength.name]
+    )
+
+
+def test_a_truncated_source_fails_as_a_damaged_model_despite_an_earlier_mix(
+    models: Path, tmp_path: Path
+) -> None:
+    folder = _v3_models(models, tmp_path)
+    params = {**UPSCALE, "upscale_model": "upscaling-real-esrgan-x4-v3", "denoise": 0.3}
+    run_stage(upscale_resrgan.STAGE, stage_context(models_path=folder), params, [StageImage(_image((8, 8)))])
+    plain = folder / "upscaling-real-esrgan-x4-v3.onnx"
+    plain.write_bytes(plain.read_bytes()[: plain.stat().st_size // 2])
+
+    with pytest.raises(ModelInvalid, match=r"upscaling-real-esrgan-x4-v3\.onnx") as raised:
+        run_stage(
+            upscale_resrgan.STAGE, stage_context(models_path=folder), params, [StageImage(_image((8, 8)))]
+        )
+    assert raised.value.code == "model_invalid"
+    assert not list((folder / ".cache").glob("*.tmp"))
 
 
 def test_a_missing_model_is_named(models: Path) -> None:

@@ -1,5 +1,6 @@
-"""The model store's pure parts: content hashes, a model's description, what a job needs, and the
-api's registry listing published models beside the folder's own."""
+"""The model store's pure parts: content hashes, a model's description, what a job needs, the
+api's registry listing published models beside the folder's own, and the cache's links to the
+local models folder."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from pipelines.models.registry import ModelRegistry, PublishedModel
 from service.jobs.models import ModelFile
-from service.modelstore import content_hash, describe_model, in_folder, job_model_names
+from service.modelstore import content_hash, describe_model, in_folder, job_model_names, link_entries
 
 
 def test_the_content_hash_names_the_files_whatever_their_order() -> None:
@@ -105,3 +106,35 @@ def test_published_models_are_listed_after_the_folder_and_the_folder_wins_a_name
     assert registry.family("stable-diffusion-local") == "sd"  # the folder's own, not the store's
     registry.set_published([])
     assert registry.models()["diffusion"] == ["stable-diffusion-local"]
+
+
+def _models_folder(root: Path, marker: str) -> Path:
+    """A local models folder with a single-file model, a model folder and a LoRA, each holding ``marker``."""
+    (root / "diffusion-demo").mkdir(parents=True)
+    (root / "diffusion-demo" / "model_index.json").write_text(marker)
+    (root / "upscaling-x.onnx").write_text(marker)
+    (root / "lora").mkdir()
+    (root / "lora" / "style.safetensors").write_text(marker)
+    return root
+
+
+def test_links_left_by_another_models_folder_are_pointed_at_this_one(tmp_path: Path) -> None:
+    first, second = _models_folder(tmp_path / "first", "first"), _models_folder(tmp_path / "second", "second")
+    view = tmp_path / "cache"
+    view.mkdir()
+    link_entries(first, view)
+    (view / "upscaling-pulled.onnx").write_text("pulled")  # a model the cache pulled itself
+
+    link_entries(second, view)
+
+    entries = ("diffusion-demo/model_index.json", "upscaling-x.onnx", "lora/style.safetensors")
+    assert [(view / entry).read_text() for entry in entries] == ["second"] * 3
+    assert (view / "upscaling-x.onnx").resolve() == (second / "upscaling-x.onnx").resolve()
+    assert (view / "upscaling-pulled.onnx").read_text() == "pulled"
+    assert sorted(path.name for path in view.iterdir()) == [
+        "diffusion-demo",
+        "lora",
+        "upscaling-pulled.onnx",
+        "upscaling-x.onnx",
+    ]
+    assert [path.name for path in (view / "lora").iterdir()] == ["style.safetensors"]

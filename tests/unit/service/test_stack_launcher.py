@@ -1,6 +1,7 @@
 """``onnx-web run`` before and around its services: a taken port, the admin token of a data folder,
-processes that exit for their settings, and platformdirs' warning on a machine without
-XDG_RUNTIME_DIR. Nothing here starts Postgres or S3 (``tests/integration`` does)."""
+processes that exit for their settings, platformdirs' warning on a machine without
+XDG_RUNTIME_DIR, and the api's gunicorn control socket. Nothing here starts Postgres or S3
+(``tests/integration`` does)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.config import CONFIG_ERROR_EXIT
@@ -23,6 +25,7 @@ from service.stack import (
     StackOptions,
     Supervised,
     data_dir_admin_token,
+    free_port,
     listens_on,
     spawn,
 )
@@ -138,3 +141,47 @@ def test_no_runtime_dir_warning_where_xdg_runtime_dir_is_unset(tmp_path: Path) -
     )
 
     assert "XDG_RUNTIME_DIR" not in done.stderr, done.stderr
+
+
+# -- the api's control socket ---------------------------------------------------------------------
+
+
+def test_the_api_opens_no_gunicorn_control_socket_another_stack_could_take_over(tmp_path: Path) -> None:
+    home, models = tmp_path / "home", tmp_path / "models"
+    home.mkdir()
+    models.mkdir()
+    port, unreachable = free_port(), free_port()
+    env = {key: value for key, value in os.environ.items() if key != "XDG_RUNTIME_DIR"}
+    env |= {
+        "HOME": str(home),
+        "DATABASE_URL": f"postgresql://nobody:nothing@127.0.0.1:{unreachable}/onnx_web",
+        "S3_ENDPOINT": f"http://127.0.0.1:{unreachable}",
+        "S3_ACCESS_KEY": "key",
+        "S3_SECRET_KEY": "secret",
+        "ONNX_WEB_MODEL_PATH": str(models),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    command = [sys.executable, "-m", "service.cli", "api", "--host", "127.0.0.1", "--port", str(port)]
+    api = subprocess.Popen(
+        [*command, "--workers", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not listens_on(api.pid, port) or not _answers(port):
+            assert api.poll() is None and time.monotonic() < deadline, "the api did not start"
+            time.sleep(0.1)
+    finally:
+        api.terminate()
+        output, _ = api.communicate(timeout=60)
+
+    # Without Postgres the api answers, 503 on readiness: its master has long set up what it sets up.
+    assert b"Control socket" not in output, output.decode(errors="replace")
+    assert list(home.iterdir()) == []
+
+
+def _answers(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    except httpx.TransportError:
+        return False
+    return True
