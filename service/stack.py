@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import warnings
@@ -746,6 +747,45 @@ class RestartPolicy:
         return float(min(self.backoff_max_s, self.backoff_s * 2 ** min(quick_deaths, 32)))
 
 
+class SchemaMigration:
+    """A ``Supervised.cure``: migrate the database when the code on disk has migrations it lacks.
+
+    ``onnx-web run`` migrates at its start; code updated while it runs (a pull, a checkout) starts
+    its restarted workers and api on a schema behind them, and they exit with ``CONFIG_ERROR_EXIT``.
+    Migrating then, as the next start would, lets them come back. Nothing to migrate: no cure.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._lock = threading.Lock()
+        #: The head this stack last migrated to while running.
+        self.migrated_to: str | None = None
+
+    def __call__(self) -> bool:
+        from service.db import current_revision, make_engine, migration_scripts, upgrade_head
+
+        # Several processes may stop on the same schema at once: one migration serves them all.
+        with self._lock:
+            head = migration_scripts().get_current_head()
+            engine = make_engine(self.database_url, pool_size=1, max_overflow=0)
+            try:
+                current = current_revision(engine)
+            finally:
+                engine.dispose()
+            if current == head:
+                # Another process that stopped on the old schema had it migrated a moment ago.
+                return self.migrated_to == head
+            upgrade_head(self.database_url)
+            self.migrated_to = head
+        log.warning(
+            "the database schema was at %s, the code on disk needs %s: migrated it",
+            current,
+            head,
+            extra={"action": "migrate", "from": current, "to": head},
+        )
+        return True
+
+
 class OomWatch:
     """A worker's ``on_death``: when the kernel's OOM killer took it, its jobs end ``oom``.
 
@@ -795,7 +835,9 @@ class Supervised:
     """One process of the stack that is started again, after ``RestartPolicy``'s wait, when it dies.
 
     Unless it exits with ``CONFIG_ERROR_EXIT``: its settings or the database's schema stopped it,
-    and it would stop the same way on every restart. It is left stopped (``given_up``).
+    and it would stop the same way on every restart. It is left stopped (``given_up``), unless
+    ``cure`` fixes the cause (``SchemaMigration``: code updated under a running stack needs a newer
+    schema), and then it is restarted.
     """
 
     name: str
@@ -806,12 +848,15 @@ class Supervised:
     hurry_signal: signal.Signals = signal.SIGKILL
     #: Told the exit status of each death, before the restart is scheduled.
     on_death: Callable[[int], None] | None = None
+    #: Called after a ``CONFIG_ERROR_EXIT``: True when it removed the cause, so a restart may work.
+    cure: Callable[[], bool] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     restarts: int = field(default=0, init=False)
     given_up: bool = field(default=False, init=False)
     _started_at: float = field(default=0.0, init=False)
     _quick_deaths: int = field(default=0, init=False)
     _restart_at: float | None = field(default=None, init=False)
+    _cure_used: bool = field(default=False, init=False)
 
     def start(self, process: subprocess.Popen[bytes] | None = None) -> None:
         """Launch the process (or adopt ``process``, already launched)."""
@@ -851,8 +896,13 @@ class Supervised:
         assert self.process is not None
         self.kill_session()
         if self.process.returncode == CONFIG_ERROR_EXIT:
-            self._give_up()
-            return
+            # One cure per run of such exits: stopping the same way after it, the cause is another.
+            if self._cure_used or not self._cured():
+                self._give_up()
+                return
+            self._cure_used = True
+        else:
+            self._cure_used = False
         uptime = now - self._started_at
         self._quick_deaths = self._quick_deaths + 1 if uptime < self.policy.stable_after_s else 0
         delay = self.policy.delay(self._quick_deaths)
@@ -880,13 +930,28 @@ class Supervised:
             },
         )
 
+    def _cured(self) -> bool:
+        """Whether ``cure`` removed what stopped the process; a cure that fails is logged, not raised."""
+        if self.cure is None:
+            return False
+        try:
+            return self.cure()
+        except Exception as err:  # the supervisor must outlive any cure
+            log.error(
+                "%s: could not remove what stopped it: %s",
+                self.name,
+                err,
+                extra={"action": "process_cure_failed", "child": self.name},
+            )
+            return False
+
     def _give_up(self) -> None:
         assert self.process is not None
         self.given_up = True
         log.error(
             "%s (pid %d) exited with exit_code %d: stopped by its settings or the database schema "
-            "(its error is above); not restarting it. Fix that and restart onnx-web run, whose start "
-            "migrates the database",
+            "(its error is above), and migrating did not help; not restarting it. Fix that and restart "
+            "onnx-web run",
             self.name,
             self.process.pid,
             CONFIG_ERROR_EXIT,
@@ -1091,12 +1156,15 @@ class LocalStack:
         }
         self._claim.record({"url": self.url, "env": services})
         cli = [sys.executable, "-m", "service.cli"]
+        # Code updated while the stack runs: its restarted processes migrate the schema first.
+        migrate = SchemaMigration(database_url)
         self.api = Supervised(
             "api",
             partial(spawn, [*cli, "api"], env),
             policy=options.restart,
             stop_timeout_s=API_STOP_TIMEOUT_S,
             hurry_signal=signal.SIGINT,  # gunicorn's quick shutdown
+            cure=migrate,
         )
         self.api.start()
         worker_stop_s = Config.from_env(env).shutdown_grace_s + WORKER_STOP_MARGIN_S
@@ -1119,6 +1187,7 @@ class LocalStack:
                 stop_timeout_s=worker_stop_s,
                 hurry_signal=signal.SIGTERM,  # a second SIGTERM hands the current job back now
                 on_death=OomWatch(worker_env["ONNX_WEB_WORKER_ID"], env["DATABASE_URL"]),
+                cure=migrate,
             )
             worker.start()
             self.workers.append(worker)

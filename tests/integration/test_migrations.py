@@ -14,6 +14,7 @@ import pytest
 from psycopg import sql
 
 from service.db import create_database, downgrade, libpq_url, upgrade_head
+from service.stack import SchemaMigration
 
 pytestmark = pytest.mark.integration
 
@@ -395,3 +396,17 @@ def test_the_registry_offers_one_ready_version_per_model(database_url: str) -> N
         conn.execute(insert, ("a" * 64,))
         conn.execute(insert, ("b" * 64,))
     assert raised.value.diag.constraint_name == "models_one_ready_idx"
+
+
+def test_a_running_stack_migrates_when_code_on_disk_needs_a_newer_schema(empty_database: str) -> None:
+    """``onnx-web run``'s cure for a process that stopped on a schema behind the code (a pull while
+    it runs): migrate to the head once, tell the other processes that stopped so to come back too,
+    and never claim a cure where nothing was behind."""
+    upgrade_head(empty_database, "0014")
+    migrate = SchemaMigration(empty_database)
+
+    assert migrate()  # the first process that stopped: 0014 -> head
+    assert catalog(empty_database)["version"] == [("0015",)]
+    assert migrate()  # a sibling that stopped on 0014 too: the schema is now what it needs
+
+    assert not SchemaMigration(empty_database)()  # a stack that migrated nothing cures nothing

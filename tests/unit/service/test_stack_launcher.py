@@ -109,6 +109,41 @@ def test_a_process_stopped_by_its_settings_is_not_restarted() -> None:
     assert not crash.given_up and crash.restarts > 1
 
 
+def test_a_process_stopped_by_a_cause_its_cure_removes_is_restarted_once(tmp_path: Path) -> None:
+    """Code updated under a running stack: the restarted worker stops on the old schema, the
+    supervisor migrates (the cure), and the next start works; a second such stop is given up."""
+    marker = tmp_path / "migrated"
+    command = [
+        sys.executable,
+        "-c",
+        f"import pathlib, sys, time; sys.exit(2) if not pathlib.Path({str(marker)!r}).exists() else time.sleep(30)",
+    ]
+    cures: list[bool] = []
+
+    def cure() -> bool:
+        cures.append(not marker.exists())
+        marker.touch()
+        return cures[-1]
+
+    slot = Supervised("worker", lambda: spawn(command), policy=RestartPolicy(backoff_s=0.01), cure=cure)
+    slot.start()
+    try:
+        tend_until_settled(slot, seconds=1.5)
+        assert cures == [True] and slot.restarts == 1 and slot.alive() and not slot.given_up
+    finally:
+        slot.kill_session()
+        assert slot.process is not None
+        slot.process.wait()
+
+    again = exiting(CONFIG_ERROR_EXIT)
+    again.cure = lambda: True  # says it helped, but the process stops the same way
+    again.start()
+    tend_until_settled(again, seconds=1.5)
+    assert again.process is not None
+    again.process.wait()
+    assert again.given_up and again.restarts == 1
+
+
 def test_an_api_stopped_by_its_settings_stops_the_stack(tmp_path: Path) -> None:
     stack = LocalStack(StackOptions(data_dir=tmp_path, port=5099))
     stack.api = exiting(CONFIG_ERROR_EXIT)
