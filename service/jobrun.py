@@ -251,6 +251,15 @@ class JobRun:
             self._last_write = now
         self.flush()
 
+    def generation_done(self) -> None:
+        """Generation is over: its time limit stops applying (waiting for the output stage, or for
+        S3, counts against none), and its final counters are written at once, so the status shows
+        every step done while the outputs wait to be stored."""
+        if self.generated.is_set():
+            return
+        self.generated.set()
+        self.flush()
+
     def flush(self) -> None:
         """Write the newest counters now; the answer carries a lost lease or a cancel request."""
         progress = self.latest
@@ -333,8 +342,7 @@ class JobRun:
         Run by the worker's output stage while the next job generates, so the job may have been
         cancelled, lost or called back while it waited: it is checked before anything is uploaded.
         """
-        # Made in time: the limit is on generating, not on waiting for the output stage.
-        self.generated.set()
+        self.generation_done()
         try:
             self._check_held()
             upload_started = time.monotonic()

@@ -446,8 +446,7 @@ class Worker:
             except Exception as err:  # every failure ends the attempt, never the worker
                 outcome = run.end(err)
             else:
-                # Made in time: waiting for the output stage (an S3 outage) counts against no limit.
-                run.generated.set()
+                run.generation_done()
                 if self.outputs is not None:
                     # The hold (and so the lease) goes with the job: the stage ends it.
                     handed = held.pop_all()

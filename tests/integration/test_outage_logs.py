@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy
 from psycopg import sql
 
-from pipelines.context import Progress
+from pipelines.context import Counter, Progress
 from service.config import Config
 from service.db import libpq_url, make_engine
 from service.errors import StorageError
@@ -131,3 +131,19 @@ def test_an_attempt_failed_by_an_outage_is_one_warning_line_and_an_unexpected_er
     assert stored.error == "StorageError: s3 put_object failed: connection refused"  # type: ignore[attr-defined]
     assert unexpected.levelname == "ERROR" and unexpected.exc_info is not None
     assert job_row(engine, outage.job.name)["state"] == JobState.PENDING
+
+
+def test_the_last_counters_are_written_when_generation_ends_not_after_the_upload(job_store: JobStore) -> None:
+    """A job whose outputs wait on S3 (a hung store holds them for minutes) showed the steps of its
+    last throttled progress write, often none, as if it had not generated at all."""
+    run = claimed_run(job_store)
+    run.report(Progress(steps=Counter(1, 3), stages=Counter(0, 2), tiles=Counter(0, 0)))  # written
+    run.report(Progress(steps=Counter(3, 3), stages=Counter(1, 2), tiles=Counter(0, 0)))  # throttled
+
+    before = job_store.get_many([run.job.name])[run.job.name]
+    run.generation_done()
+    after = job_store.get_many([run.job.name])[run.job.name]
+
+    assert (before.steps, before.stages) == ((1, 3), (0, 2))
+    assert (after.steps, after.stages) == ((3, 3), (1, 2))
+    assert run.generated.is_set()
