@@ -19,8 +19,12 @@ import psycopg
 from psycopg import sql
 
 from service.db import libpq_url
+from service.logs import OutageLog
+from service.retries import first_line
 
 log = logging.getLogger(__name__)
+#: While the connection stays lost, a worker's polls log it at most this often.
+LOST_LOG_EVERY_S = 60.0
 
 CHANNEL = "onnx_web_jobs"
 #: Job names whose state or progress changed (``service.events``).
@@ -41,6 +45,9 @@ class Notifier:
         self._channel = channel
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._interrupted = threading.Event()
+        self._lost = OutageLog(
+            log, "listen connection lost; polling", "listen connection back", LOST_LOG_EVERY_S
+        )
         self._connect()
 
     def wait(self, timeout_s: float) -> bool:
@@ -53,6 +60,7 @@ class Notifier:
         try:
             if self._conn is None:
                 self._connect()
+                self._lost.recovered(action="listen_back")
             assert self._conn is not None
             while not self._interrupted.is_set():
                 remaining = deadline - time.monotonic()
@@ -67,7 +75,7 @@ class Notifier:
                     return True
             return False
         except psycopg.OperationalError as err:
-            log.warning("listen connection lost; polling", extra={"action": "listen_lost", "error": str(err)})
+            self._lost.failed(first_line(err), action="listen_lost")
             self.close()
             self._interrupted.wait(max(0.0, deadline - time.monotonic()))
             return False

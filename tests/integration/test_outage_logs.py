@@ -25,7 +25,7 @@ from service.db import libpq_url, make_engine
 from service.errors import StorageError
 from service.events import EventHub
 from service.jobrun import JobRun, JobRunner
-from service.jobs.notify import EVENTS_CHANNEL
+from service.jobs.notify import EVENTS_CHANNEL, Notifier
 from service.jobs.states import JobState
 from service.jobs.store import ClaimedJob, JobStore
 from service.storage import MemoryObjectStore
@@ -147,3 +147,23 @@ def test_the_last_counters_are_written_when_generation_ends_not_after_the_upload
     assert (before.steps, before.stages) == ((1, 3), (0, 2))
     assert (after.steps, after.stages) == ((3, 3), (1, 2))
     assert run.generated.is_set()
+
+
+def test_a_workers_listener_logs_a_lost_connection_once_however_often_it_polls(
+    postgres_admin_url: str, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    notifier = Notifier(database_url)
+    try:
+        with caplog.at_level(logging.INFO, logger="service.jobs.notify"):
+            with refusing(postgres_admin_url, database_url):
+                for _ in range(10):  # a worker polls every 2 s while the listener is away
+                    assert not notifier.wait(0.05)
+            notifier.wait(0.05)
+        listens = [r for r in caplog.records if getattr(r, "action", "").startswith("listen_")]
+        assert [(r.levelname, r.getMessage()) for r in listens] == [
+            ("WARNING", "listen connection lost; polling"),
+            ("INFO", "listen connection back"),
+        ]
+        assert listens[1].failures == 10  # type: ignore[attr-defined]
+    finally:
+        notifier.close()
