@@ -116,7 +116,8 @@ def test_a_process_stopped_by_a_cause_its_cure_removes_is_restarted_once(tmp_pat
     command = [
         sys.executable,
         "-c",
-        f"import pathlib, sys, time; sys.exit(2) if not pathlib.Path({str(marker)!r}).exists() else time.sleep(30)",
+        f"import pathlib, sys, time; sys.exit(2) if not pathlib.Path({str(marker)!r}).exists() "
+        "else time.sleep(30)",
     ]
     cures: list[bool] = []
 
