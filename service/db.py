@@ -51,6 +51,8 @@ CONNECT_TIMEOUT_S = 5
 API_DEADLINE_S = STATEMENT_TIMEOUT_S + 2.0
 #: After a connection ran into its deadline, checkouts fail at once for this long, then one probes.
 OUTAGE_COOLDOWN_S = 5.0
+#: A connect failing this close to ``CONNECT_TIMEOUT_S`` ran into it: the server did not answer.
+CONNECT_SLACK_S = 0.5
 #: The pool record's ``info`` key saying its connection was shut by the watchdog.
 FIRED = "onnx_web_deadline_passed"
 #: ``migrations/`` is installed beside ``service/``, in a checkout and in a wheel alike.
@@ -172,8 +174,17 @@ class ConnectionWatchdog:
                 f"the database did not answer within {self.deadline_s:g} s; not asking it again yet"
             )
 
-    def _on_connect(self, dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
+    def _on_connect(self, dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+        """Connect (as the pool would) once admitted; a connect that ran into its timeout, or a
+        probe's that failed at all, starts a cooldown, as a shut connection does."""
         self._admit()
+        started = time.monotonic()
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except psycopg.Error:
+            if self.breaker.open or time.monotonic() - started >= CONNECT_TIMEOUT_S - CONNECT_SLACK_S:
+                self.breaker.failed()
+            raise
 
     def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         self._admit()

@@ -62,6 +62,8 @@ from pipelines.models.registry import (
 from service.errors import NotFound, StorageError
 from service.jobs.extras import ExtrasRecords
 from service.jobs.models import MODEL_KINDS, ModelFile, ModelRecords, ModelVersion
+from service.logs import OutageLog
+from service.retries import first_line
 from service.storage import ObjectStore, model_key, model_prefix
 
 log = logging.getLogger(__name__)
@@ -726,8 +728,10 @@ class PublishedModels:
     """Falcon middleware keeping the api's ``ModelRegistry`` in step with the store's ready models.
 
     Before an ``/api`` request, at most every ``interval_s``, the ready models are read and handed
-    to the registry, which lists and accepts them like the folder's own. With Postgres away the
-    last list stays (the request itself will answer 503 where it needs the database).
+    to the registry, which lists and accepts them like the folder's own: in that request until the
+    first read succeeds, in the background after it, so a slow or frozen database never holds a
+    request that needs no database (the settings, the docs). With Postgres away the last list stays
+    (the request itself will answer 503 where it needs the database).
     """
 
     def __init__(
@@ -745,26 +749,48 @@ class PublishedModels:
         self.interval_s = interval_s
         self._next = float("-inf")
         self._lock = threading.Lock()
+        #: Whether a read succeeded: from then on reads run in the background.
+        self._loaded = False
+        #: Whether a background read is under way (one at a time).
+        self._reading = False
+        self._outage = OutageLog(
+            log, "could not read the model store's registry", "read the model store's registry again", 60.0
+        )
 
     def process_request(self, req: Any, resp: Any) -> None:
         if req.path.startswith("/api"):
             self.refresh()
 
     def refresh(self) -> None:
-        """Read the ready models if the last read is older than ``interval_s``."""
+        """Read the ready models if the last read is older than ``interval_s``: now, until one read
+        succeeded, then in a background thread while requests go on with the last list."""
         with self._lock:
             now = time.monotonic()
-            if now < self._next:
+            if now < self._next or self._reading:
                 return
             self._next = now + self.interval_s
+            self._reading = self._loaded
+        if not self._loaded:
+            self._read()
+            return
+        threading.Thread(target=self._read_in_background, name="published-models", daemon=True).start()
+
+    def _read_in_background(self) -> None:
+        try:
+            self._read()
+        finally:
+            with self._lock:
+                self._reading = False
+
+    def _read(self) -> None:
         try:
             ready = self.records.ready()
             self._refresh_extras()
         except SQLAlchemyError as err:  # away, or its pool exhausted: keep the last list
-            log.warning(
-                "could not read the model store's registry", extra={"action": "models", "error": str(err)}
-            )
+            self._outage.failed(first_line(err), action="models")
             return
+        self._outage.recovered(action="models")
+        self._loaded = True
         self.registry.set_published(
             [
                 PublishedModel(

@@ -299,6 +299,10 @@ UPDATE jobs SET
     retry_at = CASE WHEN ended.next_state = 'pending'
         THEN now() + job_retry_delay(jobs.attempt, CAST(:retry_first_s AS float8), CAST(:retry_max_s AS float8))
     END,
+    -- A queued job has made no progress yet; a failed one keeps how far it got.
+    steps_current = CASE WHEN ended.next_state = 'pending' THEN 0 ELSE jobs.steps_current END,
+    stages_current = CASE WHEN ended.next_state = 'pending' THEN 0 ELSE jobs.stages_current END,
+    tiles_current = CASE WHEN ended.next_state = 'pending' THEN 0 ELSE jobs.tiles_current END,
     errors = jobs.errors || jsonb_build_array(jsonb_build_object(
         'attempt', jobs.attempt, 'worker', jobs.worker_id, 'at', now(),
         'reason', CAST(:reason AS text), 'message', CAST(:message AS text)
@@ -332,6 +336,9 @@ UPDATE jobs SET
     reason = CASE WHEN cancel_requested THEN 'cancelled' END,
     finished_at = CASE WHEN cancel_requested THEN now() END,
     lease_expires_at = NULL,
+    steps_current = CASE WHEN cancel_requested THEN steps_current ELSE 0 END,
+    stages_current = CASE WHEN cancel_requested THEN stages_current ELSE 0 END,
+    tiles_current = CASE WHEN cancel_requested THEN tiles_current ELSE 0 END,
     updated_at = now()
 WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
 RETURNING name, state, model;
@@ -368,6 +375,9 @@ UPDATE jobs SET
     retry_at = CASE WHEN expired.next_state = 'pending' AND jobs.attempt > 1
         THEN now() + job_retry_delay(jobs.attempt - 1, CAST(:retry_first_s AS float8), CAST(:retry_max_s AS float8))
     END,
+    steps_current = CASE WHEN expired.next_state = 'pending' THEN 0 ELSE jobs.steps_current END,
+    stages_current = CASE WHEN expired.next_state = 'pending' THEN 0 ELSE jobs.stages_current END,
+    tiles_current = CASE WHEN expired.next_state = 'pending' THEN 0 ELSE jobs.tiles_current END,
     rescue_count = jobs.rescue_count + 1,
     errors = jobs.errors || jsonb_build_array(jsonb_build_object(
         'attempt', jobs.attempt, 'worker', jobs.worker_id, 'at', now(),

@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from service.db import OUTAGE_COOLDOWN_S, make_engine
+from pipelines.models.registry import ModelRegistry
+from service.db import CONNECT_TIMEOUT_S, OUTAGE_COOLDOWN_S, make_engine
+from service.jobs.models import ModelRecords
 from service.jobs.store import JobStore
+from service.modelstore import PublishedModels
 from service.storage import ObjectStore
 from tests.fixtures.postgres import TEST_AFFINITY_WINDOW_S, TEST_LEASE_S
 from tests.fixtures.proxy import FreezingProxy
@@ -111,3 +114,40 @@ def test_the_api_answers_503_while_the_database_is_frozen(
         assert "database" in error_of(status)
         assert int(status.headers["retry-after"]) > 0
     assert client.simulate_get("/healthz").status_code == 200
+
+
+def test_a_probe_whose_connect_times_out_starts_a_cooldown_and_frees_the_probe(
+    proxy: FreezingProxy, guarded: sqlalchemy.Engine
+) -> None:
+    """A probe that failed on its connect timeout used to keep the probe for itself until its whole
+    allowance ran out, so requests kept failing at once for seconds after the server was back."""
+    select_one(guarded)
+    proxy.freeze()
+    failure_after(guarded)  # the pooled connection's deadline: the outage is known
+    time.sleep(OUTAGE_COOLDOWN_S)
+
+    probe = failure_after(guarded)  # a new connection, which the frozen server never answers
+    assert CONNECT_TIMEOUT_S - 1 <= probe < CONNECT_TIMEOUT_S + SLACK_S
+    proxy.thaw()
+    assert failure_after(guarded) < DEADLINE_S  # a fresh cooldown, not a held probe
+
+    time.sleep(OUTAGE_COOLDOWN_S)
+    select_one(guarded)  # the next probe finds the server back
+
+
+def test_the_model_listing_is_refreshed_in_the_background_once_it_was_read(
+    proxy: FreezingProxy, guarded: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    """Every ``/api`` request passes the published-models refresh: on a frozen database it held the
+    settings and the docs, which need no database, for a connect timeout or a deadline."""
+    published = PublishedModels(
+        ModelRecords(guarded), ModelRegistry(make_models(tmp_path / "models"), ()), interval_s=0.0
+    )
+    published.refresh()  # the first read is made in the request: nothing is listed before it
+
+    proxy.freeze()
+    started = time.monotonic()
+    for _ in range(3):
+        published.refresh()
+    assert time.monotonic() - started < DEADLINE_S  # the read waits in its own thread
+    proxy.thaw()

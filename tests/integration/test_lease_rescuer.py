@@ -26,6 +26,7 @@ def test_the_api_puts_a_job_whose_worker_is_gone_back_in_the_queue(
 ) -> None:
     job_store.enqueue(new_job())
     job = claim(job_store, "gone")
+    job_store.progress(job.id, "gone", job.attempt, steps=(5, 26), stages=(0, 2), tiles=(0, 0))
     rescuer = LeaseRescuer(job_store, interval_s=60.0)
 
     rescuer.round()  # the lease is still good: nothing happens
@@ -37,6 +38,8 @@ def test_the_api_puts_a_job_whose_worker_is_gone_back_in_the_queue(
     view = job_store.get_many([job.name])[job.name]
     assert view.state is JobState.PENDING
     assert view.last_error == "rescued"  # the status record's retry.reason
+    # Queued again, it has made no progress: the dead attempt's steps are not shown as its own.
+    assert (view.steps, view.stages) == ((0, 26), (0, 2))
 
 
 def test_a_database_outage_is_logged_when_it_starts_and_when_it_ends(
