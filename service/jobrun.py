@@ -220,6 +220,9 @@ class JobRun:
         self._progress_outage = OutageLog(
             log, "progress write failed", "progress writes recovered", PROGRESS_FAILURE_LOG_EVERY_S
         )
+        self._heartbeat_outage = OutageLog(
+            log, "heartbeat failed", "heartbeats recovered", PROGRESS_FAILURE_LOG_EVERY_S
+        )
         self._lock = threading.Lock()
 
     # -- while it runs -----------------------------------------------------------------------
@@ -293,8 +296,9 @@ class JobRun:
             try:
                 beat = self.runner.jobs.heartbeat(self.job.id, self.config.worker_id, self.job.attempt)
             except OperationalError as err:
-                log.warning("heartbeat failed", extra={**self.keys(), "error": str(err)})
+                self._heartbeat_outage.failed(first_line(err), **self.keys(), action="heartbeat")
                 continue
+            self._heartbeat_outage.recovered(**self.keys(), action="heartbeat")
             self._note(beat)
 
     def _end_stuck(self) -> None:

@@ -60,6 +60,7 @@ from service.jobrun import JobRun, JobRunner, OutputStage, elapsed_ms
 from service.jobs.extras import CONVERT_KIND
 from service.jobs.notify import Notifier
 from service.jobs.store import ClaimedJob, JobStore
+from service.logs import OutageLog
 from service.modelstore import LoadingReport, ModelCache, in_folder, job_model_names, sweep_deleting
 from service.output_names import SourceS3Refused, recorded_key
 from service.previews import PreviewWriter
@@ -129,6 +130,7 @@ class Worker:
         #: None with ``upload_depth`` 0 (or outside ``run``): each job is stored before the next claim.
         self.outputs: OutputStage | None = None
         self._rounds = 0
+        self._maintenance_outage = OutageLog(log, "maintenance failed", "maintenance works again", 60.0)
         #: The preview decoders' sessions, apart from the models': a preview never evicts a model
         #: from ``sessions`` nor counts as one the worker holds for claiming.
         self.preview_sessions = SessionCache(len(PREVIEW_MODELS), sessions.settings)
@@ -268,7 +270,9 @@ class Worker:
                 self._announce()
                 self._sweep_models()
             except OperationalError as err:
-                log.warning("maintenance failed", extra={"action": "maintenance", "error": first_line(err)})
+                self._maintenance_outage.failed(first_line(err), action="maintenance")
+                continue
+            self._maintenance_outage.recovered(action="maintenance")
 
     def _sweep_models(self) -> None:
         """Every ``SWEEP_EVERY`` maintenance rounds, remove what deleted models left in the store."""

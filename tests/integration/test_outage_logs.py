@@ -8,6 +8,7 @@ ended) is the outage, as a stopped server is to its clients.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -167,3 +168,31 @@ def test_a_workers_listener_logs_a_lost_connection_once_however_often_it_polls(
         assert listens[1].failures == 10  # type: ignore[attr-defined]
     finally:
         notifier.close()
+
+
+def test_heartbeats_failing_through_an_outage_are_logged_once_and_their_recovery_once(
+    job_store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = claimed_run(job_store)
+    run.runner.config = dataclasses.replace(run.runner.config, heartbeat_s=0.02)
+    run.config = run.runner.config
+    up = run.runner.jobs
+    run.runner.jobs = JobStore(
+        make_engine("postgresql://nobody:secret@127.0.0.1:1/onnx_web"),
+        lease_s=TEST_LEASE_S,
+        affinity_window_s=TEST_AFFINITY_WINDOW_S,
+    )
+    with caplog.at_level(logging.INFO, logger="service.jobrun"):
+        beating = threading.Thread(target=run.keep_lease)
+        beating.start()
+        wait_until(lambda: run._heartbeat_outage.failures >= 5, timeout_s=10, what="failed heartbeats")
+        run.runner.jobs = up
+        wait_until(lambda: run._heartbeat_outage.failures == 0, timeout_s=10, what="a heartbeat")
+        run.done.set()
+        beating.join()
+
+    beats = [r for r in caplog.records if getattr(r, "action", None) == "heartbeat"]
+    assert [(r.levelname, r.getMessage()) for r in beats] == [
+        ("WARNING", "heartbeat failed"),
+        ("INFO", "heartbeats recovered"),
+    ]
