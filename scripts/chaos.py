@@ -71,7 +71,10 @@ CLOCK = {
     "ONNX_WEB_RESCUE_INTERVAL_S": "0.5",
     "ONNX_WEB_POLL_INTERVAL_S": "0.2",
     "ONNX_WEB_WORKER_RETRIES": "5",
-    "ONNX_WEB_RETRY_DELAY_S": "0.2",
+    # Backoff 1, 2, 4, 8 s between a job's attempts: longer than a killed S3 takes to come back
+    # (restarted in 0.5 s, answering about 7 s later on a 2-core machine, more on a loaded one), so
+    # its outage cannot spend all of a job's attempts.
+    "ONNX_WEB_RETRY_DELAY_S": "1.0",
     "ONNX_WEB_SHUTDOWN_GRACE_S": "5",
 }
 #: The spec's rule: a rescue within lease + rescue interval + 2 s.

@@ -311,7 +311,8 @@ def test_batched_jobs_get_the_pixels_progress_and_outputs_they_get_alone(
             == [reference[c] for c in counters]
             == [STEPS + 1, STEPS + 1, 2, 2, 0, 0]
         )
-        assert [steps for _, steps in batched_store.writes[together.id]] == list(range(1, STEPS + 1))
+        # One write per step, then the final counters as generation ends (the save stage's step).
+        assert [steps for _, steps in batched_store.writes[together.id]] == list(range(1, STEPS + 2))
         assert {attempt for attempt, _ in batched_store.writes[together.id]} == {1}
     # The jobs really differ: a batch that mixed them up could not match the lone runs.
     assert min(np.abs(images[0] - other).max() for other in images[1:]) > 10
