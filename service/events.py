@@ -102,6 +102,8 @@ class EventHub:
                 if notifier is not None:
                     notifier.close()
                 notifier = None
+                if self._stopping.is_set():
+                    return  # stopped meanwhile: a connection ended with its database is no outage
                 outage.failed(first_line(err), action="listen_lost")
                 self._stopping.wait(listen_retry_wait(outage.failures))
                 continue

@@ -75,8 +75,10 @@ class Notifier:
                     return True
             return False
         except psycopg.OperationalError as err:
-            self._lost.failed(first_line(err), action="listen_lost")
             self.close()
+            if self._interrupted.is_set():
+                return False  # the worker is stopping: its connection ending is no outage
+            self._lost.failed(first_line(err), action="listen_lost")
             self._interrupted.wait(max(0.0, deadline - time.monotonic()))
             return False
 
