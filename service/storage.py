@@ -28,6 +28,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -407,6 +408,9 @@ class S3ObjectStore:
         self.retry = retry
         #: Set (the api's): once a call found S3 not answering, the next ones fail at once for a while.
         self.breaker = breaker
+        #: A failed call that took this long waited out a timeout: S3 did not answer. One refused
+        #: at once (S3 restarting) trips nothing: failing fast would only outlast its return.
+        self._slow_s = connect_timeout_s
         # Our own pool with urllib3's retries off: tenacity is the one retry loop, so attempts,
         # backoff and logging are ours, and refused requests are not silently retried.
         http = urllib3.PoolManager(
@@ -590,6 +594,7 @@ class S3ObjectStore:
             before_sleep=lambda state: _log_retry(operation, key, self.retry.max_attempts, state),
             reraise=True,
         )
+        started = time.monotonic()
         try:
             result = retrying(call)
         except S3Error as err:
@@ -600,7 +605,8 @@ class S3ObjectStore:
                 raise NotFound(f"object {key!r} not found") from err
             raise self._storage_error(operation, key, err) from err
         except CLIENT_ERRORS as err:
-            if self.breaker is not None and is_transient(err):
+            slow = time.monotonic() - started >= self._slow_s
+            if self.breaker is not None and is_transient(err) and (slow or self.breaker.open):
                 self.breaker.failed()
             raise self._storage_error(operation, key, err) from err
         if self.breaker is not None:

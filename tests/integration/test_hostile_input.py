@@ -447,6 +447,28 @@ def test_a_storage_outage_is_a_503_with_retry_after(
     assert "127.0.0.1" not in error and "inputs/" not in error and "Error" not in error, error
 
 
+def test_a_store_that_refuses_connections_trips_no_breaker(
+    job_store: JobStore, models: Path, tmp_path: Path
+) -> None:
+    """Refused at once (S3 restarting), a call costs nothing to try: failing the next ones fast
+    would only outlast S3's return (an api started beside a starting S3 answered 503s for seconds)."""
+    breaker = Breaker(cooldown_s=30.0, probe_s=5.0)
+    store = S3ObjectStore(
+        "127.0.0.1:1",
+        "key",
+        "secret",
+        "onnx-web",
+        retry=RetryPolicy(max_attempts=2, backoff_s=0.01),
+        breaker=breaker,
+    )
+    client = api_client(job_store, store, models, tmp_path)
+    form = {"json": json.dumps({"params": {"prompt": "cat"}}), "source": ("s.png", png(), "image/png")}
+
+    assert_refused(post_multipart(client, "/api/img2img", form), 503, "object store")
+
+    assert not breaker.open
+
+
 def test_a_store_that_stops_answering_costs_one_wait_then_fails_at_once(
     job_store: JobStore, models: Path, tmp_path: Path
 ) -> None:
