@@ -24,6 +24,7 @@ from service.storage import ObjectStore
 from tests.fixtures.postgres import TEST_AFFINITY_WINDOW_S, TEST_LEASE_S
 from tests.fixtures.proxy import FreezingProxy
 from tests.integration.api import api_client, error_of, make_models
+from tests.integration.workers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +152,5 @@ def test_the_model_listing_is_refreshed_in_the_background_once_it_was_read(
         published.refresh()
     assert time.monotonic() - started < DEADLINE_S  # the read waits in its own thread
     proxy.thaw()
+    # Its connection goes back to the pool before the engine is disposed, not to a disposed pool.
+    wait_until(lambda: not published._reading, timeout_s=DEADLINE_S + SLACK_S, what="the background read")
