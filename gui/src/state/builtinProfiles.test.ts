@@ -30,10 +30,12 @@ describe('built-in profiles', () => {
     const lcm = applyParams('txt2img', base, builtinProfile(`${BUILTIN_PREFIX}sd15-lcm`)?.params, SERVER);
     expect(lcm.scheduler).toBe(base.scheduler);
     expect(lcm).toMatchObject({ steps: 8, cfg: 1.5 });
-    // Panorama is a txt2img pipeline: on img2img the tab's own pipeline stays.
+    // Panorama runs on txt2img and img2img, not inpaint: there the tab's own pipeline stays.
+    const inpaint = defaultTabParams('inpaint', WITH_FEW_STEP, { prompt: '', scheduler: '' });
+    const moved = applyParams('inpaint', inpaint, builtinProfile(`${BUILTIN_PREFIX}sd15-panorama`)?.params, WITH_FEW_STEP);
+    expect(moved.pipeline).toBe(inpaint.pipeline);
     const img2img = defaultTabParams('img2img', WITH_FEW_STEP, { prompt: '', scheduler: '' });
-    const moved = applyParams('img2img', img2img, builtinProfile(`${BUILTIN_PREFIX}sd15-panorama`)?.params, WITH_FEW_STEP);
-    expect(moved.pipeline).toBe(img2img.pipeline);
+    expect(applyParams('img2img', img2img, builtinProfile(`${BUILTIN_PREFIX}sd15-panorama`)?.params, WITH_FEW_STEP).pipeline).toBe('panorama');
   });
 
   it('is found only by its picker value', () => {
