@@ -15,9 +15,12 @@ import threading
 from sqlalchemy.exc import OperationalError
 
 from service.jobs.store import JobStore
+from service.logs import OutageLog
 from service.retries import first_line
 
 log = logging.getLogger(__name__)
+#: While the database stays away, a failing rescue is logged at most this often.
+OUTAGE_LOG_EVERY_S = 60.0
 
 
 def rescue_expired_leases(jobs: JobStore) -> int:
@@ -44,8 +47,7 @@ class LeaseRescuer:
         self.jobs = jobs
         self.interval_s = interval_s
         self.stopping = threading.Event()
-        #: Whether the last round failed: an outage is logged when it starts and when it ends.
-        self._failing = False
+        self._outage = OutageLog(log, "lease rescue failed", "lease rescue works again", OUTAGE_LOG_EVERY_S)
 
     def start(self) -> LeaseRescuer:
         threading.Thread(target=self._loop, name="lease-rescuer", daemon=True).start()
@@ -56,14 +58,10 @@ class LeaseRescuer:
             self.round()
 
     def round(self) -> None:
-        """One rescue; a database outage is logged once, not every round."""
+        """One rescue; a database outage is logged when it starts and ends, not every round."""
         try:
             rescue_expired_leases(self.jobs)
         except OperationalError as err:
-            if not self._failing:
-                log.warning("lease rescue failed", extra={"action": "rescue", "error": first_line(err)})
-            self._failing = True
+            self._outage.failed(first_line(err), action="rescue")
             return
-        if self._failing:
-            log.info("lease rescue works again", extra={"action": "rescue"})
-        self._failing = False
+        self._outage.recovered(action="rescue")
