@@ -17,6 +17,9 @@ UNet rows (the guidance doubles them):
   linearly with ``T``; the convolutions' activations dominate.
 - Both: the weights (the model's files, held twice while a session initialises), the VAE decoder
   at the full image size (or its tile with ``tiled_vae``) and the runtime's own overhead.
+- MultiDiffusion (the ``panorama`` pipelines) runs the UNet on one window at a time, so its UNet
+  terms are those of its largest window (``unet_tile`` pixels, or a region prompt's rectangle grown
+  to whole UNet cells), whatever the size of the image; its VAE still sees the whole image.
 
 Images between stages are small next to these and are counted only as a few full-size buffers.
 """
@@ -27,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pipelines.diffusion.model import UNET_GRID
+from pipelines.diffusion.panorama import PANORAMA_PIPELINES, region_tokens
 from pipelines.stages import STAGES
 
 #: The kinds of device a worker's memory is counted on: host RAM, or one GPU's memory.
@@ -143,7 +148,8 @@ def diffusion_peak(
 ) -> int:
     """One diffusion stage's peak: runtime, weights, and the larger of the UNet and VAE passes."""
     batch = int(params.get("batch", 1))
-    tokens = (work[0] // 8) * (work[1] // 8)
+    view = unet_view(params, work)
+    tokens = (view[0] // 8) * (view[1] // 8)
     value = VALUE_BYTES[kind]
     heads, divisor = ATTENTION.get(family, ATTENTION["sd"])
     rows = 2 * batch
@@ -161,6 +167,29 @@ def diffusion_peak(
     if kind == "cpu":
         vae += batch * 2 * vae_tokens**2 * value
     return RUNTIME_BYTES + WEIGHT_COPIES * weights + max(unet, vae) + image_bytes(work) * batch
+
+
+def unet_view(params: Mapping[str, Any], work: tuple[int, int]) -> tuple[int, int]:
+    """The pixels one UNet call sees: ``work``, or for MultiDiffusion its largest window in it."""
+    if params.get("pipeline") not in PANORAMA_PIPELINES:
+        return work
+    tile = int(params.get("unet_tile", 512))
+    width, height = min(work[0], tile), min(work[1], tile)
+    try:
+        regions, _ = region_tokens(str(params.get("prompt", "")))
+    except ValueError:
+        # The chain checks prompts before this; if one slipped through, the whole image errs high.
+        return work
+    for region in regions:
+        box = region.rectangle
+        width = max(width, _grid_up(box.right - box.left))
+        height = max(height, _grid_up(box.bottom - box.top))
+    return min(width, work[0]), min(height, work[1])
+
+
+def _grid_up(size: int) -> int:
+    """``size`` pixels rounded up to whole UNet cells, as a region's window is."""
+    return -(-size // UNET_GRID) * UNET_GRID
 
 
 def image_bytes(size: tuple[int, int]) -> int:

@@ -421,6 +421,12 @@ def _refine(request: ParsedRequest) -> list[dict[str, Any]]:
     ]
 
 
+def _first_tiles(request: ParsedRequest) -> int:
+    """The tile size of img2img's and inpaint's first stage: MultiDiffusion windows the whole image
+    itself; any other pipeline runs tile by tile, one UNet tile at a time."""
+    return MAX_TILE if request.image.pipeline in PANORAMA_PIPELINES else request.image.unet_tile
+
+
 def build_txt2img(request: ParsedRequest, *, image_format: str, thumbnail_size: int) -> BuiltChain:
     """txt2img: generate, then correction/highres/upscaling as asked (contract §8.1)."""
     stages = [
@@ -437,8 +443,7 @@ def build_img2img(
     assert request.img2img is not None
     image = {**image_params(request), "overlap": request.image.vae_overlap}
     strength = request.img2img.strength
-    # MultiDiffusion windows the whole image itself; any other pipeline runs tile by tile.
-    tiles = MAX_TILE if request.image.pipeline in PANORAMA_PIPELINES else request.image.unet_tile
+    tiles = _first_tiles(request)
     stages = []
     if request.img2img.source_filter != "none":
         stages.append(
@@ -505,7 +510,7 @@ def build_inpaint(
                 "fullres": paint.fullres_inpaint and not any(request.border.to_dict().values()),
                 "fullres_padding": paint.fullres_inpaint_padding,
             },
-            tiles=request.image.unet_tile,
+            tiles=_first_tiles(request),
         ),
         *_refine(request),
     ]

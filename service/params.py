@@ -82,7 +82,7 @@ PIPELINES = (
 ROUTE_PIPELINE_CHOICES: dict[str, tuple[str, ...]] = {
     "txt2img": ("txt2img", "lpw", "panorama", "txt2img-sdxl", "panorama-sdxl"),
     "img2img": ("img2img", "lpw", "img2img-sdxl", "controlnet", "pix2pix", "panorama", "panorama-sdxl"),
-    "inpaint": ("inpaint", "lpw"),
+    "inpaint": ("inpaint", "lpw", "panorama", "panorama-sdxl"),
 }
 #: Pipelines a route takes under another name, as onnx-web maps them (contract §8.6); the job
 #: records the name it runs.
@@ -91,7 +91,6 @@ ROUTE_PIPELINE_ALIASES: dict[str, dict[str, str]] = {"img2img": {"txt2img-sdxl":
 ROUTE_PIPELINES_NOT_RUN: dict[str, dict[str, str]] = {
     "inpaint": {
         "controlnet": "ControlNet inpainting is not run by this server",
-        "panorama": "panorama (MultiDiffusion) inpainting is not run by this server",
     },
 }
 #: onnx-web's pipelines this server does not run yet: refused at submit, not offered in settings.
@@ -495,7 +494,7 @@ def _check_pipeline_runs(pipeline: str) -> None:
 
 
 def check_route_pipeline(route: str, pipeline: str) -> None:
-    """Refuse a pipeline another legacy route runs (txt2img's ``panorama`` sent to inpaint, ...).
+    """Refuse a pipeline another legacy route runs (pix2pix sent to inpaint, ...).
 
     Chain stages are not checked here: a stage's type, not a route, says what it runs.
     """

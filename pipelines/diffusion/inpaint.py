@@ -32,22 +32,34 @@ def mask_to_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 def inpaint(run: sd.Run, source: Image.Image, mask: Image.Image) -> list[Image.Image]:
     """Repaint the white part of ``mask`` in ``source`` (a multiple of 8 pixels on each side)."""
+    generation = run.generation
+    embeddings = run.prompt_embeddings()
+    scheduler = run.scheduler()
+    noise = sd.initial_latents(generation.seed, generation.batch, source.width, source.height)
+    conditioning, after_step = inpaint_inputs(run, scheduler, source, mask, noise)
+    latents = noise * float(scheduler.init_noise_sigma)
+    return run.decode(
+        run.denoise(scheduler, latents, embeddings, conditioning=conditioning, after_step=after_step)
+    )
+
+
+def inpaint_inputs(
+    run: sd.Run, scheduler: Any, source: Image.Image, mask: Image.Image, noise: np.ndarray
+) -> tuple[np.ndarray | None, Callable[[int, Any], Any] | None]:
+    """What the UNet loop needs to repaint ``mask``'s white part over the whole of ``source``.
+
+    For an inpainting UNet: the channels joined to its input (the latent mask and the masked
+    image's latents, doubled for guidance), no step hook. For a plain UNet: no channels, and the
+    step hook that puts the kept region back, ``noise`` noised to the next timestep (``noise`` is
+    the loop's starting noise, unscaled, one row per batch image).
+    """
     import torch
 
     model, generation = run.model, run.generation
-    embeddings = run.prompt_embeddings()
-    scheduler = run.scheduler()
-    timesteps = scheduler.timesteps
-    noise = sd.initial_latents(generation.seed, generation.batch, source.width, source.height)
-    latents = noise * float(scheduler.init_noise_sigma)
-
     pixels = sd.image_to_array(source)
     binary = mask_to_array(mask, source.size)
     # Nearest-neighbour down-sampling by the latent factor, as torch's default interpolate does.
     latent_mask = np.repeat(binary[:, :, :: sd.LATENT_FACTOR, :: sd.LATENT_FACTOR], generation.batch, axis=0)
-
-    conditioning = None
-    after_step: Callable[[int, Any], Any] | None = None
     if sd.unet_channels(model) == INPAINT_CHANNELS:
         masked_latents = np.repeat(
             sd.encode_image(model, pixels * (binary < 0.5), generation.vae_tiling), generation.batch, axis=0
@@ -55,22 +67,20 @@ def inpaint(run: sd.Run, source: Image.Image, mask: Image.Image) -> list[Image.I
         conditioning = np.concatenate([latent_mask, masked_latents], axis=1)
         if generation.guidance:
             conditioning = np.concatenate([conditioning, conditioning])
-    else:
-        require_add_noise(scheduler, generation.scheduler)
-        image_latents = torch.from_numpy(
-            np.repeat(sd.encode_image(model, pixels, generation.vae_tiling), generation.batch, axis=0)
-        )
-        keep = torch.from_numpy(latent_mask)
-        start_noise = torch.from_numpy(noise)
+        return conditioning, None
 
-        def keep_unmasked(index: int, sample: Any) -> Any:
-            proper = image_latents
-            if index < len(timesteps) - 1:
-                proper = scheduler.add_noise(image_latents, start_noise, torch.tensor([timesteps[index + 1]]))
-            return (1 - keep) * proper + keep * sample
-
-        after_step = keep_unmasked
-
-    return run.decode(
-        run.denoise(scheduler, latents, embeddings, conditioning=conditioning, after_step=after_step)
+    require_add_noise(scheduler, generation.scheduler)
+    timesteps = scheduler.timesteps
+    image_latents = torch.from_numpy(
+        np.repeat(sd.encode_image(model, pixels, generation.vae_tiling), generation.batch, axis=0)
     )
+    keep = torch.from_numpy(latent_mask)
+    start_noise = torch.from_numpy(noise)
+
+    def keep_unmasked(index: int, sample: Any) -> Any:
+        proper = image_latents
+        if index < len(timesteps) - 1:
+            proper = scheduler.add_noise(image_latents, start_noise, torch.tensor([timesteps[index + 1]]))
+        return (1 - keep) * proper + keep * sample
+
+    return None, keep_unmasked

@@ -23,14 +23,17 @@ Two prompt tokens work only here (contract §9, features "Region prompts" and "R
 Rectangles are in pixels, multiples of 8, inside the generated image.
 
 ``panorama_img2img`` (``panorama`` and ``panorama-sdxl`` on img2img) runs the same windows from the
-source's latents noised at the strength's first timestep, as img2img starts. Like onnx-web's panorama
-``img2img`` it runs the base windows only: region and reseed tokens shape txt2img alone.
+source's latents noised at the strength's first timestep, as img2img starts. ``panorama_inpaint`` (on
+inpaint and outpaint) runs them from noise over the whole canvas, each window given its own part of
+the mask and of the masked image's latents (an inpainting UNet), or the kept region put back after
+every step (a plain one), as ``inpaint`` does for one window. Like onnx-web's panorama ``img2img``
+and ``inpaint``, both run the base windows only: region and reseed tokens shape txt2img alone.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +43,7 @@ from PIL import Image
 from pipelines.diffusion import model as sd
 from pipelines.diffusion import sdxl
 from pipelines.diffusion.img2img import img2img, noised_source
+from pipelines.diffusion.inpaint import inpaint, inpaint_inputs
 from pipelines.diffusion.prompt import PromptText, parse_prompt
 from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.diffusion.schedulers import step_arguments
@@ -260,6 +264,35 @@ def panorama_img2img(
     return run.decode(multidiffusion(run, scheduler, latents, views, timesteps=timesteps, steps=steps))
 
 
+def panorama_inpaint(
+    run: sd.Run,
+    source: Image.Image,
+    mask: Image.Image,
+    *,
+    window: int = DEFAULT_WINDOW,
+    stride: int = DEFAULT_STRIDE,
+) -> list[Image.Image]:
+    """Repaint the white part of ``mask`` in ``source`` by MultiDiffusion over its whole latents.
+
+    A canvas wider or taller than one window (an outpainted panorama) is painted window by window
+    and blended each step, where ``inpaint`` would run the UNet on all of it at once.
+    """
+    check_views(window, stride)
+    rows, columns = source.height // sd.LATENT_FACTOR, source.width // sd.LATENT_FACTOR
+    if len(view_windows(rows, columns, window, stride)) == 1:
+        # One view over the whole image is inpainting: run that, on a GPU worker's CUDA graphs too.
+        return inpaint(run, source, mask)
+    generation = run.generation
+    scheduler = run.scheduler()
+    noise = sd.initial_latents(generation.seed, generation.batch, source.width, source.height)
+    conditioning, after_step = inpaint_inputs(run, scheduler, source, mask, noise)
+    views = base_views(run, noise.shape, window, stride)
+    latents = noise * float(scheduler.init_noise_sigma)
+    return run.decode(
+        multidiffusion(run, scheduler, latents, views, conditioning=conditioning, after_step=after_step)
+    )
+
+
 def check_views(window: int, stride: int) -> None:
     """Refuse a view window or stride under one latent cell."""
     if window < 1 or stride < 1:
@@ -310,11 +343,16 @@ def multidiffusion(
     *,
     timesteps: Any = None,
     steps: int | None = None,
+    conditioning: np.ndarray | None = None,
+    after_step: Callable[[int, Any], Any] | None = None,
 ) -> np.ndarray:
     """The denoising loop: every view stepped on its own scheduler state, then averaged per cell.
 
     ``timesteps`` and ``steps`` (scheduler steps, for progress) default to the whole schedule, as
-    in ``Run.denoise``; img2img passes the strength's tail. ``sd.report_step`` is called per
+    in ``Run.denoise``; img2img passes the strength's tail. ``conditioning`` (an inpainting UNet's
+    channels over the whole latents, doubled for guidance) gives each view its own window of them;
+    ``after_step(index, latents)`` may replace the blended latents after each step (CPU tensors),
+    as in ``Run.denoise``. ``sd.report_step`` is called per
     scheduler step with the whole wide latents (family ``sdxl`` for an ``SdxlRun``, else ``sd``),
     ``hooks.check_cancelled()`` after every UNet call.
     """
@@ -340,15 +378,18 @@ def multidiffusion(
                 continue
             sample = torch.from_numpy(view.window(latents))
             doubled = torch.cat([sample] * 2) if generation.guidance else sample
-            noise = unet.predict(
-                view_scheduler.scale_model_input(doubled, t).numpy(), t, view.embeddings, generation
-            )
+            model_input = view_scheduler.scale_model_input(doubled, t).numpy()
+            if conditioning is not None:
+                model_input = np.concatenate([model_input, view.window(conditioning)], axis=1)
+            noise = unet.predict(model_input, t, view.embeddings, generation)
             denoised = view_scheduler.step(
                 torch.from_numpy(noise), t, sample, **arguments, return_dict=False
             )[0]
             accumulate(value, count, view, denoised.numpy())
             run.hooks.check_cancelled()
         latents = np.where(count > 0, value / np.where(count > 0, count, 1), value).astype(np.float32)
+        if after_step is not None:
+            latents = after_step(index, torch.from_numpy(latents)).numpy().astype(np.float32)
         if sd.counts_as_step(index, total, steps, scheduler.order):
             done += 1
             sd.report_step(run.hooks, done, "sdxl" if on_sdxl else "sd", latents)

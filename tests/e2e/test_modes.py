@@ -145,6 +145,23 @@ def test_outpaint_grows_the_canvas_by_the_border(client: httpx.Client) -> None:
     assert record["metadata"][0]["border"] == {"left": 32, "right": 0, "top": 16, "bottom": 8}
 
 
+def test_panorama_outpaint_paints_a_wide_border_window_by_window(client: httpx.Client) -> None:
+    # onnx-web's panorama outpaint: the canvas doubles in width; 128-px windows paint it whole.
+    image = {"model": "stable-diffusion-onnx-v1-inpainting", "pipeline": "panorama", "unet_tile": 128}
+    params = {
+        "params": {**BASE["params"], **image},
+        "border": {"left": 0, "right": 128, "top": 0, "bottom": 0},
+    }
+    source = gradient()
+    mask = Image.new("RGB", (128, 96), "black")
+    record = run_job(client, "/api/inpaint", params=params, files={"source": png(source), "mask": png(mask)})
+    result = np.asarray(output(client, record["outputs"][0])).astype(int)
+    assert result.shape == (96, 256, 3)
+    assert record["metadata"][0]["params"]["pipeline"] == "panorama"
+    kept = np.abs(result[:, :120] - np.asarray(source)[:, :120]).max()
+    assert kept <= 8, f"the source's side changed by {kept} levels"
+
+
 def test_upscale_with_a_model_and_outscale(client: httpx.Client) -> None:
     params = {
         "params": {"upscaling": "upscaling-real-esrgan-x4-plus"},

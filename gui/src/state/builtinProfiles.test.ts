@@ -30,10 +30,11 @@ describe('built-in profiles', () => {
     const lcm = applyParams('txt2img', base, builtinProfile(`${BUILTIN_PREFIX}sd15-lcm`)?.params, SERVER);
     expect(lcm.scheduler).toBe(base.scheduler);
     expect(lcm).toMatchObject({ steps: 8, cfg: 1.5 });
-    // Panorama runs on txt2img and img2img, not inpaint: there the tab's own pipeline stays.
+    // Panorama runs on txt2img, img2img and inpaint; ControlNet only on img2img: on inpaint the tab's own stays.
     const inpaint = defaultTabParams('inpaint', WITH_FEW_STEP, { prompt: '', scheduler: '' });
     const moved = applyParams('inpaint', inpaint, builtinProfile(`${BUILTIN_PREFIX}sd15-panorama`)?.params, WITH_FEW_STEP);
-    expect(moved.pipeline).toBe(inpaint.pipeline);
+    expect(moved.pipeline).toBe('panorama');
+    expect(applyParams('inpaint', inpaint, { pipeline: 'controlnet' }, WITH_FEW_STEP).pipeline).toBe(inpaint.pipeline);
     const img2img = defaultTabParams('img2img', WITH_FEW_STEP, { prompt: '', scheduler: '' });
     expect(applyParams('img2img', img2img, builtinProfile(`${BUILTIN_PREFIX}sd15-panorama`)?.params, WITH_FEW_STEP).pipeline).toBe('panorama');
   });

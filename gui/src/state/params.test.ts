@@ -73,11 +73,11 @@ describe('pipelinesForTab', () => {
     expect(pipelinesForTab('inpaint', [])).toEqual(['inpaint']);
   });
 
-  it('offers panorama on txt2img and img2img, as the server runs it, and not on inpaint', () => {
+  it('offers panorama on txt2img, img2img and inpaint, as the server runs it', () => {
     const listed = ['img2img', 'inpaint', 'lpw', 'panorama', 'panorama-sdxl', 'txt2img'];
     expect(pipelinesForTab('txt2img', listed)).toEqual(['txt2img', 'lpw', 'panorama', 'panorama-sdxl']);
     expect(pipelinesForTab('img2img', listed)).toEqual(['img2img', 'lpw', 'panorama', 'panorama-sdxl']);
-    expect(pipelinesForTab('inpaint', listed)).toEqual(['inpaint', 'lpw']);
+    expect(pipelinesForTab('inpaint', listed)).toEqual(['inpaint', 'lpw', 'panorama', 'panorama-sdxl']);
   });
 
   it('offers ControlNet and pix2pix on img2img only, where the server runs them', () => {

@@ -191,13 +191,13 @@ export function pick(choices: readonly string[], preferred: string | undefined):
 }
 
 /**
- * Pipelines each task accepts, as the server routes them (panorama only on txt2img; ControlNet and
- * pix2pix only on img2img, as in onnx-web); the tab's own pipeline comes first.
+ * Pipelines each task accepts, as the server routes them (panorama on the three diffusion tabs;
+ * ControlNet and pix2pix only on img2img, as in onnx-web); the tab's own pipeline comes first.
  */
 const TAB_PIPELINES: Record<JobTab, string[]> = {
   txt2img: ['txt2img', 'lpw', 'panorama', 'panorama-sdxl', 'txt2img-sdxl'],
   img2img: ['img2img', 'controlnet', 'img2img-sdxl', 'lpw', 'pix2pix', 'panorama', 'panorama-sdxl'],
-  inpaint: ['inpaint', 'lpw'],
+  inpaint: ['inpaint', 'lpw', 'panorama', 'panorama-sdxl'],
   upscale: [],
   blend: [],
 };

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pipelines.context import StageImage
 from pipelines.diffusion.img2img import img2img, noised_source, strength_steps
+from pipelines.diffusion.inpaint import inpaint, inpaint_inputs
 from pipelines.diffusion.model import (
+    LATENT_FACTOR,
     Callbacks,
     DiffusionModel,
     Generation,
@@ -35,6 +37,7 @@ from pipelines.diffusion.panorama import (
     multidiffusion,
     panorama,
     panorama_img2img,
+    panorama_inpaint,
     panorama_latents,
     region_tokens,
     reseed_latents,
@@ -44,7 +47,7 @@ from pipelines.diffusion.panorama import (
 from pipelines.diffusion.prompt import parse_prompt
 from pipelines.diffusion.txt2img import txt2img
 from pipelines.models.demo import DEMO_MODELS
-from pipelines.stages import blend_img2img, source_txt2img
+from pipelines.stages import blend_img2img, source_txt2img, upscale_outpaint
 from tests.unit.pipelines.contexts import stage_context
 from tests.unit.pipelines.images import gradient, pixels
 from tests.unit.pipelines.reference import assert_matches, demo_generation, from_our_noise, run_diffusers
@@ -238,16 +241,40 @@ def test_stage_routes_the_panorama_pipeline(models_path: Path, demo_model: Diffu
     assert not np.array_equal(np.asarray(plain.image), np.asarray(result.image))
 
 
-def test_panorama_is_admitted_like_a_txt2img_of_the_same_size() -> None:
+def panorama_peak(pipeline: str, width: int, height: int, prompt: str = "a coast") -> dict[str, int]:
     from pipelines.memory import chain_memory
 
-    def peak(pipeline: str) -> dict[str, int]:
-        params = {**IMAGE, "pipeline": pipeline, "width": 1024, "height": 512}
-        stage = {"name": "source", "type": "source-txt2img", "params": params, "tiles": 1024}
-        memory = chain_memory([stage], (0, 0), model_bytes=lambda name: 2 * 1024**3, family=lambda name: "sd")
-        return memory.to_dict()
+    params = {
+        **IMAGE,
+        "pipeline": pipeline,
+        "width": width,
+        "height": height,
+        "unet_tile": 512,
+        "prompt": prompt,
+    }
+    stage = {"name": "source", "type": "source-txt2img", "params": params, "tiles": max(width, height)}
+    memory = chain_memory([stage], (0, 0), model_bytes=lambda name: 2 * 1024**3, family=lambda name: "sd")
+    return memory.to_dict()
 
-    assert peak("panorama") == peak("txt2img")
+
+def test_panorama_is_admitted_by_its_window_not_its_whole_size() -> None:
+    # The UNet sees one 512-px window at a time, so a 2048x1024 panorama fits a 24 GiB CPU worker
+    # (its VAE's attention over the whole image is most of it), where a txt2img of that size, whose
+    # UNet attends over all 32,768 latent cells at once, needs several times that.
+    wide = panorama_peak("panorama", 2048, 1024)
+    assert wide["cpu"] < 24 * 1024**3 < 100 * 1024**3 < panorama_peak("txt2img", 2048, 1024)["cpu"]
+    # It still needs more than one window's txt2img: its VAE decodes the whole image.
+    assert wide["cpu"] > panorama_peak("txt2img", 512, 512)["cpu"]
+    # An image no larger than the window is one view: estimated as the txt2img it is.
+    assert panorama_peak("panorama", 512, 512) == panorama_peak("txt2img", 512, 512)
+
+
+def test_a_region_wider_than_the_window_raises_the_panorama_estimate() -> None:
+    plain = panorama_peak("panorama", 2048, 1024)
+    # A region's view is its rectangle grown to whole UNet cells: 1024x1000 px here.
+    region = panorama_peak("panorama", 2048, 1024, "a coast <region:0:0:1000:1024:2:0:a ship>")
+    assert region["cpu"] > plain["cpu"]
+    assert region == panorama_peak("panorama", 2048, 1024, "a coast <region:0:0:1024:1024:2:0:a ship>")
 
 
 # --- panorama img2img ------------------------------------------------------------------------------
@@ -348,6 +375,120 @@ def test_img2img_stage_runs_panorama_over_the_whole_image(
         blend_img2img.STAGE,
         stage_context(models_path=models_path),
         {**params, "pipeline": "img2img"},
+        [StageImage(wide_source(), {})],
+    )
+    assert not np.array_equal(np.asarray(plain.image), np.asarray(result.image))
+
+
+# --- panorama inpaint and outpaint -----------------------------------------------------------------
+
+BASE_MODEL, INPAINT_MODEL = (model.name for model in DEMO_MODELS)
+
+
+def wide_mask() -> Image.Image:
+    """White (repaint) across the seams of the three 16-cell windows, and a strip at the right edge
+    as an outpainted border would be; the rest (black) is kept."""
+    mask = Image.new("L", (256, 128), 0)
+    ImageDraw.Draw(mask).rectangle((40, 24, 199, 103), fill=255)
+    ImageDraw.Draw(mask).rectangle((224, 0, 255, 127), fill=255)
+    return mask
+
+
+def kept_cells() -> np.ndarray:
+    """The latent cells the mask keeps, as the pipelines down-sample it (every eighth pixel)."""
+    return np.asarray(wide_mask())[::LATENT_FACTOR, ::LATENT_FACTOR] < 128
+
+
+@pytest.mark.parametrize("which", ["four-channel", "nine-channel"])
+def test_inpaint_with_one_view_is_plain_inpainting(
+    demo_model: DiffusionModel, inpaint_model: DiffusionModel, which: str
+) -> None:
+    model, name = (demo_model, BASE_MODEL) if which == "four-channel" else (inpaint_model, INPAINT_MODEL)
+    gen = demo_generation(model=name, scheduler="euler-a", steps=4, **WIDE)
+    # A 32-cell window covers the whole 256x128 canvas.
+    ours = panorama_inpaint(LatentsRun(model, gen), wide_source(), wide_mask(), window=32, stride=STRIDE)
+    assert np.array_equal(ours, inpaint(LatentsRun(model, gen), wide_source(), wide_mask()))
+
+
+def test_four_channel_inpaint_windows_keep_the_unmasked_latents(demo_model: DiffusionModel) -> None:
+    gen = demo_generation(model=BASE_MODEL, scheduler="euler-a", steps=4, **WIDE)
+    ours = panorama_inpaint(
+        LatentsRun(demo_model, gen), wide_source(), wide_mask(), window=WINDOW, stride=STRIDE
+    )
+    plain = inpaint(LatentsRun(demo_model, gen), wide_source(), wide_mask())
+    source = encode_image(demo_model, image_to_array(wide_source()))
+    kept = kept_cells()
+    # After the last step the kept region is the source's own latents again, window seams and all ...
+    assert np.allclose(ours[:, :, kept], source[:, :, kept], atol=1e-6)
+    # ... and the windows painted the masked region, differently from one UNet pass over the whole.
+    repainted = ~kept
+    assert np.abs(ours[:, :, repainted] - source[:, :, repainted]).mean() > 0.1
+    assert np.abs(ours[:, :, repainted] - plain[:, :, repainted]).mean() > 0.01
+
+
+def test_nine_channel_inpaint_gives_each_window_its_part_of_the_mask(inpaint_model: DiffusionModel) -> None:
+    # Windows side by side (stride = window) do not blend: each is exactly an inpainting run over
+    # its own part of the noise, the mask and the masked image's latents.
+    gen = demo_generation(model=INPAINT_MODEL, scheduler="ddim", steps=3, **WIDE)
+    ours = panorama_inpaint(LatentsRun(inpaint_model, gen), wide_source(), wide_mask(), window=16, stride=16)
+    run = LatentsRun(inpaint_model, gen)
+    scheduler = run.scheduler()
+    noise = initial_latents(gen.seed, gen.batch, 256, 128)
+    conditioning, after_step = inpaint_inputs(run, scheduler, wide_source(), wide_mask(), noise)
+    assert conditioning is not None and after_step is None
+    embeddings = run.prompt_embeddings()
+    for columns in (slice(0, 16), slice(16, 32)):
+        alone = run.denoise(
+            run.scheduler(),
+            noise[:, :, :, columns] * float(scheduler.init_noise_sigma),
+            embeddings,
+            conditioning=np.ascontiguousarray(conditioning[:, :, :, columns]),
+        )
+        assert np.allclose(ours[:, :, :, columns], alone, atol=1e-4)
+    # The two halves' masks differ, so a shared (unsliced) mask would have failed above.
+    assert not np.array_equal(conditioning[:, :1, :, :16], conditioning[:, :1, :, 16:])
+
+
+def test_inpaint_progress_counts_steps_and_checks_every_window(inpaint_model: DiffusionModel) -> None:
+    steps: list[int] = []
+    checks: list[None] = []
+    hooks = Callbacks(on_step=steps.append, check_cancelled=lambda: checks.append(None))
+    gen = demo_generation(model=INPAINT_MODEL, scheduler="ddim", steps=5, **WIDE)
+    panorama_inpaint(Run(inpaint_model, gen, hooks), wide_source(), wide_mask(), window=WINDOW, stride=STRIDE)
+    assert sum(steps) == 5
+    assert len(checks) == 5 * 3
+
+
+def test_inpaint_stage_paints_a_panorama_window_by_window(
+    models_path: Path, inpaint_model: DiffusionModel
+) -> None:
+    params = {
+        **RESOLVED,
+        "model": INPAINT_MODEL,
+        "pipeline": "panorama",
+        "prompt": "a wide valley",
+        "seed": 3,
+        "steps": 3,
+        "fill_color": "white",
+        "stage_name": "inpaint",
+        # A 128-px tile makes 16-cell views: three over the 256x128 canvas.
+        "unet_tile": 128,
+    }
+    steps: list[int] = []
+    ctx = stage_context({"mask:inpaint": wide_mask()}, steps, models_path=models_path)
+    [result] = run_stage(upscale_outpaint.STAGE, ctx, params, [StageImage(wide_source(), {})])
+    assert result.image.size == (256, 128)
+    assert result.metadata["params"]["pipeline"] == "panorama"
+    assert sum(steps) == 3 == upscale_outpaint.STAGE.estimate(params)
+    gen = Generation.from_params(params, width=256, height=128)
+    [painted] = panorama_inpaint(Run(inpaint_model, gen), wide_source(), wide_mask(), window=16)
+    # What the mask keeps is the source's own pixels; the rest is the windows' painting.
+    expected = Image.composite(painted, wide_source(), wide_mask())
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected))
+    [plain] = run_stage(
+        upscale_outpaint.STAGE,
+        stage_context({"mask:inpaint": wide_mask()}, models_path=models_path),
+        {**params, "pipeline": "inpaint"},
         [StageImage(wide_source(), {})],
     )
     assert not np.array_equal(np.asarray(plain.image), np.asarray(result.image))

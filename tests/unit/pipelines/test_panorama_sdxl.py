@@ -15,16 +15,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion.img2img import img2img
+from pipelines.diffusion.inpaint import inpaint
 from pipelines.diffusion.model import DiffusionModel, Generation, initial_latents, load_model
-from pipelines.diffusion.panorama import panorama, panorama_img2img, panorama_latents
+from pipelines.diffusion.panorama import panorama, panorama_img2img, panorama_inpaint, panorama_latents
 from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler
 from pipelines.diffusion.sdxl import SdxlRun, txt2img_sdxl
 from pipelines.models.demo import DEMO_SDXL
 from pipelines.models.sessions import SessionCache
-from pipelines.stages import blend_img2img, source_txt2img
+from pipelines.stages import blend_img2img, source_txt2img, upscale_outpaint
 from tests.unit.pipelines.images import gradient, pixels
 from tests.unit.pipelines.reference import assert_matches, demo_generation
 from tests.unit.pipelines.resolved import IMAGE, RESOLVED, run_stage
@@ -186,3 +188,40 @@ def test_img2img_stage_runs_sdxl_panorama_over_the_whole_image(
     # The views matter: SDXL img2img of the same source, strength and noise is another image.
     [plain] = img2img(SdxlRun(sdxl_model, gen), source.image, 0.5)
     assert np.abs(pixels([result.image]) - pixels([plain])).mean() > 1
+
+
+def test_inpaint_stage_paints_an_sdxl_panorama_window_by_window(
+    models_path: Path, sdxl_model: DiffusionModel
+) -> None:
+    params = {
+        **RESOLVED,
+        "model": DEMO_SDXL,
+        "pipeline": "panorama-sdxl",
+        "prompt": "a wide valley",
+        "seed": 4,
+        "steps": 3,
+        "fill_color": "white",
+        "stage_name": "inpaint",
+        # 16-cell views: three over the 256x128 canvas.
+        "unet_tile": 128,
+    }
+    source = gradient(256, 128)
+    mask = Image.new("L", (256, 128), 0)
+    ImageDraw.Draw(mask).rectangle((96, 0, 255, 127), fill=255)
+    steps: list[int] = []
+    ctx = StageContext(
+        models_path=models_path,
+        sessions=sdxl_model.sessions,
+        inputs={"mask:inpaint": mask},
+        on_step=steps.append,
+    )
+    [result] = run_stage(upscale_outpaint.STAGE, ctx, params, [StageImage(source, {})])
+    assert result.image.size == (256, 128)
+    assert result.metadata["params"]["pipeline"] == "panorama-sdxl"
+    assert sum(steps) == 3
+    gen = Generation.from_params(params, width=256, height=128)
+    [painted] = panorama_inpaint(SdxlRun(sdxl_model, gen), source, mask, window=16)
+    assert np.array_equal(np.asarray(result.image), np.asarray(Image.composite(painted, source, mask)))
+    # The windows matter: SDXL inpainting of the same canvas in one UNet pass is another image.
+    [plain] = inpaint(SdxlRun(sdxl_model, gen), source, mask)
+    assert np.abs(pixels([painted]) - pixels([plain])).mean() > 1

@@ -69,11 +69,38 @@ def test_txt2img_sdxl_on_img2img_runs_and_is_recorded_as_img2img_sdxl(registry: 
     assert stage["params"]["pipeline"] == "img2img-sdxl"
 
 
-@pytest.mark.parametrize("pipeline", ["controlnet", "panorama"])
-def test_inpaint_refuses_the_pipelines_it_does_not_run(registry: ModelRegistry, pipeline: str) -> None:
+def inpaint_chain(registry: ModelRegistry, **data: Any) -> BuiltChain:
     request = parse_request(
         "inpaint",
-        {"prompt": "a coast", "pipeline": pipeline},
+        {"prompt": "a coast", **data},
+        params_doc=load_params_doc(CONFIG),
+        registry=registry,
+        config=CONFIG,
+        rng=random.Random(7),
+    )
+    return build_inpaint(request, WIDE, image_format="png", thumbnail_size=1024)
+
+
+@pytest.mark.parametrize("pipeline", ["panorama", "panorama-sdxl"])
+def test_panorama_inpaint_sees_the_whole_canvas(registry: ModelRegistry, pipeline: str) -> None:
+    chain = inpaint_chain(
+        registry, pipeline=pipeline, border={"left": 0, "right": 512, "top": 0, "bottom": 0}
+    )
+    [stage] = [entry for entry in chain.chain["stages"] if entry["type"] == "upscale-outpaint"]
+    # MultiDiffusion windows the grown canvas itself; the executor must not cut it into tiles first.
+    assert stage["tiles"] == MAX_TILE and stage["params"]["pipeline"] == pipeline
+    [plain] = [
+        entry
+        for entry in inpaint_chain(registry, unet_tile=256).chain["stages"]
+        if entry["type"] == "upscale-outpaint"
+    ]
+    assert plain["tiles"] == 256
+
+
+def test_inpaint_refuses_controlnet_which_it_does_not_run(registry: ModelRegistry) -> None:
+    request = parse_request(
+        "inpaint",
+        {"prompt": "a coast", "pipeline": "controlnet"},
         params_doc=load_params_doc(CONFIG),
         registry=registry,
         config=CONFIG,
@@ -82,4 +109,6 @@ def test_inpaint_refuses_the_pipelines_it_does_not_run(registry: ModelRegistry, 
     with pytest.raises(InvalidParams) as caught:
         build_inpaint(request, (512, 512), image_format="png", thumbnail_size=1024)
     assert caught.value.field == "pipeline"
-    assert caught.value.rule.endswith("inpainting is not run by this server; inpaint runs: inpaint, lpw")
+    assert caught.value.rule == (
+        "ControlNet inpainting is not run by this server; inpaint runs: inpaint, lpw, panorama, panorama-sdxl"
+    )

@@ -519,8 +519,8 @@ def test_control_must_be_a_controlnet(parse: Parse) -> None:
 @pytest.mark.parametrize(
     ("pipeline", "routes"),
     [
-        ("panorama-sdxl", {"txt2img", "img2img"}),
-        ("panorama", {"txt2img", "img2img"}),
+        ("panorama-sdxl", {"txt2img", "img2img", "inpaint"}),
+        ("panorama", {"txt2img", "img2img", "inpaint"}),
         ("pix2pix", {"img2img"}),
     ],
 )
@@ -546,18 +546,13 @@ def test_txt2img_sdxl_on_img2img_is_recorded_as_img2img_sdxl(parse: Parse) -> No
         check_route_pipeline("inpaint", "txt2img-sdxl")
 
 
-@pytest.mark.parametrize(
-    ("pipeline", "reason"),
-    [
-        ("controlnet", "ControlNet inpainting is not run by this server"),
-        ("panorama", "panorama (MultiDiffusion) inpainting is not run by this server"),
-    ],
-)
-def test_inpaint_refuses_the_onnx_web_pipelines_it_does_not_run_saying_so(pipeline: str, reason: str) -> None:
+def test_inpaint_refuses_controlnet_which_onnx_web_accepts_there_saying_so() -> None:
     with pytest.raises(InvalidParams) as caught:
-        check_route_pipeline("inpaint", pipeline)
+        check_route_pipeline("inpaint", "controlnet")
     assert caught.value.field == "pipeline"
-    assert caught.value.rule == f"{reason}; inpaint runs: inpaint, lpw"
+    assert caught.value.rule == (
+        "ControlNet inpainting is not run by this server; inpaint runs: inpaint, lpw, panorama, panorama-sdxl"
+    )
 
 
 @pytest.mark.parametrize(
@@ -567,7 +562,7 @@ def test_inpaint_refuses_the_onnx_web_pipelines_it_does_not_run_saying_so(pipeli
         ("txt2img", "inpaint"),
         ("img2img", "txt2img"),
         ("inpaint", "txt2img-sdxl"),
-        ("inpaint", "panorama-sdxl"),
+        ("inpaint", "pix2pix"),
         ("inpaint", "img2img"),
         ("inpaint", "img2img-sdxl"),
         ("txt2img", "img2img-sdxl"),
