@@ -332,6 +332,22 @@ class EmbeddedPostgres:
             self._shut_down(postmaster)
         raise RuntimeError(failure)
 
+    def running(self) -> int | None:
+        """The pid of this folder's live postmaster, or None when it is gone (killed, crashed)."""
+        postmaster = self._postmaster()
+        return postmaster.pid if postmaster is not None else None
+
+    def restart(self) -> None:
+        """Start the server again after it died under a live ``start`` (this process stays its user).
+
+        Its killed backends are waited for, its stale ``postmaster.pid`` removed, and crash
+        recovery replays the WAL: what was committed before the death is kept.
+        """
+        if self._server is None:
+            raise RuntimeError("postgres is not started")
+        self._clear_stale()
+        self._boot()
+
     def url(self, database: str | None = None) -> str:
         """The URL of ``database`` (default ``postgres``) on this server."""
         if self._server is None:
@@ -992,6 +1008,83 @@ class Supervised:
         )
 
 
+class PostgresKeeper:
+    """The stack's Postgres, started again (after ``RestartPolicy``'s wait) when its postmaster dies.
+
+    Postgres is not our child (the wheel's ``pg_ctl`` detaches it), so its death is noticed by its
+    pid, and logged as ``Supervised`` logs a child's (without an exit status: it is not ours to
+    read). While it is down the api answers 503 and the workers wait; both reconnect by themselves.
+    """
+
+    name = "postgres"
+    given_up = False
+
+    def __init__(self, postgres: EmbeddedPostgres, policy: RestartPolicy) -> None:
+        self.postgres = postgres
+        self.policy = policy
+        self.restarts = 0
+        self._pid = postgres.running()
+        self._started_at = time.monotonic()
+        self._quick_deaths = 0
+        self._restart_at: float | None = None
+
+    def tend(self, now: float) -> None:
+        """Notice a death (log it and schedule the restart) or make a restart that is due."""
+        if self._restart_at is None:
+            if self.postgres.running() is not None:
+                return
+            uptime = now - self._started_at
+            self._quick_deaths = self._quick_deaths + 1 if uptime < self.policy.stable_after_s else 0
+            delay = self.policy.delay(self._quick_deaths)
+            self._restart_at = now + delay
+            log.warning(
+                "postgres (pid %s) is gone; restart %d in %.1fs",
+                self._pid,
+                self.restarts + 1,
+                delay,
+                extra={
+                    "action": "process_exit",
+                    "child": self.name,
+                    "pid": self._pid,
+                    "uptime_s": round(uptime, 1),
+                    "restart": self.restarts + 1,
+                    "restart_in_s": round(delay, 2),
+                },
+            )
+        elif now >= self._restart_at:
+            self._restart(now)
+
+    def _restart(self, now: float) -> None:
+        started = time.monotonic()
+        try:
+            self.postgres.restart()
+        except (RuntimeError, OSError) as err:  # StackInUse too: leftovers may still be exiting
+            self._quick_deaths += 1
+            self._restart_at = now + self.policy.delay(self._quick_deaths)
+            log.error(
+                "postgres could not be started: %s",
+                str(err).splitlines()[0],
+                extra={"action": "process_restart_failed", "child": self.name},
+            )
+            return
+        self.restarts += 1
+        self._restart_at = None
+        self._started_at = time.monotonic()
+        self._pid = self.postgres.running()
+        log.info(
+            "postgres restarted (pid %s, restart %d)",
+            self._pid,
+            self.restarts,
+            extra={
+                "action": "process_restart",
+                "child": self.name,
+                "pid": self._pid,
+                "restarts": self.restarts,
+                "ms": _ms(started),
+            },
+        )
+
+
 class DataDirClaim:
     """One process's hold on a data folder: an flock on ``STATE_FILE``, dropped by the kernel at death.
 
@@ -1073,6 +1166,7 @@ class LocalStack:
         self.api: Supervised | None = None
         self.workers: list[Supervised] = []
         self._s3: Supervised | None = None
+        self._postgres: PostgresKeeper | None = None
         self._claim: DataDirClaim | None = None
         #: Stop requests so far (signal numbers); appending is all a signal handler does.
         self._stop_requests: list[int] = []
@@ -1120,6 +1214,7 @@ class LocalStack:
         require_free_port(options.host, options.port)
         self.admin_token = os.environ.get("ONNX_WEB_ADMIN_TOKEN") or data_dir_admin_token(options.data_dir)
         admin_url = self.postgres.start()
+        self._postgres = PostgresKeeper(self.postgres, options.restart)
         self._check_stop()
         database_url = create_database(admin_url, "onnx_web")
         upgrade_head(database_url)
@@ -1240,8 +1335,8 @@ class LocalStack:
             self.stop()
         return 0
 
-    def _slots(self) -> list[Supervised]:
-        return [slot for slot in (self._s3, self.api, *self.workers) if slot is not None]
+    def _slots(self) -> list[Supervised | PostgresKeeper]:
+        return [slot for slot in (self._postgres, self._s3, self.api, *self.workers) if slot is not None]
 
     def stop(self) -> None:
         """Stop the workers and the api, then S3, then Postgres, each in bounded time. Idempotent.

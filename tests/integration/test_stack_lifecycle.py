@@ -27,7 +27,14 @@ from minio import Minio
 
 from pipelines.models.demo import build_demo_models
 from service.db import libpq_url
-from service.stack import EmbeddedPostgres, EmbeddedS3, RestartPolicy, S3Credentials, StackInUse
+from service.stack import (
+    POSTGRES_FOLDER,
+    EmbeddedPostgres,
+    EmbeddedS3,
+    RestartPolicy,
+    S3Credentials,
+    StackInUse,
+)
 from tests.integration.stack_process import (
     REPO_ROOT,
     RunningStack,
@@ -78,7 +85,7 @@ def test_restart_waits_double_while_a_process_keeps_dying_quickly_and_stay_cappe
     assert policy.delay(10_000) == 30.0
 
 
-def test_a_killed_worker_and_a_killed_api_are_restarted_and_the_stack_keeps_serving(
+def test_a_killed_worker_api_and_postgres_are_restarted_and_the_stack_keeps_serving(
     stacks: list[RunningStack], data_dir: Path, models: Path
 ) -> None:
     stack = start(stacks, data_dir, models)
@@ -110,7 +117,21 @@ def test_a_killed_worker_and_a_killed_api_are_restarted_and_the_stack_keeps_serv
         while not stack.answers():
             assert time.monotonic() < deadline, stack.tail()
             time.sleep(0.3)
-        assert wait_job(client, submit(client, seed=3))["status"] == "success"
+        done = submit(client, seed=3)
+        assert wait_job(client, done)["status"] == "success"
+
+        # Postgres is no child of the launcher (pg_ctl detaches it): it is watched by its pid.
+        postmaster = psutil.Process(
+            int((data_dir / POSTGRES_FOLDER / "postmaster.pid").read_text().split()[0])
+        )
+        postmaster.send_signal(signal.SIGKILL)
+        (death,) = stack.wait_for_log(action="process_exit", child="postgres")
+        assert (death["pid"], death["restart"], death["level"]) == (postmaster.pid, 1, "warning")
+        (restart,) = stack.wait_for_log(action="process_restart", child="postgres")
+        assert restart["pid"] != postmaster.pid
+        # The api and the workers reconnect by themselves; what was committed before is still there.
+        assert wait_job(client, done)["status"] == "success"
+        assert wait_job(client, submit(client, seed=4))["status"] == "success"
     assert stack.process.poll() is None, "the launcher must outlive its children"
 
 
