@@ -6,6 +6,8 @@
 # The cache comes back as $OUT/inductor/part-*: copied to .inductor/<card> (h100, h200) and carried,
 # a fresh machine of the same card starts from it. ONLY_CARD=h200 ends at once on another card.
 # CONV_BACKENDS=ATEN,TRITON also autotunes the convolutions with Triton (about 15 minutes on an H100).
+# INDUCTOR_SEED=h100 (carry [".whl", ".inductor/h100"]) starts an H200 without a cache of its own from
+# the H100's compiled kernels (setup.sh says why that is sound); its choices are still benchmarked here.
 if [ -n "${ONLY_CARD:-}" ] && ! nvidia-smi --query-gpu=name --format=csv,noheader | grep -qi "$ONLY_CARD"; then
   echo "not an $ONLY_CARD: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"; exit 0
 fi

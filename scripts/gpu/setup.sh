@@ -20,7 +20,16 @@ export TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS="${CONV_BACKENDS:-ATEN}"
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -io 'h[0-9]\{3\}' | tr 'H' 'h')
 export CARD
 echo "card: ${CARD:-unknown}"
-if [ ! -d /tmp/inductor ] && ls ".inductor/$CARD"/part-* >/dev/null 2>&1; then
-  mkdir -p /tmp/inductor && cat ".inductor/$CARD"/part-* | tar -xzf - -C /tmp/inductor && echo "inductor cache restored"
+# INDUCTOR_SEED=h100 starts a card that has no cache of its own from another card's (carry
+# .inductor/h100): the H100 and the H200 are both sm_90, so Triton's compiled kernels (most of
+# max-autotune's time) are reused, while Inductor keys its autotune choices and compiled graphs by the
+# card's name, so those are benchmarked and made again on this card.
+if [ ! -d /tmp/inductor ]; then
+  for from in "$CARD" ${INDUCTOR_SEED:-}; do
+    if ls ".inductor/$from"/part-* >/dev/null 2>&1; then
+      mkdir -p /tmp/inductor && cat ".inductor/$from"/part-* | tar -xzf - -C /tmp/inductor && echo "inductor cache restored from $from"
+      break
+    fi
+  done
 fi
 [ "${BASELINES_ONLY:-0}" = 1 ] || python3 -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())"
