@@ -33,7 +33,7 @@ and ``inpaint``, both run the base windows only: region and reseed tokens shape 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,6 +291,18 @@ def panorama_inpaint(
     return run.decode(
         multidiffusion(run, scheduler, latents, views, conditioning=conditioning, after_step=after_step)
     )
+
+
+def view_options(params: Mapping[str, Any]) -> tuple[int, int]:
+    """The view window and stride (latent cells) a stage's params ask for, as onnx-web sets them.
+
+    The window is the UNet tile; windows start the tile less its ``unet_overlap`` share apart
+    (contract §3.2): 512 px at the default 0.25 makes 64-cell windows 48 cells apart, and 0.75 (what
+    onnx-web's docs suggest for panoramas) 16 apart, smoother seams for four times the UNet calls.
+    """
+    tile = int(params["unet_tile"])
+    overlap = float(params["unet_overlap"])
+    return max(1, tile // sd.LATENT_FACTOR), max(1, int(tile * (1 - overlap)) // sd.LATENT_FACTOR)
 
 
 def check_views(window: int, stride: int) -> None:

@@ -7,7 +7,8 @@ replaced by ``batch`` results. An SDXL model (or ``pipeline: img2img-sdxl``) run
 ``pipeline: controlnet`` generates from noise conditioned on the input image by the ControlNet
 ``control`` names, ``strength`` its conditioning scale, over all ``steps`` (as onnx-web, loopback and
 highres passes of a controlnet job condition on their input too); ``pipeline: panorama`` (or
-``panorama-sdxl``) runs img2img by MultiDiffusion, in windows of ``unet_tile`` pixels.
+``panorama-sdxl``) runs img2img by MultiDiffusion, in windows of ``unet_tile`` pixels ``unet_overlap``
+of a window apart.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pipelines.diffusion import model as sd
 from pipelines.diffusion.controlnet import CONTROLNET_PIPELINE, controlnet_txt2img, load_controlnet
 from pipelines.diffusion.img2img import img2img, strength_steps
 from pipelines.diffusion.lcm import lcm_run
-from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama_img2img
+from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama_img2img, view_options
 from pipelines.diffusion.pix2pix import PIX2PIX, check_unet, pix2pix
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import diffusion_run
@@ -40,9 +41,9 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         controlnet = load_controlnet(ctx.models_path, str(params.get("control") or ""), ctx.sessions)
         generate = partial(controlnet_txt2img, controlnet=controlnet)
     if pipeline in PANORAMA_PIPELINES:
-        # The view window is the UNet tile, as for panorama txt2img.
-        window = max(1, int(params["unet_tile"]) // sd.LATENT_FACTOR)
-        generate, task = partial(panorama_img2img, window=window), "panorama"
+        # The views of panorama txt2img: the UNet tile, unet_overlap apart.
+        window, stride = view_options(params)
+        generate, task = partial(panorama_img2img, window=window, stride=stride), "panorama"
     results = []
     for item in sd.stage_sources(ctx, params, images):
         source = sd.fit_to_latent_grid(item.image)

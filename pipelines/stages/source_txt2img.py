@@ -19,7 +19,6 @@ from PIL import Image
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion.lcm import lcm_run
 from pipelines.diffusion.model import (
-    LATENT_FACTOR,
     DiffusionModel,
     Generation,
     Run,
@@ -27,7 +26,7 @@ from pipelines.diffusion.model import (
     grid_size,
     load_model,
 )
-from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama
+from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama, view_options
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import diffusion_run, txt2img_sdxl, wants_sdxl
 from pipelines.diffusion.txt2img import txt2img
@@ -50,8 +49,9 @@ def generator(params: Mapping[str, Any], model: DiffusionModel) -> Callable[[Run
     """The pipeline the params ask for: panorama (SD's or SDXL's), SDXL by name (contract §8.6) or by
     model folder, txt2img."""
     if params["pipeline"] in PANORAMA_PIPELINES:
-        # The view window is the UNet tile (512 px by default, as diffusers' 64 latent cells).
-        return functools.partial(panorama, window=max(1, int(params["unet_tile"]) // LATENT_FACTOR))
+        # The view window is the UNet tile, the stride its unet_overlap's share less (as onnx-web's).
+        window, stride = view_options(params)
+        return functools.partial(panorama, window=window, stride=stride)
     if wants_sdxl(params, model.folder):
         return txt2img_sdxl
     return txt2img

@@ -6,8 +6,8 @@ Params: the image params of ``source-txt2img`` (``width``/``height`` come from e
 The mask is the stage's ``mask:<name>`` upload: white is repainted, black kept. An image whose
 mask is all black is passed on untouched, as onnx-web skips such tiles. An SDXL model runs SDXL's
 UNet loop; ``pipeline: panorama`` (or ``panorama-sdxl``) paints by MultiDiffusion, in windows of
-``unet_tile`` pixels, so an outpainted panorama is painted whole where a plain inpaint would run the
-UNet once over all of it.
+``unet_tile`` pixels ``unet_overlap`` of a window apart, so an outpainted panorama is painted whole
+where a plain inpaint would run the UNet once over all of it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from PIL import Image
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion import model as sd
 from pipelines.diffusion.inpaint import inpaint, mask_to_array
-from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama_inpaint
+from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama_inpaint, view_options
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import diffusion_run
 from pipelines.stages.shared import TILING
@@ -76,8 +76,9 @@ def _inpaint(
     run_at = dataclasses.replace(generation, width=padded.width, height=padded.height)
     paint: Any = inpaint
     if params.get("pipeline") in PANORAMA_PIPELINES:
-        # The view window is the UNet tile, as for panorama txt2img and img2img.
-        paint = partial(panorama_inpaint, window=max(1, int(params["unet_tile"]) // sd.LATENT_FACTOR))
+        # The views of panorama txt2img and img2img: the UNet tile, unet_overlap apart.
+        window, stride = view_options(params)
+        paint = partial(panorama_inpaint, window=window, stride=stride)
     generated = paint(diffusion_run(params, model, run_at, ctx), padded, padded_mask)
     # The VAE round trip shifts every pixel a little; users expect what the mask keeps to stay
     # exactly as it was, so the original is composited back through the mask.

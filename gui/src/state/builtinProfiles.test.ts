@@ -22,7 +22,7 @@ describe('built-in profiles', () => {
     const turbo = applyParams('txt2img', base, builtinProfile(`${BUILTIN_PREFIX}sdxl-turbo`)?.params, WITH_FEW_STEP);
     expect(turbo).toMatchObject({ scheduler: 'dpm-sde', steps: 5, cfg: 1.2 });
     const panorama = applyParams('txt2img', base, builtinProfile(`${BUILTIN_PREFIX}sdxl-panorama`)?.params, WITH_FEW_STEP);
-    expect(panorama).toMatchObject({ pipeline: 'panorama-sdxl', width: 2048, height: 1024 });
+    expect(panorama).toMatchObject({ pipeline: 'panorama-sdxl', width: 2048, height: 1024, unet_tile: 1024, unet_overlap: 0.75 });
   });
 
   it('keeps the form’s choice where the server lacks the profile’s, and the rest still applies', () => {

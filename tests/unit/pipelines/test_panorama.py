@@ -7,6 +7,7 @@ the same views on the very same weights, our scheduler and our starting noise.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from pipelines.diffusion.panorama import (
     region_tokens,
     reseed_latents,
     unet_window,
+    view_options,
     view_windows,
 )
 from pipelines.diffusion.prompt import parse_prompt
@@ -219,8 +221,8 @@ def test_stage_routes_the_panorama_pipeline(models_path: Path, demo_model: Diffu
         "prompt": "a cat <region:0:0:64:64:4:0:a dog>",
         "seed": 3,
         "steps": 3,
-        # A 256-px tile makes 32-cell views: five of them over 512x256, which the small UNet
-        # and a full-size txt2img run in little memory.
+        # A 256-px tile makes 32-cell views, 24 apart at the default unet_overlap of 0.25: three
+        # over 512x256, which the small UNet and a full-size txt2img run in little memory.
         "width": 512,
         "height": 256,
         "unet_tile": 256,
@@ -233,7 +235,7 @@ def test_stage_routes_the_panorama_pipeline(models_path: Path, demo_model: Diffu
     assert result.metadata["params"]["pipeline"] == "panorama"
     assert sum(steps) == 3
     gen = Generation.from_params(params)
-    expected = panorama(Run(demo_model, gen), window=32)
+    expected = panorama(Run(demo_model, gen), window=32, stride=24)
     assert np.array_equal(np.asarray(result.image), np.asarray(expected[0]))
     [plain] = run_stage(
         source_txt2img.STAGE, stage_context(models_path=models_path), {**params, "pipeline": "txt2img"}, []
@@ -255,6 +257,38 @@ def panorama_peak(pipeline: str, width: int, height: int, prompt: str = "a coast
     stage = {"name": "source", "type": "source-txt2img", "params": params, "tiles": max(width, height)}
     memory = chain_memory([stage], (0, 0), model_bytes=lambda name: 2 * 1024**3, family=lambda name: "sd")
     return memory.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("tile", "overlap", "views"),
+    [
+        (512, 0.25, (64, 48)),  # onnx-web's defaults
+        (512, 0.75, (64, 16)),  # what its docs suggest for panoramas
+        (512, 0.0, (64, 64)),  # windows side by side
+        (512, 0.9, (64, 6)),
+        (128, 0.5, (16, 8)),
+        (8, 0.9, (1, 1)),  # never under one latent cell
+    ],
+)
+def test_views_are_the_unet_tile_its_overlap_apart_as_onnx_web_sets_them(
+    tile: int, overlap: float, views: tuple[int, int]
+) -> None:
+    assert view_options({"unet_tile": tile, "unet_overlap": overlap}) == views
+
+
+def test_the_stage_windows_follow_unet_overlap(models_path: Path) -> None:
+    params = {**IMAGE, "model": DEMO_MODELS[0].name, "pipeline": "panorama", "seed": 3, "steps": 2, **WIDE}
+    checks: dict[float, int] = {}
+    for overlap in (0.0, 0.5, 0.75):
+        ctx = stage_context(models_path=models_path)
+        counted: list[None] = []
+        ctx = dataclasses.replace(ctx, check_cancelled=lambda counted=counted: counted.append(None))
+        run_stage(source_txt2img.STAGE, ctx, {**params, "unet_tile": 128, "unet_overlap": overlap}, [])
+        checks[overlap] = len(counted)
+    # 16-cell windows over 32 columns: 2 side by side, 3 (8 apart), 5 (4 apart); a check per view call.
+    calls = checks[0.0] // 2
+    assert calls > 0
+    assert checks == {0.0: 2 * calls, 0.5: 3 * calls, 0.75: 5 * calls}
 
 
 def test_panorama_is_admitted_by_its_window_not_its_whole_size() -> None:
@@ -359,7 +393,7 @@ def test_img2img_stage_runs_panorama_over_the_whole_image(
         "seed": 3,
         "steps": 4,
         "strength": 0.5,
-        # A 128-px tile makes 16-cell views: three over the 256x128 source.
+        # A 128-px tile makes 16-cell views, 12 apart (unet_overlap 0.25): three over the 256x128 source.
         "unet_tile": 128,
     }
     steps: list[int] = []
@@ -369,7 +403,7 @@ def test_img2img_stage_runs_panorama_over_the_whole_image(
     assert result.metadata["params"]["pipeline"] == "panorama"
     assert sum(steps) == 2 == blend_img2img.STAGE.estimate(params)
     gen = Generation.from_params(params, width=256, height=128)
-    [expected] = panorama_img2img(Run(demo_model, gen), wide_source(), 0.5, window=16)
+    [expected] = panorama_img2img(Run(demo_model, gen), wide_source(), 0.5, window=16, stride=12)
     assert np.array_equal(np.asarray(result.image), np.asarray(expected))
     [plain] = run_stage(
         blend_img2img.STAGE,
@@ -471,7 +505,7 @@ def test_inpaint_stage_paints_a_panorama_window_by_window(
         "steps": 3,
         "fill_color": "white",
         "stage_name": "inpaint",
-        # A 128-px tile makes 16-cell views: three over the 256x128 canvas.
+        # A 128-px tile makes 16-cell views, 12 apart (unet_overlap 0.25): three over the 256x128 canvas.
         "unet_tile": 128,
     }
     steps: list[int] = []
@@ -481,7 +515,7 @@ def test_inpaint_stage_paints_a_panorama_window_by_window(
     assert result.metadata["params"]["pipeline"] == "panorama"
     assert sum(steps) == 3 == upscale_outpaint.STAGE.estimate(params)
     gen = Generation.from_params(params, width=256, height=128)
-    [painted] = panorama_inpaint(Run(inpaint_model, gen), wide_source(), wide_mask(), window=16)
+    [painted] = panorama_inpaint(Run(inpaint_model, gen), wide_source(), wide_mask(), window=16, stride=12)
     # What the mask keeps is the source's own pixels; the rest is the windows' painting.
     expected = Image.composite(painted, wide_source(), wide_mask())
     assert np.array_equal(np.asarray(result.image), np.asarray(expected))

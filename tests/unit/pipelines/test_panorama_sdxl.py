@@ -142,7 +142,7 @@ def test_stage_routes_panorama_sdxl(models_path: Path, sdxl_model: DiffusionMode
         "steps": 3,
         "width": 512,
         "height": 256,
-        # 32-cell views: five over 512x256.
+        # 32-cell views, 24 apart (unet_overlap 0.25): three over 512x256.
         "unet_tile": 256,
     }
     steps: list[int] = []
@@ -151,7 +151,7 @@ def test_stage_routes_panorama_sdxl(models_path: Path, sdxl_model: DiffusionMode
     assert result.image.size == (512, 256)
     assert result.metadata["params"]["pipeline"] == "panorama-sdxl"
     assert sum(steps) == 3
-    [expected] = panorama(SdxlRun(sdxl_model, Generation.from_params(params)), window=32)
+    [expected] = panorama(SdxlRun(sdxl_model, Generation.from_params(params)), window=32, stride=24)
     assert np.array_equal(np.asarray(result.image), np.asarray(expected))
     # panorama on an SDXL model is SDXL's panorama too; txt2img-sdxl is another image.
     ctx = StageContext(models_path=models_path, sessions=sdxl_model.sessions)
@@ -172,7 +172,7 @@ def test_img2img_stage_runs_sdxl_panorama_over_the_whole_image(
         "seed": 4,
         "steps": 4,
         "strength": 0.5,
-        # 16-cell views: three over the 256x128 source.
+        # 16-cell views, 12 apart (unet_overlap 0.25): three over the 256x128 source.
         "unet_tile": 128,
     }
     source = StageImage(gradient(256, 128), {})
@@ -183,7 +183,7 @@ def test_img2img_stage_runs_sdxl_panorama_over_the_whole_image(
     assert result.metadata["params"]["pipeline"] == "panorama-sdxl"
     assert sum(steps) == 2 == blend_img2img.STAGE.estimate(params)
     gen = Generation.from_params(params, width=256, height=128)
-    [expected] = panorama_img2img(SdxlRun(sdxl_model, gen), source.image, 0.5, window=16)
+    [expected] = panorama_img2img(SdxlRun(sdxl_model, gen), source.image, 0.5, window=16, stride=12)
     assert np.array_equal(np.asarray(result.image), np.asarray(expected))
     # The views matter: SDXL img2img of the same source, strength and noise is another image.
     [plain] = img2img(SdxlRun(sdxl_model, gen), source.image, 0.5)
@@ -202,7 +202,7 @@ def test_inpaint_stage_paints_an_sdxl_panorama_window_by_window(
         "steps": 3,
         "fill_color": "white",
         "stage_name": "inpaint",
-        # 16-cell views: three over the 256x128 canvas.
+        # 16-cell views, 12 apart (unet_overlap 0.25): three over the 256x128 canvas.
         "unet_tile": 128,
     }
     source = gradient(256, 128)
@@ -220,7 +220,7 @@ def test_inpaint_stage_paints_an_sdxl_panorama_window_by_window(
     assert result.metadata["params"]["pipeline"] == "panorama-sdxl"
     assert sum(steps) == 3
     gen = Generation.from_params(params, width=256, height=128)
-    [painted] = panorama_inpaint(SdxlRun(sdxl_model, gen), source, mask, window=16)
+    [painted] = panorama_inpaint(SdxlRun(sdxl_model, gen), source, mask, window=16, stride=12)
     assert np.array_equal(np.asarray(result.image), np.asarray(Image.composite(painted, source, mask)))
     # The windows matter: SDXL inpainting of the same canvas in one UNet pass is another image.
     [plain] = inpaint(SdxlRun(sdxl_model, gen), source, mask)
