@@ -378,7 +378,11 @@ def upscale_stages(request: ParsedRequest, *, when: str) -> list[dict[str, Any]]
 
 
 def highres_stages(request: ParsedRequest, prefix: str = "highres") -> list[dict[str, Any]]:
-    """``iterations`` times (upscale by ``scale``, then tiled img2img at ``strength``) (contract §8.4)."""
+    """``iterations`` times (upscale by ``scale``, then tiled img2img at ``strength``) (contract §8.4).
+
+    A panorama pipeline's img2img windows the whole enlarged image itself, as onnx-web's feature
+    flag ``panorama-highres`` has it (always on here): no seams between separately painted tiles.
+    """
     hr = request.highres
     if hr is None or not hr.enabled or hr.iterations < 1:
         return []
@@ -406,7 +410,7 @@ def highres_stages(request: ParsedRequest, prefix: str = "highres") -> list[dict
                 f"{prefix}-img2img-{index}",
                 "blend-img2img",
                 {**image, "strength": hr.strength, "steps": hr.steps, "prompt_index": index + 1},
-                tiles=request.image.unet_tile,
+                tiles=_diffusion_tiles(request),
             )
         )
     return stages
@@ -421,9 +425,9 @@ def _refine(request: ParsedRequest) -> list[dict[str, Any]]:
     ]
 
 
-def _first_tiles(request: ParsedRequest) -> int:
-    """The tile size of img2img's and inpaint's first stage: MultiDiffusion windows the whole image
-    itself; any other pipeline runs tile by tile, one UNet tile at a time."""
+def _diffusion_tiles(request: ParsedRequest) -> int:
+    """The tile size of the img2img, inpaint and highres diffusion stages: MultiDiffusion windows the
+    whole image itself; any other pipeline runs tile by tile, one UNet tile at a time."""
     return MAX_TILE if request.image.pipeline in PANORAMA_PIPELINES else request.image.unet_tile
 
 
@@ -443,7 +447,7 @@ def build_img2img(
     assert request.img2img is not None
     image = {**image_params(request), "overlap": request.image.vae_overlap}
     strength = request.img2img.strength
-    tiles = _first_tiles(request)
+    tiles = _diffusion_tiles(request)
     stages = []
     if request.img2img.source_filter != "none":
         stages.append(
@@ -510,7 +514,7 @@ def build_inpaint(
                 "fullres": paint.fullres_inpaint and not any(request.border.to_dict().values()),
                 "fullres_padding": paint.fullres_inpaint_padding,
             },
-            tiles=_first_tiles(request),
+            tiles=_diffusion_tiles(request),
         ),
         *_refine(request),
     ]

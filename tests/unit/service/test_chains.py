@@ -58,6 +58,19 @@ def test_panorama_img2img_and_its_loopbacks_see_the_whole_image(
     assert all(entry["tiles"] == 256 for entry in plain)
 
 
+@pytest.mark.parametrize("pipeline", ["panorama", "panorama-sdxl"])
+def test_panorama_highres_passes_window_the_whole_enlarged_image(
+    registry: ModelRegistry, pipeline: str
+) -> None:
+    highres = {"highres": True, "highresIterations": 2, "highresScale": 2, "highresMethod": "bilinear"}
+    chain = img2img_chain(registry, pipeline=pipeline, unet_tile=256, **highres)
+    passes = [entry for entry in img2img_stages(chain) if entry["name"].startswith("highres-img2img")]
+    # onnx-web's panorama-highres: MultiDiffusion's views, not tiles painted one by one.
+    assert len(passes) == 2 and all(entry["tiles"] == MAX_TILE for entry in passes)
+    plain = img2img_stages(img2img_chain(registry, unet_tile=256, **highres))
+    assert [entry["tiles"] for entry in plain if entry["name"].startswith("highres-img2img")] == [256, 256]
+
+
 def test_region_tokens_are_checked_in_panorama_txt2img_only(registry: ModelRegistry) -> None:
     # img2img panorama runs the base windows only (as onnx-web's), whatever size the params name.
     chain = img2img_chain(registry, pipeline="panorama", prompt="a coast <region:0:768:256:1024:4:0:a ship>")
