@@ -218,6 +218,10 @@ class RequestSchemas:
             schema["description"] = "-1 draws a random seed"
         elif field.key == "pipeline":
             schema["description"] = "default: the route's own (txt2img for blend, txt2txt and chain stages)"
+        elif field.key == "unet_tile":
+            schema["description"] = "pixels: the tile of tiled diffusion stages, and a panorama's window"
+        elif field.key == "unet_overlap":
+            schema["description"] = "a panorama's windows start unet_tile x (1 - unet_overlap) pixels apart"
         elif field.nullable:
             schema["type"] = ["string", "null"]
         elif field.key == "removeTokens":
