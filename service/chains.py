@@ -342,6 +342,13 @@ def image_params(request: ParsedRequest) -> dict[str, Any]:
     return {**request.image.to_dict(), "width": request.image.width, "height": request.image.height}
 
 
+def refine_params(request: ParsedRequest) -> dict[str, Any]:
+    """The image parameters of a stage that refines the route's images (loopback, highres, the
+    upscalers): ``batch`` is how many images the first stage makes; each later pass turns every
+    image into one, as onnx-web's do, where passing ``batch`` on would multiply them at each pass."""
+    return {**image_params(request), "batch": 1}
+
+
 # -- the legacy routes (contract §8) ---------------------------------------------------------
 
 UPSCALE_STAGES = {
@@ -362,7 +369,7 @@ def upscale_stages(request: ParsedRequest, *, when: str) -> list[dict[str, Any]]
     up = request.upscale
     upscaler = _by_substring(up.upscale_model, UPSCALE_STAGES) if up.upscale else None
     corrector = _by_substring(up.correction_model, CORRECTION_STAGES) if up.faces else None
-    params = {**image_params(request), **up.to_dict()}
+    params = {**refine_params(request), **up.to_dict()}
     # onnx-web corrects again after upscaling for correction-first too (contract §8.5); here
     # correction-first corrects once, before, correction-last once, after, and -both twice.
     if when == "before":
@@ -386,7 +393,7 @@ def highres_stages(request: ParsedRequest, prefix: str = "highres") -> list[dict
     hr = request.highres
     if hr is None or not hr.enabled or hr.iterations < 1:
         return []
-    image = image_params(request)
+    image = refine_params(request)
     stages: list[dict[str, Any]] = []
     for index in range(hr.iterations):
         if hr.method == "upscale":
@@ -397,7 +404,8 @@ def highres_stages(request: ParsedRequest, prefix: str = "highres") -> list[dict
                 stage(
                     f"{prefix}-upscale-{index}",
                     upscaler,
-                    {**image, **request.upscale.to_dict(), "faces": False},
+                    # The model's native scale, enlarged (or reduced) to the highres scale.
+                    {**image, **request.upscale.to_dict(), "faces": False, "outscale": hr.scale},
                     outscale=hr.scale,
                 )
             )
@@ -409,7 +417,14 @@ def highres_stages(request: ParsedRequest, prefix: str = "highres") -> list[dict
             stage(
                 f"{prefix}-img2img-{index}",
                 "blend-img2img",
-                {**image, "strength": hr.strength, "steps": hr.steps, "prompt_index": index + 1},
+                {
+                    **image,
+                    "strength": hr.strength,
+                    "steps": hr.steps,
+                    "prompt_index": index + 1,
+                    # Its tiles overlap by the request's vae_overlap, as onnx-web's highres tiles do.
+                    "overlap": request.image.vae_overlap,
+                },
                 tiles=_diffusion_tiles(request),
             )
         )
@@ -466,7 +481,7 @@ def build_img2img(
         stage(
             f"loopback-{index}",
             "blend-img2img",
-            {**image, "strength": strength, "prompt_index": 0},
+            {**image, "batch": 1, "strength": strength, "prompt_index": 0},
             tiles=tiles,
         )
         for index in range(request.image.loopback)

@@ -261,7 +261,8 @@ class HighresParams(_AsDict):
     iterations: int
     method: str
     scale: int
-    #: Recorded but unused: the img2img passes use the main ``steps`` (contract §3.3).
+    #: The steps of each highres img2img pass. onnx-web parses it and runs the main ``steps``
+    #: (contract §3.3); here it is honoured, as its docs and GUI describe it (README's differences).
     steps: int
     strength: float
 

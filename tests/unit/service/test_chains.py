@@ -10,13 +10,14 @@ import pytest
 
 from pipelines.models.registry import ModelRegistry
 from pipelines.stages.spec import MAX_TILE
-from service.chains import BuiltChain, build_img2img, build_inpaint, require_runnable
+from service.chains import BuiltChain, build_img2img, build_inpaint, build_txt2img, require_runnable
 from service.config import Config
 from service.errors import InvalidParams
 from service.params import load_params_doc, parse_request
 
 CONFIG = Config()
 MODEL = "stable-diffusion-onnx-v1-5"
+UPSCALER = "upscaling-real-esrgan-x4-plus"
 #: A source three 512-px windows wide.
 WIDE = (1024, 512)
 
@@ -25,6 +26,7 @@ WIDE = (1024, 512)
 def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     root: Path = tmp_path_factory.mktemp("models")
     (root / MODEL).mkdir()
+    (root / f"{UPSCALER}.onnx").write_bytes(b"")
     return ModelRegistry(root)
 
 
@@ -125,3 +127,64 @@ def test_inpaint_refuses_controlnet_which_it_does_not_run(registry: ModelRegistr
     assert caught.value.rule == (
         "ControlNet inpainting is not run by this server; inpaint runs: inpaint, lpw, panorama, panorama-sdxl"
     )
+
+
+def txt2img_chain(registry: ModelRegistry, **data: Any) -> BuiltChain:
+    request = parse_request(
+        "txt2img",
+        {"prompt": "a coast", **data},
+        params_doc=load_params_doc(CONFIG),
+        registry=registry,
+        config=CONFIG,
+        rng=random.Random(7),
+    )
+    return build_txt2img(request, image_format="png", thumbnail_size=1024)
+
+
+HIGHRES_BY_MODEL = {"highres": True, "highresIterations": 2, "highresScale": 2, "highresMethod": "upscale"}
+UPSCALE_4X = {"upscale": True, "upscaling": UPSCALER, "scale": 4, "outscale": 4}
+
+
+def test_only_the_first_stage_makes_batch_images_each_later_pass_one_per_image(
+    registry: ModelRegistry,
+) -> None:
+    # batch 3 with two highres passes and an upscale: three images, not 3 x 3 x 3 x 3.
+    chain = txt2img_chain(registry, batch=3, **HIGHRES_BY_MODEL, **UPSCALE_4X)
+    first, *later = chain.chain["stages"]
+    assert first["type"] == "source-txt2img" and first["params"]["batch"] == 3
+    assert [entry["name"] for entry in later] == [
+        "highres-upscale-0",
+        "highres-img2img-0",
+        "highres-upscale-1",
+        "highres-img2img-1",
+        "upscale",
+        "save",
+    ]
+    assert all(entry["params"]["batch"] == 1 for entry in later[:-1])
+    # img2img: the loopbacks repaint each image once.
+    stages = img2img_stages(img2img_chain(registry, batch=2, loopback=2))
+    assert [entry["params"]["batch"] for entry in stages] == [2, 1, 1]
+
+
+def test_a_highres_pass_by_model_enlarges_by_the_highres_scale_not_the_models(
+    registry: ModelRegistry,
+) -> None:
+    chain = txt2img_chain(registry, **HIGHRES_BY_MODEL, **UPSCALE_4X)
+    passes = [entry for entry in chain.chain["stages"] if entry["name"].startswith("highres-upscale")]
+    # The 4x model runs at its own scale; its result is made 2x the input, as highresScale says.
+    assert [
+        (entry["params"]["scale"], entry["params"]["outscale"], entry["outscale"]) for entry in passes
+    ] == [
+        (4, 2, 2),
+        (4, 2, 2),
+    ]
+    # The upscale group's own outscale still applies where it belongs: the final upscale.
+    [final] = [entry for entry in chain.chain["stages"] if entry["name"] == "upscale"]
+    assert final["params"]["outscale"] == 4
+
+
+def test_highres_img2img_tiles_overlap_by_vae_overlap(registry: ModelRegistry) -> None:
+    highres = {"highres": True, "highresIterations": 1, "highresScale": 2, "highresMethod": "lanczos"}
+    chain = txt2img_chain(registry, vae_overlap=0.5, **highres)
+    [img2img] = [entry for entry in chain.chain["stages"] if entry["type"] == "blend-img2img"]
+    assert img2img["params"]["overlap"] == 0.5
