@@ -10,9 +10,11 @@ fetched RetinaFace weights at first use). A Haar box carries no landmarks, so ea
 as an upright square placed where the box puts the eyes of GFPGAN's FFHQ alignment template;
 roll is not corrected, which the frontal cascade would not detect much of anyway.
 
-``faceStrength`` is both the model's ``weight`` input (CodeFormer's fidelity; GFPGAN ignores
-it) and how much of the restored face replaces the original: 0 leaves the image as it was,
-1 takes the model's face wherever the feathered mask is full. ``faceOutscale`` scales the whole
+``faceStrength`` is CodeFormer's fidelity (the model's ``weight`` input: 0 restores most, 1 keeps
+most of the original), and its face is pasted back whole, as onnx-web does. GFPGAN ignores that
+input, so for it ``faceStrength`` is how much of the restored face replaces the original (its
+visibility): 0 leaves the image as it was, 1 takes the model's face wherever the feathered mask is
+full (onnx-web pastes GFPGAN's face whole whatever the strength). ``faceOutscale`` scales the whole
 image with Lanczos; faces are pasted at that scale, so they keep the model's resolution.
 """
 
@@ -187,13 +189,15 @@ def correct_faces(
     *,
     strength: float,
     outscale: int,
+    visibility: float = 1.0,
     check_cancelled: Callable[[], None] = lambda: None,
 ) -> Image.Image:
     """Restore every detected face of ``image`` and return it enlarged ``outscale`` times.
 
     The background is enlarged with Lanczos; each face is cut from the original, restored at
-    the model's size and pasted onto the enlarged image. With no face, or a ``strength`` of 0,
-    the result is the Lanczos-enlarged input exactly.
+    the model's size (``strength`` its ``weight`` input) and pasted onto the enlarged image, where
+    the feathered mask times ``visibility`` says. With no face, or a ``visibility`` of 0, the
+    result is the Lanczos-enlarged input exactly.
     """
     source = image.convert("RGB")
     base = enlarged(source, outscale)
@@ -209,18 +213,24 @@ def correct_faces(
         crop = cv2.warpAffine(
             pixels, to_face, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
         )
-        paste_face(canvas, restore_face(session, crop, strength), to_face, outscale, strength)
+        paste_face(canvas, restore_face(session, crop, strength), to_face, outscale, visibility)
     return Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
 
 
 def run_correction_stage(
-    ctx: StageContext, params: dict[str, Any], images: list[StageImage], default_model: str | None
+    ctx: StageContext,
+    params: dict[str, Any],
+    images: list[StageImage],
+    default_model: str | None,
+    *,
+    strength_is_visibility: bool,
 ) -> list[StageImage]:
     """What ``correct-gfpgan`` and ``correct-codeformer`` share: correct every input image.
 
     Works on the stage's input images, else its ``source:<stage>`` upload. With no model (only
     possible for GFPGAN, which has no default), faces are left alone but images are still
-    scaled, so later stages see the size the chain asked for.
+    scaled, so later stages see the size the chain asked for. ``strength_is_visibility``: the
+    model ignores its ``weight`` input (GFPGAN), so ``face_strength`` blends its faces in instead.
     """
     settings = CorrectionSettings.from_params(params, default_model)
     session = ctx.sessions.get(model_path(ctx.models_path, settings.model)) if settings.model else None
@@ -237,6 +247,7 @@ def run_correction_stage(
                 session,
                 strength=settings.strength,
                 outscale=settings.outscale,
+                visibility=settings.strength if strength_is_visibility else 1.0,
                 check_cancelled=ctx.check_cancelled,
             )
         corrected.append(with_image(item, image))

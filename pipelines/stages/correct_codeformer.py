@@ -2,8 +2,8 @@
 
 Params (the upscale group, resolved by the api): ``correction_model`` names the model, else
 ``correction-codeformer`` (onnx-web always loaded its one CodeFormer checkpoint);
-``face_strength`` is CodeFormer's fidelity weight and the paste-back strength; ``face_outscale``:
-see :mod:`pipelines.imageops.correct`.
+``face_strength`` is CodeFormer's fidelity weight (its faces are pasted back whole, as onnx-web
+does); ``face_outscale``: see :mod:`pipelines.imageops.correct`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     # OpenCV is a worker dependency; the api imports this module only for its declaration.
     from pipelines.imageops.correct import run_correction_stage
 
-    return run_correction_stage(ctx, params, images, default_model=DEFAULT_MODEL)
+    return run_correction_stage(
+        ctx, params, images, default_model=DEFAULT_MODEL, strength_is_visibility=False
+    )
 
 
 STAGE = StageType("correct-codeformer", run, groups=("upscale",), max_tile=512, model="correction")

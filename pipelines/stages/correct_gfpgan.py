@@ -2,8 +2,8 @@
 
 Params (the upscale group, resolved by the api): ``correction_model`` names the model,
 ``<models>/<name>.onnx``; without one, faces are left alone (onnx-web skips the stage) but
-``face_outscale`` still applies. ``face_strength`` and ``face_outscale``: see
-:mod:`pipelines.imageops.correct`.
+``face_outscale`` still applies. ``face_strength`` is how much of each restored face is blended
+in (GFPGAN has no fidelity input); ``face_outscale``: see :mod:`pipelines.imageops.correct`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     # OpenCV is a worker dependency; the api imports this module only for its declaration.
     from pipelines.imageops.correct import run_correction_stage
 
-    return run_correction_stage(ctx, params, images, default_model=None)
+    return run_correction_stage(ctx, params, images, default_model=None, strength_is_visibility=True)
 
 
 STAGE = StageType("correct-gfpgan", run, groups=("upscale",), max_tile=512, model="correction")

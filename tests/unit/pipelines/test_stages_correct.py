@@ -240,6 +240,24 @@ def test_codeformer_loads_its_default_model_and_reads_the_stage_upload(models: P
         )
 
 
+def test_codeformer_pastes_its_faces_whole_whatever_its_fidelity(models: Path) -> None:
+    # face_strength is CodeFormer's fidelity input, not a blend: at the default 0.5 the face is the
+    # model's, as onnx-web pastes it (where GFPGAN, which has no such input, blends at 0.5).
+    image = on_canvas(draw_face(128), (320, 200), (150, 40))
+    [box] = detect_faces(image)
+    left, top, side = _crop_square(box)
+    centre = (
+        slice(int(top + side * 0.4), int(top + side * 0.6)),
+        slice(int(left + side * 0.4), int(left + side * 0.6)),
+    )
+    ctx = stage_context({"source:cf": image}, models_path=models)
+    params = {**UPSCALE, "stage_name": "cf", "correction_model": "correction-constant", "face_strength": 0.5}
+    [codeformer] = run_stage(correct_codeformer.STAGE, ctx, params, [])
+    assert np.abs(np.asarray(codeformer.image, float)[centre] - CONSTANT_LEVEL).max() <= 1
+    gfpgan = _run(correct_gfpgan, models, image, correction_model="correction-constant", face_strength=0.5)
+    assert np.abs(np.asarray(gfpgan.image, float)[centre] - CONSTANT_LEVEL).mean() > 10
+
+
 def test_the_demo_codeformer_takes_the_strength_as_its_fidelity_weight(models: Path) -> None:
     session = Sessions().get(models / "correction-codeformer.onnx")
     image = on_canvas(draw_face(128), (320, 200), (150, 40))
