@@ -29,6 +29,8 @@ from pipelines.diffusion.schedulers import make_scheduler
 DEFAULT_NOISE_LEVEL = 20
 #: The release's ``max_noise_level``, for folders whose index does not say.
 DEFAULT_MAX_NOISE_LEVEL = 350
+#: The noise level of ``denoise`` 1: twice diffusers' default, so the GUI's default 0.5 is that default.
+DENOISE_FULL_LEVEL = 2 * DEFAULT_NOISE_LEVEL
 #: The x4 UNet halves its latents three times, and its latents are the input's pixels.
 UPSCALER_GRID = 8
 LOW_RES_SCHEDULER = "low_res_scheduler"
@@ -38,17 +40,19 @@ def noise_level(denoise: float | None, maximum: int = DEFAULT_MAX_NOISE_LEVEL) -
     """The upscaler's noise level for a stage's ``denoise`` param.
 
     onnx-web's upscale ``denoise`` is a strength from 0 to 1 (the GUI's slider, default 0.5),
-    which its ONNX pipeline truncated to an integer noise level: 0 for anything below 1. Here a
-    value up to 1 is that strength, scaled to the model's range (``round(denoise * maximum)``, so
-    0.5 is 175 of 350); a value above 1 is the noise level itself and must be an integer up to
-    ``maximum``. Missing: diffusers' default of 20.
+    which its ONNX pipeline truncated to an integer noise level: 0 for anything below 1, so the
+    slider did nothing. Here a value up to 1 is that strength over the levels the upscaler is
+    faithful at: ``round(denoise * DENOISE_FULL_LEVEL)``, so the default 0.5 is diffusers' own
+    default of 20 and 1 is 40 (the model's range goes to 350, where little of the input is left).
+    A value above 1 is the noise level itself and must be an integer up to ``maximum``. Missing:
+    diffusers' default.
     """
     if denoise is None:
         return DEFAULT_NOISE_LEVEL
     if denoise < 0:
         raise ValueError(f"denoise must be >= 0, got {denoise}")
     if denoise <= 1:
-        return round(denoise * maximum)
+        return min(round(denoise * DENOISE_FULL_LEVEL), maximum)
     if denoise != int(denoise) or denoise > maximum:
         raise ValueError(f"denoise above 1 is a noise level: an integer up to {maximum}, got {denoise}")
     return int(denoise)

@@ -105,7 +105,8 @@ def test_noise_level_changes_the_result(upscaler: DiffusionModel) -> None:
 
 
 @pytest.mark.parametrize(
-    ("denoise", "level"), [(None, 20), (0.0, 0), (0.5, 175), (1.0, 350), (2.0, 2), (20, 20), (350, 350)]
+    ("denoise", "level"),
+    [(None, 20), (0.0, 0), (0.5, 20), (0.25, 10), (1.0, 40), (2.0, 2), (20, 20), (350, 350)],
 )
 def test_denoise_maps_to_a_noise_level(denoise: float | None, level: int) -> None:
     assert noise_level(denoise) == level
@@ -152,12 +153,12 @@ def test_stage_upscales_each_image_four_times(
     assert results[0].metadata["params"] == {"prompt": "kept"}
     assert results[0].metadata["models"] == [{"name": DEMO_UPSCALER, "hash": upscaler.hash, "weight": 1.0}]
     assert sum(steps) == 2 * 3
-    # The stage runs the prompt's second part at noise level 175 (denoise 0.5).
+    # The stage runs the prompt's second part at noise level 20 (denoise 0.5: diffusers' default).
     gen = generation(
         "ddim", prompt="a red door", negative_prompt=None, seed=9, steps=3, cfg=6.0, width=16, height=16
     )
     assert np.array_equal(
-        pixels([results[1].image]), pixels(upscale_sd(Run(upscaler, gen), gradient(16, 16), 175))
+        pixels([results[1].image]), pixels(upscale_sd(Run(upscaler, gen), gradient(16, 16), 20))
     )
 
 
