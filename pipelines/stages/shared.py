@@ -15,7 +15,8 @@ from pipelines.stages.spec import choice, integer, number
 MAX_SEED = 2**32 - 1
 #: What a stage that the executor tiles reads about its tiles, and which ``a || b`` prompt part it uses.
 TILING = (
-    number("overlap", 0, 0.9, 0.25),
+    # onnx-web's default for a stage's tiles (contract §10.4); the legacy routes pass vae_overlap.
+    number("overlap", 0, 0.9, 0.5),
     choice("tile_order", TILE_ORDERS_AVAILABLE, "spiral"),
     integer("prompt_index", 0, 16, 0),
 )

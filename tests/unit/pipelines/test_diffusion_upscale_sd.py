@@ -208,7 +208,7 @@ def test_chain_executor_upscales_large_inputs_tile_by_tile(models_path: Path, se
     # What the api stores: the stage's own declared defaults applied (the executor defaults nothing).
     params = stage_params(steps=1)
     resolved = {**params, **upscale_stable_diffusion.STAGE.resolve(params)}
-    assert (resolved["overlap"], resolved["tile_order"]) == (0.25, "spiral")
+    assert (resolved["overlap"], resolved["tile_order"]) == (0.5, "spiral")  # onnx-web's defaults
     stage = {"name": "upscale", "type": "upscale-stable-diffusion", "params": resolved, "tiles": 64}
     chain = {"stages": [{**stage, "outscale": 4}], "sources": ["source"]}
     tiles: list[tuple[int, int]] = []
@@ -221,7 +221,7 @@ def test_chain_executor_upscales_large_inputs_tile_by_tile(models_path: Path, se
     )
     (output,) = result.outputs
     assert output.image.size == (384, 256)
-    # 64-pixel tiles 48 pixels apart (the default overlap of 0.25): two across, one down, each
+    # 64-pixel tiles 32 pixels apart (the default overlap of 0.5): two across, one down, each
     # one stage run of one step.
     assert tiles[-1] == (2, 2)
     assert result.progress.steps.current == 2
