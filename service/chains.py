@@ -440,6 +440,10 @@ def _refine(request: ParsedRequest) -> list[dict[str, Any]]:
     ]
 
 
+#: The strength of the denoising after panorama txt2img: onnx-web's (``BlendDenoiseFastNLMeansStage``).
+PANORAMA_DENOISE = 3
+
+
 def _diffusion_tiles(request: ParsedRequest) -> int:
     """The tile size of the img2img, inpaint and highres diffusion stages: MultiDiffusion windows the
     whole image itself; any other pipeline runs tile by tile, one UNet tile at a time."""
@@ -447,11 +451,14 @@ def _diffusion_tiles(request: ParsedRequest) -> int:
 
 
 def build_txt2img(request: ParsedRequest, *, image_format: str, thumbnail_size: int) -> BuiltChain:
-    """txt2img: generate, then correction/highres/upscaling as asked (contract §8.1)."""
-    stages = [
-        stage("txt2img", "source-txt2img", {**image_params(request), "prompt_index": 0}),
-        *_refine(request),
-    ]
+    """txt2img: generate (a panorama then denoised, as onnx-web does), then correction/highres/upscaling
+    as asked (contract §8.1)."""
+    stages = [stage("txt2img", "source-txt2img", {**image_params(request), "prompt_index": 0})]
+    if request.image.pipeline in PANORAMA_PIPELINES:
+        # As onnx-web: non-local means (OpenCV's h = 3) takes the grain MultiDiffusion's averaged
+        # windows leave, before anything enlarges it.
+        stages.append(stage("denoise", "blend-denoise", {"strength": PANORAMA_DENOISE}))
+    stages.extend(_refine(request))
     return _legacy("txt2img", request, stages, image_format=image_format, thumbnail_size=thumbnail_size)
 
 

@@ -188,3 +188,16 @@ def test_highres_img2img_tiles_overlap_by_vae_overlap(registry: ModelRegistry) -
     chain = txt2img_chain(registry, vae_overlap=0.5, **highres)
     [img2img] = [entry for entry in chain.chain["stages"] if entry["type"] == "blend-img2img"]
     assert img2img["params"]["overlap"] == 0.5
+
+
+@pytest.mark.parametrize("pipeline", ["panorama", "panorama-sdxl"])
+def test_a_panorama_is_denoised_after_it_is_made_as_onnx_web_does(
+    registry: ModelRegistry, pipeline: str
+) -> None:
+    highres = {"highres": True, "highresIterations": 1, "highresScale": 2, "highresMethod": "lanczos"}
+    chain = txt2img_chain(registry, pipeline=pipeline, **highres)
+    names = [entry["name"] for entry in chain.chain["stages"]]
+    assert names[:3] == ["txt2img", "denoise", "highres-resize-0"]
+    [denoise] = [entry for entry in chain.chain["stages"] if entry["name"] == "denoise"]
+    assert denoise["type"] == "blend-denoise" and denoise["params"]["strength"] == 3
+    assert "denoise" not in [entry["name"] for entry in txt2img_chain(registry).chain["stages"]]
