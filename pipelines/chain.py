@@ -19,6 +19,7 @@ from PIL import Image
 
 from pipelines.context import Counter, Output, Progress, SessionProvider, StageContext, StageImage, StageText
 from pipelines.stages import STAGES, estimate_steps
+from pipelines.stages.shared import MAX_SEED
 from pipelines.stages.spec import StageRunner
 
 if TYPE_CHECKING:
@@ -238,7 +239,11 @@ def _run_tiled(
     images: list[StageImage],
     tracker: _Tracker,
 ) -> list[StageImage]:
-    """Run a stage tile by tile over each input image, one result per image (batch is 1 here)."""
+    """Run a stage tile by tile over each input image: ``batch`` results per image, as untiled.
+
+    Each tile runs at batch 1, so a batch of ``n`` is ``n`` tiled passes over the image, the
+    ``i``-th with seed ``seed + i``.
+    """
     from pipelines.imageops.tiling import process_tiled, tile_positions
 
     tile = int(stage["tiles"])
@@ -247,26 +252,29 @@ def _run_tiled(
     mask_key = f"mask:{stage['name']}"
     full_mask = ctx.inputs.get(mask_key)
     per_tile = STAGES[stage["type"]].estimate(params)
-    tile_params = {**params, "batch": 1}
+    batch = int(params["batch"]) if STAGES[stage["type"]].makes_batch else 1
     results = []
     for item in images:
         count = len(tile_positions(order, item.image.width, item.image.height, tile, overlap))
-        tracker.extend(per_tile * (count - 1))
+        tracker.extend(per_tile * (count * batch - 1))
         mask = full_mask.convert("L").resize(item.image.size) if full_mask is not None else None
-
-        one_tile = _tile_runner(runner, ctx, tile_params, mask_key, dict(item.metadata))
-        image = process_tiled(
-            item.image,
-            tile,
-            overlap,
-            int(stage.get("outscale", 1)),
-            order,
-            one_tile,
-            on_tile=ctx.on_tile,
-            check_cancelled=ctx.check_cancelled,
-            mask=mask,
-            fill=str(params.get("fill_color", "white")),
-        )
-        width, height = image.size
-        results.append(StageImage(image, {**item.metadata, "size": {"width": width, "height": height}}))
+        for index in range(batch):
+            tile_params = {**params, "batch": 1}
+            if index:
+                tile_params["seed"] = (int(params["seed"]) + index) % (MAX_SEED + 1)
+            one_tile = _tile_runner(runner, ctx, tile_params, mask_key, dict(item.metadata))
+            image = process_tiled(
+                item.image,
+                tile,
+                overlap,
+                int(stage.get("outscale", 1)),
+                order,
+                one_tile,
+                on_tile=ctx.on_tile,
+                check_cancelled=ctx.check_cancelled,
+                mask=mask,
+                fill=str(params.get("fill_color", "white")),
+            )
+            width, height = image.size
+            results.append(StageImage(image, {**item.metadata, "size": {"width": width, "height": height}}))
     return results

@@ -90,5 +90,6 @@ STAGE = StageType(
     (number("strength", 0, 1, 0.5), *TILING),
     groups=("image",),
     tileable=True,
+    makes_batch=True,
     steps=_steps,
 )

@@ -261,6 +261,9 @@ class StageType:
     #: Whether the executor splits large inputs into tiles for it (stages that tile internally, like
     #: the model upscalers, or need the whole image, like face correction, do not).
     tileable: bool = False
+    #: Whether each input becomes ``batch`` images (img2img, inpainting); tiled, the executor runs
+    #: one pass per batch image.
+    makes_batch: bool = False
     #: Uploads it reads (``source``, ``mask``), named ``<kind>:<stage name>``.
     needs: tuple[str, ...] = ()
     #: The model it runs, which the request must name: ``upscaling`` or ``correction``.

@@ -139,9 +139,14 @@ _PARAMS = (
     number("fullres_padding", 1, 2, 1.2),
 )
 STAGE = StageType(
-    "upscale-outpaint", run, _PARAMS, ("image",), tileable=True, needs=("mask",), steps=diffusion_steps
+    "upscale-outpaint",
+    run,
+    _PARAMS,
+    ("image",),
+    tileable=True,
+    makes_batch=True,
+    needs=("mask",),
+    steps=diffusion_steps,
 )
 #: onnx-web's inpainting stage: the same runner.
-BLEND_INPAINT = StageType(
-    "blend-inpaint", run, _PARAMS, ("image",), tileable=True, needs=("mask",), steps=diffusion_steps
-)
+BLEND_INPAINT = dataclasses.replace(STAGE, name="blend-inpaint")

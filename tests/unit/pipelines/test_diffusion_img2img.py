@@ -135,3 +135,37 @@ def test_stage_reads_its_uploaded_source_when_it_has_no_inputs(
 def test_schedulers_that_cannot_noise_an_image_are_refused(demo_model: DiffusionModel) -> None:
     with pytest.raises(ValueError, match="scheduler 'ipndm' cannot start from an image"):
         img2img(Run(demo_model, generation("ipndm")), gradient(), 0.5)
+
+
+def test_a_tiled_stage_makes_its_batch_one_seed_after_another(
+    models_path: Path, sessions: SessionCache
+) -> None:
+    from pipelines.chain import run_chain
+
+    def tiled(batch: int, seed: int) -> tuple[list[np.ndarray], int]:
+        params = {
+            **stage_params(),
+            "prompt_index": 0,
+            "batch": batch,
+            "seed": seed,
+            "overlap": 0.5,
+            "tile_order": "grid",
+        }
+        stage = {"name": "refine", "type": "blend-img2img", "params": params, "tiles": 64}
+        result = run_chain(
+            {"stages": [stage], "sources": ["source"]},
+            models_path=models_path,
+            sessions=sessions,
+            inputs={"source": gradient(96, 64)},
+        )
+        return [np.asarray(output.image) for output in result.outputs], result.progress.steps.current
+
+    # A 96x64 upload in 64-px tiles: two tiles a pass, two scheduler steps each (strength 0.5 of 4).
+    (alone,), alone_steps = tiled(1, 9)
+    (first, second), steps = tiled(2, 9)
+    assert first.shape == second.shape == (64, 96, 3)
+    assert alone_steps == 2 * 2 and steps == 2 * alone_steps
+    # The first is the batch-1 image; the second is the pass of the next seed, not a copy.
+    assert np.array_equal(first, alone)
+    (next_seed,), _ = tiled(1, 10)
+    assert np.array_equal(second, next_seed) and not np.array_equal(first, second)
