@@ -12,7 +12,8 @@ mode and our noise instead of diffusers' draws:
 - ``lora-txt2img``: ``<lora:demo-detail:0.8>`` in the prompt, against diffusers with that LoRA
   loaded through peft and fused at 0.8 (the token itself is not in diffusers' prompt);
 - ``panorama``: a 2:1 image, against ``StableDiffusionPanoramaPipeline`` with our views (the
-  window is the request's ``unet_tile``, the stride diffusers' 8 latent cells);
+  window is the request's ``unet_tile``, the stride diffusers' 8 latent cells, which the request's
+  ``unet_overlap`` makes), its image denoised as our route (and onnx-web's) does;
 - ``controlnet``: img2img's ``pipeline=controlnet`` with ``sourceFilter=canny``, against
   ``StableDiffusionControlNetPipeline`` given the same Canny image (our filter, timed on both sides);
 - ``pix2pix``: img2img's ``pipeline=pix2pix`` (``strength`` is the image guidance scale), against
@@ -54,10 +55,12 @@ CONTROL = "demo-control"
 CONTROL_SCALE = 1.0
 #: InstructPix2Pix's image guidance scale (img2img's ``strength``): the api's largest, which guides.
 IMAGE_GUIDANCE = 1.0
-#: The panorama's view window in pixels, sent as ``unet_tile`` (its smallest value); diffusers'
-#: stride of 8 latent cells. A 2:1 image of ``size`` rows then has three overlapping views at 128.
+#: The panorama's view window in pixels, sent as ``unet_tile`` (its smallest value), and diffusers'
+#: stride of 8 latent cells, sent as the ``unet_overlap`` that makes it (half a 16-cell window). A
+#: 2:1 image of ``size`` rows then has three overlapping views at 128.
 PANORAMA_TILE = 128
 PANORAMA_STRIDE = 8
+PANORAMA_OVERLAP = 1 - PANORAMA_STRIDE * 8 / PANORAMA_TILE
 LATENT_FACTOR = 8
 
 #: Every family mode, in the order of the table.
@@ -277,7 +280,9 @@ class Families:
     def panorama(self) -> Mode:
         from diffusers import StableDiffusionPanoramaPipeline
 
+        from pipelines.imageops.blend import denoise_nl_means
         from pipelines.models.demo import DEMO_MODELS
+        from service.chains import PANORAMA_DENOISE
 
         window = PANORAMA_TILE // LATENT_FACTOR
         base_views: Any = StableDiffusionPanoramaPipeline.get_views
@@ -296,6 +301,7 @@ class Families:
             "width": width,
             "height": height,
             "unet_tile": PANORAMA_TILE,
+            "unet_overlap": PANORAMA_OVERLAP,
         }
         return Mode(
             "panorama",
@@ -304,7 +310,9 @@ class Families:
             lambda: pipe(
                 width=width, height=height, num_inference_steps=self.steps, latents=our_latents(width, height)
             ),
-            "StableDiffusionPanoramaPipeline",
+            "StableDiffusionPanoramaPipeline, then the route's denoising (as onnx-web's)",
+            # The txt2img route denoises a panorama after it is made, as onnx-web's does.
+            finish=lambda image: denoise_nl_means(image, PANORAMA_DENOISE),
         )
 
     def controlnet(self) -> Mode:
