@@ -1013,7 +1013,10 @@ class PostgresKeeper:
 
     Postgres is not our child (the wheel's ``pg_ctl`` detaches it), so its death is noticed by its
     pid, and logged as ``Supervised`` logs a child's (without an exit status: it is not ours to
-    read). While it is down the api answers 503 and the workers wait; both reconnect by themselves.
+    read). A restart (waiting out the dead server's backends, then crash recovery) can take up to
+    ``POSTGRES_START_TIMEOUT_S``, so it runs in a thread of its own while the supervisor goes on
+    tending the other processes and answering stop requests. While it is down the api answers 503
+    and the workers wait; both reconnect by themselves.
     """
 
     name = "postgres"
@@ -1027,9 +1030,16 @@ class PostgresKeeper:
         self._started_at = time.monotonic()
         self._quick_deaths = 0
         self._restart_at: float | None = None
+        self._attempt: threading.Thread | None = None
+        self._attempt_started = 0.0
+        self._failure: BaseException | None = None
 
     def tend(self, now: float) -> None:
-        """Notice a death (log it and schedule the restart) or make a restart that is due."""
+        """Notice a death (log it and schedule the restart), start a restart that is due, or end one."""
+        if self._attempt is not None:
+            if not self._attempt.is_alive():
+                self._attempt_ended()
+            return
         if self._restart_at is None:
             if self.postgres.running() is not None:
                 return
@@ -1052,24 +1062,38 @@ class PostgresKeeper:
                 },
             )
         elif now >= self._restart_at:
-            self._restart(now)
+            self._attempt_started = time.monotonic()
+            self._failure = None
+            self._attempt = threading.Thread(target=self._restart, name="postgres-restart", daemon=True)
+            self._attempt.start()
 
-    def _restart(self, now: float) -> None:
-        started = time.monotonic()
+    def wait(self, timeout_s: float = POSTGRES_START_TIMEOUT_S + ORPHAN_EXIT_TIMEOUT_S) -> None:
+        """Let a restart in flight finish (the stack stops Postgres after it)."""
+        if self._attempt is not None:
+            self._attempt.join(timeout_s)
+
+    def _restart(self) -> None:
         try:
             self.postgres.restart()
         except (RuntimeError, OSError) as err:  # StackInUse too: leftovers may still be exiting
+            self._failure = err
+
+    def _attempt_ended(self) -> None:
+        self._attempt = None
+        ended = time.monotonic()
+        if self._failure is not None:
+            # The wait before the next try counts from the end of this one, however long it took.
             self._quick_deaths += 1
-            self._restart_at = now + self.policy.delay(self._quick_deaths)
+            self._restart_at = ended + self.policy.delay(self._quick_deaths)
             log.error(
                 "postgres could not be started: %s",
-                str(err).splitlines()[0],
+                str(self._failure).splitlines()[0],
                 extra={"action": "process_restart_failed", "child": self.name},
             )
             return
         self.restarts += 1
         self._restart_at = None
-        self._started_at = time.monotonic()
+        self._started_at = ended
         self._pid = self.postgres.running()
         log.info(
             "postgres restarted (pid %s, restart %d)",
@@ -1080,7 +1104,7 @@ class PostgresKeeper:
                 "child": self.name,
                 "pid": self._pid,
                 "restarts": self.restarts,
-                "ms": _ms(started),
+                "ms": _ms(self._attempt_started),
             },
         )
 
@@ -1352,6 +1376,8 @@ class LocalStack:
         log.info("stopping the stack", extra={"action": "stack_stop", "cause": cause})
         self._stop_processes([slot for slot in (self.api, *self.workers) if slot is not None])
         self.s3.stop()
+        if self._postgres is not None:
+            self._postgres.wait()
         self.postgres.stop()
         if self._claim is not None:
             self._claim.release()

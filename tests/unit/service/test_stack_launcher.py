@@ -21,6 +21,7 @@ from service.stack import (
     ADMIN_TOKEN_FILE,
     LocalStack,
     PortInUse,
+    PostgresKeeper,
     RestartPolicy,
     StackOptions,
     Supervised,
@@ -221,3 +222,39 @@ def _answers(port: int) -> bool:
     except httpx.TransportError:
         return False
     return True
+
+
+class FailingPostgres:
+    """A dead Postgres whose restart takes a while and fails (a start that hangs, then times out)."""
+
+    def __init__(self, takes_s: float) -> None:
+        self.takes_s = takes_s
+        self.attempts: list[tuple[float, float]] = []
+
+    def running(self) -> int | None:
+        return None
+
+    def restart(self) -> None:
+        started = time.monotonic()
+        time.sleep(self.takes_s)
+        self.attempts.append((started, time.monotonic()))
+        raise RuntimeError("postgres did not start\nits log ...")
+
+
+def test_a_postgres_restart_runs_beside_the_supervisor_and_waits_its_backoff_after_failing() -> None:
+    postgres = FailingPostgres(takes_s=0.4)
+    keeper = PostgresKeeper(postgres, RestartPolicy(backoff_s=0.3, backoff_max_s=0.3))  # type: ignore[arg-type]
+    deadline = time.monotonic() + 3.0
+    slowest_tend = 0.0
+    while time.monotonic() < deadline and len(postgres.attempts) < 3:
+        started = time.monotonic()
+        keeper.tend(started)
+        slowest_tend = max(slowest_tend, time.monotonic() - started)
+        time.sleep(0.02)
+    keeper.wait()
+    assert len(postgres.attempts) >= 3
+    # The supervisor is never held by a restart (each takes 0.4 s) ...
+    assert slowest_tend < 0.2
+    # ... and each try starts its 0.3 s wait only when the one before it has failed.
+    for (_, ended), (started, _) in zip(postgres.attempts, postgres.attempts[1:], strict=False):
+        assert started - ended >= 0.3
