@@ -118,9 +118,11 @@ def chain_memory(
             tile = int(entry.get("tiles", max(width, height)))
             work = (min(width, tile), min(height, tile))
         if "image" in stage_type.groups:
+            # Tiled, every tile runs at batch 1 (a batch is one tiled pass after another).
+            run_params = {**params, "batch": 1} if work != (width, height) else params
             peak = {
                 kind: diffusion_peak(
-                    kind, params, work, model_bytes(params["model"]), family(params["model"])
+                    kind, run_params, work, model_bytes(params["model"]), family(params["model"])
                 )
                 for kind in KINDS
             }

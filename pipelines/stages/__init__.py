@@ -114,12 +114,30 @@ def effective_tile(stage_type: str, requested: int) -> int:
 
 
 def estimate_steps(stages: list[Mapping[str, object]]) -> int:
-    """The ``steps.total`` of a resolved chain: the sum of each stage's estimate."""
+    """The ``steps.total`` of a resolved chain: each stage's estimate, once per image it runs on
+    where it reports per image (``StageType.steps_per_image``), else once.
+
+    The images are followed through the chain: a chain that starts with a stage reading an upload
+    starts from one image, one that starts with ``source-txt2img`` from none; ``source-txt2img``
+    adds ``batch`` images, a stage that ``makes_batch`` turns each into ``batch``, ``blend-grid``
+    makes one of them all, and every other stage hands on one image per image.
+    """
     total = 0
+    images = 0 if stages and stages[0]["type"] in SOURCES else 1
     for stage in stages:
         params = stage["params"]
         assert isinstance(params, Mapping)
-        total += STAGES[str(stage["type"])].estimate(params)
+        stage_type = STAGES[str(stage["type"])]
+        total += stage_type.estimate(params) * (max(images, 1) if stage_type.steps_per_image else 1)
+        batch = int(params.get("batch", 1))
+        if stage_type.name == "source-txt2img":
+            images += batch
+        elif stage_type.name in SOURCES:
+            images += 1
+        elif stage_type.makes_batch:
+            images *= batch
+        elif stage_type.name == "blend-grid":
+            images = 1
     return total
 
 

@@ -91,5 +91,6 @@ STAGE = StageType(
     groups=("image",),
     tileable=True,
     makes_batch=True,
+    steps_per_image=True,
     steps=_steps,
 )

@@ -264,6 +264,9 @@ class StageType:
     #: Whether each input becomes ``batch`` images (img2img, inpainting); tiled, the executor runs
     #: one pass per batch image.
     makes_batch: bool = False
+    #: Whether it reports its ``steps`` once per input image (a diffusion loop per image), rather
+    #: than once for the stage; ``estimate_steps`` follows the images through the chain for it.
+    steps_per_image: bool = False
     #: Uploads it reads (``source``, ``mask``), named ``<kind>:<stage name>``.
     needs: tuple[str, ...] = ()
     #: The model it runs, which the request must name: ``upscaling`` or ``correction``.

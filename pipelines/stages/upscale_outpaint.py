@@ -145,6 +145,7 @@ STAGE = StageType(
     ("image",),
     tileable=True,
     makes_batch=True,
+    steps_per_image=True,
     needs=("mask",),
     steps=diffusion_steps,
 )

@@ -3,8 +3,8 @@
 Params (contract §10.5; the image and upscale groups): ``upscale_model``, the upscaler's folder name;
 ``prompt`` (its ``prompt_index`` part, default 0), ``negative_prompt``, ``steps``, ``cfg``,
 ``eta``, ``seed`` and ``scheduler`` as for txt2img; ``denoise``, the noise level (see
-:func:`pipelines.diffusion.upscale_sd.noise_level`: up to 1 a fraction of the model's maximum of 350,
-above 1 the level itself); ``tiled_vae``, ``vae_tile``, ``vae_overlap``.
+:func:`pipelines.diffusion.upscale_sd.noise_level`: up to 1 a strength, levels 0 to 40; above 1 the
+level itself); ``tiled_vae``, ``vae_tile``, ``vae_overlap``.
 
 Each input becomes one image 4 times its size (``batch`` does not multiply upscales, as in
 onnx-web). The chain executor cuts inputs larger than the stage's tile into tiles: onnx-web
@@ -50,6 +50,7 @@ STAGE = StageType(
     groups=("image", "upscale"),
     max_tile=128,
     tileable=True,
+    steps_per_image=True,
     model="upscaling",
     steps=diffusion_steps,
 )

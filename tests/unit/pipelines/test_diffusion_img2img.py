@@ -169,3 +169,29 @@ def test_a_tiled_stage_makes_its_batch_one_seed_after_another(
     assert np.array_equal(first, alone)
     (next_seed,), _ = tiled(1, 10)
     assert np.array_equal(second, next_seed) and not np.array_equal(first, second)
+
+
+def test_the_step_total_counts_each_image_a_later_pass_repaints(
+    models_path: Path, sessions: SessionCache
+) -> None:
+    from pipelines.chain import run_chain
+    from pipelines.stages import estimate_steps
+
+    params = {**stage_params(), "prompt_index": 0, "overlap": 0.5, "tile_order": "grid"}
+    stages = [
+        {"name": "img2img", "type": "blend-img2img", "params": {**params, "batch": 2}, "tiles": 512},
+        {"name": "loopback", "type": "blend-img2img", "params": {**params, "batch": 1}, "tiles": 512},
+    ]
+    # Two scheduler steps a pass (strength 0.5 of 4): once for the upload, then once per image of its batch.
+    assert estimate_steps(stages) == 2 + 2 * 2
+    totals: list[int] = []
+    result = run_chain(
+        {"stages": stages, "sources": ["source"]},
+        models_path=models_path,
+        sessions=sessions,
+        inputs={"source": gradient()},
+        report=lambda progress: totals.append(progress.steps.total),
+    )
+    assert len(result.outputs) == 2
+    # The total known at the start is the work done: it never has to grow on the way.
+    assert set(totals) == {6} and result.progress.steps.current == 6

@@ -121,3 +121,14 @@ def test_a_scale_of_one_keeps_the_size() -> None:
     memory = estimate(txt2img(64, 64), entry("resize", "upscale-simple", method="bilinear", scale=1))
 
     assert memory.stages[1].output == (64, 64)
+
+
+def test_a_tiled_batch_is_estimated_at_the_batch_of_one_each_tile_runs() -> None:
+    # A 1024x1024 img2img in 512-px tiles makes its batch one tiled pass after another.
+    def img2img(batch: int, tiles: int) -> int:
+        stage = entry("img2img", "blend-img2img", tiles=tiles, batch=batch, strength=0.5, steps=4)
+        return int(estimate(stage, size=(1024, 1024)).peak("cpu"))
+
+    assert img2img(5, 512) == img2img(1, 512)
+    # Untiled, the batch runs at once and counts.
+    assert img2img(5, 4096) > img2img(1, 4096)

@@ -18,6 +18,7 @@ from service.params import load_params_doc, parse_request
 CONFIG = Config()
 MODEL = "stable-diffusion-onnx-v1-5"
 UPSCALER = "upscaling-real-esrgan-x4-plus"
+SD_UPSCALER = "upscaling-stable-diffusion-x4"
 #: A source three 512-px windows wide.
 WIDE = (1024, 512)
 
@@ -27,6 +28,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     root: Path = tmp_path_factory.mktemp("models")
     (root / MODEL).mkdir()
     (root / f"{UPSCALER}.onnx").write_bytes(b"")
+    (root / SD_UPSCALER).mkdir()
     return ModelRegistry(root)
 
 
@@ -201,3 +203,14 @@ def test_a_panorama_is_denoised_after_it_is_made_as_onnx_web_does(
     [denoise] = [entry for entry in chain.chain["stages"] if entry["name"] == "denoise"]
     assert denoise["type"] == "blend-denoise" and denoise["params"]["strength"] == 3
     assert "denoise" not in [entry["name"] for entry in txt2img_chain(registry).chain["stages"]]
+
+
+def test_highres_by_the_sd_upscaler_needs_its_own_factor(registry: ModelRegistry) -> None:
+    by_sd = {**HIGHRES_BY_MODEL, "upscale": True, "upscaling": SD_UPSCALER}
+    with pytest.raises(InvalidParams) as caught:
+        txt2img_chain(registry, **by_sd)
+    assert caught.value.field == "highresScale"
+    assert "enlarges 4 times" in caught.value.rule and "got 2" in caught.value.rule
+    chain = txt2img_chain(registry, **{**by_sd, "highresScale": 4})
+    passes = [entry for entry in chain.chain["stages"] if entry["name"].startswith("highres-upscale")]
+    assert [(entry["type"], entry["outscale"]) for entry in passes] == [("upscale-stable-diffusion", 4)] * 2
