@@ -256,9 +256,11 @@ def _run_tiled(
     results = []
     for item in images:
         count = len(tile_positions(order, item.image.width, item.image.height, tile, overlap))
-        tracker.extend(per_tile * (count * batch - 1))
         mask = full_mask.convert("L").resize(item.image.size) if full_mask is not None else None
-        for index in range(batch):
+        # A mask that keeps everything leaves the image as it is: one of it, as untiled.
+        passes = 1 if mask is not None and mask.getbbox() is None else batch
+        tracker.extend(per_tile * (count * passes - 1))
+        for index in range(passes):
             tile_params = {**params, "batch": 1}
             if index:
                 tile_params["seed"] = (int(params["seed"]) + index) % (MAX_SEED + 1)

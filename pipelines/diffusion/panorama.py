@@ -302,7 +302,10 @@ def view_options(params: Mapping[str, Any]) -> tuple[int, int]:
     """
     tile = int(params["unet_tile"])
     overlap = float(params["unet_overlap"])
-    return max(1, tile // sd.LATENT_FACTOR), max(1, int(tile * (1 - overlap)) // sd.LATENT_FACTOR)
+    # Exported UNets take whole cells of UNET_CELL latents: a tile off that grid (params.json's step
+    # of 128 px is not enforced) gets the whole cells it holds, at least one.
+    window = max(UNET_CELL, tile // sd.LATENT_FACTOR // UNET_CELL * UNET_CELL)
+    return window, max(1, int(tile * (1 - overlap)) // sd.LATENT_FACTOR)
 
 
 def check_views(window: int, stride: int) -> None:

@@ -131,3 +131,23 @@ def test_ipndm_inpaints_only_with_an_inpainting_unet(
     assert len(inpaint(Run(inpaint_model, generation(INPAINT, "ipndm")), gradient(), mask_image())) == 1
     with pytest.raises(ValueError, match="cannot start from an image"):
         inpaint(Run(demo_model, generation(BASE, "ipndm")), gradient(), mask_image())
+
+
+def test_a_tiled_batch_with_a_mask_that_keeps_everything_is_the_one_image(
+    models_path: Path, sessions: SessionCache
+) -> None:
+    from pipelines.chain import run_chain
+
+    params = {**stage_params(batch=2), "overlap": 0.5, "tile_order": "grid", "prompt_index": 0}
+    params.update(fullres=False, fullres_padding=1.2)
+    stage = {"name": "inpaint", "type": "upscale-outpaint", "params": params, "tiles": 64}
+    source = gradient(96, 64)
+    result = run_chain(
+        {"stages": [stage], "sources": ["source"]},
+        models_path=models_path,
+        sessions=sessions,
+        inputs={"source": source, "mask:inpaint": Image.new("L", (96, 64), 0)},
+    )
+    # As untiled: nothing to repaint, so the upload once, not a copy of it per batch image.
+    [output] = result.outputs
+    assert np.array_equal(np.asarray(output.image), np.asarray(source))

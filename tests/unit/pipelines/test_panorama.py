@@ -267,7 +267,8 @@ def panorama_peak(pipeline: str, width: int, height: int, prompt: str = "a coast
         (512, 0.0, (64, 64)),  # windows side by side
         (512, 0.9, (64, 6)),
         (128, 0.5, (16, 8)),
-        (8, 0.9, (1, 1)),  # never under one latent cell
+        (200, 0.25, (24, 18)),  # off the UNet's 64-px grid: the whole cells it holds
+        (8, 0.9, (8, 1)),  # never under one UNet cell, nor a stride under one latent cell
     ],
 )
 def test_views_are_the_unet_tile_its_overlap_apart_as_onnx_web_sets_them(
