@@ -161,20 +161,23 @@ def test_stage_routes_panorama_sdxl(models_path: Path, sdxl_model: DiffusionMode
     assert not np.array_equal(np.asarray(plain.image), np.asarray(result.image))
 
 
-def test_img2img_stage_runs_sdxl_panorama_over_the_whole_image(
-    models_path: Path, sdxl_model: DiffusionModel
-) -> None:
-    params = {
+def wide_stage_params(**changes: Any) -> dict[str, Any]:
+    """A panorama-sdxl stage over a 256x128 image: 16-cell views, 12 apart (unet_overlap 0.25), three."""
+    return {
         **RESOLVED,
         "model": DEMO_SDXL,
         "pipeline": "panorama-sdxl",
         "prompt": "a wide valley",
         "seed": 4,
-        "steps": 4,
-        "strength": 0.5,
-        # 16-cell views, 12 apart (unet_overlap 0.25): three over the 256x128 source.
         "unet_tile": 128,
+        **changes,
     }
+
+
+def test_img2img_stage_runs_sdxl_panorama_over_the_whole_image(
+    models_path: Path, sdxl_model: DiffusionModel
+) -> None:
+    params = wide_stage_params(steps=4, strength=0.5)
     source = StageImage(gradient(256, 128), {})
     steps: list[int] = []
     ctx = StageContext(models_path=models_path, sessions=sdxl_model.sessions, on_step=steps.append)
@@ -193,18 +196,7 @@ def test_img2img_stage_runs_sdxl_panorama_over_the_whole_image(
 def test_inpaint_stage_paints_an_sdxl_panorama_window_by_window(
     models_path: Path, sdxl_model: DiffusionModel
 ) -> None:
-    params = {
-        **RESOLVED,
-        "model": DEMO_SDXL,
-        "pipeline": "panorama-sdxl",
-        "prompt": "a wide valley",
-        "seed": 4,
-        "steps": 3,
-        "fill_color": "white",
-        "stage_name": "inpaint",
-        # 16-cell views, 12 apart (unet_overlap 0.25): three over the 256x128 canvas.
-        "unet_tile": 128,
-    }
+    params = wide_stage_params(steps=3, fill_color="white", stage_name="inpaint")
     source = gradient(256, 128)
     mask = Image.new("L", (256, 128), 0)
     ImageDraw.Draw(mask).rectangle((96, 0, 255, 127), fill=255)

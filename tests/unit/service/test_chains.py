@@ -13,7 +13,7 @@ from pipelines.stages.spec import MAX_TILE
 from service.chains import BuiltChain, build_img2img, build_inpaint, build_txt2img, require_runnable
 from service.config import Config
 from service.errors import InvalidParams
-from service.params import load_params_doc, parse_request
+from service.params import ParsedRequest, load_params_doc, parse_request
 
 CONFIG = Config()
 MODEL = "stable-diffusion-onnx-v1-5"
@@ -32,16 +32,20 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     return ModelRegistry(root)
 
 
-def img2img_chain(registry: ModelRegistry, **data: Any) -> BuiltChain:
-    request = parse_request(
-        "img2img",
+def parsed(registry: ModelRegistry, route: str, **data: Any) -> ParsedRequest:
+    """A request to ``route`` with a prompt and ``data``, parsed as the api does."""
+    return parse_request(
+        route,
         {"prompt": "a coast", **data},
         params_doc=load_params_doc(CONFIG),
         registry=registry,
         config=CONFIG,
         rng=random.Random(7),
     )
-    return build_img2img(request, WIDE, image_format="png", thumbnail_size=1024)
+
+
+def img2img_chain(registry: ModelRegistry, **data: Any) -> BuiltChain:
+    return build_img2img(parsed(registry, "img2img", **data), WIDE, image_format="png", thumbnail_size=1024)
 
 
 def img2img_stages(chain: BuiltChain) -> list[dict[str, Any]]:
@@ -87,15 +91,7 @@ def test_txt2img_sdxl_on_img2img_runs_and_is_recorded_as_img2img_sdxl(registry: 
 
 
 def inpaint_chain(registry: ModelRegistry, **data: Any) -> BuiltChain:
-    request = parse_request(
-        "inpaint",
-        {"prompt": "a coast", **data},
-        params_doc=load_params_doc(CONFIG),
-        registry=registry,
-        config=CONFIG,
-        rng=random.Random(7),
-    )
-    return build_inpaint(request, WIDE, image_format="png", thumbnail_size=1024)
+    return build_inpaint(parsed(registry, "inpaint", **data), WIDE, image_format="png", thumbnail_size=1024)
 
 
 @pytest.mark.parametrize("pipeline", ["panorama", "panorama-sdxl"])
@@ -115,14 +111,7 @@ def test_panorama_inpaint_sees_the_whole_canvas(registry: ModelRegistry, pipelin
 
 
 def test_inpaint_refuses_controlnet_which_it_does_not_run(registry: ModelRegistry) -> None:
-    request = parse_request(
-        "inpaint",
-        {"prompt": "a coast", "pipeline": "controlnet"},
-        params_doc=load_params_doc(CONFIG),
-        registry=registry,
-        config=CONFIG,
-        rng=random.Random(7),
-    )
+    request = parsed(registry, "inpaint", pipeline="controlnet")
     with pytest.raises(InvalidParams) as caught:
         build_inpaint(request, (512, 512), image_format="png", thumbnail_size=1024)
     assert caught.value.field == "pipeline"
@@ -132,15 +121,7 @@ def test_inpaint_refuses_controlnet_which_it_does_not_run(registry: ModelRegistr
 
 
 def txt2img_chain(registry: ModelRegistry, **data: Any) -> BuiltChain:
-    request = parse_request(
-        "txt2img",
-        {"prompt": "a coast", **data},
-        params_doc=load_params_doc(CONFIG),
-        registry=registry,
-        config=CONFIG,
-        rng=random.Random(7),
-    )
-    return build_txt2img(request, image_format="png", thumbnail_size=1024)
+    return build_txt2img(parsed(registry, "txt2img", **data), image_format="png", thumbnail_size=1024)
 
 
 HIGHRES_BY_MODEL = {"highres": True, "highresIterations": 2, "highresScale": 2, "highresMethod": "upscale"}
