@@ -298,7 +298,8 @@ def view_options(params: Mapping[str, Any]) -> tuple[int, int]:
 
     The window is the UNet tile; windows start the tile less its ``unet_overlap`` share apart
     (contract §3.2): 512 px at the default 0.25 makes 64-cell windows 48 cells apart, and 0.75 (what
-    onnx-web's docs suggest for panoramas) 16 apart, smoother seams for four times the UNet calls.
+    onnx-web's docs suggest for panoramas) 16 apart: smoother seams, for three times the windows
+    along a long panorama.
     """
     tile = int(params["unet_tile"])
     overlap = float(params["unet_overlap"])
