@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipelines.diffusion.model import UNET_GRID
-from pipelines.diffusion.panorama import PANORAMA_PIPELINES, region_tokens
+from pipelines.diffusion.model import LATENT_FACTOR
+from pipelines.diffusion.panorama import PANORAMA_PIPELINES, region_tokens, unet_window, view_options
 from pipelines.stages import STAGES
 
 #: The kinds of device a worker's memory is counted on: host RAM, or one GPU's memory.
@@ -172,26 +172,27 @@ def diffusion_peak(
 
 
 def unet_view(params: Mapping[str, Any], work: tuple[int, int]) -> tuple[int, int]:
-    """The pixels one UNet call sees: ``work``, or for MultiDiffusion its largest window in it."""
+    """The pixels one UNet call sees: ``work``, or for MultiDiffusion its largest view in it (its
+    window, or a region's, as ``pipelines.diffusion.panorama`` lays them out)."""
     if params.get("pipeline") not in PANORAMA_PIPELINES:
         return work
-    tile = int(params.get("unet_tile", 512))
-    width, height = min(work[0], tile), min(work[1], tile)
+    window, _ = view_options(params)
+    rows, columns = work[1] // LATENT_FACTOR, work[0] // LATENT_FACTOR
+    height, width = min(window, rows), min(window, columns)
     try:
         regions, _ = region_tokens(str(params.get("prompt", "")))
     except ValueError:
         # The chain checks prompts before this; if one slipped through, the whole image errs high.
         return work
     for region in regions:
-        box = region.rectangle
-        width = max(width, _grid_up(box.right - box.left))
-        height = max(height, _grid_up(box.bottom - box.top))
-    return min(width, work[0]), min(height, work[1])
+        region_rows, region_columns = region.rectangle.latent
+        height = max(height, _length(unet_window(region_rows, rows)))
+        width = max(width, _length(unet_window(region_columns, columns)))
+    return width * LATENT_FACTOR, height * LATENT_FACTOR
 
 
-def _grid_up(size: int) -> int:
-    """``size`` pixels rounded up to whole UNet cells, as a region's window is."""
-    return -(-size // UNET_GRID) * UNET_GRID
+def _length(span: slice) -> int:
+    return int(span.stop - span.start)
 
 
 def image_bytes(size: tuple[int, int]) -> int:

@@ -478,6 +478,7 @@ def build_img2img(
     """img2img: filter the source, img2img at ``strength``, loopback passes, then refine (contract §8.2)."""
     assert request.img2img is not None
     image = {**image_params(request), "overlap": request.image.vae_overlap}
+    loop = {**refine_params(request), "overlap": request.image.vae_overlap}
     strength = request.img2img.strength
     tiles = _diffusion_tiles(request)
     stages = []
@@ -498,7 +499,7 @@ def build_img2img(
         stage(
             f"loopback-{index}",
             "blend-img2img",
-            {**image, "batch": 1, "strength": strength, "prompt_index": 0},
+            {**loop, "strength": strength, "prompt_index": 0},
             tiles=tiles,
         )
         for index in range(request.image.loopback)

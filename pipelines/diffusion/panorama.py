@@ -33,9 +33,10 @@ and ``inpaint``, both run the base windows only: region and reseed tokens shape 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -60,6 +61,7 @@ REPLACE_STRENGTH = 10.0
 UNET_CELL = sd.UNET_GRID // sd.LATENT_FACTOR
 #: Seeds ``-1`` resolves to: numpy's seed range, as the api's random seeds.
 SEED_LIMIT = 2**32
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -253,9 +255,7 @@ def panorama_img2img(
     stride: int = DEFAULT_STRIDE,
 ) -> list[Image.Image]:
     """Re-generate ``source`` with ``strength`` of noise by MultiDiffusion over its whole latents."""
-    check_views(window, stride)
-    rows, columns = source.height // sd.LATENT_FACTOR, source.width // sd.LATENT_FACTOR
-    if len(view_windows(rows, columns, window, stride)) == 1:
+    if one_view(source, window, stride):
         # One view over the whole image is img2img: run that, on a GPU worker's CUDA graphs too.
         return img2img(run, source, strength)
     scheduler = run.scheduler()
@@ -277,9 +277,7 @@ def panorama_inpaint(
     A canvas wider or taller than one window (an outpainted panorama) is painted window by window
     and blended each step, where ``inpaint`` would run the UNet on all of it at once.
     """
-    check_views(window, stride)
-    rows, columns = source.height // sd.LATENT_FACTOR, source.width // sd.LATENT_FACTOR
-    if len(view_windows(rows, columns, window, stride)) == 1:
+    if one_view(source, window, stride):
         # One view over the whole image is inpainting: run that, on a GPU worker's CUDA graphs too.
         return inpaint(run, source, mask)
     generation = run.generation
@@ -291,6 +289,20 @@ def panorama_inpaint(
     return run.decode(
         multidiffusion(run, scheduler, latents, views, conditioning=conditioning, after_step=after_step)
     )
+
+
+def one_view(source: Image.Image, window: int, stride: int) -> bool:
+    """Whether one view covers all of ``source``'s latents (the windows checked first)."""
+    check_views(window, stride)
+    rows, columns = source.height // sd.LATENT_FACTOR, source.width // sd.LATENT_FACTOR
+    return len(view_windows(rows, columns, window, stride)) == 1
+
+
+def windowed(generate: Callable[..., T], params: Mapping[str, Any]) -> Callable[..., T]:
+    """``generate`` (``panorama``, ``panorama_img2img``, ``panorama_inpaint``) with the views the
+    stage's ``params`` ask for (``view_options``)."""
+    window, stride = view_options(params)
+    return functools.partial(generate, window=window, stride=stride)
 
 
 def view_options(params: Mapping[str, Any]) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from pipelines.diffusion import model as sd
 from pipelines.diffusion.controlnet import CONTROLNET_PIPELINE, controlnet_txt2img, load_controlnet
 from pipelines.diffusion.img2img import img2img, strength_steps
 from pipelines.diffusion.lcm import lcm_run
-from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama_img2img, view_options
+from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama_img2img, windowed
 from pipelines.diffusion.pix2pix import PIX2PIX, check_unet, pix2pix
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import diffusion_run
@@ -42,8 +42,7 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         generate = partial(controlnet_txt2img, controlnet=controlnet)
     if pipeline in PANORAMA_PIPELINES:
         # The views of panorama txt2img: the UNet tile, unet_overlap apart.
-        window, stride = view_options(params)
-        generate, task = partial(panorama_img2img, window=window, stride=stride), "panorama"
+        generate, task = windowed(panorama_img2img, params), "panorama"
     results = []
     for item in sd.stage_sources(ctx, params, images):
         source = sd.fit_to_latent_grid(item.image)

@@ -9,7 +9,6 @@ Params (resolved by the api, contract §3.2 and §10.5): ``model``, ``scheduler`
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from pipelines.diffusion.model import (
     grid_size,
     load_model,
 )
-from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama, view_options
+from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama, windowed
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import diffusion_run, txt2img_sdxl, wants_sdxl
 from pipelines.diffusion.txt2img import txt2img
@@ -50,8 +49,7 @@ def generator(params: Mapping[str, Any], model: DiffusionModel) -> Callable[[Run
     model folder, txt2img."""
     if params["pipeline"] in PANORAMA_PIPELINES:
         # The view window is the UNet tile, the stride its unet_overlap's share less (as onnx-web's).
-        window, stride = view_options(params)
-        return functools.partial(panorama, window=window, stride=stride)
+        return windowed(panorama, params)
     if wants_sdxl(params, model.folder):
         return txt2img_sdxl
     return txt2img

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 from PIL import Image
@@ -22,7 +21,7 @@ from PIL import Image
 from pipelines.context import StageContext, StageImage
 from pipelines.diffusion import model as sd
 from pipelines.diffusion.inpaint import inpaint, mask_to_array
-from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama_inpaint, view_options
+from pipelines.diffusion.panorama import PANORAMA_PIPELINES, panorama_inpaint, windowed
 from pipelines.diffusion.prompt import prompt_stage
 from pipelines.diffusion.sdxl import diffusion_run
 from pipelines.stages.shared import TILING
@@ -77,8 +76,7 @@ def _inpaint(
     paint: Any = inpaint
     if params.get("pipeline") in PANORAMA_PIPELINES:
         # The views of panorama txt2img and img2img: the UNet tile, unet_overlap apart.
-        window, stride = view_options(params)
-        paint = partial(panorama_inpaint, window=window, stride=stride)
+        paint = windowed(panorama_inpaint, params)
     generated = paint(diffusion_run(params, model, run_at, ctx), padded, padded_mask)
     # The VAE round trip shifts every pixel a little; users expect what the mask keeps to stay
     # exactly as it was, so the original is composited back through the mask.
