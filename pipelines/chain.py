@@ -207,9 +207,18 @@ def _needs_tiles(stage: Mapping[str, Any], images: list[StageImage]) -> bool:
 
 
 def _tile_runner(
-    runner: StageRunner, ctx: StageContext, params: dict[str, Any], mask_key: str, metadata: dict[str, Any]
+    runner: StageRunner,
+    ctx: StageContext,
+    params: dict[str, Any],
+    mask_key: str,
+    metadata: dict[str, Any],
+    made: list[dict[str, Any]],
 ) -> Callable[[Image.Image, Image.Image | None], Image.Image]:
-    """The function the tiler calls per tile: the stage on that tile alone, with the tile's mask."""
+    """The function the tiler calls per tile: the stage on that tile alone, with the tile's mask.
+
+    The metadata the stage gave the last tile it changed is left in ``made``: every tile of a
+    pass records the same generation, which is the whole image's.
+    """
 
     def one_tile(tile_image: Image.Image, tile_mask: Image.Image | None) -> Image.Image:
         tile_inputs = {**ctx.inputs, mask_key: tile_mask} if tile_mask is not None else dict(ctx.inputs)
@@ -226,9 +235,25 @@ def _tile_runner(
             persist_text=ctx.persist_text,
             carry=ctx.carry,
         )
-        return runner(tile_ctx, params, [StageImage(tile_image, metadata)])[0].image
+        result = runner(tile_ctx, params, [StageImage(tile_image, metadata)])[0]
+        if result.metadata != metadata:  # a tile the stage left alone keeps its input's
+            made[:] = [result.metadata]
+        return result.image
 
     return one_tile
+
+
+def _whole_image_metadata(
+    made: dict[str, Any], source: StageImage, result: Image.Image, batch: int
+) -> dict[str, Any]:
+    """A tile's metadata as the whole image's: its sizes, and the batch the tiled passes made."""
+    metadata = {**made, "size": {"width": result.width, "height": result.height}}
+    if "input_size" in metadata:  # what the source records of the job's input, else the source
+        size = {"width": source.image.width, "height": source.image.height}
+        metadata["input_size"] = source.metadata.get("input_size", size)
+    if "batch" in metadata.get("params", {}):
+        metadata["params"] = {**metadata["params"], "batch": batch}
+    return metadata
 
 
 def _run_tiled(
@@ -264,7 +289,8 @@ def _run_tiled(
             tile_params = {**params, "batch": 1}
             if index:
                 tile_params["seed"] = (int(params["seed"]) + index) % (MAX_SEED + 1)
-            one_tile = _tile_runner(runner, ctx, tile_params, mask_key, dict(item.metadata))
+            made: list[dict[str, Any]] = []
+            one_tile = _tile_runner(runner, ctx, tile_params, mask_key, dict(item.metadata), made)
             image = process_tiled(
                 item.image,
                 tile,
@@ -277,6 +303,9 @@ def _run_tiled(
                 mask=mask,
                 fill=str(params.get("fill_color", "white")),
             )
-            width, height = image.size
-            results.append(StageImage(image, {**item.metadata, "size": {"width": width, "height": height}}))
+            if made:
+                metadata = _whole_image_metadata(made[0], item, image, passes)
+            else:  # no tile ran (a mask keeps everything): the input, with its own metadata
+                metadata = {**item.metadata, "size": {"width": image.width, "height": image.height}}
+            results.append(StageImage(image, metadata))
     return results

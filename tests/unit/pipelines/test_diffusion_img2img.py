@@ -143,6 +143,10 @@ def test_a_tiled_stage_makes_its_batch_one_seed_after_another(
     from pipelines.chain import run_chain
 
     def tiled(batch: int, seed: int) -> tuple[list[np.ndarray], int]:
+        outputs, steps = tiled_outputs(batch, seed)
+        return [np.asarray(output.image) for output in outputs], steps
+
+    def tiled_outputs(batch: int, seed: int) -> tuple[list[Any], int]:
         params = {
             **stage_params(),
             "prompt_index": 0,
@@ -158,7 +162,7 @@ def test_a_tiled_stage_makes_its_batch_one_seed_after_another(
             sessions=sessions,
             inputs={"source": gradient(96, 64)},
         )
-        return [np.asarray(output.image) for output in result.outputs], result.progress.steps.current
+        return result.outputs, result.progress.steps.current
 
     # A 96x64 upload in 64-px tiles: two tiles a pass, two scheduler steps each (strength 0.5 of 4).
     (alone,), alone_steps = tiled(1, 9)
@@ -169,6 +173,14 @@ def test_a_tiled_stage_makes_its_batch_one_seed_after_another(
     assert np.array_equal(first, alone)
     (next_seed,), _ = tiled(1, 10)
     assert np.array_equal(second, next_seed) and not np.array_equal(first, second)
+    # Each image records the stage that made it, with its own seed and the whole image's size.
+    outputs, _ = tiled_outputs(2, 9)
+    assert [output.metadata["params"]["seed"] for output in outputs] == [9, 10]
+    for output in outputs:
+        assert output.metadata["size"] == {"width": 96, "height": 64}
+        assert output.metadata["input_size"] == {"width": 96, "height": 64}
+        assert output.metadata["params"]["strength"] == 0.5
+        assert output.metadata["models"][0]["name"] == output.metadata["params"]["model"]
 
 
 def test_the_step_total_counts_each_image_a_later_pass_repaints(
