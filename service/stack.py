@@ -763,6 +763,86 @@ class RestartPolicy:
         return float(min(self.backoff_max_s, self.backoff_s * 2 ** min(quick_deaths, 32)))
 
 
+@dataclass(eq=False)
+class RestartSchedule:
+    """When a process of the stack that died is started again, and the log lines that say so.
+
+    Shared by ``Supervised`` (our children) and ``PostgresKeeper`` (a server we do not parent), so
+    both back off and log alike: a death soon after a start doubles the wait (``RestartPolicy``), and
+    a start that fails waits again, counted from when it failed.
+    """
+
+    name: str
+    policy: RestartPolicy
+    restarts: int = 0
+    #: When the running process started (``time.monotonic``).
+    started_at: float = field(default_factory=time.monotonic)
+    #: When the dead process is due to start again; None while it runs.
+    restart_at: float | None = None
+    _quick_deaths: int = 0
+
+    def started(self, now: float) -> None:
+        self.started_at = now
+        self.restart_at = None
+
+    def due(self, now: float) -> bool:
+        return self.restart_at is not None and now >= self.restart_at
+
+    def died(self, now: float, pid: int | None, how: str, status: Mapping[str, Any], level: int) -> None:
+        """Schedule the restart of a process found dead at ``now`` and log its death."""
+        uptime = now - self.started_at
+        self._quick_deaths = self._quick_deaths + 1 if uptime < self.policy.stable_after_s else 0
+        delay = self.policy.delay(self._quick_deaths)
+        self.restart_at = now + delay
+        log.log(
+            level,
+            "%s (pid %s) %s; restart %d in %.1fs",
+            self.name,
+            pid,
+            how,
+            self.restarts + 1,
+            delay,
+            extra={
+                "action": "process_exit",
+                "child": self.name,
+                "pid": pid,
+                **status,
+                "uptime_s": round(uptime, 1),
+                "restart": self.restarts + 1,
+                "restart_in_s": round(delay, 2),
+            },
+        )
+
+    def start_failed(self, ended: float, error: str) -> None:
+        """Schedule the next try after a start that failed at ``ended``, and log why."""
+        self._quick_deaths += 1
+        self.restart_at = ended + self.policy.delay(self._quick_deaths)
+        log.error(
+            "%s could not be started: %s",
+            self.name,
+            error,
+            extra={"action": "process_restart_failed", "child": self.name},
+        )
+
+    def restarted(self, now: float, pid: int | None, **extra: Any) -> None:
+        """Count and log a restart that worked."""
+        self.restarts += 1
+        self.started(now)
+        log.info(
+            "%s restarted (pid %s, restart %d)",
+            self.name,
+            pid,
+            self.restarts,
+            extra={
+                "action": "process_restart",
+                "child": self.name,
+                "pid": pid,
+                "restarts": self.restarts,
+                **extra,
+            },
+        )
+
+
 class SchemaMigration:
     """A ``Supervised.cure``: migrate the database when the code on disk has migrations it lacks.
 
@@ -867,18 +947,21 @@ class Supervised:
     #: Called after a ``CONFIG_ERROR_EXIT``: True when it removed the cause, so a restart may work.
     cure: Callable[[], bool] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
-    restarts: int = field(default=0, init=False)
     given_up: bool = field(default=False, init=False)
-    _started_at: float = field(default=0.0, init=False)
-    _quick_deaths: int = field(default=0, init=False)
-    _restart_at: float | None = field(default=None, init=False)
+    schedule: RestartSchedule = field(init=False)
     _cure_used: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.schedule = RestartSchedule(self.name, self.policy)
+
+    @property
+    def restarts(self) -> int:
+        return self.schedule.restarts
 
     def start(self, process: subprocess.Popen[bytes] | None = None) -> None:
         """Launch the process (or adopt ``process``, already launched)."""
         self.process = process or self.launch()
-        self._started_at = time.monotonic()
-        self._restart_at = None
+        self.schedule.started(time.monotonic())
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -901,11 +984,11 @@ class Supervised:
         """Notice a death (log it and schedule the restart) or make a restart that is due."""
         if self.given_up:
             return
-        if self._restart_at is None:
+        if self.schedule.restart_at is None:
             if self.process is None or self.process.poll() is None:
                 return
             self._died(now)
-        elif now >= self._restart_at:
+        elif self.schedule.due(now):
             self._restart(now)
 
     def _died(self, now: float) -> None:
@@ -919,32 +1002,12 @@ class Supervised:
             self._cure_used = True
         else:
             self._cure_used = False
-        uptime = now - self._started_at
-        self._quick_deaths = self._quick_deaths + 1 if uptime < self.policy.stable_after_s else 0
-        delay = self.policy.delay(self._quick_deaths)
-        self._restart_at = now + delay
         code = self.process.returncode
-        status = exit_status(code)
         if self.on_death is not None:
             self.on_death(code)
-        log.log(
-            logging.INFO if code == 0 else logging.WARNING,
-            "%s (pid %d) exited with %s; restart %d in %.1fs",
-            self.name,
-            self.process.pid,
-            next(f"{key} {value}" for key, value in status.items()),
-            self.restarts + 1,
-            delay,
-            extra={
-                "action": "process_exit",
-                "child": self.name,
-                "pid": self.process.pid,
-                **status,
-                "uptime_s": round(uptime, 1),
-                "restart": self.restarts + 1,
-                "restart_in_s": round(delay, 2),
-            },
-        )
+        status = exit_status(code)
+        how = "exited with " + next(f"{key} {value}" for key, value in status.items())
+        self.schedule.died(now, self.process.pid, how, status, logging.INFO if code == 0 else logging.WARNING)
 
     def _cured(self) -> bool:
         """Whether ``cure`` removed what stopped the process; a cure that fails is logged, not raised."""
@@ -981,31 +1044,12 @@ class Supervised:
 
     def _restart(self, now: float) -> None:
         try:
-            self.start()
+            launched = self.launch()
         except OSError as err:
-            self._quick_deaths += 1
-            self._restart_at = now + self.policy.delay(self._quick_deaths)
-            log.error(
-                "%s could not be started: %s",
-                self.name,
-                err,
-                extra={"action": "process_restart_failed", "child": self.name},
-            )
+            self.schedule.start_failed(now, str(err))
             return
-        self.restarts += 1
-        assert self.process is not None
-        log.info(
-            "%s restarted (pid %d, restart %d)",
-            self.name,
-            self.process.pid,
-            self.restarts,
-            extra={
-                "action": "process_restart",
-                "child": self.name,
-                "pid": self.process.pid,
-                "restarts": self.restarts,
-            },
-        )
+        self.process = launched
+        self.schedule.restarted(time.monotonic(), launched.pid)
 
 
 class PostgresKeeper:
@@ -1024,15 +1068,15 @@ class PostgresKeeper:
 
     def __init__(self, postgres: EmbeddedPostgres, policy: RestartPolicy) -> None:
         self.postgres = postgres
-        self.policy = policy
-        self.restarts = 0
+        self.schedule = RestartSchedule(self.name, policy)
         self._pid = postgres.running()
-        self._started_at = time.monotonic()
-        self._quick_deaths = 0
-        self._restart_at: float | None = None
         self._attempt: threading.Thread | None = None
         self._attempt_started = 0.0
         self._failure: BaseException | None = None
+
+    @property
+    def restarts(self) -> int:
+        return self.schedule.restarts
 
     def tend(self, now: float) -> None:
         """Notice a death (log it and schedule the restart), start a restart that is due, or end one."""
@@ -1040,28 +1084,10 @@ class PostgresKeeper:
             if not self._attempt.is_alive():
                 self._attempt_ended()
             return
-        if self._restart_at is None:
-            if self.postgres.running() is not None:
-                return
-            uptime = now - self._started_at
-            self._quick_deaths = self._quick_deaths + 1 if uptime < self.policy.stable_after_s else 0
-            delay = self.policy.delay(self._quick_deaths)
-            self._restart_at = now + delay
-            log.warning(
-                "postgres (pid %s) is gone; restart %d in %.1fs",
-                self._pid,
-                self.restarts + 1,
-                delay,
-                extra={
-                    "action": "process_exit",
-                    "child": self.name,
-                    "pid": self._pid,
-                    "uptime_s": round(uptime, 1),
-                    "restart": self.restarts + 1,
-                    "restart_in_s": round(delay, 2),
-                },
-            )
-        elif now >= self._restart_at:
+        if self.schedule.restart_at is None:
+            if self.postgres.running() is None:
+                self.schedule.died(now, self._pid, "is gone", {}, logging.WARNING)
+        elif self.schedule.due(now):
             self._attempt_started = time.monotonic()
             self._failure = None
             self._attempt = threading.Thread(target=self._restart, name="postgres-restart", daemon=True)
@@ -1080,33 +1106,13 @@ class PostgresKeeper:
 
     def _attempt_ended(self) -> None:
         self._attempt = None
+        # The wait before the next try counts from the end of this one, however long it took.
         ended = time.monotonic()
         if self._failure is not None:
-            # The wait before the next try counts from the end of this one, however long it took.
-            self._quick_deaths += 1
-            self._restart_at = ended + self.policy.delay(self._quick_deaths)
-            log.error(
-                "postgres could not be started: %s",
-                str(self._failure).splitlines()[0],
-                extra={"action": "process_restart_failed", "child": self.name},
-            )
+            self.schedule.start_failed(ended, str(self._failure).splitlines()[0])
             return
-        self.restarts += 1
-        self._restart_at = None
-        self._started_at = ended
         self._pid = self.postgres.running()
-        log.info(
-            "postgres restarted (pid %s, restart %d)",
-            self._pid,
-            self.restarts,
-            extra={
-                "action": "process_restart",
-                "child": self.name,
-                "pid": self._pid,
-                "restarts": self.restarts,
-                "ms": _ms(self._attempt_started),
-            },
-        )
+        self.schedule.restarted(ended, self._pid, ms=_ms(self._attempt_started))
 
 
 class DataDirClaim:
