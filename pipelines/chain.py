@@ -138,8 +138,8 @@ def run_chain(
     persisted: list[StageImage] = []
     extras: list[StageImage] = []
     texts: list[StageText] = []
-    # What a stage hands to later ones (text-prompt's prompt), shared by every stage's context.
-    carry: dict[str, Any] = {}
+    # Values a stage replaced for later ones (text-prompt's prompt), shared by every stage's context.
+    carry: dict[str, dict[Any, Any]] = {}
     # One mutable copy for the whole chain: a preparing stage may hand later ones new inputs.
     inputs = dict(inputs or {})
     # Legacy routes start from their uploads (img2img's source, blend's first image).
@@ -164,10 +164,14 @@ def run_chain(
             carry=carry,
         )
         loaded = stage_type.load(stage["params"])
-        carried = {key: value for key, value in carry.items() if key in loaded}
+        carried = {key: swaps[loaded[key]] for key, swaps in carry.items() if loaded.get(key) in swaps}
         params = {**loaded, **carried, "stage_name": stage["name"]}
         started = time.monotonic()
         runner = stage_type.run
+        upload = inputs.get(f"source:{stage['name']}")
+        if stage_type.tileable and not images and upload is not None:
+            # Its own upload, as stage_sources would take it, so that a large one is tiled too.
+            images = [StageImage(upload, {})]
         try:
             if stage_type.tileable and _needs_tiles(stage, images):
                 images = _run_tiled(runner, ctx, stage, params, images, tracker)

@@ -119,6 +119,7 @@ class StageContext:
     persist_extra: Callable[[list[StageImage]], None] = lambda images: None
     #: Records texts as outputs of the job (txt2txt's ``text-generate``).
     persist_text: Callable[[list[StageText]], None] = lambda texts: None
-    #: Parameters a stage hands to every later stage of the chain that has them: ``text-prompt``
-    #: puts its expanded ``prompt`` here. Shared by the chain's stages, like ``inputs``.
-    carry: dict[str, Any] = field(default_factory=dict)
+    #: Values a stage replaced for the later stages of the chain, by parameter name: ``{name: {old:
+    #: new}}``. A later stage whose parameter ``name`` is ``old`` runs with ``new`` (``text-prompt``
+    #: puts its expanded ``prompt`` here). Shared by the chain's stages, like ``inputs``.
+    carry: dict[str, dict[Any, Any]] = field(default_factory=dict)

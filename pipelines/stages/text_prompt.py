@@ -9,9 +9,11 @@ to each part after ``", "``. Plus the sampling parameters of ``text-generate`` (
 new tokens per attempt) and the chain's ``seed`` (attempt k of part i draws from ``seed + 1000i + k``,
 so a seed always gives the same prompt).
 
-The new prompt goes to every later stage through ``StageContext.carry``: their ``params.prompt``
-(and so their images' metadata) is the expanded prompt, ``input_prompt`` stays as sent. Images
-pass through unchanged. One step of progress per generated token.
+The new prompt goes to the later stages that use the prompt it expanded (those that inherit it from
+the chain's ``defaults``), through ``StageContext.carry``: their ``params.prompt`` (and so their
+images' metadata) is the expanded prompt, ``input_prompt`` stays as sent. A later stage that sets a
+prompt of its own (a grid's cells) keeps it. Images pass through unchanged. One step of progress per
+generated token.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         )
         return str(result.text)
 
-    ctx.carry["prompt"] = expand_prompt(str(params.get("prompt", "")), params, generate)
+    prompt = str(params.get("prompt", ""))
+    ctx.carry.setdefault("prompt", {})[prompt] = expand_prompt(prompt, params, generate)
     return images
 
 

@@ -183,6 +183,31 @@ def test_a_tiled_stage_makes_its_batch_one_seed_after_another(
         assert output.metadata["models"][0]["name"] == output.metadata["params"]["model"]
 
 
+def test_a_stage_upload_larger_than_its_tile_is_tiled_like_a_handed_image(
+    models_path: Path, sessions: SessionCache
+) -> None:
+    from pipelines.chain import run_chain
+
+    params = {**stage_params(), "prompt_index": 0, "batch": 1, "overlap": 0.5, "tile_order": "grid"}
+    stage = {"name": "refine", "type": "blend-img2img", "params": params, "tiles": 64}
+    handed = run_chain(
+        {"stages": [stage], "sources": ["source"]},
+        models_path=models_path,
+        sessions=sessions,
+        inputs={"source": gradient(96, 64)},
+    )
+    uploaded = run_chain(
+        {"stages": [stage]},
+        models_path=models_path,
+        sessions=sessions,
+        inputs={"source:refine": gradient(96, 64)},
+    )
+    # In 64-px tiles, as the memory estimate assumed, not one pass over the whole upload.
+    assert uploaded.progress.tiles.total == handed.progress.tiles.total == 2
+    [ours], [theirs] = uploaded.outputs, handed.outputs
+    assert np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
+
+
 def test_the_step_total_counts_each_image_a_later_pass_repaints(
     models_path: Path, sessions: SessionCache
 ) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,13 +170,56 @@ def test_text_prompt_expands_each_part_and_carries_the_prompt(models: Path) -> N
     }
     image = StageImage(Image.new("RGB", (8, 8)), {})
     assert text_prompt.run(ctx, params, [image]) == [image]
-    first, second = ctx.carry["prompt"].split(" || ")
+    first, second = ctx.carry["prompt"]["a cat || a dog"].split(" || ")
     assert first.startswith("a cat") and second.startswith("a dog")
     assert first.endswith(", best quality") and len(first) > len("a cat, best quality")
     assert all(" " <= char <= "~" for char in first + second)  # remove_tokens took out the rest
     again = stage_context(models_path=models)
     text_prompt.run(again, params, [])
     assert again.carry["prompt"] == ctx.carry["prompt"]  # the seed decides the prompt
+
+
+def test_text_prompt_expands_the_prompt_of_later_stages_that_inherit_it_only(
+    models_path: Path,
+) -> None:
+    from pipelines.chain import run_chain
+    from pipelines.models.demo import DEMO_MODELS
+    from pipelines.stages import source_txt2img
+    from tests.unit.pipelines.resolved import IMAGE
+
+    prompt = "a cat"
+    expand = {
+        "prompt_filter": DEMO_TEXT_MODEL,
+        "prompt": prompt,
+        "seed": 1,
+        "min_length": 40,
+        "remove_tokens": "",
+        "add_suffix": "",
+        "max_tokens": 24,
+        "temperature": 1.0,
+        "top_k": 50,
+        "top_p": 1.0,
+    }
+
+    def cell(name: str, cell_prompt: str) -> dict[str, Any]:
+        raw = {**IMAGE, "model": DEMO_MODELS[0].name, "prompt": cell_prompt, "width": 64, "height": 64}
+        raw.update(steps=1, input_prompt=cell_prompt)
+        params = {**raw, **source_txt2img.STAGE.resolve(raw)}
+        return {"name": name, "type": "source-txt2img", "params": params, "tiles": 8192}
+
+    stages = [
+        {"name": "words", "type": "text-prompt", "params": expand, "tiles": 8192},
+        cell("inherits", prompt),
+        cell("own", "a red dog"),
+    ]
+    sessions = SessionCache(4, SessionSettings(providers=("CPUExecutionProvider",)))
+    result = run_chain({"stages": stages}, models_path=models_path, sessions=sessions)
+    inherited, own = (output.metadata["params"] for output in result.outputs)
+    # The stage that used the prompt it expanded runs the expanded one; a grid cell's own stays.
+    # (The demo models' folder holds the demo text model too.)
+    assert inherited["prompt"].startswith(prompt) and len(inherited["prompt"]) >= 40
+    assert inherited["input_prompt"] == prompt
+    assert own["prompt"] == "a red dog"
 
 
 def test_text_prompt_leaves_long_enough_parts_alone() -> None:
