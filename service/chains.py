@@ -358,9 +358,6 @@ UPSCALE_STAGES = {
     "swinir": "upscale-swinir",
 }
 CORRECTION_STAGES = {"codeformer": "correct-codeformer", "gfpgan": "correct-gfpgan"}
-#: The Stable Diffusion x4 upscaler's stage, and the one factor it makes.
-SD_UPSCALER = UPSCALE_STAGES["stable-diffusion"]
-SD_UPSCALER_SCALE = 4
 
 
 def _by_substring(name: str | None, table: Mapping[str, str]) -> str | None:
@@ -403,13 +400,6 @@ def highres_stages(request: ParsedRequest, prefix: str = "highres") -> list[dict
             upscaler = _by_substring(request.upscale.upscale_model, UPSCALE_STAGES)
             if upscaler is None:
                 raise InvalidParams("highresMethod", "'upscale' needs an upscaling model in 'upscaling'")
-            if upscaler == SD_UPSCALER and hr.scale != SD_UPSCALER_SCALE:
-                raise InvalidParams(
-                    "highresScale",
-                    f"the Stable Diffusion upscaler enlarges {SD_UPSCALER_SCALE} times, so highresMethod "
-                    f"'upscale' with it needs highresScale {SD_UPSCALER_SCALE}; got {hr.scale} "
-                    "(or use highresMethod 'bilinear' or 'lanczos')",
-                )
             stages.append(
                 stage(
                     f"{prefix}-upscale-{index}",

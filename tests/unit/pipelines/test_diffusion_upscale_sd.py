@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipelines.context import Progress, StageContext, StageImage
 from pipelines.diffusion.model import DiffusionModel, Generation, Run, load_model
@@ -147,7 +148,7 @@ def test_stage_upscales_each_image_four_times(
         StageImage(gradient(20, 12), {"params": {"prompt": "kept"}}),
         StageImage(gradient(16, 16), {}),
     ]
-    results = run_stage(upscale_stable_diffusion.STAGE, ctx, stage_params(), inputs)
+    results = run_stage(upscale_stable_diffusion.STAGE, ctx, stage_params(outscale=4), inputs)
     assert [item.image.size for item in results] == [(80, 48), (64, 64)]
     assert results[0].metadata["size"] == {"width": 80, "height": 48}
     assert results[0].metadata["params"] == {"prompt": "kept"}
@@ -164,8 +165,35 @@ def test_stage_upscales_each_image_four_times(
 
 def test_stage_upscales_its_uploaded_source(models_path: Path, sessions: SessionCache) -> None:
     ctx = StageContext(models_path=models_path, sessions=sessions, inputs={"source:upscale": gradient(8, 8)})
-    (result,) = run_stage(upscale_stable_diffusion.STAGE, ctx, stage_params(steps=1), [])
+    (result,) = run_stage(upscale_stable_diffusion.STAGE, ctx, stage_params(steps=1, outscale=4), [])
     assert result.image.size == (32, 32)
+
+
+def test_another_outscale_is_finished_from_the_4x_result_with_lanczos(
+    models_path: Path, sessions: SessionCache
+) -> None:
+    from pipelines.chain import run_chain
+
+    ctx = StageContext(models_path=models_path, sessions=sessions)
+    source = StageImage(gradient(16, 12), {})
+    [four] = run_stage(upscale_stable_diffusion.STAGE, ctx, stage_params(steps=1, outscale=4), [source])
+    [two] = run_stage(upscale_stable_diffusion.STAGE, ctx, stage_params(steps=1, outscale=2), [source])
+    assert two.image.size == (32, 24) and two.metadata["size"] == {"width": 32, "height": 24}
+    assert np.array_equal(
+        np.asarray(two.image), np.asarray(four.image.resize((32, 24), Image.Resampling.LANCZOS))
+    )
+    # Tiled, each tile is finished to the chain entry's outscale, so the tiles fit together.
+    params = stage_params(steps=1, outscale=2)
+    resolved = {**params, **upscale_stable_diffusion.STAGE.resolve(params)}
+    stage = {"name": "upscale", "type": "upscale-stable-diffusion", "params": resolved, "tiles": 64}
+    result = run_chain(
+        {"stages": [{**stage, "outscale": 2}], "sources": ["source"]},
+        models_path=models_path,
+        sessions=sessions,
+        inputs={"source": gradient(96, 64)},
+    )
+    (output,) = result.outputs
+    assert output.image.size == (192, 128) and result.progress.tiles.total == 2
 
 
 def test_stage_needs_an_upscaling_model(models_path: Path, sessions: SessionCache) -> None:
@@ -206,7 +234,7 @@ def test_chain_executor_upscales_large_inputs_tile_by_tile(models_path: Path, se
     from pipelines.chain import run_chain
 
     # What the api stores: the stage's own declared defaults applied (the executor defaults nothing).
-    params = stage_params(steps=1)
+    params = stage_params(steps=1, outscale=4)
     resolved = {**params, **upscale_stable_diffusion.STAGE.resolve(params)}
     assert (resolved["overlap"], resolved["tile_order"]) == (0.5, "spiral")  # onnx-web's defaults
     stage = {"name": "upscale", "type": "upscale-stable-diffusion", "params": resolved, "tiles": 64}
@@ -233,7 +261,7 @@ def test_chain_progress_never_goes_back_and_ends_complete(models_path: Path, ses
     report counts all the work done."""
     from pipelines.chain import run_chain
 
-    params = stage_params(steps=1, batch=1)
+    params = stage_params(steps=1, batch=1, outscale=4)
     upscale = {**params, **upscale_stable_diffusion.STAGE.resolve(params)}
     save = STAGES["persist-disk"].resolve({})
     chain = {

@@ -186,12 +186,10 @@ def test_a_panorama_is_denoised_after_it_is_made_as_onnx_web_does(
     assert "denoise" not in [entry["name"] for entry in txt2img_chain(registry).chain["stages"]]
 
 
-def test_highres_by_the_sd_upscaler_needs_its_own_factor(registry: ModelRegistry) -> None:
+def test_highres_by_the_sd_upscaler_finishes_to_the_highres_scale(registry: ModelRegistry) -> None:
     by_sd = {**HIGHRES_BY_MODEL, "upscale": True, "upscaling": SD_UPSCALER}
-    with pytest.raises(InvalidParams) as caught:
-        txt2img_chain(registry, **by_sd)
-    assert caught.value.field == "highresScale"
-    assert "enlarges 4 times" in caught.value.rule and "got 2" in caught.value.rule
-    chain = txt2img_chain(registry, **{**by_sd, "highresScale": 4})
+    chain = txt2img_chain(registry, **by_sd)
     passes = [entry for entry in chain.chain["stages"] if entry["name"].startswith("highres-upscale")]
-    assert [(entry["type"], entry["outscale"]) for entry in passes] == [("upscale-stable-diffusion", 4)] * 2
+    # The stage enlarges 4 times and finishes to its outscale, the highres scale (2 here).
+    assert [(entry["type"], entry["outscale"]) for entry in passes] == [("upscale-stable-diffusion", 2)] * 2
+    assert all(entry["params"]["outscale"] == 2 for entry in passes)
