@@ -165,7 +165,8 @@ def run_chain(
         )
         loaded = stage_type.load(stage["params"])
         carried = {key: swaps[loaded[key]] for key, swaps in carry.items() if loaded.get(key) in swaps}
-        params = {**loaded, **carried, "stage_name": stage["name"]}
+        # Its name (the uploads it reads) and its tile size (the model upscalers' own tiles).
+        params = {**loaded, **carried, "stage_name": stage["name"], "tiles": stage["tiles"]}
         started = time.monotonic()
         runner = stage_type.run
         upload = inputs.get(f"source:{stage['name']}")

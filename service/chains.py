@@ -674,10 +674,25 @@ def own_size(stage_type: StageType) -> bool:
 _OUTSCALE = integer("outscale", 1, 4, 1)
 
 
+#: onnx-web's stages read the upscale group's snake-case names from their raw params too (contract
+#: §10.3): here they are the flat names, which win where both are given.
+SNAKE_CASE_UPSCALE_KEYS = {
+    "upscale_model": "upscaling",
+    "correction_model": "correction",
+    "face_strength": "faceStrength",
+    "face_outscale": "faceOutscale",
+    "upscale_order": "upscaleOrder",
+}
+
+
+def snake_case_upscale_keys(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` with each snake-case upscale key under its flat name, unless that is given too."""
+    renamed = {SNAKE_CASE_UPSCALE_KEYS.get(key, key): value for key, value in raw.items()}
+    return {**renamed, **{key: raw[key] for key in SNAKE_CASE_UPSCALE_KEYS.values() if key in raw}}
+
+
 def stage_specific(stage_type: str, path: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Check the stage-specific keys of one stage; 501 for stage types this build cannot run."""
-    if stage_type in PLANNED:
-        raise NotImplementedYet(f"this server cannot run these stages yet: {stage_type}")
+    """Check the stage-specific keys of one stage."""
     try:
         values = STAGES[stage_type].resolve(raw, path)
     except ParamError as err:
@@ -745,6 +760,20 @@ def build_chain(
                 highres_stages(_parse_at(parse, path, {**raw, "highres": True}), prefix=entry["name"])
             )
             continue
+        if stage_type in PLANNED:
+            raise NotImplementedYet(f"this server cannot run these stages yet: {stage_type}")
+        declared = STAGES[stage_type]
+        raw = snake_case_upscale_keys(raw) if "upscale" in declared.groups else raw
+        if declared.default_model and not raw.get(declared.model or ""):
+            # Its own model when the stage names none (CodeFormer's one checkpoint), checked as named.
+            raw = {**raw, str(declared.model): declared.default_model}
+        image_raw = (
+            {k: v for k, v in raw.items() if k not in ("width", "height")} if own_size(declared) else raw
+        )
+        parsed = _parse_at(parse, path, image_raw)
+        if raw.get("seed") == -1:
+            # A random seed, as onnx-web drops -1 and every stage then draws one: this stage's.
+            raw = {**raw, "seed": parsed.image.seed}
         specific = stage_specific(stage_type, path, raw)
         for needed in STAGES[stage_type].needs:
             if f"{needed}:{entry['name']}" not in uploads:
@@ -752,11 +781,6 @@ def build_chain(
                     f"stages[{index}]",
                     f"stage type {stage_type} needs an uploaded '{needed}:{entry['name']}' image",
                 )
-        declared = STAGES[stage_type]
-        image_raw = (
-            {k: v for k, v in raw.items() if k not in ("width", "height")} if own_size(declared) else raw
-        )
-        parsed = _parse_at(parse, path, image_raw)
         try:
             tiles = parse_tiles(raw.get("tiles"))
         except ValueError as err:

@@ -27,4 +27,11 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     )
 
 
-STAGE = StageType("correct-codeformer", run, groups=("upscale",), max_tile=512, model="correction")
+STAGE = StageType(
+    "correct-codeformer",
+    run,
+    groups=("upscale",),
+    max_tile=512,
+    model="correction",
+    default_model=DEFAULT_MODEL,
+)

@@ -269,8 +269,11 @@ class StageType:
     steps_per_image: bool = False
     #: Uploads it reads (``source``, ``mask``), named ``<kind>:<stage name>``.
     needs: tuple[str, ...] = ()
-    #: The model it runs, which the request must name: ``upscaling`` or ``correction``.
+    #: The model it runs, which the request must name (``upscaling`` or ``correction``) unless it
+    #: has a ``default_model``.
     model: Literal["upscaling", "correction"] | None = None
+    #: The model it loads when the request names none.
+    default_model: str | None = None
     #: The steps it adds to the job's ``steps.total``, from its resolved parameters (per tile when tiled).
     steps: Callable[[Mapping[str, Any]], int] = one_step
     #: The size of what it produces, before the chain entry's ``outscale`` (memory and size limits

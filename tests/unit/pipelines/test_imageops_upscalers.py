@@ -136,6 +136,28 @@ def test_outscale_is_finished_with_lanczos_and_tiles_are_blended(models: Path) -
     assert np.abs(np.asarray(tiled.image, float) - np.asarray(native.image, float)).mean() < 20
 
 
+def test_a_chain_stage_s_tiles_are_the_tiles_its_model_sees(models: Path) -> None:
+    from pipelines.chain import run_chain
+
+    params = {**UPSCALE, "upscale_model": "upscaling-bsrgan-x4", "outscale": 4}
+    reports: list[tuple[int, int]] = []
+
+    def tiles_seen(tiles: int) -> int:
+        entry = {"name": "up", "type": "upscale-bsrgan", "params": params, "tiles": tiles, "outscale": 4}
+        reports.clear()
+        run_chain(
+            {"stages": [entry], "sources": ["source"]},
+            models_path=models,
+            sessions=Sessions(),
+            inputs={"source": _image((40, 24))},
+            report=lambda progress: reports.append((progress.tiles.current, progress.tiles.total)),
+        )
+        return reports[-1][1]
+
+    # The stage entry's tiles (onnx-web's tile_size), not always the type's largest (64 for BSRGAN).
+    assert tiles_seen(64) == 1 and tiles_seen(16) > 1
+
+
 def test_swinir_pads_small_tiles_to_its_fixed_input(models: Path) -> None:
     source = _image((40, 30))
     [out] = run_stage(

@@ -1,4 +1,5 @@
-"""The legacy routes' chains (``service.chains``): what each img2img and inpaint stage runs, and how."""
+"""The chains the api builds (``service.chains``): the legacy routes' stages, what each img2img and
+inpaint stage runs and how, and chain documents' stage params."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pytest
 
 from pipelines.models.registry import ModelRegistry
 from pipelines.stages.spec import MAX_TILE
-from service.chains import BuiltChain, build_img2img, build_inpaint, build_txt2img, require_runnable
+from service.chains import (
+    BuiltChain,
+    build_chain,
+    build_img2img,
+    build_inpaint,
+    build_txt2img,
+    require_runnable,
+)
 from service.config import Config
 from service.errors import InvalidParams
 from service.params import ParsedRequest, load_params_doc, parse_request
@@ -19,6 +27,7 @@ CONFIG = Config()
 MODEL = "stable-diffusion-onnx-v1-5"
 UPSCALER = "upscaling-real-esrgan-x4-plus"
 SD_UPSCALER = "upscaling-stable-diffusion-x4"
+CODEFORMER = "correction-codeformer.onnx"
 #: A source three 512-px windows wide.
 WIDE = (1024, 512)
 
@@ -29,6 +38,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     (root / MODEL).mkdir()
     (root / f"{UPSCALER}.onnx").write_bytes(b"")
     (root / SD_UPSCALER).mkdir()
+    (root / CODEFORMER).write_bytes(b"")
     return ModelRegistry(root)
 
 
@@ -193,3 +203,52 @@ def test_highres_by_the_sd_upscaler_finishes_to_the_highres_scale(registry: Mode
     # The stage enlarges 4 times and finishes to its outscale, the highres scale (2 here).
     assert [(entry["type"], entry["outscale"]) for entry in passes] == [("upscale-stable-diffusion", 2)] * 2
     assert all(entry["params"]["outscale"] == 2 for entry in passes)
+
+
+def chain_stages(registry: ModelRegistry, *stages: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resolved stages of a chain document of ``stages`` (each named by its index)."""
+
+    def parse(route: str, raw: Any) -> ParsedRequest:
+        return parse_request(
+            route,
+            raw,
+            params_doc=load_params_doc(CONFIG),
+            registry=registry,
+            config=CONFIG,
+            rng=random.Random(3),
+        )
+
+    named = [{"name": f"s{index}", **entry} for index, entry in enumerate(stages)]
+    doc = {"defaults": {"prompt": "a coast", "width": 128, "height": 128}, "stages": named}
+    built = build_chain(doc, parse, image_format="png", thumbnail_size=1024)
+    return list(built.chain["stages"])
+
+
+def test_codeformer_without_a_model_named_runs_its_own(registry: ModelRegistry) -> None:
+    source = {"type": "source-txt2img", "params": {}}
+    [_, correct] = chain_stages(registry, source, {"type": "correct-codeformer", "params": {}})
+    assert correct["params"]["correction_model"] == "correction-codeformer"
+    # GFPGAN has no model of its own: it still needs one named.
+    with pytest.raises(InvalidParams) as caught:
+        chain_stages(registry, source, {"type": "correct-gfpgan", "params": {}})
+    assert caught.value.field == "stages[1].params.correction"
+
+
+def test_snake_case_upscale_keys_are_read_as_onnx_web_s_stages_read_them(registry: ModelRegistry) -> None:
+    source = {"type": "source-txt2img", "params": {}}
+    snake = {"correction_model": "correction-codeformer", "face_strength": 0.9, "face_outscale": 2}
+    [_, correct] = chain_stages(registry, source, {"type": "correct-codeformer", "params": snake})
+    assert (correct["params"]["face_strength"], correct["params"]["face_outscale"]) == (0.9, 2)
+    # The flat name wins where both are given; a bad value is named as sent.
+    both = {"face_strength": 0.9, "faceStrength": 0.2}
+    [_, correct] = chain_stages(registry, source, {"type": "correct-codeformer", "params": both})
+    assert correct["params"]["face_strength"] == 0.2
+    with pytest.raises(InvalidParams) as caught:
+        chain_stages(registry, source, {"type": "upscale-resrgan", "params": {"upscale_model": "nope"}})
+    assert caught.value.field == "stages[1].params.upscaling"
+
+
+def test_a_seed_of_minus_one_is_a_random_seed_on_every_stage(registry: ModelRegistry) -> None:
+    noise = {"type": "source-noise", "params": {"seed": -1}}
+    [stage] = chain_stages(registry, noise)
+    assert 0 <= stage["params"]["seed"] < 2**32
