@@ -23,7 +23,15 @@ import numpy as np
 from PIL import Image
 
 from pipelines.context import SessionProvider, StageContext, StageImage
-from pipelines.diffusion.networks import NO_NETWORKS, Blend, inversion_tokenizer, prompt_blend
+from pipelines.diffusion.networks import (
+    INVERSION_FOLDER,
+    LORA_FOLDER,
+    NO_NETWORKS,
+    Blend,
+    inversion_tokenizer,
+    network_file,
+    prompt_blend,
+)
 from pipelines.diffusion.prompt import (
     ParsedPrompt,
     PromptText,
@@ -792,15 +800,10 @@ def network_entries(models_path: Path, kind: str, networks: list[Any]) -> list[d
     """Metadata entries for LoRAs (``kind="lora"``) or inversions named by prompt tokens."""
     entries = []
     for network in networks:
-        files = (
-            sorted((models_path / kind).glob(f"{network.name}.*")) if (models_path / kind).is_dir() else []
-        )
+        # The file the blend loads (not a sidecar such as name.preview.png, or a glob's first match).
+        path = network_file(models_path, kind, network.name)
         entries.append(
-            {
-                "name": network.name,
-                "weight": network.weight,
-                "hash": file_hash(files[0]) if files else "unknown",
-            }
+            {"name": network.name, "weight": network.weight, "hash": file_hash(path) if path else "unknown"}
         )
     return entries
 
@@ -842,8 +845,8 @@ def generation_metadata(
         "input_size": dict(input_size),
         "params": recorded,
         "models": [{"name": generation.model, "hash": model.hash, "weight": 1.0}],
-        "loras": network_entries(models_path, "lora", loras),
-        "inversions": network_entries(models_path, "inversion", inversions),
+        "loras": network_entries(models_path, LORA_FOLDER, loras),
+        "inversions": network_entries(models_path, INVERSION_FOLDER, inversions),
         "size": {"width": size[0], "height": size[1]},
     }
 

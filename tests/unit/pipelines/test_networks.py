@@ -660,3 +660,21 @@ def test_a_lora_changes_a_cuda_session_as_it_changes_the_cpu_one(
     assert distance(without_lora) > 0.1  # what the LoRA changes
     # The CUDA provider's fp32 matmuls and convolutions run in TF32 (1.4e-3 measured on an H100).
     assert distance(ours) < 1e-2
+
+
+def test_metadata_hashes_the_file_the_blend_loads(tmp_path: Path) -> None:
+    from pipelines.diffusion.model import file_hash, network_entries
+    from pipelines.diffusion.prompt import parse_prompt
+
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    # Sidecars that sort before the weights (as Civitai downloads leave them), and glob characters.
+    for name in ("detail.civitai.info", "detail.preview.png", "detail.safetensors", "style[v2].pt"):
+        (folder / name).write_bytes(name.encode())
+    loras = parse_prompt("a cat <lora:detail:0.5> <lora:style[v2]:1> <lora:absent:1>").loras
+    entries = network_entries(tmp_path, "lora", loras)
+    assert entries == [
+        {"name": "detail", "weight": 0.5, "hash": file_hash(folder / "detail.safetensors")},
+        {"name": "style[v2]", "weight": 1.0, "hash": file_hash(folder / "style[v2].pt")},
+        {"name": "absent", "weight": 1.0, "hash": "unknown"},
+    ]
