@@ -16,7 +16,7 @@ import jsonschema
 
 from pipelines.diffusion.networks import unknown_networks
 from pipelines.diffusion.panorama import PANORAMA_PIPELINES
-from pipelines.diffusion.prompt import PromptSyntaxError, parse_stages
+from pipelines.diffusion.prompt import PromptSyntaxError, parse_prompt, parse_stages
 from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.models.controlnets import controlnet_family, has_cnet
 from pipelines.models.registry import ModelRegistry
@@ -124,6 +124,31 @@ def require_available(chain: Mapping[str, Any]) -> None:
 
 #: The stage types that run an SDXL model (txt2img, img2img and highres, inpaint and outpaint).
 SDXL_STAGES = frozenset({"source-txt2img", "blend-img2img", "blend-inpaint", "upscale-outpaint"})
+
+
+#: Where a stage's params name the models its outputs' metadata lists.
+MODEL_PARAMS = ("model", "upscale_model", "correction_model")
+
+
+def extras_hashes(chain: Mapping[str, Any], registry: ModelRegistry) -> dict[str, str]:
+    """The hashes the extras give the models and networks a chain names, for its outputs' metadata.
+
+    Contract §7.3: a model's extras ``hash`` wins over its ``hash.txt`` and its file's own. Workers
+    do not read the extras (the api keeps them, stored document included), so the job carries them.
+    """
+    names: set[str] = set()
+    for entry in chain["stages"]:
+        params = entry["params"]
+        names.update(str(params[key]) for key in MODEL_PARAMS if isinstance(params.get(key), str))
+        for key in ("prompt", "negative_prompt"):
+            if isinstance(params.get(key), str):
+                try:
+                    parsed = parse_prompt(params[key])
+                except PromptSyntaxError:  # checked at parse time: not a prompt the stage reads
+                    continue
+                names.update(network.name for network in (*parsed.loras, *parsed.inversions))
+    listed = {name: registry.extras_hash(name) for name in sorted(names)}
+    return {name: value for name, value in listed.items() if value is not None}
 
 
 def require_runnable(

@@ -420,7 +420,9 @@ class JobRun:
                 self._store_text(index, item, record)
                 continue
             name = image_name(job.name, index, ext)
-            metadata = _complete_metadata(item, name, job.chain.get("metadata", {}))
+            metadata = complete_metadata(
+                item, name, job.chain.get("metadata", {}), job.chain.get("hashes", {})
+            )
             data = encode_image(item.image, metadata, fmt=fmt, server_version=config.server_version)
             self._put(name, data, CONTENT_TYPES[fmt], record)
             self._put(sidecar_name(name), json.dumps(metadata).encode(), "application/json", record)
@@ -441,6 +443,7 @@ class JobRun:
         metadata["params"] = {**UNKNOWN_PARAMS, **metadata.get("params", {})}
         metadata.setdefault("loras", [])
         metadata.setdefault("inversions", [])
+        _list_hashes(metadata, self.job.chain.get("hashes", {}))
         metadata["outputs"] = [name]
         self._put(name, item.text.encode("utf-8"), TEXT_CONTENT_TYPE, record)
         self._put(sidecar_name(name), json.dumps(metadata).encode(), "application/json", record)
@@ -619,8 +622,11 @@ UNKNOWN_PARAMS: Mapping[str, Any] = {
 }
 
 
-def _complete_metadata(item: StageImage, name: str, chain_metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """The §7.3 metadata for one output: what the stages recorded, with the required keys filled."""
+def complete_metadata(
+    item: StageImage, name: str, chain_metadata: Mapping[str, Any], hashes: Mapping[str, str]
+) -> dict[str, Any]:
+    """The §7.3 metadata for one output: what the stages recorded, with the required keys filled
+    and the hashes the extras give its models (``hashes``, which the api resolved)."""
     width, height = item.image.size
     metadata: dict[str, Any] = {**chain_metadata, **item.metadata}
     params = metadata["params"] = {**UNKNOWN_PARAMS, **metadata.get("params", {})}
@@ -628,10 +634,22 @@ def _complete_metadata(item: StageImage, name: str, chain_metadata: Mapping[str,
         metadata["models"] = [{"name": params["model"], "hash": "unknown", "weight": 1.0}]
     metadata.setdefault("loras", [])
     metadata.setdefault("inversions", [])
+    _list_hashes(metadata, hashes)
     metadata.setdefault("input_size", {"width": width, "height": height})
     metadata["size"] = {"width": width, "height": height}
     metadata["outputs"] = [name]
     return metadata
+
+
+def _list_hashes(metadata: dict[str, Any], hashes: Mapping[str, str]) -> None:
+    """Give each listed model, LoRA and inversion the hash the extras give its name, if any."""
+    for key in ("models", "loras", "inversions"):
+        metadata[key] = [
+            {**entry, "hash": hashes[entry["name"]]}
+            if isinstance(entry, dict) and entry.get("name") in hashes
+            else entry
+            for entry in metadata.get(key, [])
+        ]
 
 
 def _pair(counter: Counter) -> CounterPair:

@@ -208,12 +208,16 @@ class ModelRegistry:
             model.setdefault(key, label)
         return merged
 
+    def extras_hash(self, name: str) -> str | None:
+        """The ``hash`` the extras (files or the stored document) give ``name`` or its last part."""
+        hashes = self._snapshot.extras.hashes
+        return next((hashes[key] for key in (name, Path(name).name) if key in hashes), None)
+
     def model_hash(self, name: str) -> str:
         """A model's hash: the extras ``hash``, else the first line of ``hash.txt``, else "unknown"."""
-        hashes = self._snapshot.extras.hashes
-        for candidate in (name, Path(name).name):
-            if candidate in hashes:
-                return hashes[candidate]
+        listed = self.extras_hash(name)
+        if listed is not None:
+            return listed
         try:
             lines = (self.resolve(name) / HASH_FILE).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError):

@@ -291,6 +291,9 @@ class Submitter:
             paths = {entry["name"]: f"stages[{index}]" for index, entry in enumerate(body.chain["stages"])}
         chains.require_runnable(built.chain, self.registry, paths)
         text_jobs.resolve_stage_models(built.chain, self.registry, paths)
+        hashes = chains.extras_hashes(built.chain, self.registry)
+        if hashes:
+            built.chain["hashes"] = hashes
         used = {name for name in built.inputs.values() if name in uploads}
         memory = self.admission.estimate(built, _largest_size(uploads[name] for name in used))
         self.admission.admit(memory, _platform(built), paths)

@@ -3,12 +3,15 @@ inpaint stage runs and how, and chain documents' stage params."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
+from pipelines.context import StageImage
 from pipelines.models.registry import ModelRegistry
 from pipelines.stages.spec import MAX_TILE
 from service.chains import (
@@ -17,10 +20,12 @@ from service.chains import (
     build_img2img,
     build_inpaint,
     build_txt2img,
+    extras_hashes,
     require_runnable,
 )
 from service.config import Config
 from service.errors import InvalidParams
+from service.jobrun import complete_metadata
 from service.params import ParsedRequest, load_params_doc, parse_request
 
 CONFIG = Config()
@@ -252,3 +257,33 @@ def test_a_seed_of_minus_one_is_a_random_seed_on_every_stage(registry: ModelRegi
     noise = {"type": "source-noise", "params": {"seed": -1}}
     [stage] = chain_stages(registry, noise)
     assert 0 <= stage["params"]["seed"] < 2**32
+
+
+def test_the_job_carries_the_hashes_the_extras_give_its_models_and_networks(tmp_path: Path) -> None:
+    (tmp_path / MODEL).mkdir()
+    (tmp_path / MODEL / "hash.txt").write_text("FROMFILE\n")
+    (tmp_path / "extras.json").write_text(
+        json.dumps(
+            {
+                "diffusion": [{"name": MODEL, "source": "x.safetensors", "hash": "FROMEXTRAS"}],
+                "networks": [{"name": "detail", "type": "lora", "source": "y", "hash": "LORAHASH"}],
+            }
+        )
+    )
+    registry = ModelRegistry(tmp_path)
+    chain = txt2img_chain(registry, prompt="a coast <lora:detail:0.5> <lora:other:1>").chain
+    hashes = extras_hashes(chain, registry)
+    assert hashes == {MODEL: "FROMEXTRAS", "detail": "LORAHASH"}
+    # The worker lists them over what it found on disk (hash.txt, the LoRA file's own).
+
+    recorded = {
+        "params": {"model": MODEL},
+        "models": [{"name": MODEL, "hash": "FROMFILE", "weight": 1.0}],
+        "loras": [
+            {"name": "detail", "hash": "FILEHASH", "weight": 0.5},
+            {"name": "other", "hash": "OTHERFILE", "weight": 1.0},
+        ],
+    }
+    metadata = complete_metadata(StageImage(Image.new("RGB", (8, 8)), recorded), "x_0.png", {}, hashes)
+    assert metadata["models"][0]["hash"] == "FROMEXTRAS"
+    assert [entry["hash"] for entry in metadata["loras"]] == ["LORAHASH", "OTHERFILE"]
