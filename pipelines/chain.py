@@ -194,11 +194,11 @@ def _no_preview(step: int, family: str, latents: Callable[[], np.ndarray]) -> No
 
 
 def _upload(image: Image.Image) -> StageImage:
-    """An uploaded image as a chain input, carrying the metadata it was made with (its ancestry)."""
-    from pipelines.imageops.metadata import read_metadata
+    """An uploaded image as a chain input, with what its metadata may hand on: upscaling or blending
+    an output records the params it was made with (``upload_metadata``), as onnx-web's routes do."""
+    from pipelines.imageops.metadata import upload_metadata
 
-    metadata = read_metadata(image) or {}
-    return StageImage(image.convert("RGB"), {"ancestry": metadata} if metadata else {})
+    return StageImage(image.convert("RGB"), upload_metadata(image) or {})
 
 
 def _needs_tiles(stage: Mapping[str, Any], images: list[StageImage]) -> bool:

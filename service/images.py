@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from service.errors import InvalidParams, PayloadTooLarge
 
@@ -71,8 +74,12 @@ def decode_upload(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
     return load_upload(open_upload(data, field, max_pixels=max_pixels), field)
 
 
-def encode_png(image: Image.Image) -> bytes:
-    """Lossless PNG bytes of ``image`` (uploads are stored re-encoded, never as received)."""
+def encode_png(image: Image.Image, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """Lossless PNG bytes of ``image`` (uploads are stored re-encoded, never as received), with
+    ``metadata`` (what ``upload_metadata`` kept of the upload's) as its maker note."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    info = PngImagePlugin.PngInfo()
+    if metadata:
+        info.add_text("maker note", json.dumps(metadata, sort_keys=True))
+    image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -168,15 +169,79 @@ def thumbnail(image: Image.Image, size: int) -> Image.Image:
 
 def read_metadata(image: Image.Image) -> dict[str, Any] | None:
     """The metadata JSON an image made by onnx-web (or this service) carries, if any."""
+    note = _maker_note(image)
+    if not note:
+        return None
+    try:
+        parsed = json.loads(note)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _maker_note(image: Image.Image) -> str | None:
     note = image.info.get("maker note") if hasattr(image, "info") else None
     if note is None:
         raw = image.getexif().get(EXIF_MAKER_NOTE)
         if isinstance(raw, bytes) and raw.startswith(b"UNICODE\x00"):
             note = raw[8:].decode("utf-16-be", errors="replace")
-    if not note:
+    return note if isinstance(note, str) else None
+
+
+#: The most of an upload's maker note read: a generated image's is a few kilobytes.
+MAX_UPLOAD_NOTE = 64 * 1024
+#: Bounds of what an upload's metadata may hand on (the api's own prompt limit included).
+MAX_TEXT = 20_000
+MAX_NAME = 256
+MAX_PARAMS = 64
+MAX_NETWORKS = 32
+
+
+def upload_metadata(image: Image.Image) -> dict[str, Any] | None:
+    """What an uploaded image's metadata may hand on to the images made from it, or ``None``.
+
+    Upscaling or blending one of our (or onnx-web's) outputs records the params it was made with,
+    as onnx-web's routes do. The upload is a stranger's: only the shape of contract §7.3 is kept
+    (``params`` of scalars, ``models``/``loras``/``inversions`` entries of name, hash and weight),
+    each value checked and bounded; anything else, or a note too large to be ours, is dropped.
+    Sizes are not handed on: the upload itself is the new job's input.
+    """
+    note = _maker_note(image)
+    if not note or len(note) > MAX_UPLOAD_NOTE:
         return None
-    try:
-        parsed = json.loads(note)
-    except json.JSONDecodeError:
+    recorded = read_metadata(image)
+    if recorded is None:
         return None
-    return parsed if isinstance(parsed, dict) else None
+    kept: dict[str, Any] = {}
+    params = recorded.get("params")
+    if isinstance(params, dict):
+        kept["params"] = {
+            key: value
+            for key, value in list(params.items())[:MAX_PARAMS]
+            if isinstance(key, str) and len(key) <= MAX_NAME and _plain_scalar(value)
+        }
+    for key in ("models", "loras", "inversions"):
+        entries = recorded.get(key)
+        if isinstance(entries, list):
+            kept[key] = [found for entry in entries[:MAX_NETWORKS] if (found := _network(entry)) is not None]
+    return kept or None
+
+
+def _plain_scalar(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_TEXT
+    if isinstance(value, float):
+        return math.isfinite(value)  # JSON has no NaN or Infinity
+    return value is None or isinstance(value, (bool, int))
+
+
+def _network(entry: Any) -> dict[str, Any] | None:
+    """One ``models``/``loras``/``inversions`` entry, or ``None`` if it is not one."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        return None
+    name, digest, weight = entry["name"], entry.get("hash", "unknown"), entry.get("weight", 1.0)
+    if len(name) > MAX_NAME or not isinstance(digest, str) or len(digest) > MAX_NAME:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        return None
+    return {"name": name, "hash": digest, "weight": weight}

@@ -22,6 +22,7 @@ from typing import Any, cast
 import falcon
 from PIL import Image
 
+from pipelines.imageops.metadata import upload_metadata
 from pipelines.memory import ChainMemory, pixel_steps
 from pipelines.models.registry import ModelRegistry
 from service import chains, text_jobs
@@ -331,7 +332,8 @@ class Submitter:
         for field_name, image_name in built.inputs.items():
             if image_name in images:
                 object_key = input_key(name, field_name.replace(":", "-"))
-                self.store.put_bytes(object_key, encode_png(images[image_name]), "image/png")
+                image = images[image_name]
+                self.store.put_bytes(object_key, encode_png(image, upload_metadata(image)), "image/png")
                 inputs[field_name] = object_key
         new_job = NewJob(
             id=job_id,

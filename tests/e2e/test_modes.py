@@ -382,6 +382,29 @@ def test_upscaled_outputs_list_the_upscaling_model_with_its_hash(client: httpx.C
     assert "upscaling-real-esrgan-x4-v3" in models and models["upscaling-real-esrgan-x4-v3"] != "unknown"
 
 
+def test_upscaling_an_output_keeps_the_params_it_was_made_with(client: httpx.Client) -> None:
+    from pipelines.imageops.metadata import encode_image
+
+    made = {
+        "params": {"model": "stable-diffusion-onnx-v1-5", "prompt": "a lighthouse", "seed": 1234, "steps": 7},
+        "models": [{"name": "stable-diffusion-onnx-v1-5", "hash": "ORIGINAL", "weight": 1.0}],
+        "input_size": {"width": 32, "height": 32},
+        "size": {"width": 32, "height": 32},
+    }
+    source = encode_image(gradient(32, 32), made, fmt="png", server_version="v0")
+    params = {
+        "params": {"upscaling": "upscaling-real-esrgan-x4-v3"},
+        "upscale": {"enabled": True, "outscale": 2},
+    }
+    record = run_job(client, "/api/upscale", params=params, files={"source": source})
+    [metadata] = record["metadata"]
+    # As onnx-web's upscale route: the card shows the prompt and seed the image was made with.
+    assert (metadata["params"]["prompt"], metadata["params"]["seed"]) == ("a lighthouse", 1234)
+    names = [entry["name"] for entry in metadata["models"]]
+    assert names[0] == "stable-diffusion-onnx-v1-5" and "upscaling-real-esrgan-x4-v3" in names
+    assert metadata["size"] == {"width": 64, "height": 64}
+
+
 def test_sd_x4_upscaler_through_the_upscale_route(client: httpx.Client) -> None:
     params = {
         "params": {"upscaling": "upscaling-stable-diffusion-x4", "prompt": "sharp", "steps": 2},

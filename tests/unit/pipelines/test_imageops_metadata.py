@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from pipelines.imageops.metadata import (
     EXIF_MAKER_NOTE,
@@ -14,6 +15,7 @@ from pipelines.imageops.metadata import (
     JPEG_MAX_EXIF,
     encode_image,
     read_metadata,
+    upload_metadata,
 )
 
 
@@ -56,3 +58,54 @@ def test_a_webp_has_room_for_the_longest_prompt_whole() -> None:
     written = metadata("a very long prompt, " * 1000)
     data = encode_image(Image.new("RGB", (16, 16)), written, fmt="webp", server_version="v1")
     assert read_metadata(Image.open(io.BytesIO(data))) == written
+
+
+def with_note(note: str) -> Image.Image:
+    """A PNG read back with ``note`` as its maker note, as an upload arrives."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("maker note", note)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def test_an_upload_hands_on_the_params_and_models_it_was_made_with() -> None:
+    written = {**metadata("a cat"), "input_size": {"width": 16, "height": 16}, "outputs": ["x_0.png"]}
+    data = encode_image(Image.new("RGB", (16, 16)), written, fmt="png", server_version="v1")
+    kept = upload_metadata(Image.open(io.BytesIO(data)))
+    # Not its sizes: the upload itself is the input of the job made from it.
+    assert kept == {"params": written["params"], "models": written["models"]}
+
+
+@pytest.mark.parametrize(
+    ("note", "kept"),
+    [
+        ("not json", None),
+        ("[1, 2]", None),
+        ("[" * 30_000 + "]" * 30_000, None),  # too deep to parse
+        (json.dumps({"params": {"seed": 1, "note": "x" * 70_000}}), None),  # larger than any of ours
+        (json.dumps({"params": "a string"}), None),
+        (
+            json.dumps({"params": {"seed": 7, "nested": {"a": 1}, "list": [1], "prompt": "ok"}}),
+            {"params": {"seed": 7, "prompt": "ok"}},
+        ),
+        ('{"params": {"cfg": NaN, "eta": Infinity, "steps": 3}}', {"params": {"steps": 3}}),
+        (
+            json.dumps(
+                {
+                    "models": [
+                        {"name": "m", "hash": "H", "weight": 1, "extra": "dropped"},
+                        {"name": 5},
+                        {"name": "n", "weight": True},
+                        "not an entry",
+                    ],
+                    "input_size": {"width": -1, "height": 5},
+                    "size": {"width": 1, "height": 1},
+                }
+            ),
+            {"models": [{"name": "m", "hash": "H", "weight": 1}]},
+        ),
+    ],
+)
+def test_a_stranger_s_metadata_keeps_only_checked_values_of_our_shape(note: str, kept: Any) -> None:
+    assert upload_metadata(with_note(note)) == kept
