@@ -399,13 +399,13 @@ def upscale_stages(request: ParsedRequest, *, when: str) -> list[dict[str, Any]]
     # correction-first corrects once, before, correction-last once, after, and -both twice.
     if when == "before":
         if corrector and up.upscale_order in ("correction-first", "correction-both"):
-            return [stage("correct-before", corrector, params, outscale=up.face_outscale)]
+            return [stage("correct-before", corrector, params)]
         return []
     stages: list[dict[str, Any]] = []
     if upscaler:
         stages.append(stage("upscale", upscaler, params, tiles=request.image.unet_tile, outscale=up.outscale))
     if corrector and up.upscale_order in ("correction-last", "correction-both"):
-        stages.append(stage("correct", corrector, params, outscale=up.face_outscale))
+        stages.append(stage("correct", corrector, params))
     return stages
 
 

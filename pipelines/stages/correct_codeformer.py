@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
-from pipelines.stages.spec import StageType
+from pipelines.stages.spec import StageType, face_outscaled
 
 #: The model this stage loads when the params name none.
 DEFAULT_MODEL = "correction-codeformer"
@@ -34,4 +34,5 @@ STAGE = StageType(
     max_tile=512,
     model="correction",
     default_model=DEFAULT_MODEL,
+    size=face_outscaled,
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.context import StageContext, StageImage
-from pipelines.stages.spec import StageType
+from pipelines.stages.spec import StageType, face_outscaled
 
 
 def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> list[StageImage]:
@@ -22,4 +22,6 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
     return run_correction_stage(ctx, params, images, default_model=None, strength_is_visibility=True)
 
 
-STAGE = StageType("correct-gfpgan", run, groups=("upscale",), max_tile=512, model="correction")
+STAGE = StageType(
+    "correct-gfpgan", run, groups=("upscale",), max_tile=512, model="correction", size=face_outscaled
+)

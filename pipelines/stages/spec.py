@@ -241,6 +241,12 @@ def same_size(size: tuple[int, int], params: Mapping[str, Any]) -> tuple[int, in
     return size
 
 
+def face_outscaled(size: tuple[int, int], params: Mapping[str, Any]) -> tuple[int, int]:
+    """A face correction stage: its images ``face_outscale`` times their size."""
+    factor = int(params["face_outscale"])
+    return size[0] * factor, size[1] * factor
+
+
 def size_from_params(size: tuple[int, int], params: Mapping[str, Any]) -> tuple[int, int]:
     """A stage that makes images of its ``width`` x ``height``, whatever it receives."""
     return int(params["width"]), int(params["height"])

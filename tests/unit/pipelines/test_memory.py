@@ -117,6 +117,18 @@ def test_resizing_stages_grow_the_image_the_later_stages_hold() -> None:
     assert memory.stages[1].peak["cpu"] == RUNTIME_BYTES + image_bytes((128, 128)) + image_bytes((512, 512))
 
 
+def test_face_correction_grows_the_image_by_its_face_outscale() -> None:
+    """What the correction stages make, not the entry's outscale, which they never read: a chain of
+    them could otherwise grow its image past the output limit unseen."""
+    memory = estimate(
+        txt2img(128, 128),
+        entry("faces", "correct-codeformer", face_outscale=4),
+        entry("again", "correct-gfpgan", face_outscale=2),
+    )
+
+    assert [stage.output for stage in memory.stages] == [(128, 128), (512, 512), (1024, 1024)]
+
+
 def test_a_scale_of_one_keeps_the_size() -> None:
     memory = estimate(txt2img(64, 64), entry("resize", "upscale-simple", method="bilinear", scale=1))
 
