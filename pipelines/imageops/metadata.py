@@ -50,7 +50,8 @@ def a1111_parameters(metadata: Mapping[str, Any], server_version: str) -> str:
     base = models[0]
     hashes = {
         entry["name"]: entry.get("hash", "unknown")
-        for entry in [*models, *metadata.get("loras", []), *metadata.get("inversions", [])]
+        # In onnx-web's order: where a LoRA and an inversion share a name, the LoRA's hash is listed.
+        for entry in [*models, *metadata.get("inversions", []), *metadata.get("loras", [])]
         if "name" in entry
     }
     fields = [

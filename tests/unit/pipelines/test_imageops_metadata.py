@@ -1,4 +1,5 @@
-"""Metadata embedded in JPEG and WebP outputs: read back as written, and bounded where JPEG bounds it."""
+"""Output metadata: embedded in PNG, JPEG and WebP and read back as written, bounded where JPEG bounds
+it, and what an upload of an output may hand on."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pipelines.imageops.metadata import (
     EXIF_MAKER_NOTE,
     EXIF_USER_COMMENT,
     JPEG_MAX_EXIF,
+    a1111_parameters,
     encode_image,
     read_metadata,
     upload_metadata,
@@ -109,3 +111,13 @@ def test_an_upload_hands_on_the_params_and_models_it_was_made_with() -> None:
 )
 def test_a_stranger_s_metadata_keeps_only_checked_values_of_our_shape(note: str, kept: Any) -> None:
     assert upload_metadata(with_note(note)) == kept
+
+
+def test_the_parameters_list_a_lora_s_hash_over_an_inversion_of_the_same_name() -> None:
+    written = {
+        **metadata("a cat"),
+        "loras": [{"name": "detail", "hash": "LORA", "weight": 1.0}],
+        "inversions": [{"name": "detail", "hash": "INVERSION", "weight": 1.0}],
+    }
+    text = a1111_parameters(written, "v1")
+    assert text.endswith('Hashes: {"stable-diffusion-onnx-v1-5": "ABC", "detail": "LORA"}')
