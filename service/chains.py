@@ -9,7 +9,7 @@ expanded, defaults applied, so a retried job reproduces the same images.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonschema
@@ -181,9 +181,10 @@ def require_runnable(
         _require_pix2pix_unet(entry["type"], params, registry, where)
         if pipeline == "controlnet":
             _require_controlnet(entry["type"], params, registry, where)
-        if pipeline == "panorama" and entry["type"] == "source-txt2img":
-            # Region and reseed tokens shape panorama txt2img only (img2img runs the base windows).
-            _require_areas(params, where)
+        if entry["type"] == "source-txt2img":
+            # Reseed tokens shape every txt2img's starting noise, region tokens only a panorama's
+            # (img2img and inpaint start from their source and run the base windows, as onnx-web's).
+            _require_areas(params, where, regions=pipeline in PANORAMA_PIPELINES)
         if family == "sdxl" and entry["type"] not in SDXL_STAGES:
             raise InvalidParams(
                 f"{where}model",
@@ -312,15 +313,16 @@ def _require_networks(params: Mapping[str, Any], registry: ModelRegistry, where:
                 )
 
 
-def _require_areas(params: Mapping[str, Any], where: str) -> None:
-    """400 for a panorama's region or reseed rectangle that does not fit the image, before it runs."""
+def _require_areas(params: Mapping[str, Any], where: str, *, regions: bool) -> None:
+    """400 for a reseed rectangle, or with ``regions`` a region's, that does not fit the image,
+    before it runs; without ``regions`` the region tokens are left unread, as the pipeline leaves them."""
     text = params.get("prompt")
     width, height = params.get("width"), params.get("height")
     if not isinstance(text, str) or not isinstance(width, int) or not isinstance(height, int):
         return
     for parsed in parse_stages(text):
         try:
-            check_areas(parsed, width, height)
+            check_areas(parsed if regions else replace(parsed, regions=[]), width, height)
         except ValueError as err:
             raise InvalidParams(f"{where}prompt", str(err)) from err
 

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -35,11 +35,13 @@ from pipelines.diffusion.networks import (
 from pipelines.diffusion.prompt import (
     ParsedPrompt,
     PromptText,
+    Reseed,
     TokenWindows,
     parse_prompt,
     prompt_windows,
     weight_embeddings,
 )
+from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler, step_arguments
 from pipelines.diffusion.vae_tiling import VaeTiling, decode_tiled, encode_tiled
 from pipelines.models.layout import ONNX_FILE, read_model_hash
@@ -50,6 +52,8 @@ logger = logging.getLogger(__name__)
 LATENT_CHANNELS = 4
 #: Pixels per latent cell of SD's VAE.
 LATENT_FACTOR = 8
+#: ``<reseed:...:-1>`` seeds are drawn from 1 up to this, excluded, as onnx-web draws them.
+RESEED_LIMIT = 2**32
 #: Text encoder outputs ``clip_skip.k``: the state k layers from the end, through the final LayerNorm.
 CLIP_SKIP_OUTPUT = "clip_skip."
 #: SD 1.x's latent scaling factor, used when a model folder does not say otherwise.
@@ -449,6 +453,37 @@ def initial_latents(seed: int, batch: int, width: int, height: int) -> np.ndarra
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+def reseed_latents(noise: np.ndarray, reseeds: Sequence[Reseed], seed: int) -> np.ndarray:
+    """``noise`` with each ``<reseed>`` rectangle's cells drawn from the token's own seed, as
+    onnx-web's txt2img stage reseeds its starting latents (contract §9.1).
+
+    A ``-1`` seed is drawn, in token order, from ``RandomState(seed)`` as onnx-web's
+    ``random_integers(2**32 - 1)`` draws it, so the same request gives the same image.
+
+    Raises:
+        ValueError: a rectangle off the 8-pixel grid or outside the latents' image.
+    """
+    if not reseeds:
+        return noise
+    batch, _, rows, columns = noise.shape
+    check_areas(ParsedPrompt(reseeds=list(reseeds)), columns * LATENT_FACTOR, rows * LATENT_FACTOR)
+    result = noise.copy()
+    # randint(1, 2**32) is what numpy's deprecated random_integers(2**32 - 1) calls: the same draws.
+    seeds = np.random.RandomState(seed)
+    for reseed in reseeds:
+        region_seed = (
+            int(seeds.randint(1, RESEED_LIMIT, dtype=np.int64)) if reseed.seed == -1 else reseed.seed
+        )
+        width, height = reseed.right - reseed.left, reseed.bottom - reseed.top
+        result[
+            :,
+            :,
+            reseed.top // LATENT_FACTOR : reseed.bottom // LATENT_FACTOR,
+            reseed.left // LATENT_FACTOR : reseed.right // LATENT_FACTOR,
+        ] = initial_latents(region_seed, batch, width, height)
+    return result
+
+
 def torch_generator(seed: int) -> Any:
     """The seeded CPU generator stochastic schedulers draw their step noise from."""
     import torch
@@ -492,10 +527,17 @@ class Run:
         scheduler.set_timesteps(self.generation.steps)
         return scheduler
 
-    def starting_latents(self, scheduler: Any) -> np.ndarray:
-        """onnx-web's seeded noise at the generation's size, scaled for ``scheduler``'s first step."""
+    def starting_latents(self, scheduler: Any, *, reseeded: bool = False) -> np.ndarray:
+        """onnx-web's seeded noise at the generation's size, scaled for ``scheduler``'s first step.
+
+        ``reseeded`` applies the prompt's ``<reseed>`` tokens (``reseed_latents``): the txt2img
+        tasks ask for it (txt2img, SDXL, panorama), as onnx-web's txt2img stage reseeds; the
+        img2img route's tasks that start from noise (ControlNet, pix2pix) do not, as onnx-web's do not.
+        """
         generation = self.generation
         noise = initial_latents(generation.seed, generation.batch, generation.width, generation.height)
+        if reseeded:
+            noise = reseed_latents(noise, parse_prompt(generation.prompt).reseeds, generation.seed)
         # init_noise_sigma is a tensor for the Karras-style schedulers; float() keeps numpy maths.
         latents: np.ndarray = noise * float(scheduler.init_noise_sigma)
         return latents

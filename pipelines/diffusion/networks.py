@@ -587,6 +587,9 @@ def inversion_vectors(
 
     Formats: a concept (``{"<token>": vector}``, sd-concepts-library), ``emb_params`` (Civitai
     safetensors), ``string_to_param.*`` (A1111 ``.pt``), and SDXL's ``clip_l``/``clip_g``.
+    Every format but a concept makes ``name-0`` … ``name-N``, ``name`` and ``name-all`` (the sum),
+    even for one vector, as onnx-web does, so a prompt written for onnx-web finds its tokens; a
+    one-vector concept makes ``name`` and the concept's own token.
     """
     sdxl_key = SDXL_EMBEDDING_KEYS.get(component)
     concept: str | None = None
@@ -602,7 +605,7 @@ def inversion_vectors(
         raise ValueError(f"inversion {name!r}: unknown embedding format (keys {sorted(tensors)[:5]})")
     vectors = np.atleast_2d(vectors) * np.float32(weight)
     total = vectors.sum(axis=0)
-    if len(vectors) == 1:
+    if concept is not None and len(vectors) == 1:
         made = {name: total}
     else:
         made = {f"{name}-{index}": vector for index, vector in enumerate(vectors)}

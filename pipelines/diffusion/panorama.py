@@ -11,16 +11,13 @@ UNet and conditioning (``pipelines.diffusion.sdxl``): every view, and every regi
 on the size of the whole image (``time_ids``), as onnx-web's SDXL panorama pipeline does, so a
 single view over the whole image is exactly SDXL txt2img.
 
-Two prompt tokens work only here (contract §9, features "Region prompts" and "Region seeds"):
-
-- ``<region:top:left:bottom:right:strength:feather[_TLBR]:prompt>`` denoises a rectangle with its
-  own prompt as one more view, weighted by ``strength`` (at ``REPLACE_STRENGTH`` and above it
-  replaces the base prompt there), its edges blended over ``feather`` of its size on the chosen
-  edges. A trailing ``+`` appends the base prompt. Regions are skipped on the last timestep.
-- ``<reseed:top:left:bottom:right:seed>`` replaces the starting noise inside a rectangle with
-  noise from another seed; ``-1`` takes one from the image seed, so the image stays reproducible.
-
-Rectangles are in pixels, multiples of 8, inside the generated image.
+Region prompts work only here (contract §9, features "Region prompts"):
+``<region:top:left:bottom:right:strength:feather[_TLBR]:prompt>`` denoises a rectangle with its
+own prompt as one more view, weighted by ``strength`` (at ``REPLACE_STRENGTH`` and above it
+replaces the base prompt there), its edges blended over ``feather`` of its size on the chosen
+edges. A trailing ``+`` appends the base prompt. Regions are skipped on the last timestep.
+``<reseed:top:left:bottom:right:seed>`` tokens reseed the starting noise here as in every txt2img
+task (``sd.reseed_latents``). Rectangles are in pixels, multiples of 8, inside the generated image.
 
 ``panorama_img2img`` (``panorama`` and ``panorama-sdxl`` on img2img) runs the same windows from the
 source's latents noised at the strength's first timestep, as img2img starts. ``panorama_inpaint`` (on
@@ -45,7 +42,7 @@ from pipelines.diffusion import model as sd
 from pipelines.diffusion import sdxl
 from pipelines.diffusion.img2img import img2img, noised_source
 from pipelines.diffusion.inpaint import inpaint, inpaint_inputs
-from pipelines.diffusion.prompt import PromptText, parse_prompt
+from pipelines.diffusion.prompt import PromptText, Reseed, parse_prompt
 from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.diffusion.schedulers import step_arguments
 
@@ -55,12 +52,11 @@ PANORAMA_PIPELINES = ("panorama", "panorama-sdxl")
 DEFAULT_WINDOW = 64
 #: diffusers' stride between windows, in latent cells.
 DEFAULT_STRIDE = 8
-#: A region of this strength or more replaces the base prompt inside its rectangle.
-REPLACE_STRENGTH = 10.0
+#: A region of this strength or more replaces the base prompt inside its rectangle; below it the
+#: region is one more view weighted by its strength, as onnx-web's panorama pipelines blend it.
+REPLACE_STRENGTH = 100.0
 #: Exported UNets take latents in whole cells of this many latent pixels (``sd.UNET_GRID`` pixels).
 UNET_CELL = sd.UNET_GRID // sd.LATENT_FACTOR
-#: Seeds ``-1`` resolves to: numpy's seed range, as the api's random seeds.
-SEED_LIMIT = 2**32
 T = TypeVar("T")
 
 
@@ -109,17 +105,8 @@ class Region:
         return mask
 
 
-@dataclass(frozen=True)
-class Reseed:
-    """A ``<reseed:...>`` token: the starting noise of a rectangle drawn from another seed."""
-
-    rectangle: Rectangle
-    #: ``-1`` for a seed taken from the image seed.
-    seed: int
-
-
 def region_tokens(prompt: str) -> tuple[list[Region], list[Reseed]]:
-    """The region prompts and reseeds of one prompt stage, with their rectangles.
+    """The region prompts of one prompt stage, with their rectangles, and its reseed tokens.
 
     The shared grammar (``pipelines.diffusion.prompt_grammar``) reads the tokens; it also leaves
     them out of the text it encodes, so the base prompt needs no rewriting.
@@ -136,11 +123,7 @@ def region_tokens(prompt: str) -> tuple[list[Region], list[Reseed]]:
         )
         for token in parsed.regions
     ]
-    reseeds = [
-        Reseed(Rectangle(token.top, token.left, token.bottom, token.right), token.seed)
-        for token in parsed.reseeds
-    ]
-    return regions, reseeds
+    return regions, parsed.reseeds
 
 
 def _ramp(length: int, feather: float, start: bool, end: bool) -> np.ndarray:
@@ -200,25 +183,6 @@ def unet_window(span: slice, size: int) -> slice:
     return slice(start, min(start + length, size))
 
 
-def reseed_latents(noise: np.ndarray, reseeds: Sequence[Reseed], seed: int) -> np.ndarray:
-    """``noise`` with each reseed's rectangle replaced by that seed's noise, as onnx-web's latents.
-
-    A ``-1`` seed is drawn from the image ``seed``, so the same request gives the same image.
-    """
-    if not reseeds:
-        return noise
-    result = noise.copy()
-    seeds = np.random.default_rng(seed)
-    for reseed in reseeds:
-        rectangle = reseed.rectangle
-        region_seed = int(seeds.integers(SEED_LIMIT)) if reseed.seed == -1 else reseed.seed
-        rows, columns = rectangle.latent
-        result[:, :, rows, columns] = sd.initial_latents(
-            region_seed, len(noise), rectangle.right - rectangle.left, rectangle.bottom - rectangle.top
-        )
-    return result
-
-
 def panorama(run: sd.Run, **options: Any) -> list[Image.Image]:
     """Generate ``generation.batch`` images by MultiDiffusion (``panorama_latents``'s options)."""
     return run.decode(panorama_latents(run, **options))
@@ -237,13 +201,11 @@ def panorama_latents(
     check_views(window, stride)
     generation = run.generation
     check_areas(parse_prompt(generation.prompt), generation.width, generation.height)
-    regions, reseeds = region_tokens(generation.prompt)
-    base = run
-    noise = sd.initial_latents(generation.seed, generation.batch, generation.width, generation.height)
-    latents = reseed_latents(noise, reseeds, generation.seed)
-    scheduler = base.scheduler()
-    views = base_views(base, latents.shape, window, stride) + region_views(base, regions, latents.shape)
-    return multidiffusion(base, scheduler, latents * float(scheduler.init_noise_sigma), views)
+    regions, _ = region_tokens(generation.prompt)
+    scheduler = run.scheduler()
+    latents = run.starting_latents(scheduler, reseeded=True)
+    views = base_views(run, latents.shape, window, stride) + region_views(run, regions, latents.shape)
+    return multidiffusion(run, scheduler, latents, views)
 
 
 def panorama_img2img(

@@ -137,7 +137,7 @@ def check_areas(parsed: ParsedPrompt, width: int, height: int) -> None:
 
     Rectangles are in pixels on the VAE's 8-pixel grid, top-left included and bottom-right
     excluded; a region's strength is at least 0 and its feather at most ``MAX_FEATHER``. Raises
-    ``ValueError`` naming the token; the api checks this at submit, the panorama pipeline again.
+    ``ValueError`` naming the token; the api checks this at submit, the pipelines again.
     """
     areas: list[tuple[str, Region | Reseed]] = [
         (f"region {region.prompt!r}", region) for region in parsed.regions

@@ -189,11 +189,13 @@ def diffusion_run(
 
 
 def txt2img_sdxl(run: sd.Run) -> list[Image.Image]:
-    """Generate ``generation.batch`` SDXL images from onnx-web's seeded noise.
+    """Generate ``generation.batch`` SDXL images from onnx-web's seeded noise, reseeded where the
+    prompt's ``<reseed>`` tokens say.
 
     On a CUDA worker the UNet and VAE decoder run on ``pipelines.gpu.runtime``'s CUDA graphs;
     otherwise, and for a run with a LoRA, on the worker's ONNX Runtime sessions.
     """
     sdxl = SdxlRun(run.model, run.generation, run.hooks) if not isinstance(run, SdxlRun) else run
     scheduler = sdxl.scheduler()
-    return sdxl.decode(sdxl.denoise(scheduler, sdxl.starting_latents(scheduler), sdxl.prompt_embeddings()))
+    latents = sdxl.starting_latents(scheduler, reseeded=True)
+    return sdxl.decode(sdxl.denoise(scheduler, latents, sdxl.prompt_embeddings()))

@@ -9,7 +9,8 @@ from pipelines.gpu import runtime
 
 
 def txt2img(run: sd.Run) -> list[Image.Image]:
-    """Generate ``generation.batch`` images of ``width`` x ``height`` from onnx-web's seeded noise."""
+    """Generate ``generation.batch`` images of ``width`` x ``height`` from onnx-web's seeded noise,
+    reseeded where the prompt's ``<reseed>`` tokens say."""
     # On a GPU worker the run takes the batched loop on the CUDA graphs, unless ``graph_model`` keeps
     # it on the sessions (a LoRA). An LCM-distilled UNet (``LcmRun``) takes it too: the loop embeds
     # its guidance scale.
@@ -19,4 +20,4 @@ def txt2img(run: sd.Run) -> list[Image.Image]:
         return run_txt2img(run)
     embeddings = run.prompt_embeddings()
     scheduler = run.scheduler()
-    return run.decode(run.denoise(scheduler, run.starting_latents(scheduler), embeddings))
+    return run.decode(run.denoise(scheduler, run.starting_latents(scheduler, reseeded=True), embeddings))

@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 WILDCARD_PATTERN = re.compile(r"__([\w/\\-]+?)__")
 TEXT_SUFFIXES = (".txt",)
 STRUCTURED_SUFFIXES = (".json", ".yaml", ".yml")
+#: How many ``__name__`` a text may replace, nested ones included. Every draw takes an entry out of
+#: its list, so expansion always ends; this bounds lists whose entries name each other, where the
+#: text would grow with every entry of every list before it did.
+MAX_WILDCARD_REPLACEMENTS = 1000
 
 Wildcards = Mapping[str, tuple[str, ...]]
 
@@ -57,27 +61,46 @@ def load_wildcards(folder: Path) -> dict[str, tuple[str, ...]]:
 def expand_wildcards(text: str, wildcards: Wildcards, seed: int) -> str:
     """Replace each ``__name__`` in ``text`` with a random entry of that list, seeded by ``seed``.
 
+    As in onnx-web, the first ``__name__`` is replaced and the text is searched again from the
+    start, so an entry that holds another ``__name__`` expands too, before the wildcards after it.
     Entries are drawn without replacement within one text, so ``__color__ and __color__`` names two
-    different colours. Unknown names become an empty string, as in onnx-web.
+    different colours; each draw swaps the chosen entry with the last and takes the last, which is
+    onnx-web's order, so a seed picks the same entries there and here. Unknown names become an
+    empty string, as in onnx-web.
 
     Raises:
-        ValueError: a wildcard is used more often than its list has entries.
+        ValueError: a wildcard is used more often than its list has entries, or the text needs
+            more than ``MAX_WILDCARD_REPLACEMENTS`` replacements (lists that refer to each other).
     """
     rng = random.Random(seed)
     remaining: dict[str, list[str]] = {}
-
-    def draw(match: re.Match[str]) -> str:
-        name = match.group(1).replace("\\", "/")
-        if name not in wildcards:
-            return ""
-        pool = remaining.setdefault(name, list(wildcards[name]))
-        if not pool:
+    replacements = 0
+    match = WILDCARD_PATTERN.search(text)
+    while match is not None:
+        if replacements == MAX_WILDCARD_REPLACEMENTS:
             raise ValueError(
-                f"wildcard __{name}__ is used more often than its {len(wildcards[name])} entries"
+                f"wildcards need more than {MAX_WILDCARD_REPLACEMENTS} replacements; "
+                "do the lists refer to each other?"
             )
-        return pool.pop(rng.randrange(len(pool)))
+        entry = _draw(match.group(1).replace("\\", "/"), wildcards, remaining, rng)
+        text = text[: match.start()] + entry + text[match.end() :]
+        replacements += 1
+        match = WILDCARD_PATTERN.search(text)
+    return text
 
-    return WILDCARD_PATTERN.sub(draw, text)
+
+def _draw(name: str, wildcards: Wildcards, remaining: dict[str, list[str]], rng: random.Random) -> str:
+    """One entry of list ``name`` not drawn before from ``remaining``, or ``""`` for an unknown name."""
+    if name not in wildcards:
+        return ""
+    pool = remaining.setdefault(name, list(wildcards[name]))
+    if not pool:
+        raise ValueError(f"wildcard __{name}__ is used more often than its {len(wildcards[name])} entries")
+    # Swap then pop, as onnx-web's pop_random does: popping at the index would leave the rest in
+    # another order, and a second draw from the list would pick a different entry for the same seed.
+    index = rng.randrange(len(pool))
+    pool[index], pool[-1] = pool[-1], pool[index]
+    return pool.pop()
 
 
 def _name_of(folder: Path, path: Path) -> str:

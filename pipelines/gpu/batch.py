@@ -236,7 +236,7 @@ def _start(index: int, job: Txt2ImgJob, run: sd.Run, denoiser: Denoiser) -> _Run
             scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed)
         ),
         conditioning={name: torch.from_numpy(array).to(denoiser.device) for name, array in inputs.items()},
-        sample=torch.from_numpy(run.starting_latents(scheduler)).to(denoiser.device),
+        sample=torch.from_numpy(run.starting_latents(scheduler, reseeded=True)).to(denoiser.device),
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipelines.context import StageCancelled, StageContext, StageImage
-from pipelines.diffusion.model import DiffusionModel, Generation, Run
+from pipelines.diffusion.model import DiffusionModel, Generation, Run, initial_latents
 from pipelines.diffusion.schedulers import SCHEDULER_NAMES
 from pipelines.diffusion.txt2img import txt2img
 from pipelines.models.demo import DEMO_MODELS
@@ -183,6 +183,27 @@ def test_prompt_tokens_are_removed_before_encoding(demo_model: DiffusionModel) -
     # <clip:skip:1> is no skip: the last layer, as without the token.
     tagged = generate(demo_model, prompt="a cat <lora:details:0.5><clip:skip:1>")
     assert np.array_equal(array(plain[0]), array(tagged[0]))
+
+
+def test_a_reseed_token_redraws_the_starting_noise_of_its_rectangle(
+    demo_model: DiffusionModel, models_path: Path, sessions: SessionCache
+) -> None:
+    """onnx-web's txt2img stage reseeds its starting latents on every txt2img pipeline, not only
+    panorama: the left 32 x 48 pixels start from seed 9's noise, the rest from the image seed's."""
+    prompt = "a photo of a cat <reseed:0:0:48:32:9>"
+    run = Run(demo_model, Generation.from_params(stage_params(prompt=prompt)))
+    scheduler = run.scheduler()
+    sigma = float(scheduler.init_noise_sigma)
+    reseeded, plain = run.starting_latents(scheduler, reseeded=True), run.starting_latents(scheduler)
+    assert np.array_equal(reseeded[..., :4], initial_latents(9, 1, 32, 48) * sigma)
+    assert np.array_equal(reseeded[..., 4:], plain[..., 4:])
+    # Unasked (the img2img route's ControlNet and pix2pix start from noise too), the token is left out.
+    assert np.array_equal(plain, initial_latents(42, 1, 64, 48) * sigma)
+
+    recorder = Recorder(models_path, sessions)
+    [with_token] = run_stage(source_txt2img.STAGE, recorder.ctx, stage_params(prompt=prompt), [])
+    [without] = run_stage(source_txt2img.STAGE, recorder.ctx, stage_params(prompt="a photo of a cat "), [])
+    assert np.abs(array(with_token.image) - array(without.image)).mean() > 1
 
 
 def test_prompt_index_selects_the_prompt_stage(models_path: Path, sessions: SessionCache) -> None:

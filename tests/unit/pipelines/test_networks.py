@@ -487,6 +487,23 @@ def test_a1111_pt_embedding_reads_like_emb_params(networks_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("key", ["emb_params", "string_to_param.*"])
+def test_a_one_vector_embedding_still_makes_its_layer_and_sum_tokens(key: str) -> None:
+    """onnx-web makes ``name-0`` … and ``name-all`` for these formats whatever their vector count,
+    so a prompt written for it that says ``solo-0`` or ``solo-all`` finds the vector here too."""
+    vector = np.arange(32, dtype=np.float32).reshape(1, 32)
+    made = inversion_vectors({key: vector}, "solo", 2.0)
+    assert list(made) == ["solo-0", "solo", "solo-all"]
+    assert all(np.array_equal(made[token], 2 * vector[0]) for token in made)
+
+
+def test_a_one_vector_concept_makes_only_its_name_and_its_own_token() -> None:
+    vector = np.arange(32, dtype=np.float32)
+    made = inversion_vectors({"<solo>": vector}, "solo", 1.0)
+    assert list(made) == ["solo", "<solo>"]
+    assert np.array_equal(made["<solo>"], vector)
+
+
 def test_sessions_are_reused_for_the_same_networks_and_rebuilt_for_new_weights(
     networks_path: Path, parts: dict[str, Any]
 ) -> None:

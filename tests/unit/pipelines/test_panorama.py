@@ -8,6 +8,7 @@ the same views on the very same weights, our scheduler and our starting noise.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,13 @@ from pipelines.diffusion.model import (
     encode_image,
     image_to_array,
     initial_latents,
+    reseed_latents,
 )
 from pipelines.diffusion.panorama import (
     Rectangle,
     Region,
-    Reseed,
+    View,
+    accumulate,
     base_views,
     multidiffusion,
     panorama,
@@ -41,12 +44,11 @@ from pipelines.diffusion.panorama import (
     panorama_inpaint,
     panorama_latents,
     region_tokens,
-    reseed_latents,
     unet_window,
     view_options,
     view_windows,
 )
-from pipelines.diffusion.prompt import parse_prompt
+from pipelines.diffusion.prompt import Reseed, parse_prompt
 from pipelines.diffusion.txt2img import txt2img
 from pipelines.models.demo import DEMO_MODELS
 from pipelines.stages import blend_img2img, source_txt2img, upscale_outpaint
@@ -126,7 +128,7 @@ def test_region_and_reseed_tokens_are_read_and_left_out_of_the_encoded_text() ->
     assert parse_prompt(prompt).text == "a castle  at dusk "
     assert regions == [Region(Rectangle(0, 64, 128, 192), 4.5, 0.25, "TB", "a red dragon", True)]
     assert regions[0].text("a castle at dusk") == "a red dragon a castle at dusk"
-    assert reseeds == [Reseed(Rectangle(8, 16, 64, 80), -1)]
+    assert reseeds == [Reseed(8, 16, 64, 80, -1)]
     [plain] = region_tokens("<region:0:0:64:64:2:0:a cat>")[0]
     assert (plain.edges, plain.append_base, plain.text("base")) == ("TLBR", False, "a cat")
 
@@ -165,6 +167,23 @@ def test_a_strong_region_replaces_the_prompt_in_its_rectangle_only(demo_model: D
     assert 0.1 < np.abs(weak_right - right).mean() / np.abs(ocean_right - right).mean() < 0.9
 
 
+def test_a_region_under_strength_100_blends_with_the_base_views_by_its_strength() -> None:
+    """onnx-web replaces the base prompt only from strength 100; below, a region counts as
+    ``strength`` views: at 20, a cell the base views make 0 and the region 1 ends at 20/21."""
+    shape = (1, 4, 8, 8)
+
+    def blended(strength: float) -> np.ndarray:
+        value, count = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        region = Region(Rectangle(0, 0, 64, 64), strength, 0.0, "TLBR", "a ship", False)
+        accumulate(value, count, View(slice(0, 8), slice(0, 8), None), np.zeros(shape, np.float32))
+        accumulate(value, count, View(slice(0, 8), slice(0, 8), None, region), np.ones(shape, np.float32))
+        result: np.ndarray = value / count
+        return result
+
+    assert np.allclose(blended(20.0), 20 / 21)
+    assert np.allclose(blended(100.0), 1.0)
+
+
 def test_a_region_outside_the_image_is_refused(demo_model: DiffusionModel) -> None:
     gen = demo_generation(prompt="a cat <region:0:0:64:320:2:0:a dog>", **WIDE)
     with pytest.raises(ValueError, match="outside the 256x128 image"):
@@ -175,16 +194,32 @@ def test_a_region_outside_the_image_is_refused(demo_model: DiffusionModel) -> No
 
 def test_reseed_changes_the_starting_noise_only_inside_its_rectangle() -> None:
     noise = initial_latents(5, 1, 256, 128)
-    reseeded = reseed_latents(noise, [Reseed(Rectangle(32, 64, 96, 160), 77)], seed=5)
+    reseeded = reseed_latents(noise, [Reseed(32, 64, 96, 160, 77)], seed=5)
     inside = (slice(None), slice(None), slice(4, 12), slice(8, 20))
     assert np.array_equal(reseeded[inside], initial_latents(77, 1, 96, 64))
     outside = np.ones(noise.shape, bool)
     outside[inside] = False
     assert np.array_equal(reseeded[outside], noise[outside])
     # -1 takes its seed from the image seed: random-looking, yet the same request gives the same noise.
-    random = reseed_latents(noise, [Reseed(Rectangle(32, 64, 96, 160), -1)], seed=5)
-    assert np.array_equal(random, reseed_latents(noise, [Reseed(Rectangle(32, 64, 96, 160), -1)], seed=5))
+    random = reseed_latents(noise, [Reseed(32, 64, 96, 160, -1)], seed=5)
+    assert np.array_equal(random, reseed_latents(noise, [Reseed(32, 64, 96, 160, -1)], seed=5))
     assert not np.array_equal(random[inside], noise[inside])
+
+
+def test_a_random_reseed_draws_its_seed_as_onnx_web_does() -> None:
+    """onnx-web draws ``RandomState(seed).random_integers(2**32 - 1)`` for each ``-1`` token, in
+    token order, and nothing for a token with its own seed: 953453412, then 236996815, for seed 5."""
+    noise = initial_latents(5, 1, 256, 128)
+    reseeds = [Reseed(0, 0, 64, 64, -1), Reseed(0, 64, 64, 128, 3), Reseed(64, 0, 128, 64, -1)]
+    reseeded = reseed_latents(noise, reseeds, seed=5)
+    assert np.array_equal(reseeded[:, :, 0:8, 0:8], initial_latents(953453412, 1, 64, 64))
+    assert np.array_equal(reseeded[:, :, 0:8, 8:16], initial_latents(3, 1, 64, 64))
+    assert np.array_equal(reseeded[:, :, 8:16, 0:8], initial_latents(236996815, 1, 64, 64))
+    legacy = np.random.RandomState(5)
+    if hasattr(legacy, "random_integers"):  # deprecated by numpy; while it lasts, it draws those seeds
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            assert [int(legacy.random_integers(2**32 - 1)) for _ in range(2)] == [953453412, 236996815]
 
 
 def test_reseed_token_changes_the_image_from_its_rectangle(demo_model: DiffusionModel) -> None:

@@ -16,14 +16,28 @@ import numpy as np
 import pytest
 
 from pipelines.context import StageContext
-from pipelines.diffusion.model import DiffusionModel, Generation, Run, load_model
+from pipelines.diffusion.model import (
+    DiffusionModel,
+    Generation,
+    Run,
+    initial_latents,
+    load_model,
+    reseed_latents,
+)
+from pipelines.diffusion.prompt import Reseed
 from pipelines.diffusion.sdxl import is_sdxl_folder, txt2img_sdxl, wants_sdxl
 from pipelines.models.demo import DEMO_SDXL, SDXL_SCALING_FACTOR
 from pipelines.models.layout import EXTRAS_FILE
 from pipelines.models.sessions import SessionCache
 from pipelines.stages import source_txt2img
 from tests.unit.pipelines.images import pixels
-from tests.unit.pipelines.reference import assert_matches, demo_generation, from_our_noise, run_diffusers
+from tests.unit.pipelines.reference import (
+    DEMO_GENERATION,
+    assert_matches,
+    demo_generation,
+    from_our_noise,
+    run_diffusers,
+)
 from tests.unit.pipelines.resolved import IMAGE, run_stage
 
 
@@ -69,6 +83,31 @@ def test_sdxl_variants_match_diffusers_torch_pipeline(
     gen = generation("euler-a", **changes)
     reference = torch_reference(torch_parts(DEMO_SDXL), sdxl_model, gen)
     assert_matches(pixels(txt2img_sdxl(Run(sdxl_model, gen))), reference, (gen.batch, 48, 64, 3))
+
+
+def test_sdxl_starts_from_the_reseeded_noise_a_reseed_token_asks_for(
+    sdxl_model: DiffusionModel, torch_parts: Callable[[str], dict[str, Any]]
+) -> None:
+    """As onnx-web's txt2img stage, SDXL's reseeds its starting latents: diffusers given our noise with
+    seed 9's in the top-left 32 x 24 pixels makes the image the token makes."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    gen = generation("euler", prompt=f"{DEMO_GENERATION['prompt']} <reseed:0:0:24:32:9>")
+    noise = reseed_latents(
+        initial_latents(gen.seed, 1, gen.width, gen.height), [Reseed(0, 0, 24, 32, 9)], gen.seed
+    )
+    reference = run_diffusers(
+        StableDiffusionXLPipeline,
+        torch_parts(DEMO_SDXL),
+        sdxl_model,
+        generation("euler"),
+        {"add_watermarker": False},
+        width=gen.width,
+        height=gen.height,
+        latents=torch.from_numpy(noise),
+    )
+    assert_matches(pixels(txt2img_sdxl(Run(sdxl_model, gen))), reference, (1, 48, 64, 3))
 
 
 def test_sdxl_export_has_optimums_layout(sdxl_model: DiffusionModel, models_path: Path) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 
-from pipelines.diffusion.wildcards import expand_wildcards, load_wildcards
+from pipelines.diffusion.wildcards import MAX_WILDCARD_REPLACEMENTS, expand_wildcards, load_wildcards
 
 
 def write(path: Path, text: str) -> None:
@@ -65,14 +64,48 @@ def test_expansion_is_seeded_and_draws_without_replacement() -> None:
     assert {expand_wildcards("__color__", wildcards, seed) for seed in range(30)} == {"red", "green", "blue"}
 
 
-def test_expansion_follows_python_random_with_the_seed() -> None:
-    """The draw is ``Random(seed).randrange`` over what is left, so other tools can reproduce it."""
-    wildcards = {"n": tuple(str(i) for i in range(10))}
-    rng = random.Random(7)
-    pool = list(wildcards["n"])
-    expected = [pool.pop(rng.randrange(len(pool))) for _ in range(3)]
+def test_repeated_draws_from_one_list_pick_what_onnx_web_picks_for_the_seed() -> None:
+    """onnx-web's ``pop_random`` swaps the chosen entry with the last one and pops the last.
 
-    assert expand_wildcards("__n__ __n__ __n__", wildcards, 7).split() == expected
+    ``Random(7).randrange`` gives 5, 2, 6 for pools of 10, 9, 8. Over ``0…9``: index 5 takes ``5``
+    and moves ``9`` there; index 2 takes ``2`` and moves ``8`` there; index 6 still holds ``6``.
+    Popping at the index instead would shift ``7, 8, 9`` down and take ``8`` third.
+    """
+    wildcards = {"n": tuple(str(i) for i in range(10))}
+
+    assert expand_wildcards("__n__ __n__ __n__", wildcards, 7) == "5 2 6"
+
+
+def test_an_entry_naming_another_wildcard_expands_before_the_wildcards_after_it() -> None:
+    """The text is searched again from its start after each replacement, as in onnx-web.
+
+    ``Random(4).randrange`` gives 0, 1, 0 for pools of 1, 2, 1: ``__animal__`` becomes
+    ``__color__ cat``, whose ``__color__`` is drawn next and takes ``blue``, leaving ``red`` for the
+    ``__color__`` that was in the prompt.
+    """
+    wildcards = {"animal": ("__color__ cat",), "color": ("red", "blue")}
+
+    assert expand_wildcards("__animal__ and __color__", wildcards, 4) == "blue cat and red"
+
+
+def test_a_list_naming_itself_ends_when_its_entries_run_out() -> None:
+    with pytest.raises(ValueError, match="__loop__ is used more often than its 1 entries"):
+        expand_wildcards("__loop__", {"loop": ("again __loop__",)}, 0)
+
+
+def test_expansion_stops_with_an_error_after_the_replacement_limit() -> None:
+    growing = {"grow": ("x __grow__",) * (MAX_WILDCARD_REPLACEMENTS + 10)}
+
+    with pytest.raises(ValueError, match=f"more than {MAX_WILDCARD_REPLACEMENTS} replacements"):
+        expand_wildcards("__grow__", growing, 0)
+
+
+def test_a_text_may_use_the_replacement_limit_in_full() -> None:
+    text = "__nope__" * MAX_WILDCARD_REPLACEMENTS
+
+    assert expand_wildcards(text, {}, 0) == ""
+    with pytest.raises(ValueError, match="replacements"):
+        expand_wildcards(text + "__nope__", {}, 0)
 
 
 def test_unknown_wildcards_become_empty_and_other_text_stays() -> None:

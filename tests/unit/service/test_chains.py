@@ -100,6 +100,50 @@ def test_region_tokens_are_checked_in_panorama_txt2img_only(registry: ModelRegis
     require_runnable(chain.chain, registry)
 
 
+@pytest.fixture(scope="module")
+def sdxl_registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
+    """A models folder with one SDXL model (its ``model_index.json`` names the family)."""
+    root: Path = tmp_path_factory.mktemp("sdxl-models")
+    (root / MODEL).mkdir()
+    (root / MODEL / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    return ModelRegistry(root)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "sdxl"),
+    [
+        ("txt2img", False),
+        ("lpw", False),
+        ("panorama", False),
+        ("txt2img-sdxl", True),
+        ("panorama-sdxl", True),
+    ],
+)
+def test_a_reseed_outside_the_image_is_refused_on_every_txt2img_pipeline(
+    registry: ModelRegistry, sdxl_registry: ModelRegistry, pipeline: str, sdxl: bool
+) -> None:
+    # As onnx-web's txt2img stage, every txt2img pipeline reseeds its starting noise: a rectangle
+    # that does not fit is a 400 at submit, not a failed job.
+    models = sdxl_registry if sdxl else registry
+    chain = txt2img_chain(models, pipeline=pipeline, prompt="a coast <reseed:0:0:64:640:3>")
+    with pytest.raises(InvalidParams) as caught:
+        require_runnable(chain.chain, models)
+    assert caught.value.field == "prompt"
+    assert caught.value.rule == "reseed 3: the rectangle (0, 0, 64, 640) is outside the 512x512 image"
+
+
+def test_region_rectangles_are_checked_on_both_panorama_pipelines_and_left_unread_elsewhere(
+    registry: ModelRegistry, sdxl_registry: ModelRegistry
+) -> None:
+    prompt = "a coast <region:0:0:64:640:4:0:a ship>"
+    with pytest.raises(InvalidParams, match="outside the 512x512 image"):
+        require_runnable(
+            txt2img_chain(sdxl_registry, pipeline="panorama-sdxl", prompt=prompt).chain, sdxl_registry
+        )
+    # Only panoramas read region tokens: plain txt2img leaves them out of the text, as onnx-web does.
+    require_runnable(txt2img_chain(registry, pipeline="txt2img", prompt=prompt).chain, registry)
+
+
 def test_txt2img_sdxl_on_img2img_runs_and_is_recorded_as_img2img_sdxl(registry: ModelRegistry) -> None:
     [stage] = img2img_stages(img2img_chain(registry, pipeline="txt2img-sdxl"))
     assert stage["params"]["pipeline"] == "img2img-sdxl"
