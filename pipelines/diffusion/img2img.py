@@ -31,7 +31,7 @@ def strength_timesteps(scheduler: Any, steps: int, strength: float) -> tuple[Any
 
 def img2img(run: sd.Run, source: Image.Image, strength: float) -> list[Image.Image]:
     """Re-generate ``source`` (a multiple of 8 pixels on each side) with ``strength`` of noise."""
-    embeddings = run.prompt_embeddings()
+    embeddings = run.embeddings_by_call()
     scheduler = run.scheduler()
     latents, timesteps, steps = noised_source(run, scheduler, source, strength)
     return run.decode(run.denoise(scheduler, latents, embeddings, timesteps=timesteps, steps=steps))

@@ -33,7 +33,7 @@ def mask_to_array(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
 def inpaint(run: sd.Run, source: Image.Image, mask: Image.Image) -> list[Image.Image]:
     """Repaint the white part of ``mask`` in ``source`` (a multiple of 8 pixels on each side)."""
     generation = run.generation
-    embeddings = run.prompt_embeddings()
+    embeddings = run.embeddings_by_call()
     scheduler = run.scheduler()
     noise = sd.initial_latents(generation.seed, generation.batch, source.width, source.height)
     conditioning, after_step = inpaint_inputs(run, scheduler, source, mask, noise)

@@ -13,7 +13,7 @@ with a low cfg (``cfg <= 1`` runs no guidance, one UNet row per step).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ class LcmRun(sd.Run):
         self,
         scheduler: Any,
         latents: np.ndarray,
-        embeddings: np.ndarray,
+        embeddings: np.ndarray | Sequence[np.ndarray],
         *,
         timesteps: Any = None,
         steps: int | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,7 @@ from pipelines.diffusion.prompt import (
     PromptText,
     Reseed,
     TokenWindows,
+    expand_alternatives,
     parse_prompt,
     prompt_windows,
     weight_embeddings,
@@ -54,6 +56,9 @@ LATENT_CHANNELS = 4
 LATENT_FACTOR = 8
 #: ``<reseed:...:-1>`` seeds are drawn from 1 up to this, excluded, as onnx-web draws them.
 RESEED_LIMIT = 2**32
+#: The pipelines whose prompts' ``(a|b)`` groups cycle per UNet call (contract §9.3: not LPW, SDXL
+#: or panorama, where the group is text).
+ALTERNATIVE_PIPELINES = frozenset({"txt2img", "img2img", "inpaint"})
 #: Text encoder outputs ``clip_skip.k``: the state k layers from the end, through the final LayerNorm.
 CLIP_SKIP_OUTPUT = "clip_skip."
 #: SD 1.x's latent scaling factor, used when a model folder does not say otherwise.
@@ -176,6 +181,8 @@ class Generation:
     height: int
     #: Run the VAE in overlapping tiles (``tiled_vae``); ``None`` runs it on the whole image.
     vae_tiling: VaeTiling | None = None
+    #: Cycle the prompts' ``(a|b)`` groups per UNet call (``ALTERNATIVE_PIPELINES``); else they are text.
+    alternatives: bool = False
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> Generation:
@@ -193,6 +200,7 @@ class Generation:
             "width": int(params["width"]),
             "height": int(params["height"]),
             "vae_tiling": VaeTiling.from_params(params),
+            "alternatives": params.get("pipeline") in ALTERNATIVE_PIPELINES,
             **overrides,
         }
         generation = cls(**values)
@@ -417,22 +425,26 @@ def encode_prompt(
     negative_prompt: PromptText | None,
     generation: Generation,
     clip_skip: int = 0,
+    *,
+    windows: int = 1,
 ) -> np.ndarray:
     """Prompt embeddings for the UNet: ``[negative] * batch + [prompt] * batch`` with guidance.
 
     ``prompt`` and ``negative_prompt`` are already free of network tokens: plain text, or a parsed
     prompt's weighted spans. Without guidance the negative prompt is not encoded at all, as in
     diffusers. ``clip_skip`` (the prompt's ``<clip:skip:k>``) applies to both, as in diffusers.
+    Both are padded to the longer's token windows, and to at least ``windows``.
     """
     tokenizer = model.tokenizer
-    windows = prompt_windows(tokenizer, prompt)
+    positive = prompt_windows(tokenizer, prompt)
     if not generation.guidance:
-        return np.repeat(encode_weighted(model, windows, clip_skip), generation.batch, axis=0)
+        padded = positive.padded(tokenizer, max(len(positive.ids), windows))
+        return np.repeat(encode_weighted(model, padded, clip_skip), generation.batch, axis=0)
     negative = prompt_windows(tokenizer, negative_prompt or "")
-    count = max(len(windows.ids), len(negative.ids))
+    count = max(len(positive.ids), len(negative.ids), windows)
     if count > 1:
         logger.debug("long prompt: %d windows of %d tokens", count, tokenizer.model_max_length)
-    positive_embeds = encode_weighted(model, windows.padded(tokenizer, count), clip_skip)
+    positive_embeds = encode_weighted(model, positive.padded(tokenizer, count), clip_skip)
     negative_embeds = encode_weighted(model, negative.padded(tokenizer, count), clip_skip)
     return np.concatenate(
         [
@@ -521,6 +533,47 @@ class Run:
         negative_spans = negative.spans if negative else None
         return encode_prompt(self.model, prompt.spans, negative_spans, self.generation, prompt.clip_skip)
 
+    def embeddings_by_call(self) -> list[np.ndarray]:
+        """The embeddings of each UNet call in turn: call *k* takes entry ``k % len``.
+
+        One entry (``prompt_embeddings``), unless the generation cycles alternatives and its
+        prompts have ``(a|b)`` groups: then one per prompt they make, the prompt and negative
+        prompt lists each repeated in turn to the longer's length, as onnx-web pairs them, and all
+        encoded to the same number of token windows, so every call has one shape.
+        """
+        generation = self.generation
+        if not generation.alternatives:
+            return [self.prompt_embeddings()]
+        prompts = expand_alternatives(generation.prompt)
+        negatives = (
+            [None] if generation.negative_prompt is None else expand_alternatives(generation.negative_prompt)
+        )
+        if len(prompts) == len(negatives) == 1:
+            return [self.prompt_embeddings()]
+        count = max(len(prompts), len(negatives))
+        pairs = [
+            (parse_prompt(prompts[index % len(prompts)]), _parsed(negatives[index % len(negatives)]))
+            for index in range(count)
+        ]
+        tokenizer = self.model.tokenizer
+        windows = max(
+            len(prompt_windows(tokenizer, parsed.spans).ids)
+            for pair in pairs
+            for parsed in pair
+            if parsed is not None
+        )
+        return [
+            encode_prompt(
+                self.model,
+                prompt.spans,
+                negative.spans if negative else None,
+                generation,
+                prompt.clip_skip,
+                windows=windows,
+            )
+            for prompt, negative in pairs
+        ]
+
     def scheduler(self) -> Any:
         """A fresh scheduler (schedulers keep per-run state), seeded and set to the generation's steps."""
         scheduler = self.model.scheduler(self.generation.scheduler, self.generation.seed)
@@ -549,7 +602,7 @@ class Run:
         self,
         scheduler: Any,
         latents: np.ndarray,
-        embeddings: np.ndarray,
+        embeddings: np.ndarray | Sequence[np.ndarray],
         *,
         timesteps: Any = None,
         steps: int | None = None,
@@ -560,7 +613,9 @@ class Run:
     ) -> np.ndarray:
         """Run the UNet loop over ``timesteps`` from ``latents`` (already scaled for the scheduler).
 
-        ``timesteps`` and ``steps`` (scheduler steps, for progress) default to the whole schedule.
+        ``embeddings`` are the UNet's text embeddings, or a list of them taken in turn per UNet
+        call (``embeddings_by_call``). ``timesteps`` and ``steps`` (scheduler steps, for progress)
+        default to the whole schedule.
         ``conditioning`` (an inpainting UNet's mask and masked-image latents, already doubled for
         guidance) is appended to the UNet input channels after the scheduler scales the latents.
         ``extra_inputs`` are further UNet inputs given unchanged at every step (the x4 upscaler's
@@ -584,10 +639,18 @@ class Run:
         )
 
     def unet_calls(
-        self, embeddings: np.ndarray, extra_inputs: Mapping[str, np.ndarray], unet: Any
+        self,
+        embeddings: np.ndarray | Sequence[np.ndarray],
+        extra_inputs: Mapping[str, np.ndarray],
+        unet: Any,
     ) -> UnetCalls:
         """This run's UNet calls: the CUDA-graph path on a GPU worker (``pipelines.gpu.runtime``),
-        else the worker's ONNX Runtime session, or ``unet`` where one is given."""
+        else the worker's ONNX Runtime session, or ``unet`` where one is given. Embeddings that
+        change per call (alternatives) stay on the session: a graph holds one set."""
+        cycle = [embeddings] if isinstance(embeddings, np.ndarray) else list(embeddings)
+        if len(cycle) > 1:
+            return session_calls(self.model.session("unet") if unet is None else unet, cycle, extra_inputs)
+        embeddings = cycle[0]
         if unet is None:
             from pipelines.gpu.runtime import graph_calls
 
@@ -617,9 +680,18 @@ class UnetCalls:
     stream: Callable[[], AbstractContextManager[Any]] = nullcontext
 
 
-def session_calls(unet: Any, embeddings: np.ndarray, extra_inputs: Mapping[str, np.ndarray]) -> UnetCalls:
-    """UNet calls on an ONNX Runtime session (or a session-like UNet), through numpy on the CPU."""
+def session_calls(
+    unet: Any, embeddings: np.ndarray | Sequence[np.ndarray], extra_inputs: Mapping[str, np.ndarray]
+) -> UnetCalls:
+    """UNet calls on an ONNX Runtime session (or a session-like UNet), through numpy on the CPU.
+
+    A list of ``embeddings`` is taken in turn, one per call, as onnx-web's UNet cycles a prompt's
+    alternatives (per UNet call, so a second-order scheduler's two calls of a step take two).
+    """
     import torch
+
+    cycle = [embeddings] if isinstance(embeddings, np.ndarray) else list(embeddings)
+    calls = itertools.count()
 
     timestep_dtype = input_type(unet, "timestep", np.float32)
     timestep_shape = next(item.shape for item in unet.get_inputs() if item.name == "timestep")
@@ -632,7 +704,7 @@ def session_calls(unet: Any, embeddings: np.ndarray, extra_inputs: Mapping[str, 
         feeds = {
             "sample": model_input.numpy().astype(np.float32),
             "timestep": np.full((count,), float(t), dtype=timestep_dtype),
-            "encoder_hidden_states": embeddings,
+            "encoder_hidden_states": cycle[next(calls) % len(cycle)],
             **extra_inputs,
         }
         return torch.from_numpy(unet.run(None, feeds)[0]).float()
@@ -848,6 +920,10 @@ def network_entries(models_path: Path, kind: str, networks: list[Any]) -> list[d
             {"name": network.name, "weight": network.weight, "hash": file_hash(path) if path else "unknown"}
         )
     return entries
+
+
+def _parsed(prompt: str | None) -> ParsedPrompt | None:
+    return None if prompt is None else parse_prompt(prompt)
 
 
 def parse_prompts(generation: Generation) -> tuple[ParsedPrompt, ParsedPrompt | None]:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "Reseed",
     "Span",
     "TokenWindows",
+    "expand_alternatives",
     "pad_windows",
     "parse_prompt",
     "parse_stages",
@@ -53,6 +55,30 @@ __all__ = [
 MEAN_FLOOR = 1e-4
 #: What an encoder takes: plain text (weight 1 throughout) or a parsed prompt's spans.
 PromptText = str | Sequence[Span]
+
+
+#: An alternatives group: ``(a|b|c)``, innermost parentheses holding a ``|`` (onnx-web's, contract §9.3).
+ALTERNATIVES = re.compile(r"(?<!\\)\(([^()]*?(?<!\\)\|[^()]*)(?<!\\)\)")
+#: The most prompts a prompt's alternatives make: one per UNet call at most, so a few dozen.
+MAX_ALTERNATIVES = 64
+
+
+def expand_alternatives(prompt: str) -> list[str]:
+    """The prompts ``(a|b|c)`` groups make, one per UNet call in turn, as onnx-web cycles them.
+
+    Prompt *i* takes option ``i % n`` of every group of ``n`` options; there are as many prompts as
+    the largest group has options. A prompt without groups is itself. Parentheses without ``|``
+    stay weights (``(word:1.2)``), unlike onnx-web's plain pipelines, which drop them.
+    """
+    groups: list[list[str]] = []
+    end = 0
+    for match in ALTERNATIVES.finditer(prompt):
+        groups.append([prompt[end : match.start()]])
+        groups.append(match.group(1).split("|"))
+        end = match.end()
+    groups.append([prompt[end:]])
+    count = min(max(len(group) for group in groups), MAX_ALTERNATIVES)
+    return ["".join(group[index % len(group)] for group in groups) for index in range(count)]
 
 
 def prompt_stage(prompt: str, index: int) -> str:

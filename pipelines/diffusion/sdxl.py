@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -171,8 +171,15 @@ class SdxlRun(sd.Run):
         """The UNet's ``encoder_hidden_states``; ``unet_calls`` adds the pooled and size conditioning."""
         return self.conditioning.hidden
 
+    def embeddings_by_call(self) -> list[np.ndarray]:
+        """One set for every call: SDXL reads ``(a|b)`` as text, as onnx-web's SDXL pipelines do."""
+        return [self.prompt_embeddings()]
+
     def unet_calls(
-        self, embeddings: np.ndarray, extra_inputs: Mapping[str, np.ndarray], unet: Any
+        self,
+        embeddings: np.ndarray | Sequence[np.ndarray],
+        extra_inputs: Mapping[str, np.ndarray],
+        unet: Any,
     ) -> sd.UnetCalls:
         """``Run.unet_calls`` on an SDXL UNet: ``embeddings`` with this run's pooled and size conditioning."""
         if extra_inputs:

@@ -18,6 +18,6 @@ def txt2img(run: sd.Run) -> list[Image.Image]:
         from pipelines.gpu.batch import run_txt2img
 
         return run_txt2img(run)
-    embeddings = run.prompt_embeddings()
+    embeddings = run.embeddings_by_call()
     scheduler = run.scheduler()
     return run.decode(run.denoise(scheduler, run.starting_latents(scheduler, reseeded=True), embeddings))

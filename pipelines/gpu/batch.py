@@ -150,21 +150,26 @@ class _Running:
     arguments: dict[str, Any]
     #: The UNet's inputs besides sample and timestep, one row per UNet row of this job:
     #: ``encoder_hidden_states``, and SDXL's ``text_embeds`` and ``time_ids`` or an LCM-distilled
-    #: UNet's embedded guidance scale (``timestep_cond``).
-    conditioning: dict[str, Any]
+    #: UNet's embedded guidance scale (``timestep_cond``). One set per prompt its ``(a|b)`` groups
+    #: make (``Run.embeddings_by_call``), all of one shape, taken in turn per UNet call.
+    conditionings: list[dict[str, Any]]
     sample: Any
     #: Scheduler steps this job has finished (``on_latents``'s count).
     done: int = 0
 
+    def conditioning(self, call: int) -> dict[str, Any]:
+        """The inputs of UNet call ``call`` (from 0)."""
+        return self.conditionings[call % len(self.conditionings)]
+
     @property
     def rows(self) -> int:
         """UNet batch rows of this job: its images, twice with guidance."""
-        return len(self.conditioning["encoder_hidden_states"])
+        return len(self.conditionings[0]["encoder_hidden_states"])
 
     @property
     def sequence(self) -> int:
         """Prompt tokens of this job (77 per window): jobs of different lengths cannot share a call."""
-        return int(self.conditioning["encoder_hidden_states"].shape[1])
+        return int(self.conditionings[0]["encoder_hidden_states"].shape[1])
 
 
 def txt2img_batch(
@@ -218,12 +223,13 @@ def _start(index: int, job: Txt2ImgJob, run: sd.Run, denoiser: Denoiser) -> _Run
     import torch
 
     if isinstance(run, SdxlRun):
-        inputs = unet_inputs(run.conditioning)
+        cycle = [unet_inputs(run.conditioning)]
     else:
-        inputs = {"encoder_hidden_states": run.prompt_embeddings()}
+        cycle = [{"encoder_hidden_states": embeddings} for embeddings in run.embeddings_by_call()]
         if isinstance(run, LcmRun):
-            rows = len(inputs["encoder_hidden_states"])
-            inputs[TIMESTEP_COND] = guidance_embedding(run.guidance_scale, run.width, rows)
+            rows = len(cycle[0]["encoder_hidden_states"])
+            for inputs in cycle:
+                inputs[TIMESTEP_COND] = guidance_embedding(run.guidance_scale, run.width, rows)
     generation = run.generation
     scheduler = run.scheduler()
     return _Running(
@@ -235,7 +241,10 @@ def _start(index: int, job: Txt2ImgJob, run: sd.Run, denoiser: Denoiser) -> _Run
         arguments=step_arguments(
             scheduler, eta=generation.eta, generator=sd.torch_generator(generation.seed)
         ),
-        conditioning={name: torch.from_numpy(array).to(denoiser.device) for name, array in inputs.items()},
+        conditionings=[
+            {name: torch.from_numpy(array).to(denoiser.device) for name, array in inputs.items()}
+            for inputs in cycle
+        ],
         sample=torch.from_numpy(run.starting_latents(scheduler, reseeded=True)).to(denoiser.device),
     )
 
@@ -255,7 +264,8 @@ def _denoise(denoiser: Denoiser, group: list[_Running], outcomes: list[JobOutcom
         sample = torch.cat(inputs)
         # One model per batch: every job of the group has the same inputs.
         conditioning = {
-            name: torch.cat([item.conditioning[name] for item in group]) for name in group[0].conditioning
+            name: torch.cat([item.conditioning(index)[name] for item in group])
+            for name in group[0].conditioning(index)
         }
         timestep = torch.full((len(sample),), float(t), device=denoiser.device)
         noise = denoiser.predict_noise(sample, timestep, conditioning)

@@ -10,8 +10,10 @@ import pytest
 from pipelines.diffusion import sdxl
 from pipelines.diffusion.model import DiffusionModel, encode_prompt, encode_text, load_model
 from pipelines.diffusion.prompt import (
+    MAX_ALTERNATIVES,
     Network,
     PromptSyntaxError,
+    expand_alternatives,
     pad_windows,
     parse_prompt,
     prompt_stage,
@@ -243,3 +245,28 @@ def test_sdxl_truncates_a_long_weighted_prompt_to_one_window(demo_model: Diffusi
     windows = prompt_windows(demo_model.tokenizer, parsed.spans, truncate=True)
     assert windows.ids.shape == windows.weights.shape == (1, 77)
     assert (windows.weights[0, 71:76] == np.float32(1.3)).all() and windows.weights[0, 76] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expanded"),
+    [
+        ("a cat on a mat", ["a cat on a mat"]),
+        # onnx-web's cycle: prompt i takes option i % n of each group, as many as the largest group.
+        (
+            "a (cat|dog|fox) on a (red|blue) mat",
+            ["a cat on a red mat", "a dog on a blue mat", "a fox on a red mat"],
+        ),
+        # Parentheses without | are weights here; an inner group is an option inside its weight.
+        ("a (cat:1.2) on ((red|blue) mat)", ["a (cat:1.2) on (red mat)", "a (cat:1.2) on (blue mat)"]),
+        ("((cat|dog):1.3)", ["(cat:1.3)", "(dog:1.3)"]),
+        (r"a \(cat|dog\)", [r"a \(cat|dog\)"]),
+        ("(a|)", ["a", ""]),
+    ],
+)
+def test_alternatives_expand_into_the_prompts_onnx_web_cycles(prompt: str, expanded: list[str]) -> None:
+    assert expand_alternatives(prompt) == expanded
+
+
+def test_alternatives_make_at_most_their_cap_of_prompts() -> None:
+    many = "(" + "|".join(f"option {index}" for index in range(500)) + ")"
+    assert len(expand_alternatives(many)) == MAX_ALTERNATIVES

@@ -122,6 +122,38 @@ def test_long_negative_prompt_is_padded_to_the_prompt_windows(demo_model: Diffus
     assert np.abs(array(images[0]) - array(without[0])).mean() > 1
 
 
+def test_alternatives_take_turns_one_unet_call_each(demo_model: DiffusionModel) -> None:
+    def image(prompt: str, steps: int) -> np.ndarray:
+        return array(generate(demo_model, prompt=prompt, steps=steps, scheduler="ddim")[0])
+
+    # DDIM calls the UNet once a step: one step draws only the first alternative.
+    assert np.array_equal(image("a (cat|dog) in a field", 1), image("a cat in a field", 1))
+    cycled = image("a (cat|dog) in a field", 3)
+    # Later calls take the second (the same seed gives the same pixels, so any change is the prompt's).
+    for plain in ("a cat in a field", "a dog in a field"):
+        assert not np.array_equal(cycled, image(plain, 3))
+    # Alternatives that are all one prompt are that prompt, call after call.
+    assert np.array_equal(image("a (cat|cat) in a field", 3), image("a cat in a field", 3))
+    # Alternatives of different lengths are encoded to the same windows (no shape mismatch).
+    long = image("a (cat|" + "dog " * 100 + ") in a field", 2)
+    assert long.shape == cycled.shape
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "cycles"),
+    [
+        ("txt2img", True),
+        ("img2img", True),
+        ("inpaint", True),
+        ("lpw", False),
+        ("panorama", False),
+        ("txt2img-sdxl", False),
+    ],
+)
+def test_alternatives_cycle_on_the_pipelines_onnx_web_cycles_them(pipeline: str, cycles: bool) -> None:
+    assert Generation.from_params(stage_params(pipeline=pipeline)).alternatives is cycles
+
+
 def test_cancellation_stops_the_loop(models_path: Path, sessions: SessionCache) -> None:
     recorder = Recorder(models_path, sessions, cancel_after=2)
     with pytest.raises(StageCancelled):

@@ -52,11 +52,13 @@ def test_a_job_gives_the_same_pixels_batched_or_alone(demo_model: DiffusionModel
     assert np.abs(pixels(together[0].images[0]) - pixels(together[2].images[0])).max() > 10
 
 
-@pytest.mark.parametrize("prompt", ["a photo of a cat", "a photo of a cat <reseed:0:0:32:32:9>"])
+@pytest.mark.parametrize(
+    "prompt", ["a photo of a cat", "a photo of a cat <reseed:0:0:32:32:9>", "a photo of a (cat|dog|fox)"]
+)
 def test_the_batched_loop_matches_the_single_job_pipeline(demo_model: DiffusionModel, prompt: str) -> None:
     """The batched path makes the images ``txt2img`` (the reference-matched path) makes, its
-    ``<reseed>`` tokens included (the GPU route of txt2img runs it)."""
-    job = generation(seed=5, scheduler="dpm-multi", batch=2, prompt=prompt)
+    ``<reseed>`` tokens and ``(a|b)`` alternatives included (the GPU route of txt2img runs it)."""
+    job = generation(seed=5, scheduler="dpm-multi", batch=2, prompt=prompt, alternatives=True)
     reference = txt2img(Run(demo_model, job))
     outcome = txt2img_batch(
         demo_model, [Txt2ImgJob(job), Txt2ImgJob(generation(seed=6, scheduler="dpm-multi"))]
