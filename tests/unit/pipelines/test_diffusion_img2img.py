@@ -137,32 +137,30 @@ def test_schedulers_that_cannot_noise_an_image_are_refused(demo_model: Diffusion
         img2img(Run(demo_model, generation("ipndm")), gradient(), 0.5)
 
 
+def refine_in_tiles(
+    models_path: Path, sessions: SessionCache, inputs: dict[str, Any], sources: list[str], **params: Any
+) -> Any:
+    """A one-stage chain: ``blend-img2img`` named ``refine`` in 64-px tiles over ``inputs``."""
+    from pipelines.chain import run_chain
+
+    resolved = {**stage_params(), "prompt_index": 0, "overlap": 0.5, "tile_order": "grid", **params}
+    stage = {"name": "refine", "type": "blend-img2img", "params": resolved, "tiles": 64}
+    return run_chain(
+        {"stages": [stage], "sources": sources}, models_path=models_path, sessions=sessions, inputs=inputs
+    )
+
+
 def test_a_tiled_stage_makes_its_batch_one_seed_after_another(
     models_path: Path, sessions: SessionCache
 ) -> None:
-    from pipelines.chain import run_chain
+    def tiled_outputs(batch: int, seed: int) -> tuple[list[Any], int]:
+        inputs = {"source": gradient(96, 64)}
+        result = refine_in_tiles(models_path, sessions, inputs, ["source"], batch=batch, seed=seed)
+        return result.outputs, result.progress.steps.current
 
     def tiled(batch: int, seed: int) -> tuple[list[np.ndarray], int]:
         outputs, steps = tiled_outputs(batch, seed)
         return [np.asarray(output.image) for output in outputs], steps
-
-    def tiled_outputs(batch: int, seed: int) -> tuple[list[Any], int]:
-        params = {
-            **stage_params(),
-            "prompt_index": 0,
-            "batch": batch,
-            "seed": seed,
-            "overlap": 0.5,
-            "tile_order": "grid",
-        }
-        stage = {"name": "refine", "type": "blend-img2img", "params": params, "tiles": 64}
-        result = run_chain(
-            {"stages": [stage], "sources": ["source"]},
-            models_path=models_path,
-            sessions=sessions,
-            inputs={"source": gradient(96, 64)},
-        )
-        return result.outputs, result.progress.steps.current
 
     # A 96x64 upload in 64-px tiles: two tiles a pass, two scheduler steps each (strength 0.5 of 4).
     (alone,), alone_steps = tiled(1, 9)
@@ -186,22 +184,8 @@ def test_a_tiled_stage_makes_its_batch_one_seed_after_another(
 def test_a_stage_upload_larger_than_its_tile_is_tiled_like_a_handed_image(
     models_path: Path, sessions: SessionCache
 ) -> None:
-    from pipelines.chain import run_chain
-
-    params = {**stage_params(), "prompt_index": 0, "batch": 1, "overlap": 0.5, "tile_order": "grid"}
-    stage = {"name": "refine", "type": "blend-img2img", "params": params, "tiles": 64}
-    handed = run_chain(
-        {"stages": [stage], "sources": ["source"]},
-        models_path=models_path,
-        sessions=sessions,
-        inputs={"source": gradient(96, 64)},
-    )
-    uploaded = run_chain(
-        {"stages": [stage]},
-        models_path=models_path,
-        sessions=sessions,
-        inputs={"source:refine": gradient(96, 64)},
-    )
+    handed = refine_in_tiles(models_path, sessions, {"source": gradient(96, 64)}, ["source"], batch=1)
+    uploaded = refine_in_tiles(models_path, sessions, {"source:refine": gradient(96, 64)}, [], batch=1)
     # In 64-px tiles, as the memory estimate assumed, not one pass over the whole upload.
     assert uploaded.progress.tiles.total == handed.progress.tiles.total == 2
     [ours], [theirs] = uploaded.outputs, handed.outputs
