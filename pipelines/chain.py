@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from pipelines.context import Counter, Output, Progress, SessionProvider, StageContext, StageImage, StageText
+from pipelines.imageops.metadata import uploaded
 from pipelines.stages import STAGES, estimate_steps
 from pipelines.stages.shared import MAX_SEED
 from pipelines.stages.spec import StageRunner
@@ -143,7 +144,8 @@ def run_chain(
     # One mutable copy for the whole chain: a preparing stage may hand later ones new inputs.
     inputs = dict(inputs or {})
     # Legacy routes start from their uploads (img2img's source, blend's first image).
-    images: list[StageImage] = [_upload(inputs[key]) for key in chain.get("sources", [])]
+    # Upscaling or blending an output records the params it was made with, as onnx-web's routes do.
+    images: list[StageImage] = [uploaded(inputs[key]) for key in chain.get("sources", [])]
     timings: dict[str, int] = {}
     tracker.push()
     for index, stage in enumerate(stages):
@@ -172,7 +174,7 @@ def run_chain(
         upload = inputs.get(f"source:{stage['name']}")
         if stage_type.tileable and not images and upload is not None:
             # Its own upload, as stage_sources would take it, so that a large one is tiled too.
-            images = [StageImage(upload, {})]
+            images = [uploaded(upload)]
         try:
             if stage_type.tileable and _needs_tiles(stage, images):
                 images = _run_tiled(runner, ctx, stage, params, images, tracker)
@@ -191,14 +193,6 @@ def run_chain(
 
 def _no_preview(step: int, family: str, latents: Callable[[], np.ndarray]) -> None:
     """The ``on_latents`` of a chain run without previews."""
-
-
-def _upload(image: Image.Image) -> StageImage:
-    """An uploaded image as a chain input, with what its metadata may hand on: upscaling or blending
-    an output records the params it was made with (``upload_metadata``), as onnx-web's routes do."""
-    from pipelines.imageops.metadata import upload_metadata
-
-    return StageImage(image.convert("RGB"), upload_metadata(image) or {})
 
 
 def _needs_tiles(stage: Mapping[str, Any], images: list[StageImage]) -> bool:

@@ -21,6 +21,7 @@ The resolved chain document (what the api stores in the job row and the worker r
       ],
       "output": {"format": "png", "thumbnail": true, "thumbnail_size": 1024},
       "metadata": {"input_size": {"width": 512, "height": 512}, ...},  # recorded on outputs
+      "hashes": {"stable-diffusion-onnx-v1-5": "…"},  # the extras' hashes of its models (if any)
     }
 
 Uploaded images reach stages through ``StageContext.inputs``, keyed ``source:<stage>`` and

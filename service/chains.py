@@ -16,7 +16,13 @@ import jsonschema
 
 from pipelines.diffusion.networks import unknown_networks
 from pipelines.diffusion.panorama import PANORAMA_PIPELINES
-from pipelines.diffusion.prompt import PromptSyntaxError, parse_prompt, parse_stages
+from pipelines.diffusion.prompt import (
+    ALTERNATIVE_PIPELINES,
+    PromptSyntaxError,
+    check_alternatives,
+    parse_prompt,
+    parse_stages,
+)
 from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.models.controlnets import controlnet_family, has_cnet
 from pipelines.models.registry import ModelRegistry
@@ -355,6 +361,8 @@ def check_prompts(request: ParsedRequest) -> None:
                 continue
             try:
                 parse_stages(text)
+                if image.pipeline in ALTERNATIVE_PIPELINES:
+                    check_alternatives(text)
             except PromptSyntaxError as err:
                 raise InvalidParams(field_name, f"{err}{note}") from err
 
@@ -778,7 +786,9 @@ def build_chain(
     stages = []
     for index, entry in enumerate(doc["stages"]):
         path = f"stages[{index}].params"
-        raw = {**defaults, **entry["params"]}
+        # onnx-web's snake-case upscale names as the flat ones, each side first, so that a stage's
+        # own value wins over the defaults' whichever way either is spelt.
+        raw = {**snake_case_upscale_keys(defaults), **snake_case_upscale_keys(entry["params"])}
         stage_type = entry["type"]
         if stage_type == "upscale-highres":
             # A compound stage: compiled here into its resize and img2img passes (contract §8.4),
@@ -790,7 +800,6 @@ def build_chain(
         if stage_type in PLANNED:
             raise NotImplementedYet(f"this server cannot run these stages yet: {stage_type}")
         declared = STAGES[stage_type]
-        raw = snake_case_upscale_keys(raw) if "upscale" in declared.groups else raw
         if declared.default_model and not raw.get(declared.model or ""):
             # Its own model when the stage names none (CodeFormer's one checkpoint), checked as named.
             raw = {**raw, str(declared.model): declared.default_model}

@@ -782,10 +782,12 @@ class RestartSchedule:
     _quick_deaths: int = 0
 
     def started(self, now: float) -> None:
+        """The process (re)started at ``now``: no restart is due."""
         self.started_at = now
         self.restart_at = None
 
     def due(self, now: float) -> bool:
+        """Whether a restart is scheduled and its wait is over at ``now``."""
         return self.restart_at is not None and now >= self.restart_at
 
     def died(self, now: float, pid: int | None, how: str, status: Mapping[str, Any], level: int) -> None:

@@ -34,6 +34,7 @@ from pipelines.diffusion.networks import (
     prompt_blend,
 )
 from pipelines.diffusion.prompt import (
+    ALTERNATIVE_PIPELINES,
     ParsedPrompt,
     PromptText,
     Reseed,
@@ -46,6 +47,7 @@ from pipelines.diffusion.prompt import (
 from pipelines.diffusion.prompt_grammar import check_areas
 from pipelines.diffusion.schedulers import load_scheduler_config, make_scheduler, step_arguments
 from pipelines.diffusion.vae_tiling import VaeTiling, decode_tiled, encode_tiled
+from pipelines.imageops.metadata import uploaded
 from pipelines.models.layout import ONNX_FILE, read_model_hash
 from pipelines.models.sessions import SessionCache
 
@@ -56,9 +58,6 @@ LATENT_CHANNELS = 4
 LATENT_FACTOR = 8
 #: ``<reseed:...:-1>`` seeds are drawn from 1 up to this, excluded, as onnx-web draws them.
 RESEED_LIMIT = 2**32
-#: The pipelines whose prompts' ``(a|b)`` groups cycle per UNet call (contract §9.3: not LPW, SDXL
-#: or panorama, where the group is text).
-ALTERNATIVE_PIPELINES = frozenset({"txt2img", "img2img", "inpaint"})
 #: Text encoder outputs ``clip_skip.k``: the state k layers from the end, through the final LayerNorm.
 CLIP_SKIP_OUTPUT = "clip_skip."
 #: SD 1.x's latent scaling factor, used when a model folder does not say otherwise.
@@ -555,10 +554,12 @@ class Run:
             (parse_prompt(prompts[index % len(prompts)]), _parsed(negatives[index % len(negatives)]))
             for index in range(count)
         ]
+        # Without guidance no negative prompt is encoded, so only the prompts' windows count.
+        encoded = [pair if generation.guidance else pair[:1] for pair in pairs]
         tokenizer = self.model.tokenizer
         windows = max(
             len(prompt_windows(tokenizer, parsed.spans).ids)
-            for pair in pairs
+            for pair in encoded
             for parsed in pair
             if parsed is not None
         )
@@ -928,8 +929,7 @@ def _parsed(prompt: str | None) -> ParsedPrompt | None:
 
 def parse_prompts(generation: Generation) -> tuple[ParsedPrompt, ParsedPrompt | None]:
     """The prompt and negative prompt with their tokens removed (the negative's networks count too)."""
-    negative = parse_prompt(generation.negative_prompt) if generation.negative_prompt is not None else None
-    return parse_prompt(generation.prompt), negative
+    return parse_prompt(generation.prompt), _parsed(generation.negative_prompt)
 
 
 def generation_metadata(
@@ -976,7 +976,7 @@ def stage_sources(ctx: StageContext, params: Mapping[str, Any], images: list[Sta
     upload = ctx.inputs.get(f"source:{params.get('stage_name', '')}")
     if upload is None:
         raise ValueError("this stage needs an input image: none came from earlier stages or a source upload")
-    return [StageImage(upload, {})]
+    return [uploaded(upload)]
 
 
 def input_size(item: StageImage) -> dict[str, int]:

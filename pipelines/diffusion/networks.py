@@ -6,9 +6,9 @@ What onnx-web does at load time (features §2, §4.5), without writing to the mo
   (or a LoHA's Hadamard product) to the weights of the UNet (``lora_unet_*``) and the text encoders
   (``lora_te_*``; SDXL's ``lora_te1_*`` and ``lora_te2_*``). Linear layers, 1x1 and 3x3 convolutions.
 - A textual inversion (``models/inversion/NAME.*``) adds tokens to the tokenizer and rows to the
-  text encoder's token embedding: ``NAME``, and for multi-vector embeddings ``NAME-0 … NAME-N``
-  (one per vector) plus ``NAME-all``; ``NAME`` and ``NAME-all`` are the sum of the vectors, as in
-  onnx-web. A single-concept file (``{"<token>": vector}``) also makes its own ``<token>``.
+  text encoder's token embedding: ``NAME``, ``NAME-0 … NAME-N`` (one per vector, even for one)
+  and ``NAME-all``; ``NAME`` and ``NAME-all`` are the sum of the vectors, as in onnx-web. A
+  single-concept file (``{"<token>": vector}``) makes ``NAME`` and its own ``<token>`` only.
 
 Kohya names modules by their diffusers path with ``_`` for ``.``; our ONNX exports name each
 ``MatMul``/``Gemm``/``Conv`` node by the module it came from (``/model/down_blocks.0/…/to_q/MatMul``)

@@ -5,6 +5,8 @@
   ``<reseed:..>`` tokens (removed from the text and recorded), layer ranges expanded.
 - ``a || b`` splits a prompt into stages: the base generation uses part 0, highres pass *i*
   part *i + 1*.
+- ``(a|b|c)`` groups make alternative prompts that the txt2img, img2img and inpaint pipelines
+  take in turn, one per UNet call (``expand_alternatives``); elsewhere they are text.
 - Prompts longer than one CLIP window (75 tokens plus bos and eos) are split into 77-token
   windows that are encoded separately and concatenated along the sequence axis.
 - Weights are applied as diffusers' long prompt weighting (onnx-web's ``lpw``) does: each
@@ -41,6 +43,7 @@ __all__ = [
     "Reseed",
     "Span",
     "TokenWindows",
+    "check_alternatives",
     "expand_alternatives",
     "pad_windows",
     "parse_prompt",
@@ -61,6 +64,9 @@ PromptText = str | Sequence[Span]
 ALTERNATIVES = re.compile(r"(?<!\\)\(([^()]*?(?<!\\)\|[^()]*)(?<!\\)\)")
 #: The most prompts a prompt's alternatives make: one per UNet call at most, so a few dozen.
 MAX_ALTERNATIVES = 64
+#: The pipelines whose prompts' ``(a|b)`` groups cycle per UNet call (contract §9.3: not LPW, SDXL
+#: or panorama, where the group is text).
+ALTERNATIVE_PIPELINES = frozenset({"txt2img", "img2img", "inpaint"})
 
 
 def expand_alternatives(prompt: str) -> list[str]:
@@ -79,6 +85,20 @@ def expand_alternatives(prompt: str) -> list[str]:
     groups.append([prompt[end:]])
     count = min(max(len(group) for group in groups), MAX_ALTERNATIVES)
     return ["".join(group[index % len(group)] for group in groups) for index in range(count)]
+
+
+def check_alternatives(prompt: str) -> None:
+    """Parse every prompt ``prompt``'s ``(a|b)`` groups make (each ``||`` stage's); raises
+    ``PromptSyntaxError`` for the first that does not parse (a group that splits ``[red|blue]``)."""
+    for part in prompt.split(STAGE_SEPARATOR):
+        alternatives = expand_alternatives(part)
+        for alternative in alternatives if len(alternatives) > 1 else ():
+            try:
+                parse_prompt(alternative)
+            except PromptSyntaxError as err:
+                raise PromptSyntaxError(
+                    err.position, f"the alternative {alternative[:80]!r} of an (a|b) group: {err.rule}"
+                ) from err
 
 
 def prompt_stage(prompt: str, index: int) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from pipelines.context import StageImage
 from pipelines.imageops.png import COLOUR_TYPES, encode_png
 
 TOOL = "onnx-web"
@@ -141,7 +142,8 @@ def _fit_jpeg_exif(exif: Image.Exif, metadata: Mapping[str, Any], server_version
     Long prompts (the api takes 20,000 characters, written three times in UTF-16) overflow it, and
     Pillow would fail the job after its image was made. The maker note goes first: the sidecar JSON
     holds the same. Then the prompts in ``parameters`` are shortened until it fits, keeping the line
-    of steps, seed and hashes that tools read.
+    of steps, seed and hashes that tools read; where that line alone is too long (hundreds of
+    networks), ``parameters`` goes too.
     """
     if len(exif.tobytes()) <= JPEG_MAX_EXIF:
         return
@@ -154,6 +156,8 @@ def _fit_jpeg_exif(exif: Image.Exif, metadata: Mapping[str, Any], server_version
         exif[EXIF_USER_COMMENT] = _user_comment(
             a1111_parameters({**metadata, "params": {**params, **shortened}}, server_version)
         )
+    if len(exif.tobytes()) > JPEG_MAX_EXIF:  # the hash lists alone overflow it: the sidecar has all
+        del exif[EXIF_USER_COMMENT]
 
 
 def _user_comment(text: str) -> bytes:
@@ -175,7 +179,7 @@ def read_metadata(image: Image.Image) -> dict[str, Any] | None:
         return None
     try:
         parsed = json.loads(note)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # not JSON, too deep, or an integer past Python's digits
         return None
     return parsed if isinstance(parsed, dict) else None
 
@@ -198,13 +202,20 @@ MAX_PARAMS = 64
 MAX_NETWORKS = 32
 
 
+def uploaded(image: Image.Image) -> StageImage:
+    """An uploaded image as a chain input (a route's source, or a stage's ``source:<name>``), in
+    RGB, with what its metadata may hand on (``upload_metadata``)."""
+    return StageImage(image.convert("RGB"), upload_metadata(image) or {})
+
+
 def upload_metadata(image: Image.Image) -> dict[str, Any] | None:
     """What an uploaded image's metadata may hand on to the images made from it, or ``None``.
 
     Upscaling or blending one of our (or onnx-web's) outputs records the params it was made with,
     as onnx-web's routes do. The upload is a stranger's: only the shape of contract §7.3 is kept
-    (``params`` of scalars, ``models``/``loras``/``inversions`` entries of name, hash and weight),
-    each value checked and bounded; anything else, or a note too large to be ours, is dropped.
+    (``params`` of scalars, those clients read with their types, ``models``/``loras``/``inversions``
+    entries of name, hash and weight), each value checked and bounded; anything else, or a note too
+    large to be ours, is dropped.
     Sizes are not handed on: the upload itself is the new job's input.
     """
     note = _maker_note(image)
@@ -219,13 +230,33 @@ def upload_metadata(image: Image.Image) -> dict[str, Any] | None:
         kept["params"] = {
             key: value
             for key, value in list(params.items())[:MAX_PARAMS]
-            if isinstance(key, str) and len(key) <= MAX_NAME and _plain_scalar(value)
+            if isinstance(key, str) and len(key) <= MAX_NAME and _plain_scalar(value) and _typed(key, value)
         }
     for key in ("models", "loras", "inversions"):
         entries = recorded.get(key)
         if isinstance(entries, list):
             kept[key] = [found for entry in entries[:MAX_NETWORKS] if (found := _network(entry)) is not None]
     return kept or None
+
+
+#: The types of the params clients read unguarded (onnx-web's GUI: its cards and "use params").
+KNOWN_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "scheduler": (str,),
+    "prompt": (str,),
+    "negative_prompt": (str,),
+    "seed": (int,),
+    "steps": (int,),
+    "batch": (int,),
+    "cfg": (int, float),
+    "eta": (int, float),
+}
+
+
+def _typed(key: str, value: Any) -> bool:
+    """Whether a known param has its type (a bool is no number here)."""
+    types = KNOWN_PARAM_TYPES.get(key)
+    return types is None or (isinstance(value, types) and not isinstance(value, bool))
 
 
 def _plain_scalar(value: Any) -> bool:

@@ -71,7 +71,14 @@ def run(ctx: StageContext, params: dict[str, Any], images: list[StageImage]) -> 
         return str(result.text)
 
     prompt = str(params.get("prompt", ""))
-    ctx.carry.setdefault("prompt", {})[prompt] = expand_prompt(prompt, params, generate)
+    expanded = expand_prompt(prompt, params, generate)
+    swaps = ctx.carry.setdefault("prompt", {})
+    # A text-prompt after another lengthens what the first made: stages that use the prompt the
+    # first was given get the longest one.
+    for original, made in swaps.items():
+        if made == prompt:
+            swaps[original] = expanded
+    swaps[prompt] = expanded
     return images
 
 

@@ -1,4 +1,4 @@
-"""``upscale-stable-diffusion``: enlarge every image 4 times with the SD x4 upscaler.
+"""``upscale-stable-diffusion``: enlarge every image with the SD x4 upscaler, to ``outscale`` times its size.
 
 Params (contract §10.5; the image and upscale groups): ``upscale_model``, the upscaler's folder name;
 ``prompt`` (its ``prompt_index`` part, default 0), ``negative_prompt``, ``steps``, ``cfg``,

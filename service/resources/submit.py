@@ -332,8 +332,8 @@ class Submitter:
         for field_name, image_name in built.inputs.items():
             if image_name in images:
                 object_key = input_key(name, field_name.replace(":", "-"))
-                image = images[image_name]
-                self.store.put_bytes(object_key, encode_png(image, upload_metadata(image)), "image/png")
+                upload = images[image_name]
+                self.store.put_bytes(object_key, encode_png(upload, upload_metadata(upload)), "image/png")
                 inputs[field_name] = object_key
         new_job = NewJob(
             id=job_id,

@@ -85,6 +85,11 @@ def test_an_upload_hands_on_the_params_and_models_it_was_made_with() -> None:
         ("not json", None),
         ("[1, 2]", None),
         ("[" * 30_000 + "]" * 30_000, None),  # too deep to parse
+        ('{"params": {"seed": ' + "1" * 5000 + "}}", None),  # past Python's integer digits
+        (
+            json.dumps({"params": {"prompt": None, "seed": "x", "steps": True, "model": 5, "cfg": 1.5}}),
+            {"params": {"cfg": 1.5}},
+        ),
         (json.dumps({"params": {"seed": 1, "note": "x" * 70_000}}), None),  # larger than any of ours
         (json.dumps({"params": "a string"}), None),
         (
@@ -121,3 +126,11 @@ def test_the_parameters_list_a_lora_s_hash_over_an_inversion_of_the_same_name() 
     }
     text = a1111_parameters(written, "v1")
     assert text.endswith('Hashes: {"stable-diffusion-onnx-v1-5": "ABC", "detail": "LORA"}')
+
+
+def test_a_jpeg_whose_hash_lists_alone_overflow_its_exif_is_still_written() -> None:
+    entries = [{"name": "n" * 250 + str(index), "hash": "h" * 250, "weight": 1.0} for index in range(32)]
+    written = {**metadata("a cat"), "models": entries, "loras": entries, "inversions": entries}
+    data = encode_image(Image.new("RGB", (16, 16)), written, fmt="jpeg", server_version="v1")
+    image = Image.open(io.BytesIO(data))
+    assert image.size == (16, 16) and len(image.getexif().tobytes()) <= JPEG_MAX_EXIF

@@ -222,6 +222,27 @@ def test_text_prompt_expands_the_prompt_of_later_stages_that_inherit_it_only(
     assert own["prompt"] == "a red dog"
 
 
+def test_a_second_text_prompt_lengthens_what_the_first_made_for_the_stages_after_both(models: Path) -> None:
+    ctx = stage_context(models_path=models)
+    params = {
+        "prompt_filter": DEMO_TEXT_MODEL,
+        "seed": 1,
+        "remove_tokens": "",
+        "add_suffix": "",
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "top_k": 50,
+        "top_p": 1.0,
+    }
+    text_prompt.run(ctx, {**params, "prompt": "a cat", "min_length": 20}, [])
+    first = ctx.carry["prompt"]["a cat"]
+    # The chain hands the second stage the first's prompt, as it hands it to every later stage.
+    text_prompt.run(ctx, {**params, "prompt": first, "min_length": len(first) + 20}, [])
+    second = ctx.carry["prompt"][first]
+    assert second.startswith(first) and len(second) > len(first)
+    assert ctx.carry["prompt"]["a cat"] == second
+
+
 def test_text_prompt_leaves_long_enough_parts_alone() -> None:
     params = {"min_length": 5, "remove_tokens": "", "add_suffix": "", "seed": 0}
     assert text_prompt.expand_prompt("already long || x", params, lambda part, seed: " more words") == (

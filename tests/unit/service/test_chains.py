@@ -297,6 +297,44 @@ def test_snake_case_upscale_keys_are_read_as_onnx_web_s_stages_read_them(registr
     assert caught.value.field == "stages[1].params.upscaling"
 
 
+def test_a_stage_s_own_value_wins_over_the_defaults_however_either_is_spelt(registry: ModelRegistry) -> None:
+    def strength(defaults_key: str, stage_key: str) -> float:
+        def parse(route: str, raw: Any) -> ParsedRequest:
+            return parse_request(
+                route,
+                raw,
+                params_doc=load_params_doc(CONFIG),
+                registry=registry,
+                config=CONFIG,
+                rng=random.Random(3),
+            )
+
+        stages = [
+            {"name": "make", "type": "source-txt2img", "params": {}},
+            {"name": "faces", "type": "correct-codeformer", "params": {stage_key: 0.9}},
+        ]
+        defaults = {"prompt": "a coast", "width": 128, "height": 128, defaults_key: 0.2}
+        built = build_chain(
+            {"defaults": defaults, "stages": stages}, parse, image_format="png", thumbnail_size=64
+        )
+        return float(built.chain["stages"][1]["params"]["face_strength"])
+
+    for defaults_key in ("faceStrength", "face_strength"):
+        for stage_key in ("faceStrength", "face_strength"):
+            assert strength(defaults_key, stage_key) == 0.9
+
+
+def test_an_alternative_that_does_not_parse_is_refused_where_alternatives_cycle(
+    registry: ModelRegistry,
+) -> None:
+    prompt = "a (dark [red|blue] car)"
+    with pytest.raises(InvalidParams) as caught:
+        txt2img_chain(registry, prompt=prompt)
+    assert caught.value.field == "prompt" and "the alternative 'a dark [red'" in caught.value.rule
+    # Where (a|b) is text (LPW), the group is one weighted phrase, which parses.
+    txt2img_chain(registry, prompt=prompt, pipeline="lpw")
+
+
 def test_a_seed_of_minus_one_is_a_random_seed_on_every_stage(registry: ModelRegistry) -> None:
     noise = {"type": "source-noise", "params": {"seed": -1}}
     [stage] = chain_stages(registry, noise)
