@@ -8,6 +8,7 @@ expanded, defaults applied, so a retried job reproduces the same images.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,6 +25,7 @@ from pipelines.diffusion.prompt import (
     parse_stages,
 )
 from pipelines.diffusion.prompt_grammar import check_areas
+from pipelines.diffusion.schedulers import NO_IMAGE_START, NOISE_PREDICTION_ONLY, prediction_type
 from pipelines.models.controlnets import controlnet_family, has_cnet
 from pipelines.models.registry import ModelRegistry
 from pipelines.stages import (
@@ -36,7 +38,7 @@ from pipelines.stages import (
     effective_tile,
     estimate_steps,
 )
-from pipelines.stages.spec import MAX_TILE, ParamError, StageType, integer, parse_tiles
+from pipelines.stages.spec import GROUPS, MAX_TILE, ParamError, StageType, integer, parse_tiles
 from service.errors import InvalidParams, NotImplementedYet
 from service.fetch import SourceURLError, parse_source_url
 from service.params import ParsedRequest, check_route_pipeline, source_filters
@@ -185,6 +187,8 @@ def require_runnable(
             )
         _require_networks(params, registry, where)
         _require_pix2pix_unet(entry["type"], params, registry, where)
+        _require_plain_unet(entry["type"], params, registry, where)
+        _require_scheduler(entry["type"], params, registry, where)
         if pipeline == "controlnet":
             _require_controlnet(entry["type"], params, registry, where)
         if entry["type"] == "source-txt2img":
@@ -263,6 +267,57 @@ def _require_controlnet(
 PIX2PIX_STAGES = frozenset({"blend-img2img"})
 #: Input channels of an InstructPix2Pix UNet (``pipelines.diffusion.pix2pix``): latents and source latents.
 PIX2PIX_CHANNELS = 8
+
+
+#: Input channels of an inpainting UNet: latents, mask and masked-image latents.
+INPAINTING_CHANNELS = 9
+#: The stages that run an inpainting UNet (its mask and masked image are theirs to give).
+INPAINTING_STAGES = frozenset({"blend-inpaint", "upscale-outpaint"})
+
+
+def _require_plain_unet(
+    stage_type: str, params: Mapping[str, Any], registry: ModelRegistry, where: str
+) -> None:
+    """400 for an inpainting model in a stage that cannot feed its mask (txt2img, img2img, a route's
+    highres passes): its UNet takes 9 input channels, and the run would fail in the worker."""
+    if stage_type not in SDXL_STAGES or stage_type in INPAINTING_STAGES:
+        return
+    model = str(params["model"])
+    if registry.unet_channels(model) == INPAINTING_CHANNELS:
+        raise InvalidParams(
+            f"{where}model",
+            f"{model} is an inpainting model: it runs on the inpaint route (and the blend-inpaint and "
+            f"upscale-outpaint stages) only, not in {stage_type}, so not for highres either",
+        )
+
+
+#: Pipelines of blend-img2img that start from noise, not from the noised source.
+NOISE_START_PIPELINES = frozenset({"pix2pix", "controlnet"})
+
+
+def _require_scheduler(
+    stage_type: str, params: Mapping[str, Any], registry: ModelRegistry, where: str
+) -> None:
+    """400 for a scheduler that cannot run this stage's model (ipndm on a v-prediction model) or
+    start from its image (ipndm has no ``add_noise``), which would fail the job in the worker."""
+    name = str(params.get("scheduler", ""))
+    if name not in NOISE_PREDICTION_ONLY | NO_IMAGE_START:
+        return
+    model = str(params["upscale_model"] if stage_type == "upscale-stable-diffusion" else params["model"])
+    predicts = prediction_type(registry.resolve(model))
+    if name in NOISE_PREDICTION_ONLY and predicts not in (None, "epsilon"):
+        raise InvalidParams(
+            f"{where}scheduler",
+            f"{name} cannot run {model}, which predicts {predicts}: choose another scheduler",
+        )
+    from_image = (stage_type == "blend-img2img" and params.get("pipeline") not in NOISE_START_PIPELINES) or (
+        stage_type in INPAINTING_STAGES and registry.unet_channels(model) != INPAINTING_CHANNELS
+    )
+    if name in NO_IMAGE_START and from_image:
+        raise InvalidParams(
+            f"{where}scheduler",
+            f"{name} cannot start from an image ({stage_type}, highres passes too): choose another scheduler",
+        )
 
 
 def _require_pix2pix_unet(
@@ -732,6 +787,11 @@ def stage_specific(stage_type: str, path: str, raw: Mapping[str, Any]) -> dict[s
         values = STAGES[stage_type].resolve(raw, path)
     except ParamError as err:
         raise InvalidParams(err.field, err.rule) from err
+    if stage_type == "text-prompt" and values.get("remove_tokens"):
+        try:
+            re.compile(str(values["remove_tokens"]))
+        except re.error as err:
+            raise InvalidParams(f"{path}.remove_tokens", f"must be a regular expression: {err}") from err
     if stage_type == "source-url":
         # Refuse what can be refused without the network now, rather than fail the job later.
         for url in str(values["source_urls"]).split(","):
@@ -803,10 +863,13 @@ def build_chain(
         if declared.default_model and not raw.get(declared.model or ""):
             # Its own model when the stage names none (CodeFormer's one checkpoint), checked as named.
             raw = {**raw, str(declared.model): declared.default_model}
-        image_raw = (
-            {k: v for k, v in raw.items() if k not in ("width", "height")} if own_size(declared) else raw
-        )
-        parsed = _parse_at(parse, path, image_raw)
+        # A stage's own params are checked by its declaration, not as the flat params they may share
+        # a name with (blend-denoise's strength of 0-100 is no img2img strength; a grid's width is
+        # no image width).
+        own = {param.name for param in declared.params} - {
+            param.name for group in declared.groups for param in GROUPS[group]
+        }
+        parsed = _parse_at(parse, path, {key: value for key, value in raw.items() if key not in own})
         if raw.get("seed") == -1:
             # A random seed, as onnx-web drops -1 and every stage then draws one: this stage's.
             raw = {**raw, "seed": parsed.image.seed}

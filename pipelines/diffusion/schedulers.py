@@ -43,6 +43,23 @@ DEFAULT_SCHEDULER = "ddim"
 EPSILON = "epsilon"
 
 
+#: Schedulers that read no ``prediction_type``: they run only models that predict the noise.
+NOISE_PREDICTION_ONLY = frozenset({"ipndm"})
+#: Schedulers without ``add_noise``: they cannot start from a noised image (img2img, inpainting).
+NO_IMAGE_START = frozenset({"ipndm"})
+
+
+def prediction_type(model_dir: Path) -> str | None:
+    """What a model's UNet predicts (``epsilon``, ``v_prediction``), from its scheduler config;
+    ``None`` where the folder does not say."""
+    try:
+        config = load_scheduler_config(model_dir)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    value = config.get("prediction_type", EPSILON) if isinstance(config, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def load_scheduler_config(model_dir: Path) -> dict[str, Any]:
     """Read ``<model>/scheduler/scheduler_config.json``."""
     config: dict[str, Any] = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())

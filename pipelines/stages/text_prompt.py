@@ -4,7 +4,8 @@ stages after it.
 Params (onnx-web's): ``prompt_filter``, the text model (resolved by the api to its path below the
 models folder); ``min_length`` (default 80): each ``||`` part of the prompt shorter than this many
 characters is continued by the model, up to ``RETRIES`` times, until it is long enough;
-``remove_tokens``, a regular expression removed from each continued part; ``add_suffix``, appended
+``remove_tokens``, a regular expression removed from each continued part (the model's text never
+brings the prompt grammar's brackets, pipes or backslashes: they are taken out); ``add_suffix``, appended
 to each part after ``", "``. Plus the sampling parameters of ``text-generate`` (``max_tokens``
 new tokens per attempt) and the chain's ``seed`` (attempt k of part i draws from ``seed + 1000i + k``,
 so a seed always gives the same prompt).
@@ -34,6 +35,9 @@ RETRIES = 5
 PART_SEPARATOR = "||"
 #: Seeds of different parts lie this far apart, so parts never share a draw.
 PART_SEED_STRIDE = 1000
+#: The prompt grammar's characters, taken out of what the model writes: its text continues the
+#: prompt as words, never as a weight, token or group the later stages would have to parse.
+PROMPT_SYNTAX = str.maketrans("", "", "()[]<>{}|\\")
 
 
 def expand_prompt(prompt: str, params: dict[str, Any], generate: Any) -> str:
@@ -47,7 +51,8 @@ def expand_prompt(prompt: str, params: dict[str, Any], generate: Any) -> str:
         for attempt in range(RETRIES):
             if len(part) >= min_length:
                 break
-            part = (part + generate(part, seed + PART_SEED_STRIDE * index + attempt)).strip()
+            made = generate(part, seed + PART_SEED_STRIDE * index + attempt).translate(PROMPT_SYNTAX)
+            part = (part + made).strip()
             if remove:
                 part = re.sub(remove, "", part).strip()
         if len(part) < min_length:

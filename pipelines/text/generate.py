@@ -129,7 +129,9 @@ class TextModel:
         return list(self.tokenizer.encode(text))
 
     def decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, clean_up_tokenization_spaces=False))
+        """The text of ``ids``, without NUL characters: a byte-level model can make them, and
+        Postgres, which stores the text in the job's metadata, cannot hold them."""
+        return str(self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)).replace("\x00", "")
 
     def empty_past(self) -> dict[str, np.ndarray]:
         """Past tensors of no positions: the first call's."""

@@ -67,3 +67,18 @@ def test_step_arguments_pass_only_what_step_accepts(demo_model: DiffusionModel) 
         "generator": generator
     }
     assert step_arguments(make_scheduler("pndm", config), eta=0.5, generator=generator) == {}
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_the_api_s_tables_of_what_a_scheduler_cannot_do_match_diffusers(name: str) -> None:
+    """The api refuses from these tables (it has no diffusers to ask); they must say what it says."""
+    import inspect
+
+    import diffusers
+
+    from pipelines.diffusion.schedulers import NO_IMAGE_START, NOISE_PREDICTION_ONLY, SCHEDULER_CLASSES
+
+    scheduler_class = getattr(diffusers, SCHEDULER_CLASSES[name])
+    assert (name in NO_IMAGE_START) == (not hasattr(scheduler_class, "add_noise"))
+    reads = "prediction_type" in inspect.signature(scheduler_class.__init__).parameters
+    assert (name in NOISE_PREDICTION_ONLY) == (not reads)

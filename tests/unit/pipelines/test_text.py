@@ -243,6 +243,21 @@ def test_a_second_text_prompt_lengthens_what_the_first_made_for_the_stages_after
     assert ctx.carry["prompt"]["a cat"] == second
 
 
+def test_decoded_text_has_no_nul_characters_postgres_could_not_store(model: TextModel) -> None:
+    assert model.decode(model.tokenizer.encode("a\x00cat")) == "acat"
+
+
+def test_text_prompt_takes_the_prompt_grammar_out_of_what_the_model_writes() -> None:
+    from pipelines.diffusion.prompt import parse_prompt
+
+    params = {"min_length": 30, "remove_tokens": "", "add_suffix": "", "seed": 0}
+    written = " (a dark] castle <lora:x:1> |under {0,3} stars\\"
+    expanded = text_prompt.expand_prompt("a (red:1.2) cat", params, lambda part, seed: written)
+    # The user's own weights stay; what the model wrote is words the later stages can parse.
+    assert expanded == "a (red:1.2) cat a dark castle lora:x:1 under 0,3 stars"
+    parse_prompt(expanded)
+
+
 def test_text_prompt_leaves_long_enough_parts_alone() -> None:
     params = {"min_length": 5, "remove_tokens": "", "add_suffix": "", "seed": 0}
     assert text_prompt.expand_prompt("already long || x", params, lambda part, seed: " more words") == (

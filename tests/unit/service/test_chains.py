@@ -369,3 +369,77 @@ def test_the_job_carries_the_hashes_the_extras_give_its_models_and_networks(tmp_
     metadata = complete_metadata(StageImage(Image.new("RGB", (8, 8)), recorded), "x_0.png", {}, hashes)
     assert metadata["models"][0]["hash"] == "FROMEXTRAS"
     assert [entry["hash"] for entry in metadata["loras"]] == ["LORAHASH", "OTHERFILE"]
+
+
+@pytest.mark.parametrize(
+    ("stage", "params"),
+    [
+        ("blend-denoise", {"strength": 3}),  # onnx-web's default, beyond img2img's 0-1
+        ("upscale-simple", {"method": "lanczos", "scale": 6}),  # beyond the upscale group's 1-4
+        ("reduce-crop", {"left": 1500, "top": 0, "width": 100, "height": 100}),  # past a border's 1024
+    ],
+)
+def test_a_stage_s_own_params_are_checked_by_its_declaration_not_as_flat_params(
+    registry: ModelRegistry, stage: str, params: dict[str, Any]
+) -> None:
+    source = {"type": "source-txt2img", "params": {"width": 2048, "height": 2048}}
+    [_, built] = chain_stages(registry, source, {"type": stage, "params": params})
+    assert all(built["params"][key] == value for key, value in params.items())
+
+
+def test_an_inpainting_model_runs_only_where_its_mask_is_fed(tmp_path: Path) -> None:
+    inpainting = "stable-diffusion-onnx-v1-inpainting"
+    for name, channels in ((MODEL, 4), (inpainting, 9)):
+        (tmp_path / name / "unet").mkdir(parents=True)
+        (tmp_path / name / "unet" / "config.json").write_text(json.dumps({"in_channels": channels}))
+    registry = ModelRegistry(tmp_path)
+    for route, build in (("txt2img", txt2img_chain), ("img2img", img2img_chain)):
+        with pytest.raises(InvalidParams) as caught:
+            require_runnable(build(registry, model=inpainting).chain, registry)
+        assert caught.value.field == "model" and "is an inpainting model" in caught.value.rule, route
+    # The inpaint route runs it; its highres pass (img2img on the same model) cannot.
+    highres = {"highres": True, "highresScale": 2, "highresMethod": "bilinear"}
+    inpaint = build_inpaint(
+        parsed(registry, "inpaint", model=inpainting), WIDE, image_format="png", thumbnail_size=64
+    )
+    require_runnable(inpaint.chain, registry)
+    with pytest.raises(InvalidParams):
+        built = build_inpaint(
+            parsed(registry, "inpaint", model=inpainting, **highres),
+            WIDE,
+            image_format="png",
+            thumbnail_size=64,
+        )
+        require_runnable(built.chain, registry)
+
+
+def test_a_text_prompt_s_remove_tokens_must_be_a_regular_expression(registry: ModelRegistry) -> None:
+    stage = {"type": "text-prompt", "params": {"prompt_filter": "demo-gpt2", "remove_tokens": "[("}}
+    with pytest.raises(InvalidParams) as caught:
+        chain_stages(registry, stage, {"type": "source-txt2img", "params": {}})
+    assert caught.value.field == "stages[0].params.remove_tokens"
+    assert caught.value.rule.startswith("must be a regular expression")
+
+
+def test_a_scheduler_is_refused_where_it_cannot_run(tmp_path: Path) -> None:
+    velocity = "stable-diffusion-onnx-v2-1"
+    for name, prediction in ((MODEL, "epsilon"), (velocity, "v_prediction")):
+        (tmp_path / name / "scheduler").mkdir(parents=True)
+        config = {"prediction_type": prediction}
+        (tmp_path / name / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    registry = ModelRegistry(tmp_path)
+    require_runnable(txt2img_chain(registry, scheduler="ipndm").chain, registry)
+    cases = [
+        (txt2img_chain(registry, scheduler="ipndm", model=velocity), "predicts v_prediction"),
+        (img2img_chain(registry, scheduler="ipndm"), "cannot start from an image"),
+        (
+            txt2img_chain(
+                registry, scheduler="ipndm", highres=True, highresScale=2, highresMethod="bilinear"
+            ),
+            "cannot start from an image",
+        ),
+    ]
+    for chain, rule in cases:
+        with pytest.raises(InvalidParams) as caught:
+            require_runnable(chain.chain, registry)
+        assert caught.value.field == "scheduler" and rule in caught.value.rule
