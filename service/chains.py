@@ -175,6 +175,8 @@ def require_runnable(
         where = f"{paths[entry['name']]}.params." if paths and entry["name"] in paths else ""
         if entry["type"] == "edit-filter":
             _require_filter(params, registry, where)
+        if STAGES[entry["type"]].model == "upscaling" and params.get("upscale_model"):
+            _require_upscaler_kind(entry["type"], str(params["upscale_model"]), registry, where)
         if "model" not in params or "pipeline" not in params:
             continue
         family = registry.family(params["model"])
@@ -354,6 +356,25 @@ def _require_pix2pix_unet(
         )
 
 
+def _require_upscaler_kind(stage_type: str, name: str, registry: ModelRegistry, where: str) -> None:
+    """400 for an upscaling model of the other kind: the SD x4 upscaler is a diffusion folder, the
+    others one ONNX file. A model this api cannot see on disk (the model store's) is left to the worker."""
+    path = registry.resolve(name)
+    wants_folder = stage_type == SD_UPSCALER_STAGE
+    if path.is_dir() == wants_folder or not (path.is_dir() or path.with_name(f"{path.name}.onnx").is_file()):
+        return
+    kind = "Stable Diffusion upscaler folder" if wants_folder else "super-resolution model (one .onnx file)"
+    fitting = [
+        other
+        for other in registry.names("upscaling")
+        if registry.resolve(registry.find_model("upscaling", other) or other).is_dir() == wants_folder
+    ]
+    raise InvalidParams(
+        f"{where}upscaling",
+        f"{stage_type} needs a {kind}; {name} is not one (those here: {_listing(fitting)})",
+    )
+
+
 def _require_networks(params: Mapping[str, Any], registry: ModelRegistry, where: str) -> None:
     """400 for a ``<lora:…>`` or ``<inversion:…>`` that names no network here, listing those there.
 
@@ -441,6 +462,8 @@ def refine_params(request: ParsedRequest) -> dict[str, Any]:
 
 # -- the legacy routes (contract §8) ---------------------------------------------------------
 
+#: The stage of the SD x4 upscaler, a diffusion folder; the other upscaling stages run one ONNX file.
+SD_UPSCALER_STAGE = "upscale-stable-diffusion"
 UPSCALE_STAGES = {
     "bsrgan": "upscale-bsrgan",
     "esrgan": "upscale-resrgan",

@@ -443,3 +443,20 @@ def test_a_scheduler_is_refused_where_it_cannot_run(tmp_path: Path) -> None:
         with pytest.raises(InvalidParams) as caught:
             require_runnable(chain.chain, registry)
         assert caught.value.field == "scheduler" and rule in caught.value.rule
+
+
+def test_an_upscaling_stage_is_refused_a_model_of_the_other_kind(registry: ModelRegistry) -> None:
+    source = {"type": "source-txt2img", "params": {}}
+    cases = [
+        ("upscale-stable-diffusion", UPSCALER, "needs a Stable Diffusion upscaler folder"),
+        ("upscale-resrgan", SD_UPSCALER, "needs a super-resolution model"),
+    ]
+    for stage_type, model, rule in cases:
+        built = chain_stages(registry, source, {"type": stage_type, "params": {"upscaling": model}})
+        with pytest.raises(InvalidParams) as caught:
+            require_runnable({"stages": built}, registry, {entry["name"]: entry["name"] for entry in built})
+        assert caught.value.field == "s1.params.upscaling" and rule in caught.value.rule
+    # Each with its own kind runs.
+    for stage_type, model in (("upscale-stable-diffusion", SD_UPSCALER), ("upscale-resrgan", UPSCALER)):
+        built = chain_stages(registry, source, {"type": stage_type, "params": {"upscaling": model}})
+        require_runnable({"stages": built}, registry)
