@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 
-from pipelines.diffusion.networks import unknown_networks
+from pipelines.diffusion.networks import mismatched_networks, unknown_networks
 from pipelines.diffusion.panorama import PANORAMA_PIPELINES
 from pipelines.diffusion.prompt import (
     ALTERNATIVE_PIPELINES,
@@ -376,9 +376,10 @@ def _require_upscaler_kind(stage_type: str, name: str, registry: ModelRegistry, 
 
 
 def _require_networks(params: Mapping[str, Any], registry: ModelRegistry, where: str) -> None:
-    """400 for a ``<lora:…>`` or ``<inversion:…>`` that names no network here, listing those there.
+    """400 for a ``<lora:…>`` or ``<inversion:…>`` that names no network here, listing those there,
+    or one made for another model family, whose blend would fail in the worker.
 
-    The worker would skip it (as onnx-web does), and the user would get an image without it.
+    The worker would skip a missing one (as onnx-web does), and the user would get an image without it.
     """
     for key, field_name in (("prompt", "prompt"), ("negative_prompt", "negativePrompt")):
         text = params.get(key)
@@ -392,6 +393,16 @@ def _require_networks(params: Mapping[str, Any], registry: ModelRegistry, where:
                 label = "LoRA" if kind == "lora" else "textual inversion"
                 raise InvalidParams(
                     f"{where}{field_name}", f"no {label} named {name!r}; available: {_listing(there)}"
+                )
+            model = str(params.get("model", ""))
+            mismatched = mismatched_networks(parsed, registry, model) if model else []
+            if mismatched:
+                kind, name, width, model_width = mismatched[0]
+                label = "LoRA" if kind == "lora" else "textual inversion"
+                raise InvalidParams(
+                    f"{where}{field_name}",
+                    f"the {label} {name!r} was made for another model family (text conditioning {width} "
+                    f"wide; {model}'s is {model_width})",
                 )
 
 

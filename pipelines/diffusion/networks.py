@@ -40,6 +40,7 @@ embedding that grows is written into an in-memory copy of the (small) text encod
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.diffusion.prompt import Network, ParsedPrompt
-from pipelines.models.registry import ModelRegistry
+from pipelines.models.registry import ModelRegistry, unet_config
 from pipelines.models.sessions import Initializers
 
 logger = logging.getLogger(__name__)
@@ -200,6 +201,75 @@ def unknown_networks(prompt: ParsedPrompt, registry: ModelRegistry) -> list[str]
         if registry.find_network("inversion", network.name) is None
     ]
     return list(dict.fromkeys(missing))
+
+
+def mismatched_networks(
+    prompt: ParsedPrompt, registry: ModelRegistry, model: str
+) -> list[tuple[str, str, int, int]]:
+    """The ``(kind, name, width, model's width)`` of each LoRA or inversion of ``prompt`` that was
+    made for another model family: its text-conditioning width is not the model's cross-attention
+    width (an SD 1.5 LoRA on SD 2.1 or SDXL). Networks whose file does not say (not safetensors,
+    other key names) and models whose folder does not say are left to the worker."""
+    width = unet_config(registry.resolve(model), "cross_attention_dim")
+    if width is None:
+        return []
+    # SDXL conditions on two encoders: its UNet's width is theirs summed, and its inversions carry
+    # a vector per encoder (checked where they are blended).
+    inversions = prompt.inversions if registry.family(model) == "sd" else []
+    found = []
+    for kind, folder, networks in (
+        ("lora", LORA_FOLDER, prompt.loras),
+        ("inversion", INVERSION_FOLDER, inversions),
+    ):
+        for network in networks:
+            path = network_file(registry.models_path, folder, network.name)
+            made_for = network_width(path, kind) if path is not None else None
+            if made_for is not None and made_for != width:
+                found.append((kind, network.name, made_for, width))
+    return found
+
+
+#: The most of a safetensors header read to learn a network's width (a LoRA's is some hundred KiB).
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+
+def network_width(path: Path, kind: str) -> int | None:
+    """The text-conditioning width a LoRA (its cross-attention ``to_k`` input) or an inversion (its
+    vectors) was made for, from the safetensors header alone; ``None`` where it does not say."""
+    shapes = safetensors_shapes(path) if path.suffix.lower() == ".safetensors" else None
+    if not shapes:
+        return None
+    if kind == "lora":
+        widths = {shape[1] for key, shape in shapes.items() if key.endswith("attn2_to_k.lora_down.weight")}
+    else:
+        widths = {
+            shape[-1]
+            for key, shape in shapes.items()
+            if key == "emb_params" or key.startswith("string_to_param.")
+        }
+    return widths.pop() if len(widths) == 1 else None
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]] | None:
+    """The 2-D tensor shapes a safetensors file's header lists (its JSON, read without the tensors)."""
+    try:
+        with path.open("rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            if not 0 < size <= MAX_HEADER_BYTES:
+                return None
+            header = json.loads(file.read(size))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    return {
+        key: entry["shape"]
+        for key, entry in header.items()
+        if isinstance(entry, dict)
+        and isinstance(entry.get("shape"), list)
+        and len(entry["shape"]) == 2
+        and all(isinstance(item, int) for item in entry["shape"])
+    }
 
 
 # --- reading network files -------------------------------------------------------------------

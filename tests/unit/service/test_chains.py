@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -460,3 +461,31 @@ def test_an_upscaling_stage_is_refused_a_model_of_the_other_kind(registry: Model
     for stage_type, model in (("upscale-stable-diffusion", SD_UPSCALER), ("upscale-resrgan", UPSCALER)):
         built = chain_stages(registry, source, {"type": stage_type, "params": {"upscaling": model}})
         require_runnable({"stages": built}, registry)
+
+
+def test_a_network_made_for_another_model_family_is_refused(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    other = "stable-diffusion-onnx-v2-1"
+    for name, width in ((MODEL, 32), (other, 48)):
+        (tmp_path / name / "unet").mkdir(parents=True)
+        (tmp_path / name / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": width}))
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "inversion").mkdir()
+    lora = {
+        "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": np.zeros((4, 32))
+    }
+    save_file(
+        {key: value.astype(np.float32) for key, value in lora.items()},
+        str(tmp_path / "lora" / "detail.safetensors"),
+    )
+    save_file(
+        {"emb_params": np.zeros((3, 32), np.float32)}, str(tmp_path / "inversion" / "style.safetensors")
+    )
+    registry = ModelRegistry(tmp_path)
+    for prompt in ("a cat <lora:detail:1>", "a cat <inversion:style:1>"):
+        require_runnable(txt2img_chain(registry, prompt=prompt).chain, registry)
+        with pytest.raises(InvalidParams) as caught:
+            require_runnable(txt2img_chain(registry, prompt=prompt, model=other).chain, registry)
+        assert caught.value.field == "prompt"
+        assert "was made for another model family (text conditioning 32 wide" in caught.value.rule
