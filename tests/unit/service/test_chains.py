@@ -255,8 +255,11 @@ def test_highres_by_the_sd_upscaler_finishes_to_the_highres_scale(registry: Mode
     assert all(entry["params"]["outscale"] == 2 for entry in passes)
 
 
-def chain_stages(registry: ModelRegistry, *stages: dict[str, Any]) -> list[dict[str, Any]]:
-    """The resolved stages of a chain document of ``stages`` (each named by its index)."""
+def chain_stages(
+    registry: ModelRegistry, *stages: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The resolved stages of a chain document of ``stages`` (each named by its index) and
+    ``defaults`` over a prompt and a 128-px size."""
 
     def parse(route: str, raw: Any) -> ParsedRequest:
         return parse_request(
@@ -269,7 +272,10 @@ def chain_stages(registry: ModelRegistry, *stages: dict[str, Any]) -> list[dict[
         )
 
     named = [{"name": f"s{index}", **entry} for index, entry in enumerate(stages)]
-    doc = {"defaults": {"prompt": "a coast", "width": 128, "height": 128}, "stages": named}
+    doc = {
+        "defaults": {"prompt": "a coast", "width": 128, "height": 128, **(defaults or {})},
+        "stages": named,
+    }
     built = build_chain(doc, parse, image_format="png", thumbnail_size=1024)
     return list(built.chain["stages"])
 
@@ -299,30 +305,12 @@ def test_snake_case_upscale_keys_are_read_as_onnx_web_s_stages_read_them(registr
 
 
 def test_a_stage_s_own_value_wins_over_the_defaults_however_either_is_spelt(registry: ModelRegistry) -> None:
-    def strength(defaults_key: str, stage_key: str) -> float:
-        def parse(route: str, raw: Any) -> ParsedRequest:
-            return parse_request(
-                route,
-                raw,
-                params_doc=load_params_doc(CONFIG),
-                registry=registry,
-                config=CONFIG,
-                rng=random.Random(3),
-            )
-
-        stages = [
-            {"name": "make", "type": "source-txt2img", "params": {}},
-            {"name": "faces", "type": "correct-codeformer", "params": {stage_key: 0.9}},
-        ]
-        defaults = {"prompt": "a coast", "width": 128, "height": 128, defaults_key: 0.2}
-        built = build_chain(
-            {"defaults": defaults, "stages": stages}, parse, image_format="png", thumbnail_size=64
-        )
-        return float(built.chain["stages"][1]["params"]["face_strength"])
-
+    source = {"type": "source-txt2img", "params": {}}
     for defaults_key in ("faceStrength", "face_strength"):
         for stage_key in ("faceStrength", "face_strength"):
-            assert strength(defaults_key, stage_key) == 0.9
+            faces = {"type": "correct-codeformer", "params": {stage_key: 0.9}}
+            [_, correct] = chain_stages(registry, source, faces, defaults={defaults_key: 0.2})
+            assert correct["params"]["face_strength"] == 0.9
 
 
 def test_an_alternative_that_does_not_parse_is_refused_where_alternatives_cycle(
