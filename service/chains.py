@@ -21,7 +21,6 @@ from pipelines.diffusion.prompt import (
     ALTERNATIVE_PIPELINES,
     PromptSyntaxError,
     check_alternatives,
-    parse_prompt,
     parse_stages,
 )
 from pipelines.diffusion.prompt_grammar import check_areas
@@ -151,10 +150,11 @@ def extras_hashes(chain: Mapping[str, Any], registry: ModelRegistry) -> dict[str
         for key in ("prompt", "negative_prompt"):
             if isinstance(params.get(key), str):
                 try:
-                    parsed = parse_prompt(params[key])
+                    stages = parse_stages(params[key])
                 except PromptSyntaxError:  # checked at parse time: not a prompt the stage reads
                     continue
-                names.update(network.name for network in (*parsed.loras, *parsed.inversions))
+                for parsed in stages:
+                    names.update(network.name for network in (*parsed.loras, *parsed.inversions))
     listed = {name: registry.extras_hash(name) for name in sorted(names)}
     return {name: value for name, value in listed.items() if value is not None}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 #: ``(word)`` multiplies the weight of ``word`` by this; ``[word]`` divides by it (lpw's values).
 ATTENTION = 1.1
@@ -37,6 +38,8 @@ MAX_RANGE = 256
 #: Seeds as the api takes them; ``-1`` asks for one derived from the image seed.
 SEED_LIMIT = 2**32
 STAGE_SEPARATOR = "||"
+#: How many prompts' parses ``parse_stages`` keeps: a few requests' prompts and negative prompts.
+PARSED_CACHE = 64
 #: Region and reseed rectangles lie on the VAE's grid of 8-pixel blocks.
 AREA_GRID = 8
 #: The most of a region's side its feathered edges blend in.
@@ -159,14 +162,20 @@ def check_areas(parsed: ParsedPrompt, width: int, height: int) -> None:
             raise ValueError(f"{token}: feather must be from 0 to {MAX_FEATHER}, got {region.feather:g}")
 
 
-def parse_stages(prompt: str) -> list[ParsedPrompt]:
-    """Parse every ``||`` stage of ``prompt``, errors placed in the whole prompt's characters."""
+@lru_cache(maxsize=PARSED_CACHE)
+def parse_stages(prompt: str) -> tuple[ParsedPrompt, ...]:
+    """Parse every ``||`` stage of ``prompt``, errors placed in the whole prompt's characters.
+
+    The api reads one prompt several times at submit (syntax, networks, areas, hashes, the models a
+    job needs), each a walk over up to 20,000 characters, so recent results are kept; they are
+    shared, and read only. A prompt that does not parse raises again each time.
+    """
     stages = []
     start = 0
     for part in prompt.split(STAGE_SEPARATOR):
         stages.append(_Parser(part, start).parse())
         start += len(part) + len(STAGE_SEPARATOR)
-    return stages
+    return tuple(stages)
 
 
 class _Parser:

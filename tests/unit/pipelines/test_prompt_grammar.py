@@ -202,6 +202,17 @@ def test_stage_errors_are_placed_in_the_whole_prompt() -> None:
     assert crossing.value.position == 0
 
 
+def test_a_prompt_read_again_is_parsed_once() -> None:
+    prompt = "a (cat:1.2) <lora:demo:0.5> || a dog " + "x" * 20_000
+    first = parse_stages(prompt)
+    assert parse_stages(prompt) is first
+    assert parse_stages(prompt + " ") is not first
+    with pytest.raises(PromptSyntaxError):
+        parse_stages("a (dog")
+    with pytest.raises(PromptSyntaxError):  # a mistake is not remembered as a result
+        parse_stages("a (dog")
+
+
 # -- properties ------------------------------------------------------------------------------
 
 SPECIAL = "()[]<>:\\{}|,-_ 0123456789.+"
