@@ -30,6 +30,7 @@ from service.admission import Admission
 from service.auth import ANONYMOUS
 from service.callbacks import check_callback_url
 from service.config import Config
+from service.db import DATABASE_OUTAGES
 from service.errors import (
     ConfigError,
     InvalidParams,
@@ -361,6 +362,16 @@ class Submitter:
             self._discard(inputs)
             assert key is not None
             raise _running_limit(key, err.active) from err
+        except DATABASE_OUTAGES:
+            # The connection may have dropped after COMMIT reached the server: the row may exist
+            # and name these inputs, and a retry with the same Idempotency-Key is answered that
+            # job. Deleting them would fail it in the worker; left, they cost a few bytes.
+            if inputs:
+                log.warning(
+                    "database failed while a job was committed; its inputs are kept",
+                    extra={"job": name, "inputs": len(inputs)},
+                )
+            raise
         except BaseException:
             self._discard(inputs)
             raise
