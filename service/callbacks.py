@@ -39,7 +39,7 @@ MAX_ATTEMPTS = 8
 RETRY_BASE_S = 5.0
 RETRY_MAX_S = 3600.0
 TIMEOUT_S = 10.0
-#: How often an idle dispatcher looks for due callbacks, and how many it takes at once.
+#: How often an idle dispatcher looks for due callbacks, and how many it tries in one round.
 POLL_S = 1.0
 BATCH = 10
 
@@ -93,11 +93,20 @@ class CallbackDispatcher:
         self._stopping.set()
 
     def deliver_due(self) -> int:
-        """Try every due callback once; returns how many were tried."""
-        deliveries = self.outbox.claim(BATCH, lease_s=TIMEOUT_S * 3)
-        for delivery in deliveries:
-            self._try(delivery)
-        return len(deliveries)
+        """Try up to ``BATCH`` due callbacks once each; returns how many were tried.
+
+        Each is claimed just before its try: a lease covers one try, so while slow receivers hold
+        this dispatcher, the callbacks behind them go to the other dispatchers, instead of waiting
+        out leases taken for them here, or being taken and posted again once those ran out.
+        """
+        tried = 0
+        while tried < BATCH:
+            claimed = self.outbox.claim(1, lease_s=TIMEOUT_S * 3)
+            if not claimed:
+                break
+            self._try(claimed[0])
+            tried += 1
+        return tried
 
     def _loop(self) -> None:
         while not self._stopping.is_set():

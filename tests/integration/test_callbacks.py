@@ -12,7 +12,7 @@ import hmac
 import itertools
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import falcon.testing
 import pytest
 import sqlalchemy
 
-from service.callbacks import MAX_ATTEMPTS, CallbackDispatcher, owner_signing_key
+from service.callbacks import BATCH, MAX_ATTEMPTS, TIMEOUT_S, CallbackDispatcher, owner_signing_key
 from service.jobs.callbacks import CallbackStore
 from service.jobs.store import JobStore
 from service.storage import ObjectStore
@@ -39,11 +39,14 @@ class Receiver:
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.answers: list[int] = []
+        #: Run as each POST arrives, before it is answered.
+        self.on_post: Callable[[], None] = lambda: None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.on_post()
                 receiver.received.append({"headers": dict(self.headers), "body": body})
                 self.send_response(receiver.answers.pop(0) if receiver.answers else 204)
                 self.end_headers()
@@ -190,3 +193,59 @@ def test_without_a_secret_the_server_takes_no_callbacks(
     result = client.simulate_post("/api/txt2img", params={"callback": "https://example.com/hook"})
 
     assert result.status_code == 400 and "ONNX_WEB_CALLBACK_SECRET" in error_of(result)
+
+
+def test_two_dispatchers_post_each_callback_once_however_long_the_receivers_take(
+    job_store: JobStore, engine: sqlalchemy.Engine, receiver: Receiver
+) -> None:
+    """Two api processes share the outbox. Each receiver here takes a dispatcher's whole timeout
+    (in SQL: every POST moves the outbox's clock back by ``TIMEOUT_S``); a delivery must stay with
+    the dispatcher that claimed it until that one has tried it, not be taken and posted again by
+    the other while the first still works through the receivers before it."""
+    jobs = [new_job(callback=receiver.url) for _ in range(BATCH)]
+    for job in jobs:
+        job_store.enqueue(job)
+        end_job(job_store, job.name)
+    names = [job.name for job in jobs]
+    receiver.on_post = lambda: _shift_outbox(engine, -TIMEOUT_S)
+    dispatchers = [
+        CallbackDispatcher(CallbackStore(engine), job_store, SECRET, allow_private=True) for _ in "ab"
+    ]
+
+    def drain(dispatcher: CallbackDispatcher) -> None:
+        for _ in range(10 * BATCH):
+            if dispatcher.deliver_due() == 0 and _undelivered(engine) == 0:
+                return
+
+    threads = [threading.Thread(target=drain, args=(dispatcher,)) for dispatcher in dispatchers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    posted = sorted(json.loads(post["body"])["name"] for post in receiver.received)
+    assert posted == sorted(names), "a callback was posted more than once, or not at all"
+    with engine.begin() as conn:
+        attempts = conn.execute(sqlalchemy.text("SELECT attempts FROM callbacks")).scalars().all()
+    assert attempts == [1] * BATCH
+
+
+def _shift_outbox(engine: sqlalchemy.Engine, seconds: float) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text(
+                "UPDATE callbacks SET next_attempt_at = next_attempt_at + make_interval(secs => :s)"
+            ),
+            {"s": seconds},
+        )
+
+
+def _undelivered(engine: sqlalchemy.Engine) -> int:
+    with engine.begin() as conn:
+        return int(
+            conn.execute(
+                sqlalchemy.text(
+                    "SELECT count(*) FROM callbacks WHERE delivered_at IS NULL AND gave_up_at IS NULL"
+                )
+            ).scalar_one()
+        )
