@@ -120,9 +120,25 @@ def make_engine(
         pool_pre_ping=deadline_s is None,
         connect_args=connect_args,
     )
+    sqlalchemy.event.listen(engine, "handle_error", _read_only_is_an_outage, retval=True)
     if deadline_s is not None:
         ConnectionWatchdog(deadline_s).attach(engine)
     return engine
+
+
+def _read_only_is_an_outage(context: sqlalchemy.engine.ExceptionContext) -> BaseException | None:
+    """A write refused as read-only is an outage (``OperationalError``), and ends its connection.
+
+    Postgres refuses writes so on a standby and on a primary demoted by a failover; a session stays
+    where it connected, so the pool drops the connection, and the next one may reach the new
+    primary. Callers then wait it out or answer 503, as for any outage, where an ``InternalError``
+    was a 500 in the api and ended the worker and the background loops that met it.
+    """
+    original = context.original_exception
+    if not isinstance(original, psycopg.errors.ReadOnlySqlTransaction):
+        return None
+    context.is_disconnect = True
+    return sqlalchemy.exc.OperationalError(context.statement, context.parameters, original)
 
 
 def config_engine(config: Config, *, deadline_s: float | None = None) -> Engine:
