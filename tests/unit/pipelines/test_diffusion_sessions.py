@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 
 from pipelines.models.demo import DEMO_MODELS
@@ -15,6 +17,7 @@ from pipelines.models.sessions import (
     create_session,
     model_root,
 )
+from tests.unit.pipelines.resident import peak_rise, status_bytes
 
 BASE, INPAINT = (model.name for model in DEMO_MODELS)
 
@@ -83,3 +86,35 @@ def test_dropping_a_model_keeps_the_others_sessions(models_path: Path, tmp_path:
 def test_cache_needs_room_for_one_model() -> None:
     with pytest.raises(ValueError, match="max_models"):
         SessionCache(max_models=0)
+
+
+def test_a_cpu_session_gives_back_a_runs_memory_when_the_run_ends(tmp_path: Path) -> None:
+    """A worker caches sessions across jobs: what a run allocated must not stay with its session
+    (ONNX Runtime's CPU arena kept it, so a worker held every cached session's largest run)."""
+    side = 8192
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Transpose", ["x"], ["row"]),
+            # An N x N intermediate (256 MiB): what one attention's scores are to a UNet.
+            onnx.helper.make_node("MatMul", ["x", "row"], ["scores"]),
+            onnx.helper.make_node("ReduceSum", ["scores"], ["total"], keepdims=0),
+        ],
+        "outer",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 1])],
+        [onnx.helper.make_tensor_value_info("total", onnx.TensorProto.FLOAT, [])],
+    )
+    path = tmp_path / "outer.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    session = create_session(path, SessionSettings(providers=("CPUExecutionProvider",)))
+    ones = np.ones((side, 1), dtype=np.float32)
+    session.run(None, {"x": ones[:8]})
+
+    with peak_rise() as rise:
+        before = status_bytes("VmRSS")
+        [total] = session.run(None, {"x": ones})
+        kept = status_bytes("VmRSS") - before
+
+    assert total == side * side
+    scores = side * side * 4
+    assert rise[0] >= 0.9 * scores, "the run did not hold its scores: the graph measures nothing"
+    assert kept < scores / 4, f"the session kept {kept / 2**20:.0f} MiB after its run"
