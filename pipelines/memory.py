@@ -20,6 +20,10 @@ UNet rows (the guidance doubles them):
 - MultiDiffusion (the ``panorama`` pipelines) runs the UNet on one window at a time, so its UNet
   terms are those of its largest window (``unet_tile`` pixels, or a region prompt's rectangle grown
   to whole UNet cells), whatever the size of the image; its VAE still sees the whole image.
+- The SD x4 upscaler's latents are its input's pixels, not an eighth of them, and its VAE decodes
+  each to 4x4 pixels: one 128-pixel tile is 16,384 latent positions, which its UNet attends to at
+  half size and its VAE at full size (2.3 and 2.6 GB measured on the demo model, where an estimate
+  at an eighth of the pixels said 0.8 GB for the job).
 
 Images between stages are small next to these and are counted only as a few full-size buffers.
 """
@@ -53,6 +57,28 @@ VAE_CHANNELS, VAE_LIVE = 128, 6
 VALUE_BYTES: Mapping[MemoryKind, int] = {"cpu": 4, "gpu": 2}
 #: An RGB float image between stages, and how many are alive at once.
 IMAGE_BUFFERS = 4
+
+
+@dataclass(frozen=True)
+class Latents:
+    """How a diffusion stage's pixels map to its UNet's latents and its VAE's output."""
+
+    #: Pixels of the stage's image per latent position, along a side.
+    pixels_per_latent: int = LATENT_FACTOR
+    #: Pixels the VAE decodes a latent position to, along a side.
+    vae_factor: int = LATENT_FACTOR
+    #: Self-attention as in ``ATTENTION``, where the model's family does not decide it.
+    attention: tuple[int, int] | None = None
+    #: The parameter that names the stage's model.
+    model_param: str = "model"
+
+
+#: Every diffusion stage but the SD x4 upscaler: SD 1.x/2.x and SDXL latents.
+SD_LATENTS = Latents()
+#: The SD x4 upscaler. Its release attends to itself only at an eighth of its latents' side (the
+#: blocks above cross-attend only), the demo model from half: half errs high for the release.
+X4_LATENTS = Latents(pixels_per_latent=1, vae_factor=4, attention=(8, 4), model_param="upscale_model")
+STAGE_LATENTS = {"upscale-stable-diffusion": X4_LATENTS}
 
 
 @dataclass(frozen=True)
@@ -120,10 +146,10 @@ def chain_memory(
         if "image" in stage_type.groups:
             # Tiled, every tile runs at batch 1 (a batch is one tiled pass after another).
             run_params = {**params, "batch": 1} if work != (width, height) else params
+            latents = STAGE_LATENTS.get(entry["type"], SD_LATENTS)
+            model = params[latents.model_param]
             peak = {
-                kind: diffusion_peak(
-                    kind, run_params, work, model_bytes(params["model"]), family(params["model"])
-                )
+                kind: diffusion_peak(kind, run_params, work, model_bytes(model), family(model), latents)
                 for kind in KINDS
             }
         else:
@@ -146,29 +172,36 @@ def pixel_steps(stages: Sequence[Mapping[str, Any]], memory: ChainMemory) -> int
 
 
 def diffusion_peak(
-    kind: MemoryKind, params: Mapping[str, Any], work: tuple[int, int], weights: int, family: str
+    kind: MemoryKind,
+    params: Mapping[str, Any],
+    work: tuple[int, int],
+    weights: int,
+    family: str,
+    latents: Latents = SD_LATENTS,
 ) -> int:
     """One diffusion stage's peak: runtime, weights, and the larger of the UNet and VAE passes."""
     batch = int(params.get("batch", 1))
     view = unet_view(params, work)
-    tokens = (view[0] // 8) * (view[1] // 8)
+    tokens = (view[0] // latents.pixels_per_latent) * (view[1] // latents.pixels_per_latent)
     value = VALUE_BYTES[kind]
-    heads, divisor = ATTENTION.get(family, ATTENTION["sd"])
+    heads, divisor = latents.attention or ATTENTION.get(family, ATTENTION["sd"])
     rows = 2 * batch
     if kind == "cpu":
         attention = ATTENTION_COPIES * rows * heads * (tokens // divisor) ** 2 * value
     else:
         attention = rows * heads * (tokens // divisor) * 64 * value * 4
     unet = attention + rows * UNET_CHANNELS * tokens * value * UNET_LIVE
-    vae_size = work
+    scale = latents.vae_factor / latents.pixels_per_latent
+    decoded = (round(work[0] * scale), round(work[1] * scale))
+    vae_size = decoded
     if params.get("tiled_vae"):
         tile = int(params.get("vae_tile", 512))
-        vae_size = (min(work[0], tile), min(work[1], tile))
-    vae_tokens = (vae_size[0] // 8) * (vae_size[1] // 8)
+        vae_size = (min(decoded[0], tile), min(decoded[1], tile))
+    vae_tokens = (vae_size[0] // latents.vae_factor) * (vae_size[1] // latents.vae_factor)
     vae = batch * (VAE_CHANNELS * vae_size[0] * vae_size[1] * value * VAE_LIVE)
     if kind == "cpu":
         vae += batch * 2 * vae_tokens**2 * value
-    return RUNTIME_BYTES + WEIGHT_COPIES * weights + max(unet, vae) + image_bytes(work) * batch
+    return RUNTIME_BYTES + WEIGHT_COPIES * weights + max(unet, vae) + image_bytes(decoded) * batch
 
 
 def unet_view(params: Mapping[str, Any], work: tuple[int, int]) -> tuple[int, int]:
