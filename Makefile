@@ -54,6 +54,12 @@ check-infra: install ## Containerfile, compose and Kubernetes manifests, checked
 test/e2e: install ## End-to-end tests through the running stack
 	$(BIN)/pytest -q tests/e2e $(TESTARGS)
 
+release-check: install ## Release references: every mode at fixed seeds against tests/e2e/refs (URL=http://host:port PLATFORM=cuda for a running server)
+	$(BIN)/python -m tests.e2e.release $(if $(URL),--url $(URL)) $(if $(PLATFORM),--platform $(PLATFORM)) $(CASES)
+
+refs: install ## Write the release references anew (CPU set on the demo models), after a change meant to move pixels
+	$(BIN)/python -m tests.e2e.release --update $(if $(URL),--url $(URL)) $(if $(PLATFORM),--platform $(PLATFORM)) $(CASES)
+
 test-fuzz: install ## Fuzz the running stack from /api/openapi.json (FUZZ_CASES=10000); summary in bench-results/fuzz.json
 	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SUMMARY=bench-results/fuzz.json $(BIN)/pytest -q tests/fuzz --timeout $(FUZZ_TIMEOUT_S) $(TESTARGS)
 
@@ -85,4 +91,4 @@ clean: ## Remove local data, builds and caches (keeps .venv)
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_\/-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-.PHONY: install demo-models run gui test test/unit test/integration check-infra test/e2e test-fuzz test-load test-chaos lint bench bench-scale bench-worker clean help
+.PHONY: install demo-models run gui test test/unit test/integration check-infra test/e2e release-check refs test-fuzz test-load test-chaos lint bench bench-scale bench-worker clean help

@@ -9,37 +9,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from tests.e2e.conftest import finished, wait_for
+from tests.e2e.images import gradient, half_mask, png
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def gradient(width: int = 128, height: int = 96) -> Image.Image:
-    x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
-    y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
-    pixels = np.concatenate(
-        [
-            np.broadcast_to(x, (height, width, 1)),
-            np.broadcast_to(y, (height, width, 1)),
-            np.full((height, width, 1), 96.0),
-        ],
-        axis=2,
-    )
-    return Image.fromarray(pixels.astype(np.uint8))
-
-
-def half_mask(width: int = 128, height: int = 96) -> Image.Image:
-    mask = Image.new("RGB", (width, height), "black")
-    ImageDraw.Draw(mask).rectangle((width // 2, 0, width, height), fill="white")
-    return mask
 
 
 def run_job(
