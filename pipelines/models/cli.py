@@ -21,7 +21,9 @@ def add_convert_arguments(subparsers: Any) -> None:
     convert = subparsers.add_parser("convert", help="build the demo models or convert a checkpoint to ONNX")
     kinds = convert.add_subparsers(dest="convert_kind", required=True)
 
-    demo = kinds.add_parser("demo", help="build the small random-weight demo diffusion models")
+    demo = kinds.add_parser(
+        "demo", help="build the small random-weight demo models: every one `onnx-web run` builds"
+    )
     demo.add_argument(
         "--models", type=Path, default=Path("models"), help="models folder (default: %(default)s)"
     )
@@ -116,8 +118,12 @@ def run_convert(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr, flush=True)
 
     if args.convert_kind == "demo":
+        from pipelines.models.upscalers import build_demo_upscalers
+
         for folder in build_demo_models(args.models, force=args.force, progress=progress):
             print(folder)
+        for path in build_demo_upscalers(args.models, force=args.force, progress=progress):
+            print(path)
         return 0
     if args.convert_kind == "annotator":
         from pipelines.models.annotators import convert_annotator  # imports torch

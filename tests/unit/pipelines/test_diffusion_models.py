@@ -22,6 +22,7 @@ from pipelines.models.demo import (
     torch_source_path,
 )
 from pipelines.models.layout import hash_component, read_model_hash
+from pipelines.models.upscalers import DEMO_UPSCALERS
 
 BASE, INPAINT = (model.name for model in DEMO_MODELS)
 IO_NAMES = {
@@ -134,9 +135,15 @@ def test_convert_command_refuses_a_folder_that_is_not_diffusers(tmp_path: Path) 
     assert not (tmp_path / "x").exists()
 
 
-def test_convert_demo_command_reports_the_models(
-    models_path: Path, capsys: pytest.CaptureFixture[str]
+def test_convert_demo_command_builds_and_reports_every_demo_model(
+    models_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_convert(parse(["convert", "demo", "--models", str(models_path)])) == 0
+    """``onnx-web convert demo`` (``make demo-models``) builds what ``onnx-web run`` builds: the
+    diffusion models found in place, and the upscalers and face models as well."""
+    folder = tmp_path / "models"
+    shutil.copytree(models_path, folder)  # the diffusion models, found and not rebuilt
+    assert run_convert(parse(["convert", "demo", "--models", str(folder)])) == 0
     names = [BASE, INPAINT, DEMO_SD21, DEMO_UPSCALER, DEMO_SDXL, DEMO_PIX2PIX]
-    assert capsys.readouterr().out.split() == [str(models_path / name) for name in names]
+    upscalers = [f"{demo.name}.onnx" for demo in DEMO_UPSCALERS]
+    assert capsys.readouterr().out.split() == [str(folder / name) for name in names + upscalers]
+    assert all((folder / name).is_file() for name in upscalers)
