@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -330,6 +330,10 @@ class ObjectStore(Protocol):
     def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (which ends in ``/``), in key order."""
 
+    def list_written(self, prefix: str) -> dict[str, datetime]:
+        """Every key under ``prefix`` (which ends in ``/``) with when its object was last written,
+        by the store's clock (timezone-aware)."""
+
     def presign_get(self, key: str, expires_s: int) -> str:
         """A URL that lets anyone holding it GET this one object for ``expires_s`` seconds."""
 
@@ -578,6 +582,16 @@ class S3ObjectStore:
 
         return self._run("list_keys", prefix, list_all)
 
+    def list_written(self, prefix: str) -> dict[str, datetime]:
+        """Every key under ``prefix`` with its ``LastModified`` (a retry lists again from the start)."""
+        check_prefix(prefix)
+
+        def list_all() -> dict[str, datetime]:
+            found = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            return {str(item.object_name): _aware(item.last_modified) for item in found}
+
+        return self._run("list_written", prefix, list_all)
+
     def presign_get(self, key: str, expires_s: int) -> str:
         """A presigned GET URL for ``key``, computed locally (no request: the region is fixed)."""
         check_key(key)
@@ -646,6 +660,14 @@ def _release(response: urllib3.BaseHTTPResponse, *, complete: bool) -> None:
     response.release_conn()
 
 
+def _aware(written: datetime | None) -> datetime:
+    """A listing's ``LastModified`` as an aware time; S3 always sends one, so a missing one (a
+    server that does not) reads as now, which no age check ever finds old."""
+    if written is None:
+        return datetime.now(UTC)
+    return written if written.tzinfo is not None else written.replace(tzinfo=UTC)
+
+
 def _user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
     """The ``x-amz-meta-*`` headers of a response, named as they were given (lowercase)."""
     prefix = "x-amz-meta-"
@@ -704,6 +726,7 @@ def from_config(config: Config, *, patience: Patience = WORKER_PATIENCE) -> S3Ob
 class _Stored:
     data: bytes
     info: ObjectInfo
+    written: datetime
 
 
 class MemoryObjectStore:
@@ -733,7 +756,7 @@ class MemoryObjectStore:
         # A read-only view, since every stat() hands out this same ObjectInfo.
         info = ObjectInfo(key, len(data), content_type, etag, MappingProxyType(check_metadata(metadata)))
         with self._lock:
-            self._objects[key] = _Stored(data, info)
+            self._objects[key] = _Stored(data, info, datetime.now(UTC))
         return etag
 
     def put_file(
@@ -775,6 +798,12 @@ class MemoryObjectStore:
         check_prefix(prefix)
         with self._lock:
             return sorted(key for key in self._objects if key.startswith(prefix))
+
+    def list_written(self, prefix: str) -> dict[str, datetime]:
+        """Every key under ``prefix`` with when it was put."""
+        check_prefix(prefix)
+        with self._lock:
+            return {key: stored.written for key, stored in self._objects.items() if key.startswith(prefix)}
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``."""

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pytest
@@ -166,6 +167,20 @@ def test_delete_prefix_removes_exactly_that_prefix(store: ObjectStore) -> None:
     assert store.delete_prefix(output_prefix("j", 1)) == 0
     with pytest.raises(ValueError, match="end with '/'"):
         store.delete_prefix("outputs/j/1")  # would also match outputs/j/10/...
+
+
+def test_list_written_gives_each_key_under_a_prefix_its_time_of_writing(store: ObjectStore) -> None:
+    before = datetime.now(UTC)
+    for key in (input_key("a", "source"), input_key("a", "mask"), input_key("ab", "source")):
+        store.put_bytes(key, b"x", "image/png")
+    after = datetime.now(UTC)
+
+    written = store.list_written("inputs/a/")
+
+    assert sorted(written) == [input_key("a", "mask"), input_key("a", "source")]
+    # The test's S3 server runs on this host, on this clock, keeping whole seconds at least.
+    slack = timedelta(seconds=1)
+    assert [at for at in written.values() if not before - slack <= at <= after + slack] == []
 
 
 def test_a_large_object_streams_intact_in_bounded_memory(store: ObjectStore) -> None:
