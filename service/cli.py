@@ -4,7 +4,7 @@ onnx-web run       the whole service locally: embedded Postgres and S3, api, one
 onnx-web api       the api under gunicorn (production; needs DATABASE_URL and S3_*)
 onnx-web worker    a worker process for one device (--device N: the CUDA device)
 onnx-web migrate   apply database migrations
-onnx-web gc        delete output objects no job records (crashed or fenced attempts)
+onnx-web gc        delete output and input objects no job records (crashed attempts, lost submissions)
 onnx-web keys      create, list and revoke API keys (ONNX_WEB_AUTH=keys)
 onnx-web convert   build demo models or convert checkpoints to ONNX (--optimize gpu: fused fp16)
 onnx-web models    publish models to the model store, list and withdraw them, import extras documents
@@ -246,18 +246,24 @@ def _worker(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     from service import logs
     from service.db import make_engine
-    from service.gc import collect_orphans
+    from service.gc import collect_input_orphans, collect_orphans
     from service.jobs.store import JobStore
     from service.storage import from_config
 
     config = Config.from_env()
     logs.configure(config.log_level, config.log_format)
     jobs = JobStore.configured(make_engine(config.database_url), config)
-    found = collect_orphans(jobs, from_config(config), dry_run=args.dry_run)
+    store = from_config(config)
+    found = collect_orphans(jobs, store, dry_run=args.dry_run)
+    inputs = collect_input_orphans(jobs, store, min_age_s=config.gc_input_age_s, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     print(
         f"{found.objects} output objects of {found.jobs} jobs; "
         f"{found.orphans} orphaned, {verb} {found.orphans}"
+    )
+    print(
+        f"{inputs.objects} input objects; {inputs.orphans} of no job and older than "
+        f"{config.gc_input_age_s:g}s, {verb} {inputs.orphans}; {inputs.recent} of no job kept as recent"
     )
     return 0
 
@@ -438,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_migrate)
 
     gc = commands.add_parser(
-        "gc", help="delete output objects of crashed or fenced attempts (run on a schedule)"
+        "gc", help="delete outputs of crashed or fenced attempts and old inputs of no job (run on a schedule)"
     )
     gc.add_argument("--dry-run", action="store_true", help="count the orphans without deleting them")
     gc.set_defaults(func=_gc)

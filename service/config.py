@@ -96,6 +96,16 @@ DB_POOL_SIZE = 5
 #: than pool + overflow (15): plan Postgres' max_connections for that many per process, plus one
 #: LISTEN connection per worker and api process.
 DB_MAX_OVERFLOW = 10
+#: ``onnx-web gc`` deletes an uploaded input (``inputs/<job>/``) that no job row names once it is
+#: this old: the one leaves behind a submission whose database failed around its commit, kept in
+#: case the row committed (``service.resources.submit``). gc runs hourly, so such an input lives one
+#: to two hours.
+GC_INPUT_AGE_S = 3600.0
+#: The least that age may be. A submission stores its inputs before its row commits; the api gives
+#: that commit about half a minute (``service.db``: the pool's 10 s wait, the 5 s connect timeout,
+#: the 12 s it may hold a connection), but a COMMIT it gave up on may still reach Postgres while
+#: the kernel retransmits it, up to about 15 minutes on Linux (``tcp_retries2``).
+GC_INPUT_MIN_AGE_S = 1200.0
 #: The exit status of a process stopped by its settings (``ConfigError``: a missing DATABASE_URL, a
 #: database schema older than the code): starting it again would fail the same way, so
 #: ``onnx-web run``'s supervisor does not (``service.stack.Supervised``).
@@ -236,6 +246,8 @@ class Config:
     #: Up to this many finished lone jobs are stored and committed while the next one generates;
     #: 0 stores each job before the next claim.
     upload_depth: int = DEFAULT_UPLOAD_DEPTH
+    #: ``onnx-web gc`` deletes uploaded inputs no job names once this old (``GC_INPUT_AGE_S``).
+    gc_input_age_s: float = GC_INPUT_AGE_S
     lease_s: float = LEASE_S
     heartbeat_s: float = HEARTBEAT_S
     rescue_interval_s: float = RESCUE_INTERVAL_S
@@ -306,6 +318,11 @@ class Config:
             problems.append(
                 f"the retry delay must be 0 or more and at most its maximum, got {self.retry_delay_s}s "
                 f"and at most {self.retry_delay_max_s}s"
+            )
+        if self.gc_input_age_s < GC_INPUT_MIN_AGE_S:
+            problems.append(
+                f"gc_input_age_s must be at least {GC_INPUT_MIN_AGE_S:g}s (a submission's inputs may "
+                f"wait that long for its row), got {self.gc_input_age_s:g}s"
             )
         if len(self.s3_bucket) < 3:
             problems.append("the S3 bucket name needs at least 3 characters")
@@ -423,6 +440,7 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "job_stuck_s": ("ONNX_WEB_JOB_STUCK_S", float),
     "batch_max": ("ONNX_WEB_BATCH_MAX", _positive(int)),
     "upload_depth": ("ONNX_WEB_UPLOAD_DEPTH", int),
+    "gc_input_age_s": ("ONNX_WEB_GC_INPUT_AGE_S", float),
     "lease_s": ("ONNX_WEB_LEASE_S", _positive(float)),
     "heartbeat_s": ("ONNX_WEB_HEARTBEAT_S", _positive(float)),
     "rescue_interval_s": ("ONNX_WEB_RESCUE_INTERVAL_S", _positive(float)),

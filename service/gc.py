@@ -1,4 +1,4 @@
-"""The orphan collector: deletes output objects that no job row records and none ever will.
+"""The orphan collector: deletes output and input objects that no job row records and none ever will.
 
 Workers write under ``outputs/<job>/<attempt>/`` and the job row records the keys of the one
 attempt that succeeded (see ``service/jobrun.py``). A worker that died between its uploads and its
@@ -12,6 +12,15 @@ them. It reads the row, never guesses: an object is deleted only when
 - its job does not exist (objects are written only after a claim, so only for deleted rows).
 
 A running attempt's own objects are never touched: they are still being written.
+
+Uploaded inputs (``inputs/<job>/<field>.png``) are collected too. A job row records its inputs in
+its ``inputs`` column, every key under ``inputs/<its own name>/`` (``input_key``), so an input whose
+job has a row, in any state, is kept: pending, running, finished (outputs kept or not), retried,
+and an idempotent retry answered that row. Rows are never deleted. An input whose job has no row
+was left by a submission whose database failed around its commit (the api keeps those inputs in
+case the row committed; ``service.resources.submit``) or is one still being submitted: its inputs
+are stored before its row commits. So it is deleted only once older than ``min_age_s``
+(``Config.gc_input_age_s``), by the store's clock against this process's.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from service.jobs.store import JobState, JobStore, JobView
 from service.storage import ObjectStore
@@ -26,6 +36,7 @@ from service.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 OUTPUTS_PREFIX = "outputs/"
+INPUTS_PREFIX = "inputs/"
 #: Job rows read per query.
 LOOKUP_BATCH = 100
 
@@ -37,6 +48,18 @@ class Collected:
     jobs: int
     objects: int
     orphans: int
+    deleted: int
+
+
+@dataclass(frozen=True)
+class CollectedInputs:
+    """What one pass over the uploaded inputs found and did."""
+
+    objects: int
+    #: Inputs of no job, older than the minimum age.
+    orphans: int
+    #: Inputs of no job, too recent to tell from a submission still committing: kept.
+    recent: int
     deleted: int
 
 
@@ -88,3 +111,46 @@ def collect_orphans(jobs: JobStore, store: ObjectStore, *, dry_run: bool = False
         },
     )
     return Collected(jobs=len(names), objects=len(keys), orphans=len(orphans), deleted=deleted)
+
+
+def collect_input_orphans(
+    jobs: JobStore,
+    store: ObjectStore,
+    *,
+    min_age_s: float,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> CollectedInputs:
+    """Find (and unless ``dry_run`` delete) every uploaded input of no job written over
+    ``min_age_s`` before ``now`` (the current time by default)."""
+    written = store.list_written(INPUTS_PREFIX)
+    by_job: dict[str, list[str]] = defaultdict(list)
+    for key in written:
+        by_job[key.split("/")[1]].append(key)
+    names = sorted(by_job)
+    unclaimed: list[str] = []
+    for start in range(0, len(names), LOOKUP_BATCH):
+        batch = names[start : start + LOOKUP_BATCH]
+        existing = jobs.existing_names(batch)
+        unclaimed += [key for name in batch if name not in existing for key in by_job[name]]
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=min_age_s)
+    orphans = [key for key in unclaimed if written[key] <= cutoff]
+    deleted = 0
+    if not dry_run:
+        for key in orphans:
+            store.delete(key)
+            deleted += 1
+    log.info(
+        "input orphan collection",
+        extra={
+            "action": "gc_inputs",
+            "objects": len(written),
+            "orphans": len(orphans),
+            "recent": len(unclaimed) - len(orphans),
+            "deleted": deleted,
+            "dry_run": dry_run,
+        },
+    )
+    return CollectedInputs(
+        objects=len(written), orphans=len(orphans), recent=len(unclaimed) - len(orphans), deleted=deleted
+    )

@@ -57,6 +57,10 @@ LEFT JOIN queue ON queue.id = jobs.id
 -- With an :owner (keys mode), another owner's job is as if it did not exist.
 WHERE jobs.name = ANY(CAST(:names AS text[])) AND (CAST(:owner AS text) IS NULL OR jobs.owner = :owner);
 
+-- name: select_existing_names
+-- Which of these job names have a row, in any state (the orphan collector keeps their inputs).
+SELECT name FROM jobs WHERE name = ANY(CAST(:names AS text[]));
+
 -- name: select_owner_jobs
 -- A page of an owner's job names, newest first, optionally of one state; keyset-paged by
 -- (created_at, id) below the cursor. Asks for :limit + 1 rows: the extra one says there is more.

@@ -289,6 +289,11 @@ class JobStore:
         with self._single.connect() as conn:
             return self._views(conn, names, owner)
 
+    def existing_names(self, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` are jobs, whatever their state or owner (``service.gc``)."""
+        with self._single.connect() as conn:
+            return set(conn.execute(QUERIES["select_existing_names"], {"names": list(names)}).scalars())
+
     def owner_jobs(
         self, owner: str, *, state: JobState | None, limit: int, before: tuple[datetime, UUID] | None
     ) -> tuple[list[JobView], tuple[datetime, UUID] | None]:
