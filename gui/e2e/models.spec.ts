@@ -41,6 +41,19 @@ async function openModels(page: Page): Promise<void> {
   await expect(page.getByTestId('extras-save')).toBeVisible();
 }
 
+test('the admin token leaves the address bar, goes in no request URL, and lasts through a reload', async ({ page }) => {
+  const apiUrls: string[] = [];
+  page.on('request', (r) => {
+    if (new URL(r.url()).pathname.startsWith('/api/')) apiUrls.push(r.url());
+  });
+  await openModels(page);
+  expect(new URL(page.url()).searchParams.has('token')).toBe(false);
+  await page.reload();
+  await expect(page.getByTestId('extras-save')).toBeVisible();
+  expect(apiUrls.some((u) => u.includes('/api/extras'))).toBe(true);
+  expect(apiUrls.filter((u) => new URL(u).searchParams.has('token'))).toEqual([]);
+});
+
 test('an admin adds a LoRA to the extras document; it is converted and appears in the model store', async ({ page }) => {
   await openModels(page);
   const existing = page.locator(`[data-testid="extras-entry"][data-section="networks"][data-name="${LORA.name}"]`);

@@ -2,7 +2,7 @@
 import { type FormEvent, type ReactNode, useCallback, useEffect, useMemo, useState } from 'react';
 import { type BootResult, connect } from './boot';
 import { createClient } from './client/api';
-import { type ClientConfig, loadClientConfig, MIN_SERVER_VERSION, resolveRuntimeConfig, type RuntimeConfig } from './config';
+import { type ClientConfig, keepAdminToken, loadClientConfig, MIN_SERVER_VERSION, resolveRuntimeConfig, type RuntimeConfig } from './config';
 import { AppContext } from './context';
 import { chooseLanguage, createTranslator, I18nContext, type Language, useI18n } from './i18n';
 import { Shell } from './Shell';
@@ -20,10 +20,11 @@ export function App() {
   const updateSettings = useAppStore((s) => s.updateSettings);
   useTheme(settings.theme);
 
-  const runtime: RuntimeConfig | null = useMemo(
-    () => (config ? resolveRuntimeConfig(config, window.location) : null),
-    [config],
-  );
+  const runtime: RuntimeConfig | null = useMemo(() => {
+    if (!config) return null;
+    const resolved = resolveRuntimeConfig(config, window.location);
+    return { ...resolved, token: keepAdminToken(resolved.token, window) };
+  }, [config]);
   // The key is read at each call, so changing it in Settings needs no new client (and no reload).
   const client = useMemo(
     () => (runtime ? createClient({ root: runtime.root, token: runtime.token, apiKey: () => useAppStore.getState().settings.apiKey }) : null),

@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { compareVersions, DEFAULT_POLL_INTERVAL_MS, isSupportedVersion, resolveRuntimeConfig } from './config';
+import {
+  ADMIN_TOKEN_KEY,
+  compareVersions,
+  DEFAULT_POLL_INTERVAL_MS,
+  isSupportedVersion,
+  keepAdminToken,
+  resolveRuntimeConfig,
+} from './config';
 
 const at = (search: string) => ({ search, origin: 'http://gui.example:8080' });
 
@@ -43,5 +50,41 @@ describe('versions', () => {
     expect(isSupportedVersion('0.9.1')).toBe(false);
     expect(isSupportedVersion(undefined)).toBe(false);
     expect(isSupportedVersion('unknown')).toBe(false);
+  });
+});
+
+describe('keepAdminToken', () => {
+  function page(href: string, stored: Record<string, string> = {}) {
+    const replaced: string[] = [];
+    return {
+      replaced,
+      stored,
+      location: { href },
+      history: { state: { tab: 'models' }, replaceState: (_: unknown, __: string, url?: string | URL | null) => void replaced.push(String(url)) },
+      sessionStorage: { getItem: (k: string) => stored[k] ?? null, setItem: (k: string, v: string) => void (stored[k] = v) },
+    };
+  }
+
+  it('takes ?token= out of the address bar, keeping the rest, and keeps the token for the tab', () => {
+    const p = page('http://gui.example/?api=http://a:1&token=s3cret&lng=de#models');
+    expect(keepAdminToken('s3cret', p)).toBe('s3cret');
+    expect(p.replaced).toEqual(['http://gui.example/?api=http%3A%2F%2Fa%3A1&lng=de#models']);
+    expect(p.stored[ADMIN_TOKEN_KEY]).toBe('s3cret');
+  });
+
+  it('gives back the kept token after a reload without ?token=, and lets a new one replace it', () => {
+    const p = page('http://gui.example/', { [ADMIN_TOKEN_KEY]: 'old' });
+    expect(keepAdminToken('', p)).toBe('old');
+    expect(p.replaced).toEqual([]);
+    expect(keepAdminToken('new', p)).toBe('new');
+    expect(p.stored[ADMIN_TOKEN_KEY]).toBe('new');
+  });
+
+  it('still hides the token when storage is switched off', () => {
+    const p = page('http://gui.example/?token=t');
+    const refusing = { ...p, sessionStorage: { getItem: () => { throw new Error('denied'); }, setItem: () => { throw new Error('denied'); } } };
+    expect(keepAdminToken('t', refusing)).toBe('t');
+    expect(p.replaced).toEqual(['http://gui.example/']);
+    expect(keepAdminToken('', refusing)).toBe('');
   });
 });

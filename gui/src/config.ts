@@ -44,6 +44,35 @@ export function resolveRuntimeConfig(config: ClientConfig, location: { search: s
   return { root, interval, token: query.get('token') ?? '', lng: query.get('lng') ?? '' };
 }
 
+/** Where `keepAdminToken` keeps this tab's admin token. */
+export const ADMIN_TOKEN_KEY = 'onnx-web-cluster.admin-token';
+
+interface PageWindow {
+  location: { href: string };
+  history: Pick<History, 'replaceState' | 'state'>;
+  sessionStorage: Pick<Storage, 'getItem' | 'setItem'>;
+}
+
+/**
+ * The admin token of `?token=` (onnx-web's admin link) taken out of the address bar, so that it
+ * stays out of the history, bookmarks, screenshots and links shared from the page; kept for this
+ * tab in session storage, so a reload keeps the Models tab's admin tools. Without `?token=`, the
+ * token this tab kept; a new `?token=` replaces it.
+ */
+export function keepAdminToken(token: string, page: PageWindow): string {
+  try {
+    if (token === '') return page.sessionStorage.getItem(ADMIN_TOKEN_KEY) ?? '';
+    page.sessionStorage.setItem(ADMIN_TOKEN_KEY, token);
+  } catch {
+    // Storage switched off: the token lasts as long as the page.
+    if (token === '') return '';
+  }
+  const url = new URL(page.location.href);
+  url.searchParams.delete('token');
+  page.history.replaceState(page.history.state, '', url.toString());
+  return token;
+}
+
 /** Compare dotted versions ("v0.12.0", "0.13.0-dev"): negative when a < b. Pre-release tags are ignored. */
 export function compareVersions(a: string, b: string): number {
   const parts = (v: string) =>

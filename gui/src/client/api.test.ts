@@ -119,7 +119,7 @@ describe('createClient', () => {
     expect(slow.kind).toBe('timeout');
   });
 
-  it('builds output URLs under /output/ and admin URLs with the token', async () => {
+  it('builds output URLs under /output/, and admin calls with the token in their header only', async () => {
     const { fetch, calls } = fakeFetch(() => json(200, {}));
     const client = createClient({ root: 'http://h', token: 'a b', fetch });
     expect(client.outputUrl('txt2img_1_x_2_0.png')).toBe('http://h/output/txt2img_1_x_2_0.png');
@@ -127,9 +127,10 @@ describe('createClient', () => {
     await client.workerStatus();
     await client.restartWorkers();
     expect(calls.map((c) => [c.init.method, c.url])).toEqual([
-      ['GET', 'http://h/api/worker/status?token=a%20b'],
-      ['POST', 'http://h/api/worker/restart?token=a%20b'],
+      ['GET', 'http://h/api/worker/status'],
+      ['POST', 'http://h/api/worker/restart'],
     ]);
+    expect(calls.map((c) => new Headers(c.init.headers).get('Authorization'))).toEqual(['Bearer a b', 'Bearer a b']);
   });
 
   it('saves the extras document as JSON text and reaches the model store, all with the token', async () => {
@@ -139,14 +140,14 @@ describe('createClient', () => {
     await client.modelStore();
     await client.deleteModel('diffusion-a b');
     expect(calls.map((c) => [c.init.method, c.url])).toEqual([
-      ['PUT', 'http://h/api/extras?token=t'],
-      ['GET', 'http://h/api/models?token=t'],
-      ['DELETE', 'http://h/api/models/diffusion-a%20b?token=t'],
+      ['PUT', 'http://h/api/extras'],
+      ['GET', 'http://h/api/models'],
+      ['DELETE', 'http://h/api/models/diffusion-a%20b'],
     ]);
     expect(calls[0].init.body).toBe('{"diffusion": []}');
     const headers = new Headers(calls[0].init.headers);
     expect(headers.get('Content-Type')).toBe('application/json');
-    expect(headers.has('Authorization')).toBe(false);
+    expect(calls.map((c) => new Headers(c.init.headers).get('Authorization'))).toEqual(Array(3).fill('Bearer t'));
   });
 
   it("keeps an error answer's JSON body, for field errors and conflicts", async () => {
@@ -184,7 +185,12 @@ describe('createClient', () => {
     const { fetch, calls } = fakeFetch(() => json(200, {}));
     await createClient({ root: '', token: 'admin', apiKey: () => 'k', fetch }).workerStatus();
     await createClient({ root: '', apiKey: () => 'k', fetch }).workerStatus();
-    expect(calls.map((c) => new Headers(c.init.headers).get('Authorization'))).toEqual([null, 'Bearer k']);
+    await createClient({ root: '', token: 'admin', apiKey: () => 'k', fetch }).params();
+    expect(calls.map((c) => new Headers(c.init.headers).get('Authorization'))).toEqual([
+      'Bearer admin',
+      'Bearer k',
+      'Bearer k',
+    ]);
   });
 
   it('marks 401 and 403 as a refused key, with the server message', async () => {

@@ -55,7 +55,7 @@ export class ApiError extends Error {
 
 export interface ClientOptions {
   root: string;
-  /** The admin token (`?token=`), for the admin routes only. */
+  /** The admin token (`?token=`), sent as the Bearer header of the admin routes only. */
   token?: string;
   /** The API key from Settings, read at each call so a change applies without a new client. */
   apiKey?: () => string;
@@ -156,16 +156,16 @@ const ABSENT_ROUTE = new Set([404, 405, 501]);
 export function createClient(options: ClientOptions): ApiClient {
   const root = normaliseRoot(options.root);
   const doFetch = options.fetch ?? globalThis.fetch.bind(globalThis);
-  const tokenQuery = () => `token=${encodeURIComponent(options.token ?? '')}`;
-
   /**
-   * `Authorization: Bearer <API key>` on every call. Not on an admin call that carries the admin
-   * token: the server reads a Bearer header before `?token=`, so the key would hide the token.
+   * `Authorization: Bearer <API key>` on every call; on an admin call, the admin token instead when
+   * there is one. The token goes in that header, never in the URL, where access logs, proxies and
+   * Referer headers would keep it.
    */
   function withAuth(init: RequestInit, admin: boolean): RequestInit {
     const key = options.apiKey?.().trim() ?? '';
-    if (key === '' || (admin && options.token)) return init;
-    return { ...init, headers: { ...(init.headers as Record<string, string> | undefined), Authorization: `Bearer ${key}` } };
+    const bearer = admin && options.token ? options.token : key;
+    if (bearer === '') return init;
+    return { ...init, headers: { ...(init.headers as Record<string, string> | undefined), Authorization: `Bearer ${bearer}` } };
   }
 
   async function send(path: string, init: RequestInit, timeoutMs?: number, admin = false): Promise<Response> {
@@ -282,18 +282,18 @@ export function createClient(options: ClientOptions): ApiClient {
     outputBlob: async (file) => (await send(outputPath(file), { method: 'GET' })).blob(),
     previewBlob: async (url) => (await send(url, { method: 'GET' })).blob(),
 
-    extras: () => call<unknown>(`/api/extras?${tokenQuery()}`, { method: 'GET' }, undefined, true),
+    extras: () => call<unknown>('/api/extras', { method: 'GET' }, undefined, true),
     saveExtras: (text) =>
       call<ExtrasSaved>(
-        `/api/extras?${tokenQuery()}`,
+        '/api/extras',
         { method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: text },
         undefined,
         true,
       ),
-    modelStore: () => call<ModelStoreListing>(`/api/models?${tokenQuery()}`, { method: 'GET' }, undefined, true),
+    modelStore: () => call<ModelStoreListing>('/api/models', { method: 'GET' }, undefined, true),
     deleteModel: (name) =>
-      call<DeletedModel>(`/api/models/${encodeURIComponent(name)}?${tokenQuery()}`, { method: 'DELETE' }, undefined, true),
-    workerStatus: () => call<WorkerStatus>(`/api/worker/status?${tokenQuery()}`, { method: 'GET' }, undefined, true),
-    restartWorkers: () => call<WorkerStatus>(`/api/worker/restart?${tokenQuery()}`, { method: 'POST' }, undefined, true),
+      call<DeletedModel>(`/api/models/${encodeURIComponent(name)}`, { method: 'DELETE' }, undefined, true),
+    workerStatus: () => call<WorkerStatus>('/api/worker/status', { method: 'GET' }, undefined, true),
+    restartWorkers: () => call<WorkerStatus>('/api/worker/restart', { method: 'POST' }, undefined, true),
   };
 }
