@@ -45,6 +45,7 @@ POOL_TIMEOUT_S = 10.0
 #: Shorter than gunicorn's 30 s worker timeout, so a stuck query becomes an error, not a killed worker.
 STATEMENT_TIMEOUT_S = 10.0
 #: libpq waits forever for a server that does not answer; an unreachable Postgres must be an error.
+#: Every connection the service opens has it: the pools, the LISTEN connections, migrations.
 CONNECT_TIMEOUT_S = 5
 #: The longest an api thread holds one pooled connection (checkout to return) before the watchdog
 #: shuts its socket: past the statement timeout, which a frozen server never enforces.
@@ -313,7 +314,7 @@ def require_current_schema(engine: Engine) -> None:
 
 def create_database(admin_url: str | URL, name: str) -> str:
     """Create database ``name`` on the server of ``admin_url`` unless it exists; return its URL."""
-    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(admin_url), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if exists is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -327,7 +328,9 @@ def database_url(url: str | URL, name: str) -> str:
 
 def _run_alembic(url: str | URL, step: Callable[[AlembicConfig], None]) -> None:
     # NullPool: a migration is a one-off connection, nothing should stay open afterwards.
-    engine = sqlalchemy.create_engine(sqlalchemy_url(url), poolclass=NullPool)
+    engine = sqlalchemy.create_engine(
+        sqlalchemy_url(url), poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+    )
     try:
         with engine.begin() as connection:
             step(alembic_config(connection))

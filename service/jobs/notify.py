@@ -18,7 +18,7 @@ import time
 import psycopg
 from psycopg import sql
 
-from service.db import libpq_url
+from service.db import CONNECT_TIMEOUT_S, libpq_url
 from service.logs import OutageLog
 from service.retries import first_line
 
@@ -112,6 +112,8 @@ class Notifier:
             conn.close()
 
     def _connect(self) -> None:
-        conn = psycopg.connect(self._conninfo, autocommit=True)
+        # A frozen Postgres takes the connection and never answers: without the timeout the
+        # listener would wait for it forever instead of failing, polling and trying again.
+        conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
         self._conn = conn
