@@ -25,6 +25,13 @@ UNet rows (the guidance doubles them):
   half size and its VAE at full size (2.3 and 2.6 GB measured on the demo model, where an estimate
   at an eighth of the pixels said 0.8 GB for the job).
 
+- A model upscaler (Real-ESRGAN, BSRGAN, SwinIR) builds its whole result at the model's own
+  scale before resizing it to ``outscale``: a float32 sum and weight of every pixel, then the 8-bit
+  image (19 bytes a pixel), so a 4096x4096 upload at outscale 1 holds a 16384x16384 blend (5 GB).
+  Its network's widest activations live at its tile times that scale (RRDBNet's upsampling
+  convolutions, 64 channels). The api does not open model files, so the scale is taken as 4 (that
+  of every upscaler onnx-web offers) unless ``scale`` asks for more.
+
 Images between stages are small next to these and are counted only as a few full-size buffers.
 """
 
@@ -57,6 +64,14 @@ VAE_CHANNELS, VAE_LIVE = 128, 6
 VALUE_BYTES: Mapping[MemoryKind, int] = {"cpu": 4, "gpu": 2}
 #: An RGB float image between stages, and how many are alive at once.
 IMAGE_BUFFERS = 4
+#: Bytes a model upscaler holds per pixel of its result at the model's scale: a float32 RGB sum
+#: and a float32 weight (``pipelines.imageops.tiling.process_tiled``), then the 8-bit image.
+UPSCALER_BLEND_BYTES = 3 * 4 + 4 + 3
+#: The scale assumed of a model upscaler the api cannot open (onnx-web's are all 4x).
+UPSCALER_SCALE = 4
+#: Channels of a super-resolution network's layers at its output resolution, and how many such
+#: fp32 activations are alive at once (RRDBNet: the upsampled features, its two convolutions).
+UPSCALER_CHANNELS, UPSCALER_LIVE = 64, 3
 
 
 @dataclass(frozen=True)
@@ -153,14 +168,32 @@ def chain_memory(
                 for kind in KINDS
             }
         else:
-            peak = {
-                kind: RUNTIME_BYTES + image_bytes(received) + image_bytes((width, height)) for kind in KINDS
-            }
+            held = RUNTIME_BYTES + image_bytes(received) + image_bytes((width, height))
+            peak = {kind: held for kind in KINDS}
         outscale = int(entry.get("outscale", 1))
         output = (width * outscale, height * outscale)
+        if stage_type.model == "upscaling" and "image" not in stage_type.groups:
+            asked = params.get("tiles") or entry.get("tiles") or stage_type.max_tile
+            tile = min(stage_type.max_tile, int(asked))
+            blend, activations = upscaler_bytes(params, (width, height), tile)
+            # The blend is host memory; on a GPU worker only the network's activations are the card's.
+            peak = {
+                "cpu": peak["cpu"] + blend + activations + image_bytes(output),
+                "gpu": peak["gpu"] + activations,
+            }
         estimates.append(StageMemory(str(entry["name"]), (width, height), work, peak, output))
         width, height = output
     return ChainMemory(tuple(estimates))
+
+
+def upscaler_bytes(params: Mapping[str, Any], size: tuple[int, int], tile: int) -> tuple[int, int]:
+    """What a model upscaler holds beyond its input: its blend of ``size`` at the model's scale, and
+    its network's activations at one ``tile`` times that scale."""
+    scale = max(UPSCALER_SCALE, int(params.get("scale") or UPSCALER_SCALE))
+    width, height = size
+    blend = width * height * scale**2 * UPSCALER_BLEND_BYTES
+    tile_pixels = min(width, tile) * min(height, tile) * scale**2
+    return blend, tile_pixels * UPSCALER_CHANNELS * VALUE_BYTES["cpu"] * UPSCALER_LIVE
 
 
 def pixel_steps(stages: Sequence[Mapping[str, Any]], memory: ChainMemory) -> int:

@@ -16,11 +16,13 @@ from PIL import Image
 from pipelines.chain import ModelInvalid
 from pipelines.context import StageImage
 from pipelines.imageops.upscale import denoised_model, run_model_tile
+from pipelines.memory import RUNTIME_BYTES, chain_memory
 from pipelines.models.upscalers import DEMO_UPSCALERS, build_demo_upscalers, demo_module
 from pipelines.stages import upscale_bsrgan, upscale_resrgan, upscale_swinir
 from pipelines.stages.spec import ParamError
 from tests.unit.pipelines.contexts import Sessions, stage_context
 from tests.unit.pipelines.images import random_image
+from tests.unit.pipelines.resident import peak_rise
 from tests.unit.pipelines.resolved import UPSCALE, run_stage
 
 
@@ -279,3 +281,24 @@ def test_a_missing_model_is_named(models: Path) -> None:
         )
     estimates = {stage.STAGE.estimate(UPSCALE) for stage in (upscale_swinir, upscale_bsrgan, upscale_resrgan)}
     assert estimates == {1}
+
+
+def test_an_upscale_at_outscale_one_is_estimated_above_the_blend_it_builds_at_the_models_scale(
+    models: Path,
+) -> None:
+    """The model upscales 4x before the result is resized to ``outscale``: at outscale 1 the
+    estimate counted only the input and output images (0.1 GiB here), while the run holds a 4096²
+    float blend (0.3 GiB and more)."""
+    size, tile = (1024, 1024), 128
+    params = {**UPSCALE, "upscale_model": "upscaling-real-esrgan-x4-v3", "outscale": 1, "tiles": tile}
+    stage = {"name": "up", "type": "upscale-resrgan", "params": params, "tiles": tile, "outscale": 1}
+    estimated = chain_memory([stage], size, model_bytes=lambda _: 0, family=lambda _: "sd")
+    context = stage_context(models_path=models)
+    source = StageImage(_image(size))
+    run_stage(upscale_resrgan.STAGE, context, params, [StageImage(_image((64, 64)))])  # the session loads
+
+    with peak_rise() as rise:
+        [out] = run_stage(upscale_resrgan.STAGE, context, params, [source])
+
+    assert out.image.size == size
+    assert estimated.peak("cpu") - RUNTIME_BYTES >= rise[0], f"the run rose by {rise[0] / 2**30:.2f} GiB"
