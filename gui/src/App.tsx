@@ -23,7 +23,7 @@ export function App() {
   const runtime: RuntimeConfig | null = useMemo(() => {
     if (!config) return null;
     const resolved = resolveRuntimeConfig(config, window.location);
-    return { ...resolved, token: keepAdminToken(resolved.token, window) };
+    return { ...resolved, token: keepAdminToken(resolved.token, window, resolved.root) };
   }, [config]);
   // The key is read at each call, so changing it in Settings needs no new client (and no reload).
   const client = useMemo(

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
-  ADMIN_TOKEN_KEY,
+  adminTokenKey,
   compareVersions,
   DEFAULT_POLL_INTERVAL_MS,
   isSupportedVersion,
@@ -54,6 +54,7 @@ describe('versions', () => {
 });
 
 describe('keepAdminToken', () => {
+  const ROOT = 'http://gui.example';
   function page(href: string, stored: Record<string, string> = {}) {
     const replaced: string[] = [];
     return {
@@ -67,24 +68,31 @@ describe('keepAdminToken', () => {
 
   it('takes ?token= out of the address bar, keeping the rest, and keeps the token for the tab', () => {
     const p = page('http://gui.example/?api=http://a:1&token=s3cret&lng=de#models');
-    expect(keepAdminToken('s3cret', p)).toBe('s3cret');
+    expect(keepAdminToken('s3cret', p, ROOT)).toBe('s3cret');
     expect(p.replaced).toEqual(['http://gui.example/?api=http%3A%2F%2Fa%3A1&lng=de#models']);
-    expect(p.stored[ADMIN_TOKEN_KEY]).toBe('s3cret');
+    expect(p.stored[adminTokenKey(ROOT)]).toBe('s3cret');
   });
 
   it('gives back the kept token after a reload without ?token=, and lets a new one replace it', () => {
-    const p = page('http://gui.example/', { [ADMIN_TOKEN_KEY]: 'old' });
-    expect(keepAdminToken('', p)).toBe('old');
+    const p = page('http://gui.example/', { [adminTokenKey(ROOT)]: 'old' });
+    expect(keepAdminToken('', p, ROOT)).toBe('old');
     expect(p.replaced).toEqual([]);
-    expect(keepAdminToken('new', p)).toBe('new');
-    expect(p.stored[ADMIN_TOKEN_KEY]).toBe('new');
+    expect(keepAdminToken('new', p, ROOT)).toBe('new');
+    expect(p.stored[adminTokenKey(ROOT)]).toBe('new');
+  });
+
+  it('gives the kept token only to the api it came with, never to another ?api=', () => {
+    const p = page('http://gui.example/?token=s3cret');
+    keepAdminToken('s3cret', p, 'http://api.example');
+    expect(keepAdminToken('', p, 'http://evil.example')).toBe('');
+    expect(keepAdminToken('', p, 'http://api.example')).toBe('s3cret');
   });
 
   it('still hides the token when storage is switched off', () => {
     const p = page('http://gui.example/?token=t');
     const refusing = { ...p, sessionStorage: { getItem: () => { throw new Error('denied'); }, setItem: () => { throw new Error('denied'); } } };
-    expect(keepAdminToken('t', refusing)).toBe('t');
+    expect(keepAdminToken('t', refusing, ROOT)).toBe('t');
     expect(p.replaced).toEqual(['http://gui.example/']);
-    expect(keepAdminToken('', refusing)).toBe('');
+    expect(keepAdminToken('', refusing, ROOT)).toBe('');
   });
 });

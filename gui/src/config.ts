@@ -44,8 +44,10 @@ export function resolveRuntimeConfig(config: ClientConfig, location: { search: s
   return { root, interval, token: query.get('token') ?? '', lng: query.get('lng') ?? '' };
 }
 
-/** Where `keepAdminToken` keeps this tab's admin token. */
-export const ADMIN_TOKEN_KEY = 'onnx-web-cluster.admin-token';
+/** Where `keepAdminToken` keeps this tab's admin token for the api at `root`. */
+export function adminTokenKey(root: string): string {
+  return `onnx-web-cluster.admin-token ${root}`;
+}
 
 interface PageWindow {
   location: { href: string };
@@ -57,12 +59,13 @@ interface PageWindow {
  * The admin token of `?token=` (onnx-web's admin link) taken out of the address bar, so that it
  * stays out of the history, bookmarks, screenshots and links shared from the page; kept for this
  * tab in session storage, so a reload keeps the Models tab's admin tools. Without `?token=`, the
- * token this tab kept; a new `?token=` replaces it.
+ * token this tab kept for the api at `root`, and only that api: a later link to this page with
+ * another `?api=` must not send it the token. A new `?token=` replaces it.
  */
-export function keepAdminToken(token: string, page: PageWindow): string {
+export function keepAdminToken(token: string, page: PageWindow, root: string): string {
   try {
-    if (token === '') return page.sessionStorage.getItem(ADMIN_TOKEN_KEY) ?? '';
-    page.sessionStorage.setItem(ADMIN_TOKEN_KEY, token);
+    if (token === '') return page.sessionStorage.getItem(adminTokenKey(root)) ?? '';
+    page.sessionStorage.setItem(adminTokenKey(root), token);
   } catch {
     // Storage switched off: the token lasts as long as the page.
     if (token === '') return '';
