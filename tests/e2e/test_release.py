@@ -7,7 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
+from pipelines.imageops.correct import detect_faces
 from tests.e2e.images import gradient
 from tests.e2e.release import CASES, REFS, Case, ReleaseClient, check, psnr, references
 
@@ -38,3 +40,16 @@ def test_a_case_finds_only_its_own_references(tmp_path: Path) -> None:
     case = next(case for case in CASES if case.name == "img2img")
     assert [path.name for path in references(tmp_path, case)] == ["img2img-0.png", "img2img-1.png"]
     assert len({case.name for case in CASES}) == len(CASES), "case names are unique"
+
+
+def test_a_face_correction_case_has_a_face_for_its_corrector_to_find() -> None:
+    """A corrector restores only the faces the detector finds: an input without one leaves it
+    unused, and its reference would not move whatever the face model did."""
+    correcting = [case for case in CASES if case.document.get("upscale", {}).get("faces")]
+    assert correcting, "no case corrects faces"
+    for case in correcting:
+        assert case.document["upscale"].get("upscaleOrder") == "correction-first", (
+            f"{case.name}: the demo upscaler's random weights leave no face to find after it"
+        )
+        source: Image.Image = case.files["source"]()
+        assert detect_faces(source), f"{case.name}: no face in its source"

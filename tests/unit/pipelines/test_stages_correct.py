@@ -25,6 +25,7 @@ from pipelines.imageops.correct import (
 from pipelines.models.upscalers import DEMO_UPSCALERS, convert_upscaler, demo_module
 from pipelines.stages import correct_codeformer, correct_gfpgan
 from pipelines.stages.spec import ParamError
+from tests.fixtures.faces import draw_face
 from tests.unit.pipelines.contexts import Sessions, stage_context
 from tests.unit.pipelines.resolved import UPSCALE, run_stage
 
@@ -32,26 +33,6 @@ FACE_SIZE = 64
 #: The constant face model's output, in [-1, 1], and the 8-bit level it becomes.
 CONSTANT = -0.2
 CONSTANT_LEVEL = (CONSTANT + 1) * 127.5
-
-
-def draw_face(size: int = 256, background: int = 60) -> Image.Image:
-    """A cartoon frontal face (skin oval, eyes, brows, nose, mouth) centred on a dark background."""
-    pixels = np.full((size, size, 3), background, np.uint8)
-    c, s = size // 2, size / 256
-
-    def at(dx: float, dy: float) -> tuple[int, int]:
-        return c + round(dx * s), c + round(dy * s)
-
-    def axes(a: float, b: float) -> tuple[int, int]:
-        return round(a * s), round(b * s)
-
-    cv2.ellipse(pixels, at(0, 0), axes(70, 92), 0, 0, 360, (200, 180, 160), -1)
-    for dx in (-28, 28):
-        cv2.ellipse(pixels, at(dx, -18), axes(14, 7), 0, 0, 360, (40, 30, 30), -1)
-        cv2.line(pixels, at(dx - 16, -34), at(dx + 16, -36), (60, 40, 30), max(1, round(5 * s)))
-    cv2.ellipse(pixels, at(0, 14), axes(8, 18), 0, 0, 360, (150, 110, 80), -1)
-    cv2.ellipse(pixels, at(0, 48), axes(26, 8), 0, 0, 360, (120, 40, 50), -1)
-    return Image.fromarray(cv2.GaussianBlur(pixels, (0, 0), 2 * s))
 
 
 def on_canvas(face: Image.Image, size: tuple[int, int], origin: tuple[int, int]) -> Image.Image:
