@@ -6,17 +6,18 @@ import io
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import falcon.testing
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 
 from pipelines.models.registry import ModelRegistry
 from service.app import create_app
 from service.config import Config
 from service.events import EventHub
 from service.jobs.keys import KeyStore
-from service.jobs.store import JobStore
+from service.jobs.store import JobStore, JobView, NewJob
 from service.output_names import image_name, sidecar_name, thumbnail_name
 from service.storage import ObjectStore, output_key
 from tests.fixtures.postgres import new_job
@@ -105,3 +106,19 @@ def succeed(
         tiles=(0, 0),
     )
     return files
+
+
+class DatabaseLost(JobStore):
+    """A ``JobStore`` whose next ``enqueue`` fails as a database outage does, the row committed
+    first (``after_commit``: the reply was lost, as on a connection dropped right after COMMIT
+    reached the server) or not (``before_commit``: the row never came)."""
+
+    fail_next: Literal["after_commit", "before_commit"] | None = None
+
+    def enqueue(self, job: NewJob, **kwargs: Any) -> JobView:
+        failing, self.fail_next = self.fail_next, None
+        if failing == "after_commit":
+            super().enqueue(job, **kwargs)
+        if failing is not None:
+            raise OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+        return super().enqueue(job, **kwargs)

@@ -3,7 +3,6 @@ attempts, and uploaded inputs of submissions whose row never came, once past a s
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from datetime import datetime, timedelta
@@ -14,18 +13,18 @@ import falcon.testing
 import pytest
 import sqlalchemy
 import urllib3
-from PIL import Image
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
 
 from service.config import Config
 from service.gc import collect_input_orphans, collect_orphans
-from service.jobs.store import JobState, JobStore, JobView, NewJob
+from service.jobs.store import JobState, JobStore
 from service.storage import S3ObjectStore, output_key
 from tests.fixtures.postgres import new_job
-from tests.integration.api import api_client, make_models
+from tests.integration.api import DatabaseLost, api_client, make_models, png
 
 pytestmark = pytest.mark.integration
+
+SOURCE = (120, 30, 200)
 
 
 def put(store: S3ObjectStore, name: str, attempt: int, file: str) -> str:
@@ -101,32 +100,11 @@ def test_only_objects_no_row_can_serve_are_deleted(
     assert collect_orphans(job_store, object_store).orphans == 0, "a second pass finds nothing"
 
 
-class DatabaseLost(JobStore):
-    """A ``JobStore`` whose next ``enqueue`` fails as a database outage does, the row committed
-    first (the reply was lost) or not (the row never came): the api keeps the inputs either way."""
-
-    fail_next: str | None = None
-
-    def enqueue(self, job: NewJob, **kwargs: Any) -> JobView:
-        failing, self.fail_next = self.fail_next, None
-        if failing == "after_commit":
-            super().enqueue(job, **kwargs)
-        if failing is not None:
-            raise OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
-        return super().enqueue(job, **kwargs)
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (120, 30, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def submit(
     client: falcon.testing.TestClient, route: str, files: list[str], **options: Any
 ) -> falcon.testing.Result:
     """POST a submission with these uploads (a chain's document in ``chain``)."""
-    fields: dict[str, Any] = {name: (f"{name}.png", png(), "image/png") for name in files}
+    fields: dict[str, Any] = {name: (f"{name}.png", png(SOURCE, 64), "image/png") for name in files}
     if "chain" in options:
         fields["chain"] = json.dumps(options.pop("chain"))
     body, content_type = urllib3.encode_multipart_formdata(fields)

@@ -2,58 +2,34 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import urllib3
-from PIL import Image
-from sqlalchemy.exc import OperationalError
 
-from service.jobs.store import JobStore, JobView, NewJob
 from service.storage import ObjectStore
-from tests.integration.api import api_client, make_models
+from tests.integration.api import DatabaseLost, api_client, make_models, png
 
 pytestmark = pytest.mark.integration
-
-
-class EnqueueReplyLost(JobStore):
-    """A ``JobStore`` whose first ``enqueue`` commits its row and then loses the reply, as a
-    connection dropped right after COMMIT reached the server does: the row is there, the api is
-    told the database went away."""
-
-    reply_lost = False
-
-    def enqueue(self, job: NewJob, **kwargs: Any) -> JobView:
-        view = super().enqueue(job, **kwargs)
-        if not self.reply_lost:
-            self.reply_lost = True
-            raise OperationalError(
-                "COMMIT", {}, ConnectionResetError("server closed the connection unexpectedly")
-            )
-        return view
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (120, 30, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_a_submission_whose_commit_reply_was_lost_keeps_its_uploads_for_the_job_its_retry_gets(
     engine: Any, object_store: ObjectStore, tmp_path: Path
 ) -> None:
-    jobs = EnqueueReplyLost(engine, lease_s=30.0, affinity_window_s=0.0)
+    jobs = DatabaseLost(engine, lease_s=30.0, affinity_window_s=0.0)
+    jobs.fail_next = "after_commit"
     client = api_client(jobs, object_store, make_models(tmp_path / "models"), tmp_path)
-    body, content_type = urllib3.encode_multipart_formdata({"source": ("s.png", png(), "image/png")})
+    body, content_type = urllib3.encode_multipart_formdata(
+        {"source": ("s.png", png((120, 30, 200), 64), "image/png")}
+    )
     headers = {"Content-Type": content_type, "Idempotency-Key": "lost-reply"}
 
     first = client.simulate_post("/api/img2img", params={"prompt": "a cat"}, body=body, headers=headers)
     again = client.simulate_post("/api/img2img", params={"prompt": "a cat"}, body=body, headers=headers)
 
-    assert jobs.reply_lost and first.status_code == 503, first.text
+    assert jobs.fail_next is None and first.status_code == 503, first.text
     assert again.status_code == 200, again.text
     with engine.connect() as conn:
         inputs = conn.exec_driver_sql(
