@@ -115,5 +115,13 @@ class Notifier:
         # A frozen Postgres takes the connection and never answers: without the timeout the
         # listener would wait for it forever instead of failing, polling and trying again.
         conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+        try:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+        except BaseException as err:
+            conn.close()
+            if isinstance(err, psycopg.errors.ReadOnlySqlTransaction):
+                # A standby (a failover's demoted primary, an old address) refuses LISTEN during
+                # recovery as it refuses writes: an outage, as ``service.db`` has it, polled through.
+                raise psycopg.OperationalError(first_line(err)) from err
+            raise
         self._conn = conn
