@@ -94,6 +94,9 @@ OOM_MARKERS = (
     "miopen failure",
     "rocblas_status_memory_error",
     "bfcarena",
+    # ONNX Runtime's CPU sessions run without the arena (pipelines.models.sessions): a failed
+    # allocation is then C++'s own, "Status Message: std::bad_alloc".
+    "std::bad_alloc",
 )
 #: Errors that a retry cannot fix: bad parameters, refused sources, undecodable images, missing files.
 #: Failures whose ``code`` is the job's reason.
