@@ -94,11 +94,7 @@ def collect_orphans(jobs: JobStore, store: ObjectStore, *, dry_run: bool = False
         batch = names[start : start + LOOKUP_BATCH]
         views = jobs.get_many(batch)
         orphans += [key for name in batch for key in by_job[name] if is_orphan(key, views.get(name))]
-    deleted = 0
-    if not dry_run:
-        for key in orphans:
-            store.delete(key)
-            deleted += 1
+    deleted = _delete(store, orphans, dry_run)
     log.info(
         "orphan collection",
         extra={
@@ -135,11 +131,7 @@ def collect_input_orphans(
         unclaimed += [key for name in batch if name not in existing for key in by_job[name]]
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=min_age_s)
     orphans = [key for key in unclaimed if written[key] <= cutoff]
-    deleted = 0
-    if not dry_run:
-        for key in orphans:
-            store.delete(key)
-            deleted += 1
+    deleted = _delete(store, orphans, dry_run)
     log.info(
         "input orphan collection",
         extra={
@@ -154,3 +146,12 @@ def collect_input_orphans(
     return CollectedInputs(
         objects=len(written), orphans=len(orphans), recent=len(unclaimed) - len(orphans), deleted=deleted
     )
+
+
+def _delete(store: ObjectStore, keys: list[str], dry_run: bool) -> int:
+    """Delete ``keys`` unless ``dry_run``; how many were deleted."""
+    if dry_run:
+        return 0
+    for key in keys:
+        store.delete(key)
+    return len(keys)
